@@ -1,0 +1,39 @@
+# Two entry points (README Quickstart): `make demo` and `make test`. Both create or reuse .venv.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.biofed-installed
+
+.PHONY: demo test lint types layers unit bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev,torch]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/biofed simulate --dataset tcga-brca --strategy fedadam --rounds 5 --local-steps 100 --seed 42
+
+test: lint types layers unit
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+types: $(STAMP)
+	$(BIN)/mypy
+
+layers: $(STAMP)
+	$(BIN)/lint-imports
+
+unit: $(STAMP)
+	$(BIN)/pytest -n 2 -q
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/aggregation.py
+	$(BIN)/python benchmarks/round_overhead.py
+	$(BIN)/python benchmarks/flamby_tcga_brca.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis src/*.egg-info

@@ -1,0 +1,21 @@
+"""The ``biofed`` command: one Typer app, one module per command group."""
+
+from __future__ import annotations
+
+import typer
+
+from biofed.cli import _simulate
+
+app = typer.Typer(
+    name="biofed",
+    help="Federated learning and analytics on sensitive biomedical data.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+app.command("simulate")(_simulate.simulate_command)
+
+
+@app.callback()
+def _root() -> None:
+    """biofed: the model travels to the data; only approved results travel back."""

@@ -1,0 +1,124 @@
+"""Messages between the coordinator and a node: instructions out, replies back."""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from biofed.core._errors import ConfigurationError
+from biofed.core._params import ParameterSet
+from biofed.core._types import Config, Metrics, check_id, freeze_config, freeze_metrics
+
+#: ``Instruction.extras`` key of SCAFFOLD's server control variate c.
+SCAFFOLD_SERVER_CONTROL = "scaffold.server_control"
+#: ``Reply.extras`` key of a site's SCAFFOLD control-variate change Δcᵢ.
+SCAFFOLD_CONTROL_DELTA = "scaffold.control_delta"
+
+
+class MessageKind(str, enum.Enum):
+    """What an instruction asks for; a reply carries the kind of its instruction."""
+
+    TRAIN = "train"
+    EVALUATE = "evaluate"
+
+
+def _freeze_extras(extras: Mapping[str, ParameterSet]) -> Mapping[str, ParameterSet]:
+    for key, value in extras.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigurationError(f"extras keys must be non-empty strings, got {key!r}")
+        if not isinstance(value, ParameterSet):
+            raise ConfigurationError(f"extras[{key!r}] must be a ParameterSet")
+    return MappingProxyType(dict(extras))
+
+
+_EMPTY_EXTRAS: Mapping[str, ParameterSet] = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Instruction:
+    """The coordinator asks one node to train or evaluate in one round of one run.
+
+    Attributes
+    ----------
+    run_id, round, node_id, kind:
+        Where the instruction belongs; a reply must echo them.
+    parameters:
+        The global model.
+    config:
+        Scalar settings for the task (local steps, learning rate, proximal mu, split…).
+    extras:
+        Further named arrays some strategies send (SCAFFOLD's server control variate).
+    """
+
+    run_id: str
+    round: int
+    node_id: str
+    kind: MessageKind
+    parameters: ParameterSet
+    config: Config = field(default_factory=lambda: MappingProxyType({}))
+    extras: Mapping[str, ParameterSet] = field(default_factory=lambda: _EMPTY_EXTRAS)
+
+    def __post_init__(self) -> None:
+        check_id(self.run_id, what="run_id")
+        check_id(self.node_id, what="node_id")
+        if self.round < 0:
+            raise ConfigurationError(f"round must be >= 0, got {self.round}")
+        object.__setattr__(self, "kind", MessageKind(self.kind))
+        object.__setattr__(self, "config", freeze_config(self.config))
+        object.__setattr__(self, "extras", _freeze_extras(self.extras))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reply:
+    """A node's answer to an :class:`Instruction`.
+
+    Attributes
+    ----------
+    parameters:
+        The updated local model (TRAIN), or ``None`` (EVALUATE, or an error).
+    num_examples:
+        Examples the node trained or evaluated on; the weight of this reply.
+    metrics:
+        Scalar metrics computed at the site.
+    extras:
+        Further named arrays (SCAFFOLD's control-variate delta).
+    error:
+        ``None`` on success; else ``"code: message"`` with no record-level data.
+    """
+
+    run_id: str
+    round: int
+    node_id: str
+    kind: MessageKind
+    parameters: ParameterSet | None = None
+    num_examples: int = 0
+    metrics: Metrics = field(default_factory=lambda: MappingProxyType({}))
+    extras: Mapping[str, ParameterSet] = field(default_factory=lambda: _EMPTY_EXTRAS)
+    error: str | None = None
+
+    def __post_init__(self) -> None:
+        check_id(self.run_id, what="run_id")
+        check_id(self.node_id, what="node_id")
+        if self.round < 0:
+            raise ConfigurationError(f"round must be >= 0, got {self.round}")
+        if self.num_examples < 0:
+            raise ConfigurationError(f"num_examples must be >= 0, got {self.num_examples}")
+        object.__setattr__(self, "kind", MessageKind(self.kind))
+        object.__setattr__(self, "metrics", freeze_metrics(self.metrics))
+        object.__setattr__(self, "extras", _freeze_extras(self.extras))
+
+    @property
+    def ok(self) -> bool:
+        """True when the node reports success."""
+        return self.error is None
+
+    def answers(self, instruction: Instruction) -> bool:
+        """True when this reply belongs to ``instruction`` (same run, round, node and kind)."""
+        return (
+            self.run_id == instruction.run_id
+            and self.round == instruction.round
+            and self.node_id == instruction.node_id
+            and self.kind == instruction.kind
+        )

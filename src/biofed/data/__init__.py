@@ -1,0 +1,25 @@
+"""biofed.data: a site's datasets, loaders and simulation partitioners."""
+
+from biofed.data._dataset import Dataset, FederatedDataset, SiteData
+from biofed.data._loaders import TableFormat, load_table
+from biofed.data._partition import (
+    partition_dirichlet,
+    partition_iid,
+    partition_quantity_skew,
+    train_test_split,
+)
+from biofed.data._site_files import load_site_file, write_site_files
+
+__all__ = [
+    "Dataset",
+    "FederatedDataset",
+    "SiteData",
+    "TableFormat",
+    "load_site_file",
+    "load_table",
+    "partition_dirichlet",
+    "partition_iid",
+    "partition_quantity_skew",
+    "train_test_split",
+    "write_site_files",
+]

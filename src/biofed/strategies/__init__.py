@@ -1,0 +1,37 @@
+"""biofed.strategies: how sites are chosen and their updates aggregated (pure, no I/O)."""
+
+from biofed.strategies._base import (
+    EMPTY_STATE,
+    AggregateResult,
+    NodePlan,
+    Strategy,
+    StrategyState,
+    TrainAggregator,
+    select_nodes,
+)
+from biofed.strategies._fedavg import FedAvg, FedProx
+from biofed.strategies._fedopt import FedAdagrad, FedAdam, FedAvgM, FedOpt, FedYogi
+from biofed.strategies._registry import STRATEGIES, make_strategy
+from biofed.strategies._scaffold import Scaffold
+from biofed.strategies._weighted import WeightedSum
+
+__all__ = [
+    "EMPTY_STATE",
+    "STRATEGIES",
+    "AggregateResult",
+    "FedAdagrad",
+    "FedAdam",
+    "FedAvg",
+    "FedAvgM",
+    "FedOpt",
+    "FedProx",
+    "FedYogi",
+    "NodePlan",
+    "Scaffold",
+    "Strategy",
+    "StrategyState",
+    "TrainAggregator",
+    "WeightedSum",
+    "make_strategy",
+    "select_nodes",
+]

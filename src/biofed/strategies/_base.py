@@ -1,0 +1,202 @@
+"""The strategy interface: how a federation picks sites, configures them and aggregates.
+
+A strategy is a small, pure object (Flower's ``Strategy`` shape): it gets a snapshot of the
+available nodes, the current parameters, its own explicit server state and an injected RNG,
+and returns plans; it never touches a transport. Aggregation is a *fold*: the engine opens an
+aggregator per round and feeds it each reply as it arrives, so memory stays O(model) however
+many sites reply (DESIGN.md, "Aggregation streams").
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+import numpy as np
+
+from biofed.core import (
+    Config,
+    ConfigurationError,
+    Metrics,
+    NodeInfo,
+    ParameterSet,
+    Reply,
+    RoundFailed,
+    Scalar,
+    freeze_config,
+    freeze_metrics,
+    weighted_mean_metrics,
+)
+
+#: A strategy's server-side state (optimizer moments, control variates): named ParameterSets.
+StrategyState = Mapping[str, ParameterSet]
+
+EMPTY_STATE: StrategyState = MappingProxyType({})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodePlan:
+    """What one selected node is asked to do in a round (the engine turns it into a message)."""
+
+    node_id: str
+    config: Config = field(default_factory=lambda: MappingProxyType({}))
+    extras: Mapping[str, ParameterSet] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config", freeze_config(self.config))
+        object.__setattr__(self, "extras", MappingProxyType(dict(self.extras)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AggregateResult:
+    """The outcome of a training round's aggregation."""
+
+    parameters: ParameterSet
+    state: StrategyState = field(default_factory=lambda: EMPTY_STATE)
+    metrics: Metrics = field(default_factory=lambda: MappingProxyType({}))
+    num_replies: int = 0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", MappingProxyType(dict(self.state)))
+        object.__setattr__(self, "metrics", freeze_metrics(self.metrics))
+
+
+class TrainAggregator(abc.ABC):
+    """A per-round fold over training replies: ``add`` each, then ``finish`` once."""
+
+    @abc.abstractmethod
+    def add(self, reply: Reply) -> None:
+        """Fold one validated, successful reply into the running aggregate."""
+
+    @property
+    @abc.abstractmethod
+    def count(self) -> int:
+        """Replies folded in so far."""
+
+    @abc.abstractmethod
+    def finish(self) -> AggregateResult:
+        """The aggregate; raises :class:`~biofed.core.RoundFailed` if nothing was added."""
+
+
+def _check_fraction(name: str, value: float) -> float:
+    if not 0.0 < value <= 1.0:
+        raise ConfigurationError(f"{name} must be in (0, 1], got {value}")
+    return float(value)
+
+
+def select_nodes(
+    nodes: Sequence[NodeInfo], fraction: float, minimum: int, rng: np.random.Generator
+) -> list[NodeInfo]:
+    """Pick ``max(minimum, ceil(fraction · len(nodes)))`` nodes at random, in id order.
+
+    Deterministic for a given RNG state and node set (nodes are sorted by id first, so the
+    order in which they registered does not matter).
+    """
+    ordered = sorted(nodes, key=lambda n: n.node_id)
+    if len(ordered) < minimum:
+        raise RoundFailed(f"{len(ordered)} nodes available, the strategy needs at least {minimum}")
+    count = max(minimum, int(np.ceil(fraction * len(ordered))))
+    if count >= len(ordered):
+        return ordered
+    chosen = sorted(rng.choice(len(ordered), size=count, replace=False).tolist())
+    return [ordered[i] for i in chosen]
+
+
+class Strategy(abc.ABC):
+    """Base class of every aggregation strategy.
+
+    Parameters
+    ----------
+    fraction_train, fraction_evaluate:
+        Share of available nodes asked to train / evaluate each round, in (0, 1].
+    min_train_nodes, min_evaluate_nodes:
+        At least this many are asked (the round fails if fewer are available).
+    train_config, evaluate_config:
+        Scalar settings sent to every node (local steps, learning rate…). Copied, never
+        modified: a strategy does not write into a config it was handed.
+    """
+
+    #: Short name used in the CLI, tables and results.
+    name: str = "strategy"
+
+    def __init__(
+        self,
+        *,
+        fraction_train: float = 1.0,
+        fraction_evaluate: float = 1.0,
+        min_train_nodes: int = 1,
+        min_evaluate_nodes: int = 1,
+        train_config: Mapping[str, Scalar] | None = None,
+        evaluate_config: Mapping[str, Scalar] | None = None,
+    ) -> None:
+        self.fraction_train = _check_fraction("fraction_train", fraction_train)
+        self.fraction_evaluate = _check_fraction("fraction_evaluate", fraction_evaluate)
+        if min_train_nodes < 1 or min_evaluate_nodes < 1:
+            raise ConfigurationError(
+                f"min_train_nodes and min_evaluate_nodes must be >= 1, got "
+                f"{min_train_nodes} and {min_evaluate_nodes}"
+            )
+        self.min_train_nodes = min_train_nodes
+        self.min_evaluate_nodes = min_evaluate_nodes
+        self.train_config = freeze_config(train_config)
+        self.evaluate_config = freeze_config(evaluate_config)
+
+    # -- state ---------------------------------------------------------------------------
+    def init_state(self, parameters: ParameterSet) -> StrategyState:
+        """The server state before round 1 (empty unless the strategy keeps some)."""
+        return EMPTY_STATE
+
+    # -- training ------------------------------------------------------------------------
+    def round_train_config(self, server_round: int) -> dict[str, Scalar]:
+        """The config every training node gets in ``server_round`` (a fresh dict)."""
+        return dict(self.train_config)
+
+    def configure_train(
+        self,
+        server_round: int,
+        parameters: ParameterSet,
+        state: StrategyState,
+        nodes: Sequence[NodeInfo],
+        rng: np.random.Generator,
+    ) -> list[NodePlan]:
+        """Choose the nodes that train in ``server_round`` and what each is sent."""
+        config = self.round_train_config(server_round)
+        chosen = select_nodes(nodes, self.fraction_train, self.min_train_nodes, rng)
+        return [NodePlan(node_id=n.node_id, config=config) for n in chosen]
+
+    @abc.abstractmethod
+    def begin_train_aggregation(
+        self,
+        server_round: int,
+        parameters: ParameterSet,
+        state: StrategyState,
+        num_nodes: int,
+    ) -> TrainAggregator:
+        """Open the fold for ``server_round``'s replies.
+
+        ``num_nodes`` is the number of nodes available when the round was configured (used
+        by SCAFFOLD's control-variate update).
+        """
+
+    # -- evaluation ----------------------------------------------------------------------
+    def configure_evaluate(
+        self,
+        server_round: int,
+        parameters: ParameterSet,
+        nodes: Sequence[NodeInfo],
+        rng: np.random.Generator,
+    ) -> list[NodePlan]:
+        """Choose the nodes that evaluate the global model and their config."""
+        chosen = select_nodes(nodes, self.fraction_evaluate, self.min_evaluate_nodes, rng)
+        config = dict(self.evaluate_config)
+        return [NodePlan(node_id=n.node_id, config=config) for n in chosen]
+
+    def aggregate_evaluate(self, server_round: int, replies: Sequence[Reply]) -> dict[str, float]:
+        """Example-weighted mean of each evaluation metric over the replies."""
+        return weighted_mean_metrics([(r.num_examples, r.metrics) for r in replies if r.ok])
+
+    def describe(self) -> dict[str, Scalar]:
+        """The strategy's settings, for results and logs."""
+        return {"strategy": self.name, **{f"train.{k}": v for k, v in self.train_config.items()}}

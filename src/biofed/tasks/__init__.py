@@ -1,0 +1,59 @@
+"""biofed.tasks: the task API, the numpy and PyTorch adapters and the built-in tasks.
+
+``TorchTask`` is imported lazily, on first access, so ``import biofed.tasks`` works without
+PyTorch installed.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from biofed.tasks._api import (
+    SCAFFOLD_CLIENT_CONTROL,
+    SCAFFOLD_CONTROL_DELTA,
+    SCAFFOLD_SERVER_CONTROL,
+    EvalResult,
+    LocalTrainingConfig,
+    Task,
+    TrainContext,
+    TrainResult,
+)
+from biofed.tasks._cox import CoxPH, CoxPHTask
+from biofed.tasks._logreg import LogisticRegression, LogisticRegressionTask
+from biofed.tasks._metrics import concordance_index, roc_auc
+from biofed.tasks._numpy import GradientModel, NumpyTask
+from biofed.tasks._registry import make_task
+
+if TYPE_CHECKING:
+    from biofed.tasks._torch import TorchTask
+
+__all__ = [
+    "SCAFFOLD_CLIENT_CONTROL",
+    "SCAFFOLD_CONTROL_DELTA",
+    "SCAFFOLD_SERVER_CONTROL",
+    "CoxPH",
+    "CoxPHTask",
+    "EvalResult",
+    "GradientModel",
+    "LocalTrainingConfig",
+    "LogisticRegression",
+    "LogisticRegressionTask",
+    "NumpyTask",
+    "Task",
+    "TorchTask",
+    "TrainContext",
+    "TrainResult",
+    "concordance_index",
+    "make_task",
+    "roc_auc",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``TorchTask`` (and so torch) on first access only."""
+    if name == "TorchTask":
+        from biofed.tasks._torch import TorchTask
+
+        globals()["TorchTask"] = TorchTask
+        return TorchTask
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

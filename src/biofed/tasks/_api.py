@@ -1,0 +1,185 @@
+"""The task API: what a researcher writes, and what a site runs.
+
+A task builds the model's initial parameters, trains locally from given parameters, and
+evaluates. It never sees the network, other sites or the coordinator: it gets parameters, a
+local dataset and a :class:`TrainContext`, and returns a result.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from biofed.core import (
+    SCAFFOLD_CONTROL_DELTA as SCAFFOLD_CONTROL_DELTA,
+)
+from biofed.core import (
+    SCAFFOLD_SERVER_CONTROL as SCAFFOLD_SERVER_CONTROL,
+)
+from biofed.core import (
+    Config,
+    ConfigurationError,
+    Metrics,
+    ParameterSet,
+    freeze_config,
+    freeze_metrics,
+)
+from biofed.data import Dataset
+
+#: Key of a site's own SCAFFOLD control variate in ``TrainContext.state``.
+SCAFFOLD_CLIENT_CONTROL = "scaffold.client_control"
+
+_OPTIMIZERS = ("sgd", "adam")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalTrainingConfig:
+    """Local training settings, parsed and checked from an instruction's config.
+
+    Attributes
+    ----------
+    local_steps:
+        Mini-batch steps per round (≥ 1).
+    batch_size:
+        Examples per step (≥ 1); batches are drawn by reshuffling each pass over the data.
+    learning_rate:
+        Client step size (> 0).
+    optimizer:
+        ``"sgd"`` or ``"adam"`` (Adam's moments restart every round).
+    momentum:
+        SGD momentum in [0, 1).
+    proximal_mu:
+        FedProx's μ ≥ 0: adds ``μ/2 ‖w − w_global‖²`` to the local loss.
+    """
+
+    local_steps: int = 100
+    batch_size: int = 8
+    learning_rate: float = 0.01
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    proximal_mu: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.local_steps < 1:
+            raise ConfigurationError(f"local_steps must be >= 1, got {self.local_steps}")
+        if self.batch_size < 1:
+            raise ConfigurationError(f"batch_size must be >= 1, got {self.batch_size}")
+        if not self.learning_rate > 0:
+            raise ConfigurationError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.optimizer not in _OPTIMIZERS:
+            raise ConfigurationError(
+                f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}"
+            )
+        if not 0.0 <= self.momentum < 1.0:
+            raise ConfigurationError(f"momentum must be in [0, 1), got {self.momentum}")
+        if not self.proximal_mu >= 0:
+            raise ConfigurationError(f"proximal_mu must be >= 0, got {self.proximal_mu}")
+
+    @classmethod
+    def from_config(cls, config: Config) -> LocalTrainingConfig:
+        """Read the known keys of ``config`` (others are ignored), with type checks."""
+        kwargs: dict[str, object] = {}
+        types = {
+            "local_steps": int,
+            "batch_size": int,
+            "learning_rate": float,
+            "optimizer": str,
+            "momentum": float,
+            "proximal_mu": float,
+        }
+        for key, typ in types.items():
+            if key not in config:
+                continue
+            value = config[key]
+            if typ is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+            if not isinstance(value, typ) or isinstance(value, bool):
+                raise ConfigurationError(
+                    f"config {key!r} must be {typ.__name__}, got {type(value).__name__}"
+                )
+            kwargs[key] = value
+        return cls(**kwargs)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainContext:
+    """Everything a task gets besides parameters and data.
+
+    Attributes
+    ----------
+    config:
+        The instruction's scalar config (see :class:`LocalTrainingConfig`).
+    rng:
+        The generator for shuffling and initialisation, derived from the run seed, the
+        round and the site: runs are reproducible.
+    extras:
+        Named arrays from the coordinator (SCAFFOLD's server control variate).
+    state:
+        Site-local state that persists across rounds of the same run and never leaves the
+        site (SCAFFOLD's client control variate).
+    """
+
+    config: Config = field(default_factory=lambda: MappingProxyType({}))
+    rng: np.random.Generator = field(default_factory=lambda: np.random.default_rng())
+    extras: Mapping[str, ParameterSet] = field(default_factory=lambda: MappingProxyType({}))
+    state: MutableMapping[str, ParameterSet] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "config", freeze_config(self.config))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TrainResult:
+    """What local training returns."""
+
+    parameters: ParameterSet
+    num_examples: int
+    metrics: Metrics = field(default_factory=lambda: MappingProxyType({}))
+    extras: Mapping[str, ParameterSet] = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if self.num_examples < 0:
+            raise ConfigurationError(f"num_examples must be >= 0, got {self.num_examples}")
+        object.__setattr__(self, "metrics", freeze_metrics(self.metrics))
+        object.__setattr__(self, "extras", MappingProxyType(dict(self.extras)))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvalResult:
+    """What evaluation returns."""
+
+    num_examples: int
+    metrics: Metrics = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        if self.num_examples < 0:
+            raise ConfigurationError(f"num_examples must be >= 0, got {self.num_examples}")
+        object.__setattr__(self, "metrics", freeze_metrics(self.metrics))
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A federated task: the researcher's model, local training and evaluation.
+
+    ``name`` identifies the task; ``primary_metric`` names the metric that tables and
+    progress bars show (``"c_index"``, ``"roc_auc"``…).
+    """
+
+    name: str
+    primary_metric: str
+
+    def init_parameters(self, rng: np.random.Generator) -> ParameterSet:
+        """The model's initial parameters (the same on every site for a given rng)."""
+        ...
+
+    def train(self, parameters: ParameterSet, data: Dataset, ctx: TrainContext) -> TrainResult:
+        """Train locally from ``parameters`` on ``data``; return the new parameters."""
+        ...
+
+    def evaluate(self, parameters: ParameterSet, data: Dataset, ctx: TrainContext) -> EvalResult:
+        """Compute metrics of ``parameters`` on ``data``."""
+        ...

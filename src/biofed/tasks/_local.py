@@ -1,0 +1,192 @@
+"""Local-training machinery shared by every task adapter (numpy and PyTorch).
+
+One place decides, for one ``train`` call, which mini-batches are drawn, what FedProx and
+SCAFFOLD add to each gradient, and what SCAFFOLD sends back. The adapters only run the
+optimiser: with the same ``ctx.rng`` they see the same batches and the same corrections.
+
+Both corrections are affine in the current parameters ``w``, so they are folded into one
+term added to the loss gradient at every step::
+
+    g ← ∇loss(w) + μ (w − x) + (c − c_i)  =  ∇loss(w) + μ w + offset,
+    offset = (c − c_i) − μ x
+
+with ``x`` the global parameters the round started from, ``μ`` FedProx's ``proximal_mu``,
+``c`` SCAFFOLD's server control variate and ``c_i`` the site's own (Karimireddy et al.,
+"SCAFFOLD", ICML 2020, option II). After ``K`` steps of size ``η`` ending at ``y``::
+
+    c_i⁺ = c_i − c + (x − y) / (K η),    Δc = c_i⁺ − c_i  (sent back)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from biofed.core import Array, ConfigurationError, DataError, ParameterSet
+from biofed.tasks._api import (
+    SCAFFOLD_CLIENT_CONTROL,
+    SCAFFOLD_CONTROL_DELTA,
+    SCAFFOLD_SERVER_CONTROL,
+    LocalTrainingConfig,
+    TrainContext,
+)
+
+
+def sample_batches(
+    num_examples: int, batch_size: int, num_steps: int, rng: np.random.Generator
+) -> Array:
+    """Row indices of ``num_steps`` mini-batches, reshuffling at each pass over the data.
+
+    Each pass draws one permutation from ``rng`` and cuts it into full batches; the last,
+    partial batch of a pass is dropped, unless the dataset is smaller than ``batch_size``, in
+    which case every batch is the whole (reshuffled) dataset.
+
+    Parameters
+    ----------
+    num_examples:
+        Rows in the dataset (≥ 1).
+    batch_size:
+        Rows per batch (≥ 1).
+    num_steps:
+        Number of batches (≥ 1).
+    rng:
+        Source of the permutations.
+
+    Returns
+    -------
+    Array
+        ``(num_steps, min(batch_size, num_examples))`` int64 row indices.
+    """
+    if num_examples < 1:
+        raise DataError("the dataset is empty: a site needs at least one example to train")
+    if batch_size < 1 or num_steps < 1:
+        raise ConfigurationError(
+            f"batch_size and num_steps must be >= 1, got {batch_size} and {num_steps}"
+        )
+    size = min(batch_size, num_examples)
+    per_pass = num_examples // size
+    passes = -(-num_steps // per_pass)
+    perms = rng.permuted(np.tile(np.arange(num_examples, dtype=np.int64), (passes, 1)), axis=1)
+    return perms[:, : per_pass * size].reshape(-1, size)[:num_steps]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LocalPlan:
+    """What one ``train`` call does, decided before the first step.
+
+    Attributes
+    ----------
+    config:
+        The parsed local-training config.
+    batches:
+        ``(local_steps, batch)`` row indices (see :func:`sample_batches`).
+    prox_mu:
+        The factor of ``w`` in the gradient correction (FedProx's μ; 0 when off).
+    offset:
+        Per-parameter float64 constant of the gradient correction, or ``None`` when there is
+        none (neither FedProx nor SCAFFOLD).
+    server_control, client_control:
+        SCAFFOLD's ``c`` and ``c_i`` when SCAFFOLD is on, else ``None``.
+    """
+
+    config: LocalTrainingConfig
+    batches: Array
+    prox_mu: float
+    offset: Mapping[str, Array] | None
+    server_control: ParameterSet | None
+    client_control: ParameterSet | None
+
+    @property
+    def scaffold(self) -> bool:
+        """True when SCAFFOLD's client side runs in this call."""
+        return self.server_control is not None
+
+
+def plan_local_training(
+    parameters: ParameterSet, num_examples: int, ctx: TrainContext
+) -> LocalPlan:
+    """Parse the config, draw the batches and build the gradient corrections for one call.
+
+    The batches are the first thing drawn from ``ctx.rng``, so adapters that draw further
+    numbers afterwards (a torch seed) still see the same batches as the numpy adapter.
+
+    Raises
+    ------
+    ConfigurationError
+        On an invalid config, or SCAFFOLD with an optimizer other than plain SGD.
+    ParameterMismatch
+        If a control variate does not match the parameters.
+    """
+    config = LocalTrainingConfig.from_config(ctx.config)
+    batches = sample_batches(num_examples, config.batch_size, config.local_steps, ctx.rng)
+    server_control = ctx.extras.get(SCAFFOLD_SERVER_CONTROL)
+    client_control = None
+    if server_control is not None:
+        if config.optimizer != "sgd" or config.momentum != 0.0:
+            raise ConfigurationError(
+                "SCAFFOLD needs plain local SGD: set optimizer='sgd' and momentum=0 "
+                f"(got optimizer={config.optimizer!r}, momentum={config.momentum})"
+            )
+        spec = parameters.spec
+        spec.validate(server_control, what="SCAFFOLD server control")
+        client_control = ctx.state.get(SCAFFOLD_CLIENT_CONTROL)
+        if client_control is None:
+            client_control = parameters.map(np.zeros_like)
+        else:
+            spec.validate(client_control, what="SCAFFOLD client control (site state)")
+    mu = config.proximal_mu
+    offset: dict[str, Array] | None = None
+    if mu > 0 or server_control is not None:
+        offset = {}
+        for name, x in parameters.items():
+            term = -mu * x.astype(np.float64)
+            if server_control is not None and client_control is not None:
+                term += server_control[name] - client_control[name].astype(np.float64)
+            offset[name] = term
+    return LocalPlan(
+        config=config,
+        batches=batches,
+        prox_mu=mu,
+        offset=offset,
+        server_control=server_control,
+        client_control=client_control,
+    )
+
+
+def finish_local_training(
+    plan: LocalPlan,
+    parameters: ParameterSet,
+    trained: Mapping[str, Array],
+    ctx: TrainContext,
+) -> dict[str, ParameterSet]:
+    """SCAFFOLD's client update after the local steps; the extras to send back.
+
+    Stores ``c_i⁺`` in ``ctx.state`` and returns ``{SCAFFOLD_CONTROL_DELTA: c_i⁺ − c_i}``;
+    returns ``{}`` when SCAFFOLD is off.
+
+    Parameters
+    ----------
+    plan:
+        The plan the call ran.
+    parameters:
+        The global parameters ``x`` the call started from.
+    trained:
+        The local parameters ``y`` after the steps.
+    ctx:
+        The call's context (its ``state`` is updated).
+    """
+    if plan.server_control is None or plan.client_control is None:
+        return {}
+    scale = 1.0 / (plan.config.local_steps * plan.config.learning_rate)
+    new_control: dict[str, Array] = {}
+    delta: dict[str, Array] = {}
+    for name, x in parameters.items():
+        old = plan.client_control[name]
+        step = (x.astype(np.float64) - np.asarray(trained[name], dtype=np.float64)) * scale
+        new = (old - plan.server_control[name].astype(np.float64) + step).astype(x.dtype)
+        new_control[name] = new
+        delta[name] = new - old
+    ctx.state[SCAFFOLD_CLIENT_CONTROL] = ParameterSet(new_control)
+    return {SCAFFOLD_CONTROL_DELTA: ParameterSet(delta)}
