@@ -117,7 +117,7 @@ def main() -> None:
         entry["flamby"] = ref
         ref_txt = (
             (
-                f"{ref.get('mean_of_local_tests', math.nan):>11.4f}{ref.get('std_over_5_seeds', math.nan):>7.3f}"
+                f"{ref.get('mean_of_local_tests', math.nan):>11.4f}{ref.get('std', math.nan):>7.3f}"
                 f"{ref.get('min_seed', math.nan):>7.3f}"
             )
             if ref
@@ -147,16 +147,15 @@ def main() -> None:
         print(f"  [{'PASS' if ok else 'FAIL'}] {label}")
     elapsed = time.perf_counter() - started
     print(f"({elapsed:.1f} s)")
+    for entry in results.values():  # JSON object keys are strings
+        entry["per_seed"] = {str(k): v for k, v in entry["per_seed"].items()}
+        entry["pooled_per_seed"] = {str(k): v for k, v in entry["pooled_per_seed"].items()}
     emit(
         {
             "benchmark": "flamby_tcga_brca",
             "machine": machine(),
             "seeds": args.seeds,
-            "results": {
-                m: {k: v for k, v in e.items() if k != "per_seed"}
-                | {"per_seed": {str(s): v for s, v in e["per_seed"].items()}}
-                for m, e in results.items()
-            },
+            "results": results,
             "checks": checks,
             "elapsed_s": elapsed,
         },

@@ -84,6 +84,7 @@ def _reference_train(
     steps, bs = int(config["local_steps"]), int(config["batch_size"])
     lr, mu = float(config["learning_rate"]), float(config.get("proximal_mu", 0.0))
     momentum = float(config.get("momentum", 0.0))
+    clip = float(config.get("max_grad_norm", 0.0))
     batches = sample_batches(len(data), bs, steps, np.random.default_rng(seed))
     x = {k: v.astype(np.float64) for k, v in params.items()}
     w = {k: v.copy() for k, v in x.items()}
@@ -93,6 +94,9 @@ def _reference_train(
         _, grads = model.loss_and_grad(
             w, X[rows], {k: data.target(k)[rows] for k in model.target_keys}
         )
+        norm = np.sqrt(sum(float(np.sum(g * g)) for g in grads.values()))
+        if clip and norm > clip:
+            grads = {k: g * (clip / norm) for k, g in grads.items()}
         for k in w:
             g = grads[k] + mu * (w[k] - x[k])
             if c is not None and c_i is not None:
@@ -147,7 +151,14 @@ def test_numpy_task_is_a_task_and_converges() -> None:
 
 @pytest.mark.parametrize(
     "extra",
-    [{}, {"momentum": 0.9}, {"proximal_mu": 0.5}, {"proximal_mu": 2.0, "momentum": 0.5}],
+    [
+        {},
+        {"momentum": 0.9},
+        {"proximal_mu": 0.5},
+        {"proximal_mu": 2.0, "momentum": 0.5},
+        {"max_grad_norm": 0.3},
+        {"max_grad_norm": 0.3, "proximal_mu": 0.5},
+    ],
 )
 def test_sgd_momentum_and_fedprox_match_the_reference(extra: dict[str, float]) -> None:
     model = LeastSquares(4)

@@ -88,6 +88,8 @@ def _assert_close(a: ParameterSet, b: ParameterSet) -> None:
         {"optimizer": "adam", "learning_rate": 0.01},
         {"optimizer": "adam", "learning_rate": 0.01, "proximal_mu": 1.0},
         {"batch_size": 100},
+        {"max_grad_norm": 0.5},
+        {"max_grad_norm": 0.5, "proximal_mu": 0.1},
     ],
 )
 def test_torch_and_numpy_cox_agree(extra: dict[str, float | str]) -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 
+from rich import box
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -20,29 +22,48 @@ from biofed.core import Reply
 from biofed.simulation import MethodResult, SimulationReport
 
 
-def _fmt(value: float) -> str:
-    return "—" if math.isnan(value) else f"{value:.4f}"
+def _fmt(value: float, digits: int = 4) -> str:
+    return "—" if math.isnan(value) else f"{value:.{digits}f}"
+
+
+def _short_names(sites: list[str]) -> tuple[str, dict[str, str]]:
+    """Drop the sites' common prefix up to its last ``-``/``_`` ("center-0" → "0")."""
+    prefix = os.path.commonprefix(sites) if len(sites) > 1 else ""  # noqa: RUF071 - names, not paths
+    cut = max(prefix.rfind("-"), prefix.rfind("_")) + 1
+    if cut == 0:
+        return "", {s: s for s in sites}
+    return sites[0][:cut], {s: s[cut:] for s in sites}
 
 
 def report_table(report: SimulationReport) -> Table:
     """One row per method: per-site test metric, their mean, and the pooled-test metric."""
     sites = list(report.federated.site_metrics)
+    prefix, short = _short_names(sites)
     table = Table(
         title=(
             f"{report.dataset} · {report.task} · {report.strategy} · "
             f"seed {report.seed} · test {report.metric}"
-        )
+        ),
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        caption=(
+            f"columns: each site's test set{f' ({prefix}…)' if prefix else ''}, "
+            "their mean, the pooled test set"
+        ),
     )
-    table.add_column("method", style="bold")
+    table.add_column("method", style="bold", no_wrap=True)
     for site in sites:
-        table.add_column(site, justify="right")
-    table.add_column("mean of sites", justify="right", style="bold cyan")
-    table.add_column("pooled test", justify="right")
+        table.add_column(short[site], justify="right", no_wrap=True)
+    table.add_column("mean", justify="right", style="bold cyan", no_wrap=True)
+    table.add_column("pooled", justify="right", no_wrap=True)
 
     def row(result: MethodResult, style: str | None = None) -> None:
-        cells = [_fmt(result.site_metrics.get(s, math.nan)) for s in sites]
+        cells = [_fmt(result.site_metrics.get(s, math.nan), 3) for s in sites]
+        method = result.method
+        if method.startswith("local:"):
+            method = f"local {short.get(method[6:], method[6:])}"
         table.add_row(
-            result.method,
+            method,
             *cells,
             _fmt(result.mean_site_metric),
             _fmt(result.pooled_metric),

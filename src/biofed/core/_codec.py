@@ -38,10 +38,12 @@ def encode_parameters(params: ParameterSet, *, metadata: Mapping[str, str] | Non
     Parameters
     ----------
     params:
-        The arrays to encode.
+        The arrays to encode (no parameter may be named ``__metadata__``).
     metadata:
         Optional string key/values stored in the header (must not use the ``biofed.`` prefix).
     """
+    if "__metadata__" in params:
+        raise PayloadError("'__metadata__' is reserved by safetensors and cannot name a parameter")
     meta = dict(metadata or {})
     if any(k.startswith("biofed.") for k in meta):
         raise PayloadError("metadata keys starting with 'biofed.' are reserved")

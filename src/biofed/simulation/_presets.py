@@ -30,7 +30,12 @@ def _s(train: dict[str, Scalar], **strategy: Scalar) -> RecommendedSettings:
 
 
 _ADAM: dict[str, Scalar] = {"batch_size": 8, "learning_rate": 0.01, "optimizer": "adam"}
-_SGD: dict[str, Scalar] = {"batch_size": 8, "learning_rate": 0.05, "optimizer": "sgd"}
+_SGD: dict[str, Scalar] = {
+    "batch_size": 8,
+    "learning_rate": 0.3,
+    "optimizer": "sgd",
+    "max_grad_norm": 1.0,
+}
 
 #: Fallback for datasets without tuned values.
 GENERIC: Mapping[str, RecommendedSettings] = MappingProxyType(
@@ -45,15 +50,17 @@ GENERIC: Mapping[str, RecommendedSettings] = MappingProxyType(
     }
 )
 
+_SLOW_ADAM: dict[str, Scalar] = {**_ADAM, "learning_rate": 0.003}
+
 _TUNED: dict[str, Mapping[str, RecommendedSettings]] = {
     "tcga-brca": MappingProxyType(
         {
             "fedavg": _s(dict(_ADAM)),
             "fedprox": _s(dict(_ADAM), proximal_mu=0.01),
-            "fedavgm": _s(dict(_ADAM), server_learning_rate=1.0, server_momentum=0.5),
-            "fedadam": _s(dict(_ADAM), server_learning_rate=0.1, tau=1e-3),
-            "fedyogi": _s(dict(_ADAM), server_learning_rate=0.1, tau=1e-3),
-            "fedadagrad": _s(dict(_ADAM), server_learning_rate=0.1, tau=1e-3),
+            "fedavgm": _s(dict(_ADAM), server_learning_rate=1.0, server_momentum=0.3),
+            "fedadam": _s(dict(_SLOW_ADAM), server_learning_rate=0.3, tau=1e-2),
+            "fedyogi": _s(dict(_SLOW_ADAM), server_learning_rate=0.3, tau=1e-2),
+            "fedadagrad": _s(dict(_SLOW_ADAM), server_learning_rate=1.0, tau=1e-8),
             "scaffold": _s(dict(_SGD), server_learning_rate=0.5),
         }
     ),

@@ -54,6 +54,11 @@ class LocalTrainingConfig:
         SGD momentum in [0, 1).
     proximal_mu:
         FedProx's μ ≥ 0: adds ``μ/2 ‖w − w_global‖²`` to the local loss.
+    max_grad_norm:
+        If > 0, each step's mini-batch gradient of the data loss is rescaled to at most this
+        L2 norm (over all parameters) before the FedProx/SCAFFOLD corrections; 0 turns it
+        off. Keeps plain SGD stable on unscaled features. (Not differential privacy: that
+        clips per example.)
     """
 
     local_steps: int = 100
@@ -62,6 +67,7 @@ class LocalTrainingConfig:
     optimizer: str = "sgd"
     momentum: float = 0.0
     proximal_mu: float = 0.0
+    max_grad_norm: float = 0.0
 
     def __post_init__(self) -> None:
         if self.local_steps < 1:
@@ -78,6 +84,10 @@ class LocalTrainingConfig:
             raise ConfigurationError(f"momentum must be in [0, 1), got {self.momentum}")
         if not self.proximal_mu >= 0:
             raise ConfigurationError(f"proximal_mu must be >= 0, got {self.proximal_mu}")
+        if not self.max_grad_norm >= 0:
+            raise ConfigurationError(
+                f"max_grad_norm must be >= 0 (0 turns clipping off), got {self.max_grad_norm}"
+            )
 
     @classmethod
     def from_config(cls, config: Config) -> LocalTrainingConfig:
@@ -90,6 +100,7 @@ class LocalTrainingConfig:
             "optimizer": str,
             "momentum": float,
             "proximal_mu": float,
+            "max_grad_norm": float,
         }
         for key, typ in types.items():
             if key not in config:

@@ -165,6 +165,10 @@ class NumpyTask:
                 raise _nonfinite("loss", config)
             total += loss
             g = flat.flatten(grads)
+            if config.max_grad_norm:
+                norm = float(np.linalg.norm(g))
+                if norm > config.max_grad_norm:
+                    g *= config.max_grad_norm / norm
             if offset is not None:
                 g += offset
                 if mu:

@@ -137,6 +137,8 @@ class TorchTask:
                 outputs = module(X[rows])
                 loss = self.loss_fn(outputs, {k: v[rows] for k, v in targets.items()})
                 loss.backward()  # type: ignore[no-untyped-call]
+                if config.max_grad_norm:
+                    torch.nn.utils.clip_grad_norm_(weights, config.max_grad_norm)
                 if offsets is not None:
                     with torch.no_grad():
                         for weight, offset in zip(weights, offsets, strict=True):
