@@ -7,7 +7,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from biofed.coordinator import EngineConfig, RoundEngine, RoundRecord
+from biofed.coordinator import EngineConfig, RoundEngine, RoundRecord, RunEvent
 from biofed.core import ConfigurationError, Instruction, MessageKind, ParameterSet, Reply
 from biofed.strategies import FedAvg
 from biofed.transport import InMemoryTransport
@@ -203,6 +203,9 @@ def test_listener_sees_every_round_and_reply() -> None:
         def on_round_end(self, record: RoundRecord) -> None:
             seen.append(("end", record.round))
 
+        def on_event(self, event: RunEvent) -> None:
+            seen.append(("event", event.kind))
+
     config = EngineConfig(rounds=1, seed=0)
     RoundEngine(FedAvg(), InMemoryTransport({"a": site(1, 1)}), config, listener=Listener()).run(
         ps([0.0])
@@ -232,3 +235,24 @@ def test_same_seed_same_selection_and_result() -> None:
         return np.asarray(eng.run(ps([0.0])).parameters["w"])
 
     np.testing.assert_array_equal(run(), run())
+
+
+def test_instruction_config_reaches_every_node_and_strategy_keys_win() -> None:
+    seen: list[dict[str, object]] = []
+
+    def node(inst: Instruction) -> Reply | None:
+        seen.append(dict(inst.config))
+        return site(1.0, 1)(inst)
+
+    strategy = FedAvg(train_config={"local_steps": 3, "task": "override"})
+    eng = RoundEngine(
+        strategy,
+        InMemoryTransport({"a": node}),
+        EngineConfig(rounds=1, seed=5),
+        instruction_config={"task": "cox_ph", "dataset": "tcga"},
+    )
+    eng.run(ps([0.0]))
+    assert seen[0]["task"] == "override"
+    assert seen[0]["dataset"] == "tcga"
+    assert seen[0]["seed"] == 5
+    assert seen[1]["dataset"] == "tcga"  # evaluation instruction

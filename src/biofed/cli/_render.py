@@ -17,7 +17,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from biofed.coordinator import RoundRecord
+from biofed.coordinator import RoundRecord, RunEvent
 from biofed.core import Reply
 from biofed.simulation import MethodResult, SimulationReport
 
@@ -108,6 +108,9 @@ class RoundProgress:
     def on_reply(self, server_round: int, reply: Reply, accepted: bool) -> None:
         if self._task is not None and reply.kind.value == "train":
             self._progress.advance(self._task)
+
+    def on_event(self, event: RunEvent) -> None:
+        """Events are printed after the table; nothing to draw here."""
 
     def on_round_end(self, record: RoundRecord) -> None:
         if self._task is None:

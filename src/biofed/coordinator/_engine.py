@@ -28,8 +28,10 @@ from biofed.core import (
     ProtocolError,
     Reply,
     RoundFailed,
+    Scalar,
     TransportError,
     check_id,
+    freeze_config,
 )
 from biofed.strategies import NodePlan, Strategy, StrategyState
 from biofed.transport import Transport
@@ -90,6 +92,8 @@ class EngineListener(Protocol):
 
     def on_round_end(self, record: RoundRecord) -> None: ...
 
+    def on_event(self, event: RunEvent) -> None: ...
+
 
 class _Silent:
     def on_round_start(self, server_round: int, num_selected: int) -> None:
@@ -99,6 +103,9 @@ class _Silent:
         pass
 
     def on_round_end(self, record: RoundRecord) -> None:
+        pass
+
+    def on_event(self, event: RunEvent) -> None:
         pass
 
 
@@ -119,6 +126,9 @@ class RoundEngine:
         Optional progress hooks.
     clock:
         Monotonic clock in seconds (injected for tests).
+    instruction_config:
+        Run-level settings added to every instruction's config (the task, the dataset…);
+        a strategy's own keys win.
     """
 
     def __init__(
@@ -130,8 +140,10 @@ class RoundEngine:
         run_id: str = "run",
         listener: EngineListener | None = None,
         clock: Callable[[], float] = time.monotonic,
+        instruction_config: Mapping[str, Scalar] | None = None,
     ) -> None:
         self.strategy = strategy
+        self.instruction_config = freeze_config(instruction_config)
         self.transport = transport
         self.config = config
         self.run_id = check_id(run_id, what="run_id")
@@ -248,7 +260,7 @@ class RoundEngine:
         deadline passes. Returns (accepted, rejected, nodes that never answered)."""
         outstanding: set[str] = set()
         for plan in plans:
-            config = dict(plan.config)
+            config = {**self.instruction_config, **plan.config}
             config.setdefault("seed", self.seed)
             instruction = Instruction(
                 run_id=self.run_id,
@@ -321,4 +333,6 @@ class RoundEngine:
         return True
 
     def _event(self, server_round: int, kind: str, message: str, node: str | None = None) -> None:
-        self._events.append(RunEvent(round=server_round, kind=kind, message=message, node_id=node))
+        event = RunEvent(round=server_round, kind=kind, message=message, node_id=node)
+        self._events.append(event)
+        self.listener.on_event(event)

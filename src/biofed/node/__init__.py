@@ -1,5 +1,7 @@
-"""biofed.node: the site runtime."""
+"""biofed.node: the site runtime and the node process's configuration."""
 
+from biofed.node._app import DatasetSource, NodeApp, NodeConfig
 from biofed.node._runtime import SiteNode
+from biofed.node._serve import run_node
 
-__all__ = ["SiteNode"]
+__all__ = ["DatasetSource", "NodeApp", "NodeConfig", "SiteNode", "run_node"]

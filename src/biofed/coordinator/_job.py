@@ -1,0 +1,208 @@
+"""Job specifications: what a researcher submits (``job.toml``), checked before any site is
+contacted."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from biofed.core import ConfigurationError, Scalar, check_id, freeze_config
+from biofed.strategies import STRATEGIES, Strategy, make_strategy
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_SECTIONS = {"run", "task", "strategy", "train", "evaluate"}
+_RUN_KEYS = {
+    "name",
+    "dataset",
+    "rounds",
+    "seed",
+    "min_nodes",
+    "min_replies",
+    "round_timeout",
+    "evaluate_every",
+}
+
+
+def _scalars(section: str, value: object) -> dict[str, Scalar]:
+    if not isinstance(value, dict):
+        raise ConfigurationError(f"[{section}] must be a table of key = value pairs")
+    for key, item in value.items():
+        if not isinstance(item, (bool, int, float, str)):
+            raise ConfigurationError(f"[{section}] {key} must be a number, string or boolean")
+        if isinstance(item, float) and not math.isfinite(item):
+            raise ConfigurationError(f"[{section}] {key} must be finite")
+    return dict(value)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSpec:
+    """A validated job.
+
+    Attributes
+    ----------
+    name:
+        A label for the run.
+    dataset:
+        The dataset name each site maps to its local file.
+    task, task_options:
+        Built-in task name (``cox_ph``…) and its options (``num_features`` …).
+    strategy, strategy_options:
+        Strategy name and keyword arguments.
+    train, evaluate:
+        Config sent with every training / evaluation instruction.
+    rounds, seed, min_nodes, min_replies, round_timeout, evaluate_every:
+        How the round engine runs.
+    """
+
+    name: str
+    dataset: str
+    task: str
+    task_options: Mapping[str, Scalar] = field(default_factory=lambda: MappingProxyType({}))
+    strategy: str = "fedavg"
+    strategy_options: Mapping[str, Scalar] = field(default_factory=lambda: MappingProxyType({}))
+    train: Mapping[str, Scalar] = field(default_factory=lambda: MappingProxyType({}))
+    evaluate: Mapping[str, Scalar] = field(default_factory=lambda: MappingProxyType({}))
+    rounds: int = 5
+    seed: int = 0
+    min_nodes: int = 1
+    min_replies: int = 1
+    round_timeout: float = 120.0
+    evaluate_every: int = 1
+
+    def __post_init__(self) -> None:
+        check_id(self.name, what="[run] name")
+        check_id(self.dataset, what="[run] dataset")
+        for label, value in (
+            ("rounds", self.rounds),
+            ("min_nodes", self.min_nodes),
+            ("min_replies", self.min_replies),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ConfigurationError(f"[run] {label} must be an integer >= 1, got {value!r}")
+        if self.min_replies > self.min_nodes:
+            raise ConfigurationError("[run] min_replies cannot exceed min_nodes")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigurationError(
+                f"[run] seed must be a non-negative integer, got {self.seed!r}"
+            )
+        if not self.round_timeout > 0:
+            raise ConfigurationError(
+                f"[run] round_timeout must be > 0 seconds, got {self.round_timeout}"
+            )
+        if self.strategy.lower() not in STRATEGIES:
+            raise ConfigurationError(
+                f"[strategy] name {self.strategy!r} is unknown; choose one of {sorted(STRATEGIES)}"
+            )
+        for attr in ("task_options", "strategy_options", "train", "evaluate"):
+            object.__setattr__(self, attr, freeze_config(getattr(self, attr)))
+        self.build_strategy()  # validates the strategy's options and the train config
+
+    # -- parsing ---------------------------------------------------------------------------
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> JobSpec:
+        """Build from the parsed job file (TOML tables or the equivalent JSON)."""
+        unknown = set(data) - _SECTIONS
+        if unknown:
+            raise ConfigurationError(
+                f"unknown section(s) {sorted(unknown)} in the job; allowed: {sorted(_SECTIONS)}"
+            )
+        run = _scalars("run", data.get("run", {}))
+        bad = set(run) - _RUN_KEYS
+        if bad:
+            raise ConfigurationError(
+                f"unknown [run] key(s) {sorted(bad)}; allowed: {sorted(_RUN_KEYS)}"
+            )
+        task = _scalars("task", data.get("task", {}))
+        strategy = _scalars("strategy", data.get("strategy", {}))
+        if "name" not in task:
+            raise ConfigurationError('[task] name is required (e.g. name = "cox_ph")')
+        if "dataset" not in run:
+            raise ConfigurationError("[run] dataset is required: the dataset name sites registered")
+        task_name = str(task.pop("name"))
+        strategy_name = str(strategy.pop("name", "fedavg"))
+        return cls(
+            name=str(run.get("name", "job")),
+            dataset=str(run["dataset"]),
+            task=task_name,
+            task_options=task,
+            strategy=strategy_name,
+            strategy_options=strategy,
+            train=_scalars("train", data.get("train", {})),
+            evaluate=_scalars("evaluate", data.get("evaluate", {"split": "test"})),
+            rounds=run.get("rounds", 5),  # type: ignore[arg-type]
+            seed=run.get("seed", 0),  # type: ignore[arg-type]
+            min_nodes=run.get("min_nodes", 1),  # type: ignore[arg-type]
+            min_replies=run.get("min_replies", 1),  # type: ignore[arg-type]
+            round_timeout=float(run.get("round_timeout", 120.0)),
+            evaluate_every=run.get("evaluate_every", 1),  # type: ignore[arg-type]
+        )
+
+    @classmethod
+    def from_toml(cls, text: str) -> JobSpec:
+        """Parse a ``job.toml``."""
+        try:
+            return cls.from_mapping(tomllib.loads(text))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"job file is not valid TOML: {exc}") from exc
+
+    @classmethod
+    def from_json(cls, text: str) -> JobSpec:
+        """Parse the JSON form (what travels to the coordinator)."""
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise ConfigurationError(f"job is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigurationError("job must be a JSON object")
+        return cls.from_mapping(data)
+
+    def to_mapping(self) -> dict[str, dict[str, Scalar]]:
+        """The job file's tables."""
+        return {
+            "run": {
+                "name": self.name,
+                "dataset": self.dataset,
+                "rounds": self.rounds,
+                "seed": self.seed,
+                "min_nodes": self.min_nodes,
+                "min_replies": self.min_replies,
+                "round_timeout": self.round_timeout,
+                "evaluate_every": self.evaluate_every,
+            },
+            "task": {"name": self.task, **self.task_options},
+            "strategy": {"name": self.strategy, **self.strategy_options},
+            "train": dict(self.train),
+            "evaluate": dict(self.evaluate),
+        }
+
+    def to_json(self) -> str:
+        """Canonical JSON (sorted keys): equal jobs give equal text."""
+        return json.dumps(self.to_mapping(), sort_keys=True, separators=(",", ":"))
+
+    # -- what the engine needs ---------------------------------------------------------------
+    def build_strategy(self) -> Strategy:
+        """The strategy with its options and the training / evaluation configs."""
+        return make_strategy(
+            self.strategy,
+            train_config=self.train,
+            evaluate_config=self.evaluate,
+            min_train_nodes=self.min_replies,
+            **self.strategy_options,
+        )
+
+    def instruction_config(self) -> dict[str, Scalar]:
+        """Run-level keys every instruction carries: the task and the dataset."""
+        return {
+            "task": self.task,
+            "dataset": self.dataset,
+            **{f"task.{k}": v for k, v in self.task_options.items()},
+        }

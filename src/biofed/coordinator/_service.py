@@ -1,0 +1,431 @@
+"""The coordinator runtime: accepts runs from researchers, drives them over the connected
+nodes with the round engine, and persists every step so a restart resumes where it stopped.
+
+Runs execute one at a time in submission order; a run found ``running`` at start-up (the
+coordinator was killed) resumes from its last checkpoint before any pending run starts.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from biofed.coordinator._engine import EngineConfig, RoundEngine
+from biofed.coordinator._job import JobSpec
+from biofed.coordinator._records import RoundRecord, RunEvent
+from biofed.coordinator._store import (
+    Checkpoint,
+    NodeRow,
+    NodeStatus,
+    RunRow,
+    RunStatus,
+    StateStore,
+)
+from biofed.core import (
+    BiofedError,
+    ProtocolError,
+    Reply,
+    encode_parameters,
+)
+from biofed.tasks import make_task
+from biofed.transport.grpc import (
+    EventInfo,
+    NodeEvent,
+    NodeHub,
+    NodeSummary,
+    Peer,
+    RunSummary,
+)
+
+_NODE_STATUS: dict[str, NodeStatus] = {
+    "connected": "online",
+    "reconnected": "online",
+    "disconnected": "offline",
+    "lost": "lost",
+}
+
+
+def _finite(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+class _StoreListener:
+    """Engine hooks that write the run's progress into the state store."""
+
+    def __init__(self, store: StateStore, run_id: str) -> None:
+        self.store = store
+        self.run_id = run_id
+
+    def on_round_start(self, server_round: int, num_selected: int) -> None:
+        self.store.append_event(
+            self.run_id,
+            round=server_round,
+            kind="round_started",
+            message=f"{num_selected} sites asked to train",
+        )
+
+    def on_reply(self, server_round: int, reply: Reply, accepted: bool) -> None:
+        if accepted:
+            self.store.append_event(
+                self.run_id,
+                round=server_round,
+                kind=f"{reply.kind.value}_reply",
+                message="accepted",
+                node_id=reply.node_id,
+            )
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        metrics = {
+            **{f"train.{k}": v for k, v in record.train_metrics.items()},
+            **{f"eval.{k}": v for k, v in record.eval_metrics.items()},
+        }
+        text = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        message = record.failed or f"{record.num_replies}/{record.num_selected} replies; {text}"
+        self.store.append_event(
+            self.run_id, round=record.round, kind="round_completed", message=message
+        )
+
+    def on_event(self, event: RunEvent) -> None:
+        self.store.append_event(
+            self.run_id,
+            round=event.round,
+            kind=event.kind,
+            message=event.message,
+            node_id=event.node_id,
+        )
+
+
+class Coordinator:
+    """Runs, nodes and the control API of one consortium's coordinator.
+
+    Parameters
+    ----------
+    store:
+        Where runs, rounds, events, nodes and checkpoints persist.
+    heartbeat_interval, missed_heartbeats:
+        Node liveness: a node silent for ``interval × missed`` seconds is marked lost.
+    node_wait:
+        Seconds a round waits for ``min_nodes`` sites to be connected before it fails.
+    clock:
+        Wall clock for timestamps.
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        *,
+        heartbeat_interval: float = 2.0,
+        missed_heartbeats: int = 3,
+        node_wait: float = 60.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.node_wait = node_wait
+        self.clock = clock
+        self.hub = NodeHub(
+            heartbeat_interval=heartbeat_interval,
+            missed_heartbeats=missed_heartbeats,
+            on_node_event=self._node_event,
+            on_wire_error=self._wire_error,
+        )
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._cancelled: set[str] = set()
+        self._lock = threading.Lock()
+        self._runner = threading.Thread(target=self._loop, name="biofed-runner", daemon=True)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def start(self) -> Coordinator:
+        """Start executing runs (resuming interrupted ones first)."""
+        self._runner.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop after the current round; an unfinished run stays ``running`` and resumes at
+        the next start."""
+        self._stopping.set()
+        self._wake.set()
+        self._runner.join(timeout)
+
+    # -- node registry -------------------------------------------------------------------------
+    def _node_event(self, node_id: str, event: NodeEvent) -> None:
+        properties: dict[str, Any] = {}
+        for session in self.hub.sessions():
+            if session.node_id == node_id:
+                for ds in session.datasets:
+                    properties[f"dataset.{ds.name}.examples"] = ds.num_examples
+        self.store.upsert_node(
+            NodeRow(
+                node_id=node_id,
+                status=_NODE_STATUS[event],
+                last_seen=self.clock(),
+                properties=properties,
+            )
+        )
+        self._wake.set()
+
+    def _wire_error(self, run_id: str, server_round: int, node_id: str, message: str) -> None:
+        try:
+            if self.store.get_run(run_id) is not None:
+                self.store.append_event(
+                    run_id,
+                    round=server_round,
+                    kind="reply_rejected",
+                    message=message,
+                    node_id=node_id,
+                )
+                return
+        except BiofedError:
+            pass
+        for row in self.store.list_runs([RunStatus.RUNNING]):
+            self.store.append_event(
+                row.run_id,
+                round=row.completed_rounds + 1,
+                kind="reply_rejected",
+                message=f"upload for run {run_id!r}: {message}",
+                node_id=node_id,
+            )
+
+    # -- control API (biofed.transport.grpc.ControlHandler) ------------------------------------
+    def submit_run(self, peer: Peer, spec_json: str) -> RunSummary:
+        spec = JobSpec.from_json(spec_json)
+        run_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
+        self.store.create_run(run_id, spec.to_json(), peer.name)
+        self.store.append_event(run_id, round=0, kind="submitted", message=f"by {peer.name}")
+        self._wake.set()
+        return self.get_run(peer, run_id)
+
+    def _row(self, run_id: str) -> RunRow:
+        row = self.store.get_run(run_id)
+        if row is None:
+            raise LookupError(f"no run {run_id!r}")
+        return row
+
+    def get_run(self, peer: Peer, run_id: str) -> RunSummary:
+        return self._summary(self._row(run_id))
+
+    def list_runs(self, peer: Peer) -> list[RunSummary]:
+        return [self._summary(r) for r in self.store.list_runs()]
+
+    def watch_run(
+        self, peer: Peer, run_id: str, after_seq: int, follow: bool, alive: Callable[[], bool]
+    ) -> Iterator[EventInfo]:
+        self._row(run_id)
+        seq = after_seq
+        while True:
+            rows = self.store.events(run_id, after_seq=seq)
+            for e in rows:
+                seq = e.seq
+                yield EventInfo(
+                    seq=e.seq,
+                    time=e.time,
+                    round=e.round,
+                    kind=e.kind,
+                    node_id=e.node_id or "",
+                    message=e.message,
+                )
+            if not follow or not alive():
+                return
+            if not rows and self._row(run_id).status.is_terminal:
+                return
+            time.sleep(0.1)
+
+    def cancel_run(self, peer: Peer, run_id: str) -> RunSummary:
+        row = self._row(run_id)
+        if row.status.is_terminal:
+            raise ProtocolError(f"run {run_id!r} already ended ({row.status.value})")
+        with self._lock:
+            self._cancelled.add(run_id)
+        if row.status is RunStatus.PENDING:
+            self.store.set_run_status(run_id, RunStatus.CANCELLED)
+        self.store.append_event(
+            run_id, round=row.completed_rounds, kind="cancel_requested", message=f"by {peer.name}"
+        )
+        return self.get_run(peer, run_id)
+
+    def run_result(self, peer: Peer, run_id: str) -> bytes:
+        row = self._row(run_id)
+        if row.status is not RunStatus.FINISHED:
+            raise ProtocolError(
+                f"run {run_id!r} is {row.status.value}; results exist once finished"
+            )
+        checkpoint = self.store.latest_checkpoint(run_id)
+        if checkpoint is None:
+            raise LookupError(f"run {run_id!r} has no model")
+        return encode_parameters(
+            checkpoint.parameters, metadata={"run_id": run_id, "round": str(checkpoint.round)}
+        )
+
+    def list_nodes(self, peer: Peer) -> list[NodeSummary]:
+        return [
+            NodeSummary(
+                node_id=n.node_id,
+                status=n.status,
+                last_seen=n.last_seen,
+                properties_json=json.dumps(dict(n.properties), sort_keys=True),
+            )
+            for n in self.store.list_nodes()
+        ]
+
+    def _summary(self, row: RunRow) -> RunSummary:
+        spec = JobSpec.from_json(row.spec)
+        rounds = self.store.rounds(row.run_id)
+        summary: dict[str, Any] = {
+            "strategy": spec.strategy,
+            "dataset": spec.dataset,
+            "task": spec.task,
+        }
+        if rounds:
+            last = rounds[-1].record
+            evaluated = [r.record for r in rounds if r.record.eval_metrics]
+            summary["last_round"] = {
+                "round": last.round,
+                "replies": last.num_replies,
+                "failed": last.failed,
+                "train_metrics": {k: _finite(v) for k, v in last.train_metrics.items()},
+            }
+            if evaluated:
+                final = evaluated[-1]
+                summary["evaluation"] = {
+                    "round": final.round,
+                    "metrics": {k: _finite(v) for k, v in final.eval_metrics.items()},
+                    "sites": {
+                        n: {k: _finite(v) for k, v in m.items()}
+                        for n, m in final.node_eval_metrics.items()
+                    },
+                }
+        return RunSummary(
+            run_id=row.run_id,
+            status=row.status.value,
+            owner=row.owner,
+            completed_rounds=row.completed_rounds,
+            total_rounds=spec.rounds,
+            error=row.error or "",
+            summary_json=json.dumps(summary, sort_keys=True),
+            created_at=row.created_at,
+            updated_at=row.updated_at,
+        )
+
+    # -- execution -------------------------------------------------------------------------------
+    def _next_run(self) -> RunRow | None:
+        for status in (RunStatus.RUNNING, RunStatus.PENDING):
+            rows = self.store.list_runs([status])
+            if rows:
+                return rows[0]
+        return None
+
+    def _loop(self) -> None:
+        while not self._stopping.is_set():
+            row = self._next_run()
+            if row is None:
+                self._wake.wait(1.0)
+                self._wake.clear()
+                continue
+            self._execute(row)
+
+    def _is_cancelled(self, run_id: str) -> bool:
+        with self._lock:
+            return run_id in self._cancelled
+
+    def _wait_for_nodes(self, run_id: str, server_round: int, transport: Any, needed: int) -> bool:
+        deadline = time.monotonic() + self.node_wait
+        announced = False
+        while len(transport.available_nodes()) < needed:
+            if self._stopping.is_set() or self._is_cancelled(run_id):
+                return False
+            if time.monotonic() > deadline:
+                return True  # let the engine record the failed round
+            if not announced:
+                self.store.append_event(
+                    run_id,
+                    round=server_round,
+                    kind="waiting_for_nodes",
+                    message=f"{len(transport.available_nodes())} of {needed} sites connected",
+                )
+                announced = True
+            self._wake.wait(0.2)
+            self._wake.clear()
+        return True
+
+    def _execute(self, row: RunRow) -> None:
+        run_id = row.run_id
+        try:
+            spec = JobSpec.from_json(row.spec)
+            strategy = spec.build_strategy()
+            checkpoint = self.store.latest_checkpoint(run_id)
+            if checkpoint is not None:
+                params, state, start = checkpoint.parameters, checkpoint.state, checkpoint.round + 1
+                self.store.append_event(
+                    run_id,
+                    round=checkpoint.round,
+                    kind="resumed",
+                    message=f"from the checkpoint of round {checkpoint.round}",
+                )
+            else:
+                task = make_task(spec.task, **spec.task_options)
+                params = task.init_parameters(np.random.default_rng(spec.seed))
+                state, start = strategy.init_state(params), 1
+            if row.status is RunStatus.PENDING:
+                self.store.set_run_status(run_id, RunStatus.RUNNING)
+        except BiofedError as exc:
+            self._fail(run_id, str(exc))
+            return
+        transport = self.hub.transport_for(run_id, spec.dataset)
+        config = EngineConfig(
+            rounds=spec.rounds,
+            min_nodes=spec.min_nodes,
+            min_replies=spec.min_replies,
+            round_timeout=spec.round_timeout,
+            evaluate_every=spec.evaluate_every,
+            seed=spec.seed,
+        )
+        engine = RoundEngine(
+            strategy,
+            transport,
+            config,
+            run_id=run_id,
+            listener=_StoreListener(self.store, run_id),
+            instruction_config=spec.instruction_config(),
+        )
+        try:
+            for server_round in range(start, spec.rounds + 1):
+                if not self._wait_for_nodes(run_id, server_round, transport, spec.min_nodes):
+                    break
+                params, state, record = engine.run_round(server_round, params, state)
+                self.store.complete_round(
+                    run_id,
+                    record,
+                    Checkpoint(run_id=run_id, round=server_round, parameters=params, state=state),
+                )
+            else:
+                self.store.set_run_status(run_id, RunStatus.FINISHED)
+                self.store.append_event(
+                    run_id, round=spec.rounds, kind="finished", message=f"{spec.rounds} rounds"
+                )
+                return
+            if self._is_cancelled(run_id):
+                self.store.set_run_status(run_id, RunStatus.CANCELLED)
+                self.store.append_event(
+                    run_id,
+                    round=self._row(run_id).completed_rounds,
+                    kind="cancelled",
+                    message="stopped between rounds",
+                )
+        except BiofedError as exc:
+            self._fail(run_id, str(exc))
+        finally:
+            transport.close()
+
+    def _fail(self, run_id: str, message: str) -> None:
+        try:
+            self.store.set_run_status(run_id, RunStatus.FAILED, error=message)
+            self.store.append_event(run_id, round=0, kind="failed", message=message)
+        except BiofedError:
+            pass

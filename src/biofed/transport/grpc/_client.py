@@ -1,0 +1,399 @@
+"""Clients of the coordinator: the node's dial-out loop and the researchers' control client."""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+import grpc
+
+from biofed.core import (
+    BiofedError,
+    ConfigurationError,
+    Instruction,
+    PayloadError,
+    PolicyViolation,
+    ProtocolError,
+    Reply,
+    TransportError,
+)
+from biofed.transport.grpc._control import EventInfo, NodeSummary, RunSummary
+from biofed.transport.grpc._gen import federation_pb2 as pb
+from biofed.transport.grpc._gen import federation_pb2_grpc as pb_grpc
+from biofed.transport.grpc._hub import DatasetDeclaration
+from biofed.transport.grpc._serde import (
+    Reassembler,
+    blob_manifest,
+    chunks,
+    instruction_from_wire,
+    pack,
+    reply_header,
+)
+from biofed.transport.grpc._tls import TlsConfig, secure_channel
+
+_log = logging.getLogger("biofed.node")
+T = TypeVar("T")
+
+#: Handles one instruction at the site and returns the reply to upload.
+InstructionHandler = Callable[[Instruction], Reply]
+
+
+class NodeClient:
+    """A node's connection to the coordinator: dial out, take instructions, upload replies.
+
+    Reconnects after any failure with exponential backoff and jitter, sends heartbeats,
+    and handles instructions one at a time on a worker thread so pings keep flowing
+    during long local training.
+
+    Parameters
+    ----------
+    target:
+        The coordinator's ``host:port``.
+    tls:
+        This node's certificate, key and the consortium CA.
+    node_id:
+        This node's name (as its certificate says; the coordinator checks the certificate).
+    handler:
+        Runs an instruction (the site runtime).
+    datasets:
+        Datasets this node declares.
+    max_payload_bytes:
+        Refuse instructions that declare more bytes than this.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        tls: TlsConfig,
+        *,
+        node_id: str,
+        handler: InstructionHandler,
+        datasets: Sequence[DatasetDeclaration],
+        server_name: str | None = None,
+        max_payload_bytes: int = 16 * 1024**3,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 5.0,
+        on_status: Callable[[str], None] | None = None,
+    ) -> None:
+        self.target = target
+        self.tls = tls
+        self.node_id = node_id
+        self.handler = handler
+        self.datasets = tuple(datasets)
+        self.server_name = server_name
+        self.max_payload_bytes = max_payload_bytes
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self._on_status = on_status or (lambda message: None)
+        self._rng = random.Random()
+
+    def run(self, stop: threading.Event) -> None:
+        """Serve until ``stop`` is set, reconnecting as needed."""
+        delay = self.backoff_initial
+        while not stop.is_set():
+            connected = threading.Event()
+            try:
+                self._serve_once(stop, connected)
+            except grpc.RpcError as exc:
+                code = exc.code() if hasattr(exc, "code") else None
+                self._on_status(f"disconnected ({code.name if code else 'error'}): {_details(exc)}")
+            except BiofedError as exc:
+                self._on_status(f"connection dropped: {exc}")
+            if connected.is_set():
+                delay = self.backoff_initial
+            if stop.wait(delay * (0.5 + self._rng.random())):
+                break
+            delay = min(delay * 2, self.backoff_max)
+
+    def _serve_once(self, stop: threading.Event, connected: threading.Event) -> None:
+        channel = secure_channel(self.target, self.tls, server_name=self.server_name)
+        stub = pb_grpc.NodeServiceStub(channel)
+        session_id = uuid.uuid4().hex
+        request = pb.ConnectRequest(
+            session_id=session_id,
+            datasets=[
+                pb.DatasetInfo(
+                    name=d.name, num_examples=d.num_examples, num_features=d.num_features
+                )
+                for d in self.datasets
+            ],
+        )
+        call = stub.Connect(request)
+        work: queue.Queue[tuple[Instruction, str] | None] = queue.Queue()
+        done = threading.Event()
+        worker = threading.Thread(
+            target=self._work, args=(stub, work, done), name="biofed-node-work", daemon=True
+        )
+        beat = threading.Thread(
+            target=self._heartbeat,
+            args=(stub, session_id, call, done, stop),
+            name="biofed-node-heartbeat",
+            daemon=True,
+        )
+        worker.start()
+        watcher = threading.Thread(target=_cancel_on, args=(stop, done, call), daemon=True)
+        watcher.start()
+        try:
+            assembler: Reassembler | None = None
+            header: pb.InstructionHeader | None = None
+            for message in call:
+                if not connected.is_set():
+                    connected.set()
+                    beat.start()
+                    self._on_status(f"connected to {self.target}")
+                kind = message.WhichOneof("body")
+                if kind == "instruction":
+                    header = message.instruction
+                    assembler = Reassembler(
+                        header.transfer_id,
+                        blob_manifest(header.blobs),
+                        int(header.total_bytes),
+                        bytes(header.sha256),
+                        max_bytes=self.max_payload_bytes,
+                    )
+                elif kind == "chunk":
+                    if assembler is None or header is None:
+                        raise PayloadError("chunk without an instruction header")
+                    assembler.add(message.chunk)
+                    if assembler.complete:
+                        instruction = instruction_from_wire(
+                            header,
+                            assembler.finish(),
+                            self.node_id,
+                            max_bytes=self.max_payload_bytes,
+                        )
+                        work.put((instruction, header.transfer_id))
+                        assembler = header = None
+                elif kind == "ping" and not connected.is_set():
+                    connected.set()
+        finally:
+            done.set()
+            work.put(None)
+            call.cancel()  # type: ignore[no-untyped-call]
+            worker.join(timeout=1.0)
+            channel.close()
+
+    def _work(
+        self,
+        stub: pb_grpc.NodeServiceStub,
+        work: queue.Queue[tuple[Instruction, str] | None],
+        done: threading.Event,
+    ) -> None:
+        while True:
+            item = work.get()
+            if item is None:
+                return
+            instruction, transfer_id = item
+            reply = self.handler(instruction)
+            if done.is_set():
+                return
+            try:
+                self._upload(stub, reply, transfer_id)
+            except grpc.RpcError as exc:
+                self._on_status(f"reply upload failed: {_details(exc)}")
+                return
+
+    def _upload(self, stub: pb_grpc.NodeServiceStub, reply: Reply, transfer_id: str) -> None:
+        payload = pack(reply.parameters, reply.extras)
+        header = reply_header(reply, transfer_id, payload)
+
+        def messages() -> Iterator[pb.ReplyChunk]:
+            yield pb.ReplyChunk(header=header)
+            for chunk in chunks(transfer_id, payload.data):
+                yield pb.ReplyChunk(chunk=chunk)
+
+        ack = stub.SendReply(messages())
+        if not ack.accepted:
+            self._on_status(f"coordinator refused round {reply.round} reply: {ack.message}")
+
+    def _heartbeat(
+        self,
+        stub: pb_grpc.NodeServiceStub,
+        session_id: str,
+        call: Any,
+        done: threading.Event,
+        stop: threading.Event,
+    ) -> None:
+        interval = 2.0
+        while not done.wait(interval) and not stop.is_set():
+            try:
+                response = stub.Heartbeat(
+                    pb.HeartbeatRequest(session_id=session_id), timeout=interval
+                )
+                interval = max(0.05, float(response.interval_s) or interval)
+            except grpc.RpcError as exc:
+                if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # session replaced or lost
+                    call.cancel()
+                    return
+
+
+def _cancel_on(stop: threading.Event, done: threading.Event, call: Any) -> None:
+    """Cancel the stream when the node is asked to stop (unblocks the reading loop)."""
+    while not done.wait(0.2):
+        if stop.is_set():
+            call.cancel()
+            return
+
+
+def _details(exc: grpc.RpcError) -> str:
+    details = exc.details() if hasattr(exc, "details") else None
+    return str(details or exc)
+
+
+_ERRORS: dict[grpc.StatusCode, type[BiofedError]] = {
+    grpc.StatusCode.PERMISSION_DENIED: PolicyViolation,
+    grpc.StatusCode.UNAUTHENTICATED: PolicyViolation,
+    grpc.StatusCode.INVALID_ARGUMENT: ConfigurationError,
+    grpc.StatusCode.FAILED_PRECONDITION: ProtocolError,
+}
+
+
+class RunNotFound(BiofedError, LookupError):
+    """The coordinator has no such run."""
+
+    code = "not_found"
+
+
+class ControlClient:
+    """A researcher's or operator's client of the coordinator's ControlService."""
+
+    def __init__(
+        self, target: str, tls: TlsConfig, *, server_name: str | None = None, timeout: float = 30.0
+    ) -> None:
+        self._channel = secure_channel(target, tls, server_name=server_name)
+        self._stub = pb_grpc.ControlServiceStub(self._channel)
+        self.timeout = timeout
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel."""
+        self._channel.close()
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        try:
+            return fn()
+        except grpc.RpcError as exc:
+            code = exc.code()
+            if code == grpc.StatusCode.NOT_FOUND:
+                raise RunNotFound(_details(exc)) from None
+            error = _ERRORS.get(code, TransportError)
+            raise error(f"coordinator: {_details(exc)}") from None
+
+    def submit_run(self, spec_json: str) -> RunSummary:
+        """Submit a job; returns the new run."""
+        return _summary(
+            self._call(
+                lambda: self._stub.SubmitRun(
+                    pb.SubmitRunRequest(spec_json=spec_json), timeout=self.timeout
+                )
+            )
+        )
+
+    def get_run(self, run_id: str) -> RunSummary:
+        """One run's status."""
+        return _summary(
+            self._call(
+                lambda: self._stub.GetRun(pb.RunRequest(run_id=run_id), timeout=self.timeout)
+            )
+        )
+
+    def list_runs(self) -> list[RunSummary]:
+        """Every run the coordinator knows."""
+        response = self._call(
+            lambda: self._stub.ListRuns(pb.ListRunsRequest(), timeout=self.timeout)
+        )
+        return [_summary(r) for r in response.runs]
+
+    def cancel_run(self, run_id: str) -> RunSummary:
+        """Ask the coordinator to stop a run after its current round."""
+        return _summary(
+            self._call(
+                lambda: self._stub.CancelRun(pb.RunRequest(run_id=run_id), timeout=self.timeout)
+            )
+        )
+
+    def watch_run(
+        self, run_id: str, *, after_seq: int = 0, follow: bool = False
+    ) -> Iterator[EventInfo]:
+        """A run's events; with ``follow``, until the run ends."""
+        stream = self._call(
+            lambda: self._stub.WatchRun(
+                pb.WatchRunRequest(run_id=run_id, after_seq=after_seq, follow=follow)
+            )
+        )
+
+        def events() -> Iterator[EventInfo]:
+            for e in stream:
+                yield EventInfo(
+                    seq=e.seq,
+                    time=e.time,
+                    round=e.round,
+                    kind=e.kind,
+                    node_id=e.node_id,
+                    message=e.message,
+                )
+
+        yield from self._call(lambda: list(events())) if not follow else self._follow(events())
+
+    def _follow(self, events: Iterator[EventInfo]) -> Iterator[EventInfo]:
+        while True:
+            try:
+                item = self._call(lambda: next(events, None))
+            except TransportError:
+                return
+            if item is None:
+                return
+            yield item
+
+    def download_result(self, run_id: str) -> bytes:
+        """The final model of a finished run, as safetensors bytes."""
+
+        def fetch() -> bytes:
+            parts = [
+                c.data
+                for c in self._stub.DownloadResult(
+                    pb.RunRequest(run_id=run_id), timeout=self.timeout
+                )
+            ]
+            return b"".join(parts)
+
+        return self._call(fetch)
+
+    def list_nodes(self) -> list[NodeSummary]:
+        """Nodes the coordinator knows, with their status."""
+        response = self._call(
+            lambda: self._stub.ListNodes(pb.ListNodesRequest(), timeout=self.timeout)
+        )
+        return [
+            NodeSummary(
+                node_id=n.node_id,
+                status=n.status,
+                last_seen=n.last_seen,
+                properties_json=n.properties_json,
+            )
+            for n in response.nodes
+        ]
+
+
+def _summary(info: pb.RunInfo) -> RunSummary:
+    return RunSummary(
+        run_id=info.run_id,
+        status=info.status,
+        owner=info.owner,
+        completed_rounds=info.completed_rounds,
+        total_rounds=info.total_rounds,
+        error=info.error,
+        summary_json=info.summary_json or "{}",
+        created_at=info.created_at,
+        updated_at=info.updated_at,
+    )

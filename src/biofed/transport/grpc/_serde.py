@@ -1,0 +1,306 @@
+"""The one place that converts between wire messages (biofed.v1) and core types.
+
+A payload is a concatenation of safetensors blobs — ``parameters`` first, then one
+``extras/<key>`` blob per extra — described by a manifest of (name, size) in the header and
+protected by a SHA-256 of the whole. Payloads travel as chunks of :data:`CHUNK_BYTES` and are
+reassembled into one preallocated buffer.
+
+Security notes
+--------------
+Threat: a peer (or a man in the middle that somehow got past mTLS) sends a truncated,
+oversized, out-of-order or malformed chunk stream, hoping to exhaust memory or make the
+receiver accept corrupted arrays. The header's declared size is checked against a limit
+before any buffer is allocated; chunks must arrive in order with no gap or overlap; the total
+must match exactly; the digest must match; every blob is decoded by the safetensors codec,
+which refuses anything but plain numeric arrays (no pickle, no code). Any failure raises
+:class:`~biofed.core.PayloadError` naming what was wrong, never echoing the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+from biofed.core import (
+    ConfigurationError,
+    Instruction,
+    MessageKind,
+    ParameterSet,
+    PayloadError,
+    Reply,
+    Scalar,
+    decode_parameters,
+    encode_parameters,
+)
+from biofed.transport.grpc._gen import federation_pb2 as pb
+
+#: Bytes of payload per chunk message (well under gRPC's 4 MiB default message limit).
+CHUNK_BYTES = 2 * 1024 * 1024
+_PARAMETERS = "parameters"
+_EXTRAS = "extras/"
+
+
+def new_transfer_id() -> str:
+    """A fresh random id for one instruction and its reply."""
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Payload:
+    """Encoded arrays ready to stream: the bytes, their manifest and digest."""
+
+    data: bytes
+    blobs: tuple[tuple[str, int], ...]
+    sha256: bytes
+
+    @property
+    def size(self) -> int:
+        """Total bytes."""
+        return len(self.data)
+
+
+def pack(parameters: ParameterSet | None, extras: Mapping[str, ParameterSet]) -> Payload:
+    """Encode parameters and extras into one payload."""
+    parts: list[tuple[str, bytes]] = []
+    if parameters is not None:
+        parts.append((_PARAMETERS, encode_parameters(parameters)))
+    for key, value in extras.items():
+        if "/" in key:
+            raise ConfigurationError(f"extras key {key!r} may not contain '/'")
+        parts.append((_EXTRAS + key, encode_parameters(value)))
+    data = b"".join(blob for _, blob in parts)
+    return Payload(
+        data=data,
+        blobs=tuple((name, len(blob)) for name, blob in parts),
+        sha256=hashlib.sha256(data).digest(),
+    )
+
+
+def chunks(transfer_id: str, data: bytes, size: int = CHUNK_BYTES) -> Iterator[pb.Chunk]:
+    """The payload as chunk messages (at least one, so empty payloads are explicit)."""
+    view = memoryview(data)
+    if not view:
+        yield pb.Chunk(transfer_id=transfer_id, offset=0, data=b"")
+        return
+    for offset in range(0, len(view), size):
+        yield pb.Chunk(
+            transfer_id=transfer_id, offset=offset, data=bytes(view[offset : offset + size])
+        )
+
+
+class Reassembler:
+    """Collects one payload's chunks into a preallocated buffer, checking every step.
+
+    Parameters
+    ----------
+    transfer_id:
+        The transfer the chunks must name.
+    blobs:
+        The header's manifest: (name, size) pairs.
+    total_bytes, sha256:
+        The header's declared size and digest.
+    max_bytes:
+        Refuse a declared size above this before allocating anything.
+    """
+
+    def __init__(
+        self,
+        transfer_id: str,
+        blobs: Sequence[tuple[str, int]],
+        total_bytes: int,
+        sha256: bytes,
+        *,
+        max_bytes: int,
+    ) -> None:
+        if total_bytes > max_bytes:
+            raise PayloadError(
+                f"declared payload of {total_bytes} bytes exceeds the limit of {max_bytes}"
+            )
+        if sum(size for _, size in blobs) != total_bytes:
+            raise PayloadError("payload manifest does not add up to the declared size")
+        if len(sha256) != 32:
+            raise PayloadError("payload digest is not a SHA-256")
+        names = [name for name, _ in blobs]
+        if len(set(names)) != len(names):
+            raise PayloadError("payload manifest names a blob twice")
+        self.transfer_id = transfer_id
+        self.blobs = tuple(blobs)
+        self.total = total_bytes
+        self._digest = sha256
+        self._buffer = bytearray(total_bytes)
+        self._filled = 0
+        self._hash = hashlib.sha256()
+
+    @property
+    def complete(self) -> bool:
+        """True once every declared byte arrived."""
+        return self._filled == self.total
+
+    def add(self, chunk: pb.Chunk) -> None:
+        """Place one chunk; it must continue exactly where the previous one ended."""
+        if chunk.transfer_id != self.transfer_id:
+            raise PayloadError("chunk belongs to another transfer")
+        if chunk.offset != self._filled:
+            raise PayloadError(
+                f"chunk at offset {chunk.offset} arrived, expected offset {self._filled} "
+                "(chunks out of order, missing or repeated)"
+            )
+        end = self._filled + len(chunk.data)
+        if end > self.total:
+            raise PayloadError(f"chunks exceed the declared payload size of {self.total} bytes")
+        self._buffer[self._filled : end] = chunk.data
+        self._hash.update(chunk.data)
+        self._filled = end
+
+    def finish(self) -> dict[str, memoryview]:
+        """Check completeness and digest; return each blob as a view into the buffer."""
+        if not self.complete:
+            raise PayloadError(
+                f"payload truncated: {self._filled} of {self.total} declared bytes arrived"
+            )
+        if self._hash.digest() != self._digest:
+            raise PayloadError("payload digest does not match: corrupted in transit")
+        view = memoryview(self._buffer)
+        out: dict[str, memoryview] = {}
+        offset = 0
+        for name, size in self.blobs:
+            out[name] = view[offset : offset + size]
+            offset += size
+        return out
+
+
+def _split(
+    blobs: Mapping[str, memoryview], *, max_bytes: int
+) -> tuple[ParameterSet | None, dict[str, ParameterSet]]:
+    parameters: ParameterSet | None = None
+    extras: dict[str, ParameterSet] = {}
+    for name, blob in blobs.items():
+        decoded = decode_parameters(blob, max_bytes=max_bytes)
+        if name == _PARAMETERS:
+            parameters = decoded
+        elif name.startswith(_EXTRAS) and len(name) > len(_EXTRAS):
+            extras[name[len(_EXTRAS) :]] = decoded
+        else:
+            raise PayloadError(f"payload has an unknown blob {name!r}")
+    return parameters, extras
+
+
+def _config_json(config: Mapping[str, Scalar]) -> str:
+    for value in config.values():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigurationError("config values must be finite numbers")
+    return json.dumps(dict(config), sort_keys=True)
+
+
+def _config_from_json(text: str) -> dict[str, Scalar]:
+    try:
+        value = json.loads(text or "{}")
+    except ValueError as exc:
+        raise PayloadError("instruction config is not valid JSON") from exc
+    if not isinstance(value, dict):
+        raise PayloadError("instruction config is not a JSON object")
+    return value
+
+
+def _kind(text: str) -> MessageKind:
+    try:
+        return MessageKind(text)
+    except ValueError:
+        raise PayloadError(f"unknown message kind {text!r}") from None
+
+
+# -- instructions ----------------------------------------------------------------------------
+
+
+def instruction_header(
+    inst: Instruction, transfer_id: str, payload: Payload
+) -> pb.InstructionHeader:
+    """The wire header announcing ``inst`` (its arrays travel as ``payload``)."""
+    return pb.InstructionHeader(
+        transfer_id=transfer_id,
+        run_id=inst.run_id,
+        round=inst.round,
+        kind=inst.kind.value,
+        config_json=_config_json(inst.config),
+        blobs=[pb.BlobInfo(name=n, size=s) for n, s in payload.blobs],
+        total_bytes=payload.size,
+        sha256=payload.sha256,
+    )
+
+
+def instruction_from_wire(
+    header: pb.InstructionHeader, blobs: Mapping[str, memoryview], node_id: str, *, max_bytes: int
+) -> Instruction:
+    """Rebuild an Instruction on the node; ``node_id`` is the node's own identity."""
+    parameters, extras = _split(blobs, max_bytes=max_bytes)
+    if parameters is None:
+        raise PayloadError("instruction carries no parameters")
+    return Instruction(
+        run_id=header.run_id,
+        round=header.round,
+        node_id=node_id,
+        kind=_kind(header.kind),
+        parameters=parameters,
+        config=_config_from_json(header.config_json),
+        extras=extras,
+    )
+
+
+def blob_manifest(items: Sequence[pb.BlobInfo]) -> list[tuple[str, int]]:
+    """(name, size) pairs of a header's manifest."""
+    return [(b.name, int(b.size)) for b in items]
+
+
+# -- replies ---------------------------------------------------------------------------------
+
+
+def reply_header(reply: Reply, transfer_id: str, payload: Payload) -> pb.ReplyHeader:
+    """The wire header of ``reply`` (its arrays travel as ``payload``)."""
+    return pb.ReplyHeader(
+        transfer_id=transfer_id,
+        run_id=reply.run_id,
+        round=reply.round,
+        kind=reply.kind.value,
+        num_examples=reply.num_examples,
+        metrics=dict(reply.metrics),
+        error=reply.error or "",
+        blobs=[pb.BlobInfo(name=n, size=s) for n, s in payload.blobs],
+        total_bytes=payload.size,
+        sha256=payload.sha256,
+    )
+
+
+def reply_from_wire(
+    header: pb.ReplyHeader, blobs: Mapping[str, memoryview], node_id: str, *, max_bytes: int
+) -> Reply:
+    """Rebuild a Reply on the coordinator; ``node_id`` comes from the peer's certificate."""
+    parameters, extras = _split(blobs, max_bytes=max_bytes)
+    try:
+        return Reply(
+            run_id=header.run_id,
+            round=header.round,
+            node_id=node_id,
+            kind=_kind(header.kind),
+            parameters=parameters,
+            num_examples=header.num_examples,
+            metrics=dict(header.metrics),
+            extras=extras,
+            error=header.error or None,
+        )
+    except ConfigurationError as exc:
+        raise PayloadError(f"malformed reply header: {exc}") from exc
+
+
+def error_reply(header: pb.ReplyHeader, node_id: str, message: str) -> Reply:
+    """A reply standing for a refused upload, so the engine records why (no arrays)."""
+    return Reply(
+        run_id=header.run_id or "unknown",
+        round=header.round,
+        node_id=node_id,
+        kind=MessageKind.TRAIN if header.kind != "evaluate" else MessageKind.EVALUATE,
+        error=f"payload: {message}",
+    )

@@ -1,0 +1,315 @@
+"""The coordinator's gRPC endpoint: NodeService and ControlService over mTLS."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+
+from biofed.core import BiofedError, PayloadError, ProtocolError, TransportError
+from biofed.transport.grpc._control import ControlHandler, RunSummary
+from biofed.transport.grpc._gen import federation_pb2 as pb
+from biofed.transport.grpc._gen import federation_pb2_grpc as pb_grpc
+from biofed.transport.grpc._hub import DatasetDeclaration, NodeHub
+from biofed.transport.grpc._serde import (
+    Reassembler,
+    blob_manifest,
+    chunks,
+    error_reply,
+    reply_from_wire,
+)
+from biofed.transport.grpc._tls import (
+    SERVER_OPTIONS,
+    Authenticator,
+    Peer,
+    TlsConfig,
+    abort,
+    authenticate,
+    server_credentials,
+)
+
+_NODE_ROLES = frozenset({"site"})
+_CONTROL_ROLES = frozenset({"researcher", "admin"})
+
+
+def _require(context: grpc.ServicerContext, peer: Peer, roles: frozenset[str]) -> None:
+    if peer.role not in roles:
+        context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"policy: {peer.name!r} has role {peer.role!r}; this call needs {sorted(roles)}",
+        )
+
+
+class _NodeServicer(pb_grpc.NodeServiceServicer):
+    def __init__(self, hub: NodeHub, authenticator: Authenticator, ping_interval: float) -> None:
+        self.hub = hub
+        self.authenticator = authenticator
+        self.ping_interval = ping_interval
+        self.upload_slots = threading.BoundedSemaphore(2)
+
+    def Connect(  # noqa: N802 - gRPC method name
+        self, request: pb.ConnectRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ServerMessage]:
+        peer = authenticate(context, self.authenticator)
+        _require(context, peer, _NODE_ROLES)
+        datasets = [
+            DatasetDeclaration(
+                name=d.name, num_examples=int(d.num_examples), num_features=int(d.num_features)
+            )
+            for d in request.datasets
+        ]
+        session = self.hub.open_session(peer.name, request.session_id or "anonymous", datasets)
+        context.add_callback(lambda: self.hub.close_session(session))
+        try:
+            while context.is_active() and not session.closed.is_set():
+                try:
+                    item = session.outbox.get(timeout=self.ping_interval)
+                except queue.Empty:
+                    yield pb.ServerMessage(ping=pb.Ping(time=self.hub.clock()))
+                    continue
+                if item is None:
+                    return
+                header, payload = item
+                yield pb.ServerMessage(instruction=header)
+                for chunk in chunks(header.transfer_id, payload.data):
+                    yield pb.ServerMessage(chunk=chunk)
+        finally:
+            self.hub.close_session(session)
+
+    def SendReply(  # noqa: N802
+        self, request_iterator: Iterator[pb.ReplyChunk], context: grpc.ServicerContext
+    ) -> pb.Ack:
+        peer = authenticate(context, self.authenticator)
+        _require(context, peer, _NODE_ROLES)
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("header"):
+            return pb.Ack(accepted=False, message="payload: a reply must start with its header")
+        header = first.header
+        try:
+            outstanding = self.hub.claim(header.transfer_id, peer.name)
+            if (header.run_id, header.round, header.kind) != (
+                outstanding.run_id,
+                outstanding.round,
+                outstanding.kind,
+            ):
+                raise ProtocolError("reply header does not match the instruction it answers")
+            with self.upload_slots:  # bound memory: at most two uploads reassembled at once
+                assembler = Reassembler(
+                    header.transfer_id,
+                    blob_manifest(header.blobs),
+                    int(header.total_bytes),
+                    bytes(header.sha256),
+                    max_bytes=outstanding.expected_bytes,
+                )
+                for message in request_iterator:
+                    if not message.HasField("chunk"):
+                        raise PayloadError("a second header arrived inside one reply")
+                    assembler.add(message.chunk)
+                reply = reply_from_wire(
+                    header, assembler.finish(), peer.name, max_bytes=outstanding.expected_bytes
+                )
+        except BiofedError as exc:
+            self._refuse(header, peer.name, str(exc), claimed=isinstance(exc, PayloadError))
+            return pb.Ack(accepted=False, message=f"{exc.code}: {exc}")
+        self.hub.deliver(reply)
+        return pb.Ack(accepted=True)
+
+    def _refuse(self, header: pb.ReplyHeader, node_id: str, message: str, *, claimed: bool) -> None:
+        if claimed:  # the run awaits this node: let its engine record the refusal
+            try:
+                self.hub.deliver(error_reply(header, node_id, message))
+                return
+            except BiofedError:
+                pass
+        self.hub.wire_error(header.run_id, header.round, node_id, message)
+
+    def Heartbeat(  # noqa: N802
+        self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
+    ) -> pb.HeartbeatResponse:
+        peer = authenticate(context, self.authenticator)
+        _require(context, peer, _NODE_ROLES)
+        if not self.hub.heartbeat(peer.name, request.session_id):
+            context.abort(grpc.StatusCode.FAILED_PRECONDITION, "protocol: unknown session")
+        return pb.HeartbeatResponse(interval_s=self.hub.heartbeat_interval)
+
+
+def _run_info(summary: RunSummary) -> pb.RunInfo:
+    return pb.RunInfo(
+        run_id=summary.run_id,
+        status=summary.status,
+        owner=summary.owner,
+        completed_rounds=summary.completed_rounds,
+        total_rounds=summary.total_rounds,
+        error=summary.error,
+        summary_json=summary.summary_json,
+        created_at=summary.created_at,
+        updated_at=summary.updated_at,
+    )
+
+
+class _ControlServicer(pb_grpc.ControlServiceServicer):
+    def __init__(self, handler: ControlHandler, authenticator: Authenticator) -> None:
+        self.handler = handler
+        self.authenticator = authenticator
+
+    def _peer(self, context: grpc.ServicerContext) -> Peer:
+        peer = authenticate(context, self.authenticator)
+        _require(context, peer, _CONTROL_ROLES)
+        return peer
+
+    def SubmitRun(self, request: pb.SubmitRunRequest, context: grpc.ServicerContext) -> pb.RunInfo:  # noqa: N802
+        peer = self._peer(context)
+        try:
+            return _run_info(self.handler.submit_run(peer, request.spec_json))
+        except (BiofedError, LookupError) as exc:
+            abort(context, exc)
+
+    def GetRun(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunInfo:  # noqa: N802
+        peer = self._peer(context)
+        try:
+            return _run_info(self.handler.get_run(peer, request.run_id))
+        except (BiofedError, LookupError) as exc:
+            abort(context, exc)
+
+    def ListRuns(  # noqa: N802
+        self, request: pb.ListRunsRequest, context: grpc.ServicerContext
+    ) -> pb.ListRunsResponse:
+        peer = self._peer(context)
+        try:
+            return pb.ListRunsResponse(runs=[_run_info(r) for r in self.handler.list_runs(peer)])
+        except (BiofedError, LookupError) as exc:
+            abort(context, exc)
+
+    def WatchRun(  # noqa: N802
+        self, request: pb.WatchRunRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.RunEvent]:
+        peer = self._peer(context)
+        try:
+            events = self.handler.watch_run(
+                peer, request.run_id, int(request.after_seq), request.follow, context.is_active
+            )
+            for e in events:
+                yield pb.RunEvent(
+                    seq=e.seq,
+                    time=e.time,
+                    round=e.round,
+                    kind=e.kind,
+                    node_id=e.node_id,
+                    message=e.message,
+                )
+        except (BiofedError, LookupError) as exc:
+            abort(context, exc)
+
+    def CancelRun(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunInfo:  # noqa: N802
+        peer = self._peer(context)
+        try:
+            return _run_info(self.handler.cancel_run(peer, request.run_id))
+        except (BiofedError, LookupError) as exc:
+            abort(context, exc)
+
+    def DownloadResult(  # noqa: N802
+        self, request: pb.RunRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Chunk]:
+        peer = self._peer(context)
+        try:
+            data = self.handler.run_result(peer, request.run_id)
+        except (BiofedError, LookupError) as exc:
+            abort(context, exc)
+        yield from chunks(request.run_id, data)
+
+    def ListNodes(  # noqa: N802
+        self, request: pb.ListNodesRequest, context: grpc.ServicerContext
+    ) -> pb.ListNodesResponse:
+        peer = self._peer(context)
+        try:
+            nodes = self.handler.list_nodes(peer)
+        except (BiofedError, LookupError) as exc:
+            abort(context, exc)
+        return pb.ListNodesResponse(
+            nodes=[
+                pb.NodeStatus(
+                    node_id=n.node_id,
+                    status=n.status,
+                    last_seen=n.last_seen,
+                    properties_json=n.properties_json,
+                )
+                for n in nodes
+            ]
+        )
+
+
+class CoordinatorServer:
+    """The coordinator's mTLS gRPC server.
+
+    Parameters
+    ----------
+    address:
+        ``host:port`` to listen on (port 0 picks a free one; see :attr:`port`).
+    tls:
+        The coordinator's certificate, key and the consortium CA.
+    authenticator:
+        Maps a verified client certificate to a :class:`Peer` (and refuses revoked ones).
+    hub:
+        The node sessions.
+    control:
+        Answers the researchers' control RPCs (``None``: NodeService only).
+    max_workers:
+        Threads serving RPCs (each connected node holds one for its stream).
+    """
+
+    def __init__(
+        self,
+        address: str,
+        tls: TlsConfig,
+        authenticator: Authenticator,
+        hub: NodeHub,
+        *,
+        control: ControlHandler | None = None,
+        max_workers: int = 64,
+        ping_interval: float = 5.0,
+    ) -> None:
+        self.hub = hub
+        self._server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="biofed-rpc"),
+            options=SERVER_OPTIONS,
+            maximum_concurrent_rpcs=max_workers * 4,
+        )
+        pb_grpc.add_NodeServiceServicer_to_server(
+            _NodeServicer(hub, authenticator, ping_interval), self._server
+        )
+        if control is not None:
+            pb_grpc.add_ControlServiceServicer_to_server(
+                _ControlServicer(control, authenticator), self._server
+            )
+        try:
+            self.port = self._server.add_secure_port(address, server_credentials(tls))
+        except RuntimeError as exc:
+            raise TransportError(f"cannot listen on {address}: {exc}") from exc
+        if self.port == 0:
+            raise TransportError(f"cannot listen on {address} (address in use?)")
+        self._sweeper = threading.Thread(target=self._sweep, name="biofed-sweeper", daemon=True)
+        self._stopping = threading.Event()
+
+    def start(self) -> CoordinatorServer:
+        """Start serving (returns at once)."""
+        self._server.start()
+        self._sweeper.start()
+        return self
+
+    def _sweep(self) -> None:
+        while not self._stopping.wait(self.hub.heartbeat_interval / 2):
+            self.hub.sweep()
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop serving; open streams are cancelled after ``grace`` seconds."""
+        self._stopping.set()
+        for session in self.hub.sessions():
+            self.hub.close_session(session)
+        self._server.stop(grace).wait()
+
+    def wait(self) -> None:
+        """Block until the server stops."""
+        self._server.wait_for_termination()
