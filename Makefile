@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/biofed simulate --dataset tcga-brca --strategy fedadam --rounds 5 --local-steps 100 --seed 42
+	$(BIN)/biofed demo
 
 test: lint types layers unit
 

@@ -56,7 +56,7 @@ def _model() -> ParameterSet:
 def test_truncated_payload_is_refused() -> None:
     data = encode_parameters(_model())
     for cut in (0, 4, 8, 20, len(data) - 1):
-        with pytest.raises(PayloadError, match=r"truncated|not valid"):
+        with pytest.raises(PayloadError, match=r"truncated|not valid|data section"):
             decode_parameters(data[:cut])
 
 
@@ -120,3 +120,94 @@ def test_order_metadata_tampering_is_detected() -> None:
     assert tampered != data
     with pytest.raises(PayloadError):
         decode_parameters(tampered)
+
+
+# -- compatibility with the reference safetensors library, and zero-copy behaviour ------------
+
+
+@given(parameter_sets())
+def test_reference_library_reads_ours_and_we_read_its(params: ParameterSet) -> None:
+    from safetensors.numpy import load, save
+
+    if "__metadata__" in params:
+        return
+    ours = encode_parameters(params)
+    theirs = load(ours)
+    assert set(theirs) == set(params)
+    for name, array in params.items():
+        np.testing.assert_array_equal(theirs[name], array)
+        assert theirs[name].dtype == array.dtype
+    reference = save({k: np.ascontiguousarray(v) for k, v in params.items()})
+    back = decode_parameters(reference)
+    assert set(back) == set(params)
+    for name, array in params.items():
+        np.testing.assert_array_equal(back[name], array)
+
+
+def test_decoded_arrays_are_read_only_views_of_the_buffer() -> None:
+    buffer = bytearray(encode_parameters(_model()))
+    params = decode_parameters(buffer)
+    weight = params["weight"]
+    assert not weight.flags.writeable
+    assert np.shares_memory(weight, np.frombuffer(buffer, dtype=np.uint8))
+
+
+def test_segments_are_views_of_the_arrays() -> None:
+    from biofed.core import encode_segments
+
+    weight = np.arange(6, dtype=np.float32)
+    segments = encode_segments(ParameterSet({"w": weight}))
+    assert np.shares_memory(np.frombuffer(segments[1], dtype=np.float32), weight)
+    assert b"".join(segments) == encode_parameters(ParameterSet({"w": weight}))
+
+
+def _with_header(header: dict[str, object], data: bytes) -> bytes:
+    import json
+
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+@pytest.mark.parametrize(
+    ("header", "data", "match"),
+    [
+        (
+            {"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 4]}},
+            b"\0" * 4,
+            "does not match its shape",
+        ),
+        (
+            {
+                "a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+                "b": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]},
+            },
+            b"\0" * 4,
+            "overlap",
+        ),
+        (
+            {"a": {"dtype": "F32", "shape": [1], "data_offsets": [4, 8]}},
+            b"\0" * 8,
+            "overlap or leave gaps",
+        ),
+        ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 12, "data section"),
+        (
+            {"a": {"dtype": "OBJ", "shape": [1], "data_offsets": [0, 8]}},
+            b"\0" * 8,
+            "unsupported dtype",
+        ),
+        (
+            {"a": {"dtype": "F32", "shape": [-1], "data_offsets": [0, 4]}},
+            b"\0" * 4,
+            "invalid shape",
+        ),
+        (
+            {"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4], "x": 1}},
+            b"\0" * 4,
+            "malformed",
+        ),
+        ({"__metadata__": {"k": 1}}, b"", "metadata"),
+    ],
+)
+def test_hand_made_malformed_headers_are_refused(header, data, match) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(PayloadError, match=match):
+        decode_parameters(_with_header(header, data))

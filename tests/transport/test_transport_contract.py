@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -26,12 +26,12 @@ def make_inmemory(nodes: list[str]) -> Transport:
     return InMemoryTransport({n: echo for n in nodes})
 
 
-FACTORIES: list[Callable[[list[str]], Transport]] = [make_inmemory]
-
-
-@pytest.fixture(params=FACTORIES, ids=lambda f: f.__name__)
+@pytest.fixture(params=["inmemory", "grpc"])
 def transport(request: pytest.FixtureRequest) -> Iterator[Transport]:
-    t = request.param(["a", "b", "c"])
+    if request.param == "inmemory":
+        t: Transport = make_inmemory(["a", "b", "c"])
+    else:
+        t = request.getfixturevalue("grpc_federation")(["a", "b", "c"]).transport
     yield t
     t.close()
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from biofed.cli import _simulate
+from biofed.cli import _demo, _provision, _run, _servers, _simulate
 
 app = typer.Typer(
     name="biofed",
@@ -14,6 +14,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.command("simulate")(_simulate.simulate_command)
+app.command("demo")(_demo.demo_command)
+app.add_typer(_provision.app, name="provision")
+app.add_typer(_servers.coordinator_app, name="coordinator")
+app.add_typer(_servers.node_app, name="node")
+app.add_typer(_run.app, name="run")
 
 
 @app.callback()

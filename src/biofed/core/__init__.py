@@ -1,6 +1,12 @@
 """biofed.core: value types, the error tree and the array codec (numpy and stdlib only)."""
 
-from biofed.core._codec import MAX_PAYLOAD_BYTES, decode_parameters, encode_parameters
+from biofed.core._codec import (
+    MAX_PAYLOAD_BYTES,
+    decode_metadata,
+    decode_parameters,
+    encode_parameters,
+    encode_segments,
+)
 from biofed.core._errors import (
     BiofedError,
     ConfigurationError,
@@ -60,8 +66,10 @@ __all__ = [
     "TaskError",
     "TransportError",
     "check_id",
+    "decode_metadata",
     "decode_parameters",
     "encode_parameters",
+    "encode_segments",
     "freeze_config",
     "freeze_metrics",
     "weighted_mean_metrics",

@@ -204,7 +204,7 @@ class NodeClient:
 
         def messages() -> Iterator[pb.ReplyChunk]:
             yield pb.ReplyChunk(header=header)
-            for chunk in chunks(transfer_id, payload.data):
+            for chunk in chunks(transfer_id, payload):
                 yield pb.ReplyChunk(chunk=chunk)
 
         ack = stub.SendReply(messages())

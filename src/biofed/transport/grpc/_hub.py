@@ -264,6 +264,7 @@ class RunTransport(Transport):
         self._pending += 1
 
     def receive(self, timeout: float | None = None) -> Reply | None:
+        self._payload_cache = None  # every instruction of the round is queued by now
         if self._pending <= 0:
             return None
         try:

@@ -34,7 +34,7 @@ from biofed.core import (
     Reply,
     Scalar,
     decode_parameters,
-    encode_parameters,
+    encode_segments,
 )
 from biofed.transport.grpc._gen import federation_pb2 as pb
 
@@ -51,45 +51,67 @@ def new_transfer_id() -> str:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Payload:
-    """Encoded arrays ready to stream: the bytes, their manifest and digest."""
+    """Encoded arrays ready to stream: segments (views of the arrays' own memory, no copy),
+    their manifest and digest."""
 
-    data: bytes
+    segments: tuple[memoryview, ...]
     blobs: tuple[tuple[str, int], ...]
     sha256: bytes
 
     @property
     def size(self) -> int:
         """Total bytes."""
-        return len(self.data)
+        return sum(s.nbytes for s in self.segments)
+
+    def to_bytes(self) -> bytes:
+        """The payload as one bytes object (a copy: for small payloads and tests)."""
+        return b"".join(self.segments)
 
 
 def pack(parameters: ParameterSet | None, extras: Mapping[str, ParameterSet]) -> Payload:
-    """Encode parameters and extras into one payload."""
-    parts: list[tuple[str, bytes]] = []
+    """Encode parameters and extras into one payload without copying array data."""
+    parts: list[tuple[str, list[memoryview]]] = []
     if parameters is not None:
-        parts.append((_PARAMETERS, encode_parameters(parameters)))
+        parts.append((_PARAMETERS, encode_segments(parameters)))
     for key, value in extras.items():
         if "/" in key:
             raise ConfigurationError(f"extras key {key!r} may not contain '/'")
-        parts.append((_EXTRAS + key, encode_parameters(value)))
-    data = b"".join(blob for _, blob in parts)
+        parts.append((_EXTRAS + key, encode_segments(value)))
+    digest = hashlib.sha256()
+    segments: list[memoryview] = []
+    for _, blob in parts:
+        for segment in blob:
+            digest.update(segment)
+            segments.append(segment)
     return Payload(
-        data=data,
-        blobs=tuple((name, len(blob)) for name, blob in parts),
-        sha256=hashlib.sha256(data).digest(),
+        segments=tuple(segments),
+        blobs=tuple((name, sum(s.nbytes for s in blob)) for name, blob in parts),
+        sha256=digest.digest(),
     )
 
 
-def chunks(transfer_id: str, data: bytes, size: int = CHUNK_BYTES) -> Iterator[pb.Chunk]:
-    """The payload as chunk messages (at least one, so empty payloads are explicit)."""
-    view = memoryview(data)
-    if not view:
-        yield pb.Chunk(transfer_id=transfer_id, offset=0, data=b"")
-        return
-    for offset in range(0, len(view), size):
-        yield pb.Chunk(
-            transfer_id=transfer_id, offset=offset, data=bytes(view[offset : offset + size])
-        )
+def chunks(
+    transfer_id: str, payload: Payload | bytes, size: int = CHUNK_BYTES
+) -> Iterator[pb.Chunk]:
+    """The payload as chunk messages of ``size`` bytes (at least one message, so an empty
+    payload is explicit). Only one chunk's copy exists at a time."""
+    segments = payload.segments if isinstance(payload, Payload) else (memoryview(payload),)
+    offset = 0
+    pending: list[memoryview] = []
+    pending_bytes = 0
+    for segment in segments:
+        view = segment if segment.format == "B" else segment.cast("B")
+        while view.nbytes:
+            take = min(size - pending_bytes, view.nbytes)
+            pending.append(view[:take])
+            pending_bytes += take
+            view = view[take:]
+            if pending_bytes == size:
+                yield pb.Chunk(transfer_id=transfer_id, offset=offset, data=b"".join(pending))
+                offset += pending_bytes
+                pending, pending_bytes = [], 0
+    if pending_bytes or offset == 0:
+        yield pb.Chunk(transfer_id=transfer_id, offset=offset, data=b"".join(pending))
 
 
 class Reassembler:

@@ -48,7 +48,9 @@ class _NodeServicer(pb_grpc.NodeServiceServicer):
         self.hub = hub
         self.authenticator = authenticator
         self.ping_interval = ping_interval
-        self.upload_slots = threading.BoundedSemaphore(2)
+        # Memory bound: one upload is reassembled at a time (the others wait in HTTP/2 flow
+        # control), so the coordinator holds at most one reply buffer besides the model.
+        self.upload_slots = threading.BoundedSemaphore(1)
 
     def Connect(  # noqa: N802 - gRPC method name
         self, request: pb.ConnectRequest, context: grpc.ServicerContext
@@ -74,7 +76,7 @@ class _NodeServicer(pb_grpc.NodeServiceServicer):
                     return
                 header, payload = item
                 yield pb.ServerMessage(instruction=header)
-                for chunk in chunks(header.transfer_id, payload.data):
+                for chunk in chunks(header.transfer_id, payload):
                     yield pb.ServerMessage(chunk=chunk)
         finally:
             self.hub.close_session(session)
@@ -96,7 +98,7 @@ class _NodeServicer(pb_grpc.NodeServiceServicer):
                 outstanding.kind,
             ):
                 raise ProtocolError("reply header does not match the instruction it answers")
-            with self.upload_slots:  # bound memory: at most two uploads reassembled at once
+            with self.upload_slots:
                 assembler = Reassembler(
                     header.transfer_id,
                     blob_manifest(header.blobs),

@@ -1,0 +1,5 @@
+"""``python -m biofed`` runs the command line."""
+
+from biofed.cli import main
+
+main()

@@ -1,0 +1,264 @@
+"""``biofed demo``: a whole consortium on this machine — a CA, a coordinator and six site
+nodes as separate processes over mTLS, each site holding only its own region of
+Fed-TCGA-BRCA — running a FedAdam Cox model end to end."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from biofed.cli._common import clean_errors, err
+from biofed.coordinator import JobSpec, tls_of
+from biofed.core import BiofedError, TransportError
+from biofed.data import write_site_files
+from biofed.datasets import TCGA_BRCA_REGIONS, load_tcga_brca
+from biofed.identity import Consortium, load_kit
+from biofed.simulation import recommended_settings
+from biofed.transport.grpc import ControlClient
+
+_SITES = [f"center-{k}" for k in range(6)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _write_sites(root: Path) -> None:
+    staging = root / "staging"
+    paths = write_site_files(load_tcga_brca(), staging, format="csv")
+    for site, path in paths.items():
+        folder = root / "consortium" / site / "data"
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / "tcga-brca.csv"
+        shutil.move(str(path), target)
+        (root / "consortium" / site / "node.toml").write_text(
+            "# This site's datasets: only its own region's patients.\n"
+            "[datasets.tcga-brca]\n"
+            'path = "data/tcga-brca.csv"\nformat = "csv"\nsplit_column = "split"\n'
+            'targets = { event = "event", time = "time" }\n'
+        )
+    shutil.rmtree(staging)
+
+
+def _job(rounds: int, strategy: str) -> JobSpec:
+    settings = recommended_settings("tcga-brca", strategy)
+    return JobSpec.from_mapping(
+        {
+            "run": {
+                "name": "tcga-brca-cox",
+                "dataset": "tcga-brca",
+                "rounds": rounds,
+                "seed": 42,
+                "min_nodes": 6,
+                "min_replies": 5,
+                "round_timeout": 60.0,
+            },
+            "task": {"name": "cox_ph", "num_features": 39},
+            "strategy": {"name": strategy, **settings.strategy_kwargs},
+            "train": {**settings.train_config, "local_steps": 100},
+            "evaluate": {"split": "test"},
+        }
+    )
+
+
+class _Processes:
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, *args: str) -> None:
+        log = (self.logs / f"{name}.log").open("wb")
+        self.procs[name] = subprocess.Popen(
+            [sys.executable, "-m", "biofed", *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                tail = (self.logs / f"{name}.log").read_text(errors="replace")[-600:]
+                raise TransportError(f"{name} exited with code {proc.returncode}:\n{tail}")
+
+    def stop(self) -> dict[str, int]:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        codes: dict[str, int] = {}
+        deadline = time.monotonic() + 15
+        for name, proc in self.procs.items():
+            try:
+                codes[name] = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                codes[name] = proc.wait()
+        return codes
+
+
+def _wait_for_nodes(client: ControlClient, procs: _Processes, console: Console) -> None:
+    deadline = time.monotonic() + 90
+    with console.status("waiting for the 6 site nodes to connect…"):
+        while time.monotonic() < deadline:
+            procs.check_alive()
+            try:
+                online = [n for n in client.list_nodes() if n.status == "online"]
+            except TransportError:
+                online = []
+            if len(online) >= len(_SITES):
+                return
+            time.sleep(0.2)
+    raise TransportError("site nodes did not connect within 90 s (see the logs folder)")
+
+
+def _follow(client: ControlClient, run_id: str, rounds: int, console: Console) -> dict[str, Any]:
+    progress = Progress(
+        TextColumn("[bold]round {task.fields[round]}/{task.fields[rounds]}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("sites replied · {task.fields[status]}"),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    tasks: dict[int, Any] = {}
+    with progress:
+        for event in client.watch_run(run_id, follow=True):
+            r = event.round
+            if event.kind == "round_started":
+                tasks[r] = progress.add_task(
+                    "round", total=6, round=r, rounds=rounds, status="training"
+                )
+            elif event.kind == "train_reply" and r in tasks:
+                progress.advance(tasks[r])
+            elif event.kind == "round_completed" and r in tasks:
+                summary = json.loads(client.get_run(run_id).summary_json)
+                loss = summary.get("last_round", {}).get("train_metrics", {}).get("train_loss")
+                c_index = summary.get("evaluation", {}).get("metrics", {}).get("c_index")
+                text = (
+                    f"train loss {loss:.4f} · C-index {c_index:.4f}"
+                    if loss and c_index
+                    else event.message
+                )
+                progress.update(tasks[r], status=text)
+            elif event.kind in ("reply_rejected", "no_reply", "round_failed", "failed"):
+                console.print(f"[yellow]{event.kind}[/] {event.node_id}: {event.message}")
+    run = client.get_run(run_id)
+    return {
+        "run_id": run.run_id,
+        "status": run.status,
+        "rounds": run.completed_rounds,
+        "summary": json.loads(run.summary_json),
+    }
+
+
+def _table(result: dict[str, Any]) -> Table:
+    sites = result["summary"].get("evaluation", {}).get("sites", {})
+    table = Table(title=f"{result['run_id']} · FedAdam Cox PH · test C-index per site")
+    table.add_column("site")
+    table.add_column("region")
+    table.add_column("C-index", justify="right")
+    values = []
+    for k, site in enumerate(_SITES):
+        value = sites.get(site, {}).get("c_index")
+        values.append(value)
+        table.add_row(site, TCGA_BRCA_REGIONS[k], "—" if value is None else f"{value:.4f}")
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    table.add_row(
+        "mean of sites",
+        "",
+        f"{sum(finite) / len(finite):.4f}" if finite else "—",
+        style="bold cyan",
+    )
+    return table
+
+
+def demo_command(
+    workdir: Annotated[Path | None, typer.Option(help="Put the consortium here (kept).")] = None,
+    keep: Annotated[bool, typer.Option(help="Keep the temporary folder.")] = False,
+    rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 5,
+    strategy: Annotated[str, typer.Option(help="Strategy.")] = "fedadam",
+    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """Provision a consortium, start a coordinator and 6 site nodes, train, and shut down."""
+    console = Console(stderr=True)
+    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="biofed-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "logs").mkdir(exist_ok=True)
+    procs = _Processes(root / "logs")
+    result: dict[str, Any] | None = None
+    codes: dict[str, int] = {}
+    try:
+        with clean_errors():
+            port = _free_port()
+            address = f"127.0.0.1:{port}"
+            consortium = Consortium.create(
+                root / "consortium",
+                consortium="biofed-demo",
+                coordinator=address,
+                sites=_SITES,
+                researchers=["researcher"],
+            )
+            _write_sites(root)
+            console.print(
+                f"consortium provisioned in {root / 'consortium'} "
+                "(CA, coordinator, 6 sites, researcher)"
+            )
+            coordinator_kit = consortium.kit_directory("coordinator")
+            procs.start(
+                "coordinator",
+                "coordinator",
+                "start",
+                "--kit",
+                str(coordinator_kit),
+                "--listen",
+                address,
+                "--state",
+                f"sqlite:///{root / 'state.db'}",
+            )
+            for site in _SITES:
+                kit = consortium.kit_directory(site)
+                procs.start(
+                    site, "node", "start", "--kit", str(kit), "--config", str(kit / "node.toml")
+                )
+            researcher = load_kit(consortium.kit_directory("researcher"))
+            spec = _job(rounds, strategy)
+            with ControlClient(address, tls_of(researcher), timeout=10.0) as client:
+                _wait_for_nodes(client, procs, console)
+                console.print("6 sites connected over mutual TLS; submitting the job")
+                run = client.submit_run(spec.to_json())
+                result = _follow(client, run.run_id, spec.rounds, console)
+    except BiofedError as exc:
+        raise typer.Exit(code=2) from exc
+    finally:
+        codes = procs.stop()
+        if workdir is None and not keep:
+            shutil.rmtree(root, ignore_errors=True)
+        elif result is not None:
+            console.print(f"kept {root}")
+    if result is None:
+        raise typer.Exit(code=1)
+    result["processes"] = codes
+    if format == "json":
+        print(json.dumps(result))
+    else:
+        Console().print(_table(result))
+        console.print(f"all processes stopped: {codes}")
+    if result["status"] != "finished" or any(c != 0 for c in codes.values()):
+        err.print("[bold red]the demo did not finish cleanly[/]")
+        raise typer.Exit(code=1)

@@ -1,0 +1,156 @@
+"""``biofed run …``: what a researcher does with runs (submit, status, logs, cancel, result)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from biofed.cli._common import call, kit_option
+from biofed.coordinator import JobSpec, tls_of
+from biofed.core import ConfigurationError
+from biofed.identity import load_kit
+from biofed.transport.grpc import ControlClient, RunSummary
+
+app = typer.Typer(help="Submit and follow runs on the coordinator.", no_args_is_help=True)
+out = Console()
+
+KitOpt = Annotated[Path | None, typer.Option("--kit", help="Your kit folder (or BIOFED_KIT).")]
+FormatOpt = Annotated[str, typer.Option("--format", help="table or json.")]
+
+
+def _client(kit: Path | None) -> ControlClient:
+    loaded = call(lambda: load_kit(kit_option(kit)))
+    return ControlClient(loaded.coordinator, tls_of(loaded))
+
+
+def _as_dict(run: RunSummary) -> dict[str, object]:
+    return {
+        "run_id": run.run_id,
+        "status": run.status,
+        "owner": run.owner,
+        "completed_rounds": run.completed_rounds,
+        "total_rounds": run.total_rounds,
+        "error": run.error or None,
+        "summary": json.loads(run.summary_json or "{}"),
+    }
+
+
+@app.command("submit")
+def submit(
+    job: Annotated[Path, typer.Argument(help="job.toml")],
+    kit: KitOpt = None,
+    follow: Annotated[bool, typer.Option(help="Stream the run's events until it ends.")] = False,
+    format: FormatOpt = "table",
+) -> None:
+    """Submit a job file; prints the new run id."""
+
+    def read() -> JobSpec:
+        try:
+            return JobSpec.from_toml(job.read_text())
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read {job}: {exc}") from exc
+
+    spec = call(read)
+    with _client(kit) as client:
+        run = call(lambda: client.submit_run(spec.to_json()))
+        if format == "json":
+            print(json.dumps(_as_dict(run)))
+        else:
+            out.print(f"submitted [bold]{run.run_id}[/] ({spec.strategy}, {spec.rounds} rounds)")
+        if follow:
+            _follow(client, run.run_id)
+
+
+def _follow(client: ControlClient, run_id: str) -> None:
+    for event in client.watch_run(run_id, follow=True):
+        _print_event(event.seq, event.round, event.kind, event.node_id, event.message)
+
+
+def _print_event(seq: int, rnd: int, kind: str, node: str, message: str) -> None:
+    who = f" {node}" if node else ""
+    out.print(f"[dim]{seq:>5}[/] round {rnd:<3} [bold]{kind}[/]{who}: {message}", highlight=False)
+
+
+@app.command("status")
+def status(
+    run_id: Annotated[str | None, typer.Argument(help="A run id; all runs if omitted.")] = None,
+    kit: KitOpt = None,
+    format: FormatOpt = "table",
+) -> None:
+    """Status of one run or of all runs."""
+    with _client(kit) as client:
+        runs = [call(lambda: client.get_run(run_id))] if run_id else call(client.list_runs)
+    if format == "json":
+        print(json.dumps([_as_dict(r) for r in runs] if run_id is None else _as_dict(runs[0])))
+        return
+    table = Table(title="runs")
+    for col in ("run", "status", "owner", "rounds", "metrics", "error"):
+        table.add_column(col)
+    for r in runs:
+        summary = json.loads(r.summary_json or "{}")
+        metrics = summary.get("evaluation", {}).get("metrics", {})
+        text = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if v is not None)
+        table.add_row(
+            r.run_id, r.status, r.owner, f"{r.completed_rounds}/{r.total_rounds}", text, r.error
+        )
+    out.print(table)
+    if run_id and runs:
+        sites = json.loads(runs[0].summary_json or "{}").get("evaluation", {}).get("sites", {})
+        if sites:
+            per_site = Table(title="per-site evaluation")
+            names = sorted({k for m in sites.values() for k in m})
+            per_site.add_column("site")
+            for n in names:
+                per_site.add_column(n, justify="right")
+            for site, m in sorted(sites.items()):
+                per_site.add_row(
+                    site, *[f"{m.get(n):.4f}" if m.get(n) is not None else "—" for n in names]
+                )
+            out.print(per_site)
+
+
+@app.command("logs")
+def logs(
+    run_id: Annotated[str, typer.Argument(help="The run.")],
+    kit: KitOpt = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep streaming until the run ends.")
+    ] = False,
+) -> None:
+    """A run's event log."""
+    with _client(kit) as client:
+        if follow:
+            call(lambda: _follow(client, run_id))
+        else:
+            for e in call(lambda: list(client.watch_run(run_id))):
+                _print_event(e.seq, e.round, e.kind, e.node_id, e.message)
+
+
+@app.command("cancel")
+def cancel(run_id: Annotated[str, typer.Argument()], kit: KitOpt = None) -> None:
+    """Stop a run after its current round."""
+    with _client(kit) as client:
+        run = call(lambda: client.cancel_run(run_id))
+    out.print(f"{run.run_id}: {run.status} (cancel requested)")
+
+
+@app.command("result")
+def result(
+    run_id: Annotated[str, typer.Argument()],
+    out_path: Annotated[Path, typer.Option("--out", help="Where to write model.safetensors.")],
+    kit: KitOpt = None,
+) -> None:
+    """Download a finished run's model (safetensors)."""
+    with _client(kit) as client:
+        data = call(lambda: client.download_result(run_id))
+    tmp = out_path.with_suffix(out_path.suffix + f".part{time.time_ns()}")
+    tmp.write_bytes(data)
+    tmp.replace(out_path)
+    print(f"wrote {out_path} ({len(data)} bytes)", file=sys.stderr)

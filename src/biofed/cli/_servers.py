@@ -1,0 +1,69 @@
+"""``biofed coordinator start`` and ``biofed node start``: the long-running processes."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from biofed.cli._common import clean_errors, err, stop_on_signals
+from biofed.coordinator import serve_coordinator
+from biofed.node import run_node
+
+coordinator_app = typer.Typer(help="Run the consortium's coordinator.", no_args_is_help=True)
+node_app = typer.Typer(help="Run a site's node.", no_args_is_help=True)
+
+
+@coordinator_app.command("start")
+def coordinator_start(
+    kit: Annotated[Path, typer.Option(help="The coordinator's kit folder.")],
+    listen: Annotated[
+        str | None, typer.Option(help="host:port to listen on (default: kit.toml).")
+    ] = None,
+    state: Annotated[str | None, typer.Option(help="State store URL (default: kit.toml).")] = None,
+    heartbeat: Annotated[float, typer.Option(help="Seconds between node heartbeats.")] = 2.0,
+) -> None:
+    """Serve nodes and researchers over mTLS until SIGINT/SIGTERM; resume unfinished runs."""
+    stop = stop_on_signals()
+    with clean_errors():
+        running = serve_coordinator(kit, listen=listen, state=state, heartbeat_interval=heartbeat)
+    err.print(f"coordinator listening on {running.address} (state: {state or 'kit.toml'})")
+    try:
+        stop.wait()
+    finally:
+        err.print("coordinator stopping")
+        running.stop()
+
+
+@node_app.command("start")
+def node_start(
+    kit: Annotated[Path, typer.Option(help="This site's kit folder.")],
+    config: Annotated[Path, typer.Option(help="node.toml listing the site's datasets.")],
+    coordinator: Annotated[str | None, typer.Option(help="host:port (default: kit.toml).")] = None,
+) -> None:
+    """Dial out to the coordinator and serve instructions until SIGINT/SIGTERM."""
+    stop = stop_on_signals()
+    done = threading.Event()
+
+    def status(message: str) -> None:
+        err.print(f"node: {message}")
+
+    with clean_errors():
+        thread_error: list[BaseException] = []
+
+        def target() -> None:
+            try:
+                run_node(kit, config, stop, coordinator=coordinator, on_status=status)
+            except BaseException as exc:  # reported below, in the main thread
+                thread_error.append(exc)
+            finally:
+                done.set()
+
+        worker = threading.Thread(target=target, name="biofed-node", daemon=True)
+        worker.start()
+        while not done.wait(0.2):
+            pass
+        if thread_error:
+            raise thread_error[0]
