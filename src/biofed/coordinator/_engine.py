@@ -304,6 +304,9 @@ class RoundEngine:
             accepted += ok
             rejected += not ok
             self.listener.on_reply(server_round, reply, ok)
+            # Drop the reply before waiting for the next: with large models, its arrays are
+            # the transport's receive buffer, and the next reply's buffer must not coexist.
+            del reply
         for node_id in sorted(outstanding):
             self._event(server_round, "no_reply", f"no {kind.value} reply in time", node_id)
         return accepted, rejected, outstanding

@@ -27,6 +27,7 @@ from biofed.transport.grpc._gen import federation_pb2 as pb
 from biofed.transport.grpc._gen import federation_pb2_grpc as pb_grpc
 from biofed.transport.grpc._hub import DatasetDeclaration
 from biofed.transport.grpc._serde import (
+    CHUNK_BYTES,
     Reassembler,
     blob_manifest,
     chunks,
@@ -123,11 +124,21 @@ class NodeClient:
                 for d in self.datasets
             ],
         )
-        call = stub.Connect(request)
+        outgoing: queue.Queue[pb.NodeMessage | None] = queue.Queue()
+
+        def requests() -> Iterator[pb.NodeMessage]:
+            yield pb.NodeMessage(hello=request)
+            while (message := outgoing.get()) is not None:
+                yield message
+
+        call = stub.Connect(requests())
         work: queue.Queue[tuple[Instruction, str] | None] = queue.Queue()
         done = threading.Event()
         worker = threading.Thread(
-            target=self._work, args=(stub, work, done), name="biofed-node-work", daemon=True
+            target=self._work,
+            args=(stub, work, done, outgoing),
+            name="biofed-node-work",
+            daemon=True,
         )
         beat = threading.Thread(
             target=self._heartbeat,
@@ -153,27 +164,33 @@ class NodeClient:
                         header.transfer_id,
                         blob_manifest(header.blobs),
                         int(header.total_bytes),
-                        bytes(header.sha256),
                         max_bytes=self.max_payload_bytes,
                     )
+                    if header.inline_payload:
+                        assembler.add(
+                            pb.Chunk(
+                                transfer_id=header.transfer_id,
+                                offset=0,
+                                data=header.inline_payload,
+                            )
+                        )
                 elif kind == "chunk":
                     if assembler is None or header is None:
                         raise PayloadError("chunk without an instruction header")
                     assembler.add(message.chunk)
-                    if assembler.complete:
-                        instruction = instruction_from_wire(
-                            header,
-                            assembler.finish(),
-                            self.node_id,
-                            max_bytes=self.max_payload_bytes,
-                        )
-                        work.put((instruction, header.transfer_id))
-                        assembler = header = None
-                elif kind == "ping" and not connected.is_set():
+                    outgoing.put(pb.NodeMessage(credit=1))
+                if assembler is not None and header is not None and assembler.complete:
+                    instruction = instruction_from_wire(
+                        header, assembler.finish(), self.node_id, max_bytes=self.max_payload_bytes
+                    )
+                    work.put((instruction, header.transfer_id))
+                    assembler = header = None
+                if kind == "ping" and not connected.is_set():
                     connected.set()
         finally:
             done.set()
             work.put(None)
+            outgoing.put(None)
             call.cancel()  # type: ignore[no-untyped-call]
             worker.join(timeout=1.0)
             channel.close()
@@ -183,6 +200,7 @@ class NodeClient:
         stub: pb_grpc.NodeServiceStub,
         work: queue.Queue[tuple[Instruction, str] | None],
         done: threading.Event,
+        outgoing: queue.Queue[pb.NodeMessage | None],
     ) -> None:
         while True:
             item = work.get()
@@ -193,14 +211,24 @@ class NodeClient:
             if done.is_set():
                 return
             try:
-                self._upload(stub, reply, transfer_id)
+                self._upload(stub, reply, transfer_id, outgoing)
             except grpc.RpcError as exc:
                 self._on_status(f"reply upload failed: {_details(exc)}")
                 return
 
-    def _upload(self, stub: pb_grpc.NodeServiceStub, reply: Reply, transfer_id: str) -> None:
+    def _upload(
+        self,
+        stub: pb_grpc.NodeServiceStub,
+        reply: Reply,
+        transfer_id: str,
+        outgoing: queue.Queue[pb.NodeMessage | None],
+    ) -> None:
         payload = pack(reply.parameters, reply.extras)
         header = reply_header(reply, transfer_id, payload)
+        if payload.size <= CHUNK_BYTES:  # small: inline on the session stream, no new call
+            header.inline_payload = payload.to_bytes()
+            outgoing.put(pb.NodeMessage(reply=header))
+            return
 
         def messages() -> Iterator[pb.ReplyChunk]:
             yield pb.ReplyChunk(header=header)

@@ -25,7 +25,13 @@ from biofed.core import (
 )
 from biofed.transport._base import Transport
 from biofed.transport.grpc._gen import federation_pb2 as pb
-from biofed.transport.grpc._serde import Payload, instruction_header, new_transfer_id, pack
+from biofed.transport.grpc._serde import (
+    CHUNK_WINDOW,
+    Payload,
+    instruction_header,
+    new_transfer_id,
+    pack,
+)
 
 NodeEvent = Literal["connected", "reconnected", "disconnected", "lost"]
 
@@ -51,6 +57,7 @@ class Session:
         default_factory=queue.Queue
     )
     closed: threading.Event = field(default_factory=threading.Event)
+    credits: threading.Semaphore = field(default_factory=lambda: threading.Semaphore(CHUNK_WINDOW))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -211,14 +218,16 @@ class NodeHub:
             del self._outstanding[transfer_id]
             return outstanding
 
-    def deliver(self, reply: Reply) -> None:
-        """Route a decoded reply to its run's transport."""
+    def deliver(self, reply: Reply, release: Callable[[], None] = lambda: None) -> None:
+        """Route a decoded reply to its run's transport; ``release`` frees the memory budget
+        it holds once the run has folded it."""
         with self._lock:
             transport = self._runs.get(reply.run_id)
         if transport is None:
+            release()
             self.wire_error(reply.run_id, reply.round, reply.node_id, "reply for no active run")
             return
-        transport._replies.put(reply)
+        transport._replies.put((reply, release))
 
     def wire_error(self, run_id: str, round_: int, node_id: str, message: str) -> None:
         """Report an upload refused before it reached a run."""
@@ -232,7 +241,8 @@ class RunTransport(Transport):
         self._hub = hub
         self.run_id = run_id
         self.dataset = dataset
-        self._replies: queue.Queue[Reply] = queue.Queue()
+        self._replies: queue.Queue[tuple[Reply, Callable[[], None]]] = queue.Queue()
+        self._held: Callable[[], None] = lambda: None
         self._pending = 0
         self._payload_cache: tuple[int, Payload] | None = None
         self._closed = False
@@ -265,12 +275,15 @@ class RunTransport(Transport):
 
     def receive(self, timeout: float | None = None) -> Reply | None:
         self._payload_cache = None  # every instruction of the round is queued by now
+        self._held()  # the engine has folded the previous reply: free its memory budget
+        self._held = lambda: None
         if self._pending <= 0:
             return None
         try:
-            reply = self._replies.get(timeout=timeout)
+            reply, release = self._replies.get(timeout=timeout)
         except queue.Empty:
             return None
+        self._held = release
         self._pending -= 1
         return reply
 
@@ -278,4 +291,7 @@ class RunTransport(Transport):
         if not self._closed:
             self._closed = True
             self._payload_cache = None
+            self._held()
+            while not self._replies.empty():
+                self._replies.get_nowait()[1]()
             self._hub._release(self.run_id)

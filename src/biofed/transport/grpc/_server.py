@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent import futures
 
 import grpc
@@ -13,8 +13,10 @@ from biofed.core import BiofedError, PayloadError, ProtocolError, TransportError
 from biofed.transport.grpc._control import ControlHandler, RunSummary
 from biofed.transport.grpc._gen import federation_pb2 as pb
 from biofed.transport.grpc._gen import federation_pb2_grpc as pb_grpc
-from biofed.transport.grpc._hub import DatasetDeclaration, NodeHub
+from biofed.transport.grpc._hub import DatasetDeclaration, NodeHub, Session
 from biofed.transport.grpc._serde import (
+    CHUNK_BYTES,
+    CHUNK_WINDOW,
     Reassembler,
     blob_manifest,
     chunks,
@@ -43,28 +45,75 @@ def _require(context: grpc.ServicerContext, peer: Peer, roles: frozenset[str]) -
         )
 
 
+class _ByteBudget:
+    """Bounds the bytes of replies held by the coordinator: from the start of their
+    reassembly until the run's engine has folded them (it asks for the next reply).
+
+    Uploads wait (in HTTP/2 flow control: the coordinator stops reading) until their declared
+    size fits the budget; one reply is always admitted, however large, so a model bigger than
+    the budget moves one reply at a time. Small replies never wait for each other.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._cond = threading.Condition()
+
+    def acquire(self, nbytes: int) -> Callable[[], None]:
+        """Wait for room for ``nbytes``; returns the (idempotent) release."""
+        with self._cond:
+            self._cond.wait_for(lambda: self.used == 0 or self.used + nbytes <= self.limit)
+            self.used += nbytes
+        released = threading.Event()
+
+        def release() -> None:
+            if released.is_set():
+                return
+            released.set()
+            with self._cond:
+                self.used -= nbytes
+                self._cond.notify_all()
+
+        return release
+
+
 class _NodeServicer(pb_grpc.NodeServiceServicer):
-    def __init__(self, hub: NodeHub, authenticator: Authenticator, ping_interval: float) -> None:
+    def __init__(
+        self,
+        hub: NodeHub,
+        authenticator: Authenticator,
+        ping_interval: float,
+        upload_budget_bytes: int,
+    ) -> None:
         self.hub = hub
         self.authenticator = authenticator
         self.ping_interval = ping_interval
-        # Memory bound: one upload is reassembled at a time (the others wait in HTTP/2 flow
-        # control), so the coordinator holds at most one reply buffer besides the model.
-        self.upload_slots = threading.BoundedSemaphore(1)
+        self.upload_budget = _ByteBudget(upload_budget_bytes)
 
     def Connect(  # noqa: N802 - gRPC method name
-        self, request: pb.ConnectRequest, context: grpc.ServicerContext
+        self, request_iterator: Iterator[pb.NodeMessage], context: grpc.ServicerContext
     ) -> Iterator[pb.ServerMessage]:
         peer = authenticate(context, self.authenticator)
         _require(context, peer, _NODE_ROLES)
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("hello"):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "protocol: a session starts with hello")
+        hello = first.hello
         datasets = [
             DatasetDeclaration(
                 name=d.name, num_examples=int(d.num_examples), num_features=int(d.num_features)
             )
-            for d in request.datasets
+            for d in hello.datasets
         ]
-        session = self.hub.open_session(peer.name, request.session_id or "anonymous", datasets)
+        session = self.hub.open_session(peer.name, hello.session_id or "anonymous", datasets)
         context.add_callback(lambda: self.hub.close_session(session))
+        reader = threading.Thread(
+            target=self._read_session,
+            args=(request_iterator, peer, session),
+            name=f"biofed-session-{peer.name}",
+            daemon=True,
+        )
+        reader.start()
         try:
             while context.is_active() and not session.closed.is_set():
                 try:
@@ -75,9 +124,41 @@ class _NodeServicer(pb_grpc.NodeServiceServicer):
                 if item is None:
                     return
                 header, payload = item
+                if payload.size <= CHUNK_BYTES:  # one message: header with the payload inline
+                    header.inline_payload = payload.to_bytes()
+                    yield pb.ServerMessage(instruction=header)
+                    continue
                 yield pb.ServerMessage(instruction=header)
                 for chunk in chunks(header.transfer_id, payload):
+                    if not self._take_credit(session, context):
+                        return
                     yield pb.ServerMessage(chunk=chunk)
+        finally:
+            self.hub.close_session(session)
+
+    def _take_credit(self, session: Session, context: grpc.ServicerContext) -> bool:
+        """Wait until the node has room for one more chunk (False: the session ended)."""
+        while not session.credits.acquire(timeout=self.ping_interval):
+            if session.closed.is_set() or not context.is_active():
+                return False
+        return not session.closed.is_set()
+
+    def _read_session(
+        self, request_iterator: Iterator[pb.NodeMessage], peer: Peer, session: Session
+    ) -> None:
+        """Replies that arrive inline on a node's session stream."""
+        try:
+            for message in request_iterator:
+                kind = message.WhichOneof("body")
+                if kind == "reply":
+                    self._accept(peer, message.reply, None)
+                elif kind == "credit":
+                    for _ in range(min(int(message.credit), CHUNK_WINDOW)):
+                        session.credits.release()
+                else:
+                    self.hub.wire_error("unknown", 0, peer.name, "a second hello on one session")
+        except grpc.RpcError:
+            pass  # the stream ended; the Connect handler closes the session
         finally:
             self.hub.close_session(session)
 
@@ -89,34 +170,56 @@ class _NodeServicer(pb_grpc.NodeServiceServicer):
         first = next(request_iterator, None)
         if first is None or not first.HasField("header"):
             return pb.Ack(accepted=False, message="payload: a reply must start with its header")
-        header = first.header
+        return self._accept(peer, first.header, request_iterator)
+
+    def _accept(
+        self, peer: Peer, header: pb.ReplyHeader, rest: Iterator[pb.ReplyChunk] | None
+    ) -> pb.Ack:
+        """Check one reply against the instruction it answers, reassemble, decode, deliver.
+
+        ``rest`` holds the chunks of a streamed upload; ``None`` means the payload is inline.
+        """
+        claimed = False
         try:
             outstanding = self.hub.claim(header.transfer_id, peer.name)
+            claimed = True
             if (header.run_id, header.round, header.kind) != (
                 outstanding.run_id,
                 outstanding.round,
                 outstanding.kind,
             ):
                 raise ProtocolError("reply header does not match the instruction it answers")
-            with self.upload_slots:
+            release = self.upload_budget.acquire(int(header.total_bytes))
+            try:
                 assembler = Reassembler(
                     header.transfer_id,
                     blob_manifest(header.blobs),
                     int(header.total_bytes),
-                    bytes(header.sha256),
                     max_bytes=outstanding.expected_bytes,
                 )
-                for message in request_iterator:
-                    if not message.HasField("chunk"):
-                        raise PayloadError("a second header arrived inside one reply")
-                    assembler.add(message.chunk)
+                if rest is None:
+                    assembler.add(
+                        pb.Chunk(
+                            transfer_id=header.transfer_id, offset=0, data=header.inline_payload
+                        )
+                    )
+                else:
+                    if header.inline_payload:
+                        raise PayloadError("a streamed reply may not also carry an inline payload")
+                    for message in rest:
+                        if not message.HasField("chunk"):
+                            raise PayloadError("a second header arrived inside one reply")
+                        assembler.add(message.chunk)
                 reply = reply_from_wire(
                     header, assembler.finish(), peer.name, max_bytes=outstanding.expected_bytes
                 )
+            except BaseException:
+                release()
+                raise
         except BiofedError as exc:
-            self._refuse(header, peer.name, str(exc), claimed=isinstance(exc, PayloadError))
+            self._refuse(header, peer.name, str(exc), claimed=claimed)
             return pb.Ack(accepted=False, message=f"{exc.code}: {exc}")
-        self.hub.deliver(reply)
+        self.hub.deliver(reply, release)
         return pb.Ack(accepted=True)
 
     def _refuse(self, header: pb.ReplyHeader, node_id: str, message: str, *, claimed: bool) -> None:
@@ -260,6 +363,11 @@ class CoordinatorServer:
         Answers the researchers' control RPCs (``None``: NodeService only).
     max_workers:
         Threads serving RPCs (each connected node holds one for its stream).
+    ping_interval:
+        Seconds between keep-alive pings on idle node streams.
+    upload_budget_bytes:
+        Bytes of replies reassembled at once (larger uploads go one at a time): bounds the
+        coordinator's memory to about the model, the running aggregate and this budget.
     """
 
     def __init__(
@@ -272,6 +380,7 @@ class CoordinatorServer:
         control: ControlHandler | None = None,
         max_workers: int = 64,
         ping_interval: float = 5.0,
+        upload_budget_bytes: int = 256 * 1024 * 1024,
     ) -> None:
         self.hub = hub
         self._server = grpc.server(
@@ -280,7 +389,7 @@ class CoordinatorServer:
             maximum_concurrent_rpcs=max_workers * 4,
         )
         pb_grpc.add_NodeServiceServicer_to_server(
-            _NodeServicer(hub, authenticator, ping_interval), self._server
+            _NodeServicer(hub, authenticator, ping_interval, upload_budget_bytes), self._server
         )
         if control is not None:
             pb_grpc.add_ControlServiceServicer_to_server(

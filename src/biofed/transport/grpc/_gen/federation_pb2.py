@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62iofed/v1/federation.proto\x12\tbiofed.v1\"G\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x12\x14\n\x0cnum_features\x18\x03 \x01(\r\"_\n\x0e\x43onnectRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x16.biofed.v1.DatasetInfo\x12\x0f\n\x07version\x18\x03 \x01(\t\"&\n\x08\x42lobInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\":\n\x05\x43hunk\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xc6\x01\n\x11InstructionHeader\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\x12\x11\n\ttask_json\x18\x06 \x01(\t\x12\"\n\x05\x62lobs\x18\x07 \x03(\x0b\x32\x13.biofed.v1.BlobInfo\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x04\x12\x0e\n\x06sha256\x18\t \x01(\x0c\"\x14\n\x04Ping\x12\x0c\n\x04time\x18\x01 \x01(\x01\"\x90\x01\n\rServerMessage\x12\x33\n\x0binstruction\x18\x01 \x01(\x0b\x32\x1c.biofed.v1.InstructionHeaderH\x00\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.biofed.v1.ChunkH\x00\x12\x1f\n\x04ping\x18\x03 \x01(\x0b\x32\x0f.biofed.v1.PingH\x00\x42\x06\n\x04\x62ody\"\xa3\x02\n\x0bReplyHeader\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x34\n\x07metrics\x18\x06 \x03(\x0b\x32#.biofed.v1.ReplyHeader.MetricsEntry\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\"\n\x05\x62lobs\x18\x08 \x03(\x0b\x32\x13.biofed.v1.BlobInfo\x12\x13\n\x0btotal_bytes\x18\t \x01(\x04\x12\x0e\n\x06sha256\x18\n \x01(\x0c\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"a\n\nReplyChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.biofed.v1.ReplyHeaderH\x00\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.biofed.v1.ChunkH\x00\x42\x06\n\x04\x62ody\"(\n\x03\x41\x63k\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"&\n\x10HeartbeatRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\'\n\x11HeartbeatResponse\x12\x12\n\ninterval_s\x18\x01 \x01(\x01\"%\n\x10SubmitRunRequest\x12\x11\n\tspec_json\x18\x01 \x01(\t\"\x1c\n\nRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xb5\x01\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x18\n\x10\x63ompleted_rounds\x18\x04 \x01(\r\x12\x14\n\x0ctotal_rounds\x18\x05 \x01(\r\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x14\n\x0csummary_json\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x12\n\nupdated_at\x18\t \x01(\x01\"\x11\n\x0fListRunsRequest\"4\n\x10ListRunsResponse\x12 \n\x04runs\x18\x01 \x03(\x0b\x32\x12.biofed.v1.RunInfo\"D\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"d\n\x08RunEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"\x12\n\x10ListNodesRequest\"Y\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x11\n\tlast_seen\x18\x03 \x01(\x01\x12\x17\n\x0fproperties_json\x18\x04 \x01(\t\"9\n\x11ListNodesResponse\x12$\n\x05nodes\x18\x01 \x03(\x0b\x32\x15.biofed.v1.NodeStatus2\xcd\x01\n\x0bNodeService\x12@\n\x07\x43onnect\x12\x19.biofed.v1.ConnectRequest\x1a\x18.biofed.v1.ServerMessage0\x01\x12\x34\n\tSendReply\x12\x15.biofed.v1.ReplyChunk\x1a\x0e.biofed.v1.Ack(\x01\x12\x46\n\tHeartbeat\x12\x1b.biofed.v1.HeartbeatRequest\x1a\x1c.biofed.v1.HeartbeatResponse2\xc4\x03\n\x0e\x43ontrolService\x12<\n\tSubmitRun\x12\x1b.biofed.v1.SubmitRunRequest\x1a\x12.biofed.v1.RunInfo\x12\x33\n\x06GetRun\x12\x15.biofed.v1.RunRequest\x1a\x12.biofed.v1.RunInfo\x12\x43\n\x08ListRuns\x12\x1a.biofed.v1.ListRunsRequest\x1a\x1b.biofed.v1.ListRunsResponse\x12=\n\x08WatchRun\x12\x1a.biofed.v1.WatchRunRequest\x1a\x13.biofed.v1.RunEvent0\x01\x12\x36\n\tCancelRun\x12\x15.biofed.v1.RunRequest\x1a\x12.biofed.v1.RunInfo\x12;\n\x0e\x44ownloadResult\x12\x15.biofed.v1.RunRequest\x1a\x10.biofed.v1.Chunk0\x01\x12\x46\n\tListNodes\x12\x1b.biofed.v1.ListNodesRequest\x1a\x1c.biofed.v1.ListNodesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62iofed/v1/federation.proto\x12\tbiofed.v1\"G\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x12\x14\n\x0cnum_features\x18\x03 \x01(\r\"_\n\x0e\x43onnectRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x16.biofed.v1.DatasetInfo\x12\x0f\n\x07version\x18\x03 \x01(\t\"&\n\x08\x42lobInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\":\n\x05\x43hunk\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xd4\x01\n\x11InstructionHeader\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\x12\x11\n\ttask_json\x18\x06 \x01(\t\x12\"\n\x05\x62lobs\x18\x07 \x03(\x0b\x32\x13.biofed.v1.BlobInfo\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x04\x12\x16\n\x0einline_payload\x18\n \x01(\x0cJ\x04\x08\t\x10\n\"\x14\n\x04Ping\x12\x0c\n\x04time\x18\x01 \x01(\x01\"\x90\x01\n\rServerMessage\x12\x33\n\x0binstruction\x18\x01 \x01(\x0b\x32\x1c.biofed.v1.InstructionHeaderH\x00\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.biofed.v1.ChunkH\x00\x12\x1f\n\x04ping\x18\x03 \x01(\x0b\x32\x0f.biofed.v1.PingH\x00\x42\x06\n\x04\x62ody\"\xb1\x02\n\x0bReplyHeader\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x34\n\x07metrics\x18\x06 \x03(\x0b\x32#.biofed.v1.ReplyHeader.MetricsEntry\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\"\n\x05\x62lobs\x18\x08 \x03(\x0b\x32\x13.biofed.v1.BlobInfo\x12\x13\n\x0btotal_bytes\x18\t \x01(\x04\x12\x16\n\x0einline_payload\x18\x0b \x01(\x0c\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01J\x04\x08\n\x10\x0b\"|\n\x0bNodeMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.biofed.v1.ConnectRequestH\x00\x12\'\n\x05reply\x18\x02 \x01(\x0b\x32\x16.biofed.v1.ReplyHeaderH\x00\x12\x10\n\x06\x63redit\x18\x03 \x01(\rH\x00\x42\x06\n\x04\x62ody\"a\n\nReplyChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.biofed.v1.ReplyHeaderH\x00\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.biofed.v1.ChunkH\x00\x42\x06\n\x04\x62ody\"(\n\x03\x41\x63k\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"&\n\x10HeartbeatRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\'\n\x11HeartbeatResponse\x12\x12\n\ninterval_s\x18\x01 \x01(\x01\"%\n\x10SubmitRunRequest\x12\x11\n\tspec_json\x18\x01 \x01(\t\"\x1c\n\nRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xb5\x01\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x18\n\x10\x63ompleted_rounds\x18\x04 \x01(\r\x12\x14\n\x0ctotal_rounds\x18\x05 \x01(\r\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x14\n\x0csummary_json\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x12\n\nupdated_at\x18\t \x01(\x01\"\x11\n\x0fListRunsRequest\"4\n\x10ListRunsResponse\x12 \n\x04runs\x18\x01 \x03(\x0b\x32\x12.biofed.v1.RunInfo\"D\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"d\n\x08RunEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"\x12\n\x10ListNodesRequest\"Y\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x11\n\tlast_seen\x18\x03 \x01(\x01\x12\x17\n\x0fproperties_json\x18\x04 \x01(\t\"9\n\x11ListNodesResponse\x12$\n\x05nodes\x18\x01 \x03(\x0b\x32\x15.biofed.v1.NodeStatus2\xcc\x01\n\x0bNodeService\x12?\n\x07\x43onnect\x12\x16.biofed.v1.NodeMessage\x1a\x18.biofed.v1.ServerMessage(\x01\x30\x01\x12\x34\n\tSendReply\x12\x15.biofed.v1.ReplyChunk\x1a\x0e.biofed.v1.Ack(\x01\x12\x46\n\tHeartbeat\x12\x1b.biofed.v1.HeartbeatRequest\x1a\x1c.biofed.v1.HeartbeatResponse2\xc4\x03\n\x0e\x43ontrolService\x12<\n\tSubmitRun\x12\x1b.biofed.v1.SubmitRunRequest\x1a\x12.biofed.v1.RunInfo\x12\x33\n\x06GetRun\x12\x15.biofed.v1.RunRequest\x1a\x12.biofed.v1.RunInfo\x12\x43\n\x08ListRuns\x12\x1a.biofed.v1.ListRunsRequest\x1a\x1b.biofed.v1.ListRunsResponse\x12=\n\x08WatchRun\x12\x1a.biofed.v1.WatchRunRequest\x1a\x13.biofed.v1.RunEvent0\x01\x12\x36\n\tCancelRun\x12\x15.biofed.v1.RunRequest\x1a\x12.biofed.v1.RunInfo\x12;\n\x0e\x44ownloadResult\x12\x15.biofed.v1.RunRequest\x1a\x10.biofed.v1.Chunk0\x01\x12\x46\n\tListNodes\x12\x1b.biofed.v1.ListNodesRequest\x1a\x1c.biofed.v1.ListNodesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,45 +43,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_CHUNK']._serialized_start=251
   _globals['_CHUNK']._serialized_end=309
   _globals['_INSTRUCTIONHEADER']._serialized_start=312
-  _globals['_INSTRUCTIONHEADER']._serialized_end=510
-  _globals['_PING']._serialized_start=512
-  _globals['_PING']._serialized_end=532
-  _globals['_SERVERMESSAGE']._serialized_start=535
-  _globals['_SERVERMESSAGE']._serialized_end=679
-  _globals['_REPLYHEADER']._serialized_start=682
-  _globals['_REPLYHEADER']._serialized_end=973
-  _globals['_REPLYHEADER_METRICSENTRY']._serialized_start=927
-  _globals['_REPLYHEADER_METRICSENTRY']._serialized_end=973
-  _globals['_REPLYCHUNK']._serialized_start=975
-  _globals['_REPLYCHUNK']._serialized_end=1072
-  _globals['_ACK']._serialized_start=1074
-  _globals['_ACK']._serialized_end=1114
-  _globals['_HEARTBEATREQUEST']._serialized_start=1116
-  _globals['_HEARTBEATREQUEST']._serialized_end=1154
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1156
-  _globals['_HEARTBEATRESPONSE']._serialized_end=1195
-  _globals['_SUBMITRUNREQUEST']._serialized_start=1197
-  _globals['_SUBMITRUNREQUEST']._serialized_end=1234
-  _globals['_RUNREQUEST']._serialized_start=1236
-  _globals['_RUNREQUEST']._serialized_end=1264
-  _globals['_RUNINFO']._serialized_start=1267
-  _globals['_RUNINFO']._serialized_end=1448
-  _globals['_LISTRUNSREQUEST']._serialized_start=1450
-  _globals['_LISTRUNSREQUEST']._serialized_end=1467
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1469
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1521
-  _globals['_WATCHRUNREQUEST']._serialized_start=1523
-  _globals['_WATCHRUNREQUEST']._serialized_end=1591
-  _globals['_RUNEVENT']._serialized_start=1593
-  _globals['_RUNEVENT']._serialized_end=1693
-  _globals['_LISTNODESREQUEST']._serialized_start=1695
-  _globals['_LISTNODESREQUEST']._serialized_end=1713
-  _globals['_NODESTATUS']._serialized_start=1715
-  _globals['_NODESTATUS']._serialized_end=1804
-  _globals['_LISTNODESRESPONSE']._serialized_start=1806
-  _globals['_LISTNODESRESPONSE']._serialized_end=1863
-  _globals['_NODESERVICE']._serialized_start=1866
-  _globals['_NODESERVICE']._serialized_end=2071
-  _globals['_CONTROLSERVICE']._serialized_start=2074
-  _globals['_CONTROLSERVICE']._serialized_end=2526
+  _globals['_INSTRUCTIONHEADER']._serialized_end=524
+  _globals['_PING']._serialized_start=526
+  _globals['_PING']._serialized_end=546
+  _globals['_SERVERMESSAGE']._serialized_start=549
+  _globals['_SERVERMESSAGE']._serialized_end=693
+  _globals['_REPLYHEADER']._serialized_start=696
+  _globals['_REPLYHEADER']._serialized_end=1001
+  _globals['_REPLYHEADER_METRICSENTRY']._serialized_start=949
+  _globals['_REPLYHEADER_METRICSENTRY']._serialized_end=995
+  _globals['_NODEMESSAGE']._serialized_start=1003
+  _globals['_NODEMESSAGE']._serialized_end=1127
+  _globals['_REPLYCHUNK']._serialized_start=1129
+  _globals['_REPLYCHUNK']._serialized_end=1226
+  _globals['_ACK']._serialized_start=1228
+  _globals['_ACK']._serialized_end=1268
+  _globals['_HEARTBEATREQUEST']._serialized_start=1270
+  _globals['_HEARTBEATREQUEST']._serialized_end=1308
+  _globals['_HEARTBEATRESPONSE']._serialized_start=1310
+  _globals['_HEARTBEATRESPONSE']._serialized_end=1349
+  _globals['_SUBMITRUNREQUEST']._serialized_start=1351
+  _globals['_SUBMITRUNREQUEST']._serialized_end=1388
+  _globals['_RUNREQUEST']._serialized_start=1390
+  _globals['_RUNREQUEST']._serialized_end=1418
+  _globals['_RUNINFO']._serialized_start=1421
+  _globals['_RUNINFO']._serialized_end=1602
+  _globals['_LISTRUNSREQUEST']._serialized_start=1604
+  _globals['_LISTRUNSREQUEST']._serialized_end=1621
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1623
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1675
+  _globals['_WATCHRUNREQUEST']._serialized_start=1677
+  _globals['_WATCHRUNREQUEST']._serialized_end=1745
+  _globals['_RUNEVENT']._serialized_start=1747
+  _globals['_RUNEVENT']._serialized_end=1847
+  _globals['_LISTNODESREQUEST']._serialized_start=1849
+  _globals['_LISTNODESREQUEST']._serialized_end=1867
+  _globals['_NODESTATUS']._serialized_start=1869
+  _globals['_NODESTATUS']._serialized_end=1958
+  _globals['_LISTNODESRESPONSE']._serialized_start=1960
+  _globals['_LISTNODESRESPONSE']._serialized_end=2017
+  _globals['_NODESERVICE']._serialized_start=2020
+  _globals['_NODESERVICE']._serialized_end=2224
+  _globals['_CONTROLSERVICE']._serialized_start=2227
+  _globals['_CONTROLSERVICE']._serialized_end=2679
 # @@protoc_insertion_point(module_scope)

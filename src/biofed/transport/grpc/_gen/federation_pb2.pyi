@@ -139,7 +139,7 @@ class InstructionHeader(_message.Message):
     TASK_JSON_FIELD_NUMBER: _builtins.int
     BLOBS_FIELD_NUMBER: _builtins.int
     TOTAL_BYTES_FIELD_NUMBER: _builtins.int
-    SHA256_FIELD_NUMBER: _builtins.int
+    INLINE_PAYLOAD_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     run_id: _builtins.str
     round: _builtins.int
@@ -150,8 +150,8 @@ class InstructionHeader(_message.Message):
     task_json: _builtins.str
     """JSON object: task name, options, dataset"""
     total_bytes: _builtins.int
-    sha256: _builtins.bytes
-    """of the whole payload"""
+    inline_payload: _builtins.bytes
+    """the whole payload when it fits one chunk (then no chunks follow)"""
     @_builtins.property
     def blobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlobInfo]: ...
     def __init__(
@@ -165,11 +165,11 @@ class InstructionHeader(_message.Message):
         task_json: _builtins.str = ...,
         blobs: _abc.Iterable[Global___BlobInfo] | None = ...,
         total_bytes: _builtins.int = ...,
-        sha256: _builtins.bytes = ...,
+        inline_payload: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs", b"blobs", "config_json", b"config_json", "kind", b"kind", "round", b"round", "run_id", b"run_id", "sha256", b"sha256", "task_json", b"task_json", "total_bytes", b"total_bytes", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs", b"blobs", "config_json", b"config_json", "inline_payload", b"inline_payload", "kind", b"kind", "round", b"round", "run_id", b"run_id", "task_json", b"task_json", "total_bytes", b"total_bytes", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -257,7 +257,7 @@ class ReplyHeader(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     BLOBS_FIELD_NUMBER: _builtins.int
     TOTAL_BYTES_FIELD_NUMBER: _builtins.int
-    SHA256_FIELD_NUMBER: _builtins.int
+    INLINE_PAYLOAD_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     """the instruction's transfer id"""
     run_id: _builtins.str
@@ -267,7 +267,8 @@ class ReplyHeader(_message.Message):
     error: _builtins.str
     """empty on success"""
     total_bytes: _builtins.int
-    sha256: _builtins.bytes
+    inline_payload: _builtins.bytes
+    """the whole payload when small (only on the Connect stream)"""
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
@@ -284,15 +285,49 @@ class ReplyHeader(_message.Message):
         error: _builtins.str = ...,
         blobs: _abc.Iterable[Global___BlobInfo] | None = ...,
         total_bytes: _builtins.int = ...,
-        sha256: _builtins.bytes = ...,
+        inline_payload: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs", b"blobs", "error", b"error", "kind", b"kind", "metrics", b"metrics", "num_examples", b"num_examples", "round", b"round", "run_id", b"run_id", "sha256", b"sha256", "total_bytes", b"total_bytes", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs", b"blobs", "error", b"error", "inline_payload", b"inline_payload", "kind", b"kind", "metrics", b"metrics", "num_examples", b"num_examples", "round", b"round", "run_id", b"run_id", "total_bytes", b"total_bytes", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReplyHeader: _TypeAlias = ReplyHeader  # noqa: Y015
+
+@_typing.final
+class NodeMessage(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HELLO_FIELD_NUMBER: _builtins.int
+    REPLY_FIELD_NUMBER: _builtins.int
+    CREDIT_FIELD_NUMBER: _builtins.int
+    credit: _builtins.int
+    """the node consumed this many chunks: the coordinator may send"""
+    @_builtins.property
+    def hello(self) -> Global___ConnectRequest:
+        """first message of the stream, exactly once"""
+
+    @_builtins.property
+    def reply(self) -> Global___ReplyHeader:
+        """a reply with its payload inline"""
+
+    def __init__(
+        self,
+        *,
+        hello: Global___ConnectRequest | None = ...,
+        reply: Global___ReplyHeader | None = ...,
+        credit: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "credit", b"credit", "hello", b"hello", "reply", b"reply"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["body", b"body", "credit", b"credit", "hello", b"hello", "reply", b"reply"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["hello", "reply", "credit"]  # noqa: Y015
+    _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
+
+Global___NodeMessage: _TypeAlias = NodeMessage  # noqa: Y015
 
 @_typing.final
 class ReplyChunk(_message.Message):

@@ -38,9 +38,9 @@ class NodeServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.Connect = channel.unary_stream(
+        self.Connect = channel.stream_stream(
                 '/biofed.v1.NodeService/Connect',
-                request_serializer=biofed_dot_v1_dot_federation__pb2.ConnectRequest.SerializeToString,
+                request_serializer=biofed_dot_v1_dot_federation__pb2.NodeMessage.SerializeToString,
                 response_deserializer=biofed_dot_v1_dot_federation__pb2.ServerMessage.FromString,
                 _registered_method=True)
         self.SendReply = channel.stream_unary(
@@ -61,15 +61,17 @@ class NodeServiceServicer:
 
     """
 
-    def Connect(self, request, context):
-        """The node opens this stream once per session; instructions flow down it.
+    def Connect(self, request_iterator, context):
+        """The node opens this stream once per session: it sends its hello first, then small
+        replies (payload inline); instructions flow down the other direction.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def SendReply(self, request_iterator, context):
-        """One reply, uploaded as a header followed by payload chunks.
+        """A reply too large to travel inline: a header followed by payload chunks, on its own
+        HTTP/2 stream so that flow control paces it without blocking the session.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -85,9 +87,9 @@ class NodeServiceServicer:
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'Connect': grpc.unary_stream_rpc_method_handler(
+            'Connect': grpc.stream_stream_rpc_method_handler(
                     servicer.Connect,
-                    request_deserializer=biofed_dot_v1_dot_federation__pb2.ConnectRequest.FromString,
+                    request_deserializer=biofed_dot_v1_dot_federation__pb2.NodeMessage.FromString,
                     response_serializer=biofed_dot_v1_dot_federation__pb2.ServerMessage.SerializeToString,
             ),
             'SendReply': grpc.stream_unary_rpc_method_handler(
@@ -115,7 +117,7 @@ class NodeService:
     """
 
     @staticmethod
-    def Connect(request,
+    def Connect(request_iterator,
             target,
             options=(),
             channel_credentials=None,
@@ -125,11 +127,11 @@ class NodeService:
             wait_for_ready=None,
             timeout=None,
             metadata=None):
-        return grpc.experimental.unary_stream(
-            request,
+        return grpc.experimental.stream_stream(
+            request_iterator,
             target,
             '/biofed.v1.NodeService/Connect',
-            biofed_dot_v1_dot_federation__pb2.ConnectRequest.SerializeToString,
+            biofed_dot_v1_dot_federation__pb2.NodeMessage.SerializeToString,
             biofed_dot_v1_dot_federation__pb2.ServerMessage.FromString,
             options,
             channel_credentials,

@@ -43,10 +43,14 @@ class NodeServiceStub:
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> NodeServiceAsyncStub: ...
-    Connect: _grpc.UnaryStreamMultiCallable[_federation_pb2.ConnectRequest, _federation_pb2.ServerMessage]
-    """The node opens this stream once per session; instructions flow down it."""
+    Connect: _grpc.StreamStreamMultiCallable[_federation_pb2.NodeMessage, _federation_pb2.ServerMessage]
+    """The node opens this stream once per session: it sends its hello first, then small
+    replies (payload inline); instructions flow down the other direction.
+    """
     SendReply: _grpc.StreamUnaryMultiCallable[_federation_pb2.ReplyChunk, _federation_pb2.Ack]
-    """One reply, uploaded as a header followed by payload chunks."""
+    """A reply too large to travel inline: a header followed by payload chunks, on its own
+    HTTP/2 stream so that flow control paces it without blocking the session.
+    """
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_federation_pb2.HeartbeatRequest, _federation_pb2.HeartbeatResponse]
     """Liveness; the coordinator marks a node lost after missed heartbeats."""
 
@@ -57,10 +61,14 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    Connect: _aio.UnaryStreamMultiCallable[_federation_pb2.ConnectRequest, _federation_pb2.ServerMessage]  # type: ignore[assignment]
-    """The node opens this stream once per session; instructions flow down it."""
+    Connect: _aio.StreamStreamMultiCallable[_federation_pb2.NodeMessage, _federation_pb2.ServerMessage]  # type: ignore[assignment]
+    """The node opens this stream once per session: it sends its hello first, then small
+    replies (payload inline); instructions flow down the other direction.
+    """
     SendReply: _aio.StreamUnaryMultiCallable[_federation_pb2.ReplyChunk, _federation_pb2.Ack]  # type: ignore[assignment]
-    """One reply, uploaded as a header followed by payload chunks."""
+    """A reply too large to travel inline: a header followed by payload chunks, on its own
+    HTTP/2 stream so that flow control paces it without blocking the session.
+    """
     Heartbeat: _aio.UnaryUnaryMultiCallable[_federation_pb2.HeartbeatRequest, _federation_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """Liveness; the coordinator marks a node lost after missed heartbeats."""
 
@@ -72,10 +80,12 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     @_abc_1.abstractmethod
     def Connect(
         self,
-        request: _federation_pb2.ConnectRequest,
+        request_iterator: _MaybeAsyncIterator[_federation_pb2.NodeMessage],
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_federation_pb2.ServerMessage], _abc.AsyncIterator[_federation_pb2.ServerMessage]]:
-        """The node opens this stream once per session; instructions flow down it."""
+        """The node opens this stream once per session: it sends its hello first, then small
+        replies (payload inline); instructions flow down the other direction.
+        """
 
     @_abc_1.abstractmethod
     def SendReply(
@@ -83,7 +93,9 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         request_iterator: _MaybeAsyncIterator[_federation_pb2.ReplyChunk],
         context: _ServicerContext,
     ) -> _typing.Union[_federation_pb2.Ack, _abc.Awaitable[_federation_pb2.Ack]]:
-        """One reply, uploaded as a header followed by payload chunks."""
+        """A reply too large to travel inline: a header followed by payload chunks, on its own
+        HTTP/2 stream so that flow control paces it without blocking the session.
+        """
 
     @_abc_1.abstractmethod
     def Heartbeat(
