@@ -1,0 +1,77 @@
+"""Job files are validated before any site is contacted, with messages that say what to do."""
+
+from __future__ import annotations
+
+import pytest
+
+from biofed.coordinator import JobSpec
+from biofed.core import ConfigurationError
+
+JOB = """
+[run]
+name = "tcga"
+dataset = "tcga-brca"
+rounds = 3
+seed = 7
+min_nodes = 4
+min_replies = 3
+round_timeout = 30
+
+[task]
+name = "cox_ph"
+num_features = 39
+
+[strategy]
+name = "fedadam"
+server_learning_rate = 0.3
+tau = 0.01
+
+[train]
+local_steps = 100
+batch_size = 8
+learning_rate = 0.003
+optimizer = "adam"
+"""
+
+
+def test_parse_and_canonical_round_trip() -> None:
+    spec = JobSpec.from_toml(JOB)
+    assert spec.strategy == "fedadam"
+    assert spec.rounds == 3
+    assert dict(spec.evaluate) == {"split": "test"}
+    assert JobSpec.from_json(spec.to_json()) == spec
+    assert spec.to_json() == JobSpec.from_json(spec.to_json()).to_json()
+    config = spec.instruction_config()
+    assert config == {"task": "cox_ph", "dataset": "tcga-brca", "task.num_features": 39}
+    strategy = spec.build_strategy()
+    assert strategy.train_config["learning_rate"] == 0.003
+    assert strategy.min_train_nodes == 3
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda t: t.replace("[task]", "[tsak]"), "unknown section"),
+        (lambda t: t.replace('name = "cox_ph"\n', ""), r"\[task\] name is required"),
+        (lambda t: t.replace('dataset = "tcga-brca"\n', ""), r"\[run\] dataset is required"),
+        (lambda t: t.replace("rounds = 3", "rounds = 0"), "rounds must be"),
+        (lambda t: t.replace("min_replies = 3", "min_replies = 9"), "min_replies cannot exceed"),
+        (lambda t: t.replace('name = "fedadam"', 'name = "fedmagic"'), "unknown"),
+        (lambda t: t.replace("tau = 0.01", "tau = -1.0"), "tau must be > 0"),
+        (lambda t: t.replace("tau = 0.01", "colour = 1"), "bad arguments"),
+        (lambda t: t.replace("seed = 7", "seed = 7\nspeed = 1"), r"unknown \[run\] key"),
+        (lambda t: t.replace('dataset = "tcga-brca"', 'dataset = "../etc"'), "dataset"),
+        (lambda t: t + "\n[train.nested]\nx = 1\n", "must be a number"),
+        (lambda t: t.replace("[run]", "[run"), "not valid TOML"),
+    ],
+)
+def test_bad_jobs_are_refused_with_a_clear_message(edit, match: str) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(ConfigurationError, match=match):
+        JobSpec.from_toml(edit(JOB))
+
+
+def test_json_form_must_be_an_object() -> None:
+    with pytest.raises(ConfigurationError, match="JSON object"):
+        JobSpec.from_json("[1, 2]")
+    with pytest.raises(ConfigurationError, match="not valid JSON"):
+        JobSpec.from_json("{")

@@ -1,0 +1,70 @@
+"""The coordinator's control API, without the network: submission, status, cancel, results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from biofed.coordinator import Coordinator, InMemoryStateStore, JobSpec
+from biofed.core import ConfigurationError, ProtocolError
+from biofed.transport.grpc import Peer
+
+ALICE = Peer(name="alice", role="researcher")
+JOB = JobSpec.from_mapping(
+    {
+        "run": {"name": "t", "dataset": "ds", "rounds": 2, "seed": 1},
+        "task": {"name": "cox_ph", "num_features": 3},
+        "strategy": {"name": "fedavg"},
+        "train": {"local_steps": 2},
+    }
+)
+
+
+@pytest.fixture
+def coordinator() -> Coordinator:
+    return Coordinator(InMemoryStateStore(), node_wait=0.1)  # runner not started
+
+
+def test_submit_status_list_and_events(coordinator: Coordinator) -> None:
+    run = coordinator.submit_run(ALICE, JOB.to_json())
+    assert run.status == "pending"
+    assert run.owner == "alice"
+    assert run.total_rounds == 2
+    assert coordinator.get_run(ALICE, run.run_id) == run
+    assert [r.run_id for r in coordinator.list_runs(ALICE)] == [run.run_id]
+    events = list(coordinator.watch_run(ALICE, run.run_id, 0, False, lambda: True))
+    assert [e.kind for e in events] == ["submitted"]
+    assert json.loads(run.summary_json)["strategy"] == "fedavg"
+
+
+def test_invalid_job_is_refused_before_anything_is_stored(coordinator: Coordinator) -> None:
+    with pytest.raises(ConfigurationError):
+        coordinator.submit_run(ALICE, '{"run": {"name": "x"}}')
+    assert coordinator.list_runs(ALICE) == []
+
+
+def test_cancel_pending_and_results_only_when_finished(coordinator: Coordinator) -> None:
+    run = coordinator.submit_run(ALICE, JOB.to_json())
+    with pytest.raises(ProtocolError, match="results exist once finished"):
+        coordinator.run_result(ALICE, run.run_id)
+    cancelled = coordinator.cancel_run(ALICE, run.run_id)
+    assert cancelled.status == "cancelled"
+    with pytest.raises(ProtocolError, match="already ended"):
+        coordinator.cancel_run(ALICE, run.run_id)
+    with pytest.raises(LookupError):
+        coordinator.get_run(ALICE, "no-such-run")
+
+
+def test_a_run_without_nodes_fails_its_rounds_and_finishes(coordinator: Coordinator) -> None:
+    run = coordinator.submit_run(ALICE, JOB.to_json())
+    row = coordinator.store.get_run(run.run_id)
+    assert row is not None
+    coordinator._execute(row)  # what the runner thread does, synchronously
+    done = coordinator.get_run(ALICE, run.run_id)
+    assert done.status == "finished"
+    assert done.completed_rounds == 2
+    kinds = [e.kind for e in coordinator.watch_run(ALICE, run.run_id, 0, False, lambda: True)]
+    assert "waiting_for_nodes" in kinds
+    assert "round_failed" in kinds
+    assert kinds[-1] == "finished"

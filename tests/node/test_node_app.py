@@ -1,0 +1,88 @@
+"""A node's node.toml and its handler: only its own datasets, the task the instruction names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from biofed.core import ConfigurationError, Instruction, MessageKind
+from biofed.data import write_site_files
+from biofed.datasets import load_tcga_brca
+from biofed.node import NodeApp, NodeConfig
+from biofed.tasks import CoxPHTask
+
+
+@pytest.fixture
+def node_toml(tmp_path: Path) -> Path:
+    paths = write_site_files(load_tcga_brca(), tmp_path / "data")
+    config = tmp_path / "node.toml"
+    rel = paths["center-1"].relative_to(tmp_path)
+    config.write_text(
+        f'[datasets.tcga-brca]\npath = "{rel}"\nformat = "csv"\nsplit_column = "split"\n'
+        'targets = { event = "event", time = "time" }\n'
+    )
+    return config
+
+
+def _inst(config: dict[str, object], kind: MessageKind = MessageKind.TRAIN) -> Instruction:
+    params = CoxPHTask(num_features=39).init_parameters(np.random.default_rng(0))
+    return Instruction(
+        run_id="r",
+        round=1,
+        node_id="whoever",
+        kind=kind,
+        parameters=params,
+        config={"seed": 1, "local_steps": 5, **config},
+    )  # type: ignore[dict-item]
+
+
+def test_node_runs_the_named_task_on_its_own_dataset(node_toml: Path) -> None:
+    app = NodeApp("center-1", NodeConfig.from_toml(node_toml))
+    assert app.declarations() == [("tcga-brca", 156, 39)]
+    reply = app.handle(_inst({"task": "cox_ph", "dataset": "tcga-brca", "task.num_features": 39}))
+    assert reply.ok, reply.error
+    assert reply.node_id == "center-1"  # its own identity, whatever the message said
+    assert reply.num_examples == 156
+    evaluation = app.handle(
+        _inst(
+            {"task": "cox_ph", "dataset": "tcga-brca", "task.num_features": 39, "split": "test"},
+            MessageKind.EVALUATE,
+        )
+    )
+    assert evaluation.ok
+    assert evaluation.num_examples == 40
+
+
+@pytest.mark.parametrize(
+    ("config", "match"),
+    [
+        (
+            {"task": "cox_ph", "dataset": "someone-elses", "task.num_features": 39},
+            "policy: this site holds no dataset",
+        ),
+        ({"task": "rm -rf", "dataset": "tcga-brca"}, "configuration: unknown task"),
+        ({"task": "cox_ph", "dataset": "tcga-brca", "task.num_features": 12}, "parameter"),
+    ],
+)
+def test_refusals_are_error_replies(node_toml: Path, config: dict[str, object], match: str) -> None:
+    app = NodeApp("center-1", NodeConfig.from_toml(node_toml))
+    reply = app.handle(_inst(config))
+    assert reply.error is not None
+    assert match in reply.error
+
+
+def test_node_toml_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        NodeConfig.from_toml(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[datasets.x]\nformat = 'csv'\n")
+    with pytest.raises(ConfigurationError, match="needs path"):
+        NodeConfig.from_toml(bad)
+    bad.write_text("[datasets.x]\npath = 'a.csv'\ncolour = 1\n")
+    with pytest.raises(ConfigurationError, match="unknown key"):
+        NodeConfig.from_toml(bad)
+    bad.write_text("[nodes]\n")
+    with pytest.raises(ConfigurationError, match="unknown section"):
+        NodeConfig.from_toml(bad)
