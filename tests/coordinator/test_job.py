@@ -75,3 +75,12 @@ def test_json_form_must_be_an_object() -> None:
         JobSpec.from_json("[1, 2]")
     with pytest.raises(ConfigurationError, match="not valid JSON"):
         JobSpec.from_json("{")
+
+
+def test_the_example_job_file_is_valid() -> None:
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "examples" / "job-tcga-fedadam.toml"
+    spec = JobSpec.from_toml(path.read_text())
+    assert spec.strategy == "fedadam"
+    assert spec.min_nodes == 6
