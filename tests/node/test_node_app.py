@@ -86,3 +86,26 @@ def test_node_toml_errors(tmp_path: Path) -> None:
     bad.write_text("[nodes]\n")
     with pytest.raises(ConfigurationError, match="unknown section"):
         NodeConfig.from_toml(bad)
+
+
+def test_task_modules_from_the_sites_own_folders(node_toml: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "site_tasks"
+    folder.mkdir()
+    (folder / "my_cox.py").write_text(
+        "from biofed.tasks import CoxPHTask\n\n"
+        "def make_task(num_features):\n"
+        "    return CoxPHTask(num_features=num_features)\n"
+    )
+    (folder / "broken.py").write_text("make_task = 3\n")
+    node_toml.write_text('[node]\ntask_dirs = ["site_tasks"]\n' + node_toml.read_text())
+    app = NodeApp("center-1", NodeConfig.from_toml(node_toml))
+    reply = app.handle(_inst({"task": "my_cox", "dataset": "tcga-brca", "task.num_features": 39}))
+    assert reply.ok, reply.error
+    for name, match in (
+        ("broken", "defines no make_task"),
+        ("absent", "not in this site's"),
+        ("../evil", "not a module name"),
+    ):
+        bad = app.handle(_inst({"task": name, "dataset": "tcga-brca"}))
+        assert bad.error is not None
+        assert match in bad.error

@@ -12,6 +12,7 @@ from biofed.core import ConfigurationError
 from biofed.tasks import CoxPHTask, LogisticRegressionTask, make_task
 
 EXPECTED = [
+    "BUILTIN_TASKS",
     "SCAFFOLD_CLIENT_CONTROL",
     "SCAFFOLD_CONTROL_DELTA",
     "SCAFFOLD_SERVER_CONTROL",

@@ -8,6 +8,7 @@ instruction, and the node runs that task on its own copy. Nothing else about the
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import sys
 import threading
 from collections.abc import Mapping
@@ -27,7 +28,7 @@ from biofed.core import (
 )
 from biofed.data import SiteData, load_site_file, load_table
 from biofed.node._runtime import SiteNode
-from biofed.tasks import make_task
+from biofed.tasks import BUILTIN_TASKS, Task, make_task
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -75,9 +76,16 @@ class DatasetSource:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
-    """A node's ``node.toml``: its datasets."""
+    """A node's ``node.toml``: its datasets, and folders of task modules it trusts.
+
+    ``[node] task_dirs = ["tasks"]``: a task the instruction names that is not built in is
+    loaded from ``<dir>/<name>.py``, which must define ``make_task(**options) -> Task``.
+    Only folders the site's operator listed are searched (signed, approved task bundles
+    that run in a sandboxed worker are the governance layer's).
+    """
 
     datasets: Mapping[str, DatasetSource]
+    task_dirs: tuple[Path, ...] = ()
 
     @classmethod
     def from_toml(cls, path: str | Path) -> NodeConfig:
@@ -92,6 +100,15 @@ class NodeConfig:
         unknown = set(data) - {"node", "datasets"}
         if unknown:
             raise ConfigurationError(f"{path}: unknown section(s) {sorted(unknown)}")
+        node = data.get("node") or {}
+        if set(node) - {"task_dirs"}:
+            raise ConfigurationError(
+                f"{path}: unknown key(s) {sorted(set(node) - {'task_dirs'})} in [node]"
+            )
+        task_dirs = tuple(
+            d if d.is_absolute() else path.parent / d
+            for d in (Path(str(x)) for x in node.get("task_dirs") or ())
+        )
         sources: dict[str, DatasetSource] = {}
         for name, entry in (data.get("datasets") or {}).items():
             check_id(name, what="dataset name")
@@ -113,7 +130,7 @@ class NodeConfig:
                 id_column=entry.get("id_column"),
                 exclude=tuple(entry.get("exclude") or ()),
             )
-        return cls(datasets=MappingProxyType(sources))
+        return cls(datasets=MappingProxyType(sources), task_dirs=task_dirs)
 
 
 class NodeApp:
@@ -137,6 +154,7 @@ class NodeApp:
                 raise DataError(f"dataset {name!r}: {exc}") from exc
         self._nodes: dict[tuple[Any, ...], SiteNode] = {}
         self._lock = threading.Lock()
+        self.task_dirs = config.task_dirs
 
     def declarations(self) -> list[tuple[str, int, int]]:
         """(name, training examples, features) of each dataset, to declare on connect."""
@@ -151,9 +169,33 @@ class NodeApp:
         key = (dataset, task_name, tuple(sorted(options.items())))
         with self._lock:
             if key not in self._nodes:
-                task = make_task(task_name, **options)
+                task = self._make_task(task_name, options)
                 self._nodes[key] = SiteNode(self.node_id, task, self.data[dataset])
             return self._nodes[key]
+
+    def _make_task(self, name: str, options: Mapping[str, Scalar]) -> Task:
+        if name in BUILTIN_TASKS or not self.task_dirs:
+            return make_task(name, **options)
+        if not name.isidentifier():
+            raise ConfigurationError(f"task name {name!r} is not a module name")
+        for folder in self.task_dirs:
+            file = folder / f"{name}.py"
+            if file.is_file():
+                spec = importlib.util.spec_from_file_location(f"biofed_site_task_{name}", file)
+                if spec is None or spec.loader is None:
+                    raise ConfigurationError(f"cannot load task module {file}")
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+                factory = getattr(module, "make_task", None)
+                if not callable(factory):
+                    raise ConfigurationError(f"{file} defines no make_task(**options)")
+                task = factory(**options)
+                if not isinstance(task, Task):
+                    raise ConfigurationError(f"{file}: make_task did not return a Task")
+                return task
+        raise ConfigurationError(
+            f"unknown task {name!r}: not built in and not in this site's task_dirs"
+        )
 
     def handle(self, instruction: Instruction) -> Reply:
         """Run one instruction (an error reply, never an exception)."""

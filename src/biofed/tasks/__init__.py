@@ -22,12 +22,13 @@ from biofed.tasks._cox import CoxPH, CoxPHTask
 from biofed.tasks._logreg import LogisticRegression, LogisticRegressionTask
 from biofed.tasks._metrics import concordance_index, roc_auc
 from biofed.tasks._numpy import GradientModel, NumpyTask
-from biofed.tasks._registry import make_task
+from biofed.tasks._registry import BUILTIN_TASKS, make_task
 
 if TYPE_CHECKING:
     from biofed.tasks._torch import TorchTask
 
 __all__ = [
+    "BUILTIN_TASKS",
     "SCAFFOLD_CLIENT_CONTROL",
     "SCAFFOLD_CONTROL_DELTA",
     "SCAFFOLD_SERVER_CONTROL",

@@ -10,7 +10,7 @@ from biofed.tasks._api import Task
 from biofed.tasks._cox import CoxPHTask
 from biofed.tasks._logreg import LogisticRegressionTask
 
-_BUILTIN: dict[str, Callable[..., Task]] = {
+BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
     "cox_ph": CoxPHTask,
     "logistic_regression": LogisticRegressionTask,
 }
@@ -33,10 +33,10 @@ def make_task(name: str, **kwargs: Any) -> Task:
         For an unknown name or arguments the task does not accept.
     """
     try:
-        factory = _BUILTIN[name]
+        factory = BUILTIN_TASKS[name]
     except (KeyError, TypeError):
         raise ConfigurationError(
-            f"unknown task {name!r}; built-in tasks are {sorted(_BUILTIN)} "
+            f"unknown task {name!r}; built-in tasks are {sorted(BUILTIN_TASKS)} "
             "(write your own with NumpyTask or TorchTask)"
         ) from None
     try:
