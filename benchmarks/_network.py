@@ -116,3 +116,126 @@ def serve_node_if_asked() -> bool:
     )
     client.run(stop)
     return True
+
+
+# -- the floor: the same bytes through bare mTLS gRPC streams, no biofed on either side -------
+
+_RAW_CHUNK = 2 * 1024 * 1024
+
+
+def _raw_options() -> list[tuple[str, int]]:
+    return [
+        ("grpc.max_send_message_length", 16 << 20),
+        ("grpc.max_receive_message_length", 16 << 20),
+    ]
+
+
+class RawServer:
+    """An mTLS gRPC server with two raw-bytes methods: Down streams ``nbytes`` to the caller,
+    Up consumes what the caller streams."""
+
+    def __init__(self, bench: Bench, nbytes: int) -> None:
+        from concurrent import futures
+
+        import grpc
+
+        from biofed.transport.grpc._tls import server_credentials
+
+        chunk = b"\x01" * _RAW_CHUNK
+        count = -(-nbytes // _RAW_CHUNK)
+
+        def down(request: bytes, context: object):  # type: ignore[no-untyped-def]
+            for _ in range(count):
+                yield chunk
+
+        def up(requests, context):  # type: ignore[no-untyped-def]
+            total = 0
+            for part in requests:
+                total += len(part)
+            return total.to_bytes(8, "little")
+
+        self.port = free_port()
+        kit = load_kit(bench.consortium.kit_directory("coordinator"))
+        self.server = grpc.server(futures.ThreadPoolExecutor(16), options=_raw_options())
+        handler = grpc.method_handlers_generic_handler(
+            "bench.Raw",
+            {
+                "Down": grpc.unary_stream_rpc_method_handler(down),
+                "Up": grpc.stream_unary_rpc_method_handler(up),
+            },
+        )
+        self.server.add_generic_rpc_handlers((handler,))
+        self.server.add_secure_port(f"127.0.0.1:{self.port}", server_credentials(tls_of(kit)))
+        self.server.start()
+
+    def stop(self) -> None:
+        self.server.stop(0.5)
+
+
+def raw_floor(bench: Bench, nbytes: int) -> float:
+    """Seconds for every node process to download then upload ``nbytes`` over bare mTLS gRPC
+    streams, all nodes at once: the same traffic as a round, with no biofed work."""
+    server = RawServer(bench, nbytes)
+    try:
+        procs = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    sys.argv[0],
+                    "--raw-client",
+                    str(bench.consortium.kit_directory(s)),
+                    "--target",
+                    f"127.0.0.1:{server.port}",
+                    "--bytes",
+                    str(nbytes),
+                ],
+                stdout=subprocess.PIPE,
+                stdin=subprocess.DEVNULL,
+            )
+            for s in bench.sites
+        ]
+        # each client waits for "go" on the start line: start them together
+        time.sleep(3.0)
+        t0 = time.perf_counter()
+        for p in procs:
+            p.send_signal(__import__("signal").SIGUSR1)
+        for p in procs:
+            p.wait(timeout=600)
+        return time.perf_counter() - t0
+    finally:
+        server.stop()
+
+
+def raw_client_if_asked() -> bool:
+    """``--raw-client KIT --target ADDR --bytes N``: download then upload N bytes."""
+    if "--raw-client" not in sys.argv:
+        return False
+    import signal
+
+    import grpc
+
+    from biofed.transport.grpc._tls import channel_credentials
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--raw-client")
+    p.add_argument("--target")
+    p.add_argument("--bytes", type=int)
+    args, _ = p.parse_known_args()
+    go = threading.Event()
+    signal.signal(signal.SIGUSR1, lambda *a: go.set())
+    kit = load_kit(args.raw_client)
+    channel = grpc.secure_channel(
+        args.target, channel_credentials(tls_of(kit)), options=_raw_options()
+    )
+    grpc.channel_ready_future(channel).result(timeout=30)
+    down = channel.unary_stream("/bench.Raw/Down")
+    up = channel.stream_unary("/bench.Raw/Up")
+    go.wait(60)
+    received = bytearray(args.bytes + _RAW_CHUNK)
+    offset = 0
+    for part in down(b""):
+        received[offset : offset + len(part)] = part
+        offset += len(part)
+    view = memoryview(received)
+    up(bytes(view[i : i + _RAW_CHUNK]) for i in range(0, args.bytes, _RAW_CHUNK))
+    return True

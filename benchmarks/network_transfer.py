@@ -18,7 +18,7 @@ import numpy as np
 import psutil
 
 from _common import emit, machine, parser
-from _network import Bench, serve_node_if_asked
+from _network import Bench, raw_client_if_asked, raw_floor, serve_node_if_asked
 from biofed.coordinator import EngineConfig, RoundEngine
 from biofed.core import ParameterSet
 from biofed.strategies import FedAvg
@@ -81,6 +81,8 @@ def main() -> None:
             raise RuntimeError(f"{record.num_replies} replies: {record.failed}")
         np.testing.assert_allclose(new["w"][:1000], params["w"][:1000], rtol=1e-6)
         transport.close()
+        del new, params
+        floor_s = raw_floor(bench, model_bytes)
     finally:
         bench.close()
     moved = 2 * args.nodes * model_bytes
@@ -89,6 +91,9 @@ def main() -> None:
         "model_mb": model_bytes / 1e6,
         "nodes": args.nodes,
         "round_s": elapsed,
+        "floor_s": floor_s,
+        "ratio_to_floor": elapsed / floor_s,
+        "floor_mb_per_s": moved / floor_s / 1e6,
         "aggregate_mb_per_s": moved / elapsed / 1e6,
         "coordinator_baseline_rss_mb": baseline / 1e6,
         "coordinator_peak_rss_mb": rss.peak / 1e6,
@@ -107,10 +112,15 @@ def main() -> None:
         f"coordinator RSS: baseline {baseline / 1e6:.0f} MB, peak {rss.peak / 1e6:.0f} MB = "
         f"{result['peak_rss_models']:.2f}x the model ({result['peak_growth_models']:.2f}x above baseline)"
     )
+    print(
+        f"floor: the same bytes down and up through bare mTLS gRPC streams (all nodes at "
+        f"once, no biofed): {floor_s:.2f} s = {result['floor_mb_per_s']:.0f} MB/s; "
+        f"biofed round / floor = {result['ratio_to_floor']:.2f}"
+    )
     print("targets: >= 500 MB/s aggregate, coordinator RSS <= 3x the model")
     emit({"benchmark": "network_transfer", "machine": machine(), **result}, args.json)
 
 
 if __name__ == "__main__":
-    if not serve_node_if_asked():
+    if not serve_node_if_asked() and not raw_client_if_asked():
         main()
