@@ -194,13 +194,16 @@ def raw_floor(bench: Bench, nbytes: int) -> float:
             )
             for s in bench.sites
         ]
-        # each client waits for "go" on the start line: start them together
-        time.sleep(3.0)
+        for p in procs:  # each client says "ready" once connected; then all start together
+            assert p.stdout is not None
+            if p.stdout.readline().strip() != b"ready":
+                raise RuntimeError("a raw client failed to start")
         t0 = time.perf_counter()
         for p in procs:
             p.send_signal(__import__("signal").SIGUSR1)
         for p in procs:
-            p.wait(timeout=600)
+            if p.wait(timeout=600) != 0:
+                raise RuntimeError("a raw client failed")
         return time.perf_counter() - t0
     finally:
         server.stop()
@@ -230,7 +233,9 @@ def raw_client_if_asked() -> bool:
     grpc.channel_ready_future(channel).result(timeout=30)
     down = channel.unary_stream("/bench.Raw/Down")
     up = channel.stream_unary("/bench.Raw/Up")
-    go.wait(60)
+    print("ready", flush=True)
+    if not go.wait(120):
+        raise SystemExit("no start signal")
     received = bytearray(args.bytes + _RAW_CHUNK)
     offset = 0
     for part in down(b""):
