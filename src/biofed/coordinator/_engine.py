@@ -154,6 +154,7 @@ class RoundEngine:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         self.seed = seed
         self._events: list[RunEvent] = []
+        self._declared: dict[str, int] = {}
 
     # ------------------------------------------------------------------------------------
     def run(
@@ -191,6 +192,7 @@ class RoundEngine:
         started = self.clock()
         rng = np.random.default_rng([self.seed, server_round])
         nodes = list(self.transport.available_nodes())
+        self._declared = {n.node_id: n.num_examples for n in nodes}
         record_kwargs: dict[str, object] = {"round": server_round}
         try:
             if len(nodes) < self.config.min_nodes:
@@ -330,6 +332,13 @@ class RoundEngine:
             if kind is MessageKind.TRAIN and reply.parameters is None:
                 outstanding.discard(reply.node_id)
                 raise ProtocolError("training reply carries no parameters")
+            declared = self._declared.get(reply.node_id, 0)
+            if kind is MessageKind.TRAIN and 0 < declared < reply.num_examples:
+                outstanding.discard(reply.node_id)
+                raise ProtocolError(
+                    f"reply claims {reply.num_examples} training examples, the node declared "
+                    f"{declared} (its weight in the aggregate is capped by what it declared)"
+                )
         except ProtocolError as exc:
             self._event(server_round, "reply_rejected", str(exc), reply.node_id)
             return False

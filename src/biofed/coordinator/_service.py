@@ -82,6 +82,10 @@ class _StoreListener:
             )
 
     def on_round_end(self, record: RoundRecord) -> None:
+        """Nothing: ``round_completed`` is written once the round is committed."""
+
+    def round_committed(self, record: RoundRecord) -> None:
+        """The event for a round whose record and checkpoint are stored."""
         metrics = {
             **{f"train.{k}": v for k, v in record.train_metrics.items()},
             **{f"eval.{k}": v for k, v in record.eval_metrics.items()},
@@ -386,12 +390,13 @@ class Coordinator:
             evaluate_every=spec.evaluate_every,
             seed=spec.seed,
         )
+        listener = _StoreListener(self.store, run_id)
         engine = RoundEngine(
             strategy,
             transport,
             config,
             run_id=run_id,
-            listener=_StoreListener(self.store, run_id),
+            listener=listener,
             instruction_config=spec.instruction_config(),
         )
         try:
@@ -404,6 +409,7 @@ class Coordinator:
                     record,
                     Checkpoint(run_id=run_id, round=server_round, parameters=params, state=state),
                 )
+                listener.round_committed(record)
             else:
                 self.store.set_run_status(run_id, RunStatus.FINISHED)
                 self.store.append_event(

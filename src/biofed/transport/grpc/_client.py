@@ -248,7 +248,8 @@ class NodeClient:
         stop: threading.Event,
     ) -> None:
         interval = 2.0
-        while not done.wait(interval) and not stop.is_set():
+        wait = 0.0  # the first heartbeat goes at once: it tells us the coordinator's interval
+        while not done.wait(wait) and not stop.is_set():
             try:
                 response = stub.Heartbeat(
                     pb.HeartbeatRequest(session_id=session_id), timeout=interval
@@ -258,6 +259,7 @@ class NodeClient:
                 if exc.code() == grpc.StatusCode.FAILED_PRECONDITION:  # session replaced or lost
                     call.cancel()
                     return
+            wait = interval
 
 
 def _cancel_on(stop: threading.Event, done: threading.Event, call: Any) -> None:

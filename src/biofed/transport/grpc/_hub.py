@@ -207,14 +207,19 @@ class NodeHub:
             )
         session.outbox.put((instruction_header(instruction, transfer_id, payload), payload))
 
-    def claim(self, transfer_id: str, node_id: str) -> Outstanding:
-        """Take the instruction an upload answers; each transfer is answerable once."""
+    def claim(
+        self, transfer_id: str, node_id: str, run_id: str, round_: int, kind: str
+    ) -> Outstanding:
+        """Take the instruction an upload answers; each transfer is answerable once, and only
+        by a reply whose header matches it (a mismatched one leaves it outstanding)."""
         with self._lock:
             outstanding = self._outstanding.get(transfer_id)
             if outstanding is None:
                 raise ProtocolError("reply to an unknown, expired or already answered instruction")
             if outstanding.node_id != node_id:
                 raise ProtocolError("reply to an instruction sent to another node")
+            if (run_id, round_, kind) != (outstanding.run_id, outstanding.round, outstanding.kind):
+                raise ProtocolError("reply header does not match the instruction it answers")
             del self._outstanding[transfer_id]
             return outstanding
 

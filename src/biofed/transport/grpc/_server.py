@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
+from typing import TypeVar
 
 import grpc
 
-from biofed.core import BiofedError, PayloadError, ProtocolError, TransportError
+from biofed.core import BiofedError, PayloadError, TransportError
 from biofed.transport.grpc._control import ControlHandler, RunSummary
 from biofed.transport.grpc._gen import federation_pb2 as pb
 from biofed.transport.grpc._gen import federation_pb2_grpc as pb_grpc
@@ -34,6 +36,8 @@ from biofed.transport.grpc._tls import (
 )
 
 _NODE_ROLES = frozenset({"site"})
+_MAX_UPLOADS_PER_NODE = 4
+T = TypeVar("T")
 _CONTROL_ROLES = frozenset({"researcher", "admin"})
 
 
@@ -77,6 +81,44 @@ class _ByteBudget:
         return release
 
 
+class _IdleGuard:
+    """Cancels an RPC whose peer sends nothing for ``timeout`` seconds.
+
+    Security notes
+    --------------
+    Threat: a site with a valid certificate opens many uploads and sends nothing, holding
+    every server thread (a slow-loris attack) so researchers and other sites are starved.
+    Every node-facing stream must make progress, or it is cancelled.
+    """
+
+    def __init__(self, context: grpc.ServicerContext, timeout: float) -> None:
+        self._context = context
+        self._timeout = timeout
+        self._last = time.monotonic()
+        self._done = threading.Event()
+        threading.Thread(target=self._run, name="biofed-idle-guard", daemon=True).start()
+
+    def kick(self) -> None:
+        """The peer made progress."""
+        self._last = time.monotonic()
+
+    def _run(self) -> None:
+        while not self._done.wait(min(1.0, self._timeout / 4)):
+            if time.monotonic() - self._last > self._timeout:
+                self._context.cancel()  # type: ignore[no-untyped-call]
+                return
+
+    def close(self) -> None:
+        """The RPC is over."""
+        self._done.set()
+
+    def watch(self, messages: Iterator[T]) -> Iterator[T]:
+        """``messages``, kicking the guard at each one."""
+        for message in messages:
+            self.kick()
+            yield message
+
+
 class _NodeServicer(pb_grpc.NodeServiceServicer):
     def __init__(
         self,
@@ -84,18 +126,26 @@ class _NodeServicer(pb_grpc.NodeServiceServicer):
         authenticator: Authenticator,
         ping_interval: float,
         upload_budget_bytes: int,
+        idle_timeout: float,
     ) -> None:
         self.hub = hub
         self.authenticator = authenticator
         self.ping_interval = ping_interval
         self.upload_budget = _ByteBudget(upload_budget_bytes)
+        self.idle_timeout = idle_timeout
+        self._uploads: dict[str, int] = {}
+        self._uploads_lock = threading.Lock()
 
     def Connect(  # noqa: N802 - gRPC method name
         self, request_iterator: Iterator[pb.NodeMessage], context: grpc.ServicerContext
     ) -> Iterator[pb.ServerMessage]:
         peer = authenticate(context, self.authenticator)
         _require(context, peer, _NODE_ROLES)
-        first = next(request_iterator, None)
+        guard = _IdleGuard(context, self.idle_timeout)
+        try:
+            first = next(request_iterator, None)
+        finally:
+            guard.close()
         if first is None or not first.HasField("hello"):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "protocol: a session starts with hello")
         hello = first.hello
@@ -115,6 +165,7 @@ class _NodeServicer(pb_grpc.NodeServiceServicer):
         )
         reader.start()
         try:
+            yield pb.ServerMessage(ping=pb.Ping(time=self.hub.clock()))  # welcome: session open
             while context.is_active() and not session.closed.is_set():
                 try:
                     item = session.outbox.get(timeout=self.ping_interval)
@@ -167,10 +218,24 @@ class _NodeServicer(pb_grpc.NodeServiceServicer):
     ) -> pb.Ack:
         peer = authenticate(context, self.authenticator)
         _require(context, peer, _NODE_ROLES)
-        first = next(request_iterator, None)
-        if first is None or not first.HasField("header"):
-            return pb.Ack(accepted=False, message="payload: a reply must start with its header")
-        return self._accept(peer, first.header, request_iterator)
+        with self._uploads_lock:
+            if self._uploads.get(peer.name, 0) >= _MAX_UPLOADS_PER_NODE:
+                context.abort(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    f"protocol: at most {_MAX_UPLOADS_PER_NODE} uploads at once per node",
+                )
+            self._uploads[peer.name] = self._uploads.get(peer.name, 0) + 1
+        guard = _IdleGuard(context, self.idle_timeout)
+        try:
+            messages = guard.watch(request_iterator)
+            first = next(messages, None)
+            if first is None or not first.HasField("header"):
+                return pb.Ack(accepted=False, message="payload: a reply must start with its header")
+            return self._accept(peer, first.header, messages)
+        finally:
+            guard.close()
+            with self._uploads_lock:
+                self._uploads[peer.name] -= 1
 
     def _accept(
         self, peer: Peer, header: pb.ReplyHeader, rest: Iterator[pb.ReplyChunk] | None
@@ -181,14 +246,10 @@ class _NodeServicer(pb_grpc.NodeServiceServicer):
         """
         claimed = False
         try:
-            outstanding = self.hub.claim(header.transfer_id, peer.name)
+            outstanding = self.hub.claim(
+                header.transfer_id, peer.name, header.run_id, header.round, header.kind
+            )
             claimed = True
-            if (header.run_id, header.round, header.kind) != (
-                outstanding.run_id,
-                outstanding.round,
-                outstanding.kind,
-            ):
-                raise ProtocolError("reply header does not match the instruction it answers")
             release = self.upload_budget.acquire(int(header.total_bytes))
             try:
                 assembler = Reassembler(
@@ -368,6 +429,9 @@ class CoordinatorServer:
     upload_budget_bytes:
         Bytes of replies reassembled at once (larger uploads go one at a time): bounds the
         coordinator's memory to about the model, the running aggregate and this budget.
+    idle_timeout:
+        A node-facing stream that sends nothing for this long is cancelled (and a node may
+        hold at most four uploads at once), so no site can starve the server's threads.
     """
 
     def __init__(
@@ -378,9 +442,10 @@ class CoordinatorServer:
         hub: NodeHub,
         *,
         control: ControlHandler | None = None,
-        max_workers: int = 64,
+        max_workers: int = 256,
         ping_interval: float = 5.0,
         upload_budget_bytes: int = 256 * 1024 * 1024,
+        idle_timeout: float = 30.0,
     ) -> None:
         self.hub = hub
         self._server = grpc.server(
@@ -389,7 +454,8 @@ class CoordinatorServer:
             maximum_concurrent_rpcs=max_workers * 4,
         )
         pb_grpc.add_NodeServiceServicer_to_server(
-            _NodeServicer(hub, authenticator, ping_interval, upload_budget_bytes), self._server
+            _NodeServicer(hub, authenticator, ping_interval, upload_budget_bytes, idle_timeout),
+            self._server,
         )
         if control is not None:
             pb_grpc.add_ControlServiceServicer_to_server(

@@ -1,0 +1,1 @@
+"""End-to-end tests: a real coordinator and real nodes on loopback, over mutual TLS."""
