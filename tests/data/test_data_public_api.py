@@ -9,6 +9,8 @@ def test_public_api() -> None:
         "FederatedDataset",
         "SiteData",
         "TableFormat",
+        "TableSchema",
+        "describe_table",
         "load_site_file",
         "load_table",
         "partition_dirichlet",

@@ -8,12 +8,14 @@ from typing import Annotated
 
 import typer
 
+from biofed.cli import _datasets
 from biofed.cli._common import clean_errors, err, stop_on_signals
 from biofed.coordinator import serve_coordinator
 from biofed.node import run_node
 
 coordinator_app = typer.Typer(help="Run the consortium's coordinator.", no_args_is_help=True)
 node_app = typer.Typer(help="Run a site's node.", no_args_is_help=True)
+node_app.add_typer(_datasets.app, name="dataset")
 
 
 @coordinator_app.command("start")

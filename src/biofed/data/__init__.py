@@ -1,7 +1,7 @@
 """biofed.data: a site's datasets, loaders and simulation partitioners."""
 
 from biofed.data._dataset import Dataset, FederatedDataset, SiteData
-from biofed.data._loaders import TableFormat, load_table
+from biofed.data._loaders import TableFormat, TableSchema, describe_table, load_table
 from biofed.data._partition import (
     partition_dirichlet,
     partition_iid,
@@ -15,6 +15,8 @@ __all__ = [
     "FederatedDataset",
     "SiteData",
     "TableFormat",
+    "TableSchema",
+    "describe_table",
     "load_site_file",
     "load_table",
     "partition_dirichlet",

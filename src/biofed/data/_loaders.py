@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from os import PathLike
 from pathlib import Path
 from typing import Literal, overload
@@ -100,6 +101,32 @@ def _to_numpy(values: pa.Array | pa.ChunkedArray) -> Array:
     dtype = np.dtype(arr.type.to_pandas_dtype())
     return np.frombuffer(
         arr.buffers()[1], dtype=dtype, count=len(arr), offset=arr.offset * dtype.itemsize
+    )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TableSchema:
+    """What a table file holds: its columns (name, Arrow type) and row count."""
+
+    columns: tuple[tuple[str, str], ...]
+    num_rows: int
+    format: str
+
+
+def describe_table(path: str | PathLike[str], *, format: TableFormat | None = None) -> TableSchema:
+    """Read a CSV or Parquet file once and describe it (no data is kept).
+
+    Raises
+    ------
+    DataError
+        The file is missing, unreadable, empty or has duplicate column names.
+    """
+    p, table = _read(path, format)
+    fmt = format or ("parquet" if p.suffix.lower() in (".parquet", ".pq") else "csv")
+    return TableSchema(
+        columns=tuple((f.name, str(f.type)) for f in table.schema),
+        num_rows=int(table.num_rows),
+        format=fmt,
     )
 
 
