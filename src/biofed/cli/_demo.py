@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import signal
 import socket
@@ -127,6 +128,11 @@ def _wait_for_nodes(client: ControlClient, procs: _Processes, console: Console) 
     raise TransportError("site nodes did not connect within 90 s (see the logs folder)")
 
 
+def _metric(message: str, name: str) -> float | None:
+    match = re.search(rf"{re.escape(name)} (-?[0-9.]+(?:e-?[0-9]+)?)", message)
+    return float(match.group(1)) if match else None
+
+
 def _follow(client: ControlClient, run_id: str, rounds: int, console: Console) -> dict[str, Any]:
     progress = Progress(
         TextColumn("[bold]round {task.fields[round]}/{task.fields[rounds]}"),
@@ -147,12 +153,12 @@ def _follow(client: ControlClient, run_id: str, rounds: int, console: Console) -
             elif event.kind == "train_reply" and r in tasks:
                 progress.advance(tasks[r])
             elif event.kind == "round_completed" and r in tasks:
-                summary = json.loads(client.get_run(run_id).summary_json)
-                loss = summary.get("last_round", {}).get("train_metrics", {}).get("train_loss")
-                c_index = summary.get("evaluation", {}).get("metrics", {}).get("c_index")
+                # the event's own text names this round's metrics (the run may be further on)
+                loss = _metric(event.message, "train.train_loss")
+                c_index = _metric(event.message, "eval.c_index")
                 text = (
                     f"train loss {loss:.4f} · C-index {c_index:.4f}"
-                    if loss and c_index
+                    if loss is not None and c_index is not None
                     else event.message
                 )
                 progress.update(tasks[r], status=text)
