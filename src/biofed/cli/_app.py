@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from biofed.cli import _demo, _provision, _run, _servers, _simulate
+from biofed.cli import _agreement, _audit, _demo, _provision, _run, _servers, _simulate
 
 app = typer.Typer(
     name="biofed",
@@ -19,6 +19,8 @@ app.add_typer(_provision.app, name="provision")
 app.add_typer(_servers.coordinator_app, name="coordinator")
 app.add_typer(_servers.node_app, name="node")
 app.add_typer(_run.app, name="run")
+app.add_typer(_agreement.app, name="agreement")
+app.add_typer(_audit.app, name="audit")
 
 
 @app.callback()

@@ -1,5 +1,32 @@
-"""biofed.governance: what a site allows — registered datasets, agreements, approvals, audit."""
+"""biofed.governance: what a site allows — registered datasets, signed study agreements,
+approvals, audit."""
 
+from biofed.governance._agreement import (
+    AgreementStatus,
+    OutputPolicy,
+    Party,
+    PrivacyRequirements,
+    Signature,
+    SignedAgreement,
+    StudyAgreement,
+    read_agreement,
+    require_in_force,
+    sign,
+    verify,
+    write_agreement,
+)
+from biofed.governance._audit import AuditLog
+from biofed.governance._audit_entry import GENESIS, LOG_FILE, AuditEntry, AuditLogError
+from biofed.governance._audit_reconcile import (
+    RECEIVED_EVENT,
+    SENT_EVENT,
+    Pairing,
+    ReconcileReport,
+    Transfer,
+    reconcile,
+)
+from biofed.governance._audit_signer import AuditSigner
+from biofed.governance._audit_verify import AuditSource, VerifyReport, verify_log
 from biofed.governance._datasets import (
     DatasetCheck,
     DatasetRegistry,
@@ -7,4 +34,36 @@ from biofed.governance._datasets import (
     file_digest,
 )
 
-__all__ = ["DatasetCheck", "DatasetRegistry", "RegisteredDataset", "file_digest"]
+__all__ = [
+    "GENESIS",
+    "LOG_FILE",
+    "RECEIVED_EVENT",
+    "SENT_EVENT",
+    "AgreementStatus",
+    "AuditEntry",
+    "AuditLog",
+    "AuditLogError",
+    "AuditSigner",
+    "AuditSource",
+    "DatasetCheck",
+    "DatasetRegistry",
+    "OutputPolicy",
+    "Pairing",
+    "Party",
+    "PrivacyRequirements",
+    "ReconcileReport",
+    "RegisteredDataset",
+    "Signature",
+    "SignedAgreement",
+    "StudyAgreement",
+    "Transfer",
+    "VerifyReport",
+    "file_digest",
+    "read_agreement",
+    "reconcile",
+    "require_in_force",
+    "sign",
+    "verify",
+    "verify_log",
+    "write_agreement",
+]

@@ -1,0 +1,144 @@
+"""``biofed audit``: verify a participant's audit log and reconcile logs with each other.
+
+Exit codes: 0 the log(s) check out, 1 a log is bad, a certificate is refused or the logs
+disagree, 2 a usage or configuration error (a file that cannot be read).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich import box
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from biofed.cli._common import clean_errors, err
+from biofed.core import PolicyViolation
+from biofed.governance._audit_entry import AuditLogError
+from biofed.governance._audit_reconcile import ReconcileReport, reconcile
+from biofed.governance._audit_verify import AuditSource, verify_log
+
+app = typer.Typer(
+    name="audit",
+    help="Check tamper-evident audit logs (audit.jsonl) and reconcile them.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+_CERT_HELP = "The writer's certificate (default: cert.pem next to the log)."
+_CA_HELP = "The consortium CA certificate (default: ca.pem next to the log); prefer your own."
+
+
+def _refused(exc: Exception) -> typer.Exit:
+    err.print(f"[bold red]FAILED:[/] {escape(str(exc))}")
+    return typer.Exit(code=1)
+
+
+@app.command("verify")
+def verify_command(
+    log: Annotated[Path, typer.Argument(help="The audit log, e.g. site-a/audit.jsonl.")],
+    cert: Annotated[Path | None, typer.Option("--cert", help=_CERT_HELP)] = None,
+    ca: Annotated[Path | None, typer.Option("--ca", help=_CA_HELP)] = None,
+    writer: Annotated[
+        str | None, typer.Option("--writer", help="Whose log it must be (certificate name).")
+    ] = None,
+) -> None:
+    """Check the chain, hashes and signatures of LOG; name the first bad entry."""
+    with clean_errors():
+        source = AuditSource.beside(log, cert=cert, ca=ca)
+        try:
+            report = verify_log(source.path, source.cert_pem, source.ca_pem, writer=writer)
+        except PolicyViolation as exc:
+            raise _refused(exc) from exc
+    if not report.ok:
+        print(f"FAILED at entry {report.first_bad}: {report.reason}")
+        print(f"({report.entries} entries before it verified; writer {report.writer})")
+        raise typer.Exit(code=1)
+    print(f"OK: {report.entries} entries, written and signed by {report.writer}")
+    print(f"head {report.head}")
+
+
+@app.command("reconcile")
+def reconcile_command(
+    coordinator_log: Annotated[Path, typer.Argument(help="The coordinator's audit log.")],
+    node_logs: Annotated[list[Path], typer.Argument(help="One or more nodes' audit logs.")],
+    ca: Annotated[Path | None, typer.Option("--ca", help="One CA for every log (pinned).")] = None,
+    run_id: Annotated[str | None, typer.Option("--run", help="Only this run.")] = None,
+    output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """Match what each node says it sent with what the coordinator says it received."""
+    if output not in ("table", "json"):
+        raise typer.BadParameter(f"--format must be table or json, got {output!r}")
+    with clean_errors():
+        sources = [AuditSource.beside(path, ca=ca) for path in [coordinator_log, *node_logs]]
+        try:
+            report = reconcile(sources[0], sources[1:], run_id=run_id)
+        except (AuditLogError, PolicyViolation) as exc:
+            raise _refused(exc) from exc
+    if output == "json":
+        print(json.dumps({"ok": report.ok, **dataclasses.asdict(report)}, indent=2))
+    else:
+        _render(report)
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+def _render(report: ReconcileReport) -> None:
+    out = Console(soft_wrap=True)
+    table = Table(title=f"coordinator {report.coordinator}", box=box.SIMPLE_HEAD)
+    for column in ("status", "run", "round", "node", "kind", "sent", "received"):
+        table.add_column(column, no_wrap=True)
+
+    def side(digest: str | None, size: int | None) -> str:
+        return "-" if digest is None else f"{digest[:12]}… {size} B"
+
+    rows = [("ok", p.sent, p.sent, p.received) for p in report.matched]
+    rows += [
+        ("MISMATCH " + ",".join(p.differs), p.sent, p.sent, p.received) for p in report.mismatched
+    ]
+    for status, key, sent, got in rows:
+        table.add_row(
+            status,
+            key.run_id,
+            str(key.round),
+            key.node_id,
+            key.kind,
+            side(sent.payload_sha256, sent.bytes),
+            side(got.payload_sha256, got.bytes),
+        )
+    for item in report.sent_not_received:
+        table.add_row(
+            "NOT RECEIVED",
+            item.run_id,
+            str(item.round),
+            item.node_id,
+            item.kind,
+            side(item.payload_sha256, item.bytes),
+            "-",
+        )
+    for item in report.received_not_sent:
+        table.add_row(
+            "NOT SENT",
+            item.run_id,
+            str(item.round),
+            item.node_id,
+            item.kind,
+            "-",
+            side(item.payload_sha256, item.bytes),
+        )
+    out.print(table)
+    for line in report.invalid:
+        out.print(f"[red]invalid:[/] {escape(line)}")
+    if report.unchecked_nodes:
+        out.print(f"no log given for: {', '.join(report.unchecked_nodes)}")
+    problems = len(report.mismatched) + len(report.sent_not_received)
+    problems += len(report.received_not_sent) + len(report.invalid)
+    verdict = "OK" if report.ok else f"FAILED: {problems} problem(s)"
+    out.print(
+        f"{verdict}; {len(report.matched)} payload(s) matched across {len(report.nodes)} node(s)"
+    )
