@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from biofed.cli import _agreement, _audit, _demo, _provision, _run, _servers, _simulate
+from biofed.cli import _agreement, _audit, _demo, _provision, _run, _servers, _simulate, _task
 
 app = typer.Typer(
     name="biofed",
@@ -21,6 +21,11 @@ app.add_typer(_servers.node_app, name="node")
 app.add_typer(_run.app, name="run")
 app.add_typer(_agreement.app, name="agreement")
 app.add_typer(_audit.app, name="audit")
+app.add_typer(_task.app, name="task")
+_servers.node_app.command("review")(_task.review_command)
+_servers.node_app.command("approve")(_task.approve_command)
+_servers.node_app.command("revoke")(_task.revoke_command)
+_servers.node_app.command("approvals")(_task.approvals_command)
 
 
 @app.callback()

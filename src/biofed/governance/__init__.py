@@ -27,6 +27,16 @@ from biofed.governance._audit_reconcile import (
 )
 from biofed.governance._audit_signer import AuditSigner
 from biofed.governance._audit_verify import AuditSource, VerifyReport, verify_log
+from biofed.governance._bundle import (
+    Approval,
+    ApprovalStore,
+    Bundle,
+    BundleInfo,
+    check_digest,
+    pack_bundle,
+    read_bundle,
+    unpack_bundle,
+)
 from biofed.governance._datasets import (
     DatasetCheck,
     DatasetRegistry,
@@ -40,11 +50,15 @@ __all__ = [
     "RECEIVED_EVENT",
     "SENT_EVENT",
     "AgreementStatus",
+    "Approval",
+    "ApprovalStore",
     "AuditEntry",
     "AuditLog",
     "AuditLogError",
     "AuditSigner",
     "AuditSource",
+    "Bundle",
+    "BundleInfo",
     "DatasetCheck",
     "DatasetRegistry",
     "OutputPolicy",
@@ -58,11 +72,15 @@ __all__ = [
     "StudyAgreement",
     "Transfer",
     "VerifyReport",
+    "check_digest",
     "file_digest",
+    "pack_bundle",
     "read_agreement",
+    "read_bundle",
     "reconcile",
     "require_in_force",
     "sign",
+    "unpack_bundle",
     "verify",
     "verify_log",
     "write_agreement",

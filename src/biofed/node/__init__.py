@@ -2,6 +2,7 @@
 
 from biofed.node._app import DatasetSource, NodeApp, NodeConfig
 from biofed.node._runtime import SiteNode
+from biofed.node._sandbox import BundleRunner
 from biofed.node._serve import run_node
 
-__all__ = ["DatasetSource", "NodeApp", "NodeConfig", "SiteNode", "run_node"]
+__all__ = ["BundleRunner", "DatasetSource", "NodeApp", "NodeConfig", "SiteNode", "run_node"]
