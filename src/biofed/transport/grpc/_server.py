@@ -326,28 +326,27 @@ class _ControlServicer(pb_grpc.ControlServiceServicer):
         _require(context, peer, _CONTROL_ROLES)
         return peer
 
-    def SubmitRun(self, request: pb.SubmitRunRequest, context: grpc.ServicerContext) -> pb.RunInfo:  # noqa: N802
+    def _answer(self, context: grpc.ServicerContext, fn: Callable[[Peer], T]) -> T:
+        """Authenticate the caller, run ``fn`` for them, map biofed errors to statuses."""
         peer = self._peer(context)
         try:
-            return _run_info(self.handler.submit_run(peer, request.spec_json))
+            return fn(peer)
         except (BiofedError, LookupError) as exc:
             abort(context, exc)
 
+    def SubmitRun(self, request: pb.SubmitRunRequest, context: grpc.ServicerContext) -> pb.RunInfo:  # noqa: N802
+        return _run_info(
+            self._answer(context, lambda p: self.handler.submit_run(p, request.spec_json))
+        )
+
     def GetRun(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunInfo:  # noqa: N802
-        peer = self._peer(context)
-        try:
-            return _run_info(self.handler.get_run(peer, request.run_id))
-        except (BiofedError, LookupError) as exc:
-            abort(context, exc)
+        return _run_info(self._answer(context, lambda p: self.handler.get_run(p, request.run_id)))
 
     def ListRuns(  # noqa: N802
         self, request: pb.ListRunsRequest, context: grpc.ServicerContext
     ) -> pb.ListRunsResponse:
-        peer = self._peer(context)
-        try:
-            return pb.ListRunsResponse(runs=[_run_info(r) for r in self.handler.list_runs(peer)])
-        except (BiofedError, LookupError) as exc:
-            abort(context, exc)
+        runs = self._answer(context, self.handler.list_runs)
+        return pb.ListRunsResponse(runs=[_run_info(r) for r in runs])
 
     def WatchRun(  # noqa: N802
         self, request: pb.WatchRunRequest, context: grpc.ServicerContext
@@ -370,30 +369,20 @@ class _ControlServicer(pb_grpc.ControlServiceServicer):
             abort(context, exc)
 
     def CancelRun(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunInfo:  # noqa: N802
-        peer = self._peer(context)
-        try:
-            return _run_info(self.handler.cancel_run(peer, request.run_id))
-        except (BiofedError, LookupError) as exc:
-            abort(context, exc)
+        return _run_info(
+            self._answer(context, lambda p: self.handler.cancel_run(p, request.run_id))
+        )
 
     def DownloadResult(  # noqa: N802
         self, request: pb.RunRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.Chunk]:
-        peer = self._peer(context)
-        try:
-            data = self.handler.run_result(peer, request.run_id)
-        except (BiofedError, LookupError) as exc:
-            abort(context, exc)
+        data = self._answer(context, lambda p: self.handler.run_result(p, request.run_id))
         yield from chunks(request.run_id, data)
 
     def ListNodes(  # noqa: N802
         self, request: pb.ListNodesRequest, context: grpc.ServicerContext
     ) -> pb.ListNodesResponse:
-        peer = self._peer(context)
-        try:
-            nodes = self.handler.list_nodes(peer)
-        except (BiofedError, LookupError) as exc:
-            abort(context, exc)
+        nodes = self._answer(context, self.handler.list_nodes)
         return pb.ListNodesResponse(
             nodes=[
                 pb.NodeStatus(
