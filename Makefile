@@ -28,7 +28,7 @@ layers: $(STAMP)
 	$(BIN)/lint-imports
 
 unit: $(STAMP)
-	$(BIN)/pytest -n 2 -q
+	scripts/with_postgres.sh $(BIN)/pytest -n 2 -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/aggregation.py

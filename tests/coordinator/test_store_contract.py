@@ -58,12 +58,27 @@ def make_sqlite(tmp_path: Path, clock: Clock) -> StateStore:
     return SqlStateStore(f"sqlite:///{tmp_path}/state.db", tmp_path / "ckpt", clock=clock)
 
 
-def make_postgres(tmp_path: Path, clock: Clock) -> StateStore:
+def _worker_database() -> str:
+    """A database of this test process's own (pytest-xdist workers run at the same time and
+    each test starts by dropping the tables)."""
     assert PG_URL is not None
-    engine = sa.create_engine(PG_URL)
+    url = sa.make_url(PG_URL)
+    name = f"biofed_test_{os.environ.get('PYTEST_XDIST_WORKER', 'main')}"
+    admin = sa.create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        exists = conn.execute(sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name})
+        if exists.first() is None:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    admin.dispose()
+    return url.set(database=name).render_as_string(hide_password=False)
+
+
+def make_postgres(tmp_path: Path, clock: Clock) -> StateStore:
+    url = _worker_database()
+    engine = sa.create_engine(url)
     store_sql.METADATA.drop_all(engine)
     engine.dispose()
-    return SqlStateStore(PG_URL, tmp_path / "ckpt", clock=clock)
+    return SqlStateStore(url, tmp_path / "ckpt", clock=clock)
 
 
 BACKENDS = [
