@@ -12,6 +12,7 @@ from types import MappingProxyType
 from typing import Any
 
 from biofed.core import ConfigurationError, Scalar, check_id, freeze_config
+from biofed.governance._bundle import check_digest
 from biofed.strategies import STRATEGIES, Strategy, make_strategy
 
 if sys.version_info >= (3, 11):
@@ -29,6 +30,8 @@ _RUN_KEYS = {
     "min_replies",
     "round_timeout",
     "evaluate_every",
+    "agreement",
+    "bundle",
 }
 
 
@@ -61,6 +64,12 @@ class JobSpec:
         Config sent with every training / evaluation instruction.
     rounds, seed, min_nodes, min_replies, round_timeout, evaluate_every:
         How the round engine runs.
+    agreement:
+        The study agreement the job runs under (its id), or None; sent to every node as
+        config ``"agreement"``. Nodes that enforce governance refuse a job without one.
+    bundle:
+        The task bundle's digest (64 hex), or None; sent as config ``"bundle"``. A node runs
+        the bundle's ``make_task(**task options)`` in its sandbox instead of a built-in task.
     """
 
     name: str
@@ -77,9 +86,18 @@ class JobSpec:
     min_replies: int = 1
     round_timeout: float = 120.0
     evaluate_every: int = 1
+    agreement: str | None = None
+    bundle: str | None = None
 
     def __post_init__(self) -> None:
         check_id(self.name, what="[run] name")
+        if self.agreement is not None:
+            check_id(self.agreement, what="[run] agreement")
+        if self.bundle is not None:
+            try:
+                check_digest(self.bundle)
+            except ConfigurationError as exc:
+                raise ConfigurationError(f"[run] bundle: {exc}") from None
         check_id(self.dataset, what="[run] dataset")
         for label, value in (
             ("rounds", self.rounds),
@@ -144,6 +162,8 @@ class JobSpec:
             min_replies=run.get("min_replies", 1),  # type: ignore[arg-type]
             round_timeout=float(run.get("round_timeout", 120.0)),
             evaluate_every=run.get("evaluate_every", 1),  # type: ignore[arg-type]
+            agreement=None if "agreement" not in run else str(run["agreement"]),
+            bundle=None if "bundle" not in run else str(run["bundle"]),
         )
 
     @classmethod
@@ -166,7 +186,12 @@ class JobSpec:
         return cls.from_mapping(data)
 
     def to_mapping(self) -> dict[str, dict[str, Scalar]]:
-        """The job file's tables."""
+        """The job file's tables (``agreement`` and ``bundle`` only when set)."""
+        governance: dict[str, Scalar] = {}
+        if self.agreement is not None:
+            governance["agreement"] = self.agreement
+        if self.bundle is not None:
+            governance["bundle"] = self.bundle
         return {
             "run": {
                 "name": self.name,
@@ -177,6 +202,7 @@ class JobSpec:
                 "min_replies": self.min_replies,
                 "round_timeout": self.round_timeout,
                 "evaluate_every": self.evaluate_every,
+                **governance,
             },
             "task": {"name": self.task, **self.task_options},
             "strategy": {"name": self.strategy, **self.strategy_options},
@@ -200,9 +226,15 @@ class JobSpec:
         )
 
     def instruction_config(self) -> dict[str, Scalar]:
-        """Run-level keys every instruction carries: the task and the dataset."""
-        return {
+        """Run-level keys every instruction carries: the task, the dataset and, when set,
+        the agreement and the bundle digest."""
+        config: dict[str, Scalar] = {
             "task": self.task,
             "dataset": self.dataset,
             **{f"task.{k}": v for k, v in self.task_options.items()},
         }
+        if self.agreement is not None:
+            config["agreement"] = self.agreement
+        if self.bundle is not None:
+            config["bundle"] = self.bundle
+        return config

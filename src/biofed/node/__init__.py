@@ -1,8 +1,16 @@
 """biofed.node: the site runtime and the node process's configuration."""
 
-from biofed.node._app import DatasetSource, NodeApp, NodeConfig
+from biofed.node._app import DatasetSource, GovernanceConfig, NodeApp, NodeConfig
 from biofed.node._runtime import SiteNode
 from biofed.node._sandbox import BundleRunner
 from biofed.node._serve import run_node
 
-__all__ = ["BundleRunner", "DatasetSource", "NodeApp", "NodeConfig", "SiteNode", "run_node"]
+__all__ = [
+    "BundleRunner",
+    "DatasetSource",
+    "GovernanceConfig",
+    "NodeApp",
+    "NodeConfig",
+    "SiteNode",
+    "run_node",
+]

@@ -3,11 +3,29 @@ serves over the network.
 
 The node holds its datasets; the coordinator names a dataset and a task in each
 instruction, and the node runs that task on its own copy. Nothing else about the site leaves.
+
+With a ``[governance]`` table in ``node.toml`` the node enforces its site's governance itself
+(see :mod:`biofed.governance._policy`): before every round it checks the study agreement,
+the dataset, the cohort, the task bundle, the outputs and the privacy the job asks for, and
+runs nothing on a refusal; before a reply leaves it drops metrics the agreement does not
+allow and checks the tensors; and it records each decision and what left in its signed audit
+log. Without the table the node behaves as before (no agreement needed)::
+
+    [governance]
+    agreements_dir = "agreements"     # <agreement_id>.toml, signed
+    certificates_dir = "certificates" # <party name>.pem of every signer
+    approvals = "approvals.json"      # the site's local bundle approvals
+    registry = "datasets.json"        # the site's dataset registry
+    bundles_dir = "bundles"           # <digest>.zip
+    audit = "audit.jsonl"             # optional; default <kit folder>/audit.jsonl
+
+Relative paths are relative to ``node.toml``'s folder.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import sys
 import threading
@@ -18,16 +36,34 @@ from types import MappingProxyType
 from typing import Any
 
 from biofed.core import (
+    BiofedError,
     ConfigurationError,
     DataError,
     Instruction,
+    MessageKind,
     PolicyViolation,
     Reply,
     Scalar,
     check_id,
+    encode_parameters,
 )
 from biofed.data import SiteData, load_site_file, load_table
+from biofed.governance._audit import AuditLog
+from biofed.governance._audit_reconcile import SENT_EVENT
+from biofed.governance._audit_signer import AuditSigner
+from biofed.governance._bundle import ApprovalStore
+from biofed.governance._datasets import DatasetRegistry
+from biofed.governance._policy import (
+    Clearance,
+    PolicyRequest,
+    SitePolicy,
+    check_instruction,
+    control_reply,
+    requested_metrics,
+)
+from biofed.identity import Kit
 from biofed.node._runtime import SiteNode
+from biofed.node._sandbox import BundleRunner
 from biofed.tasks import BUILTIN_TASKS, Task, make_task
 
 if sys.version_info >= (3, 11):
@@ -36,6 +72,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 _DATASET_KEYS = {"path", "format", "targets", "split_column", "id_column", "exclude", "description"}
+_GOVERNANCE_PATHS = ("agreements_dir", "certificates_dir", "approvals", "registry", "bundles_dir")
+_GOVERNANCE_KEYS = {*_GOVERNANCE_PATHS, "audit"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -75,6 +113,56 @@ class DatasetSource:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class GovernanceConfig:
+    """``node.toml``'s ``[governance]`` table: where the site's governance state lives.
+
+    Attributes
+    ----------
+    agreements_dir:
+        Signed study agreements, ``<agreement_id>.toml`` each.
+    certificates_dir:
+        The signers' certificates, ``<name>.pem`` each (the CA is the kit's ``ca.pem``).
+    approvals:
+        The site's bundle approvals file (:class:`~biofed.governance.ApprovalStore`).
+    registry:
+        The site's dataset registry (``datasets.json``).
+    bundles_dir:
+        Task bundles, ``<digest>.zip`` each.
+    audit:
+        The node's audit log; None means ``<kit folder>/audit.jsonl``.
+    """
+
+    agreements_dir: Path
+    certificates_dir: Path
+    approvals: Path
+    registry: Path
+    bundles_dir: Path
+    audit: Path | None = None
+
+    @classmethod
+    def from_table(cls, table: object, base: Path, where: str) -> GovernanceConfig:
+        """Parse the table; relative paths are relative to ``base``."""
+        if not isinstance(table, dict):
+            raise ConfigurationError(f"{where}: [governance] must be a table")
+        bad = set(table) - _GOVERNANCE_KEYS
+        if bad:
+            raise ConfigurationError(
+                f"{where}: unknown key(s) {sorted(bad)} in [governance]; "
+                f"allowed: {sorted(_GOVERNANCE_KEYS)}"
+            )
+        missing = [k for k in _GOVERNANCE_PATHS if k not in table]
+        if missing:
+            raise ConfigurationError(f"{where}: [governance] needs {', '.join(missing)}")
+        paths: dict[str, Path] = {}
+        for key, value in table.items():
+            if not isinstance(value, str) or not value:
+                raise ConfigurationError(f"{where}: [governance] {key} must be a path string")
+            file = Path(value)
+            paths[key] = file if file.is_absolute() else base / file
+        return cls(**paths)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     """A node's ``node.toml``: its datasets, and folders of task modules it trusts.
 
@@ -86,6 +174,7 @@ class NodeConfig:
 
     datasets: Mapping[str, DatasetSource]
     task_dirs: tuple[Path, ...] = ()
+    governance: GovernanceConfig | None = None
 
     @classmethod
     def from_toml(cls, path: str | Path) -> NodeConfig:
@@ -97,7 +186,7 @@ class NodeConfig:
             raise ConfigurationError(f"node config {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"{path} is not valid TOML: {exc}") from exc
-        unknown = set(data) - {"node", "datasets"}
+        unknown = set(data) - {"node", "datasets", "governance"}
         if unknown:
             raise ConfigurationError(f"{path}: unknown section(s) {sorted(unknown)}")
         node = data.get("node") or {}
@@ -130,7 +219,12 @@ class NodeConfig:
                 id_column=entry.get("id_column"),
                 exclude=tuple(entry.get("exclude") or ()),
             )
-        return cls(datasets=MappingProxyType(sources), task_dirs=task_dirs)
+        governance = (
+            GovernanceConfig.from_table(data["governance"], path.parent, str(path))
+            if "governance" in data
+            else None
+        )
+        return cls(datasets=MappingProxyType(sources), task_dirs=task_dirs, governance=governance)
 
 
 class NodeApp:
@@ -141,10 +235,23 @@ class NodeApp:
     node_id:
         The site's identity (its certificate's name).
     config:
-        Its datasets.
+        Its datasets, and optionally its ``[governance]`` table.
+    kit:
+        The site's kit; required when ``config`` turns governance on (its CA checks the
+        agreements' signatures and its key signs the node's audit log).
+
+    Security notes
+    --------------
+    With governance on, nothing in an instruction is taken on the coordinator's word: each
+    one passes :func:`~biofed.governance._policy.check_instruction` before anything runs,
+    only the verified bundle runs (in :class:`~biofed.node.BundleRunner`'s sandboxed worker,
+    never in this process), each reply passes
+    :func:`~biofed.governance._policy.control_reply` before it leaves, and every decision and
+    every payload that leaves is written to the signed, hash-chained audit log first. If the
+    log cannot be written, nothing runs and nothing leaves (fail closed).
     """
 
-    def __init__(self, node_id: str, config: NodeConfig) -> None:
+    def __init__(self, node_id: str, config: NodeConfig, *, kit: Kit | None = None) -> None:
         self.node_id = check_id(node_id, what="node id")
         self.data: dict[str, SiteData] = {}
         for name, source in config.datasets.items():
@@ -152,24 +259,54 @@ class NodeApp:
                 self.data[name] = source.load()
             except DataError as exc:
                 raise DataError(f"dataset {name!r}: {exc}") from exc
+        self._sources = config.datasets
         self._nodes: dict[tuple[Any, ...], SiteNode] = {}
         self._lock = threading.Lock()
         self.task_dirs = config.task_dirs
+        self.policy: SitePolicy | None = None
+        self.audit: AuditLog | None = None
+        if config.governance is not None:
+            self.policy, self.audit = self._governance(config.governance, kit)
+
+    def _governance(self, gov: GovernanceConfig, kit: Kit | None) -> tuple[SitePolicy, AuditLog]:
+        if kit is None:
+            raise ConfigurationError("node.toml turns governance on: the node needs its kit")
+        if kit.role != "site" or kit.name != self.node_id:
+            raise ConfigurationError(
+                f"the kit is {kit.role} {kit.name!r}'s, not site {self.node_id!r}'s"
+            )
+        audit = AuditLog(gov.audit or kit.directory / "audit.jsonl", AuditSigner.from_kit(kit))
+        policy = SitePolicy(
+            site=self.node_id,
+            agreements_dir=gov.agreements_dir,
+            certificates_dir=gov.certificates_dir,
+            ca_pem=kit.ca_pem,
+            crl_pem=kit.crl_pem,
+            registry=DatasetRegistry(gov.registry, audit=lambda e, d: _record(audit, e, d)),
+            approvals=ApprovalStore(gov.approvals),
+            bundles_dir=gov.bundles_dir,
+        )
+        return policy, audit
 
     def declarations(self) -> list[tuple[str, int, int]]:
         """(name, training examples, features) of each dataset, to declare on connect."""
         return [(n, len(d.train), d.train.num_features) for n, d in self.data.items()]
 
-    def _site(self, config: Mapping[str, Scalar]) -> SiteNode:
+    def _site(self, config: Mapping[str, Scalar], clearance: Clearance | None = None) -> SiteNode:
         dataset = str(config.get("dataset", ""))
         if dataset not in self.data:
             raise PolicyViolation(f"this site holds no dataset {dataset!r}")
         task_name = str(config.get("task", ""))
         options = {k[5:]: v for k, v in config.items() if k.startswith("task.")}
-        key = (dataset, task_name, tuple(sorted(options.items())))
+        source = f"bundle:{clearance.bundle.digest}" if clearance else f"task:{task_name}"
+        key = (dataset, source, tuple(sorted(options.items())))
         with self._lock:
             if key not in self._nodes:
-                task = self._make_task(task_name, options)
+                task: Task
+                if clearance is not None:
+                    task = BundleRunner(clearance.bundle, options=options, name=task_name or None)
+                else:
+                    task = self._make_task(task_name, options)
                 self._nodes[key] = SiteNode(self.node_id, task, self.data[dataset])
             return self._nodes[key]
 
@@ -197,16 +334,113 @@ class NodeApp:
             f"unknown task {name!r}: not built in and not in this site's task_dirs"
         )
 
+    def _error(self, instruction: Instruction, exc: BiofedError) -> Reply:
+        return Reply(
+            run_id=instruction.run_id,
+            round=instruction.round,
+            node_id=self.node_id,
+            kind=instruction.kind,
+            error=f"{exc.code}: {exc}",
+        )
+
     def handle(self, instruction: Instruction) -> Reply:
         """Run one instruction (an error reply, never an exception)."""
+        if self.policy is not None and self.audit is not None:
+            return self._handle_governed(instruction, self.policy, self.audit)
         try:
             site = self._site(instruction.config)
         except (ConfigurationError, PolicyViolation) as exc:
-            return Reply(
-                run_id=instruction.run_id,
-                round=instruction.round,
-                node_id=self.node_id,
-                kind=instruction.kind,
-                error=f"{exc.code}: {exc}",
-            )
+            return self._error(instruction, exc)
         return site.handle(dataclasses.replace(instruction, node_id=self.node_id))
+
+    # -- governance ---------------------------------------------------------------------------
+    def _request(self, instruction: Instruction) -> PolicyRequest:
+        config = instruction.config
+        dataset = str(config.get("dataset", ""))
+        data = self.data.get(dataset)
+        source = self._sources.get(dataset)
+        rows = 0
+        if data is not None:
+            if instruction.kind is MessageKind.TRAIN:
+                rows = len(data.train)
+            else:
+                try:
+                    rows = len(data.split(str(config.get("split", "test"))))
+                except DataError:
+                    rows = 0
+        agreement, bundle = config.get("agreement"), config.get("bundle")
+        return PolicyRequest(
+            kind=instruction.kind,
+            agreement=None if agreement is None else str(agreement),
+            dataset=dataset,
+            bundle=None if bundle is None else str(bundle),
+            dataset_path=None if source is None else source.path,
+            rows=rows,
+            metrics=requested_metrics(config),
+        )
+
+    def _handle_governed(
+        self, instruction: Instruction, policy: SitePolicy, audit: AuditLog
+    ) -> Reply:
+        where = {
+            "run_id": instruction.run_id,
+            "round": instruction.round,
+            "kind": instruction.kind.value,
+        }
+        try:
+            clearance = check_instruction(policy, self._request(instruction))
+        except PolicyViolation as exc:
+            _record(audit, "job.refused", {**where, "rule": str(exc)})
+            return self._error(instruction, exc)
+        try:
+            _record(
+                audit,
+                "job.accepted",
+                {
+                    **where,
+                    "agreement": clearance.agreement.agreement.agreement_id,
+                    "agreement_sha256": clearance.agreement.agreement.digest(),
+                    "bundle": clearance.bundle.digest,
+                    "dataset": clearance.dataset.name,
+                    "dataset_sha256": clearance.dataset.sha256,
+                },
+                strict=True,
+            )
+            site = self._site(instruction.config, clearance)
+        except BiofedError as exc:
+            return self._error(instruction, exc)
+        reply = site.handle(dataclasses.replace(instruction, node_id=self.node_id))
+        if not reply.ok:
+            _record(audit, "round.failed", {**where, "error": str(reply.error)[:500]})
+            return reply
+        try:
+            reply, dropped = control_reply(reply, instruction, clearance)
+            payload = b"" if reply.parameters is None else encode_parameters(reply.parameters)
+            _record(
+                audit,
+                SENT_EVENT,
+                {
+                    **where,
+                    "payload_sha256": hashlib.sha256(payload).hexdigest(),
+                    "bytes": len(payload),
+                    "num_examples": reply.num_examples,
+                    "metrics": sorted(reply.metrics),
+                    "dropped_metrics": list(dropped),
+                },
+                strict=True,
+            )
+        except BiofedError as exc:
+            _record(audit, "round.withheld", {**where, "rule": str(exc)})
+            return self._error(instruction, exc)
+        return reply
+
+
+def _record(audit: AuditLog, event: str, data: Mapping[str, Any], *, strict: bool = False) -> None:
+    """Append to the audit log; with ``strict`` a failure raises PolicyViolation (so the
+    action it would record does not happen), otherwise it is ignored (the action it records
+    is already a refusal)."""
+    try:
+        audit.append(event, data)
+    except (BiofedError, OSError) as exc:
+        if strict:
+            raise PolicyViolation(f"audit: cannot write the audit log ({exc})") from None

@@ -23,12 +23,14 @@ def run_node(
     """Connect to the coordinator and serve instructions until ``stop`` is set.
 
     The node dials out (no inbound port), reconnects with backoff after any failure, and
-    runs tasks only on the datasets its ``node.toml`` lists.
+    runs tasks only on the datasets its ``node.toml`` lists. If ``node.toml`` has a
+    ``[governance]`` table, every instruction is checked against the site's own agreements,
+    registry and approvals, and the node's audit log (signed with the kit's key) records it.
     """
     kit = load_kit(kit_dir)
     if kit.role != "site":
         raise PolicyViolation(f"kit {kit_dir} belongs to a {kit.role}, not a site")
-    app = NodeApp(kit.name, NodeConfig.from_toml(config_path))
+    app = NodeApp(kit.name, NodeConfig.from_toml(config_path), kit=kit)
     tls = TlsConfig(
         certificate_chain=kit.cert_pem, private_key=kit.key_pem, root_certificates=kit.ca_pem
     )

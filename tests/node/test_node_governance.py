@@ -1,0 +1,413 @@
+"""Node-side enforcement: with [governance] in node.toml, every instruction is checked
+against the site's own agreements, registry and approvals, every reply is controlled, and
+every decision is in the node's signed audit log."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from biofed.coordinator._job import JobSpec
+from biofed.core import ConfigurationError, Instruction, MessageKind, Reply
+from biofed.data import write_site_files
+from biofed.datasets import load_tcga_brca
+from biofed.governance import (
+    ApprovalStore,
+    DatasetRegistry,
+    OutputPolicy,
+    Party,
+    PrivacyRequirements,
+    SignedAgreement,
+    StudyAgreement,
+    pack_bundle,
+    sign,
+    verify_log,
+    write_agreement,
+)
+from biofed.identity import Consortium, Kit, load_kit
+from biofed.node import NodeApp, NodeConfig
+from biofed.tasks import CoxPHTask
+
+SIGNERS = ("a", "b", "r", "coordinator")
+AGREEMENT = "brca-cox"
+TASK_PY = (
+    "from biofed.tasks import CoxPHTask\n"
+    "def make_task(num_features): return CoxPHTask(num_features=num_features)\n"
+)
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("fed") / "c"
+    Consortium.create(
+        folder, consortium="t", coordinator="127.0.0.1:7443", sites=["a", "b"], researchers=["r"]
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def kits(fed: Path) -> dict[str, Kit]:
+    return {name: load_kit(fed / name) for name in SIGNERS}
+
+
+@pytest.fixture(scope="module")
+def bundle_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
+    root = tmp_path_factory.mktemp("bundle")
+    (root / "task").mkdir()
+    (root / "task" / "task.py").write_text(TASK_PY)
+    info = pack_bundle(root / "task", root / "b.zip")
+    return info.digest, root / "b.zip"
+
+
+def _party(kit: Kit) -> Party:
+    return Party(name=kit.name, role=kit.role, fingerprint=kit.fingerprint)
+
+
+class Site:
+    """One site's folder: node.toml, registry, approvals, agreements, bundles."""
+
+    def __init__(self, root: Path, fed: Path, kits: dict[str, Kit], bundle: tuple[str, Path]):
+        self.root, self.fed, self.kits = root, fed, kits
+        self.digest, packed = bundle
+        paths = write_site_files(load_tcga_brca(), root / "data")
+        self.csv = paths["center-1"]
+        for sub in ("agreements", "certificates", "bundles"):
+            (root / sub).mkdir()
+        for name in SIGNERS:
+            shutil.copy(fed / name / "cert.pem", root / "certificates" / f"{name}.pem")
+        shutil.copy(packed, root / "bundles" / f"{self.digest}.zip")
+        self.registry = DatasetRegistry(root / "datasets.json")
+        self.approvals = ApprovalStore(root / "approvals.json")
+        self.audit = root / "audit.jsonl"
+        (root / "node.toml").write_text(
+            f'[datasets.brca]\npath = "{self.csv}"\nformat = "csv"\nsplit_column = "split"\n'
+            'targets = { event = "event", time = "time" }\n\n'
+            '[governance]\nagreements_dir = "agreements"\ncertificates_dir = "certificates"\n'
+            'approvals = "approvals.json"\nregistry = "datasets.json"\n'
+            'bundles_dir = "bundles"\naudit = "audit.jsonl"\n'
+        )
+
+    def agreement(self, **changes: Any) -> StudyAgreement:
+        base = StudyAgreement(
+            agreement_id=AGREEMENT,
+            title="Survival in breast cancer",
+            purpose="Train a Cox model.",
+            legal_basis="GDPR Art. 9(2)(j)",
+            consortium="t",
+            coordinator=_party(self.kits["coordinator"]),
+            parties=tuple(_party(self.kits[n]) for n in ("a", "b", "r")),
+            datasets={"a": "brca", "b": "brca"},
+            approved_bundles=(self.digest,),
+            outputs=OutputPolicy(metrics=("c_index",), per_site_metrics=True),
+            min_cohort=10,
+            expires=dt.date(2099, 12, 31),
+        )
+        return dataclasses.replace(base, **changes)
+
+    def sign_and_place(
+        self,
+        agreement: StudyAgreement,
+        *,
+        signers: tuple[str, ...] = SIGNERS,
+        now: dt.datetime | None = None,
+    ) -> SignedAgreement:
+        signed = SignedAgreement(agreement=agreement)
+        for name in signers:
+            signed = sign(signed, self.kits[name], now=now)
+        write_agreement(self.root / "agreements" / f"{agreement.agreement_id}.toml", signed)
+        return signed
+
+    def setup(self, *, min_cohort: int = 10, approve: bool = True, **changes: Any) -> None:
+        self.registry.add("brca", self.csv, format="csv", min_cohort=min_cohort)
+        if approve:
+            self.approvals.approve(self.digest, by="operator")
+        self.sign_and_place(self.agreement(**changes))
+
+    def app(self) -> NodeApp:
+        return NodeApp("a", NodeConfig.from_toml(self.root / "node.toml"), kit=self.kits["a"])
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.audit.exists():
+            return []
+        return [json.loads(line) for line in self.audit.read_text().splitlines()]
+
+
+@pytest.fixture
+def site(tmp_path: Path, fed: Path, kits: dict[str, Kit], bundle_file: tuple[str, Path]) -> Site:
+    return Site(tmp_path, fed, kits, bundle_file)
+
+
+def _inst(site: Site, kind: MessageKind = MessageKind.TRAIN, **config: object) -> Instruction:
+    params = CoxPHTask(num_features=39).init_parameters(np.random.default_rng(0))
+    base: dict[str, object] = {
+        "seed": 1,
+        "local_steps": 2,
+        "task": "cox",
+        "dataset": "brca",
+        "task.num_features": 39,
+        "agreement": AGREEMENT,
+        "bundle": site.digest,
+    }
+    if kind is MessageKind.EVALUATE:
+        base["split"] = "test"
+    base.update(config)
+    return Instruction(
+        run_id="run-1",
+        round=1,
+        node_id="a",
+        kind=kind,
+        parameters=params,
+        config={k: v for k, v in base.items() if v is not None},  # type: ignore[misc]
+    )
+
+
+def test_an_allowed_job_runs_the_bundle_controls_outputs_and_audits(site: Site) -> None:
+    site.setup()
+    app = site.app()
+    reply = app.handle(_inst(site))
+    assert reply.ok, reply.error
+    assert reply.num_examples == 156
+    assert dict(reply.metrics) == {}  # train_loss is not an allowed metric: dropped
+    assert any(key[1] == f"bundle:{site.digest}" for key in app._nodes)
+
+    evaluation = app.handle(_inst(site, MessageKind.EVALUATE, metrics="c_index"))
+    assert evaluation.ok, evaluation.error
+    assert set(evaluation.metrics) == {"c_index"}
+    assert evaluation.num_examples == 40
+
+    events = site.events()
+    assert [e["event"] for e in events] == [
+        "job.accepted",
+        "round.sent",
+        "job.accepted",
+        "round.sent",
+    ]
+    accepted, sent = events[0]["data"], events[1]["data"]
+    assert accepted["agreement"] == AGREEMENT
+    assert accepted["bundle"] == site.digest
+    assert accepted["dataset"] == "brca"
+    assert (accepted["run_id"], accepted["round"], accepted["kind"]) == ("run-1", 1, "train")
+    assert sent["dropped_metrics"] == ["train_loss"]
+    assert sent["metrics"] == []
+    assert sent["bytes"] > 0
+    assert len(sent["payload_sha256"]) == 64
+    assert events[3]["data"]["bytes"] == 0
+    assert events[3]["data"]["metrics"] == ["c_index"]
+    report = verify_log(
+        site.audit, (site.fed / "a" / "cert.pem").read_bytes(), site.kits["a"].ca_pem
+    )
+    assert report.ok
+
+
+def _refused(site: Site, inst: Instruction, rule: str, text: str) -> None:
+    app = site.app()
+    reply = app.handle(inst)
+    assert reply.error is not None
+    assert reply.error.startswith(f"policy: {rule}:"), reply.error
+    assert text in reply.error, reply.error
+    assert app._nodes == {}  # nothing was built, nothing ran
+    events = site.events()
+    assert [e["event"] for e in events if e["event"].startswith(("job.", "round."))] == [
+        "job.refused"
+    ]
+    refused = next(e for e in events if e["event"] == "job.refused")["data"]
+    assert refused["rule"] == reply.error.removeprefix("policy: ")
+    assert (refused["run_id"], refused["round"]) == ("run-1", 1)
+
+
+Setup = Callable[[Site], Instruction]
+
+
+def _expired(site: Site) -> Instruction:
+    site.registry.add("brca", site.csv, format="csv")
+    site.approvals.approve(site.digest, by="operator")
+    then = dt.datetime(2019, 6, 1, tzinfo=dt.timezone.utc)
+    site.sign_and_place(site.agreement(expires=dt.date(2020, 1, 1)), now=then)
+    return _inst(site)
+
+
+def _unsigned_by_site(site: Site) -> Instruction:
+    site.registry.add("brca", site.csv, format="csv")
+    site.approvals.approve(site.digest, by="operator")
+    site.sign_and_place(site.agreement(), signers=("b", "r", "coordinator"))
+    return _inst(site)
+
+
+def _edited(site: Site) -> Instruction:
+    site.setup()
+    file = site.root / "agreements" / f"{AGREEMENT}.toml"
+    file.write_text(file.read_text().replace("min_cohort = 10", "min_cohort = 5"))
+    return _inst(site)
+
+
+def _dataset_outside(site: Site) -> Instruction:
+    site.setup(datasets={"a": "other-data", "b": "brca"})
+    return _inst(site)
+
+
+def _dataset_changed(site: Site) -> Instruction:
+    site.setup()
+    with site.csv.open("a") as fh:
+        fh.write("\n")
+    return _inst(site)
+
+
+def _cohort(site: Site) -> Instruction:
+    site.setup(min_cohort=1000)
+    return _inst(site)
+
+
+def _not_approved(site: Site) -> Instruction:
+    site.setup(approve=False)
+    return _inst(site)
+
+
+def _not_in_agreement(site: Site) -> Instruction:
+    site.setup(approved_bundles=("ab" * 32,))
+    return _inst(site)
+
+
+def _tampered(site: Site) -> Instruction:
+    site.setup()
+    other = site.root / "evil"
+    other.mkdir()
+    (other / "task.py").write_text(TASK_PY + "import os\n")
+    pack_bundle(other, site.root / "bundles" / f"{site.digest}.zip.new")
+    (site.root / "bundles" / f"{site.digest}.zip.new").replace(
+        site.root / "bundles" / f"{site.digest}.zip"
+    )
+    return _inst(site)
+
+
+def _metric_not_allowed(site: Site) -> Instruction:
+    site.setup()
+    return _inst(site, MessageKind.EVALUATE, metrics="c_index,loss")
+
+
+def _no_per_site(site: Site) -> Instruction:
+    site.setup(outputs=OutputPolicy(metrics=("c_index",), per_site_metrics=False))
+    return _inst(site, MessageKind.EVALUATE)
+
+
+def _dp_required(site: Site) -> Instruction:
+    site.setup(
+        privacy=PrivacyRequirements(
+            dp_required=True,
+            max_epsilon={"a": 1.0, "b": 1.0},
+            max_delta={"a": 1e-5, "b": 1e-5},
+        )
+    )
+    return _inst(site)
+
+
+def _secagg_required(site: Site) -> Instruction:
+    site.setup(privacy=PrivacyRequirements(secure_aggregation_required=True))
+    return _inst(site)
+
+
+def _no_agreement(site: Site) -> Instruction:
+    site.setup()
+    return _inst(site, agreement=None)
+
+
+def _no_bundle(site: Site) -> Instruction:
+    site.setup()
+    return _inst(site, bundle=None)
+
+
+@pytest.mark.parametrize(
+    ("prepare", "rule", "text"),
+    [
+        (_expired, "agreement", "expired on 2020-01-01"),
+        (_unsigned_by_site, "agreement", "not signed by site 'a'"),
+        (_edited, "agreement", "edited after"),
+        (_no_agreement, "agreement", "names no study agreement"),
+        (_dataset_outside, "dataset", "puts only 'other-data'"),
+        (_dataset_changed, "dataset", "changed since registration"),
+        (_cohort, "cohort", "fewer than the minimum cohort of 1000"),
+        (_no_bundle, "bundle", "names no task bundle"),
+        (_not_approved, "bundle", "not approved by this site's operator"),
+        (_not_in_agreement, "bundle", "not approved in agreement"),
+        (_tampered, "bundle", "does not match the expected"),
+        (_metric_not_allowed, "outputs", "loss are not allowed"),
+        (_no_per_site, "outputs", "does not allow per-site metrics"),
+        (_dp_required, "privacy", "requires differential privacy, which this job does not"),
+        (_secagg_required, "privacy", "requires secure aggregation"),
+    ],
+)
+def test_each_refusal_names_its_rule_is_audited_and_runs_nothing(
+    site: Site, prepare: Setup, rule: str, text: str
+) -> None:
+    _refused(site, prepare(site), rule, text)
+
+
+def test_a_changed_dataset_is_audited_as_changed(site: Site) -> None:
+    inst = _dataset_changed(site)
+    site.app().handle(inst)
+    assert "dataset.changed" in [e["event"] for e in site.events()]
+
+
+def test_reply_with_foreign_extras_is_withheld(site: Site, monkeypatch: pytest.MonkeyPatch) -> None:
+    site.setup()
+    app = site.app()
+    inst = _inst(site)
+    from biofed.node import SiteNode
+
+    def leaky(self: SiteNode, instruction: Instruction) -> Reply:
+        return Reply(
+            run_id=instruction.run_id,
+            round=instruction.round,
+            node_id="a",
+            kind=instruction.kind,
+            parameters=instruction.parameters,
+            num_examples=156,
+            extras={"rows": instruction.parameters},
+        )
+
+    monkeypatch.setattr(SiteNode, "handle", leaky)
+    reply = app.handle(inst)
+    assert reply.error is not None
+    assert reply.error.startswith("policy: outputs:")
+    assert [e["event"] for e in site.events()] == ["job.accepted", "round.withheld"]
+
+
+def test_governance_needs_the_kit_and_a_complete_table(site: Site) -> None:
+    config = NodeConfig.from_toml(site.root / "node.toml")
+    assert config.governance is not None
+    assert config.governance.bundles_dir == site.root / "bundles"
+    with pytest.raises(ConfigurationError, match="needs its kit"):
+        NodeApp("a", config)
+    with pytest.raises(ConfigurationError, match="not site 'b'"):
+        NodeApp("b", config, kit=site.kits["a"])
+    bad = site.root / "bad.toml"
+    bad.write_text('[governance]\nagreements_dir = "x"\n')
+    with pytest.raises(ConfigurationError, match="needs certificates_dir"):
+        NodeConfig.from_toml(bad)
+    bad.write_text('[governance]\nsurprise = "x"\n')
+    with pytest.raises(ConfigurationError, match="unknown key"):
+        NodeConfig.from_toml(bad)
+
+
+def test_job_carries_agreement_and_bundle(bundle_file: tuple[str, Path]) -> None:
+    digest = bundle_file[0]
+    job = JobSpec.from_toml(
+        f'[run]\ndataset = "brca"\nagreement = "{AGREEMENT}"\nbundle = "{digest}"\n'
+        '[task]\nname = "cox"\nnum_features = 39\n'
+    )
+    config = job.instruction_config()
+    assert config["agreement"] == AGREEMENT
+    assert config["bundle"] == digest
+    assert JobSpec.from_json(job.to_json()) == job
+    plain = JobSpec.from_toml('[run]\ndataset = "brca"\n[task]\nname = "cox_ph"\n')
+    assert "agreement" not in plain.instruction_config()
+    assert "agreement" not in plain.to_json()
+    with pytest.raises(ConfigurationError, match="bundle"):
+        JobSpec.from_toml('[run]\ndataset = "d"\nbundle = "xyz"\n[task]\nname = "cox_ph"\n')
