@@ -8,7 +8,8 @@ from pathlib import Path
 
 from biofed.core import PolicyViolation
 from biofed.identity import load_kit
-from biofed.node._app import NodeApp, NodeConfig
+from biofed.node._app import NodeApp
+from biofed.node._config import NodeConfig
 from biofed.transport.grpc import DatasetDeclaration, NodeClient, TlsConfig
 
 

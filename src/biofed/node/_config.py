@@ -1,0 +1,187 @@
+"""A node's ``node.toml``: its datasets and, optionally, its governance settings.
+
+With a ``[governance]`` table the node enforces its site's governance itself (see
+:mod:`biofed.node._app`)::
+
+    [governance]
+    agreements_dir = "agreements"     # <agreement_id>.toml, signed
+    certificates_dir = "certificates" # <party name>.pem of every signer
+    approvals = "approvals.json"      # the site's local bundle approvals
+    registry = "datasets.json"        # the site's dataset registry
+    bundles_dir = "bundles"           # <digest>.zip
+    audit = "audit.jsonl"             # optional; default <kit folder>/audit.jsonl
+
+Relative paths are relative to ``node.toml``'s folder.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from biofed.core import ConfigurationError, check_id
+from biofed.data import SiteData, load_site_file, load_table
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+_DATASET_KEYS = {"path", "format", "targets", "split_column", "id_column", "exclude", "description"}
+_GOVERNANCE_PATHS = ("agreements_dir", "certificates_dir", "approvals", "registry", "bundles_dir")
+_GOVERNANCE_KEYS = {*_GOVERNANCE_PATHS, "audit"}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DatasetSource:
+    """Where one local dataset lives and how to read it."""
+
+    name: str
+    path: Path
+    format: str | None = None
+    targets: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    split_column: str | None = None
+    id_column: str | None = None
+    exclude: tuple[str, ...] = ()
+
+    def load(self) -> SiteData:
+        """Read the file (train/test by ``split_column`` if given, else all for training)."""
+        fmt: Any = self.format
+        if self.split_column:
+            return load_site_file(
+                self.path,
+                target_columns=self.targets,
+                split_column=self.split_column,
+                id_column=self.id_column,
+                exclude=self.exclude,
+                format=fmt,
+                name=self.name,
+            )
+        table = load_table(
+            self.path,
+            target_columns=self.targets,
+            id_column=self.id_column,
+            exclude=self.exclude,
+            format=fmt,
+            name=self.name,
+        )
+        return SiteData(train=table)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GovernanceConfig:
+    """``node.toml``'s ``[governance]`` table: where the site's governance state lives.
+
+    Attributes
+    ----------
+    agreements_dir:
+        Signed study agreements, ``<agreement_id>.toml`` each.
+    certificates_dir:
+        The signers' certificates, ``<name>.pem`` each (the CA is the kit's ``ca.pem``).
+    approvals:
+        The site's bundle approvals file (:class:`~biofed.governance.ApprovalStore`).
+    registry:
+        The site's dataset registry (``datasets.json``).
+    bundles_dir:
+        Task bundles, ``<digest>.zip`` each.
+    audit:
+        The node's audit log; None means ``<kit folder>/audit.jsonl``.
+    """
+
+    agreements_dir: Path
+    certificates_dir: Path
+    approvals: Path
+    registry: Path
+    bundles_dir: Path
+    audit: Path | None = None
+
+    @classmethod
+    def from_table(cls, table: object, base: Path, where: str) -> GovernanceConfig:
+        """Parse the table; relative paths are relative to ``base``."""
+        if not isinstance(table, dict):
+            raise ConfigurationError(f"{where}: [governance] must be a table")
+        bad = set(table) - _GOVERNANCE_KEYS
+        if bad:
+            raise ConfigurationError(
+                f"{where}: unknown key(s) {sorted(bad)} in [governance]; "
+                f"allowed: {sorted(_GOVERNANCE_KEYS)}"
+            )
+        missing = [k for k in _GOVERNANCE_PATHS if k not in table]
+        if missing:
+            raise ConfigurationError(f"{where}: [governance] needs {', '.join(missing)}")
+        paths: dict[str, Path] = {}
+        for key, value in table.items():
+            if not isinstance(value, str) or not value:
+                raise ConfigurationError(f"{where}: [governance] {key} must be a path string")
+            file = Path(value)
+            paths[key] = file if file.is_absolute() else base / file
+        return cls(**paths)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    """A node's ``node.toml``: its datasets, and folders of task modules it trusts.
+
+    ``[node] task_dirs = ["tasks"]``: a task the instruction names that is not built in is
+    loaded from ``<dir>/<name>.py``, which must define ``make_task(**options) -> Task``.
+    Only folders the site's operator listed are searched (signed, approved task bundles
+    that run in a sandboxed worker are the governance layer's).
+    """
+
+    datasets: Mapping[str, DatasetSource]
+    task_dirs: tuple[Path, ...] = ()
+    governance: GovernanceConfig | None = None
+
+    @classmethod
+    def from_toml(cls, path: str | Path) -> NodeConfig:
+        """Parse ``node.toml``; relative dataset paths are relative to its folder."""
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigurationError(f"node config {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigurationError(f"{path} is not valid TOML: {exc}") from exc
+        unknown = set(data) - {"node", "datasets", "governance"}
+        if unknown:
+            raise ConfigurationError(f"{path}: unknown section(s) {sorted(unknown)}")
+        node = data.get("node") or {}
+        if set(node) - {"task_dirs"}:
+            raise ConfigurationError(
+                f"{path}: unknown key(s) {sorted(set(node) - {'task_dirs'})} in [node]"
+            )
+        task_dirs = tuple(
+            d if d.is_absolute() else path.parent / d
+            for d in (Path(str(x)) for x in node.get("task_dirs") or ())
+        )
+        sources: dict[str, DatasetSource] = {}
+        for name, entry in (data.get("datasets") or {}).items():
+            check_id(name, what="dataset name")
+            if not isinstance(entry, dict) or "path" not in entry:
+                raise ConfigurationError(f'{path}: [datasets.{name}] needs path = "…"')
+            bad = set(entry) - _DATASET_KEYS
+            if bad:
+                raise ConfigurationError(
+                    f"{path}: unknown key(s) {sorted(bad)} in [datasets.{name}]; "
+                    f"allowed: {sorted(_DATASET_KEYS)}"
+                )
+            file = Path(entry["path"])
+            sources[name] = DatasetSource(
+                name=name,
+                path=file if file.is_absolute() else path.parent / file,
+                format=entry.get("format"),
+                targets=dict(entry.get("targets") or {}),
+                split_column=entry.get("split_column"),
+                id_column=entry.get("id_column"),
+                exclude=tuple(entry.get("exclude") or ()),
+            )
+        governance = (
+            GovernanceConfig.from_table(data["governance"], path.parent, str(path))
+            if "governance" in data
+            else None
+        )
+        return cls(datasets=MappingProxyType(sources), task_dirs=task_dirs, governance=governance)
