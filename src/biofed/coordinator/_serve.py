@@ -11,6 +11,7 @@ from pathlib import Path
 from biofed.coordinator._service import Coordinator
 from biofed.coordinator._store import StateStore, open_store
 from biofed.core import ConfigurationError, PolicyViolation
+from biofed.governance import LOG_FILE, AuditLog, AuditSigner
 from biofed.identity import Kit, RevocationList, identify_peer, load_kit
 from biofed.transport.grpc import CoordinatorServer, Peer, TlsConfig
 
@@ -93,7 +94,10 @@ def serve_coordinator(
     if not address or not url:
         raise ConfigurationError("the coordinator needs a listen address and a state URL")
     store = open_store(url)
-    coordinator = Coordinator(store, heartbeat_interval=heartbeat_interval, node_wait=node_wait)
+    audit = AuditLog(kit.directory / LOG_FILE, AuditSigner.from_kit(kit))
+    coordinator = Coordinator(
+        store, heartbeat_interval=heartbeat_interval, node_wait=node_wait, audit=audit
+    )
     try:
         server = CoordinatorServer(
             address, tls_of(kit), KitAuthenticator(kit), coordinator.hub, control=coordinator

@@ -7,6 +7,7 @@ coordinator was killed) resumes from its last checkpoint before any pending run 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import threading
@@ -34,6 +35,7 @@ from biofed.core import (
     Reply,
     encode_parameters,
 )
+from biofed.governance import RECEIVED_EVENT, AuditLog
 from biofed.tasks import make_task
 from biofed.transport.grpc import (
     EventInfo,
@@ -56,12 +58,21 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
-class _StoreListener:
-    """Engine hooks that write the run's progress into the state store."""
+def payload_digest(reply: Reply) -> tuple[str, int]:
+    """SHA-256 and size of what a reply carried: the safetensors encoding of its parameters
+    (empty for evaluations) — the same definition a node uses for its ``round.sent``."""
+    payload = b"" if reply.parameters is None else encode_parameters(reply.parameters)
+    return hashlib.sha256(payload).hexdigest(), len(payload)
 
-    def __init__(self, store: StateStore, run_id: str) -> None:
+
+class _StoreListener:
+    """Engine hooks that write the run's progress into the state store (and, when the
+    coordinator keeps one, what it accepted from each node into its audit log)."""
+
+    def __init__(self, store: StateStore, run_id: str, audit: AuditLog | None = None) -> None:
         self.store = store
         self.run_id = run_id
+        self.audit = audit
 
     def on_round_start(self, server_round: int, num_selected: int) -> None:
         self.store.append_event(
@@ -72,6 +83,19 @@ class _StoreListener:
         )
 
     def on_reply(self, server_round: int, reply: Reply, accepted: bool) -> None:
+        if accepted and self.audit is not None:
+            digest, size = payload_digest(reply)
+            self.audit.append(
+                RECEIVED_EVENT,
+                {
+                    "run_id": reply.run_id,
+                    "round": reply.round,
+                    "node_id": reply.node_id,
+                    "kind": reply.kind.value,
+                    "payload_sha256": digest,
+                    "bytes": size,
+                },
+            )
         if accepted:
             self.store.append_event(
                 self.run_id,
@@ -119,6 +143,9 @@ class Coordinator:
         Seconds a round waits for ``min_nodes`` sites to be connected before it fails.
     clock:
         Wall clock for timestamps.
+    audit:
+        The coordinator's signed, hash-chained audit log (runs submitted and ended, and every
+        payload accepted from a node, for reconciliation with the nodes' logs).
     """
 
     def __init__(
@@ -129,8 +156,10 @@ class Coordinator:
         missed_heartbeats: int = 3,
         node_wait: float = 60.0,
         clock: Callable[[], float] = time.time,
+        audit: AuditLog | None = None,
     ) -> None:
         self.store = store
+        self.audit = audit
         self.node_wait = node_wait
         self.clock = clock
         self.hub = NodeHub(
@@ -203,6 +232,14 @@ class Coordinator:
         run_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         self.store.create_run(run_id, spec.to_json(), peer.name)
         self.store.append_event(run_id, round=0, kind="submitted", message=f"by {peer.name}")
+        self._audit(
+            "run.submitted",
+            {
+                "run_id": run_id,
+                "owner": peer.name,
+                "spec_sha256": hashlib.sha256(spec.to_json().encode()).hexdigest(),
+            },
+        )
         self._wake.set()
         return self.get_run(peer, run_id)
 
@@ -390,7 +427,7 @@ class Coordinator:
             evaluate_every=spec.evaluate_every,
             seed=spec.seed,
         )
-        listener = _StoreListener(self.store, run_id)
+        listener = _StoreListener(self.store, run_id, self.audit)
         engine = RoundEngine(
             strategy,
             transport,
@@ -412,6 +449,7 @@ class Coordinator:
                 listener.round_committed(record)
             else:
                 self.store.set_run_status(run_id, RunStatus.FINISHED)
+                self._audit("run.finished", {"run_id": run_id, "rounds": spec.rounds})
                 self.store.append_event(
                     run_id, round=spec.rounds, kind="finished", message=f"{spec.rounds} rounds"
                 )
@@ -428,6 +466,10 @@ class Coordinator:
             self._fail(run_id, str(exc))
         finally:
             transport.close()
+
+    def _audit(self, event: str, data: dict[str, Any]) -> None:
+        if self.audit is not None:
+            self.audit.append(event, data)
 
     def _fail(self, run_id: str, message: str) -> None:
         try:
