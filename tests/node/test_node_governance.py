@@ -411,3 +411,39 @@ def test_job_carries_agreement_and_bundle(bundle_file: tuple[str, Path]) -> None
     assert "agreement" not in plain.to_json()
     with pytest.raises(ConfigurationError, match="bundle"):
         JobSpec.from_toml('[run]\ndataset = "d"\nbundle = "xyz"\n[task]\nname = "cox_ph"\n')
+
+
+def test_an_approved_bundle_missing_here_is_fetched_checked_and_kept(site: Site) -> None:
+    packed = (site.root / "bundles" / f"{site.digest}.zip").read_bytes()
+    (site.root / "bundles" / f"{site.digest}.zip").unlink()
+    site.setup()
+    app = site.app()
+    asked: list[str] = []
+
+    def wrong_bytes(digest: str) -> bytes:
+        asked.append(digest)
+        return packed[:-20] + b"\0" * 20
+
+    app.fetch_bundle = wrong_bytes
+    refused = app.handle(_inst(site))
+    assert refused.error is not None
+    assert "not at this site" in refused.error
+    assert asked == [site.digest]
+
+    app.fetch_bundle = lambda digest: packed
+    reply = app.handle(_inst(site))
+    assert reply.ok, reply.error
+    assert (site.root / "bundles" / f"{site.digest}.zip").read_bytes() == packed
+    events = [e["event"] for e in site.events()]
+    assert events[:3] == ["bundle.fetch_failed", "job.refused", "bundle.fetched"]
+
+
+def test_an_unapproved_bundle_is_never_fetched(site: Site) -> None:
+    (site.root / "bundles" / f"{site.digest}.zip").unlink()
+    site.setup(approve=False)
+    app = site.app()
+    asked: list[str] = []
+    app.fetch_bundle = lambda digest: asked.append(digest) or b""  # type: ignore[func-returns-value]
+    reply = app.handle(_inst(site))
+    assert reply.error is not None
+    assert asked == []

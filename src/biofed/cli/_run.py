@@ -47,9 +47,12 @@ def submit(
     job: Annotated[Path, typer.Argument(help="job.toml")],
     kit: KitOpt = None,
     follow: Annotated[bool, typer.Option(help="Stream the run's events until it ends.")] = False,
+    bundle: Annotated[
+        Path | None, typer.Option(help="The task bundle the job names ([run] bundle).")
+    ] = None,
     format: FormatOpt = "table",
 ) -> None:
-    """Submit a job file; prints the new run id."""
+    """Submit a job file (and its task bundle); prints the new run id."""
 
     def read() -> JobSpec:
         try:
@@ -58,14 +61,24 @@ def submit(
             raise ConfigurationError(f"cannot read {job}: {exc}") from exc
 
     spec = call(read)
+    data = b""
+    if bundle is not None:
+        data = call(lambda: _read_bytes(bundle))
     with _client(kit) as client:
-        run = call(lambda: client.submit_run(spec.to_json()))
+        run = call(lambda: client.submit_run(spec.to_json(), bundle=data))
         if format == "json":
             print(json.dumps(_as_dict(run)))
         else:
             out.print(f"submitted [bold]{run.run_id}[/] ({spec.strategy}, {spec.rounds} rounds)")
         if follow:
             _follow(client, run.run_id)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {path}: {exc}") from exc
 
 
 def _follow(client: ControlClient, run_id: str) -> None:

@@ -96,7 +96,11 @@ def serve_coordinator(
     store = open_store(url)
     audit = AuditLog(kit.directory / LOG_FILE, AuditSigner.from_kit(kit))
     coordinator = Coordinator(
-        store, heartbeat_interval=heartbeat_interval, node_wait=node_wait, audit=audit
+        store,
+        heartbeat_interval=heartbeat_interval,
+        node_wait=node_wait,
+        audit=audit,
+        bundles_dir=kit.directory / "bundles",
     )
     try:
         server = CoordinatorServer(

@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,11 +33,12 @@ from biofed.coordinator._store import (
 )
 from biofed.core import (
     BiofedError,
+    ConfigurationError,
     ProtocolError,
     Reply,
     encode_parameters,
 )
-from biofed.governance import RECEIVED_EVENT, AuditLog
+from biofed.governance import RECEIVED_EVENT, AuditLog, check_digest, read_bundle
 from biofed.tasks import make_task
 from biofed.transport.grpc import (
     EventInfo,
@@ -146,6 +149,8 @@ class Coordinator:
     audit:
         The coordinator's signed, hash-chained audit log (runs submitted and ended, and every
         payload accepted from a node, for reconciliation with the nodes' logs).
+    bundles_dir:
+        Where task bundles submitted with jobs are kept, by digest, for nodes to fetch.
     """
 
     def __init__(
@@ -157,9 +162,11 @@ class Coordinator:
         node_wait: float = 60.0,
         clock: Callable[[], float] = time.time,
         audit: AuditLog | None = None,
+        bundles_dir: Path | None = None,
     ) -> None:
         self.store = store
         self.audit = audit
+        self.bundles_dir = bundles_dir
         self.node_wait = node_wait
         self.clock = clock
         self.hub = NodeHub(
@@ -227,8 +234,9 @@ class Coordinator:
             )
 
     # -- control API (biofed.transport.grpc.ControlHandler) ------------------------------------
-    def submit_run(self, peer: Peer, spec_json: str) -> RunSummary:
+    def submit_run(self, peer: Peer, spec_json: str, bundle: bytes = b"") -> RunSummary:
         spec = JobSpec.from_json(spec_json)
+        self._keep_bundle(spec, bundle)
         run_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         self.store.create_run(run_id, spec.to_json(), peer.name)
         self.store.append_event(run_id, round=0, kind="submitted", message=f"by {peer.name}")
@@ -242,6 +250,38 @@ class Coordinator:
         )
         self._wake.set()
         return self.get_run(peer, run_id)
+
+    def _bundle_path(self, digest: str) -> Path:
+        if self.bundles_dir is None:
+            raise ConfigurationError("this coordinator keeps no task bundles")
+        return self.bundles_dir / f"{check_digest(digest)}.zip"
+
+    def _keep_bundle(self, spec: JobSpec, data: bytes) -> None:
+        """Check the bundle a job names and keep it for the nodes (before the run exists)."""
+        if spec.bundle is None:
+            if data:
+                raise ConfigurationError("a bundle was sent with a job that names none")
+            return
+        path = self._bundle_path(spec.bundle)
+        if not data:
+            if not path.is_file():
+                raise ConfigurationError(
+                    f"the job names bundle {spec.bundle[:12]}…: send it with the job "
+                    "(biofed run submit JOB --bundle FILE)"
+                )
+            return
+        read_bundle(data, expected_digest=spec.bundle)  # refuses a mismatch or a bad archive
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".part{uuid.uuid4().hex}")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+
+    def bundle(self, peer: Peer, digest: str) -> bytes:
+        """A kept bundle, for a node to fetch (it checks the digest and its own approval)."""
+        path = self._bundle_path(digest)
+        if not path.is_file():
+            raise LookupError(f"no bundle {digest[:12]}… here")
+        return path.read_bytes()
 
     def _row(self, run_id: str) -> RunRow:
         row = self.store.get_run(run_id)

@@ -27,8 +27,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import importlib.util
+import os
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from biofed.core import (
@@ -47,7 +48,7 @@ from biofed.data import SiteData
 from biofed.governance._audit import AuditLog
 from biofed.governance._audit_reconcile import SENT_EVENT
 from biofed.governance._audit_signer import AuditSigner
-from biofed.governance._bundle import ApprovalStore
+from biofed.governance._bundle import ApprovalStore, check_digest, read_bundle
 from biofed.governance._datasets import DatasetRegistry
 from biofed.governance._policy import (
     Clearance,
@@ -102,6 +103,8 @@ class NodeApp:
         self.task_dirs = config.task_dirs
         self.policy: SitePolicy | None = None
         self.audit: AuditLog | None = None
+        #: Downloads a bundle by digest from the coordinator (set by the node process).
+        self.fetch_bundle: Callable[[str], bytes] | None = None
         if config.governance is not None:
             self.policy, self.audit = self._governance(config.governance, kit)
 
@@ -216,6 +219,30 @@ class NodeApp:
             metrics=requested_metrics(config),
         )
 
+    def _fetch_if_approved(
+        self, instruction: Instruction, policy: SitePolicy, audit: AuditLog
+    ) -> None:
+        """Fetch the job's bundle from the coordinator when this site approved its digest but
+        does not hold the file yet. The bytes are checked against the digest before they are
+        kept; whether the bundle may run is still decided by :func:`check_instruction`."""
+        digest = instruction.config.get("bundle")
+        if not isinstance(digest, str) or self.fetch_bundle is None:
+            return
+        try:
+            file = policy.bundles_dir / f"{check_digest(digest)}.zip"
+            if file.is_file() or not policy.approvals.is_approved(digest):
+                return
+            data = self.fetch_bundle(digest)
+            read_bundle(data, expected_digest=digest)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_suffix(f".part{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, file)
+        except BiofedError as exc:
+            _record(audit, "bundle.fetch_failed", {"bundle": str(digest), "reason": str(exc)})
+            return
+        _record(audit, "bundle.fetched", {"bundle": digest, "bytes": len(data)})
+
     def _handle_governed(
         self, instruction: Instruction, policy: SitePolicy, audit: AuditLog
     ) -> Reply:
@@ -224,6 +251,7 @@ class NodeApp:
             "round": instruction.round,
             "kind": instruction.kind.value,
         }
+        self._fetch_if_approved(instruction, policy, audit)
         try:
             clearance = check_instruction(policy, self._request(instruction))
         except PolicyViolation as exc:

@@ -46,4 +46,5 @@ def run_node(
         ],
         on_status=on_status,
     )
+    app.fetch_bundle = client.fetch_bundle  # bundles the site approved come with the job
     client.run(stop)

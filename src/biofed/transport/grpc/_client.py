@@ -93,6 +93,18 @@ class NodeClient:
         self._on_status = on_status or (lambda message: None)
         self._rng = random.Random()
 
+    def fetch_bundle(self, digest: str, *, timeout: float = 60.0) -> bytes:
+        """Download the task bundle ``digest`` from the coordinator (the caller verifies it)."""
+        channel = secure_channel(self.target, self.tls, server_name=self.server_name)
+        try:
+            stub = pb_grpc.NodeServiceStub(channel)
+            parts = stub.FetchBundle(pb.BundleRequest(digest=digest), timeout=timeout)
+            return b"".join(c.data for c in parts)
+        except grpc.RpcError as exc:
+            raise TransportError(f"cannot fetch bundle {digest[:12]}…: {_details(exc)}") from None
+        finally:
+            channel.close()
+
     def run(self, stop: threading.Event) -> None:
         """Serve until ``stop`` is set, reconnecting as needed."""
         delay = self.backoff_initial
@@ -319,12 +331,12 @@ class ControlClient:
             error = _ERRORS.get(code, TransportError)
             raise error(f"coordinator: {_details(exc)}") from None
 
-    def submit_run(self, spec_json: str) -> RunSummary:
-        """Submit a job; returns the new run."""
+    def submit_run(self, spec_json: str, bundle: bytes = b"") -> RunSummary:
+        """Submit a job (with the task bundle it names, if any); returns the new run."""
         return _summary(
             self._call(
                 lambda: self._stub.SubmitRun(
-                    pb.SubmitRunRequest(spec_json=spec_json), timeout=self.timeout
+                    pb.SubmitRunRequest(spec_json=spec_json, bundle=bundle), timeout=self.timeout
                 )
             )
         )

@@ -127,7 +127,9 @@ class _NodeServicer(pb_grpc.NodeServiceServicer):
         ping_interval: float,
         upload_budget_bytes: int,
         idle_timeout: float,
+        control: ControlHandler | None = None,
     ) -> None:
+        self.control = control
         self.hub = hub
         self.authenticator = authenticator
         self.ping_interval = ping_interval
@@ -292,6 +294,19 @@ class _NodeServicer(pb_grpc.NodeServiceServicer):
                 pass
         self.hub.wire_error(header.run_id, header.round, node_id, message)
 
+    def FetchBundle(  # noqa: N802
+        self, request: pb.BundleRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.Chunk]:
+        peer = authenticate(context, self.authenticator)
+        _require(context, peer, _NODE_ROLES)
+        if self.control is None:
+            context.abort(grpc.StatusCode.UNIMPLEMENTED, "this coordinator distributes no bundles")
+        try:
+            data = self.control.bundle(peer, request.digest)
+        except (BiofedError, LookupError) as exc:
+            abort(context, exc)
+        yield from chunks(request.digest, data)
+
     def Heartbeat(  # noqa: N802
         self, request: pb.HeartbeatRequest, context: grpc.ServicerContext
     ) -> pb.HeartbeatResponse:
@@ -336,7 +351,9 @@ class _ControlServicer(pb_grpc.ControlServiceServicer):
 
     def SubmitRun(self, request: pb.SubmitRunRequest, context: grpc.ServicerContext) -> pb.RunInfo:  # noqa: N802
         return _run_info(
-            self._answer(context, lambda p: self.handler.submit_run(p, request.spec_json))
+            self._answer(
+                context, lambda p: self.handler.submit_run(p, request.spec_json, request.bundle)
+            )
         )
 
     def GetRun(self, request: pb.RunRequest, context: grpc.ServicerContext) -> pb.RunInfo:  # noqa: N802
@@ -443,7 +460,9 @@ class CoordinatorServer:
             maximum_concurrent_rpcs=max_workers * 4,
         )
         pb_grpc.add_NodeServiceServicer_to_server(
-            _NodeServicer(hub, authenticator, ping_interval, upload_budget_bytes, idle_timeout),
+            _NodeServicer(
+                hub, authenticator, ping_interval, upload_budget_bytes, idle_timeout, control
+            ),
             self._server,
         )
         if control is not None:

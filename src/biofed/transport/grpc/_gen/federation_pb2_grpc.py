@@ -53,6 +53,11 @@ class NodeServiceStub:
                 request_serializer=biofed_dot_v1_dot_federation__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=biofed_dot_v1_dot_federation__pb2.HeartbeatResponse.FromString,
                 _registered_method=True)
+        self.FetchBundle = channel.unary_stream(
+                '/biofed.v1.NodeService/FetchBundle',
+                request_serializer=biofed_dot_v1_dot_federation__pb2.BundleRequest.SerializeToString,
+                response_deserializer=biofed_dot_v1_dot_federation__pb2.Chunk.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -84,6 +89,14 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FetchBundle(self, request, context):
+        """The task bundle a job names, by digest. A node still runs it only if its own operator
+        approved that digest and the study agreement lists it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -101,6 +114,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.Heartbeat,
                     request_deserializer=biofed_dot_v1_dot_federation__pb2.HeartbeatRequest.FromString,
                     response_serializer=biofed_dot_v1_dot_federation__pb2.HeartbeatResponse.SerializeToString,
+            ),
+            'FetchBundle': grpc.unary_stream_rpc_method_handler(
+                    servicer.FetchBundle,
+                    request_deserializer=biofed_dot_v1_dot_federation__pb2.BundleRequest.FromString,
+                    response_serializer=biofed_dot_v1_dot_federation__pb2.Chunk.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -187,6 +205,33 @@ class NodeService:
             '/biofed.v1.NodeService/Heartbeat',
             biofed_dot_v1_dot_federation__pb2.HeartbeatRequest.SerializeToString,
             biofed_dot_v1_dot_federation__pb2.HeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FetchBundle(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/biofed.v1.NodeService/FetchBundle',
+            biofed_dot_v1_dot_federation__pb2.BundleRequest.SerializeToString,
+            biofed_dot_v1_dot_federation__pb2.Chunk.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,10 @@ class NodeServiceStub:
     """
     Heartbeat: _grpc.UnaryUnaryMultiCallable[_federation_pb2.HeartbeatRequest, _federation_pb2.HeartbeatResponse]
     """Liveness; the coordinator marks a node lost after missed heartbeats."""
+    FetchBundle: _grpc.UnaryStreamMultiCallable[_federation_pb2.BundleRequest, _federation_pb2.Chunk]
+    """The task bundle a job names, by digest. A node still runs it only if its own operator
+    approved that digest and the study agreement lists it.
+    """
 
 @_typing.type_check_only
 class NodeServiceAsyncStub(NodeServiceStub):
@@ -71,6 +75,10 @@ class NodeServiceAsyncStub(NodeServiceStub):
     """
     Heartbeat: _aio.UnaryUnaryMultiCallable[_federation_pb2.HeartbeatRequest, _federation_pb2.HeartbeatResponse]  # type: ignore[assignment]
     """Liveness; the coordinator marks a node lost after missed heartbeats."""
+    FetchBundle: _aio.UnaryStreamMultiCallable[_federation_pb2.BundleRequest, _federation_pb2.Chunk]  # type: ignore[assignment]
+    """The task bundle a job names, by digest. A node still runs it only if its own operator
+    approved that digest and the study agreement lists it.
+    """
 
 class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
     """---------------------------------------------------------------------------------------
@@ -104,6 +112,16 @@ class NodeServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_federation_pb2.HeartbeatResponse, _abc.Awaitable[_federation_pb2.HeartbeatResponse]]:
         """Liveness; the coordinator marks a node lost after missed heartbeats."""
+
+    @_abc_1.abstractmethod
+    def FetchBundle(
+        self,
+        request: _federation_pb2.BundleRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_federation_pb2.Chunk], _abc.AsyncIterator[_federation_pb2.Chunk]]:
+        """The task bundle a job names, by digest. A node still runs it only if its own operator
+        approved that digest and the study agreement lists it.
+        """
 
 def add_NodeServiceServicer_to_server(servicer: NodeServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
