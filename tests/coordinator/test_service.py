@@ -68,3 +68,23 @@ def test_a_run_without_nodes_fails_its_rounds_and_finishes(coordinator: Coordina
     assert "waiting_for_nodes" in kinds
     assert "round_failed" in kinds
     assert kinds[-1] == "finished"
+
+
+def test_status_lists_the_problems_of_a_run(coordinator: Coordinator) -> None:
+    run = coordinator.submit_run(ALICE, JOB.to_json())
+    coordinator.store.append_event(
+        run.run_id,
+        round=1,
+        kind="reply_rejected",
+        node_id="site-a",
+        message="node reported an error: policy: agreement: not in force",
+    )
+    summary = json.loads(coordinator.get_run(ALICE, run.run_id).summary_json)
+    assert summary["problems"] == [
+        {
+            "round": 1,
+            "node": "site-a",
+            "kind": "reply_rejected",
+            "message": "node reported an error: policy: agreement: not in force",
+        }
+    ]

@@ -1,6 +1,8 @@
 """``biofed demo``: a whole consortium on this machine — a CA, a coordinator and six site
 nodes as separate processes over mTLS, each site holding only its own region of
-Fed-TCGA-BRCA — running a FedAdam Cox model end to end."""
+Fed-TCGA-BRCA — running a FedAdam Cox model end to end under a signed study agreement: the
+researcher's task runs as a bundle every site approved, every node enforces the agreement
+itself, and the sites' audit logs are verified at the end (:mod:`._demo_governance`)."""
 
 from __future__ import annotations
 
@@ -23,6 +25,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from biofed.cli._common import clean_errors, err
+from biofed.cli._demo_governance import DATASET, Governance, check_audit_logs, prepare
 from biofed.coordinator import JobSpec, tls_of
 from biofed.core import BiofedError, TransportError
 from biofed.data import write_site_files
@@ -57,13 +60,15 @@ def _write_sites(root: Path) -> None:
     shutil.rmtree(staging)
 
 
-def _job(rounds: int, strategy: str) -> JobSpec:
+def _job(rounds: int, strategy: str, governance: Governance) -> JobSpec:
     settings = recommended_settings("tcga-brca", strategy)
     return JobSpec.from_mapping(
         {
             "run": {
                 "name": "tcga-brca-cox",
-                "dataset": "tcga-brca",
+                "dataset": DATASET,
+                "agreement": governance.agreement_id,
+                "bundle": governance.bundle,
                 "rounds": rounds,
                 "seed": 42,
                 "min_nodes": 6,
@@ -73,7 +78,7 @@ def _job(rounds: int, strategy: str) -> JobSpec:
             "task": {"name": "cox_ph", "num_features": 39},
             "strategy": {"name": strategy, **settings.strategy_kwargs},
             "train": {**settings.train_config, "local_steps": 100},
-            "evaluate": {"split": "test"},
+            "evaluate": {"split": "test", "metrics": "c_index"},
         }
     )
 
@@ -194,6 +199,43 @@ def _table(result: dict[str, Any]) -> Table:
     return table
 
 
+def _run(
+    root: Path,
+    consortium: Consortium,
+    procs: _Processes,
+    address: str,
+    governance: Governance,
+    rounds: int,
+    strategy: str,
+) -> dict[str, Any]:
+    """Start the coordinator and the six nodes, submit the governed job, follow it."""
+    console = Console(stderr=True)
+    procs.start(
+        "coordinator",
+        "coordinator",
+        "start",
+        "--kit",
+        str(consortium.kit_directory("coordinator")),
+        "--listen",
+        address,
+        "--state",
+        f"sqlite:///{root / 'state.db'}",
+    )
+    for site in _SITES:
+        kit = consortium.kit_directory(site)
+        procs.start(site, "node", "start", "--kit", str(kit), "--config", str(kit / "node.toml"))
+    researcher = load_kit(consortium.kit_directory("researcher"))
+    spec = _job(rounds, strategy, governance)
+    with ControlClient(address, tls_of(researcher), timeout=10.0) as client:
+        _wait_for_nodes(client, procs, console)
+        console.print(
+            f"6 sites connected over mutual TLS; submitting the job under agreement "
+            f"{governance.agreement_id} with bundle {governance.bundle[:16]}…"
+        )
+        run = client.submit_run(spec.to_json(), governance.bundle_file.read_bytes())
+        return _follow(client, run.run_id, spec.rounds, console)
+
+
 def demo_command(
     workdir: Annotated[Path | None, typer.Option(help="Put the consortium here (kept).")] = None,
     keep: Annotated[bool, typer.Option(help="Keep the temporary folder.")] = False,
@@ -201,7 +243,8 @@ def demo_command(
     strategy: Annotated[str, typer.Option(help="Strategy.")] = "fedadam",
     format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
-    """Provision a consortium, start a coordinator and 6 site nodes, train, and shut down."""
+    """Provision a consortium, sign a study agreement, start a coordinator and 6 governed
+    site nodes, train, shut down and verify the sites' audit logs."""
     console = Console(stderr=True)
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="biofed-demo-"))
     root.mkdir(parents=True, exist_ok=True)
@@ -225,46 +268,30 @@ def demo_command(
                 f"consortium provisioned in {root / 'consortium'} "
                 "(CA, coordinator, 6 sites, researcher)"
             )
-            coordinator_kit = consortium.kit_directory("coordinator")
-            procs.start(
-                "coordinator",
-                "coordinator",
-                "start",
-                "--kit",
-                str(coordinator_kit),
-                "--listen",
-                address,
-                "--state",
-                f"sqlite:///{root / 'state.db'}",
-            )
-            for site in _SITES:
-                kit = consortium.kit_directory(site)
-                procs.start(
-                    site, "node", "start", "--kit", str(kit), "--config", str(kit / "node.toml")
-                )
-            researcher = load_kit(consortium.kit_directory("researcher"))
-            spec = _job(rounds, strategy)
-            with ControlClient(address, tls_of(researcher), timeout=10.0) as client:
-                _wait_for_nodes(client, procs, console)
-                console.print("6 sites connected over mutual TLS; submitting the job")
-                run = client.submit_run(spec.to_json())
-                result = _follow(client, run.run_id, spec.rounds, console)
+            governance = prepare(root, consortium, _SITES, console)
+            try:
+                result = _run(root, consortium, procs, address, governance, rounds, strategy)
+            finally:
+                codes = procs.stop()
+            result["processes"] = codes
+            result.update(governance.to_json())
+            result["audit"] = check_audit_logs(consortium, _SITES, console)
     except BiofedError as exc:
         raise typer.Exit(code=2) from exc
     finally:
-        codes = procs.stop()
+        procs.stop()  # a no-op unless something failed before the inner stop
         if workdir is None and not keep:
             shutil.rmtree(root, ignore_errors=True)
         elif result is not None:
             console.print(f"kept {root}")
     if result is None:
         raise typer.Exit(code=1)
-    result["processes"] = codes
     if format == "json":
         print(json.dumps(result))
     else:
         Console().print(_table(result))
         console.print(f"all processes stopped: {codes}")
-    if result["status"] != "finished" or any(c != 0 for c in codes.values()):
+    clean = result["status"] == "finished" and all(c == 0 for c in codes.values())
+    if not clean or not all(log["ok"] for log in result["audit"].values()):
         err.print("[bold red]the demo did not finish cleanly[/]")
         raise typer.Exit(code=1)

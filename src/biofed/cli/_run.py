@@ -115,6 +115,12 @@ def status(
         )
     out.print(table)
     if run_id and runs:
+        for problem in json.loads(runs[0].summary_json or "{}").get("problems", []):
+            out.print(
+                f"[yellow]round {problem['round']} {problem['node'] or ''} {problem['kind']}:[/] "
+                f"{problem['message']}",
+                highlight=False,
+            )
         sites = json.loads(runs[0].summary_json or "{}").get("evaluation", {}).get("sites", {})
         if sites:
             per_site = Table(title="per-site evaluation")

@@ -49,6 +49,9 @@ from biofed.transport.grpc import (
     RunSummary,
 )
 
+_PROBLEM_EVENTS = frozenset(
+    {"reply_rejected", "reply_late", "no_reply", "send_failed", "round_failed", "failed"}
+)
 _NODE_STATUS: dict[str, NodeStatus] = {
     "connected": "online",
     "reconnected": "online",
@@ -382,6 +385,13 @@ class Coordinator:
                         for n, m in final.node_eval_metrics.items()
                     },
                 }
+        problems = [
+            {"round": e.round, "node": e.node_id, "kind": e.kind, "message": e.message}
+            for e in self.store.events(row.run_id)
+            if e.kind in _PROBLEM_EVENTS
+        ]
+        if problems:  # e.g. a site's refusal, naming the rule of its policy that failed
+            summary["problems"] = problems[-20:]
         return RunSummary(
             run_id=row.run_id,
             status=row.status.value,

@@ -1,0 +1,237 @@
+"""The governance half of ``biofed demo``: the study agreement every party signs, the task
+bundle every site approves, each site's registry, approvals and ``[governance]`` table, and
+the closing check of the sites' audit logs.
+
+Each step is what the participant would do with its own kit; the demo only plays all the
+parts on one machine.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from biofed.core import BiofedError
+from biofed.governance import (
+    AgreementStatus,
+    ApprovalStore,
+    AuditLog,
+    AuditSigner,
+    DatasetRegistry,
+    OutputPolicy,
+    Party,
+    SignedAgreement,
+    StudyAgreement,
+    pack_bundle,
+    sign,
+    verify,
+    verify_log,
+    write_agreement,
+)
+from biofed.identity import Consortium, Kit, load_kit
+
+AGREEMENT_ID = "tcga-brca-cox"
+DATASET = "tcga-brca"
+METRICS = ("c_index", "train_loss")
+TASK_PY = '''"""The researcher's task: a Cox proportional-hazards model (biofed's built-in)."""
+
+from biofed.tasks import CoxPHTask
+
+
+def make_task(num_features):
+    return CoxPHTask(num_features=num_features)
+'''
+
+GOVERNANCE_TOML = """
+# This site enforces its own governance: the node checks every instruction against these.
+[governance]
+agreements_dir = "agreements"
+certificates_dir = "certificates"
+approvals = "approvals.json"
+registry = "datasets.json"
+bundles_dir = "bundles"
+audit = "audit.jsonl"
+"""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Governance:
+    """What the demo's job runs under: the agreement (id, file, status) and bundle digest."""
+
+    agreement_id: str
+    agreement_file: Path
+    status: AgreementStatus
+    bundle: str
+    bundle_file: Path
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON report's ``"agreement"`` and ``"bundle"`` entries."""
+        return {
+            "agreement": {
+                "id": self.agreement_id,
+                "file": str(self.agreement_file),
+                "digest": self.status.digest,
+                "in_force": self.status.in_force,
+                "signed_by": list(self.status.signed_by),
+            },
+            "bundle": self.bundle,
+        }
+
+
+def _party(kit: Kit) -> Party:
+    return Party(name=kit.name, role=kit.role, fingerprint=kit.fingerprint)
+
+
+def _draft(kits: dict[str, Kit], sites: Sequence[str], digest: str) -> StudyAgreement:
+    coordinator = kits["coordinator"]
+    return StudyAgreement(
+        agreement_id=AGREEMENT_ID,
+        title="Federated survival model for breast cancer (Fed-TCGA-BRCA)",
+        purpose=(
+            "Train a Cox proportional-hazards model of overall survival across six sites "
+            "without moving patient records; publish the final model and per-site C-index."
+        ),
+        legal_basis=(
+            "GDPR Art. 6(1)(e) and Art. 9(2)(j): scientific research in the public interest, "
+            "with the safeguards of Art. 89(1); approved by each site's ethics board."
+        ),
+        consortium=coordinator.consortium,
+        coordinator=_party(coordinator),
+        parties=tuple(_party(kits[name]) for name in [*sites, "researcher"]),
+        datasets={site: DATASET for site in sites},
+        approved_bundles=(digest,),
+        outputs=OutputPolicy(final_model=True, metrics=METRICS, per_site_metrics=True),
+        min_cohort=10,
+        expires=dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=365),
+    )
+
+
+def _audit(kit: Kit) -> AuditLog:
+    return AuditLog(kit.directory / "audit.jsonl", AuditSigner.from_kit(kit))
+
+
+def _set_up_site(kit: Kit, root: Path, signed: SignedAgreement, digest: str) -> None:
+    """What a site's data steward does: register the dataset, keep the signers' certificates
+    and the signed agreement, and approve the bundle's digest (after reading its source).
+    The bundle itself comes with the job: the node fetches it from the coordinator and
+    checks it against the approved digest before keeping it in ``bundles/``."""
+    folder = kit.directory
+    log = _audit(kit)
+
+    def audit(event: str, data: Mapping[str, Any]) -> None:
+        log.append(event, data)
+
+    registry = DatasetRegistry(folder / "datasets.json", audit=audit)
+    registry.add(
+        DATASET,
+        folder / "data" / "tcga-brca.csv",
+        format="csv",
+        targets={"event": "event", "time": "time"},
+        split_column="split",
+        min_cohort=10,
+    )
+    for sub in ("agreements", "certificates", "bundles"):
+        (folder / sub).mkdir(exist_ok=True)
+    for party in signed.agreement.signers:
+        shutil.copy(root / party.name / "cert.pem", folder / "certificates" / f"{party.name}.pem")
+    write_agreement(folder / "agreements" / f"{AGREEMENT_ID}.toml", signed, overwrite=True)
+    log.append(
+        "agreement.signed",
+        {"agreement": AGREEMENT_ID, "digest": signed.agreement.digest()},
+    )
+    approval = ApprovalStore(folder / "approvals.json").approve(
+        digest, by=f"{kit.name} data steward", note="read task.py: built-in Cox PH, no I/O"
+    )
+    log.append("bundle.approved", {"digest": digest, "by": approval.by})
+    with (folder / "node.toml").open("a", encoding="utf-8") as toml:
+        toml.write(GOVERNANCE_TOML)
+
+
+def prepare(
+    root: Path, consortium: Consortium, sites: Sequence[str], console: Console
+) -> Governance:
+    """Pack the bundle, draft and sign the agreement, and set up every site's governance.
+
+    ``root`` is the demo's work folder; the consortium's kits are in ``root / "consortium"``.
+    """
+    kits = {
+        name: load_kit(consortium.kit_directory(name))
+        for name in [*sites, "researcher", "coordinator"]
+    }
+    task_dir = root / "researcher-task"
+    task_dir.mkdir(exist_ok=True)
+    (task_dir / "task.py").write_text(TASK_PY, encoding="utf-8")
+    bundle_file = root / "cox-task.zip"
+    info = pack_bundle(task_dir, bundle_file)
+    console.print(f"researcher packed the Cox task as bundle {info.digest[:16]}…")
+
+    signed = SignedAgreement(agreement=_draft(kits, sites, info.digest))
+    agreement_file = root / "agreement" / f"{AGREEMENT_ID}.toml"
+    agreement_file.parent.mkdir(exist_ok=True)
+    write_agreement(agreement_file, signed, overwrite=True)
+    console.print(
+        f"drafted study agreement {AGREEMENT_ID} ({len(signed.agreement.signers)} parties, "
+        f"expires {signed.agreement.expires})"
+    )
+    for party in signed.agreement.signers:
+        signed = sign(signed, kits[party.name])
+    write_agreement(agreement_file, signed, overwrite=True)
+    status = verify(
+        signed,
+        {name: kit.cert_pem for name, kit in kits.items()},
+        kits["coordinator"].ca_pem,
+    )
+    if not status.in_force:
+        raise BiofedError(f"the demo's agreement is not in force: {'; '.join(status.reasons)}")
+    console.print(
+        f"signed by {', '.join(status.signed_by)}: [green]in force[/] "
+        f"(digest {status.digest[:16]}…)"
+    )
+    for site in sites:
+        _set_up_site(kits[site], root / "consortium", signed, info.digest)
+    console.print(
+        f"each site registered {DATASET}, approved the bundle and enforces governance "
+        "(\\[governance] in node.toml)"
+    )
+    return Governance(
+        agreement_id=AGREEMENT_ID,
+        agreement_file=agreement_file,
+        status=status,
+        bundle=info.digest,
+        bundle_file=bundle_file,
+    )
+
+
+def check_audit_logs(
+    consortium: Consortium, names: Sequence[str], console: Console
+) -> dict[str, dict[str, Any]]:
+    """Verify each participant's ``audit.jsonl`` (the coordinator's too, if it keeps one)."""
+    results: dict[str, dict[str, Any]] = {}
+    ca_pem = (consortium.directory / "ca" / "ca.pem").read_bytes()
+    for name in [*names, "coordinator"]:
+        folder = consortium.kit_directory(name)
+        log = folder / "audit.jsonl"
+        if name == "coordinator" and not log.exists():
+            continue
+        try:
+            report = verify_log(
+                log,
+                (folder / "cert.pem").read_bytes(),
+                ca_pem,
+                writer=name,
+            )
+            results[name] = {"ok": report.ok, "entries": report.entries}
+            if not report.ok:
+                results[name]["reason"] = f"line {report.first_bad}: {report.reason}"
+        except (BiofedError, OSError) as exc:
+            results[name] = {"ok": False, "entries": 0, "reason": str(exc)}
+        line = results[name]
+        verdict = "[green]OK[/]" if line["ok"] else f"[red]FAILED[/] ({line['reason']})"
+        console.print(f"audit log {name:<12} {verdict} · {line['entries']} entries")
+    return results
