@@ -29,6 +29,7 @@ from biofed.governance import (
     SignedAgreement,
     StudyAgreement,
     pack_bundle,
+    reconcile,
     sign,
     verify,
     verify_log,
@@ -234,4 +235,20 @@ def check_audit_logs(
         line = results[name]
         verdict = "[green]OK[/]" if line["ok"] else f"[red]FAILED[/] ({line['reason']})"
         console.print(f"audit log {name:<12} {verdict} · {line['entries']} entries")
+    coordinator_log = consortium.kit_directory("coordinator") / "audit.jsonl"
+    if coordinator_log.exists() and all(r["ok"] for r in results.values()):
+        try:
+            paired = reconcile(
+                coordinator_log, [consortium.kit_directory(n) / "audit.jsonl" for n in names]
+            )
+            ok, matched = paired.ok, len(paired.matched)
+        except (BiofedError, OSError) as exc:
+            ok, matched = False, 0
+            console.print(f"[red]reconcile failed[/]: {exc}")
+        results["reconcile"] = {"ok": ok, "entries": matched}
+        verdict = "[green]OK[/]" if ok else "[red]MISMATCH[/]"
+        console.print(
+            f"reconciled          {verdict} · {matched} payloads the sites sent = "
+            "what the coordinator received"
+        )
     return results
