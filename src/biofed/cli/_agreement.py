@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from biofed.cli._common import kit_audit
 from biofed.core import BiofedError, ConfigurationError, PolicyViolation
 from biofed.governance._agreement import (
     OutputPolicy,
@@ -221,6 +222,10 @@ def sign_command(
     with _errors():
         signed = sign(read_agreement(file), load_kit(kit))
         write_agreement(file, signed)
+        kit_audit(kit)(
+            "agreement.signed",
+            {"agreement_id": signed.agreement.agreement_id, "digest": signed.agreement.digest()},
+        )
     me = load_kit(kit).name
     todo = [p.name for p in signed.agreement.signers if p.name not in signed.signatures]
     Console(soft_wrap=True).print(

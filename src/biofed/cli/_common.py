@@ -5,10 +5,10 @@ from __future__ import annotations
 import os
 import signal
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -33,6 +33,22 @@ def clean_errors() -> Iterator[None]:
         yield
     except (BiofedError, OSError) as exc:
         raise fail(exc) from exc
+
+
+def kit_audit(folder: Path) -> Callable[[str, Mapping[str, Any]], None]:
+    """An audit hook writing to the kit folder's ``audit.jsonl``, signed with its key; a
+    no-op when ``folder`` is not a participant kit (a plain folder in development)."""
+    if not ((folder / "kit.toml").is_file() and (folder / "key.pem").is_file()):
+        return lambda event, data: None
+    from biofed.governance import LOG_FILE, AuditLog, AuditSigner
+    from biofed.identity import load_kit
+
+    log = AuditLog(folder / LOG_FILE, AuditSigner.from_kit(load_kit(folder)))
+
+    def record(event: str, data: Mapping[str, Any]) -> None:
+        log.append(event, dict(data))
+
+    return record
 
 
 def kit_option(value: Path | None) -> Path:

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from biofed.cli._common import clean_errors, fail
+from biofed.cli._common import clean_errors, fail, kit_audit
 from biofed.governance._datasets import DatasetRegistry, RegisteredDataset
 
 app = typer.Typer(help="Register the datasets this site offers.", no_args_is_help=True)
@@ -20,7 +20,9 @@ NodeDir = Annotated[Path, typer.Option("--node-dir", help="The node's folder (it
 
 
 def _registry(node_dir: Path) -> DatasetRegistry:
-    return DatasetRegistry(node_dir / "datasets.json")
+    with clean_errors():
+        audit = kit_audit(node_dir)  # the node's own signed log, when node_dir is its kit
+    return DatasetRegistry(node_dir / "datasets.json", audit=audit)
 
 
 def _targets(items: list[str]) -> dict[str, str]:

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from biofed.cli._common import call
+from biofed.cli._common import call, kit_audit
 from biofed.governance._bundle import ApprovalStore, Bundle, pack_bundle, read_bundle
 
 app = typer.Typer(help="Package task code as bundles named by their digest.", no_args_is_help=True)
@@ -82,6 +82,7 @@ def approve_command(
     """Approve a bundle digest at this site."""
     who = by or getpass.getuser()
     approval = call(lambda: ApprovalStore(store).approve(digest, by=who, note=note))
+    call(lambda: kit_audit(store.parent)("bundle.approved", {"bundle": digest, "by": who}))
     out.print(f"approved {approval.digest} by {escape(approval.by)}", highlight=False)
 
 
@@ -89,6 +90,7 @@ def approve_command(
 def revoke_command(digest: DigestArg, store: StoreOpt) -> None:
     """Withdraw this site's approval of a bundle digest."""
     call(lambda: ApprovalStore(store).revoke(digest))
+    call(lambda: kit_audit(store.parent)("bundle.revoked", {"bundle": digest}))
     out.print(f"revoked {digest}", highlight=False)
 
 
