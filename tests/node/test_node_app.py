@@ -89,6 +89,7 @@ def test_node_toml_errors(tmp_path: Path) -> None:
 
 
 def test_task_modules_from_the_sites_own_folders(node_toml: Path, tmp_path: Path) -> None:
+    """A site's own task modules run in the sandboxed worker, never in the node process."""
     folder = tmp_path / "site_tasks"
     folder.mkdir()
     (folder / "my_cox.py").write_text(
@@ -102,10 +103,29 @@ def test_task_modules_from_the_sites_own_folders(node_toml: Path, tmp_path: Path
     reply = app.handle(_inst({"task": "my_cox", "dataset": "tcga-brca", "task.num_features": 39}))
     assert reply.ok, reply.error
     for name, match in (
-        ("broken", "defines no make_task"),
+        ("broken", "task: task bundle code raised"),  # in the sandboxed worker
         ("absent", "not in this site's"),
         ("../evil", "not a module name"),
     ):
         bad = app.handle(_inst({"task": name, "dataset": "tcga-brca"}))
         assert bad.error is not None
         assert match in bad.error
+
+
+def test_the_node_process_never_imports_task_code(node_toml: Path, tmp_path: Path) -> None:
+    import sys
+
+    folder = tmp_path / "site_tasks"
+    folder.mkdir(exist_ok=True)
+    (folder / "marker_task.py").write_text(
+        "import sys\nsys.modules['biofed_marker_imported'] = sys\n"
+        "from biofed.tasks import CoxPHTask\n\n"
+        "def make_task(num_features):\n    return CoxPHTask(num_features=num_features)\n"
+    )
+    node_toml.write_text('[node]\ntask_dirs = ["site_tasks"]\n' + node_toml.read_text())
+    app = NodeApp("center-1", NodeConfig.from_toml(node_toml))
+    reply = app.handle(
+        _inst({"task": "marker_task", "dataset": "tcga-brca", "task.num_features": 39})
+    )
+    assert reply.ok, reply.error
+    assert "biofed_marker_imported" not in sys.modules

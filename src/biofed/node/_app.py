@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import importlib.util
 import os
 import threading
 from collections.abc import Callable, Mapping
@@ -48,7 +47,7 @@ from biofed.data import SiteData
 from biofed.governance._audit import AuditLog
 from biofed.governance._audit_reconcile import SENT_EVENT
 from biofed.governance._audit_signer import AuditSigner
-from biofed.governance._bundle import ApprovalStore, check_digest, read_bundle
+from biofed.governance._bundle import TASK_FILE, ApprovalStore, Bundle, check_digest, read_bundle
 from biofed.governance._datasets import DatasetRegistry
 from biofed.governance._policy import (
     Clearance,
@@ -158,18 +157,10 @@ class NodeApp:
         for folder in self.task_dirs:
             file = folder / f"{name}.py"
             if file.is_file():
-                spec = importlib.util.spec_from_file_location(f"biofed_site_task_{name}", file)
-                if spec is None or spec.loader is None:
-                    raise ConfigurationError(f"cannot load task module {file}")
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
-                factory = getattr(module, "make_task", None)
-                if not callable(factory):
-                    raise ConfigurationError(f"{file} defines no make_task(**options)")
-                task = factory(**options)
-                if not isinstance(task, Task):
-                    raise ConfigurationError(f"{file}: make_task did not return a Task")
-                return task
+                # Task code never runs in the node process: the module runs as a one-file
+                # bundle in the sandboxed worker, like researchers' approved bundles.
+                source = Bundle.from_files({TASK_FILE: file.read_bytes()})
+                return BundleRunner(source, options=options, name=name)
         raise ConfigurationError(
             f"unknown task {name!r}: not built in and not in this site's task_dirs"
         )
