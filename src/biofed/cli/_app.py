@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from biofed.cli import _agreement, _audit, _demo, _provision, _run, _servers, _simulate, _task
+from biofed.cli import (
+    _agreement,
+    _audit,
+    _budget,
+    _demo,
+    _provision,
+    _run,
+    _servers,
+    _simulate,
+    _task,
+)
 
 app = typer.Typer(
     name="biofed",
@@ -26,6 +36,8 @@ _servers.node_app.command("review")(_task.review_command)
 _servers.node_app.command("approve")(_task.approve_command)
 _servers.node_app.command("revoke")(_task.revoke_command)
 _servers.node_app.command("approvals")(_task.approvals_command)
+_servers.node_app.command("budget")(_budget.budget_command)
+_servers.node_app.command("budget-cap")(_budget.budget_cap_command)
 
 
 @app.callback()

@@ -43,6 +43,7 @@ from biofed.governance._datasets import (
     RegisteredDataset,
     file_digest,
 )
+from biofed.governance._ledger import LEDGER_FILE, BudgetStatus, Debit, JobSpend, PrivacyLedger
 from biofed.governance._policy import (
     Clearance,
     PolicyRequest,
@@ -53,6 +54,7 @@ from biofed.governance._policy import (
 
 __all__ = [
     "GENESIS",
+    "LEDGER_FILE",
     "LOG_FILE",
     "RECEIVED_EVENT",
     "SENT_EVENT",
@@ -64,15 +66,19 @@ __all__ = [
     "AuditLogError",
     "AuditSigner",
     "AuditSource",
+    "BudgetStatus",
     "Bundle",
     "BundleInfo",
     "Clearance",
     "DatasetCheck",
     "DatasetRegistry",
+    "Debit",
+    "JobSpend",
     "OutputPolicy",
     "Pairing",
     "Party",
     "PolicyRequest",
+    "PrivacyLedger",
     "PrivacyRequirements",
     "ReconcileReport",
     "RegisteredDataset",

@@ -1,0 +1,109 @@
+"""``biofed node budget [DATASET]`` and ``biofed node budget-cap``: the site's privacy-budget
+ledger (``NODE/privacy.db``), per dataset and per job."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from biofed.cli._common import clean_errors, fail, kit_audit
+from biofed.governance._ledger import LEDGER_FILE, BudgetStatus, PrivacyLedger
+
+out = Console()
+
+NodeDir = Annotated[Path, typer.Option("--node-dir", help="The node's folder (its kit).")]
+
+
+def _num(value: float | None) -> str:
+    return "—" if value is None else f"{value:.6g}"
+
+
+def _render(statuses: list[BudgetStatus]) -> None:
+    if not statuses:
+        out.print("no privacy budgets are set at this node (biofed node budget-cap DATASET …)")
+        return
+    summary = Table(title="privacy budgets (basic composition across jobs)")
+    for col in ("dataset", "cap ε", "cap δ", "spent ε", "spent δ", "remaining ε", "jobs"):
+        summary.add_column(col, justify="left" if col == "dataset" else "right")
+    for s in statuses:
+        remaining = (
+            "[bold red]no cap[/]"
+            if s.cap_epsilon is None
+            else f"[{'green' if s.remaining_epsilon > 0 else 'bold red'}]"
+            f"{_num(s.remaining_epsilon)}[/]"
+        )
+        summary.add_row(
+            escape(s.dataset),
+            _num(s.cap_epsilon),
+            _num(s.cap_delta),
+            _num(s.spent_epsilon),
+            _num(s.spent_delta),
+            remaining,
+            str(len(s.jobs)),
+        )
+    out.print(summary)
+    for s in statuses:
+        if not s.jobs:
+            continue
+        jobs = Table(title=f"{escape(s.dataset)}: spend per job")
+        for col in ("run", "ε", "δ", "rounds", "last round"):
+            jobs.add_column(col, justify="left" if col == "run" else "right")
+        for j in s.jobs:
+            jobs.add_row(
+                escape(j.run_id), _num(j.epsilon), _num(j.delta), str(j.rounds), str(j.last_round)
+            )
+        out.print(jobs)
+
+
+def budget_command(
+    node_dir: NodeDir,
+    dataset: Annotated[
+        str | None, typer.Argument(help="One dataset (default: every dataset with a budget).")
+    ] = None,
+    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """Privacy budget per dataset: cap, spent (ε, δ) across jobs, remaining, and per job."""
+    if format not in ("table", "json"):
+        raise fail(ValueError(f"--format must be table or json, got {format!r}"))
+    ledger = PrivacyLedger(node_dir / LEDGER_FILE)  # reading: nothing to audit
+    with clean_errors():
+        names = ledger.datasets()
+        if dataset is not None:
+            if dataset not in names:
+                raise fail(
+                    LookupError(f"no privacy budget or spend is recorded for dataset {dataset!r}")
+                )
+            names = [dataset]
+        statuses = [ledger.spent(name) for name in names]
+    if format == "json":
+        typer.echo(json.dumps([s.to_json() for s in statuses], indent=2))
+        return
+    _render(statuses)
+
+
+def budget_cap_command(
+    dataset: Annotated[str, typer.Argument(help="The dataset whose budget to set.")],
+    epsilon: Annotated[
+        float, typer.Option("--epsilon", help="Total ε this dataset may spend across all jobs.")
+    ],
+    delta: Annotated[
+        float, typer.Option("--delta", help="Total δ this dataset may spend across all jobs.")
+    ],
+    node_dir: NodeDir,
+) -> None:
+    """Set the site's privacy-budget cap (ε, δ) on a dataset (audited as config.changed)."""
+    with clean_errors():
+        audit = kit_audit(node_dir)  # the node's own signed log, when node_dir is its kit
+        ledger = PrivacyLedger(node_dir / LEDGER_FILE, audit=audit)
+        ledger.set_cap(dataset, epsilon, delta)
+        status = ledger.spent(dataset)
+    out.print(
+        f"cap on [bold]{escape(dataset)}[/]: ε={_num(epsilon)}, δ={_num(delta)} "
+        f"(spent ε={_num(status.spent_epsilon)}, remaining ε={_num(status.remaining_epsilon)})"
+    )
