@@ -9,6 +9,7 @@ from biofed.cli import (
     _audit,
     _budget,
     _demo,
+    _privacy,
     _provision,
     _run,
     _servers,
@@ -32,6 +33,7 @@ app.add_typer(_run.app, name="run")
 app.add_typer(_agreement.app, name="agreement")
 app.add_typer(_audit.app, name="audit")
 app.add_typer(_task.app, name="task")
+app.add_typer(_privacy.app, name="privacy")
 _servers.node_app.command("review")(_task.review_command)
 _servers.node_app.command("approve")(_task.approve_command)
 _servers.node_app.command("revoke")(_task.revoke_command)

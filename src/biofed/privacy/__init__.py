@@ -1,0 +1,34 @@
+"""biofed.privacy: clipping, noise, adaptive clipping, accountants and noise calibration.
+
+Layer L1: numpy, scipy, ``dp-accounting`` and ``cryptography`` only; no torch, nothing above
+:mod:`biofed.core`.
+"""
+
+from biofed.privacy._accountant import (
+    ACCOUNTANTS,
+    PLD_VALUE_DISCRETIZATION_INTERVAL,
+    Accountant,
+    PldAccountant,
+    RdpAccountant,
+    SampledGaussian,
+    make_accountant,
+)
+from biofed.privacy._adaptive import AdaptiveClipping
+from biofed.privacy._calibrate import calibrate_noise
+from biofed.privacy._clip import clip_l2, l2_norm
+from biofed.privacy._noise import GaussianNoise
+
+__all__ = [
+    "ACCOUNTANTS",
+    "PLD_VALUE_DISCRETIZATION_INTERVAL",
+    "Accountant",
+    "AdaptiveClipping",
+    "GaussianNoise",
+    "PldAccountant",
+    "RdpAccountant",
+    "SampledGaussian",
+    "calibrate_noise",
+    "clip_l2",
+    "l2_norm",
+    "make_accountant",
+]

@@ -1,0 +1,26 @@
+"""biofed.privacy's public names (changing this list is an API change)."""
+
+import biofed.privacy
+
+
+def test_public_api() -> None:
+    assert biofed.privacy.__all__ == [
+        "ACCOUNTANTS",
+        "PLD_VALUE_DISCRETIZATION_INTERVAL",
+        "Accountant",
+        "AdaptiveClipping",
+        "GaussianNoise",
+        "PldAccountant",
+        "RdpAccountant",
+        "SampledGaussian",
+        "calibrate_noise",
+        "clip_l2",
+        "l2_norm",
+        "make_accountant",
+    ]
+    for name in biofed.privacy.__all__:
+        assert hasattr(biofed.privacy, name), name
+
+
+def test_accountant_names() -> None:
+    assert biofed.privacy.ACCOUNTANTS == ("pld", "rdp")
