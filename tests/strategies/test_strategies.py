@@ -70,6 +70,7 @@ def test_public_api() -> None:
         "EMPTY_STATE",
         "STRATEGIES",
         "AggregateResult",
+        "DPFedAvg",
         "FedAdagrad",
         "FedAdam",
         "FedAvg",

@@ -9,6 +9,7 @@ from biofed.strategies._base import (
     TrainAggregator,
     select_nodes,
 )
+from biofed.strategies._dp import DPFedAvg
 from biofed.strategies._fedavg import FedAvg, FedProx
 from biofed.strategies._fedopt import FedAdagrad, FedAdam, FedAvgM, FedOpt, FedYogi
 from biofed.strategies._registry import STRATEGIES, make_strategy
@@ -19,6 +20,7 @@ __all__ = [
     "EMPTY_STATE",
     "STRATEGIES",
     "AggregateResult",
+    "DPFedAvg",
     "FedAdagrad",
     "FedAdam",
     "FedAvg",
