@@ -54,7 +54,6 @@ same patients, the site should give them caps that sum to what it allows for tho
 from __future__ import annotations
 
 import math
-import numbers
 import operator
 import os
 import sqlite3
@@ -67,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 from biofed.core import ConfigurationError, PrivacyBudgetExceeded, check_id
+from biofed.privacy._checks import check_real
 
 AuditHook = Callable[[str, Mapping[str, Any]], None]
 
@@ -183,24 +183,15 @@ class BudgetStatus:
         return out
 
 
-def _real(value: object, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ConfigurationError(f"{what} must be a number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number):
-        raise ConfigurationError(f"{what} must be finite, got {number}")
-    return number
-
-
 def _epsilon(value: object, what: str) -> float:
-    number = _real(value, what)
+    number = check_real(what, value)
     if number < 0:
         raise ConfigurationError(f"{what} must be >= 0, got {number}")
     return number
 
 
 def _delta(value: object, what: str) -> float:
-    number = _real(value, what)
+    number = check_real(what, value)
     if not 0 <= number < 1:
         raise ConfigurationError(f"{what} must be in [0, 1), got {number}")
     return number

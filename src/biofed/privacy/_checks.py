@@ -8,7 +8,8 @@ from numbers import Integral, Real
 from biofed.core import ConfigurationError
 
 
-def _real(name: str, value: object) -> float:
+def check_real(name: str, value: object) -> float:
+    """``value`` as a float, or ConfigurationError unless it is a finite real number."""
     if isinstance(value, bool) or not isinstance(value, Real):
         raise ConfigurationError(f"{name} must be a number, got {value!r}")
     number = float(value)
@@ -19,7 +20,7 @@ def _real(name: str, value: object) -> float:
 
 def check_non_negative(name: str, value: object) -> float:
     """``value`` as a float, or ConfigurationError unless it is finite and ≥ 0."""
-    number = _real(name, value)
+    number = check_real(name, value)
     if number < 0:
         raise ConfigurationError(f"{name} must be ≥ 0, got {number}")
     return number
@@ -27,7 +28,7 @@ def check_non_negative(name: str, value: object) -> float:
 
 def check_positive(name: str, value: object) -> float:
     """``value`` as a float, or ConfigurationError unless it is finite and > 0."""
-    number = _real(name, value)
+    number = check_real(name, value)
     if number <= 0:
         raise ConfigurationError(f"{name} must be > 0, got {number}")
     return number
@@ -35,7 +36,7 @@ def check_positive(name: str, value: object) -> float:
 
 def check_sampling_rate(value: object, name: str = "sampling_rate") -> float:
     """A sampling rate q with 0 < q ≤ 1."""
-    number = _real(name, value)
+    number = check_real(name, value)
     if not 0 < number <= 1:
         raise ConfigurationError(f"{name} must satisfy 0 < q ≤ 1, got {number}")
     return number
@@ -43,7 +44,7 @@ def check_sampling_rate(value: object, name: str = "sampling_rate") -> float:
 
 def check_delta(value: object) -> float:
     """A δ with 0 < δ < 1."""
-    number = _real("delta", value)
+    number = check_real("delta", value)
     if not 0 < number < 1:
         raise ConfigurationError(f"delta must satisfy 0 < δ < 1, got {number}")
     return number
@@ -60,7 +61,7 @@ def check_steps(value: object, name: str = "steps") -> int:
 
 def check_fraction(name: str, value: object) -> float:
     """A number in [0, 1]."""
-    number = _real(name, value)
+    number = check_real(name, value)
     if not 0 <= number <= 1:
         raise ConfigurationError(f"{name} must lie in [0, 1], got {number}")
     return number
