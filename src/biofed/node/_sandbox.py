@@ -51,14 +51,13 @@ import contextlib
 import json
 import math
 import os
-import resource
 import shutil
 import signal
 import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -91,17 +90,6 @@ _WORKER = str(Path(__file__).with_name("_worker_main.py"))
 
 def _size(n: int) -> str:
     return f"{n / _MiB:.0f} MiB" if n % _MiB == 0 or n >= _MiB else f"{n} bytes"
-
-
-def _limits(memory_bytes: int, cpu_s: int, file_bytes: int) -> Callable[[], None]:
-    def apply() -> None:  # runs in the forked child before exec: no allocation-heavy work
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_s, cpu_s + 1))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
-        resource.setrlimit(resource.RLIMIT_NOFILE, (_MAX_OPEN_FILES, _MAX_OPEN_FILES))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    return apply
 
 
 def _read_output(folder: Path, name: str, max_bytes: int) -> bytes:
@@ -313,8 +301,9 @@ class BundleRunner:
         cpu_s = max(1, math.ceil(self.wall_time_s))
         with (root / "stderr.log").open("wb") as log:
             try:
+                limits = (self.memory_bytes, cpu_s, self.max_output_bytes, _MAX_OPEN_FILES)
                 process = subprocess.Popen(
-                    [self.python, "-I", _WORKER],
+                    [self.python, "-I", _WORKER, *map(str, limits)],
                     cwd=folder,
                     env=self._env(folder),
                     stdin=subprocess.DEVNULL,
@@ -322,7 +311,6 @@ class BundleRunner:
                     stderr=log,
                     close_fds=True,
                     start_new_session=True,
-                    preexec_fn=_limits(self.memory_bytes, cpu_s, self.max_output_bytes),
                 )
             except OSError as exc:
                 raise TaskError(f"could not start the task worker: {exc.strerror}") from None

@@ -215,6 +215,21 @@ def _json_safe(result: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def apply_limits(argv: list[str]) -> None:
+    """Lower this process's own limits (memory, CPU, file size, open files, core dumps) before
+    any bundle code is imported. Done here rather than in a ``preexec_fn``: running Python
+    between fork and exec in the node process, which has gRPC threads, can deadlock or abort
+    the child."""
+    import resource
+
+    memory, cpu, file_bytes, open_files = (int(a) for a in argv)
+    resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
+    resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (file_bytes, file_bytes))
+    resource.setrlimit(resource.RLIMIT_NOFILE, (open_files, open_files))
+    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+
+
 def main() -> int:
     """Run the request in the current directory; write ``result.json``; return the exit code."""
     try:
@@ -236,4 +251,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
+    apply_limits(sys.argv[1:5])
     sys.exit(main())
