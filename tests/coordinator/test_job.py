@@ -84,3 +84,70 @@ def test_the_example_job_file_is_valid() -> None:
     spec = JobSpec.from_toml(path.read_text())
     assert spec.strategy == "fedadam"
     assert spec.min_nodes == 6
+
+
+# -- [privacy] ------------------------------------------------------------------------------
+def test_privacy_sample_mode_travels_to_every_instruction() -> None:
+    spec = JobSpec.from_toml(
+        JOB + '\n[privacy]\nmode = "sample"\ntarget_epsilon = 8.0\ndelta = 1e-5\n'
+        "max_grad_norm = 1.0\n"
+    )
+    assert spec.privacy is not None
+    assert spec.privacy.rounds == 3
+    config = spec.instruction_config()
+    assert config["privacy.mode"] == "sample"
+    assert config["privacy.target_epsilon"] == 8.0
+    assert config["privacy.rounds"] == 3
+    assert config["privacy.min_replies"] == 3
+    again = JobSpec.from_json(spec.to_json())
+    assert again == spec
+    assert type(spec.build_strategy()).__name__ == "FedAdam"  # sample mode: sites do DP-SGD
+
+
+def test_privacy_client_mode_wraps_the_strategy_in_dpfedavg() -> None:
+    from biofed.strategies import DPFedAvg
+
+    spec = JobSpec.from_toml(
+        JOB + '\n[privacy]\nmode = "client"\nnoise_multiplier = 1.2\ndelta = 1e-5\n'
+        'max_grad_norm = 0.5\nnoise = "distributed"\n'
+    )
+    strategy = spec.build_strategy()
+    assert isinstance(strategy, DPFedAvg)
+    assert strategy.noise == "distributed"
+    assert strategy.clip_norm == 0.5
+    assert type(strategy.inner).__name__ == "FedAdam"
+    described = spec.privacy.describe() if spec.privacy else {}
+    assert described["protects"] == "each site's participation"
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ('mode = "sample"\ndelta = 1e-5\n', "exactly one of target_epsilon"),
+        (
+            'mode = "sample"\ndelta = 1e-5\ntarget_epsilon = 1.0\nnoise_multiplier = 1.0\n',
+            "exactly one of",
+        ),
+        ('mode = "row"\ndelta = 1e-5\ntarget_epsilon = 1.0\n', "mode must be one of"),
+        ('mode = "sample"\ndelta = 2.0\ntarget_epsilon = 1.0\n', "delta"),
+        ('mode = "sample"\ntarget_epsilon = 1.0\n', "needs mode"),
+        ('mode = "sample"\ndelta = 1e-5\ntarget_epsilon = -1.0\n', "target_epsilon"),
+        (
+            'mode = "sample"\ndelta = 1e-5\ntarget_epsilon = 1.0\nnoise = "distributed"\n',
+            "client mode only",
+        ),
+        ('mode = "sample"\ndelta = 1e-5\ntarget_epsilon = 1.0\nepsilon = 3\n', "unknown [privacy]"),
+        ('mode = "client"\ndelta = 1e-5\ntarget_epsilon = 1.0\naccountant = "x"\n', "accountant"),
+    ],
+)
+def test_bad_privacy_tables_are_refused(table: str, message: str) -> None:
+    with pytest.raises(ConfigurationError, match=message.replace("[", r"\[")):
+        JobSpec.from_toml(JOB + "\n[privacy]\n" + table)
+
+
+def test_sample_dp_refuses_batch_gradient_clipping() -> None:
+    job = JOB.replace('optimizer = "adam"', 'optimizer = "adam"\nmax_grad_norm = 1.0')
+    with pytest.raises(ConfigurationError, match="cannot be combined with sample-level DP"):
+        JobSpec.from_toml(
+            job + '\n[privacy]\nmode = "sample"\ndelta = 1e-5\ntarget_epsilon = 3.0\n'
+        )

@@ -352,3 +352,37 @@ def test_concurrent_processes_never_exceed_the_cap(tmp_path: Path) -> None:
         granted[p.args[-1]] = int(stdout.strip())  # type: ignore[index]
     assert sum(granted.values()) == 24  # 3.0 / 0.125
     assert ledger.spent("icu").spent_epsilon == 3.0
+
+
+def test_mechanisms_are_kept_with_debits_and_a_format_1_ledger_is_upgraded(
+    tmp_path: Path,
+) -> None:
+    ledger = _ledger(tmp_path)
+    ledger.set_cap("d", 5.0, 1e-4)
+    ledger.reserve("d", "r1", 1, 0.5, 1e-5, mechanism='{"steps": 10}')
+    ledger.reserve("d", "r1", 2, 0.9, 1e-5)  # a round without a mechanism is left out
+    ledger.reserve("d", "r2", 1, 0.4, 1e-5, mechanism='{"steps": 3}')
+    assert ledger.mechanisms("d", "r1") == {1: '{"steps": 10}'}
+    assert ledger.mechanisms("d", "r2") == {1: '{"steps": 3}'}
+    assert ledger.mechanisms("other", "r1") == {}
+
+    old = tmp_path / "old.db"  # a ledger written by the first format (no mechanism column)
+    with sqlite3.connect(old) as db:
+        db.executescript(
+            "CREATE TABLE caps (dataset TEXT PRIMARY KEY, epsilon REAL, delta REAL, "
+            "updated_at REAL);"
+            "CREATE TABLE jobs (dataset TEXT, run_id TEXT, epsilon REAL, delta REAL, "
+            "started_at REAL, updated_at REAL, PRIMARY KEY (dataset, run_id));"
+            "CREATE TABLE debits (id INTEGER PRIMARY KEY AUTOINCREMENT, dataset TEXT, "
+            "run_id TEXT, round INTEGER, epsilon_before REAL, epsilon_after REAL, "
+            "delta_before REAL, delta_after REAL, at REAL);"
+            "INSERT INTO caps VALUES ('d', 2.0, 1e-5, 0);"
+            "INSERT INTO jobs VALUES ('d', 'r', 0.5, 1e-5, 0, 0);"
+            "INSERT INTO debits (dataset, run_id, round, epsilon_before, epsilon_after, "
+            "delta_before, delta_after, at) VALUES ('d', 'r', 1, 0, 0.5, 0, 1e-5, 0);"
+            f"PRAGMA application_id={0x62666C67}; PRAGMA user_version=1;"
+        )
+    upgraded = PrivacyLedger(old)
+    assert upgraded.spent("d").spent_epsilon == 0.5  # nothing lost
+    upgraded.reserve("d", "r", 2, 0.8, 1e-5, mechanism="{}")
+    assert upgraded.mechanisms("d", "r") == {2: "{}"}

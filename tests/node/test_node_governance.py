@@ -447,3 +447,136 @@ def test_an_unapproved_bundle_is_never_fetched(site: Site) -> None:
     reply = app.handle(_inst(site))
     assert reply.error is not None
     assert asked == []
+
+
+# -- differential privacy at the site ---------------------------------------------------------
+DP_AGREEMENT = PrivacyRequirements(
+    dp_required=True, max_epsilon={"a": 8.0, "b": 8.0}, max_delta={"a": 1e-5, "b": 1e-5}
+)
+
+
+def _dp_inst(site: Site, round: int = 1, **settings: Any) -> Instruction:
+    from biofed.privacy import DPSettings
+
+    table: dict[str, Any] = {
+        "mode": "client",
+        "delta": 1e-5,
+        "noise_multiplier": 2.0,
+        "max_grad_norm": 0.5,
+        "noise": "distributed",
+        **settings,
+    }
+    dp = DPSettings.from_table(table, rounds=4, min_replies=2)
+    config: dict[str, Any] = {**dp.to_config(), "dp.clip_norm": 0.5}
+    if dp.noise == "distributed":
+        config["dp.noise_std_share"] = float(dp.noise_multiplier or 0) * 0.5 / np.sqrt(2)
+    return dataclasses.replace(_inst(site, **config), round=round)
+
+
+def _with_caps(site: Site, epsilon: float, delta: float = 1e-5) -> None:
+    toml = site.root / "node.toml"
+    toml.write_text(
+        toml.read_text() + f"\n[privacy.caps.brca]\nepsilon = {epsilon}\ndelta = {delta}\n"
+    )
+
+
+def _ledger(site: Site) -> Any:
+    from biofed.governance._ledger import PrivacyLedger
+
+    return PrivacyLedger(site.fed / "a" / "privacy.db")
+
+
+@pytest.fixture
+def dp_site(site: Site) -> Site:
+    (site.fed / "a" / "privacy.db").unlink(missing_ok=True)  # the kit folder is shared
+    yield site
+    (site.fed / "a" / "privacy.db").unlink(missing_ok=True)
+
+
+def test_dp_round_is_debited_before_release_clipped_noised_and_reports_epsilon(
+    dp_site: Site,
+) -> None:
+    from biofed.privacy import RdpAccountant
+
+    site = dp_site
+    _with_caps(site, 10.0)
+    site.setup(privacy=DP_AGREEMENT)
+    inst = _dp_inst(site)
+    reply = site.app().handle(inst)
+    assert reply.ok, reply.error
+    # the site counts only the noise min_replies = 2 shares carry: z = share·√2 / C = 2
+    expected = RdpAccountant()
+    expected.step(2.0, 1.0, 1)
+    assert reply.metrics["dp.epsilon"] == pytest.approx(expected.epsilon(1e-5))
+    assert reply.metrics["dp.delta"] == 1e-5
+    # the update left clipped to C = 0.5 plus a noise share of std 0.707 per coordinate
+    assert reply.parameters is not None
+    delta = np.concatenate(
+        [(reply.parameters[n] - inst.parameters[n]).ravel() for n in inst.parameters]
+    )
+    assert 0.3 < float(np.std(delta)) < 1.2
+    events = [e["event"] for e in site.events()]
+    assert events.index("budget.debited") < events.index("round.sent")
+    sent = next(e for e in site.events() if e["event"] == "round.sent")["data"]
+    assert sent["dp_epsilon"] == reply.metrics["dp.epsilon"]
+    spent = _ledger(site).spent("brca")
+    assert spent.cap_epsilon == 10.0
+    assert spent.jobs[0].epsilon == pytest.approx(reply.metrics["dp.epsilon"])
+
+
+def test_a_round_that_would_exceed_the_budget_is_refused_and_audited(dp_site: Site) -> None:
+    site = dp_site
+    _with_caps(site, 1.0)  # one round at z = 2 costs more than ε = 1
+    site.setup(privacy=DP_AGREEMENT)
+    app = site.app()
+    reply = app.handle(_dp_inst(site))
+    assert reply.error is not None
+    assert "privacy budget" in reply.error, reply.error
+    events = site.events()
+    names = [e["event"] for e in events]
+    assert "budget.refused" in names
+    assert "round.sent" not in names
+    refused = next(e for e in events if e["event"] == "budget.refused")["data"]
+    assert refused["cap_epsilon"] == 1.0
+    assert refused["run_id"] == "run-1"
+    assert _ledger(site).spent("brca").spent_epsilon == 0.0
+
+
+def test_the_ledger_survives_a_node_restart_and_composes_the_jobs_rounds(dp_site: Site) -> None:
+    from biofed.privacy import RdpAccountant
+
+    site = dp_site
+    _with_caps(site, 10.0)
+    site.setup(privacy=DP_AGREEMENT)
+    first = site.app().handle(_dp_inst(site, round=1))
+    assert first.ok, first.error
+    second = site.app().handle(_dp_inst(site, round=2))  # a new node process: new NodeApp
+    assert second.ok, second.error
+    two = RdpAccountant()
+    two.step(2.0, 1.0, 2)
+    assert second.metrics["dp.epsilon"] == pytest.approx(two.epsilon(1e-5))
+    assert second.metrics["dp.epsilon"] > first.metrics["dp.epsilon"]
+    again = site.app().handle(_dp_inst(site, round=2))  # a retried round costs nothing more
+    assert again.metrics["dp.epsilon"] == pytest.approx(second.metrics["dp.epsilon"])
+    assert sorted(_ledger(site).mechanisms("brca", "run-1")) == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("settings", "text"),
+    [
+        (
+            {"noise": "central", "noise_multiplier": None, "target_epsilon": 20.0},
+            "above the agreement's ε=8",
+        ),
+        ({"noise_multiplier": 0.3}, "above the agreement's ε=8"),
+        ({"delta": 1e-3}, "above the agreement's δ=1e-05"),
+        ({"seeded": True}, "seeded DP noise"),
+    ],
+)
+def test_a_job_whose_dp_settings_violate_the_agreement_is_refused(
+    dp_site: Site, settings: dict[str, Any], text: str
+) -> None:
+    site = dp_site
+    _with_caps(site, 100.0)
+    site.setup(privacy=DP_AGREEMENT)
+    _refused(site, _dp_inst(site, **settings), "privacy", text)

@@ -13,14 +13,15 @@ from typing import Any
 
 from biofed.core import ConfigurationError, Scalar, check_id, freeze_config
 from biofed.governance._bundle import check_digest
-from biofed.strategies import STRATEGIES, Strategy, make_strategy
+from biofed.privacy import DPSettings
+from biofed.strategies import STRATEGIES, DPFedAvg, Strategy, make_strategy
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-_SECTIONS = {"run", "task", "strategy", "train", "evaluate"}
+_SECTIONS = {"run", "task", "strategy", "train", "evaluate", "privacy"}
 _RUN_KEYS = {
     "name",
     "dataset",
@@ -70,6 +71,11 @@ class JobSpec:
     bundle:
         The task bundle's digest (64 hex), or None; sent as config ``"bundle"``. A node runs
         the bundle's ``make_task(**task options)`` in its sandbox instead of a built-in task.
+    privacy:
+        The ``[privacy]`` table as :class:`~biofed.privacy.DPSettings`, or None (no DP).
+        Its ``rounds`` and ``min_replies`` are the run's. Sample mode is carried out by each
+        node (DP-SGD in its local training); client mode wraps the strategy in
+        :class:`~biofed.strategies.DPFedAvg`.
     """
 
     name: str
@@ -88,6 +94,7 @@ class JobSpec:
     evaluate_every: int = 1
     agreement: str | None = None
     bundle: str | None = None
+    privacy: DPSettings | None = None
 
     def __post_init__(self) -> None:
         check_id(self.name, what="[run] name")
@@ -120,6 +127,20 @@ class JobSpec:
             raise ConfigurationError(
                 f"[strategy] name {self.strategy!r} is unknown; choose one of {sorted(STRATEGIES)}"
             )
+        if self.privacy is not None:
+            if not isinstance(self.privacy, DPSettings):
+                raise ConfigurationError("privacy must be a DPSettings")
+            if (self.privacy.rounds, self.privacy.min_replies) != (self.rounds, self.min_replies):
+                raise ConfigurationError(
+                    "[privacy] rounds and min_replies must be the run's (build it with "
+                    "DPSettings.from_table(..., rounds=, min_replies=))"
+                )
+            if self.privacy.mode == "sample" and "max_grad_norm" in self.train:
+                raise ConfigurationError(
+                    "[train] max_grad_norm clips whole mini-batch gradients and cannot be "
+                    "combined with sample-level DP, which clips each example to "
+                    "[privacy] max_grad_norm: remove it from [train]"
+                )
         for attr in ("task_options", "strategy_options", "train", "evaluate"):
             object.__setattr__(self, attr, freeze_config(getattr(self, attr)))
         self.build_strategy()  # validates the strategy's options and the train config
@@ -146,6 +167,16 @@ class JobSpec:
         if "dataset" not in run:
             raise ConfigurationError("[run] dataset is required: the dataset name sites registered")
         task_name = str(task.pop("name"))
+        rounds = run.get("rounds", 5)
+        min_replies = run.get("min_replies", 1)
+        privacy = None
+        if "privacy" in data:
+            table = _scalars("privacy", data["privacy"])
+            privacy = DPSettings.from_table(
+                table,
+                rounds=rounds,  # type: ignore[arg-type]
+                min_replies=min_replies,  # type: ignore[arg-type]
+            )
         strategy_name = str(strategy.pop("name", "fedavg"))
         return cls(
             name=str(run.get("name", "job")),
@@ -156,14 +187,15 @@ class JobSpec:
             strategy_options=strategy,
             train=_scalars("train", data.get("train", {})),
             evaluate=_scalars("evaluate", data.get("evaluate", {"split": "test"})),
-            rounds=run.get("rounds", 5),  # type: ignore[arg-type]
+            rounds=rounds,  # type: ignore[arg-type]
             seed=run.get("seed", 0),  # type: ignore[arg-type]
             min_nodes=run.get("min_nodes", 1),  # type: ignore[arg-type]
-            min_replies=run.get("min_replies", 1),  # type: ignore[arg-type]
+            min_replies=min_replies,  # type: ignore[arg-type]
             round_timeout=float(run.get("round_timeout", 120.0)),
             evaluate_every=run.get("evaluate_every", 1),  # type: ignore[arg-type]
             agreement=None if "agreement" not in run else str(run["agreement"]),
             bundle=None if "bundle" not in run else str(run["bundle"]),
+            privacy=privacy,
         )
 
     @classmethod
@@ -186,13 +218,13 @@ class JobSpec:
         return cls.from_mapping(data)
 
     def to_mapping(self) -> dict[str, dict[str, Scalar]]:
-        """The job file's tables (``agreement`` and ``bundle`` only when set)."""
+        """The job file's tables (``agreement``, ``bundle`` and ``[privacy]`` only when set)."""
         governance: dict[str, Scalar] = {}
         if self.agreement is not None:
             governance["agreement"] = self.agreement
         if self.bundle is not None:
             governance["bundle"] = self.bundle
-        return {
+        mapping: dict[str, dict[str, Scalar]] = {
             "run": {
                 "name": self.name,
                 "dataset": self.dataset,
@@ -209,6 +241,9 @@ class JobSpec:
             "train": dict(self.train),
             "evaluate": dict(self.evaluate),
         }
+        if self.privacy is not None:
+            mapping["privacy"] = self.privacy.to_table()
+        return mapping
 
     def to_json(self) -> str:
         """Canonical JSON (sorted keys): equal jobs give equal text."""
@@ -216,14 +251,23 @@ class JobSpec:
 
     # -- what the engine needs ---------------------------------------------------------------
     def build_strategy(self) -> Strategy:
-        """The strategy with its options and the training / evaluation configs."""
-        return make_strategy(
+        """The strategy with its options and the training / evaluation configs; wrapped in
+        :class:`~biofed.strategies.DPFedAvg` when ``[privacy] mode = "client"``."""
+        strategy = make_strategy(
             self.strategy,
             train_config=self.train,
             evaluate_config=self.evaluate,
             min_train_nodes=self.min_replies,
             **self.strategy_options,
         )
+        if self.privacy is not None and self.privacy.mode == "client":
+            strategy = DPFedAvg(
+                strategy,
+                clip_norm=self.privacy.max_grad_norm,
+                noise_multiplier=self.privacy.client_noise_multiplier(),
+                noise="distributed" if self.privacy.noise == "distributed" else "central",
+            )
+        return strategy
 
     def instruction_config(self) -> dict[str, Scalar]:
         """Run-level keys every instruction carries: the task, the dataset and, when set,
@@ -237,4 +281,6 @@ class JobSpec:
             config["agreement"] = self.agreement
         if self.bundle is not None:
             config["bundle"] = self.bundle
+        if self.privacy is not None:
+            config.update(self.privacy.to_config())
         return config

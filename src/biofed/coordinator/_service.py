@@ -22,6 +22,7 @@ import numpy as np
 
 from biofed.coordinator._engine import EngineConfig, RoundEngine
 from biofed.coordinator._job import JobSpec
+from biofed.coordinator._privacy_report import PRIVACY_EVENT, privacy_report, spend_message
 from biofed.coordinator._records import RoundRecord, RunEvent
 from biofed.coordinator._store import (
     Checkpoint,
@@ -110,6 +111,15 @@ class _StoreListener:
                 message="accepted",
                 node_id=reply.node_id,
             )
+            spend = spend_message(reply)
+            if spend is not None:  # the site's own figure for its ε(δ) so far in this job
+                self.store.append_event(
+                    self.run_id,
+                    round=server_round,
+                    kind=PRIVACY_EVENT,
+                    message=spend,
+                    node_id=reply.node_id,
+                )
 
     def on_round_end(self, record: RoundRecord) -> None:
         """Nothing: ``round_completed`` is written once the round is committed."""
@@ -343,9 +353,14 @@ class Coordinator:
         checkpoint = self.store.latest_checkpoint(run_id)
         if checkpoint is None:
             raise LookupError(f"run {run_id!r} has no model")
-        return encode_parameters(
-            checkpoint.parameters, metadata={"run_id": run_id, "round": str(checkpoint.round)}
+        metadata = {"run_id": run_id, "round": str(checkpoint.round)}
+        spec = JobSpec.from_json(row.spec)
+        privacy = privacy_report(
+            spec, self.store.events(run_id), [r.record for r in self.store.rounds(run_id)]
         )
+        if privacy is not None:  # the guarantee travels with the model
+            metadata["privacy"] = json.dumps(privacy, sort_keys=True)
+        return encode_parameters(checkpoint.parameters, metadata=metadata)
 
     def list_nodes(self, peer: Peer) -> list[NodeSummary]:
         return [
@@ -385,9 +400,13 @@ class Coordinator:
                         for n, m in final.node_eval_metrics.items()
                     },
                 }
+        events = self.store.events(row.run_id)
+        privacy = privacy_report(spec, events, [r.record for r in rounds])
+        if privacy is not None:
+            summary["privacy"] = privacy
         problems = [
             {"round": e.round, "node": e.node_id, "kind": e.kind, "message": e.message}
-            for e in self.store.events(row.run_id)
+            for e in events
             if e.kind in _PROBLEM_EVENTS
         ]
         if problems:  # e.g. a site's refusal, naming the rule of its policy that failed

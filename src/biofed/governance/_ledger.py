@@ -74,7 +74,9 @@ LEDGER_FILE = "privacy.db"
 """The ledger's file name in a node folder."""
 
 _APPLICATION_ID = 0x62666C67  # "bflg": marks the SQLite file as a biofed privacy ledger
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
+#: Format 1 lacked ``debits.mechanism``; it is upgraded in place on first open.
+_UPGRADES = {1: "ALTER TABLE debits ADD COLUMN mechanism TEXT"}
 _BUSY_TIMEOUT_S = 30.0
 
 _SCHEMA = """
@@ -102,7 +104,8 @@ CREATE TABLE IF NOT EXISTS debits (
     epsilon_after REAL NOT NULL,
     delta_before REAL NOT NULL,
     delta_after REAL NOT NULL,
-    at REAL NOT NULL
+    at REAL NOT NULL,
+    mechanism TEXT
 );
 CREATE INDEX IF NOT EXISTS debits_by_job ON debits (dataset, run_id, round);
 """
@@ -273,6 +276,9 @@ class PrivacyLedger:
                     db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
                 elif app_id != _APPLICATION_ID:
                     raise ConfigurationError(f"{self.path} is not a biofed privacy ledger")
+                elif version in _UPGRADES:
+                    db.execute(_UPGRADES[version])
+                    db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
                 elif version != _SCHEMA_VERSION:
                     raise ConfigurationError(
                         f"{self.path} is a privacy ledger of format {version}; this biofed "
@@ -350,6 +356,7 @@ class PrivacyLedger:
         delta_after: float,
         *,
         agreement_cap: tuple[float, float] | None = None,
+        mechanism: str | None = None,
     ) -> Debit:
         """Record a round's spend before its output is released, or refuse it.
 
@@ -363,6 +370,10 @@ class PrivacyLedger:
         agreement_cap:
             ``(ε, δ)`` the study agreement allows this site; the cap checked is the lower of
             it and the site's cap, component by component.
+        mechanism:
+            What this round releases, as the node's accountant sees it (JSON text, e.g. the
+            DP-SGD steps): kept with the debit so that a restarted node composes the job's
+            history from the ledger (:meth:`mechanisms`) rather than from memory.
 
         Returns
         -------
@@ -461,9 +472,19 @@ class PrivacyLedger:
                     )
                     db.execute(
                         "INSERT INTO debits (dataset, run_id, round, epsilon_before, "
-                        "epsilon_after, delta_before, delta_after, at) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        (dataset, run_id, rnd, before_e, after_e, before_d, after_d, now),
+                        "epsilon_after, delta_before, delta_after, at, mechanism) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        (
+                            dataset,
+                            run_id,
+                            rnd,
+                            before_e,
+                            after_e,
+                            before_d,
+                            after_d,
+                            now,
+                            mechanism,
+                        ),
                     )
         if refusal is not None:
             self._audit("budget.refused", refusal)
@@ -501,6 +522,21 @@ class PrivacyLedger:
         return debit
 
     # -- reading -------------------------------------------------------------------------------
+    def mechanisms(self, dataset: str, run_id: str) -> dict[int, str]:
+        """The mechanism text recorded with each reserved round of one job (the latest per
+        round; rounds reserved without one are left out)."""
+        check_id(dataset, what="dataset name")
+        check_id(run_id, what="run_id")
+        if not self.path.exists():
+            return {}
+        with self._transaction(write=False) as db:
+            rows = db.execute(
+                "SELECT round, mechanism FROM debits WHERE dataset = ? AND run_id = ? "
+                "AND mechanism IS NOT NULL ORDER BY id",
+                (dataset, run_id),
+            ).fetchall()
+        return {int(r): str(m) for r, m in rows}
+
     def datasets(self) -> list[str]:
         """Every dataset with a cap or a recorded spend, by name."""
         if not self.path.exists():

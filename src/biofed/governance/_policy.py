@@ -27,7 +27,10 @@ named in the :class:`~biofed.core.PolicyViolation` (``"<rule>: why"``):
     every metric the job names in its evaluate config (``metrics = "a,b"``) must be allowed.
 ``privacy``
     Secure aggregation or differential privacy required by the agreement must be provided by
-    the job (neither is implemented yet, so such agreements refuse every round).
+    the job. A job asking for seeded (predictable) DP noise is refused. With DP required,
+    the (ε, δ) the site's own accountant says the job reaches after all its planned rounds
+    may not exceed the agreement's ``max_epsilon`` / ``max_delta`` for this site: a job
+    whose settings violate the agreement is refused before its first round, not half-way.
 
 :func:`control_reply` then checks what leaves: the reply's parameters have exactly the
 instruction's names, shapes and dtypes, extras are only SCAFFOLD's control-variate delta (of
@@ -140,7 +143,12 @@ class PolicyRequest:
         Metric names an EVALUATE instruction asks for (config ``"metrics"``, comma
         separated), or None when it names none.
     secure_aggregation, differential_privacy:
-        Whether the job provides them (not implemented yet: always False).
+        Whether the job provides them.
+    dp_planned:
+        With DP: ``(ε, δ)`` this site reaches after all of the job's planned rounds, as the
+        node's own accountant computes it from the job's settings and the site's records.
+    dp_seeded:
+        With DP: whether the job asks for seeded (predictable, simulation-only) noise.
     """
 
     kind: MessageKind
@@ -152,6 +160,8 @@ class PolicyRequest:
     metrics: tuple[str, ...] | None = None
     secure_aggregation: bool = False
     differential_privacy: bool = False
+    dp_planned: tuple[float, float] | None = None
+    dp_seeded: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -316,7 +326,7 @@ def _check_outputs(request: PolicyRequest, signed: SignedAgreement) -> None:
         )
 
 
-def _check_privacy(request: PolicyRequest, signed: SignedAgreement) -> None:
+def _check_privacy(request: PolicyRequest, signed: SignedAgreement, site: str) -> None:
     privacy = signed.agreement.privacy
     if privacy.secure_aggregation_required and not request.secure_aggregation:
         raise _refuse(
@@ -327,6 +337,30 @@ def _check_privacy(request: PolicyRequest, signed: SignedAgreement) -> None:
         raise _refuse(
             "privacy",
             "this agreement requires differential privacy, which this job does not provide",
+        )
+    if request.differential_privacy and request.dp_seeded:
+        raise _refuse(
+            "privacy",
+            "the job asks for seeded DP noise, which anyone knowing the run seed can predict "
+            "(simulation only); this site refuses it",
+        )
+    if not privacy.dp_required or request.kind is not MessageKind.TRAIN:
+        return
+    planned = request.dp_planned
+    if planned is None:
+        raise _refuse("privacy", "the job's DP settings give no planned (ε, δ) for this site")
+    max_eps, max_delta = privacy.max_epsilon.get(site), privacy.max_delta.get(site)
+    if max_eps is not None and planned[0] > max_eps:
+        raise _refuse(
+            "privacy",
+            f"the job's DP settings would take this site to ε={planned[0]:.4g} over its "
+            f"planned rounds, above the agreement's ε={max_eps:.4g} for this site",
+        )
+    if max_delta is not None and planned[1] > max_delta:
+        raise _refuse(
+            "privacy",
+            f"the job's δ={planned[1]:.3g} is above the agreement's δ={max_delta:.3g} for "
+            "this site",
         )
 
 
@@ -360,7 +394,7 @@ def check_instruction(policy: SitePolicy, request: PolicyRequest) -> Clearance:
     _check_cohort(request, signed, entry)
     bundle = _check_bundle(policy, request, signed)
     _check_outputs(request, signed)
-    _check_privacy(request, signed)
+    _check_privacy(request, signed, policy.site)
     return Clearance(agreement=signed, dataset=entry, bundle=bundle)
 
 

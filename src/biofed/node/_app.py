@@ -49,6 +49,7 @@ from biofed.governance._audit_reconcile import SENT_EVENT
 from biofed.governance._audit_signer import AuditSigner
 from biofed.governance._bundle import TASK_FILE, ApprovalStore, Bundle, check_digest, read_bundle
 from biofed.governance._datasets import DatasetRegistry
+from biofed.governance._ledger import LEDGER_FILE, PrivacyLedger
 from biofed.governance._policy import (
     Clearance,
     PolicyRequest,
@@ -59,8 +60,17 @@ from biofed.governance._policy import (
 )
 from biofed.identity import Kit
 from biofed.node._config import GovernanceConfig, NodeConfig
+from biofed.node._privacy import (
+    RoundPrivacy,
+    SitePrivacy,
+    plan_round,
+    privatise_reply,
+    task_instruction,
+    with_spend,
+)
 from biofed.node._runtime import SiteNode
 from biofed.node._sandbox import BundleRunner
+from biofed.privacy import PRIVACY_PREFIX
 from biofed.tasks import BUILTIN_TASKS, Task, make_task
 
 
@@ -106,6 +116,34 @@ class NodeApp:
         self.fetch_bundle: Callable[[str], bytes] | None = None
         if config.governance is not None:
             self.policy, self.audit = self._governance(config.governance, kit)
+        self.privacy = SitePrivacy(self._ledger(config, kit))
+
+    def _ledger(self, config: NodeConfig, kit: Kit | None) -> PrivacyLedger | None:
+        """The site's privacy ledger (``[privacy] ledger``, else ``<kit>/privacy.db``), with
+        ``node.toml``'s caps applied; None in development (no kit, no ledger configured)."""
+        path = config.privacy.ledger if config.privacy is not None else None
+        if path is None and kit is not None:
+            path = kit.directory / LEDGER_FILE
+        caps = config.privacy.caps if config.privacy is not None else {}
+        if path is None:
+            if caps:
+                raise ConfigurationError(
+                    "node.toml sets privacy caps but the node has neither a kit nor a "
+                    "[privacy] ledger path to keep the budget in"
+                )
+            return None
+        audit = self.audit
+
+        def hook(event: str, data: Mapping[str, Any]) -> None:
+            if audit is not None:
+                _record(audit, event, data, strict=True)
+
+        ledger = PrivacyLedger(path, audit=hook)
+        for dataset, (epsilon, delta) in caps.items():
+            current = ledger.spent(dataset)
+            if (current.cap_epsilon, current.cap_delta) != (epsilon, delta):
+                ledger.set_cap(dataset, epsilon, delta)
+        return ledger
 
     def _governance(self, gov: GovernanceConfig, kit: Kit | None) -> tuple[SitePolicy, AuditLog]:
         if kit is None:
@@ -180,12 +218,34 @@ class NodeApp:
             return self._handle_governed(instruction, self.policy, self.audit)
         try:
             site = self._site(instruction.config)
-        except (ConfigurationError, PolicyViolation) as exc:
+            plan = self._plan(instruction)
+            spend = None
+            if plan is not None:
+                spend = self.privacy.reserve(
+                    plan, dataset=str(instruction.config["dataset"]), instruction=instruction
+                )
+        except BiofedError as exc:
             return self._error(instruction, exc)
-        return site.handle(dataclasses.replace(instruction, node_id=self.node_id))
+        run = task_instruction(dataclasses.replace(instruction, node_id=self.node_id), plan)
+        reply = site.handle(run)
+        if plan is None or spend is None or not reply.ok:
+            return reply
+        try:
+            return with_spend(privatise_reply(reply, instruction, plan), spend)
+        except BiofedError as exc:
+            return self._error(instruction, exc)
+
+    def _plan(self, instruction: Instruction) -> RoundPrivacy | None:
+        """The round's DP plan for this site's dataset (training only; None without DP)."""
+        if instruction.kind is not MessageKind.TRAIN:
+            return None
+        data = self.data.get(str(instruction.config.get("dataset", "")))
+        if data is None:
+            return None
+        return plan_round(instruction.config, len(data.train))
 
     # -- governance ---------------------------------------------------------------------------
-    def _request(self, instruction: Instruction) -> PolicyRequest:
+    def _request(self, instruction: Instruction, plan: RoundPrivacy | None) -> PolicyRequest:
         config = instruction.config
         dataset = str(config.get("dataset", ""))
         data = self.data.get(dataset)
@@ -208,6 +268,9 @@ class NodeApp:
             dataset_path=None if source is None else source.path,
             rows=rows,
             metrics=requested_metrics(config),
+            differential_privacy=any(k.startswith(PRIVACY_PREFIX) for k in config),
+            dp_planned=None if plan is None else (plan.planned_epsilon(), plan.settings.delta),
+            dp_seeded=plan is not None and plan.settings.seeded,
         )
 
     def _fetch_if_approved(
@@ -244,7 +307,11 @@ class NodeApp:
         }
         self._fetch_if_approved(instruction, policy, audit)
         try:
-            clearance = check_instruction(policy, self._request(instruction))
+            try:
+                plan = self._plan(instruction)
+            except ConfigurationError as exc:
+                raise PolicyViolation(f"privacy: {exc}") from None
+            clearance = check_instruction(policy, self._request(instruction, plan))
         except PolicyViolation as exc:
             _record(audit, "job.refused", {**where, "rule": str(exc)})
             return self._error(instruction, exc)
@@ -263,14 +330,27 @@ class NodeApp:
                 strict=True,
             )
             site = self._site(instruction.config, clearance)
+            spend = None
+            if plan is not None:  # debit before anything runs; the ledger audits refusals
+                spend = self.privacy.reserve(
+                    plan,
+                    dataset=clearance.dataset.name,
+                    instruction=instruction,
+                    agreement_cap=_agreement_cap(clearance, self.node_id),
+                )
         except BiofedError as exc:
             return self._error(instruction, exc)
-        reply = site.handle(dataclasses.replace(instruction, node_id=self.node_id))
+        run = task_instruction(dataclasses.replace(instruction, node_id=self.node_id), plan)
+        reply = site.handle(run)
         if not reply.ok:
             _record(audit, "round.failed", {**where, "error": str(reply.error)[:500]})
             return reply
         try:
+            if plan is not None:
+                reply = privatise_reply(reply, instruction, plan)
             reply, dropped = control_reply(reply, instruction, clearance)
+            if spend is not None:
+                reply = with_spend(reply, spend)
             payload = b"" if reply.parameters is None else encode_parameters(reply.parameters)
             _record(
                 audit,
@@ -282,6 +362,7 @@ class NodeApp:
                     "num_examples": reply.num_examples,
                     "metrics": sorted(reply.metrics),
                     "dropped_metrics": list(dropped),
+                    **({} if spend is None else {"dp_epsilon": spend[0], "dp_delta": spend[1]}),
                 },
                 strict=True,
             )
@@ -289,6 +370,14 @@ class NodeApp:
             _record(audit, "round.withheld", {**where, "rule": str(exc)})
             return self._error(instruction, exc)
         return reply
+
+
+def _agreement_cap(clearance: Clearance, site: str) -> tuple[float, float] | None:
+    """The (ε, δ) the agreement allows this site, when it sets one."""
+    privacy = clearance.agreement.agreement.privacy
+    if site in privacy.max_epsilon and site in privacy.max_delta:
+        return privacy.max_epsilon[site], privacy.max_delta[site]
+    return None
 
 
 def _record(audit: AuditLog, event: str, data: Mapping[str, Any], *, strict: bool = False) -> None:

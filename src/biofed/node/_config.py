@@ -11,6 +11,16 @@ With a ``[governance]`` table the node enforces its site's governance itself (se
     bundles_dir = "bundles"           # <digest>.zip
     audit = "audit.jsonl"             # optional; default <kit folder>/audit.jsonl
 
+A ``[privacy]`` table sets the site's privacy-budget caps per dataset (applied to the
+ledger when the node starts; a change is audited as ``config.changed``) and, optionally,
+where the ledger lives::
+
+    [privacy]
+    ledger = "privacy.db"             # optional; default <kit folder>/privacy.db
+    [privacy.caps.tcga-brca]          # total (ε, δ) this dataset may spend across all jobs
+    epsilon = 10.0
+    delta = 1e-5
+
 Relative paths are relative to ``node.toml``'s folder.
 """
 
@@ -123,6 +133,54 @@ class GovernanceConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class PrivacyConfig:
+    """``node.toml``'s ``[privacy]`` table: the ledger file and the site's caps.
+
+    Attributes
+    ----------
+    ledger:
+        The ledger file, or None for ``<kit folder>/privacy.db``.
+    caps:
+        Dataset name → (ε, δ) the dataset may spend across all jobs.
+    """
+
+    ledger: Path | None = None
+    caps: Mapping[str, tuple[float, float]] = field(default_factory=lambda: MappingProxyType({}))
+
+    @classmethod
+    def from_table(cls, table: object, base: Path, where: str) -> PrivacyConfig:
+        """Parse the table (relative paths against ``base``)."""
+        if not isinstance(table, dict):
+            raise ConfigurationError(f"{where}: [privacy] must be a table")
+        bad = set(table) - {"ledger", "caps"}
+        if bad:
+            raise ConfigurationError(
+                f"{where}: unknown key(s) {sorted(bad)} in [privacy]; allowed: caps, ledger"
+            )
+        ledger = None
+        if "ledger" in table:
+            if not isinstance(table["ledger"], str):
+                raise ConfigurationError(f"{where}: [privacy] ledger must be a path string")
+            file = Path(table["ledger"])
+            ledger = file if file.is_absolute() else base / file
+        caps: dict[str, tuple[float, float]] = {}
+        raw = table.get("caps", {})
+        if not isinstance(raw, dict):
+            raise ConfigurationError(f"{where}: [privacy.caps] must be a table of datasets")
+        for name, cap in raw.items():
+            check_id(name, what="dataset name")
+            if not isinstance(cap, dict) or set(cap) != {"epsilon", "delta"}:
+                raise ConfigurationError(
+                    f"{where}: [privacy.caps.{name}] needs exactly epsilon = … and delta = …"
+                )
+            values = [cap["epsilon"], cap["delta"]]
+            if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
+                raise ConfigurationError(f"{where}: [privacy.caps.{name}] values must be numbers")
+            caps[name] = (float(values[0]), float(values[1]))
+        return cls(ledger=ledger, caps=MappingProxyType(caps))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     """A node's ``node.toml``: its datasets, and folders of task modules it trusts.
 
@@ -135,6 +193,7 @@ class NodeConfig:
     datasets: Mapping[str, DatasetSource]
     task_dirs: tuple[Path, ...] = ()
     governance: GovernanceConfig | None = None
+    privacy: PrivacyConfig | None = None
 
     @classmethod
     def from_toml(cls, path: str | Path) -> NodeConfig:
@@ -146,7 +205,7 @@ class NodeConfig:
             raise ConfigurationError(f"node config {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"{path} is not valid TOML: {exc}") from exc
-        unknown = set(data) - {"node", "datasets", "governance"}
+        unknown = set(data) - {"node", "datasets", "governance", "privacy"}
         if unknown:
             raise ConfigurationError(f"{path}: unknown section(s) {sorted(unknown)}")
         node = data.get("node") or {}
@@ -184,4 +243,14 @@ class NodeConfig:
             if "governance" in data
             else None
         )
-        return cls(datasets=MappingProxyType(sources), task_dirs=task_dirs, governance=governance)
+        privacy = (
+            PrivacyConfig.from_table(data["privacy"], path.parent, str(path))
+            if "privacy" in data
+            else None
+        )
+        return cls(
+            datasets=MappingProxyType(sources),
+            task_dirs=task_dirs,
+            governance=governance,
+            privacy=privacy,
+        )

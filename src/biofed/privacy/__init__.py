@@ -17,12 +17,27 @@ from biofed.privacy._adaptive import AdaptiveClipping
 from biofed.privacy._calibrate import calibrate_noise
 from biofed.privacy._clip import clip_l2, l2_norm
 from biofed.privacy._noise import GaussianNoise
+from biofed.privacy._settings import (
+    DELTA_METRIC,
+    EPSILON_METRIC,
+    NOISE_PLACEMENTS,
+    PRIVACY_MODES,
+    PRIVACY_PREFIX,
+    DPSettings,
+    noise_in_sum,
+)
 
 __all__ = [
     "ACCOUNTANTS",
+    "DELTA_METRIC",
+    "EPSILON_METRIC",
+    "NOISE_PLACEMENTS",
     "PLD_VALUE_DISCRETIZATION_INTERVAL",
+    "PRIVACY_MODES",
+    "PRIVACY_PREFIX",
     "Accountant",
     "AdaptiveClipping",
+    "DPSettings",
     "GaussianNoise",
     "PldAccountant",
     "RdpAccountant",
@@ -31,4 +46,5 @@ __all__ = [
     "clip_l2",
     "l2_norm",
     "make_accountant",
+    "noise_in_sum",
 ]

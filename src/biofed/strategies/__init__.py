@@ -9,7 +9,7 @@ from biofed.strategies._base import (
     TrainAggregator,
     select_nodes,
 )
-from biofed.strategies._dp import DPFedAvg
+from biofed.strategies._dp import DP_CLIP_NORM, DP_NOISE_STD_SHARE, DPFedAvg
 from biofed.strategies._fedavg import FedAvg, FedProx
 from biofed.strategies._fedopt import FedAdagrad, FedAdam, FedAvgM, FedOpt, FedYogi
 from biofed.strategies._registry import STRATEGIES, make_strategy
@@ -17,6 +17,8 @@ from biofed.strategies._scaffold import Scaffold
 from biofed.strategies._weighted import WeightedSum
 
 __all__ = [
+    "DP_CLIP_NORM",
+    "DP_NOISE_STD_SHARE",
     "EMPTY_STATE",
     "STRATEGIES",
     "AggregateResult",

@@ -1,0 +1,298 @@
+"""The site side of differential privacy: what a round costs this site, checked against its
+budget before anything runs, and the noise the site itself adds.
+
+The coordinator sends the job's *settings* (:class:`~biofed.privacy.DPSettings`, the
+``privacy.*`` config keys); the node decides everything else from what it holds:
+
+* **Sample mode.** The node computes q = batch_size / N from its own record count N,
+  calibrates (or takes) z, and hands ``dp_noise_multiplier`` / ``dp_max_grad_norm`` to the
+  task, whose local training becomes DP-SGD. A round is ``local_steps`` Poisson-sampled
+  Gaussian steps at rate q.
+* **Client mode.** The node clips its update to C itself and, with distributed noise, adds
+  its noise share itself (CSPRNG) — neither is left to task code. A round is one Gaussian
+  mechanism on the site's participation (q = 1: the site knows it takes part). With
+  distributed noise the site cannot know how many others will reply; it counts only the
+  noise ``min_replies`` shares carry (the least the coordinator aggregates), a bound that
+  holds whatever really happens.
+
+Privacy notes
+-------------
+Threat: a round whose release takes the dataset past its budget; a budget that forgets
+rounds after a restart; a coordinator that under-reports noise or sends a seed that makes
+the noise predictable. Before a round runs, the node composes every round of the job it has
+released — read back from its ledger, where each debit keeps its mechanism — with this
+round, using its own accountant (RDP or PLD, :mod:`biofed.privacy`), and reserves the
+resulting cumulative ε(δ) in the :class:`~biofed.governance._ledger.PrivacyLedger` (debit
+before release; refusals are audited by the ledger). ε figures from the coordinator are
+never used. Sample mode relies on the approved task code running biofed's DP-SGD; the node
+checks that the task reports having done so with the z it was given and withholds the reply
+otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+
+import numpy as np
+
+from biofed.core import (
+    ConfigurationError,
+    Instruction,
+    ParameterSet,
+    PolicyViolation,
+    Reply,
+    Scalar,
+)
+from biofed.governance._ledger import PrivacyLedger
+from biofed.privacy import (
+    DELTA_METRIC,
+    EPSILON_METRIC,
+    DPSettings,
+    GaussianNoise,
+    SampledGaussian,
+    clip_l2,
+    make_accountant,
+    noise_in_sum,
+)
+from biofed.strategies import DP_CLIP_NORM, DP_NOISE_STD_SHARE
+from biofed.tasks import LocalTrainingConfig
+
+#: What a DP-SGD task reports back (checked before release).
+TASK_NOISE_METRIC = "dp_noise_multiplier"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundPrivacy:
+    """What one training round costs this site and what the node must do for it.
+
+    Attributes
+    ----------
+    settings:
+        The job's settings.
+    event:
+        This round's mechanism: ``steps`` Gaussian steps of multiplier z at rate q.
+    task_config:
+        Keys added to the task's config (sample mode: DP-SGD's z and C).
+    clip_norm:
+        Client mode: the bound the node clips its update to; else None.
+    noise_std_share:
+        Client mode with distributed noise: the std of the noise the node adds; else 0.
+    """
+
+    settings: DPSettings
+    event: SampledGaussian
+    task_config: Mapping[str, Scalar] = field(default_factory=lambda: MappingProxyType({}))
+    clip_norm: float | None = None
+    noise_std_share: float = 0.0
+
+    def mechanism(self) -> str:
+        """The event as the JSON text the ledger keeps with the debit."""
+        e = self.event
+        return json.dumps(
+            {
+                "noise_multiplier": e.noise_multiplier,
+                "sampling_rate": e.sampling_rate,
+                "steps": e.steps,
+                "accountant": self.settings.accountant,
+            },
+            sort_keys=True,
+        )
+
+    def planned_epsilon(self) -> float:
+        """ε(δ) at this site after all of the job's planned rounds at this round's cost."""
+        acc = make_accountant(self.settings.accountant)
+        e = self.event
+        acc.step(e.noise_multiplier, e.sampling_rate, e.steps * self.settings.rounds)
+        return acc.epsilon(self.settings.delta)
+
+
+def plan_round(config: Mapping[str, Scalar], num_examples: int) -> RoundPrivacy | None:
+    """The round's privacy at a site with ``num_examples`` training records, or None when
+    the job has no DP.
+
+    Raises
+    ------
+    ConfigurationError
+        On malformed or inconsistent settings (e.g. a client-mode clip norm that differs
+        from the job's).
+    """
+    settings = DPSettings.from_config(config)
+    if settings is None:
+        return None
+    if num_examples < 1:
+        raise ConfigurationError("differential privacy needs at least one training record")
+    if settings.mode == "sample":
+        local = LocalTrainingConfig.from_config(config)
+        q = min(1.0, local.batch_size / num_examples)
+        z = settings.sample_noise_multiplier(q, local.local_steps)
+        task_config: dict[str, Scalar] = {
+            "dp_noise_multiplier": z,
+            "dp_max_grad_norm": settings.max_grad_norm,
+        }
+        if settings.seeded:
+            task_config["dp_seeded"] = True
+        return RoundPrivacy(
+            settings=settings,
+            event=SampledGaussian(noise_multiplier=z, sampling_rate=q, steps=local.local_steps),
+            task_config=MappingProxyType(task_config),
+        )
+    clip = config.get(DP_CLIP_NORM)
+    if clip != settings.max_grad_norm:
+        raise ConfigurationError(
+            f"the round's clip norm {clip!r} differs from the job's [privacy] max_grad_norm "
+            f"{settings.max_grad_norm}"
+        )
+    if settings.noise == "distributed":
+        share = config.get(DP_NOISE_STD_SHARE)
+        if isinstance(share, bool) or not isinstance(share, int | float) or not share > 0:
+            raise ConfigurationError(
+                f"distributed noise needs a positive {DP_NOISE_STD_SHARE}, got {share!r}"
+            )
+        z = noise_in_sum(float(share), settings.min_replies, settings.max_grad_norm)
+        return RoundPrivacy(
+            settings=settings,
+            event=SampledGaussian(noise_multiplier=z, sampling_rate=1.0, steps=1),
+            clip_norm=settings.max_grad_norm,
+            noise_std_share=float(share),
+        )
+    return RoundPrivacy(
+        settings=settings,
+        event=SampledGaussian(
+            noise_multiplier=settings.client_noise_multiplier(), sampling_rate=1.0, steps=1
+        ),
+        clip_norm=settings.max_grad_norm,
+    )
+
+
+def job_epsilon(
+    plan: RoundPrivacy, history: Mapping[int, str], server_round: int
+) -> tuple[float, float]:
+    """The job's cumulative (ε, δ) at this site once this round is released: every other
+    round in ``history`` (mechanism texts from the ledger) composed with this one."""
+    acc = make_accountant(plan.settings.accountant)
+    for rnd, text in sorted(history.items()):
+        if rnd == server_round:
+            continue
+        try:
+            e = json.loads(text)
+            acc.step(float(e["noise_multiplier"]), float(e["sampling_rate"]), int(e["steps"]))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigurationError(
+                f"the privacy ledger's record of round {rnd} is unreadable ({exc}); "
+                "refusing to guess the job's spend"
+            ) from None
+    e = plan.event
+    acc.step(e.noise_multiplier, e.sampling_rate, e.steps)
+    return acc.epsilon(plan.settings.delta), plan.settings.delta
+
+
+class SitePrivacy:
+    """The node's privacy bookkeeping for all jobs: its ledger, or (with no ledger, outside
+    governance) an in-memory history that still composes the rounds it released.
+
+    Parameters
+    ----------
+    ledger:
+        The site's persistent ledger; None in development (ε is reported, no cap applies).
+    """
+
+    def __init__(self, ledger: PrivacyLedger | None) -> None:
+        self.ledger = ledger
+        self._memory: dict[tuple[str, str], dict[int, str]] = {}
+
+    def reserve(
+        self,
+        plan: RoundPrivacy,
+        *,
+        dataset: str,
+        instruction: Instruction,
+        agreement_cap: tuple[float, float] | None = None,
+    ) -> tuple[float, float]:
+        """Reserve the round's cumulative spend before it runs; return the job's (ε, δ).
+
+        Raises
+        ------
+        PrivacyBudgetExceeded
+            When the ledger refuses (audited there as ``budget.refused``).
+        """
+        run_id, rnd = instruction.run_id, instruction.round
+        if self.ledger is None:
+            history = self._memory.setdefault((dataset, run_id), {})
+            eps, delta = job_epsilon(plan, history, rnd)
+            history[rnd] = plan.mechanism()
+            return eps, delta
+        history = self.ledger.mechanisms(dataset, run_id)
+        eps, delta = job_epsilon(plan, history, rnd)
+        debit = self.ledger.reserve(
+            dataset,
+            run_id,
+            rnd,
+            eps,
+            delta,
+            agreement_cap=agreement_cap,
+            mechanism=plan.mechanism(),
+        )
+        return debit.epsilon_after, debit.delta_after
+
+
+def task_instruction(instruction: Instruction, plan: RoundPrivacy | None) -> Instruction:
+    """The instruction the task runs: its config extended with the plan's task settings."""
+    if plan is None or not plan.task_config:
+        return instruction
+    return replace(instruction, config={**instruction.config, **plan.task_config})
+
+
+def with_spend(reply: Reply, spend: tuple[float, float]) -> Reply:
+    """``reply`` with ``dp.epsilon`` and ``dp.delta`` (the job's cumulative spend at this
+    site after this round, the node's own statement) added to its metrics."""
+    return replace(
+        reply, metrics={**reply.metrics, EPSILON_METRIC: spend[0], DELTA_METRIC: spend[1]}
+    )
+
+
+def privatise_reply(reply: Reply, instruction: Instruction, plan: RoundPrivacy) -> Reply:
+    """What leaves: the task's reply after the node's own DP step.
+
+    Sample mode checks that the task ran DP-SGD with the z it was given; client mode clips
+    the update ``x_i − x`` to C and adds the site's noise share (CSPRNG).
+
+    Raises
+    ------
+    PolicyViolation
+        ``"privacy: …"`` when the task did not report DP-SGD with the planned noise: nothing
+        of the reply may leave.
+    """
+    if reply.parameters is None:
+        raise PolicyViolation("privacy: a training reply without parameters cannot be released")
+    parameters = reply.parameters
+    if plan.settings.mode == "sample":
+        reported = reply.metrics.get(TASK_NOISE_METRIC)
+        if reported is None or not np.isclose(reported, plan.event.noise_multiplier, rtol=1e-9):
+            raise PolicyViolation(
+                "privacy: the task did not report DP-SGD with the noise multiplier "
+                f"{plan.event.noise_multiplier:.6g} this site planned (got {reported!r}); "
+                "sample-level DP needs a task that runs biofed's DP-SGD (a TorchTask)"
+            )
+    else:
+        assert plan.clip_norm is not None
+        update = ParameterSet(
+            {
+                name: np.asarray(value, dtype=np.float64) - instruction.parameters[name]
+                for name, value in parameters.items()
+            }
+        )
+        clipped, _ = clip_l2(update, plan.clip_norm)
+        if plan.noise_std_share > 0:
+            clipped = GaussianNoise(plan.noise_std_share).add(clipped)
+        parameters = ParameterSet(
+            {
+                name: (instruction.parameters[name] + clipped[name]).astype(
+                    instruction.parameters[name].dtype
+                )
+                for name in parameters
+            }
+        )
+    return replace(reply, parameters=parameters)
