@@ -129,3 +129,60 @@ def test_the_node_process_never_imports_task_code(node_toml: Path, tmp_path: Pat
     )
     assert reply.ok, reply.error
     assert "biofed_marker_imported" not in sys.modules
+
+
+# -- sample-level DP at an ungoverned node ------------------------------------------------
+def _sample_dp(**settings: object) -> dict[str, object]:
+    from biofed.privacy import DPSettings
+
+    table = {"mode": "sample", "delta": 1e-5, "target_epsilon": 8.0, "max_grad_norm": 1.0}
+    table.update(settings)
+    dp = DPSettings.from_table(table, rounds=5, min_replies=1)
+    return {
+        "task": "cox_ph_torch",
+        "task.num_features": 39,
+        "dataset": "tcga-brca",
+        "batch_size": 16,
+        **dp.to_config(),
+    }
+
+
+def test_sample_dp_runs_dp_sgd_with_the_nodes_own_calibration(node_toml: Path) -> None:
+    from biofed.privacy import RdpAccountant, calibrate_noise
+
+    app = NodeApp("center-1", NodeConfig.from_toml(node_toml))
+    reply = app.handle(_inst(_sample_dp()))
+    assert reply.ok, reply.error
+    q = 16 / 156  # the node's own N for center-1's training split
+    z = calibrate_noise(8.0, 1e-5, q, 5 * 5, "rdp")
+    assert reply.metrics["dp_noise_multiplier"] == pytest.approx(z)
+    assert reply.metrics["dp_secure"] == 1.0
+    one_round = RdpAccountant()
+    one_round.step(z, q, 5)
+    assert reply.metrics["dp.epsilon"] == pytest.approx(one_round.epsilon(1e-5))
+    second = app.handle(dataclasses_replace_round(_inst(_sample_dp()), 2))
+    assert second.metrics["dp.epsilon"] > reply.metrics["dp.epsilon"]  # composed in memory
+
+
+def dataclasses_replace_round(instruction: Instruction, server_round: int) -> Instruction:
+    import dataclasses
+
+    return dataclasses.replace(instruction, round=server_round)
+
+
+def test_the_coordinator_cannot_weaken_dp_sgd_through_task_keys(node_toml: Path) -> None:
+    """dp_* task keys in the instruction are the node's to set: a coordinator asking for
+    seeded (predictable) noise or a tiny multiplier is overridden."""
+    app = NodeApp("center-1", NodeConfig.from_toml(node_toml))
+    config = {**_sample_dp(), "dp_seeded": True, "dp_noise_multiplier": 1e-6}
+    reply = app.handle(_inst(config))
+    assert reply.ok, reply.error
+    assert reply.metrics["dp_secure"] == 1.0
+    assert reply.metrics["dp_noise_multiplier"] > 0.5  # the calibrated z (0.77), not 1e-6
+
+
+def test_sample_dp_with_a_numpy_task_is_refused(node_toml: Path) -> None:
+    app = NodeApp("center-1", NodeConfig.from_toml(node_toml))
+    reply = app.handle(_inst({**_sample_dp(), "task": "cox_ph"}))
+    assert reply.error is not None
+    assert "TorchTask" in reply.error

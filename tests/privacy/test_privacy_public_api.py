@@ -6,9 +6,15 @@ import biofed.privacy
 def test_public_api() -> None:
     assert biofed.privacy.__all__ == [
         "ACCOUNTANTS",
+        "DELTA_METRIC",
+        "EPSILON_METRIC",
+        "NOISE_PLACEMENTS",
         "PLD_VALUE_DISCRETIZATION_INTERVAL",
+        "PRIVACY_MODES",
+        "PRIVACY_PREFIX",
         "Accountant",
         "AdaptiveClipping",
+        "DPSettings",
         "GaussianNoise",
         "PldAccountant",
         "RdpAccountant",
@@ -17,6 +23,7 @@ def test_public_api() -> None:
         "clip_l2",
         "l2_norm",
         "make_accountant",
+        "noise_in_sum",
     ]
     for name in biofed.privacy.__all__:
         assert hasattr(biofed.privacy, name), name

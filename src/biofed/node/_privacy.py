@@ -62,6 +62,7 @@ from biofed.tasks import LocalTrainingConfig
 
 #: What a DP-SGD task reports back (checked before release).
 TASK_NOISE_METRIC = "dp_noise_multiplier"
+TASK_SECURE_METRIC = "dp_secure"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,15 +126,16 @@ def plan_round(config: Mapping[str, Scalar], num_examples: int) -> RoundPrivacy 
     if num_examples < 1:
         raise ConfigurationError("differential privacy needs at least one training record")
     if settings.mode == "sample":
-        local = LocalTrainingConfig.from_config(config)
+        local = LocalTrainingConfig.from_config(
+            {k: v for k, v in config.items() if not k.startswith("dp_")}
+        )
         q = min(1.0, local.batch_size / num_examples)
         z = settings.sample_noise_multiplier(q, local.local_steps)
         task_config: dict[str, Scalar] = {
             "dp_noise_multiplier": z,
             "dp_max_grad_norm": settings.max_grad_norm,
+            "dp_seeded": settings.seeded,  # always set: the coordinator's word never counts
         }
-        if settings.seeded:
-            task_config["dp_seeded"] = True
         return RoundPrivacy(
             settings=settings,
             event=SampledGaussian(noise_multiplier=z, sampling_rate=q, steps=local.local_steps),
@@ -239,10 +241,12 @@ class SitePrivacy:
 
 
 def task_instruction(instruction: Instruction, plan: RoundPrivacy | None) -> Instruction:
-    """The instruction the task runs: its config extended with the plan's task settings."""
-    if plan is None or not plan.task_config:
-        return instruction
-    return replace(instruction, config={**instruction.config, **plan.task_config})
+    """The instruction the task runs: the coordinator's ``dp_*`` task keys removed (only the
+    node decides DP-SGD's noise, clip and randomness source), the plan's added."""
+    config = {k: v for k, v in instruction.config.items() if not k.startswith("dp_")}
+    if plan is not None:
+        config.update(plan.task_config)
+    return replace(instruction, config=config)
 
 
 def with_spend(reply: Reply, spend: tuple[float, float]) -> Reply:
@@ -275,6 +279,11 @@ def privatise_reply(reply: Reply, instruction: Instruction, plan: RoundPrivacy) 
                 "privacy: the task did not report DP-SGD with the noise multiplier "
                 f"{plan.event.noise_multiplier:.6g} this site planned (got {reported!r}); "
                 "sample-level DP needs a task that runs biofed's DP-SGD (a TorchTask)"
+            )
+        if not plan.settings.seeded and reply.metrics.get(TASK_SECURE_METRIC) != 1.0:
+            raise PolicyViolation(
+                "privacy: the task did not report drawing its samples and noise from the "
+                "CSPRNG; a predictable source gives no privacy"
             )
     else:
         assert plan.clip_norm is not None

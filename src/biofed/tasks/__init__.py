@@ -1,11 +1,13 @@
 """biofed.tasks: the task API, the numpy and PyTorch adapters and the built-in tasks.
 
-``TorchTask`` is imported lazily, on first access, so ``import biofed.tasks`` works without
-PyTorch installed.
+``TorchTask`` and the built-in torch tasks (``CoxPHTorchTask``,
+``LogisticRegressionTorchTask``) are imported lazily, on first access, so
+``import biofed.tasks`` works without PyTorch installed.
 """
 
 from __future__ import annotations
 
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from biofed.tasks._api import (
@@ -25,6 +27,8 @@ from biofed.tasks._numpy import GradientModel, NumpyTask
 from biofed.tasks._registry import BUILTIN_TASKS, make_task
 
 if TYPE_CHECKING:
+    from biofed.tasks._cox_torch import CoxPHTorchTask
+    from biofed.tasks._logreg_torch import LogisticRegressionTorchTask
     from biofed.tasks._torch import TorchTask
 
 __all__ = [
@@ -34,11 +38,13 @@ __all__ = [
     "SCAFFOLD_SERVER_CONTROL",
     "CoxPH",
     "CoxPHTask",
+    "CoxPHTorchTask",
     "EvalResult",
     "GradientModel",
     "LocalTrainingConfig",
     "LogisticRegression",
     "LogisticRegressionTask",
+    "LogisticRegressionTorchTask",
     "NumpyTask",
     "Task",
     "TorchTask",
@@ -50,11 +56,17 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    """Import ``TorchTask`` (and so torch) on first access only."""
-    if name == "TorchTask":
-        from biofed.tasks._torch import TorchTask
+_LAZY = {
+    "CoxPHTorchTask": "biofed.tasks._cox_torch",
+    "LogisticRegressionTorchTask": "biofed.tasks._logreg_torch",
+    "TorchTask": "biofed.tasks._torch",
+}
 
-        globals()["TorchTask"] = TorchTask
-        return TorchTask
+
+def __getattr__(name: str) -> Any:
+    """Import the torch-based names (and so torch) on first access only."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,6 +7,7 @@ local dataset and a :class:`TrainContext`, and returns a result.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, MutableMapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -46,6 +47,8 @@ class LocalTrainingConfig:
         Mini-batch steps per round (≥ 1).
     batch_size:
         Examples per step (≥ 1); batches are drawn by reshuffling each pass over the data.
+        Under DP-SGD, the *expected* batch size: each record joins each step's batch
+        independently with probability ``q = min(1, batch_size / num_examples)``.
     learning_rate:
         Client step size (> 0).
     optimizer:
@@ -58,7 +61,36 @@ class LocalTrainingConfig:
         If > 0, each step's mini-batch gradient of the data loss is rescaled to at most this
         L2 norm (over all parameters) before the FedProx/SCAFFOLD corrections; 0 turns it
         off. Keeps plain SGD stable on unscaled features. (Not differential privacy: that
-        clips per example.)
+        clips per example, see ``dp_max_grad_norm``; the two cannot be combined.)
+    dp_noise_multiplier:
+        Sample-level DP-SGD (Abadi et al. 2016) at the site when > 0; 0 (the default) turns
+        it off. The noise multiplier z: each step adds N(0, (z·C)²) noise to every
+        coordinate of the sum of the clipped per-example gradients. Only
+        :class:`~biofed.tasks.TorchTask` implements it; other adapters refuse the key.
+    dp_max_grad_norm:
+        The per-example clipping bound C (> 0, required when ``dp_noise_multiplier`` > 0):
+        each example's gradient, flattened over all trainable parameters, is scaled to an
+        L2 norm of at most C before the sum.
+    dp_seeded:
+        DP-SGD draws its Poisson samples and noise from ``TrainContext.rng`` instead of a
+        CSPRNG: reproducible and **not private** (see Privacy notes). For simulations,
+        benchmarks and tests only; ``False`` by default.
+
+    Privacy notes
+    -------------
+    With DP-SGD on, a site's ``local_steps`` steps are ``local_steps`` runs of the
+    Poisson-subsampled Gaussian mechanism on its own records, at sampling rate
+    ``q = min(1, batch_size / num_examples)`` and noise multiplier z: that triple is all an
+    accountant needs (:meth:`biofed.privacy.Accountant.step`), so the node accounts from the
+    config and its own record count, not from anything the task reports. Everything after the
+    noise (FedProx's and SCAFFOLD's data-independent corrections, the optimiser, the
+    parameters sent back) is post-processing. Which records were sampled, and the noise, come
+    from a cryptographically secure generator unless ``dp_seeded`` is set: ``TrainContext.rng``
+    is derived from the run seed, which the coordinator chooses, so under ``dp_seeded`` the
+    coordinator knows which records each step used (voiding the amplification by
+    subsampling) and can subtract the noise. **A node must set ``dp_seeded`` itself** (to
+    ``False`` unless its operator runs a simulation), overriding any value in an
+    instruction, exactly as it sets z and C from its own budget.
     """
 
     local_steps: int = 100
@@ -68,6 +100,9 @@ class LocalTrainingConfig:
     momentum: float = 0.0
     proximal_mu: float = 0.0
     max_grad_norm: float = 0.0
+    dp_noise_multiplier: float = 0.0
+    dp_max_grad_norm: float = 0.0
+    dp_seeded: bool = False
 
     def __post_init__(self) -> None:
         if self.local_steps < 1:
@@ -88,6 +123,50 @@ class LocalTrainingConfig:
             raise ConfigurationError(
                 f"max_grad_norm must be >= 0 (0 turns clipping off), got {self.max_grad_norm}"
             )
+        if not (math.isfinite(self.dp_noise_multiplier) and self.dp_noise_multiplier >= 0):
+            raise ConfigurationError(
+                "dp_noise_multiplier must be a finite number >= 0 (0 turns DP-SGD off), "
+                f"got {self.dp_noise_multiplier}"
+            )
+        if not (math.isfinite(self.dp_max_grad_norm) and self.dp_max_grad_norm >= 0):
+            raise ConfigurationError(
+                f"dp_max_grad_norm must be a finite number > 0, got {self.dp_max_grad_norm}"
+            )
+        if self.dp_sgd:
+            if self.dp_max_grad_norm == 0:
+                raise ConfigurationError(
+                    "DP-SGD (dp_noise_multiplier > 0) needs dp_max_grad_norm > 0, the "
+                    "per-example clipping bound C that the noise is calibrated to"
+                )
+            if self.max_grad_norm:
+                raise ConfigurationError(
+                    "max_grad_norm (mini-batch clipping) cannot be combined with DP-SGD, "
+                    "which clips each example's gradient to dp_max_grad_norm instead: "
+                    "remove max_grad_norm"
+                )
+        elif self.dp_max_grad_norm:
+            raise ConfigurationError(
+                "dp_max_grad_norm is set but dp_noise_multiplier is 0: per-example clipping "
+                "without noise is not differential privacy; set dp_noise_multiplier > 0 or "
+                "remove dp_max_grad_norm"
+            )
+
+    @property
+    def dp_sgd(self) -> bool:
+        """True when sample-level DP-SGD is on (``dp_noise_multiplier`` > 0)."""
+        return self.dp_noise_multiplier > 0
+
+    def dp_sampling_rate(self, num_examples: int) -> float:
+        """DP-SGD's Poisson sampling rate ``q = min(1, batch_size / num_examples)``.
+
+        Raises
+        ------
+        ConfigurationError
+            If ``num_examples`` < 1.
+        """
+        if num_examples < 1:
+            raise ConfigurationError(f"num_examples must be >= 1, got {num_examples}")
+        return min(1.0, self.batch_size / num_examples)
 
     @classmethod
     def from_config(cls, config: Config) -> LocalTrainingConfig:
@@ -101,6 +180,9 @@ class LocalTrainingConfig:
             "momentum": float,
             "proximal_mu": float,
             "max_grad_norm": float,
+            "dp_noise_multiplier": float,
+            "dp_max_grad_norm": float,
+            "dp_seeded": bool,
         }
         for key, typ in types.items():
             if key not in config:
@@ -108,7 +190,7 @@ class LocalTrainingConfig:
             value = config[key]
             if typ is float and isinstance(value, int) and not isinstance(value, bool):
                 value = float(value)
-            if not isinstance(value, typ) or isinstance(value, bool):
+            if not isinstance(value, typ) or (typ is not bool and isinstance(value, bool)):
                 raise ConfigurationError(
                     f"config {key!r} must be {typ.__name__}, got {type(value).__name__}"
                 )

@@ -15,12 +15,17 @@ with ``x`` the global parameters the round started from, ``μ`` FedProx's ``prox
 "SCAFFOLD", ICML 2020, option II). After ``K`` steps of size ``η`` ending at ``y``::
 
     c_i⁺ = c_i − c + (x − y) / (K η),    Δc = c_i⁺ − c_i  (sent back)
+
+Under sample-level DP-SGD the plan also holds the Poisson-sampled batches and the noise
+source (:class:`DPPlan`); both come from a CSPRNG unless the config sets ``dp_seeded``.
 """
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +37,9 @@ from biofed.tasks._api import (
     LocalTrainingConfig,
     TrainContext,
 )
+
+if TYPE_CHECKING:
+    from biofed.privacy import GaussianNoise
 
 
 def sample_batches(
@@ -72,6 +80,97 @@ def sample_batches(
     return perms[:, : per_pass * size].reshape(-1, size)[:num_steps]
 
 
+# Uniforms for Poisson sampling have 53 bits, like a double's significand.
+_UNIFORM_BITS = 53
+
+
+def poisson_batches(
+    num_examples: int, sampling_rate: float, num_steps: int, rng: np.random.Generator | None
+) -> tuple[Array, ...]:
+    """Row indices of ``num_steps`` Poisson-sampled batches (DP-SGD's subsampling).
+
+    Each row joins each batch independently with probability ``sampling_rate``, so batch
+    sizes vary (Binomial(n, q)) and a batch may be empty.
+
+    Parameters
+    ----------
+    num_examples:
+        Rows in the dataset (≥ 1).
+    sampling_rate:
+        q, 0 < q ≤ 1.
+    num_steps:
+        Number of batches (≥ 1).
+    rng:
+        ``None`` (secure) for uniforms from the operating system's CSPRNG
+        (:func:`secrets.token_bytes`); a numpy Generator only for simulations and tests.
+
+    Returns
+    -------
+    tuple[Array, ...]
+        ``num_steps`` sorted int64 arrays of row indices.
+
+    Privacy notes
+    -------------
+    Privacy amplification by subsampling holds only if no adversary learns which records
+    were sampled. A generator derived from the run seed (``TrainContext.rng``) is known to
+    the coordinator, which could then tell which records took part in each step; the
+    secure default draws fresh OS randomness that no one else holds. In secure mode, a row
+    is kept when its 53-bit uniform integer is below ``floor(q · 2⁵³)``, so the realised
+    rate never exceeds q (ε grows with q: the accountant's figure stays an upper bound).
+    """
+    if num_examples < 1:
+        raise DataError("the dataset is empty: a site needs at least one example to train")
+    if num_steps < 1:
+        raise ConfigurationError(f"num_steps must be >= 1, got {num_steps}")
+    if not 0 < sampling_rate <= 1:
+        raise ConfigurationError(f"sampling_rate must be in (0, 1], got {sampling_rate}")
+    batches: list[Array] = []
+    if rng is not None:
+        for _ in range(num_steps):
+            batches.append(np.flatnonzero(rng.random(num_examples) < sampling_rate))
+        return tuple(batches)
+    threshold = np.uint64(int(sampling_rate * 2**_UNIFORM_BITS))
+    shift = np.uint64(64 - _UNIFORM_BITS)
+    for _ in range(num_steps):
+        words = np.frombuffer(secrets.token_bytes(8 * num_examples), dtype="<u8")
+        batches.append(np.flatnonzero((words >> shift) < threshold))
+    return tuple(batches)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DPPlan:
+    """What DP-SGD needs for one ``train`` call, decided before the first step.
+
+    Attributes
+    ----------
+    noise_multiplier:
+        z (> 0).
+    max_grad_norm:
+        The per-example clipping bound C (> 0).
+    sampling_rate:
+        Poisson sampling rate q = min(1, batch_size / num_examples).
+    expected_batch_size:
+        q · num_examples, the divisor of each step's noisy sum (Opacus's convention: a
+        data-independent divisor, unlike the realised batch size).
+    batches:
+        ``local_steps`` Poisson-sampled batches of row indices (see :func:`poisson_batches`).
+    noise:
+        N(0, (z·C)²) noise for each step's sum: secure (CSPRNG) unless ``dp_seeded``.
+    """
+
+    noise_multiplier: float
+    max_grad_norm: float
+    sampling_rate: float
+    expected_batch_size: float
+    batches: tuple[Array, ...]
+    noise: GaussianNoise
+
+    @property
+    def secure(self) -> bool:
+        """True when the sampling and the noise come from a CSPRNG."""
+        return self.noise.secure
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LocalPlan:
     """What one ``train`` call does, decided before the first step.
@@ -81,7 +180,8 @@ class LocalPlan:
     config:
         The parsed local-training config.
     batches:
-        ``(local_steps, batch)`` row indices (see :func:`sample_batches`).
+        ``(local_steps, batch)`` row indices (see :func:`sample_batches`); empty
+        (``(0, 0)``) under DP-SGD, whose Poisson-sampled batches are in ``dp.batches``.
     prox_mu:
         The factor of ``w`` in the gradient correction (FedProx's μ; 0 when off).
     offset:
@@ -89,6 +189,8 @@ class LocalPlan:
         none (neither FedProx nor SCAFFOLD).
     server_control, client_control:
         SCAFFOLD's ``c`` and ``c_i`` when SCAFFOLD is on, else ``None``.
+    dp:
+        The DP-SGD plan when ``dp_noise_multiplier`` > 0, else ``None``.
     """
 
     config: LocalTrainingConfig
@@ -97,6 +199,7 @@ class LocalPlan:
     offset: Mapping[str, Array] | None
     server_control: ParameterSet | None
     client_control: ParameterSet | None
+    dp: DPPlan | None = None
 
     @property
     def scaffold(self) -> bool:
@@ -104,23 +207,80 @@ class LocalPlan:
         return self.server_control is not None
 
 
+def _plan_dp(
+    config: LocalTrainingConfig, num_examples: int, ctx: TrainContext, supported: bool
+) -> DPPlan:
+    if not supported:
+        raise ConfigurationError(
+            "sample-level DP (dp_noise_multiplier > 0) needs a TorchTask: DP-SGD clips each "
+            "example's gradient through Opacus, which this task's adapter (NumpyTask, e.g. the "
+            "built-in 'cox_ph') cannot do; use a torch task such as 'cox_ph_torch', or remove "
+            "the dp_* keys"
+        )
+    # Imported here: biofed.privacy pulls in dp-accounting and scipy, which only DP needs.
+    from biofed.privacy import GaussianNoise
+
+    q = config.dp_sampling_rate(num_examples)
+    std = config.dp_noise_multiplier * config.dp_max_grad_norm
+    if config.dp_seeded:
+        batches = poisson_batches(num_examples, q, config.local_steps, ctx.rng)
+        noise = GaussianNoise.seeded(std, int(ctx.rng.integers(0, 2**63 - 1)))
+    else:
+        batches = poisson_batches(num_examples, q, config.local_steps, None)
+        noise = GaussianNoise(std)
+    return DPPlan(
+        noise_multiplier=config.dp_noise_multiplier,
+        max_grad_norm=config.dp_max_grad_norm,
+        sampling_rate=q,
+        expected_batch_size=q * num_examples,
+        batches=batches,
+        noise=noise,
+    )
+
+
 def plan_local_training(
-    parameters: ParameterSet, num_examples: int, ctx: TrainContext
+    parameters: ParameterSet,
+    num_examples: int,
+    ctx: TrainContext,
+    *,
+    dp_sgd: bool = False,
 ) -> LocalPlan:
     """Parse the config, draw the batches and build the gradient corrections for one call.
 
     The batches are the first thing drawn from ``ctx.rng``, so adapters that draw further
     numbers afterwards (a torch seed) still see the same batches as the numpy adapter.
 
+    Parameters
+    ----------
+    parameters:
+        The global parameters the call starts from.
+    num_examples:
+        Rows in the site's training data.
+    ctx:
+        The call's context.
+    dp_sgd:
+        Whether the calling adapter implements DP-SGD; when the config turns DP-SGD on and
+        it does not, the call is refused rather than run without privacy. Under DP-SGD the
+        Poisson batches and the noise come from a CSPRNG, or from ``ctx.rng`` (first the
+        batches, then the noise's seed) under ``dp_seeded``.
+
     Raises
     ------
     ConfigurationError
-        On an invalid config, or SCAFFOLD with an optimizer other than plain SGD.
+        On an invalid config, SCAFFOLD with an optimizer other than plain SGD, or DP-SGD
+        asked of an adapter that does not implement it.
     ParameterMismatch
         If a control variate does not match the parameters.
     """
     config = LocalTrainingConfig.from_config(ctx.config)
-    batches = sample_batches(num_examples, config.batch_size, config.local_steps, ctx.rng)
+    dp = None
+    if config.dp_sgd:
+        if num_examples < 1:
+            raise DataError("the dataset is empty: a site needs at least one example to train")
+        dp = _plan_dp(config, num_examples, ctx, dp_sgd)
+        batches = np.empty((0, 0), dtype=np.int64)
+    else:
+        batches = sample_batches(num_examples, config.batch_size, config.local_steps, ctx.rng)
     server_control = ctx.extras.get(SCAFFOLD_SERVER_CONTROL)
     client_control = None
     if server_control is not None:
@@ -152,6 +312,7 @@ def plan_local_training(
         offset=offset,
         server_control=server_control,
         client_control=client_control,
+        dp=dp,
     )
 
 

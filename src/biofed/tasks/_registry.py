@@ -10,9 +10,34 @@ from biofed.tasks._api import Task
 from biofed.tasks._cox import CoxPHTask
 from biofed.tasks._logreg import LogisticRegressionTask
 
+
+def _needs_torch(name: str, exc: ImportError) -> str:
+    return f"task {name!r} needs PyTorch ({exc}); install it with: pip install 'biofed[torch]'"
+
+
+def _cox_ph_torch(**kwargs: Any) -> Task:
+    """:class:`~biofed.tasks.CoxPHTorchTask`, importing torch only when asked for."""
+    try:
+        from biofed.tasks._cox_torch import CoxPHTorchTask
+    except ImportError as exc:
+        raise ConfigurationError(_needs_torch("cox_ph_torch", exc)) from exc
+    return CoxPHTorchTask(**kwargs)
+
+
+def _logistic_regression_torch(**kwargs: Any) -> Task:
+    """:class:`~biofed.tasks.LogisticRegressionTorchTask`, importing torch only when asked for."""
+    try:
+        from biofed.tasks._logreg_torch import LogisticRegressionTorchTask
+    except ImportError as exc:
+        raise ConfigurationError(_needs_torch("logistic_regression_torch", exc)) from exc
+    return LogisticRegressionTorchTask(**kwargs)
+
+
 BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
     "cox_ph": CoxPHTask,
+    "cox_ph_torch": _cox_ph_torch,
     "logistic_regression": LogisticRegressionTask,
+    "logistic_regression_torch": _logistic_regression_torch,
 }
 
 
@@ -22,15 +47,19 @@ def make_task(name: str, **kwargs: Any) -> Task:
     Parameters
     ----------
     name:
-        ``"cox_ph"`` (:class:`~biofed.tasks.CoxPHTask`) or ``"logistic_regression"``
-        (:class:`~biofed.tasks.LogisticRegressionTask`).
+        ``"cox_ph"`` (:class:`~biofed.tasks.CoxPHTask`), ``"logistic_regression"``
+        (:class:`~biofed.tasks.LogisticRegressionTask`), or their PyTorch versions, which
+        can train with sample-level DP-SGD: ``"cox_ph_torch"``
+        (:class:`~biofed.tasks.CoxPHTorchTask`) and ``"logistic_regression_torch"``
+        (:class:`~biofed.tasks.LogisticRegressionTorchTask`); these need the torch extra.
     **kwargs:
-        The task's constructor arguments (``num_features=…`` for both).
+        The task's constructor arguments (``num_features=…`` for all of them).
 
     Raises
     ------
     ConfigurationError
-        For an unknown name or arguments the task does not accept.
+        For an unknown name, arguments the task does not accept, or a torch task without
+        PyTorch installed.
     """
     try:
         factory = BUILTIN_TASKS[name]

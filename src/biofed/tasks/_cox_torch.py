@@ -1,0 +1,100 @@
+"""The linear Cox model as a :class:`~biofed.tasks.TorchTask`, for sample-level DP-SGD."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Mapping
+
+import torch
+
+from biofed.data import Dataset
+from biofed.tasks._cox import CoxPH
+from biofed.tasks._numpy import check_linear_args
+from biofed.tasks._torch import TorchTask
+
+
+def cox_loss(outputs: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """FLamby's batch Cox loss in torch, as :func:`~biofed.tasks._cox.cox_loss_and_score_grad`.
+
+    Examples are ordered by decreasing ``targets["time"]`` (a stable sort); example ``i``'s
+    risk set is every example at or before it, and::
+
+        loss = (1/n) Σ_i event_i (log Σ_{j ≤ i} exp(score_j) − score_i)
+
+    Parameters
+    ----------
+    outputs:
+        ``(n, 1)`` or ``(n,)`` risk scores.
+    targets:
+        ``"time"`` and ``"event"`` (0/1), ``(n,)`` each.
+    """
+    score = outputs.reshape(-1)
+    order = torch.argsort(-targets["time"], stable=True)
+    s = score[order]
+    event = targets["event"][order].to(s.dtype)
+    return (event * (torch.logcumsumexp(s, dim=0) - s)).sum() / s.shape[0]
+
+
+def _linear(num_features: int, init: str) -> torch.nn.Linear:
+    """``Linear(p, 1)`` with a frozen bias (it cancels in the partial likelihood)."""
+    layer = torch.nn.Linear(num_features, 1)
+    if init == "zeros":
+        torch.nn.init.zeros_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+    layer.bias.requires_grad_(False)
+    return layer
+
+
+class CoxPHTorchTask(TorchTask):
+    """The built-in ``"cox_ph_torch"`` task: a linear Cox model trained by :class:`TorchTask`.
+
+    The same model, loss and metrics as :class:`~biofed.tasks.CoxPHTask` (FLamby's
+    Fed-TCGA-BRCA baseline: a linear layer and the batch Cox partial likelihood), in torch,
+    so that local training can run as sample-level DP-SGD (``dp_noise_multiplier``, see
+    :class:`~biofed.tasks.LocalTrainingConfig`). Parameters are those of
+    ``torch.nn.Linear(p, 1)``, ``"weight"`` ``(1, p)`` and ``"bias"`` ``(1,)``, like
+    :class:`~biofed.tasks.CoxPH`'s, so the two tasks' parameters are interchangeable. The
+    bias is frozen: it cancels in the partial likelihood, so training it would only spend
+    clipping budget and collect noise.
+
+    Parameters
+    ----------
+    num_features:
+        Number of feature columns.
+    init:
+        ``"zeros"`` (default) or ``"uniform"`` (torch's default for a linear layer).
+    device:
+        Where to train.
+
+    Privacy notes
+    -------------
+    **ε is not exact for the Cox loss.** The partial likelihood couples the examples of a
+    batch: each example's term depends on its risk set, the batch's examples with later
+    times. DP-SGD clips each example's *share* of the batch gradient (Opacus's per-example
+    gradient ``∂loss/∂score_i · x_i``, scaled by the batch size) to C, but adding or removing
+    one record also changes the risk sets, and so the shares, of the other examples in its
+    batch. The clipped sum's sensitivity to one record is therefore bounded only by
+    ``(2b + 1)·C`` for b other examples in the batch, not by C, and the ε an accountant
+    reports for (z, q, steps) is a heuristic figure for this task, not a guarantee. It is
+    exact for losses that are sums of per-example terms (logistic regression, cross-entropy:
+    :class:`~biofed.tasks.LogisticRegressionTorchTask`).
+    """
+
+    def __init__(self, num_features: int, *, init: str = "zeros", device: str = "cpu") -> None:
+        check_linear_args(num_features, init)
+        self.num_features = num_features
+        self.init = init
+        self._metrics_model = CoxPH(num_features)
+        super().__init__(
+            functools.partial(_linear, num_features, init),
+            cox_loss,
+            self._metrics,
+            name="cox_ph_torch",
+            primary_metric="c_index",
+            device=device,
+        )
+
+    def _metrics(self, module: torch.nn.Module, data: Dataset) -> dict[str, float]:
+        """``"c_index"`` and ``"cox_loss"``, computed as :meth:`CoxPH.metrics` does (float64)."""
+        params = {k: v.detach().cpu().double().numpy() for k, v in module.state_dict().items()}
+        return self._metrics_model.metrics(params, data)
