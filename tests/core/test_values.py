@@ -44,6 +44,7 @@ def test_public_api() -> None:
         "Reply",
         "RoundFailed",
         "Scalar",
+        "SecureAggregationError",
         "TaskError",
         "TransportError",
         "check_id",
@@ -85,7 +86,7 @@ def test_parameter_set_refuses_objects_and_bad_names() -> None:
 
 def test_ids_are_checked() -> None:
     assert check_id("site-1.a_b") == "site-1.a_b"
-    for bad in ("", "-x", "a b", "a/b", "x" * 129, "é"):
+    for bad in ("", "-x", "a b", "a/b", "x" * 129, "é", "site\n"):
         with pytest.raises(ConfigurationError):
             check_id(bad)
 

@@ -17,6 +17,7 @@ from biofed.core._errors import (
     PrivacyBudgetExceeded,
     ProtocolError,
     RoundFailed,
+    SecureAggregationError,
     TaskError,
     TransportError,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "Reply",
     "RoundFailed",
     "Scalar",
+    "SecureAggregationError",
     "TaskError",
     "TransportError",
     "check_id",

@@ -15,6 +15,8 @@ keeps working for callers who do not know biofed::
     ├── TransportError(ConnectionError)    a message could not be moved
     ├── TaskError(RuntimeError)            researcher task code failed at a site
     └── RoundFailed(RuntimeError)          a round could not produce an aggregate
+        └── SecureAggregationError         secure aggregation aborted (too few survivors, a
+                                           key signature failed, inconsistent shares…)
 
 Errors that reach the wire carry a stable ``code`` and a message with no record-level data.
 """
@@ -93,3 +95,14 @@ class RoundFailed(BiofedError, RuntimeError):
     """A round ended without an aggregate (too few valid replies, every reply rejected…)."""
 
     code = "round_failed"
+
+
+class SecureAggregationError(RoundFailed):
+    """Secure aggregation aborted: no aggregate, and no partial sum, is released.
+
+    Raised by a site when the protocol's safety checks fail (a neighbour's public keys are not
+    signed by that neighbour, a share does not decrypt, the coordinator asks for both secrets
+    of one site) and by the coordinator when too few sites survive to remove the masks.
+    """
+
+    code = "secure_aggregation"

@@ -16,7 +16,7 @@ Scalar = Union[bool, int, float, str]
 Config = Mapping[str, Scalar]
 Metrics = Mapping[str, float]
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 def check_id(value: str, *, what: str = "id") -> str:
@@ -26,7 +26,7 @@ def check_id(value: str, *, what: str = "id") -> str:
     ``.``, ``_`` and ``-``, starting with a letter or digit, so they are safe in file names,
     SQL, log lines and URLs.
     """
-    if not isinstance(value, str) or not _ID.match(value):
+    if not isinstance(value, str) or not _ID.fullmatch(value):
         raise ConfigurationError(
             f"{what} must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or "
             f"digit; got {value!r}"
