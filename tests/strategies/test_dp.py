@@ -275,3 +275,25 @@ def test_refuses_strategies_with_their_own_aggregation() -> None:
 )
 def test_check_strategy(strategy: DPFedAvg) -> None:
     check_strategy(strategy)
+
+
+def test_secure_aggregate_matches_the_fold_and_accounts_actual_survivors() -> None:
+    """Under secure aggregation the coordinator sees only the mean of the (site-clipped,
+    site-noised) updates: the result and the dp.* accounting equal the per-reply fold."""
+    sigma, clip, k = 1.2, 0.5, 8
+    strategy = DPFedAvg(FedAvg(), clip_norm=clip, noise_multiplier=sigma, noise="distributed")
+    state = strategy.init_state(X)
+    half = [reply(f"n{i}", ps(w=X["w"] + 0.01 * i, b=X["b"])) for i in range(k // 2)]
+    folded = aggregate(strategy, X, half, state, num_nodes=k)
+    mean = {
+        name: np.mean([r.parameters[name] - X[name] for r in half if r.parameters], axis=0)
+        for name in X
+    }
+    secure = strategy.aggregate_secure(
+        1, X, state, mean, total_weight=k // 2, num_replies=k // 2, num_nodes=k
+    )
+    np.testing.assert_allclose(secure.parameters["w"], folded.parameters["w"])
+    assert secure.metrics["dp.noise_std"] == pytest.approx(folded.metrics["dp.noise_std"])
+    assert secure.metrics["dp.replies"] == k // 2
+    with pytest.raises(ConfigurationError, match="equal weights"):
+        strategy.aggregate_secure(1, X, state, mean, total_weight=40, num_replies=4, num_nodes=k)

@@ -67,6 +67,8 @@ Y2 = ps(w=[0.0, 6.0], b=[0.0])
 
 def test_public_api() -> None:
     assert set(strategies_pkg.__all__) == {
+        "DP_CLIP_NORM",
+        "DP_NOISE_STD_SHARE",
         "EMPTY_STATE",
         "STRATEGIES",
         "AggregateResult",
@@ -287,3 +289,44 @@ def test_streaming_sum_handles_models_larger_than_one_chunk() -> None:
     result = aggregate(FedAvg(), x, [reply(f"n{i}", i + 1, ps(w=a)) for i, a in enumerate(arrays)])
     expected = np.average(np.stack(arrays).astype(np.float64), axis=0, weights=[1, 2, 3])
     np.testing.assert_allclose(result.parameters["w"], expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("strategy", [FedAvg(), FedAvg(weighted=False)])
+def test_secure_aggregate_equals_the_weighted_fold_of_the_replies(strategy: FedAvg) -> None:
+    """What secure aggregation releases (the weighted mean update and the total weight)
+    gives the same model as folding the individual replies."""
+    replies = [reply("a", 1, Y1), reply("b", 3, Y2)]
+    folded = aggregate(strategy, X0, replies)
+    weights = [1.0, 3.0] if strategy.weighted else [1.0, 1.0]
+    mean = {
+        k: sum(w * (r.parameters[k] - X0[k]) for w, r in zip(weights, replies, strict=True))
+        / sum(weights)
+        for k in X0
+        if all(r.parameters is not None for r in replies)
+    }
+    secure = strategy.aggregate_secure(
+        1,
+        X0,
+        strategy.init_state(X0),
+        mean,
+        total_weight=int(sum(weights)),
+        num_replies=2,
+        num_nodes=2,
+    )
+    for k in X0:
+        np.testing.assert_allclose(secure.parameters[k], folded.parameters[k], rtol=1e-6)
+    assert secure.num_replies == 2
+
+
+def test_scaffold_refuses_secure_aggregation() -> None:
+    strategy = Scaffold()
+    with pytest.raises(ConfigurationError, match="cannot run under secure aggregation"):
+        strategy.aggregate_secure(
+            1,
+            X0,
+            strategy.init_state(X0),
+            dict(X0.items()),
+            total_weight=1,
+            num_replies=1,
+            num_nodes=1,
+        )

@@ -17,6 +17,7 @@ from typing import Protocol
 import numpy as np
 
 from biofed.coordinator._records import RoundRecord, RunEvent, RunResult
+from biofed.coordinator._secure import SecureRound
 from biofed.core import (
     BiofedError,
     ConfigurationError,
@@ -33,7 +34,8 @@ from biofed.core import (
     check_id,
     freeze_config,
 )
-from biofed.strategies import NodePlan, Strategy, StrategyState
+from biofed.secagg._settings import SecureAggregationSettings
+from biofed.strategies import AggregateResult, NodePlan, Strategy, StrategyState
 from biofed.transport import Transport
 
 
@@ -129,6 +131,9 @@ class RoundEngine:
     instruction_config:
         Run-level settings added to every instruction's config (the task, the dataset…);
         a strategy's own keys win.
+    secure_aggregation:
+        With settings, every training round runs SecAgg+ (:mod:`biofed.coordinator._secure`)
+        and the engine only ever holds the sites' (weighted) mean update.
     """
 
     def __init__(
@@ -141,8 +146,10 @@ class RoundEngine:
         listener: EngineListener | None = None,
         clock: Callable[[], float] = time.monotonic,
         instruction_config: Mapping[str, Scalar] | None = None,
+        secure_aggregation: SecureAggregationSettings | None = None,
     ) -> None:
         self.strategy = strategy
+        self.secure_aggregation = secure_aggregation
         self.instruction_config = freeze_config(instruction_config)
         self.transport = transport
         self.config = config
@@ -201,22 +208,19 @@ class RoundEngine:
                 )
             plans = self.strategy.configure_train(server_round, params, state, nodes, rng)
             self.listener.on_round_start(server_round, len(plans))
-            aggregator = self.strategy.begin_train_aggregation(
-                server_round, params, state, len(nodes)
-            )
-            accepted, rejected, _ = self._exchange(
-                server_round, MessageKind.TRAIN, params, plans, aggregator.add, params.spec
-            )
-            record_kwargs.update(num_selected=len(plans), num_rejected=rejected)
-            if accepted < self.config.min_replies:
-                raise RoundFailed(
-                    f"{accepted} valid training replies, the run needs {self.config.min_replies}"
-                )
-            result = aggregator.finish()
-            if not result.parameters.all_finite():
-                raise RoundFailed("the aggregate contains NaN or infinite values")
+            record_kwargs["num_selected"] = len(plans)
+            if self.secure_aggregation is not None:
+                secure = SecureRound(self, self.secure_aggregation)
+                result, rejected = secure.run(server_round, params, state, plans, len(nodes))
+            else:
+                result, rejected = self._aggregate(server_round, params, state, plans, len(nodes))
             params, state = result.parameters, result.state
-            record_kwargs.update(num_replies=result.num_replies, train_metrics=result.metrics)
+            record_kwargs.update(
+                num_selected=len(plans),
+                num_rejected=rejected,
+                num_replies=result.num_replies,
+                train_metrics=result.metrics,
+            )
         except RoundFailed as exc:
             self._event(server_round, "round_failed", str(exc))
             record_kwargs.setdefault("num_selected", 0)
@@ -228,6 +232,28 @@ class RoundEngine:
         record = RoundRecord(duration_s=self.clock() - started, **record_kwargs)  # type: ignore[arg-type]
         self.listener.on_round_end(record)
         return params, state, record
+
+    def _aggregate(
+        self,
+        server_round: int,
+        params: ParameterSet,
+        state: StrategyState,
+        plans: list[NodePlan],
+        num_nodes: int,
+    ) -> tuple[AggregateResult, int]:
+        """Send the training instructions and fold the replies as they arrive."""
+        aggregator = self.strategy.begin_train_aggregation(server_round, params, state, num_nodes)
+        accepted, rejected, _ = self._exchange(
+            server_round, MessageKind.TRAIN, params, plans, aggregator.add, params.spec
+        )
+        if accepted < self.config.min_replies:
+            raise RoundFailed(
+                f"{accepted} valid training replies, the run needs {self.config.min_replies}"
+            )
+        result = aggregator.finish()
+        if not result.parameters.all_finite():
+            raise RoundFailed("the aggregate contains NaN or infinite values")
+        return result, rejected
 
     # ------------------------------------------------------------------------------------
     def _should_evaluate(self, server_round: int) -> bool:

@@ -14,6 +14,7 @@ from typing import Any
 from biofed.core import ConfigurationError, Scalar, check_id, freeze_config
 from biofed.governance._bundle import check_digest
 from biofed.privacy import DPSettings
+from biofed.secagg._settings import SecureAggregationSettings
 from biofed.strategies import STRATEGIES, DPFedAvg, Strategy, make_strategy
 
 if sys.version_info >= (3, 11):
@@ -21,7 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-_SECTIONS = {"run", "task", "strategy", "train", "evaluate", "privacy"}
+_SECTIONS = {"run", "task", "strategy", "train", "evaluate", "privacy", "secure_aggregation"}
 _RUN_KEYS = {
     "name",
     "dataset",
@@ -76,6 +77,9 @@ class JobSpec:
         Its ``rounds`` and ``min_replies`` are the run's. Sample mode is carried out by each
         node (DP-SGD in its local training); client mode wraps the strategy in
         :class:`~biofed.strategies.DPFedAvg`.
+    secure_aggregation:
+        The ``[secure_aggregation]`` table, or None: with it every training round runs
+        SecAgg+ and the coordinator learns only the (weighted) mean of the sites' updates.
     """
 
     name: str
@@ -95,6 +99,7 @@ class JobSpec:
     agreement: str | None = None
     bundle: str | None = None
     privacy: DPSettings | None = None
+    secure_aggregation: SecureAggregationSettings | None = None
 
     def __post_init__(self) -> None:
         check_id(self.name, what="[run] name")
@@ -143,7 +148,18 @@ class JobSpec:
                 )
         for attr in ("task_options", "strategy_options", "train", "evaluate"):
             object.__setattr__(self, attr, freeze_config(getattr(self, attr)))
-        self.build_strategy()  # validates the strategy's options and the train config
+        strategy = self.build_strategy()  # validates the strategy's options and train config
+        if self.secure_aggregation is not None:
+            if not strategy.supports_secure_aggregation:
+                raise ConfigurationError(
+                    f"[strategy] {self.strategy} needs each site's update on its own and "
+                    "cannot run with [secure_aggregation]"
+                )
+            if self.min_replies < 2:
+                raise ConfigurationError(
+                    "[secure_aggregation] needs [run] min_replies >= 2: a sum of one site's "
+                    "update is that update"
+                )
 
     # -- parsing ---------------------------------------------------------------------------
     @classmethod
@@ -178,6 +194,11 @@ class JobSpec:
                 min_replies=min_replies,  # type: ignore[arg-type]
             )
         strategy_name = str(strategy.pop("name", "fedavg"))
+        secure = None
+        if "secure_aggregation" in data:
+            secure = SecureAggregationSettings.from_table(
+                _scalars("secure_aggregation", data["secure_aggregation"])
+            )
         return cls(
             name=str(run.get("name", "job")),
             dataset=str(run["dataset"]),
@@ -196,6 +217,7 @@ class JobSpec:
             agreement=None if "agreement" not in run else str(run["agreement"]),
             bundle=None if "bundle" not in run else str(run["bundle"]),
             privacy=privacy,
+            secure_aggregation=secure,
         )
 
     @classmethod
@@ -243,6 +265,8 @@ class JobSpec:
         }
         if self.privacy is not None:
             mapping["privacy"] = self.privacy.to_table()
+        if self.secure_aggregation is not None:
+            mapping["secure_aggregation"] = self.secure_aggregation.to_table()
         return mapping
 
     def to_json(self) -> str:
@@ -283,4 +307,6 @@ class JobSpec:
             config["bundle"] = self.bundle
         if self.privacy is not None:
             config.update(self.privacy.to_config())
+        if self.secure_aggregation is not None:
+            config.update(self.secure_aggregation.to_config())
         return config

@@ -20,7 +20,7 @@ PRIVACY_EVENT = "privacy_spent"
 
 def spend_message(reply: Reply) -> str | None:
     """The event text for a training reply that reports its site's spend, else None."""
-    if reply.kind is not MessageKind.TRAIN:
+    if reply.kind not in (MessageKind.TRAIN, MessageKind.SECAGG):
         return None
     eps, delta = reply.metrics.get(EPSILON_METRIC), reply.metrics.get(DELTA_METRIC)
     if eps is None or delta is None:

@@ -39,7 +39,13 @@ from biofed.core import (
     Reply,
     encode_parameters,
 )
-from biofed.governance import RECEIVED_EVENT, AuditLog, check_digest, read_bundle
+from biofed.governance import (
+    RECEIVED_EVENT,
+    AuditLog,
+    check_digest,
+    read_bundle,
+    reply_payload,
+)
 from biofed.tasks import make_task
 from biofed.transport.grpc import (
     EventInfo,
@@ -66,9 +72,9 @@ def _finite(value: float) -> float | None:
 
 
 def payload_digest(reply: Reply) -> tuple[str, int]:
-    """SHA-256 and size of what a reply carried: the safetensors encoding of its parameters
-    (empty for evaluations) — the same definition a node uses for its ``round.sent``."""
-    payload = b"" if reply.parameters is None else encode_parameters(reply.parameters)
+    """SHA-256 and size of what a reply carried (:func:`~biofed.governance.reply_payload`,
+    the same definition a node uses for its ``round.sent``)."""
+    payload = reply_payload(reply)
     return hashlib.sha256(payload).hexdigest(), len(payload)
 
 
@@ -504,6 +510,7 @@ class Coordinator:
             run_id=run_id,
             listener=listener,
             instruction_config=spec.instruction_config(),
+            secure_aggregation=spec.secure_aggregation,
         )
         try:
             for server_round in range(start, spec.rounds + 1):

@@ -22,6 +22,9 @@ class MessageKind(str, enum.Enum):
 
     TRAIN = "train"
     EVALUATE = "evaluate"
+    #: One stage of secure aggregation (``config["secagg.stage"]`` says which); its
+    #: messages travel as ``extras["secagg"]`` (see :mod:`biofed.secagg`).
+    SECAGG = "secagg"
 
 
 def _freeze_extras(extras: Mapping[str, ParameterSet]) -> Mapping[str, ParameterSet]:

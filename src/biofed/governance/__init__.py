@@ -24,6 +24,7 @@ from biofed.governance._audit_reconcile import (
     ReconcileReport,
     Transfer,
     reconcile,
+    reply_payload,
 )
 from biofed.governance._audit_signer import AuditSigner
 from biofed.governance._audit_verify import AuditSource, VerifyReport, verify_log
@@ -96,6 +97,7 @@ __all__ = [
     "read_agreement",
     "read_bundle",
     "reconcile",
+    "reply_payload",
     "require_in_force",
     "sign",
     "unpack_bundle",

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
-from biofed.core import PolicyViolation
+from biofed.core import MessageKind, PolicyViolation, Reply, encode_parameters
 from biofed.governance._audit_entry import AuditEntry, AuditLogError
 from biofed.governance._audit_verify import AuditSource, scan_log
 
@@ -35,6 +35,16 @@ SENT_EVENT = "round.sent"
 
 RECEIVED_EVENT = "round.received"
 """Event the coordinator logs for each payload it receives (schema in this module's docstring)."""
+
+
+def reply_payload(reply: Reply) -> bytes:
+    """The bytes both sides hash for a reply: the safetensors encoding of its parameters
+    (empty for evaluations), or for a secure-aggregation stage the protocol message itself
+    (``extras["secagg"]`` as safetensors: the masked vector, keys or shares)."""
+    if reply.kind is MessageKind.SECAGG:
+        return b"".join(encode_parameters(v) for _, v in sorted(reply.extras.items()))
+    return b"" if reply.parameters is None else encode_parameters(reply.parameters)
+
 
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 

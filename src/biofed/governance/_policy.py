@@ -328,7 +328,11 @@ def _check_outputs(request: PolicyRequest, signed: SignedAgreement) -> None:
 
 def _check_privacy(request: PolicyRequest, signed: SignedAgreement, site: str) -> None:
     privacy = signed.agreement.privacy
-    if privacy.secure_aggregation_required and not request.secure_aggregation:
+    if (
+        privacy.secure_aggregation_required
+        and request.kind is MessageKind.TRAIN
+        and not request.secure_aggregation
+    ):
         raise _refuse(
             "privacy",
             "this agreement requires secure aggregation, which this job does not provide",

@@ -41,11 +41,10 @@ from biofed.core import (
     Reply,
     Scalar,
     check_id,
-    encode_parameters,
 )
 from biofed.data import SiteData
 from biofed.governance._audit import AuditLog
-from biofed.governance._audit_reconcile import SENT_EVENT
+from biofed.governance._audit_reconcile import SENT_EVENT, reply_payload
 from biofed.governance._audit_signer import AuditSigner
 from biofed.governance._bundle import TASK_FILE, ApprovalStore, Bundle, check_digest, read_bundle
 from biofed.governance._datasets import DatasetRegistry
@@ -70,7 +69,9 @@ from biofed.node._privacy import (
 )
 from biofed.node._runtime import SiteNode
 from biofed.node._sandbox import BundleRunner
+from biofed.node._secure import SecureSessions
 from biofed.privacy import PRIVACY_PREFIX
+from biofed.secagg._settings import STAGE_KEY
 from biofed.tasks import BUILTIN_TASKS, Task, make_task
 
 
@@ -117,6 +118,7 @@ class NodeApp:
         if config.governance is not None:
             self.policy, self.audit = self._governance(config.governance, kit)
         self.privacy = SitePrivacy(self._ledger(config, kit))
+        self.secure = SecureSessions(self.node_id, kit)
 
     def _ledger(self, config: NodeConfig, kit: Kit | None) -> PrivacyLedger | None:
         """The site's privacy ledger (``[privacy] ledger``, else ``<kit>/privacy.db``), with
@@ -214,8 +216,46 @@ class NodeApp:
 
     def handle(self, instruction: Instruction) -> Reply:
         """Run one instruction (an error reply, never an exception)."""
+        if instruction.kind is MessageKind.SECAGG:
+            return self._handle_secure(instruction)
         if self.policy is not None and self.audit is not None:
             return self._handle_governed(instruction, self.policy, self.audit)
+        return self._handle_plain(instruction)
+
+    def _handle_secure(self, instruction: Instruction) -> Reply:
+        """One secure-aggregation stage; the masked-input stage trains through the same
+        checks as a plain round (with ``secure_aggregation`` true for the policy), and
+        what leaves is only the stage's protocol message, audited as sent."""
+        reply = self.secure.handle(instruction, self._train_securely)
+        if self.audit is None or not reply.ok:
+            return reply
+        payload = reply_payload(reply)
+        try:
+            _record(
+                self.audit,
+                SENT_EVENT,
+                {
+                    "run_id": instruction.run_id,
+                    "round": instruction.round,
+                    "kind": instruction.kind.value,
+                    "stage": str(instruction.config.get(STAGE_KEY, "")),
+                    "payload_sha256": hashlib.sha256(payload).hexdigest(),
+                    "bytes": len(payload),
+                    "metrics": sorted(reply.metrics),
+                },
+                strict=True,
+            )
+        except BiofedError as exc:
+            return self._error(instruction, exc)
+        return reply
+
+    def _train_securely(self, instruction: Instruction) -> Reply:
+        if self.policy is not None and self.audit is not None:
+            return self._handle_governed(instruction, self.policy, self.audit, secure=True)
+        return self._handle_plain(instruction)
+
+    def _handle_plain(self, instruction: Instruction) -> Reply:
+        """An ungoverned (development) node: the named dataset and task, DP if asked."""
         try:
             site = self._site(instruction.config)
             plan = self._plan(instruction)
@@ -245,7 +285,9 @@ class NodeApp:
         return plan_round(instruction.config, len(data.train))
 
     # -- governance ---------------------------------------------------------------------------
-    def _request(self, instruction: Instruction, plan: RoundPrivacy | None) -> PolicyRequest:
+    def _request(
+        self, instruction: Instruction, plan: RoundPrivacy | None, *, secure: bool = False
+    ) -> PolicyRequest:
         config = instruction.config
         dataset = str(config.get("dataset", ""))
         data = self.data.get(dataset)
@@ -268,6 +310,7 @@ class NodeApp:
             dataset_path=None if source is None else source.path,
             rows=rows,
             metrics=requested_metrics(config),
+            secure_aggregation=secure,
             differential_privacy=any(k.startswith(PRIVACY_PREFIX) for k in config),
             dp_planned=None if plan is None else (plan.planned_epsilon(), plan.settings.delta),
             dp_seeded=plan is not None and plan.settings.seeded,
@@ -298,8 +341,16 @@ class NodeApp:
         _record(audit, "bundle.fetched", {"bundle": digest, "bytes": len(data)})
 
     def _handle_governed(
-        self, instruction: Instruction, policy: SitePolicy, audit: AuditLog
+        self,
+        instruction: Instruction,
+        policy: SitePolicy,
+        audit: AuditLog,
+        *,
+        secure: bool = False,
     ) -> Reply:
+        """Check, run and control one instruction under the site's governance. With
+        ``secure`` the reply is the input of a secure-aggregation round: it is controlled but
+        not released (nor audited as sent) here — only its masked form leaves."""
         where = {
             "run_id": instruction.run_id,
             "round": instruction.round,
@@ -311,7 +362,7 @@ class NodeApp:
                 plan = self._plan(instruction)
             except ConfigurationError as exc:
                 raise PolicyViolation(f"privacy: {exc}") from None
-            clearance = check_instruction(policy, self._request(instruction, plan))
+            clearance = check_instruction(policy, self._request(instruction, plan, secure=secure))
         except PolicyViolation as exc:
             _record(audit, "job.refused", {**where, "rule": str(exc)})
             return self._error(instruction, exc)
@@ -351,7 +402,9 @@ class NodeApp:
             reply, dropped = control_reply(reply, instruction, clearance)
             if spend is not None:
                 reply = with_spend(reply, spend)
-            payload = b"" if reply.parameters is None else encode_parameters(reply.parameters)
+            if secure:
+                return reply
+            payload = reply_payload(reply)
             _record(
                 audit,
                 SENT_EVENT,

@@ -10,6 +10,7 @@ many sites reply (DESIGN.md, "Aggregation streams").
 from __future__ import annotations
 
 import abc
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -17,8 +18,10 @@ from types import MappingProxyType
 import numpy as np
 
 from biofed.core import (
+    Array,
     Config,
     ConfigurationError,
+    MessageKind,
     Metrics,
     NodeInfo,
     ParameterSet,
@@ -179,6 +182,55 @@ class Strategy(abc.ABC):
         ``num_nodes`` is the number of nodes available when the round was configured (used
         by SCAFFOLD's control-variate update).
         """
+
+    #: True when sites weigh their updates by example count (FedAvg's default); secure
+    #: aggregation then carries each site's count inside its masked vector.
+    weighted: bool = True
+    #: False for strategies whose aggregation needs each site's reply on its own (SCAFFOLD's
+    #: control variates): they cannot run under secure aggregation.
+    supports_secure_aggregation: bool = True
+
+    def aggregate_secure(
+        self,
+        server_round: int,
+        parameters: ParameterSet,
+        state: StrategyState,
+        mean_update: Mapping[str, Array],
+        *,
+        total_weight: int,
+        num_replies: int,
+        num_nodes: int,
+    ) -> AggregateResult:
+        """The round's result from what secure aggregation releases: the (weighted) mean of
+        the sites' updates ``xᵢ − x`` and the total weight, never one site's update.
+
+        The default folds the mean model ``x + mean_update`` as a single reply of weight
+        ``total_weight``, which is exactly what a weighted mean of the individual replies
+        gives for the FedAvg family and FedOpt (their server step sees only the mean).
+        Strategies that need more override this or set
+        :attr:`supports_secure_aggregation` to False.
+        """
+        if not self.supports_secure_aggregation:
+            raise ConfigurationError(f"{self.name} cannot run under secure aggregation")
+        merged = ParameterSet(
+            {
+                k: (x.astype(np.float64) + mean_update[k]).astype(x.dtype)
+                for k, x in parameters.items()
+            }
+        )
+        aggregator = self.begin_train_aggregation(server_round, parameters, state, num_nodes)
+        aggregator.add(
+            Reply(
+                run_id="secure",
+                round=server_round,
+                node_id="secure-aggregate",
+                kind=MessageKind.TRAIN,
+                parameters=merged,
+                num_examples=max(1, total_weight),
+            )
+        )
+        result = aggregator.finish()
+        return dataclasses.replace(result, num_replies=num_replies)
 
     # -- evaluation ----------------------------------------------------------------------
     def configure_evaluate(

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Literal
 
 import numpy as np
@@ -284,6 +284,38 @@ class DPFedAvg(Strategy):
         new = {k: (x[k] + delta[k]).astype(x[k].dtype, copy=False) for k in x}
         return ParameterSet(new), state
 
+    weighted = False  # every clipped update counts once (see Privacy notes)
+
+    def aggregate_secure(
+        self,
+        server_round: int,
+        parameters: ParameterSet,
+        state: StrategyState,
+        mean_update: Mapping[str, Array],
+        *,
+        total_weight: int,
+        num_replies: int,
+        num_nodes: int,
+    ) -> AggregateResult:
+        """Client-level DP over secure aggregation: the sites clipped their own updates (and,
+        with distributed noise, added their shares) before masking; the released mean of
+        ``num_replies`` equal-weight updates is noised (central) or accounted (distributed)
+        exactly as :meth:`begin_train_aggregation`'s fold would."""
+        if self.adaptive is not None:
+            raise ConfigurationError(
+                "adaptive clipping measures each update's norm at the coordinator, which "
+                "secure aggregation hides: use a fixed clip_norm"
+            )
+        if total_weight != num_replies:
+            raise ConfigurationError(
+                f"client-level DP needs equal weights: {num_replies} updates carried a total "
+                f"weight of {total_weight}"
+            )
+        aggregator = self.begin_train_aggregation(server_round, parameters, state, num_nodes)
+        assert isinstance(aggregator, _DPAggregator)
+        mean = {k: np.asarray(v, dtype=np.float64) for k, v in mean_update.items()}
+        return aggregator.release(mean, num_replies, {})
+
     # -- evaluation and description ------------------------------------------------------
     def configure_evaluate(
         self,
@@ -356,9 +388,16 @@ class _DPAggregator(TrainAggregator):
         n = self.count
         if n == 0:
             raise RoundFailed("no training reply to aggregate")
+        metrics = {"dp.clipped_fraction": self._clipped / n}
+        return self.release(self._sum.mean(), n, metrics)
+
+    def release(
+        self, mean: dict[str, Array], n: int, extra_metrics: dict[str, float]
+    ) -> AggregateResult:
+        """Noise (central) or account for (distributed) the mean of ``n`` clipped updates
+        and apply it through the inner strategy's server step."""
         strategy = self._strategy
         sum_std = strategy.update_noise_multiplier * self._clip
-        mean = self._sum.mean()
         if strategy.noise == "central":
             noise_std = sum_std
             if noise_std > 0:
@@ -374,7 +413,7 @@ class _DPAggregator(TrainAggregator):
             "dp.clip_norm": self._clip,
             "dp.noise_std": noise_std,
             "dp.replies": float(n),
-            "dp.clipped_fraction": self._clipped / n,
+            **extra_metrics,
         }
         if self._adaptive is not None:
             noisy = self._adaptive.noisy_count(self._unclipped, rng=self._rng)

@@ -102,6 +102,9 @@ class Scaffold(FedAvg):
 
     name = "scaffold"
 
+    #: Control variates need each site's delta on its own: no secure aggregation.
+    supports_secure_aggregation = False
+
     def __init__(self, *, server_learning_rate: float = 1.0, **kwargs: Any) -> None:
         if not server_learning_rate > 0:
             raise ConfigurationError(

@@ -18,6 +18,7 @@ from typing import Literal
 from biofed.core import (
     Instruction,
     NodeInfo,
+    ParameterSet,
     ProtocolError,
     Reply,
     TransportError,
@@ -249,7 +250,7 @@ class RunTransport(Transport):
         self._replies: queue.Queue[tuple[Reply, Callable[[], None]]] = queue.Queue()
         self._held: Callable[[], None] = lambda: None
         self._pending = 0
-        self._payload_cache: tuple[int, Payload] | None = None
+        self._payload_cache: tuple[tuple[str, ...], tuple[ParameterSet, ...], Payload] | None = None
         self._closed = False
 
     def available_nodes(self) -> Sequence[NodeInfo]:
@@ -261,11 +262,22 @@ class RunTransport(Transport):
         return sorted(nodes, key=lambda n: n.node_id)
 
     def _payload(self, instruction: Instruction) -> Payload:
-        # Broadcast: encode the same parameters once per round for every node.
-        key = id(instruction.parameters) ^ hash(tuple(instruction.extras))
-        if self._payload_cache is None or self._payload_cache[0] != key:
-            self._payload_cache = (key, pack(instruction.parameters, instruction.extras))
-        return self._payload_cache[1]
+        # Broadcast: encode the same parameters once per round for every node. The cache
+        # holds the very objects it was built from and matches them by identity, so
+        # per-node extras (secure aggregation's messages) never reach the wrong node, and a
+        # freed object's reused id cannot match.
+        names = tuple(sorted(instruction.extras))
+        objects = (instruction.parameters, *(instruction.extras[n] for n in names))
+        cached = self._payload_cache
+        if not (
+            cached is not None
+            and cached[0] == names
+            and len(cached[1]) == len(objects)
+            and all(x is y for x, y in zip(cached[1], objects, strict=True))
+        ):
+            cached = (names, objects, pack(instruction.parameters, instruction.extras))
+            self._payload_cache = cached
+        return cached[2]
 
     def send(self, instruction: Instruction) -> None:
         if self._closed:

@@ -218,6 +218,9 @@ def _config_from_json(text: str) -> dict[str, Scalar]:
     return value
 
 
+_KINDS = frozenset(k.value for k in MessageKind)
+
+
 def _kind(text: str) -> MessageKind:
     try:
         return MessageKind(text)
@@ -311,6 +314,6 @@ def error_reply(header: pb.ReplyHeader, node_id: str, message: str) -> Reply:
         run_id=header.run_id or "unknown",
         round=header.round,
         node_id=node_id,
-        kind=MessageKind.TRAIN if header.kind != "evaluate" else MessageKind.EVALUATE,
+        kind=_kind(header.kind) if header.kind in _KINDS else MessageKind.TRAIN,
         error=f"payload: {message}",
     )

@@ -164,7 +164,7 @@ class InstructionHeader(_message.Message):
     run_id: _builtins.str
     round: _builtins.int
     kind: _builtins.str
-    """"train" | "evaluate" """
+    """"train" | "evaluate" | "secagg" """
     config_json: _builtins.str
     """JSON object of scalars"""
     task_json: _builtins.str

@@ -1,0 +1,201 @@
+"""A training round under secure aggregation: the engine drives the SecAgg+ server state
+machine (:class:`~biofed.secagg.SecAggServer`) over whatever transport it uses.
+
+The four stages are four exchanges of ``MessageKind.SECAGG`` instructions, each carrying
+one protocol message in ``extras["secagg"]`` and ``config["secagg.stage"]``:
+
+1. ``advertise_keys``: the round's plan goes out; each site answers with its signed public
+   keys and its certificate.
+2. ``share_keys``: each site gets the roster (its neighbours' signed keys) and every
+   participant's certificate, checks the signatures against the consortium CA, and answers
+   with encrypted shares.
+3. ``masked_input``: each site gets the global model, the shares addressed to it and the
+   training config; it trains (with its DP, policy and budget checks), and answers with its
+   masked, quantised, weighted update.
+4. ``unmask``: each site gets the list of survivors and dropouts and answers with shares.
+
+Only then does the coordinator hold an aggregate: the weighted mean of the survivors'
+updates, which the strategy turns into the next model (:meth:`Strategy.aggregate_secure`).
+A site that does not answer a stage in time is a dropout; below the threshold the round
+fails cleanly (``RoundFailed``: the model stays, no partial sum is released) and the run
+goes on.
+
+Security notes
+--------------
+Threat: a curious coordinator reading one site's update. It sees only masked vectors,
+uniformly distributed in the ring; it cannot substitute keys, because sites check each
+other's signatures against certificates from the consortium CA (Bonawitz et al. 2017,
+Bell et al. 2020; see :mod:`biofed.secagg`).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from biofed.core import (
+    Array,
+    BiofedError,
+    ConfigurationError,
+    MessageKind,
+    ParameterSet,
+    Reply,
+    RoundFailed,
+    SecureAggregationError,
+)
+from biofed.secagg import SecAggServer
+from biofed.secagg._settings import (
+    CERTIFICATE_ARRAY,
+    CERTIFICATE_PREFIX,
+    STAGE_KEY,
+    WEIGHTING_KEY,
+    SecureAggregationSettings,
+    pack_message,
+    unpack_message,
+)
+from biofed.strategies import AggregateResult, NodePlan, Strategy, StrategyState
+
+if TYPE_CHECKING:  # the engine imports this module
+    from biofed.coordinator._engine import RoundEngine as _Engine
+
+_STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask")
+
+
+def flat_dimension(parameters: ParameterSet) -> int:
+    """Length of the update vector: every parameter must be floating point."""
+    for name, array in parameters.items():
+        if not np.issubdtype(array.dtype, np.floating):
+            raise ConfigurationError(
+                f"secure aggregation sums floating-point updates; {name!r} is {array.dtype}"
+            )
+    return sum(int(a.size) for a in parameters.values())
+
+
+def unflatten(vector: Array, template: ParameterSet) -> dict[str, Array]:
+    """Split a flat vector into arrays shaped like ``template`` (name order)."""
+    out: dict[str, Array] = {}
+    offset = 0
+    for name, array in template.items():
+        out[name] = np.asarray(vector[offset : offset + array.size], dtype=np.float64).reshape(
+            array.shape
+        )
+        offset += array.size
+    return out
+
+
+class SecureRound:
+    """One training round under SecAgg+, driven by a :class:`RoundEngine`.
+
+    Parameters
+    ----------
+    engine:
+        The engine (its transport, deadline, run id and event log are used).
+    settings:
+        The job's ``[secure_aggregation]`` table.
+    """
+
+    def __init__(self, engine: _Engine, settings: SecureAggregationSettings) -> None:
+        self.engine = engine
+        self.settings = settings
+
+    def run(
+        self,
+        server_round: int,
+        params: ParameterSet,
+        state: StrategyState,
+        plans: list[NodePlan],
+        num_nodes: int,
+    ) -> tuple[AggregateResult, int]:
+        """Run the four stages; return the aggregate and how many replies were refused.
+
+        Raises
+        ------
+        RoundFailed
+            When fewer sites than the protocol's threshold or the run's ``min_replies``
+            remain, or the plan is refused (a sum that could wrap around the ring).
+        """
+        engine = self.engine
+        strategy: Strategy = engine.strategy
+        if not strategy.supports_secure_aggregation:
+            raise RoundFailed(f"{strategy.name} cannot run under secure aggregation")
+        participants = [p.node_id for p in plans]
+        if len(participants) < max(2, engine.config.min_replies):
+            raise RoundFailed(
+                f"secure aggregation needs at least {max(2, engine.config.min_replies)} "
+                f"sites, {len(participants)} were selected"
+            )
+        try:
+            plan = self.settings.secagg_config(flat_dimension(params)).plan(len(participants))
+            server = SecAggServer(plan, participants, run_id=engine.run_id, round=server_round)
+        except ConfigurationError as exc:
+            raise RoundFailed(f"secure aggregation refused: {exc}") from None
+        by_node = {p.node_id: p for p in plans}
+        weighting = "examples" if strategy.weighted else "equal"
+        empty = ParameterSet({})
+        rejected = 0
+        certificates: dict[str, bytes] = {}
+
+        def accept(reply: Reply) -> None:
+            message, more = unpack_message(reply.extras)
+            if CERTIFICATE_ARRAY in more:
+                certificates[reply.node_id] = more[CERTIFICATE_ARRAY]
+            server.receive(reply.node_id, message)
+
+        outgoing: dict[str, bytes] = {n: plan.to_bytes() for n in participants}
+        try:
+            for stage in _STAGES:
+                stage_plans = []
+                for node_id, message in outgoing.items():
+                    more = {}
+                    if stage == "share_keys":
+                        more = {f"{CERTIFICATE_PREFIX}{n}": c for n, c in certificates.items()}
+                    stage_plans.append(
+                        NodePlan(
+                            node_id=node_id,
+                            config={
+                                **by_node[node_id].config,
+                                STAGE_KEY: stage,
+                                WEIGHTING_KEY: weighting,
+                            },
+                            extras=pack_message(message, **more),
+                        )
+                    )
+                model = params if stage == "masked_input" else empty
+                _, refused, _ = engine._exchange(
+                    server_round, MessageKind.SECAGG, model, stage_plans, accept, None
+                )
+                rejected += refused
+                outgoing = {n: m.to_bytes() for n, m in server.close_stage().items()}
+            result = server.result()
+        except SecureAggregationError as exc:
+            raise RoundFailed(f"secure aggregation aborted: {exc}") from None
+        except BiofedError as exc:
+            raise RoundFailed(f"secure aggregation failed: {exc}") from None
+        if len(result.survivors) < engine.config.min_replies:
+            raise RoundFailed(
+                f"{len(result.survivors)} sites in the secure sum, the run needs "
+                f"{engine.config.min_replies}"
+            )
+        for node_id, stage_left in sorted(result.dropouts.items()):
+            engine._event(server_round, "secagg_dropout", f"dropped at {stage_left.value}", node_id)
+        aggregate = strategy.aggregate_secure(
+            server_round,
+            params,
+            state,
+            unflatten(result.mean, params),
+            total_weight=result.total_weight,
+            num_replies=len(result.survivors),
+            num_nodes=num_nodes,
+        )
+        metrics = {
+            **aggregate.metrics,
+            "secagg.survivors": float(len(result.survivors)),
+            "secagg.total_weight": float(result.total_weight),
+        }
+        return AggregateResult(
+            parameters=aggregate.parameters,
+            state=aggregate.state,
+            metrics=metrics,
+            num_replies=aggregate.num_replies,
+        ), rejected

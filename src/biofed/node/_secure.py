@@ -1,0 +1,280 @@
+"""The site side of secure aggregation: one :class:`~biofed.secagg.SecAggClient` per round,
+fed the coordinator's stage messages, with keys signed by the site's kit.
+
+Security notes
+--------------
+Threats: a coordinator that reads one site's update, or substitutes a neighbour's public key
+to sit in the middle of a key agreement. The update leaves only masked (Bonawitz et al.
+2017, with the SecAgg+ graph of Bell et al. 2020); the site signs its advertised keys with
+its kit's ECDSA P-256 key, and accepts a neighbour's keys only with a valid signature by a
+certificate that the consortium CA issued to a *site* of that very name and did not revoke
+(:func:`~biofed.identity.identify_peer`) — the coordinator can relay certificates but cannot
+forge one. The round's plan is accepted only if it matches the job's
+``[secure_aggregation]`` settings, so the coordinator cannot loosen the threshold or widen
+the ring on its own. Round secrets live in memory only and are dropped after the unmask
+stage (or when newer rounds push them out).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from biofed.core import (
+    BiofedError,
+    ConfigurationError,
+    Instruction,
+    MessageKind,
+    ParameterSet,
+    PolicyViolation,
+    ProtocolError,
+    Reply,
+)
+from biofed.identity import Kit, identify_peer
+from biofed.identity._pki import load_certificate
+from biofed.secagg import (
+    ForwardedShares,
+    Roster,
+    SecAggClient,
+    SecAggPlan,
+    UnmaskRequest,
+    decode_message,
+)
+from biofed.secagg._settings import (
+    CERTIFICATE_PREFIX,
+    STAGE_KEY,
+    WEIGHTING_KEY,
+    SecureAggregationSettings,
+    pack_message,
+    unpack_message,
+)
+
+_MAX_SESSIONS = 8
+
+#: Runs the round's local training (with the site's policy, DP and budget checks) and
+#: returns the reply that would have left without secure aggregation.
+Train = Callable[[Instruction], Reply]
+
+
+@dataclass(slots=True)
+class _Session:
+    client: SecAggClient
+    certificates: dict[str, bytes] = field(default_factory=dict)
+
+
+def _same_plan(plan: SecAggPlan, settings: SecureAggregationSettings) -> bool:
+    c = plan.config
+    return (
+        c.clip_range == settings.clip_range
+        and c.quantisation_step == settings.quantisation_step
+        and c.max_weight == settings.max_weight
+        and c.num_neighbours == settings.num_neighbours
+        and c.threshold == settings.threshold
+    )
+
+
+class SecureSessions:
+    """The site's secure-aggregation rounds in progress.
+
+    Parameters
+    ----------
+    node_id:
+        The site's name (its certificate's CN).
+    kit:
+        The site's kit: its key signs the advertised keys, its CA (and CRL) check the
+        neighbours' certificates. Without a kit the site cannot take part.
+    """
+
+    def __init__(self, node_id: str, kit: Kit | None) -> None:
+        self.node_id = node_id
+        self.kit = kit
+        self._sessions: OrderedDict[tuple[str, int], _Session] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _sign(self, message: bytes) -> bytes:
+        assert self.kit is not None
+        key = serialization.load_pem_private_key(self.kit.key_pem, password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ConfigurationError("the site's kit key is not an ECDSA key")
+        return key.sign(message, ec.ECDSA(hashes.SHA256()))
+
+    def _verifier(self, certificates: dict[str, bytes]) -> Callable[[str, bytes, bytes], bool]:
+        """Checks a neighbour's signature with the certificate relayed for it, which must be
+        a valid, unrevoked consortium certificate of a site with that very name."""
+        kit = self.kit
+        assert kit is not None
+
+        def verify(node_id: str, message: bytes, signature: bytes) -> bool:
+            pem = certificates.get(node_id)
+            if pem is None:
+                return False
+            try:
+                peer = identify_peer(pem, kit.ca_pem, crl_pem=kit.crl_pem, roles={"site"})
+            except BiofedError:
+                return False
+            if peer.name != node_id:
+                return False
+            public = load_certificate(pem).public_key()
+            if not isinstance(public, ec.EllipticCurvePublicKey):
+                return False
+            try:
+                public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+            except InvalidSignature:
+                return False
+            return True
+
+        return verify
+
+    def handle(self, instruction: Instruction, train: Train) -> Reply:
+        """Run one stage; an error reply (never an exception) on any failure."""
+        base = Reply(
+            run_id=instruction.run_id,
+            round=instruction.round,
+            node_id=self.node_id,
+            kind=MessageKind.SECAGG,
+        )
+        key = (instruction.run_id, instruction.round)
+        try:
+            if self.kit is None:
+                raise PolicyViolation("privacy: secure aggregation needs the site's kit")
+            settings = SecureAggregationSettings.from_config(instruction.config)
+            if settings is None:
+                raise ProtocolError("a secure-aggregation stage without the job's settings")
+            stage = instruction.config.get(STAGE_KEY)
+            message, more = unpack_message(instruction.extras)
+            if stage == "advertise_keys":
+                plan = SecAggPlan.from_bytes(message)
+                if not _same_plan(plan, settings):
+                    raise PolicyViolation(
+                        "privacy: the round's secure-aggregation plan differs from the job's "
+                        "[secure_aggregation] settings"
+                    )
+                certificates: dict[str, bytes] = {}
+                session = _Session(
+                    client=SecAggClient(
+                        self.node_id,
+                        plan,
+                        run_id=instruction.run_id,
+                        round=instruction.round,
+                        sign=self._sign,
+                        verify=self._verifier(certificates),
+                    ),
+                    certificates=certificates,
+                )
+                with self._lock:
+                    self._sessions[key] = session
+                    while len(self._sessions) > _MAX_SESSIONS:
+                        self._sessions.popitem(last=False)
+                advert = session.client.advertise()
+                return _reply(base, advert.to_bytes(), certificate=self.kit.cert_pem)
+            session = self._session(key)
+            decoded = decode_message(message)
+            if stage == "share_keys":
+                if not isinstance(decoded, Roster):
+                    raise ProtocolError("the share-keys stage needs a roster")
+                session.certificates.clear()
+                session.certificates.update(
+                    {
+                        name[len(CERTIFICATE_PREFIX) :]: data
+                        for name, data in more.items()
+                        if name.startswith(CERTIFICATE_PREFIX)
+                    }
+                )
+                return _reply(base, session.client.share_keys(decoded).to_bytes())
+            if stage == "masked_input":
+                if not isinstance(decoded, ForwardedShares):
+                    raise ProtocolError("the masked-input stage needs forwarded shares")
+                trained = train(
+                    Instruction(
+                        run_id=instruction.run_id,
+                        round=instruction.round,
+                        node_id=instruction.node_id,
+                        kind=MessageKind.TRAIN,
+                        parameters=instruction.parameters,
+                        config=instruction.config,
+                    )
+                )
+                if not trained.ok or trained.parameters is None:
+                    self._drop(key)
+                    return trained_error(base, trained)
+                vector = _update_vector(trained.parameters, instruction.parameters)
+                weight = 1
+                if instruction.config.get(WEIGHTING_KEY, "examples") == "examples":
+                    weight = max(
+                        1, min(trained.num_examples, session.client.plan.config.max_weight)
+                    )
+                masked = session.client.masked_input(decoded, vector, weight)
+                reply = _reply(base, masked.to_bytes())
+                dp = {k: v for k, v in trained.metrics.items() if k.startswith("dp.")}
+                return Reply(
+                    run_id=reply.run_id,
+                    round=reply.round,
+                    node_id=reply.node_id,
+                    kind=reply.kind,
+                    metrics=dp,
+                    extras=reply.extras,
+                )
+            if stage == "unmask":
+                if not isinstance(decoded, UnmaskRequest):
+                    raise ProtocolError("the unmask stage needs an unmask request")
+                out = session.client.unmask(decoded)
+                self._drop(key)
+                return _reply(base, out.to_bytes())
+            raise ProtocolError(f"unknown secure-aggregation stage {stage!r}")
+        except BiofedError as exc:
+            return Reply(
+                run_id=base.run_id,
+                round=base.round,
+                node_id=base.node_id,
+                kind=base.kind,
+                error=f"{exc.code}: {exc}",
+            )
+
+    def _session(self, key: tuple[str, int]) -> _Session:
+        with self._lock:
+            session = self._sessions.get(key)
+        if session is None:
+            raise ProtocolError(
+                f"no secure-aggregation round {key[1]} of run {key[0]!r} is open at this site "
+                "(it restarted or missed the advertise stage)"
+            )
+        return session
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        with self._lock:
+            self._sessions.pop(key, None)
+
+
+def _reply(base: Reply, message: bytes, **more: bytes) -> Reply:
+    return Reply(
+        run_id=base.run_id,
+        round=base.round,
+        node_id=base.node_id,
+        kind=base.kind,
+        extras=pack_message(message, **more),
+    )
+
+
+def trained_error(base: Reply, trained: Reply) -> Reply:
+    """The stage's error reply for a training step that failed or was refused."""
+    return Reply(
+        run_id=base.run_id,
+        round=base.round,
+        node_id=base.node_id,
+        kind=base.kind,
+        error=trained.error or "task: training returned no parameters",
+    )
+
+
+def _update_vector(trained: ParameterSet, start: ParameterSet) -> np.ndarray:
+    """The flat float32 update ``trained − start`` in parameter order."""
+    return np.concatenate(
+        [(np.asarray(trained[name], dtype=np.float64) - start[name]).ravel() for name in start]
+    ).astype(np.float32)
