@@ -66,12 +66,24 @@ def test_demo_trains_under_a_signed_agreement_and_verifies_the_audit_logs(
         assert log.entries >= 4
         assert audit[site] == {"ok": True, "entries": log.entries}
         events = [json.loads(line)["event"] for line in (kit / "audit.jsonl").open()]
-        for event in ("dataset.registered", "bundle.approved", "job.accepted", "round.sent"):
+        for event in (
+            "dataset.registered",
+            "bundle.approved",
+            "job.accepted",
+            "round.sent",
+            "budget.debited",
+        ):
             assert event in events, (site, event)
         assert "job.refused" not in events
     assert all(entry["ok"] for entry in audit.values())
     # what every site says it sent is what the coordinator says it received
-    assert audit["reconcile"] == {"ok": True, "entries": 2 * 2 * len(SITES)}
+    # per site and round: the 4 secure-aggregation stages' messages and 1 evaluation
+    assert audit["reconcile"] == {"ok": True, "entries": (4 + 1) * 2 * len(SITES)}
+    privacy = report["summary"]["privacy"]
+    assert privacy["guarantee"]["mode"] == "sample"
+    assert set(privacy["sites"]) == set(SITES)
+    # each site's own ledger figure stays within the job's target ε over the 2 rounds
+    assert all(0 < s["epsilon"] <= 8.0 for s in privacy["sites"].values())
     assert (tmp_path / "state.db").exists()
 
     # the per-site C-index table the demo prints

@@ -26,6 +26,7 @@ from biofed.governance import (
     DatasetRegistry,
     OutputPolicy,
     Party,
+    PrivacyRequirements,
     SignedAgreement,
     StudyAgreement,
     pack_bundle,
@@ -40,16 +41,42 @@ from biofed.identity import Consortium, Kit, load_kit
 AGREEMENT_ID = "tcga-brca-cox"
 DATASET = "tcga-brca"
 METRICS = ("c_index", "train_loss")
-TASK_PY = '''"""The researcher's task: a Cox proportional-hazards model (biofed's built-in)."""
+TASK_PY = '''"""The researcher's task: a linear Cox proportional-hazards model trained with DP-SGD
+(biofed's built-in cox_ph_torch), with age (column 0, in years) read in centuries."""
 
-from biofed.tasks import CoxPHTask
+import dataclasses
+
+import numpy as np
+
+from biofed.tasks import CoxPHTorchTask
+
+
+def _age_in_centuries(data):
+    # A fixed unit change, not a statistic of the data: it costs no privacy, and keeps age
+    # from dominating every example's gradient norm under per-example clipping.
+    features = np.array(data.features, dtype=np.float32, copy=True)
+    features[:, 0] /= 100.0
+    return dataclasses.replace(data, features=features)
+
+
+class CoxAgeInCenturies(CoxPHTorchTask):
+    def train(self, parameters, data, ctx):
+        return super().train(parameters, _age_in_centuries(data), ctx)
+
+    def evaluate(self, parameters, data, ctx):
+        return super().evaluate(parameters, _age_in_centuries(data), ctx)
 
 
 def make_task(num_features):
-    return CoxPHTask(num_features=num_features)
+    return CoxAgeInCenturies(num_features=num_features)
 '''
 
-GOVERNANCE_TOML = """
+#: Each site's privacy-budget cap on its dataset across all jobs (node.toml [privacy]), and
+#: the most one job under the agreement may spend at each site.
+SITE_CAP = (20.0, 1e-4)
+AGREEMENT_MAX = (10.0, 1e-5)
+
+GOVERNANCE_TOML = f"""
 # This site enforces its own governance: the node checks every instruction against these.
 [governance]
 agreements_dir = "agreements"
@@ -58,6 +85,11 @@ approvals = "approvals.json"
 registry = "datasets.json"
 bundles_dir = "bundles"
 audit = "audit.jsonl"
+
+# The site's privacy budget: what this dataset may spend across all jobs (ε, δ).
+[privacy.caps.tcga-brca]
+epsilon = {SITE_CAP[0]}
+delta = {SITE_CAP[1]}
 """
 
 
@@ -96,7 +128,8 @@ def _draft(kits: dict[str, Kit], sites: Sequence[str], digest: str) -> StudyAgre
         title="Federated survival model for breast cancer (Fed-TCGA-BRCA)",
         purpose=(
             "Train a Cox proportional-hazards model of overall survival across six sites "
-            "without moving patient records; publish the final model and per-site C-index."
+            "without moving patient records, with sample-level differential privacy at each "
+            "site and secure aggregation; publish the final model and per-site C-index."
         ),
         legal_basis=(
             "GDPR Art. 6(1)(e) and Art. 9(2)(j): scientific research in the public interest, "
@@ -108,6 +141,12 @@ def _draft(kits: dict[str, Kit], sites: Sequence[str], digest: str) -> StudyAgre
         datasets={site: DATASET for site in sites},
         approved_bundles=(digest,),
         outputs=OutputPolicy(final_model=True, metrics=METRICS, per_site_metrics=True),
+        privacy=PrivacyRequirements(
+            secure_aggregation_required=True,
+            dp_required=True,
+            max_epsilon={site: AGREEMENT_MAX[0] for site in sites},
+            max_delta={site: AGREEMENT_MAX[1] for site in sites},
+        ),
         min_cohort=10,
         expires=dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=365),
     )

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
+from typing import Any
 
 from rich import box
 from rich.console import Console
@@ -119,3 +121,35 @@ class RoundProgress:
         score = record.eval_metrics.get(self._metric, math.nan)
         status = record.failed or f"train loss {_fmt(loss)} · {self._metric} {_fmt(score)}"
         self._progress.update(self._task, status=status)
+
+
+def print_privacy(out: Console, privacy: Mapping[str, Any]) -> None:
+    """The guarantee the job asked for and each site's reported spend so far."""
+    g = privacy.get("guarantee", {})
+    goal = (
+        f"target ε={g['target_epsilon']:g}"
+        if "target_epsilon" in g
+        else f"noise multiplier {g.get('noise_multiplier')}"
+    )
+    out.print(
+        f"[bold]differential privacy[/]: {g.get('mode')} level ({g.get('protects')}), {goal}, "
+        f"δ={g.get('delta'):g}, clip {g.get('max_grad_norm')}, {g.get('accountant')} accountant, "
+        f"{g.get('rounds')} rounds",
+        highlight=False,
+    )
+    if "client_level_epsilon" in privacy:
+        out.print(
+            f"client-level ε so far (noise really in the sums): "
+            f"{privacy['client_level_epsilon']:.4f}",
+            highlight=False,
+        )
+    sites = privacy.get("sites", {})
+    if sites:
+        table = Table(title="privacy spent so far, as each site's ledger recorded it")
+        for col in ("site", "ε", "δ", "after round"):
+            table.add_column(col, justify="left" if col == "site" else "right")
+        for site, spend in sorted(sites.items()):
+            table.add_row(
+                site, f"{spend['epsilon']:.4f}", f"{spend['delta']:g}", f"{spend['round']:.0f}"
+            )
+        out.print(table)

@@ -6,13 +6,14 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from biofed.cli._common import call, kit_option
+from biofed.cli._render import print_privacy
 from biofed.coordinator import JobSpec, tls_of
 from biofed.core import ConfigurationError
 from biofed.identity import load_kit
@@ -135,39 +136,7 @@ def status(
             out.print(per_site)
         privacy = json.loads(runs[0].summary_json or "{}").get("privacy")
         if privacy:
-            _print_privacy(privacy)
-
-
-def _print_privacy(privacy: dict[str, Any]) -> None:
-    """The guarantee the job asked for and each site's reported spend so far."""
-    g = privacy.get("guarantee", {})
-    goal = (
-        f"target ε={g['target_epsilon']:g}"
-        if "target_epsilon" in g
-        else f"noise multiplier {g.get('noise_multiplier')}"
-    )
-    out.print(
-        f"[bold]differential privacy[/]: {g.get('mode')} level ({g.get('protects')}), {goal}, "
-        f"δ={g.get('delta'):g}, clip {g.get('max_grad_norm')}, {g.get('accountant')} accountant, "
-        f"{g.get('rounds')} rounds",
-        highlight=False,
-    )
-    if "client_level_epsilon" in privacy:
-        out.print(
-            f"client-level ε so far (noise really in the sums): "
-            f"{privacy['client_level_epsilon']:.4f}",
-            highlight=False,
-        )
-    sites = privacy.get("sites", {})
-    if sites:
-        table = Table(title="privacy spent so far, as each site's ledger recorded it")
-        for col in ("site", "ε", "δ", "after round"):
-            table.add_column(col, justify="left" if col == "site" else "right")
-        for site, spend in sorted(sites.items()):
-            table.add_row(
-                site, f"{spend['epsilon']:.4f}", f"{spend['delta']:g}", f"{spend['round']:.0f}"
-            )
-        out.print(table)
+            print_privacy(out, privacy)
 
 
 @app.command("logs")
