@@ -43,6 +43,7 @@ def apps(tmp_path_factory: pytest.TempPathFactory) -> dict[str, NodeApp]:
         toml.write_text(
             f'[datasets.brca]\npath = "{paths[site]}"\nformat = "csv"\n'
             'split_column = "split"\ntargets = { event = "event", time = "time" }\n'
+            "[privacy.caps.brca]\nepsilon = 100.0\ndelta = 1e-3\n"
         )
         out[site] = NodeApp(site, NodeConfig.from_toml(toml), kit=load_kit(root / "c" / site))
     return out
@@ -194,3 +195,57 @@ def test_a_plan_that_differs_from_the_job_is_refused(apps: dict[str, NodeApp]) -
     assert any(
         e.kind == "reply_rejected" and "differs from the job" in e.message for e in engine._events
     )
+
+
+def test_distributed_dp_noise_is_added_by_the_sites_before_masking(
+    apps: dict[str, NodeApp],
+) -> None:
+    """Client-level DP with distributed noise under SecAgg+: each site clips its update and
+    adds its noise share before masking, so the coordinator only ever holds the noisy sum;
+    the accounting uses the survivors actually in it."""
+    spec = JobSpec.from_mapping(
+        {
+            "run": {
+                "name": "d",
+                "dataset": "brca",
+                "rounds": 1,
+                "seed": 3,
+                "min_nodes": 4,
+                "min_replies": 3,
+            },
+            "task": {"name": "cox_ph", "num_features": 39},
+            "strategy": {"name": "fedavg"},
+            "train": {
+                "local_steps": 5,
+                "batch_size": 8,
+                "learning_rate": 0.01,
+                "optimizer": "adam",
+            },
+            "privacy": {
+                "mode": "client",
+                "noise": "distributed",
+                "noise_multiplier": 1.0,
+                "delta": 1e-5,
+                "max_grad_norm": 0.1,
+            },
+            "secure_aggregation": SECURE.to_table(),
+        }
+    )
+    config = EngineConfig(rounds=1, min_nodes=4, min_replies=3, seed=3, round_timeout=60.0)
+    engine = RoundEngine(
+        spec.build_strategy(),
+        InMemoryTransport({n: a.handle for n, a in apps.items()}),
+        config,
+        run_id="run-d",
+        instruction_config=spec.instruction_config(),
+        secure_aggregation=spec.secure_aggregation,
+    )
+    x0 = CoxPHTask(num_features=39).init_parameters(np.random.default_rng(0))
+    params, _, record = engine.run_round(1, x0, engine.strategy.init_state(x0))
+    assert record.failed is None, [e.message for e in engine._events]
+    assert record.train_metrics["dp.replies"] == 4
+    assert record.train_metrics["dp.noise_std"] == pytest.approx(1.0 * 0.1)
+    # the sum carries noise of std σC = 0.1 per coordinate on top of 4 updates each clipped
+    # to norm 0.1: the mean moved by about 0.1/4 per coordinate, far more than clipping allows
+    moved = np.concatenate([(params[n] - x0[n]).ravel() for n in x0])
+    assert float(np.std(moved)) > 0.5 * 0.1 / 4
