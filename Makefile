@@ -34,6 +34,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/aggregation.py
 	$(BIN)/python benchmarks/round_overhead.py
 	$(BIN)/python benchmarks/flamby_tcga_brca.py
+	$(BIN)/python benchmarks/privacy_utility.py
+	$(BIN)/python benchmarks/secagg.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis src/*.egg-info

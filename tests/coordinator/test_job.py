@@ -84,6 +84,26 @@ def test_the_example_job_file_is_valid() -> None:
     spec = JobSpec.from_toml(path.read_text())
     assert spec.strategy == "fedadam"
     assert spec.min_nodes == 6
+    dp = JobSpec.from_toml((path.parent / "job-tcga-dp-secagg.toml").read_text())
+    assert dp.privacy is not None
+    assert dp.privacy.mode == "sample"
+    assert dp.secure_aggregation is not None
+    assert JobSpec.from_json(dp.to_json()) == dp
+
+
+def test_secure_aggregation_is_refused_with_scaffold_or_a_single_reply() -> None:
+    table = "\n[secure_aggregation]\nclip_range = 2.0\n"
+    with pytest.raises(ConfigurationError, match="cannot run with"):
+        JobSpec.from_toml(
+            JOB.replace(
+                'name = "fedadam"\nserver_learning_rate = 0.3\ntau = 0.01', 'name = "scaffold"'
+            ).replace('optimizer = "adam"', 'optimizer = "sgd"')
+            + table
+        )
+    with pytest.raises(ConfigurationError, match="min_replies >= 2"):
+        JobSpec.from_toml(JOB.replace("min_replies = 3", "min_replies = 1") + table)
+    with pytest.raises(ConfigurationError, match=r"unknown \[secure_aggregation\]"):
+        JobSpec.from_toml(JOB + "\n[secure_aggregation]\nbits = 3\n")
 
 
 # -- [privacy] ------------------------------------------------------------------------------
