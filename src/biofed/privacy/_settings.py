@@ -26,6 +26,7 @@ Two modes:
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -54,6 +55,13 @@ _TABLE_KEYS = {
     "noise",
     "seeded",
 }
+
+
+@functools.lru_cache(maxsize=256)
+def _calibrated(target: float, delta: float, q: float, steps: int, accountant: str) -> float:
+    """:func:`calibrate_noise`, memoised: a job's settings are re-read on every round and
+    every status request, and the answer depends only on these five values."""
+    return calibrate_noise(target, delta, q, steps, accountant)
 
 
 def _opt_positive(name: str, value: object) -> float | None:
@@ -214,9 +222,7 @@ class DPSettings:
             return self.noise_multiplier
         assert self.target_epsilon is not None  # checked in __post_init__
         steps = check_steps(steps_per_round, "local_steps") * self.rounds
-        return calibrate_noise(
-            self.target_epsilon, self.delta, sampling_rate, steps, self.accountant
-        )
+        return _calibrated(self.target_epsilon, self.delta, sampling_rate, steps, self.accountant)
 
     def client_noise_multiplier(self) -> float:
         """Client mode: the z of the noise in the sum so that ``rounds`` rounds, each site
@@ -225,7 +231,7 @@ class DPSettings:
         if self.noise_multiplier is not None:
             return self.noise_multiplier
         assert self.target_epsilon is not None
-        return calibrate_noise(self.target_epsilon, self.delta, 1.0, self.rounds, self.accountant)
+        return _calibrated(self.target_epsilon, self.delta, 1.0, self.rounds, self.accountant)
 
     def planned_epsilon(self) -> float | None:
         """ε(δ) after all planned rounds when the job names a target; None with a fixed z
