@@ -256,3 +256,22 @@ def test_instruction_config_reaches_every_node_and_strategy_keys_win() -> None:
     assert seen[0]["dataset"] == "tcga"
     assert seen[0]["seed"] == 5
     assert seen[1]["dataset"] == "tcga"  # evaluation instruction
+
+
+def test_a_failed_round_still_records_the_replies_it_refused() -> None:
+    def broken(inst: Instruction) -> Reply:
+        return Reply(
+            run_id=inst.run_id,
+            round=inst.round,
+            node_id=inst.node_id,
+            kind=inst.kind,
+            error="task: boom",
+        )
+
+    result = engine({"a": site(1.0, 1), "b": broken}, rounds=1, min_nodes=2, min_replies=2).run(
+        ps([0.0, 0.0])
+    )
+    record = result.history[0]
+    assert record.failed is not None
+    assert record.num_selected == 2
+    assert record.num_rejected == 1

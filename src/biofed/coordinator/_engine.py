@@ -162,6 +162,8 @@ class RoundEngine:
         self.seed = seed
         self._events: list[RunEvent] = []
         self._declared: dict[str, int] = {}
+        #: Training (or secure-aggregation) replies refused in the current round.
+        self._rejected = 0
 
     # ------------------------------------------------------------------------------------
     def run(
@@ -201,6 +203,7 @@ class RoundEngine:
         nodes = list(self.transport.available_nodes())
         self._declared = {n.node_id: n.num_examples for n in nodes}
         record_kwargs: dict[str, object] = {"round": server_round}
+        self._rejected = 0
         try:
             if len(nodes) < self.config.min_nodes:
                 raise RoundFailed(
@@ -211,21 +214,16 @@ class RoundEngine:
             record_kwargs["num_selected"] = len(plans)
             if self.secure_aggregation is not None:
                 secure = SecureRound(self, self.secure_aggregation)
-                result, rejected = secure.run(server_round, params, state, plans, len(nodes))
+                result = secure.run(server_round, params, state, plans, len(nodes))
             else:
-                result, rejected = self._aggregate(server_round, params, state, plans, len(nodes))
+                result = self._aggregate(server_round, params, state, plans, len(nodes))
             params, state = result.parameters, result.state
-            record_kwargs.update(
-                num_selected=len(plans),
-                num_rejected=rejected,
-                num_replies=result.num_replies,
-                train_metrics=result.metrics,
-            )
+            record_kwargs.update(num_replies=result.num_replies, train_metrics=result.metrics)
         except RoundFailed as exc:
             self._event(server_round, "round_failed", str(exc))
             record_kwargs.setdefault("num_selected", 0)
-            record_kwargs.setdefault("num_rejected", 0)
             record_kwargs.update(num_replies=0, failed=str(exc))
+        record_kwargs["num_rejected"] = self._rejected  # training replies refused, failed or not
         if self._should_evaluate(server_round):
             aggregate, per_node = self._evaluate(server_round, params, rng)
             record_kwargs.update(eval_metrics=aggregate, node_eval_metrics=per_node)
@@ -240,10 +238,10 @@ class RoundEngine:
         state: StrategyState,
         plans: list[NodePlan],
         num_nodes: int,
-    ) -> tuple[AggregateResult, int]:
+    ) -> AggregateResult:
         """Send the training instructions and fold the replies as they arrive."""
         aggregator = self.strategy.begin_train_aggregation(server_round, params, state, num_nodes)
-        accepted, rejected, _ = self._exchange(
+        accepted, _, _ = self._exchange(
             server_round, MessageKind.TRAIN, params, plans, aggregator.add, params.spec
         )
         if accepted < self.config.min_replies:
@@ -253,7 +251,7 @@ class RoundEngine:
         result = aggregator.finish()
         if not result.parameters.all_finite():
             raise RoundFailed("the aggregate contains NaN or infinite values")
-        return result, rejected
+        return result
 
     # ------------------------------------------------------------------------------------
     def _should_evaluate(self, server_round: int) -> bool:
@@ -337,6 +335,8 @@ class RoundEngine:
             del reply
         for node_id in sorted(outstanding):
             self._event(server_round, "no_reply", f"no {kind.value} reply in time", node_id)
+        if kind is not MessageKind.EVALUATE:
+            self._rejected += rejected
         return accepted, rejected, outstanding
 
     def _check_reply(

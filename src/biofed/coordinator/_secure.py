@@ -106,8 +106,9 @@ class SecureRound:
         state: StrategyState,
         plans: list[NodePlan],
         num_nodes: int,
-    ) -> tuple[AggregateResult, int]:
-        """Run the four stages; return the aggregate and how many replies were refused.
+    ) -> AggregateResult:
+        """Run the four stages; return the aggregate (refused replies are counted by the
+        engine's exchanges).
 
         Raises
         ------
@@ -133,7 +134,6 @@ class SecureRound:
         by_node = {p.node_id: p for p in plans}
         weighting = "examples" if strategy.weighted else "equal"
         empty = ParameterSet({})
-        rejected = 0
         certificates: dict[str, bytes] = {}
 
         def accept(reply: Reply) -> None:
@@ -162,10 +162,7 @@ class SecureRound:
                         )
                     )
                 model = params if stage == "masked_input" else empty
-                _, refused, _ = engine._exchange(
-                    server_round, MessageKind.SECAGG, model, stage_plans, accept, None
-                )
-                rejected += refused
+                engine._exchange(server_round, MessageKind.SECAGG, model, stage_plans, accept, None)
                 outgoing = {n: m.to_bytes() for n, m in server.close_stage().items()}
             result = server.result()
         except SecureAggregationError as exc:
@@ -198,4 +195,4 @@ class SecureRound:
             state=aggregate.state,
             metrics=metrics,
             num_replies=aggregate.num_replies,
-        ), rejected
+        )
