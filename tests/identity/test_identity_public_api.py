@@ -18,6 +18,7 @@ def test_public_api() -> None:
         "certificate_fingerprint",
         "identify_peer",
         "load_kit",
+        "signed_by",
         "write_kit",
     ]
     for name in biofed.identity.__all__:

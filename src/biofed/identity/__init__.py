@@ -17,7 +17,7 @@ from biofed.identity._kit import Kit, load_kit, write_kit
 from biofed.identity._pki import ROLES, Credentials, certificate_fingerprint
 from biofed.identity._profiles import CRL_VALIDITY
 from biofed.identity._registry import IssuedCertificate
-from biofed.identity._revocation import PeerIdentity, RevocationList, identify_peer
+from biofed.identity._revocation import PeerIdentity, RevocationList, identify_peer, signed_by
 
 __all__ = [
     "CRL_VALIDITY",
@@ -33,5 +33,6 @@ __all__ = [
     "certificate_fingerprint",
     "identify_peer",
     "load_kit",
+    "signed_by",
     "write_kit",
 ]

@@ -12,6 +12,7 @@ from typing import TypeVar
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
@@ -189,6 +190,41 @@ def identify_peer(
         fingerprint=certificate_fingerprint(cert),
         serial=cert.serial_number,
     )
+
+
+def signed_by(
+    certificate: bytes,
+    ca_pem: bytes,
+    *,
+    name: str,
+    role: str,
+    message: bytes,
+    signature: bytes,
+    crl_pem: bytes | None = None,
+) -> bool:
+    """Whether ``signature`` over ``message`` was made by participant ``name`` of ``role``:
+    ``certificate`` must pass :func:`identify_peer` (this consortium's CA, valid now, not
+    revoked) and name exactly that participant, and its ECDSA P-256 key must verify the
+    DER signature (SHA-256).
+
+    Security notes
+    --------------
+    Threat: a relaying party (the coordinator) substituting a participant's signed data or
+    certificate. It can relay certificates but not forge one the CA would accept for that
+    name and role, nor a signature under its key.
+    """
+    try:
+        peer = identify_peer(certificate, ca_pem, crl_pem=crl_pem, roles={role})
+        public = load_certificate(certificate).public_key()
+    except (PolicyViolation, ValueError):
+        return False
+    if peer.name != name or not isinstance(public, ec.EllipticCurvePublicKey):
+        return False
+    try:
+        public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True
 
 
 class RevocationList:

@@ -23,13 +23,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from biofed.core import (
     BiofedError,
-    ConfigurationError,
     Instruction,
     MessageKind,
     ParameterSet,
@@ -37,8 +33,8 @@ from biofed.core import (
     ProtocolError,
     Reply,
 )
-from biofed.identity import Kit, identify_peer
-from biofed.identity._pki import load_certificate
+from biofed.governance import AuditSigner
+from biofed.identity import Kit, signed_by
 from biofed.secagg import (
     ForwardedShares,
     Roster,
@@ -95,15 +91,11 @@ class SecureSessions:
     def __init__(self, node_id: str, kit: Kit | None) -> None:
         self.node_id = node_id
         self.kit = kit
+        # The kit's ECDSA P-256 key signs the advertised keys (the same signer as the
+        # node's audit log: one place holds the site's private key).
+        self._signer = None if kit is None else AuditSigner.from_kit(kit)
         self._sessions: OrderedDict[tuple[str, int], _Session] = OrderedDict()
         self._lock = threading.Lock()
-
-    def _sign(self, message: bytes) -> bytes:
-        assert self.kit is not None
-        key = serialization.load_pem_private_key(self.kit.key_pem, password=None)
-        if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ConfigurationError("the site's kit key is not an ECDSA key")
-        return key.sign(message, ec.ECDSA(hashes.SHA256()))
 
     def _verifier(self, certificates: dict[str, bytes]) -> Callable[[str, bytes, bytes], bool]:
         """Checks a neighbour's signature with the certificate relayed for it, which must be
@@ -113,22 +105,15 @@ class SecureSessions:
 
         def verify(node_id: str, message: bytes, signature: bytes) -> bool:
             pem = certificates.get(node_id)
-            if pem is None:
-                return False
-            try:
-                peer = identify_peer(pem, kit.ca_pem, crl_pem=kit.crl_pem, roles={"site"})
-            except BiofedError:
-                return False
-            if peer.name != node_id:
-                return False
-            public = load_certificate(pem).public_key()
-            if not isinstance(public, ec.EllipticCurvePublicKey):
-                return False
-            try:
-                public.verify(signature, message, ec.ECDSA(hashes.SHA256()))
-            except InvalidSignature:
-                return False
-            return True
+            return pem is not None and signed_by(
+                pem,
+                kit.ca_pem,
+                name=node_id,
+                role="site",
+                message=message,
+                signature=signature,
+                crl_pem=kit.crl_pem,
+            )
 
         return verify
 
@@ -142,7 +127,7 @@ class SecureSessions:
         )
         key = (instruction.run_id, instruction.round)
         try:
-            if self.kit is None:
+            if self.kit is None or self._signer is None:
                 raise PolicyViolation("privacy: secure aggregation needs the site's kit")
             settings = SecureAggregationSettings.from_config(instruction.config)
             if settings is None:
@@ -163,7 +148,7 @@ class SecureSessions:
                         plan,
                         run_id=instruction.run_id,
                         round=instruction.round,
-                        sign=self._sign,
+                        sign=self._signer.sign,
                         verify=self._verifier(certificates),
                     ),
                     certificates=certificates,
