@@ -229,22 +229,14 @@ class NodeApp:
         reply = self.secure.handle(instruction, self._train_securely)
         if self.audit is None or not reply.ok:
             return reply
-        payload = reply_payload(reply)
+        where = {
+            "run_id": instruction.run_id,
+            "round": instruction.round,
+            "kind": instruction.kind.value,
+            "stage": str(instruction.config.get(STAGE_KEY, "")),
+        }
         try:
-            _record(
-                self.audit,
-                SENT_EVENT,
-                {
-                    "run_id": instruction.run_id,
-                    "round": instruction.round,
-                    "kind": instruction.kind.value,
-                    "stage": str(instruction.config.get(STAGE_KEY, "")),
-                    "payload_sha256": hashlib.sha256(payload).hexdigest(),
-                    "bytes": len(payload),
-                    "metrics": sorted(reply.metrics),
-                },
-                strict=True,
-            )
+            _record(self.audit, SENT_EVENT, _sent(reply, where), strict=True)
         except BiofedError as exc:
             return self._error(instruction, exc)
         return reply
@@ -404,25 +396,29 @@ class NodeApp:
                 reply = with_spend(reply, spend)
             if secure:
                 return reply
-            payload = reply_payload(reply)
-            _record(
-                audit,
-                SENT_EVENT,
-                {
-                    **where,
-                    "payload_sha256": hashlib.sha256(payload).hexdigest(),
-                    "bytes": len(payload),
-                    "num_examples": reply.num_examples,
-                    "metrics": sorted(reply.metrics),
-                    "dropped_metrics": list(dropped),
-                    **({} if spend is None else {"dp_epsilon": spend[0], "dp_delta": spend[1]}),
-                },
-                strict=True,
-            )
+            extra: dict[str, Any] = {
+                "num_examples": reply.num_examples,
+                "dropped_metrics": list(dropped),
+            }
+            if spend is not None:
+                extra.update(dp_epsilon=spend[0], dp_delta=spend[1])
+            _record(audit, SENT_EVENT, _sent(reply, {**where, **extra}), strict=True)
         except BiofedError as exc:
             _record(audit, "round.withheld", {**where, "rule": str(exc)})
             return self._error(instruction, exc)
         return reply
+
+
+def _sent(reply: Reply, where: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``round.sent`` entry: where it belongs, and what left (the payload's SHA-256 and
+    size, as :func:`~biofed.governance.reply_payload` defines them, and metric names)."""
+    payload = reply_payload(reply)
+    return {
+        **where,
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
+        "bytes": len(payload),
+        "metrics": sorted(reply.metrics),
+    }
 
 
 def _agreement_cap(clearance: Clearance, site: str) -> tuple[float, float] | None:
