@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 
 import pytest
 
@@ -56,18 +57,26 @@ def test_cancel_pending_and_results_only_when_finished(coordinator: Coordinator)
         coordinator.get_run(ALICE, "no-such-run")
 
 
-def test_a_run_without_nodes_fails_its_rounds_and_finishes(coordinator: Coordinator) -> None:
+def test_a_run_whose_every_round_failed_ends_failed_without_a_result(
+    coordinator: Coordinator,
+) -> None:
     run = coordinator.submit_run(ALICE, JOB.to_json())
     row = coordinator.store.get_run(run.run_id)
     assert row is not None
-    coordinator._execute(row)  # what the runner thread does, synchronously
+    coordinator._execute(row, threading.Event())  # what a run's thread does, synchronously
     done = coordinator.get_run(ALICE, run.run_id)
-    assert done.status == "finished"
+    assert done.status == "failed"
     assert done.completed_rounds == 2
-    kinds = [e.kind for e in coordinator.watch_run(ALICE, run.run_id, 0, False, lambda: True)]
-    assert "waiting_for_nodes" in kinds
+    assert done.error.startswith("no round completed: all 2 rounds failed")
+    assert json.loads(done.summary_json)["rounds"] == {"completed": 0, "failed": 2}
+    events = list(coordinator.watch_run(ALICE, run.run_id, 0, False, lambda: True))
+    kinds = [e.kind for e in events]
+    waiting = [e.message for e in events if e.kind == "waiting_for_nodes"]
+    assert waiting[0] == "no site connected; the run needs 1 offering dataset 'ds'"
     assert "round_failed" in kinds
-    assert kinds[-1] == "finished"
+    assert kinds[-1] == "failed"
+    with pytest.raises(ProtocolError, match="results exist once finished"):
+        coordinator.run_result(ALICE, run.run_id)
 
 
 def test_status_lists_the_problems_of_a_run(coordinator: Coordinator) -> None:

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 import biofed.coordinator._store_sql as store_sql
 from biofed.coordinator import RoundRecord
 from biofed.coordinator._checkpoint import write_checkpoint
+from biofed.coordinator._records import RunEvent
 from biofed.coordinator._store import (
     Checkpoint,
     EventRow,
@@ -198,7 +199,7 @@ def test_status_lifecycle(store: StateStore) -> None:
     assert failed.status.is_terminal
 
 
-@pytest.mark.parametrize("final", [RunStatus.FINISHED, RunStatus.FAILED, RunStatus.CANCELLED])
+@pytest.mark.parametrize("final", [s for s in RunStatus if s.is_terminal])
 def test_terminal_status_is_final(store: StateStore, final: RunStatus) -> None:
     store.create_run("run-1", SPEC, "alice")
     store.set_run_status("run-1", final)
@@ -211,10 +212,78 @@ def test_terminal_status_is_final(store: StateStore, final: RunStatus) -> None:
 
 
 def test_run_status_enum() -> None:
-    assert [s.is_terminal for s in RunStatus] == [False, False, True, True, True]
+    assert [s.is_terminal for s in RunStatus] == [False, False, True, True, True, True]
+    assert [s.value for s in RunStatus if s.has_result] == ["finished", "finished_with_failures"]
     assert RunStatus("running") is RunStatus.RUNNING
     assert RunStatus.RUNNING.value == "running"
     assert isinstance(RunStatus.RUNNING, str)
+
+
+def test_round_event_commits_with_the_round(store: StateStore) -> None:
+    store.create_run("run-1", SPEC, "alice")
+    store.append_event("run-1", round=1, kind="round_started", message="3 sites")
+    done = RunEvent(round=1, kind="round_completed", message="2/3 replies")
+    row = store.complete_round("run-1", record(1), checkpoint("run-1", 1), done)
+    events = store.events("run-1")
+    assert [(e.seq, e.kind, e.message) for e in events] == [
+        (1, "round_started", "3 sites"),
+        (2, "round_completed", "2/3 replies"),
+    ]
+    assert events[-1].time == row.completed_at
+    with pytest.raises(ConfigurationError, match="event is for round 3"):
+        store.complete_round(
+            "run-1", record(2), checkpoint("run-1", 2), RunEvent(round=3, kind="x", message="")
+        )
+    assert store.get_run("run-1").completed_rounds == 1  # type: ignore[union-attr]
+    assert len(store.events("run-1")) == 2
+
+
+def test_attempts_count_starts_until_a_round_completes(store: StateStore) -> None:
+    store.create_run("run-1", SPEC, "alice")
+    assert store.get_run("run-1").attempts == 0  # type: ignore[union-attr]
+    assert store.start_attempt("run-1") == 1
+    assert store.start_attempt("run-1") == 2
+    assert store.get_run("run-1").attempts == 2  # type: ignore[union-attr]
+    complete(store, "run-1", 1)
+    assert store.get_run("run-1").attempts == 0  # type: ignore[union-attr]
+    assert store.start_attempt("run-1") == 1
+    store.set_run_status("run-1", RunStatus.FAILED, error="x")
+    with pytest.raises(ProtocolError, match="cannot start"):
+        store.start_attempt("run-1")
+    with pytest.raises(ProtocolError):
+        store.start_attempt("no-such-run")
+
+
+def test_a_crash_inside_the_round_transaction_leaves_no_part_of_the_round(
+    store: StateStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A kill between the parts of a round commit (injected as an exception in the middle
+    of the backend's commit) leaves the whole previous round and nothing of the new one:
+    no round row, no checkpoint, no event."""
+    store.create_run("run-1", SPEC, "alice")
+    first = RunEvent(round=1, kind="round_completed", message="round 1")
+    store.complete_round("run-1", record(1), checkpoint("run-1", 1), first)
+    target = store_sql if isinstance(store, SqlStateStore) else None
+
+    def crash(*args: object, **kwargs: object) -> object:
+        raise KeyboardInterrupt("simulated kill between the round row and its event")
+
+    if target is not None:
+        monkeypatch.setattr(f"{store_sql.__name__}._insert_event", crash)
+    else:
+        monkeypatch.setattr(store, "_append_event", crash)
+    second = RunEvent(round=2, kind="round_completed", message="round 2")
+    with pytest.raises(KeyboardInterrupt):
+        store.complete_round("run-1", record(2), checkpoint("run-1", 2), second)
+    monkeypatch.undo()
+    run = store.get_run("run-1")
+    assert run is not None
+    assert run.completed_rounds == 1
+    assert [r.round for r in store.rounds("run-1")] == [1]
+    assert store.latest_checkpoint("run-1") == checkpoint("run-1", 1)
+    assert [e.message for e in store.events("run-1")] == ["round 1"]
+    store.complete_round("run-1", record(2), checkpoint("run-1", 2), second)  # the redo
+    assert [e.message for e in store.events("run-1")] == ["round 1", "round 2"]
 
 
 def test_unknown_run_is_a_protocol_error(store: StateStore) -> None:
@@ -481,6 +550,60 @@ def test_sqlite_data_survives_a_restart(tmp_path: Path) -> None:
         assert store.append_event("run-1", round=3, kind="k", message="m").seq == 2
 
 
+def _damage(path: Path, page: int, page_size: int = 4096) -> None:
+    """Flip every byte of one database page (a disk fault or a bad copy)."""
+    data = bytearray(path.read_bytes())
+    start = page * page_size
+    assert len(data) >= start + page_size, "the database is smaller than expected"
+    for i in range(start + 8, start + page_size - 8):
+        data[i] ^= 0xA5
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("page", [0, 1, 3])
+def test_sqlite_damaged_store_is_refused_at_open(tmp_path: Path, page: int) -> None:
+    url = sqlite_url(tmp_path)
+    with open_store(url) as store:
+        for i in range(30):
+            store.create_run(f"run-{i}", SPEC, "alice")
+            store.append_event(f"run-{i}", round=0, kind="submitted", message="x" * 200)
+    database = tmp_path / "data" / "state.db"
+    wal = tmp_path / "data" / "state.db-wal"
+    assert not wal.exists() or wal.stat().st_size == 0  # everything is in the main file
+    _damage(database, page)
+    with pytest.raises(ConfigurationError) as info:
+        open_store(url)
+    message = str(info.value)
+    assert "\n" not in message
+    assert "damaged" in message or "not a database" in message
+
+
+def test_sqlite_schema_version_is_recorded_checked_and_upgraded(tmp_path: Path) -> None:
+    url = sqlite_url(tmp_path)
+    engine = sa.create_engine(url)
+    with open_store(url):
+        pass
+    with engine.begin() as conn:
+        assert conn.execute(sa.text("SELECT version FROM biofed_schema")).scalar_one() == 2
+        conn.execute(sa.text("UPDATE biofed_schema SET version = 99"))
+    with pytest.raises(ConfigurationError, match="schema version 99; this biofed knows up to 2"):
+        open_store(url)
+    # A store from before the version table (schema 1: no runs.attempts) is upgraded.
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE biofed_schema"))
+        conn.execute(sa.text("ALTER TABLE runs DROP COLUMN attempts"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO runs (run_id, spec, owner, status, created_at, updated_at, "
+                "completed_rounds, last_event_seq) VALUES ('old', '{}', 'a', 'running', 1, 1, 0, 0)"
+            )
+        )
+    engine.dispose()
+    with open_store(url) as store:
+        assert store.get_run("old").attempts == 0  # type: ignore[union-attr]
+        assert store.start_attempt("old") == 1
+
+
 def test_sqlite_uses_wal_and_default_checkpoint_dir(tmp_path: Path) -> None:
     with open_store(sqlite_url(tmp_path)) as store:
         assert isinstance(store, SqlStateStore)
@@ -491,7 +614,7 @@ def test_sqlite_uses_wal_and_default_checkpoint_dir(tmp_path: Path) -> None:
     with sqlite3.connect(tmp_path / "data" / "state.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-    assert tables == {"runs", "rounds", "events", "nodes", "checkpoints"}
+    assert tables == {"runs", "rounds", "events", "nodes", "checkpoints", "biofed_schema"}
 
 
 def test_sqlite_detects_a_corrupt_checkpoint(tmp_path: Path) -> None:

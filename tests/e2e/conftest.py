@@ -55,7 +55,7 @@ NODE_TOML = (
     'path = "data/tcga-brca.csv"\nformat = "csv"\nsplit_column = "split"\n'
     'targets = { event = "event", time = "time" }\n'
 )
-TERMINAL = frozenset({"finished", "failed", "cancelled"})
+TERMINAL = frozenset({"finished", "finished_with_failures", "failed", "cancelled"})
 #: Whether reply headers carry a payload SHA-256 (the wire schema may rely on TLS alone).
 
 

@@ -8,6 +8,8 @@ aggregate as it arrives. It reaches nodes only through a :class:`~biofed.transpo
 
 from __future__ import annotations
 
+import math
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -16,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from biofed.coordinator._records import RoundRecord, RunEvent, RunResult
+from biofed.coordinator._records import RoundRecord, RunCancelled, RunEvent, RunResult
 from biofed.coordinator._secure import SecureRound
 from biofed.core import (
     BiofedError,
@@ -85,6 +87,10 @@ class EngineConfig:
             raise ConfigurationError(f"evaluate_every must be >= 0, got {self.evaluate_every}")
 
 
+#: Longest wait on the transport between two looks at the cancel flag (seconds).
+CANCEL_POLL_S = 0.1
+
+
 class EngineListener(Protocol):
     """Progress hooks (a Rich progress bar, a state store…). Every method is optional."""
 
@@ -134,6 +140,10 @@ class RoundEngine:
     secure_aggregation:
         With settings, every training round runs SecAgg+ (:mod:`biofed.coordinator._secure`)
         and the engine only ever holds the sites' (weighted) mean update.
+    cancel:
+        Set when the run is cancelled: the engine sends no further instruction and
+        :meth:`run_round` raises :class:`RunCancelled` within :data:`CANCEL_POLL_S` seconds,
+        even while it waits for replies.
     """
 
     def __init__(
@@ -147,8 +157,10 @@ class RoundEngine:
         clock: Callable[[], float] = time.monotonic,
         instruction_config: Mapping[str, Scalar] | None = None,
         secure_aggregation: SecureAggregationSettings | None = None,
+        cancel: threading.Event | None = None,
     ) -> None:
         self.strategy = strategy
+        self.cancel = cancel
         self.secure_aggregation = secure_aggregation
         self.instruction_config = freeze_config(instruction_config)
         self.transport = transport
@@ -197,7 +209,9 @@ class RoundEngine:
     def run_round(
         self, server_round: int, params: ParameterSet, state: StrategyState
     ) -> tuple[ParameterSet, StrategyState, RoundRecord]:
-        """One round: train, aggregate, maybe evaluate. Never raises for a failed round."""
+        """One round: train, aggregate, maybe evaluate. Never raises for a failed round;
+        raises :class:`RunCancelled` once the run is cancelled."""
+        self._check_cancel()
         started = self.clock()
         rng = np.random.default_rng([self.seed, server_round])
         nodes = list(self.transport.available_nodes())
@@ -273,6 +287,25 @@ class RoundEngine:
         per_node = MappingProxyType({r.node_id: r.metrics for r in replies})
         return self.strategy.aggregate_evaluate(server_round, replies), per_node
 
+    def _check_cancel(self) -> None:
+        if self.cancel is not None and self.cancel.is_set():
+            raise RunCancelled(f"run {self.run_id!r} was cancelled")
+
+    def _receive(self, deadline: float | None) -> Reply | None:
+        """The next reply, ``None`` at the deadline; wakes every :data:`CANCEL_POLL_S`
+        seconds to look at the cancel flag when there is one."""
+        while True:
+            self._check_cancel()
+            remaining = None if deadline is None else deadline - self.clock()
+            if remaining is not None and remaining <= 0:
+                return None
+            if self.cancel is None:
+                return self.transport.receive(timeout=remaining)
+            wait = CANCEL_POLL_S if remaining is None else min(remaining, CANCEL_POLL_S)
+            reply = self.transport.receive(timeout=wait)
+            if reply is not None:
+                return reply
+
     def _exchange(
         self,
         server_round: int,
@@ -286,6 +319,7 @@ class RoundEngine:
         deadline passes. Returns (accepted, rejected, nodes that never answered)."""
         outstanding: set[str] = set()
         for plan in plans:
+            self._check_cancel()  # nothing more is sent once the run is cancelled
             config = {**self.instruction_config, **plan.config}
             config.setdefault("seed", self.seed)
             instruction = Instruction(
@@ -306,10 +340,7 @@ class RoundEngine:
         timeout = self.config.round_timeout
         deadline = None if timeout is None else self.clock() + timeout
         while outstanding:
-            remaining = None if deadline is None else deadline - self.clock()
-            if remaining is not None and remaining <= 0:
-                break
-            reply = self.transport.receive(timeout=remaining)
+            reply = self._receive(deadline)
             if reply is None:
                 break
             if deadline is not None and self.clock() > deadline:
@@ -358,12 +389,20 @@ class RoundEngine:
             if kind is MessageKind.TRAIN and reply.parameters is None:
                 outstanding.discard(reply.node_id)
                 raise ProtocolError("training reply carries no parameters")
-            declared = self._declared.get(reply.node_id, 0)
-            if kind is MessageKind.TRAIN and 0 < declared < reply.num_examples:
+            bad = sorted(k for k, v in reply.metrics.items() if not math.isfinite(v))
+            if bad:
                 outstanding.discard(reply.node_id)
                 raise ProtocolError(
-                    f"reply claims {reply.num_examples} training examples, the node declared "
-                    f"{declared} (its weight in the aggregate is capped by what it declared)"
+                    f"reply carries non-finite metrics ({', '.join(bad[:5])}): metrics must be "
+                    "finite numbers"
+                )
+            declared = self._declared.get(reply.node_id, 0)
+            if 0 < declared < reply.num_examples:
+                outstanding.discard(reply.node_id)
+                what = "training" if kind is MessageKind.TRAIN else "evaluation"
+                raise ProtocolError(
+                    f"reply claims {reply.num_examples} {what} examples, the node declared "
+                    f"{declared} for this dataset (a site's weight is capped by what it declared)"
                 )
         except ProtocolError as exc:
             self._event(server_round, "reply_rejected", str(exc), reply.node_id)

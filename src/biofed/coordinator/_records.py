@@ -6,9 +6,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from biofed.core import Metrics, ParameterSet
+from biofed.core import BiofedError, Metrics, ParameterSet
 
 _EMPTY: Mapping[str, float] = MappingProxyType({})
+
+
+class RunCancelled(BiofedError):
+    """The run was cancelled: the round engine abandoned the current round at once."""
+
+    code = "cancelled"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from biofed.coordinator._records import RunCancelled
 from biofed.core import (
     Array,
     BiofedError,
@@ -167,6 +168,8 @@ class SecureRound:
             result = server.result()
         except SecureAggregationError as exc:
             raise RoundFailed(f"secure aggregation aborted: {exc}") from None
+        except RunCancelled:
+            raise
         except BiofedError as exc:
             raise RoundFailed(f"secure aggregation failed: {exc}") from None
         if len(result.survivors) < engine.config.min_replies:

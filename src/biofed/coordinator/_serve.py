@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from biofed.coordinator._scheduler import DEFAULT_MAX_CONCURRENT_RUNS
 from biofed.coordinator._service import Coordinator
 from biofed.coordinator._store import StateStore, open_store
 from biofed.core import ConfigurationError, PolicyViolation
@@ -84,8 +85,14 @@ def serve_coordinator(
     state: str | None = None,
     heartbeat_interval: float = 2.0,
     node_wait: float = 60.0,
+    max_concurrent_runs: int | None = None,
 ) -> RunningCoordinator:
-    """Start the coordinator of the kit in ``kit_dir`` (returns once it is serving)."""
+    """Start the coordinator of the kit in ``kit_dir`` (returns once it is serving).
+
+    The state store is checked first (:func:`~biofed.coordinator.open_store` refuses a
+    damaged or foreign one), so a coordinator either serves with a sound store or does not
+    start. ``max_concurrent_runs`` defaults to the kit's (``kit.toml``), else 4.
+    """
     kit = load_kit(kit_dir)
     if kit.role != "coordinator":
         raise PolicyViolation(f"kit {kit_dir} belongs to a {kit.role}, not the coordinator")
@@ -95,12 +102,14 @@ def serve_coordinator(
         raise ConfigurationError("the coordinator needs a listen address and a state URL")
     store = open_store(url)
     audit = AuditLog(kit.directory / LOG_FILE, AuditSigner.from_kit(kit))
+    concurrent = max_concurrent_runs or kit.max_concurrent_runs or DEFAULT_MAX_CONCURRENT_RUNS
     coordinator = Coordinator(
         store,
         heartbeat_interval=heartbeat_interval,
         node_wait=node_wait,
         audit=audit,
         bundles_dir=kit.directory / "bundles",
+        max_concurrent_runs=concurrent,
     )
     try:
         server = CoordinatorServer(

@@ -1,8 +1,10 @@
 """The coordinator runtime: accepts runs from researchers, drives them over the connected
 nodes with the round engine, and persists every step so a restart resumes where it stopped.
 
-Runs execute one at a time in submission order; a run found ``running`` at start-up (the
-coordinator was killed) resumes from its last checkpoint before any pending run starts.
+This module is the control API (submit, status, logs, cancel, results, nodes). Execution
+lives elsewhere: :mod:`biofed.coordinator._scheduler` decides which runs execute (several at
+once, each failing alone, interrupted ones first) and :mod:`biofed.coordinator._executor`
+executes one run with the round engine.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from biofed.coordinator._engine import EngineConfig, RoundEngine
+from biofed.coordinator._executor import RunExecutor
 from biofed.coordinator._job import JobSpec
 from biofed.coordinator._privacy_report import PRIVACY_EVENT, privacy_report, spend_message
 from biofed.coordinator._records import RoundRecord, RunEvent
+from biofed.coordinator._scheduler import (
+    DEFAULT_MAX_ATTEMPTS,
+    DEFAULT_MAX_CONCURRENT_RUNS,
+    RunScheduler,
+)
 from biofed.coordinator._store import (
-    Checkpoint,
     NodeRow,
     NodeStatus,
     RunRow,
@@ -46,7 +50,6 @@ from biofed.governance import (
     read_bundle,
     reply_payload,
 )
-from biofed.tasks import make_task
 from biofed.transport.grpc import (
     EventInfo,
     NodeEvent,
@@ -128,19 +131,17 @@ class _StoreListener:
                 )
 
     def on_round_end(self, record: RoundRecord) -> None:
-        """Nothing: ``round_completed`` is written once the round is committed."""
+        """Nothing: ``round_completed`` is committed with the round (:meth:`completed_event`)."""
 
-    def round_committed(self, record: RoundRecord) -> None:
-        """The event for a round whose record and checkpoint are stored."""
+    def completed_event(self, record: RoundRecord) -> RunEvent:
+        """The round's ``round_completed`` event, stored in the round's own transaction."""
         metrics = {
             **{f"train.{k}": v for k, v in record.train_metrics.items()},
             **{f"eval.{k}": v for k, v in record.eval_metrics.items()},
         }
         text = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
         message = record.failed or f"{record.num_replies}/{record.num_selected} replies; {text}"
-        self.store.append_event(
-            self.run_id, round=record.round, kind="round_completed", message=message
-        )
+        return RunEvent(round=record.round, kind="round_completed", message=message)
 
     def on_event(self, event: RunEvent) -> None:
         self.store.append_event(
@@ -170,6 +171,10 @@ class Coordinator:
         payload accepted from a node, for reconciliation with the nodes' logs).
     bundles_dir:
         Where task bundles submitted with jobs are kept, by digest, for nodes to fetch.
+    max_concurrent_runs:
+        Runs executed at the same time (the coordinator kit's ``max_concurrent_runs``).
+    max_attempts:
+        Starts without a completed round after which a run is failed, not resumed again.
     """
 
     def __init__(
@@ -182,6 +187,8 @@ class Coordinator:
         clock: Callable[[], float] = time.time,
         audit: AuditLog | None = None,
         bundles_dir: Path | None = None,
+        max_concurrent_runs: int = DEFAULT_MAX_CONCURRENT_RUNS,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     ) -> None:
         self.store = store
         self.audit = audit
@@ -194,24 +201,32 @@ class Coordinator:
             on_node_event=self._node_event,
             on_wire_error=self._wire_error,
         )
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._cancelled: set[str] = set()
-        self._lock = threading.Lock()
-        self._runner = threading.Thread(target=self._loop, name="biofed-runner", daemon=True)
+        self.scheduler = RunScheduler(
+            store,
+            self._execute,
+            self._fail,
+            max_concurrent_runs=max_concurrent_runs,
+            max_attempts=max_attempts,
+        )
+        self.executor = RunExecutor(
+            store,
+            self.hub,
+            lambda run_id: _StoreListener(self.store, run_id, self.audit),
+            self.scheduler.stopping,
+            node_wait=node_wait,
+            audit=self._audit,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
     def start(self) -> Coordinator:
         """Start executing runs (resuming interrupted ones first)."""
-        self._runner.start()
+        self.scheduler.start()
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Stop after the current round; an unfinished run stays ``running`` and resumes at
-        the next start."""
-        self._stopping.set()
-        self._wake.set()
-        self._runner.join(timeout)
+        """Stop after the current rounds; unfinished runs stay ``running`` and resume at the
+        next start."""
+        self.scheduler.stop(timeout)
 
     # -- node registry -------------------------------------------------------------------------
     def _node_event(self, node_id: str, event: NodeEvent) -> None:
@@ -228,7 +243,7 @@ class Coordinator:
                 properties=properties,
             )
         )
-        self._wake.set()
+        self.scheduler.wake()
 
     def _wire_error(self, run_id: str, server_round: int, node_id: str, message: str) -> None:
         try:
@@ -267,7 +282,7 @@ class Coordinator:
                 "spec_sha256": hashlib.sha256(spec.to_json().encode()).hexdigest(),
             },
         )
-        self._wake.set()
+        self.scheduler.wake()
         return self.get_run(peer, run_id)
 
     def _bundle_path(self, digest: str) -> Path:
@@ -341,20 +356,22 @@ class Coordinator:
         row = self._row(run_id)
         if row.status.is_terminal:
             raise ProtocolError(f"run {run_id!r} already ended ({row.status.value})")
-        with self._lock:
-            self._cancelled.add(run_id)
-        if row.status is RunStatus.PENDING:
-            self.store.set_run_status(run_id, RunStatus.CANCELLED)
         self.store.append_event(
             run_id, round=row.completed_rounds, kind="cancel_requested", message=f"by {peer.name}"
         )
+        # Executing here: its engine abandons the round at once and records the end. Not
+        # executing (pending, or waiting for a free slot): it ends now.
+        if not self.scheduler.cancel(run_id):
+            self.executor.cancelled(run_id)
+        self.hub.cancel_run(run_id)  # nodes drop what they hold of it
         return self.get_run(peer, run_id)
 
     def run_result(self, peer: Peer, run_id: str) -> bytes:
         row = self._row(run_id)
-        if row.status is not RunStatus.FINISHED:
+        if not row.status.has_result:
             raise ProtocolError(
                 f"run {run_id!r} is {row.status.value}; results exist once finished"
+                + (" with at least one completed round" if row.status.is_terminal else "")
             )
         checkpoint = self.store.latest_checkpoint(run_id)
         if checkpoint is None:
@@ -388,6 +405,8 @@ class Coordinator:
             "task": spec.task,
         }
         if rounds:
+            failed = sum(r.record.failed is not None for r in rounds)
+            summary["rounds"] = {"completed": len(rounds) - failed, "failed": failed}
             last = rounds[-1].record
             evaluated = [r.record for r in rounds if r.record.eval_metrics]
             summary["last_round"] = {
@@ -407,6 +426,11 @@ class Coordinator:
                     },
                 }
         events = self.store.events(row.run_id)
+        if row.status in (RunStatus.PENDING, RunStatus.RUNNING):
+            waiting = [e for e in events if e.kind == "waiting_for_nodes"]
+            started = [e for e in events if e.kind == "round_started"]
+            if waiting and (not started or waiting[-1].seq > started[-1].seq):
+                summary["waiting"] = waiting[-1].message  # why the run does not go on
         privacy = privacy_report(spec, events, [r.record for r in rounds])
         if privacy is not None:
             summary["privacy"] = privacy
@@ -429,127 +453,17 @@ class Coordinator:
             updated_at=row.updated_at,
         )
 
-    # -- execution -------------------------------------------------------------------------------
-    def _next_run(self) -> RunRow | None:
-        for status in (RunStatus.RUNNING, RunStatus.PENDING):
-            rows = self.store.list_runs([status])
-            if rows:
-                return rows[0]
-        return None
-
-    def _loop(self) -> None:
-        while not self._stopping.is_set():
-            row = self._next_run()
-            if row is None:
-                self._wake.wait(1.0)
-                self._wake.clear()
-                continue
-            self._execute(row)
-
-    def _is_cancelled(self, run_id: str) -> bool:
-        with self._lock:
-            return run_id in self._cancelled
-
-    def _wait_for_nodes(self, run_id: str, server_round: int, transport: Any, needed: int) -> bool:
-        deadline = time.monotonic() + self.node_wait
-        announced = False
-        while len(transport.available_nodes()) < needed:
-            if self._stopping.is_set() or self._is_cancelled(run_id):
-                return False
-            if time.monotonic() > deadline:
-                return True  # let the engine record the failed round
-            if not announced:
-                self.store.append_event(
-                    run_id,
-                    round=server_round,
-                    kind="waiting_for_nodes",
-                    message=f"{len(transport.available_nodes())} of {needed} sites connected",
-                )
-                announced = True
-            self._wake.wait(0.2)
-            self._wake.clear()
-        return True
-
-    def _execute(self, row: RunRow) -> None:
-        run_id = row.run_id
-        try:
-            spec = JobSpec.from_json(row.spec)
-            strategy = spec.build_strategy()
-            checkpoint = self.store.latest_checkpoint(run_id)
-            if checkpoint is not None:
-                params, state, start = checkpoint.parameters, checkpoint.state, checkpoint.round + 1
-                self.store.append_event(
-                    run_id,
-                    round=checkpoint.round,
-                    kind="resumed",
-                    message=f"from the checkpoint of round {checkpoint.round}",
-                )
-            else:
-                task = make_task(spec.task, **spec.task_options)
-                params = task.init_parameters(np.random.default_rng(spec.seed))
-                state, start = strategy.init_state(params), 1
-            if row.status is RunStatus.PENDING:
-                self.store.set_run_status(run_id, RunStatus.RUNNING)
-        except BiofedError as exc:
-            self._fail(run_id, str(exc))
-            return
-        transport = self.hub.transport_for(run_id, spec.dataset)
-        config = EngineConfig(
-            rounds=spec.rounds,
-            min_nodes=spec.min_nodes,
-            min_replies=spec.min_replies,
-            round_timeout=spec.round_timeout,
-            evaluate_every=spec.evaluate_every,
-            seed=spec.seed,
-        )
-        listener = _StoreListener(self.store, run_id, self.audit)
-        engine = RoundEngine(
-            strategy,
-            transport,
-            config,
-            run_id=run_id,
-            listener=listener,
-            instruction_config=spec.instruction_config(),
-            secure_aggregation=spec.secure_aggregation,
-        )
-        try:
-            for server_round in range(start, spec.rounds + 1):
-                if not self._wait_for_nodes(run_id, server_round, transport, spec.min_nodes):
-                    break
-                params, state, record = engine.run_round(server_round, params, state)
-                self.store.complete_round(
-                    run_id,
-                    record,
-                    Checkpoint(run_id=run_id, round=server_round, parameters=params, state=state),
-                )
-                listener.round_committed(record)
-            else:
-                self.store.set_run_status(run_id, RunStatus.FINISHED)
-                self._audit("run.finished", {"run_id": run_id, "rounds": spec.rounds})
-                self.store.append_event(
-                    run_id, round=spec.rounds, kind="finished", message=f"{spec.rounds} rounds"
-                )
-                return
-            if self._is_cancelled(run_id):
-                self.store.set_run_status(run_id, RunStatus.CANCELLED)
-                self.store.append_event(
-                    run_id,
-                    round=self._row(run_id).completed_rounds,
-                    kind="cancelled",
-                    message="stopped between rounds",
-                )
-        except BiofedError as exc:
-            self._fail(run_id, str(exc))
-        finally:
-            transport.close()
+    # -- execution (biofed.coordinator._scheduler, biofed.coordinator._executor) ---------------
+    def _execute(self, row: RunRow, cancel: threading.Event) -> None:
+        """Execute one run (the scheduler calls this on the run's own thread)."""
+        self.executor.execute(row, cancel)
 
     def _audit(self, event: str, data: dict[str, Any]) -> None:
         if self.audit is not None:
             self.audit.append(event, data)
 
     def _fail(self, run_id: str, message: str) -> None:
-        try:
-            self.store.set_run_status(run_id, RunStatus.FAILED, error=message)
-            self.store.append_event(run_id, round=0, kind="failed", message=message)
-        except BiofedError:
-            pass
+        """Mark the run failed (the scheduler calls this for any exception of the run) and
+        tell the nodes to drop what they still hold of it."""
+        self.executor.fail(run_id, message)
+        self.hub.cancel_run(run_id)

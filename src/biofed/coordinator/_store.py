@@ -44,21 +44,41 @@ CHECKPOINTS_KEPT = 2
 
 
 class RunStatus(str, Enum):
-    """Where a run is in its life: ``pending → running → finished | failed | cancelled``."""
+    """Where a run is in its life: ``pending → running → finished | finished_with_failures |
+    failed | cancelled``.
+
+    ``finished`` means every round completed; ``finished_with_failures`` that at least one
+    round completed and at least one failed (no valid replies, a refused aggregate…);
+    ``failed`` that no round completed, or that the run itself failed (its reason is in
+    :attr:`RunRow.error`).
+    """
 
     PENDING = "pending"
     RUNNING = "running"
     FINISHED = "finished"
+    FINISHED_WITH_FAILURES = "finished_with_failures"
     FAILED = "failed"
     CANCELLED = "cancelled"
 
     @property
     def is_terminal(self) -> bool:
-        """True for ``finished``, ``failed`` and ``cancelled``: the run never changes again."""
+        """True for the finished, failed and cancelled states: the run never changes again."""
         return self in _TERMINAL
 
+    @property
+    def has_result(self) -> bool:
+        """True where the run's last checkpoint is a trained model a researcher may download."""
+        return self in (RunStatus.FINISHED, RunStatus.FINISHED_WITH_FAILURES)
 
-_TERMINAL = frozenset({RunStatus.FINISHED, RunStatus.FAILED, RunStatus.CANCELLED})
+
+_TERMINAL = frozenset(
+    {
+        RunStatus.FINISHED,
+        RunStatus.FINISHED_WITH_FAILURES,
+        RunStatus.FAILED,
+        RunStatus.CANCELLED,
+    }
+)
 
 
 def _status(value: RunStatus | str) -> RunStatus:
@@ -89,6 +109,9 @@ class RunRow:
         Rounds completed and checkpointed; a restarted run resumes at ``completed_rounds + 1``.
     error:
         Why the run failed, or ``None``.
+    attempts:
+        Times the run was started (or resumed) since it last completed a round; the scheduler
+        fails a run whose attempts reach its bound instead of retrying it for ever.
     """
 
     run_id: str
@@ -99,6 +122,7 @@ class RunRow:
     updated_at: float
     completed_rounds: int = 0
     error: str | None = None
+    attempts: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "status", _status(self.status))
@@ -302,13 +326,38 @@ class StateStore(ABC):
             self._update_run_status(run_id, new, error, self._clock())
             return self._require_run(run_id)
 
-    # Rounds and checkpoints --------------------------------------------------------------
-    def complete_round(self, run_id: str, record: RoundRecord, checkpoint: Checkpoint) -> RoundRow:
-        """Record a completed round and its checkpoint, atomically.
+    def start_attempt(self, run_id: str) -> int:
+        """Count one more start of the run (durably) and return the count since the run last
+        completed a round (:meth:`complete_round` resets it to 0).
 
-        The checkpoint is made durable first; then the round row and ``completed_rounds =
-        record.round`` are committed together. A crash at any point leaves the store at the
-        previous round or at this one, never in between.
+        Raises
+        ------
+        ProtocolError
+            If the run is unknown or terminal.
+        """
+        with self._lock:
+            self._check_open()
+            run = self._require_run(run_id)
+            if run.status.is_terminal:
+                raise ProtocolError(f"run {run_id!r} is {run.status.value}; it cannot start")
+            return self._start_attempt(run_id, self._clock())
+
+    # Rounds and checkpoints --------------------------------------------------------------
+    def complete_round(
+        self,
+        run_id: str,
+        record: RoundRecord,
+        checkpoint: Checkpoint,
+        event: RunEvent | None = None,
+    ) -> RoundRow:
+        """Record a completed round, its checkpoint and its event, atomically.
+
+        The checkpoint file is made durable first; then the round row, ``completed_rounds =
+        record.round``, the checkpoint reference and ``event`` (the round's
+        ``round_completed`` event, appended to the run's log) are committed in one
+        transaction. A crash at any point leaves the store at the previous round or at this
+        one, never in between: never a round without its event, nor an event without its
+        round.
 
         Raises
         ------
@@ -320,6 +369,13 @@ class StateStore(ABC):
         """
         if not isinstance(record, RoundRecord) or not isinstance(checkpoint, Checkpoint):
             raise ConfigurationError("complete_round needs a RoundRecord and a Checkpoint")
+        if event is not None:
+            if not isinstance(event, RunEvent):
+                raise ConfigurationError("complete_round's event must be a RunEvent")
+            if event.round != record.round:
+                raise ConfigurationError(
+                    f"the event is for round {event.round}, the record for round {record.round}"
+                )
         if checkpoint.run_id != run_id or checkpoint.round != record.round:
             raise ConfigurationError(
                 f"checkpoint is for run {checkpoint.run_id!r} round {checkpoint.round}, "
@@ -339,7 +395,7 @@ class StateStore(ABC):
             row = RoundRow(
                 run_id=run_id, round=record.round, record=record, completed_at=self._clock()
             )
-            self._complete_round(row, checkpoint)
+            self._complete_round(row, checkpoint, event)
             return row
 
     def rounds(self, run_id: str) -> list[RoundRow]:
@@ -464,9 +520,16 @@ class StateStore(ABC):
     ) -> None: ...
 
     @abstractmethod
-    def _complete_round(self, row: RoundRow, checkpoint: Checkpoint) -> None:
-        """Checkpoint first, then round row + completed_rounds atomically; keep the newest
-        :data:`CHECKPOINTS_KEPT` checkpoints."""
+    def _start_attempt(self, run_id: str, now: float) -> int:
+        """attempts += 1, durably; return the new count."""
+
+    @abstractmethod
+    def _complete_round(
+        self, row: RoundRow, checkpoint: Checkpoint, event: RunEvent | None
+    ) -> None:
+        """Checkpoint first, then round row + completed_rounds + attempts = 0 + the event
+        (stamped ``row.completed_at``) atomically; keep the newest :data:`CHECKPOINTS_KEPT`
+        checkpoints."""
 
     @abstractmethod
     def _rounds(self, run_id: str) -> list[RoundRow]: ...

@@ -6,6 +6,7 @@ import dataclasses
 import time
 from collections.abc import Callable
 
+from biofed.coordinator._records import RunEvent
 from biofed.coordinator._store import (
     CHECKPOINTS_KEPT,
     Checkpoint,
@@ -59,13 +60,28 @@ class InMemoryStateStore(StateStore):
             self._runs[run_id], status=status, error=error, updated_at=now
         )
 
-    def _complete_round(self, row: RoundRow, checkpoint: Checkpoint) -> None:
+    def _start_attempt(self, run_id: str, now: float) -> int:
+        run = self._runs[run_id]
+        self._runs[run_id] = dataclasses.replace(run, attempts=run.attempts + 1, updated_at=now)
+        return run.attempts + 1
+
+    def _complete_round(
+        self, row: RoundRow, checkpoint: Checkpoint, event: RunEvent | None
+    ) -> None:
+        # The event first: what follows cannot fail, so the round is all there or not at all.
+        if event is not None:
+            self._append_event(
+                row.run_id, event.round, event.kind, event.message, event.node_id, row.completed_at
+            )
         kept = self._kept[row.run_id]
         kept.append(checkpoint)
         del kept[:-CHECKPOINTS_KEPT]
         self._round_rows[row.run_id].append(row)
         self._runs[row.run_id] = dataclasses.replace(
-            self._runs[row.run_id], completed_rounds=row.round, updated_at=row.completed_at
+            self._runs[row.run_id],
+            completed_rounds=row.round,
+            updated_at=row.completed_at,
+            attempts=0,
         )
 
     def _rounds(self, run_id: str) -> list[RoundRow]:

@@ -58,6 +58,8 @@ class Kit:
         Hex SHA-256 of the certificate DER.
     listen, state:
         Coordinator kits only: the address to listen on and the state store URL.
+    max_concurrent_runs:
+        Coordinator kits only: runs executed at the same time (``None``: the default, 4).
     """
 
     name: str
@@ -73,6 +75,7 @@ class Kit:
     fingerprint: str
     listen: str | None = None
     state: str | None = None
+    max_concurrent_runs: int | None = None
 
 
 def load_kit(directory: str | os.PathLike[str], *, now: dt.datetime | None = None) -> Kit:
@@ -162,6 +165,7 @@ def load_kit(directory: str | os.PathLike[str], *, now: dt.datetime | None = Non
         fingerprint=certificate_fingerprint(cert),
         listen=config.listen,
         state=config.state,
+        max_concurrent_runs=config.max_concurrent_runs,
     )
 
 

@@ -31,6 +31,7 @@ class KitConfig:
     files: Mapping[str, str]
     listen: str | None
     state: str | None
+    max_concurrent_runs: int | None = None
 
 
 def toml_string(value: str) -> str:
@@ -59,6 +60,8 @@ def render_kit_config(config: KitConfig) -> str:
         lines.append(f"listen = {toml_string(config.listen)}")
     if config.state is not None:
         lines.append(f"state = {toml_string(config.state)}")
+    if config.max_concurrent_runs is not None:
+        lines.append(f"max_concurrent_runs = {config.max_concurrent_runs}")
     lines += ["", "[files]"]
     lines += [f"{key} = {toml_string(value)}" for key, value in config.files.items()]
     if config.role == "site":
@@ -108,6 +111,16 @@ def read_kit_config(directory: Path) -> KitConfig:
         listen = format_address(*parse_address(listen))
     if role == "coordinator" and "crl" not in files:
         raise ConfigurationError(f"{path}: a coordinator kit needs files.crl (the CA's CRL)")
+    concurrent = data.get("max_concurrent_runs")
+    if concurrent is not None:
+        if role != "coordinator":
+            raise ConfigurationError(f"{path}: max_concurrent_runs belongs to the coordinator")
+        if isinstance(concurrent, bool) or not isinstance(concurrent, int):
+            raise ConfigurationError(f"{path}: max_concurrent_runs must be an integer")
+        if not 1 <= concurrent <= 256:
+            raise ConfigurationError(
+                f"{path}: max_concurrent_runs must be between 1 and 256, got {concurrent}"
+            )
     return KitConfig(
         name=check_name(_string(data, "name", path)),
         role=role,
@@ -116,4 +129,5 @@ def read_kit_config(directory: Path) -> KitConfig:
         files=files,
         listen=listen,
         state=_string(data, "state", path, optional=True) or None,
+        max_concurrent_runs=concurrent,
     )

@@ -8,6 +8,7 @@ back is parameters, an example count and scalar metrics. Task failures become an
 from __future__ import annotations
 
 import dataclasses
+import threading
 import zlib
 from collections.abc import MutableMapping
 
@@ -54,6 +55,9 @@ class SiteNode:
         self.task = task
         self.data = data
         self._state: dict[str, MutableMapping[str, ParameterSet]] = {}
+        # A node serves several runs at once (one worker per run); runs that share this
+        # site's task object take turns in it, since a task may keep scratch state.
+        self._task_lock = threading.Lock()
 
     @property
     def num_train_examples(self) -> int:
@@ -69,7 +73,12 @@ class SiteNode:
         )
 
     def handle(self, instruction: Instruction) -> Reply:
-        """Run ``instruction`` and return the reply (an error reply if anything fails)."""
+        """Run ``instruction`` and return the reply (an error reply if anything fails).
+        Safe to call from several threads: calls take turns in the task."""
+        with self._task_lock:
+            return self._handle(instruction)
+
+    def _handle(self, instruction: Instruction) -> Reply:
         base = Reply(
             run_id=instruction.run_id,
             round=instruction.round,

@@ -48,8 +48,11 @@ class NodeClient:
     """A node's connection to the coordinator: dial out, take instructions, upload replies.
 
     Reconnects after any failure with exponential backoff and jitter, sends heartbeats,
-    and handles instructions one at a time on a worker thread so pings keep flowing
-    during long local training.
+    and handles instructions on worker threads so pings keep flowing during long local
+    training: each run has its own worker (instructions of one run in order, one at a time),
+    at most ``max_parallel_runs`` of them busy at once, so one run's slow round does not
+    stall another's. A ``cancel_run`` message from the coordinator drops the run's queued
+    instructions, and a reply the handler finishes for a cancelled run is not uploaded.
 
     Parameters
     ----------
@@ -65,6 +68,9 @@ class NodeClient:
         Datasets this node declares.
     max_payload_bytes:
         Refuse instructions that declare more bytes than this.
+    max_parallel_runs:
+        How many runs' instructions the handler may work on at the same time (the handler
+        must be safe to call concurrently for different runs).
     """
 
     def __init__(
@@ -80,7 +86,13 @@ class NodeClient:
         backoff_initial: float = 0.2,
         backoff_max: float = 5.0,
         on_status: Callable[[str], None] | None = None,
+        max_parallel_runs: int = 4,
     ) -> None:
+        if isinstance(max_parallel_runs, bool) or not isinstance(max_parallel_runs, int):
+            raise ConfigurationError("max_parallel_runs must be an int")
+        if max_parallel_runs < 1:
+            raise ConfigurationError(f"max_parallel_runs must be >= 1, got {max_parallel_runs}")
+        self.max_parallel_runs = max_parallel_runs
         self.target = target
         self.tls = tls
         self.node_id = node_id
@@ -144,13 +156,13 @@ class NodeClient:
                 yield message
 
         call = stub.Connect(requests())
-        work: queue.Queue[tuple[Instruction, str] | None] = queue.Queue()
         done = threading.Event()
-        worker = threading.Thread(
-            target=self._work,
-            args=(stub, work, done, outgoing),
-            name="biofed-node-work",
-            daemon=True,
+        workers = _RunWorkers(
+            self.handler,
+            lambda reply, tid: self._upload(stub, reply, tid, outgoing),
+            done,
+            self._on_status,
+            self.max_parallel_runs,
         )
         beat = threading.Thread(
             target=self._heartbeat,
@@ -158,7 +170,6 @@ class NodeClient:
             name="biofed-node-heartbeat",
             daemon=True,
         )
-        worker.start()
         watcher = threading.Thread(target=_cancel_on, args=(stop, done, call), daemon=True)
         watcher.start()
         try:
@@ -191,42 +202,23 @@ class NodeClient:
                         raise PayloadError("chunk without an instruction header")
                     assembler.add(message.chunk)
                     outgoing.put(pb.NodeMessage(credit=1))
+                elif kind == "cancel_run":
+                    workers.cancel(message.cancel_run.run_id)
                 if assembler is not None and header is not None and assembler.complete:
                     instruction = instruction_from_wire(
                         header, assembler.finish(), self.node_id, max_bytes=self.max_payload_bytes
                     )
-                    work.put((instruction, header.transfer_id))
+                    workers.submit(instruction, header.transfer_id)
                     assembler = header = None
                 if kind == "ping" and not connected.is_set():
                     connected.set()
         finally:
             done.set()
-            work.put(None)
+            workers.close()
             outgoing.put(None)
             call.cancel()  # type: ignore[no-untyped-call]
-            worker.join(timeout=1.0)
+            workers.join(timeout=1.0)
             channel.close()
-
-    def _work(
-        self,
-        stub: pb_grpc.NodeServiceStub,
-        work: queue.Queue[tuple[Instruction, str] | None],
-        done: threading.Event,
-        outgoing: queue.Queue[pb.NodeMessage | None],
-    ) -> None:
-        while True:
-            item = work.get()
-            if item is None:
-                return
-            instruction, transfer_id = item
-            reply = self.handler(instruction)
-            if done.is_set():
-                return
-            try:
-                self._upload(stub, reply, transfer_id, outgoing)
-            except grpc.RpcError as exc:
-                self._on_status(f"reply upload failed: {_details(exc)}")
-                return
 
     def _upload(
         self,
@@ -272,6 +264,96 @@ class NodeClient:
                     call.cancel()
                     return
             wait = interval
+
+
+#: Cancelled run ids a node remembers (to refuse their late instructions and replies).
+_CANCELLED_KEPT = 1024
+
+
+class _RunWorkers:
+    """One worker thread per run with queued work, at most ``limit`` handling at once.
+
+    A run's instructions are handled in the order they arrived; different runs proceed
+    independently. Workers exit when their run's queue is empty, so idle runs hold no
+    thread.
+    """
+
+    def __init__(
+        self,
+        handler: InstructionHandler,
+        upload: Callable[[Reply, str], None],
+        done: threading.Event,
+        on_status: Callable[[str], None],
+        limit: int,
+    ) -> None:
+        self._handler = handler
+        self._upload = upload
+        self._done = done
+        self._on_status = on_status
+        self._slots = threading.BoundedSemaphore(limit)
+        self._lock = threading.Lock()
+        self._queues: dict[str, list[tuple[Instruction, str]]] = {}
+        self._threads: dict[str, threading.Thread] = {}
+        self._cancelled: dict[str, None] = {}  # insertion-ordered set, bounded
+
+    def submit(self, instruction: Instruction, transfer_id: str) -> None:
+        run_id = instruction.run_id
+        with self._lock:
+            if run_id in self._cancelled or self._done.is_set():
+                return
+            self._queues.setdefault(run_id, []).append((instruction, transfer_id))
+            if run_id not in self._threads:
+                thread = threading.Thread(
+                    target=self._work, args=(run_id,), name=f"biofed-node-run-{run_id}", daemon=True
+                )
+                self._threads[run_id] = thread
+                thread.start()
+
+    def cancel(self, run_id: str) -> None:
+        """Drop the run's queued instructions; a reply finished later is not uploaded."""
+        with self._lock:
+            self._cancelled[run_id] = None
+            while len(self._cancelled) > _CANCELLED_KEPT:
+                del self._cancelled[next(iter(self._cancelled))]
+            dropped = len(self._queues.pop(run_id, []))
+        self._on_status(f"run {run_id} cancelled by the coordinator ({dropped} queued dropped)")
+
+    def _is_live(self, run_id: str) -> bool:
+        with self._lock:
+            return run_id not in self._cancelled and not self._done.is_set()
+
+    def _next(self, run_id: str) -> tuple[Instruction, str] | None:
+        with self._lock:
+            queued = self._queues.get(run_id)
+            if not queued or self._done.is_set():
+                self._queues.pop(run_id, None)
+                self._threads.pop(run_id, None)
+                return None
+            return queued.pop(0)
+
+    def _work(self, run_id: str) -> None:
+        while (item := self._next(run_id)) is not None:
+            instruction, transfer_id = item
+            with self._slots:
+                if not self._is_live(run_id):
+                    continue
+                reply = self._handler(instruction)
+            if not self._is_live(run_id):
+                continue  # cancelled (or disconnected) meanwhile: nothing is uploaded
+            try:
+                self._upload(reply, transfer_id)
+            except grpc.RpcError as exc:
+                self._on_status(f"reply upload failed: {_details(exc)}")
+
+    def close(self) -> None:
+        with self._lock:
+            self._queues.clear()
+
+    def join(self, timeout: float) -> None:
+        with self._lock:
+            threads = list(self._threads.values())
+        for thread in threads:
+            thread.join(timeout=timeout / max(1, len(threads)))
 
 
 def _cancel_on(stop: threading.Event, done: threading.Event, call: Any) -> None:

@@ -54,7 +54,9 @@ class Session:
     session_id: str
     datasets: tuple[DatasetDeclaration, ...]
     last_seen: float
-    outbox: queue.Queue[tuple[pb.InstructionHeader, Payload] | None] = field(
+    #: What the session's stream sends next: an instruction with its payload, a control
+    #: message (a run's cancellation), or None to end the stream.
+    outbox: queue.Queue[tuple[pb.InstructionHeader, Payload] | pb.ServerMessage | None] = field(
         default_factory=queue.Queue
     )
     closed: threading.Event = field(default_factory=threading.Event)
@@ -192,6 +194,32 @@ class NodeHub:
             for tid in [t for t, o in self._outstanding.items() if o.run_id == run_id]:
                 del self._outstanding[tid]
 
+    def cancel_run(self, run_id: str) -> int:
+        """Tell every connected node that ``run_id`` is cancelled: instructions of the run
+        still queued here are dropped, its outstanding transfers are forgotten (a late reply
+        is refused), and each node gets a ``cancel_run`` message to drop what it holds.
+        Returns the number of queued instructions dropped here."""
+        with self._lock:
+            sessions = list(self._sessions.values())
+            for tid in [t for t, o in self._outstanding.items() if o.run_id == run_id]:
+                del self._outstanding[tid]
+            transport = self._runs.get(run_id)
+        dropped = 0
+        for session in sessions:
+            with session.outbox.mutex:
+                kept = [
+                    item
+                    for item in session.outbox.queue
+                    if not (isinstance(item, tuple) and item[0].run_id == run_id)
+                ]
+                dropped += len(session.outbox.queue) - len(kept)
+                session.outbox.queue.clear()
+                session.outbox.queue.extend(kept)
+            session.outbox.put(pb.ServerMessage(cancel_run=pb.RunCancelled(run_id=run_id)))
+        if transport is not None:
+            transport.cancel()
+        return dropped
+
     def dispatch(self, instruction: Instruction, payload: Payload, expected_bytes: int) -> None:
         """Queue an instruction on its node's session."""
         with self._lock:
@@ -247,7 +275,8 @@ class RunTransport(Transport):
         self._hub = hub
         self.run_id = run_id
         self.dataset = dataset
-        self._replies: queue.Queue[tuple[Reply, Callable[[], None]]] = queue.Queue()
+        self._replies: queue.Queue[tuple[Reply, Callable[[], None]] | None] = queue.Queue()
+        self._cancelled = False
         self._held: Callable[[], None] = lambda: None
         self._pending = 0
         self._payload_cache: tuple[tuple[str, ...], tuple[ParameterSet, ...], Payload] | None = None
@@ -279,9 +308,15 @@ class RunTransport(Transport):
             self._payload_cache = cached
         return cached[2]
 
+    def cancel(self) -> None:
+        """The run is cancelled: refuse further sends, wake a waiting :meth:`receive`."""
+        self._cancelled = True
+        self._pending = 0
+        self._replies.put(None)
+
     def send(self, instruction: Instruction) -> None:
-        if self._closed:
-            raise TransportError("transport is closed")
+        if self._closed or self._cancelled:
+            raise TransportError("transport is closed" if self._closed else "run cancelled")
         if instruction.run_id != self.run_id:
             raise TransportError(f"this transport carries run {self.run_id!r} only")
         payload = self._payload(instruction)
@@ -297,9 +332,12 @@ class RunTransport(Transport):
         if self._pending <= 0:
             return None
         try:
-            reply, release = self._replies.get(timeout=timeout)
+            item = self._replies.get(timeout=timeout)
         except queue.Empty:
             return None
+        if item is None:  # cancelled
+            return None
+        reply, release = item
         self._held = release
         self._pending -= 1
         return reply
@@ -310,5 +348,7 @@ class RunTransport(Transport):
             self._payload_cache = None
             self._held()
             while not self._replies.empty():
-                self._replies.get_nowait()[1]()
+                item = self._replies.get_nowait()
+                if item is not None:
+                    item[1]()
             self._hub._release(self.run_id)

@@ -176,6 +176,9 @@ class _NodeServicer(pb_grpc.NodeServiceServicer):
                     continue
                 if item is None:
                     return
+                if isinstance(item, pb.ServerMessage):  # control: a run's cancellation
+                    yield item
+                    continue
                 header, payload = item
                 if payload.size <= CHUNK_BYTES:  # one message: header with the payload inline
                     header.inline_payload = payload.to_bytes()

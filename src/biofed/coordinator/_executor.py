@@ -1,0 +1,240 @@
+"""Executing one run: set it up, wait for its sites, drive the round engine, commit each round,
+and end it with a status that tells the truth.
+
+A run ends
+
+* ``finished`` when every round completed,
+* ``finished_with_failures`` when some rounds completed and some failed,
+* ``failed`` when no round completed (its "result" would be the initial model, so none is
+  offered) or the run itself failed,
+* ``cancelled`` when a researcher cancelled it: the engine abandons the current round at once,
+  the hub tells the nodes to drop the run, and nothing more is sent.
+
+Each round's checkpoint, record and ``round_completed`` event are committed together
+(:meth:`~biofed.coordinator.StateStore.complete_round`).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+
+from biofed.coordinator._engine import EngineConfig, EngineListener, RoundEngine
+from biofed.coordinator._job import JobSpec
+from biofed.coordinator._records import RoundRecord, RunCancelled, RunEvent
+from biofed.coordinator._store import Checkpoint, RunRow, RunStatus, StateStore
+from biofed.core import BiofedError
+from biofed.tasks import make_task
+from biofed.transport.grpc import NodeHub
+
+
+class RunListener(EngineListener, Protocol):
+    """Engine hooks that also word a round's ``round_completed`` event (committed with it)."""
+
+    def completed_event(self, record: RoundRecord) -> RunEvent: ...
+
+
+def ending_status(records: list[RoundRecord]) -> tuple[RunStatus, str | None]:
+    """The status a run that went through all its rounds ends in, and why it failed."""
+    failed = [r for r in records if r.failed is not None]
+    if records and not failed:
+        return RunStatus.FINISHED, None
+    if len(failed) < len(records):
+        return RunStatus.FINISHED_WITH_FAILURES, None
+    last = failed[-1].failed if failed else "no rounds"
+    return (
+        RunStatus.FAILED,
+        f"no round completed: all {len(records)} rounds failed (last: {last})",
+    )
+
+
+class RunExecutor:
+    """Runs one run at a time per call of :meth:`execute` (the scheduler calls it from one
+    thread per run).
+
+    Parameters
+    ----------
+    store:
+        Runs, rounds, checkpoints, events.
+    hub:
+        The node connections (each run gets its own transport).
+    listener:
+        Makes the engine listener of a run (writes its progress to the store).
+    stopping:
+        Set when the coordinator stops: the run ends after its current round and stays
+        ``running``, to resume at the next start.
+    node_wait:
+        Seconds a round waits for ``min_nodes`` sites before the engine records it failed.
+    audit:
+        Appends an entry to the coordinator's audit log (``run.finished``, ``run.failed``…).
+    """
+
+    def __init__(
+        self,
+        store: StateStore,
+        hub: NodeHub,
+        listener: Callable[[str], RunListener],
+        stopping: threading.Event,
+        *,
+        node_wait: float = 60.0,
+        audit: Callable[[str, dict[str, Any]], None] = lambda event, data: None,
+        nodes_changed: threading.Event | None = None,
+    ) -> None:
+        self.store = store
+        self.hub = hub
+        self.listener = listener
+        self.stopping = stopping
+        self.node_wait = node_wait
+        self.audit = audit
+        self.nodes_changed = nodes_changed or threading.Event()
+
+    # -- the run -------------------------------------------------------------------------------
+    def execute(self, row: RunRow, cancel: threading.Event) -> None:
+        """Execute ``row`` until it ends, is cancelled or the coordinator stops. Raises what
+        goes wrong (the scheduler fails the run with it)."""
+        run_id = row.run_id
+        current = self.store.get_run(run_id)
+        if current is None or current.status.is_terminal:
+            return  # cancelled before it started
+        spec = JobSpec.from_json(row.spec)
+        strategy = spec.build_strategy()
+        checkpoint = self.store.latest_checkpoint(run_id)
+        if checkpoint is not None:
+            params, state, start = checkpoint.parameters, checkpoint.state, checkpoint.round + 1
+            self.store.append_event(
+                run_id,
+                round=checkpoint.round,
+                kind="resumed",
+                message=f"from the checkpoint of round {checkpoint.round}",
+            )
+        else:
+            task = make_task(spec.task, **spec.task_options)
+            params = task.init_parameters(np.random.default_rng(spec.seed))
+            state, start = strategy.init_state(params), 1
+        if current.status is RunStatus.PENDING:
+            self.store.set_run_status(run_id, RunStatus.RUNNING)
+        listener = self.listener(run_id)
+        transport = self.hub.transport_for(run_id, spec.dataset)
+        try:
+            engine = RoundEngine(
+                strategy,
+                transport,
+                EngineConfig(
+                    rounds=spec.rounds,
+                    min_nodes=spec.min_nodes,
+                    min_replies=spec.min_replies,
+                    round_timeout=spec.round_timeout,
+                    evaluate_every=spec.evaluate_every,
+                    seed=spec.seed,
+                ),
+                run_id=run_id,
+                listener=listener,
+                instruction_config=spec.instruction_config(),
+                secure_aggregation=spec.secure_aggregation,
+                cancel=cancel,
+            )
+            for server_round in range(start, spec.rounds + 1):
+                if not self._wait_for_nodes(run_id, server_round, spec, transport, cancel):
+                    break
+                params, state, record = engine.run_round(server_round, params, state)
+                self.store.complete_round(
+                    run_id,
+                    record,
+                    Checkpoint(run_id=run_id, round=server_round, parameters=params, state=state),
+                    listener.completed_event(record),
+                )
+            else:
+                self._end(run_id, spec)
+                return
+        except RunCancelled:
+            pass
+        finally:
+            transport.close()
+        if cancel.is_set():
+            self.cancelled(run_id)
+
+    # -- waiting for sites ---------------------------------------------------------------------
+    def waiting_reason(self, spec: JobSpec, available: list[str]) -> str:
+        """Why a run cannot start its round, in words a researcher can act on."""
+        connected = sorted({s.node_id for s in self.hub.sessions()})
+        if not available:
+            if not connected:
+                return (
+                    f"no site connected; the run needs {spec.min_nodes} offering "
+                    f"dataset {spec.dataset!r}"
+                )
+            return (
+                f"no connected site offers dataset {spec.dataset!r} "
+                f"({len(connected)} sites connected)"
+            )
+        return (
+            f"{len(available)} of {spec.min_nodes} required sites connected: "
+            + ", ".join(available)
+        )
+
+    def _wait_for_nodes(
+        self,
+        run_id: str,
+        server_round: int,
+        spec: JobSpec,
+        transport: Any,
+        cancel: threading.Event,
+    ) -> bool:
+        deadline = time.monotonic() + self.node_wait
+        said = ""
+        while True:
+            available = [n.node_id for n in transport.available_nodes()]
+            if len(available) >= spec.min_nodes:
+                return True
+            if self.stopping.is_set() or cancel.is_set():
+                return False
+            if time.monotonic() > deadline:
+                return True  # the engine records the failed round
+            reason = self.waiting_reason(spec, available)
+            if reason != said:
+                self.store.append_event(
+                    run_id, round=server_round, kind="waiting_for_nodes", message=reason
+                )
+                said = reason
+            cancel.wait(0.2)
+
+    # -- endings -------------------------------------------------------------------------------
+    def _end(self, run_id: str, spec: JobSpec) -> None:
+        records = [r.record for r in self.store.rounds(run_id)]
+        status, error = ending_status(records)
+        failed = sum(r.failed is not None for r in records)
+        message = f"{len(records) - failed} of {spec.rounds} rounds completed, {failed} failed"
+        self.store.set_run_status(run_id, status, error=error)
+        self.audit(
+            "run.finished",
+            {"run_id": run_id, "rounds": spec.rounds, "status": status.value, "failed": failed},
+        )
+        kind = "failed" if status is RunStatus.FAILED else "finished"
+        self.store.append_event(run_id, round=spec.rounds, kind=kind, message=error or message)
+
+    def cancelled(self, run_id: str) -> None:
+        """Mark the run cancelled (nothing if it already ended)."""
+        try:
+            row = self.store.set_run_status(run_id, RunStatus.CANCELLED)
+        except BiofedError:
+            return  # already ended (cancelled by the control API while it was pending)
+        self.store.append_event(
+            run_id,
+            round=row.completed_rounds,
+            kind="cancelled",
+            message=f"round {row.completed_rounds + 1} abandoned; nodes told to drop the run",
+        )
+        self.audit("run.cancelled", {"run_id": run_id, "rounds": row.completed_rounds})
+
+    def fail(self, run_id: str, reason: str) -> None:
+        """Mark the run failed with ``reason`` (nothing if it already ended)."""
+        try:
+            row = self.store.set_run_status(run_id, RunStatus.FAILED, error=reason)
+        except BiofedError:
+            return
+        self.store.append_event(run_id, round=row.completed_rounds, kind="failed", message=reason)
+        self.audit("run.failed", {"run_id": run_id, "reason": reason})
