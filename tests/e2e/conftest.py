@@ -280,7 +280,12 @@ class Federation:
 
     # -- coordinator
     def start_coordinator(
-        self, *, state: str | None = None, heartbeat_interval: float = 1.0, node_wait: float = 30.0
+        self,
+        *,
+        state: str | None = None,
+        heartbeat_interval: float = 1.0,
+        node_wait: float = 30.0,
+        **options: Any,
     ) -> RunningCoordinator:
         """Start the coordinator in this process (stopped at teardown).
 
@@ -294,6 +299,7 @@ class Federation:
             state=state or self.state_url(),
             heartbeat_interval=heartbeat_interval,
             node_wait=node_wait,
+            **options,
         )
         self._coordinators.append(running)
         return running

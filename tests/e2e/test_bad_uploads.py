@@ -10,6 +10,7 @@ answering.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -276,6 +277,45 @@ def test_training_reply_without_parameters_is_rejected(fed: _Federation) -> None
     rejected = _rejections(events)
     assert rejected, format_events(events)
     assert "no parameters" in rejected[0].message
+
+
+# -- metrics and example counts the coordinator must not believe -----------------------------
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf, -1e308])
+def test_non_finite_or_overflowing_metrics_are_refused(fed: _Federation, value: float) -> None:
+    """A training reply whose metrics are NaN, ±Inf or so large that averaging overflows is
+    refused like NaN parameters; the summary holds only the honest sites' finite metrics."""
+    run_id = _start(fed)
+    train = fed.mallory.next_instruction(run_id, "train")
+    header, data = honest_train_reply(train)
+    header.metrics["train_loss"] = value
+    fed.mallory.upload(reply_chunks(header, data))
+    events = _finish(fed, run_id)
+    rejected = _rejections(events)
+    assert rejected, format_events(events)
+    assert "metrics" in rejected[0].message, format_events(events)
+    summary = json.loads(fed.client.get_run(run_id).summary_json)
+    losses = summary["last_round"]["train_metrics"]
+    assert all(v is not None and math.isfinite(v) and abs(v) < 1e6 for v in losses.values())
+
+
+def test_evaluation_claiming_more_examples_than_declared_is_refused(fed: _Federation) -> None:
+    """mallory declared 100 examples of the dataset at connect; an evaluation reply claiming
+    101 would weigh it more than it is in the aggregate metrics: refused."""
+    run_id = _start(fed)
+    train = fed.mallory.next_instruction(run_id, "train")
+    header, data = honest_train_reply(train)
+    assert fed.mallory.upload(reply_chunks(header, data)).accepted
+    evaluate = fed.mallory.next_instruction(run_id, "evaluate")
+    claim = honest_evaluate_reply(evaluate)
+    claim.num_examples = 101
+    fed.mallory.upload(reply_chunks(claim, b""))
+    events = _finish(fed, run_id, evaluations=0)
+    rejected = _rejections(events)
+    assert rejected, format_events(events)
+    assert "101 evaluation examples" in rejected[0].message, format_events(events)
+    assert MALLORY not in json.loads(fed.client.get_run(run_id).summary_json)["evaluation"]["sites"]
 
 
 # -- inline replies on the Connect stream (no Ack: the refusal shows in the events) -----------

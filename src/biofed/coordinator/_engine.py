@@ -8,7 +8,6 @@ aggregate as it arrives. It reaches nodes only through a :class:`~biofed.transpo
 
 from __future__ import annotations
 
-import math
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -86,6 +85,10 @@ class EngineConfig:
         if self.evaluate_every < 0:
             raise ConfigurationError(f"evaluate_every must be >= 0, got {self.evaluate_every}")
 
+
+#: Largest metric magnitude a reply may carry: anything larger is refused like a NaN, since
+#: an example-weighted mean of it would overflow to ±Inf (e.g. -1e308 from a hostile site).
+MAX_METRIC_ABS = 1e100
 
 #: Longest wait on the transport between two looks at the cancel flag (seconds).
 CANCEL_POLL_S = 0.1
@@ -304,6 +307,7 @@ class RoundEngine:
             wait = CANCEL_POLL_S if remaining is None else min(remaining, CANCEL_POLL_S)
             reply = self.transport.receive(timeout=wait)
             if reply is not None:
+                self._check_cancel()  # a reply that arrives after the cancel is not used
                 return reply
 
     def _exchange(
@@ -389,12 +393,12 @@ class RoundEngine:
             if kind is MessageKind.TRAIN and reply.parameters is None:
                 outstanding.discard(reply.node_id)
                 raise ProtocolError("training reply carries no parameters")
-            bad = sorted(k for k, v in reply.metrics.items() if not math.isfinite(v))
+            bad = sorted(k for k, v in reply.metrics.items() if not abs(v) <= MAX_METRIC_ABS)
             if bad:
                 outstanding.discard(reply.node_id)
                 raise ProtocolError(
-                    f"reply carries non-finite metrics ({', '.join(bad[:5])}): metrics must be "
-                    "finite numbers"
+                    f"reply carries non-finite or out-of-range metrics ({', '.join(bad[:5])}): "
+                    f"metrics must be finite numbers within ±{MAX_METRIC_ABS:g}"
                 )
             declared = self._declared.get(reply.node_id, 0)
             if 0 < declared < reply.num_examples:

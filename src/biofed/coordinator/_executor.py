@@ -171,9 +171,8 @@ class RunExecutor:
                 f"no connected site offers dataset {spec.dataset!r} "
                 f"({len(connected)} sites connected)"
             )
-        return (
-            f"{len(available)} of {spec.min_nodes} required sites connected: "
-            + ", ".join(available)
+        return f"{len(available)} of {spec.min_nodes} required sites connected: " + ", ".join(
+            available
         )
 
     def _wait_for_nodes(

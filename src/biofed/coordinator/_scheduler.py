@@ -163,9 +163,7 @@ class RunScheduler:
 
     def _candidates(self) -> list[RunRow]:
         # Interrupted runs resume before queued runs start.
-        return self.store.list_runs([RunStatus.RUNNING]) + self.store.list_runs(
-            [RunStatus.PENDING]
-        )
+        return self.store.list_runs([RunStatus.RUNNING]) + self.store.list_runs([RunStatus.PENDING])
 
     def _fill(self) -> None:
         with self._lock:

@@ -334,9 +334,7 @@ class SqlStateStore(StateStore):
             if result.rowcount != 1:
                 raise ProtocolError(f"run {run_id!r} is unknown or already in a final status")
             return int(
-                conn.execute(
-                    sa.select(RUNS.c.attempts).where(RUNS.c.run_id == run_id)
-                ).scalar_one()
+                conn.execute(sa.select(RUNS.c.attempts).where(RUNS.c.run_id == run_id)).scalar_one()
             )
 
     # Rounds and checkpoints --------------------------------------------------------------
@@ -529,9 +527,7 @@ def _insert_event(
     )
     if result.rowcount != 1:
         raise ProtocolError(f"unknown run {run_id!r}")
-    seq = conn.execute(
-        sa.select(RUNS.c.last_event_seq).where(RUNS.c.run_id == run_id)
-    ).scalar_one()
+    seq = conn.execute(sa.select(RUNS.c.last_event_seq).where(RUNS.c.run_id == run_id)).scalar_one()
     row = EventRow(
         run_id=run_id,
         seq=int(seq),
@@ -571,8 +567,7 @@ def _check_sqlite_integrity(engine: sa.Engine, shown: str) -> None:
     if rows != ["ok"]:
         found = " ".join("; ".join(rows).split())[:200]  # one line, whatever SQLite says
         raise ConfigurationError(
-            f"state store {shown!r} is damaged (integrity_check: {found}); "
-            "restore it from a backup"
+            f"state store {shown!r} is damaged (integrity_check: {found}); restore it from a backup"
         )
 
 
