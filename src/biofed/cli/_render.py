@@ -153,3 +153,47 @@ def print_privacy(out: Console, privacy: Mapping[str, Any]) -> None:
                 site, f"{spend['epsilon']:.4f}", f"{spend['delta']:g}", f"{spend['round']:.0f}"
             )
         out.print(table)
+
+
+#: How ``biofed run status`` colours each run state.
+_STATUS_STYLE = {
+    "finished": "green",
+    "finished_with_failures": "yellow",
+    "failed": "red",
+    "cancelled": "dim",
+    "running": "cyan",
+    "pending": "",
+}
+
+
+def status_text(status: str) -> str:
+    """A run state, coloured (``finished_with_failures`` is shown as "finished with failures")."""
+    style = _STATUS_STYLE.get(status, "")
+    label = status.replace("_", " ")
+    return f"[{style}]{label}[/]" if style else label
+
+
+def rounds_text(summary: Mapping[str, Any], completed_rounds: int, total_rounds: int) -> str:
+    """Rounds of a run, failures first: "2 failed · 8/10" (stored rounds of the total)."""
+    failed = int(summary.get("rounds", {}).get("failed", 0) or 0)
+    done = f"{completed_rounds}/{total_rounds}"
+    return f"[yellow]{failed} failed[/] · {done}" if failed else done
+
+
+def run_headline(
+    summary: Mapping[str, Any], completed_rounds: int, total_rounds: int
+) -> str | None:
+    """The first line of one run's status when something needs saying: how many rounds
+    failed (before any metric), or why the run waits."""
+    rounds = summary.get("rounds", {})
+    failed = int(rounds.get("failed", 0) or 0)
+    if failed:
+        ok = int(rounds.get("completed", 0) or 0)
+        return (
+            f"[yellow]{failed} of {completed_rounds} rounds failed[/], {ok} completed "
+            f"(of {total_rounds})"
+        )
+    waiting = summary.get("waiting")
+    if waiting:
+        return f"[cyan]waiting:[/] {waiting}"
+    return None

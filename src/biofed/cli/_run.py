@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from biofed.cli._common import call, kit_option
-from biofed.cli._render import print_privacy
+from biofed.cli._render import print_privacy, rounds_text, run_headline, status_text
 from biofed.coordinator import JobSpec, tls_of
 from biofed.core import ConfigurationError
 from biofed.identity import load_kit
@@ -111,9 +111,14 @@ def status(
         summary = json.loads(r.summary_json or "{}")
         metrics = summary.get("evaluation", {}).get("metrics", {})
         text = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if v is not None)
-        table.add_row(
-            r.run_id, r.status, r.owner, f"{r.completed_rounds}/{r.total_rounds}", text, r.error
+        rounds = rounds_text(summary, r.completed_rounds, r.total_rounds)
+        table.add_row(r.run_id, status_text(r.status), r.owner, rounds, text, r.error)
+    if run_id and runs:
+        headline = run_headline(
+            json.loads(runs[0].summary_json or "{}"), runs[0].completed_rounds, runs[0].total_rounds
         )
+        if headline:  # failed rounds are said before any metric
+            out.print(headline, highlight=False)
     out.print(table)
     if run_id and runs:
         for problem in json.loads(runs[0].summary_json or "{}").get("problems", []):
@@ -158,7 +163,7 @@ def logs(
 
 @app.command("cancel")
 def cancel(run_id: Annotated[str, typer.Argument()], kit: KitOpt = None) -> None:
-    """Stop a run after its current round."""
+    """Stop a run at once: its current round is abandoned and the sites drop it."""
     with _client(kit) as client:
         run = call(lambda: client.cancel_run(run_id))
     out.print(f"{run.run_id}: {run.status} (cancel requested)")

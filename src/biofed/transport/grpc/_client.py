@@ -439,7 +439,7 @@ class ControlClient:
         return [_summary(r) for r in response.runs]
 
     def cancel_run(self, run_id: str) -> RunSummary:
-        """Ask the coordinator to stop a run after its current round."""
+        """Ask the coordinator to stop a run at once (its current round is abandoned)."""
         return _summary(
             self._call(
                 lambda: self._stub.CancelRun(pb.RunRequest(run_id=run_id), timeout=self.timeout)
