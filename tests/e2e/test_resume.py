@@ -84,8 +84,10 @@ def test_coordinator_killed_mid_run_resumes_and_matches_an_uninterrupted_run(
 
     # 1. The reference: the same job, uninterrupted, on a fresh coordinator.
     reference_coordinator = federation.start_coordinator(state=federation.state_url("reference"))
-    client = federation.control(timeout=5.0)
-    wait_online(client, SITES)
+    # Generous bounds throughout: on a loaded machine a coordinator process takes tens of
+    # seconds just to import, and an RPC seconds to answer (all waits end at the event).
+    client = federation.control(timeout=30.0)
+    wait_online(client, SITES, timeout=120)
     reference_id = client.submit_run(_spec()).run_id
     assert wait_terminal(client, reference_id, timeout=300) == "finished"
     reference = _result(client, reference_id)
@@ -94,8 +96,8 @@ def test_coordinator_killed_mid_run_resumes_and_matches_an_uninterrupted_run(
     # 2. A coordinator process, killed as soon as round 1 is stored.
     state = federation.state_url("killed")
     first = federation.coordinator_process(state=state, name="coordinator-1")
-    wait_for(lambda: _answers(client), timeout=60, what="the coordinator process to serve")
-    wait_online(client, SITES, timeout=60)
+    wait_for(lambda: _answers(client), timeout=300, what="the coordinator process to serve")
+    wait_online(client, SITES, timeout=120)
     run_id = client.submit_run(_spec()).run_id
     wait_for(
         lambda: client.get_run(run_id).completed_rounds >= 1,
@@ -108,7 +110,7 @@ def test_coordinator_killed_mid_run_resumes_and_matches_an_uninterrupted_run(
 
     # 3. Restarted on the same state URL: the run resumes and finishes.
     federation.coordinator_process(state=state, name="coordinator-2")
-    wait_for(lambda: _answers(client), timeout=60, what="the restarted coordinator to serve")
+    wait_for(lambda: _answers(client), timeout=300, what="the restarted coordinator to serve")
     assert wait_terminal(client, run_id, timeout=300) == "finished", federation.processes.log(
         "coordinator-2"
     )

@@ -1,0 +1,244 @@
+"""The coordinator as a service: 4 concurrent runs against the same 4 runs one after another.
+
+A real coordinator (scheduler, executor, round engine, SQLite state store, mTLS gRPC server)
+in this process and 10 node *processes* on loopback. Each node answers every instruction
+after ``--work-ms`` of simulated local work (a sleep: the sites are separate machines in a
+real federation, and here 10 node processes share this machine's CPUs, so CPU-bound training
+would measure the benchmark host, not the coordinator). The model is small (1,000
+parameters).
+
+Phase 1 submits the 4 runs one after another (each waits for the previous to end); phase 2
+submits the same 4 runs at once (``max_concurrent_runs = 4``). Reported: wall time of each
+phase, their ratio, and per run the median and slowest round.
+
+Targets: phase 2 takes at most 0.6× phase 1, and no run is starved (its slowest round at most
+3× its median round).
+
+    python benchmarks/coordinator_service.py [--json] [--rounds 10] [--nodes 10] [--work-ms 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from _common import emit, machine, median, parser
+from _network import free_port
+from biofed.coordinator import (
+    Coordinator,
+    JobSpec,
+    KitAuthenticator,
+    RunStatus,
+    open_store,
+    tls_of,
+)
+from biofed.core import Instruction, Reply
+from biofed.identity import Consortium, load_kit
+from biofed.transport.grpc import CoordinatorServer, DatasetDeclaration, NodeClient, Peer
+
+RUNS = 4
+RESEARCHER = Peer(name="bench-researcher", role="researcher")
+
+
+def _spec(i: int, rounds: int, nodes: int) -> str:
+    return JobSpec.from_mapping(
+        {
+            "run": {
+                "name": f"bench-{i}",
+                "dataset": "bench",
+                "rounds": rounds,
+                "seed": 100 + i,
+                "min_nodes": nodes,
+                "min_replies": nodes,
+                "round_timeout": 60.0,
+                "evaluate_every": 0,
+            },
+            "task": {"name": "logistic_regression", "num_features": 999},
+            "strategy": {"name": "fedavg"},
+            "train": {"local_steps": 1},
+        }
+    ).to_json()
+
+
+def _wait_ended(coordinator: Coordinator, run_ids: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = [coordinator.store.get_run(r) for r in run_ids]
+        if all(r is not None and r.status.is_terminal for r in rows):
+            bad = [r for r in rows if r is not None and r.status is not RunStatus.FINISHED]
+            if bad:
+                raise RuntimeError(
+                    f"run {bad[0].run_id} ended {bad[0].status.value}: {bad[0].error}"
+                )
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError("runs did not finish in time")
+        time.sleep(0.02)
+
+
+def _round_times(coordinator: Coordinator, run_id: str) -> list[float]:
+    return [r.record.duration_s for r in coordinator.store.rounds(run_id)]
+
+
+def main() -> None:
+    p = parser(__doc__ or "")
+    p.add_argument("--rounds", type=int, default=10)
+    p.add_argument("--nodes", type=int, default=10)
+    p.add_argument("--work-ms", type=float, default=100.0)
+    args = p.parse_args()
+
+    import tempfile
+
+    tmp = Path(tempfile.mkdtemp(prefix="biofed-bench-service-"))
+    address = f"127.0.0.1:{free_port()}"
+    sites = [f"site-{i:02d}" for i in range(args.nodes)]
+    consortium = Consortium.create(tmp / "c", consortium="bench", coordinator=address, sites=sites)
+    kit = load_kit(consortium.kit_directory("coordinator"))
+    store = open_store(f"sqlite:///{tmp / 'state.db'}")
+    coordinator = Coordinator(store, heartbeat_interval=1.0, max_concurrent_runs=RUNS)
+    server = CoordinatorServer(
+        address, tls_of(kit), KitAuthenticator(kit), coordinator.hub, control=coordinator
+    ).start()
+    coordinator.start()
+    procs = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                __file__,
+                "--serve-node",
+                str(consortium.kit_directory(site)),
+                "--target",
+                address,
+                "--work-ms",
+                str(args.work_ms),
+            ],
+            stdin=subprocess.DEVNULL,
+        )
+        for site in sites
+    ]
+    try:
+        deadline = time.monotonic() + 120
+        while len(coordinator.hub.sessions()) < args.nodes:
+            if time.monotonic() > deadline:
+                raise RuntimeError("nodes did not connect")
+            time.sleep(0.05)
+        # Warm-up run (connections, TLS sessions, imports at the nodes).
+        warm = coordinator.submit_run(RESEARCHER, _spec(99, 2, args.nodes)).run_id
+        _wait_ended(coordinator, [warm], 120)
+
+        specs = [_spec(i, args.rounds, args.nodes) for i in range(RUNS)]
+        t0 = time.perf_counter()
+        sequential = []
+        for spec in specs:
+            run_id = coordinator.submit_run(RESEARCHER, spec).run_id
+            _wait_ended(coordinator, [run_id], 600)
+            sequential.append(run_id)
+        sequential_s = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        concurrent = [coordinator.submit_run(RESEARCHER, spec).run_id for spec in specs]
+        _wait_ended(coordinator, concurrent, 600)
+        concurrent_s = time.perf_counter() - t0
+
+        per_run = []
+        for alone, together in zip(sequential, concurrent, strict=True):
+            a, t = _round_times(coordinator, alone), _round_times(coordinator, together)
+            per_run.append(
+                {
+                    "alone_median_round_s": median(a),
+                    "alone_max_round_s": max(a),
+                    "concurrent_median_round_s": median(t),
+                    "concurrent_max_round_s": max(t),
+                    "starvation_ratio": max(t) / median(t),
+                }
+            )
+    finally:
+        coordinator.stop()
+        server.stop(grace=0.5)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        store.close()
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    ratio = concurrent_s / sequential_s
+    worst = max(r["starvation_ratio"] for r in per_run)
+    result = {
+        "runs": RUNS,
+        "nodes": args.nodes,
+        "rounds": args.rounds,
+        "work_ms": args.work_ms,
+        "parameters": 1000,
+        "sequential_s": sequential_s,
+        "concurrent_s": concurrent_s,
+        "concurrent_over_sequential": ratio,
+        "worst_slowest_over_median_round": worst,
+        "per_run": per_run,
+        "targets_met": ratio <= 0.6 and worst <= 3.0,
+    }
+    print(
+        f"{RUNS} runs × {args.rounds} rounds, {args.nodes} node processes (mTLS, loopback), "
+        f"1,000 parameters, {args.work_ms:g} ms of simulated work per instruction"
+    )
+    print(
+        f"one after another: {sequential_s:.2f} s · at once: {concurrent_s:.2f} s · ratio {ratio:.2f}"
+    )
+    for i, r in enumerate(per_run):
+        print(
+            f"run {i}: alone median {1e3 * r['alone_median_round_s']:.0f} ms, "
+            f"max {1e3 * r['alone_max_round_s']:.0f} ms · concurrent median "
+            f"{1e3 * r['concurrent_median_round_s']:.0f} ms, max "
+            f"{1e3 * r['concurrent_max_round_s']:.0f} ms (×{r['starvation_ratio']:.2f})"
+        )
+    print("targets: at once <= 0.6 × one after another; slowest round <= 3 × median round")
+    emit({"benchmark": "coordinator_service", "machine": machine(), **result}, args.json)
+
+
+def _serve_node() -> None:
+    """``--serve-node KIT --target ADDR --work-ms MS``: a node that answers after MS ms."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--serve-node")
+    p.add_argument("--target")
+    p.add_argument("--work-ms", type=float, default=100.0)
+    args, _ = p.parse_known_args()
+    kit = load_kit(args.serve_node)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *a: stop.set())
+
+    def handle(inst: Instruction) -> Reply:
+        time.sleep(args.work_ms / 1000)
+        return Reply(
+            run_id=inst.run_id,
+            round=inst.round,
+            node_id=inst.node_id,
+            kind=inst.kind,
+            parameters=inst.parameters if inst.kind.value == "train" else None,
+            num_examples=100,
+            metrics={"score": 0.5},
+        )
+
+    NodeClient(
+        args.target,
+        tls_of(kit),
+        node_id=kit.name,
+        handler=handle,
+        datasets=[DatasetDeclaration(name="bench", num_examples=100, num_features=999)],
+    ).run(stop)
+
+
+if __name__ == "__main__":
+    if "--serve-node" in sys.argv:
+        _serve_node()
+    else:
+        main()
