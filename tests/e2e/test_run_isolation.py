@@ -70,7 +70,9 @@ def test_a_poison_run_fails_alone_and_the_next_run_finishes(
 
     monkeypatch.setattr(executor_module, "make_task", poisoned)
     federation = make_federation(sites=SITES[:2])
-    client = _started(federation, SITES[:2], max_concurrent_runs=1)  # one at a time
+    toml = federation.kit("coordinator") / "kit.toml"
+    toml.write_text("max_concurrent_runs = 1\n" + toml.read_text())  # one run at a time
+    client = _started(federation, SITES[:2])
     bad = client.submit_run(job(name="poison").to_json()).run_id
     good = client.submit_run(job(name="good").to_json()).run_id
     assert wait_terminal(client, bad, timeout=30) == "failed"
@@ -80,6 +82,9 @@ def test_a_poison_run_fails_alone_and_the_next_run_finishes(
     events = list(client.watch_run(bad))
     assert events[-1].kind == "failed", format_events(events)
     assert events[-1].message == failed.error
+    # One at a time (the kit's max_concurrent_runs): the good run started after the failure.
+    good_started = min(e.time for e in client.watch_run(good) if e.kind != "submitted")
+    assert good_started >= events[-1].time
     # The coordinator still serves every method for the failed run.
     assert [r.status for r in client.list_runs()] == ["failed", "finished"]
     with pytest.raises(ProtocolError, match="results exist once finished"):

@@ -190,3 +190,28 @@ def test_load_kit_refuses_a_crl_from_another_ca(ca: CertificateAuthority, tmp_pa
 def test_kit_folder_can_move(site_kit: Kit, tmp_path: Path) -> None:
     moved = shutil.copytree(site_kit.directory, tmp_path / "elsewhere" / "site-a")
     assert load_kit(moved).fingerprint == site_kit.fingerprint
+
+
+def test_max_concurrent_runs_in_the_coordinator_kit(
+    ca: CertificateAuthority, tmp_path: Path, site_kit: Kit
+) -> None:
+    creds = ca.issue("coordinator", "coordinator")
+    kit = write_kit(tmp_path / "c", creds, coordinator="h", crl_pem=ca.crl_pem())
+    assert kit.max_concurrent_runs is None  # the coordinator's default (4)
+    toml = kit.directory / "kit.toml"
+    original = toml.read_text()
+    toml.write_text("max_concurrent_runs = 2\n" + original)
+    assert load_kit(kit.directory).max_concurrent_runs == 2
+    for bad, message in [
+        ("0", "between 1 and 256, got 0"),
+        ("1000", "between 1 and 256, got 1000"),
+        ("true", "must be an integer"),
+        ('"4"', "must be an integer"),
+    ]:
+        toml.write_text(f"max_concurrent_runs = {bad}\n" + original)
+        with pytest.raises(ConfigurationError, match=message):
+            load_kit(kit.directory)
+    site_toml = site_kit.directory / "kit.toml"
+    site_toml.write_text("max_concurrent_runs = 2\n" + site_toml.read_text())
+    with pytest.raises(ConfigurationError, match="belongs to the coordinator"):
+        load_kit(site_kit.directory)
