@@ -14,18 +14,29 @@ phase, their ratio, and per run the median and slowest round.
 Targets: phase 2 takes at most 0.6× phase 1, and no run is starved (its slowest round at most
 3× its median round).
 
+Part (b) then soaks the wire API with ``--soak-messages`` messages (default 100,000) from a
+client process holding a site's certificate: on a ``Connect`` stream, valid credits mixed
+with replies to unknown transfers, empty reply headers and second hellos; and between them,
+valid heartbeats, garbage ``SendReply`` uploads and ControlService calls a site may not make.
+The coordinator's RSS is read after the first 10 % (warm-up) and at the end. Target: growth
+≤ 10 % after warm-up.
+
     python benchmarks/coordinator_service.py [--json] [--rounds 10] [--nodes 10] [--work-ms 100]
+        [--soak-messages 100000]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+
+import grpc
 
 from _common import emit, machine, median, parser
 from _network import free_port
@@ -90,6 +101,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=10)
     p.add_argument("--nodes", type=int, default=10)
     p.add_argument("--work-ms", type=float, default=100.0)
+    p.add_argument("--soak-messages", type=int, default=100_000)
     args = p.parse_args()
 
     import tempfile
@@ -97,7 +109,9 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="biofed-bench-service-"))
     address = f"127.0.0.1:{free_port()}"
     sites = [f"site-{i:02d}" for i in range(args.nodes)]
-    consortium = Consortium.create(tmp / "c", consortium="bench", coordinator=address, sites=sites)
+    consortium = Consortium.create(
+        tmp / "c", consortium="bench", coordinator=address, sites=[*sites, "soak"]
+    )
     kit = load_kit(consortium.kit_directory("coordinator"))
     store = open_store(f"sqlite:///{tmp / 'state.db'}")
     coordinator = Coordinator(store, heartbeat_interval=1.0, max_concurrent_runs=RUNS)
@@ -157,6 +171,11 @@ def main() -> None:
                     "starvation_ratio": max(t) / median(t),
                 }
             )
+        soak = (
+            _soak(consortium.kit_directory("soak"), address, args.soak_messages)
+            if args.soak_messages > 0
+            else {}
+        )
     finally:
         coordinator.stop()
         server.stop(grace=0.5)
@@ -185,7 +204,8 @@ def main() -> None:
         "concurrent_over_sequential": ratio,
         "worst_slowest_over_median_round": worst,
         "per_run": per_run,
-        "targets_met": ratio <= 0.6 and worst <= 3.0,
+        **soak,
+        "targets_met": ratio <= 0.6 and worst <= 3.0 and (not soak or soak["rss_growth"] <= 0.10),
     }
     print(
         f"{RUNS} runs × {args.rounds} rounds, {args.nodes} node processes (mTLS, loopback), "
@@ -201,8 +221,126 @@ def main() -> None:
             f"{1e3 * r['concurrent_median_round_s']:.0f} ms, max "
             f"{1e3 * r['concurrent_max_round_s']:.0f} ms (×{r['starvation_ratio']:.2f})"
         )
-    print("targets: at once <= 0.6 × one after another; slowest round <= 3 × median round")
+    if soak:
+        print(
+            f"soak: {soak['soak_messages']:,} wire messages in {soak['soak_s']:.0f} s · RSS "
+            f"{soak['rss_after_warmup_mb']:.0f} MiB after warm-up, {soak['rss_end_mb']:.0f} MiB "
+            f"at the end ({100 * soak['rss_growth']:+.1f} %)"
+        )
+    print(
+        "targets: at once <= 0.6 × one after another; slowest round <= 3 × median round; "
+        "RSS growth <= 10 % after warm-up"
+    )
     emit({"benchmark": "coordinator_service", "machine": machine(), **result}, args.json)
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def _soak(kit_dir: Path, address: str, messages: int) -> dict[str, float]:
+    """Part (b): a client process sends ``messages`` wire messages; RSS of this process (the
+    coordinator) after the warm-up tenth and at the end."""
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            __file__,
+            "--soak-client",
+            str(kit_dir),
+            "--target",
+            address,
+            "--messages",
+            str(messages),
+        ],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None
+    t0 = time.perf_counter()
+    warm = 0
+    for line in proc.stdout:  # the client prints its progress every tenth
+        if line.strip() == b"warm":
+            warm = _rss_bytes()
+    if proc.wait(timeout=3600) != 0:
+        raise RuntimeError("the soak client failed")
+    end = _rss_bytes()
+    return {
+        "soak_messages": messages,
+        "soak_s": time.perf_counter() - t0,
+        "rss_after_warmup_mb": warm / 2**20,
+        "rss_end_mb": end / 2**20,
+        "rss_growth": (end - warm) / warm if warm else float("nan"),
+    }
+
+
+def _soak_client() -> None:
+    """``--soak-client KIT --target ADDR --messages N``: send N valid and malformed messages."""
+    import uuid
+
+    from biofed.transport.grpc._gen import federation_pb2 as pb
+    from biofed.transport.grpc._gen import federation_pb2_grpc as pb_grpc
+    from biofed.transport.grpc._tls import secure_channel
+
+    p = argparse.ArgumentParser()
+    p.add_argument("--soak-client")
+    p.add_argument("--target")
+    p.add_argument("--messages", type=int)
+    args, _ = p.parse_known_args()
+    kit = load_kit(args.soak_client)
+    channel = secure_channel(args.target, tls_of(kit))
+    node = pb_grpc.NodeServiceStub(channel)
+    control = pb_grpc.ControlServiceStub(channel)
+    session = uuid.uuid4().hex
+    hello = pb.ConnectRequest(session_id=session)
+    per_stream = 5000
+    sent = 0
+    tenth = max(1, args.messages // 10)
+    said_warm = False
+    while sent < args.messages:
+        batch = min(per_stream, args.messages - sent)
+
+        def stream(batch: int = batch) -> object:
+            yield pb.NodeMessage(hello=hello)
+            for i in range(batch - 1):
+                kind = i % 4
+                if kind == 0:  # valid flow control
+                    yield pb.NodeMessage(credit=1)
+                elif kind == 1:  # a reply to an instruction nobody sent
+                    yield pb.NodeMessage(
+                        reply=pb.ReplyHeader(
+                            transfer_id=uuid.uuid4().hex,
+                            run_id="nope",
+                            round=1,
+                            kind="train",
+                            inline_payload=b"\x00" * 64,
+                        )
+                    )
+                elif kind == 2:  # an empty reply header
+                    yield pb.NodeMessage(reply=pb.ReplyHeader())
+                else:  # a second hello on one session
+                    yield pb.NodeMessage(hello=hello)
+
+        call = node.Connect(stream())
+        # Unary calls beside the stream: valid heartbeats, garbage uploads, forbidden control.
+        for _ in range(3):
+            with contextlib.suppress(grpc.RpcError):
+                node.Heartbeat(pb.HeartbeatRequest(session_id=session), timeout=10)
+        with contextlib.suppress(grpc.RpcError):
+            node.SendReply(iter([pb.ReplyChunk(chunk=pb.Chunk(data=b"junk"))]), timeout=10)
+        with contextlib.suppress(grpc.RpcError):
+            control.ListRuns(pb.ListRunsRequest(), timeout=10)
+        # The coordinator ends the stream once it has read every message of it.
+        with contextlib.suppress(grpc.RpcError):
+            for _ in call:
+                pass
+        sent += batch + 5
+        if not said_warm and sent >= tenth:
+            print("warm", flush=True)
+            said_warm = True
+    channel.close()
 
 
 def _serve_node() -> None:
@@ -240,5 +378,7 @@ def _serve_node() -> None:
 if __name__ == "__main__":
     if "--serve-node" in sys.argv:
         _serve_node()
+    elif "--soak-client" in sys.argv:
+        _soak_client()
     else:
         main()
