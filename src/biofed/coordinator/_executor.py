@@ -82,7 +82,6 @@ class RunExecutor:
         *,
         node_wait: float = 60.0,
         audit: Callable[[str, dict[str, Any]], None] = lambda event, data: None,
-        nodes_changed: threading.Event | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -90,7 +89,6 @@ class RunExecutor:
         self.stopping = stopping
         self.node_wait = node_wait
         self.audit = audit
-        self.nodes_changed = nodes_changed or threading.Event()
 
     # -- the run -------------------------------------------------------------------------------
     def execute(self, row: RunRow, cancel: threading.Event) -> None:
