@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import errno
+import socket
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -214,8 +218,203 @@ def test_worker_cannot_find_or_read_node_key(tmp_path: Path) -> None:
         pytest.skip(f"no Landlock here ({runner.last_confinement}); key readable by path")
 
 
-def test_require_landlock_runs_where_the_kernel_has_it(tmp_path: Path) -> None:
-    runner = _runner(tmp_path, "", require_landlock=True)
+def test_full_confinement_runs_where_the_kernel_has_it(tmp_path: Path) -> None:
+    runner = _runner(tmp_path, "")
     result = runner.evaluate(_params(), _data().train, TrainContext())  # type: ignore[arg-type]
     assert (runner.last_confinement or "").startswith("landlock")
     assert result.num_examples == 30
+
+
+# -- kernel confinement: every way out is refused ------------------------------------------
+# Each probe is the body of ``attempt()``, run by an approved bundle's task code inside the
+# worker. It returns truthy when the action worked (the sandbox leaked) and raises OSError
+# when the kernel refused it. A probe that replaces or kills the worker (a working execv)
+# fails the test too: the worker then writes no result and the runner raises.
+PROBES = {
+    "udp_sendto_loopback": """
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        return s.sendto(b"exfiltrated", ("127.0.0.1", UDP_PORT))
+    """,
+    "udp6_sendto_loopback": """
+        s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+        return s.sendto(b"exfiltrated", ("::1", 9)) or 1
+    """,
+    "tcp_connect": """
+        return socket.create_connection(("127.0.0.1", TCP_PORT), timeout=2) or 1
+    """,
+    "unix_socket": "return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) or 1",
+    "unix_socketpair": "return socket.socketpair() or 1",
+    "raw_socket": "return socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)",
+    "netlink_socket": "return socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 0) or 1",
+    "packet_socket": "return socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) or 1",
+    "io_uring_setup": """
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = libc.syscall(425, 4, ctypes.create_string_buffer(120))  # io_uring_setup
+        if fd < 0:
+            raise OSError(ctypes.get_errno(), "io_uring_setup")
+        return 1
+    """,
+    "execv_bin_echo": 'os.execv("/bin/echo", ["echo", "escaped"])',
+    "subprocess_run_bin_echo": 'return subprocess.run(["/bin/echo", "escaped"]) or 1',
+    "posix_spawn_bin_echo": 'return os.posix_spawn("/bin/echo", ["echo"], {}) or 1',
+    "os_system": """
+        if os.system("/bin/echo escaped") != 0:  # -1: no shell was started
+            raise OSError(0, "os.system failed")
+        return 1
+    """,
+    "fork_200_times": """
+        forked = 0
+        for _ in range(200):
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+            forked += 1
+        return forked
+    """,
+    "signal_the_node": "os.kill(os.getppid(), 0)\nreturn 1",
+    "signal_every_process": "os.kill(-1, 0)\nreturn 1",
+    "mknod_block_device": """
+        os.mknod("disk", stat.S_IFBLK | 0o600, os.makedev(8, 0))
+        return 1
+    """,
+}
+
+PROBE_TASK = """
+import ctypes, os, socket, stat, subprocess
+from biofed.tasks import CoxPHTask, EvalResult
+
+UDP_PORT, TCP_PORT = {udp}, {tcp}
+
+
+def attempt():
+{body}
+
+
+class Probe(CoxPHTask):
+    def evaluate(self, p, data, ctx):
+        try:
+            escaped = float(bool(attempt()))
+            refusal = 0.0
+        except OSError as exc:
+            escaped, refusal = 0.0, float(exc.errno or 0)
+        return EvalResult(num_examples=len(data), metrics={{"escaped": escaped,
+                                                            "errno": refusal}})
+
+
+def make_task(num_features):
+    return Probe(num_features=num_features)
+"""
+
+
+def _probe_source(body: str, udp: int = 9, tcp: int = 9) -> str:
+    return PROBE_TASK.format(
+        udp=udp, tcp=tcp, body=textwrap.indent(textwrap.dedent(body).strip(), "    ")
+    )
+
+
+@pytest.fixture
+def listeners() -> Iterator[tuple[socket.socket, socket.socket]]:
+    """A UDP and a TCP socket on loopback that a leaking probe would reach."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    udp.bind(("127.0.0.1", 0))
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen(1)
+    udp.setblocking(False)
+    tcp.setblocking(False)
+    yield udp, tcp
+    udp.close()
+    tcp.close()
+
+
+def _nothing_arrived(udp: socket.socket, tcp: socket.socket) -> bool:
+    with pytest.raises(BlockingIOError):
+        udp.recvfrom(100)
+    with pytest.raises(BlockingIOError):
+        tcp.accept()
+    return True
+
+
+def _probe_runner(path: Path, body: str, listeners: tuple[socket.socket, ...], **kw: Any) -> Any:
+    udp, tcp = (s.getsockname()[1] for s in listeners)
+    bundle = Bundle.from_files({"task.py": _probe_source(body, udp, tcp).encode()})
+    kw.setdefault("wall_time_s", 30)
+    return BundleRunner(bundle, options={"num_features": 3}, workdir=path, **kw)
+
+
+@pytest.mark.parametrize("probe", sorted(PROBES))
+def test_every_way_out_is_refused(
+    tmp_path: Path, probe: str, listeners: tuple[socket.socket, socket.socket]
+) -> None:
+    runner = _probe_runner(tmp_path, PROBES[probe], listeners)
+    result = runner.evaluate(_params(), _data().train, TrainContext())  # type: ignore[arg-type]
+    assert runner.last_confinement == "landlock-abi-%s, seccomp-bpf, no capabilities" % (
+        (runner.last_confinement or "").split(",")[0].removeprefix("landlock-abi-")
+    )
+    assert result.metrics["escaped"] == 0.0, f"{probe} worked inside the sandbox"
+    assert result.metrics["errno"] in (errno.EPERM, errno.EACCES, 0)
+    assert _nothing_arrived(*listeners)
+
+
+def test_threads_and_numpy_still_work_under_the_filter(tmp_path: Path) -> None:
+    body = """
+    import threading
+    import numpy as np
+    from biofed.tasks import TrainResult
+
+    class Threads(CoxPHTask):
+        def train(self, p, data, ctx):
+            out = []
+            workers = [threading.Thread(target=lambda: out.append(np.ones(3).sum()))
+                       for _ in range(8)]
+            for w in workers:
+                w.start()
+            for w in workers:
+                w.join()
+            result = super().train(p, data, ctx)
+            return TrainResult(parameters=result.parameters, num_examples=len(out),
+                               metrics=result.metrics)
+
+    def make_task(num_features):
+        return Threads(num_features=num_features)
+    """
+    result = _runner(tmp_path, body).train(_params(), _data().train, TrainContext())  # type: ignore[arg-type]
+    assert result.num_examples == 8
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_torch_dp_sgd_bundle_trains_in_the_sandbox_as_in_process(tmp_path: Path) -> None:
+    pytest.importorskip("opacus")
+    from biofed.tasks import CoxPHTorchTask
+
+    source = (
+        "from biofed.tasks import CoxPHTorchTask\n"
+        "def make_task(num_features):\n    return CoxPHTorchTask(num_features=num_features)\n"
+    )
+    runner = BundleRunner(
+        Bundle.from_files({"task.py": source.encode()}),
+        options={"num_features": 3},
+        workdir=tmp_path,
+        wall_time_s=120,
+    )
+    config = {
+        "local_steps": 3,
+        "batch_size": 8,
+        "learning_rate": 0.05,
+        "dp_noise_multiplier": 1.0,
+        "dp_max_grad_norm": 0.5,
+        "dp_seeded": True,
+    }
+    task = CoxPHTorchTask(num_features=3)
+    params = task.init_parameters(np.random.default_rng(0))
+    data = _data().train
+    ours = runner.train(params, data, TrainContext(config=config, rng=np.random.default_rng(3)))
+    ref = task.train(params, data, TrainContext(config=config, rng=np.random.default_rng(3)))
+    assert (runner.last_confinement or "").startswith("landlock")
+    assert "seccomp-bpf" in (runner.last_confinement or "")
+    assert set(ours.parameters) == set(ref.parameters)
+    for name in ref.parameters:  # one thread in the worker, torch's pool in-process
+        np.testing.assert_allclose(ours.parameters[name], ref.parameters[name], rtol=1e-5)
+    assert ours.metrics == ref.metrics
