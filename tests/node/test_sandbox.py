@@ -1,9 +1,16 @@
-"""Bundle code runs in a limited worker process; every failure is a TaskError, never a crash."""
+"""Bundle code runs in a limited, confined worker process; every failure is a TaskError, never a
+crash, and every way out of the sandbox (network of any kind, other programs, other processes)
+is refused inside an approved bundle."""
 
 from __future__ import annotations
 
+import datetime as dt
 import errno
+import json
+import re
+import shutil
 import socket
+import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,11 +19,25 @@ from typing import Any
 import numpy as np
 import pytest
 
-from biofed.core import Instruction, MessageKind, TaskError
-from biofed.data import Dataset, SiteData
+from biofed.core import ConfigurationError, Instruction, MessageKind, TaskError
+from biofed.data import Dataset, SiteData, write_site_files
+from biofed.datasets import load_tcga_brca
+from biofed.governance import (
+    ApprovalStore,
+    DatasetRegistry,
+    OutputPolicy,
+    Party,
+    SignedAgreement,
+    StudyAgreement,
+    pack_bundle,
+    sign,
+    verify_log,
+    write_agreement,
+)
 from biofed.governance._bundle import Bundle
-from biofed.node import SiteNode
-from biofed.node._sandbox import BundleRunner
+from biofed.identity import Consortium, load_kit
+from biofed.node import NodeApp, NodeConfig, SiteNode
+from biofed.node._sandbox import SANDBOX_WEAKENED, BundleRunner
 from biofed.tasks import CoxPHTask, TrainContext
 
 COX = """
@@ -28,6 +49,7 @@ def make_task(num_features):
 """
 
 _MiB = 1024**2
+FULL = r"landlock-abi-\d+, seccomp-bpf, no capabilities"
 
 
 def _data(n: int = 40) -> SiteData:
@@ -349,9 +371,7 @@ def test_every_way_out_is_refused(
 ) -> None:
     runner = _probe_runner(tmp_path, PROBES[probe], listeners)
     result = runner.evaluate(_params(), _data().train, TrainContext())  # type: ignore[arg-type]
-    assert runner.last_confinement == "landlock-abi-%s, seccomp-bpf, no capabilities" % (
-        (runner.last_confinement or "").split(",")[0].removeprefix("landlock-abi-")
-    )
+    assert re.fullmatch(FULL, runner.last_confinement or "")
     assert result.metrics["escaped"] == 0.0, f"{probe} worked inside the sandbox"
     assert result.metrics["errno"] in (errno.EPERM, errno.EACCES, 0)
     assert _nothing_arrived(*listeners)
@@ -418,3 +438,252 @@ def test_torch_dp_sgd_bundle_trains_in_the_sandbox_as_in_process(tmp_path: Path)
     for name in ref.parameters:  # one thread in the worker, torch's pool in-process
         np.testing.assert_allclose(ours.parameters[name], ref.parameters[name], rtol=1e-5)
     assert ours.metrics == ref.metrics
+
+
+# -- a kernel without a mechanism: refused unless the operator opted out ----------------------
+# The worker's interpreter is started through a wrapper that first installs a seccomp filter
+# making the kernel look as if it lacked the mechanism (the real syscalls answer ENOSYS /
+# EINVAL, as an old or differently built kernel would), then execs Python as usual.
+LACKING = {
+    "landlock": 'flt.deny(["landlock_create_ruleset"], errno.ENOSYS)',
+    "seccomp": (
+        'flt.deny(["seccomp"], errno.ENOSYS)\n'
+        'flt.deny(["prctl"], errno.EINVAL, (0, confine._CMP_EQ, 21))  # PR_GET_SECCOMP'
+    ),
+}
+WRAPPER = """#!{python}
+import errno, importlib.util, os, sys
+spec = importlib.util.spec_from_file_location("confine", {confine!r})
+confine = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(confine)
+flt = confine.SeccompFilter()
+{rules}
+flt.load()
+os.execv(sys.executable, [sys.executable, *sys.argv[1:]])
+"""
+
+
+def _kernel_without(folder: Path, mechanism: str) -> str:
+    from biofed.node import _confine
+
+    wrapper = folder / f"python-without-{mechanism}"
+    wrapper.write_text(
+        WRAPPER.format(python=sys.executable, confine=_confine.__file__, rules=LACKING[mechanism])
+    )
+    wrapper.chmod(0o755)
+    return str(wrapper)
+
+
+@pytest.mark.parametrize("mechanism", sorted(LACKING))
+def test_a_missing_mechanism_refuses_bundle_code_without_an_opt_out(
+    tmp_path: Path, mechanism: str
+) -> None:
+    python = _kernel_without(tmp_path, mechanism)
+    work = tmp_path / "work"
+    work.mkdir()
+    runner = _runner(work, "", python=python)
+    with pytest.raises(
+        TaskError,
+        match=rf"refusing to run bundle code: .*allow_weaker = \["
+        rf'"{mechanism}"\]',
+    ) as info:
+        runner.evaluate(_params(), _data().train, TrainContext())  # type: ignore[arg-type]
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("mechanism", sorted(LACKING))
+def test_an_opt_out_runs_with_the_other_mechanisms_still_on(
+    tmp_path: Path, mechanism: str, listeners: tuple[socket.socket, socket.socket]
+) -> None:
+    python = _kernel_without(tmp_path, mechanism)
+    work = tmp_path / "work"
+    work.mkdir()
+    probe = PROBES["subprocess_run_bin_echo"]  # refused by Landlock (no EXECUTE) and seccomp
+    runner = _probe_runner(work, probe, listeners, python=python, allow_weaker=[mechanism])
+    result = runner.evaluate(_params(), _data().train, TrainContext())  # type: ignore[arg-type]
+    assert f"no {mechanism} (allowed)" in (runner.last_confinement or "")
+    assert "no capabilities" in (runner.last_confinement or "")
+    assert result.metrics["escaped"] == 0.0
+
+
+def test_allow_weaker_names_only_known_mechanisms(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="unknown mechanism"):
+        _runner(tmp_path, "", allow_weaker=["apparmor"])
+    with pytest.raises(ConfigurationError, match="list of names"):
+        _runner(tmp_path, "", allow_weaker="landlock")
+
+
+# -- node.toml's [sandbox] and a governed node --------------------------------------------
+def test_node_toml_sandbox_table(tmp_path: Path) -> None:
+    toml = tmp_path / "node.toml"
+    toml.write_text('[sandbox]\nallow_weaker = ["landlock", "seccomp"]\n')
+    assert NodeConfig.from_toml(toml).sandbox.allow_weaker == {"landlock", "seccomp"}
+    toml.write_text("")
+    assert NodeConfig.from_toml(toml).sandbox.allow_weaker == frozenset()
+    for body, match in [
+        ('allow_weaker = ["landlock", "containers"]', r"unknown mechanism\(s\) \['containers'\]"),
+        ('allow_weaker = "landlock"', "must be a list of names"),
+        ("allow_weaker = [1]", "must be a list of names"),
+        ("allow_weakre = []", r"unknown key\(s\) \['allow_weakre'\] in \[sandbox\]"),
+    ]:
+        toml.write_text(f"[sandbox]\n{body}\n")
+        with pytest.raises(ConfigurationError, match=match) as info:
+            NodeConfig.from_toml(toml)
+        assert "\n" not in str(info.value)
+
+
+GOVERNED_TASK = """
+import os, socket, subprocess
+from biofed.tasks import CoxPHTask
+
+UDP_PORT = {udp}
+
+
+def _leaks():
+    attempts = [
+        lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(
+            b"exfiltrated", ("127.0.0.1", UDP_PORT)),
+        lambda: socket.socket(socket.AF_UNIX),
+        lambda: subprocess.run(["/bin/echo", "escaped"]),
+        lambda: os.fork() or os.wait(),
+    ]
+    leaked = []
+    for i, attempt in enumerate(attempts):
+        try:
+            attempt()
+            leaked.append(i)
+        except OSError:
+            pass
+    return leaked
+
+
+class Probe(CoxPHTask):
+    def train(self, p, data, ctx):
+        leaked = _leaks()
+        if leaked:
+            raise RuntimeError(f"the sandbox leaked: attempts {{leaked}} worked")
+        return super().train(p, data, ctx)
+
+
+def make_task(num_features):
+    return Probe(num_features=num_features)
+"""
+
+
+class GovernedSite:
+    """One site of a consortium with a signed agreement over one approved bundle."""
+
+    def __init__(self, root: Path, fed: Path, task_py: str, sandbox: str = "") -> None:
+        self.root, self.fed = root, fed
+        self.kits = {n: load_kit(fed / n) for n in ("a", "r", "coordinator")}
+        (root / "task").mkdir(parents=True)
+        (root / "task" / "task.py").write_text(task_py)
+        for sub in ("agreements", "certificates", "bundles"):
+            (root / sub).mkdir()
+        self.digest = pack_bundle(root / "task", root / "bundles" / "b.zip").digest
+        (root / "bundles" / "b.zip").rename(root / "bundles" / f"{self.digest}.zip")
+        for name in self.kits:
+            shutil.copy(fed / name / "cert.pem", root / "certificates" / f"{name}.pem")
+        csv = write_site_files(load_tcga_brca(), root / "data")["center-1"]
+        DatasetRegistry(root / "datasets.json").add("brca", csv, format="csv", min_cohort=10)
+        ApprovalStore(root / "approvals.json").approve(self.digest, by="operator")
+        self.audit = root / "audit.jsonl"
+        (root / "node.toml").write_text(
+            f'[datasets.brca]\npath = "{csv}"\nformat = "csv"\nsplit_column = "split"\n'
+            'targets = { event = "event", time = "time" }\n\n'
+            '[governance]\nagreements_dir = "agreements"\ncertificates_dir = "certificates"\n'
+            'approvals = "approvals.json"\nregistry = "datasets.json"\n'
+            f'bundles_dir = "bundles"\naudit = "audit.jsonl"\n\n{sandbox}'
+        )
+        parties = {n: Party(name=k.name, role=k.role, fingerprint=k.fingerprint)
+                   for n, k in self.kits.items()}  # fmt: skip
+        signed = SignedAgreement(
+            agreement=StudyAgreement(
+                agreement_id="probe",
+                title="Sandbox probe",
+                purpose="Try to leave the sandbox.",
+                legal_basis="GDPR Art. 9(2)(j)",
+                consortium="t",
+                coordinator=parties["coordinator"],
+                parties=(parties["a"], parties["r"]),
+                datasets={"a": "brca"},
+                approved_bundles=(self.digest,),
+                outputs=OutputPolicy(metrics=("c_index",), per_site_metrics=True),
+                min_cohort=10,
+                expires=dt.date(2099, 12, 31),
+            )
+        )
+        for kit in self.kits.values():
+            signed = sign(signed, kit)
+        write_agreement(root / "agreements" / "probe.toml", signed)
+
+    def app(self) -> NodeApp:
+        return NodeApp("a", NodeConfig.from_toml(self.root / "node.toml"), kit=self.kits["a"])
+
+    def train(self) -> Instruction:
+        return Instruction(
+            run_id="run-1",
+            round=1,
+            node_id="a",
+            kind=MessageKind.TRAIN,
+            parameters=CoxPHTask(num_features=39).init_parameters(np.random.default_rng(0)),
+            config={
+                "seed": 1,
+                "local_steps": 2,
+                "task": "probe",
+                "dataset": "brca",
+                "task.num_features": 39,
+                "agreement": "probe",
+                "bundle": self.digest,
+            },
+        )
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.audit.exists():
+            return []
+        return [json.loads(line) for line in self.audit.read_text().splitlines()]
+
+    def verified(self) -> bool:
+        cert = (self.fed / "a" / "cert.pem").read_bytes()
+        return verify_log(self.audit, cert, self.kits["a"].ca_pem).ok
+
+
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("fed") / "c"
+    Consortium.create(
+        folder, consortium="t", coordinator="127.0.0.1:7443", sites=["a"], researchers=["r"]
+    )
+    return folder
+
+
+def test_an_approved_bundle_at_a_governed_node_cannot_leak_and_still_trains(
+    tmp_path: Path, fed: Path, listeners: tuple[socket.socket, socket.socket]
+) -> None:
+    udp = listeners[0].getsockname()[1]
+    site = GovernedSite(tmp_path, fed, GOVERNED_TASK.format(udp=udp))
+    reply = site.app().handle(site.train())
+    assert reply.ok, reply.error  # every attempt refused, then a normal training round
+    assert reply.num_examples == 156
+    assert [e["event"] for e in site.events()] == ["job.accepted", "round.sent"]
+    assert _nothing_arrived(*listeners)
+
+
+def test_the_opt_out_is_audited_at_every_node_start(tmp_path: Path, fed: Path) -> None:
+    plain = GovernedSite(tmp_path / "plain", fed, COX)
+    plain.app()
+    assert not [e for e in plain.events() if e["event"] == SANDBOX_WEAKENED]
+
+    weaker = '[sandbox]\nallow_weaker = ["seccomp", "landlock"]\n'
+    site = GovernedSite(tmp_path / "weak", fed, COX, sandbox=weaker)
+    for _ in range(3):
+        site.app()
+    entries = [e for e in site.events() if e["event"] == SANDBOX_WEAKENED]
+    assert len(entries) == 3
+    assert entries[0]["data"]["allow_weaker"] == ["landlock", "seccomp"]
+    assert set(entries[0]["data"]["kernel"]) == {"landlock", "seccomp"}
+    assert site.verified()  # signed and chained like every other entry
+
+    reply = site.app().handle(site.train())  # where the kernel has both, both still apply
+    assert reply.ok, reply.error
+    assert "round.sent" in [e["event"] for e in site.events()]

@@ -75,7 +75,7 @@ import ctypes.util
 import errno
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 #: The confinement mechanisms an operator may knowingly do without (``allow_weaker``).
 MECHANISMS = ("landlock", "seccomp")
@@ -101,7 +101,7 @@ _SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
 # -- libseccomp (seccomp.h): actions, attributes, comparisons.
 _ACT_ALLOW = 0x7FFF0000
 _ATTR_CTL_NNP, _ATTR_CTL_TSYNC = 3, 4
-_CMP_NE, _CMP_MASKED_EQ = 1, 7
+_CMP_NE, _CMP_EQ, _CMP_MASKED_EQ = 1, 4, 7
 _CLONE_THREAD = 0x00010000
 _DENIED = (
     # network of any kind
@@ -121,6 +121,12 @@ _DENIED = (
     "name_to_handle_at", "iopl", "ioperm", "acct", "quotactl", "syslog",
     "settimeofday", "clock_settime", "clock_adjtime", "adjtimex",
     "sethostname", "setdomainname", "vhangup", "uselib",
+)  # fmt: skip
+# Syscalls libseccomp must know for the filter to mean anything (a library that predates
+# one of them would silently leave it open).
+_MUST_KNOW = frozenset(
+    ("socket", "socketpair", "connect", "execve", "execveat", "clone", "clone3", "fork",
+     "vfork", "io_uring_setup", "io_uring_enter", "io_uring_register", "ptrace", "kill")
 )  # fmt: skip
 # Signals only to itself: denied where the first argument (pid / tgid) is another process.
 _OWN_PID_ONLY = ("kill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo")
@@ -284,6 +290,17 @@ class SeccompFilter:
         if rc < 0:
             raise OSError(-rc, f"{what}: {os.strerror(-rc)}")
 
+    def _number(self, name: str) -> int | None:
+        """The syscall's number here; None where this architecture lacks it (``fork`` on
+        arm64). OSError where libseccomp does not know a syscall the worker must be denied
+        (a library older than the kernel's ``clone3``, ``io_uring``…)."""
+        number = int(self._lib.seccomp_syscall_resolve_name(name.encode()))
+        if number == -1:  # __NR_SCMP_ERROR: not in libseccomp's tables at all
+            if name in _MUST_KNOW:
+                raise OSError(errno.ENOSYS, f"libseccomp is too old to know {name}")
+            return None
+        return number if number >= 0 else None  # < -1: a pseudo-syscall, not on this arch
+
     def deny(
         self, names: Iterable[str], code: int = errno.EPERM, *conditions: tuple[int, int, int]
     ) -> None:
@@ -292,23 +309,15 @@ class SeccompFilter:
         skipped."""
         cmps = (_ArgCmp * max(1, len(conditions)))()
         for i, (arg, op, value) in enumerate(conditions):
-            # MASKED_EQ compares (arg & datum_a) == datum_b; the others arg <op> datum_a.
+            # MASKED_EQ holds where (arg & value) == 0; the others where arg <op> value.
             cmps[i] = _ArgCmp(arg, op, value, 0)
         for name in names:
-            number = self._lib.seccomp_syscall_resolve_name(name.encode())
-            if number < 0:
-                continue  # not a syscall of this architecture (e.g. fork on arm64)
+            number = self._number(name)
+            if number is None:
+                continue
             rc = self._lib.seccomp_rule_add_array(
                 self._ctx, _errno_action(code), number, len(conditions), cmps
             )
-            self._check(rc, f"seccomp_rule_add({name})")
-
-    def deny_unless_masked_zero(self, name: str, mask: int, code: int = errno.EPERM) -> None:
-        """Deny ``name`` when ``arg0 & mask == 0`` (e.g. ``clone`` without CLONE_THREAD)."""
-        cmp = (_ArgCmp * 1)(_ArgCmp(0, _CMP_MASKED_EQ, mask, 0))
-        number = self._lib.seccomp_syscall_resolve_name(name.encode())
-        if number >= 0:
-            rc = self._lib.seccomp_rule_add_array(self._ctx, _errno_action(code), number, 1, cmp)
             self._check(rc, f"seccomp_rule_add({name})")
 
     def load(self) -> None:
@@ -346,7 +355,7 @@ def apply_seccomp() -> str | None:
     flt = SeccompFilter()
     flt.deny(_DENIED)
     flt.deny(("clone3",), errno.ENOSYS)
-    flt.deny_unless_masked_zero("clone", _CLONE_THREAD)
+    flt.deny(("clone",), errno.EPERM, (0, _CMP_MASKED_EQ, _CLONE_THREAD))  # a new process
     flt.deny(_OWN_PID_ONLY, errno.EPERM, (0, _CMP_NE, own))
     flt.load()
     return "seccomp-bpf"
@@ -387,35 +396,40 @@ def drop_capabilities() -> str:
 def confine(workdir: str, allow_weaker: Iterable[str] = ()) -> tuple[str, str | None]:
     """Apply every mechanism to this process; return (what holds, refusal or None).
 
-    The refusal names a mechanism the kernel lacks that ``allow_weaker`` does not excuse;
-    the caller must then run no bundle code. What holds reads e.g.
-    ``"landlock-abi-7, seccomp-bpf, no capabilities"``.
+    The refusal names a mechanism the kernel (or libseccomp) cannot apply and that
+    ``allow_weaker`` does not excuse; the caller must then run no bundle code. What holds
+    reads e.g. ``"landlock-abi-7, seccomp-bpf, no capabilities"``.
     """
     allowed = set(allow_weaker)
     no_new_privs()
     applied: list[str] = []
-    landlock = apply_landlock(workdir)
-    if landlock is None:
-        if "landlock" not in allowed:
-            return "none", (
-                f"the kernel does not offer Landlock ({landlock_abi()}); set "
-                '[sandbox] allow_weaker = ["landlock"] in node.toml to run bundles without it'
+    steps: tuple[tuple[str, str, Callable[[], str | None]], ...] = (
+        ("landlock", "Landlock", lambda: apply_landlock(workdir)),
+        ("seccomp", "seccomp filters", apply_seccomp),
+    )
+    for name, title, step in steps:
+        try:
+            done, reason = step(), ""
+        except OSError as exc:  # nothing of this mechanism was applied: each step is atomic
+            done, reason = None, str(exc)
+        if done is not None:
+            applied.append(done)
+            continue
+        if name not in allowed:
+            reason = reason or _missing(name)
+            return ", ".join(applied) or "none", (
+                f"this host cannot apply {title} ({reason}); set [sandbox] allow_weaker = "
+                f'["{name}"] in node.toml to run bundles without them'
             )
-        applied.append("no landlock (allowed)")
-    else:
-        applied.append(landlock)
-    seccomp = apply_seccomp()
-    if seccomp is None:
-        if "seccomp" not in allowed:
-            return ", ".join(applied), (
-                f"seccomp filters are not available: {seccomp_support()}; set "
-                '[sandbox] allow_weaker = ["seccomp"] in node.toml to run bundles without them'
-            )
-        applied.append("no seccomp (allowed)")
-    else:
-        applied.append(seccomp)
+        applied.append(f"no {name} (allowed)")
     applied.append(drop_capabilities())
     return ", ".join(applied), None
+
+
+def _missing(name: str) -> str:
+    if name == "landlock":
+        return f"the kernel has no Landlock: {landlock_abi()}"
+    return seccomp_support() or "unavailable"
 
 
 def kernel_support() -> dict[str, str]:

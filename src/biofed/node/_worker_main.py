@@ -51,7 +51,8 @@ def _confinement() -> Any:
     ``biofed.node``'s ``__init__`` (gRPC and the node) in every worker."""
     path = Path(__file__).with_name("_confine.py")
     spec = importlib.util.spec_from_file_location("biofed_worker_confine", path)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -159,7 +160,7 @@ def main() -> int:
     try:
         request = json.loads(Path("request.json").read_text(encoding="utf-8"))
         result = _run(request)
-        code = 0
+        code = 0 if result.get("status") == "ok" else 1
     except MemoryError:
         result, code = {"status": "memory"}, 3
     except BaseException as exc:  # researcher code: report, never a traceback to the parent
