@@ -233,11 +233,9 @@ def test_worker_cannot_find_or_read_node_key(tmp_path: Path) -> None:
     result = runner.evaluate(_params(), _data().train, TrainContext())  # type: ignore[arg-type]
     assert result.metrics["key_path_seen"] == 0.0
     assert result.metrics["env_size"] <= 8
-    if (runner.last_confinement or "").startswith("landlock"):
-        assert result.metrics["key_readable"] == 0.0
-        assert result.metrics["net"] == 0.0
-    else:  # honest residual risk: without Landlock an absolute path can still be opened
-        pytest.skip(f"no Landlock here ({runner.last_confinement}); key readable by path")
+    assert re.fullmatch(FULL, runner.last_confinement or "")  # else no bundle code runs
+    assert result.metrics["key_readable"] == 0.0
+    assert result.metrics["net"] == 0.0
 
 
 def test_full_confinement_runs_where_the_kernel_has_it(tmp_path: Path) -> None:
