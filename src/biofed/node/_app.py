@@ -68,7 +68,7 @@ from biofed.node._privacy import (
     with_spend,
 )
 from biofed.node._runtime import SiteNode
-from biofed.node._sandbox import BundleRunner
+from biofed.node._sandbox import BundleRunner, audit_sandbox_opt_out
 from biofed.node._secure import SecureSessions
 from biofed.privacy import PRIVACY_PREFIX
 from biofed.secagg._settings import STAGE_KEY
@@ -115,8 +115,10 @@ class NodeApp:
         self.audit: AuditLog | None = None
         #: Downloads a bundle by digest from the coordinator (set by the node process).
         self.fetch_bundle: Callable[[str], bytes] | None = None
+        self.allow_weaker = config.sandbox.allow_weaker
         if config.governance is not None:
             self.policy, self.audit = self._governance(config.governance, kit)
+            audit_sandbox_opt_out(self.audit, self.allow_weaker)
         self.privacy = SitePrivacy(self._ledger(config, kit))
         self.secure = SecureSessions(self.node_id, kit)
 
@@ -183,7 +185,12 @@ class NodeApp:
             if key not in self._nodes:
                 task: Task
                 if clearance is not None:
-                    task = BundleRunner(clearance.bundle, options=options, name=task_name or None)
+                    task = BundleRunner(
+                        clearance.bundle,
+                        options=options,
+                        name=task_name or None,
+                        allow_weaker=self.allow_weaker,
+                    )
                 else:
                     task = self._make_task(task_name, options)
                 self._nodes[key] = SiteNode(self.node_id, task, self.data[dataset])
@@ -200,7 +207,9 @@ class NodeApp:
                 # Task code never runs in the node process: the module runs as a one-file
                 # bundle in the sandboxed worker, like researchers' approved bundles.
                 source = Bundle.from_files({TASK_FILE: file.read_bytes()})
-                return BundleRunner(source, options=options, name=name)
+                return BundleRunner(
+                    source, options=options, name=name, allow_weaker=self.allow_weaker
+                )
         raise ConfigurationError(
             f"unknown task {name!r}: not built in and not in this site's task_dirs"
         )

@@ -21,6 +21,13 @@ where the ledger lives::
     epsilon = 10.0
     delta = 1e-5
 
+A ``[sandbox]`` table lets the operator run approved bundles on a host whose kernel lacks
+one of the worker's confinement mechanisms (see :mod:`biofed.node._confine`); without it
+the node refuses to run bundle code there. The opt-out is audited at every node start::
+
+    [sandbox]
+    allow_weaker = ["landlock"]       # or "seccomp"; default: none
+
 Relative paths are relative to ``node.toml``'s folder.
 """
 
@@ -35,6 +42,7 @@ from typing import Any
 
 from biofed.core import ConfigurationError, check_id
 from biofed.data import SiteData, load_site_file, load_table
+from biofed.node._sandbox import check_weaker
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -181,6 +189,37 @@ class PrivacyConfig:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class SandboxConfig:
+    """``node.toml``'s ``[sandbox]`` table.
+
+    Attributes
+    ----------
+    allow_weaker:
+        Confinement mechanisms (``"landlock"``, ``"seccomp"``) the operator knowingly runs
+        bundles without, where the kernel lacks them (audited at every node start).
+    """
+
+    allow_weaker: frozenset[str] = frozenset()
+
+    @classmethod
+    def from_table(cls, table: object, where: str) -> SandboxConfig:
+        """Parse the table."""
+        if not isinstance(table, dict):
+            raise ConfigurationError(f"{where}: [sandbox] must be a table")
+        if set(table) - {"allow_weaker"}:
+            raise ConfigurationError(
+                f"{where}: unknown key(s) {sorted(set(table) - {'allow_weaker'})} in "
+                "[sandbox]; allowed: allow_weaker"
+            )
+        names = table.get("allow_weaker", [])
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise ConfigurationError(
+                f'{where}: [sandbox] allow_weaker must be a list of names, e.g. ["landlock"]'
+            )
+        return cls(allow_weaker=check_weaker(names, f"{where}: [sandbox] allow_weaker"))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class NodeConfig:
     """A node's ``node.toml``: its datasets, and folders of task modules it trusts.
 
@@ -194,6 +233,7 @@ class NodeConfig:
     task_dirs: tuple[Path, ...] = ()
     governance: GovernanceConfig | None = None
     privacy: PrivacyConfig | None = None
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
     @classmethod
     def from_toml(cls, path: str | Path) -> NodeConfig:
@@ -205,7 +245,7 @@ class NodeConfig:
             raise ConfigurationError(f"node config {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"{path} is not valid TOML: {exc}") from exc
-        unknown = set(data) - {"node", "datasets", "governance", "privacy"}
+        unknown = set(data) - {"node", "datasets", "governance", "privacy", "sandbox"}
         if unknown:
             raise ConfigurationError(f"{path}: unknown section(s) {sorted(unknown)}")
         node = data.get("node") or {}
@@ -248,9 +288,11 @@ class NodeConfig:
             if "privacy" in data
             else None
         )
+        sandbox = SandboxConfig.from_table(data.get("sandbox", {}), str(path))
         return cls(
             datasets=MappingProxyType(sources),
             task_dirs=task_dirs,
             governance=governance,
             privacy=privacy,
+            sandbox=sandbox,
         )

@@ -28,21 +28,24 @@ What holds:
 * **Resource limits** set in the child before ``exec``: ``RLIMIT_AS`` (memory), ``RLIMIT_CPU``,
   ``RLIMIT_FSIZE`` (largest file it may write), ``RLIMIT_NOFILE`` and ``RLIMIT_CORE = 0``; the
   parent kills the whole process group when the wall-time limit passes.
-* **Landlock** (Linux ≥ 5.13, unprivileged) where available: the worker confines itself
-  before importing the bundle to read-only use of the Python installation and ``sys.path``
-  plus its own folder, and no TCP (see ``_worker_main``). ``require_landlock=True`` refuses to
-  run bundle code where the kernel lacks it. Without Landlock a worker can still open any
-  absolute path the node's OS user may read (e.g. the key file, if it knows or guesses the
-  path). Where that matters, run workers under a separate OS user or in a container.
+* **Kernel confinement** before any bundle code is imported (``_worker_main`` applies
+  :func:`biofed.node._confine.confine`): ``PR_SET_NO_NEW_PRIVS``; Landlock (file system
+  read-only outside its folder, no ``execve``, no TCP); a seccomp-bpf filter (no socket of
+  any family — UDP, raw, UNIX, netlink, packet as well as TCP —, no ``execve``/``execveat``,
+  no ``fork``/``vfork``/process ``clone``, nothing aimed at other processes); and no
+  capabilities. Where the kernel lacks Landlock or seccomp the worker refuses to run bundle
+  code unless ``allow_weaker`` names that mechanism (``node.toml``'s ``[sandbox]
+  allow_weaker``, which the node audits at every start).
 * **Validated output.** Results are read with ``O_NOFOLLOW`` and size caps, decoded from
   safetensors (never unpickled) against the input's parameter spec, checked finite, metrics
   must be finite floats. Any failure is a :class:`~biofed.core.TaskError` naming the reason;
   the child's own error text stays local (:attr:`BundleRunner.last_failure`) because it could
   carry record-level data.
 
-Residual risks: with Landlock, reads of other files inside ``sys.path`` directories and the
-Python prefix; UDP/raw sockets and other non-TCP channels (Landlock does not cover them); side
-channels; and, without Landlock, every file the node's user can read.
+Residual risks: reads of other files inside ``sys.path`` directories and the Python prefix;
+threads (bounded by the memory and CPU limits, not counted); side channels; and, where the
+operator allowed weaker confinement, what that mechanism would have stopped (without
+Landlock, every file the node's user can read).
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ import stat
 import subprocess
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +78,9 @@ from biofed.core import (
     freeze_config,
 )
 from biofed.data import Dataset
+from biofed.governance import AuditLog
 from biofed.governance._bundle import Bundle, unpack_bundle
+from biofed.node._confine import MECHANISMS, kernel_support
 from biofed.tasks import EvalResult, TrainContext, TrainResult
 
 _MiB = 1024**2
@@ -107,6 +112,38 @@ def _read_output(folder: Path, name: str, max_bytes: int) -> bytes:
         return handle.read(max_bytes + 1)[:max_bytes]
 
 
+def check_weaker(names: Iterable[str], where: str = "allow_weaker") -> frozenset[str]:
+    """Validate a list of confinement mechanisms an operator does without."""
+    if isinstance(names, str):
+        raise ConfigurationError(f"{where} must be a list of names, got a string")
+    out = frozenset(names)
+    bad = sorted(str(n) for n in out - set(MECHANISMS))
+    if bad:
+        raise ConfigurationError(
+            f"{where}: unknown mechanism(s) {bad}; allowed: {', '.join(MECHANISMS)}"
+        )
+    return out
+
+
+#: The audit event recording, at each node start, that the operator allowed weaker confinement.
+SANDBOX_WEAKENED = "sandbox.weakened"
+
+
+def audit_sandbox_opt_out(audit: AuditLog, allow_weaker: Iterable[str]) -> None:
+    """Write the operator's opt-out (and what this kernel offers) to the node's signed
+    audit log; called at every start of a governed node. Nothing is written without an
+    opt-out. Raises (the node does not start) if the log cannot be written.
+
+    Security notes
+    --------------
+    Threat: a site that quietly runs bundles with weaker confinement than its partners
+    assume. The opt-out is the operator's explicit, signed, per-start statement.
+    """
+    names = sorted(allow_weaker)
+    if names:
+        audit.append(SANDBOX_WEAKENED, {"allow_weaker": names, "kernel": kernel_support()})
+
+
 class BundleRunner:
     """A :class:`~biofed.tasks.Task` whose code runs in a sandboxed worker process.
 
@@ -128,15 +165,16 @@ class BundleRunner:
     workdir:
         Folder under which each call's private temporary folder is made (default: the
         system's temporary folder).
-    require_landlock:
-        Refuse to run bundle code where the kernel does not offer Landlock.
+    allow_weaker:
+        Confinement mechanisms (``"landlock"``, ``"seccomp"``) whose absence the operator
+        accepts; bundle code is refused where the kernel lacks any other one.
     python:
         The interpreter for the worker (default: this one).
 
     Security notes
     --------------
-    See the module docstring: process isolation with rlimits and, where available,
-    Landlock; not a container.
+    See the module docstring: process isolation with rlimits, Landlock, seccomp-bpf and no
+    capabilities; not a container.
     """
 
     def __init__(
@@ -150,7 +188,7 @@ class BundleRunner:
         memory_bytes: int = 2 * 1024**3,
         max_output_bytes: int = 1024**3,
         workdir: str | os.PathLike[str] | None = None,
-        require_landlock: bool = False,
+        allow_weaker: Iterable[str] = (),
         python: str | None = None,
     ) -> None:
         if not wall_time_s > 0:
@@ -167,11 +205,12 @@ class BundleRunner:
         self.memory_bytes = int(memory_bytes)
         self.max_output_bytes = int(max_output_bytes)
         self.workdir = None if workdir is None else Path(workdir)
-        self.require_landlock = require_landlock
+        self.allow_weaker = check_weaker(allow_weaker)
         self.python = python or sys.executable
         #: The worker's own description of the last failure (local only: may hold data).
         self.last_failure: str | None = None
-        #: The confinement the last successful worker reported (``"landlock-abi-N"``…).
+        #: The confinement the last successful worker reported
+        #: (``"landlock-abi-N, seccomp-bpf, no capabilities"``…).
         self.last_confinement: str | None = None
 
     def __repr__(self) -> str:
@@ -249,7 +288,7 @@ class BundleRunner:
             "rng": rng.bit_generator.state,
             "extras": [],
             "state": [],
-            "require_landlock": self.require_landlock,
+            "allow_weaker": sorted(self.allow_weaker),
         }
         if parameters is not None:
             (folder / "parameters.safetensors").write_bytes(encode_parameters(parameters))

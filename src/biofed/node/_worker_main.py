@@ -6,7 +6,7 @@ directory set to a fresh folder that holds only the request, the arrays and the 
 bundle; this module is never imported by the node process itself. Layout of that folder::
 
     request.json              {"op", "options", "config", "rng", "dataset", "extras", "state",
-                               "require_landlock"}
+                               "allow_weaker"}
     data.safetensors          "features" and "target.<i>" (i indexes request["dataset"]["targets"])
     parameters.safetensors    the parameters (train / evaluate)
     extras-<i>.safetensors    ctx.extras[request["extras"][i]]
@@ -20,20 +20,20 @@ plus ``result-parameters.safetensors``, ``result-extras-<i>.safetensors`` and
 Security notes
 --------------
 Threat: researcher code reading what is not its input (the node's private key, config, audit
-log) or sending data out of band. Before importing the bundle the worker confines itself with
-Landlock where the kernel offers it (Linux ≥ 5.13, no privileges needed): file-system access
-is limited to read-only use of the Python installation and the directories on ``sys.path``,
-full use of its own working folder, ``/dev/null`` and ``/dev/urandom``; TCP bind and connect
-are denied (Landlock ABI ≥ 4) and signals / abstract UNIX sockets outside the worker are scoped
-away (ABI ≥ 6). The result reports which confinement was applied; the parent can require it.
-Resource limits are set by the parent before ``exec`` (see ``_sandbox``).
+log), sending data out of band, running other programs or processes. After reading its
+inputs and before importing the bundle, the worker lowers its rlimits and confines itself
+with ``PR_SET_NO_NEW_PRIVS``, Landlock (file system read-only outside its folder, no
+``execve``, no TCP), a seccomp-bpf filter (no socket of any family, no ``execve``, no
+``fork``/process ``clone``, no access to other processes) and an empty capability set:
+see :mod:`biofed.node._confine`. A mechanism the kernel lacks makes the worker refuse to
+import the bundle (``SandboxUnavailable``) unless the request's ``allow_weaker`` names it
+(the operator's audited opt-out). The result reports which confinement held.
 """
 
 from __future__ import annotations
 
-import ctypes
-import errno
 import importlib
+import importlib.util
 import json
 import math
 import os
@@ -45,94 +45,17 @@ import numpy as np
 
 from biofed.core import ParameterSet, decode_parameters, encode_parameters
 
-# Landlock (include/uapi/linux/landlock.h); syscall numbers are the same on every
-# architecture that has them (x86-64, arm64, riscv…).
-_SYS_CREATE_RULESET, _SYS_ADD_RULE, _SYS_RESTRICT_SELF = 444, 445, 446
-_CREATE_RULESET_VERSION = 1
-_RULE_PATH_BENEATH = 1
-_PR_SET_NO_NEW_PRIVS = 38
-_FS_EXECUTE, _FS_WRITE_FILE, _FS_READ_FILE, _FS_READ_DIR = 1, 2, 4, 8
-_FS_TRUNCATE, _FS_IOCTL_DEV = 1 << 14, 1 << 15
-_FS_FILE_RIGHTS = _FS_EXECUTE | _FS_WRITE_FILE | _FS_READ_FILE | _FS_TRUNCATE | _FS_IOCTL_DEV
-_READ_ONLY = _FS_EXECUTE | _FS_READ_FILE | _FS_READ_DIR
-_SYSTEM_DIRS = ("/usr", "/lib", "/lib64", "/lib32", "/bin", "/sbin")
-_SYSTEM_FILES = ("/etc/ld.so.cache", "/etc/localtime")
 
-
-class _RulesetAttr(ctypes.Structure):
-    _fields_ = [
-        ("handled_access_fs", ctypes.c_uint64),
-        ("handled_access_net", ctypes.c_uint64),
-        ("scoped", ctypes.c_uint64),
-    ]
-
-
-class _PathBeneathAttr(ctypes.Structure):
-    _pack_ = 1
-    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
-
-
-def _handled_fs(abi: int) -> int:
-    mask = (1 << 13) - 1
-    if abi >= 2:
-        mask |= 1 << 13  # REFER
-    if abi >= 3:
-        mask |= _FS_TRUNCATE
-    if abi >= 5:
-        mask |= _FS_IOCTL_DEV
-    return mask
-
-
-def _read_paths() -> list[str]:
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
-    paths.update(p for p in sys.path if p)
-    paths.update(_SYSTEM_DIRS)
-    return sorted(p for p in paths if os.path.isdir(p))
-
-
-def apply_landlock(workdir: str) -> str:
-    """Confine this process with Landlock; return a description of what was applied.
-
-    Returns ``"landlock-abi-N"`` on success, or ``"none: <reason>"`` where the kernel does not
-    offer Landlock (the caller decides whether that is acceptable).
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    syscall = libc.syscall
-    syscall.restype = ctypes.c_long
-    abi = syscall(_SYS_CREATE_RULESET, None, ctypes.c_size_t(0), _CREATE_RULESET_VERSION)
-    if abi < 0:
-        return f"none: Landlock unavailable ({errno.errorcode.get(ctypes.get_errno(), '?')})"
-    handled = _handled_fs(abi)
-    attr = _RulesetAttr(handled, 3 if abi >= 4 else 0, 3 if abi >= 6 else 0)
-    size = 8 if abi < 4 else 16 if abi < 6 else 24
-    ruleset = syscall(_SYS_CREATE_RULESET, ctypes.byref(attr), ctypes.c_size_t(size), 0)
-    if ruleset < 0:
-        return f"none: landlock_create_ruleset failed ({ctypes.get_errno()})"
-    try:
-        rules = [(p, _READ_ONLY) for p in _read_paths()]
-        rules += [(p, _FS_READ_FILE) for p in _SYSTEM_FILES]
-        rules += [("/dev/null", _FS_READ_FILE | _FS_WRITE_FILE), ("/dev/urandom", _FS_READ_FILE)]
-        rules.append((workdir, handled))
-        for path, access in rules:
-            try:
-                fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
-            except OSError:
-                continue
-            try:
-                if not os.path.isdir(path):
-                    access &= _FS_FILE_RIGHTS
-                rule = _PathBeneathAttr(access & handled, fd)
-                if syscall(_SYS_ADD_RULE, ruleset, _RULE_PATH_BENEATH, ctypes.byref(rule), 0):
-                    raise OSError(ctypes.get_errno(), f"landlock_add_rule({path})")
-            finally:
-                os.close(fd)
-        if libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0):
-            raise OSError(ctypes.get_errno(), "prctl(PR_SET_NO_NEW_PRIVS)")
-        if syscall(_SYS_RESTRICT_SELF, ruleset, 0):
-            raise OSError(ctypes.get_errno(), "landlock_restrict_self")
-    finally:
-        os.close(ruleset)
-    return f"landlock-abi-{abi}"
+def _confinement() -> Any:
+    """``_confine`` loaded by file path: importing it as ``biofed.node._confine`` would run
+    ``biofed.node``'s ``__init__`` (gRPC and the node) in every worker."""
+    path = Path(__file__).with_name("_confine.py")
+    spec = importlib.util.spec_from_file_location("biofed_worker_confine", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _load(path: str) -> ParameterSet:
@@ -179,9 +102,11 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
     state = {k: _load(f"state-{i}.safetensors") for i, k in enumerate(request["state"])}
     data = _dataset(request) if op != "init" else None
 
-    confinement = apply_landlock(os.getcwd())
-    if request.get("require_landlock") and not confinement.startswith("landlock"):
-        return {"status": "error", "type": "SandboxUnavailable", "message": confinement}
+    # Confine before any bundle code is imported; nothing after this line may need a
+    # network, another program or another process.
+    confinement, refusal = _confinement().confine(os.getcwd(), request.get("allow_weaker", []))
+    if refusal is not None:
+        return {"status": "error", "type": "SandboxUnavailable", "message": refusal}
     sys.path.insert(0, str(Path("bundle").resolve()))
     module = importlib.import_module("task")
     task = module.make_task(**request["options"])
@@ -235,7 +160,7 @@ def main() -> int:
     try:
         request = json.loads(Path("request.json").read_text(encoding="utf-8"))
         result = _run(request)
-        code = 0
+        code = 0 if result.get("status") == "ok" else 1
     except MemoryError:
         result, code = {"status": "memory"}, 3
     except BaseException as exc:  # researcher code: report, never a traceback to the parent
