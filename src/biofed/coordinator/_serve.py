@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from biofed.coordinator._job_limits import JobLimits
 from biofed.coordinator._service import Coordinator
 from biofed.coordinator._store import StateStore, open_store
 from biofed.core import ConfigurationError, PolicyViolation
@@ -93,6 +94,7 @@ def serve_coordinator(
     url = state or kit.state
     if not address or not url:
         raise ConfigurationError("the coordinator needs a listen address and a state URL")
+    limits = JobLimits.from_kit(kit.directory)  # [limits] in kit.toml, before opening anything
     store = open_store(url)
     audit = AuditLog(kit.directory / LOG_FILE, AuditSigner.from_kit(kit))
     coordinator = Coordinator(
@@ -101,6 +103,7 @@ def serve_coordinator(
         node_wait=node_wait,
         audit=audit,
         bundles_dir=kit.directory / "bundles",
+        limits=limits,
     )
     try:
         server = CoordinatorServer(

@@ -22,6 +22,7 @@ import numpy as np
 
 from biofed.coordinator._engine import EngineConfig, RoundEngine
 from biofed.coordinator._job import JobSpec
+from biofed.coordinator._job_limits import JobLimits
 from biofed.coordinator._privacy_report import PRIVACY_EVENT, privacy_report, spend_message
 from biofed.coordinator._records import RoundRecord, RunEvent
 from biofed.coordinator._store import (
@@ -170,6 +171,8 @@ class Coordinator:
         payload accepted from a node, for reconciliation with the nodes' logs).
     bundles_dir:
         Where task bundles submitted with jobs are kept, by digest, for nodes to fetch.
+    limits:
+        The caps every submitted job must fit (default: :class:`JobLimits`'s defaults).
     """
 
     def __init__(
@@ -182,8 +185,10 @@ class Coordinator:
         clock: Callable[[], float] = time.time,
         audit: AuditLog | None = None,
         bundles_dir: Path | None = None,
+        limits: JobLimits | None = None,
     ) -> None:
         self.store = store
+        self.limits = JobLimits() if limits is None else limits
         self.audit = audit
         self.bundles_dir = bundles_dir
         self.node_wait = node_wait
@@ -254,7 +259,7 @@ class Coordinator:
 
     # -- control API (biofed.transport.grpc.ControlHandler) ------------------------------------
     def submit_run(self, peer: Peer, spec_json: str, bundle: bytes = b"") -> RunSummary:
-        spec = JobSpec.from_json(spec_json)
+        spec = JobSpec.from_json(spec_json, limits=self.limits)
         self._keep_bundle(spec, bundle)
         run_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         self.store.create_run(run_id, spec.to_json(), peer.name)
