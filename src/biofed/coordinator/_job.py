@@ -317,6 +317,14 @@ class JobSpec:
             raise ConfigurationError(f"cannot read {file}: {exc.strerror or exc}") from None
         return cls.from_toml(data, limits=limits)
 
+    @staticmethod
+    def reference() -> str:
+        """The job-file reference (Markdown, ``docs/job-reference.md``), rendered from the
+        same schema that checks job files."""
+        from biofed.coordinator._job_reference import render_job_reference
+
+        return render_job_reference()
+
     def to_mapping(self) -> dict[str, dict[str, Scalar]]:
         """The job file's tables (``agreement``, ``bundle`` and ``[privacy]`` only when set)."""
         governance: dict[str, Scalar] = {}
