@@ -414,12 +414,6 @@ def test_a_stored_run_stays_readable_when_the_limits_are_lowered() -> None:
     assert stricter.get_run(ALICE, run.run_id).total_rounds == 3
 
 
-def test_serve_coordinator_reads_the_kit_limits() -> None:
-    from biofed.coordinator import _serve
-
-    assert "JobLimits.from_kit(kit.directory)" in inspect.getsource(_serve.serve_coordinator)
-
-
 # -- the CLI --------------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "content",
@@ -444,9 +438,15 @@ def test_run_submit_prints_errors_and_no_traceback(tmp_path: Path, content: byte
     assert isinstance(result.exception, SystemExit)
 
 
-def test_run_submit_names_an_unreadable_file(tmp_path: Path) -> None:
+def test_from_file_names_an_unreadable_or_oversized_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="cannot read"):
         JobSpec.from_file(tmp_path / "missing.toml")
+    with pytest.raises(ConfigurationError, match="cannot read"):
+        JobSpec.from_file(tmp_path)
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (2 << 20))
+    with pytest.raises(ConfigurationError, match="larger than 1048576 bytes"):
+        JobSpec.from_file(big)
 
 
 # -- the schema is the code's -------------------------------------------------------------------

@@ -8,6 +8,14 @@ its operator's :class:`~biofed.coordinator.JobLimits`. Each problem is one line 
 field and what it may be; no file content, however malformed (not UTF-8, nested thousands
 of levels, duplicate JSON keys), escapes as anything but a
 :class:`~biofed.core.ConfigurationError`.
+
+Security notes
+--------------
+The coordinator parses text that any researcher of the consortium sends. Parsing is
+bounded (1 MiB, ``RecursionError`` from deep nesting caught, Python's 4,300-digit integer
+limit), and a JSON object with a key given twice is refused: RFC 8259 §4 leaves the
+meaning of duplicate names to each parser, and a job that one component reads as
+``rounds = 1`` and another as ``rounds = 1e12`` is a parser-differential attack.
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ def _text(data: str | bytes, what: str) -> str:
     if isinstance(data, (bytes, bytearray, memoryview)):
         raw = bytes(data)
         if len(raw) > MAX_JOB_BYTES:
-            raise ConfigurationError(f"{what} is {len(raw)} bytes; at most {MAX_JOB_BYTES}")
+            raise ConfigurationError(f"{what} is larger than {MAX_JOB_BYTES} bytes")
         try:
             return raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -57,7 +65,7 @@ def _text(data: str | bytes, what: str) -> str:
     if not isinstance(data, str):
         raise ConfigurationError(f"{what} must be text, got {type(data).__name__}")
     if len(data) > MAX_JOB_BYTES:
-        raise ConfigurationError(f"{what} is {len(data)} characters; at most {MAX_JOB_BYTES}")
+        raise ConfigurationError(f"{what} is larger than {MAX_JOB_BYTES} characters")
     try:
         data.encode("utf-8")
     except UnicodeEncodeError as exc:
@@ -120,6 +128,14 @@ class JobSpec:
     secure_aggregation:
         The ``[secure_aggregation]`` table, or None: with it every training round runs
         SecAgg+ and the coordinator learns only the (weighted) mean of the sites' updates.
+
+    Notes
+    -----
+    Build one with :meth:`from_file`, :meth:`from_toml`, :meth:`from_json` or
+    :meth:`from_mapping` (``limits=`` adds a coordinator's :class:`JobLimits`). Every
+    field, however the spec is built, is checked against the job schema
+    (``docs/job-reference.md``, :meth:`reference`); all problems are reported together, one
+    line each, in a :class:`~biofed.core.ConfigurationError`.
     """
 
     name: str

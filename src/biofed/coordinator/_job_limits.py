@@ -9,7 +9,8 @@ The job schema bounds what the wire and the store can hold; these caps bound wha
 operator's machines and the sites' may be asked to do, and are enforced at submit, before a
 run exists. The model's size is computed from the task's parameter layout
 (:func:`biofed.tasks.parameter_spec`), never by building it, so refusing a huge model costs
-no memory.
+no memory. The threat is CWE-770 (allocation of resources without limits) by a researcher
+of the consortium, who holds a valid certificate.
 """
 
 from __future__ import annotations

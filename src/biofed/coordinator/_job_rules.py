@@ -16,7 +16,9 @@ rule is therefore closed: exact types (``true`` is not an integer, ``"39"`` is n
 integral floats are not integers), finite numbers only, bounded ranges and lengths, and no
 key that no rule names. Values are quoted in messages only through :func:`show`, which
 bounds their length and escapes control characters, so one error is always one line.
-Compare scikit-learn's ``_param_validation`` (declarative constraints, one message each).
+The threats are CWE-20 (improper input validation) and CWE-190/CWE-681 (a value that
+overflows or is truncated by a narrower type downstream); the approach is scikit-learn's
+``_param_validation`` (declarative constraints, one message each).
 """
 
 from __future__ import annotations
