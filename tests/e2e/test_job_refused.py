@@ -70,6 +70,14 @@ def test_invalid_jobs_are_refused_and_the_run_list_stays_usable(federation: Fede
         assert fragment in message, (case, message)
         assert message.startswith("coordinator: configuration: "), (case, message)
     assert client.list_runs() == []
+    many = _edited(train={f"{'k' * 40}{i}": i for i in range(500)}, run={"rounds": 0})
+    with pytest.raises(ConfigurationError) as caught:
+        client.submit_run(many)
+    lines = str(caught.value).splitlines()
+    assert 2 <= len(lines) <= 21
+    assert "[run] rounds must be" in lines[0]
+    assert lines[-1].endswith("more errors")
+    assert client.list_runs() == []
 
     run = client.submit_run(job(rounds=50).to_json())  # at the cap: accepted
     assert run.status in ("pending", "running")

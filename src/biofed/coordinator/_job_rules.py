@@ -36,8 +36,10 @@ from biofed.core import Scalar
 INT32_MAX = 2**31 - 1
 UINT32_MAX = 2**32 - 1
 INT64_MAX = 2**63 - 1
-#: At most this many error lines are reported for one file (the rest are counted).
+#: At most this many error lines, and characters, are reported for one file (the rest are
+#: counted): the message travels in a gRPC status, whose metadata is limited to 8 KiB.
 MAX_ERRORS = 20
+MAX_ERROR_CHARS = 4000
 _SHOW_CHARS = 40
 
 
@@ -320,8 +322,14 @@ class VariantTable:
 
 def error_text(errors: list[str]) -> str:
     """The message of a ConfigurationError for ``errors``: one line each, at most
-    :data:`MAX_ERRORS` of them."""
-    lines = errors[:MAX_ERRORS]
-    if len(errors) > MAX_ERRORS:
-        lines.append(f"… and {len(errors) - MAX_ERRORS} more errors")
+    :data:`MAX_ERRORS` lines and about :data:`MAX_ERROR_CHARS` characters."""
+    lines: list[str] = []
+    size = 0
+    for line in errors[:MAX_ERRORS]:
+        if lines and size + len(line) > MAX_ERROR_CHARS:
+            break
+        lines.append(line)
+        size += len(line) + 1
+    if len(errors) > len(lines):
+        lines.append(f"… and {len(errors) - len(lines)} more errors")
     return "\n".join(lines)
