@@ -442,6 +442,17 @@ def test_run_submit_prints_errors_and_no_traceback(tmp_path: Path, content: byte
     assert isinstance(result.exception, SystemExit)
 
 
+def test_run_submit_reads_a_valid_job_then_needs_a_kit(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from biofed.cli import app
+
+    job = ROOT / "examples" / "job-tcga-fedadam.toml"
+    result = CliRunner().invoke(app, ["run", "submit", str(job), "--kit", str(tmp_path / "none")])
+    assert result.exit_code == 2, result.output
+    assert "a biofed kit?" in " ".join(result.output.split())  # the job passed; no kit
+
+
 def test_from_file_names_an_unreadable_or_oversized_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigurationError, match="cannot read"):
         JobSpec.from_file(tmp_path / "missing.toml")
