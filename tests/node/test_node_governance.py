@@ -400,13 +400,15 @@ def test_job_carries_agreement_and_bundle(bundle_file: tuple[str, Path]) -> None
     digest = bundle_file[0]
     job = JobSpec.from_toml(
         f'[run]\ndataset = "brca"\nagreement = "{AGREEMENT}"\nbundle = "{digest}"\n'
-        '[task]\nname = "cox"\nnum_features = 39\n'
+        '[task]\nname = "cox_ph"\nnum_features = 39\n'
     )
     config = job.instruction_config()
     assert config["agreement"] == AGREEMENT
     assert config["bundle"] == digest
     assert JobSpec.from_json(job.to_json()) == job
-    plain = JobSpec.from_toml('[run]\ndataset = "brca"\n[task]\nname = "cox_ph"\n')
+    plain = JobSpec.from_toml(
+        '[run]\ndataset = "brca"\n[task]\nname = "cox_ph"\nnum_features = 39\n'
+    )
     assert "agreement" not in plain.instruction_config()
     assert "agreement" not in plain.to_json()
     with pytest.raises(ConfigurationError, match="bundle"):

@@ -32,6 +32,7 @@ EXPECTED = [
     "TrainResult",
     "concordance_index",
     "make_task",
+    "parameter_spec",
     "roc_auc",
 ]
 

@@ -55,13 +55,7 @@ def submit(
 ) -> None:
     """Submit a job file (and its task bundle); prints the new run id."""
 
-    def read() -> JobSpec:
-        try:
-            return JobSpec.from_toml(job.read_text())
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read {job}: {exc}") from exc
-
-    spec = call(read)
+    spec = call(lambda: JobSpec.from_file(job))
     data = b""
     if bundle is not None:
         data = call(lambda: _read_bytes(bundle))

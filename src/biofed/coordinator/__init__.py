@@ -2,6 +2,7 @@
 
 from biofed.coordinator._engine import EngineConfig, EngineListener, RoundEngine
 from biofed.coordinator._job import JobSpec
+from biofed.coordinator._job_limits import JobLimits
 from biofed.coordinator._records import RoundRecord, RunEvent, RunResult
 from biofed.coordinator._serialize import (
     canonical_json,
@@ -38,6 +39,7 @@ __all__ = [
     "EngineListener",
     "EventRow",
     "InMemoryStateStore",
+    "JobLimits",
     "JobSpec",
     "KitAuthenticator",
     "NodeRow",

@@ -1,5 +1,22 @@
 """Job specifications: what a researcher submits (``job.toml``), checked before any site is
-contacted."""
+contacted.
+
+Every value is checked against the declarative schema of :mod:`._job_schema` (types,
+ranges, finite numbers, unknown keys in every table), then across fields (``min_replies``
+≤ ``min_nodes``, secure aggregation with the strategy …), then, at a coordinator, against
+its operator's :class:`~biofed.coordinator.JobLimits`. Each problem is one line naming the
+field and what it may be; no file content, however malformed (not UTF-8, nested thousands
+of levels, duplicate JSON keys), escapes as anything but a
+:class:`~biofed.core.ConfigurationError`.
+
+Security notes
+--------------
+The coordinator parses text that any researcher of the consortium sends. Parsing is
+bounded (1 MiB, ``RecursionError`` from deep nesting caught, Python's 4,300-digit integer
+limit), and a JSON object with a key given twice is refused: RFC 8259 §4 leaves the
+meaning of duplicate names to each parser, and a job that one component reads as
+``rounds = 1`` and another as ``rounds = 1e12`` is a parser-differential attack.
+"""
 
 from __future__ import annotations
 
@@ -8,44 +25,75 @@ import math
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from os import PathLike
+from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from biofed.core import ConfigurationError, Scalar, check_id, freeze_config
-from biofed.governance._bundle import check_digest
+from biofed.coordinator._job_rules import error_text
+from biofed.coordinator._job_schema import check_job
+from biofed.core import ConfigurationError, Scalar, freeze_config
 from biofed.privacy import DPSettings
 from biofed.secagg._settings import SecureAggregationSettings
-from biofed.strategies import STRATEGIES, DPFedAvg, Strategy, make_strategy
+from biofed.strategies import DPFedAvg, Strategy, make_strategy
+from biofed.tasks import LocalTrainingConfig, parameter_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-_SECTIONS = {"run", "task", "strategy", "train", "evaluate", "privacy", "secure_aggregation"}
-_RUN_KEYS = {
-    "name",
-    "dataset",
-    "rounds",
-    "seed",
-    "min_nodes",
-    "min_replies",
-    "round_timeout",
-    "evaluate_every",
-    "agreement",
-    "bundle",
-}
+if TYPE_CHECKING:
+    from biofed.coordinator._job_limits import JobLimits
+
+#: Largest job file or JSON text accepted (a real one is a few KiB).
+MAX_JOB_BYTES = 1 << 20
 
 
-def _scalars(section: str, value: object) -> dict[str, Scalar]:
-    if not isinstance(value, dict):
-        raise ConfigurationError(f"[{section}] must be a table of key = value pairs")
-    for key, item in value.items():
-        if not isinstance(item, (bool, int, float, str)):
-            raise ConfigurationError(f"[{section}] {key} must be a number, string or boolean")
-        if isinstance(item, float) and not math.isfinite(item):
-            raise ConfigurationError(f"[{section}] {key} must be finite")
-    return dict(value)
+def _text(data: str | bytes, what: str) -> str:
+    """``data`` as text, or one line saying why it is not a job file's text."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        raw = bytes(data)
+        if len(raw) > MAX_JOB_BYTES:
+            raise ConfigurationError(f"{what} is larger than {MAX_JOB_BYTES} bytes")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ConfigurationError(
+                f"{what} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})"
+            ) from None
+    if not isinstance(data, str):
+        raise ConfigurationError(f"{what} must be text, got {type(data).__name__}")
+    if len(data) > MAX_JOB_BYTES:
+        raise ConfigurationError(f"{what} is larger than {MAX_JOB_BYTES} characters")
+    try:
+        data.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ConfigurationError(
+            f"{what} is not valid Unicode (a lone surrogate at offset {exc.start})"
+        ) from None
+    return data
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object, refusing a key given twice (parsers disagree on which one wins)."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            shown = repr(key) if len(key) <= 40 else f"of {len(key)} characters"
+            raise ConfigurationError(f"job is not valid JSON: key {shown} appears twice")
+        out[key] = value
+    return out
+
+
+def _dimension(task: str, options: Mapping[str, Scalar]) -> int:
+    spec = parameter_spec(task, **options)
+    return sum(math.prod(shape) for _, shape, _ in spec.entries)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -80,6 +128,14 @@ class JobSpec:
     secure_aggregation:
         The ``[secure_aggregation]`` table, or None: with it every training round runs
         SecAgg+ and the coordinator learns only the (weighted) mean of the sites' updates.
+
+    Notes
+    -----
+    Build one with :meth:`from_file`, :meth:`from_toml`, :meth:`from_json` or
+    :meth:`from_mapping` (``limits=`` adds a coordinator's :class:`JobLimits`). Every
+    field, however the spec is built, is checked against the job schema
+    (``docs/job-reference.md``, :meth:`reference`); all problems are reported together, one
+    line each, in a :class:`~biofed.core.ConfigurationError`.
     """
 
     name: str
@@ -102,142 +158,188 @@ class JobSpec:
     secure_aggregation: SecureAggregationSettings | None = None
 
     def __post_init__(self) -> None:
-        check_id(self.name, what="[run] name")
-        if self.agreement is not None:
-            check_id(self.agreement, what="[run] agreement")
-        if self.bundle is not None:
-            try:
-                check_digest(self.bundle)
-            except ConfigurationError as exc:
-                raise ConfigurationError(f"[run] bundle: {exc}") from None
-        check_id(self.dataset, what="[run] dataset")
-        for label, value in (
-            ("rounds", self.rounds),
-            ("min_nodes", self.min_nodes),
-            ("min_replies", self.min_replies),
+        if self.privacy is not None and not isinstance(self.privacy, DPSettings):
+            raise ConfigurationError("privacy must be a DPSettings")
+        if self.secure_aggregation is not None and not isinstance(
+            self.secure_aggregation, SecureAggregationSettings
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigurationError(f"[run] {label} must be an integer >= 1, got {value!r}")
+            raise ConfigurationError("secure_aggregation must be a SecureAggregationSettings")
+        errors: list[str] = []
+        for attr, section in (("task_options", "task"), ("strategy_options", "strategy")):
+            options = getattr(self, attr)
+            if not isinstance(options, Mapping) or "name" in options:
+                errors.append(f"[{section}] options must be a table without a 'name' key")
+        if not errors:
+            tables = check_job(self.to_mapping(), errors)
+        if not errors:
+            self._normalise(tables)
+            self._check_across(errors)
+        if errors:
+            raise ConfigurationError(error_text(errors))
+        for attr in ("task_options", "strategy_options", "train", "evaluate"):
+            object.__setattr__(self, attr, freeze_config(getattr(self, attr)))
+        try:
+            LocalTrainingConfig.from_config(self.train)  # what every site will parse
+        except ConfigurationError as exc:
+            raise ConfigurationError(f"[train] {exc}") from None
+        strategy = self.build_strategy()  # validates the strategy's options and train config
+        if self.secure_aggregation is not None and not strategy.supports_secure_aggregation:
+            raise ConfigurationError(
+                f"[strategy] {self.strategy} needs each site's update on its own and "
+                "cannot run with [secure_aggregation]"
+            )
+
+    def _normalise(self, tables: dict[str, dict[str, Scalar]]) -> None:
+        """Keep the schema's normalised values (floats for numbers, lower-case names)."""
+        run = tables["run"]
+        object.__setattr__(self, "round_timeout", run["round_timeout"])
+        task = dict(tables["task"])
+        task.pop("name")
+        strategy = dict(tables["strategy"])
+        object.__setattr__(self, "strategy", strategy.pop("name"))
+        object.__setattr__(self, "task_options", task)
+        object.__setattr__(self, "strategy_options", strategy)
+        object.__setattr__(self, "train", tables["train"])
+        object.__setattr__(self, "evaluate", tables["evaluate"])
+
+    def _check_across(self, errors: list[str]) -> None:
+        """Rules between fields, each problem one line."""
         if self.min_replies > self.min_nodes:
-            raise ConfigurationError("[run] min_replies cannot exceed min_nodes")
-        if not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigurationError(
-                f"[run] seed must be a non-negative integer, got {self.seed!r}"
+            errors.append(
+                f"[run] min_replies cannot exceed [run] min_nodes ({self.min_nodes}), "
+                f"got {self.min_replies}"
             )
-        if not self.round_timeout > 0:
-            raise ConfigurationError(
-                f"[run] round_timeout must be > 0 seconds, got {self.round_timeout}"
-            )
-        if self.strategy.lower() not in STRATEGIES:
-            raise ConfigurationError(
-                f"[strategy] name {self.strategy!r} is unknown; choose one of {sorted(STRATEGIES)}"
-            )
+        if self.strategy == "scaffold" and self.train.get("momentum", 0.0) != 0.0:
+            errors.append("[train] momentum must be 0 with [strategy] scaffold (plain local SGD)")
         if self.privacy is not None:
-            if not isinstance(self.privacy, DPSettings):
-                raise ConfigurationError("privacy must be a DPSettings")
             if (self.privacy.rounds, self.privacy.min_replies) != (self.rounds, self.min_replies):
-                raise ConfigurationError(
+                errors.append(
                     "[privacy] rounds and min_replies must be the run's (build it with "
                     "DPSettings.from_table(..., rounds=, min_replies=))"
                 )
             if self.privacy.mode == "sample" and "max_grad_norm" in self.train:
-                raise ConfigurationError(
+                errors.append(
                     "[train] max_grad_norm clips whole mini-batch gradients and cannot be "
                     "combined with sample-level DP, which clips each example to "
                     "[privacy] max_grad_norm: remove it from [train]"
                 )
-        for attr in ("task_options", "strategy_options", "train", "evaluate"):
-            object.__setattr__(self, attr, freeze_config(getattr(self, attr)))
-        strategy = self.build_strategy()  # validates the strategy's options and train config
         if self.secure_aggregation is not None:
-            if not strategy.supports_secure_aggregation:
-                raise ConfigurationError(
-                    f"[strategy] {self.strategy} needs each site's update on its own and "
-                    "cannot run with [secure_aggregation]"
-                )
             if self.min_replies < 2:
-                raise ConfigurationError(
+                errors.append(
                     "[secure_aggregation] needs [run] min_replies >= 2: a sum of one site's "
                     "update is that update"
                 )
+                return
+            try:  # the ring must hold the sum of min_nodes sites' updates
+                dimension = _dimension(self.task, self.task_options)
+                self.secure_aggregation.secagg_config(dimension).plan(self.min_nodes)
+            except ConfigurationError as exc:
+                errors.append(f"[secure_aggregation] {_first_line(exc)}")
 
     # -- parsing ---------------------------------------------------------------------------
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any]) -> JobSpec:
-        """Build from the parsed job file (TOML tables or the equivalent JSON)."""
-        unknown = set(data) - _SECTIONS
-        if unknown:
-            raise ConfigurationError(
-                f"unknown section(s) {sorted(unknown)} in the job; allowed: {sorted(_SECTIONS)}"
-            )
-        run = _scalars("run", data.get("run", {}))
-        bad = set(run) - _RUN_KEYS
-        if bad:
-            raise ConfigurationError(
-                f"unknown [run] key(s) {sorted(bad)}; allowed: {sorted(_RUN_KEYS)}"
-            )
-        task = _scalars("task", data.get("task", {}))
-        strategy = _scalars("strategy", data.get("strategy", {}))
-        if "name" not in task:
-            raise ConfigurationError('[task] name is required (e.g. name = "cox_ph")')
-        if "dataset" not in run:
-            raise ConfigurationError("[run] dataset is required: the dataset name sites registered")
-        task_name = str(task.pop("name"))
-        rounds = run.get("rounds", 5)
-        min_replies = run.get("min_replies", 1)
+    def from_mapping(cls, data: Mapping[str, Any], *, limits: JobLimits | None = None) -> JobSpec:
+        """Build from the parsed job file (TOML tables or the equivalent JSON).
+
+        Parameters
+        ----------
+        data:
+            The job's tables.
+        limits:
+            A coordinator's caps, checked after the schema (None: the schema only, as when a
+            stored run is read back).
+
+        Raises
+        ------
+        ConfigurationError
+            With one line per problem, naming the field and what it may be.
+        """
+        errors: list[str] = []
+        tables = check_job(data, errors)
+        if errors:
+            raise ConfigurationError(error_text(errors))
+        run = tables["run"]
+        task = dict(tables["task"])
+        strategy = dict(tables.get("strategy", {}))
+        rounds = int(run.get("rounds", 5))
+        min_replies = int(run.get("min_replies", 1))
         privacy = None
-        if "privacy" in data:
-            table = _scalars("privacy", data["privacy"])
+        if "privacy" in tables:
             privacy = DPSettings.from_table(
-                table,
-                rounds=rounds,  # type: ignore[arg-type]
-                min_replies=min_replies,  # type: ignore[arg-type]
+                tables["privacy"], rounds=rounds, min_replies=min_replies
             )
-        strategy_name = str(strategy.pop("name", "fedavg"))
         secure = None
-        if "secure_aggregation" in data:
-            secure = SecureAggregationSettings.from_table(
-                _scalars("secure_aggregation", data["secure_aggregation"])
-            )
-        return cls(
+        if "secure_aggregation" in tables:
+            secure = SecureAggregationSettings.from_table(tables["secure_aggregation"])
+        agreement, bundle = run.get("agreement"), run.get("bundle")
+        spec = cls(
             name=str(run.get("name", "job")),
             dataset=str(run["dataset"]),
-            task=task_name,
+            task=str(task.pop("name")),
             task_options=task,
-            strategy=strategy_name,
+            strategy=str(strategy.pop("name", "fedavg")),
             strategy_options=strategy,
-            train=_scalars("train", data.get("train", {})),
-            evaluate=_scalars("evaluate", data.get("evaluate", {"split": "test"})),
-            rounds=rounds,  # type: ignore[arg-type]
-            seed=run.get("seed", 0),  # type: ignore[arg-type]
-            min_nodes=run.get("min_nodes", 1),  # type: ignore[arg-type]
-            min_replies=min_replies,  # type: ignore[arg-type]
+            train=tables.get("train", {}),
+            evaluate=tables.get("evaluate", {"split": "test"}),
+            rounds=rounds,
+            seed=int(run.get("seed", 0)),
+            min_nodes=int(run.get("min_nodes", 1)),
+            min_replies=min_replies,
             round_timeout=float(run.get("round_timeout", 120.0)),
-            evaluate_every=run.get("evaluate_every", 1),  # type: ignore[arg-type]
-            agreement=None if "agreement" not in run else str(run["agreement"]),
-            bundle=None if "bundle" not in run else str(run["bundle"]),
+            evaluate_every=int(run.get("evaluate_every", 1)),
+            agreement=None if agreement is None else str(agreement),
+            bundle=None if bundle is None else str(bundle),
             privacy=privacy,
             secure_aggregation=secure,
         )
+        return spec if limits is None else limits.check(spec)
 
     @classmethod
-    def from_toml(cls, text: str) -> JobSpec:
-        """Parse a ``job.toml``."""
+    def from_toml(cls, text: str | bytes, *, limits: JobLimits | None = None) -> JobSpec:
+        """Parse a ``job.toml`` (text, or bytes that must be UTF-8)."""
+        text = _text(text, "job file")
         try:
-            return cls.from_mapping(tomllib.loads(text))
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigurationError(f"job file is not valid TOML: {exc}") from exc
+            data = tomllib.loads(text)
+        except RecursionError:
+            raise ConfigurationError("job file is not valid TOML: nested too deeply") from None
+        except ValueError as exc:  # TOMLDecodeError, or an integer of thousands of digits
+            raise ConfigurationError(f"job file is not valid TOML: {_first_line(exc)}") from None
+        return cls.from_mapping(data, limits=limits)
 
     @classmethod
-    def from_json(cls, text: str) -> JobSpec:
-        """Parse the JSON form (what travels to the coordinator)."""
+    def from_json(cls, text: str | bytes, *, limits: JobLimits | None = None) -> JobSpec:
+        """Parse the JSON form (what travels to the coordinator and what it stores)."""
+        text = _text(text, "job")
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=_no_duplicates)
+        except ConfigurationError:
+            raise
+        except RecursionError:
+            raise ConfigurationError("job is not valid JSON: nested too deeply") from None
         except ValueError as exc:
-            raise ConfigurationError(f"job is not valid JSON: {exc}") from exc
+            raise ConfigurationError(f"job is not valid JSON: {_first_line(exc)}") from None
         if not isinstance(data, dict):
             raise ConfigurationError("job must be a JSON object")
-        return cls.from_mapping(data)
+        return cls.from_mapping(data, limits=limits)
+
+    @classmethod
+    def from_file(cls, path: str | PathLike[str], *, limits: JobLimits | None = None) -> JobSpec:
+        """Read and parse a ``job.toml`` file; every failure is one ConfigurationError."""
+        file = Path(path)
+        try:
+            with file.open("rb") as handle:
+                data = handle.read(MAX_JOB_BYTES + 1)
+        except OSError as exc:
+            raise ConfigurationError(f"cannot read {file}: {exc.strerror or exc}") from None
+        return cls.from_toml(data, limits=limits)
+
+    @staticmethod
+    def reference() -> str:
+        """The job-file reference (Markdown, ``docs/job-reference.md``), rendered from the
+        same schema that checks job files."""
+        from biofed.coordinator._job_reference import render_job_reference
+
+        return render_job_reference()
 
     def to_mapping(self) -> dict[str, dict[str, Scalar]]:
         """The job file's tables (``agreement``, ``bundle`` and ``[privacy]`` only when set)."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from biofed.coordinator._scheduler import DEFAULT_MAX_CONCURRENT_RUNS
+from biofed.coordinator._job_limits import JobLimits
 from biofed.coordinator._service import Coordinator
 from biofed.coordinator._store import StateStore, open_store
 from biofed.core import ConfigurationError, PolicyViolation
@@ -100,6 +101,7 @@ def serve_coordinator(
     url = state or kit.state
     if not address or not url:
         raise ConfigurationError("the coordinator needs a listen address and a state URL")
+    limits = JobLimits.from_kit(kit.directory)  # [limits] in kit.toml, before opening anything
     store = open_store(url)
     audit = AuditLog(kit.directory / LOG_FILE, AuditSigner.from_kit(kit))
     concurrent = max_concurrent_runs or kit.max_concurrent_runs or DEFAULT_MAX_CONCURRENT_RUNS
@@ -110,6 +112,7 @@ def serve_coordinator(
         audit=audit,
         bundles_dir=kit.directory / "bundles",
         max_concurrent_runs=concurrent,
+        limits=limits,
     )
     try:
         server = CoordinatorServer(

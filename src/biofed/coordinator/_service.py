@@ -22,6 +22,7 @@ from typing import Any
 
 from biofed.coordinator._executor import RunExecutor
 from biofed.coordinator._job import JobSpec
+from biofed.coordinator._job_limits import JobLimits
 from biofed.coordinator._privacy_report import PRIVACY_EVENT, privacy_report, spend_message
 from biofed.coordinator._records import RoundRecord, RunEvent
 from biofed.coordinator._scheduler import (
@@ -175,6 +176,8 @@ class Coordinator:
         Runs executed at the same time (the coordinator kit's ``max_concurrent_runs``).
     max_attempts:
         Starts without a completed round after which a run is failed, not resumed again.
+    limits:
+        The caps every submitted job must fit (default: :class:`JobLimits`'s defaults).
     """
 
     def __init__(
@@ -189,8 +192,10 @@ class Coordinator:
         bundles_dir: Path | None = None,
         max_concurrent_runs: int = DEFAULT_MAX_CONCURRENT_RUNS,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        limits: JobLimits | None = None,
     ) -> None:
         self.store = store
+        self.limits = JobLimits() if limits is None else limits
         self.audit = audit
         self.bundles_dir = bundles_dir
         self.node_wait = node_wait
@@ -269,7 +274,7 @@ class Coordinator:
 
     # -- control API (biofed.transport.grpc.ControlHandler) ------------------------------------
     def submit_run(self, peer: Peer, spec_json: str, bundle: bytes = b"") -> RunSummary:
-        spec = JobSpec.from_json(spec_json)
+        spec = JobSpec.from_json(spec_json, limits=self.limits)
         self._keep_bundle(spec, bundle)
         run_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         self.store.create_run(run_id, spec.to_json(), peer.name)

@@ -24,7 +24,7 @@ from biofed.tasks._cox import CoxPH, CoxPHTask
 from biofed.tasks._logreg import LogisticRegression, LogisticRegressionTask
 from biofed.tasks._metrics import concordance_index, roc_auc
 from biofed.tasks._numpy import GradientModel, NumpyTask
-from biofed.tasks._registry import BUILTIN_TASKS, make_task
+from biofed.tasks._registry import BUILTIN_TASKS, make_task, parameter_spec
 
 if TYPE_CHECKING:
     from biofed.tasks._cox_torch import CoxPHTorchTask
@@ -52,6 +52,7 @@ __all__ = [
     "TrainResult",
     "concordance_index",
     "make_task",
+    "parameter_spec",
     "roc_auc",
 ]
 

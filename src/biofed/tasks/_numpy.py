@@ -8,7 +8,14 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from biofed.core import Array, ConfigurationError, DataError, ParameterSet, TaskError
+from biofed.core import (
+    Array,
+    ConfigurationError,
+    DataError,
+    ParameterSet,
+    ParameterSpec,
+    TaskError,
+)
 from biofed.data import Dataset
 from biofed.tasks._api import EvalResult, LocalTrainingConfig, TrainContext, TrainResult
 from biofed.tasks._local import finish_local_training, plan_local_training
@@ -221,6 +228,13 @@ def linear_init(num_features: int, rng: np.random.Generator, init: str) -> Param
         weight = rng.uniform(-bound, bound, size=(1, num_features)).astype(np.float32)
         bias = rng.uniform(-bound, bound, size=1).astype(np.float32)
     return ParameterSet({"weight": weight, "bias": bias})
+
+
+def linear_spec(num_features: int, init: str = "zeros") -> ParameterSpec:
+    """The layout :func:`linear_init` gives, without allocating it: ``weight`` ``(1, p)`` and
+    ``bias`` ``(1,)``, float32."""
+    check_linear_args(num_features, init)
+    return ParameterSpec(entries=(("weight", (1, num_features), "<f4"), ("bias", (1,), "<f4")))
 
 
 def check_linear_args(num_features: int, init: str) -> None:

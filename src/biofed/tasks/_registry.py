@@ -5,10 +5,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from biofed.core import ConfigurationError
+from biofed.core import ConfigurationError, ParameterSpec
 from biofed.tasks._api import Task
 from biofed.tasks._cox import CoxPHTask
 from biofed.tasks._logreg import LogisticRegressionTask
+from biofed.tasks._numpy import linear_spec
 
 
 def _needs_torch(name: str, exc: ImportError) -> str:
@@ -74,3 +75,60 @@ def make_task(name: str, **kwargs: Any) -> Task:
         raise ConfigurationError(
             f"task {name!r}: {exc}; e.g. make_task({name!r}, num_features=39)"
         ) from exc
+
+
+# The parameter layout of each built-in task, from the same arguments as its constructor and
+# without building it: a job's model size is checked before anything is allocated.
+def _cox_ph_layout(num_features: int, *, init: str = "zeros") -> ParameterSpec:
+    return linear_spec(num_features, init)
+
+
+def _logistic_regression_layout(
+    num_features: int, *, l2: float = 0.0, init: str = "zeros"
+) -> ParameterSpec:
+    return linear_spec(num_features, init)
+
+
+def _torch_linear_layout(
+    num_features: int, *, init: str = "zeros", device: str = "cpu"
+) -> ParameterSpec:
+    return linear_spec(num_features, init)
+
+
+_LAYOUTS: dict[str, Callable[..., ParameterSpec]] = {
+    "cox_ph": _cox_ph_layout,
+    "cox_ph_torch": _torch_linear_layout,
+    "logistic_regression": _logistic_regression_layout,
+    "logistic_regression_torch": _torch_linear_layout,
+}
+
+
+def parameter_spec(name: str, **kwargs: Any) -> ParameterSpec:
+    """The names, shapes and dtypes of a built-in task's parameters, without allocating them.
+
+    ``parameter_spec(name, **kwargs)`` equals ``make_task(name, **kwargs)
+    .init_parameters(rng).spec`` for every ``rng``, but takes no memory and never imports
+    torch, so a coordinator can refuse a job whose model is too large before building it.
+
+    Parameters
+    ----------
+    name:
+        A built-in task name (see :func:`make_task`).
+    **kwargs:
+        The task's constructor arguments.
+
+    Raises
+    ------
+    ConfigurationError
+        For an unknown name or arguments the task does not accept.
+    """
+    try:
+        layout = _LAYOUTS[name]
+    except (KeyError, TypeError):
+        raise ConfigurationError(
+            f"unknown task {name!r}; built-in tasks are {sorted(BUILTIN_TASKS)}"
+        ) from None
+    try:
+        return layout(**kwargs)
+    except TypeError as exc:
+        raise ConfigurationError(f"task {name!r}: {exc}") from exc

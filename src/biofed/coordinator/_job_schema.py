@@ -1,0 +1,486 @@
+"""The job file's schema: every table, every key, what each may hold and what it does.
+
+One declaration serves three purposes: :func:`check_job` validates a parsed job file (all
+errors at once, one line each), :class:`~biofed.coordinator.JobSpec` relies on it for
+every value it keeps, and ``scripts/gen_job_reference.py`` renders it as
+``docs/job-reference.md``. Tests compare the task, strategy and training tables with the
+constructors and :class:`~biofed.tasks.LocalTrainingConfig` they feed, so a new option
+cannot be added in one place only.
+
+Bounds come from what the values travel through: rounds are 32-bit on the wire
+(``RunInfo.total_rounds``) and in the state store; ``num_features`` is ``uint32`` in a
+site's dataset declaration; identifiers are at most 128 characters in every table (a run
+id is the job name plus 9 characters); numbers are finite and in ranges where the
+optimisers, the accountant's calibration and ``threading`` timeouts stay meaningful. What
+an operator may allow on top (largest model, most rounds …) is
+:class:`~biofed.coordinator.JobLimits`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+
+from biofed.coordinator._job_rules import (
+    INT32_MAX,
+    INT64_MAX,
+    UINT32_MAX,
+    Choice,
+    Field,
+    Flag,
+    Integer,
+    Number,
+    Table,
+    Text,
+    VariantTable,
+    show,
+)
+from biofed.core import Scalar
+from biofed.privacy import ACCOUNTANTS, NOISE_PLACEMENTS, PRIVACY_MODES
+from biofed.strategies import STRATEGIES
+from biofed.tasks import BUILTIN_TASKS
+
+_ID = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+#: A run id is ``{name}-{8 hex}`` and ids are at most 128 characters.
+RUN_NAME_CHARS = 119
+
+
+def _identifier(max_chars: int = 128) -> Text:
+    return Text(
+        _ID,
+        max_chars,
+        f"1-{max_chars} letters, digits, '.', '_' or '-', starting with a letter or digit",
+    )
+
+
+def _opt(
+    name: str,
+    rule: Integer | Number | Choice | Flag | Text,
+    doc: str,
+    default: Scalar | None = None,
+    *,
+    required: bool = False,
+) -> Field:
+    return Field(name=name, rule=rule, doc=doc, default=default, required=required)
+
+
+RUN = Table(
+    name="run",
+    doc="How the coordinator runs the job: the data it uses, how many rounds, how long it "
+    "waits, and the governance it runs under.",
+    fields=(
+        _opt("name", _identifier(RUN_NAME_CHARS), "A label; the run id is NAME-xxxxxxxx.", "job"),
+        _opt(
+            "dataset",
+            _identifier(),
+            "The dataset name each site registered (its node.toml `[datasets.NAME]`).",
+            required=True,
+        ),
+        _opt(
+            "rounds",
+            Integer(1, INT32_MAX),
+            "Training rounds (capped by the coordinator's `[limits] max_rounds`).",
+            5,
+        ),
+        _opt(
+            "seed",
+            Integer(0, INT64_MAX),
+            "Seeds node selection, the initial model and each site's shuffling.",
+            0,
+        ),
+        _opt(
+            "min_nodes",
+            Integer(1, INT32_MAX),
+            "Sites connected before a round starts (capped by `[limits] max_min_nodes`).",
+            1,
+        ),
+        _opt(
+            "min_replies",
+            Integer(1, INT32_MAX),
+            "Valid training replies needed to aggregate a round; at most `min_nodes`.",
+            1,
+        ),
+        _opt(
+            "round_timeout",
+            Number(0.01, 31_536_000.0),
+            "Seconds a round waits for replies; late replies are discarded (capped by "
+            "`[limits] max_round_timeout`).",
+            120.0,
+        ),
+        _opt(
+            "evaluate_every",
+            Integer(0, INT32_MAX),
+            "Evaluate every this many rounds (0: only after the last round, which is "
+            "always evaluated).",
+            1,
+        ),
+        _opt(
+            "agreement",
+            _identifier(),
+            "The id of the study agreement the job runs under; sites that enforce "
+            "governance refuse a job without one.",
+        ),
+        _opt(
+            "bundle",
+            Text(r"[0-9a-f]{64}", 64, "64 lowercase hex characters (a SHA-256)"),
+            "The digest of the task bundle sent with the job (`biofed run submit --bundle`); "
+            "sites run its `make_task(**[task] options)` in their sandbox. Its parameters "
+            "must have the layout of the built-in task named in `[task]`.",
+        ),
+    ),
+    hints=MappingProxyType(
+        {
+            "task": "[task] name sets it",
+            "strategy": "[strategy] name sets it",
+            "split": "[evaluate] sets it",
+        }
+    ),
+)
+
+_NUM_FEATURES = _opt(
+    "num_features",
+    Integer(1, UINT32_MAX),
+    "Feature columns of the dataset (the model's size grows with it; capped by the "
+    "coordinator's `[limits] max_model_bytes`).",
+    required=True,
+)
+_INIT = _opt(
+    "init",
+    Choice(("zeros", "uniform")),
+    "Initial weights: zeros, or uniform like `torch.nn.Linear`'s default.",
+    "zeros",
+)
+_DEVICE = _opt(
+    "device",
+    Choice(("cpu",)),
+    "Where sites train; a job may only ask for the CPU (a site's accelerators are its "
+    "operator's to assign).",
+    "cpu",
+)
+_L2 = _opt("l2", Number(0.0, 1e6), "L2 penalty `l2/2 ‖w‖²` on the weights.", 0.0)
+
+TASK = VariantTable(
+    name="task",
+    doc="The model: a built-in task and its options. With `[run] bundle` the sites run the "
+    "bundle's task with these options instead; the coordinator still builds the initial "
+    "model from the built-in task of this name.",
+    selector=_opt(
+        "name", Choice(tuple(sorted(BUILTIN_TASKS))), "The built-in task.", required=True
+    ),
+    variants=MappingProxyType(
+        {
+            "cox_ph": (_NUM_FEATURES, _INIT),
+            "cox_ph_torch": (_NUM_FEATURES, _INIT, _DEVICE),
+            "logistic_regression": (_NUM_FEATURES, _L2, _INIT),
+            "logistic_regression_torch": (_NUM_FEATURES, _INIT, _DEVICE),
+        }
+    ),
+)
+
+_SERVER_LR = "Server learning rate η."
+_BETA = "Exponential decay of the {} moment estimate."
+STRATEGY = VariantTable(
+    name="strategy",
+    doc="How the coordinator aggregates the sites' updates: a strategy and its options.",
+    selector=_opt(
+        "name",
+        Choice(tuple(sorted(STRATEGIES)), fold_case=True),
+        "The aggregation strategy.",
+        "fedavg",
+    ),
+    common=(
+        _opt(
+            "fraction_train",
+            Number(0.0, 1.0, lo_open=True),
+            "Share of connected sites asked to train each round.",
+            1.0,
+        ),
+        _opt(
+            "fraction_evaluate",
+            Number(0.0, 1.0, lo_open=True),
+            "Share of connected sites asked to evaluate.",
+            1.0,
+        ),
+        _opt(
+            "min_evaluate_nodes",
+            Integer(1, INT32_MAX),
+            "At least this many sites are asked to evaluate.",
+            1,
+        ),
+        _opt(
+            "weighted",
+            Flag(),
+            "Weight each site by its number of training examples (else equally).",
+            True,
+        ),
+    ),
+    variants=MappingProxyType(
+        {
+            "fedavg": (),
+            "fedprox": (
+                _opt(
+                    "proximal_mu",
+                    Number(0.0, 1e4),
+                    "FedProx's μ: sites add `μ/2 ‖w − w_global‖²` to their loss.",
+                    required=True,
+                ),
+            ),
+            "fedavgm": (
+                _opt("server_learning_rate", Number(0.0, 100.0, lo_open=True), _SERVER_LR, 1.0),
+                _opt(
+                    "server_momentum",
+                    Number(0.0, 1.0, hi_open=True),
+                    "Server momentum β.",
+                    0.9,
+                ),
+            ),
+            **{
+                name: (
+                    _opt(
+                        "server_learning_rate",
+                        Number(0.0, 100.0, lo_open=True),
+                        _SERVER_LR,
+                        0.1,
+                    ),
+                    _opt("beta_1", Number(0.0, 1.0, hi_open=True), _BETA.format("first"), 0.9),
+                    _opt("beta_2", Number(0.0, 1.0, hi_open=True), _BETA.format("second"), 0.999),
+                    _opt(
+                        "tau",
+                        Number(0.0, 10.0, lo_open=True),
+                        "Adaptivity τ added to the root of the second moment.",
+                        1e-8,
+                    ),
+                )
+                for name in ("fedadagrad", "fedadam", "fedyogi")
+            },
+            "scaffold": (
+                _opt("server_learning_rate", Number(0.0, 100.0, lo_open=True), _SERVER_LR, 1.0),
+            ),
+        }
+    ),
+    hints=MappingProxyType(
+        {
+            "min_train_nodes": "[run] min_replies sets it",
+            "train_config": "write [train]",
+            "evaluate_config": "write [evaluate]",
+        }
+    ),
+)
+
+_DP_HINT = "sites set DP-SGD themselves from [privacy]"
+TRAIN = Table(
+    name="train",
+    doc="Local training at each site, sent with every training instruction (the keys "
+    "the task adapters read; see `biofed.tasks.LocalTrainingConfig`).",
+    fields=(
+        _opt(
+            "local_steps",
+            Integer(1, INT32_MAX),
+            "Mini-batch steps per round (capped by `[limits] max_local_steps`).",
+            100,
+        ),
+        _opt(
+            "batch_size",
+            Integer(1, INT32_MAX),
+            "Examples per step; under DP-SGD the expected Poisson batch (capped by "
+            "`[limits] max_batch_size`).",
+            8,
+        ),
+        _opt(
+            "learning_rate",
+            Number(0.0, 100.0, lo_open=True),
+            "Client step size.",
+            0.01,
+        ),
+        _opt(
+            "optimizer",
+            Choice(("sgd", "adam")),
+            "Local optimiser (Adam's moments restart every round); SCAFFOLD needs sgd.",
+            "sgd",
+        ),
+        _opt("momentum", Number(0.0, 1.0, hi_open=True), "SGD momentum.", 0.0),
+        _opt(
+            "proximal_mu",
+            Number(0.0, 1e4),
+            "FedProx's μ (the fedprox strategy sets it from its own option).",
+            0.0,
+        ),
+        _opt(
+            "max_grad_norm",
+            Number(0.0, 1e6),
+            "Clip each step's mini-batch gradient to this L2 norm (0: off). Not "
+            'differential privacy, and not allowed with `[privacy] mode = "sample"`.',
+            0.0,
+        ),
+    ),
+    hints=MappingProxyType(
+        {
+            "dp_noise_multiplier": _DP_HINT,
+            "dp_max_grad_norm": _DP_HINT,
+            "dp_seeded": _DP_HINT,
+            "seed": "[run] seed sets it",
+            "split": "[evaluate] sets it",
+            "dataset": "[run] sets it",
+            "task": "[task] sets it",
+            "agreement": "[run] sets it",
+            "bundle": "[run] sets it",
+        }
+    ),
+)
+
+EVALUATE = Table(
+    name="evaluate",
+    doc="Evaluation at each site, sent with every evaluation instruction.",
+    fields=(
+        _opt("split", Choice(("test", "train")), "The split each site evaluates on.", "test"),
+        _opt(
+            "metrics",
+            Text(
+                rf"{_ID}(\s*,\s*{_ID})*",
+                1024,
+                "comma-separated metric names (letters, digits, '.', '_', '-'), "
+                "at most 1024 characters",
+            ),
+            "The metrics asked for; a site's agreement may allow fewer (the rest are withheld).",
+        ),
+    ),
+    hints=MappingProxyType({"seed": "[run] seed sets it"}),
+)
+
+PRIVACY = Table(
+    name="privacy",
+    doc="Differential privacy (optional): sample-level DP-SGD at each site, or client-level "
+    "DP-FedAvg. Each site computes its own noise and spend from these settings.",
+    fields=(
+        _opt(
+            "mode",
+            Choice(PRIVACY_MODES),
+            '"sample": ε over each site\'s records (DP-SGD); "client": ε over each site\'s '
+            "participation (DP-FedAvg).",
+            required=True,
+        ),
+        _opt(
+            "delta",
+            Number(0.0, 1.0, lo_open=True, hi_open=True),
+            "δ of the (ε, δ) guarantee.",
+            required=True,
+        ),
+        _opt(
+            "target_epsilon",
+            Number(0.01, 1000.0),
+            "ε(δ) each site may reach after all rounds (each site calibrates its noise); "
+            "give this or `noise_multiplier`.",
+        ),
+        _opt(
+            "noise_multiplier",
+            Number(0.001, 10_000.0),
+            "A fixed noise multiplier z; give this or `target_epsilon`.",
+        ),
+        _opt(
+            "max_grad_norm",
+            Number(0.0, 1e6, lo_open=True),
+            "C: the per-example (sample) or per-site update (client) clipping bound.",
+            1.0,
+        ),
+        _opt("accountant", Choice(ACCOUNTANTS), "How rounds compose.", "rdp"),
+        _opt(
+            "noise",
+            Choice(NOISE_PLACEMENTS),
+            "Client mode: noise added by the coordinator or by the sites.",
+            "central",
+        ),
+        _opt(
+            "seeded",
+            Flag(),
+            "Draw noise from the run seed: reproducible and NOT private (simulations "
+            "only; sites with governance refuse it).",
+            False,
+        ),
+    ),
+)
+
+SECURE_AGGREGATION = Table(
+    name="secure_aggregation",
+    doc="SecAgg+ secure aggregation (optional): the coordinator learns only the weighted "
+    "mean of the sites' updates.",
+    fields=(
+        _opt(
+            "num_neighbours",
+            Integer(2, INT32_MAX),
+            "Even degree k of the SecAgg+ neighbour graph (default: the full graph).",
+        ),
+        _opt(
+            "threshold",
+            Integer(2, INT32_MAX),
+            "Share holders needed to unmask (default: the smallest strict majority).",
+        ),
+        _opt(
+            "clip_range",
+            Number(0.0, 1e9, lo_open=True),
+            "Each coordinate of an update is clipped to [-r, r] before quantisation.",
+            1.0,
+        ),
+        _opt(
+            "quantisation_step",
+            Number(0.0, 1e3, lo_open=True),
+            "Fixed-point step; the aggregate is exact to within half of it.",
+            1e-6,
+        ),
+        _opt(
+            "max_weight",
+            Integer(1, INT32_MAX),
+            "Largest weight (example count) one site's update may carry.",
+            100_000,
+        ),
+    ),
+)
+
+#: The job file's tables, in the order of the reference.
+SECTIONS: tuple[Table | VariantTable, ...] = (
+    RUN,
+    TASK,
+    STRATEGY,
+    TRAIN,
+    EVALUATE,
+    PRIVACY,
+    SECURE_AGGREGATION,
+)
+_BY_NAME = {s.name: s for s in SECTIONS}
+#: Tables that may be left out entirely.
+OPTIONAL_SECTIONS = frozenset({"strategy", "train", "evaluate", "privacy", "secure_aggregation"})
+
+
+def check_job(data: object, errors: list[str]) -> dict[str, dict[str, Scalar]]:
+    """Check a parsed job file against the schema.
+
+    Parameters
+    ----------
+    data:
+        The parsed file (TOML tables or the equivalent JSON object).
+    errors:
+        Every problem is appended as one line naming the table and key.
+
+    Returns
+    -------
+    dict
+        The tables present, values normalised (integers given for numbers become floats;
+        strategy names lower case). Complete only when no error was appended.
+    """
+    if not isinstance(data, Mapping):
+        errors.append(f"a job is a table of tables ([run], [task] …), got {show(data)}")
+        return {}
+    out: dict[str, dict[str, Scalar]] = {}
+    for name, raw in data.items():
+        section = _BY_NAME.get(name) if isinstance(name, str) else None
+        if section is None:
+            shown = f"[{name}]" if isinstance(name, str) and len(name) <= 40 else show(name)
+            errors.append(
+                f"unknown section {shown} in the job; allowed: "
+                + ", ".join(f"[{s.name}]" for s in SECTIONS)
+            )
+            continue
+        out[section.name] = section.check(raw, errors)
+    for section in SECTIONS:
+        if section.name not in data and section.name not in OPTIONAL_SECTIONS:
+            section.check({}, errors)  # reports the required keys
+    return out
