@@ -44,7 +44,14 @@ from biofed.governance._datasets import (
     RegisteredDataset,
     file_digest,
 )
-from biofed.governance._ledger import LEDGER_FILE, BudgetStatus, Debit, JobSpend, PrivacyLedger
+from biofed.governance._ledger import (
+    LEDGER_FILE,
+    BudgetStatus,
+    CapChange,
+    Debit,
+    JobSpend,
+    PrivacyLedger,
+)
 from biofed.governance._policy import (
     Clearance,
     PolicyRequest,
@@ -70,6 +77,7 @@ __all__ = [
     "BudgetStatus",
     "Bundle",
     "BundleInfo",
+    "CapChange",
     "Clearance",
     "DatasetCheck",
     "DatasetRegistry",

@@ -142,9 +142,10 @@ class NodeApp:
 
         ledger = PrivacyLedger(path, audit=hook)
         for dataset, (epsilon, delta) in caps.items():
-            current = ledger.spent(dataset)
-            if (current.cap_epsilon, current.cap_delta) != (epsilon, delta):
-                ledger.set_cap(dataset, epsilon, delta)
+            # Caps only go down by themselves: node.toml sets a missing cap or lowers one;
+            # a higher value than the ledger's (lowered with `biofed node budget-cap`) is
+            # not applied but audited as budget.cap_kept (raising takes `--raise`).
+            ledger.lower_cap(dataset, epsilon, delta, source="node.toml")
         return ledger
 
     def _governance(self, gov: GovernanceConfig, kit: Kit | None) -> tuple[SitePolicy, AuditLog]:
