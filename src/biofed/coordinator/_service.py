@@ -39,9 +39,13 @@ from biofed.core import (
     Reply,
     encode_parameters,
 )
+from biofed.coordinator._anchored import AnchoredTransport
 from biofed.governance import (
+    ANCHOR_EVENT,
+    ANCHOR_KEY,
     RECEIVED_EVENT,
     AuditLog,
+    anchor_data,
     check_digest,
     read_bundle,
     reply_payload,
@@ -96,6 +100,10 @@ class _StoreListener:
         )
 
     def on_reply(self, server_round: int, reply: Reply, accepted: bool) -> None:
+        # The node's audit head is anchored here: in the receipt, or for a refusal in its
+        # own entry (biofed.governance._audit_anchor: truncation becomes evident).
+        head = reply.audit_head
+        anchor = {ANCHOR_KEY: anchor_data(reply.node_id, head)} if head else {}
         if accepted and self.audit is not None:
             digest, size = payload_digest(reply)
             self.audit.append(
@@ -107,8 +115,12 @@ class _StoreListener:
                     "kind": reply.kind.value,
                     "payload_sha256": digest,
                     "bytes": size,
+                    **anchor,
                 },
             )
+        elif self.audit is not None and anchor and reply.error is not None:
+            where = {"run_id": reply.run_id, "round": reply.round, "kind": reply.kind.value}
+            self.audit.append(ANCHOR_EVENT, {**anchor, **where, "node_id": reply.node_id})
         if accepted:
             self.store.append_event(
                 self.run_id,
@@ -493,7 +505,9 @@ class Coordinator:
         except BiofedError as exc:
             self._fail(run_id, str(exc))
             return
-        transport = self.hub.transport_for(run_id, spec.dataset)
+        transport: Any = self.hub.transport_for(run_id, spec.dataset)
+        if self.audit is not None:  # each instruction carries the coordinator's audit head
+            transport = AnchoredTransport(transport, self.audit)
         config = EngineConfig(
             rounds=spec.rounds,
             min_nodes=spec.min_nodes,

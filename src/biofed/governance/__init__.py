@@ -16,6 +16,16 @@ from biofed.governance._agreement import (
     write_agreement,
 )
 from biofed.governance._audit import AuditLog
+from biofed.governance._audit_anchor import (
+    ANCHOR_EVENT,
+    ANCHOR_KEY,
+    COORDINATOR_PEER,
+    AnchorReport,
+    AuditHead,
+    anchor_data,
+    check_against,
+    check_expected_head,
+)
 from biofed.governance._audit_entry import GENESIS, LOG_FILE, AuditEntry, AuditLogError
 from biofed.governance._audit_reconcile import (
     RECEIVED_EVENT,
@@ -61,15 +71,20 @@ from biofed.governance._policy import (
 )
 
 __all__ = [
+    "ANCHOR_EVENT",
+    "ANCHOR_KEY",
+    "COORDINATOR_PEER",
     "GENESIS",
     "LEDGER_FILE",
     "LOG_FILE",
     "RECEIVED_EVENT",
     "SENT_EVENT",
     "AgreementStatus",
+    "AnchorReport",
     "Approval",
     "ApprovalStore",
     "AuditEntry",
+    "AuditHead",
     "AuditLog",
     "AuditLogError",
     "AuditSigner",
@@ -97,7 +112,10 @@ __all__ = [
     "StudyAgreement",
     "Transfer",
     "VerifyReport",
+    "anchor_data",
+    "check_against",
     "check_digest",
+    "check_expected_head",
     "check_instruction",
     "control_reply",
     "file_digest",

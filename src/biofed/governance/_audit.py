@@ -72,9 +72,11 @@ class AuditLog:
     cannot change, insert, remove or reorder an entry without :func:`verify_log` naming the
     place, nor rewrite the chain without the writer's key (hash chain as in RFC 6962's
     append-only logs, ECDSA signatures per FIPS 186-5). Dropping the newest entries is only
-    detectable against a head hash recorded elsewhere (``VerifyReport.head``) or against the
-    peer's log (:func:`reconcile`). ``fcntl.flock`` serialises writers; each entry is written
-    with one ``write`` and ``fsync``-ed before :meth:`append` returns (durable, POSIX).
+    detectable against a head recorded elsewhere: :meth:`head` travels with every message to
+    the other party, which records it in its own log (:mod:`~biofed.governance._audit_anchor`),
+    and ``biofed audit verify LOG --against OTHER`` checks it. ``fcntl.flock`` serialises
+    writers; each entry is written with one ``write`` and ``fsync``-ed before :meth:`append`
+    returns (durable, POSIX).
     """
 
     def __init__(
@@ -108,6 +110,21 @@ class AuditLog:
     def writer(self) -> str:
         """The writer's participant name."""
         return self._signer.name
+
+    def head(self) -> str:
+        """The log's head, ``"<seq>:<hash>"`` of its newest entry (``""`` while empty).
+
+        This is what the other party of an exchange records in its own log (see
+        :mod:`biofed.governance._audit_anchor`); it covers every entry up to ``seq``.
+
+        Raises
+        ------
+        AuditLogError
+            If the log was damaged or written by someone else since it was opened.
+        """
+        with self._lock, self._locked() as fd:
+            tail = self._read_tail(fd)
+        return "" if tail.seq == 0 else f"{tail.seq}:{tail.hash}"
 
     def append(self, event: str, data: Mapping[str, Any] | None = None) -> AuditEntry:
         """Sign and append one entry, durably, and return it.
