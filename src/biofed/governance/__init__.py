@@ -15,7 +15,7 @@ from biofed.governance._agreement import (
     verify,
     write_agreement,
 )
-from biofed.governance._audit import AuditLog
+from biofed.governance._audit import AuditFollower, AuditLog
 from biofed.governance._audit_anchor import (
     ANCHOR_EVENT,
     ANCHOR_KEY,
@@ -84,6 +84,7 @@ __all__ = [
     "Approval",
     "ApprovalStore",
     "AuditEntry",
+    "AuditFollower",
     "AuditHead",
     "AuditLog",
     "AuditLogError",

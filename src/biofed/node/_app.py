@@ -165,9 +165,12 @@ class NodeApp:
             ca_pem=kit.ca_pem,
             crl_pem=kit.crl_pem,
             registry=DatasetRegistry(gov.registry, audit=lambda e, d: _record(audit, e, d)),
-            approvals=ApprovalStore(gov.approvals),
+            approvals=ApprovalStore(gov.approvals, audit=audit),
             bundles_dir=gov.bundles_dir,
         )
+        # Approvals are read back from the signed audit log: a hand edit of the approvals
+        # file (a digest the log does not approve) stops the node here, with one line.
+        policy.approvals.check()
         return policy, audit
 
     def declarations(self) -> list[tuple[str, int, int]]:
