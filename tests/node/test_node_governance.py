@@ -603,10 +603,12 @@ def test_a_hand_edited_approval_is_refused_at_start_and_at_use(site: Site) -> No
     with pytest.raises(ConfigurationError, match="no approval of it in force") as refused:
         site.app()  # the node does not start
     assert "\n" not in str(refused.value)
-    assert "approvals.json" in str(refused.value) and "biofed node approve" in str(refused.value)
+    assert "approvals.json" in str(refused.value)
+    assert "biofed node approve" in str(refused.value)
     # a node already running does not take the edit either: the log decides at use
     reply = running.handle(_inst(site, bundle=other))
-    assert reply.error is not None and "bundle" in reply.error
+    assert reply.error is not None
+    assert "bundle" in reply.error
     assert running.policy is not None
     with pytest.raises(ConfigurationError, match="no approval of it in force"):
         running.policy.approvals.is_approved(other)

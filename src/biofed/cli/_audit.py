@@ -75,8 +75,8 @@ def verify_command(
         source = AuditSource.beside(log, cert=cert, ca=ca)
         try:
             report = verify_log(source.path, source.cert_pem, source.ca_pem, writer=writer)
-            for other in against or ():
-                checks.append(check_against(source, AuditSource.beside(other, ca=ca)))
+            peers = [check_against(source, AuditSource.beside(o, ca=ca)) for o in against or ()]
+            checks += peers
             for head in expect_head or ():
                 checks.append(check_expected_head(source, head))
         except PolicyViolation as exc:
@@ -93,6 +93,13 @@ def verify_command(
     for check in checks:
         latest = "" if check.latest is None else f", the furthest at entry {check.latest.seq}"
         print(f"holds the {check.anchors} head(s) recorded by {check.witness}{latest}")
+        anchored = 0 if check.latest is None else check.latest.seq
+        if check in peers and anchored < report.entries:
+            print(
+                f"  entries {anchored + 1}-{report.entries} came after the last head "
+                f"{check.witness} recorded: their removal shows only against a head kept "
+                "elsewhere (--expect-head with the head below)"
+            )
     print(f"head {report.entries}:{report.head}" if report.entries else f"head {report.head}")
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from biofed.coordinator._anchored import AnchoredTransport
 from biofed.coordinator._engine import EngineConfig, RoundEngine
 from biofed.coordinator._job import JobSpec
 from biofed.coordinator._privacy_report import PRIVACY_EVENT, privacy_report, spend_message
@@ -39,7 +40,6 @@ from biofed.core import (
     Reply,
     encode_parameters,
 )
-from biofed.coordinator._anchored import AnchoredTransport
 from biofed.governance import (
     ANCHOR_EVENT,
     ANCHOR_KEY,

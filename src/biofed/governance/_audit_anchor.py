@@ -56,6 +56,9 @@ ANCHOR_KEY = "anchor"
 COORDINATOR_PEER = "coordinator"
 """The ``peer`` a node writes for its coordinator's head (a node has one coordinator)."""
 
+EXPECTED_HEAD = "--expect-head"
+"""The ``witness`` of a head given by hand (:func:`check_expected_head`)."""
+
 _HEAD = re.compile(r"(?:([1-9][0-9]{0,17}):)?([0-9a-f]{64})")
 
 
@@ -194,9 +197,7 @@ def check_against(
     compared with can be forged without its writer's key.
     """
     writer = identify_peer(log.cert_pem, log.ca_pem, now=now)
-    report, recorded = scan_log(
-        other.path, other.cert_pem, other.ca_pem, now=now, keep=_has_anchor
-    )
+    report, recorded = scan_log(other.path, other.cert_pem, other.ca_pem, now=now, keep=_has_anchor)
     problems: list[str] = []
     if not report.ok:
         problems.append(
@@ -214,7 +215,7 @@ def check_expected_head(
     """Check that ``log`` holds ``head`` (``"<seq>:<hash>"``, or a bare hash anywhere in it),
     a head recorded out of band (printed by ``biofed audit verify``, kept by an auditor)."""
     expected = AuditHead.parse(head)
-    return _check(log, [Anchor(peer="", head=expected, seq=0)], "--expect-head", [], now)
+    return _check(log, [Anchor(peer="", head=expected, seq=0)], EXPECTED_HEAD, [], now)
 
 
 def _check(

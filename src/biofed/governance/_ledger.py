@@ -420,7 +420,11 @@ class PrivacyLedger:
         dlt = _delta(delta, "delta cap")
         with self._dataset_lock(dataset), self._transaction(write=True) as db:
             previous = self._cap(db, dataset)
-            if previous is not None and not allow_raise and (eps > previous[0] or dlt > previous[1]):
+            if (
+                previous is not None
+                and not allow_raise
+                and (eps > previous[0] or dlt > previous[1])
+            ):
                 raise ConfigurationError(
                     f"the cap on {dataset!r} is ε={previous[0]:.6g}, δ={previous[1]:.6g}; "
                     f"ε={eps:.6g}, δ={dlt:.6g} would raise it: caps only go down unless "
@@ -446,7 +450,9 @@ class PrivacyLedger:
         dlt = _delta(delta, "delta cap")
         with self._dataset_lock(dataset), self._transaction(write=True) as db:
             previous = self._cap(db, dataset)
-            target = (eps, dlt) if previous is None else (min(eps, previous[0]), min(dlt, previous[1]))
+            target = (
+                (eps, dlt) if previous is None else (min(eps, previous[0]), min(dlt, previous[1]))
+            )
             change = _change(dataset, previous, target, source)
             if change.action != "unchanged":
                 self._write_cap(db, dataset, *target)
