@@ -14,7 +14,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,9 +111,10 @@ class AuditLog:
         """The writer's participant name."""
         return self._signer.name
 
-    def follower(self) -> AuditFollower:
-        """A reader of this log's entries, each checked against this writer's key."""
-        return AuditFollower(self._path, self._signer)
+    def follower(self, *, signed_events: Collection[str] | None = None) -> AuditFollower:
+        """A reader of this log's entries, each checked against this writer's key (only
+        those of ``signed_events`` when given; the chain is checked for all)."""
+        return AuditFollower(self._path, self._signer, signed_events=signed_events)
 
     def head(self) -> str:
         """The log's head, ``"<seq>:<hash>"`` of its newest entry (``""`` while empty).
@@ -227,7 +228,9 @@ class AuditLog:
 
 class AuditFollower:
     """Reads one's own audit log incrementally: each call returns the entries appended since
-    the last one, each checked (canonical form, chain, position, and signed by ``signer``).
+    the last one, each checked (canonical form, chain, position, and signed by ``signer``;
+    with ``signed_events``, the signature of those events only: the chain already fixes the
+    others, and a reader that derives state from some events needs only theirs signed).
 
     Used to derive state from the log itself rather than from an unsigned side file (the
     site's bundle approvals, :class:`~biofed.governance.ApprovalStore`).
@@ -241,9 +244,16 @@ class AuditFollower:
     reading over (``reset``), so nothing it no longer holds is remembered.
     """
 
-    def __init__(self, path: str | os.PathLike[str], signer: AuditSigner) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        signer: AuditSigner,
+        *,
+        signed_events: Collection[str] | None = None,
+    ) -> None:
         self._path = Path(path)
         self._signer = signer
+        self._signed_events = None if signed_events is None else frozenset(signed_events)
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None  # (inode, offset) read so far
         self._seq = 0
@@ -290,7 +300,10 @@ class AuditFollower:
             raise AuditLogError(f"{where} is damaged ({exc})") from exc
         if entry.seq != seq or entry.prev != self._prev:
             raise AuditLogError(f"{where} is out of place: the chain is broken")
-        if not self._signer.signed_by_me(entry):
+        if entry.writer != self._signer.name:
+            raise AuditLogError(f"{where} names writer {entry.writer!r}, not {self._signer.name!r}")
+        checked = self._signed_events is None or entry.event in self._signed_events
+        if checked and not self._signer.signed_by_me(entry):
             raise AuditLogError(f"{where} is not signed by {self._signer.name!r}")
         return entry
 

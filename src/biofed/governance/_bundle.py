@@ -477,7 +477,8 @@ class ApprovalStore:
         self.path = Path(path)
         self._clock = clock
         self._audit = audit
-        self._follower = None if audit is None else audit.follower()
+        signed = (APPROVED_EVENT, REVOKED_EVENT)
+        self._follower = None if audit is None else audit.follower(signed_events=signed)
         self._logged: dict[str, bool] = {}  # digest -> approved, as the log says last
 
     def _load(self) -> dict[str, Approval]:
