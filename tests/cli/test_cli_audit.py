@@ -86,6 +86,8 @@ def _transfer(log: AuditLog, event: str, node: str, payload: bytes) -> None:
     data["payload_sha256"] = hashlib.sha256(payload).hexdigest()
     if event == RECEIVED_EVENT:
         data["node_id"] = node
+    else:  # a governed node decides before it sends
+        log.append("job.accepted", {"run_id": "r1", "round": 1, "kind": "train"})
     log.append(event, data)
 
 
@@ -114,4 +116,4 @@ def test_reconcile_table_json_and_exit_codes(fed: Consortium) -> None:
     b.path.write_bytes(b.path.read_bytes()[:-5])
     result = runner.invoke(app, args)
     assert result.exit_code == 1
-    assert "FAILED at entry 2" in " ".join(result.stderr.split())
+    assert "FAILED at entry 4" in " ".join(result.stderr.split())

@@ -42,7 +42,7 @@ def test_cap_then_show_table_and_json(
     capped = runner.invoke(app, ["budget-cap", "icu", "--epsilon", "4", "--delta", "1e-5", *node])
     assert capped.exit_code == 0, capped.output
     assert "ε=4" in capped.output
-    assert events[0][0] == "config.changed"
+    assert events[0][0] == "budget.cap_set"
     assert events[0][1]["dataset"] == "icu"
 
     ledger = PrivacyLedger(tmp_path / "node" / LEDGER_FILE)

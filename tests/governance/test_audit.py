@@ -247,6 +247,7 @@ def test_empty_and_missing_logs(tmp_path: Path, kit_a: Kit) -> None:
 def _sent(log: AuditLog, round_: int, payload: bytes) -> None:
     digest = hashlib.sha256(payload).hexdigest()
     data = {"run_id": "r1", "round": round_, "kind": "train"}
+    log.append("job.accepted", data)  # a governed node decides before it sends
     log.append(SENT_EVENT, {**data, "payload_sha256": digest, "bytes": len(payload)})
 
 

@@ -37,25 +37,25 @@ def test_cap_is_audited_and_reported(tmp_path: Path) -> None:
     ledger.set_cap("icu", 2.0, 1e-5)
     assert events == [
         (
-            "config.changed",
+            "budget.cap_set",
             {
-                "setting": "privacy_cap",
                 "dataset": "icu",
                 "epsilon": 3.0,
                 "delta": 1e-5,
                 "previous_epsilon": None,
                 "previous_delta": None,
+                "source": "cli",
             },
         ),
         (
-            "config.changed",
+            "budget.cap_lowered",
             {
-                "setting": "privacy_cap",
                 "dataset": "icu",
                 "epsilon": 2.0,
                 "delta": 1e-5,
                 "previous_epsilon": 3.0,
                 "previous_delta": 1e-5,
+                "source": "cli",
             },
         ),
     ]

@@ -16,11 +16,13 @@ import numpy as np
 import pytest
 
 from biofed.coordinator._job import JobSpec
-from biofed.core import ConfigurationError, Instruction, MessageKind, Reply
+from biofed.core import BiofedError, ConfigurationError, Instruction, MessageKind, Reply
 from biofed.data import write_site_files
 from biofed.datasets import load_tcga_brca
 from biofed.governance import (
     ApprovalStore,
+    AuditLog,
+    AuditSigner,
     DatasetRegistry,
     OutputPolicy,
     Party,
@@ -85,8 +87,10 @@ class Site:
             shutil.copy(fed / name / "cert.pem", root / "certificates" / f"{name}.pem")
         shutil.copy(packed, root / "bundles" / f"{self.digest}.zip")
         self.registry = DatasetRegistry(root / "datasets.json")
-        self.approvals = ApprovalStore(root / "approvals.json")
         self.audit = root / "audit.jsonl"
+        # approvals are recorded in (and read back from) the node's signed audit log
+        log = AuditLog(self.audit, AuditSigner.from_kit(kits["a"]))
+        self.approvals = ApprovalStore(root / "approvals.json", audit=log)
         (root / "node.toml").write_text(
             f'[datasets.brca]\npath = "{self.csv}"\nformat = "csv"\nsplit_column = "split"\n'
             'targets = { event = "event", time = "time" }\n\n'
@@ -135,9 +139,11 @@ class Site:
         return NodeApp("a", NodeConfig.from_toml(self.root / "node.toml"), kit=self.kits["a"])
 
     def events(self) -> list[dict[str, Any]]:
+        """The node's entries (the operator's approvals, also in this log, left out)."""
         if not self.audit.exists():
             return []
-        return [json.loads(line) for line in self.audit.read_text().splitlines()]
+        entries = [json.loads(line) for line in self.audit.read_text().splitlines()]
+        return [e for e in entries if e["event"] not in ("bundle.approved", "bundle.revoked")]
 
 
 @pytest.fixture
@@ -582,3 +588,73 @@ def test_a_job_whose_dp_settings_violate_the_agreement_is_refused(
     _with_caps(site, 100.0)
     site.setup(privacy=DP_AGREEMENT)
     _refused(site, _dp_inst(site, **settings), "privacy", text)
+
+
+def _hand_approve(site: Site, digest: str) -> None:
+    """What an operator bypassing the audited command does: edit approvals.json."""
+    doc = json.loads((site.root / "approvals.json").read_text())
+    doc["approvals"][digest] = {"by": "mallory", "note": "", "approved_at": "2026-01-01"}
+    (site.root / "approvals.json").write_text(json.dumps(doc))
+
+
+def test_a_hand_edited_approval_is_refused_at_start_and_at_use(site: Site) -> None:
+    site.setup()
+    other = "ab" * 32
+    running = site.app()  # started before the edit
+    _hand_approve(site, other)
+    with pytest.raises(ConfigurationError, match="no approval of it in force") as refused:
+        site.app()  # the node does not start
+    assert "\n" not in str(refused.value)
+    assert "approvals.json" in str(refused.value)
+    assert "biofed node approve" in str(refused.value)
+    # a node already running does not take the edit either: the log decides at use
+    reply = running.handle(_inst(site, bundle=other))
+    assert reply.error is not None
+    assert "bundle" in reply.error
+    assert running.policy is not None
+    with pytest.raises(ConfigurationError, match="no approval of it in force"):
+        running.policy.approvals.is_approved(other)
+    # the genuine approval still counts; revoking it through the store is recorded and holds
+    assert running.policy.approvals.is_approved(site.digest)
+    site.approvals.revoke(site.digest)
+    assert not running.policy.approvals.is_approved(site.digest)
+    _hand_approve(site, site.digest)  # putting it back by hand does not re-approve it
+    with pytest.raises(ConfigurationError, match="no approval of it in force"):
+        running.policy.approvals.is_approved(site.digest)
+
+
+def test_an_approval_written_into_the_log_by_another_key_does_not_count(site: Site) -> None:
+    site.setup(approve=False)
+    other_site = AuditLog(site.root / "b-audit.jsonl", AuditSigner.from_kit(site.kits["b"]))
+    entry = other_site.append("bundle.approved", {"bundle": site.digest, "by": "b"})
+    with site.audit.open("ab") as log:  # append b's signed entry to a's log
+        log.write(entry.line())
+    ApprovalStore(site.root / "approvals.json").approve(site.digest, by="x")  # file only
+    with pytest.raises(BiofedError, match="signed by 'a'"):
+        site.app()
+
+
+def test_the_coordinator_head_is_recorded_and_the_reply_carries_the_node_head(
+    site: Site,
+) -> None:
+    site.setup()
+    app = site.app()
+    coordinator_head = "7:" + "c" * 64
+    inst = dataclasses.replace(_inst(site), audit_head=coordinator_head)
+    reply = app.handle(inst)
+    assert reply.ok, reply.error
+    entries = [json.loads(line) for line in site.audit.read_text().splitlines()]
+    anchored = [e for e in entries if e["event"] == "audit.anchored"]
+    assert [e["data"]["anchor"] for e in anchored] == [
+        {"peer": "coordinator", "seq": 7, "hash": "c" * 64}
+    ]
+    last = entries[-1]
+    assert last["event"] == "round.sent"
+    assert reply.audit_head == f"{last['seq']}:{last['hash']}"
+    # the same head again is not recorded twice; a refusal carries the head too
+    refused = app.handle(dataclasses.replace(inst, config={**inst.config, "dataset": "nope"}))
+    assert refused.error is not None
+    entries = [json.loads(line) for line in site.audit.read_text().splitlines()]
+    assert len([e for e in entries if e["event"] == "audit.anchored"]) == 1
+    assert entries[-1]["event"] == "job.refused"
+    assert refused.audit_head == f"{entries[-1]['seq']}:{entries[-1]['hash']}"

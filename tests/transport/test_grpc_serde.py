@@ -153,3 +153,31 @@ def test_unknown_blob_and_bad_kind_are_refused() -> None:
             "a",
             max_bytes=10**6,
         )
+
+
+def test_audit_heads_travel_both_ways_and_a_malformed_one_is_refused() -> None:
+    head = "41:" + "a" * 64
+    inst = Instruction(
+        run_id="r",
+        round=1,
+        node_id="a",
+        kind=MessageKind.TRAIN,
+        parameters=_params(10),
+        audit_head=head,
+    )
+    payload = pack(inst.parameters, {})
+    header = instruction_header(inst, "t", payload)
+    blobs = _assemble(list(chunks("t", payload)), list(payload.blobs), payload.size)
+    assert instruction_from_wire(header, blobs, "a", max_bytes=10**8).audit_head == head
+    reply = Reply(run_id="r", round=1, node_id="a", kind="evaluate", audit_head="7:" + "b" * 64)
+    empty = pack(None, {})
+    wire = reply_header(reply, "t", empty)
+    assert reply_from_wire(wire, {}, "a", max_bytes=10**8).audit_head == reply.audit_head
+    # a head that is not "<seq>:<64 hex>" never reaches the receiver's audit log
+    wire.audit_head = "7:" + "b" * 64 + '","forged":"x'
+    with pytest.raises(PayloadError, match="audit_head"):
+        reply_from_wire(wire, {}, "a", max_bytes=10**8)
+    assert (
+        reply_from_wire(pb.ReplyHeader(run_id="r", kind="train"), {}, "a", max_bytes=1).audit_head
+        == ""
+    )

@@ -19,6 +19,7 @@ from rich.table import Table
 
 from biofed.cli._common import clean_errors, err
 from biofed.core import PolicyViolation
+from biofed.governance import AnchorReport, check_against, check_expected_head
 from biofed.governance._audit_entry import AuditLogError
 from biofed.governance._audit_reconcile import ReconcileReport, reconcile
 from biofed.governance._audit_verify import AuditSource, verify_log
@@ -47,20 +48,59 @@ def verify_command(
     writer: Annotated[
         str | None, typer.Option("--writer", help="Whose log it must be (certificate name).")
     ] = None,
+    against: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--against",
+            help="The other party's log (the coordinator's for a node's log, a node's for the "
+            "coordinator's): LOG must still hold every head of it recorded there. Repeatable.",
+        ),
+    ] = None,
+    expect_head: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--expect-head",
+            help="A head LOG must hold ('SEQ:HASH' or 'HASH', as this command prints it). "
+            "Repeatable.",
+        ),
+    ] = None,
 ) -> None:
-    """Check the chain, hashes and signatures of LOG; name the first bad entry."""
+    """Check the chain, hashes and signatures of LOG; name the first bad entry.
+
+    With --against or --expect-head, also report a LOG that ends before (or differs at) a
+    head the other party recorded: a truncated or rewritten log.
+    """
+    checks: list[AnchorReport] = []
     with clean_errors():
         source = AuditSource.beside(log, cert=cert, ca=ca)
         try:
             report = verify_log(source.path, source.cert_pem, source.ca_pem, writer=writer)
+            peers = [check_against(source, AuditSource.beside(o, ca=ca)) for o in against or ()]
+            checks += peers
+            for head in expect_head or ():
+                checks.append(check_expected_head(source, head))
         except PolicyViolation as exc:
             raise _refused(exc) from exc
+    problems = [line for check in checks for line in check.problems]
     if not report.ok:
         print(f"FAILED at entry {report.first_bad}: {report.reason}")
         print(f"({report.entries} entries before it verified; writer {report.writer})")
+    for line in problems:
+        print(f"FAILED: {line}")
+    if not report.ok or problems:
         raise typer.Exit(code=1)
     print(f"OK: {report.entries} entries, written and signed by {report.writer}")
-    print(f"head {report.head}")
+    for check in checks:
+        latest = "" if check.latest is None else f", the furthest at entry {check.latest.seq}"
+        print(f"holds the {check.anchors} head(s) recorded by {check.witness}{latest}")
+        anchored = 0 if check.latest is None else check.latest.seq
+        if check in peers and anchored < report.entries:
+            print(
+                f"  entries {anchored + 1}-{report.entries} came after the last head "
+                f"{check.witness} recorded: their removal shows only against a head kept "
+                "elsewhere (--expect-head with the head below)"
+            )
+    print(f"head {report.entries}:{report.head}" if report.entries else f"head {report.head}")
 
 
 @app.command("reconcile")
@@ -134,10 +174,12 @@ def _render(report: ReconcileReport) -> None:
     out.print(table)
     for line in report.invalid:
         out.print(f"[red]invalid:[/] {escape(line)}")
+    for line in report.missing:
+        out.print(f"[red]missing:[/] {escape(line)}")
     if report.unchecked_nodes:
         out.print(f"no log given for: {', '.join(report.unchecked_nodes)}")
     problems = len(report.mismatched) + len(report.sent_not_received)
-    problems += len(report.received_not_sent) + len(report.invalid)
+    problems += len(report.received_not_sent) + len(report.invalid) + len(report.missing)
     verdict = "OK" if report.ok else f"FAILED: {problems} problem(s)"
     out.print(
         f"{verdict}; {len(report.matched)} payload(s) matched across {len(report.nodes)} node(s)"

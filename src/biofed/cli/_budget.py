@@ -1,5 +1,6 @@
 """``biofed node budget [DATASET]`` and ``biofed node budget-cap``: the site's privacy-budget
-ledger (``NODE/privacy.db``), per dataset and per job."""
+ledger (``NODE/privacy.db``), per dataset and per job. Caps only go down unless raised
+explicitly with ``--raise`` (see :class:`~biofed.governance.PrivacyLedger`)."""
 
 from __future__ import annotations
 
@@ -96,14 +97,33 @@ def budget_cap_command(
         float, typer.Option("--delta", help="Total δ this dataset may spend across all jobs.")
     ],
     node_dir: NodeDir,
+    raise_cap: Annotated[
+        bool,
+        typer.Option(
+            "--raise",
+            help="Allow raising the cap (audited as budget.cap_raised). Without it a cap "
+            "can only be set or lowered.",
+        ),
+    ] = False,
 ) -> None:
-    """Set the site's privacy-budget cap (ε, δ) on a dataset (audited as config.changed)."""
+    """Set or lower the site's privacy-budget cap (ε, δ) on a dataset; raise it with --raise.
+
+    Caps only go down by themselves: node.toml can lower a cap at node start but never raise
+    it, so a cap lowered here survives a restart. Every change is in the site's audit log
+    (budget.cap_set, budget.cap_lowered, budget.cap_raised).
+    """
     with clean_errors():
         audit = kit_audit(node_dir)  # the node's own signed log, when node_dir is its kit
         ledger = PrivacyLedger(node_dir / LEDGER_FILE, audit=audit)
-        ledger.set_cap(dataset, epsilon, delta)
+        change = ledger.set_cap(dataset, epsilon, delta, allow_raise=raise_cap, source="cli")
         status = ledger.spent(dataset)
+    before = (
+        ""
+        if change.previous is None
+        else f" (was ε={_num(change.previous[0])}, δ={_num(change.previous[1])})"
+    )
     out.print(
-        f"cap on [bold]{escape(dataset)}[/]: ε={_num(epsilon)}, δ={_num(delta)} "
-        f"(spent ε={_num(status.spent_epsilon)}, remaining ε={_num(status.remaining_epsilon)})"
+        f"cap on [bold]{escape(dataset)}[/] {change.action}: ε={_num(change.epsilon)}, "
+        f"δ={_num(change.delta)}{before}; spent ε={_num(status.spent_epsilon)}, "
+        f"remaining ε={_num(status.remaining_epsilon)}"
     )

@@ -185,10 +185,9 @@ def _set_up_site(kit: Kit, root: Path, signed: SignedAgreement, digest: str) -> 
         "agreement.signed",
         {"agreement": AGREEMENT_ID, "digest": signed.agreement.digest()},
     )
-    approval = ApprovalStore(folder / "approvals.json").approve(
+    ApprovalStore(folder / "approvals.json", audit=log).approve(  # recorded in the log
         digest, by=f"{kit.name} data steward", note="read task.py: built-in Cox PH, no I/O"
     )
-    log.append("bundle.approved", {"digest": digest, "by": approval.by})
     with (folder / "node.toml").open("a", encoding="utf-8") as toml:
         toml.write(GOVERNANCE_TOML)
 

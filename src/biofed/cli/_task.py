@@ -13,8 +13,18 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from biofed.cli._common import call, kit_audit
-from biofed.governance._bundle import ApprovalStore, Bundle, pack_bundle, read_bundle
+from biofed.cli._common import call
+from biofed.core import ConfigurationError
+from biofed.governance import (
+    LOG_FILE,
+    ApprovalStore,
+    AuditLog,
+    AuditSigner,
+    Bundle,
+    pack_bundle,
+    read_bundle,
+)
+from biofed.identity import load_kit
 
 app = typer.Typer(help="Package task code as bundles named by their digest.", no_args_is_help=True)
 node_bundle_app = typer.Typer(
@@ -70,6 +80,31 @@ def review_command(bundle: BundleArg) -> None:
     typer.echo(f"to approve this exact code: biofed node approve {loaded.digest} --store FILE")
 
 
+KitOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--kit",
+        help="The site's kit, whose signed audit log records the decision (default: the "
+        "folder of --store, when it is a kit).",
+    ),
+]
+
+
+def _store(store: Path, kit: Path | None) -> ApprovalStore:
+    """The approvals file with the site's audit log: the log is what the node believes."""
+    folder = kit or store.parent
+    if not ((folder / "kit.toml").is_file() and (folder / "key.pem").is_file()):
+        if kit is not None:
+            raise ConfigurationError(f"{kit} is not a participant kit (no kit.toml and key.pem)")
+        out.print(
+            "[yellow]warning:[/] not recorded in a signed audit log (no kit next to the "
+            "store; pass --kit): a governed node will not accept this approval"
+        )
+        return ApprovalStore(store)
+    log = AuditLog(folder / LOG_FILE, AuditSigner.from_kit(load_kit(folder)))
+    return ApprovalStore(store, audit=log)
+
+
 @node_bundle_app.command("approve")
 def approve_command(
     digest: DigestArg,
@@ -78,19 +113,18 @@ def approve_command(
     by: Annotated[
         str | None, typer.Option("--by", help="Who approves (default: the OS user).")
     ] = None,
+    kit: KitOpt = None,
 ) -> None:
-    """Approve a bundle digest at this site."""
+    """Approve a bundle digest at this site (recorded as bundle.approved in its audit log)."""
     who = by or getpass.getuser()
-    approval = call(lambda: ApprovalStore(store).approve(digest, by=who, note=note))
-    call(lambda: kit_audit(store.parent)("bundle.approved", {"bundle": digest, "by": who}))
+    approval = call(lambda: _store(store, kit).approve(digest, by=who, note=note))
     out.print(f"approved {approval.digest} by {escape(approval.by)}", highlight=False)
 
 
 @node_bundle_app.command("revoke")
-def revoke_command(digest: DigestArg, store: StoreOpt) -> None:
-    """Withdraw this site's approval of a bundle digest."""
-    call(lambda: ApprovalStore(store).revoke(digest))
-    call(lambda: kit_audit(store.parent)("bundle.revoked", {"bundle": digest}))
+def revoke_command(digest: DigestArg, store: StoreOpt, kit: KitOpt = None) -> None:
+    """Withdraw this site's approval of a bundle digest (recorded as bundle.revoked)."""
+    call(lambda: _store(store, kit).revoke(digest))
     out.print(f"revoked {digest}", highlight=False)
 
 

@@ -23,12 +23,15 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from biofed.coordinator._anchored import AnchoredTransport
 from biofed.coordinator._engine import EngineConfig, EngineListener, RoundEngine
 from biofed.coordinator._job import JobSpec
 from biofed.coordinator._records import RoundRecord, RunCancelled, RunEvent
 from biofed.coordinator._store import Checkpoint, RunRow, RunStatus, StateStore
 from biofed.core import BiofedError
 from biofed.tasks import make_task
+from biofed.governance import AuditLog
+from biofed.transport import Transport
 from biofed.transport.grpc import NodeHub
 
 
@@ -71,6 +74,9 @@ class RunExecutor:
         Seconds a round waits for ``min_nodes`` sites before the engine records it failed.
     audit:
         Appends an entry to the coordinator's audit log (``run.finished``, ``run.failed``…).
+    anchor:
+        The coordinator's audit log, whose head every instruction carries
+        (:class:`~biofed.coordinator._anchored.AnchoredTransport`), or None.
     """
 
     def __init__(
@@ -82,6 +88,7 @@ class RunExecutor:
         *,
         node_wait: float = 60.0,
         audit: Callable[[str, dict[str, Any]], None] = lambda event, data: None,
+        anchor: AuditLog | None = None,
     ) -> None:
         self.store = store
         self.hub = hub
@@ -89,6 +96,7 @@ class RunExecutor:
         self.stopping = stopping
         self.node_wait = node_wait
         self.audit = audit
+        self.anchor = anchor
 
     # -- the run -------------------------------------------------------------------------------
     def execute(self, row: RunRow, cancel: threading.Event) -> None:
@@ -116,7 +124,9 @@ class RunExecutor:
         if current.status is RunStatus.PENDING:
             self.store.set_run_status(run_id, RunStatus.RUNNING)
         listener = self.listener(run_id)
-        transport = self.hub.transport_for(run_id, spec.dataset)
+        transport: Transport = self.hub.transport_for(run_id, spec.dataset)
+        if self.anchor is not None:  # each instruction carries the coordinator's audit head
+            transport = AnchoredTransport(transport, self.anchor)
         try:
             engine = RoundEngine(
                 strategy,

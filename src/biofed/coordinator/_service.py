@@ -45,8 +45,11 @@ from biofed.core import (
     encode_parameters,
 )
 from biofed.governance import (
+    ANCHOR_EVENT,
+    ANCHOR_KEY,
     RECEIVED_EVENT,
     AuditLog,
+    anchor_data,
     check_digest,
     read_bundle,
     reply_payload,
@@ -100,6 +103,10 @@ class _StoreListener:
         )
 
     def on_reply(self, server_round: int, reply: Reply, accepted: bool) -> None:
+        # The node's audit head is anchored here: in the receipt, or for a refusal in its
+        # own entry (biofed.governance._audit_anchor: truncation becomes evident).
+        head = reply.audit_head
+        anchor = {ANCHOR_KEY: anchor_data(reply.node_id, head)} if head else {}
         if accepted and self.audit is not None:
             digest, size = payload_digest(reply)
             self.audit.append(
@@ -111,8 +118,12 @@ class _StoreListener:
                     "kind": reply.kind.value,
                     "payload_sha256": digest,
                     "bytes": size,
+                    **anchor,
                 },
             )
+        elif self.audit is not None and anchor and reply.error is not None:
+            where = {"run_id": reply.run_id, "round": reply.round, "kind": reply.kind.value}
+            self.audit.append(ANCHOR_EVENT, {**anchor, **where, "node_id": reply.node_id})
         if accepted:
             self.store.append_event(
                 self.run_id,
@@ -220,6 +231,7 @@ class Coordinator:
             self.scheduler.stopping,
             node_wait=node_wait,
             audit=self._audit,
+            anchor=audit,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -38,6 +39,25 @@ def _freeze_extras(extras: Mapping[str, ParameterSet]) -> Mapping[str, Parameter
 
 _EMPTY_EXTRAS: Mapping[str, ParameterSet] = MappingProxyType({})
 
+_AUDIT_HEAD = re.compile(r"[1-9][0-9]{0,17}:[0-9a-f]{64}")
+
+
+def check_audit_head(value: str) -> str:
+    """``value`` if it is ``""`` or an audit-log head ``"<seq>:<64 lowercase hex>"``.
+
+    A head names the sender's newest audit entry (its position and hash); the other party
+    records it in its own log so that a later truncation of the sender's log is evident
+    (see :mod:`biofed.governance._audit_anchor`).
+
+    Raises
+    ------
+    ConfigurationError
+        If it is anything else (so nothing unchecked is written to a log).
+    """
+    if not isinstance(value, str) or (value and not _AUDIT_HEAD.fullmatch(value)):
+        raise ConfigurationError("audit_head must be empty or '<seq>:<64 lowercase hex>'")
+    return value
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Instruction:
@@ -53,6 +73,9 @@ class Instruction:
         Scalar settings for the task (local steps, learning rate, proximal mu, split…).
     extras:
         Further named arrays some strategies send (SCAFFOLD's server control variate).
+    audit_head:
+        The coordinator's audit-log head when it sent this (``"<seq>:<hash>"``, or ``""``
+        when it keeps no log): the node records it in its own log.
     """
 
     run_id: str
@@ -62,6 +85,7 @@ class Instruction:
     parameters: ParameterSet
     config: Config = field(default_factory=lambda: MappingProxyType({}))
     extras: Mapping[str, ParameterSet] = field(default_factory=lambda: _EMPTY_EXTRAS)
+    audit_head: str = ""
 
     def __post_init__(self) -> None:
         check_id(self.run_id, what="run_id")
@@ -71,6 +95,7 @@ class Instruction:
         object.__setattr__(self, "kind", MessageKind(self.kind))
         object.__setattr__(self, "config", freeze_config(self.config))
         object.__setattr__(self, "extras", _freeze_extras(self.extras))
+        check_audit_head(self.audit_head)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,6 +114,9 @@ class Reply:
         Further named arrays (SCAFFOLD's control-variate delta).
     error:
         ``None`` on success; else ``"code: message"`` with no record-level data.
+    audit_head:
+        The node's audit-log head once this reply was logged (``"<seq>:<hash>"``, or ``""``
+        for a node without a log): the coordinator records it in its own log.
     """
 
     run_id: str
@@ -100,6 +128,7 @@ class Reply:
     metrics: Metrics = field(default_factory=lambda: MappingProxyType({}))
     extras: Mapping[str, ParameterSet] = field(default_factory=lambda: _EMPTY_EXTRAS)
     error: str | None = None
+    audit_head: str = ""
 
     def __post_init__(self) -> None:
         check_id(self.run_id, what="run_id")
@@ -111,6 +140,7 @@ class Reply:
         object.__setattr__(self, "kind", MessageKind(self.kind))
         object.__setattr__(self, "metrics", freeze_metrics(self.metrics))
         object.__setattr__(self, "extras", _freeze_extras(self.extras))
+        check_audit_head(self.audit_head)
 
     @property
     def ok(self) -> bool:

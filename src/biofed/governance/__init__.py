@@ -15,7 +15,17 @@ from biofed.governance._agreement import (
     verify,
     write_agreement,
 )
-from biofed.governance._audit import AuditLog
+from biofed.governance._audit import AuditFollower, AuditLog
+from biofed.governance._audit_anchor import (
+    ANCHOR_EVENT,
+    ANCHOR_KEY,
+    COORDINATOR_PEER,
+    AnchorReport,
+    AuditHead,
+    anchor_data,
+    check_against,
+    check_expected_head,
+)
 from biofed.governance._audit_entry import GENESIS, LOG_FILE, AuditEntry, AuditLogError
 from biofed.governance._audit_reconcile import (
     RECEIVED_EVENT,
@@ -44,7 +54,14 @@ from biofed.governance._datasets import (
     RegisteredDataset,
     file_digest,
 )
-from biofed.governance._ledger import LEDGER_FILE, BudgetStatus, Debit, JobSpend, PrivacyLedger
+from biofed.governance._ledger import (
+    LEDGER_FILE,
+    BudgetStatus,
+    CapChange,
+    Debit,
+    JobSpend,
+    PrivacyLedger,
+)
 from biofed.governance._policy import (
     Clearance,
     PolicyRequest,
@@ -54,15 +71,21 @@ from biofed.governance._policy import (
 )
 
 __all__ = [
+    "ANCHOR_EVENT",
+    "ANCHOR_KEY",
+    "COORDINATOR_PEER",
     "GENESIS",
     "LEDGER_FILE",
     "LOG_FILE",
     "RECEIVED_EVENT",
     "SENT_EVENT",
     "AgreementStatus",
+    "AnchorReport",
     "Approval",
     "ApprovalStore",
     "AuditEntry",
+    "AuditFollower",
+    "AuditHead",
     "AuditLog",
     "AuditLogError",
     "AuditSigner",
@@ -70,6 +93,7 @@ __all__ = [
     "BudgetStatus",
     "Bundle",
     "BundleInfo",
+    "CapChange",
     "Clearance",
     "DatasetCheck",
     "DatasetRegistry",
@@ -89,7 +113,10 @@ __all__ = [
     "StudyAgreement",
     "Transfer",
     "VerifyReport",
+    "anchor_data",
+    "check_against",
     "check_digest",
+    "check_expected_head",
     "check_instruction",
     "control_reply",
     "file_digest",

@@ -14,7 +14,7 @@ import math
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,9 +72,11 @@ class AuditLog:
     cannot change, insert, remove or reorder an entry without :func:`verify_log` naming the
     place, nor rewrite the chain without the writer's key (hash chain as in RFC 6962's
     append-only logs, ECDSA signatures per FIPS 186-5). Dropping the newest entries is only
-    detectable against a head hash recorded elsewhere (``VerifyReport.head``) or against the
-    peer's log (:func:`reconcile`). ``fcntl.flock`` serialises writers; each entry is written
-    with one ``write`` and ``fsync``-ed before :meth:`append` returns (durable, POSIX).
+    detectable against a head recorded elsewhere: :meth:`head` travels with every message to
+    the other party, which records it in its own log (:mod:`~biofed.governance._audit_anchor`),
+    and ``biofed audit verify LOG --against OTHER`` checks it. ``fcntl.flock`` serialises
+    writers; each entry is written with one ``write`` and ``fsync``-ed before :meth:`append`
+    returns (durable, POSIX).
     """
 
     def __init__(
@@ -108,6 +110,26 @@ class AuditLog:
     def writer(self) -> str:
         """The writer's participant name."""
         return self._signer.name
+
+    def follower(self, *, signed_events: Collection[str] | None = None) -> AuditFollower:
+        """A reader of this log's entries, each checked against this writer's key (only
+        those of ``signed_events`` when given; the chain is checked for all)."""
+        return AuditFollower(self._path, self._signer, signed_events=signed_events)
+
+    def head(self) -> str:
+        """The log's head, ``"<seq>:<hash>"`` of its newest entry (``""`` while empty).
+
+        This is what the other party of an exchange records in its own log (see
+        :mod:`biofed.governance._audit_anchor`); it covers every entry up to ``seq``.
+
+        Raises
+        ------
+        AuditLogError
+            If the log was damaged or written by someone else since it was opened.
+        """
+        with self._lock, self._locked() as fd:
+            tail = self._read_tail(fd)
+        return "" if tail.seq == 0 else f"{tail.seq}:{tail.hash}"
 
     def append(self, event: str, data: Mapping[str, Any] | None = None) -> AuditEntry:
         """Sign and append one entry, durably, and return it.
@@ -202,6 +224,88 @@ class AuditLog:
             )
         self._tail = _Tail(stamp, entry.seq, entry.hash)
         return self._tail
+
+
+class AuditFollower:
+    """Reads one's own audit log incrementally: each call returns the entries appended since
+    the last one, each checked (canonical form, chain, position, and signed by ``signer``;
+    with ``signed_events``, the signature of those events only: the chain already fixes the
+    others, and a reader that derives state from some events needs only theirs signed).
+
+    Used to derive state from the log itself rather than from an unsigned side file (the
+    site's bundle approvals, :class:`~biofed.governance.ApprovalStore`).
+
+    Security notes
+    --------------
+    Threat: state kept in a plain file next to the log (``approvals.json``) is edited by hand,
+    bypassing the audited command. Read back from the signed, hash-chained log, such state
+    can only come from entries signed with the writer's key (ECDSA P-256, FIPS 186-5) in an
+    unbroken chain (RFC 6962-style). A log replaced or shortened under the reader starts the
+    reading over (``reset``), so nothing it no longer holds is remembered.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        signer: AuditSigner,
+        *,
+        signed_events: Collection[str] | None = None,
+    ) -> None:
+        self._path = Path(path)
+        self._signer = signer
+        self._signed_events = None if signed_events is None else frozenset(signed_events)
+        self._lock = threading.Lock()
+        self._stamp: tuple[int, int] | None = None  # (inode, offset) read so far
+        self._seq = 0
+        self._prev = GENESIS
+
+    def read(self) -> tuple[list[AuditEntry], bool]:
+        """``(new entries, reset)``: ``reset`` is true when the log was replaced or shortened
+        since the last call (the entries then start from the first one; forget the rest).
+
+        Raises
+        ------
+        AuditLogError
+            If an entry is damaged, out of place or not signed by the writer.
+        """
+        with self._lock:
+            try:
+                stream = self._path.open("rb")
+            except FileNotFoundError:
+                reset = self._stamp is not None
+                self._stamp, self._seq, self._prev = None, 0, GENESIS
+                return [], reset
+            with stream:
+                info = os.fstat(stream.fileno())
+                reset = self._stamp is not None and (
+                    self._stamp[0] != info.st_ino or info.st_size < self._stamp[1]
+                )
+                if reset or self._stamp is None:
+                    self._stamp, self._seq, self._prev = (info.st_ino, 0), 0, GENESIS
+                offset = self._stamp[1]
+                stream.seek(offset)
+                entries: list[AuditEntry] = []
+                while (raw := stream.readline(MAX_LINE_BYTES + 1)).endswith(b"\n"):
+                    entries.append(self._check(raw[:-1], self._seq + 1))
+                    offset += len(raw)
+                    self._seq, self._prev = entries[-1].seq, entries[-1].hash
+                    self._stamp = (info.st_ino, offset)
+            return entries, reset
+
+    def _check(self, raw: bytes, seq: int) -> AuditEntry:
+        where = f"{self._path} entry {seq}"
+        try:
+            entry = parse_entry(raw)
+        except BadEntry as exc:
+            raise AuditLogError(f"{where} is damaged ({exc})") from exc
+        if entry.seq != seq or entry.prev != self._prev:
+            raise AuditLogError(f"{where} is out of place: the chain is broken")
+        if entry.writer != self._signer.name:
+            raise AuditLogError(f"{where} names writer {entry.writer!r}, not {self._signer.name!r}")
+        checked = self._signed_events is None or entry.event in self._signed_events
+        if checked and not self._signer.signed_by_me(entry):
+            raise AuditLogError(f"{where} is not signed by {self._signer.name!r}")
+        return entry
 
 
 def _json_object(data: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -14,6 +14,14 @@ coordinator logs every payload it accepts as a :data:`RECEIVED_EVENT` entry::
 ``payload_sha256`` and ``bytes`` are the SHA-256 and length of the exact reply bytes on the
 wire (the encoded reply, before transport chunking); further keys (metric names, ε spent) may
 be added. Entries are paired by (run_id, round, node id, kind), in log order.
+
+Beyond the payloads, :func:`reconcile` reports entries that must exist but do not
+(``ReconcileReport.missing``): a log that ends before, or differs at, a head of it the other
+party recorded (:func:`~biofed.governance.check_against`, both ways, so a dropped
+``budget.debited``, ``job.accepted`` or ``bundle.approved`` before an acknowledged head is
+evident), and in a node's log a training or evaluation ``round.sent`` with no
+``job.accepted`` before it, a ``round.sent`` with an ε and no ``budget.debited`` for its round,
+and a ``job.accepted`` of a bundle with no ``bundle.approved`` of it in force.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from biofed.core import MessageKind, PolicyViolation, Reply, encode_parameters
+from biofed.governance._audit_anchor import check_against
 from biofed.governance._audit_entry import AuditEntry, AuditLogError
 from biofed.governance._audit_verify import AuditSource, scan_log
 
@@ -87,6 +96,10 @@ class ReconcileReport:
         Events of the two kinds whose data do not follow the schema (one line each).
     unchecked_nodes:
         Nodes the coordinator logged receipts from but whose logs were not given.
+    missing:
+        Entries that must exist but do not (one line each): a log truncated before a head
+        the other party recorded, or a node's ``round.sent`` without the ``job.accepted``,
+        ``budget.debited`` or ``bundle.approved`` that must precede it.
     """
 
     coordinator: str
@@ -97,12 +110,18 @@ class ReconcileReport:
     received_not_sent: tuple[Transfer, ...]
     invalid: tuple[str, ...]
     unchecked_nodes: tuple[str, ...]
+    missing: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
-        """True when every logged payload has an equal counterpart on the other side."""
+        """True when every logged payload has an equal counterpart on the other side and no
+        entry that must exist is missing."""
         return not (
-            self.mismatched or self.sent_not_received or self.received_not_sent or self.invalid
+            self.mismatched
+            or self.sent_not_received
+            or self.received_not_sent
+            or self.invalid
+            or self.missing
         )
 
 
@@ -144,7 +163,11 @@ def reconcile(
     wanted = (SENT_EVENT, RECEIVED_EVENT)
 
     def keep(entry: AuditEntry) -> bool:
-        return entry.event in wanted and (run_id is None or entry.data.get("run_id") == run_id)
+        if entry.event in _APPROVAL_EVENTS:
+            return True
+        if entry.event not in (*wanted, *_PREREQUISITE_EVENTS):
+            return False
+        return run_id is None or entry.data.get("run_id") == run_id
 
     invalid: list[str] = []
     source = _source(coordinator_log)
@@ -157,12 +180,17 @@ def reconcile(
     matched: list[Pairing] = []
     mismatched: list[Pairing] = []
     missing: list[Transfer] = []
+    coordinator_source = source
+    absent: list[str] = []
     for node_log in node_logs:
         source = _source(node_log)
         node, sent = _scan(source, {"site"}, keep, now)
         if node in nodes:
             raise PolicyViolation(f"two node logs are written by {node!r}")
         nodes.append(node)
+        absent += _unbacked(sent, source)
+        for log, other in ((source, coordinator_source), (coordinator_source, source)):
+            absent += check_against(log, other, now=now).problems
         for entry in sent:
             if entry.event != SENT_EVENT or not (item := _transfer(entry, node, source, invalid)):
                 continue
@@ -188,7 +216,51 @@ def reconcile(
         received_not_sent=tuple(sorted(extra, key=lambda t: t.seq)),
         invalid=tuple(invalid),
         unchecked_nodes=tuple(unchecked),
+        missing=tuple(dict.fromkeys(absent)),
     )
+
+
+_PREREQUISITE_EVENTS = ("job.accepted", "budget.debited")
+_APPROVAL_EVENTS = ("bundle.approved", "bundle.revoked")
+
+
+def _unbacked(entries: Sequence[AuditEntry], source: AuditSource) -> list[str]:
+    """A node's sent payloads and accepted jobs that lack the entry that must precede them
+    in its own log (the log's order is the node's order of events)."""
+    accepted: set[tuple[Any, Any, Any]] = set()
+    debited: set[tuple[Any, Any]] = set()
+    approved: set[str] = set()
+    problems: list[str] = []
+    for entry in entries:
+        data = entry.data
+        where = f"{source.path} entry {entry.seq}"
+        if entry.event in _APPROVAL_EVENTS:
+            digest = data.get("bundle", data.get("digest"))
+            if isinstance(digest, str):
+                (approved.add if entry.event == "bundle.approved" else approved.discard)(digest)
+        elif entry.event == "job.accepted":
+            accepted.add((data.get("run_id"), data.get("round"), data.get("kind")))
+            bundle = data.get("bundle")
+            if isinstance(bundle, str) and bundle not in approved:
+                problems.append(
+                    f"{where}: job.accepted runs bundle {bundle[:16]}… with no bundle.approved "
+                    "of it in force before (the approval is missing from the log)"
+                )
+        elif entry.event == "budget.debited":
+            debited.add((data.get("run_id"), data.get("round")))
+        elif entry.event == SENT_EVENT:
+            run, rnd, kind = data.get("run_id"), data.get("round"), data.get("kind")
+            if kind in ("train", "evaluate") and (run, rnd, kind) not in accepted:
+                problems.append(
+                    f"{where}: round.sent of run {run!r} round {rnd} ({kind}) has no job.accepted "
+                    "before it (the decision is missing from the log)"
+                )
+            if "dp_epsilon" in data and (run, rnd) not in debited:
+                problems.append(
+                    f"{where}: round.sent of run {run!r} round {rnd} spent ε with no "
+                    "budget.debited before it (the debit is missing from the log)"
+                )
+    return problems
 
 
 def _source(log: AuditSource | str | os.PathLike[str]) -> AuditSource:

@@ -48,6 +48,8 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 
 from biofed.core import ConfigurationError, PayloadError
+from biofed.governance._audit import AuditLog
+from biofed.governance._audit_entry import AuditLogError
 
 #: The file every bundle must contain; it defines ``make_task(**options)``.
 TASK_FILE = "task.py"
@@ -432,28 +434,52 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+APPROVED_EVENT = "bundle.approved"
+"""The audit event of an approval: ``{"bundle": digest, "by": who, "note": why}``."""
+REVOKED_EVENT = "bundle.revoked"
+"""The audit event of a withdrawn approval: ``{"bundle": digest}``."""
+
+
 class ApprovalStore:
-    """A site's local list of approved bundle digests, kept in one JSON file.
+    """A site's approved bundle digests: recorded in its signed audit log, listed in a file.
 
     Parameters
     ----------
     path:
-        The JSON file (created on the first approval).
+        The JSON file (created on the first approval), for people and tools to read.
+    audit:
+        The site's audit log. With it, every approval and revocation is first recorded
+        there (``bundle.approved`` / ``bundle.revoked``), and a digest counts as approved
+        only if the file lists it *and* the log's latest word on it is an approval. Without
+        it (development, tests of the file format) the file alone decides.
     clock:
         Returns the current time (injected for tests).
 
     Security notes
     --------------
-    Threat: a half-written or hand-edited file silently approving code. Writes go to a
-    temporary file that is fsynced and renamed over the old one, so a crash leaves the old
-    or the new list, never a mix; every digest read back is re-validated, and a file that
-    does not parse is an error, never "nothing approved but carry on writing". The file is
-    local state of the node: protect it with file permissions like the node's key.
+    Threat: a hand edit of ``approvals.json`` (adding a digest) silently approves code and
+    bypasses the audited command. With ``audit``, approvals are read back from the signed,
+    hash-chained log (:class:`~biofed.governance.AuditFollower`: ECDSA P-256 signatures, an
+    unbroken chain), so an edit of the file approves nothing, and :meth:`check` — run when
+    the node starts — refuses a file that lists a digest the log does not approve, with one
+    line. Writes go to a temporary file that is fsynced and renamed over the old one, so a
+    crash leaves the old or the new list; a file that does not parse is an error. Anyone
+    holding the site's key can still write both; protect ``key.pem`` like the data.
     """
 
-    def __init__(self, path: str | os.PathLike[str], *, clock: Callable[[], datetime] = _utc_now):
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        audit: AuditLog | None = None,
+        clock: Callable[[], datetime] = _utc_now,
+    ):
         self.path = Path(path)
         self._clock = clock
+        self._audit = audit
+        signed = (APPROVED_EVENT, REVOKED_EVENT)
+        self._follower = None if audit is None else audit.follower(signed_events=signed)
+        self._logged: dict[str, bool] = {}  # digest -> approved, as the log says last
 
     def _load(self) -> dict[str, Approval]:
         if not self.path.exists():
@@ -489,19 +515,40 @@ class ApprovalStore:
         }
         _atomic_write(self.path, (json.dumps(doc, indent=2) + "\n").encode())
 
+    def _from_log(self) -> dict[str, bool]:
+        """Each digest the audit log speaks of: approved (True) or revoked (False) last."""
+        if self._follower is None:
+            return {}
+        try:
+            entries, reset = self._follower.read()
+        except AuditLogError as exc:
+            raise ConfigurationError(f"cannot read the approvals in the audit log: {exc}") from exc
+        if reset:
+            self._logged = {}
+        for entry in entries:
+            if entry.event in (APPROVED_EVENT, REVOKED_EVENT):
+                digest = entry.data.get("bundle", entry.data.get("digest"))
+                if isinstance(digest, str):
+                    self._logged[digest] = entry.event == APPROVED_EVENT
+        return self._logged
+
     def approve(self, digest: str, *, by: str, note: str = "") -> Approval:
-        """Approve ``digest`` (replacing an earlier approval of it) and return the record."""
+        """Approve ``digest`` (replacing an earlier approval of it) and return the record;
+        with an audit log, the approval is recorded there first."""
         check_digest(digest)
         if not by.strip():
             raise ConfigurationError("an approval must name who approved it (by=...)")
         approvals = self._load()
         approval = Approval(digest=digest, by=by, note=note, approved_at=self._clock().isoformat())
+        if self._audit is not None:
+            self._audit.append(APPROVED_EVENT, {"bundle": digest, "by": by, "note": note})
         approvals[digest] = approval
         self._save(approvals)
         return approval
 
     def revoke(self, digest: str) -> Approval:
-        """Withdraw the approval of ``digest`` and return it.
+        """Withdraw the approval of ``digest`` and return it (recorded in the audit log
+        first, when there is one).
 
         Raises
         ------
@@ -510,18 +557,55 @@ class ApprovalStore:
         """
         check_digest(digest)
         approvals = self._load()
-        try:
-            removed = approvals.pop(digest)
-        except KeyError:
-            raise ConfigurationError(f"bundle {digest} is not approved here") from None
+        if digest not in approvals:
+            raise ConfigurationError(f"bundle {digest} is not approved here")
+        if self._audit is not None:
+            self._audit.append(REVOKED_EVENT, {"bundle": digest})
+        removed = approvals.pop(digest)
         self._save(approvals)
         return removed
 
     def is_approved(self, digest: str) -> bool:
-        """Whether ``digest`` is approved (a malformed digest raises)."""
+        """Whether ``digest`` is approved (a malformed digest raises).
+
+        Raises
+        ------
+        ConfigurationError
+            If the file lists ``digest`` but the audit log does not approve it (a hand
+            edit), or either cannot be read.
+        """
         check_digest(digest)
-        return digest in self._load()
+        listed = digest in self._load()
+        if self._follower is None or not listed:
+            return listed
+        if not self._from_log().get(digest, False):
+            raise ConfigurationError(_unlogged(self.path, digest))
+        return True
+
+    def check(self) -> None:
+        """Refuse a file that lists a digest the audit log does not approve (run at node
+        start). Without an audit log there is nothing to check against.
+
+        Raises
+        ------
+        ConfigurationError
+            One line naming the file and the first such digest.
+        """
+        if self._follower is None:
+            return
+        logged = self._from_log()
+        for digest in sorted(self._load()):
+            if not logged.get(digest, False):
+                raise ConfigurationError(_unlogged(self.path, digest))
 
     def list(self) -> tuple[Approval, ...]:
         """Every approval, sorted by digest."""
         return tuple(a for _, a in sorted(self._load().items()))
+
+
+def _unlogged(path: Path, digest: str) -> str:
+    return (
+        f"{path} approves bundle {digest[:16]}… but the site's signed audit log has no "
+        "approval of it in force (was the file edited by hand?); approve bundles with "
+        "`biofed node approve`, which records them"
+    )

@@ -1,7 +1,8 @@
 """The privacy-budget ledger at a node: how much (ε, δ) each dataset has spent, across jobs.
 
 The site, not the researcher, holds the budget. Each dataset gets a cap set by the site
-(:meth:`PrivacyLedger.set_cap`); a study agreement may lower it further for one job
+(:meth:`PrivacyLedger.set_cap` from ``biofed node budget-cap``, :meth:`PrivacyLedger.lower_cap`
+from ``node.toml`` at node start); a study agreement may lower it further for one job
 (``agreement_cap`` on :meth:`PrivacyLedger.reserve`). Before a round's output leaves the
 site, the node asks the ledger to *reserve* the ε(δ) its accountant says the job will have
 spent after that round; the ledger records the debit durably, or refuses and nothing leaves.
@@ -27,8 +28,19 @@ exposed beyond the (ε, δ) its data owner allowed. Ways that happens, and what 
   counted even though nothing was released (conservative).
 * *Check-then-act races.* Two jobs (threads or processes) each see enough budget left and
   both spend it. The check and the record happen in one ``BEGIN IMMEDIATE`` transaction,
-  which holds SQLite's write lock, so reservations are serialised across threads and
-  processes.
+  which holds SQLite's write lock, so reservations are serialised across processes; within
+  a process a lock per dataset admits one reservation at a time (so threads queue in order
+  instead of spinning on SQLite's busy handler). With :meth:`PrivacyLedger.reserve_composed`
+  the job's history is read and composed inside that same transaction, so even two rounds of
+  one job reserved at once cannot both compose from the same stale history.
+* *A cap that creeps back up.* A cap lowered by the site's operator is silently restored by
+  a stale, higher value in ``node.toml`` at the next start. Caps only go down by
+  themselves: ``node.toml`` can set a missing cap or lower one (:meth:`PrivacyLedger.lower_cap`),
+  never raise it; raising is an explicit command (:meth:`PrivacyLedger.set_cap` with
+  ``allow_raise``, ``biofed node budget-cap … --raise``) audited as ``budget.cap_raised``.
+  The effective cap is thus the minimum of ``node.toml``'s, the operator's last explicit
+  setting and (per job) the agreement's (the monotone, fail-safe default of Saltzer &
+  Schroeder 1975: a forgotten or stale setting errs toward less disclosure).
 * *Composition assumed tighter than it is.* Within a job, the job's own accountant composes
   its rounds (RDP or PLD) and the caller passes the cumulative ε(δ). Across jobs the ledger
   knows only each job's (ε_j, δ_j), and composes them by basic composition: k mechanisms
@@ -53,6 +65,7 @@ same patients, the site should give them caps that sum to what it allows for tho
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import os
@@ -63,7 +76,8 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Literal
 
 from biofed.core import ConfigurationError, PrivacyBudgetExceeded, check_id
 from biofed.privacy._checks import check_real
@@ -186,6 +200,61 @@ class BudgetStatus:
         return out
 
 
+CapAction = Literal["set", "lowered", "raised", "kept", "unchanged"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CapChange:
+    """What a cap command did.
+
+    Attributes
+    ----------
+    dataset:
+        The dataset.
+    epsilon, delta:
+        The cap now in force.
+    previous:
+        The cap before, or None if there was none.
+    action:
+        ``"set"`` (there was none), ``"lowered"``, ``"raised"``, ``"kept"`` (a configured
+        higher value was not applied) or ``"unchanged"``.
+    source:
+        Who asked: ``"cli"`` or ``"node.toml"``.
+    requested:
+        For ``"kept"``: the configured value that was not applied.
+    """
+
+    dataset: str
+    epsilon: float
+    delta: float
+    previous: tuple[float, float] | None
+    action: CapAction
+    source: str
+    requested: tuple[float, float] | None = None
+
+
+def _change(
+    dataset: str, previous: tuple[float, float] | None, cap: tuple[float, float], source: str
+) -> CapChange:
+    action: CapAction
+    if previous is None:
+        action = "set"
+    elif cap == previous:
+        action = "unchanged"
+    elif cap[0] > previous[0] or cap[1] > previous[1]:
+        action = "raised"
+    else:
+        action = "lowered"
+    return CapChange(
+        dataset=dataset,
+        epsilon=cap[0],
+        delta=cap[1],
+        previous=previous,
+        action=action,
+        source=source,
+    )
+
+
 def _epsilon(value: object, what: str) -> float:
     number = check_real(what, value)
     if number < 0:
@@ -222,8 +291,10 @@ class PrivacyLedger:
     path:
         The ledger file, normally ``<node folder>/privacy.db`` (:data:`LEDGER_FILE`).
     audit:
-        Called with (event, data) after each change or refusal: ``config.changed`` (a cap
-        was set), ``budget.debited``, ``budget.refused``.
+        Called with (event, data) after each change or refusal: ``budget.cap_set``,
+        ``budget.cap_lowered``, ``budget.cap_raised``, ``budget.cap_kept`` (``node.toml``
+        asked for a higher cap than the ledger's, which stays), ``budget.debited``,
+        ``budget.refused``.
     clock:
         Wall clock (injected for tests).
 
@@ -245,6 +316,13 @@ class PrivacyLedger:
         self._clock = clock
         self._ready = False
         self._init_lock = threading.Lock()
+        self._locks_guard = threading.Lock()
+        self._dataset_locks: dict[str, threading.Lock] = {}
+
+    def _dataset_lock(self, dataset: str) -> threading.Lock:
+        """This process's lock of one dataset: one reservation or cap change at a time."""
+        with self._locks_guard:
+            return self._dataset_locks.setdefault(dataset, threading.Lock())
 
     # -- storage -------------------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
@@ -315,36 +393,101 @@ class PrivacyLedger:
             db.close()
 
     # -- caps ----------------------------------------------------------------------------------
-    def set_cap(self, dataset: str, epsilon: float, delta: float) -> None:
-        """Set (or change) the site's cap on a dataset's total spend across all jobs.
+    def set_cap(
+        self,
+        dataset: str,
+        epsilon: float,
+        delta: float,
+        *,
+        allow_raise: bool = False,
+        source: str = "cli",
+    ) -> CapChange:
+        """Set the site's cap on a dataset's total spend across all jobs (the operator's
+        explicit command, ``biofed node budget-cap``).
 
-        A cap below what the dataset has already spent is allowed: every later reservation on
-        it is then refused. Audited as ``config.changed``.
+        Setting a missing cap or lowering one needs nothing more; a cap below what the
+        dataset has already spent is allowed (every later reservation on it is refused).
+        Raising either component needs ``allow_raise`` (``--raise``). Audited as
+        ``budget.cap_set``, ``budget.cap_lowered`` or ``budget.cap_raised``.
+
+        Raises
+        ------
+        ConfigurationError
+            For a malformed value, or a raise without ``allow_raise`` (nothing changes).
         """
         check_id(dataset, what="dataset name")
         eps = _epsilon(epsilon, "epsilon cap")
         dlt = _delta(delta, "delta cap")
-        with self._transaction(write=True) as db:
-            row = db.execute(
-                "SELECT epsilon, delta FROM caps WHERE dataset = ?", (dataset,)
-            ).fetchone()
-            db.execute(
-                "INSERT INTO caps (dataset, epsilon, delta, updated_at) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (dataset) DO UPDATE SET epsilon = excluded.epsilon, "
-                "delta = excluded.delta, updated_at = excluded.updated_at",
-                (dataset, eps, dlt, self._clock()),
+        with self._dataset_lock(dataset), self._transaction(write=True) as db:
+            previous = self._cap(db, dataset)
+            if (
+                previous is not None
+                and not allow_raise
+                and (eps > previous[0] or dlt > previous[1])
+            ):
+                raise ConfigurationError(
+                    f"the cap on {dataset!r} is ε={previous[0]:.6g}, δ={previous[1]:.6g}; "
+                    f"ε={eps:.6g}, δ={dlt:.6g} would raise it: caps only go down unless "
+                    "raised explicitly (pass --raise; it is audited as budget.cap_raised)"
+                )
+            change = _change(dataset, previous, (eps, dlt), source)
+            if change.action != "unchanged":
+                self._write_cap(db, dataset, eps, dlt)
+        self._audit_cap(change)
+        return change
+
+    def lower_cap(self, dataset: str, epsilon: float, delta: float, *, source: str) -> CapChange:
+        """Apply a configured cap (``node.toml`` at node start) that may only lower the
+        ledger's: a missing cap is set, each component becomes the smaller of the two, and
+        a configured value above the ledger's is not applied (audited once as
+        ``budget.cap_kept``, so that the operator sees that ``--raise`` is needed).
+
+        Returns the change (``action`` ``"set"``, ``"lowered"``, ``"kept"`` or
+        ``"unchanged"``).
+        """
+        check_id(dataset, what="dataset name")
+        eps = _epsilon(epsilon, "epsilon cap")
+        dlt = _delta(delta, "delta cap")
+        with self._dataset_lock(dataset), self._transaction(write=True) as db:
+            previous = self._cap(db, dataset)
+            target = (
+                (eps, dlt) if previous is None else (min(eps, previous[0]), min(dlt, previous[1]))
             )
-        self._audit(
-            "config.changed",
-            {
-                "setting": "privacy_cap",
-                "dataset": dataset,
-                "epsilon": eps,
-                "delta": dlt,
-                "previous_epsilon": None if row is None else row[0],
-                "previous_delta": None if row is None else row[1],
-            },
+            change = _change(dataset, previous, target, source)
+            if change.action != "unchanged":
+                self._write_cap(db, dataset, *target)
+            elif previous is not None and (eps, dlt) != previous:
+                change = dataclasses.replace(change, action="kept", requested=(eps, dlt))
+        self._audit_cap(change)
+        return change
+
+    @staticmethod
+    def _cap(db: sqlite3.Connection, dataset: str) -> tuple[float, float] | None:
+        row = db.execute("SELECT epsilon, delta FROM caps WHERE dataset = ?", (dataset,)).fetchone()
+        return None if row is None else (float(row[0]), float(row[1]))
+
+    def _write_cap(self, db: sqlite3.Connection, dataset: str, eps: float, dlt: float) -> None:
+        db.execute(
+            "INSERT INTO caps (dataset, epsilon, delta, updated_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (dataset) DO UPDATE SET epsilon = excluded.epsilon, "
+            "delta = excluded.delta, updated_at = excluded.updated_at",
+            (dataset, eps, dlt, self._clock()),
         )
+
+    def _audit_cap(self, change: CapChange) -> None:
+        if change.action == "unchanged":
+            return
+        data: dict[str, Any] = {
+            "dataset": change.dataset,
+            "epsilon": change.epsilon,
+            "delta": change.delta,
+            "previous_epsilon": None if change.previous is None else change.previous[0],
+            "previous_delta": None if change.previous is None else change.previous[1],
+            "source": change.source,
+        }
+        if change.requested is not None:
+            data.update(requested_epsilon=change.requested[0], requested_delta=change.requested[1])
+        self._audit(f"budget.cap_{change.action}", data)
 
     # -- spending ------------------------------------------------------------------------------
     def reserve(
@@ -398,11 +541,60 @@ class PrivacyLedger:
         if the audit hook raises, the spend stays recorded and the error reaches the caller,
         which must then not release. Threat and sources: see the module docstring.
         """
+        eps = _epsilon(epsilon_after, "epsilon_after")
+        dlt = _delta(delta_after, "delta_after")
+        return self._reserve(
+            dataset,
+            run_id,
+            round,
+            lambda db: (eps, dlt),
+            agreement_cap=agreement_cap,
+            mechanism=mechanism,
+        )
+
+    def reserve_composed(
+        self,
+        dataset: str,
+        run_id: str,
+        round: int,
+        compose: Callable[[Mapping[int, str]], tuple[float, float]],
+        *,
+        mechanism: str,
+        agreement_cap: tuple[float, float] | None = None,
+    ) -> Debit:
+        """:meth:`reserve`, with the job's cumulative (ε, δ) composed from its recorded
+        history inside the reservation's own transaction.
+
+        ``compose`` gets the job's recorded mechanisms (round → text, as :meth:`mechanisms`
+        returns them, this round's excluded) and returns the job's cumulative (ε, δ) after
+        this round. Reading the history and recording the debit are one ``BEGIN IMMEDIATE``
+        transaction under the dataset's lock, so concurrent rounds never compose from a
+        history that another reservation is about to change.
+        """
+
+        def figures(db: sqlite3.Connection) -> tuple[float, float]:
+            history = _mechanisms(db, dataset, run_id)
+            history.pop(_round(round), None)
+            eps, dlt = compose(MappingProxyType(history))
+            return _epsilon(eps, "epsilon_after"), _delta(dlt, "delta_after")
+
+        return self._reserve(
+            dataset, run_id, round, figures, agreement_cap=agreement_cap, mechanism=mechanism
+        )
+
+    def _reserve(
+        self,
+        dataset: str,
+        run_id: str,
+        round: int,
+        figures: Callable[[sqlite3.Connection], tuple[float, float]],
+        *,
+        agreement_cap: tuple[float, float] | None,
+        mechanism: str | None,
+    ) -> Debit:
         check_id(dataset, what="dataset name")
         check_id(run_id, what="run_id")
         rnd = _round(round)
-        eps = _epsilon(epsilon_after, "epsilon_after")
-        dlt = _delta(delta_after, "delta_after")
         agreement: tuple[float, float] | None = None
         if agreement_cap is not None:
             if not isinstance(agreement_cap, tuple) or len(agreement_cap) != 2:
@@ -415,10 +607,9 @@ class PrivacyLedger:
             )
         now = self._clock()
         refusal: dict[str, Any] | None = None
-        with self._transaction(write=True) as db:
-            cap = db.execute(
-                "SELECT epsilon, delta FROM caps WHERE dataset = ?", (dataset,)
-            ).fetchone()
+        with self._dataset_lock(dataset), self._transaction(write=True) as db:
+            eps, dlt = figures(db)
+            cap = self._cap(db, dataset)
             jobs = {
                 r: (e, d)
                 for r, e, d in db.execute(
@@ -530,12 +721,7 @@ class PrivacyLedger:
         if not self.path.exists():
             return {}
         with self._transaction(write=False) as db:
-            rows = db.execute(
-                "SELECT round, mechanism FROM debits WHERE dataset = ? AND run_id = ? "
-                "AND mechanism IS NOT NULL ORDER BY id",
-                (dataset, run_id),
-            ).fetchall()
-        return {int(r): str(m) for r, m in rows}
+            return _mechanisms(db, dataset, run_id)
 
     def datasets(self) -> list[str]:
         """Every dataset with a cap or a recorded spend, by name."""
@@ -581,6 +767,15 @@ class PrivacyLedger:
             remaining_delta=0.0 if cap is None else max(0.0, cap[1] - spent_d),
             jobs=tuple(jobs),
         )
+
+
+def _mechanisms(db: sqlite3.Connection, dataset: str, run_id: str) -> dict[int, str]:
+    rows = db.execute(
+        "SELECT round, mechanism FROM debits WHERE dataset = ? AND run_id = ? "
+        "AND mechanism IS NOT NULL ORDER BY id",
+        (dataset, run_id),
+    ).fetchall()
+    return {int(r): str(m) for r, m in rows}
 
 
 def _refusal_message(r: Mapping[str, Any], num_jobs: int) -> str:

@@ -43,6 +43,7 @@ from biofed.core import (
     check_id,
 )
 from biofed.data import SiteData
+from biofed.governance import ANCHOR_EVENT, ANCHOR_KEY, COORDINATOR_PEER, anchor_data
 from biofed.governance._audit import AuditLog
 from biofed.governance._audit_reconcile import SENT_EVENT, reply_payload
 from biofed.governance._audit_signer import AuditSigner
@@ -113,6 +114,7 @@ class NodeApp:
         self.task_dirs = config.task_dirs
         self.policy: SitePolicy | None = None
         self.audit: AuditLog | None = None
+        self._peer_head = ""  # the coordinator's audit head last recorded
         #: Downloads a bundle by digest from the coordinator (set by the node process).
         self.fetch_bundle: Callable[[str], bytes] | None = None
         self.allow_weaker = config.sandbox.allow_weaker
@@ -144,9 +146,10 @@ class NodeApp:
 
         ledger = PrivacyLedger(path, audit=hook)
         for dataset, (epsilon, delta) in caps.items():
-            current = ledger.spent(dataset)
-            if (current.cap_epsilon, current.cap_delta) != (epsilon, delta):
-                ledger.set_cap(dataset, epsilon, delta)
+            # Caps only go down by themselves: node.toml sets a missing cap or lowers one;
+            # a higher value than the ledger's (lowered with `biofed node budget-cap`) is
+            # not applied but audited as budget.cap_kept (raising takes `--raise`).
+            ledger.lower_cap(dataset, epsilon, delta, source="node.toml")
         return ledger
 
     def _governance(self, gov: GovernanceConfig, kit: Kit | None) -> tuple[SitePolicy, AuditLog]:
@@ -164,9 +167,12 @@ class NodeApp:
             ca_pem=kit.ca_pem,
             crl_pem=kit.crl_pem,
             registry=DatasetRegistry(gov.registry, audit=lambda e, d: _record(audit, e, d)),
-            approvals=ApprovalStore(gov.approvals),
+            approvals=ApprovalStore(gov.approvals, audit=audit),
             bundles_dir=gov.bundles_dir,
         )
+        # Approvals are read back from the signed audit log: a hand edit of the approvals
+        # file (a digest the log does not approve) stops the node here, with one line.
+        policy.approvals.check()
         return policy, audit
 
     def declarations(self) -> list[tuple[str, int, int]]:
@@ -224,12 +230,43 @@ class NodeApp:
         )
 
     def handle(self, instruction: Instruction) -> Reply:
-        """Run one instruction (an error reply, never an exception)."""
+        """Run one instruction (an error reply, never an exception).
+
+        With an audit log, the coordinator's head that came with the instruction is recorded
+        first, and the reply carries this node's head once everything about it is logged
+        (:mod:`~biofed.governance._audit_anchor`: each log's head is anchored in the
+        other's, so that a truncated log is evident)."""
+        if self.audit is not None and instruction.audit_head:
+            self._anchor(self.audit, instruction)
         if instruction.kind is MessageKind.SECAGG:
-            return self._handle_secure(instruction)
-        if self.policy is not None and self.audit is not None:
-            return self._handle_governed(instruction, self.policy, self.audit)
-        return self._handle_plain(instruction)
+            reply = self._handle_secure(instruction)
+        elif self.policy is not None and self.audit is not None:
+            reply = self._handle_governed(instruction, self.policy, self.audit)
+        else:
+            reply = self._handle_plain(instruction)
+        if self.audit is not None:
+            try:
+                reply = dataclasses.replace(reply, audit_head=self.audit.head())
+            except (BiofedError, OSError) as exc:  # the log broke: nothing leaves
+                return self._error(instruction, PolicyViolation(f"audit: {exc}"))
+        return reply
+
+    def _anchor(self, audit: AuditLog, instruction: Instruction) -> None:
+        """Record the coordinator's audit head (once per distinct head)."""
+        with self._lock:
+            if instruction.audit_head == self._peer_head:
+                return
+            self._peer_head = instruction.audit_head
+        _record(
+            audit,
+            ANCHOR_EVENT,
+            {
+                ANCHOR_KEY: anchor_data(COORDINATOR_PEER, instruction.audit_head),
+                "run_id": instruction.run_id,
+                "round": instruction.round,
+                "kind": instruction.kind.value,
+            },
+        )
 
     def _handle_secure(self, instruction: Instruction) -> Reply:
         """One secure-aggregation stage; the masked-input stage trains through the same

@@ -11,9 +11,11 @@ With a ``[governance]`` table the node enforces its site's governance itself (se
     bundles_dir = "bundles"           # <digest>.zip
     audit = "audit.jsonl"             # optional; default <kit folder>/audit.jsonl
 
-A ``[privacy]`` table sets the site's privacy-budget caps per dataset (applied to the
-ledger when the node starts; a change is audited as ``config.changed``) and, optionally,
-where the ledger lives::
+A ``[privacy]`` table sets the site's privacy-budget caps per dataset and, optionally,
+where the ledger lives. Caps are applied to the ledger when the node starts, and only
+downwards: a missing cap is set, a lower one lowers the ledger's, a higher one is not
+applied (``biofed node budget-cap DATASET … --raise`` raises a cap, audited), so a cap the
+operator lowered from the command line survives a restart with a stale ``node.toml``::
 
     [privacy]
     ledger = "privacy.db"             # optional; default <kit folder>/privacy.db

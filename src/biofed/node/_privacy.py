@@ -226,14 +226,12 @@ class SitePrivacy:
             eps, delta = job_epsilon(plan, history, rnd)
             history[rnd] = plan.mechanism()
             return eps, delta
-        history = self.ledger.mechanisms(dataset, run_id)
-        eps, delta = job_epsilon(plan, history, rnd)
-        debit = self.ledger.reserve(
+        # The job's history is read and composed inside the reservation's transaction.
+        debit = self.ledger.reserve_composed(
             dataset,
             run_id,
             rnd,
-            eps,
-            delta,
+            lambda history: job_epsilon(plan, history, rnd),
             agreement_cap=agreement_cap,
             mechanism=plan.mechanism(),
         )

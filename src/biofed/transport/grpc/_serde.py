@@ -243,6 +243,7 @@ def instruction_header(
         config_json=_config_json(inst.config),
         blobs=[pb.BlobInfo(name=n, size=s) for n, s in payload.blobs],
         total_bytes=payload.size,
+        audit_head=inst.audit_head,
     )
 
 
@@ -261,6 +262,7 @@ def instruction_from_wire(
         parameters=parameters,
         config=_config_from_json(header.config_json),
         extras=extras,
+        audit_head=header.audit_head,
     )
 
 
@@ -284,6 +286,7 @@ def reply_header(reply: Reply, transfer_id: str, payload: Payload) -> pb.ReplyHe
         error=reply.error or "",
         blobs=[pb.BlobInfo(name=n, size=s) for n, s in payload.blobs],
         total_bytes=payload.size,
+        audit_head=reply.audit_head,
     )
 
 
@@ -303,6 +306,7 @@ def reply_from_wire(
             metrics=dict(header.metrics),
             extras=extras,
             error=header.error or None,
+            audit_head=header.audit_head,
         )
     except ConfigurationError as exc:
         raise PayloadError(f"malformed reply header: {exc}") from exc

@@ -160,6 +160,7 @@ class InstructionHeader(_message.Message):
     BLOBS_FIELD_NUMBER: _builtins.int
     TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     INLINE_PAYLOAD_FIELD_NUMBER: _builtins.int
+    AUDIT_HEAD_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     run_id: _builtins.str
     round: _builtins.int
@@ -172,6 +173,8 @@ class InstructionHeader(_message.Message):
     total_bytes: _builtins.int
     inline_payload: _builtins.bytes
     """the whole payload when it fits one chunk (then no chunks follow)"""
+    audit_head: _builtins.str
+    """the coordinator's audit-log head "<seq>:<sha256 hex>", or empty"""
     @_builtins.property
     def blobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlobInfo]: ...
     def __init__(
@@ -186,10 +189,11 @@ class InstructionHeader(_message.Message):
         blobs: _abc.Iterable[Global___BlobInfo] | None = ...,
         total_bytes: _builtins.int = ...,
         inline_payload: _builtins.bytes = ...,
+        audit_head: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs", b"blobs", "config_json", b"config_json", "inline_payload", b"inline_payload", "kind", b"kind", "round", b"round", "run_id", b"run_id", "task_json", b"task_json", "total_bytes", b"total_bytes", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head", "blobs", b"blobs", "config_json", b"config_json", "inline_payload", b"inline_payload", "kind", b"kind", "round", b"round", "run_id", b"run_id", "task_json", b"task_json", "total_bytes", b"total_bytes", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -305,6 +309,7 @@ class ReplyHeader(_message.Message):
     BLOBS_FIELD_NUMBER: _builtins.int
     TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     INLINE_PAYLOAD_FIELD_NUMBER: _builtins.int
+    AUDIT_HEAD_FIELD_NUMBER: _builtins.int
     transfer_id: _builtins.str
     """the instruction's transfer id"""
     run_id: _builtins.str
@@ -316,6 +321,8 @@ class ReplyHeader(_message.Message):
     total_bytes: _builtins.int
     inline_payload: _builtins.bytes
     """the whole payload when small (only on the Connect stream)"""
+    audit_head: _builtins.str
+    """the node's audit-log head "<seq>:<sha256 hex>", or empty"""
     @_builtins.property
     def metrics(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     @_builtins.property
@@ -333,10 +340,11 @@ class ReplyHeader(_message.Message):
         blobs: _abc.Iterable[Global___BlobInfo] | None = ...,
         total_bytes: _builtins.int = ...,
         inline_payload: _builtins.bytes = ...,
+        audit_head: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blobs", b"blobs", "error", b"error", "inline_payload", b"inline_payload", "kind", b"kind", "metrics", b"metrics", "num_examples", b"num_examples", "round", b"round", "run_id", b"run_id", "total_bytes", b"total_bytes", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audit_head", b"audit_head", "blobs", b"blobs", "error", b"error", "inline_payload", b"inline_payload", "kind", b"kind", "metrics", b"metrics", "num_examples", b"num_examples", "round", b"round", "run_id", b"run_id", "total_bytes", b"total_bytes", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
