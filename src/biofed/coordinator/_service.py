@@ -14,12 +14,14 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from biofed.coordinator._access import RunAccess
+from biofed.coordinator._agreements import AgreementKeeper
 from biofed.coordinator._engine import EngineConfig, RoundEngine
 from biofed.coordinator._job import JobSpec
 from biofed.coordinator._privacy_report import PRIVACY_EVENT, privacy_report, spend_message
@@ -170,6 +172,9 @@ class Coordinator:
         payload accepted from a node, for reconciliation with the nodes' logs).
     bundles_dir:
         Where task bundles submitted with jobs are kept, by digest, for nodes to fetch.
+    agreements:
+        Verifies and keeps the study agreements jobs name; their researchers may see the
+        runs (:mod:`._access`). Without it, a job that names an agreement is refused.
     """
 
     def __init__(
@@ -182,8 +187,10 @@ class Coordinator:
         clock: Callable[[], float] = time.time,
         audit: AuditLog | None = None,
         bundles_dir: Path | None = None,
+        agreements: AgreementKeeper | None = None,
     ) -> None:
         self.store = store
+        self.access = RunAccess(agreements)
         self.audit = audit
         self.bundles_dir = bundles_dir
         self.node_wait = node_wait
@@ -253,8 +260,16 @@ class Coordinator:
             )
 
     # -- control API (biofed.transport.grpc.ControlHandler) ------------------------------------
-    def submit_run(self, peer: Peer, spec_json: str, bundle: bytes = b"") -> RunSummary:
+    def submit_run(
+        self,
+        peer: Peer,
+        spec_json: str,
+        bundle: bytes = b"",
+        agreement: bytes = b"",
+        certificates: Mapping[str, bytes] | None = None,
+    ) -> RunSummary:
         spec = JobSpec.from_json(spec_json)
+        self.access.admit(peer, spec.agreement, agreement, certificates or {})
         self._keep_bundle(spec, bundle)
         run_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         self.store.create_run(run_id, spec.to_json(), peer.name)
@@ -309,15 +324,15 @@ class Coordinator:
         return row
 
     def get_run(self, peer: Peer, run_id: str) -> RunSummary:
-        return self._summary(self._row(run_id))
+        return self._summary(self.access.require(peer, self.store.get_run(run_id)))
 
     def list_runs(self, peer: Peer) -> list[RunSummary]:
-        return [self._summary(r) for r in self.store.list_runs()]
+        return [self._summary(r) for r in self.access.visible(peer, self.store.list_runs())]
 
     def watch_run(
         self, peer: Peer, run_id: str, after_seq: int, follow: bool, alive: Callable[[], bool]
     ) -> Iterator[EventInfo]:
-        self._row(run_id)
+        self.access.require(peer, self.store.get_run(run_id))
         seq = after_seq
         while True:
             rows = self.store.events(run_id, after_seq=seq)
@@ -338,7 +353,7 @@ class Coordinator:
             time.sleep(0.1)
 
     def cancel_run(self, peer: Peer, run_id: str) -> RunSummary:
-        row = self._row(run_id)
+        row = self.access.require(peer, self.store.get_run(run_id), "cancel")
         if row.status.is_terminal:
             raise ProtocolError(f"run {run_id!r} already ended ({row.status.value})")
         with self._lock:
@@ -351,7 +366,7 @@ class Coordinator:
         return self.get_run(peer, run_id)
 
     def run_result(self, peer: Peer, run_id: str) -> bytes:
-        row = self._row(run_id)
+        row = self.access.require(peer, self.store.get_run(run_id))
         if row.status is not RunStatus.FINISHED:
             raise ProtocolError(
                 f"run {run_id!r} is {row.status.value}; results exist once finished"
