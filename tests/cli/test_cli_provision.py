@@ -171,3 +171,13 @@ def test_errors_exit_2_with_one_line(shared: Path, tmp_path: Path) -> None:
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1, lines
         assert lines[0].startswith("error: ")
+
+
+def test_init_makes_an_admin_kit_and_add_admin_another(out: Path) -> None:
+    assert load_kit(out / "admin").role == "admin"
+    result = runner.invoke(app, ["provision", "add-admin", "ops", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert load_kit(out / "ops").role == "admin"
+    clash = runner.invoke(app, ["provision", "add-admin", "alice", "--out", str(out)])
+    assert clash.exit_code == 2
+    assert "is a researcher" in clash.stderr

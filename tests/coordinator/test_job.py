@@ -83,7 +83,7 @@ def test_the_example_job_file_is_valid() -> None:
     path = Path(__file__).resolve().parents[2] / "examples" / "job-tcga-fedadam.toml"
     spec = JobSpec.from_toml(path.read_text())
     assert spec.strategy == "fedadam"
-    assert spec.min_nodes == 6
+    assert spec.min_nodes == 2  # the two sites the README provisions
     dp = JobSpec.from_toml((path.parent / "job-tcga-dp-secagg.toml").read_text())
     assert dp.privacy is not None
     assert dp.privacy.mode == "sample"

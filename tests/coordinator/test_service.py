@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from biofed.coordinator import Coordinator, InMemoryStateStore, JobSpec
-from biofed.core import ConfigurationError, ProtocolError
+from biofed.core import ConfigurationError, PolicyViolation, ProtocolError
 from biofed.transport.grpc import Peer
 
 ALICE = Peer(name="alice", role="researcher")
@@ -53,7 +53,7 @@ def test_cancel_pending_and_results_only_when_finished(coordinator: Coordinator)
     assert cancelled.status == "cancelled"
     with pytest.raises(ProtocolError, match="already ended"):
         coordinator.cancel_run(ALICE, run.run_id)
-    with pytest.raises(LookupError):
+    with pytest.raises(PolicyViolation, match="no run with that id is visible to you"):
         coordinator.get_run(ALICE, "no-such-run")
 
 

@@ -197,11 +197,11 @@ def setup(
         # Heartbeat passes authentication and then names an unknown session…
         error = _error_of(federation.address, revoked["site"], root, _heartbeat, run_id)
         assert error.code() == grpc.StatusCode.FAILED_PRECONDITION, error.details()
-        # … and GetRun answers.
+        # … and ListRuns answers (with nothing: the run is another researcher's).
         info = _call_with(
-            federation.address, revoked["researcher"], root, CONTROL_RPCS["GetRun"], run_id
+            federation.address, revoked["researcher"], root, CONTROL_RPCS["ListRuns"], run_id
         )
-        assert info.run_id == run_id
+        assert list(info.runs) == []
         federation.consortium.revoke("revoked-site")
         federation.consortium.revoke("revoked-researcher")
         yield _Setup(

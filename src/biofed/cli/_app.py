@@ -9,11 +9,13 @@ from biofed.cli import (
     _audit,
     _budget,
     _demo,
+    _open_data,
     _privacy,
     _provision,
     _run,
     _servers,
     _simulate,
+    _sites,
     _task,
 )
 
@@ -30,6 +32,8 @@ app.add_typer(_provision.app, name="provision")
 app.add_typer(_servers.coordinator_app, name="coordinator")
 app.add_typer(_servers.node_app, name="node")
 app.add_typer(_run.app, name="run")
+app.command("sites")(_sites.sites_command)
+app.add_typer(_open_data.app, name="datasets")
 app.add_typer(_agreement.app, name="agreement")
 app.add_typer(_audit.app, name="audit")
 app.add_typer(_task.app, name="task")

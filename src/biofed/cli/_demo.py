@@ -254,7 +254,15 @@ def _run(
             f"6 sites connected over mutual TLS; submitting the job under agreement "
             f"{governance.agreement_id} with bundle {governance.bundle[:16]}…"
         )
-        run = client.submit_run(spec.to_json(), governance.bundle_file.read_bytes())
+        run = client.submit_run(
+            spec.to_json(),
+            governance.bundle_file.read_bytes(),
+            agreement=governance.agreement_file.read_bytes(),  # its researchers may see the run
+            certificates={
+                p.name: (consortium.kit_directory(p.name) / "cert.pem").read_bytes()
+                for p in consortium.participants()
+            },
+        )
         return _follow(client, run.run_id, spec.rounds, console)
 
 

@@ -70,7 +70,10 @@ def init_command(
     researchers: Annotated[
         str | None, typer.Option(help="Comma-separated researcher names.")
     ] = None,
-    admin: Annotated[str, typer.Option(help="Name of the administrator's kit.")] = "admin",
+    admin: Annotated[
+        str,
+        typer.Option(help="Name of the administrator's kit (sees and may cancel every run)."),
+    ] = "admin",
     valid_days: ValidDays = 365,
 ) -> None:
     """Create the CA and kits for the coordinator, every site, researcher and the admin."""
@@ -130,6 +133,17 @@ def add_researcher_command(
 ) -> None:
     """Issue a certificate kit to a new researcher."""
     _add(out, name, "researcher", valid_days, replace)
+
+
+@app.command("add-admin")
+def add_admin_command(
+    name: Annotated[str, typer.Argument(help="The new administrator's name.")],
+    out: OutOption,
+    valid_days: ValidDays = 365,
+    replace: Replace = False,
+) -> None:
+    """Issue a certificate kit to another administrator (sees and may cancel every run)."""
+    _add(out, name, "admin", valid_days, replace)
 
 
 @app.command("revoke")

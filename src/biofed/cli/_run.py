@@ -1,7 +1,13 @@
-"""``biofed run …``: what a researcher does with runs (submit, status, logs, cancel, result)."""
+"""``biofed run …``: what a researcher does with runs (submit, status, logs, cancel, result).
+
+Every command dials the coordinator named in the kit's ``kit.toml`` unless ``--coordinator
+HOST:PORT`` names another address; the coordinator's certificate is then still checked
+against the consortium CA and the host name the kit records.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -16,6 +22,7 @@ from biofed.cli._common import call, kit_option
 from biofed.cli._render import print_privacy, rounds_text, run_headline, status_text
 from biofed.coordinator import JobSpec, tls_of
 from biofed.core import ConfigurationError
+from biofed.governance import read_agreement
 from biofed.identity import load_kit
 from biofed.transport.grpc import ControlClient, RunSummary
 
@@ -24,11 +31,36 @@ out = Console()
 
 KitOpt = Annotated[Path | None, typer.Option("--kit", help="Your kit folder (or BIOFED_KIT).")]
 FormatOpt = Annotated[str, typer.Option("--format", help="table or json.")]
+CoordinatorOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--coordinator",
+        metavar="HOST:PORT",
+        help="The coordinator's address (default: the one in your kit.toml).",
+    ),
+]
 
 
-def _client(kit: Path | None) -> ControlClient:
+def _host(address: str) -> str:
+    host = address.rsplit(":", 1)[0] if ":" in address else address
+    return host[1:-1] if host.startswith("[") and host.endswith("]") else host
+
+
+def _check_address(address: str) -> str:
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ConfigurationError(f"--coordinator must look like HOST:PORT, got {address!r}")
+    return address.strip()
+
+
+def control_client(kit: Path | None, coordinator: str | None = None) -> ControlClient:
+    """A ControlService client with the kit in ``--kit`` (or ``BIOFED_KIT``), dialling
+    ``coordinator`` if given (TLS still expects the host name of the kit's coordinator)."""
     loaded = call(lambda: load_kit(kit_option(kit)))
-    return ControlClient(loaded.coordinator, tls_of(loaded))
+    if coordinator is None:
+        return ControlClient(loaded.coordinator, tls_of(loaded))
+    target = call(lambda: _check_address(coordinator))
+    return ControlClient(target, tls_of(loaded), server_name=_host(loaded.coordinator))
 
 
 def _as_dict(run: RunSummary) -> dict[str, object]:
@@ -51,22 +83,78 @@ def submit(
     bundle: Annotated[
         Path | None, typer.Option(help="The task bundle the job names ([run] bundle).")
     ] = None,
+    agreement: Annotated[
+        Path | None,
+        typer.Option(
+            help="The signed study agreement to run under: sent with the job, it sets "
+            "[run] agreement to its id, and the researchers it names may see the run."
+        ),
+    ] = None,
+    certificates: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder with the agreement's signers' certificates, as <name>/cert.pem or "
+            "<name>.pem (default: the folder holding your kit, as provision init lays it out)."
+        ),
+    ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the new run id.")
+    ] = False,
+    coordinator: CoordinatorOpt = None,
     format: FormatOpt = "table",
 ) -> None:
-    """Submit a job file (and its task bundle); prints the new run id."""
+    """Submit a job file (and its task bundle and study agreement); prints the new run id."""
 
     spec = call(lambda: JobSpec.from_file(job))
     data = b""
     if bundle is not None:
         data = call(lambda: _read_bytes(bundle))
-    with _client(kit) as client:
-        run = call(lambda: client.submit_run(spec.to_json(), bundle=data))
-        if format == "json":
+    signed, certs = b"", dict[str, bytes]()
+    if agreement is not None:
+        kit_dir = kit_option(kit)
+        spec, signed, certs = call(
+            lambda: _with_agreement(spec, agreement, certificates or kit_dir.resolve().parent)
+        )
+    with control_client(kit, coordinator) as client:
+        run = call(
+            lambda: client.submit_run(
+                spec.to_json(), bundle=data, agreement=signed, certificates=certs
+            )
+        )
+        if quiet:
+            print(run.run_id)
+        elif format == "json":
             print(json.dumps(_as_dict(run)))
         else:
             out.print(f"submitted [bold]{run.run_id}[/] ({spec.strategy}, {spec.rounds} rounds)")
         if follow:
             _follow(client, run.run_id)
+
+
+def _with_agreement(
+    spec: JobSpec, file: Path, certificates: Path
+) -> tuple[JobSpec, bytes, dict[str, bytes]]:
+    """The job under the agreement in ``file``, the file's bytes and its signers'
+    certificates found in ``certificates`` (public material: the coordinator checks each
+    against the consortium CA and the fingerprint the agreement lists)."""
+    data = _read_bytes(file)
+    signed = read_agreement(file)
+    agreement_id = signed.agreement.agreement_id
+    if spec.agreement not in (None, agreement_id):
+        raise ConfigurationError(
+            f"the job names agreement {spec.agreement!r} ([run] agreement), but {file} is "
+            f"agreement {agreement_id!r}"
+        )
+    certs: dict[str, bytes] = {}
+    for party in signed.agreement.signers:
+        for candidate in (
+            certificates / party.name / "cert.pem",
+            certificates / f"{party.name}.pem",
+        ):
+            if candidate.is_file():
+                certs[party.name] = _read_bytes(candidate)
+                break
+    return dataclasses.replace(spec, agreement=agreement_id), data, certs
 
 
 def _read_bytes(path: Path) -> bytes:
@@ -90,10 +178,11 @@ def _print_event(seq: int, rnd: int, kind: str, node: str, message: str) -> None
 def status(
     run_id: Annotated[str | None, typer.Argument(help="A run id; all runs if omitted.")] = None,
     kit: KitOpt = None,
+    coordinator: CoordinatorOpt = None,
     format: FormatOpt = "table",
 ) -> None:
-    """Status of one run or of all runs."""
-    with _client(kit) as client:
+    """Status of one run or of all the runs you may see."""
+    with control_client(kit, coordinator) as client:
         runs = [call(lambda: client.get_run(run_id))] if run_id else call(client.list_runs)
     if format == "json":
         print(json.dumps([_as_dict(r) for r in runs] if run_id is None else _as_dict(runs[0])))
@@ -145,9 +234,10 @@ def logs(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep streaming until the run ends.")
     ] = False,
+    coordinator: CoordinatorOpt = None,
 ) -> None:
     """A run's event log."""
-    with _client(kit) as client:
+    with control_client(kit, coordinator) as client:
         if follow:
             call(lambda: _follow(client, run_id))
         else:
@@ -156,9 +246,11 @@ def logs(
 
 
 @app.command("cancel")
-def cancel(run_id: Annotated[str, typer.Argument()], kit: KitOpt = None) -> None:
+def cancel(
+    run_id: Annotated[str, typer.Argument()], kit: KitOpt = None, coordinator: CoordinatorOpt = None
+) -> None:
     """Stop a run at once: its current round is abandoned and the sites drop it."""
-    with _client(kit) as client:
+    with control_client(kit, coordinator) as client:
         run = call(lambda: client.cancel_run(run_id))
     out.print(f"{run.run_id}: {run.status} (cancel requested)")
 
@@ -168,9 +260,10 @@ def result(
     run_id: Annotated[str, typer.Argument()],
     out_path: Annotated[Path, typer.Option("--out", help="Where to write model.safetensors.")],
     kit: KitOpt = None,
+    coordinator: CoordinatorOpt = None,
 ) -> None:
     """Download a finished run's model (safetensors)."""
-    with _client(kit) as client:
+    with control_client(kit, coordinator) as client:
         data = call(lambda: client.download_result(run_id))
     tmp = out_path.with_suffix(out_path.suffix + f".part{time.time_ns()}")
     tmp.write_bytes(data)

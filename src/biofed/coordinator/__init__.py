@@ -1,5 +1,7 @@
 """biofed.coordinator: the round engine, run state, and the coordinator runtime."""
 
+from biofed.coordinator._access import RunAccess
+from biofed.coordinator._agreements import AgreementKeeper
 from biofed.coordinator._engine import EngineConfig, EngineListener, RoundEngine
 from biofed.coordinator._job import JobSpec
 from biofed.coordinator._job_limits import JobLimits
@@ -33,6 +35,7 @@ from biofed.coordinator._store_memory import InMemoryStateStore
 from biofed.coordinator._store_sql import SqlStateStore
 
 __all__ = [
+    "AgreementKeeper",
     "Checkpoint",
     "Coordinator",
     "EngineConfig",
@@ -47,6 +50,7 @@ __all__ = [
     "RoundEngine",
     "RoundRecord",
     "RoundRow",
+    "RunAccess",
     "RunEvent",
     "RunResult",
     "RunRow",

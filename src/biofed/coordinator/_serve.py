@@ -10,6 +10,7 @@ from pathlib import Path
 
 from biofed.coordinator._scheduler import DEFAULT_MAX_CONCURRENT_RUNS
 from biofed.coordinator._job_limits import JobLimits
+from biofed.coordinator._agreements import AgreementKeeper
 from biofed.coordinator._service import Coordinator
 from biofed.coordinator._store import StateStore, open_store
 from biofed.core import ConfigurationError, PolicyViolation
@@ -79,6 +80,20 @@ def tls_of(kit: Kit) -> TlsConfig:
     )
 
 
+def agreement_keeper(kit: Kit) -> AgreementKeeper:
+    """The keeper of verified study agreements in the coordinator's kit (``agreements/``)."""
+    if kit.crl_path is None:
+        raise ConfigurationError(f"coordinator kit {kit.directory} has no crl.pem")
+    crl = RevocationList(kit.crl_path, kit.ca_pem)
+    return AgreementKeeper(
+        kit.directory / "agreements",
+        ca_pem=kit.ca_pem,
+        crl=crl.pem,
+        coordinator=kit.name,
+        coordinator_pem=kit.cert_pem,
+    )
+
+
 def serve_coordinator(
     kit_dir: str | Path,
     *,
@@ -113,6 +128,7 @@ def serve_coordinator(
         bundles_dir=kit.directory / "bundles",
         max_concurrent_runs=concurrent,
         limits=limits,
+        agreements=agreement_keeper(kit),
     )
     try:
         server = CoordinatorServer(

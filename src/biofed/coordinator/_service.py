@@ -16,11 +16,13 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from biofed.coordinator._executor import RunExecutor
+from biofed.coordinator._access import RunAccess
+from biofed.coordinator._agreements import AgreementKeeper
 from biofed.coordinator._job import JobSpec
 from biofed.coordinator._job_limits import JobLimits
 from biofed.coordinator._privacy_report import PRIVACY_EVENT, privacy_report, spend_message
@@ -189,6 +191,9 @@ class Coordinator:
         Starts without a completed round after which a run is failed, not resumed again.
     limits:
         The caps every submitted job must fit (default: :class:`JobLimits`'s defaults).
+    agreements:
+        Verifies and keeps the study agreements jobs name; their researchers may see the
+        runs (:mod:`._access`). Without it, a job that names an agreement is refused.
     """
 
     def __init__(
@@ -204,9 +209,11 @@ class Coordinator:
         max_concurrent_runs: int = DEFAULT_MAX_CONCURRENT_RUNS,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         limits: JobLimits | None = None,
+        agreements: AgreementKeeper | None = None,
     ) -> None:
         self.store = store
         self.limits = JobLimits() if limits is None else limits
+        self.access = RunAccess(agreements)
         self.audit = audit
         self.bundles_dir = bundles_dir
         self.node_wait = node_wait
@@ -285,8 +292,16 @@ class Coordinator:
             )
 
     # -- control API (biofed.transport.grpc.ControlHandler) ------------------------------------
-    def submit_run(self, peer: Peer, spec_json: str, bundle: bytes = b"") -> RunSummary:
+    def submit_run(
+        self,
+        peer: Peer,
+        spec_json: str,
+        bundle: bytes = b"",
+        agreement: bytes = b"",
+        certificates: Mapping[str, bytes] | None = None,
+    ) -> RunSummary:
         spec = JobSpec.from_json(spec_json, limits=self.limits)
+        self.access.admit(peer, spec.agreement, agreement, certificates or {})
         self._keep_bundle(spec, bundle)
         run_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         self.store.create_run(run_id, spec.to_json(), peer.name)
@@ -341,15 +356,15 @@ class Coordinator:
         return row
 
     def get_run(self, peer: Peer, run_id: str) -> RunSummary:
-        return self._summary(self._row(run_id))
+        return self._summary(self.access.require(peer, self.store.get_run(run_id)))
 
     def list_runs(self, peer: Peer) -> list[RunSummary]:
-        return [self._summary(r) for r in self.store.list_runs()]
+        return [self._summary(r) for r in self.access.visible(peer, self.store.list_runs())]
 
     def watch_run(
         self, peer: Peer, run_id: str, after_seq: int, follow: bool, alive: Callable[[], bool]
     ) -> Iterator[EventInfo]:
-        self._row(run_id)
+        self.access.require(peer, self.store.get_run(run_id))
         seq = after_seq
         while True:
             rows = self.store.events(run_id, after_seq=seq)
@@ -370,7 +385,7 @@ class Coordinator:
             time.sleep(0.1)
 
     def cancel_run(self, peer: Peer, run_id: str) -> RunSummary:
-        row = self._row(run_id)
+        row = self.access.require(peer, self.store.get_run(run_id), "cancel")
         if row.status.is_terminal:
             raise ProtocolError(f"run {run_id!r} already ended ({row.status.value})")
         self.store.append_event(
@@ -384,7 +399,7 @@ class Coordinator:
         return self.get_run(peer, run_id)
 
     def run_result(self, peer: Peer, run_id: str) -> bytes:
-        row = self._row(run_id)
+        row = self.access.require(peer, self.store.get_run(run_id))
         if not row.status.has_result:
             raise ProtocolError(
                 f"run {run_id!r} is {row.status.value}; results exist once finished"

@@ -7,7 +7,7 @@ import queue
 import random
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -413,15 +413,23 @@ class ControlClient:
             error = _ERRORS.get(code, TransportError)
             raise error(f"coordinator: {_details(exc)}") from None
 
-    def submit_run(self, spec_json: str, bundle: bytes = b"") -> RunSummary:
-        """Submit a job (with the task bundle it names, if any); returns the new run."""
-        return _summary(
-            self._call(
-                lambda: self._stub.SubmitRun(
-                    pb.SubmitRunRequest(spec_json=spec_json, bundle=bundle), timeout=self.timeout
-                )
-            )
+    def submit_run(
+        self,
+        spec_json: str,
+        bundle: bytes = b"",
+        *,
+        agreement: bytes = b"",
+        certificates: Mapping[str, bytes] | None = None,
+    ) -> RunSummary:
+        """Submit a job (with the task bundle it names, if any, and the signed study
+        agreement it names with its signers' certificates); returns the new run."""
+        request = pb.SubmitRunRequest(
+            spec_json=spec_json,
+            bundle=bundle,
+            agreement=agreement,
+            certificates=dict(certificates or {}),
         )
+        return _summary(self._call(lambda: self._stub.SubmitRun(request, timeout=self.timeout)))
 
     def get_run(self, run_id: str) -> RunSummary:
         """One run's status."""

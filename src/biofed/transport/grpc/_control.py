@@ -6,7 +6,7 @@ coordinator and the CLI speak in them, and :mod:`._server` / :mod:`._client` con
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -55,7 +55,14 @@ class ControlHandler(Protocol):
     PolicyViolation → PERMISSION_DENIED, ConfigurationError → INVALID_ARGUMENT,
     LookupError → NOT_FOUND, other BiofedError → FAILED_PRECONDITION."""
 
-    def submit_run(self, peer: Peer, spec_json: str, bundle: bytes = b"") -> RunSummary: ...
+    def submit_run(
+        self,
+        peer: Peer,
+        spec_json: str,
+        bundle: bytes = b"",
+        agreement: bytes = b"",
+        certificates: Mapping[str, bytes] | None = None,
+    ) -> RunSummary: ...
 
     def bundle(self, peer: Peer, digest: str) -> bytes: ...
 

@@ -355,7 +355,14 @@ class _ControlServicer(pb_grpc.ControlServiceServicer):
     def SubmitRun(self, request: pb.SubmitRunRequest, context: grpc.ServicerContext) -> pb.RunInfo:  # noqa: N802
         return _run_info(
             self._answer(
-                context, lambda p: self.handler.submit_run(p, request.spec_json, request.bundle)
+                context,
+                lambda p: self.handler.submit_run(
+                    p,
+                    request.spec_json,
+                    request.bundle,
+                    request.agreement,
+                    dict(request.certificates),
+                ),
             )
         )
 

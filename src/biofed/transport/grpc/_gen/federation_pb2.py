@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62iofed/v1/federation.proto\x12\tbiofed.v1\"\x1f\n\rBundleRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"G\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x12\x14\n\x0cnum_features\x18\x03 \x01(\r\"_\n\x0e\x43onnectRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x16.biofed.v1.DatasetInfo\x12\x0f\n\x07version\x18\x03 \x01(\t\"&\n\x08\x42lobInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\":\n\x05\x43hunk\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xe8\x01\n\x11InstructionHeader\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\x12\x11\n\ttask_json\x18\x06 \x01(\t\x12\"\n\x05\x62lobs\x18\x07 \x03(\x0b\x32\x13.biofed.v1.BlobInfo\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x04\x12\x16\n\x0einline_payload\x18\n \x01(\x0c\x12\x12\n\naudit_head\x18\x0b \x01(\tJ\x04\x08\t\x10\n\"\x14\n\x04Ping\x12\x0c\n\x04time\x18\x01 \x01(\x01\"\x1e\n\x0cRunCancelled\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xbf\x01\n\rServerMessage\x12\x33\n\x0binstruction\x18\x01 \x01(\x0b\x32\x1c.biofed.v1.InstructionHeaderH\x00\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.biofed.v1.ChunkH\x00\x12\x1f\n\x04ping\x18\x03 \x01(\x0b\x32\x0f.biofed.v1.PingH\x00\x12-\n\ncancel_run\x18\x04 \x01(\x0b\x32\x17.biofed.v1.RunCancelledH\x00\x42\x06\n\x04\x62ody\"\xc5\x02\n\x0bReplyHeader\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x34\n\x07metrics\x18\x06 \x03(\x0b\x32#.biofed.v1.ReplyHeader.MetricsEntry\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\"\n\x05\x62lobs\x18\x08 \x03(\x0b\x32\x13.biofed.v1.BlobInfo\x12\x13\n\x0btotal_bytes\x18\t \x01(\x04\x12\x16\n\x0einline_payload\x18\x0b \x01(\x0c\x12\x12\n\naudit_head\x18\x0c \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01J\x04\x08\n\x10\x0b\"|\n\x0bNodeMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.biofed.v1.ConnectRequestH\x00\x12\'\n\x05reply\x18\x02 \x01(\x0b\x32\x16.biofed.v1.ReplyHeaderH\x00\x12\x10\n\x06\x63redit\x18\x03 \x01(\rH\x00\x42\x06\n\x04\x62ody\"a\n\nReplyChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.biofed.v1.ReplyHeaderH\x00\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.biofed.v1.ChunkH\x00\x42\x06\n\x04\x62ody\"(\n\x03\x41\x63k\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"&\n\x10HeartbeatRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\'\n\x11HeartbeatResponse\x12\x12\n\ninterval_s\x18\x01 \x01(\x01\"5\n\x10SubmitRunRequest\x12\x11\n\tspec_json\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\x0c\"\x1c\n\nRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xb5\x01\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x18\n\x10\x63ompleted_rounds\x18\x04 \x01(\r\x12\x14\n\x0ctotal_rounds\x18\x05 \x01(\r\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x14\n\x0csummary_json\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x12\n\nupdated_at\x18\t \x01(\x01\"\x11\n\x0fListRunsRequest\"4\n\x10ListRunsResponse\x12 \n\x04runs\x18\x01 \x03(\x0b\x32\x12.biofed.v1.RunInfo\"D\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"d\n\x08RunEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"\x12\n\x10ListNodesRequest\"Y\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x11\n\tlast_seen\x18\x03 \x01(\x01\x12\x17\n\x0fproperties_json\x18\x04 \x01(\t\"9\n\x11ListNodesResponse\x12$\n\x05nodes\x18\x01 \x03(\x0b\x32\x15.biofed.v1.NodeStatus2\x89\x02\n\x0bNodeService\x12?\n\x07\x43onnect\x12\x16.biofed.v1.NodeMessage\x1a\x18.biofed.v1.ServerMessage(\x01\x30\x01\x12\x34\n\tSendReply\x12\x15.biofed.v1.ReplyChunk\x1a\x0e.biofed.v1.Ack(\x01\x12\x46\n\tHeartbeat\x12\x1b.biofed.v1.HeartbeatRequest\x1a\x1c.biofed.v1.HeartbeatResponse\x12;\n\x0b\x46\x65tchBundle\x12\x18.biofed.v1.BundleRequest\x1a\x10.biofed.v1.Chunk0\x01\x32\xc4\x03\n\x0e\x43ontrolService\x12<\n\tSubmitRun\x12\x1b.biofed.v1.SubmitRunRequest\x1a\x12.biofed.v1.RunInfo\x12\x33\n\x06GetRun\x12\x15.biofed.v1.RunRequest\x1a\x12.biofed.v1.RunInfo\x12\x43\n\x08ListRuns\x12\x1a.biofed.v1.ListRunsRequest\x1a\x1b.biofed.v1.ListRunsResponse\x12=\n\x08WatchRun\x12\x1a.biofed.v1.WatchRunRequest\x1a\x13.biofed.v1.RunEvent0\x01\x12\x36\n\tCancelRun\x12\x15.biofed.v1.RunRequest\x1a\x12.biofed.v1.RunInfo\x12;\n\x0e\x44ownloadResult\x12\x15.biofed.v1.RunRequest\x1a\x10.biofed.v1.Chunk0\x01\x12\x46\n\tListNodes\x12\x1b.biofed.v1.ListNodesRequest\x1a\x1c.biofed.v1.ListNodesResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x62iofed/v1/federation.proto\x12\tbiofed.v1\"\x1f\n\rBundleRequest\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\"G\n\x0b\x44\x61tasetInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x14\n\x0cnum_examples\x18\x02 \x01(\x04\x12\x14\n\x0cnum_features\x18\x03 \x01(\r\"_\n\x0e\x43onnectRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12(\n\x08\x64\x61tasets\x18\x02 \x03(\x0b\x32\x16.biofed.v1.DatasetInfo\x12\x0f\n\x07version\x18\x03 \x01(\t\"&\n\x08\x42lobInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x04\":\n\x05\x43hunk\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x04\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"\xe8\x01\n\x11InstructionHeader\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x13\n\x0b\x63onfig_json\x18\x05 \x01(\t\x12\x11\n\ttask_json\x18\x06 \x01(\t\x12\"\n\x05\x62lobs\x18\x07 \x03(\x0b\x32\x13.biofed.v1.BlobInfo\x12\x13\n\x0btotal_bytes\x18\x08 \x01(\x04\x12\x16\n\x0einline_payload\x18\n \x01(\x0c\x12\x12\n\naudit_head\x18\x0b \x01(\tJ\x04\x08\t\x10\n\"\x14\n\x04Ping\x12\x0c\n\x04time\x18\x01 \x01(\x01\"\x1e\n\x0cRunCancelled\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xbf\x01\n\rServerMessage\x12\x33\n\x0binstruction\x18\x01 \x01(\x0b\x32\x1c.biofed.v1.InstructionHeaderH\x00\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.biofed.v1.ChunkH\x00\x12\x1f\n\x04ping\x18\x03 \x01(\x0b\x32\x0f.biofed.v1.PingH\x00\x12-\n\ncancel_run\x18\x04 \x01(\x0b\x32\x17.biofed.v1.RunCancelledH\x00\x42\x06\n\x04\x62ody\"\xc5\x02\n\x0bReplyHeader\x12\x13\n\x0btransfer_id\x18\x01 \x01(\t\x12\x0e\n\x06run_id\x18\x02 \x01(\t\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x14\n\x0cnum_examples\x18\x05 \x01(\x04\x12\x34\n\x07metrics\x18\x06 \x03(\x0b\x32#.biofed.v1.ReplyHeader.MetricsEntry\x12\r\n\x05\x65rror\x18\x07 \x01(\t\x12\"\n\x05\x62lobs\x18\x08 \x03(\x0b\x32\x13.biofed.v1.BlobInfo\x12\x13\n\x0btotal_bytes\x18\t \x01(\x04\x12\x16\n\x0einline_payload\x18\x0b \x01(\x0c\x12\x12\n\naudit_head\x18\x0c \x01(\t\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01J\x04\x08\n\x10\x0b\"|\n\x0bNodeMessage\x12*\n\x05hello\x18\x01 \x01(\x0b\x32\x19.biofed.v1.ConnectRequestH\x00\x12\'\n\x05reply\x18\x02 \x01(\x0b\x32\x16.biofed.v1.ReplyHeaderH\x00\x12\x10\n\x06\x63redit\x18\x03 \x01(\rH\x00\x42\x06\n\x04\x62ody\"a\n\nReplyChunk\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.biofed.v1.ReplyHeaderH\x00\x12!\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x10.biofed.v1.ChunkH\x00\x42\x06\n\x04\x62ody\"(\n\x03\x41\x63k\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x08\x12\x0f\n\x07message\x18\x02 \x01(\t\"&\n\x10HeartbeatRequest\x12\x12\n\nsession_id\x18\x01 \x01(\t\"\'\n\x11HeartbeatResponse\x12\x12\n\ninterval_s\x18\x01 \x01(\x01\"\xc2\x01\n\x10SubmitRunRequest\x12\x11\n\tspec_json\x18\x01 \x01(\t\x12\x0e\n\x06\x62undle\x18\x02 \x01(\x0c\x12\x11\n\tagreement\x18\x03 \x01(\x0c\x12\x43\n\x0c\x63\x65rtificates\x18\x04 \x03(\x0b\x32-.biofed.v1.SubmitRunRequest.CertificatesEntry\x1a\x33\n\x11\x43\x65rtificatesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c:\x02\x38\x01\"\x1c\n\nRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"\xb5\x01\n\x07RunInfo\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\r\n\x05owner\x18\x03 \x01(\t\x12\x18\n\x10\x63ompleted_rounds\x18\x04 \x01(\r\x12\x14\n\x0ctotal_rounds\x18\x05 \x01(\r\x12\r\n\x05\x65rror\x18\x06 \x01(\t\x12\x14\n\x0csummary_json\x18\x07 \x01(\t\x12\x12\n\ncreated_at\x18\x08 \x01(\x01\x12\x12\n\nupdated_at\x18\t \x01(\x01\"\x11\n\x0fListRunsRequest\"4\n\x10ListRunsResponse\x12 \n\x04runs\x18\x01 \x03(\x0b\x32\x12.biofed.v1.RunInfo\"D\n\x0fWatchRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\"d\n\x08RunEvent\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04time\x18\x02 \x01(\x01\x12\r\n\x05round\x18\x03 \x01(\r\x12\x0c\n\x04kind\x18\x04 \x01(\t\x12\x0f\n\x07node_id\x18\x05 \x01(\t\x12\x0f\n\x07message\x18\x06 \x01(\t\"\x12\n\x10ListNodesRequest\"Y\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0e\n\x06status\x18\x02 \x01(\t\x12\x11\n\tlast_seen\x18\x03 \x01(\x01\x12\x17\n\x0fproperties_json\x18\x04 \x01(\t\"9\n\x11ListNodesResponse\x12$\n\x05nodes\x18\x01 \x03(\x0b\x32\x15.biofed.v1.NodeStatus2\x89\x02\n\x0bNodeService\x12?\n\x07\x43onnect\x12\x16.biofed.v1.NodeMessage\x1a\x18.biofed.v1.ServerMessage(\x01\x30\x01\x12\x34\n\tSendReply\x12\x15.biofed.v1.ReplyChunk\x1a\x0e.biofed.v1.Ack(\x01\x12\x46\n\tHeartbeat\x12\x1b.biofed.v1.HeartbeatRequest\x1a\x1c.biofed.v1.HeartbeatResponse\x12;\n\x0b\x46\x65tchBundle\x12\x18.biofed.v1.BundleRequest\x1a\x10.biofed.v1.Chunk0\x01\x32\xc4\x03\n\x0e\x43ontrolService\x12<\n\tSubmitRun\x12\x1b.biofed.v1.SubmitRunRequest\x1a\x12.biofed.v1.RunInfo\x12\x33\n\x06GetRun\x12\x15.biofed.v1.RunRequest\x1a\x12.biofed.v1.RunInfo\x12\x43\n\x08ListRuns\x12\x1a.biofed.v1.ListRunsRequest\x1a\x1b.biofed.v1.ListRunsResponse\x12=\n\x08WatchRun\x12\x1a.biofed.v1.WatchRunRequest\x1a\x13.biofed.v1.RunEvent0\x01\x12\x36\n\tCancelRun\x12\x15.biofed.v1.RunRequest\x1a\x12.biofed.v1.RunInfo\x12;\n\x0e\x44ownloadResult\x12\x15.biofed.v1.RunRequest\x1a\x10.biofed.v1.Chunk0\x01\x12\x46\n\tListNodes\x12\x1b.biofed.v1.ListNodesRequest\x1a\x1c.biofed.v1.ListNodesResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,6 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REPLYHEADER_METRICSENTRY']._loaded_options = None
   _globals['_REPLYHEADER_METRICSENTRY']._serialized_options = b'8\001'
+  _globals['_SUBMITRUNREQUEST_CERTIFICATESENTRY']._loaded_options = None
+  _globals['_SUBMITRUNREQUEST_CERTIFICATESENTRY']._serialized_options = b'8\001'
   _globals['_BUNDLEREQUEST']._serialized_start=41
   _globals['_BUNDLEREQUEST']._serialized_end=72
   _globals['_DATASETINFO']._serialized_start=74
@@ -66,28 +68,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HEARTBEATREQUEST']._serialized_end=1460
   _globals['_HEARTBEATRESPONSE']._serialized_start=1462
   _globals['_HEARTBEATRESPONSE']._serialized_end=1501
-  _globals['_SUBMITRUNREQUEST']._serialized_start=1503
-  _globals['_SUBMITRUNREQUEST']._serialized_end=1556
-  _globals['_RUNREQUEST']._serialized_start=1558
-  _globals['_RUNREQUEST']._serialized_end=1586
-  _globals['_RUNINFO']._serialized_start=1589
-  _globals['_RUNINFO']._serialized_end=1770
-  _globals['_LISTRUNSREQUEST']._serialized_start=1772
-  _globals['_LISTRUNSREQUEST']._serialized_end=1789
-  _globals['_LISTRUNSRESPONSE']._serialized_start=1791
-  _globals['_LISTRUNSRESPONSE']._serialized_end=1843
-  _globals['_WATCHRUNREQUEST']._serialized_start=1845
-  _globals['_WATCHRUNREQUEST']._serialized_end=1913
-  _globals['_RUNEVENT']._serialized_start=1915
-  _globals['_RUNEVENT']._serialized_end=2015
-  _globals['_LISTNODESREQUEST']._serialized_start=2017
-  _globals['_LISTNODESREQUEST']._serialized_end=2035
-  _globals['_NODESTATUS']._serialized_start=2037
-  _globals['_NODESTATUS']._serialized_end=2126
-  _globals['_LISTNODESRESPONSE']._serialized_start=2128
-  _globals['_LISTNODESRESPONSE']._serialized_end=2185
-  _globals['_NODESERVICE']._serialized_start=2188
-  _globals['_NODESERVICE']._serialized_end=2453
-  _globals['_CONTROLSERVICE']._serialized_start=2456
-  _globals['_CONTROLSERVICE']._serialized_end=2908
+  _globals['_SUBMITRUNREQUEST']._serialized_start=1504
+  _globals['_SUBMITRUNREQUEST']._serialized_end=1698
+  _globals['_SUBMITRUNREQUEST_CERTIFICATESENTRY']._serialized_start=1647
+  _globals['_SUBMITRUNREQUEST_CERTIFICATESENTRY']._serialized_end=1698
+  _globals['_RUNREQUEST']._serialized_start=1700
+  _globals['_RUNREQUEST']._serialized_end=1728
+  _globals['_RUNINFO']._serialized_start=1731
+  _globals['_RUNINFO']._serialized_end=1912
+  _globals['_LISTRUNSREQUEST']._serialized_start=1914
+  _globals['_LISTRUNSREQUEST']._serialized_end=1931
+  _globals['_LISTRUNSRESPONSE']._serialized_start=1933
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1985
+  _globals['_WATCHRUNREQUEST']._serialized_start=1987
+  _globals['_WATCHRUNREQUEST']._serialized_end=2055
+  _globals['_RUNEVENT']._serialized_start=2057
+  _globals['_RUNEVENT']._serialized_end=2157
+  _globals['_LISTNODESREQUEST']._serialized_start=2159
+  _globals['_LISTNODESREQUEST']._serialized_end=2177
+  _globals['_NODESTATUS']._serialized_start=2179
+  _globals['_NODESTATUS']._serialized_end=2268
+  _globals['_LISTNODESRESPONSE']._serialized_start=2270
+  _globals['_LISTNODESRESPONSE']._serialized_end=2327
+  _globals['_NODESERVICE']._serialized_start=2330
+  _globals['_NODESERVICE']._serialized_end=2595
+  _globals['_CONTROLSERVICE']._serialized_start=2598
+  _globals['_CONTROLSERVICE']._serialized_end=3050
 # @@protoc_insertion_point(module_scope)

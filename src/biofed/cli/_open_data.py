@@ -1,0 +1,89 @@
+"""``biofed datasets …``: the public datasets bundled with biofed, and one site's file of them.
+
+``biofed datasets export tcga-brca --site center-0 --out data/tcga-brca.csv`` writes what a
+node.toml names (``examples/node.toml``): one centre's train and test rows, the targets as
+columns and a ``split`` column, so a walk-through or a test gives each node only its own
+region of the data, as a real site holds only its own records.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from biofed.cli._common import call
+from biofed.core import ConfigurationError
+from biofed.data import FederatedDataset, write_site_files
+from biofed.datasets import load_tcga_brca
+
+app = typer.Typer(help="The public datasets bundled with biofed.", no_args_is_help=True)
+out = Console()
+
+#: Bundled dataset name → loader.
+_BUNDLED = {"tcga-brca": load_tcga_brca}
+
+
+def _load(name: str) -> FederatedDataset:
+    loader = _BUNDLED.get(name)
+    if loader is None:
+        raise ConfigurationError(
+            f"no bundled dataset {name!r}; bundled: {', '.join(sorted(_BUNDLED))}"
+        )
+    return loader()
+
+
+@app.command("list")
+def list_command(
+    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+) -> None:
+    """The bundled datasets and their sites (train / test rows)."""
+    rows: list[dict[str, object]] = []
+    for name, loader in sorted(_BUNDLED.items()):
+        fed = call(loader)
+        for site, data in fed.sites.items():
+            test = 0 if data.test is None else len(data.test)
+            rows.append({"dataset": name, "site": site, "train": len(data.train), "test": test})
+    if format == "json":
+        print(json.dumps(rows))
+        return
+    table = Table(title="bundled datasets")
+    for col in ("dataset", "site", "train rows", "test rows"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(str(r["dataset"]), str(r["site"]), str(r["train"]), str(r["test"]))
+    out.print(table)
+
+
+@app.command("export")
+def export_command(
+    name: Annotated[str, typer.Argument(help="A bundled dataset (see `biofed datasets list`).")],
+    site: Annotated[str, typer.Option(help="Which of its sites, e.g. center-0.")],
+    out_path: Annotated[Path, typer.Option("--out", help="The file to write (.csv or .parquet).")],
+) -> None:
+    """Write one site's rows (train and test, a `split` column) to the file a node.toml names."""
+
+    def export() -> int:
+        fed = _load(name)
+        if site not in fed.sites:
+            raise ConfigurationError(
+                f"dataset {name!r} has no site {site!r}; its sites: {', '.join(fed.sites)}"
+            )
+        suffix = out_path.suffix.lower()
+        if suffix not in (".csv", ".parquet"):
+            raise ConfigurationError(f"--out must end in .csv or .parquet, got {out_path.name!r}")
+        one = FederatedDataset(name=fed.name, sites={site: fed.sites[site]})
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=out_path.parent) as tmp:
+            written = write_site_files(one, tmp, format="csv" if suffix == ".csv" else "parquet")
+            written[site].replace(out_path)
+        data = fed.sites[site]
+        return len(data.train) + (0 if data.test is None else len(data.test))
+
+    rows = call(export)
+    out.print(f"wrote {out_path}: {rows} rows of {name} site {site}")
