@@ -29,8 +29,8 @@ from biofed.coordinator._job import JobSpec
 from biofed.coordinator._records import RoundRecord, RunCancelled, RunEvent
 from biofed.coordinator._store import Checkpoint, RunRow, RunStatus, StateStore
 from biofed.core import BiofedError
-from biofed.tasks import make_task
 from biofed.governance import AuditLog
+from biofed.tasks import make_task
 from biofed.transport import Transport
 from biofed.transport.grpc import NodeHub
 

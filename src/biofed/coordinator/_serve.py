@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from biofed.coordinator._scheduler import DEFAULT_MAX_CONCURRENT_RUNS
-from biofed.coordinator._job_limits import JobLimits
 from biofed.coordinator._agreements import AgreementKeeper
+from biofed.coordinator._job_limits import JobLimits
+from biofed.coordinator._scheduler import DEFAULT_MAX_CONCURRENT_RUNS
 from biofed.coordinator._service import Coordinator
 from biofed.coordinator._store import StateStore, open_store
 from biofed.core import ConfigurationError, PolicyViolation

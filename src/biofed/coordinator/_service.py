@@ -20,9 +20,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from biofed.coordinator._executor import RunExecutor
 from biofed.coordinator._access import RunAccess
 from biofed.coordinator._agreements import AgreementKeeper
+from biofed.coordinator._executor import RunExecutor
 from biofed.coordinator._job import JobSpec
 from biofed.coordinator._job_limits import JobLimits
 from biofed.coordinator._privacy_report import PRIVACY_EVENT, privacy_report, spend_message
