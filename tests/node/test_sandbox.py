@@ -24,6 +24,8 @@ from biofed.data import Dataset, SiteData, write_site_files
 from biofed.datasets import load_tcga_brca
 from biofed.governance import (
     ApprovalStore,
+    AuditLog,
+    AuditSigner,
     DatasetRegistry,
     OutputPolicy,
     Party,
@@ -584,8 +586,10 @@ class GovernedSite:
             shutil.copy(fed / name / "cert.pem", root / "certificates" / f"{name}.pem")
         csv = write_site_files(load_tcga_brca(), root / "data")["center-1"]
         DatasetRegistry(root / "datasets.json").add("brca", csv, format="csv", min_cohort=10)
-        ApprovalStore(root / "approvals.json").approve(self.digest, by="operator")
         self.audit = root / "audit.jsonl"
+        # approvals are recorded in (and read back from) the node's signed audit log
+        log = AuditLog(self.audit, AuditSigner.from_kit(self.kits["a"]))
+        ApprovalStore(root / "approvals.json", audit=log).approve(self.digest, by="operator")
         (root / "node.toml").write_text(
             f'[datasets.brca]\npath = "{csv}"\nformat = "csv"\nsplit_column = "split"\n'
             'targets = { event = "event", time = "time" }\n\n'
@@ -663,7 +667,7 @@ def test_an_approved_bundle_at_a_governed_node_cannot_leak_and_still_trains(
     reply = site.app().handle(site.train())
     assert reply.ok, reply.error  # every attempt refused, then a normal training round
     assert reply.num_examples == 156
-    assert [e["event"] for e in site.events()] == ["job.accepted", "round.sent"]
+    assert [e["event"] for e in site.events()] == ["bundle.approved", "job.accepted", "round.sent"]
     assert _nothing_arrived(*listeners)
 
 
