@@ -604,6 +604,25 @@ def test_sqlite_schema_version_is_recorded_checked_and_upgraded(tmp_path: Path) 
         assert store.start_attempt("old") == 1
 
 
+@pytest.mark.skipif(PG_URL is None, reason="set BIOFED_TEST_POSTGRES_URL")
+def test_postgres_schema_1_is_upgraded(tmp_path: Path) -> None:
+    """A PostgreSQL store from before the version table (runs.status VARCHAR(16), no
+    runs.attempts) takes the new status names after the upgrade."""
+    url = _worker_database()
+    engine = sa.create_engine(url)
+    store_sql.METADATA.drop_all(engine)
+    SqlStateStore(url, tmp_path / "ckpt").close()
+    with engine.begin() as conn:
+        conn.execute(sa.text("DROP TABLE biofed_schema"))
+        conn.execute(sa.text("ALTER TABLE runs DROP COLUMN attempts"))
+        conn.execute(sa.text("ALTER TABLE runs ALTER COLUMN status TYPE VARCHAR(16)"))
+    engine.dispose()
+    with SqlStateStore(url, tmp_path / "ckpt") as store:
+        store.create_run("run-1", SPEC, "alice")
+        store.set_run_status("run-1", RunStatus.FINISHED_WITH_FAILURES)
+        assert store.get_run("run-1").status is RunStatus.FINISHED_WITH_FAILURES  # type: ignore[union-attr]
+
+
 def test_sqlite_uses_wal_and_default_checkpoint_dir(tmp_path: Path) -> None:
     with open_store(sqlite_url(tmp_path)) as store:
         assert isinstance(store, SqlStateStore)

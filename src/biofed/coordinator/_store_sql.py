@@ -73,7 +73,7 @@ RUNS = sa.Table(
     sa.Column("run_id", _ID, primary_key=True),
     sa.Column("spec", sa.Text, nullable=False),
     sa.Column("owner", sa.Text, nullable=False),
-    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("status", sa.String(32), nullable=False),  # "finished_with_failures": 22
     sa.Column("created_at", sa.Double, nullable=False),
     sa.Column("updated_at", sa.Double, nullable=False),
     sa.Column("completed_rounds", sa.Integer, nullable=False),
@@ -130,7 +130,7 @@ SCHEMA = sa.Table(
 )
 
 #: The schema this code writes. 1: the tables before ``biofed_schema`` existed;
-#: 2: ``runs.attempts`` and the version table.
+#: 2: ``runs.attempts``, ``runs.status`` up to 32 characters, and the version table.
 SCHEMA_VERSION = 2
 
 _WRITE = "biofed_write"
@@ -600,10 +600,12 @@ def _prepare_schema(engine: sa.Engine, shown: str) -> None:
                 raise ConfigurationError(
                     f"state store {shown!r} has an invalid schema version {version}"
                 )
-            if version == 1:  # before the version table: add runs.attempts
+            if version == 1:  # before the version table: runs.attempts, a wider runs.status
                 conn.execute(
                     sa.text("ALTER TABLE runs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
                 )
+                if conn.dialect.name != "sqlite":  # SQLite does not enforce VARCHAR lengths
+                    conn.execute(sa.text("ALTER TABLE runs ALTER COLUMN status TYPE VARCHAR(32)"))
             METADATA.create_all(conn, checkfirst=True)
             if version < SCHEMA_VERSION:
                 conn.execute(SCHEMA.delete())
