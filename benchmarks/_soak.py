@@ -188,7 +188,9 @@ def _calls(
     ]
 
 
-def soak(count: int = 100_000, warmup: int = 10_000, threads: int = 4, seed: int = 0) -> dict[str, Any]:
+def soak(
+    count: int = 100_000, warmup: int = 10_000, threads: int = 4, seed: int = 0
+) -> dict[str, Any]:
     """Send ``count`` mixed messages; return RSS figures and the outcome counts."""
     root = Path(tempfile.mkdtemp(prefix="biofed-soak-"))
     coordinator = _Coordinator(root)
