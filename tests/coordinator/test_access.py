@@ -10,14 +10,23 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from biofed.coordinator import Coordinator, InMemoryStateStore, JobSpec
+from biofed.coordinator import (
+    Checkpoint,
+    Coordinator,
+    InMemoryStateStore,
+    JobSpec,
+    RoundRecord,
+    RunStatus,
+)
 from biofed.coordinator._access import DENIED, RunAccess
 from biofed.coordinator._agreements import AgreementKeeper
-from biofed.core import ConfigurationError, PolicyViolation
+from biofed.core import ConfigurationError, ParameterSet, PolicyViolation, decode_parameters
 from biofed.governance import OutputPolicy, Party, SignedAgreement, StudyAgreement, sign
 from biofed.identity import Consortium, Kit, load_kit
 from biofed.transport.grpc import Peer
@@ -276,3 +285,50 @@ def test_without_a_keeper_nothing_is_shared_and_agreements_are_refused() -> None
         coordinator.submit_run(ALICE, _spec(), agreement=b"x")
     run = coordinator.submit_run(ALICE, _spec()).run_id
     assert RunAccess().may(BOB, coordinator.store.get_run(run)) is False  # type: ignore[arg-type]
+
+
+def _finish(coordinator: Coordinator, run_id: str) -> None:
+    """Give the run one completed round and mark it finished (as the executor would)."""
+    params = ParameterSet({"w": np.zeros(3)})
+    coordinator.store.complete_round(
+        run_id,
+        RoundRecord(round=1, num_selected=2, num_replies=2, num_rejected=0),
+        Checkpoint(run_id=run_id, round=1, parameters=params, state={}),
+    )
+    coordinator.store.set_run_status(run_id, RunStatus.FINISHED)
+
+
+def test_an_agreement_that_keeps_the_model_in_refuses_its_download(
+    fed: Path, coordinator: Coordinator
+) -> None:
+    closed = _agreement(fed, outputs=OutputPolicy(final_model=False, metrics=("c_index",)))
+    run = coordinator.submit_run(
+        ALICE, _spec(agreement=ID), agreement=_file(fed, closed), certificates=_certs(fed)
+    ).run_id
+    _finish(coordinator, run)
+    for peer in (ALICE, BOB, ADMIN):  # the owner, a researcher it names, and the admin
+        with pytest.raises(PolicyViolation, match=r"does not release the final model"):
+            coordinator.run_result(peer, run)
+    assert coordinator.get_run(BOB, run).status == "finished"  # the run itself stays visible
+
+
+def test_an_agreement_that_releases_the_model_lets_its_researchers_download_it(
+    fed: Path, coordinator: Coordinator
+) -> None:
+    run = coordinator.submit_run(
+        ALICE, _spec(agreement=ID), agreement=_file(fed, _agreement(fed)), certificates=_certs(fed)
+    ).run_id
+    _finish(coordinator, run)
+    assert decode_parameters(coordinator.run_result(BOB, run))["w"].shape == (3,)
+
+
+def test_a_run_stored_under_older_rules_does_not_break_the_list(coordinator: Coordinator) -> None:
+    good = coordinator.submit_run(ALICE, _spec()).run_id
+    bad_spec = json.loads(_spec())
+    bad_spec["run"]["rounds"] = 10**12  # accepted before the job schema; too big for the wire
+    coordinator.store.create_run("old-00000001", json.dumps(bad_spec), "alice")
+    listed = {s.run_id: s for s in coordinator.list_runs(ALICE)}
+    assert set(listed) == {good, "old-00000001"}
+    old = listed["old-00000001"]
+    assert old.total_rounds == 0
+    assert "[run] rounds" in json.loads(old.summary_json)["spec_error"]

@@ -54,7 +54,7 @@ def _party(kit: Kit) -> Party:
     return Party(name=kit.name, role=kit.role, fingerprint=kit.fingerprint)
 
 
-def _govern(federation: Federation, digest: str) -> None:
+def _govern(federation: Federation, digest: str) -> bytes:
     """Every party signs the agreement; each site registers its data, approves the bundle
     (recorded in its signed audit log) and turns governance on in node.toml."""
     kits = {n: load_kit(federation.kit(n)) for n in [*SITES, "researcher", "coordinator"]}
@@ -97,6 +97,7 @@ def _govern(federation: Federation, digest: str) -> None:
         ApprovalStore(folder / "approvals.json", audit=log).approve(digest, by="steward")
         with (folder / "node.toml").open("a") as toml:
             toml.write(GOVERNANCE_TOML)
+    return signed.to_toml().encode()
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +111,7 @@ def consortium(tmp_path_factory: pytest.TempPathFactory, site_files: dict[str, P
         task.mkdir()
         (task / "task.py").write_text(TASK_PY)
         info = pack_bundle(task, root / "task.zip")
-        _govern(federation, info.digest)
+        agreement = _govern(federation, info.digest)
         federation.start_coordinator()
         for site in SITES:
             federation.start_node(site)
@@ -126,8 +127,12 @@ def consortium(tmp_path_factory: pytest.TempPathFactory, site_files: dict[str, P
         ).to_mapping()
         spec["run"].update(agreement=AGREEMENT, bundle=info.digest)
         spec["evaluate"]["metrics"] = "c_index"
+        signers = [*SITES, "researcher", "coordinator"]
         run = client.submit_run(
-            JobSpec.from_mapping(spec).to_json(), bundle=(root / "task.zip").read_bytes()
+            JobSpec.from_mapping(spec).to_json(),
+            bundle=(root / "task.zip").read_bytes(),
+            agreement=agreement,  # the coordinator keeps the agreement the job runs under
+            certificates={n: (federation.kit(n) / "cert.pem").read_bytes() for n in signers},
         )
         assert wait_terminal(client, run.run_id, timeout=240) == "finished"
     finally:

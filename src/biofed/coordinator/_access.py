@@ -104,6 +104,11 @@ class RunAccess:
             raise PolicyViolation(f"only the run's submitter or an admin may {action} it")
         return row
 
+    def releases_model(self, agreement_id: str) -> bool:
+        """Whether the kept agreement lets the final model leave (``outputs.final_model``);
+        False for an agreement that is not kept here."""
+        return self.agreements is not None and self.agreements.releases_model(agreement_id)
+
     def visible(self, peer: Peer, rows: Iterable[RunRow]) -> list[RunRow]:
         """The rows ``peer`` may read, in their order."""
         return [row for row in rows if self.may(peer, row)]

@@ -109,7 +109,7 @@ class AgreementKeeper:
         self._coordinator = coordinator
         self._coordinator_pem = coordinator_pem
         self._lock = threading.Lock()
-        self._researchers: dict[str, frozenset[str]] = {}
+        self._researchers: dict[str, tuple[frozenset[str], bool]] = {}
 
     def _path(self, agreement_id: str) -> Path:
         return self.directory / f"{check_id(agreement_id, what='agreement id')}.json"
@@ -188,8 +188,9 @@ class AgreementKeeper:
         tmp.write_text(json.dumps(body, sort_keys=True), encoding="utf-8")
         os.replace(tmp, path)
 
-    def researchers(self, agreement_id: str) -> frozenset[str]:
-        """The researchers a kept agreement names (empty if none is kept under that id)."""
+    def _terms(self, agreement_id: str) -> tuple[frozenset[str], bool]:
+        """(researchers named, final model released) of a kept agreement; nobody and no
+        release for an id that is not kept (or no longer reads)."""
         with self._lock:
             cached = self._researchers.get(agreement_id)
             if cached is not None:
@@ -199,7 +200,17 @@ class AgreementKeeper:
             except ConfigurationError:
                 kept = None
             if kept is None:
-                return frozenset()
-            names = frozenset(p.name for p in kept[0].agreement.parties if p.role == "researcher")
-            self._researchers[agreement_id] = names
-            return names
+                return frozenset(), False
+            agreement = kept[0].agreement
+            names = frozenset(p.name for p in agreement.parties if p.role == "researcher")
+            terms = (names, bool(agreement.outputs.final_model))
+            self._researchers[agreement_id] = terms
+            return terms
+
+    def researchers(self, agreement_id: str) -> frozenset[str]:
+        """The researchers a kept agreement names (empty if none is kept under that id)."""
+        return self._terms(agreement_id)[0]
+
+    def releases_model(self, agreement_id: str) -> bool:
+        """Whether a kept agreement lets the final model leave (``outputs.final_model``)."""
+        return self._terms(agreement_id)[1]

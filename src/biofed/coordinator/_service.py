@@ -42,6 +42,7 @@ from biofed.coordinator._store import (
 from biofed.core import (
     BiofedError,
     ConfigurationError,
+    PolicyViolation,
     ProtocolError,
     Reply,
     encode_parameters,
@@ -408,8 +409,13 @@ class Coordinator:
         checkpoint = self.store.latest_checkpoint(run_id)
         if checkpoint is None:
             raise LookupError(f"run {run_id!r} has no model")
-        metadata = {"run_id": run_id, "round": str(checkpoint.round)}
         spec = JobSpec.from_json(row.spec)
+        if spec.agreement is not None and not self.access.releases_model(spec.agreement):
+            raise PolicyViolation(
+                f"the study agreement {spec.agreement!r} does not release the final model "
+                "(outputs.final_model = false)"
+            )
+        metadata = {"run_id": run_id, "round": str(checkpoint.round)}
         privacy = privacy_report(
             spec, self.store.events(run_id), [r.record for r in self.store.rounds(run_id)]
         )
@@ -429,13 +435,18 @@ class Coordinator:
         ]
 
     def _summary(self, row: RunRow) -> RunSummary:
-        spec = JobSpec.from_json(row.spec)
+        spec: JobSpec | None = None
+        summary: dict[str, Any]
+        try:
+            parsed = JobSpec.from_json(row.spec)
+        except ConfigurationError as exc:
+            # a run stored under older rules: it is shown (and fails alone), never breaks
+            # ListRuns for everyone
+            summary = {"spec_error": str(exc).splitlines()[0]}
+        else:
+            spec = parsed
+            summary = {"strategy": spec.strategy, "dataset": spec.dataset, "task": spec.task}
         rounds = self.store.rounds(row.run_id)
-        summary: dict[str, Any] = {
-            "strategy": spec.strategy,
-            "dataset": spec.dataset,
-            "task": spec.task,
-        }
         if rounds:
             failed = sum(r.record.failed is not None for r in rounds)
             summary["rounds"] = {"completed": len(rounds) - failed, "failed": failed}
@@ -463,7 +474,7 @@ class Coordinator:
             started = [e for e in events if e.kind == "round_started"]
             if waiting and (not started or waiting[-1].seq > started[-1].seq):
                 summary["waiting"] = waiting[-1].message  # why the run does not go on
-        privacy = privacy_report(spec, events, [r.record for r in rounds])
+        privacy = None if spec is None else privacy_report(spec, events, [r.record for r in rounds])
         if privacy is not None:
             summary["privacy"] = privacy
         problems = [
@@ -478,7 +489,7 @@ class Coordinator:
             status=row.status.value,
             owner=row.owner,
             completed_rounds=row.completed_rounds,
-            total_rounds=spec.rounds,
+            total_rounds=0 if spec is None else spec.rounds,
             error=row.error or "",
             summary_json=json.dumps(summary, sort_keys=True),
             created_at=row.created_at,
