@@ -21,8 +21,15 @@ valid heartbeats, garbage ``SendReply`` uploads and ControlService calls a site 
 The coordinator's RSS is read after the first 10 % (warm-up) and at the end. Target: growth
 ≤ 10 % after warm-up.
 
+Part (c) soaks the control API as researchers would break it (``_soak.py``): a real
+``biofed coordinator start`` *process*, ``--researcher-soak-messages`` calls from two
+researchers and a site, mixed valid and hostile (random bytes, 5,000-deep JSON and
+out-of-range jobs at SubmitRun, others' and missing run ids, a site on ControlService,
+garbage uploads). Its RSS is read after 10 % and at the end; ListRuns must still answer.
+Target: growth ≤ 10 % after warm-up.
+
     python benchmarks/coordinator_service.py [--json] [--rounds 10] [--nodes 10] [--work-ms 100]
-        [--soak-messages 100000]
+        [--soak-messages 100000] [--researcher-soak-messages 30000]
 """
 
 from __future__ import annotations
@@ -102,6 +109,7 @@ def main() -> None:
     p.add_argument("--nodes", type=int, default=10)
     p.add_argument("--work-ms", type=float, default=100.0)
     p.add_argument("--soak-messages", type=int, default=100_000)
+    p.add_argument("--researcher-soak-messages", type=int, default=30_000)
     args = p.parse_args()
 
     import tempfile
@@ -191,6 +199,12 @@ def main() -> None:
 
         shutil.rmtree(tmp, ignore_errors=True)
 
+    control_soak: dict[str, object] = {}
+    if args.researcher_soak_messages > 0:
+        from _soak import soak as researcher_soak
+
+        n = args.researcher_soak_messages
+        control_soak = researcher_soak(count=n, warmup=max(1, n // 10))
     ratio = concurrent_s / sequential_s
     worst = max(r["starvation_ratio"] for r in per_run)
     result = {
@@ -205,7 +219,18 @@ def main() -> None:
         "worst_slowest_over_median_round": worst,
         "per_run": per_run,
         **soak,
-        "targets_met": ratio <= 0.6 and worst <= 3.0 and (not soak or soak["rss_growth"] <= 0.10),
+        "control_soak": control_soak,
+        "targets_met": ratio <= 0.6
+        and worst <= 3.0
+        and (not soak or soak["rss_growth"] <= 0.10)
+        and (
+            not control_soak
+            or (
+                float(control_soak["rss_growth_after_warmup"]) <= 0.10  # type: ignore[arg-type]
+                and control_soak["coordinator_alive"] is True
+                and isinstance(control_soak["runs_listed_after"], int)
+            )
+        ),
     }
     print(
         f"{RUNS} runs × {args.rounds} rounds, {args.nodes} node processes (mTLS, loopback), "
@@ -227,9 +252,21 @@ def main() -> None:
             f"{soak['rss_after_warmup_mb']:.0f} MiB after warm-up, {soak['rss_end_mb']:.0f} MiB "
             f"at the end ({100 * soak['rss_growth']:+.1f} %)"
         )
+    if control_soak:
+        mb = control_soak["rss_mb"]
+        print(
+            f"control soak (coordinator process): {control_soak['messages']:,} calls in "
+            f"{control_soak['seconds']:.0f} s · RSS {mb['after_warmup']:.0f} MiB after "  # type: ignore[index]
+            f"warm-up, {mb['end']:.0f} MiB at the end "  # type: ignore[index]
+            f"({100 * control_soak['rss_growth_after_warmup']:+.1f} %) · alive: "  # type: ignore[operator]
+            f"{control_soak['coordinator_alive']} · ListRuns after: "
+            f"{control_soak['runs_listed_after']}"
+        )
+        for name, count in control_soak["outcomes"].items():  # type: ignore[attr-defined]
+            print(f"  {name}: {count}")
     print(
         "targets: at once <= 0.6 × one after another; slowest round <= 3 × median round; "
-        "RSS growth <= 10 % after warm-up"
+        "RSS growth <= 10 % after warm-up (both soaks)"
     )
     emit({"benchmark": "coordinator_service", "machine": machine(), **result}, args.json)
 
