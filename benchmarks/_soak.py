@@ -141,14 +141,14 @@ def _calls(
         (
             "submit_random_bytes",
             lambda: control.SubmitRun(
-                pb.SubmitRunRequest(spec_json=rng.randbytes(200).decode("latin-1")),
+                pb.SubmitRunRequest(spec_json=rng.randbytes(200)),
                 timeout=timeout,
             ),
         ),
         (
             "submit_deep_json",
             lambda: control.SubmitRun(
-                pb.SubmitRunRequest(spec_json=_nested(5000)), timeout=timeout
+                pb.SubmitRunRequest(spec_json=_nested(5000).encode()), timeout=timeout
             ),
         ),
         (
@@ -157,7 +157,7 @@ def _calls(
                 pb.SubmitRunRequest(
                     spec_json=json.dumps(
                         {**_VALID_JOB, "run": {**_VALID_JOB["run"], "rounds": 10**12}}
-                    )
+                    ).encode()
                 ),
                 timeout=timeout,
             ),
@@ -201,7 +201,9 @@ def soak(
         site = coordinator.channel("site-a")
         channels += [alice, bob, site]
         control = pb_grpc.ControlServiceStub(alice)
-        own = control.SubmitRun(pb.SubmitRunRequest(spec_json=json.dumps(_VALID_JOB)), timeout=30)
+        own = control.SubmitRun(
+            pb.SubmitRunRequest(spec_json=json.dumps(_VALID_JOB).encode()), timeout=30
+        )
         rng = random.Random(seed)
         calls = _calls(
             control,

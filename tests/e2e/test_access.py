@@ -109,7 +109,7 @@ class Caller:
         )
 
     def submit(self, spec_json: str, **fields: Any) -> tuple[grpc.StatusCode, Any]:
-        request = pb.SubmitRunRequest(spec_json=spec_json, **fields)
+        request = pb.SubmitRunRequest(spec_json=spec_json.encode(), **fields)
         return self._status(lambda: self.stub.SubmitRun(request, timeout=10))
 
 

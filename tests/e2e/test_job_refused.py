@@ -96,9 +96,11 @@ def test_the_status_code_is_invalid_argument_with_one_line(federation: Federatio
             INVALID["evaluate_every=-1"],
             INVALID["rounds=1e12"],
             INVALID["JSON nested 5000 deep"],
+            (b'{"run": {"name": "caf\xe9"}}', "UTF-8"),  # not UTF-8: refused by us, not protobuf
         ):
+            data = spec_json.encode() if isinstance(spec_json, str) else spec_json
             with pytest.raises(grpc.RpcError) as caught:
-                stub.SubmitRun(pb.SubmitRunRequest(spec_json=spec_json), timeout=10)
+                stub.SubmitRun(pb.SubmitRunRequest(spec_json=data), timeout=10)
             assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             details = caught.value.details() or ""
             assert "\n" not in details

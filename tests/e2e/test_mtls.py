@@ -92,7 +92,7 @@ NODE_RPCS: dict[str, _Call] = {
     "Heartbeat": _heartbeat,
 }
 CONTROL_RPCS: dict[str, _Call] = {
-    "SubmitRun": _control("SubmitRun", lambda r: pb.SubmitRunRequest(spec_json=_SPEC)),
+    "SubmitRun": _control("SubmitRun", lambda r: pb.SubmitRunRequest(spec_json=_SPEC.encode())),
     "GetRun": _control("GetRun", lambda r: pb.RunRequest(run_id=r)),
     "ListRuns": _control("ListRuns", lambda r: pb.ListRunsRequest()),
     "WatchRun": _control(

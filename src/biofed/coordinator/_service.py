@@ -296,7 +296,7 @@ class Coordinator:
     def submit_run(
         self,
         peer: Peer,
-        spec_json: str,
+        spec_json: str | bytes,
         bundle: bytes = b"",
         agreement: bytes = b"",
         certificates: Mapping[str, bytes] | None = None,

@@ -415,7 +415,7 @@ class ControlClient:
 
     def submit_run(
         self,
-        spec_json: str,
+        spec_json: str | bytes,
         bundle: bytes = b"",
         *,
         agreement: bytes = b"",
@@ -424,7 +424,7 @@ class ControlClient:
         """Submit a job (with the task bundle it names, if any, and the signed study
         agreement it names with its signers' certificates); returns the new run."""
         request = pb.SubmitRunRequest(
-            spec_json=spec_json,
+            spec_json=spec_json.encode() if isinstance(spec_json, str) else spec_json,
             bundle=bundle,
             agreement=agreement,
             certificates=dict(certificates or {}),

@@ -498,10 +498,12 @@ class SubmitRunRequest(_message.Message):
     BUNDLE_FIELD_NUMBER: _builtins.int
     AGREEMENT_FIELD_NUMBER: _builtins.int
     CERTIFICATES_FIELD_NUMBER: _builtins.int
-    spec_json: _builtins.str
-    """the job file, as JSON"""
+    spec_json: _builtins.bytes
+    """the job file, as UTF-8 JSON (bytes: the coordinator, not the"""
     bundle: _builtins.bytes
-    """the task bundle the job names ([run] bundle), if any"""
+    """protobuf parser, refuses text that is not UTF-8, in one line)
+    the task bundle the job names ([run] bundle), if any
+    """
     agreement: _builtins.bytes
     """The signed study agreement the job names ([run] agreement), as its TOML file, and the
     certificates (PEM, by signer name) its signatures are checked with. The coordinator
@@ -513,7 +515,7 @@ class SubmitRunRequest(_message.Message):
     def __init__(
         self,
         *,
-        spec_json: _builtins.str = ...,
+        spec_json: _builtins.bytes = ...,
         bundle: _builtins.bytes = ...,
         agreement: _builtins.bytes = ...,
         certificates: _abc.Mapping[_builtins.str, _builtins.bytes] | None = ...,
