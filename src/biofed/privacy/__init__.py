@@ -20,10 +20,14 @@ from biofed.privacy._noise import GaussianNoise
 from biofed.privacy._settings import (
     DELTA_METRIC,
     EPSILON_METRIC,
+    GUARANTEE_METRIC,
+    GUARANTEES,
     NOISE_PLACEMENTS,
     PRIVACY_MODES,
     PRIVACY_PREFIX,
     DPSettings,
+    guarantee_code,
+    guarantee_label,
     noise_in_sum,
 )
 
@@ -31,6 +35,8 @@ __all__ = [
     "ACCOUNTANTS",
     "DELTA_METRIC",
     "EPSILON_METRIC",
+    "GUARANTEES",
+    "GUARANTEE_METRIC",
     "NOISE_PLACEMENTS",
     "PLD_VALUE_DISCRETIZATION_INTERVAL",
     "PRIVACY_MODES",
@@ -45,6 +51,8 @@ __all__ = [
     "calibrate_noise",
     "clip_l2",
     "l2_norm",
+    "guarantee_code",
+    "guarantee_label",
     "make_accountant",
     "noise_in_sum",
 ]
