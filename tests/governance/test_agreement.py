@@ -365,4 +365,6 @@ def test_exact_guarantees_are_required_by_default_and_only_a_signed_false_relaxe
     explicit = text.replace("[privacy]\n", "[privacy]\nexact_guarantees_required = true\n")
     assert StudyAgreement.from_toml(explicit) == agreement
     with pytest.raises(ConfigurationError, match="exact_guarantees_required"):
-        StudyAgreement.from_toml(text.replace("[privacy]\n", '[privacy]\nexact_guarantees_required = "no"\n'))
+        StudyAgreement.from_toml(
+            text.replace("[privacy]\n", '[privacy]\nexact_guarantees_required = "no"\n')
+        )

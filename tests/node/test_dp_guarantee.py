@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from biofed.core import Instruction, MessageKind
-from biofed.governance import PrivacyRequirements, pack_bundle
-from biofed.identity import Kit
+# The governed site of the governance tests: kits, agreement, registry, approvals, audit log.
+from test_node_governance import AGREEMENT, SIGNERS, Site
 
-# The governed site's fixtures (kits, agreements, registry, approvals, audit log).
-from test_node_governance import AGREEMENT, Site, bundle_file, fed, kits  # noqa: F401
+from biofed.core import Instruction, MessageKind
+from biofed.governance import OutputPolicy, PrivacyRequirements, pack_bundle
+from biofed.identity import Consortium, Kit, load_kit
 
 pytestmark = pytest.mark.torch
 
@@ -58,21 +57,36 @@ def _bundle(tmp: Path, coupling: str) -> tuple[str, Path]:
     return info.digest, root / "b.zip"
 
 
-@pytest.fixture(params=["none", "independent", "bounded"])
-def dp_site(
-    request: pytest.FixtureRequest, tmp_path: Path, fed: Path, kits: dict[str, Kit]
-) -> Any:
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("fed") / "c"
+    Consortium.create(
+        folder, consortium="t", coordinator="127.0.0.1:7443", sites=["a", "b"], researchers=["r"]
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def kits(fed: Path) -> dict[str, Kit]:
+    return {name: load_kit(fed / name) for name in SIGNERS}
+
+
+@pytest.fixture
+def make_site(tmp_path: Path, fed: Path, kits: dict[str, Kit]) -> Any:
+    """A governed site whose approved bundle declares the given record coupling."""
     pytest.importorskip("opacus")
-    bundle = _bundle(tmp_path, request.param)
-    (tmp_path / "site").mkdir()
-    site = Site(tmp_path / "site", fed, kits, bundle)
-    toml = site.root / "node.toml"
-    toml.write_text(toml.read_text() + "\n[privacy.caps.brca]\nepsilon = 50.0\ndelta = 1e-3\n")
     (fed / "a" / "privacy.db").unlink(missing_ok=True)  # the kit folder is shared
-    site.coupling = request.param  # type: ignore[attr-defined]
-    yield site
+
+    def make(coupling: str) -> Site:
+        bundle = _bundle(tmp_path, coupling)
+        (tmp_path / "site").mkdir()
+        site = Site(tmp_path / "site", fed, kits, bundle)
+        toml = site.root / "node.toml"
+        toml.write_text(toml.read_text() + "\n[privacy.caps.brca]\nepsilon = 50.0\ndelta = 1e-3\n")
+        return site
+
+    yield make
     (fed / "a" / "privacy.db").unlink(missing_ok=True)
-    shutil.rmtree(tmp_path / "site", ignore_errors=True)
 
 
 def _params() -> Any:
@@ -118,12 +132,16 @@ def _ledger(site: Site) -> Any:
 
 
 @pytest.mark.slow
-def test_the_node_runs_sample_dp_only_where_epsilon_is_a_guarantee(dp_site: Site) -> None:
+@pytest.mark.parametrize("coupling", ["none", "independent", "bounded"])
+def test_the_node_runs_sample_dp_only_where_epsilon_is_a_guarantee(
+    make_site: Any, coupling: str
+) -> None:
     from biofed.privacy import calibrate_noise
 
-    site = dp_site
-    coupling = site.coupling  # type: ignore[attr-defined]
-    site.setup(privacy=DP)  # exact guarantees required: the agreement's default
+    site = make_site(coupling)
+    # exact guarantees required (the agreement's default); the task's z may leave, to check
+    outputs = OutputPolicy(metrics=("c_index", "dp_noise_multiplier"), per_site_metrics=True)
+    site.setup(privacy=DP, outputs=outputs)
     reply = site.app().handle(_sample_inst(site))
     events = site.events()
     names = [e["event"] for e in events]
@@ -162,12 +180,8 @@ def test_the_node_runs_sample_dp_only_where_epsilon_is_a_guarantee(dp_site: Site
 
 
 @pytest.mark.slow
-def test_an_agreement_that_accepts_heuristic_figures_runs_them_labelled(
-    dp_site: Site,
-) -> None:
-    site = dp_site
-    if site.coupling != "none":  # type: ignore[attr-defined]
-        pytest.skip("one declaration is enough here")
+def test_an_agreement_that_accepts_heuristic_figures_runs_them_labelled(make_site: Any) -> None:
+    site = make_site("none")
     site.setup(privacy=dataclasses.replace(DP, exact_guarantees_required=False))
     reply = site.app().handle(_sample_inst(site))
     assert reply.ok, reply.error
