@@ -254,7 +254,7 @@ def for_task(
     if not heuristic_allowed:
         raise PolicyViolation(
             "privacy: sample-level DP refused: the task declares no exact guarantee and no "
-            "per-record sensitivity bound (dp_record_coupling = \"none\", its loss couples "
+            'per-record sensitivity bound (dp_record_coupling = "none", its loss couples '
             "records), so its ε would bound nothing; use a task whose loss is a sum of "
             "per-record terms, or a study agreement with exact_guarantees_required = false "
             "to run it with figures labelled heuristic"

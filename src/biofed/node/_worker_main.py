@@ -17,7 +17,8 @@ and the worker answers with ``result.json`` (``{"status": "ok" | "error" | "memo
 plus ``result-parameters.safetensors``, ``result-extras-<i>.safetensors`` and
 ``result-state-<i>.safetensors``. The ``"describe"`` op (request key ``batch_size``) only
 builds the task and answers ``result["dp"]``: its declared ``dp_record_coupling`` and, for
-``"bounded"``, ``dp_sensitivity_factor(batch_size)``. Everything is JSON or safetensors: nothing is pickled.
+``"bounded"``, ``dp_sensitivity_factor(batch_size)``. Everything is JSON or safetensors:
+nothing is pickled.
 
 Security notes
 --------------

@@ -50,9 +50,9 @@ __all__ = [
     "SampledGaussian",
     "calibrate_noise",
     "clip_l2",
-    "l2_norm",
     "guarantee_code",
     "guarantee_label",
+    "l2_norm",
     "make_accountant",
     "noise_in_sum",
 ]

@@ -70,6 +70,8 @@ def guarantee_label(code: object) -> str:
             if code == i:
                 return label
     return "unlabelled"
+
+
 NOISE_PLACEMENTS = ("central", "distributed")
 _TABLE_KEYS = {
     "mode",
@@ -277,9 +279,7 @@ class DPSettings:
         if self.mode == "sample":
             return "none beyond the site: each site adds its own noise"
         if self.noise == "distributed":
-            return (
-                f"rests on at least {self.min_replies} honest sites adding their noise share"
-            )
+            return f"rests on at least {self.min_replies} honest sites adding their noise share"
         return "trusts the coordinator to add the noise"
 
     def describe(self) -> dict[str, Scalar]:

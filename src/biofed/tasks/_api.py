@@ -82,8 +82,10 @@ def sensitivity_factor(task: object, batch_size: int) -> float:
     if coupling == "none":
         raise ConfigurationError("the task declares no per-record sensitivity bound")
     value = task.dp_sensitivity_factor(int(batch_size))  # type: ignore[attr-defined]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not (
-        math.isfinite(value) and value >= 1.0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and value >= 1.0)
     ):
         raise ConfigurationError(
             f"task's dp_sensitivity_factor({batch_size}) is {value!r}; it must be a finite "
