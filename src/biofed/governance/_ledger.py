@@ -87,6 +87,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from biofed.core import ConfigurationError, PrivacyBudgetExceeded, check_id
+from biofed.privacy import GUARANTEES
 from biofed.privacy._checks import check_real
 
 AuditHook = Callable[[str, Mapping[str, Any]], None]
@@ -830,7 +831,7 @@ class PrivacyLedger:
 
 
 #: Labels from strongest to weakest (a job is only as good as its weakest round).
-_LABELS = ("exact", "bounded", "heuristic")
+_LABELS = GUARANTEES
 
 
 def _weakest(labels: list[str]) -> str:
