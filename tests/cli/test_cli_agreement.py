@@ -146,3 +146,15 @@ def test_sign_and_show_errors(fed: Path, tmp_path: Path) -> None:
         "--legal-basis", "L", "--purpose", "P"])  # fmt: skip
     assert result.exit_code == 2
     assert "exists" in result.stderr
+
+
+def test_draft_requires_exact_guarantees_unless_told_otherwise(fed: Path, tmp_path: Path) -> None:
+    strict, relaxed = tmp_path / "strict.toml", tmp_path / "relaxed.toml"
+    _draft(fed, strict)
+    _draft(fed, relaxed, "--no-exact-guarantees")
+    assert "exact_guarantees_required" not in strict.read_text()  # the default: strict
+    assert "exact_guarantees_required = false" in relaxed.read_text()
+    shown = runner.invoke(app, ["agreement", "show", str(strict)])
+    assert "ε figures must be guarantees" in shown.stdout
+    shown = runner.invoke(app, ["agreement", "show", str(relaxed)])
+    assert "may be heuristic" in shown.stdout

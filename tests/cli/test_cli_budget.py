@@ -65,9 +65,10 @@ def test_cap_then_show_table_and_json(
     assert icu["spent_epsilon"] == 2.0
     assert icu["remaining_epsilon"] == 2.0
     assert icu["spent_delta"] == pytest.approx(3e-6)
+    label = {"guarantee": "unlabelled"}  # reserved without a label: never read as a guarantee
     assert icu["jobs"] == [
-        {"run_id": "study-a", "epsilon": 1.25, "delta": 1e-6, "rounds": 2, "last_round": 2},
-        {"run_id": "study-b", "epsilon": 0.75, "delta": 2e-6, "rounds": 1, "last_round": 1},
+        {"run_id": "study-a", "epsilon": 1.25, "delta": 1e-6, "rounds": 2, "last_round": 2} | label,
+        {"run_id": "study-b", "epsilon": 0.75, "delta": 2e-6, "rounds": 1, "last_round": 1} | label,
     ]
 
     one = runner.invoke(app, ["budget", "cardio", *node, "--format", "json"])

@@ -60,7 +60,14 @@ def test_each_sites_latest_reported_spend_is_shown() -> None:
         spec, [_event(1, "a", message), _event(2, "a", "epsilon=0.9 delta=1e-05")], []
     )
     assert report is not None
-    assert report["sites"]["a"] == {"epsilon": 0.9, "delta": 1e-5, "round": 2.0}
+    # a figure without a label (an older node) is never shown as a guarantee
+    assert report["sites"]["a"] == {
+        "epsilon": 0.9,
+        "delta": 1e-5,
+        "round": 2.0,
+        "guarantee": "unlabelled",
+    }
+    assert report["label"] == "unlabelled"
     assert report["guarantee"]["noise"] == "distributed"
     assert spend_message(Reply(run_id="r", round=1, node_id="a", kind=MessageKind.TRAIN)) is None
 
@@ -99,3 +106,59 @@ def test_distributed_shares_sum_to_sigma_and_accounting_follows_actual_replies()
     assert partial is not None
     assert full is not None
     assert partial > full
+
+
+def test_every_figure_is_labelled_with_what_it_is_and_what_it_rests_on() -> None:
+    from biofed.privacy import GUARANTEE_METRIC, guarantee_code
+
+    spec = JobSpec.from_toml(JOB)
+
+    def message(label: str) -> str:
+        reply = Reply(
+            run_id="r",
+            round=1,
+            node_id="a",
+            kind=MessageKind.TRAIN,
+            metrics={"dp.epsilon": 0.5, "dp.delta": 1e-5, GUARANTEE_METRIC: guarantee_code(label)},
+        )
+        text = spend_message(reply)
+        assert text is not None
+        return text
+
+    report = privacy_report(spec, [_event(1, "a", message("exact"))], [])
+    assert report is not None
+    assert report["sites"]["a"]["guarantee"] == "exact"
+    assert report["label"] == "exact"
+    # distributed noise counted from min_replies = 2: the figure rests on 2 honest sites
+    assert report["trust"] == "rests on at least 2 honest sites adding their noise share"
+    assert "evaluation metrics on test splits" in report["not_covered"]
+    mixed = privacy_report(
+        spec, [_event(1, "a", message("exact")), _event(1, "b", message("heuristic"))], []
+    )
+    assert mixed is not None
+    assert mixed["label"] == "heuristic"  # a run is only as good as its weakest figure
+    central = JobSpec.from_toml(JOB.replace('noise = "distributed"', 'noise = "central"'))
+    central_report = privacy_report(central, [], [])
+    assert central_report is not None
+    assert central_report["trust"] == "trusts the coordinator to add the noise"
+    assert "label" not in central_report  # no figure yet, no label
+
+
+def test_the_cli_prints_each_label() -> None:
+    from rich.console import Console
+
+    from biofed.cli._render import print_privacy
+
+    spec = JobSpec.from_toml(JOB)
+    report = privacy_report(
+        spec,
+        [_event(1, "a", "epsilon=0.5 delta=1e-05 guarantee=heuristic")],
+        [],
+    )
+    assert report is not None
+    console = Console(record=True, width=200)
+    print_privacy(console, report)
+    text = console.export_text()
+    assert "heuristic — not a guarantee" in text
+    assert "rests on at least 2 honest sites" in text
+    assert "not covered by ε" in text

@@ -345,3 +345,26 @@ def test_certificate_with_another_fingerprint_is_refused(
     assert "but the agreement lists" in status.reasons[0]
     with pytest.raises(PolicyViolation, match="is not the one the agreement lists"):
         sign(signed, new_kit)
+
+
+def test_exact_guarantees_are_required_by_default_and_only_a_signed_false_relaxes_them(
+    agreement: StudyAgreement,
+) -> None:
+    assert agreement.privacy.exact_guarantees_required  # the default: strict
+    text = agreement.to_toml()
+    assert "exact_guarantees_required" not in text  # older agreements keep their digest
+    assert "exact_guarantees_required" not in agreement.canonical_bytes().decode()
+    relaxed = dataclasses.replace(
+        agreement,
+        privacy=dataclasses.replace(agreement.privacy, exact_guarantees_required=False),
+    )
+    relaxed_text = relaxed.to_toml()
+    assert "exact_guarantees_required = false" in relaxed_text
+    assert StudyAgreement.from_toml(relaxed_text) == relaxed
+    assert relaxed.digest() != agreement.digest()  # the relaxation is signed, not implied
+    explicit = text.replace("[privacy]\n", "[privacy]\nexact_guarantees_required = true\n")
+    assert StudyAgreement.from_toml(explicit) == agreement
+    with pytest.raises(ConfigurationError, match="exact_guarantees_required"):
+        StudyAgreement.from_toml(
+            text.replace("[privacy]\n", '[privacy]\nexact_guarantees_required = "no"\n')
+        )

@@ -141,6 +141,8 @@ def test_per_round_cumulative_updates_and_refusal_on_epsilon(tmp_path: Path) -> 
             "cap_epsilon": 1.0,
             "cap_delta": 1e-5,
             "repeat": False,
+            "guarantee": "unlabelled",  # the caller gave no label: never read as a guarantee
+            "trust": "",
         },
     )
     # the cumulative figure replaces the job's spend (it is not added to it)
@@ -386,3 +388,48 @@ def test_mechanisms_are_kept_with_debits_and_a_format_1_ledger_is_upgraded(
     assert upgraded.spent("d").spent_epsilon == 0.5  # nothing lost
     upgraded.reserve("d", "r", 2, 0.8, 1e-5, mechanism="{}")
     assert upgraded.mechanisms("d", "r") == {2: "{}"}
+
+
+def test_debits_keep_their_label_and_a_job_is_as_good_as_its_weakest_round(
+    tmp_path: Path,
+) -> None:
+    events: Events = []
+    ledger = _ledger(tmp_path, events)
+    ledger.set_cap("d", 5.0, 1e-4)
+    trust = "trusts the coordinator to add the noise"
+    debit = ledger.reserve("d", "r1", 1, 0.5, 1e-5, guarantee="exact", trust=trust)
+    assert (debit.guarantee, debit.trust) == ("exact", trust)
+    assert events[-1][1]["guarantee"] == "exact"
+    assert events[-1][1]["trust"] == trust
+    assert ledger.spent("d").jobs[0].guarantee == "exact"
+    ledger.reserve("d", "r1", 2, 0.9, 1e-5, guarantee="heuristic")
+    assert ledger.spent("d").jobs[0].guarantee == "heuristic"
+    ledger.reserve("d", "r2", 1, 0.4, 1e-5, guarantee="bounded")
+    assert ledger.spent("d").jobs[1].guarantee == "bounded"
+    with pytest.raises(ConfigurationError, match="guarantee must be one of"):
+        ledger.reserve("d", "r3", 1, 0.1, 1e-5, guarantee="probably")
+
+
+def test_a_format_2_ledger_is_upgraded_and_its_old_rows_read_unlabelled(tmp_path: Path) -> None:
+    old = tmp_path / "old.db"  # format 2: mechanisms, but no labels
+    with sqlite3.connect(old) as db:
+        db.executescript(
+            "CREATE TABLE caps (dataset TEXT PRIMARY KEY, epsilon REAL, delta REAL, "
+            "updated_at REAL);"
+            "CREATE TABLE jobs (dataset TEXT, run_id TEXT, epsilon REAL, delta REAL, "
+            "started_at REAL, updated_at REAL, PRIMARY KEY (dataset, run_id));"
+            "CREATE TABLE debits (id INTEGER PRIMARY KEY AUTOINCREMENT, dataset TEXT, "
+            "run_id TEXT, round INTEGER, epsilon_before REAL, epsilon_after REAL, "
+            "delta_before REAL, delta_after REAL, at REAL, mechanism TEXT);"
+            "INSERT INTO caps VALUES ('d', 2.0, 1e-5, 0);"
+            "INSERT INTO jobs VALUES ('d', 'r', 0.5, 1e-5, 0, 0);"
+            "INSERT INTO debits (dataset, run_id, round, epsilon_before, epsilon_after, "
+            "delta_before, delta_after, at, mechanism) VALUES ('d', 'r', 1, 0, 0.5, 0, 1e-5, 0, "
+            "'{}');"
+            f"PRAGMA application_id={0x62666C67}; PRAGMA user_version=2;"
+        )
+    upgraded = PrivacyLedger(old)
+    assert upgraded.spent("d").jobs[0].guarantee == "unlabelled"
+    upgraded.reserve("d", "r", 2, 0.8, 1e-5, mechanism="{}", guarantee="exact")
+    assert upgraded.spent("d").jobs[0].guarantee == "unlabelled"  # round 1 still is
+    assert upgraded.mechanisms("d", "r") == {1: "{}", 2: "{}"}

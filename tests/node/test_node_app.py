@@ -147,10 +147,28 @@ def _sample_dp(**settings: object) -> dict[str, object]:
     }
 
 
-def test_sample_dp_runs_dp_sgd_with_the_nodes_own_calibration(node_toml: Path) -> None:
-    from biofed.privacy import RdpAccountant, calibrate_noise
+@pytest.fixture
+def heuristic_toml(node_toml: Path) -> Path:
+    """A development node whose operator accepts heuristic ε figures (cox_ph_torch couples
+    the records of a batch through its risk sets and declares no per-record bound)."""
+    node_toml.write_text(node_toml.read_text() + "\n[privacy]\nallow_heuristic = true\n")
+    return node_toml
 
+
+def test_a_development_node_refuses_sample_dp_for_a_task_without_a_guarantee(
+    node_toml: Path,
+) -> None:
     app = NodeApp("center-1", NodeConfig.from_toml(node_toml))
+    reply = app.handle(_inst(_sample_dp()))
+    assert reply.error is not None
+    assert "sample-level DP refused" in reply.error
+    assert 'dp_record_coupling = "none"' in reply.error
+
+
+def test_sample_dp_runs_dp_sgd_with_the_nodes_own_calibration(heuristic_toml: Path) -> None:
+    from biofed.privacy import GUARANTEE_METRIC, RdpAccountant, calibrate_noise, guarantee_label
+
+    app = NodeApp("center-1", NodeConfig.from_toml(heuristic_toml))
     reply = app.handle(_inst(_sample_dp()))
     assert reply.ok, reply.error
     q = 16 / 156  # the node's own N for center-1's training split
@@ -160,6 +178,7 @@ def test_sample_dp_runs_dp_sgd_with_the_nodes_own_calibration(node_toml: Path) -
     one_round = RdpAccountant()
     one_round.step(z, q, 5)
     assert reply.metrics["dp.epsilon"] == pytest.approx(one_round.epsilon(1e-5))
+    assert guarantee_label(reply.metrics[GUARANTEE_METRIC]) == "heuristic"
     second = app.handle(dataclasses_replace_round(_inst(_sample_dp()), 2))
     assert second.metrics["dp.epsilon"] > reply.metrics["dp.epsilon"]  # composed in memory
 
@@ -170,10 +189,10 @@ def dataclasses_replace_round(instruction: Instruction, server_round: int) -> In
     return dataclasses.replace(instruction, round=server_round)
 
 
-def test_the_coordinator_cannot_weaken_dp_sgd_through_task_keys(node_toml: Path) -> None:
+def test_the_coordinator_cannot_weaken_dp_sgd_through_task_keys(heuristic_toml: Path) -> None:
     """dp_* task keys in the instruction are the node's to set: a coordinator asking for
     seeded (predictable) noise or a tiny multiplier is overridden."""
-    app = NodeApp("center-1", NodeConfig.from_toml(node_toml))
+    app = NodeApp("center-1", NodeConfig.from_toml(heuristic_toml))
     config = {**_sample_dp(), "dp_seeded": True, "dp_noise_multiplier": 1e-6}
     reply = app.handle(_inst(config))
     assert reply.ok, reply.error
@@ -181,8 +200,8 @@ def test_the_coordinator_cannot_weaken_dp_sgd_through_task_keys(node_toml: Path)
     assert reply.metrics["dp_noise_multiplier"] > 0.5  # the calibrated z (0.77), not 1e-6
 
 
-def test_sample_dp_with_a_numpy_task_is_refused(node_toml: Path) -> None:
-    app = NodeApp("center-1", NodeConfig.from_toml(node_toml))
+def test_sample_dp_with_a_numpy_task_is_refused(heuristic_toml: Path) -> None:
+    app = NodeApp("center-1", NodeConfig.from_toml(heuristic_toml))
     reply = app.handle(_inst({**_sample_dp(), "task": "cox_ph"}))
     assert reply.error is not None
     assert "TorchTask" in reply.error

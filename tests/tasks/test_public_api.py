@@ -13,6 +13,7 @@ from biofed.tasks import CoxPHTask, LogisticRegressionTask, make_task
 
 EXPECTED = [
     "BUILTIN_TASKS",
+    "RECORD_COUPLINGS",
     "SCAFFOLD_CLIENT_CONTROL",
     "SCAFFOLD_CONTROL_DELTA",
     "SCAFFOLD_SERVER_CONTROL",
@@ -33,7 +34,9 @@ EXPECTED = [
     "concordance_index",
     "make_task",
     "parameter_spec",
+    "record_coupling",
     "roc_auc",
+    "sensitivity_factor",
 ]
 
 

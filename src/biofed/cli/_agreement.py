@@ -164,6 +164,13 @@ def draft_command(
     dp: Annotated[bool, typer.Option("--dp", help="Require differential privacy.")] = False,
     max_epsilon: Annotated[Multi, typer.Option(help="ε ceiling, or SITE=ε (repeatable).")] = None,
     max_delta: Annotated[Multi, typer.Option(help="δ ceiling, or SITE=δ (repeatable).")] = None,
+    exact_guarantees: Annotated[
+        bool,
+        typer.Option(
+            help="Require every ε to be a guarantee (default); --no-exact-guarantees lets "
+            "tasks without a per-record bound run, their figures labelled heuristic."
+        ),
+    ] = True,
     min_cohort: Annotated[int, typer.Option(help="Minimum cohort size at a site.")] = 10,
     agreement_id: Annotated[str | None, typer.Option("--id", help="Agreement id.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --out file.")] = False,
@@ -201,6 +208,7 @@ def draft_command(
                 dp_required=dp,
                 max_epsilon=_numbers(max_epsilon, site_names, "--max-epsilon"),
                 max_delta=_numbers(max_delta, site_names, "--max-delta"),
+                exact_guarantees_required=exact_guarantees,
             ),
             min_cohort=min_cohort,
             expires=expires,  # type: ignore[arg-type]  # parsed and checked by StudyAgreement
@@ -322,7 +330,12 @@ def show_command(
     console.print(
         "privacy: secure aggregation "
         f"{'required' if pv.secure_aggregation_required else 'optional'} · DP "
-        f"{'required' if pv.dp_required else 'optional'}"
+        f"{'required' if pv.dp_required else 'optional'} · ε figures "
+        + (
+            "must be guarantees"
+            if pv.exact_guarantees_required
+            else "[yellow]may be heuristic (exact guarantees not required)[/]"
+        )
     )
     console.print(f"approved bundles: {escape(', '.join(a.approved_bundles) or 'none')}")
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)

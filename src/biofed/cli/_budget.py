@@ -53,11 +53,16 @@ def _render(statuses: list[BudgetStatus]) -> None:
         if not s.jobs:
             continue
         jobs = Table(title=f"{escape(s.dataset)}: spend per job")
-        for col in ("run", "ε", "δ", "rounds", "last round"):
-            jobs.add_column(col, justify="left" if col == "run" else "right")
-        for j in s.jobs:
+        for col in ("run", "ε", "δ", "rounds", "last round", "guarantee"):
+            jobs.add_column(col, justify="left" if col in ("run", "guarantee") else "right")
+        for j in s.jobs:  # the weakest label of the job's debits: exact, bounded, heuristic
             jobs.add_row(
-                escape(j.run_id), _num(j.epsilon), _num(j.delta), str(j.rounds), str(j.last_round)
+                escape(j.run_id),
+                _num(j.epsilon),
+                _num(j.delta),
+                str(j.rounds),
+                str(j.last_round),
+                j.guarantee,
             )
         out.print(jobs)
 

@@ -123,8 +123,18 @@ class RoundProgress:
         self._progress.update(self._task, status=status)
 
 
+#: How each ε label is shown: a guarantee, or why it is not one.
+_LABEL_TEXT = {
+    "exact": "[green]exact[/]",
+    "bounded": "[green]bounded[/] (proven per-record bound)",
+    "heuristic": "[red]heuristic — not a guarantee[/]",
+    "unlabelled": "[yellow]unlabelled — not shown to be a guarantee[/]",
+}
+
+
 def print_privacy(out: Console, privacy: Mapping[str, Any]) -> None:
-    """The guarantee the job asked for and each site's reported spend so far."""
+    """The guarantee the job asked for and each site's reported spend so far, every figure
+    labelled with what it is (exact / bounded / heuristic) and what it rests on."""
     g = privacy.get("guarantee", {})
     goal = (
         f"target ε={g['target_epsilon']:g}"
@@ -137,22 +147,36 @@ def print_privacy(out: Console, privacy: Mapping[str, Any]) -> None:
         f"{g.get('rounds')} rounds",
         highlight=False,
     )
+    trust = privacy.get("trust") or g.get("trust")
+    if trust:
+        out.print(f"trust assumption: {trust}", highlight=False)
+    label = privacy.get("label")
+    if label:
+        out.print(f"ε figures: {_LABEL_TEXT.get(label, label)}", highlight=False)
     if "client_level_epsilon" in privacy:
+        note = privacy.get("client_level_label", "the coordinator's own figure")
         out.print(
             f"client-level ε so far (noise really in the sums): "
-            f"{privacy['client_level_epsilon']:.4f}",
+            f"{privacy['client_level_epsilon']:.4f} — {note}",
             highlight=False,
         )
     sites = privacy.get("sites", {})
     if sites:
         table = Table(title="privacy spent so far, as each site's ledger recorded it")
-        for col in ("site", "ε", "δ", "after round"):
-            table.add_column(col, justify="left" if col == "site" else "right")
+        for col in ("site", "ε", "δ", "after round", "guarantee"):
+            table.add_column(col, justify="left" if col in ("site", "guarantee") else "right")
         for site, spend in sorted(sites.items()):
+            mark = str(spend.get("guarantee", "unlabelled"))
             table.add_row(
-                site, f"{spend['epsilon']:.4f}", f"{spend['delta']:g}", f"{spend['round']:.0f}"
+                site,
+                f"{spend['epsilon']:.4f}",
+                f"{spend['delta']:g}",
+                f"{spend['round']:.0f}",
+                _LABEL_TEXT.get(mark, mark),
             )
         out.print(table)
+    if privacy.get("not_covered"):
+        out.print(f"[dim]not covered by ε: {privacy['not_covered']}[/]", highlight=False)
 
 
 #: How ``biofed run status`` colours each run state.

@@ -1,6 +1,19 @@
 """What the coordinator tells researchers about a run's privacy: the guarantee the job asked
 for, the ε(δ) each site reports having spent, and (client mode) the ε of the noise that was
-really in each round's sum."""
+really in each round's sum.
+
+Every figure is labelled with what it is (:data:`biofed.privacy.GUARANTEES`) and what it
+rests on. A site's ε carries the label its node reported (``dp.guarantee``: ``"exact"``,
+``"bounded"`` — both guarantees — or ``"heuristic"``, a figure that bounds nothing; a node
+older than the labels reads ``"unlabelled"``, never as a guarantee). ``trust`` states the
+assumption every figure of the job rests on (:meth:`biofed.privacy.DPSettings.trust_assumption`):
+client mode with central noise trusts the coordinator to add the noise; distributed noise
+counts ``min_replies`` shares, so it rests on that many honest sites. The client-level ε
+computed here from the noise the aggregated replies declare (``dp.noise_std``) is the
+coordinator's own statement and is labelled so. What no ε covers: evaluation metrics on test
+splits, the number of examples each site trained on, which sites took part and when — all
+released without noise.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +25,22 @@ from biofed.coordinator._job import JobSpec
 from biofed.coordinator._records import RoundRecord
 from biofed.coordinator._store import EventRow
 from biofed.core import MessageKind, Reply
-from biofed.privacy import DELTA_METRIC, EPSILON_METRIC, make_accountant
+from biofed.privacy import (
+    DELTA_METRIC,
+    EPSILON_METRIC,
+    GUARANTEE_METRIC,
+    GUARANTEES,
+    guarantee_label,
+    make_accountant,
+)
+
+#: The label of a figure from a node that reported none (older than the labels).
+UNLABELLED = "unlabelled"
+#: What every report says the ε figures do not cover.
+NOT_COVERED = (
+    "evaluation metrics on test splits, the number of examples per site, and which sites "
+    "took part in which round are released without differential privacy"
+)
 
 #: Event kind of a site's reported spend (one per accepted training reply that carries it).
 PRIVACY_EVENT = "privacy_spent"
@@ -25,15 +53,29 @@ def spend_message(reply: Reply) -> str | None:
     eps, delta = reply.metrics.get(EPSILON_METRIC), reply.metrics.get(DELTA_METRIC)
     if eps is None or delta is None:
         return None
-    return f"epsilon={eps!r} delta={delta!r}"
+    label = guarantee_label(reply.metrics.get(GUARANTEE_METRIC))
+    return f"epsilon={eps!r} delta={delta!r} guarantee={label}"
 
 
-def _parse(message: str) -> dict[str, float] | None:
+def _parse(message: str) -> dict[str, Any] | None:
     try:
         fields = dict(part.split("=", 1) for part in message.split())
-        return {"epsilon": float(fields["epsilon"]), "delta": float(fields["delta"])}
+        label = fields.get("guarantee", UNLABELLED)
+        return {
+            "epsilon": float(fields["epsilon"]),
+            "delta": float(fields["delta"]),
+            "guarantee": label if label in GUARANTEES else UNLABELLED,
+        }
     except (KeyError, ValueError):
         return None
+
+
+def weakest_label(labels: Iterable[str]) -> str | None:
+    """The weakest of some figures' labels (exact < bounded < heuristic < unlabelled), or
+    None for none: a run's figures are only as good as their weakest."""
+    order = (*GUARANTEES, UNLABELLED)
+    known = [label if label in order else UNLABELLED for label in labels]
+    return max(known, key=order.index) if known else None
 
 
 def client_level_epsilon(spec: JobSpec, records: Sequence[RoundRecord]) -> float | None:
@@ -60,15 +102,27 @@ def privacy_report(
     """The run summary's ``"privacy"`` entry, or None when the job has no DP."""
     if spec.privacy is None:
         return None
-    sites: dict[str, dict[str, float]] = {}
+    sites: dict[str, dict[str, Any]] = {}
     for event in events:
         if event.kind != PRIVACY_EVENT or event.node_id is None:
             continue
         spend = _parse(event.message)
         if spend is not None:
             sites[event.node_id] = {**spend, "round": float(event.round)}
-    report: dict[str, Any] = {"guarantee": spec.privacy.describe(), "sites": sites}
+    report: dict[str, Any] = {
+        "guarantee": spec.privacy.describe(),
+        "sites": sites,
+        "trust": spec.privacy.trust_assumption(),
+        "not_covered": NOT_COVERED,
+    }
+    label = weakest_label(s["guarantee"] for s in sites.values())
+    if label is not None:
+        report["label"] = label
     client = client_level_epsilon(spec, records)
     if client is not None:
         report["client_level_epsilon"] = client
+        report["client_level_label"] = (
+            "the coordinator's own figure, from the noise the aggregated replies declare; "
+            + spec.privacy.trust_assumption()
+        )
     return report

@@ -98,16 +98,26 @@ class PrivacyRequirements:
 
     ``max_epsilon`` and ``max_delta`` map a site to the most its dataset in scope may spend;
     they are required for every site when ``dp_required`` and must be empty otherwise.
+
+    ``exact_guarantees_required`` (default true): every ε a site debits and reports under
+    this agreement must be a guarantee — sample-level DP only for tasks whose loss is a sum
+    of per-record terms (``"exact"``) or whose per-record sensitivity bound is proven
+    (``"bounded"``); a task declaring neither is refused. Set false, such a task may run and
+    every figure it produces is labelled ``"heuristic"``. The key is written to the
+    agreement (and so signed) only when false: agreements signed before it existed keep
+    their digest and mean the strict default.
     """
 
     secure_aggregation_required: bool = False
     dp_required: bool = False
     max_epsilon: Mapping[str, float] = field(default_factory=dict)
     max_delta: Mapping[str, float] = field(default_factory=dict)
+    exact_guarantees_required: bool = True
 
     def __post_init__(self) -> None:
         check_flag(self.secure_aggregation_required, "privacy.secure_aggregation_required")
         check_flag(self.dp_required, "privacy.dp_required")
+        check_flag(self.exact_guarantees_required, "privacy.exact_guarantees_required")
         for what in ("max_epsilon", "max_delta"):
             values = _frozen_map(getattr(self, what), f"privacy.{what}", float)
             if values and not self.dp_required:
@@ -257,6 +267,13 @@ class StudyAgreement:
                 "dp_required": privacy.dp_required,
                 "max_epsilon": dict(privacy.max_epsilon),
                 "max_delta": dict(privacy.max_delta),
+                # Written only when it departs from the strict default (see
+                # PrivacyRequirements): older signed agreements keep their digest.
+                **(
+                    {}
+                    if privacy.exact_guarantees_required
+                    else {"exact_guarantees_required": False}
+                ),
             },
         }
 

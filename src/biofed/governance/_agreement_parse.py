@@ -32,7 +32,13 @@ TOP_KEYS = (
 )
 _PARTY_KEYS = ("name", "role", "fingerprint")
 _OUTPUT_KEYS = ("final_model", "metrics", "per_site_metrics")
-_PRIVACY_KEYS = ("secure_aggregation_required", "dp_required", "max_epsilon", "max_delta")
+_PRIVACY_KEYS = (
+    "secure_aggregation_required",
+    "dp_required",
+    "max_epsilon",
+    "max_delta",
+    "exact_guarantees_required",
+)
 
 
 def _str(data: Mapping[str, object], key: str, where: str) -> str:
@@ -129,6 +135,11 @@ def agreement_from_data(data: Mapping[str, object], where: str = "agreement") ->
             dp_required=_bool(privacy, "dp_required", f"{where} [privacy]"),
             max_epsilon=_numbers(privacy, "max_epsilon", f"{where} [privacy]"),
             max_delta=_numbers(privacy, "max_delta", f"{where} [privacy]"),
+            exact_guarantees_required=(
+                _bool(privacy, "exact_guarantees_required", f"{where} [privacy]")
+                if "exact_guarantees_required" in privacy
+                else True
+            ),
         ),
         min_cohort=min_cohort,
         expires=check_date(require(data, "expires", where), f"{where}: expires"),

@@ -14,7 +14,14 @@ Storage is one SQLite file in the node folder (:data:`LEDGER_FILE`, WAL journal,
     jobs(dataset, run_id, epsilon, delta, started_at,      a job's cumulative spend,
          updated_at, PK(dataset, run_id))                  never decreasing
     debits(id PK, dataset, run_id, round, epsilon_before,  append-only history: one row per
-           epsilon_after, delta_before, delta_after, at)   round, plus one per raised figure
+           epsilon_after, delta_before, delta_after, at,   round, plus one per raised figure
+           mechanism, guarantee, trust)                    (what kind of ε, and what it rests on)
+
+Every debit is labelled: ``guarantee`` is ``"exact"``, ``"bounded"`` or ``"heuristic"``
+(:data:`biofed.privacy.GUARANTEES`; a figure that is no guarantee is still debited and
+enforced, conservatively, but never shown as one) and ``trust`` names the assumption the
+figure rests on (client mode: that the coordinator adds the noise, or that enough sites add
+their shares). Rows written before the labels read back as ``"unlabelled"``.
 
 Privacy notes
 -------------
@@ -80,6 +87,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from biofed.core import ConfigurationError, PrivacyBudgetExceeded, check_id
+from biofed.privacy import GUARANTEES
 from biofed.privacy._checks import check_real
 
 AuditHook = Callable[[str, Mapping[str, Any]], None]
@@ -88,9 +96,18 @@ LEDGER_FILE = "privacy.db"
 """The ledger's file name in a node folder."""
 
 _APPLICATION_ID = 0x62666C67  # "bflg": marks the SQLite file as a biofed privacy ledger
-_SCHEMA_VERSION = 2
-#: Format 1 lacked ``debits.mechanism``; it is upgraded in place on first open.
-_UPGRADES = {1: "ALTER TABLE debits ADD COLUMN mechanism TEXT"}
+_SCHEMA_VERSION = 3
+#: Older formats are upgraded in place on first open, one step at a time: format 1 lacked
+#: ``debits.mechanism``, format 2 the labels ``debits.guarantee`` and ``debits.trust``.
+_UPGRADES = {
+    1: ("ALTER TABLE debits ADD COLUMN mechanism TEXT",),
+    2: (
+        "ALTER TABLE debits ADD COLUMN guarantee TEXT",
+        "ALTER TABLE debits ADD COLUMN trust TEXT",
+    ),
+}
+#: The label of a debit recorded before labels existed.
+UNLABELLED = "unlabelled"
 _BUSY_TIMEOUT_S = 30.0
 
 _SCHEMA = """
@@ -119,7 +136,9 @@ CREATE TABLE IF NOT EXISTS debits (
     delta_before REAL NOT NULL,
     delta_after REAL NOT NULL,
     at REAL NOT NULL,
-    mechanism TEXT
+    mechanism TEXT,
+    guarantee TEXT,
+    trust TEXT
 );
 CREATE INDEX IF NOT EXISTS debits_by_job ON debits (dataset, run_id, round);
 """
@@ -146,6 +165,8 @@ class Debit:
     repeat:
         True when this (run, round) was already recorded with these or larger figures, so
         nothing new was spent.
+    guarantee, trust:
+        The label of the figure and the assumption it rests on (see the module docstring).
     """
 
     dataset: str
@@ -161,17 +182,21 @@ class Debit:
     cap_delta: float
     at: float
     repeat: bool
+    guarantee: str = UNLABELLED
+    trust: str = ""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class JobSpend:
-    """One job's cumulative spend on one dataset."""
+    """One job's cumulative spend on one dataset; ``guarantee`` is the weakest label of its
+    debits (``"heuristic"`` if any round's figure was, ``"unlabelled"`` for old rows)."""
 
     run_id: str
     epsilon: float
     delta: float
     rounds: int
     last_round: int
+    guarantee: str = UNLABELLED
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -355,7 +380,9 @@ class PrivacyLedger:
                 elif app_id != _APPLICATION_ID:
                     raise ConfigurationError(f"{self.path} is not a biofed privacy ledger")
                 elif version in _UPGRADES:
-                    db.execute(_UPGRADES[version])
+                    for step in range(version, _SCHEMA_VERSION):
+                        for statement in _UPGRADES[step]:
+                            db.execute(statement)
                     db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
                 elif version != _SCHEMA_VERSION:
                     raise ConfigurationError(
@@ -500,6 +527,8 @@ class PrivacyLedger:
         *,
         agreement_cap: tuple[float, float] | None = None,
         mechanism: str | None = None,
+        guarantee: str = UNLABELLED,
+        trust: str = "",
     ) -> Debit:
         """Record a round's spend before its output is released, or refuse it.
 
@@ -517,6 +546,9 @@ class PrivacyLedger:
             What this round releases, as the node's accountant sees it (JSON text, e.g. the
             DP-SGD steps): kept with the debit so that a restarted node composes the job's
             history from the ledger (:meth:`mechanisms`) rather than from memory.
+        guarantee, trust:
+            What kind of figure ``epsilon_after`` is (:data:`biofed.privacy.GUARANTEES`) and
+            the assumption it rests on; kept with the debit and in ``budget.debited``.
 
         Returns
         -------
@@ -550,6 +582,8 @@ class PrivacyLedger:
             lambda db: (eps, dlt),
             agreement_cap=agreement_cap,
             mechanism=mechanism,
+            guarantee=guarantee,
+            trust=trust,
         )
 
     def reserve_composed(
@@ -561,6 +595,8 @@ class PrivacyLedger:
         *,
         mechanism: str,
         agreement_cap: tuple[float, float] | None = None,
+        guarantee: str = UNLABELLED,
+        trust: str = "",
     ) -> Debit:
         """:meth:`reserve`, with the job's cumulative (ε, δ) composed from its recorded
         history inside the reservation's own transaction.
@@ -579,7 +615,14 @@ class PrivacyLedger:
             return _epsilon(eps, "epsilon_after"), _delta(dlt, "delta_after")
 
         return self._reserve(
-            dataset, run_id, round, figures, agreement_cap=agreement_cap, mechanism=mechanism
+            dataset,
+            run_id,
+            round,
+            figures,
+            agreement_cap=agreement_cap,
+            mechanism=mechanism,
+            guarantee=guarantee,
+            trust=trust,
         )
 
     def _reserve(
@@ -591,8 +634,14 @@ class PrivacyLedger:
         *,
         agreement_cap: tuple[float, float] | None,
         mechanism: str | None,
+        guarantee: str,
+        trust: str,
     ) -> Debit:
         check_id(dataset, what="dataset name")
+        if guarantee not in (*_LABELS, UNLABELLED) or not isinstance(trust, str):
+            raise ConfigurationError(
+                f"guarantee must be one of {(*_LABELS, UNLABELLED)}, got {guarantee!r}"
+            )
         check_id(run_id, what="run_id")
         rnd = _round(round)
         agreement: tuple[float, float] | None = None
@@ -663,8 +712,8 @@ class PrivacyLedger:
                     )
                     db.execute(
                         "INSERT INTO debits (dataset, run_id, round, epsilon_before, "
-                        "epsilon_after, delta_before, delta_after, at, mechanism) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        "epsilon_after, delta_before, delta_after, at, mechanism, guarantee, "
+                        "trust) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         (
                             dataset,
                             run_id,
@@ -675,6 +724,8 @@ class PrivacyLedger:
                             after_d,
                             now,
                             mechanism,
+                            guarantee,
+                            trust,
                         ),
                     )
         if refusal is not None:
@@ -694,6 +745,8 @@ class PrivacyLedger:
             cap_delta=cap_d,
             at=now,
             repeat=repeat,
+            guarantee=guarantee,
+            trust=trust,
         )
         self._audit(
             "budget.debited",
@@ -708,6 +761,8 @@ class PrivacyLedger:
                 "cap_epsilon": cap_e,
                 "cap_delta": cap_d,
                 "repeat": repeat,
+                "guarantee": guarantee,
+                "trust": trust,
             },
         )
         return debit
@@ -743,16 +798,22 @@ class PrivacyLedger:
                 cap = db.execute(
                     "SELECT epsilon, delta FROM caps WHERE dataset = ?", (dataset,)
                 ).fetchone()
-                for run_id, eps, dlt, rounds, last in db.execute(
+                for run_id, eps, dlt, rounds, last, labels in db.execute(
                     "SELECT j.run_id, j.epsilon, j.delta, count(DISTINCT d.round), "
-                    "max(d.round) FROM jobs j JOIN debits d "
+                    "max(d.round), group_concat(DISTINCT coalesce(d.guarantee, "
+                    f"'{UNLABELLED}')) FROM jobs j JOIN debits d "
                     "ON d.dataset = j.dataset AND d.run_id = j.run_id "
                     "WHERE j.dataset = ? GROUP BY j.run_id ORDER BY j.started_at, j.run_id",
                     (dataset,),
                 ):
                     jobs.append(
                         JobSpend(
-                            run_id=run_id, epsilon=eps, delta=dlt, rounds=rounds, last_round=last
+                            run_id=run_id,
+                            epsilon=eps,
+                            delta=dlt,
+                            rounds=rounds,
+                            last_round=last,
+                            guarantee=_weakest(str(labels or UNLABELLED).split(",")),
                         )
                     )
         spent_e = math.fsum(j.epsilon for j in jobs)
@@ -767,6 +828,16 @@ class PrivacyLedger:
             remaining_delta=0.0 if cap is None else max(0.0, cap[1] - spent_d),
             jobs=tuple(jobs),
         )
+
+
+#: Labels from strongest to weakest (a job is only as good as its weakest round).
+_LABELS = GUARANTEES
+
+
+def _weakest(labels: list[str]) -> str:
+    order = (*_LABELS, UNLABELLED)
+    known = [label for label in labels if label in order]
+    return max(known, key=order.index) if known else UNLABELLED
 
 
 def _mechanisms(db: sqlite3.Connection, dataset: str, run_id: str) -> dict[int, str]:

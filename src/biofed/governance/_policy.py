@@ -31,6 +31,11 @@ named in the :class:`~biofed.core.PolicyViolation` (``"<rule>: why"``):
     the (ε, δ) the site's own accountant says the job reaches after all its planned rounds
     may not exceed the agreement's ``max_epsilon`` / ``max_delta`` for this site: a job
     whose settings violate the agreement is refused before its first round, not half-way.
+    Sample-level DP for a task that declares no exact guarantee and no per-record bound
+    (``dp_record_coupling = "none"``) is refused unless the agreement sets
+    ``exact_guarantees_required = false`` (:func:`heuristic_dp_allowed`; the node applies
+    it once the approved bundle's declaration is read, and audits the refusal like the
+    others).
 
 :func:`control_reply` then checks what leaves: the reply's parameters have exactly the
 instruction's names, shapes and dtypes, extras are only SCAFFOLD's control-variate delta (of
@@ -366,6 +371,19 @@ def _check_privacy(request: PolicyRequest, signed: SignedAgreement, site: str) -
             f"the job's δ={planned[1]:.3g} is above the agreement's δ={max_delta:.3g} for "
             "this site",
         )
+
+
+def heuristic_dp_allowed(clearance: Clearance) -> bool:
+    """Whether the cleared job's agreement accepts ε figures that are no guarantee
+    (``privacy.exact_guarantees_required = false``; true, the default, refuses them).
+
+    Privacy notes
+    -------------
+    Threat: a site that debits and reports a figure that bounds nothing as if it were a
+    guarantee. The default is strict; only every party's signature on an agreement that
+    says otherwise lets such a task run, and its figures are then labelled ``"heuristic"``.
+    """
+    return not clearance.agreement.agreement.privacy.exact_guarantees_required
 
 
 def check_instruction(policy: SitePolicy, request: PolicyRequest) -> Clearance:

@@ -56,6 +56,7 @@ from biofed.governance._policy import (
     SitePolicy,
     check_instruction,
     control_reply,
+    heuristic_dp_allowed,
     requested_metrics,
 )
 from biofed.identity import Kit
@@ -63,6 +64,7 @@ from biofed.node._config import GovernanceConfig, NodeConfig
 from biofed.node._privacy import (
     RoundPrivacy,
     SitePrivacy,
+    for_task,
     plan_round,
     privatise_reply,
     task_instruction,
@@ -73,7 +75,14 @@ from biofed.node._sandbox import BundleRunner, audit_sandbox_opt_out
 from biofed.node._secure import SecureSessions
 from biofed.privacy import PRIVACY_PREFIX
 from biofed.secagg._settings import STAGE_KEY
-from biofed.tasks import BUILTIN_TASKS, Task, make_task
+from biofed.tasks import (
+    BUILTIN_TASKS,
+    LocalTrainingConfig,
+    Task,
+    make_task,
+    record_coupling,
+    sensitivity_factor,
+)
 
 
 class NodeApp:
@@ -122,6 +131,8 @@ class NodeApp:
             self.policy, self.audit = self._governance(config.governance, kit)
             audit_sandbox_opt_out(self.audit, self.allow_weaker)
         self.privacy = SitePrivacy(self._ledger(config, kit))
+        #: Development nodes: node.toml's explicit acceptance of heuristic DP figures.
+        self.allow_heuristic = config.privacy is not None and config.privacy.allow_heuristic
         self.secure = SecureSessions(self.node_id, kit)
 
     def _ledger(self, config: NodeConfig, kit: Kit | None) -> PrivacyLedger | None:
@@ -297,6 +308,8 @@ class NodeApp:
         try:
             site = self._site(instruction.config)
             plan = self._plan(instruction)
+            if plan is not None:
+                plan = _fit_plan(plan, site.task, instruction, self.allow_heuristic)
             spend = None
             if plan is not None:
                 spend = self.privacy.reserve(
@@ -309,7 +322,7 @@ class NodeApp:
         if plan is None or spend is None or not reply.ok:
             return reply
         try:
-            return with_spend(privatise_reply(reply, instruction, plan), spend)
+            return with_spend(privatise_reply(reply, instruction, plan), spend, plan.guarantee)
         except BiofedError as exc:
             return self._error(instruction, exc)
 
@@ -401,6 +414,13 @@ class NodeApp:
             except ConfigurationError as exc:
                 raise PolicyViolation(f"privacy: {exc}") from None
             clearance = check_instruction(policy, self._request(instruction, plan, secure=secure))
+            if plan is not None:  # the approved bundle's declaration, read in its sandbox
+                plan = _fit_plan(
+                    plan,
+                    self._site(instruction.config, clearance).task,
+                    instruction,
+                    heuristic_dp_allowed(clearance),
+                )
         except PolicyViolation as exc:
             _record(audit, "job.refused", {**where, "rule": str(exc)})
             return self._error(instruction, exc)
@@ -438,21 +458,54 @@ class NodeApp:
             if plan is not None:
                 reply = privatise_reply(reply, instruction, plan)
             reply, dropped = control_reply(reply, instruction, clearance)
-            if spend is not None:
-                reply = with_spend(reply, spend)
+            if spend is not None and plan is not None:
+                reply = with_spend(reply, spend, plan.guarantee)
             if secure:
                 return reply
             extra: dict[str, Any] = {
                 "num_examples": reply.num_examples,
                 "dropped_metrics": list(dropped),
             }
-            if spend is not None:
-                extra.update(dp_epsilon=spend[0], dp_delta=spend[1])
+            if spend is not None and plan is not None:
+                extra.update(
+                    dp_epsilon=spend[0],
+                    dp_delta=spend[1],
+                    dp_guarantee=plan.guarantee,
+                    dp_trust=plan.trust,
+                )
             _record(audit, SENT_EVENT, _sent(reply, {**where, **extra}), strict=True)
         except BiofedError as exc:
             _record(audit, "round.withheld", {**where, "rule": str(exc)})
             return self._error(instruction, exc)
         return reply
+
+
+def _fit_plan(
+    plan: RoundPrivacy, task: Task, instruction: Instruction, heuristic_allowed: bool
+) -> RoundPrivacy:
+    """The round's plan fitted to the task's declared record coupling (sample mode: the
+    guarantee label, and the noise scaled by a bounded task's sensitivity factor); a
+    ``"none"`` task is refused unless ``heuristic_allowed``.
+
+    Raises
+    ------
+    PolicyViolation
+        ``"privacy: …"``: the task is refused, or its declaration cannot be read (a bundle's
+        worker failed, a malformed declaration): no declaration is no guarantee.
+    """
+    if plan.settings.mode != "sample":
+        return plan
+    try:
+        coupling = record_coupling(task)
+        factor = None
+        if coupling == "bounded":
+            config = {k: v for k, v in instruction.config.items() if not k.startswith("dp_")}
+            factor = sensitivity_factor(task, LocalTrainingConfig.from_config(config).batch_size)
+    except PolicyViolation:
+        raise
+    except BiofedError as exc:
+        raise PolicyViolation(f"privacy: cannot read the task's DP declaration: {exc}") from None
+    return for_task(plan, coupling, factor, heuristic_allowed=heuristic_allowed)
 
 
 def _sent(reply: Reply, where: Mapping[str, Any]) -> dict[str, Any]:

@@ -152,21 +152,31 @@ class PrivacyConfig:
         The ledger file, or None for ``<kit folder>/privacy.db``.
     caps:
         Dataset name → (ε, δ) the dataset may spend across all jobs.
+    allow_heuristic:
+        Development nodes only (no ``[governance]``): run sample-level DP for tasks that
+        declare no per-record guarantee (``dp_record_coupling = "none"``), with every ε
+        labelled ``"heuristic"``. False by default: such tasks are refused. A governed node
+        ignores it: there the study agreement decides (``exact_guarantees_required``).
     """
 
     ledger: Path | None = None
     caps: Mapping[str, tuple[float, float]] = field(default_factory=lambda: MappingProxyType({}))
+    allow_heuristic: bool = False
 
     @classmethod
     def from_table(cls, table: object, base: Path, where: str) -> PrivacyConfig:
         """Parse the table (relative paths against ``base``)."""
         if not isinstance(table, dict):
             raise ConfigurationError(f"{where}: [privacy] must be a table")
-        bad = set(table) - {"ledger", "caps"}
+        bad = set(table) - {"ledger", "caps", "allow_heuristic"}
         if bad:
             raise ConfigurationError(
-                f"{where}: unknown key(s) {sorted(bad)} in [privacy]; allowed: caps, ledger"
+                f"{where}: unknown key(s) {sorted(bad)} in [privacy]; allowed: "
+                "allow_heuristic, caps, ledger"
             )
+        allow_heuristic = table.get("allow_heuristic", False)
+        if not isinstance(allow_heuristic, bool):
+            raise ConfigurationError(f"{where}: [privacy] allow_heuristic must be true or false")
         ledger = None
         if "ledger" in table:
             if not isinstance(table["ledger"], str):
@@ -187,7 +197,7 @@ class PrivacyConfig:
             if any(isinstance(v, bool) or not isinstance(v, int | float) for v in values):
                 raise ConfigurationError(f"{where}: [privacy.caps.{name}] values must be numbers")
             caps[name] = (float(values[0]), float(values[1]))
-        return cls(ledger=ledger, caps=MappingProxyType(caps))
+        return cls(ledger=ledger, caps=MappingProxyType(caps), allow_heuristic=allow_heuristic)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

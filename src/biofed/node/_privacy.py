@@ -15,6 +15,19 @@ The coordinator sends the job's *settings* (:class:`~biofed.privacy.DPSettings`,
   noise ``min_replies`` shares carry (the least the coordinator aggregates), a bound that
   holds whatever really happens.
 
+Every ε the node debits, reports and audits carries a label (:data:`biofed.privacy.GUARANTEES`)
+and the trust assumption it rests on (:meth:`biofed.privacy.DPSettings.trust_assumption`).
+In sample mode the label comes from the task's declared ``dp_record_coupling``
+(:func:`for_task`): ``"independent"`` → exact; ``"bounded"`` → the task's proven
+per-record sensitivity factor k multiplies the noise (the task adds N(0, (k·z·C)²) while the
+accountant counts z: the noise in units of the sensitivity k·C) and the figure is a
+guarantee labelled "bounded"; ``"none"`` → refused, unless the study agreement (governed) or
+``node.toml`` (development) explicitly accepts heuristic figures, which are then labelled
+``"heuristic"`` everywhere. Under governance the declaration is read from the approved
+bundle's task object inside the sandboxed worker (:meth:`~biofed.node.BundleRunner.describe_dp`):
+it is a property of the code whose digest the site approved, so a site that approves a bundle
+vouches for its declaration as it vouches for its DP-SGD (review it like the rest of the code).
+
 Privacy notes
 -------------
 Threat: a round whose release takes the dataset past its budget; a budget that forgets
@@ -50,10 +63,12 @@ from biofed.governance._ledger import PrivacyLedger
 from biofed.privacy import (
     DELTA_METRIC,
     EPSILON_METRIC,
+    GUARANTEE_METRIC,
     DPSettings,
     GaussianNoise,
     SampledGaussian,
     clip_l2,
+    guarantee_code,
     make_accountant,
     noise_in_sum,
 )
@@ -81,6 +96,12 @@ class RoundPrivacy:
         Client mode: the bound the node clips its update to; else None.
     noise_std_share:
         Client mode with distributed noise: the std of the noise the node adds; else 0.
+    guarantee:
+        What the round's ε is (:data:`biofed.privacy.GUARANTEES`): ``"exact"`` until
+        :func:`for_task` reads a sample-mode task's declaration.
+    sensitivity:
+        Sample mode: the per-record sensitivity in units of C that the task's noise is
+        scaled by (1 for a sum of per-record terms).
     """
 
     settings: DPSettings
@@ -88,6 +109,19 @@ class RoundPrivacy:
     task_config: Mapping[str, Scalar] = field(default_factory=lambda: MappingProxyType({}))
     clip_norm: float | None = None
     noise_std_share: float = 0.0
+    guarantee: str = "exact"
+    sensitivity: float = 1.0
+
+    @property
+    def trust(self) -> str:
+        """What the round's ε rests on besides the mathematics."""
+        return self.settings.trust_assumption()
+
+    @property
+    def task_noise_multiplier(self) -> float:
+        """Sample mode: the z the task adds noise with (the accountant's z times the
+        sensitivity factor), the value it must report back."""
+        return self.event.noise_multiplier * self.sensitivity
 
     def mechanism(self) -> str:
         """The event as the JSON text the ledger keeps with the debit."""
@@ -98,6 +132,8 @@ class RoundPrivacy:
                 "sampling_rate": e.sampling_rate,
                 "steps": e.steps,
                 "accountant": self.settings.accountant,
+                "guarantee": self.guarantee,
+                "sensitivity": self.sensitivity,
             },
             sort_keys=True,
         )
@@ -169,6 +205,63 @@ def plan_round(config: Mapping[str, Scalar], num_examples: int) -> RoundPrivacy 
     )
 
 
+def for_task(
+    plan: RoundPrivacy, coupling: str, factor: float | None, *, heuristic_allowed: bool
+) -> RoundPrivacy:
+    """``plan`` fitted to the task's declared ``dp_record_coupling`` (sample mode only;
+    client-mode plans come back unchanged, the node clips and noises itself).
+
+    Parameters
+    ----------
+    coupling:
+        The task's declaration (:data:`biofed.tasks.RECORD_COUPLINGS`).
+    factor:
+        For ``"bounded"``: the task's sensitivity factor k ≥ 1 at this job's batch size.
+    heuristic_allowed:
+        Whether the study agreement (``privacy.exact_guarantees_required = false``) or, on a
+        development node, ``node.toml`` (``[privacy] allow_heuristic = true``) accepts a
+        figure that is no guarantee.
+
+    Raises
+    ------
+    PolicyViolation
+        ``"privacy: …"`` for a ``"none"`` task unless ``heuristic_allowed``.
+
+    Privacy notes
+    -------------
+    Threat: a site that debits, enforces and reports an ε that bounds nothing, because the
+    task's loss couples the records of a batch (the Cox partial likelihood: one record moves
+    the clipped batch gradient by up to (2b + 1)·C, not C). DP-SGD's accounting (Abadi et
+    al. 2016; Mironov, Talwar & Zhang 2019) assumes the per-record L2 sensitivity of each
+    step's noised sum is the clip norm C. For a sensitivity of k·C the Gaussian mechanism
+    with noise std σ has multiplier σ/(k·C), so the task adds noise of std k·z·C for the
+    accountant's z (the noise in units of the sensitivity): the same ε, now a guarantee.
+    """
+    if plan.settings.mode != "sample":
+        return plan
+    if coupling == "independent":
+        return replace(plan, guarantee="exact", sensitivity=1.0)
+    if coupling == "bounded":
+        if factor is None or not (np.isfinite(factor) and factor >= 1.0):
+            raise PolicyViolation(
+                f"privacy: the task declares a bounded per-record sensitivity but its factor "
+                f"{factor!r} is not a finite number >= 1"
+            )
+        scaled = replace(plan, guarantee="bounded", sensitivity=float(factor))
+        config = dict(plan.task_config)
+        config["dp_noise_multiplier"] = scaled.task_noise_multiplier
+        return replace(scaled, task_config=MappingProxyType(config))
+    if not heuristic_allowed:
+        raise PolicyViolation(
+            "privacy: sample-level DP refused: the task declares no exact guarantee and no "
+            'per-record sensitivity bound (dp_record_coupling = "none", its loss couples '
+            "records), so its ε would bound nothing; use a task whose loss is a sum of "
+            "per-record terms, or a study agreement with exact_guarantees_required = false "
+            "to run it with figures labelled heuristic"
+        )
+    return replace(plan, guarantee="heuristic", sensitivity=1.0)
+
+
 def job_epsilon(
     plan: RoundPrivacy, history: Mapping[int, str], server_round: int
 ) -> tuple[float, float]:
@@ -234,6 +327,8 @@ class SitePrivacy:
             lambda history: job_epsilon(plan, history, rnd),
             agreement_cap=agreement_cap,
             mechanism=plan.mechanism(),
+            guarantee=plan.guarantee,
+            trust=plan.trust,
         )
         return debit.epsilon_after, debit.delta_after
 
@@ -247,11 +342,18 @@ def task_instruction(instruction: Instruction, plan: RoundPrivacy | None) -> Ins
     return replace(instruction, config=config)
 
 
-def with_spend(reply: Reply, spend: tuple[float, float]) -> Reply:
+def with_spend(reply: Reply, spend: tuple[float, float], guarantee: str = "exact") -> Reply:
     """``reply`` with ``dp.epsilon`` and ``dp.delta`` (the job's cumulative spend at this
-    site after this round, the node's own statement) added to its metrics."""
+    site after this round, the node's own statement) and ``dp.guarantee`` (what kind of
+    figure it is, :func:`biofed.privacy.guarantee_code`) added to its metrics."""
     return replace(
-        reply, metrics={**reply.metrics, EPSILON_METRIC: spend[0], DELTA_METRIC: spend[1]}
+        reply,
+        metrics={
+            **reply.metrics,
+            EPSILON_METRIC: spend[0],
+            DELTA_METRIC: spend[1],
+            GUARANTEE_METRIC: guarantee_code(guarantee),
+        },
     )
 
 
@@ -272,10 +374,10 @@ def privatise_reply(reply: Reply, instruction: Instruction, plan: RoundPrivacy) 
     parameters = reply.parameters
     if plan.settings.mode == "sample":
         reported = reply.metrics.get(TASK_NOISE_METRIC)
-        if reported is None or not np.isclose(reported, plan.event.noise_multiplier, rtol=1e-9):
+        if reported is None or not np.isclose(reported, plan.task_noise_multiplier, rtol=1e-9):
             raise PolicyViolation(
                 "privacy: the task did not report DP-SGD with the noise multiplier "
-                f"{plan.event.noise_multiplier:.6g} this site planned (got {reported!r}); "
+                f"{plan.task_noise_multiplier:.6g} this site planned (got {reported!r}); "
                 "sample-level DP needs a task that runs biofed's DP-SGD (a TorchTask)"
             )
         if not plan.settings.seeded and reply.metrics.get(TASK_SECURE_METRIC) != 1.0:

@@ -209,6 +209,7 @@ class BundleRunner:
         self.python = python or sys.executable
         #: The worker's own description of the last failure (local only: may hold data).
         self.last_failure: str | None = None
+        self._dp_described: dict[int | None, tuple[str, float | None]] = {}
         #: The confinement the last successful worker reported
         #: (``"landlock-abi-N, seccomp-bpf, no capabilities"``…).
         self.last_confinement: str | None = None
@@ -264,6 +265,55 @@ class BundleRunner:
         finally:
             shutil.rmtree(folder.parent, ignore_errors=True)
 
+    # DP declaration ------------------------------------------------------------------------
+    @property
+    def dp_record_coupling(self) -> str:
+        """The bundle task's declared ``dp_record_coupling``, read in a worker (cached)."""
+        return self.describe_dp(None)[0]
+
+    def dp_sensitivity_factor(self, batch_size: int) -> float:
+        """The bundle task's ``dp_sensitivity_factor(batch_size)``, read in a worker.
+
+        Raises
+        ------
+        TaskError
+            When the task declares no factor.
+        """
+        factor = self.describe_dp(batch_size)[1]
+        if factor is None:
+            raise TaskError("task bundle declares no dp_sensitivity_factor")
+        return factor
+
+    def describe_dp(self, batch_size: int | None) -> tuple[str, float | None]:
+        """The bundle task's DP declaration: (``dp_record_coupling``, its sensitivity factor
+        at ``batch_size`` when ``"bounded"``), from one sandboxed worker call per batch size.
+
+        Security notes
+        --------------
+        Threat: a node that takes a task's word for how its loss decomposes. The answer
+        comes from the task object that the approved bundle's ``make_task`` builds, in the
+        same confined worker as its training: the declaration is part of the code whose
+        digest the site approved (reviewers check it like the DP-SGD it runs), not something
+        the coordinator or the instruction can set. The parent validates the answer's shape;
+        anything malformed reads as ``"none"`` (no guarantee).
+        """
+        key = batch_size
+        if key not in self._dp_described:
+            rng = np.random.default_rng(0)  # the task is only built; nothing is drawn
+            result, folder = self._call("describe", rng=rng, batch_size=batch_size)
+            shutil.rmtree(folder.parent, ignore_errors=True)
+            dp = result.get("dp")
+            coupling, factor = "none", None
+            if isinstance(dp, dict):
+                declared = dp.get("record_coupling")
+                if declared in ("independent", "bounded", "none"):
+                    coupling = str(declared)
+                value = dp.get("sensitivity_factor")
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    factor = float(value)
+            self._dp_described[key] = (coupling, factor)
+        return self._dp_described[key]
+
     # Worker --------------------------------------------------------------------------------
     def _env(self, folder: Path) -> dict[str, str]:
         env = {k: os.environ[k] for k in _ENV_KEEP if k in os.environ}
@@ -280,8 +330,10 @@ class BundleRunner:
         parameters: ParameterSet | None,
         data: Dataset | None,
         ctx: TrainContext | None,
+        batch_size: int | None = None,
     ) -> None:
         request: dict[str, Any] = {
+            "batch_size": batch_size,
             "op": op,
             "options": dict(self.options),
             "config": dict(ctx.config) if ctx is not None else {},
@@ -318,6 +370,7 @@ class BundleRunner:
         parameters: ParameterSet | None = None,
         data: Dataset | None = None,
         ctx: TrainContext | None = None,
+        batch_size: int | None = None,
     ) -> tuple[dict[str, Any], Path]:
         """Run one worker; return its result.json and its folder (caller removes the parent)."""
         self.last_failure = None
@@ -326,7 +379,7 @@ class BundleRunner:
         try:
             folder.mkdir(mode=0o700)
             unpack_bundle(self.bundle, folder / "bundle")
-            self._write_inputs(folder, op, rng, parameters, data, ctx)
+            self._write_inputs(folder, op, rng, parameters, data, ctx, batch_size)
             self._spawn(root, folder, op)
             result = self._result(folder)
             self._restore_rng(rng, result)

@@ -15,7 +15,10 @@ bundle; this module is never imported by the node process itself. Layout of that
 
 and the worker answers with ``result.json`` (``{"status": "ok" | "error" | "memory", ...}``)
 plus ``result-parameters.safetensors``, ``result-extras-<i>.safetensors`` and
-``result-state-<i>.safetensors``. Everything is JSON or safetensors: nothing is pickled.
+``result-state-<i>.safetensors``. The ``"describe"`` op (request key ``batch_size``) only
+builds the task and answers ``result["dp"]``: its declared ``dp_record_coupling`` and, for
+``"bounded"``, ``dp_sensitivity_factor(batch_size)``. Everything is JSON or safetensors:
+nothing is pickled.
 
 Security notes
 --------------
@@ -97,10 +100,10 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
 
     op = request["op"]
     rng = _rng(request["rng"])
-    params = _load("parameters.safetensors") if op != "init" else None
+    params = _load("parameters.safetensors") if op not in ("init", "describe") else None
     extras = {k: _load(f"extras-{i}.safetensors") for i, k in enumerate(request["extras"])}
     state = {k: _load(f"state-{i}.safetensors") for i, k in enumerate(request["state"])}
-    data = _dataset(request) if op != "init" else None
+    data = _dataset(request) if op not in ("init", "describe") else None
 
     # Confine before any bundle code is imported; nothing after this line may need a
     # network, another program or another process.
@@ -111,7 +114,9 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
     module = importlib.import_module("task")
     task = module.make_task(**request["options"])
     result: dict[str, Any] = {"status": "ok", "confinement": confinement}
-    if op == "init":
+    if op == "describe":
+        result["dp"] = _describe(task, request.get("batch_size"))
+    elif op == "init":
         _write("result-parameters.safetensors", task.init_parameters(rng))
     else:
         ctx = TrainContext(config=request["config"], rng=rng, extras=extras, state=state)
@@ -131,6 +136,20 @@ def _run(request: dict[str, Any]) -> dict[str, Any]:
             _write(f"result-state-{i}.safetensors", value)
     result["rng"] = rng.bit_generator.state
     return result
+
+
+def _describe(task: Any, batch_size: Any) -> dict[str, Any]:
+    """The task's DP declaration: ``dp_record_coupling`` and, when it is ``"bounded"`` and a
+    batch size is given, ``dp_sensitivity_factor(batch_size)`` (the node validates both)."""
+    coupling = getattr(task, "dp_record_coupling", "none")
+    out: dict[str, Any] = {"record_coupling": coupling if isinstance(coupling, str) else None}
+    method = getattr(task, "dp_sensitivity_factor", None)
+    if coupling == "bounded" and callable(method) and isinstance(batch_size, int):
+        factor = method(batch_size)
+        out["sensitivity_factor"] = (
+            float(factor) if isinstance(factor, int | float) and math.isfinite(factor) else None
+        )
+    return out
 
 
 def _json_safe(result: dict[str, Any]) -> dict[str, Any]:

@@ -20,10 +20,14 @@ from biofed.privacy._noise import GaussianNoise
 from biofed.privacy._settings import (
     DELTA_METRIC,
     EPSILON_METRIC,
+    GUARANTEE_METRIC,
+    GUARANTEES,
     NOISE_PLACEMENTS,
     PRIVACY_MODES,
     PRIVACY_PREFIX,
     DPSettings,
+    guarantee_code,
+    guarantee_label,
     noise_in_sum,
 )
 
@@ -31,6 +35,8 @@ __all__ = [
     "ACCOUNTANTS",
     "DELTA_METRIC",
     "EPSILON_METRIC",
+    "GUARANTEES",
+    "GUARANTEE_METRIC",
     "NOISE_PLACEMENTS",
     "PLD_VALUE_DISCRETIZATION_INTERVAL",
     "PRIVACY_MODES",
@@ -44,6 +50,8 @@ __all__ = [
     "SampledGaussian",
     "calibrate_noise",
     "clip_l2",
+    "guarantee_code",
+    "guarantee_label",
     "l2_norm",
     "make_accountant",
     "noise_in_sum",

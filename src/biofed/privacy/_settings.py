@@ -44,6 +44,34 @@ PRIVACY_MODES = ("sample", "client")
 #: computed by the site's own accountant.
 EPSILON_METRIC = "dp.epsilon"
 DELTA_METRIC = "dp.delta"
+#: Reply metric a node adds beside ε: what kind of figure it is, coded as a float (the wire
+#: carries numbers only) — see :data:`GUARANTEES` and :func:`guarantee_code`.
+GUARANTEE_METRIC = "dp.guarantee"
+#: What an ε figure is: ``"exact"`` — the accountant's ε bounds the privacy loss of the
+#: mechanism as run (sample mode: a loss that is a sum of per-record terms; client mode:
+#: clipping and noise as planned); ``"bounded"`` — sample mode with coupled records whose
+#: per-record sensitivity bound is proven and the noise calibrated to it (still a
+#: guarantee); ``"heuristic"`` — no bound: the figure is the accountant's output for (z, q,
+#: steps) and bounds nothing (only where a study agreement or node.toml explicitly accepts
+#: it).
+GUARANTEES = ("exact", "bounded", "heuristic")
+
+
+def guarantee_code(label: str) -> float:
+    """The wire code of a guarantee label (its index in :data:`GUARANTEES`)."""
+    return float(GUARANTEES.index(label))
+
+
+def guarantee_label(code: object) -> str:
+    """The label of a wire code; ``"unlabelled"`` for a missing or unknown one (a node
+    older than the labels, whose figure must not be read as a guarantee)."""
+    if isinstance(code, int | float) and not isinstance(code, bool):
+        for i, label in enumerate(GUARANTEES):
+            if code == i:
+                return label
+    return "unlabelled"
+
+
 NOISE_PLACEMENTS = ("central", "distributed")
 _TABLE_KEYS = {
     "mode",
@@ -238,6 +266,22 @@ class DPSettings:
         (then ε depends on each site's record count and is known only at the site)."""
         return self.target_epsilon
 
+    def trust_assumption(self) -> str:
+        """What the job's ε rests on besides the mathematics, in one sentence.
+
+        Sample mode: each site adds its own noise (DP-SGD in its sandbox), so a site's ε holds
+        against everyone else, the coordinator included. Client mode with central noise: the
+        coordinator adds the noise to the sum, so ε holds only if it does (the sites' clipped
+        updates reach it in the clear unless secure aggregation hides them). Distributed
+        noise: each site adds a share and ε counts only ``min_replies`` shares, so it holds
+        if at least ``min_replies`` sites in the round honestly add theirs.
+        """
+        if self.mode == "sample":
+            return "none beyond the site: each site adds its own noise"
+        if self.noise == "distributed":
+            return f"rests on at least {self.min_replies} honest sites adding their noise share"
+        return "trusts the coordinator to add the noise"
+
     def describe(self) -> dict[str, Scalar]:
         """A human- and machine-readable statement of the guarantee asked for."""
         unit = "each site's records" if self.mode == "sample" else "each site's participation"
@@ -248,6 +292,7 @@ class DPSettings:
         }
         if self.mode == "client":
             out["noise_multiplier_used"] = self.client_noise_multiplier()
+        out["trust"] = self.trust_assumption()
         return out
 
 

@@ -11,6 +11,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from biofed.tasks._api import (
+    RECORD_COUPLINGS,
     SCAFFOLD_CLIENT_CONTROL,
     SCAFFOLD_CONTROL_DELTA,
     SCAFFOLD_SERVER_CONTROL,
@@ -19,6 +20,8 @@ from biofed.tasks._api import (
     Task,
     TrainContext,
     TrainResult,
+    record_coupling,
+    sensitivity_factor,
 )
 from biofed.tasks._cox import CoxPH, CoxPHTask
 from biofed.tasks._logreg import LogisticRegression, LogisticRegressionTask
@@ -33,6 +36,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BUILTIN_TASKS",
+    "RECORD_COUPLINGS",
     "SCAFFOLD_CLIENT_CONTROL",
     "SCAFFOLD_CONTROL_DELTA",
     "SCAFFOLD_SERVER_CONTROL",
@@ -53,7 +57,9 @@ __all__ = [
     "concordance_index",
     "make_task",
     "parameter_spec",
+    "record_coupling",
     "roc_auc",
+    "sensitivity_factor",
 ]
 
 

@@ -36,6 +36,63 @@ SCAFFOLD_CLIENT_CONTROL = "scaffold.client_control"
 
 _OPTIMIZERS = ("sgd", "adam")
 
+#: How a task's training loss decomposes over records, for sample-level DP-SGD
+#: (:func:`record_coupling`): ``"independent"`` — a sum (or mean) of per-record terms, so
+#: adding or removing one record moves the clipped batch gradient by at most C and the
+#: accountant's ε is exact; ``"bounded"`` — records are coupled (e.g. through risk sets), with
+#: a proven per-record bound ``dp_sensitivity_factor(batch_size)·C`` that the node calibrates
+#: the noise to; ``"none"`` — no guarantee (the accountant's ε would bound nothing).
+RECORD_COUPLINGS = ("independent", "bounded", "none")
+
+
+def record_coupling(task: object) -> str:
+    """A task's declared ``dp_record_coupling`` (``"none"`` when it declares nothing).
+
+    Raises
+    ------
+    ConfigurationError
+        When the declaration is not one of :data:`RECORD_COUPLINGS`, or ``"bounded"`` comes
+        without a ``dp_sensitivity_factor`` method.
+    """
+    value = getattr(task, "dp_record_coupling", "none")
+    if not isinstance(value, str) or value not in RECORD_COUPLINGS:
+        raise ConfigurationError(
+            f"task declares dp_record_coupling {value!r}; expected one of {RECORD_COUPLINGS}"
+        )
+    if value == "bounded" and not callable(getattr(task, "dp_sensitivity_factor", None)):
+        raise ConfigurationError(
+            'task declares dp_record_coupling "bounded" without a dp_sensitivity_factor method'
+        )
+    return value
+
+
+def sensitivity_factor(task: object, batch_size: int) -> float:
+    """The L2 sensitivity of a task's clipped summed batch gradient to adding or removing one
+    record, in units of the clip norm C: 1 for ``"independent"``, the task's
+    ``dp_sensitivity_factor(batch_size)`` (≥ 1, finite) for ``"bounded"``.
+
+    Raises
+    ------
+    ConfigurationError
+        For ``"none"`` (there is no bound), or a factor that is not a finite number ≥ 1.
+    """
+    coupling = record_coupling(task)
+    if coupling == "independent":
+        return 1.0
+    if coupling == "none":
+        raise ConfigurationError("the task declares no per-record sensitivity bound")
+    value = task.dp_sensitivity_factor(int(batch_size))  # type: ignore[attr-defined]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not (math.isfinite(value) and value >= 1.0)
+    ):
+        raise ConfigurationError(
+            f"task's dp_sensitivity_factor({batch_size}) is {value!r}; it must be a finite "
+            "number >= 1 (the sensitivity in units of the clip norm)"
+        )
+    return float(value)
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class LocalTrainingConfig:
@@ -260,6 +317,13 @@ class Task(Protocol):
 
     ``name`` identifies the task; ``primary_metric`` names the metric that tables and
     progress bars show (``"c_index"``, ``"roc_auc"``…).
+
+    A task that supports sample-level DP-SGD also declares ``dp_record_coupling`` (one of
+    :data:`RECORD_COUPLINGS`; read with :func:`record_coupling`, ``"none"`` when absent — it
+    is not a protocol member, so tasks written before it still satisfy ``Task``), and with
+    ``"bounded"`` a method ``dp_sensitivity_factor(batch_size: int) -> float``. A node runs
+    sample-level DP only for ``"independent"`` and ``"bounded"`` tasks unless the study
+    agreement (or, outside governance, ``node.toml``) explicitly accepts heuristic figures.
     """
 
     name: str

@@ -100,6 +100,9 @@ class LogisticRegressionTask(NumpyTask):
         ``"zeros"`` or ``"uniform"``.
     """
 
+    #: The loss is a mean of per-record terms plus a data-independent penalty.
+    dp_record_coupling = "independent"
+
     def __init__(self, num_features: int, *, l2: float = 0.0, init: str = "zeros") -> None:
         super().__init__(
             LogisticRegression(num_features, l2=l2, init=init),

@@ -52,6 +52,9 @@ class LogisticRegressionTorchTask(TorchTask):
     is a guarantee (unlike the Cox loss, see :class:`~biofed.tasks.CoxPHTorchTask`).
     """
 
+    #: The mean cross-entropy is a sum of per-record terms: DP-SGD's accounting is exact.
+    dp_record_coupling = "independent"
+
     def __init__(self, num_features: int, *, init: str = "zeros", device: str = "cpu") -> None:
         check_linear_args(num_features, init)
         self.num_features = num_features

@@ -123,6 +123,10 @@ class NumpyTask:
         The metric tables and progress bars show.
     """
 
+    #: How the loss decomposes over records (this adapter runs no DP-SGD; see
+    #: :data:`~biofed.tasks.RECORD_COUPLINGS`).
+    dp_record_coupling: str = "none"
+
     def __init__(self, model: GradientModel, *, name: str, primary_metric: str) -> None:
         self.model = model
         self.name = name

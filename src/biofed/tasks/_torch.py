@@ -101,7 +101,13 @@ class TorchTask:
     ``dp_seeded`` draws both from ``ctx.rng`` instead, for reproducible simulations and
     tests: that run has **no** privacy against whoever knows the run seed, so a node must
     set the key itself rather than take it from an instruction.
+
+    Subclasses declare ``dp_record_coupling`` (see :data:`~biofed.tasks.RECORD_COUPLINGS`);
+    the default ``"none"`` makes nodes refuse sample-level DP for the task.
     """
+
+    #: How the loss decomposes over records (``"none"``: no DP-SGD guarantee claimed).
+    dp_record_coupling: str = "none"
 
     def __init__(
         self,
