@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import ClassVar
 
 import torch
 
@@ -93,7 +92,7 @@ class CoxPHTorchTask(TorchTask):
     """
 
     #: The partial likelihood couples a batch's records; no usable bound (see above).
-    dp_record_coupling: ClassVar[str] = "none"
+    dp_record_coupling: str = "none"
 
     def __init__(self, num_features: int, *, init: str = "zeros", device: str = "cpu") -> None:
         check_linear_args(num_features, init)

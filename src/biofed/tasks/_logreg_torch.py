@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping
-from typing import ClassVar
 
 import torch
 
@@ -55,7 +54,7 @@ class LogisticRegressionTorchTask(TorchTask):
     """
 
     #: Each record's loss term depends on that record only: DP-SGD's ε is exact.
-    dp_record_coupling: ClassVar[str] = "independent"
+    dp_record_coupling: str = "independent"
 
     def __init__(self, num_features: int, *, init: str = "zeros", device: str = "cpu") -> None:
         check_linear_args(num_features, init)

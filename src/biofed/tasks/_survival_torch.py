@@ -116,7 +116,7 @@ class _DiscreteSurvivalTorchTask(TorchTask):
     """What the two models share: intervals, parameters, metrics and the DP declaration."""
 
     #: Each record's loss term depends on that record only: DP-SGD's ε is exact.
-    dp_record_coupling: ClassVar[str] = "independent"
+    dp_record_coupling: str = "independent"
     _task_name: ClassVar[str]
 
     def __init__(
