@@ -96,5 +96,5 @@ def test_demo_trains_under_a_signed_agreement_and_verifies_the_audit_logs(
         assert f"{sites[site]['c_index']:.4f}" in line
     assert "mean of sites" in table
     # the governance steps were announced
-    for text in ("packed the Cox task", "drafted study agreement", "in force", "audit log"):
+    for text in ("packed the survival task", "drafted study agreement", "in force", "audit log"):
         assert text in result.stderr

@@ -38,17 +38,20 @@ from biofed.governance import (
 )
 from biofed.identity import Consortium, Kit, load_kit
 
-AGREEMENT_ID = "tcga-brca-cox"
+AGREEMENT_ID = "tcga-brca-survival"
 DATASET = "tcga-brca"
 METRICS = ("c_index", "train_loss")
-TASK_PY = '''"""The researcher's task: a linear Cox proportional-hazards model trained with DP-SGD
-(biofed's built-in cox_ph_torch), with age (column 0, in years) read in centuries."""
+TASK_PY = '''"""The researcher's task: a piecewise-exponential (Poisson) survival model trained with
+DP-SGD (biofed's built-in pem_torch), with age (column 0, in years) read in centuries.
+
+Its likelihood is a sum of per-record terms, so each site's ε is a guarantee (the Cox partial
+likelihood couples a batch's records, and a node refuses it sample-level DP)."""
 
 import dataclasses
 
 import numpy as np
 
-from biofed.tasks import CoxPHTorchTask
+from biofed.tasks import PiecewiseExponentialTorchTask
 
 
 def _age_in_centuries(data):
@@ -59,7 +62,7 @@ def _age_in_centuries(data):
     return dataclasses.replace(data, features=features)
 
 
-class CoxAgeInCenturies(CoxPHTorchTask):
+class SurvivalAgeInCenturies(PiecewiseExponentialTorchTask):
     def train(self, parameters, data, ctx):
         return super().train(parameters, _age_in_centuries(data), ctx)
 
@@ -67,8 +70,10 @@ class CoxAgeInCenturies(CoxPHTorchTask):
         return super().evaluate(parameters, _age_in_centuries(data), ctx)
 
 
-def make_task(num_features):
-    return CoxAgeInCenturies(num_features=num_features)
+def make_task(num_features, num_intervals=10, max_time=3650.0):
+    return SurvivalAgeInCenturies(
+        num_features=num_features, num_intervals=num_intervals, max_time=max_time
+    )
 '''
 
 #: Each site's privacy-budget cap on its dataset across all jobs (node.toml [privacy]), and
@@ -127,7 +132,8 @@ def _draft(kits: dict[str, Kit], sites: Sequence[str], digest: str) -> StudyAgre
         agreement_id=AGREEMENT_ID,
         title="Federated survival model for breast cancer (Fed-TCGA-BRCA)",
         purpose=(
-            "Train a Cox proportional-hazards model of overall survival across six sites "
+            "Train a proportional-hazards (piecewise-exponential) model of overall survival "
+            "across six sites "
             "without moving patient records, with sample-level differential privacy at each "
             "site and secure aggregation; publish the final model and per-site C-index."
         ),
@@ -186,7 +192,7 @@ def _set_up_site(kit: Kit, root: Path, signed: SignedAgreement, digest: str) -> 
         {"agreement": AGREEMENT_ID, "digest": signed.agreement.digest()},
     )
     ApprovalStore(folder / "approvals.json", audit=log).approve(  # recorded in the log
-        digest, by=f"{kit.name} data steward", note="read task.py: built-in Cox PH, no I/O"
+        digest, by=f"{kit.name} data steward", note="read task.py: built-in pem_torch, no I/O"
     )
     with (folder / "node.toml").open("a", encoding="utf-8") as toml:
         toml.write(GOVERNANCE_TOML)
@@ -206,9 +212,9 @@ def prepare(
     task_dir = root / "researcher-task"
     task_dir.mkdir(exist_ok=True)
     (task_dir / "task.py").write_text(TASK_PY, encoding="utf-8")
-    bundle_file = root / "cox-task.zip"
+    bundle_file = root / "survival-task.zip"
     info = pack_bundle(task_dir, bundle_file)
-    console.print(f"researcher packed the Cox task as bundle {info.digest[:16]}…")
+    console.print(f"researcher packed the survival task as bundle {info.digest[:16]}…")
 
     signed = SignedAgreement(agreement=_draft(kits, sites, info.digest))
     agreement_file = root / "agreement" / f"{AGREEMENT_ID}.toml"

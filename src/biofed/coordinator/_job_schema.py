@@ -158,6 +158,21 @@ _DEVICE = _opt(
     "cpu",
 )
 _L2 = _opt("l2", Number(0.0, 1e6), "L2 penalty `l2/2 ‖w‖²` on the weights.", 0.0)
+_NUM_INTERVALS = _opt(
+    "num_intervals",
+    Integer(1, 1000),
+    "Discrete-time survival: the number of equal intervals `[0, max_time]` is cut into "
+    "(fixed by the job, never computed from a site's data).",
+    10,
+)
+_MAX_TIME = _opt(
+    "max_time",
+    Number(1e-9, 1e12),
+    "Discrete-time survival: end of the last interval, in the dataset's time unit (days for "
+    "Fed-TCGA-BRCA); later follow-up counts as censored there.",
+    3650.0,
+)
+_SURVIVAL = (_NUM_FEATURES, _NUM_INTERVALS, _MAX_TIME, _INIT, _DEVICE)
 
 TASK = VariantTable(
     name="task",
@@ -171,8 +186,10 @@ TASK = VariantTable(
         {
             "cox_ph": (_NUM_FEATURES, _INIT),
             "cox_ph_torch": (_NUM_FEATURES, _INIT, _DEVICE),
+            "logistic_hazard_torch": _SURVIVAL,
             "logistic_regression": (_NUM_FEATURES, _L2, _INIT),
             "logistic_regression_torch": (_NUM_FEATURES, _INIT, _DEVICE),
+            "pem_torch": _SURVIVAL,
         }
     ),
 )

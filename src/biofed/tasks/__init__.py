@@ -1,7 +1,8 @@
 """biofed.tasks: the task API, the numpy and PyTorch adapters and the built-in tasks.
 
 ``TorchTask`` and the built-in torch tasks (``CoxPHTorchTask``,
-``LogisticRegressionTorchTask``) are imported lazily, on first access, so
+``LogisticRegressionTorchTask``, ``LogisticHazardTorchTask``,
+``PiecewiseExponentialTorchTask``) are imported lazily, on first access, so
 ``import biofed.tasks`` works without PyTorch installed.
 """
 
@@ -25,13 +26,14 @@ from biofed.tasks._api import (
 )
 from biofed.tasks._cox import CoxPH, CoxPHTask
 from biofed.tasks._logreg import LogisticRegression, LogisticRegressionTask
-from biofed.tasks._metrics import concordance_index, roc_auc
+from biofed.tasks._metrics import concordance_index, integrated_brier_score, roc_auc
 from biofed.tasks._numpy import GradientModel, NumpyTask
 from biofed.tasks._registry import BUILTIN_TASKS, make_task, parameter_spec
 
 if TYPE_CHECKING:
     from biofed.tasks._cox_torch import CoxPHTorchTask
     from biofed.tasks._logreg_torch import LogisticRegressionTorchTask
+    from biofed.tasks._survival_torch import LogisticHazardTorchTask, PiecewiseExponentialTorchTask
     from biofed.tasks._torch import TorchTask
 
 __all__ = [
@@ -46,15 +48,18 @@ __all__ = [
     "EvalResult",
     "GradientModel",
     "LocalTrainingConfig",
+    "LogisticHazardTorchTask",
     "LogisticRegression",
     "LogisticRegressionTask",
     "LogisticRegressionTorchTask",
     "NumpyTask",
+    "PiecewiseExponentialTorchTask",
     "Task",
     "TorchTask",
     "TrainContext",
     "TrainResult",
     "concordance_index",
+    "integrated_brier_score",
     "make_task",
     "parameter_spec",
     "record_coupling",
@@ -65,7 +70,9 @@ __all__ = [
 
 _LAZY = {
     "CoxPHTorchTask": "biofed.tasks._cox_torch",
+    "LogisticHazardTorchTask": "biofed.tasks._survival_torch",
     "LogisticRegressionTorchTask": "biofed.tasks._logreg_torch",
+    "PiecewiseExponentialTorchTask": "biofed.tasks._survival_torch",
     "TorchTask": "biofed.tasks._torch",
 }
 

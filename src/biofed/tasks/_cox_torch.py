@@ -68,17 +68,31 @@ class CoxPHTorchTask(TorchTask):
 
     Privacy notes
     -------------
-    **ε is not exact for the Cox loss.** The partial likelihood couples the examples of a
-    batch: each example's term depends on its risk set, the batch's examples with later
-    times. DP-SGD clips each example's *share* of the batch gradient (Opacus's per-example
-    gradient ``∂loss/∂score_i · x_i``, scaled by the batch size) to C, but adding or removing
-    one record also changes the risk sets, and so the shares, of the other examples in its
-    batch. The clipped sum's sensitivity to one record is therefore bounded only by
-    ``(2b + 1)·C`` for b other examples in the batch, not by C, and the ε an accountant
-    reports for (z, q, steps) is a heuristic figure for this task, not a guarantee. It is
-    exact for losses that are sums of per-example terms (logistic regression, cross-entropy:
-    :class:`~biofed.tasks.LogisticRegressionTorchTask`).
+    **No sample-level DP guarantee** (``dp_record_coupling = "none"``): a node refuses to
+    run this task under sample-level DP-SGD; train
+    :class:`~biofed.tasks.PiecewiseExponentialTorchTask` or
+    :class:`~biofed.tasks.LogisticHazardTorchTask` instead, whose losses are sums of
+    per-record terms (the piecewise-exponential model is the Cox model's discrete-time
+    relative, Whitehead 1980).
+
+    Why no bound is declared: the partial likelihood couples the examples of a batch. Each
+    example's term depends on its risk set, the batch's examples with later times, so
+    example ``i``'s share of the summed gradient is ``(−e_i + Σ_k e_k p_ik) x_i`` with
+    ``p_ik`` its weight in event ``k``'s risk set. DP-SGD clips each share to C, but adding
+    or removing a record ``r`` also changes ``p_ik`` for every ``i`` in a risk set holding
+    ``r``, and so every other share of its batch. Each clipped share has norm ≤ C, so the
+    change is at most ``(2b + 1)·C`` for ``b`` other examples, and it comes close to that:
+    a record with the longest time enters every risk set, and with features of large norm
+    every share is clipped, so each moves by up to 2C (the test
+    ``tests/tasks/test_dp_sensitivity.py`` finds changes far above C). With Poisson
+    sampling ``b`` is not bounded by the expected batch size (it can reach the site's N),
+    so the only bound that holds for every batch is ``(2N + 1)·C``: noise calibrated to it
+    leaves nothing to learn, and the accountant's ε for (z, q, steps) with sensitivity C
+    would be a heuristic figure, not a guarantee.
     """
+
+    #: The partial likelihood couples a batch's records; no usable bound (see above).
+    dp_record_coupling: str = "none"
 
     def __init__(self, num_features: int, *, init: str = "zeros", device: str = "cpu") -> None:
         check_linear_args(num_features, init)

@@ -49,11 +49,12 @@ class LogisticRegressionTorchTask(TorchTask):
     -------------
     The mean cross-entropy is a sum of per-example terms, so DP-SGD's per-example clipping
     bounds the sensitivity of each step's sum to C and the accountant's ε for (z, q, steps)
-    is a guarantee (unlike the Cox loss, see :class:`~biofed.tasks.CoxPHTorchTask`).
+    is a guarantee (``dp_record_coupling = "independent"``; unlike the Cox loss, see
+    :class:`~biofed.tasks.CoxPHTorchTask`).
     """
 
-    #: The mean cross-entropy is a sum of per-record terms: DP-SGD's accounting is exact.
-    dp_record_coupling = "independent"
+    #: Each record's loss term depends on that record only: DP-SGD's ε is exact.
+    dp_record_coupling: str = "independent"
 
     def __init__(self, num_features: int, *, init: str = "zeros", device: str = "cpu") -> None:
         check_linear_args(num_features, init)

@@ -10,6 +10,7 @@ from biofed.tasks._api import Task
 from biofed.tasks._cox import CoxPHTask
 from biofed.tasks._logreg import LogisticRegressionTask
 from biofed.tasks._numpy import linear_spec
+from biofed.tasks._survival import DEFAULT_MAX_TIME, DEFAULT_NUM_INTERVALS, survival_spec
 
 
 def _needs_torch(name: str, exc: ImportError) -> str:
@@ -34,11 +35,31 @@ def _logistic_regression_torch(**kwargs: Any) -> Task:
     return LogisticRegressionTorchTask(**kwargs)
 
 
+def _logistic_hazard_torch(**kwargs: Any) -> Task:
+    """:class:`~biofed.tasks.LogisticHazardTorchTask`, importing torch only when asked for."""
+    try:
+        from biofed.tasks._survival_torch import LogisticHazardTorchTask
+    except ImportError as exc:
+        raise ConfigurationError(_needs_torch("logistic_hazard_torch", exc)) from exc
+    return LogisticHazardTorchTask(**kwargs)
+
+
+def _pem_torch(**kwargs: Any) -> Task:
+    """:class:`~biofed.tasks.PiecewiseExponentialTorchTask`, importing torch only when asked."""
+    try:
+        from biofed.tasks._survival_torch import PiecewiseExponentialTorchTask
+    except ImportError as exc:
+        raise ConfigurationError(_needs_torch("pem_torch", exc)) from exc
+    return PiecewiseExponentialTorchTask(**kwargs)
+
+
 BUILTIN_TASKS: dict[str, Callable[..., Task]] = {
     "cox_ph": CoxPHTask,
     "cox_ph_torch": _cox_ph_torch,
+    "logistic_hazard_torch": _logistic_hazard_torch,
     "logistic_regression": LogisticRegressionTask,
     "logistic_regression_torch": _logistic_regression_torch,
+    "pem_torch": _pem_torch,
 }
 
 
@@ -52,7 +73,10 @@ def make_task(name: str, **kwargs: Any) -> Task:
         (:class:`~biofed.tasks.LogisticRegressionTask`), or their PyTorch versions, which
         can train with sample-level DP-SGD: ``"cox_ph_torch"``
         (:class:`~biofed.tasks.CoxPHTorchTask`) and ``"logistic_regression_torch"``
-        (:class:`~biofed.tasks.LogisticRegressionTorchTask`); these need the torch extra.
+        (:class:`~biofed.tasks.LogisticRegressionTorchTask`); and the discrete-time survival
+        models ``"logistic_hazard_torch"`` (:class:`~biofed.tasks.LogisticHazardTorchTask`)
+        and ``"pem_torch"`` (:class:`~biofed.tasks.PiecewiseExponentialTorchTask`), whose
+        DP-SGD ε is exact, unlike the Cox model's. The torch tasks need the torch extra.
     **kwargs:
         The task's constructor arguments (``num_features=…`` for all of them).
 
@@ -95,11 +119,24 @@ def _torch_linear_layout(
     return linear_spec(num_features, init)
 
 
+def _torch_survival_layout(
+    num_features: int,
+    *,
+    num_intervals: int = DEFAULT_NUM_INTERVALS,
+    max_time: float = DEFAULT_MAX_TIME,
+    init: str = "zeros",
+    device: str = "cpu",
+) -> ParameterSpec:
+    return survival_spec(num_features, num_intervals=num_intervals, max_time=max_time, init=init)
+
+
 _LAYOUTS: dict[str, Callable[..., ParameterSpec]] = {
     "cox_ph": _cox_ph_layout,
     "cox_ph_torch": _torch_linear_layout,
+    "logistic_hazard_torch": _torch_survival_layout,
     "logistic_regression": _logistic_regression_layout,
     "logistic_regression_torch": _torch_linear_layout,
+    "pem_torch": _torch_survival_layout,
 }
 
 
