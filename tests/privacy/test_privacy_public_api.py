@@ -22,6 +22,7 @@ def test_public_api() -> None:
         "RdpAccountant",
         "SampledGaussian",
         "calibrate_noise",
+        "check_real",
         "clip_l2",
         "guarantee_code",
         "guarantee_label",

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from biofed.cli._common import kit_audit
 from biofed.core import BiofedError, ConfigurationError, PolicyViolation
-from biofed.governance._agreement import (
+from biofed.governance import (
     OutputPolicy,
     Party,
     PrivacyRequirements,

@@ -19,10 +19,16 @@ from rich.table import Table
 
 from biofed.cli._common import clean_errors, err
 from biofed.core import PolicyViolation
-from biofed.governance import AnchorReport, check_against, check_expected_head
-from biofed.governance._audit_entry import AuditLogError
-from biofed.governance._audit_reconcile import ReconcileReport, reconcile
-from biofed.governance._audit_verify import AuditSource, verify_log
+from biofed.governance import (
+    AnchorReport,
+    AuditLogError,
+    AuditSource,
+    ReconcileReport,
+    check_against,
+    check_expected_head,
+    reconcile,
+    verify_log,
+)
 
 app = typer.Typer(
     name="audit",

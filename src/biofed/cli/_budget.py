@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from biofed.cli._common import clean_errors, fail, kit_audit
-from biofed.governance._ledger import LEDGER_FILE, BudgetStatus, PrivacyLedger
+from biofed.governance import LEDGER_FILE, BudgetStatus, PrivacyLedger
 
 out = Console()
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from biofed.cli._common import clean_errors, fail, kit_audit
-from biofed.governance._datasets import DatasetRegistry, RegisteredDataset
+from biofed.governance import DatasetRegistry, RegisteredDataset
 
 app = typer.Typer(help="Register the datasets this site offers.", no_args_is_help=True)
 out = Console()

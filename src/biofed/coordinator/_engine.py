@@ -35,7 +35,7 @@ from biofed.core import (
     check_id,
     freeze_config,
 )
-from biofed.secagg._settings import SecureAggregationSettings
+from biofed.secagg import SecureAggregationSettings
 from biofed.strategies import AggregateResult, NodePlan, Strategy, StrategyState
 from biofed.transport import Transport
 

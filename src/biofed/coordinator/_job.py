@@ -34,7 +34,7 @@ from biofed.coordinator._job_rules import error_text
 from biofed.coordinator._job_schema import check_job
 from biofed.core import ConfigurationError, Scalar, freeze_config
 from biofed.privacy import DPSettings
-from biofed.secagg._settings import SecureAggregationSettings
+from biofed.secagg import SecureAggregationSettings
 from biofed.strategies import DPFedAvg, Strategy, make_strategy
 from biofed.tasks import LocalTrainingConfig, parameter_spec
 

@@ -45,12 +45,12 @@ from biofed.core import (
     RoundFailed,
     SecureAggregationError,
 )
-from biofed.secagg import SecAggServer
-from biofed.secagg._settings import (
+from biofed.secagg import (
     CERTIFICATE_ARRAY,
     CERTIFICATE_PREFIX,
     STAGE_KEY,
     WEIGHTING_KEY,
+    SecAggServer,
     SecureAggregationSettings,
     pack_message,
     unpack_message,

@@ -39,6 +39,7 @@ from biofed.governance._audit_reconcile import (
 from biofed.governance._audit_signer import AuditSigner
 from biofed.governance._audit_verify import AuditSource, VerifyReport, verify_log
 from biofed.governance._bundle import (
+    TASK_FILE,
     Approval,
     ApprovalStore,
     Bundle,
@@ -68,6 +69,8 @@ from biofed.governance._policy import (
     SitePolicy,
     check_instruction,
     control_reply,
+    heuristic_dp_allowed,
+    requested_metrics,
 )
 
 __all__ = [
@@ -79,6 +82,7 @@ __all__ = [
     "LOG_FILE",
     "RECEIVED_EVENT",
     "SENT_EVENT",
+    "TASK_FILE",
     "AgreementStatus",
     "AnchorReport",
     "Approval",
@@ -120,11 +124,13 @@ __all__ = [
     "check_instruction",
     "control_reply",
     "file_digest",
+    "heuristic_dp_allowed",
     "pack_bundle",
     "read_agreement",
     "read_bundle",
     "reconcile",
     "reply_payload",
+    "requested_metrics",
     "require_in_force",
     "sign",
     "unpack_bundle",

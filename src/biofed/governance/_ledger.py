@@ -87,8 +87,7 @@ from types import MappingProxyType
 from typing import Any, Literal
 
 from biofed.core import ConfigurationError, PrivacyBudgetExceeded, check_id
-from biofed.privacy import GUARANTEES
-from biofed.privacy._checks import check_real
+from biofed.privacy import GUARANTEES, check_real
 
 AuditHook = Callable[[str, Mapping[str, Any]], None]
 

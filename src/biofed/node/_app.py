@@ -43,20 +43,29 @@ from biofed.core import (
     check_id,
 )
 from biofed.data import SiteData
-from biofed.governance import ANCHOR_EVENT, ANCHOR_KEY, COORDINATOR_PEER, anchor_data
-from biofed.governance._audit import AuditLog
-from biofed.governance._audit_reconcile import SENT_EVENT, reply_payload
-from biofed.governance._audit_signer import AuditSigner
-from biofed.governance._bundle import TASK_FILE, ApprovalStore, Bundle, check_digest, read_bundle
-from biofed.governance._datasets import DatasetRegistry
-from biofed.governance._ledger import LEDGER_FILE, PrivacyLedger
-from biofed.governance._policy import (
+from biofed.governance import (
+    ANCHOR_EVENT,
+    ANCHOR_KEY,
+    COORDINATOR_PEER,
+    LEDGER_FILE,
+    SENT_EVENT,
+    TASK_FILE,
+    ApprovalStore,
+    AuditLog,
+    AuditSigner,
+    Bundle,
     Clearance,
+    DatasetRegistry,
     PolicyRequest,
+    PrivacyLedger,
     SitePolicy,
+    anchor_data,
+    check_digest,
     check_instruction,
     control_reply,
     heuristic_dp_allowed,
+    read_bundle,
+    reply_payload,
     requested_metrics,
 )
 from biofed.identity import Kit
@@ -74,7 +83,7 @@ from biofed.node._runtime import SiteNode
 from biofed.node._sandbox import BundleRunner, audit_sandbox_opt_out
 from biofed.node._secure import SecureSessions
 from biofed.privacy import PRIVACY_PREFIX
-from biofed.secagg._settings import STAGE_KEY
+from biofed.secagg import STAGE_KEY
 from biofed.tasks import (
     BUILTIN_TASKS,
     LocalTrainingConfig,

@@ -59,7 +59,7 @@ from biofed.core import (
     Reply,
     Scalar,
 )
-from biofed.governance._ledger import PrivacyLedger
+from biofed.governance import PrivacyLedger
 from biofed.privacy import (
     DELTA_METRIC,
     EPSILON_METRIC,

@@ -78,8 +78,7 @@ from biofed.core import (
     freeze_config,
 )
 from biofed.data import Dataset
-from biofed.governance import AuditLog
-from biofed.governance._bundle import Bundle, unpack_bundle
+from biofed.governance import AuditLog, Bundle, unpack_bundle
 from biofed.node._confine import MECHANISMS, kernel_support
 from biofed.tasks import EvalResult, TrainContext, TrainResult
 

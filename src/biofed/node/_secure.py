@@ -36,18 +36,16 @@ from biofed.core import (
 from biofed.governance import AuditSigner
 from biofed.identity import Kit, signed_by
 from biofed.secagg import (
+    CERTIFICATE_PREFIX,
+    STAGE_KEY,
+    WEIGHTING_KEY,
     ForwardedShares,
     Roster,
     SecAggClient,
     SecAggPlan,
+    SecureAggregationSettings,
     UnmaskRequest,
     decode_message,
-)
-from biofed.secagg._settings import (
-    CERTIFICATE_PREFIX,
-    STAGE_KEY,
-    WEIGHTING_KEY,
-    SecureAggregationSettings,
     pack_message,
     unpack_message,
 )

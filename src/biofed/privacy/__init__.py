@@ -15,6 +15,7 @@ from biofed.privacy._accountant import (
 )
 from biofed.privacy._adaptive import AdaptiveClipping
 from biofed.privacy._calibrate import calibrate_noise
+from biofed.privacy._checks import check_real
 from biofed.privacy._clip import clip_l2, l2_norm
 from biofed.privacy._noise import GaussianNoise
 from biofed.privacy._settings import (
@@ -49,6 +50,7 @@ __all__ = [
     "RdpAccountant",
     "SampledGaussian",
     "calibrate_noise",
+    "check_real",
     "clip_l2",
     "guarantee_code",
     "guarantee_label",

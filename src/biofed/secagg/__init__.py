@@ -28,10 +28,23 @@ from biofed.secagg._messages import (
     decode_message,
 )
 from biofed.secagg._server import SecAggResult, SecAggServer
+from biofed.secagg._settings import (
+    CERTIFICATE_ARRAY,
+    CERTIFICATE_PREFIX,
+    STAGE_KEY,
+    WEIGHTING_KEY,
+    SecureAggregationSettings,
+    pack_message,
+    unpack_message,
+)
 from biofed.secagg._simulate import SimulatedRound, run_in_process, simulated_signers
 from biofed.secagg._stage import RandomBytes, SecAggStage, Sign, Verify
 
 __all__ = [
+    "CERTIFICATE_ARRAY",
+    "CERTIFICATE_PREFIX",
+    "STAGE_KEY",
+    "WEIGHTING_KEY",
     "AdvertiseKeys",
     "ClientMessage",
     "EncryptedShare",
@@ -46,6 +59,7 @@ __all__ = [
     "SecAggResult",
     "SecAggServer",
     "SecAggStage",
+    "SecureAggregationSettings",
     "ServerMessage",
     "ShareKeys",
     "Sign",
@@ -55,7 +69,9 @@ __all__ = [
     "Verify",
     "decode_message",
     "neighbour_graph",
+    "pack_message",
     "run_in_process",
     "seeded_random_bytes",
     "simulated_signers",
+    "unpack_message",
 ]
