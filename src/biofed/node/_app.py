@@ -106,6 +106,10 @@ class NodeApp:
     kit:
         The site's kit; required when ``config`` turns governance on (its CA checks the
         agreements' signatures and its key signs the node's audit log).
+    data:
+        Datasets already in memory (name → data), served besides ``config``'s files; a
+        simulation's virtual sites pass theirs here. Such a dataset has no file, so a
+        governed site's registry cannot pin it: governance refuses it.
 
     Security notes
     --------------
@@ -118,9 +122,20 @@ class NodeApp:
     log cannot be written, nothing runs and nothing leaves (fail closed).
     """
 
-    def __init__(self, node_id: str, config: NodeConfig, *, kit: Kit | None = None) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        config: NodeConfig,
+        *,
+        kit: Kit | None = None,
+        data: Mapping[str, SiteData] | None = None,
+    ) -> None:
         self.node_id = check_id(node_id, what="node id")
         self.data: dict[str, SiteData] = {}
+        for name, site_data in (data or {}).items():
+            if name in config.datasets:
+                raise ConfigurationError(f"dataset {name!r} is both in memory and in node.toml")
+            self.data[check_id(name, what="dataset name")] = site_data
         for name, source in config.datasets.items():
             try:
                 self.data[name] = source.load()
