@@ -2,10 +2,32 @@
 
 from biofed.coordinator._access import RunAccess
 from biofed.coordinator._agreements import AgreementKeeper
-from biofed.coordinator._engine import EngineConfig, EngineListener, RoundEngine
+from biofed.coordinator._bundles import BundleStore
+from biofed.coordinator._engine import (
+    AfterRound,
+    BeforeRound,
+    EngineConfig,
+    EngineListener,
+    RoundEngine,
+)
+from biofed.coordinator._exchange import (
+    Exchange,
+    Exchanged,
+    NodeExchange,
+    PlainRound,
+    TrainingRound,
+    build_instruction,
+)
 from biofed.coordinator._job import JobSpec
 from biofed.coordinator._job_limits import JobLimits
-from biofed.coordinator._records import RoundRecord, RunEvent, RunResult
+from biofed.coordinator._privacy_report import (
+    PRIVACY_EVENT,
+    privacy_report,
+    site_spend,
+    spend_event,
+)
+from biofed.coordinator._records import RoundRecord, RunCancelled, RunEvent, RunResult
+from biofed.coordinator._secure import SecureRound
 from biofed.coordinator._serialize import (
     canonical_json,
     round_record_from_json,
@@ -19,7 +41,7 @@ from biofed.coordinator._serve import (
     serve_coordinator,
     tls_of,
 )
-from biofed.coordinator._service import Coordinator
+from biofed.coordinator._service import Coordinator, HubFactory
 from biofed.coordinator._store import (
     Checkpoint,
     EventRow,
@@ -33,37 +55,56 @@ from biofed.coordinator._store import (
 )
 from biofed.coordinator._store_memory import InMemoryStateStore
 from biofed.coordinator._store_sql import SqlStateStore
+from biofed.coordinator._summaries import StoreListener, run_summary
 
 __all__ = [
+    "PRIVACY_EVENT",
+    "AfterRound",
     "AgreementKeeper",
+    "BeforeRound",
+    "BundleStore",
     "Checkpoint",
     "Coordinator",
     "EngineConfig",
     "EngineListener",
     "EventRow",
+    "Exchange",
+    "Exchanged",
+    "HubFactory",
     "InMemoryStateStore",
     "JobLimits",
     "JobSpec",
     "KitAuthenticator",
+    "NodeExchange",
     "NodeRow",
     "NodeStatus",
+    "PlainRound",
     "RoundEngine",
     "RoundRecord",
     "RoundRow",
     "RunAccess",
+    "RunCancelled",
     "RunEvent",
     "RunResult",
     "RunRow",
     "RunStatus",
     "RunningCoordinator",
+    "SecureRound",
     "SqlStateStore",
     "StateStore",
+    "StoreListener",
+    "TrainingRound",
+    "build_instruction",
     "canonical_json",
     "open_store",
+    "privacy_report",
     "round_record_from_json",
     "round_record_to_json",
     "run_event_from_json",
     "run_event_to_json",
+    "run_summary",
     "serve_coordinator",
+    "site_spend",
+    "spend_event",
     "tls_of",
 ]

@@ -1,9 +1,12 @@
 """The round engine: configure → dispatch → collect → aggregate → evaluate → record.
 
-The engine owns the round loop (a strategy can change how to aggregate, never skip the
-checks): every reply is validated against the run, the round, the node it was sent to and
-the model's parameter layout before a strategy sees it, and folded into the strategy's
-aggregate as it arrives. It reaches nodes only through a :class:`~biofed.transport.Transport`.
+The engine owns the round loop, the only one (a strategy can change how to aggregate, never
+skip the checks; the coordinator's executor hooks into the loop to wait for sites and commit
+each round, it does not run its own). Each phase of a round is an exchange over the
+engine's :class:`~biofed.coordinator.NodeExchange` (every reply validated against the run,
+the round, the node it was sent to and the model's parameter layout before a strategy sees
+it); the training phase is a :class:`~biofed.coordinator.TrainingRound`, plain or secure.
+It reaches nodes only through the :class:`~biofed.transport.Transport` it is given.
 """
 
 from __future__ import annotations
@@ -17,27 +20,40 @@ from typing import Protocol
 
 import numpy as np
 
-from biofed.coordinator._records import RoundRecord, RunCancelled, RunEvent, RunResult
+from biofed.coordinator._exchange import (
+    CANCEL_POLL_S,
+    MAX_METRIC_ABS,
+    Exchange,
+    NodeExchange,
+    PlainRound,
+    TrainingRound,
+)
+from biofed.coordinator._records import RoundRecord, RunEvent, RunResult
 from biofed.coordinator._secure import SecureRound
 from biofed.core import (
-    BiofedError,
     ConfigurationError,
-    Instruction,
     MessageKind,
     Metrics,
     ParameterSet,
-    ParameterSpec,
-    ProtocolError,
     Reply,
     RoundFailed,
     Scalar,
-    TransportError,
     check_id,
     freeze_config,
 )
 from biofed.secagg import SecureAggregationSettings
-from biofed.strategies import AggregateResult, NodePlan, Strategy, StrategyState
+from biofed.strategies import Strategy, StrategyState
 from biofed.transport import Transport
+
+__all__ = [
+    "CANCEL_POLL_S",
+    "MAX_METRIC_ABS",
+    "AfterRound",
+    "BeforeRound",
+    "EngineConfig",
+    "EngineListener",
+    "RoundEngine",
+]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -86,12 +102,10 @@ class EngineConfig:
             raise ConfigurationError(f"evaluate_every must be >= 0, got {self.evaluate_every}")
 
 
-#: Largest metric magnitude a reply may carry: anything larger is refused like a NaN, since
-#: an example-weighted mean of it would overflow to ±Inf (e.g. -1e308 from a hostile site).
-MAX_METRIC_ABS = 1e100
-
-#: Longest wait on the transport between two looks at the cancel flag (seconds).
-CANCEL_POLL_S = 0.1
+#: Called before each round; False stops the run there (it is not ended: it can resume).
+BeforeRound = Callable[[int], bool]
+#: Called after each round with its model, strategy state and record (e.g. to commit it).
+AfterRound = Callable[[int, ParameterSet, StrategyState, RoundRecord], None]
 
 
 class EngineListener(Protocol):
@@ -147,6 +161,11 @@ class RoundEngine:
         Set when the run is cancelled: the engine sends no further instruction and
         :meth:`run_round` raises :class:`RunCancelled` within :data:`CANCEL_POLL_S` seconds,
         even while it waits for replies.
+    training:
+        How training rounds aggregate, when neither of the defaults (a
+        :class:`~biofed.coordinator.PlainRound`, or a :class:`~biofed.coordinator.SecureRound`
+        with ``secure_aggregation``) fits. It reaches nodes only through the engine's
+        :class:`~biofed.coordinator.Exchange`, so every reply is still checked.
     """
 
     def __init__(
@@ -161,6 +180,7 @@ class RoundEngine:
         instruction_config: Mapping[str, Scalar] | None = None,
         secure_aggregation: SecureAggregationSettings | None = None,
         cancel: threading.Event | None = None,
+        training: TrainingRound | None = None,
     ) -> None:
         self.strategy = strategy
         self.cancel = cancel
@@ -176,9 +196,28 @@ class RoundEngine:
             seed = int(np.random.SeedSequence().generate_state(1)[0])
         self.seed = seed
         self._events: list[RunEvent] = []
-        self._declared: dict[str, int] = {}
-        #: Training (or secure-aggregation) replies refused in the current round.
-        self._rejected = 0
+        #: The one conversation with the nodes; every round's phases go through it.
+        self.exchange = NodeExchange(
+            transport,
+            run_id=self.run_id,
+            round_timeout=config.round_timeout,
+            run_config=self.instruction_config,
+            seed=seed,
+            listener=self.listener,
+            on_event=self._record,
+            clock=clock,
+            cancel=cancel,
+        )
+        #: How the training phase aggregates: in the clear or under SecAgg+.
+        self.training: TrainingRound
+        if training is not None:
+            self.training = training
+        elif secure_aggregation is None:
+            self.training = PlainRound(strategy, min_replies=config.min_replies)
+        else:
+            self.training = SecureRound(
+                strategy, secure_aggregation, min_replies=config.min_replies
+            )
 
     # ------------------------------------------------------------------------------------
     def run(
@@ -187,26 +226,38 @@ class RoundEngine:
         *,
         state: StrategyState | None = None,
         start_round: int = 1,
+        before_round: BeforeRound | None = None,
+        after_round: AfterRound | None = None,
     ) -> RunResult:
         """Run rounds ``start_round … config.rounds`` from ``initial`` and return the result.
 
         ``state`` and ``start_round`` let a run resume from a checkpoint; selection RNG is
         derived from (seed, round), so a resumed run makes the same choices.
+        ``before_round(r)`` returning False stops the run before round ``r`` (the result is
+        then ``stopped``); ``after_round`` sees each round's outcome (the coordinator commits
+        it there). Raises :class:`~biofed.coordinator.RunCancelled` once the run is cancelled.
         """
         if not initial.all_finite():
             raise ConfigurationError("initial parameters contain NaN or infinite values")
         params = initial
         strategy_state = state if state is not None else self.strategy.init_state(initial)
         history: list[RoundRecord] = []
+        stopped = False
         for server_round in range(start_round, self.config.rounds + 1):
+            if before_round is not None and not before_round(server_round):
+                stopped = True
+                break
             params, strategy_state, record = self.run_round(server_round, params, strategy_state)
             history.append(record)
+            if after_round is not None:
+                after_round(server_round, params, strategy_state, record)
         return RunResult(
             run_id=self.run_id,
             parameters=params,
             state=strategy_state,
             history=tuple(history),
             events=tuple(self._events),
+            stopped=stopped,
         )
 
     def run_round(
@@ -214,13 +265,12 @@ class RoundEngine:
     ) -> tuple[ParameterSet, StrategyState, RoundRecord]:
         """One round: train, aggregate, maybe evaluate. Never raises for a failed round;
         raises :class:`RunCancelled` once the run is cancelled."""
-        self._check_cancel()
+        self.exchange.check_cancel()
         started = self.clock()
         rng = np.random.default_rng([self.seed, server_round])
         nodes = list(self.transport.available_nodes())
-        self._declared = {n.node_id: n.num_examples for n in nodes}
+        self.exchange.start_round(nodes)
         record_kwargs: dict[str, object] = {"round": server_round}
-        self._rejected = 0
         try:
             if len(nodes) < self.config.min_nodes:
                 raise RoundFailed(
@@ -229,46 +279,23 @@ class RoundEngine:
             plans = self.strategy.configure_train(server_round, params, state, nodes, rng)
             self.listener.on_round_start(server_round, len(plans))
             record_kwargs["num_selected"] = len(plans)
-            if self.secure_aggregation is not None:
-                secure = SecureRound(self, self.secure_aggregation)
-                result = secure.run(server_round, params, state, plans, len(nodes))
-            else:
-                result = self._aggregate(server_round, params, state, plans, len(nodes))
+            result = self.training.train(
+                self.exchange, server_round, params, state, plans, len(nodes)
+            )
             params, state = result.parameters, result.state
             record_kwargs.update(num_replies=result.num_replies, train_metrics=result.metrics)
         except RoundFailed as exc:
             self._event(server_round, "round_failed", str(exc))
             record_kwargs.setdefault("num_selected", 0)
             record_kwargs.update(num_replies=0, failed=str(exc))
-        record_kwargs["num_rejected"] = self._rejected  # training replies refused, failed or not
+        # training replies refused, failed or not
+        record_kwargs["num_rejected"] = self.exchange.rejected
         if self._should_evaluate(server_round):
             aggregate, per_node = self._evaluate(server_round, params, rng)
             record_kwargs.update(eval_metrics=aggregate, node_eval_metrics=per_node)
         record = RoundRecord(duration_s=self.clock() - started, **record_kwargs)  # type: ignore[arg-type]
         self.listener.on_round_end(record)
         return params, state, record
-
-    def _aggregate(
-        self,
-        server_round: int,
-        params: ParameterSet,
-        state: StrategyState,
-        plans: list[NodePlan],
-        num_nodes: int,
-    ) -> AggregateResult:
-        """Send the training instructions and fold the replies as they arrive."""
-        aggregator = self.strategy.begin_train_aggregation(server_round, params, state, num_nodes)
-        accepted, _, _ = self._exchange(
-            server_round, MessageKind.TRAIN, params, plans, aggregator.add, params.spec
-        )
-        if accepted < self.config.min_replies:
-            raise RoundFailed(
-                f"{accepted} valid training replies, the run needs {self.config.min_replies}"
-            )
-        result = aggregator.finish()
-        if not result.parameters.all_finite():
-            raise RoundFailed("the aggregate contains NaN or infinite values")
-        return result
 
     # ------------------------------------------------------------------------------------
     def _should_evaluate(self, server_round: int) -> bool:
@@ -286,134 +313,14 @@ class RoundEngine:
             self._event(server_round, "evaluate_failed", str(exc))
             return {}, MappingProxyType({})
         replies: list[Reply] = []
-        self._exchange(server_round, MessageKind.EVALUATE, params, plans, replies.append, None)
+        exchange: Exchange = self.exchange
+        exchange.exchange(server_round, MessageKind.EVALUATE, params, plans, replies.append)
         per_node = MappingProxyType({r.node_id: r.metrics for r in replies})
         return self.strategy.aggregate_evaluate(server_round, replies), per_node
 
-    def _check_cancel(self) -> None:
-        if self.cancel is not None and self.cancel.is_set():
-            raise RunCancelled(f"run {self.run_id!r} was cancelled")
-
-    def _receive(self, deadline: float | None) -> Reply | None:
-        """The next reply, ``None`` at the deadline; wakes every :data:`CANCEL_POLL_S`
-        seconds to look at the cancel flag when there is one."""
-        while True:
-            self._check_cancel()
-            remaining = None if deadline is None else deadline - self.clock()
-            if remaining is not None and remaining <= 0:
-                return None
-            if self.cancel is None:
-                return self.transport.receive(timeout=remaining)
-            wait = CANCEL_POLL_S if remaining is None else min(remaining, CANCEL_POLL_S)
-            reply = self.transport.receive(timeout=wait)
-            if reply is not None:
-                self._check_cancel()  # a reply that arrives after the cancel is not used
-                return reply
-
-    def _exchange(
-        self,
-        server_round: int,
-        kind: MessageKind,
-        params: ParameterSet,
-        plans: list[NodePlan],
-        accept: Callable[[Reply], None],
-        spec: ParameterSpec | None,
-    ) -> tuple[int, int, set[str]]:
-        """Send one instruction per plan, then fold valid replies until all are in or the
-        deadline passes. Returns (accepted, rejected, nodes that never answered)."""
-        outstanding: set[str] = set()
-        for plan in plans:
-            self._check_cancel()  # nothing more is sent once the run is cancelled
-            config = {**self.instruction_config, **plan.config}
-            config.setdefault("seed", self.seed)
-            instruction = Instruction(
-                run_id=self.run_id,
-                round=server_round,
-                node_id=plan.node_id,
-                kind=kind,
-                parameters=params,
-                config=config,
-                extras=plan.extras,
-            )
-            try:
-                self.transport.send(instruction)
-                outstanding.add(plan.node_id)
-            except TransportError as exc:
-                self._event(server_round, "send_failed", str(exc), plan.node_id)
-        accepted = rejected = 0
-        timeout = self.config.round_timeout
-        deadline = None if timeout is None else self.clock() + timeout
-        while outstanding:
-            reply = self._receive(deadline)
-            if reply is None:
-                break
-            if deadline is not None and self.clock() > deadline:
-                self._event(server_round, "reply_late", "arrived after the deadline", reply.node_id)
-                self.listener.on_reply(server_round, reply, False)
-                rejected += 1
-                break
-            ok = self._check_reply(server_round, kind, reply, outstanding)
-            if ok:
-                outstanding.discard(reply.node_id)
-                try:
-                    if spec is not None and reply.parameters is not None:
-                        spec.validate(reply.parameters, what=f"update from {reply.node_id}")
-                    accept(reply)
-                except BiofedError as exc:
-                    self._event(server_round, "reply_rejected", str(exc), reply.node_id)
-                    ok = False
-            accepted += ok
-            rejected += not ok
-            self.listener.on_reply(server_round, reply, ok)
-            # Drop the reply before waiting for the next: with large models, its arrays are
-            # the transport's receive buffer, and the next reply's buffer must not coexist.
-            del reply
-        for node_id in sorted(outstanding):
-            self._event(server_round, "no_reply", f"no {kind.value} reply in time", node_id)
-        if kind is not MessageKind.EVALUATE:
-            self._rejected += rejected
-        return accepted, rejected, outstanding
-
-    def _check_reply(
-        self, server_round: int, kind: MessageKind, reply: Reply, outstanding: set[str]
-    ) -> bool:
-        try:
-            if reply.run_id != self.run_id:
-                raise ProtocolError(f"reply for run {reply.run_id!r}, this is {self.run_id!r}")
-            if reply.round != server_round or reply.kind != kind:
-                raise ProtocolError(
-                    f"reply for {reply.kind.value} round {reply.round} arrived during "
-                    f"{kind.value} round {server_round} (late or replayed)"
-                )
-            if reply.node_id not in outstanding:
-                raise ProtocolError("reply from a node that was not asked or already answered")
-            if reply.error is not None:
-                outstanding.discard(reply.node_id)
-                raise ProtocolError(f"node reported an error: {reply.error}")
-            if kind is MessageKind.TRAIN and reply.parameters is None:
-                outstanding.discard(reply.node_id)
-                raise ProtocolError("training reply carries no parameters")
-            bad = sorted(k for k, v in reply.metrics.items() if not abs(v) <= MAX_METRIC_ABS)
-            if bad:
-                outstanding.discard(reply.node_id)
-                raise ProtocolError(
-                    f"reply carries non-finite or out-of-range metrics ({', '.join(bad[:5])}): "
-                    f"metrics must be finite numbers within ±{MAX_METRIC_ABS:g}"
-                )
-            declared = self._declared.get(reply.node_id, 0)
-            if 0 < declared < reply.num_examples:
-                outstanding.discard(reply.node_id)
-                what = "training" if kind is MessageKind.TRAIN else "evaluation"
-                raise ProtocolError(
-                    f"reply claims {reply.num_examples} {what} examples, the node declared "
-                    f"{declared} for this dataset (a site's weight is capped by what it declared)"
-                )
-        except ProtocolError as exc:
-            self._event(server_round, "reply_rejected", str(exc), reply.node_id)
-            return False
-        return True
-
     def _event(self, server_round: int, kind: str, message: str, node: str | None = None) -> None:
-        event = RunEvent(round=server_round, kind=kind, message=message, node_id=node)
+        self._record(RunEvent(round=server_round, kind=kind, message=message, node_id=node))
+
+    def _record(self, event: RunEvent) -> None:
         self._events.append(event)
         self.listener.on_event(event)

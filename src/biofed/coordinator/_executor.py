@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 import numpy as np
@@ -28,11 +28,25 @@ from biofed.coordinator._engine import EngineConfig, EngineListener, RoundEngine
 from biofed.coordinator._job import JobSpec
 from biofed.coordinator._records import RoundRecord, RunCancelled, RunEvent
 from biofed.coordinator._store import Checkpoint, RunRow, RunStatus, StateStore
-from biofed.core import BiofedError
+from biofed.core import BiofedError, ParameterSet
 from biofed.governance import AuditLog
+from biofed.strategies import StrategyState
 from biofed.tasks import make_task
 from biofed.transport import Transport
-from biofed.transport.grpc import NodeHub
+
+
+class _Session(Protocol):
+    @property
+    def node_id(self) -> str: ...
+
+
+class NodeDirectory(Protocol):
+    """What the executor needs of the node connections (a
+    :class:`~biofed.transport.grpc.NodeHub` fits): a transport per run, and who is connected."""
+
+    def transport_for(self, run_id: str, dataset: str) -> Transport: ...
+
+    def sessions(self) -> Sequence[_Session]: ...
 
 
 class RunListener(EngineListener, Protocol):
@@ -64,7 +78,8 @@ class RunExecutor:
     store:
         Runs, rounds, checkpoints, events.
     hub:
-        The node connections (each run gets its own transport).
+        The node connections (each run gets its own transport), injected by whoever starts
+        the coordinator.
     listener:
         Makes the engine listener of a run (writes its progress to the store).
     stopping:
@@ -82,7 +97,7 @@ class RunExecutor:
     def __init__(
         self,
         store: StateStore,
-        hub: NodeHub,
+        hub: NodeDirectory,
         listener: Callable[[str], RunListener],
         stopping: threading.Event,
         *,
@@ -127,6 +142,19 @@ class RunExecutor:
         transport: Transport = self.hub.transport_for(run_id, spec.dataset)
         if self.anchor is not None:  # each instruction carries the coordinator's audit head
             transport = AnchoredTransport(transport, self.anchor)
+        def before_round(server_round: int) -> bool:
+            return self._wait_for_nodes(run_id, server_round, spec, transport, cancel)
+
+        def commit(
+            server_round: int, params: ParameterSet, state: StrategyState, record: RoundRecord
+        ) -> None:
+            self.store.complete_round(
+                run_id,
+                record,
+                Checkpoint(run_id=run_id, round=server_round, parameters=params, state=state),
+                listener.completed_event(record),
+            )
+
         try:
             engine = RoundEngine(
                 strategy,
@@ -145,17 +173,16 @@ class RunExecutor:
                 secure_aggregation=spec.secure_aggregation,
                 cancel=cancel,
             )
-            for server_round in range(start, spec.rounds + 1):
-                if not self._wait_for_nodes(run_id, server_round, spec, transport, cancel):
-                    break
-                params, state, record = engine.run_round(server_round, params, state)
-                self.store.complete_round(
-                    run_id,
-                    record,
-                    Checkpoint(run_id=run_id, round=server_round, parameters=params, state=state),
-                    listener.completed_event(record),
-                )
-            else:
+            # The engine's loop, the only one: the executor waits for sites before each round
+            # and commits each round after it.
+            result = engine.run(
+                params,
+                state=state,
+                start_round=start,
+                before_round=before_round,
+                after_round=commit,
+            )
+            if not result.stopped:
                 self._end(run_id, spec)
                 return
         except RunCancelled:

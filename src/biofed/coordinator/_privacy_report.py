@@ -22,7 +22,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from biofed.coordinator._job import JobSpec
-from biofed.coordinator._records import RoundRecord
+from biofed.coordinator._records import RoundRecord, RunEvent
 from biofed.coordinator._store import EventRow
 from biofed.core import MessageKind, Reply
 from biofed.privacy import (
@@ -44,20 +44,70 @@ NOT_COVERED = (
 
 #: Event kind of a site's reported spend (one per accepted training reply that carries it).
 PRIVACY_EVENT = "privacy_spent"
+#: The numbers a :data:`PRIVACY_EVENT` carries in its ``data``: ε and δ, and the guarantee's
+#: code (:func:`biofed.privacy.guarantee_code`; absent when the node reported no label).
+EPSILON, DELTA, GUARANTEE = "epsilon", "delta", "guarantee"
 
 
 def spend_message(reply: Reply) -> str | None:
-    """The event text for a training reply that reports its site's spend, else None."""
+    """The event text for a training reply that reports its site's spend, else None (for
+    people to read; programs read the event's numbers, :func:`spend_event`)."""
+    data = _spend_data(reply)
+    if data is None:
+        return None
+    label = guarantee_label(data.get(GUARANTEE))
+    return f"epsilon={data[EPSILON]!r} delta={data[DELTA]!r} guarantee={label}"
+
+
+def _spend_data(reply: Reply) -> dict[str, float] | None:
     if reply.kind not in (MessageKind.TRAIN, MessageKind.SECAGG):
         return None
     eps, delta = reply.metrics.get(EPSILON_METRIC), reply.metrics.get(DELTA_METRIC)
     if eps is None or delta is None:
         return None
-    label = guarantee_label(reply.metrics.get(GUARANTEE_METRIC))
-    return f"epsilon={eps!r} delta={delta!r} guarantee={label}"
+    data = {EPSILON: float(eps), DELTA: float(delta)}
+    code = reply.metrics.get(GUARANTEE_METRIC)
+    if code is not None:
+        data[GUARANTEE] = float(code)
+    return data
+
+
+def spend_event(server_round: int, reply: Reply) -> RunEvent | None:
+    """The typed :data:`PRIVACY_EVENT` for an accepted training reply that reports its site's
+    ε(δ) so far in the job (the numbers in ``data``, the same figures in words in
+    ``message``), else None."""
+    data = _spend_data(reply)
+    message = spend_message(reply)
+    if data is None or message is None:
+        return None
+    return RunEvent(
+        round=server_round, kind=PRIVACY_EVENT, message=message, node_id=reply.node_id, data=data
+    )
+
+
+def site_spend(event: EventRow | RunEvent) -> dict[str, Any] | None:
+    """A site's reported spend from its :data:`PRIVACY_EVENT`: ``epsilon``, ``delta`` and
+    ``guarantee`` (a label), or None for another event or one without figures.
+
+    The figures are the event's numbers; only an event stored before events carried numbers
+    (no ``data``) has its text read.
+    """
+    if event.kind != PRIVACY_EVENT:
+        return None
+    data = event.data
+    if not data:
+        return _parse(event.message)
+    if EPSILON not in data or DELTA not in data:
+        return None
+    return {
+        "epsilon": data[EPSILON],
+        "delta": data[DELTA],
+        "guarantee": guarantee_label(data.get(GUARANTEE)),
+    }
 
 
 def _parse(message: str) -> dict[str, Any] | None:
+    """The figures of an event stored as text only (before events carried numbers)."""
     try:
         fields = dict(part.split("=", 1) for part in message.split())
         label = fields.get("guarantee", UNLABELLED)
@@ -104,9 +154,9 @@ def privacy_report(
         return None
     sites: dict[str, dict[str, Any]] = {}
     for event in events:
-        if event.kind != PRIVACY_EVENT or event.node_id is None:
+        if event.node_id is None:
             continue
-        spend = _parse(event.message)
+        spend = site_spend(event)
         if spend is not None:
             sites[event.node_id] = {**spend, "round": float(event.round)}
     report: dict[str, Any] = {

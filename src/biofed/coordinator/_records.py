@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
-from biofed.core import BiofedError, Metrics, ParameterSet
+from biofed.core import BiofedError, ConfigurationError, Metrics, ParameterSet
 
 _EMPTY: Mapping[str, float] = MappingProxyType({})
 
@@ -22,13 +23,45 @@ class RunEvent:
     """Something worth telling the operator: a rejected reply, a node error, a failed round.
 
     ``message`` never holds record-level data: it comes from biofed's own validation or from
-    the error code a node sent.
+    the error code a node sent. ``data`` carries the figures of an event that programs read
+    (a site's privacy spend: :func:`~biofed.coordinator.spend_event`) as finite numbers, so
+    nothing is parsed back out of ``message``.
     """
 
     round: int
     kind: str
     message: str
     node_id: str | None = None
+    data: Mapping[str, float] = field(default_factory=lambda: _EMPTY)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "data", event_data(self.data))
+
+
+def event_data(data: Mapping[str, float] | None) -> Mapping[str, float]:
+    """``data`` checked (string keys, finite numbers) and frozen.
+
+    Raises
+    ------
+    ConfigurationError
+        Naming the first key whose value is not a finite number.
+    """
+    if not data:
+        return _EMPTY
+    if not isinstance(data, Mapping):
+        raise ConfigurationError(f"event data must be a mapping, got {type(data).__name__}")
+    out: dict[str, float] = {}
+    for key, value in data.items():
+        if not isinstance(key, str) or not key:
+            raise ConfigurationError(f"event data keys must be non-empty strings, got {key!r}")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+        ):
+            raise ConfigurationError(f"event data {key!r} must be a finite number, got {value!r}")
+        out[key] = float(value)
+    return MappingProxyType(out)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,13 +103,18 @@ class RoundRecord:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RunResult:
-    """A finished run: the final model, the strategy's state and the history."""
+    """A finished run: the final model, the strategy's state and the history.
+
+    ``stopped`` is True when the engine's ``before_round`` hook stopped the run before its
+    last round (the coordinator is shutting down; the run resumes from its checkpoint).
+    """
 
     run_id: str
     parameters: ParameterSet
     state: Mapping[str, ParameterSet]
     history: tuple[RoundRecord, ...]
     events: tuple[RunEvent, ...]
+    stopped: bool = False
 
     @property
     def final_eval_metrics(self) -> Metrics:

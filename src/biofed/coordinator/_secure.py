@@ -1,5 +1,6 @@
-"""A training round under secure aggregation: the engine drives the SecAgg+ server state
-machine (:class:`~biofed.secagg.SecAggServer`) over whatever transport it uses.
+"""A training round under secure aggregation: the SecAgg+ server state machine
+(:class:`~biofed.secagg.SecAggServer`) driven over the round engine's
+:class:`~biofed.coordinator.Exchange`, whatever transport is under it.
 
 The four stages are four exchanges of ``MessageKind.SECAGG`` instructions, each carrying
 one protocol message in ``extras["secagg"]`` and ``config["secagg.stage"]``:
@@ -30,10 +31,9 @@ Bell et al. 2020; see :mod:`biofed.secagg`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 
+from biofed.coordinator._exchange import Exchange
 from biofed.coordinator._records import RunCancelled
 from biofed.core import (
     Array,
@@ -51,16 +51,19 @@ from biofed.secagg import (
     STAGE_KEY,
     WEIGHTING_KEY,
     SecAggServer,
+    SecAggStage,
     SecureAggregationSettings,
     pack_message,
     unpack_message,
 )
 from biofed.strategies import AggregateResult, NodePlan, Strategy, StrategyState
 
-if TYPE_CHECKING:  # the engine imports this module
-    from biofed.coordinator._engine import RoundEngine as _Engine
-
-_STAGES = ("advertise_keys", "share_keys", "masked_input", "unmask")
+_STAGES = (
+    SecAggStage.ADVERTISE_KEYS,
+    SecAggStage.SHARE_KEYS,
+    SecAggStage.MASKED_INPUT,
+    SecAggStage.UNMASK,
+)
 
 
 def flat_dimension(parameters: ParameterSet) -> int:
@@ -86,22 +89,29 @@ def unflatten(vector: Array, template: ParameterSet) -> dict[str, Array]:
 
 
 class SecureRound:
-    """One training round under SecAgg+, driven by a :class:`RoundEngine`.
+    """One training round under SecAgg+ (a :class:`~biofed.coordinator.TrainingRound`): four
+    exchanges over the engine's :class:`~biofed.coordinator.Exchange`.
 
     Parameters
     ----------
-    engine:
-        The engine (its transport, deadline, run id and event log are used).
+    strategy:
+        Turns the survivors' weighted mean into the next model.
     settings:
         The job's ``[secure_aggregation]`` table.
+    min_replies:
+        Sites that must remain in the sum; fewer and the round fails.
     """
 
-    def __init__(self, engine: _Engine, settings: SecureAggregationSettings) -> None:
-        self.engine = engine
+    def __init__(
+        self, strategy: Strategy, settings: SecureAggregationSettings, *, min_replies: int = 1
+    ) -> None:
+        self.strategy = strategy
         self.settings = settings
+        self.min_replies = min_replies
 
-    def run(
+    def train(
         self,
+        exchange: Exchange,
         server_round: int,
         params: ParameterSet,
         state: StrategyState,
@@ -109,7 +119,7 @@ class SecureRound:
         num_nodes: int,
     ) -> AggregateResult:
         """Run the four stages; return the aggregate (refused replies are counted by the
-        engine's exchanges).
+        exchange).
 
         Raises
         ------
@@ -117,19 +127,19 @@ class SecureRound:
             When fewer sites than the protocol's threshold or the run's ``min_replies``
             remain, or the plan is refused (a sum that could wrap around the ring).
         """
-        engine = self.engine
-        strategy: Strategy = engine.strategy
+        strategy = self.strategy
         if not strategy.supports_secure_aggregation:
             raise RoundFailed(f"{strategy.name} cannot run under secure aggregation")
         participants = [p.node_id for p in plans]
-        if len(participants) < max(2, engine.config.min_replies):
+        needed = max(2, self.min_replies)
+        if len(participants) < needed:
             raise RoundFailed(
-                f"secure aggregation needs at least {max(2, engine.config.min_replies)} "
+                f"secure aggregation needs at least {needed} "
                 f"sites, {len(participants)} were selected"
             )
         try:
             plan = self.settings.secagg_config(flat_dimension(params)).plan(len(participants))
-            server = SecAggServer(plan, participants, run_id=engine.run_id, round=server_round)
+            server = SecAggServer(plan, participants, run_id=exchange.run_id, round=server_round)
         except ConfigurationError as exc:
             raise RoundFailed(f"secure aggregation refused: {exc}") from None
         by_node = {p.node_id: p for p in plans}
@@ -149,21 +159,21 @@ class SecureRound:
                 stage_plans = []
                 for node_id, message in outgoing.items():
                     more = {}
-                    if stage == "share_keys":
+                    if stage is SecAggStage.SHARE_KEYS:
                         more = {f"{CERTIFICATE_PREFIX}{n}": c for n, c in certificates.items()}
                     stage_plans.append(
                         NodePlan(
                             node_id=node_id,
                             config={
                                 **by_node[node_id].config,
-                                STAGE_KEY: stage,
+                                STAGE_KEY: stage.value,
                                 WEIGHTING_KEY: weighting,
                             },
                             extras=pack_message(message, **more),
                         )
                     )
-                model = params if stage == "masked_input" else empty
-                engine._exchange(server_round, MessageKind.SECAGG, model, stage_plans, accept, None)
+                model = params if stage is SecAggStage.MASKED_INPUT else empty
+                exchange.exchange(server_round, MessageKind.SECAGG, model, stage_plans, accept)
                 outgoing = {n: m.to_bytes() for n, m in server.close_stage().items()}
             result = server.result()
         except SecureAggregationError as exc:
@@ -172,13 +182,13 @@ class SecureRound:
             raise
         except BiofedError as exc:
             raise RoundFailed(f"secure aggregation failed: {exc}") from None
-        if len(result.survivors) < engine.config.min_replies:
+        if len(result.survivors) < self.min_replies:
             raise RoundFailed(
                 f"{len(result.survivors)} sites in the secure sum, the run needs "
-                f"{engine.config.min_replies}"
+                f"{self.min_replies}"
             )
         for node_id, stage_left in sorted(result.dropouts.items()):
-            engine._event(server_round, "secagg_dropout", f"dropped at {stage_left.value}", node_id)
+            exchange.event(server_round, "secagg_dropout", f"dropped at {stage_left.value}", node_id)
         aggregate = strategy.aggregate_secure(
             server_round,
             params,

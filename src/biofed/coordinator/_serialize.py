@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any
 
-from biofed.coordinator._records import RoundRecord, RunEvent
+from biofed.coordinator._records import RoundRecord, RunEvent, event_data
 from biofed.core import ConfigurationError, Metrics, PayloadError
 
 _RECORD_KEYS = frozenset(
@@ -35,6 +35,8 @@ _RECORD_KEYS = frozenset(
     }
 )
 _EVENT_KEYS = frozenset({"round", "kind", "message", "node_id"})
+#: An event with numeric data (schema 3) has one more key.
+_EVENT_DATA_KEYS = _EVENT_KEYS | {"data"}
 
 
 def _dumps(obj: object) -> str:
@@ -149,15 +151,47 @@ def round_record_from_json(text: str | bytes) -> RoundRecord:
 
 
 def run_event_to_json(event: RunEvent) -> str:
-    """``event`` as compact JSON text."""
-    return _dumps(
-        {
-            "round": event.round,
-            "kind": event.kind,
-            "message": event.message,
-            "node_id": event.node_id,
-        }
-    )
+    """``event`` as compact JSON text (``data`` only when the event carries figures)."""
+    obj: dict[str, object] = {
+        "round": event.round,
+        "kind": event.kind,
+        "message": event.message,
+        "node_id": event.node_id,
+    }
+    if event.data:
+        obj["data"] = dict(event.data)
+    return _dumps(obj)
+
+
+def event_data_to_json(data: Mapping[str, float]) -> str | None:
+    """An event's numeric data as JSON text, or None for none (how the SQL store keeps it)."""
+    return _dumps(dict(data)) if data else None
+
+
+def event_data_from_json(text: str | bytes | None) -> Mapping[str, float]:
+    """The numeric data :func:`event_data_to_json` wrote (empty for ``None``).
+
+    Raises
+    ------
+    PayloadError
+        If ``text`` is not an object of finite numbers.
+    """
+    if text is None:
+        return MappingProxyType({})
+    try:
+        obj = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise PayloadError(f"event data is not valid JSON: {exc}") from None
+    return _event_data_in(obj)
+
+
+def _event_data_in(value: object) -> Mapping[str, float]:
+    if not isinstance(value, dict):
+        raise PayloadError(f"event data must be an object, got {type(value).__name__}")
+    try:
+        return event_data(value)
+    except ConfigurationError as exc:
+        raise PayloadError(str(exc)) from None
 
 
 def run_event_from_json(text: str | bytes) -> RunEvent:
@@ -168,7 +202,10 @@ def run_event_from_json(text: str | bytes) -> RunEvent:
     PayloadError
         If ``text`` is not such an event.
     """
-    obj = _object_in(text, "run event", _EVENT_KEYS)
+    try:
+        obj = _object_in(text, "run event", _EVENT_DATA_KEYS)
+    except PayloadError:
+        obj = _object_in(text, "run event", _EVENT_KEYS)
     kind, message = obj["kind"], obj["message"]
     if not isinstance(kind, str) or not isinstance(message, str):
         raise PayloadError("run event's kind and message must be strings")
@@ -177,6 +214,7 @@ def run_event_from_json(text: str | bytes) -> RunEvent:
         kind=kind,
         message=message,
         node_id=_optional_str_in(obj["node_id"], "node_id"),
+        data=_event_data_in(obj["data"]) if "data" in obj else MappingProxyType({}),
     )
 
 

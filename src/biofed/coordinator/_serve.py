@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import time
@@ -16,7 +17,7 @@ from biofed.coordinator._store import StateStore, open_store
 from biofed.core import ConfigurationError, PolicyViolation
 from biofed.governance import LOG_FILE, AuditLog, AuditSigner
 from biofed.identity import Kit, RevocationList, identify_peer, load_kit
-from biofed.transport.grpc import CoordinatorServer, Peer, TlsConfig
+from biofed.transport.grpc import CoordinatorServer, NodeHub, Peer, TlsConfig
 
 _CACHE_SECONDS = 30.0
 
@@ -122,7 +123,7 @@ def serve_coordinator(
     concurrent = max_concurrent_runs or kit.max_concurrent_runs or DEFAULT_MAX_CONCURRENT_RUNS
     coordinator = Coordinator(
         store,
-        heartbeat_interval=heartbeat_interval,
+        hub=functools.partial(NodeHub, heartbeat_interval=heartbeat_interval),
         node_wait=node_wait,
         audit=audit,
         bundles_dir=kit.directory / "bundles",

@@ -26,7 +26,7 @@ from pathlib import Path
 from types import MappingProxyType, TracebackType
 from typing import Literal, get_args
 
-from biofed.coordinator._records import RoundRecord, RunEvent
+from biofed.coordinator._records import RoundRecord, RunEvent, event_data
 from biofed.core import (
     Config,
     ConfigurationError,
@@ -158,11 +158,16 @@ class EventRow:
     kind: str
     message: str
     node_id: str | None = None
+    data: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
 
     def to_event(self) -> RunEvent:
         """The :class:`~biofed.coordinator.RunEvent` this row stores."""
         return RunEvent(
-            round=self.round, kind=self.kind, message=self.message, node_id=self.node_id
+            round=self.round,
+            kind=self.kind,
+            message=self.message,
+            node_id=self.node_id,
+            data=self.data,
         )
 
 
@@ -428,11 +433,15 @@ class StateStore(ABC):
         message: str,
         node_id: str | None = None,
         time: float | None = None,
+        data: Mapping[str, float] | None = None,
     ) -> EventRow:
         """Append an event to the run's log and return it with its sequence number.
 
         ``time`` defaults to the store's clock. ``message`` must hold no record-level data.
+        ``data`` holds the event's figures as finite numbers (a site's privacy spend), for
+        programs to read instead of parsing ``message``.
         """
+        figures = event_data(data)
         _check_int(round, "event round", minimum=0)
         if not isinstance(kind, str) or not kind:
             raise ConfigurationError(f"event kind must be a non-empty string, got {kind!r}")
@@ -446,7 +455,7 @@ class StateStore(ABC):
             self._check_open()
             self._require_run(run_id)
             when = float(self._clock() if time is None else time)
-            return self._append_event(run_id, round, kind, message, node_id, when)
+            return self._append_event(run_id, round, kind, message, node_id, when, figures)
 
     def events(self, run_id: str, after_seq: int = 0, limit: int | None = None) -> list[EventRow]:
         """The run's events with ``seq > after_seq``, oldest first, at most ``limit`` of them."""
@@ -546,6 +555,7 @@ class StateStore(ABC):
         message: str,
         node_id: str | None,
         time: float,
+        data: Mapping[str, float],
     ) -> EventRow: ...
 
     @abstractmethod

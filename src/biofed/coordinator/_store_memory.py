@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from biofed.coordinator._records import RunEvent
 from biofed.coordinator._store import (
@@ -71,7 +71,13 @@ class InMemoryStateStore(StateStore):
         # The event first: what follows cannot fail, so the round is all there or not at all.
         if event is not None:
             self._append_event(
-                row.run_id, event.round, event.kind, event.message, event.node_id, row.completed_at
+                row.run_id,
+                event.round,
+                event.kind,
+                event.message,
+                event.node_id,
+                row.completed_at,
+                event.data,
             )
         kept = self._kept[row.run_id]
         kept.append(checkpoint)
@@ -99,6 +105,7 @@ class InMemoryStateStore(StateStore):
         message: str,
         node_id: str | None,
         time: float,
+        data: Mapping[str, float],
     ) -> EventRow:
         log = self._event_rows[run_id]
         row = EventRow(
@@ -109,6 +116,7 @@ class InMemoryStateStore(StateStore):
             kind=kind,
             message=message,
             node_id=node_id,
+            data=data,
         )
         log.append(row)
         return row

@@ -5,7 +5,7 @@ Tables (created if missing)::
     runs(run_id PK, spec, owner, status, created_at, updated_at, completed_rounds,
          last_event_seq, error, attempts)
     rounds(run_id FK, round, record JSON, completed_at)              PK (run_id, round)
-    events(run_id FK, seq, time, round, kind, message, node_id)      PK (run_id, seq)
+    events(run_id FK, seq, time, round, kind, message, node_id, data JSON)  PK (run_id, seq)
     nodes(node_id PK, status, last_seen, properties JSON)
     checkpoints(run_id FK, round, path, sha256, nbytes)              PK (run_id, round)
     biofed_schema(version)                                           one row
@@ -32,9 +32,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import sqlalchemy as sa
@@ -48,7 +49,12 @@ from biofed.coordinator._checkpoint import (
     write_checkpoint,
 )
 from biofed.coordinator._records import RunEvent
-from biofed.coordinator._serialize import round_record_from_json, round_record_to_json
+from biofed.coordinator._serialize import (
+    event_data_from_json,
+    event_data_to_json,
+    round_record_from_json,
+    round_record_to_json,
+)
 from biofed.coordinator._store import (
     CHECKPOINTS_KEPT,
     URL_EXAMPLE,
@@ -102,6 +108,7 @@ EVENTS = sa.Table(
     sa.Column("kind", sa.Text, nullable=False),
     sa.Column("message", sa.Text, nullable=False),
     sa.Column("node_id", _ID, nullable=True),
+    sa.Column("data", sa.Text, nullable=True),  # the event's figures (schema 3), or NULL
 )
 
 NODES = sa.Table(
@@ -131,9 +138,13 @@ SCHEMA = sa.Table(
 
 #: The schema this code writes. 1: the tables before ``biofed_schema`` existed;
 #: 2: ``runs.attempts``, ``runs.status`` up to 32 characters, and the version table.
+#: Columns that older code ignores and may leave NULL are added in place without a new
+#: version (a version marks what older code cannot read): ``events.data``, an event's figures
+#: as numbers (a site's privacy spend; older rows have none and keep their text).
 SCHEMA_VERSION = 2
 
 _WRITE = "biofed_write"
+_NO_DATA: Mapping[str, float] = MappingProxyType({})
 
 
 def _parse_url(url: str) -> sa.URL:
@@ -393,6 +404,7 @@ class SqlStateStore(StateStore):
                     event.message,
                     event.node_id,
                     row.completed_at,
+                    event.data,
                 )
         # 3. After the commit: older files are no longer referenced.
         prune_checkpoints(self._checkpoint_dir, row.run_id, keep_from=keep_from)
@@ -444,9 +456,10 @@ class SqlStateStore(StateStore):
         message: str,
         node_id: str | None,
         time: float,
+        data: Mapping[str, float],
     ) -> EventRow:
         with self._transaction(write=True) as conn:
-            return _insert_event(conn, run_id, round, kind, message, node_id, time)
+            return _insert_event(conn, run_id, round, kind, message, node_id, time, data)
 
     def _events(self, run_id: str, after_seq: int, limit: int | None) -> list[EventRow]:
         query = (
@@ -466,6 +479,7 @@ class SqlStateStore(StateStore):
                     kind=r.kind,
                     message=r.message,
                     node_id=r.node_id,
+                    data=event_data_from_json(r.data),
                 )
                 for r in conn.execute(query)
             ]
@@ -517,6 +531,7 @@ def _insert_event(
     message: str,
     node_id: str | None,
     time: float,
+    data: Mapping[str, float] = _NO_DATA,
 ) -> EventRow:
     """Append an event inside the caller's write transaction."""
     # The UPDATE locks the run's row, so concurrent writers get distinct numbers.
@@ -536,6 +551,7 @@ def _insert_event(
         kind=kind,
         message=message,
         node_id=node_id,
+        data=data,
     )
     conn.execute(
         EVENTS.insert().values(
@@ -546,6 +562,7 @@ def _insert_event(
             kind=kind,
             message=message,
             node_id=node_id,
+            data=event_data_to_json(row.data),
         )
     )
     return row
@@ -572,7 +589,8 @@ def _check_sqlite_integrity(engine: sa.Engine, shown: str) -> None:
 
 
 def _prepare_schema(engine: sa.Engine, shown: str) -> None:
-    """Create the tables of a new store, upgrade a version-1 store, refuse an unknown one."""
+    """Create the tables of a new store, upgrade an older one (schema 1, or a store without
+    ``events.data``), refuse an unknown one."""
     with engine.connect() as conn:
         conn.execution_options(**{_WRITE: True})
         with conn.begin():
@@ -606,6 +624,9 @@ def _prepare_schema(engine: sa.Engine, shown: str) -> None:
                 )
                 if conn.dialect.name != "sqlite":  # SQLite does not enforce VARCHAR lengths
                     conn.execute(sa.text("ALTER TABLE runs ALTER COLUMN status TYPE VARCHAR(32)"))
+            columns = {c["name"] for c in sa.inspect(conn).get_columns(EVENTS.name)}
+            if "data" not in columns:  # figures as numbers; older events keep only their text
+                conn.execute(sa.text("ALTER TABLE events ADD COLUMN data TEXT"))
             METADATA.create_all(conn, checkfirst=True)
             if version < SCHEMA_VERSION:
                 conn.execute(SCHEMA.delete())
