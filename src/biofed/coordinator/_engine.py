@@ -208,16 +208,19 @@ class RoundEngine:
             clock=clock,
             cancel=cancel,
         )
-        #: How the training phase aggregates: in the clear or under SecAgg+.
-        self.training: TrainingRound
-        if training is not None:
-            self.training = training
-        elif secure_aggregation is None:
-            self.training = PlainRound(strategy, min_replies=config.min_replies)
-        else:
-            self.training = SecureRound(
-                strategy, secure_aggregation, min_replies=config.min_replies
-            )
+        #: How the training phase aggregates when not by the defaults (see :meth:`training`).
+        self.custom_training = training
+
+    def training(self) -> TrainingRound:
+        """How this round's training phase aggregates: the given one, else under SecAgg+ with
+        :attr:`secure_aggregation`, else in the clear."""
+        if self.custom_training is not None:
+            return self.custom_training
+        if self.secure_aggregation is None:
+            return PlainRound(self.strategy, min_replies=self.config.min_replies)
+        return SecureRound(
+            self.strategy, self.secure_aggregation, min_replies=self.config.min_replies
+        )
 
     # ------------------------------------------------------------------------------------
     def run(
@@ -279,7 +282,7 @@ class RoundEngine:
             plans = self.strategy.configure_train(server_round, params, state, nodes, rng)
             self.listener.on_round_start(server_round, len(plans))
             record_kwargs["num_selected"] = len(plans)
-            result = self.training.train(
+            result = self.training().train(
                 self.exchange, server_round, params, state, plans, len(nodes)
             )
             params, state = result.parameters, result.state
