@@ -78,9 +78,7 @@ class RecordingExchange:
         self.calls.append((kind, stages))
         return self.inner.exchange(server_round, kind, parameters, plans, accept, spec)
 
-    def event(
-        self, server_round: int, kind: str, message: str, node_id: str | None = None
-    ) -> None:
+    def event(self, server_round: int, kind: str, message: str, node_id: str | None = None) -> None:
         self.events.append(kind)
         self.inner.event(server_round, kind, message, node_id)
 
@@ -338,4 +336,5 @@ def test_only_the_engine_runs_rounds() -> None:
                 and node.func.attr == "run_round"
             ):
                 callers.append(f"{path.relative_to(SRC.parent)}:{node.lineno}")
-    assert len(callers) == 1 and callers[0].startswith("coordinator/_engine.py"), callers
+    assert len(callers) == 1, callers
+    assert callers[0].startswith("coordinator/_engine.py"), callers

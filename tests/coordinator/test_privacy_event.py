@@ -52,12 +52,14 @@ def _reply(eps: float, node: str = "a", label: str | None = "exact") -> Reply:
 def test_the_spend_event_carries_the_figures_as_numbers() -> None:
     event = spend_event(1, _reply(0.123456789))
     assert event is not None
-    assert event.kind == PRIVACY_EVENT and event.node_id == "a"
+    assert event.kind == PRIVACY_EVENT
+    assert event.node_id == "a"
     assert dict(event.data) == {"epsilon": 0.123456789, "delta": 1e-5, "guarantee": 0.0}
     assert event.message == "epsilon=0.123456789 delta=1e-05 guarantee=exact"  # as before
     assert site_spend(event) == {"epsilon": 0.123456789, "delta": 1e-5, "guarantee": "exact"}
     unlabelled = spend_event(1, _reply(0.5, label=None))
-    assert unlabelled is not None and "guarantee" not in unlabelled.data
+    assert unlabelled is not None
+    assert "guarantee" not in unlabelled.data
     assert site_spend(unlabelled) == {"epsilon": 0.5, "delta": 1e-5, "guarantee": "unlabelled"}
     evaluation = Reply(run_id="r", round=1, node_id="a", kind=MessageKind.EVALUATE)
     assert spend_event(1, evaluation) is None

@@ -140,9 +140,7 @@ class Exchange(Protocol):
         """
         ...
 
-    def event(
-        self, server_round: int, kind: str, message: str, node_id: str | None = None
-    ) -> None:
+    def event(self, server_round: int, kind: str, message: str, node_id: str | None = None) -> None:
         """Record something the operator should know (a dropout, a refusal…)."""
         ...
 
@@ -281,9 +279,7 @@ class NodeExchange:
         if self.cancel is not None and self.cancel.is_set():
             raise RunCancelled(f"run {self._run_id!r} was cancelled")
 
-    def event(
-        self, server_round: int, kind: str, message: str, node_id: str | None = None
-    ) -> None:
+    def event(self, server_round: int, kind: str, message: str, node_id: str | None = None) -> None:
         self.on_event(RunEvent(round=server_round, kind=kind, message=message, node_id=node_id))
 
     def exchange(

@@ -142,6 +142,7 @@ class RunExecutor:
         transport: Transport = self.hub.transport_for(run_id, spec.dataset)
         if self.anchor is not None:  # each instruction carries the coordinator's audit head
             transport = AnchoredTransport(transport, self.anchor)
+
         def before_round(server_round: int) -> bool:
             return self._wait_for_nodes(run_id, server_round, spec, transport, cancel)
 

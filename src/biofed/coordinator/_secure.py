@@ -184,11 +184,12 @@ class SecureRound:
             raise RoundFailed(f"secure aggregation failed: {exc}") from None
         if len(result.survivors) < self.min_replies:
             raise RoundFailed(
-                f"{len(result.survivors)} sites in the secure sum, the run needs "
-                f"{self.min_replies}"
+                f"{len(result.survivors)} sites in the secure sum, the run needs {self.min_replies}"
             )
         for node_id, stage_left in sorted(result.dropouts.items()):
-            exchange.event(server_round, "secagg_dropout", f"dropped at {stage_left.value}", node_id)
+            exchange.event(
+                server_round, "secagg_dropout", f"dropped at {stage_left.value}", node_id
+            )
         aggregate = strategy.aggregate_secure(
             server_round,
             params,
