@@ -82,7 +82,7 @@ def _gone(pids: Sequence[int]) -> bool:
 
 
 def _same(a: ParameterSet, b: ParameterSet) -> bool:
-    return list(a.keys()) == list(b.keys()) and all(np.array_equal(a[k], b[k]) for k in a.keys())
+    return list(a.keys()) == list(b.keys()) and all(np.array_equal(a[k], b[k]) for k in a)
 
 
 def _summary(result: RunResult) -> list[tuple[int, int, dict[str, float], dict[str, float]]]:
@@ -196,7 +196,8 @@ def test_worker_processes_give_the_in_process_model(reference: RunResult) -> Non
 def test_close_stops_every_worker_process() -> None:
     transport = make_backend("processes", workers=2).transport(logistic_recipes(4))
     pids = transport.worker_pids()
-    assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
+    assert len(pids) == 2
+    assert all(psutil.pid_exists(p) for p in pids)
     transport.close()
     transport.close()  # idempotent
     assert _gone(pids)
@@ -219,7 +220,8 @@ def test_a_worker_that_dies_mid_round_silences_its_sites_without_a_hang() -> Non
         alive = [n.node_id for n in transport.available_nodes()]
     first, second = result.history
     assert first.num_replies == 4  # the dead worker's replies sent before it died count
-    assert first.failed is None and second.failed is None
+    assert first.failed is None
+    assert second.failed is None
     assert second.num_replies == 2
     assert alive == ["site-0001", "site-0003"]
     died = [e.message for e in result.events if e.node_id == "site-dies"]

@@ -56,7 +56,7 @@ def _same(a: ParameterSet | None, b: ParameterSet | None) -> bool:
     if a is None or b is None:
         return a is b
     return list(a.keys()) == list(b.keys()) and all(
-        a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a.keys()
+        a[k].dtype == b[k].dtype and np.array_equal(a[k], b[k]) for k in a
     )
 
 

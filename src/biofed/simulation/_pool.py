@@ -19,12 +19,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING
 
 from biofed.core import ConfigurationError, TransportError
 from biofed.simulation._host import SEQ, TAG_INSTRUCTION, TAG_QUIT, TAG_READY, TAG_REPLY
 from biofed.simulation._host import worker_main as _worker_main
 from biofed.simulation._sharded import ShardedTransport, check_recipes, deal
 from biofed.simulation._sites import SiteRecipe
+
+if TYPE_CHECKING:
+    from multiprocessing.context import ForkServerContext, SpawnContext
 
 #: Seconds a worker gets to finish and exit after being told to quit, before it is killed.
 QUIT_GRACE_S = 5.0
@@ -64,7 +68,11 @@ class ProcessPoolTransport(ShardedTransport):
         start_timeout: float = 120.0,
     ) -> None:
         super().__init__(recipes, workers)
-        context = mp.get_context(start_method)
+        context: SpawnContext | ForkServerContext = (
+            mp.get_context("forkserver")
+            if start_method == "forkserver"
+            else mp.get_context("spawn")
+        )
         self._workers: list[_Worker] = []
         try:
             for index, shard in enumerate(deal(recipes, workers)):

@@ -9,6 +9,7 @@ a Ray transport is made, so ``import biofed.simulation`` never imports it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -121,10 +122,8 @@ class RayTransport(ShardedTransport):
     def _shutdown(self) -> None:
         ray = self._ray
         for actor in self._actors:
-            try:
+            with contextlib.suppress(ray.exceptions.RayError):  # already gone
                 ray.kill(actor)
-            except ray.exceptions.RayError:  # pragma: no cover - already gone
-                pass
         self._actors.clear()
         self._calls.clear()
         self._pending.clear()

@@ -115,7 +115,7 @@ class ShardedTransport(Transport):
     def worker_pids(self) -> list[int]:
         """Process ids of the shards still running (for resource reports and tests)."""
 
-    def _refresh(self) -> None:  # noqa: B027 - optional hook
+    def _refresh(self) -> None:
         """Notice shards that died while nothing was outstanding (cheap; optional)."""
 
     def _arrive(self, seq: int, result: memoryview) -> None:
