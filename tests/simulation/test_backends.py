@@ -111,6 +111,9 @@ def test_make_backend_names_and_refusals() -> None:
         make_backend().transport(logistic_recipes(2) + logistic_recipes(1))
     with pytest.raises(ConfigurationError, match="at least one site"):
         make_backend("processes").transport([])
+    closure = SiteRecipe(node_id="local", load_data=lambda: logistic_site_data("local"))
+    with pytest.raises(ConfigurationError, match="site 'local': its recipe does not pickle"):
+        make_backend("processes").transport([closure])
 
 
 def test_importing_the_simulation_does_not_import_ray() -> None:

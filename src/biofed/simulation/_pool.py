@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 import os
+import pickle
 import queue
 import threading
 import time
@@ -234,6 +235,15 @@ class ProcessPoolBackend:
     def transport(self, recipes: Sequence[SiteRecipe]) -> ProcessPoolTransport:
         """Start the workers (returns once each is ready) and a transport to their sites."""
         check_recipes(recipes)
+        for recipe in recipes:
+            try:
+                pickle.dumps(recipe)
+            except (pickle.PicklingError, AttributeError, TypeError) as exc:
+                raise ConfigurationError(
+                    f"site {recipe.node_id!r}: its recipe does not pickle, so it cannot go to a "
+                    f"worker process (load_data must be a module-level function or a "
+                    f"functools.partial of one): {exc}"
+                ) from None
         workers = min(self.workers or os.cpu_count() or 1, len(recipes))
         return ProcessPoolTransport(
             recipes,
