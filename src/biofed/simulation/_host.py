@@ -102,5 +102,6 @@ def worker_main(inbox: Connection, outbox: Connection, recipes: Sequence[SiteRec
             out = host.handle_frame(memoryview(message)[1 + SEQ.size :])
             del message
             outbox.send_bytes(TAG_REPLY + seq + out)
+            del out  # an idle worker holds no reply (nor model) copy
     except (EOFError, OSError):  # the driver closed the pipes or died: stop
         return
