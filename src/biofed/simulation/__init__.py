@@ -1,6 +1,16 @@
-"""biofed.simulation: a federation of virtual sites in one process."""
+"""biofed.simulation: a federation of virtual sites in one process, a pool of worker
+processes, or Ray actors."""
 
+from biofed.simulation._backends import (
+    BACKENDS,
+    Backend,
+    BackendName,
+    InProcessBackend,
+    make_backend,
+)
+from biofed.simulation._pool import ProcessPoolBackend
 from biofed.simulation._presets import GENERIC, RecommendedSettings, recommended_settings
+from biofed.simulation._ray import RayBackend
 from biofed.simulation._simulate import (
     MethodResult,
     SimulationReport,
@@ -9,13 +19,27 @@ from biofed.simulation._simulate import (
     simulate,
     train_centralised,
 )
+from biofed.simulation._sites import SiteRecipe, build_node
+from biofed.simulation._synthetic import SYNTHETIC_DATASET, logistic_recipes, logistic_site_data
 
 __all__ = [
+    "BACKENDS",
     "GENERIC",
+    "SYNTHETIC_DATASET",
+    "Backend",
+    "BackendName",
+    "InProcessBackend",
     "MethodResult",
+    "ProcessPoolBackend",
+    "RayBackend",
     "RecommendedSettings",
     "SimulationReport",
+    "SiteRecipe",
+    "build_node",
     "evaluate_everywhere",
+    "logistic_recipes",
+    "logistic_site_data",
+    "make_backend",
     "recommended_settings",
     "run_federation",
     "simulate",

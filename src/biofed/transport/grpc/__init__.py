@@ -4,6 +4,12 @@ The generated protobuf code lives in ``_gen`` and nothing outside this package i
 ``_serde`` is the one converter between wire and core types.
 """
 
+from biofed.transport.grpc._bytes import (
+    decode_instruction,
+    decode_reply,
+    encode_instruction,
+    encode_reply,
+)
 from biofed.transport.grpc._client import ControlClient, InstructionHandler, NodeClient, RunNotFound
 from biofed.transport.grpc._control import ControlHandler, EventInfo, NodeSummary, RunSummary
 from biofed.transport.grpc._hub import DatasetDeclaration, NodeEvent, NodeHub, RunTransport
@@ -29,4 +35,8 @@ __all__ = [
     "RunSummary",
     "RunTransport",
     "TlsConfig",
+    "decode_instruction",
+    "decode_reply",
+    "encode_instruction",
+    "encode_reply",
 ]
