@@ -1,5 +1,6 @@
 """biofed.simulation: a federation of virtual sites in one process."""
 
+from biofed.simulation._job_sites import load_node_config
 from biofed.simulation._presets import GENERIC, RecommendedSettings, recommended_settings
 from biofed.simulation._simulate import (
     MethodResult,
@@ -16,6 +17,7 @@ __all__ = [
     "RecommendedSettings",
     "SimulationReport",
     "evaluate_everywhere",
+    "load_node_config",
     "recommended_settings",
     "run_federation",
     "simulate",

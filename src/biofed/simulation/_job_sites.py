@@ -1,0 +1,195 @@
+"""Virtual sites of a simulated job: one real :class:`~biofed.node.NodeApp` per site, each with
+its data in memory, the node config its site would run (privacy caps, heuristic-DP opt-in),
+a throwaway ledger, and a kit of a throwaway consortium when the job needs one (SecAgg+: each
+site signs its keys).
+
+How the round engine reaches the sites is a *transport factory*: a function of the sites'
+recipes returning a :class:`~biofed.transport.Transport`. :func:`inprocess_transport` is the
+smallest one (each site's ``NodeApp.handle`` behind an
+:class:`~biofed.transport.InMemoryTransport`).
+
+Privacy notes
+-------------
+A rehearsal must never spend a real site's budget: a node config's ``[privacy] ledger`` is
+ignored and every virtual site keeps its ledger in the simulation's own folder
+(``ledger_dir``) or in a temporary one that is deleted with the simulation. Kits are issued
+by a consortium made for the simulation alone, never the real one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from biofed.core import ConfigurationError, NodeInfo
+from biofed.data import FederatedDataset, SiteData
+from biofed.identity import Consortium, load_kit
+from biofed.node import NodeApp, NodeConfig
+from biofed.transport import InMemoryTransport, Transport
+
+#: Name of the consortium provisioned for a simulation's kits.
+SIM_CONSORTIUM = "biofed-simulation"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SiteRecipe:
+    """How to build one virtual site (picklable; nothing is loaded until it is built).
+
+    The same fields as ``biofed.simulation._sites.SiteRecipe`` (the scale-out backends'):
+    the two are one at merge.
+    """
+
+    node_id: str
+    load_data: Callable[[], Mapping[str, SiteData]]
+    node_config: NodeConfig | None = None
+    kit_dir: Path | None = None
+
+
+def has_caps(config: NodeConfig | None) -> bool:
+    """Whether ``config`` sets privacy-budget caps (a site without caps is a development
+    site: it reports ε and keeps no budget)."""
+    return config is not None and config.privacy is not None and bool(config.privacy.caps)
+
+
+def build_node(recipe: SiteRecipe) -> NodeApp:
+    """The site's real node: its config (datasets from ``load_data``) and its kit.
+
+    A site without caps is a development site, kit or not: no ledger (a node with a kit
+    would open ``<kit>/privacy.db``, where no cap means no budget), the job's ε composed
+    in memory and reported, as a node without a kit does."""
+    config = recipe.node_config or NodeConfig(datasets={})
+    kit = None if recipe.kit_dir is None else load_kit(recipe.kit_dir)
+    node = NodeApp(recipe.node_id, config, kit=kit, data=recipe.load_data())
+    if not has_caps(config):
+        node.privacy.ledger = None  # NodeApp has no option for this yet
+    return node
+
+
+def inprocess_transport(recipes: Sequence[SiteRecipe]) -> Transport:
+    """Every site's ``NodeApp.handle`` in this process, one after another (deterministic).
+
+    Each site declares the training examples of the dataset it holds, as a node declares
+    them when it connects."""
+    nodes = {r.node_id: build_node(r) for r in recipes}
+    info = {
+        site: NodeInfo(node_id=site, num_examples=sum(rows for _, rows, _ in node.declarations()))
+        for site, node in nodes.items()
+    }
+    return InMemoryTransport({s: n.handle for s, n in nodes.items()}, info=info)
+
+
+#: Backend name → transport factory. The scale-out backends (worker processes, Ray) join
+#: here as ``make_backend(name).transport``.
+TransportFactory = Callable[[Sequence[SiteRecipe]], Transport]
+BACKENDS: Mapping[str, TransportFactory] = {"inprocess": inprocess_transport}
+
+
+def check_backend(backend: str) -> str:
+    """``backend`` if it is one of :data:`BACKENDS`, else one line saying which are."""
+    if backend not in BACKENDS:
+        raise ConfigurationError(f"backend must be one of {sorted(BACKENDS)}, got {backend!r}")
+    return backend
+
+
+def transport_for(backend: str, recipes: Sequence[SiteRecipe]) -> Transport:
+    """The transport of ``backend`` to the sites of ``recipes``."""
+    return BACKENDS[check_backend(backend)](recipes)
+
+
+def _site_data(dataset: str, data: SiteData) -> dict[str, SiteData]:
+    return {dataset: data}
+
+
+def _privacy_with_ledger(config: NodeConfig, ledger: Path, scratch: Path) -> NodeConfig:
+    """``config`` with its ledger at ``ledger`` (caps and opt-ins kept)."""
+    if config.privacy is not None:
+        privacy = dataclasses.replace(config.privacy, ledger=ledger)
+    else:  # no [privacy] table: read a one-line one (biofed.node exports no PrivacyConfig)
+        file = scratch / "privacy.toml"
+        file.write_text(f"[privacy]\nledger = {str(ledger)!r}\n", encoding="utf-8")
+        privacy = NodeConfig.from_toml(file).privacy
+    return dataclasses.replace(config, privacy=privacy)
+
+
+def load_node_config(path: str | Path, site: str) -> NodeConfig:
+    """A site's ``node.toml`` for simulation: its privacy caps and opt-ins apply; its
+    ``[datasets]`` do not (the virtual site holds the simulation's data). Governance needs
+    the site's registered data file and a real consortium's agreement, so it is refused."""
+    config = NodeConfig.from_toml(path)
+    if config.governance is not None:
+        raise ConfigurationError(
+            f"--node-config {site}: [governance] needs the site's registered dataset file and "
+            "an agreement signed in a real consortium; simulate without it"
+        )
+    return dataclasses.replace(config, datasets={})
+
+
+def site_recipes(
+    fed: FederatedDataset,
+    dataset: str,
+    *,
+    workdir: Path,
+    needs_kits: bool,
+    node_configs: Mapping[str, NodeConfig] | None = None,
+    ledger_dir: Path | None = None,
+) -> list[SiteRecipe]:
+    """One recipe per site of ``fed``, each holding its data as ``dataset``.
+
+    Parameters
+    ----------
+    workdir:
+        A scratch folder (the throwaway consortium, the default ledgers).
+    needs_kits:
+        Provision a throwaway consortium and give every site its kit (secure aggregation).
+    node_configs:
+        Site → the node config it runs (privacy caps, heuristic-DP opt-in).
+    ledger_dir:
+        Keep the ledger of each site with caps as ``<ledger_dir>/<site>.db`` (kept after
+        the run); default: a throwaway ledger in ``workdir``. A site without caps keeps
+        no ledger (the node's in-memory history of the job).
+    """
+    configs = dict(node_configs or {})
+    unknown = sorted(set(configs) - set(fed.sites))
+    if unknown:
+        raise ConfigurationError(
+            f"--node-config names sites the dataset does not have: {', '.join(unknown)}"
+        )
+    kits: dict[str, Path] = {}
+    if needs_kits:
+        consortium = Consortium.create(
+            workdir / "consortium",
+            consortium=SIM_CONSORTIUM,
+            coordinator="localhost",
+            sites=list(fed.sites),
+        )
+        kits = {site: consortium.kit_directory(site) for site in fed.sites}
+    if ledger_dir is not None:
+        ledger_dir.mkdir(parents=True, exist_ok=True)
+    ledgers = workdir / "ledgers"
+    ledgers.mkdir(exist_ok=True)
+    recipes = []
+    for site, data in fed.sites.items():
+        config = configs.get(site) or NodeConfig(datasets={})
+        ledger: Path | None = None
+        if has_caps(config):  # never the real ledger of a node config or a kit
+            ledger = (ledger_dir or ledgers) / f"{site}.db"
+        if ledger is not None:
+            scratch = Path(tempfile.mkdtemp(dir=workdir))
+            config = _privacy_with_ledger(config, ledger, scratch)
+        elif config.privacy is not None:
+            config = dataclasses.replace(
+                config, privacy=dataclasses.replace(config.privacy, ledger=None)
+            )
+        recipes.append(
+            SiteRecipe(
+                node_id=site,
+                load_data=functools.partial(_site_data, dataset, data),
+                node_config=config,
+                kit_dir=kits.get(site),
+            )
+        )
+    return recipes
