@@ -132,7 +132,8 @@ def test_plain_job_matches_shortcut_behaviour() -> None:
         }
     )
     report = simulate(load_tcga_brca(), job=job)
-    assert report.privacy is None and not report.secure_aggregation
+    assert report.privacy is None
+    assert not report.secure_aggregation
     assert [b.method for b in report.baselines][-1] == "pooled"
     final = report.history[-1].node_eval_metrics
     for site, value in report.federated.site_metrics.items():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Annotated, Any
@@ -243,6 +244,8 @@ def simulate_command(
         "server_lr": server_lr,
         "proximal_mu": proximal_mu,
     }
+    # dp-accounting logs a warning per RDP order it drops; they are not the user's concern.
+    logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         if format not in ("table", "json"):
             raise ConfigurationError(f"--format must be table or json, got {format!r}")

@@ -182,12 +182,18 @@ def job_task(job: JobSpec) -> Task:
 
 def baseline_config(job: JobSpec) -> dict[str, Scalar]:
     """Training config of the local-only and pooled baselines: the job's ``[train]`` for
-    ``rounds × local_steps`` steps (what a site trains in the whole run), without DP."""
+    ``rounds × local_steps`` steps (what a site trains in the whole run), without noise; a
+    DP job's baselines clip each mini-batch gradient to its ``max_grad_norm`` (the
+    federated run clips each example's: without any clipping its learning rate may
+    diverge)."""
     steps = int(job.train.get("local_steps", 100)) * job.rounds
-    return {
+    config: dict[str, Scalar] = {
         **{k: v for k, v in job.train.items() if k != "proximal_mu"},
         "local_steps": steps,
     }
+    if job.privacy is not None and job.privacy.mode == "sample":
+        config.setdefault("max_grad_norm", job.privacy.max_grad_norm)
+    return config
 
 
 def json_float(value: float) -> float | None:

@@ -1,7 +1,8 @@
 """Virtual sites of a simulated job: one real :class:`~biofed.node.NodeApp` per site, each with
 its data in memory, the node config its site would run (privacy caps, heuristic-DP opt-in),
-a throwaway ledger, and a kit of a throwaway consortium when the job needs one (SecAgg+: each
-site signs its keys).
+and a kit of a throwaway consortium when the job needs one (SecAgg+: each site signs its
+keys). A site with caps keeps a ledger, which refuses a round past its cap; a site without
+is a development site, which composes and reports the job's ε in memory.
 
 How the round engine reaches the sites is a *transport factory*: a function of the sites'
 recipes returning a :class:`~biofed.transport.Transport`. :func:`inprocess_transport` is the
@@ -11,16 +12,16 @@ smallest one (each site's ``NodeApp.handle`` behind an
 Privacy notes
 -------------
 A rehearsal must never spend a real site's budget: a node config's ``[privacy] ledger`` is
-ignored and every virtual site keeps its ledger in the simulation's own folder
-(``ledger_dir``) or in a temporary one that is deleted with the simulation. Kits are issued
-by a consortium made for the simulation alone, never the real one.
+ignored and a virtual site keeps its ledger in the simulation's own folder (``ledger_dir``)
+or in a temporary one that is deleted with the simulation (an in-memory ledger once
+:class:`~biofed.governance.PrivacyLedger` has one). Kits are issued by a consortium made for
+the simulation alone, never the real one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,17 +105,6 @@ def _site_data(dataset: str, data: SiteData) -> dict[str, SiteData]:
     return {dataset: data}
 
 
-def _privacy_with_ledger(config: NodeConfig, ledger: Path, scratch: Path) -> NodeConfig:
-    """``config`` with its ledger at ``ledger`` (caps and opt-ins kept)."""
-    if config.privacy is not None:
-        privacy = dataclasses.replace(config.privacy, ledger=ledger)
-    else:  # no [privacy] table: read a one-line one (biofed.node exports no PrivacyConfig)
-        file = scratch / "privacy.toml"
-        file.write_text(f"[privacy]\nledger = {str(ledger)!r}\n", encoding="utf-8")
-        privacy = NodeConfig.from_toml(file).privacy
-    return dataclasses.replace(config, privacy=privacy)
-
-
 def load_node_config(path: str | Path, site: str) -> NodeConfig:
     """A site's ``node.toml`` for simulation: its privacy caps and opt-ins apply; its
     ``[datasets]`` do not (the virtual site holds the simulation's data). Governance needs
@@ -174,16 +164,10 @@ def site_recipes(
     recipes = []
     for site, data in fed.sites.items():
         config = configs.get(site) or NodeConfig(datasets={})
-        ledger: Path | None = None
-        if has_caps(config):  # never the real ledger of a node config or a kit
-            ledger = (ledger_dir or ledgers) / f"{site}.db"
-        if ledger is not None:
-            scratch = Path(tempfile.mkdtemp(dir=workdir))
-            config = _privacy_with_ledger(config, ledger, scratch)
-        elif config.privacy is not None:
-            config = dataclasses.replace(
-                config, privacy=dataclasses.replace(config.privacy, ledger=None)
-            )
+        if config.privacy is not None:  # never the real ledger of a node config or a kit
+            ledger = (ledger_dir or ledgers) / f"{site}.db" if has_caps(config) else None
+            privacy = dataclasses.replace(config.privacy, ledger=ledger)
+            config = dataclasses.replace(config, privacy=privacy)
         recipes.append(
             SiteRecipe(
                 node_id=site,

@@ -29,7 +29,7 @@ from biofed.coordinator import (
     RoundRecord,
     RunResult,
 )
-from biofed.core import ConfigurationError, NodeInfo, ParameterSet, Scalar
+from biofed.core import ConfigurationError, NodeInfo, ParameterSet, Scalar, TaskError
 from biofed.data import Dataset, FederatedDataset
 from biofed.node import NodeConfig, SiteNode
 from biofed.simulation._job import baseline_config as job_baseline_config
@@ -307,6 +307,16 @@ def _simulate_job(
     )
 
 
+def _failed(method: str, fed: FederatedDataset) -> MethodResult:
+    """A baseline that trained no model: NaN everywhere."""
+    return MethodResult(
+        method=method,
+        site_metrics=MappingProxyType(dict.fromkeys(fed.sites, math.nan)),
+        mean_site_metric=math.nan,
+        pooled_metric=math.nan,
+    )
+
+
 def _report(
     fed: FederatedDataset,
     task: Task,
@@ -323,12 +333,19 @@ def _report(
     """Evaluate the federated model everywhere, train the baselines, and report."""
     federated = evaluate_everywhere(task, result.parameters, fed, method=strategy.name)
     extra: list[MethodResult] = []
+    events = [f"round {e.round} {e.node_id or '-'} {e.kind}: {e.message}" for e in result.events]
     if baseline_config is not None:
-        for site, data in fed.sites.items():
-            params = train_centralised(task, data.train, initial, baseline_config, seed=seed)
-            extra.append(evaluate_everywhere(task, params, fed, method=f"local:{site}"))
-        pooled = train_centralised(task, fed.pooled("train"), initial, baseline_config, seed=seed)
-        extra.append(evaluate_everywhere(task, pooled, fed, method="pooled"))
+        for method, data in [
+            *((f"local:{site}", d.train) for site, d in fed.sites.items()),
+            ("pooled", fed.pooled("train")),
+        ]:
+            try:
+                params = train_centralised(task, data, initial, baseline_config, seed=seed)
+            except TaskError as exc:  # diverged: the baseline has no model to show
+                events.append(f"baseline {method} failed: {exc}")
+                extra.append(_failed(method, fed))
+                continue
+            extra.append(evaluate_everywhere(task, params, fed, method=method))
     return SimulationReport(
         dataset=fed.name,
         task=task.name,
@@ -339,9 +356,7 @@ def _report(
         federated=federated,
         baselines=tuple(extra),
         history=result.history,
-        events=tuple(
-            f"round {e.round} {e.node_id or '-'} {e.kind}: {e.message}" for e in result.events
-        ),
+        events=tuple(events),
         privacy=None if privacy is None else MappingProxyType(dict(privacy)),
         secure_aggregation=secure_aggregation,
         parameters=result.parameters,
