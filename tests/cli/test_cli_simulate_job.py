@@ -78,6 +78,7 @@ def test_node_config_caps_and_ledger_dir(tmp_path: Path) -> None:
         (["--job", str(EXAMPLE), "--backend", "ray"], "backend must be one of"),
         (["--node-config", "center-0"], "SITE=node.toml"),
         (["--job", str(EXAMPLE), "--dataset", "nope"], "unknown dataset"),
+        (["--job", str(EXAMPLE), "--agreement", "a.toml"], "needs both"),
     ],
 )
 def test_errors_exit_2_with_one_line(args: list[str], message: str) -> None:

@@ -224,6 +224,18 @@ def simulate_command(
             "DIR/<site>.db, so rehearsals spend one budget (default: throwaway ledgers)."
         ),
     ] = None,
+    agreement: Annotated[
+        Path | None,
+        typer.Option(
+            help="A study agreement (signed or a draft) to rehearse: every virtual site "
+            "enforces its terms as a governed node, re-signed by a throwaway consortium "
+            "(needs --bundle and a job naming both)."
+        ),
+    ] = None,
+    bundle: Annotated[
+        Path | None,
+        typer.Option(help="With --agreement: the task bundle (.zip) the agreement approves."),
+    ] = None,
     backend: Annotated[
         str, typer.Option(help="How the virtual sites run: inprocess.")
     ] = "inprocess",
@@ -259,7 +271,7 @@ def simulate_command(
             seed = 42 if seed is None else seed
             fed = _load_fed(dataset or "tcga-brca", data, site_column, target, test_fraction, seed)
             spec = _flags_job(fed, flags, seed)
-        metric = make_task(spec.task, **spec.task_options).primary_metric
+        metric = "" if spec.bundle else make_task(spec.task, **spec.task_options).primary_metric
         with RoundProgress(err, spec.rounds, metric) as progress:
             report = simulate(
                 fed,
@@ -269,6 +281,8 @@ def simulate_command(
                 node_configs=configs,
                 ledger_dir=ledger_dir,
                 backend=backend,
+                agreement=agreement,
+                bundle=bundle,
             )
     except BiofedError as exc:
         err.print(f"[bold red]error:[/] {exc}")

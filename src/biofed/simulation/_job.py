@@ -32,7 +32,7 @@ from biofed.coordinator import (
     RunEvent,
     RunResult,
 )
-from biofed.core import ConfigurationError, MessageKind, Reply, Scalar
+from biofed.core import ConfigurationError, MessageKind, ParameterSet, Reply, Scalar
 from biofed.data import FederatedDataset
 from biofed.node import NodeConfig
 from biofed.privacy import (
@@ -42,6 +42,7 @@ from biofed.privacy import (
     GUARANTEES,
     guarantee_label,
 )
+from biofed.simulation._job_governance import Rehearsal
 from biofed.simulation._job_sites import check_backend, site_recipes, transport_for
 from biofed.tasks import Task, make_task
 
@@ -126,6 +127,8 @@ def run_job(
     ledger_dir: str | Path | None = None,
     backend: str = "inprocess",
     run_id: str | None = None,
+    agreement: str | Path | None = None,
+    bundle: str | Path | None = None,
 ) -> tuple[RunResult, dict[str, dict[str, Any]]]:
     """Run ``job`` over one real site node per site of ``fed``.
 
@@ -133,15 +136,28 @@ def run_job(
     Each run has its own id (default: ``sim-<random>``), so a site's ledger counts every
     rehearsal as a job of its own; nothing the sites compute depends on it.
 
+    With ``agreement`` and ``bundle`` (files), every site is a governed node enforcing that
+    agreement over that bundle (:mod:`~biofed.simulation._job_governance`).
+
     Raises
     ------
     ConfigurationError
-        For a job a simulation cannot run (a task bundle), or a bad node config.
+        For a job a simulation cannot run (a bundle without an agreement), or a bad node
+        config, agreement or bundle.
     """
     check_backend(backend)
-    if job.bundle is not None:
+    rehearsal = None
+    if agreement is not None or bundle is not None:
+        if agreement is None or bundle is None:
+            raise ConfigurationError(
+                "an agreement rehearsal needs both the agreement and the task bundle it approves"
+            )
+        rehearsal = Rehearsal.load(agreement, bundle)
+        rehearsal.check_job(job.agreement, job.bundle)
+    elif job.bundle is not None:
         raise ConfigurationError(
-            "[run] bundle: a simulation runs built-in tasks; remove bundle to rehearse the job"
+            "[run] bundle runs only at governed sites: give the agreement and the bundle file "
+            "(--agreement, --bundle), or name a built-in task"
         )
     if len(fed.sites) < job.min_nodes:
         raise ConfigurationError(
@@ -157,6 +173,7 @@ def run_job(
             needs_kits=job.secure_aggregation is not None,
             node_configs=node_configs,
             ledger_dir=None if ledger_dir is None else Path(ledger_dir),
+            rehearsal=rehearsal,
         )
         # The scale-out backends replace this line with make_backend(backend).transport(recipes)
         transport = transport_for(backend, recipes)
@@ -170,9 +187,15 @@ def run_job(
                 instruction_config=job.instruction_config(),
                 secure_aggregation=job.secure_aggregation,
             )
-            initial = job_task(job).init_parameters(np.random.default_rng(job.seed))
+            initial = initial_parameters(job)
             result = engine.run(initial)
     return result, spends.sites
+
+
+def initial_parameters(job: JobSpec) -> ParameterSet:
+    """The model a run starts from, as the coordinator makes it (the task's layout: a
+    bundle's task declares the same ``parameter_spec`` by name)."""
+    return make_task(job.task, **job.task_options).init_parameters(np.random.default_rng(job.seed))
 
 
 def job_task(job: JobSpec) -> Task:

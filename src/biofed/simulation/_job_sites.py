@@ -30,6 +30,7 @@ from biofed.core import ConfigurationError, NodeInfo
 from biofed.data import FederatedDataset, SiteData
 from biofed.identity import Consortium, load_kit
 from biofed.node import NodeApp, NodeConfig
+from biofed.simulation._job_governance import Rehearsal, governed_config
 from biofed.transport import InMemoryTransport, Transport
 
 #: Name of the consortium provisioned for a simulation's kits.
@@ -105,6 +106,11 @@ def _site_data(dataset: str, data: SiteData) -> dict[str, SiteData]:
     return {dataset: data}
 
 
+def _file_data() -> dict[str, SiteData]:
+    """A governed site reads its registered file (its node config's dataset)."""
+    return {}
+
+
 def load_node_config(path: str | Path, site: str) -> NodeConfig:
     """A site's ``node.toml`` for simulation: its privacy caps and opt-ins apply; its
     ``[datasets]`` do not (the virtual site holds the simulation's data). Governance needs
@@ -126,6 +132,7 @@ def site_recipes(
     needs_kits: bool,
     node_configs: Mapping[str, NodeConfig] | None = None,
     ledger_dir: Path | None = None,
+    rehearsal: Rehearsal | None = None,
 ) -> list[SiteRecipe]:
     """One recipe per site of ``fed``, each holding its data as ``dataset``.
 
@@ -149,14 +156,20 @@ def site_recipes(
             f"--node-config names sites the dataset does not have: {', '.join(unknown)}"
         )
     kits: dict[str, Path] = {}
-    if needs_kits:
+    consortium = None
+    if needs_kits or rehearsal is not None:
+        sites, researchers = (
+            (list(fed.sites), []) if rehearsal is None else rehearsal.parties(list(fed.sites))
+        )
         consortium = Consortium.create(
             workdir / "consortium",
             consortium=SIM_CONSORTIUM,
             coordinator="localhost",
-            sites=list(fed.sites),
+            sites=sites,
+            researchers=researchers,
         )
         kits = {site: consortium.kit_directory(site) for site in fed.sites}
+    signed = None if rehearsal is None or consortium is None else rehearsal.resign(consortium)
     if ledger_dir is not None:
         ledger_dir.mkdir(parents=True, exist_ok=True)
     ledgers = workdir / "ledgers"
@@ -168,12 +181,15 @@ def site_recipes(
             ledger = (ledger_dir or ledgers) / f"{site}.db" if has_caps(config) else None
             privacy = dataclasses.replace(config.privacy, ledger=ledger)
             config = dataclasses.replace(config, privacy=privacy)
+        load_data: Callable[[], Mapping[str, SiteData]]
+        load_data = functools.partial(_site_data, dataset, data)
+        if rehearsal is not None and signed is not None and consortium is not None:
+            kit = load_kit(kits[site])
+            config = governed_config(rehearsal, signed, consortium, kit, fed, dataset, config)
+            load_data = _file_data
         recipes.append(
             SiteRecipe(
-                node_id=site,
-                load_data=functools.partial(_site_data, dataset, data),
-                node_config=config,
-                kit_dir=kits.get(site),
+                node_id=site, load_data=load_data, node_config=config, kit_dir=kits.get(site)
             )
         )
     return recipes

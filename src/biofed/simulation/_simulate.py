@@ -188,6 +188,8 @@ def simulate(
     node_configs: Mapping[str, NodeConfig] | None = None,
     ledger_dir: str | Path | None = None,
     backend: str = "inprocess",
+    agreement: str | Path | None = None,
+    bundle: str | Path | None = None,
 ) -> SimulationReport:
     """Federate over ``fed`` and compare with local-only and pooled training.
 
@@ -223,6 +225,11 @@ def simulate(
         repeated rehearsals spend one budget); default: throwaway ledgers.
     backend:
         With a job: how the engine reaches the sites (``"inprocess"``).
+    agreement, bundle:
+        With a job: a study agreement file (signed or a draft) and the task bundle it
+        approves. Every site is then a governed node enforcing the agreement's terms (as
+        re-signed by a throwaway consortium) and runs the bundle in its sandbox; the job
+        must name both (``[run] agreement``, ``[run] bundle``).
 
     Raises
     ------
@@ -243,11 +250,21 @@ def simulate(
             node_configs=node_configs,
             ledger_dir=ledger_dir,
             backend=backend,
+            agreement=agreement,
+            bundle=bundle,
         )
     if task is None or strategy is None or rounds is None or seed is None:
         raise ConfigurationError("simulate needs a job, or a task, strategy, rounds and seed")
-    if node_configs or ledger_dir is not None or backend != "inprocess":
-        raise ConfigurationError("node_configs, ledger_dir and backend need a job")
+    if (
+        node_configs
+        or ledger_dir is not None
+        or backend != "inprocess"
+        or agreement is not None
+        or bundle is not None
+    ):
+        raise ConfigurationError(
+            "node_configs, ledger_dir, backend, agreement and bundle need a job"
+        )
     config = EngineConfig(rounds=rounds, seed=seed, evaluate_every=1, min_nodes=1)
     initial = task.init_parameters(np.random.default_rng(seed))
     result = run_federation(fed, task, strategy, config, initial=initial, listener=listener)
@@ -279,6 +296,8 @@ def _simulate_job(
     node_configs: Mapping[str, NodeConfig] | None,
     ledger_dir: str | Path | None,
     backend: str,
+    agreement: str | Path | None,
+    bundle: str | Path | None,
 ) -> SimulationReport:
     task = job_task(job)
     strategy = job.build_strategy()
@@ -290,7 +309,11 @@ def _simulate_job(
         node_configs=node_configs,
         ledger_dir=ledger_dir,
         backend=backend,
+        agreement=agreement,
+        bundle=bundle,
     )
+    if job.bundle is not None:  # the bundle's task runs only in the sites' sandboxes
+        return _bundle_report(fed, job, strategy, result, spends)
     if baselines and baseline_config is None:
         baseline_config = job_baseline_config(job)
     return _report(
@@ -304,6 +327,42 @@ def _simulate_job(
         baseline_config=baseline_config if baselines else None,
         privacy=None if job.privacy is None else privacy_summary(job, spends),
         secure_aggregation=job.secure_aggregation is not None,
+    )
+
+
+def _bundle_report(
+    fed: FederatedDataset,
+    job: JobSpec,
+    strategy: Strategy,
+    result: RunResult,
+    spends: Mapping[str, Mapping[str, Any]],
+) -> SimulationReport:
+    """The report of a bundle job: the sites' own last evaluation (the bundle's code runs
+    only in their sandboxes), no pooled figure and no baselines."""
+    per_node = result.history[-1].node_eval_metrics if result.history else {}
+    metric = next((m for metrics in per_node.values() for m in metrics), "")
+    site_metrics = {s: float(per_node.get(s, {}).get(metric, math.nan)) for s in fed.sites}
+    federated = MethodResult(
+        method=strategy.name,
+        site_metrics=MappingProxyType(site_metrics),
+        mean_site_metric=_nanmean(list(site_metrics.values())),
+        pooled_metric=math.nan,
+    )
+    events = [f"round {e.round} {e.node_id or '-'} {e.kind}: {e.message}" for e in result.events]
+    events.append("baselines: a bundle's task runs only at the sites; none trained")
+    return SimulationReport(
+        dataset=fed.name,
+        task=job.task,
+        metric=metric,
+        strategy=strategy.name,
+        seed=job.seed,
+        settings=MappingProxyType({"rounds": job.rounds, **strategy.describe()}),
+        federated=federated,
+        history=result.history,
+        events=tuple(events),
+        privacy=None if job.privacy is None else MappingProxyType(privacy_summary(job, spends)),
+        secure_aggregation=job.secure_aggregation is not None,
+        parameters=result.parameters,
     )
 
 
