@@ -2,7 +2,7 @@
 its data in memory, the node config its site would run (privacy caps, heuristic-DP opt-in),
 and a kit of a throwaway consortium when the job needs one (SecAgg+: each site signs its
 keys). A site with caps keeps a ledger, which refuses a round past its cap; a site without
-is a development site, which composes and reports the job's ε in memory.
+is a development site, which reports the job's ε and refuses nothing.
 
 How the round engine reaches the sites is a *transport factory*: a function of the sites'
 recipes returning a :class:`~biofed.transport.Transport`. :func:`inprocess_transport` is the
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,24 +52,39 @@ class SiteRecipe:
     kit_dir: Path | None = None
 
 
+#: The cap of a virtual site whose node config sets none: a ledger refuses a dataset without
+#: a cap, and a site without one in a rehearsal is a development site that only reports ε.
+UNCAPPED = (1e12, 0.999999)
+
+
 def has_caps(config: NodeConfig | None) -> bool:
-    """Whether ``config`` sets privacy-budget caps (a site without caps is a development
-    site: it reports ε and keeps no budget)."""
+    """Whether ``config`` sets privacy-budget caps."""
     return config is not None and config.privacy is not None and bool(config.privacy.caps)
 
 
 def build_node(recipe: SiteRecipe) -> NodeApp:
-    """The site's real node: its config (datasets from ``load_data``) and its kit.
-
-    A site without caps is a development site, kit or not: no ledger (a node with a kit
-    would open ``<kit>/privacy.db``, where no cap means no budget), the job's ε composed
-    in memory and reported, as a node without a kit does."""
+    """The site's real node: its config (datasets from ``load_data``) and its kit."""
     config = recipe.node_config or NodeConfig(datasets={})
     kit = None if recipe.kit_dir is None else load_kit(recipe.kit_dir)
-    node = NodeApp(recipe.node_id, config, kit=kit, data=recipe.load_data())
-    if not has_caps(config):
-        node.privacy.ledger = None  # NodeApp has no option for this yet
-    return node
+    return NodeApp(recipe.node_id, config, kit=kit, data=recipe.load_data())
+
+
+def _with_ledger(config: NodeConfig, ledger: Path, dataset: str, scratch: Path) -> NodeConfig:
+    """``config`` with its ledger at ``ledger``; without caps, :data:`UNCAPPED` for
+    ``dataset``. (The ``[privacy]`` table is read from text: ``biofed.node`` does not
+    export its class.)"""
+    caps = config.privacy.caps if config.privacy is not None and config.privacy.caps else None
+    allow = config.privacy is not None and config.privacy.allow_heuristic
+    lines = [
+        "[privacy]",
+        f"ledger = {json.dumps(str(ledger))}",
+        f"allow_heuristic = {str(allow).lower()}",
+    ]
+    for name, (eps, delta) in (caps or {dataset: UNCAPPED}).items():
+        lines += [f"[privacy.caps.{json.dumps(name)}]", f"epsilon = {eps!r}", f"delta = {delta!r}"]
+    file = scratch / "privacy.toml"
+    file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return dataclasses.replace(config, privacy=NodeConfig.from_toml(file).privacy)
 
 
 def inprocess_transport(recipes: Sequence[SiteRecipe]) -> Transport:
@@ -112,14 +128,16 @@ def _file_data() -> dict[str, SiteData]:
 
 
 def load_node_config(path: str | Path, site: str) -> NodeConfig:
-    """A site's ``node.toml`` for simulation: its privacy caps and opt-ins apply; its
-    ``[datasets]`` do not (the virtual site holds the simulation's data). Governance needs
-    the site's registered data file and a real consortium's agreement, so it is refused."""
+    """A site's ``node.toml`` for simulation: its privacy caps, heuristic-DP opt-in and
+    sandbox settings apply; its ``[datasets]`` and ledger path do not (the virtual site
+    holds the simulation's data and a ledger of its own). A ``[governance]`` table is
+    refused: a real site's agreements verify only in its real consortium; rehearse
+    governance with an agreement and a bundle (``agreement=``, ``bundle=``) instead."""
     config = NodeConfig.from_toml(path)
     if config.governance is not None:
         raise ConfigurationError(
-            f"--node-config {site}: [governance] needs the site's registered dataset file and "
-            "an agreement signed in a real consortium; simulate without it"
+            f"--node-config {site}: [governance] holds a real consortium's agreements, which "
+            "cannot verify in a simulation; rehearse governance with --agreement and --bundle"
         )
     return dataclasses.replace(config, datasets={})
 
@@ -145,9 +163,10 @@ def site_recipes(
     node_configs:
         Site → the node config it runs (privacy caps, heuristic-DP opt-in).
     ledger_dir:
-        Keep the ledger of each site with caps as ``<ledger_dir>/<site>.db`` (kept after
-        the run); default: a throwaway ledger in ``workdir``. A site without caps keeps
-        no ledger (the node's in-memory history of the job).
+        Keep each site's ledger as ``<ledger_dir>/<site>.db`` (kept after the run).
+        Default: a throwaway ledger in ``workdir`` for a site with caps or a kit, none
+        (the node's in-memory history of the job) for the others. A site without caps
+        is a development site: its ledger caps the job's dataset at :data:`UNCAPPED`.
     """
     configs = dict(node_configs or {})
     unknown = sorted(set(configs) - set(fed.sites))
@@ -174,13 +193,24 @@ def site_recipes(
         ledger_dir.mkdir(parents=True, exist_ok=True)
     ledgers = workdir / "ledgers"
     ledgers.mkdir(exist_ok=True)
+
+    def scratch(site: str) -> Path:
+        folder = workdir / "node-configs" / site
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
     recipes = []
     for site, data in fed.sites.items():
         config = configs.get(site) or NodeConfig(datasets={})
-        if config.privacy is not None:  # never the real ledger of a node config or a kit
-            ledger = (ledger_dir or ledgers) / f"{site}.db" if has_caps(config) else None
-            privacy = dataclasses.replace(config.privacy, ledger=ledger)
-            config = dataclasses.replace(config, privacy=privacy)
+        # Never the real ledger of a node config or a kit: the ledger folder's, or a
+        # throwaway one where the site needs one (a kit opens a ledger; caps need one).
+        if ledger_dir is not None or site in kits or has_caps(config):
+            folder = ledger_dir or ledgers
+            config = _with_ledger(config, folder / f"{site}.db", dataset, scratch(site))
+        elif config.privacy is not None:
+            config = dataclasses.replace(
+                config, privacy=dataclasses.replace(config.privacy, ledger=None)
+            )
         load_data: Callable[[], Mapping[str, SiteData]]
         load_data = functools.partial(_site_data, dataset, data)
         if rehearsal is not None and signed is not None and consortium is not None:
