@@ -14,7 +14,6 @@ this process, so there is no round deadline; and every site of the dataset takes
 
 from __future__ import annotations
 
-import math
 import tempfile
 import uuid
 from collections.abc import Mapping
@@ -217,8 +216,3 @@ def baseline_config(job: JobSpec) -> dict[str, Scalar]:
     if job.privacy is not None and job.privacy.mode == "sample":
         config.setdefault("max_grad_norm", job.privacy.max_grad_norm)
     return config
-
-
-def json_float(value: float) -> float | None:
-    """``None`` for NaN (JSON has none)."""
-    return None if math.isnan(value) else float(value)
