@@ -18,6 +18,7 @@ SITES = {f"center-{k}" for k in range(6)}
 SMALL = ["--rounds", "1", "--local-steps", "2", "--no-baselines"]
 
 
+@pytest.mark.slow
 def test_example_job_runs_dp_and_secagg_over_six_sites_json() -> None:
     result = runner.invoke(
         app, ["simulate", "--job", str(EXAMPLE), *SMALL, "--seed", "9", "--format", "json"]
@@ -34,6 +35,7 @@ def test_example_job_runs_dp_and_secagg_over_six_sites_json() -> None:
     assert report["task"] == "pem_torch"
 
 
+@pytest.mark.slow
 def test_example_job_table_prints_each_sites_epsilon() -> None:
     result = runner.invoke(app, ["simulate", "--job", str(EXAMPLE), *SMALL])
     assert result.exit_code == 0, result.output
@@ -44,6 +46,7 @@ def test_example_job_table_prints_each_sites_epsilon() -> None:
     assert "target ε=8" in result.stdout
 
 
+@pytest.mark.slow
 def test_node_config_caps_and_ledger_dir(tmp_path: Path) -> None:
     node = tmp_path / "node.toml"
     node.write_text("[privacy.caps.tcga-brca]\nepsilon = 1.0\ndelta = 1e-4\n", encoding="utf-8")

@@ -51,6 +51,7 @@ def dp_secagg_report() -> Any:
     return simulate(load_tcga_brca(), job=_job(), baselines=False)
 
 
+@pytest.mark.slow
 def test_dp_secagg_job_runs_secure_rounds_over_every_site(dp_secagg_report: Any) -> None:
     report = dp_secagg_report
     assert report.secure_aggregation
@@ -61,6 +62,7 @@ def test_dp_secagg_job_runs_secure_rounds_over_every_site(dp_secagg_report: Any)
     assert set(report.federated.site_metrics) == set(SITES)
 
 
+@pytest.mark.slow
 def test_report_shows_each_sites_epsilon_with_its_label(dp_secagg_report: Any) -> None:
     privacy = dp_secagg_report.privacy
     assert privacy is not None
@@ -79,6 +81,7 @@ def test_report_shows_each_sites_epsilon_with_its_label(dp_secagg_report: Any) -
     assert out["secure_aggregation"] is True
 
 
+@pytest.mark.slow
 def test_seeded_dp_is_reproducible_and_csprng_noise_is_not(dp_secagg_report: Any) -> None:
     again = simulate(load_tcga_brca(), job=_job(), baselines=False)
     assert _models_equal(again.parameters, dp_secagg_report.parameters)
@@ -89,6 +92,7 @@ def test_seeded_dp_is_reproducible_and_csprng_noise_is_not(dp_secagg_report: Any
     assert not _models_equal(fresh[0].parameters, fresh[1].parameters)
 
 
+@pytest.mark.slow
 def test_ledger_dir_keeps_budget_across_rehearsals_and_caps_refuse(tmp_path: Path) -> None:
     """A cap in a site's node config is enforced by that site's real ledger: the first
     rehearsal spends most of it, the second is refused there (the others go on)."""
@@ -121,6 +125,7 @@ def test_ledger_dir_keeps_budget_across_rehearsals_and_caps_refuse(tmp_path: Pat
     assert "center-0" in third.privacy["sites"]  # type: ignore[index]
 
 
+@pytest.mark.slow
 def test_plain_job_matches_shortcut_behaviour() -> None:
     """A job without DP or SecAgg runs over real nodes and reports no privacy."""
     job = JobSpec.from_mapping(
