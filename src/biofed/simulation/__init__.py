@@ -8,6 +8,7 @@ from biofed.simulation._backends import (
     InProcessBackend,
     make_backend,
 )
+from biofed.simulation._job_sites import load_node_config
 from biofed.simulation._pool import ProcessPoolBackend
 from biofed.simulation._presets import GENERIC, RecommendedSettings, recommended_settings
 from biofed.simulation._ray import RayBackend
@@ -37,6 +38,7 @@ __all__ = [
     "SiteRecipe",
     "build_node",
     "evaluate_everywhere",
+    "load_node_config",
     "logistic_recipes",
     "logistic_site_data",
     "make_backend",

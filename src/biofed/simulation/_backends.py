@@ -85,4 +85,6 @@ def make_backend(name: BackendName = "inprocess", *, workers: int | None = None)
         return ProcessPoolBackend(workers)
     if name == "ray":
         return RayBackend(workers)
-    raise ConfigurationError(f"unknown simulation backend {name!r}; choose one of {BACKENDS}")
+    raise ConfigurationError(
+        f"unknown simulation backend {name!r}: backend must be one of {', '.join(BACKENDS)}"
+    )

@@ -1,5 +1,10 @@
 """Simulate a federation in one process: virtual sites, in-memory transport, real engine.
 
+Given a job (:class:`~biofed.coordinator.JobSpec`, the file ``biofed run submit`` takes),
+every virtual site is a real site node and the engine runs the job's secure rounds
+(:mod:`biofed.simulation._job`). Given a task and a strategy object, each site is a bare
+:class:`~biofed.node.SiteNode` running that object (no DP, ledger or secure aggregation).
+
 Besides the federated run, a simulation trains the same task on each site alone
 (local-only) and on all training data pooled (centralised), on the same split, so a table
 can show what federation buys.
@@ -10,15 +15,25 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
-from biofed.coordinator import EngineConfig, EngineListener, RoundEngine, RoundRecord, RunResult
-from biofed.core import NodeInfo, ParameterSet, Scalar
+from biofed.coordinator import (
+    EngineConfig,
+    EngineListener,
+    JobSpec,
+    RoundEngine,
+    RoundRecord,
+    RunResult,
+)
+from biofed.core import ConfigurationError, NodeInfo, ParameterSet, Scalar, TaskError
 from biofed.data import Dataset, FederatedDataset
-from biofed.node import SiteNode
+from biofed.node import NodeConfig, SiteNode
+from biofed.simulation._job import baseline_config as job_baseline_config
+from biofed.simulation._job import job_task, privacy_summary, run_job
 from biofed.strategies import Strategy
 from biofed.tasks import Task, TrainContext
 from biofed.transport import InMemoryTransport
@@ -45,7 +60,12 @@ class MethodResult:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SimulationReport:
-    """Everything ``biofed simulate`` shows."""
+    """Everything ``biofed simulate`` shows.
+
+    ``privacy`` (with a DP job) is each site's reported ε(δ) with its guarantee label,
+    shaped like a run summary's ``"privacy"``; ``parameters`` is the final federated model
+    (not in :meth:`to_dict`).
+    """
 
     dataset: str
     task: str
@@ -57,6 +77,9 @@ class SimulationReport:
     baselines: tuple[MethodResult, ...] = ()
     history: tuple[RoundRecord, ...] = ()
     events: tuple[str, ...] = field(default_factory=tuple)
+    privacy: Mapping[str, Any] | None = None
+    secure_aggregation: bool = False
+    parameters: ParameterSet | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form of the whole report."""
@@ -82,6 +105,8 @@ class SimulationReport:
                 for r in self.history
             ],
             "events": list(self.events),
+            "privacy": None if self.privacy is None else dict(self.privacy),
+            "secure_aggregation": self.secure_aggregation,
         }
 
 
@@ -151,62 +176,247 @@ def evaluate_everywhere(
 
 def simulate(
     fed: FederatedDataset,
-    task: Task,
-    strategy: Strategy,
+    task: Task | None = None,
+    strategy: Strategy | None = None,
     *,
-    rounds: int,
-    seed: int,
+    rounds: int | None = None,
+    seed: int | None = None,
     baseline_config: Mapping[str, Scalar] | None = None,
     baselines: bool = True,
     listener: EngineListener | None = None,
+    job: JobSpec | None = None,
+    node_configs: Mapping[str, NodeConfig] | None = None,
+    ledger_dir: str | Path | None = None,
+    backend: str = "inprocess",
+    agreement: str | Path | None = None,
+    bundle: str | Path | None = None,
 ) -> SimulationReport:
-    """Federate ``task`` over ``fed`` with ``strategy`` and compare with local and pooled.
+    """Federate over ``fed`` and compare with local-only and pooled training.
+
+    Either a ``job`` — the same :class:`~biofed.coordinator.JobSpec` a coordinator runs,
+    ``[privacy]`` and ``[secure_aggregation]`` included — run over real site nodes; or a
+    ``task`` and ``strategy`` object with ``rounds`` and ``seed``, run over bare sites.
 
     Parameters
     ----------
     fed:
-        The sites' data (each with a test split).
+        The sites' data (each with a test split). With a job, each site holds its part as
+        the job's dataset, and every site takes part.
     task, strategy:
-        What to train and how to aggregate.
+        What to train and how to aggregate (without a job).
     rounds, seed:
-        Number of rounds; the seed makes the whole simulation deterministic.
+        Number of rounds; the seed makes the whole simulation deterministic (without a job;
+        a job has its own).
     baseline_config:
-        Training config for the local-only and pooled baselines. Default: the strategy's
-        training config with ``rounds × local_steps`` steps, the same total a site trains
-        in the federated run.
+        Training config for the local-only and pooled baselines. Default: the training
+        config with ``rounds × local_steps`` steps, the same total a site trains in the
+        federated run (without DP).
     baselines:
         Also train and evaluate the local-only and pooled baselines.
     listener:
         Progress hooks for the federated run.
+    job:
+        The job to rehearse.
+    node_configs:
+        With a job: site → the node config it runs (its privacy caps and heuristic-DP
+        opt-in; see :func:`~biofed.simulation._job_sites.load_node_config`).
+    ledger_dir:
+        With a job: keep each site's privacy ledger as ``<ledger_dir>/<site>.db`` (so
+        repeated rehearsals spend one budget); default: throwaway ledgers.
+    backend:
+        With a job: how the engine reaches the sites (``"inprocess"``).
+    agreement, bundle:
+        With a job: a study agreement file (signed or a draft) and the task bundle it
+        approves. Every site is then a governed node enforcing the agreement's terms (as
+        re-signed by a throwaway consortium) and runs the bundle in its sandbox; the job
+        must name both (``[run] agreement``, ``[run] bundle``).
+
+    Raises
+    ------
+    ConfigurationError
+        When neither or both of ``job`` and ``task``/``strategy`` are given.
     """
+    if job is not None:
+        if task is not None or strategy is not None or rounds is not None or seed is not None:
+            raise ConfigurationError(
+                "simulate takes a job or a task, strategy, rounds and seed, not both"
+            )
+        return _simulate_job(
+            fed,
+            job,
+            baseline_config=baseline_config,
+            baselines=baselines,
+            listener=listener,
+            node_configs=node_configs,
+            ledger_dir=ledger_dir,
+            backend=backend,
+            agreement=agreement,
+            bundle=bundle,
+        )
+    if task is None or strategy is None or rounds is None or seed is None:
+        raise ConfigurationError("simulate needs a job, or a task, strategy, rounds and seed")
+    if (
+        node_configs
+        or ledger_dir is not None
+        or backend != "inprocess"
+        or agreement is not None
+        or bundle is not None
+    ):
+        raise ConfigurationError(
+            "node_configs, ledger_dir, backend, agreement and bundle need a job"
+        )
     config = EngineConfig(rounds=rounds, seed=seed, evaluate_every=1, min_nodes=1)
     initial = task.init_parameters(np.random.default_rng(seed))
     result = run_federation(fed, task, strategy, config, initial=initial, listener=listener)
+    if baselines and baseline_config is None:
+        steps = int(strategy.train_config.get("local_steps", 100)) * rounds
+        baseline_config = {
+            **{k: v for k, v in strategy.train_config.items() if k != "proximal_mu"},
+            "local_steps": steps,
+        }
+    return _report(
+        fed,
+        task,
+        strategy,
+        result,
+        initial,
+        seed=seed,
+        settings={"rounds": rounds, **strategy.describe()},
+        baseline_config=baseline_config if baselines else None,
+    )
+
+
+def _simulate_job(
+    fed: FederatedDataset,
+    job: JobSpec,
+    *,
+    baseline_config: Mapping[str, Scalar] | None,
+    baselines: bool,
+    listener: EngineListener | None,
+    node_configs: Mapping[str, NodeConfig] | None,
+    ledger_dir: str | Path | None,
+    backend: str,
+    agreement: str | Path | None,
+    bundle: str | Path | None,
+) -> SimulationReport:
+    task = job_task(job)
+    strategy = job.build_strategy()
+    initial = task.init_parameters(np.random.default_rng(job.seed))
+    result, spends = run_job(
+        job,
+        fed,
+        listener=listener,
+        node_configs=node_configs,
+        ledger_dir=ledger_dir,
+        backend=backend,
+        agreement=agreement,
+        bundle=bundle,
+    )
+    if job.bundle is not None:  # the bundle's task runs only in the sites' sandboxes
+        return _bundle_report(fed, job, strategy, result, spends)
+    if baselines and baseline_config is None:
+        baseline_config = job_baseline_config(job)
+    return _report(
+        fed,
+        task,
+        strategy,
+        result,
+        initial,
+        seed=job.seed,
+        settings={"rounds": job.rounds, **strategy.describe()},
+        baseline_config=baseline_config if baselines else None,
+        privacy=None if job.privacy is None else privacy_summary(job, spends),
+        secure_aggregation=job.secure_aggregation is not None,
+    )
+
+
+def _bundle_report(
+    fed: FederatedDataset,
+    job: JobSpec,
+    strategy: Strategy,
+    result: RunResult,
+    spends: Mapping[str, Mapping[str, Any]],
+) -> SimulationReport:
+    """The report of a bundle job: the sites' own last evaluation (the bundle's code runs
+    only in their sandboxes), no pooled figure and no baselines."""
+    per_node = result.history[-1].node_eval_metrics if result.history else {}
+    metric = next((m for metrics in per_node.values() for m in metrics), "")
+    site_metrics = {s: float(per_node.get(s, {}).get(metric, math.nan)) for s in fed.sites}
+    federated = MethodResult(
+        method=strategy.name,
+        site_metrics=MappingProxyType(site_metrics),
+        mean_site_metric=_nanmean(list(site_metrics.values())),
+        pooled_metric=math.nan,
+    )
+    events = [f"round {e.round} {e.node_id or '-'} {e.kind}: {e.message}" for e in result.events]
+    events.append("baselines: a bundle's task runs only at the sites; none trained")
+    return SimulationReport(
+        dataset=fed.name,
+        task=job.task,
+        metric=metric,
+        strategy=strategy.name,
+        seed=job.seed,
+        settings=MappingProxyType({"rounds": job.rounds, **strategy.describe()}),
+        federated=federated,
+        history=result.history,
+        events=tuple(events),
+        privacy=None if job.privacy is None else MappingProxyType(privacy_summary(job, spends)),
+        secure_aggregation=job.secure_aggregation is not None,
+        parameters=result.parameters,
+    )
+
+
+def _failed(method: str, fed: FederatedDataset) -> MethodResult:
+    """A baseline that trained no model: NaN everywhere."""
+    return MethodResult(
+        method=method,
+        site_metrics=MappingProxyType(dict.fromkeys(fed.sites, math.nan)),
+        mean_site_metric=math.nan,
+        pooled_metric=math.nan,
+    )
+
+
+def _report(
+    fed: FederatedDataset,
+    task: Task,
+    strategy: Strategy,
+    result: RunResult,
+    initial: ParameterSet,
+    *,
+    seed: int,
+    settings: Mapping[str, Scalar],
+    baseline_config: Mapping[str, Scalar] | None,
+    privacy: Mapping[str, Any] | None = None,
+    secure_aggregation: bool = False,
+) -> SimulationReport:
+    """Evaluate the federated model everywhere, train the baselines, and report."""
     federated = evaluate_everywhere(task, result.parameters, fed, method=strategy.name)
     extra: list[MethodResult] = []
-    if baselines:
-        if baseline_config is None:
-            steps = int(strategy.train_config.get("local_steps", 100)) * rounds
-            baseline_config = {
-                **{k: v for k, v in strategy.train_config.items() if k != "proximal_mu"},
-                "local_steps": steps,
-            }
-        for site, data in fed.sites.items():
-            params = train_centralised(task, data.train, initial, baseline_config, seed=seed)
-            extra.append(evaluate_everywhere(task, params, fed, method=f"local:{site}"))
-        pooled = train_centralised(task, fed.pooled("train"), initial, baseline_config, seed=seed)
-        extra.append(evaluate_everywhere(task, pooled, fed, method="pooled"))
+    events = [f"round {e.round} {e.node_id or '-'} {e.kind}: {e.message}" for e in result.events]
+    if baseline_config is not None:
+        for method, data in [
+            *((f"local:{site}", d.train) for site, d in fed.sites.items()),
+            ("pooled", fed.pooled("train")),
+        ]:
+            try:
+                params = train_centralised(task, data, initial, baseline_config, seed=seed)
+            except TaskError as exc:  # diverged: the baseline has no model to show
+                events.append(f"baseline {method} failed: {exc}")
+                extra.append(_failed(method, fed))
+                continue
+            extra.append(evaluate_everywhere(task, params, fed, method=method))
     return SimulationReport(
         dataset=fed.name,
         task=task.name,
         metric=task.primary_metric,
         strategy=strategy.name,
         seed=seed,
-        settings=MappingProxyType({"rounds": rounds, **strategy.describe()}),
+        settings=MappingProxyType(dict(settings)),
         federated=federated,
         baselines=tuple(extra),
         history=result.history,
-        events=tuple(
-            f"round {e.round} {e.node_id or '-'} {e.kind}: {e.message}" for e in result.events
-        ),
+        events=tuple(events),
+        privacy=None if privacy is None else MappingProxyType(dict(privacy)),
+        secure_aggregation=secure_aggregation,
+        parameters=result.parameters,
     )

@@ -1,0 +1,218 @@
+"""Simulating a job: the job file a researcher submits (``biofed run submit``), run over
+virtual sites that are real site nodes, by the coordinator's round engine.
+
+Each virtual site is a :class:`~biofed.node.NodeApp` holding its data in memory: it plans
+and reserves its DP spend in its ledger, runs DP-SGD, clips and adds its noise share, takes
+part in SecAgg+ with a kit of a throwaway consortium (it signs its keys, checks its
+neighbours'), and controls what leaves — the chain a deployed site runs. The engine is the
+coordinator's :class:`~biofed.coordinator.RoundEngine`, built from the
+:class:`~biofed.coordinator.JobSpec` as the coordinator builds it (its strategy, the
+instruction config every instruction carries, the secure rounds). Only two things differ
+from a networked run, and neither changes the model: the sites run one after another in
+this process, so there is no round deadline; and every site of the dataset takes part.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+
+from biofed.coordinator import (
+    EngineConfig,
+    EngineListener,
+    JobSpec,
+    RoundEngine,
+    RoundRecord,
+    RunEvent,
+    RunResult,
+)
+from biofed.core import ConfigurationError, MessageKind, ParameterSet, Reply, Scalar
+from biofed.data import FederatedDataset
+from biofed.node import NodeConfig
+from biofed.privacy import (
+    DELTA_METRIC,
+    EPSILON_METRIC,
+    GUARANTEE_METRIC,
+    GUARANTEES,
+    guarantee_label,
+)
+from biofed.simulation._backends import BackendName, make_backend
+from biofed.simulation._job_governance import Rehearsal
+from biofed.simulation._job_sites import site_recipes
+from biofed.tasks import Task, make_task
+
+#: What no ε covers (the same statement as ``biofed run privacy``'s).
+NOT_COVERED = (
+    "evaluation metrics on test splits, the number of examples per site, and which sites "
+    "took part in which round are released without differential privacy"
+)
+
+
+class SpendListener:
+    """Engine listener that keeps each site's latest reported spend (its ε(δ) so far in the
+    job, from its own accountant and ledger) and passes every hook on to ``inner``."""
+
+    def __init__(self, inner: EngineListener | None = None) -> None:
+        self.inner = inner
+        self.sites: dict[str, dict[str, Any]] = {}
+
+    def on_round_start(self, server_round: int, num_selected: int) -> None:
+        if self.inner is not None:
+            self.inner.on_round_start(server_round, num_selected)
+
+    def on_reply(self, server_round: int, reply: Reply, accepted: bool) -> None:
+        if accepted and reply.kind in (MessageKind.TRAIN, MessageKind.SECAGG):
+            eps, delta = reply.metrics.get(EPSILON_METRIC), reply.metrics.get(DELTA_METRIC)
+            if eps is not None and delta is not None:
+                self.sites[reply.node_id] = {
+                    "epsilon": float(eps),
+                    "delta": float(delta),
+                    "guarantee": guarantee_label(reply.metrics.get(GUARANTEE_METRIC)),
+                    "round": float(server_round),
+                }
+        if self.inner is not None:
+            self.inner.on_reply(server_round, reply, accepted)
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        if self.inner is not None:
+            self.inner.on_round_end(record)
+
+    def on_event(self, event: RunEvent) -> None:
+        if self.inner is not None:
+            self.inner.on_event(event)
+
+
+def privacy_summary(job: JobSpec, sites: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The ``"privacy"`` entry of a simulation report, shaped like a run summary's: the
+    guarantee asked for, each site's ε(δ) with its label, the weakest label, the trust
+    assumption and what no ε covers."""
+    assert job.privacy is not None
+    report: dict[str, Any] = {
+        "guarantee": job.privacy.describe(),
+        "sites": {site: dict(spend) for site, spend in sorted(sites.items())},
+        "trust": job.privacy.trust_assumption(),
+        "not_covered": NOT_COVERED,
+    }
+    order = (*GUARANTEES, "unlabelled")
+    labels = [str(s["guarantee"]) for s in sites.values()]
+    if labels:
+        report["label"] = max(labels, key=lambda x: order.index(x) if x in order else len(order))
+    return report
+
+
+def engine_config(job: JobSpec) -> EngineConfig:
+    """The engine settings of ``job`` in simulation: the coordinator's, without a round
+    deadline (virtual sites answer one after another, so wall time is no measure)."""
+    return EngineConfig(
+        rounds=job.rounds,
+        min_nodes=job.min_nodes,
+        min_replies=job.min_replies,
+        round_timeout=None,
+        evaluate_every=job.evaluate_every,
+        seed=job.seed,
+    )
+
+
+def run_job(
+    job: JobSpec,
+    fed: FederatedDataset,
+    *,
+    listener: EngineListener | None = None,
+    node_configs: Mapping[str, NodeConfig] | None = None,
+    ledger_dir: str | Path | None = None,
+    backend: str = "inprocess",
+    run_id: str | None = None,
+    agreement: str | Path | None = None,
+    bundle: str | Path | None = None,
+) -> tuple[RunResult, dict[str, dict[str, Any]]]:
+    """Run ``job`` over one real site node per site of ``fed``.
+
+    Returns the engine's result and each site's last reported spend (empty without DP).
+    Each run has its own id (default: ``sim-<random>``), so a site's ledger counts every
+    rehearsal as a job of its own; nothing the sites compute depends on it.
+
+    With ``agreement`` and ``bundle`` (files), every site is a governed node enforcing that
+    agreement over that bundle (:mod:`~biofed.simulation._job_governance`).
+
+    Raises
+    ------
+    ConfigurationError
+        For a job a simulation cannot run (a bundle without an agreement), or a bad node
+        config, agreement or bundle.
+    """
+    backend_runner = make_backend(cast(BackendName, backend))  # checks the name
+    rehearsal = None
+    if agreement is not None or bundle is not None:
+        if agreement is None or bundle is None:
+            raise ConfigurationError(
+                "an agreement rehearsal needs both the agreement and the task bundle it approves"
+            )
+        rehearsal = Rehearsal.load(agreement, bundle)
+        rehearsal.check_job(job.agreement, job.bundle)
+    elif job.bundle is not None:
+        raise ConfigurationError(
+            "[run] bundle runs only at governed sites: give the agreement and the bundle file "
+            "(--agreement, --bundle), or name a built-in task"
+        )
+    if len(fed.sites) < job.min_nodes:
+        raise ConfigurationError(
+            f"[run] min_nodes is {job.min_nodes}, the dataset {fed.name!r} has "
+            f"{len(fed.sites)} sites"
+        )
+    spends = SpendListener(listener)
+    with tempfile.TemporaryDirectory(prefix="biofed-sim-") as scratch:
+        recipes = site_recipes(
+            fed,
+            job.dataset,
+            workdir=Path(scratch),
+            needs_kits=job.secure_aggregation is not None,
+            node_configs=node_configs,
+            ledger_dir=None if ledger_dir is None else Path(ledger_dir),
+            rehearsal=rehearsal,
+        )
+        transport = backend_runner.transport(recipes)
+        with transport:
+            engine = RoundEngine(
+                job.build_strategy(),
+                transport,
+                engine_config(job),
+                run_id=run_id or f"sim-{uuid.uuid4().hex[:12]}",
+                listener=spends,
+                instruction_config=job.instruction_config(),
+                secure_aggregation=job.secure_aggregation,
+            )
+            initial = initial_parameters(job)
+            result = engine.run(initial)
+    return result, spends.sites
+
+
+def initial_parameters(job: JobSpec) -> ParameterSet:
+    """The model a run starts from, as the coordinator makes it (the task's layout: a
+    bundle's task declares the same ``parameter_spec`` by name)."""
+    return make_task(job.task, **job.task_options).init_parameters(np.random.default_rng(job.seed))
+
+
+def job_task(job: JobSpec) -> Task:
+    """The job's task, built as every site builds it."""
+    return make_task(job.task, **job.task_options)
+
+
+def baseline_config(job: JobSpec) -> dict[str, Scalar]:
+    """Training config of the local-only and pooled baselines: the job's ``[train]`` for
+    ``rounds × local_steps`` steps (what a site trains in the whole run), without noise; a
+    DP job's baselines clip each mini-batch gradient to its ``max_grad_norm`` (the
+    federated run clips each example's: without any clipping its learning rate may
+    diverge)."""
+    steps = int(job.train.get("local_steps", 100)) * job.rounds
+    config: dict[str, Scalar] = {
+        **{k: v for k, v in job.train.items() if k != "proximal_mu"},
+        "local_steps": steps,
+    }
+    if job.privacy is not None and job.privacy.mode == "sample":
+        config.setdefault("max_grad_norm", job.privacy.max_grad_norm)
+    return config

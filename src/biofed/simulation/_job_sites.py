@@ -1,0 +1,173 @@
+"""Virtual sites of a simulated job: one real :class:`~biofed.node.NodeApp` per site, each with
+its data in memory, the node config its site would run (privacy caps, heuristic-DP opt-in),
+and a kit of a throwaway consortium when the job needs one (SecAgg+: each site signs its
+keys). A site with caps keeps a ledger, which refuses a round past its cap; a site without
+is a development site, which reports the job's ε and refuses nothing.
+
+How the round engine reaches the sites is a backend's transport
+(:func:`~biofed.simulation.make_backend`: in process, a pool of worker processes, or Ray
+actors), built from the sites' picklable recipes.
+
+Privacy notes
+-------------
+A rehearsal must never spend a real site's budget: a node config's ``[privacy] ledger`` is
+ignored and a virtual site keeps its ledger in the simulation's own folder (``ledger_dir``)
+or in a temporary one that is deleted with the simulation (an in-memory ledger once
+:class:`~biofed.governance.PrivacyLedger` has one). Kits are issued by a consortium made for
+the simulation alone, never the real one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from biofed.core import ConfigurationError, NodeInfo
+from biofed.data import FederatedDataset, SiteData
+from biofed.identity import Consortium, load_kit
+from biofed.node import NodeApp, NodeConfig
+from biofed.simulation._job_governance import Rehearsal, governed_config
+from biofed.simulation._sites import SiteRecipe
+from biofed.transport import InMemoryTransport, Transport
+
+#: Name of the consortium provisioned for a simulation's kits.
+SIM_CONSORTIUM = "biofed-simulation"
+
+
+#: The cap of a virtual site whose node config sets none: a ledger refuses a dataset without
+#: a cap, and a site without one in a rehearsal is a development site that only reports ε.
+UNCAPPED = (1e12, 0.999999)
+
+
+def has_caps(config: NodeConfig | None) -> bool:
+    """Whether ``config`` sets privacy-budget caps."""
+    return config is not None and config.privacy is not None and bool(config.privacy.caps)
+
+
+def _with_ledger(config: NodeConfig, ledger: Path, dataset: str, scratch: Path) -> NodeConfig:
+    """``config`` with its ledger at ``ledger``; without caps, :data:`UNCAPPED` for
+    ``dataset``. (The ``[privacy]`` table is read from text: ``biofed.node`` does not
+    export its class.)"""
+    caps = config.privacy.caps if config.privacy is not None and config.privacy.caps else None
+    allow = config.privacy is not None and config.privacy.allow_heuristic
+    lines = [
+        "[privacy]",
+        f"ledger = {json.dumps(str(ledger))}",
+        f"allow_heuristic = {str(allow).lower()}",
+    ]
+    for name, (eps, delta) in (caps or {dataset: UNCAPPED}).items():
+        lines += [f"[privacy.caps.{json.dumps(name)}]", f"epsilon = {eps!r}", f"delta = {delta!r}"]
+    file = scratch / "privacy.toml"
+    file.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return dataclasses.replace(config, privacy=NodeConfig.from_toml(file).privacy)
+
+
+def _site_data(dataset: str, data: SiteData) -> dict[str, SiteData]:
+    return {dataset: data}
+
+
+def _file_data() -> dict[str, SiteData]:
+    """A governed site reads its registered file (its node config's dataset)."""
+    return {}
+
+
+def load_node_config(path: str | Path, site: str) -> NodeConfig:
+    """A site's ``node.toml`` for simulation: its privacy caps, heuristic-DP opt-in and
+    sandbox settings apply; its ``[datasets]`` and ledger path do not (the virtual site
+    holds the simulation's data and a ledger of its own). A ``[governance]`` table is
+    refused: a real site's agreements verify only in its real consortium; rehearse
+    governance with an agreement and a bundle (``agreement=``, ``bundle=``) instead."""
+    config = NodeConfig.from_toml(path)
+    if config.governance is not None:
+        raise ConfigurationError(
+            f"--node-config {site}: [governance] holds a real consortium's agreements, which "
+            "cannot verify in a simulation; rehearse governance with --agreement and --bundle"
+        )
+    return dataclasses.replace(config, datasets={})
+
+
+def site_recipes(
+    fed: FederatedDataset,
+    dataset: str,
+    *,
+    workdir: Path,
+    needs_kits: bool,
+    node_configs: Mapping[str, NodeConfig] | None = None,
+    ledger_dir: Path | None = None,
+    rehearsal: Rehearsal | None = None,
+) -> list[SiteRecipe]:
+    """One recipe per site of ``fed``, each holding its data as ``dataset``.
+
+    Parameters
+    ----------
+    workdir:
+        A scratch folder (the throwaway consortium, the default ledgers).
+    needs_kits:
+        Provision a throwaway consortium and give every site its kit (secure aggregation).
+    node_configs:
+        Site → the node config it runs (privacy caps, heuristic-DP opt-in).
+    ledger_dir:
+        Keep each site's ledger as ``<ledger_dir>/<site>.db`` (kept after the run).
+        Default: a throwaway ledger in ``workdir`` for a site with caps or a kit, none
+        (the node's in-memory history of the job) for the others. A site without caps
+        is a development site: its ledger caps the job's dataset at :data:`UNCAPPED`.
+    """
+    configs = dict(node_configs or {})
+    unknown = sorted(set(configs) - set(fed.sites))
+    if unknown:
+        raise ConfigurationError(
+            f"--node-config names sites the dataset does not have: {', '.join(unknown)}"
+        )
+    kits: dict[str, Path] = {}
+    consortium = None
+    if needs_kits or rehearsal is not None:
+        sites, researchers = (
+            (list(fed.sites), []) if rehearsal is None else rehearsal.parties(list(fed.sites))
+        )
+        consortium = Consortium.create(
+            workdir / "consortium",
+            consortium=SIM_CONSORTIUM,
+            coordinator="localhost",
+            sites=sites,
+            researchers=researchers,
+        )
+        kits = {site: consortium.kit_directory(site) for site in fed.sites}
+    signed = None if rehearsal is None or consortium is None else rehearsal.resign(consortium)
+    if ledger_dir is not None:
+        ledger_dir.mkdir(parents=True, exist_ok=True)
+    ledgers = workdir / "ledgers"
+    ledgers.mkdir(exist_ok=True)
+
+    def scratch(site: str) -> Path:
+        folder = workdir / "node-configs" / site
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+
+    recipes = []
+    for site, data in fed.sites.items():
+        config = configs.get(site) or NodeConfig(datasets={})
+        # Never the real ledger of a node config or a kit: the ledger folder's, or a
+        # throwaway one where the site needs one (a kit opens a ledger; caps need one).
+        if ledger_dir is not None or site in kits or has_caps(config):
+            folder = ledger_dir or ledgers
+            config = _with_ledger(config, folder / f"{site}.db", dataset, scratch(site))
+        elif config.privacy is not None:
+            config = dataclasses.replace(
+                config, privacy=dataclasses.replace(config.privacy, ledger=None)
+            )
+        load_data: Callable[[], Mapping[str, SiteData]]
+        load_data = functools.partial(_site_data, dataset, data)
+        if rehearsal is not None and signed is not None and consortium is not None:
+            kit = load_kit(kits[site])
+            config = governed_config(rehearsal, signed, consortium, kit, fed, dataset, config)
+            load_data = _file_data
+        recipes.append(
+            SiteRecipe(
+                node_id=site, load_data=load_data, node_config=config, kit_dir=kits.get(site)
+            )
+        )
+    return recipes
