@@ -14,10 +14,10 @@ from dp_accounting.pld import PLDAccountant  # type: ignore[import-untyped, unus
 from dp_accounting.rdp import RdpAccountant as _DpaRdpAccountant  # type: ignore[import-untyped, unused-ignore]
 
 from biofed.core import ConfigurationError, PayloadError
+from biofed.core.checks import check_float
 from biofed.privacy._checks import (
     check_delta,
     check_non_negative,
-    check_positive,
     check_sampling_rate,
     check_steps,
 )
@@ -50,7 +50,7 @@ class SampledGaussian:
 
     def __post_init__(self) -> None:
         object.__setattr__(
-            self, "noise_multiplier", check_non_negative("noise_multiplier", self.noise_multiplier)
+            self, "noise_multiplier", check_non_negative(self.noise_multiplier, "noise_multiplier")
         )
         object.__setattr__(self, "sampling_rate", check_sampling_rate(self.sampling_rate))
         object.__setattr__(self, "steps", check_steps(self.steps))
@@ -235,8 +235,8 @@ class PldAccountant(Accountant):
         *,
         value_discretization_interval: float = PLD_VALUE_DISCRETIZATION_INTERVAL,
     ) -> None:
-        self.value_discretization_interval = check_positive(
-            "value_discretization_interval", value_discretization_interval
+        self.value_discretization_interval = check_float(
+            value_discretization_interval, "value_discretization_interval", above=0
         )
         super().__init__(events)
 
