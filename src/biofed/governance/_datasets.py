@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +29,7 @@ from typing import Any, Literal
 
 from biofed.core import ConfigurationError, DataError, PolicyViolation, check_id
 from biofed.data import describe_table
+from biofed.governance._files import write_atomically
 
 AuditHook = Callable[[str, Mapping[str, Any]], None]
 DatasetState = Literal["ok", "changed", "missing"]
@@ -143,18 +143,8 @@ class DatasetRegistry:
         return {d["name"]: RegisteredDataset.from_json(d) for d in data.get("datasets", [])}
 
     def _save(self, entries: Mapping[str, RegisteredDataset]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": _FORMAT, "datasets": [e.to_json() for e in entries.values()]}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".datasets-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(payload, fh, indent=2, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(self.path, json.dumps(payload, indent=2, sort_keys=True).encode())
 
     # -- operations ----------------------------------------------------------------------------
     def add(

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from biofed.core import ConfigurationError, check_id
-from biofed.governance._agreement_checks import (
+from biofed.governance._agreement._checks import (
     check_date,
     check_flag,
     check_hex64,
@@ -18,7 +18,7 @@ from biofed.governance._agreement_checks import (
     check_positive,
     check_text,
 )
-from biofed.governance._agreement_toml import HEADER, dumps, loads
+from biofed.governance._agreement._toml import HEADER, dumps, loads
 
 FORMAT = "biofed-agreement/1"
 PARTY_ROLES = ("admin", "researcher", "site")
@@ -307,6 +307,6 @@ class StudyAgreement:
     @classmethod
     def from_data(cls, data: Mapping[str, object], where: str = "agreement") -> StudyAgreement:
         """Build from plain data (:meth:`to_data`'s shape); unknown keys are refused."""
-        from biofed.governance._agreement_parse import agreement_from_data
+        from biofed.governance._agreement._parse import agreement_from_data
 
         return agreement_from_data(data, where)

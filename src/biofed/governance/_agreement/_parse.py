@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from biofed.core import ConfigurationError
-from biofed.governance._agreement_checks import check_date, no_extra, require, table
-from biofed.governance._agreement_model import (
+from biofed.governance._agreement._checks import check_date, no_extra, require, table
+from biofed.governance._agreement._model import (
     FORMAT,
     OutputPolicy,
     Party,
