@@ -9,6 +9,16 @@ from numbers import Integral
 from biofed.core import ConfigurationError
 from biofed.core.checks import check_float
 
+__all__ = [
+    "check_delta",
+    "check_float",
+    "check_non_negative",
+    "check_quantile",
+    "check_real",
+    "check_sampling_rate",
+    "check_steps",
+]
+
 
 def check_real(name: str, value: object) -> float:
     """``value`` as a finite float (kept for callers of ``biofed.privacy.check_real``; new code

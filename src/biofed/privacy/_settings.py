@@ -33,10 +33,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from biofed.core import ConfigurationError, Scalar
-from biofed.core.checks import check_float
 from biofed.privacy._accountant import ACCOUNTANTS
 from biofed.privacy._calibrate import calibrate_noise
-from biofed.privacy._checks import check_delta, check_steps
+from biofed.privacy._checks import check_delta, check_float, check_steps
 
 #: Prefix of the instruction-config keys that carry the settings.
 PRIVACY_PREFIX = "privacy."
