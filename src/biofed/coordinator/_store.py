@@ -35,7 +35,7 @@ from biofed.core import (
     check_id,
     freeze_config,
 )
-from biofed.core.checks import check_int
+from biofed.core.checks import check_int as _check_int
 
 NodeStatus = Literal["online", "lost", "offline"]
 _NODE_STATUSES: frozenset[str] = frozenset(get_args(NodeStatus))
@@ -434,7 +434,7 @@ class StateStore(ABC):
 
         ``time`` defaults to the store's clock. ``message`` must hold no record-level data.
         """
-        check_int(round, "event round", minimum=0)
+        _check_int(round, "event round", minimum=0)
         if not isinstance(kind, str) or not kind:
             raise ConfigurationError(f"event kind must be a non-empty string, got {kind!r}")
         if not isinstance(message, str):
@@ -451,9 +451,9 @@ class StateStore(ABC):
 
     def events(self, run_id: str, after_seq: int = 0, limit: int | None = None) -> list[EventRow]:
         """The run's events with ``seq > after_seq``, oldest first, at most ``limit`` of them."""
-        check_int(after_seq, "after_seq", minimum=0)
+        _check_int(after_seq, "after_seq", minimum=0)
         if limit is not None:
-            check_int(limit, "limit", minimum=1)
+            _check_int(limit, "limit", minimum=1)
         with self._lock:
             self._check_open()
             self._require_run(run_id)
