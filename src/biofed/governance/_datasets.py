@@ -30,8 +30,8 @@ from typing import Any, Literal
 from biofed.core import ConfigurationError, DataError, PolicyViolation, check_id
 from biofed.data import describe_table
 from biofed.governance._files import write_atomically
+from biofed.governance._hooks import AuditHook, no_audit
 
-AuditHook = Callable[[str, Mapping[str, Any]], None]
 DatasetState = Literal["ok", "changed", "missing"]
 _FORMAT = 1
 
@@ -124,7 +124,7 @@ class DatasetRegistry:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(path)
-        self._audit = audit or (lambda event, data: None)
+        self._audit = audit or no_audit
         self._clock = clock
         self._lock = threading.Lock()
 

@@ -73,7 +73,7 @@ independent record. Datasets are budgeted separately: if two registered datasets
 same patients, the site should give them caps that sum to what it allows for those patients.
 """
 
-from biofed.governance._ledger._events import AuditHook
+from biofed.governance._hooks import AuditHook
 from biofed.governance._ledger._ledger import PrivacyLedger
 from biofed.governance._ledger._records import (
     UNLABELLED,

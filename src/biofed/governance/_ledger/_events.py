@@ -7,17 +7,11 @@ Events: ``budget.cap_set``, ``budget.cap_lowered``, ``budget.cap_raised``,
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
+from biofed.governance._hooks import AuditHook
 from biofed.governance._ledger._records import CapChange, Debit
-
-AuditHook = Callable[[str, Mapping[str, Any]], None]
-"""Called with (event, data); the node passes its audit log's append."""
-
-
-def no_audit(event: str, data: Mapping[str, Any]) -> None:
-    """The hook of a ledger that audits nothing (reading, development)."""
 
 
 def audit_cap(hook: AuditHook, change: CapChange) -> None:

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 
 from biofed.core import ConfigurationError, PrivacyBudgetExceeded, check_id
+from biofed.governance._hooks import AuditHook, no_audit
 from biofed.governance._ledger import _store as store
 from biofed.governance._ledger._budget import (
     assess,
@@ -27,13 +28,7 @@ from biofed.governance._ledger._budget import (
     refusal_message,
     weakest,
 )
-from biofed.governance._ledger._events import (
-    AuditHook,
-    audit_cap,
-    audit_debit,
-    audit_refusal,
-    no_audit,
-)
+from biofed.governance._ledger._events import audit_cap, audit_debit, audit_refusal
 from biofed.governance._ledger._records import (
     UNLABELLED,
     BudgetStatus,
