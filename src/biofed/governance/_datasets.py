@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from biofed.core import ConfigurationError, DataError, PolicyViolation, check_id
+from biofed.core.checks import check_int
 from biofed.data import describe_table
 from biofed.governance._files import write_atomically
 from biofed.governance._hooks import AuditHook, no_audit
@@ -162,8 +163,7 @@ class DatasetRegistry:
     ) -> RegisteredDataset:
         """Register (or, with ``replace_existing``, re-register) a dataset file."""
         check_id(name, what="dataset name")
-        if not isinstance(min_cohort, int) or min_cohort < 1:
-            raise ConfigurationError(f"min_cohort must be an integer >= 1, got {min_cohort!r}")
+        check_int(min_cohort, "min_cohort", minimum=1)
         file = Path(path).resolve()
         schema = describe_table(file, format=format)  # type: ignore[arg-type]
         names = {c for c, _ in schema.columns}

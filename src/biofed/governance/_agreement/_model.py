@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from biofed.core import ConfigurationError, check_id
-from biofed.core.checks import check_flag, check_float, check_text
+from biofed.core.checks import check_flag, check_float, check_int, check_text
 from biofed.governance._agreement._checks import (
     check_date,
     check_hex64,
@@ -220,10 +220,7 @@ class StudyAgreement:
                         f"privacy.{what} must give a value for every site and only sites "
                         f"({', '.join(sorted(sites))}); got {', '.join(sorted(keys)) or 'none'}"
                     )
-        if isinstance(self.min_cohort, bool) or not isinstance(self.min_cohort, int):
-            raise ConfigurationError(f"min_cohort must be an integer, got {self.min_cohort!r}")
-        if self.min_cohort < 1:
-            raise ConfigurationError(f"min_cohort must be ≥ 1, got {self.min_cohort}")
+        check_int(self.min_cohort, "min_cohort", minimum=1)
         bundles = check_names(self.approved_bundles, "approved_bundles", hex_digests=True)
         object.__setattr__(self, "parties", parties)
         object.__setattr__(self, "datasets", datasets)
