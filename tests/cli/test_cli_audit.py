@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 
 from biofed.cli import _audit
 from biofed.governance._audit import AuditLog
-from biofed.governance._audit_reconcile import RECEIVED_EVENT, SENT_EVENT
-from biofed.governance._audit_signer import AuditSigner
+from biofed.governance._audit._reconcile import RECEIVED_EVENT, SENT_EVENT
+from biofed.governance._audit._signer import AuditSigner
 from biofed.identity import Consortium, load_kit
 
 runner = CliRunner(env={"COLUMNS": "200"})

@@ -12,10 +12,10 @@ import pytest
 
 from biofed.core import ConfigurationError, PolicyViolation
 from biofed.governance._audit import AuditLog
-from biofed.governance._audit_entry import GENESIS, AuditLogError, canonical, entry_hash
-from biofed.governance._audit_reconcile import RECEIVED_EVENT, SENT_EVENT, reconcile
-from biofed.governance._audit_signer import AuditSigner
-from biofed.governance._audit_verify import AuditSource, verify_log
+from biofed.governance._audit._entry import GENESIS, AuditLogError, canonical, entry_hash
+from biofed.governance._audit._reconcile import RECEIVED_EVENT, SENT_EVENT, reconcile
+from biofed.governance._audit._signer import AuditSigner
+from biofed.governance._audit._verify import AuditSource, verify_log
 from biofed.identity import Consortium, Kit, load_kit
 
 

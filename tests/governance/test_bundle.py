@@ -15,9 +15,9 @@ from typer.testing import CliRunner
 from biofed.cli._task import app as task_app
 from biofed.cli._task import node_bundle_app
 from biofed.core import ConfigurationError, PayloadError
+from biofed.governance._approvals import ApprovalStore
 from biofed.governance._bundle import (
     MANIFEST_NAME,
-    ApprovalStore,
     Bundle,
     check_digest,
     pack_bundle,

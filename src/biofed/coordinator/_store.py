@@ -35,6 +35,7 @@ from biofed.core import (
     check_id,
     freeze_config,
 )
+from biofed.core.checks import check_int as _check_int
 
 NodeStatus = Literal["online", "lost", "offline"]
 _NODE_STATUSES: frozenset[str] = frozenset(get_args(NodeStatus))
@@ -569,11 +570,6 @@ class StateStore(ABC):
 
     @abstractmethod
     def _close(self) -> None: ...
-
-
-def _check_int(value: object, what: str, *, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigurationError(f"{what} must be an int >= {minimum}, got {value!r}")
 
 
 URL_EXAMPLE = (

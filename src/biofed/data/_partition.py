@@ -7,12 +7,10 @@ seeded generator gives the same split every time.
 
 from __future__ import annotations
 
-import math
-import operator
-
 import numpy as np
 
 from biofed.core import Array, ConfigurationError, DataError
+from biofed.core.checks import check_float, check_int
 from biofed.data._dataset import Dataset, SiteData
 
 
@@ -24,35 +22,14 @@ def _check_rng(rng: object) -> None:
         )
 
 
-def _check_count(value: object, *, what: str, low: int = 1) -> int:
-    if isinstance(value, bool):
-        raise ConfigurationError(f"{what} must be an integer >= {low}, got {value!r}")
-    try:
-        count = operator.index(value)  # type: ignore[arg-type]
-    except TypeError:
-        raise ConfigurationError(f"{what} must be an integer >= {low}, got {value!r}") from None
-    if count < low:
-        raise ConfigurationError(f"{what} must be >= {low}, got {count}")
-    return count
-
-
 def _check_sites(ds: Dataset, num_sites: object) -> int:
-    k = _check_count(num_sites, what="num_sites")
+    k = check_int(num_sites, "num_sites", minimum=1)
     if k > len(ds):
         raise ConfigurationError(
             f"num_sites={k} is more than the {len(ds)} examples of dataset {ds.name!r}; "
             "use fewer sites"
         )
     return k
-
-
-def _check_alpha(alpha: object) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.integer, np.floating)):
-        raise ConfigurationError(f"alpha must be a positive number, got {alpha!r}")
-    value = float(alpha)
-    if not (value > 0 and math.isfinite(value)):
-        raise ConfigurationError(f"alpha must be > 0 and finite, got {value}")
-    return value
 
 
 def _apportion(proportions: Array, total: int) -> Array:
@@ -138,9 +115,9 @@ def partition_dirichlet(
     """
     _check_rng(rng)
     k = _check_sites(ds, num_sites)
-    a = _check_alpha(alpha)
-    floor = _check_count(min_size, what="min_size")
-    tries = _check_count(max_tries, what="max_tries")
+    a = check_float(alpha, "alpha", above=0)
+    floor = check_int(min_size, "min_size", minimum=1)
+    tries = check_int(max_tries, "max_tries", minimum=1)
     if k * floor > len(ds):
         raise ConfigurationError(
             f"{k} sites of at least min_size={floor} need {k * floor} examples; dataset "
@@ -177,7 +154,7 @@ def partition_quantity_skew(
     """
     _check_rng(rng)
     k = _check_sites(ds, num_sites)
-    a = _check_alpha(alpha)
+    a = check_float(alpha, "alpha", above=0)
     n = len(ds)
     sizes = 1 + _apportion(rng.dirichlet(np.full(k, a)), n - k)
     assignment = np.empty(n, dtype=np.int64)
@@ -206,12 +183,11 @@ def train_test_split(
         Fewer than 2 examples, or no target ``stratify_key``.
     """
     _check_rng(rng)
-    if isinstance(test_fraction, bool) or not (0.0 < float(test_fraction) < 1.0):
-        raise ConfigurationError(f"test_fraction must be between 0 and 1, got {test_fraction!r}")
+    fraction = check_float(test_fraction, "test_fraction", above=0, below=1)
     n = len(dataset)
     if n < 2:
         raise DataError(f"dataset {dataset.name!r} has {n} example(s); a split needs at least 2")
-    n_test = min(max(int(np.floor(n * float(test_fraction) + 0.5)), 1), n - 1)
+    n_test = min(max(int(np.floor(n * fraction + 0.5)), 1), n - 1)
     groups = [np.arange(n)] if stratify_key is None else _groups(dataset.target(stratify_key))
     sizes = np.array([len(g) for g in groups], dtype=np.int64)
     quotas = sizes * n_test / n

@@ -15,33 +15,36 @@ from biofed.governance._agreement import (
     verify,
     write_agreement,
 )
-from biofed.governance._audit import AuditFollower, AuditLog
-from biofed.governance._audit_anchor import (
+from biofed.governance._approvals import Approval, ApprovalStore
+from biofed.governance._audit import (
     ANCHOR_EVENT,
     ANCHOR_KEY,
     COORDINATOR_PEER,
-    AnchorReport,
-    AuditHead,
-    anchor_data,
-    check_against,
-    check_expected_head,
-)
-from biofed.governance._audit_entry import GENESIS, LOG_FILE, AuditEntry, AuditLogError
-from biofed.governance._audit_reconcile import (
+    GENESIS,
+    LOG_FILE,
     RECEIVED_EVENT,
     SENT_EVENT,
+    AnchorReport,
+    AuditEntry,
+    AuditFollower,
+    AuditHead,
+    AuditLog,
+    AuditLogError,
+    AuditSigner,
+    AuditSource,
     Pairing,
     ReconcileReport,
     Transfer,
+    VerifyReport,
+    anchor_data,
+    check_against,
+    check_expected_head,
     reconcile,
     reply_payload,
+    verify_log,
 )
-from biofed.governance._audit_signer import AuditSigner
-from biofed.governance._audit_verify import AuditSource, VerifyReport, verify_log
 from biofed.governance._bundle import (
     TASK_FILE,
-    Approval,
-    ApprovalStore,
     Bundle,
     BundleInfo,
     check_digest,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -29,9 +28,11 @@ from pathlib import Path
 from typing import Any, Literal
 
 from biofed.core import ConfigurationError, DataError, PolicyViolation, check_id
+from biofed.core.checks import check_int
 from biofed.data import describe_table
+from biofed.governance._files import write_atomically
+from biofed.governance._hooks import AuditHook, no_audit
 
-AuditHook = Callable[[str, Mapping[str, Any]], None]
 DatasetState = Literal["ok", "changed", "missing"]
 _FORMAT = 1
 
@@ -124,7 +125,7 @@ class DatasetRegistry:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.path = Path(path)
-        self._audit = audit or (lambda event, data: None)
+        self._audit = audit or no_audit
         self._clock = clock
         self._lock = threading.Lock()
 
@@ -143,18 +144,8 @@ class DatasetRegistry:
         return {d["name"]: RegisteredDataset.from_json(d) for d in data.get("datasets", [])}
 
     def _save(self, entries: Mapping[str, RegisteredDataset]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         payload = {"format": _FORMAT, "datasets": [e.to_json() for e in entries.values()]}
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".datasets-", suffix=".json")
-        try:
-            with os.fdopen(fd, "w") as fh:
-                json.dump(payload, fh, indent=2, sort_keys=True)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomically(self.path, json.dumps(payload, indent=2, sort_keys=True).encode())
 
     # -- operations ----------------------------------------------------------------------------
     def add(
@@ -172,8 +163,7 @@ class DatasetRegistry:
     ) -> RegisteredDataset:
         """Register (or, with ``replace_existing``, re-register) a dataset file."""
         check_id(name, what="dataset name")
-        if not isinstance(min_cohort, int) or min_cohort < 1:
-            raise ConfigurationError(f"min_cohort must be an integer >= 1, got {min_cohort!r}")
+        check_int(min_cohort, "min_cohort", minimum=1)
         file = Path(path).resolve()
         schema = describe_table(file, format=format)  # type: ignore[arg-type]
         names = {c for c, _ in schema.columns}

@@ -70,7 +70,8 @@ from biofed.core import (
     check_id,
 )
 from biofed.governance._agreement import SignedAgreement, read_agreement, require_in_force
-from biofed.governance._bundle import ApprovalStore, Bundle, check_digest, read_bundle
+from biofed.governance._approvals import ApprovalStore
+from biofed.governance._bundle import Bundle, check_digest, read_bundle
 from biofed.governance._datasets import DatasetRegistry, RegisteredDataset
 
 RULES = ("agreement", "dataset", "cohort", "bundle", "outputs", "privacy")

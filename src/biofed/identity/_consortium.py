@@ -8,10 +8,10 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from biofed.core import ConfigurationError
+from biofed.core.toml import toml_string
 from biofed.identity._address import format_address, parse_address
 from biofed.identity._ca import CertificateAuthority
 from biofed.identity._kit import Kit, write_kit
-from biofed.identity._kitfile import toml_string
 from biofed.identity._pki import (
     check_consortium,
     check_name,

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from biofed.core import ConfigurationError
+from biofed.core.toml import toml_string
 from biofed.identity._address import format_address, parse_address
 from biofed.identity._pki import check_consortium, check_name, check_role
 
@@ -32,19 +33,6 @@ class KitConfig:
     listen: str | None
     state: str | None
     max_concurrent_runs: int | None = None
-
-
-def toml_string(value: str) -> str:
-    out = ['"']
-    for ch in value:
-        if ch in ('"', "\\"):
-            out.append("\\" + ch)
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
 
 
 def render_kit_config(config: KitConfig) -> str:

@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from biofed.core import ConfigurationError, check_id
+from biofed.core.checks import check_choice, check_int
 
 ROLES = ("admin", "coordinator", "researcher", "site")
 """The roles a consortium certificate can carry (its subject's OU)."""
@@ -70,16 +71,13 @@ def as_utc(moment: dt.datetime, what: str) -> dt.datetime:
 
 def check_days(valid_days: int) -> dt.timedelta:
     """A validity period of ``valid_days`` (a positive integer) days."""
-    if isinstance(valid_days, bool) or not isinstance(valid_days, int) or valid_days < 1:
-        raise ConfigurationError(f"valid_days must be a positive integer, got {valid_days!r}")
-    return dt.timedelta(days=valid_days)
+    days = check_int(valid_days, "valid_days (a positive integer number of days)", minimum=1)
+    return dt.timedelta(days=days)
 
 
 def check_role(role: str) -> str:
     """Return ``role`` if it is one of :data:`ROLES`, else raise ConfigurationError."""
-    if role not in ROLES:
-        raise ConfigurationError(f"role must be one of {', '.join(ROLES)}; got {role!r}")
-    return role
+    return check_choice(role, "role", ROLES)
 
 
 def check_name(name: str) -> str:

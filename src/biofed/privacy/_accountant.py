@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -14,10 +14,10 @@ from dp_accounting.pld import PLDAccountant  # type: ignore[import-untyped, unus
 from dp_accounting.rdp import RdpAccountant as _DpaRdpAccountant  # type: ignore[import-untyped, unused-ignore]
 
 from biofed.core import ConfigurationError, PayloadError
+from biofed.core.checks import check_float
 from biofed.privacy._checks import (
     check_delta,
     check_non_negative,
-    check_positive,
     check_sampling_rate,
     check_steps,
 )
@@ -27,6 +27,7 @@ ACCOUNTANTS = ("pld", "rdp")
 #: PLD discretisation (dp-accounting's default; the reference table uses it).
 PLD_VALUE_DISCRETIZATION_INTERVAL = 1e-4
 _FORMAT = "biofed.privacy.accountant"
+_EVENT_KEYS = ("noise_multiplier", "sampling_rate", "steps")
 _VERSION = 1
 
 
@@ -50,10 +51,39 @@ class SampledGaussian:
 
     def __post_init__(self) -> None:
         object.__setattr__(
-            self, "noise_multiplier", check_non_negative("noise_multiplier", self.noise_multiplier)
+            self, "noise_multiplier", check_non_negative(self.noise_multiplier, "noise_multiplier")
         )
         object.__setattr__(self, "sampling_rate", check_sampling_rate(self.sampling_rate))
         object.__setattr__(self, "steps", check_steps(self.steps))
+
+    def to_dict(self) -> dict[str, float | int]:
+        """The event as JSON-ready values: the one serialised form of an accountant's history
+        (in :meth:`Accountant.to_bytes`, and in the mechanism text a node's ledger keeps with
+        each debit)."""
+        return {
+            "noise_multiplier": self.noise_multiplier,
+            "sampling_rate": self.sampling_rate,
+            "steps": self.steps,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SampledGaussian:
+        """The event from :meth:`to_dict`'s keys (other keys, such as labels stored beside
+        them, are ignored).
+
+        Raises
+        ------
+        ConfigurationError
+            If a key is missing or a value is out of range.
+        """
+        missing = [k for k in _EVENT_KEYS if k not in data]
+        if missing:
+            raise ConfigurationError(f"a sampled-Gaussian event needs {', '.join(missing)}")
+        return cls(
+            noise_multiplier=data["noise_multiplier"],
+            sampling_rate=data["sampling_rate"],
+            steps=data["steps"],
+        )
 
     def to_dp_event(self) -> Any:
         """The matching ``dp_accounting`` event (self-composed Poisson-sampled Gaussian)."""
@@ -116,14 +146,7 @@ class Accountant(ABC):
             "version": _VERSION,
             "accountant": self.name,
             "settings": self._settings(),
-            "events": [
-                {
-                    "noise_multiplier": e.noise_multiplier,
-                    "sampling_rate": e.sampling_rate,
-                    "steps": e.steps,
-                }
-                for e in self._events
-            ],
+            "events": [e.to_dict() for e in self._events],
         }
         return json.dumps(document, allow_nan=False, separators=(",", ":")).encode()
 
@@ -147,7 +170,7 @@ class Accountant(ABC):
         if cls is not Accountant and target is not cls:
             raise PayloadError(f"these bytes hold a {kind!r} accountant, not {cls.name!r}")
         try:
-            events = [SampledGaussian(**e) for e in document["events"]]
+            events = [SampledGaussian.from_dict(e) for e in document["events"]]
             return target._restore(document["settings"], events)
         except (ConfigurationError, TypeError) as exc:
             raise PayloadError(f"invalid accountant state: {exc}") from exc
@@ -235,8 +258,8 @@ class PldAccountant(Accountant):
         *,
         value_discretization_interval: float = PLD_VALUE_DISCRETIZATION_INTERVAL,
     ) -> None:
-        self.value_discretization_interval = check_positive(
-            "value_discretization_interval", value_discretization_interval
+        self.value_discretization_interval = check_float(
+            value_discretization_interval, "value_discretization_interval", above=0
         )
         super().__init__(events)
 
@@ -297,11 +320,7 @@ def _parse(data: bytes) -> dict[str, Any]:
     if not isinstance(document["settings"], dict) or not isinstance(document["events"], list):
         raise PayloadError("accountant state: settings must be an object and events a list")
     for event in document["events"]:
-        if not isinstance(event, dict) or set(event) != {
-            "noise_multiplier",
-            "sampling_rate",
-            "steps",
-        }:
+        if not isinstance(event, dict) or set(event) != set(_EVENT_KEYS):
             raise PayloadError(
                 "accountant state: each event needs noise_multiplier, sampling_rate and steps"
             )

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 
 from biofed.core import ConfigurationError, PayloadError
-from biofed.privacy._checks import check_fraction, check_non_negative, check_positive
+from biofed.core.checks import check_float, check_int
+from biofed.privacy._checks import check_non_negative, check_quantile
 from biofed.privacy._noise import GaussianNoise
 
 _FIELDS = ("initial_norm", "target_quantile", "learning_rate", "count_noise_std")
@@ -60,20 +61,21 @@ class AdaptiveClipping:
     rounds: int = 0
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "initial_norm", check_positive("initial_norm", self.initial_norm))
         object.__setattr__(
-            self, "target_quantile", check_fraction("target_quantile", self.target_quantile)
+            self, "initial_norm", check_float(self.initial_norm, "initial_norm", above=0)
         )
         object.__setattr__(
-            self, "learning_rate", check_non_negative("learning_rate", self.learning_rate)
+            self, "target_quantile", check_quantile(self.target_quantile, "target_quantile")
         )
         object.__setattr__(
-            self, "count_noise_std", check_non_negative("count_noise_std", self.count_noise_std)
+            self, "learning_rate", check_non_negative(self.learning_rate, "learning_rate")
+        )
+        object.__setattr__(
+            self, "count_noise_std", check_non_negative(self.count_noise_std, "count_noise_std")
         )
         current = self.initial_norm if self.clip_norm is None else self.clip_norm
-        object.__setattr__(self, "clip_norm", check_positive("clip_norm", current))
-        if isinstance(self.rounds, bool) or not isinstance(self.rounds, int) or self.rounds < 0:
-            raise ConfigurationError(f"rounds must be a whole number ≥ 0, got {self.rounds!r}")
+        object.__setattr__(self, "clip_norm", check_float(current, "clip_norm", above=0))
+        object.__setattr__(self, "rounds", check_int(self.rounds, "rounds", minimum=0))
 
     @property
     def norm(self) -> float:
@@ -87,7 +89,7 @@ class AdaptiveClipping:
 
     def noisy_count(self, unclipped: int, *, rng: np.random.Generator | None = None) -> float:
         """The number of unclipped updates plus N(0, σ_b²) noise (CSPRNG unless ``rng``)."""
-        count = check_non_negative("unclipped", unclipped)
+        count = check_non_negative(unclipped, "unclipped")
         noise = GaussianNoise(self.count_noise_std, rng=rng)
         return count + float(noise.sample(1)[0])
 
@@ -105,7 +107,7 @@ class AdaptiveClipping:
         """
         if isinstance(noisy_count, bool) or not math.isfinite(float(noisy_count)):
             raise ConfigurationError(f"noisy_count must be a finite number, got {noisy_count!r}")
-        total = check_positive("expected_count", expected_count)
+        total = check_float(expected_count, "expected_count", above=0)
         fraction = float(noisy_count) / total
         step = -self.learning_rate * (fraction - self.target_quantile)
         return dataclasses.replace(
@@ -126,7 +128,7 @@ class AdaptiveClipping:
         ConfigurationError
             If σ_b ≤ z: the count noise alone would use up the whole budget.
         """
-        z = check_positive("noise_multiplier", noise_multiplier)
+        z = check_float(noise_multiplier, "noise_multiplier", above=0)
         if self.count_noise_std <= z:
             raise ConfigurationError(
                 f"count_noise_std ({self.count_noise_std}) must exceed the noise multiplier "

@@ -6,8 +6,9 @@ import math
 from collections.abc import Callable
 
 from biofed.core import ConfigurationError
+from biofed.core.checks import check_float
 from biofed.privacy._accountant import Accountant, make_accountant
-from biofed.privacy._checks import check_delta, check_positive, check_sampling_rate, check_steps
+from biofed.privacy._checks import check_delta, check_sampling_rate, check_steps
 
 #: The search range for the noise multiplier.
 MIN_NOISE_MULTIPLIER = 1e-3
@@ -59,11 +60,11 @@ def calibrate_noise(
     answer is used as the starting upper end (RDP bounds PLD from above), which saves
     evaluations. If ε ≤ target already at z = 1e-3, that z is returned.
     """
-    target = check_positive("target_epsilon", target_epsilon)
+    target = check_float(target_epsilon, "target_epsilon", above=0)
     d = check_delta(delta)
     q = check_sampling_rate(sampling_rate)
     t = check_steps(steps)
-    tol = check_positive("tolerance", tolerance)
+    tol = check_float(tolerance, "tolerance", above=0)
     make_accountant(accountant)  # validate the name before any work
 
     def epsilon_at(z: float) -> float:

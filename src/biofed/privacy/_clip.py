@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from biofed.core import Array, ParameterSet, PayloadError
-from biofed.privacy._checks import check_positive
+from biofed.core.checks import check_float
 
 # Elements per float64 block when summing squares: bounds the temporary copy that a
 # float32/float16 array needs for an accurate sum, without a per-element Python loop.
@@ -75,7 +75,7 @@ def clip_l2(params: ParameterSet, max_norm: float) -> tuple[ParameterSet, float]
     neither measured nor changed; :class:`GaussianNoise` refuses them, so they cannot leave a
     site as if they were protected.
     """
-    bound = check_positive("max_norm", max_norm)
+    bound = check_float(max_norm, "max_norm", above=0)
     if not params.all_finite():
         raise PayloadError("cannot clip an update that contains NaN or infinite values")
     norm = l2_norm(params)

@@ -86,7 +86,7 @@ class GaussianNoise:
     rng: np.random.Generator | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "std", check_non_negative("std", self.std))
+        object.__setattr__(self, "std", check_non_negative(self.std, "std"))
         if self.rng is not None and not isinstance(self.rng, np.random.Generator):
             raise ConfigurationError(
                 f"rng must be a numpy Generator or None (secure), got {type(self.rng).__name__}"

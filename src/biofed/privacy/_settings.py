@@ -35,7 +35,7 @@ from typing import Any
 from biofed.core import ConfigurationError, Scalar
 from biofed.privacy._accountant import ACCOUNTANTS
 from biofed.privacy._calibrate import calibrate_noise
-from biofed.privacy._checks import check_delta, check_positive, check_steps
+from biofed.privacy._checks import check_delta, check_float, check_steps
 
 #: Prefix of the instruction-config keys that carry the settings.
 PRIVACY_PREFIX = "privacy."
@@ -93,7 +93,7 @@ def _calibrated(target: float, delta: float, q: float, steps: int, accountant: s
 
 
 def _opt_positive(name: str, value: object) -> float | None:
-    return None if value is None else check_positive(name, value)
+    return None if value is None else check_float(value, name, above=0)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,7 +155,9 @@ class DPSettings:
         object.__setattr__(self, "target_epsilon", target)
         object.__setattr__(self, "noise_multiplier", z)
         object.__setattr__(
-            self, "max_grad_norm", check_positive("[privacy] max_grad_norm", self.max_grad_norm)
+            self,
+            "max_grad_norm",
+            check_float(self.max_grad_norm, "[privacy] max_grad_norm", above=0),
         )
         if self.accountant not in ACCOUNTANTS:
             raise ConfigurationError(

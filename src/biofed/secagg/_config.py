@@ -5,34 +5,17 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from numbers import Integral, Real
 
 import numpy as np
 
 from biofed.core import ConfigurationError, PayloadError
+from biofed.core.checks import check_choice, check_float, check_int
 from biofed.secagg._wire import Reader, Writer
 
 #: Rings the masked vectors live in: Z_{2^32} (numpy uint32) or Z_{2^64} (numpy uint64).
 RING_BITS = (32, 64)
 _KIND_PLAN = 0x10
 _MAX_DIMENSION = (1 << 32) - 2
-
-
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral):
-        raise ConfigurationError(f"{name} must be a whole number, got {value!r}")
-    if value < minimum:
-        raise ConfigurationError(f"{name} must be ≥ {minimum}, got {value}")
-    return int(value)
-
-
-def _check_positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real):
-        raise ConfigurationError(f"{name} must be a number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or number <= 0:
-        raise ConfigurationError(f"{name} must be finite and > 0, got {number}")
-    return number
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -84,16 +67,14 @@ class SecAggConfig:
     ring_bits: int | None = None
 
     def __post_init__(self) -> None:
-        dimension = _check_int("dimension", self.dimension, 1)
-        if dimension > _MAX_DIMENSION:
-            raise ConfigurationError(f"dimension must be ≤ {_MAX_DIMENSION}, got {dimension}")
+        dimension = check_int(self.dimension, "dimension", minimum=1, maximum=_MAX_DIMENSION)
         object.__setattr__(self, "dimension", dimension)
-        object.__setattr__(self, "clip_range", _check_positive("clip_range", self.clip_range))
-        step = _check_positive("quantisation_step", self.quantisation_step)
+        object.__setattr__(self, "clip_range", check_float(self.clip_range, "clip_range", above=0))
+        step = check_float(self.quantisation_step, "quantisation_step", above=0)
         object.__setattr__(self, "quantisation_step", step)
-        object.__setattr__(self, "max_weight", _check_int("max_weight", self.max_weight, 1))
+        object.__setattr__(self, "max_weight", check_int(self.max_weight, "max_weight", minimum=1))
         if self.num_neighbours is not None:
-            k = _check_int("num_neighbours", self.num_neighbours, 2)
+            k = check_int(self.num_neighbours, "num_neighbours", minimum=2)
             if k % 2:
                 raise ConfigurationError(
                     f"num_neighbours must be even (k/2 neighbours on each side of the ring), "
@@ -101,9 +82,9 @@ class SecAggConfig:
                 )
             object.__setattr__(self, "num_neighbours", k)
         if self.threshold is not None:
-            object.__setattr__(self, "threshold", _check_int("threshold", self.threshold, 2))
-        if self.ring_bits is not None and self.ring_bits not in RING_BITS:
-            raise ConfigurationError(f"ring_bits must be 32, 64 or None, got {self.ring_bits!r}")
+            object.__setattr__(self, "threshold", check_int(self.threshold, "threshold", minimum=2))
+        if self.ring_bits is not None:
+            check_choice(self.ring_bits, "ring_bits", RING_BITS)
         if not math.isfinite(2 * self.clip_range / step):
             raise ConfigurationError("2 * clip_range / quantisation_step must be finite")
 
@@ -126,7 +107,7 @@ class SecAggConfig:
 
 def _derive(config: SecAggConfig, num_sites: int) -> tuple[int, int, int]:
     """(ring bits, effective degree k, threshold t) for ``num_sites``, or ConfigurationError."""
-    n = _check_int("num_sites", num_sites, 2)
+    n = check_int(num_sites, "num_sites", minimum=2)
     k = n - 1 if config.num_neighbours is None else min(config.num_neighbours, n - 1)
     holders = k + 1
     t = holders // 2 + 1 if config.threshold is None else config.threshold

@@ -32,6 +32,7 @@ from biofed.core import (
     freeze_metrics,
     weighted_mean_metrics,
 )
+from biofed.core.checks import check_fraction, check_int
 
 #: A strategy's server-side state (optimizer moments, control variates): named ParameterSets.
 StrategyState = Mapping[str, ParameterSet]
@@ -83,12 +84,6 @@ class TrainAggregator(abc.ABC):
         """The aggregate; raises :class:`~biofed.core.RoundFailed` if nothing was added."""
 
 
-def _check_fraction(name: str, value: float) -> float:
-    if not 0.0 < value <= 1.0:
-        raise ConfigurationError(f"{name} must be in (0, 1], got {value}")
-    return float(value)
-
-
 def select_nodes(
     nodes: Sequence[NodeInfo], fraction: float, minimum: int, rng: np.random.Generator
 ) -> list[NodeInfo]:
@@ -134,15 +129,10 @@ class Strategy(abc.ABC):
         train_config: Mapping[str, Scalar] | None = None,
         evaluate_config: Mapping[str, Scalar] | None = None,
     ) -> None:
-        self.fraction_train = _check_fraction("fraction_train", fraction_train)
-        self.fraction_evaluate = _check_fraction("fraction_evaluate", fraction_evaluate)
-        if min_train_nodes < 1 or min_evaluate_nodes < 1:
-            raise ConfigurationError(
-                f"min_train_nodes and min_evaluate_nodes must be >= 1, got "
-                f"{min_train_nodes} and {min_evaluate_nodes}"
-            )
-        self.min_train_nodes = min_train_nodes
-        self.min_evaluate_nodes = min_evaluate_nodes
+        self.fraction_train = check_fraction(fraction_train, "fraction_train", above=0)
+        self.fraction_evaluate = check_fraction(fraction_evaluate, "fraction_evaluate", above=0)
+        self.min_train_nodes = check_int(min_train_nodes, "min_train_nodes", minimum=1)
+        self.min_evaluate_nodes = check_int(min_evaluate_nodes, "min_evaluate_nodes", minimum=1)
         self.train_config = freeze_config(train_config)
         self.evaluate_config = freeze_config(evaluate_config)
 

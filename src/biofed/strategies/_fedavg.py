@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from biofed.core import ConfigurationError, ParameterSet, Reply, RoundFailed, Scalar
+from biofed.core import ParameterSet, Reply, RoundFailed, Scalar
+from biofed.core.checks import check_float
 from biofed.strategies._base import (
     AggregateResult,
     Strategy,
@@ -76,10 +77,9 @@ class FedProx(FedAvg):
     name = "fedprox"
 
     def __init__(self, *, proximal_mu: float, **kwargs: Any) -> None:
-        if not proximal_mu >= 0:
-            raise ConfigurationError(f"proximal_mu must be >= 0, got {proximal_mu}")
+        mu = check_float(proximal_mu, "proximal_mu", minimum=0)
         super().__init__(**kwargs)
-        self.proximal_mu = float(proximal_mu)
+        self.proximal_mu = mu
 
     def round_train_config(self, server_round: int) -> dict[str, Scalar]:
         config = super().round_train_config(server_round)

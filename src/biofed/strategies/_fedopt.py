@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from biofed.core import Array, ConfigurationError, ParameterSet, Reply, RoundFailed
+from biofed.core import Array, ParameterSet, Reply, RoundFailed
+from biofed.core.checks import check_float
 from biofed.strategies._base import AggregateResult, StrategyState, TrainAggregator
 from biofed.strategies._fedavg import FedAvg
 from biofed.strategies._weighted import WeightedReplyMean
@@ -59,12 +60,9 @@ class _ServerOptStrategy(FedAvg):
     """FedAvg whose aggregate is applied through a server optimiser step."""
 
     def __init__(self, *, server_learning_rate: float, **kwargs: Any) -> None:
-        if not server_learning_rate > 0:
-            raise ConfigurationError(
-                f"server_learning_rate must be > 0, got {server_learning_rate}"
-            )
+        lr = check_float(server_learning_rate, "server_learning_rate", above=0)
         super().__init__(**kwargs)
-        self.server_learning_rate = float(server_learning_rate)
+        self.server_learning_rate = lr
 
     def begin_train_aggregation(
         self,
@@ -98,10 +96,9 @@ class FedAvgM(_ServerOptStrategy):
     def __init__(
         self, *, server_learning_rate: float = 1.0, server_momentum: float = 0.9, **kwargs: Any
     ) -> None:
-        if not 0.0 <= server_momentum < 1.0:
-            raise ConfigurationError(f"server_momentum must be in [0, 1), got {server_momentum}")
+        momentum = check_float(server_momentum, "server_momentum", minimum=0, below=1)
         super().__init__(server_learning_rate=server_learning_rate, **kwargs)
-        self.server_momentum = float(server_momentum)
+        self.server_momentum = momentum
 
     def init_state(self, parameters: ParameterSet) -> StrategyState:
         return {_M: _zeros_like(parameters)}
@@ -142,11 +139,9 @@ class FedOpt(_ServerOptStrategy):
         tau: float = 1e-8,
         **kwargs: Any,
     ) -> None:
-        for label, value in (("beta_1", beta_1), ("beta_2", beta_2)):
-            if not 0.0 <= value < 1.0:
-                raise ConfigurationError(f"{label} must be in [0, 1), got {value}")
-        if not tau > 0:
-            raise ConfigurationError(f"tau must be > 0, got {tau}")
+        check_float(beta_1, "beta_1", minimum=0, below=1)
+        check_float(beta_2, "beta_2", minimum=0, below=1)
+        check_float(tau, "tau", above=0)
         super().__init__(server_learning_rate=server_learning_rate, **kwargs)
         self.beta_1 = float(beta_1)
         self.beta_2 = float(beta_2)

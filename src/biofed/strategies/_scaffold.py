@@ -25,6 +25,7 @@ from biofed.core import (
     Reply,
     RoundFailed,
 )
+from biofed.core.checks import check_float
 from biofed.strategies._base import (
     AggregateResult,
     NodePlan,
@@ -106,10 +107,7 @@ class Scaffold(FedAvg):
     supports_secure_aggregation = False
 
     def __init__(self, *, server_learning_rate: float = 1.0, **kwargs: Any) -> None:
-        if not server_learning_rate > 0:
-            raise ConfigurationError(
-                f"server_learning_rate must be > 0, got {server_learning_rate}"
-            )
+        check_float(server_learning_rate, "server_learning_rate", above=0)
         super().__init__(**kwargs)
         if self.train_config.get("optimizer", "sgd") != "sgd":
             raise ConfigurationError("SCAFFOLD needs sites to train with optimizer 'sgd'")

@@ -29,6 +29,7 @@ from biofed.core import (
     freeze_config,
     freeze_metrics,
 )
+from biofed.core.checks import check_choice, check_float, check_int
 from biofed.data import Dataset
 
 #: Key of a site's own SCAFFOLD control variate in ``TrainContext.state``.
@@ -162,33 +163,15 @@ class LocalTrainingConfig:
     dp_seeded: bool = False
 
     def __post_init__(self) -> None:
-        if self.local_steps < 1:
-            raise ConfigurationError(f"local_steps must be >= 1, got {self.local_steps}")
-        if self.batch_size < 1:
-            raise ConfigurationError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not self.learning_rate > 0:
-            raise ConfigurationError(f"learning_rate must be > 0, got {self.learning_rate}")
-        if self.optimizer not in _OPTIMIZERS:
-            raise ConfigurationError(
-                f"optimizer must be one of {_OPTIMIZERS}, got {self.optimizer!r}"
-            )
-        if not 0.0 <= self.momentum < 1.0:
-            raise ConfigurationError(f"momentum must be in [0, 1), got {self.momentum}")
-        if not self.proximal_mu >= 0:
-            raise ConfigurationError(f"proximal_mu must be >= 0, got {self.proximal_mu}")
-        if not self.max_grad_norm >= 0:
-            raise ConfigurationError(
-                f"max_grad_norm must be >= 0 (0 turns clipping off), got {self.max_grad_norm}"
-            )
-        if not (math.isfinite(self.dp_noise_multiplier) and self.dp_noise_multiplier >= 0):
-            raise ConfigurationError(
-                "dp_noise_multiplier must be a finite number >= 0 (0 turns DP-SGD off), "
-                f"got {self.dp_noise_multiplier}"
-            )
-        if not (math.isfinite(self.dp_max_grad_norm) and self.dp_max_grad_norm >= 0):
-            raise ConfigurationError(
-                f"dp_max_grad_norm must be a finite number > 0, got {self.dp_max_grad_norm}"
-            )
+        check_int(self.local_steps, "local_steps", minimum=1)
+        check_int(self.batch_size, "batch_size", minimum=1)
+        check_float(self.learning_rate, "learning_rate", above=0)
+        check_choice(self.optimizer, "optimizer", _OPTIMIZERS)
+        check_float(self.momentum, "momentum", minimum=0, below=1)
+        check_float(self.proximal_mu, "proximal_mu", minimum=0)
+        check_float(self.max_grad_norm, "max_grad_norm (0 turns clipping off)", minimum=0)
+        check_float(self.dp_noise_multiplier, "dp_noise_multiplier", minimum=0)
+        check_float(self.dp_max_grad_norm, "dp_max_grad_norm", minimum=0)
         if self.dp_sgd:
             if self.dp_max_grad_norm == 0:
                 raise ConfigurationError(
@@ -221,9 +204,7 @@ class LocalTrainingConfig:
         ConfigurationError
             If ``num_examples`` < 1.
         """
-        if num_examples < 1:
-            raise ConfigurationError(f"num_examples must be >= 1, got {num_examples}")
-        return min(1.0, self.batch_size / num_examples)
+        return min(1.0, self.batch_size / check_int(num_examples, "num_examples", minimum=1))
 
     @classmethod
     def from_config(cls, config: Config) -> LocalTrainingConfig:
@@ -292,8 +273,7 @@ class TrainResult:
     extras: Mapping[str, ParameterSet] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
-        if self.num_examples < 0:
-            raise ConfigurationError(f"num_examples must be >= 0, got {self.num_examples}")
+        check_int(self.num_examples, "num_examples", minimum=0)
         object.__setattr__(self, "metrics", freeze_metrics(self.metrics))
         object.__setattr__(self, "extras", MappingProxyType(dict(self.extras)))
 
@@ -306,8 +286,7 @@ class EvalResult:
     metrics: Metrics = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
-        if self.num_examples < 0:
-            raise ConfigurationError(f"num_examples must be >= 0, got {self.num_examples}")
+        check_int(self.num_examples, "num_examples", minimum=0)
         object.__setattr__(self, "metrics", freeze_metrics(self.metrics))
 
 

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 
 import torch
 
-from biofed.data import Dataset
 from biofed.tasks._cox import CoxPH
-from biofed.tasks._numpy import check_linear_args
-from biofed.tasks._torch import TorchTask
+from biofed.tasks._linear_torch import LinearTorchTask
 
 
 def cox_loss(outputs: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -35,17 +32,7 @@ def cox_loss(outputs: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> torc
     return (event * (torch.logcumsumexp(s, dim=0) - s)).sum() / s.shape[0]
 
 
-def _linear(num_features: int, init: str) -> torch.nn.Linear:
-    """``Linear(p, 1)`` with a frozen bias (it cancels in the partial likelihood)."""
-    layer = torch.nn.Linear(num_features, 1)
-    if init == "zeros":
-        torch.nn.init.zeros_(layer.weight)
-        torch.nn.init.zeros_(layer.bias)
-    layer.bias.requires_grad_(False)
-    return layer
-
-
-class CoxPHTorchTask(TorchTask):
+class CoxPHTorchTask(LinearTorchTask):
     """The built-in ``"cox_ph_torch"`` task: a linear Cox model trained by :class:`TorchTask`.
 
     The same model, loss and metrics as :class:`~biofed.tasks.CoxPHTask` (FLamby's
@@ -95,20 +82,13 @@ class CoxPHTorchTask(TorchTask):
     dp_record_coupling: str = "none"
 
     def __init__(self, num_features: int, *, init: str = "zeros", device: str = "cpu") -> None:
-        check_linear_args(num_features, init)
-        self.num_features = num_features
-        self.init = init
-        self._metrics_model = CoxPH(num_features)
         super().__init__(
-            functools.partial(_linear, num_features, init),
-            cox_loss,
-            self._metrics,
+            num_features,
+            init=init,
+            device=device,
+            loss=cox_loss,
+            metrics_model=CoxPH(num_features),
             name="cox_ph_torch",
             primary_metric="c_index",
-            device=device,
+            train_bias=False,  # it cancels in the partial likelihood
         )
-
-    def _metrics(self, module: torch.nn.Module, data: Dataset) -> dict[str, float]:
-        """``"c_index"`` and ``"cox_loss"``, computed as :meth:`CoxPH.metrics` does (float64)."""
-        params = {k: v.detach().cpu().double().numpy() for k, v in module.state_dict().items()}
-        return self._metrics_model.metrics(params, data)

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from biofed.core import Array, ConfigurationError, DataError, ParameterSet
+from biofed.core.checks import check_fraction, check_int
 from biofed.tasks._api import (
     SCAFFOLD_CLIENT_CONTROL,
     SCAFFOLD_CONTROL_DELTA,
@@ -69,10 +70,8 @@ def sample_batches(
     """
     if num_examples < 1:
         raise DataError("the dataset is empty: a site needs at least one example to train")
-    if batch_size < 1 or num_steps < 1:
-        raise ConfigurationError(
-            f"batch_size and num_steps must be >= 1, got {batch_size} and {num_steps}"
-        )
+    check_int(batch_size, "batch_size", minimum=1)
+    check_int(num_steps, "num_steps", minimum=1)
     size = min(batch_size, num_examples)
     per_pass = num_examples // size
     passes = -(-num_steps // per_pass)
@@ -120,10 +119,8 @@ def poisson_batches(
     """
     if num_examples < 1:
         raise DataError("the dataset is empty: a site needs at least one example to train")
-    if num_steps < 1:
-        raise ConfigurationError(f"num_steps must be >= 1, got {num_steps}")
-    if not 0 < sampling_rate <= 1:
-        raise ConfigurationError(f"sampling_rate must be in (0, 1], got {sampling_rate}")
+    check_int(num_steps, "num_steps", minimum=1)
+    check_fraction(sampling_rate, "sampling_rate", above=0)
     batches: list[Array] = []
     if rng is not None:
         for _ in range(num_steps):

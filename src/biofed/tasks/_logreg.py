@@ -6,7 +6,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from biofed.core import Array, ConfigurationError, ParameterSet
+from biofed.core import Array, ParameterSet
+from biofed.core.checks import check_float
 from biofed.data import Dataset
 from biofed.tasks._metrics import roc_auc
 from biofed.tasks._numpy import NumpyTask, check_linear_args, linear_init
@@ -41,10 +42,8 @@ class LogisticRegression:
 
     def __init__(self, num_features: int, *, l2: float = 0.0, init: str = "zeros") -> None:
         check_linear_args(num_features, init)
-        if not l2 >= 0:
-            raise ConfigurationError(f"l2 must be >= 0, got {l2}")
         self.num_features = num_features
-        self.l2 = float(l2)
+        self.l2 = check_float(l2, "l2", minimum=0)
         self.init = init
 
     def __repr__(self) -> str:

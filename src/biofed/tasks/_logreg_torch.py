@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Mapping
 
 import torch
 
-from biofed.data import Dataset
+from biofed.tasks._linear_torch import LinearTorchTask
 from biofed.tasks._logreg import LogisticRegression
-from biofed.tasks._numpy import check_linear_args
-from biofed.tasks._torch import TorchTask
 
 
 def bce_loss(outputs: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -20,15 +17,7 @@ def bce_loss(outputs: torch.Tensor, targets: Mapping[str, torch.Tensor]) -> torc
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
 
 
-def _linear(num_features: int, init: str) -> torch.nn.Linear:
-    layer = torch.nn.Linear(num_features, 1)
-    if init == "zeros":
-        torch.nn.init.zeros_(layer.weight)
-        torch.nn.init.zeros_(layer.bias)
-    return layer
-
-
-class LogisticRegressionTorchTask(TorchTask):
+class LogisticRegressionTorchTask(LinearTorchTask):
     """The built-in ``"logistic_regression_torch"`` task: logistic regression in torch.
 
     The model and metrics of :class:`~biofed.tasks.LogisticRegressionTask` (without its L2
@@ -57,20 +46,12 @@ class LogisticRegressionTorchTask(TorchTask):
     dp_record_coupling: str = "independent"
 
     def __init__(self, num_features: int, *, init: str = "zeros", device: str = "cpu") -> None:
-        check_linear_args(num_features, init)
-        self.num_features = num_features
-        self.init = init
-        self._metrics_model = LogisticRegression(num_features)
         super().__init__(
-            functools.partial(_linear, num_features, init),
-            bce_loss,
-            self._metrics,
+            num_features,
+            init=init,
+            device=device,
+            loss=bce_loss,
+            metrics_model=LogisticRegression(num_features),
             name="logistic_regression_torch",
             primary_metric="roc_auc",
-            device=device,
         )
-
-    def _metrics(self, module: torch.nn.Module, data: Dataset) -> dict[str, float]:
-        """``"accuracy"``, ``"roc_auc"`` and ``"log_loss"``, as the numpy task reports them."""
-        params = {k: v.detach().cpu().double().numpy() for k, v in module.state_dict().items()}
-        return self._metrics_model.metrics(params, data)

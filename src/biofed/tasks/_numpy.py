@@ -10,12 +10,12 @@ import numpy as np
 
 from biofed.core import (
     Array,
-    ConfigurationError,
     DataError,
     ParameterSet,
     ParameterSpec,
     TaskError,
 )
+from biofed.core.checks import check_choice, check_int
 from biofed.data import Dataset
 from biofed.tasks._api import EvalResult, LocalTrainingConfig, TrainContext, TrainResult
 from biofed.tasks._local import finish_local_training, plan_local_training
@@ -243,7 +243,5 @@ def linear_spec(num_features: int, init: str = "zeros") -> ParameterSpec:
 
 def check_linear_args(num_features: int, init: str) -> None:
     """Validate the arguments shared by the linear models."""
-    if isinstance(num_features, bool) or not isinstance(num_features, int) or num_features < 1:
-        raise ConfigurationError(f"num_features must be an int >= 1, got {num_features!r}")
-    if init not in _LINEAR_INITS:
-        raise ConfigurationError(f"init must be one of {_LINEAR_INITS}, got {init!r}")
+    check_int(num_features, "num_features", minimum=1)
+    check_choice(init, "init", _LINEAR_INITS)

@@ -6,9 +6,8 @@ The models themselves are in :mod:`biofed.tasks._survival_torch`; this module le
 
 from __future__ import annotations
 
-import math
-
-from biofed.core import ConfigurationError, ParameterSpec
+from biofed.core import ParameterSpec
+from biofed.core.checks import check_float, check_int
 from biofed.tasks._numpy import check_linear_args
 
 #: Default number of intervals and end of the last one (days: ten years of follow-up).
@@ -20,20 +19,8 @@ _MAX_INTERVALS = 1000
 def check_survival_args(num_features: int, num_intervals: int, max_time: float, init: str) -> None:
     """Validate the discrete-time survival models' arguments (one line per cause)."""
     check_linear_args(num_features, init)
-    if (
-        isinstance(num_intervals, bool)
-        or not isinstance(num_intervals, int)
-        or not 1 <= num_intervals <= _MAX_INTERVALS
-    ):
-        raise ConfigurationError(
-            f"num_intervals must be an int in [1, {_MAX_INTERVALS}], got {num_intervals!r}"
-        )
-    if (
-        isinstance(max_time, bool)
-        or not isinstance(max_time, int | float)
-        or not (math.isfinite(max_time) and max_time > 0)
-    ):
-        raise ConfigurationError(f"max_time must be a finite number > 0, got {max_time!r}")
+    check_int(num_intervals, "num_intervals", minimum=1, maximum=_MAX_INTERVALS)
+    check_float(max_time, "max_time", above=0)
 
 
 def survival_spec(

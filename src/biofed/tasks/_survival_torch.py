@@ -35,6 +35,7 @@ import torch
 
 from biofed.core import Array, DataError
 from biofed.data import Dataset
+from biofed.tasks._linear_torch import float64_parameters
 from biofed.tasks._metrics import concordance_index, integrated_brier_score
 from biofed.tasks._survival import DEFAULT_MAX_TIME, DEFAULT_NUM_INTERVALS, check_survival_args
 from biofed.tasks._torch import TorchTask
@@ -172,7 +173,7 @@ class _DiscreteSurvivalTorchTask(TorchTask):
 
     def _metrics(self, module: torch.nn.Module, data: Dataset) -> dict[str, float]:
         """``"c_index"`` (risk: ``x·w``) and ``"integrated_brier_score"`` (float64)."""
-        params = {k: v.detach().cpu().double().numpy() for k, v in module.state_dict().items()}
+        params = float64_parameters(module)
         try:
             time = np.asarray(data.targets["time"], dtype=np.float64)
             event = np.asarray(data.targets["event"], dtype=np.float64)

@@ -1,7 +1,7 @@
 """The tamper-evident audit log that every participant appends to (``audit.jsonl``).
 
-The entry format, its hashing and its signature are in :mod:`biofed.governance._audit_entry`;
-checking a log is :func:`~biofed.governance._audit_verify.verify_log`.
+The entry format, its hashing and its signature are in :mod:`biofed.governance._audit._entry`;
+checking a log is :func:`~biofed.governance._audit._verify.verify_log`.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from types import MappingProxyType
 from typing import Any
 
 from biofed.core import ConfigurationError, check_id
-from biofed.governance._audit_entry import (
+from biofed.governance._audit._entry import (
     GENESIS,
     MAX_LINE_BYTES,
     AuditEntry,
@@ -32,7 +32,7 @@ from biofed.governance._audit_entry import (
     entry_hash,
     parse_entry,
 )
-from biofed.governance._audit_signer import AuditSigner
+from biofed.governance._audit._signer import AuditSigner
 
 _CHUNK = 1 << 16
 
@@ -73,7 +73,7 @@ class AuditLog:
     place, nor rewrite the chain without the writer's key (hash chain as in RFC 6962's
     append-only logs, ECDSA signatures per FIPS 186-5). Dropping the newest entries is only
     detectable against a head recorded elsewhere: :meth:`head` travels with every message to
-    the other party, which records it in its own log (:mod:`~biofed.governance._audit_anchor`),
+    the other party, which records it in its own log (:mod:`~biofed.governance._audit._anchor`),
     and ``biofed audit verify LOG --against OTHER`` checks it. ``fcntl.flock`` serialises
     writers; each entry is written with one ``write`` and ``fsync``-ed before :meth:`append`
     returns (durable, POSIX).
@@ -120,7 +120,7 @@ class AuditLog:
         """The log's head, ``"<seq>:<hash>"`` of its newest entry (``""`` while empty).
 
         This is what the other party of an exchange records in its own log (see
-        :mod:`biofed.governance._audit_anchor`); it covers every entry up to ``seq``.
+        :mod:`biofed.governance._audit._anchor`); it covers every entry up to ``seq``.
 
         Raises
         ------

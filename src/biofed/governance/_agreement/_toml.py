@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import datetime as dt
 import math
-import re
 import sys
 from collections.abc import Iterable, Mapping
 
 from biofed.core import ConfigurationError
+from biofed.core.toml import toml_key, toml_string
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -27,29 +27,6 @@ HEADER = (
 )
 """The comment at the top of every agreement file."""
 
-_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
-
-
-def _string(value: str) -> str:
-    out = ['"']
-    for ch in value:
-        if ch in ('"', "\\"):
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
-def _key(key: str) -> str:
-    return key if _BARE_KEY.fullmatch(key) else _string(key)
-
 
 def _value(value: object) -> str:
     if isinstance(value, bool):
@@ -61,7 +38,7 @@ def _value(value: object) -> str:
             raise ConfigurationError(f"cannot write the non-finite number {value!r} to TOML")
         return repr(value)
     if isinstance(value, str):
-        return _string(value)
+        return toml_string(value)
     if isinstance(value, dt.datetime):
         if value.utcoffset() != dt.timedelta(0):
             raise ConfigurationError(f"datetimes in agreement files are UTC, got {value}")
@@ -80,10 +57,10 @@ def _is_table_array(value: object) -> bool:
 def _table(path: tuple[str, ...], data: Mapping[str, object], lines: list[str]) -> None:
     for key, value in data.items():
         if not isinstance(value, Mapping) and not _is_table_array(value):
-            lines.append(f"{_key(key)} = {_value(value)}")
+            lines.append(f"{toml_key(key)} = {_value(value)}")
     for key, value in data.items():
         sub = (*path, key)
-        name = ".".join(_key(part) for part in sub)
+        name = ".".join(toml_key(part) for part in sub)
         if isinstance(value, Mapping):
             if not value or not all(isinstance(v, Mapping) for v in value.values()):
                 lines += ["", f"[{name}]"]  # a table of tables needs no header of its own

@@ -43,8 +43,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from biofed.core import ConfigurationError
-from biofed.governance._audit_entry import AuditEntry
-from biofed.governance._audit_verify import AuditSource, VerifyReport, scan_log
+from biofed.governance._audit._entry import AuditEntry
+from biofed.governance._audit._verify import AuditSource, VerifyReport, scan_log
 from biofed.identity import identify_peer
 
 ANCHOR_EVENT = "audit.anchored"

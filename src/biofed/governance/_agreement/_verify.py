@@ -14,8 +14,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from biofed.core import PolicyViolation
-from biofed.governance._agreement_model import Party, StudyAgreement
-from biofed.governance._agreement_sign import Signature, SignedAgreement, _utc
+from biofed.governance._agreement._model import Party, StudyAgreement
+from biofed.governance._agreement._sign import Signature, SignedAgreement, _utc
 from biofed.identity import identify_peer
 
 

@@ -12,9 +12,9 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from biofed.core import ConfigurationError, PolicyViolation
-from biofed.governance._agreement_checks import check_hex64, no_extra, table
-from biofed.governance._agreement_model import StudyAgreement, _name
-from biofed.governance._agreement_toml import HEADER, dumps, loads
+from biofed.governance._agreement._checks import check_hex64, no_extra, table
+from biofed.governance._agreement._model import StudyAgreement, _name
+from biofed.governance._agreement._toml import HEADER, dumps, loads
 from biofed.identity import Kit
 
 _SIGNATURE_KEYS = ("fingerprint", "digest", "signed_at", "signature")

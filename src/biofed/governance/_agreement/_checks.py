@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
-import math
 import re
 from collections.abc import Mapping
 
 from biofed.core import ConfigurationError, check_id
 
 _HEX64 = re.compile(r"[0-9a-fA-F]{64}")
-MAX_TITLE = 200
-MAX_TEXT = 20_000
 
 
 def check_hex64(value: object, what: str) -> str:
@@ -19,27 +16,6 @@ def check_hex64(value: object, what: str) -> str:
     if not isinstance(value, str) or not _HEX64.fullmatch(value):
         raise ConfigurationError(f"{what} must be 64 hex digits (a SHA-256), got {value!r}")
     return value.lower()
-
-
-def check_text(value: object, what: str, *, single_line: bool = False) -> str:
-    """Return ``value`` if it is non-empty printable text (newlines allowed unless single_line)."""
-    limit = MAX_TITLE if single_line else MAX_TEXT
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigurationError(f"{what} must be non-empty text, got {value!r}")
-    if len(value) > limit:
-        raise ConfigurationError(f"{what} must be at most {limit} characters, got {len(value)}")
-    allowed = "" if single_line else "\n\t"
-    if any(not ch.isprintable() and ch not in allowed for ch in value):
-        kind = "a single line of printable text" if single_line else "printable text"
-        raise ConfigurationError(f"{what} must be {kind}, got {value!r}")
-    return value
-
-
-def check_flag(value: object, what: str) -> bool:
-    """Return ``value`` if it is a bool (not 0/1 or a string), else raise."""
-    if not isinstance(value, bool):
-        raise ConfigurationError(f"{what} must be true or false, got {value!r}")
-    return value
 
 
 def check_date(value: object, what: str) -> dt.date:
@@ -52,17 +28,6 @@ def check_date(value: object, what: str) -> dt.date:
     if not isinstance(value, dt.date) or isinstance(value, dt.datetime):
         raise ConfigurationError(f"{what} must be a date YYYY-MM-DD (UTC), got {value!r}")
     return value
-
-
-def check_positive(value: object, what: str, *, below_one: bool = False) -> float:
-    """A finite float > 0 (and < 1 if ``below_one``); ints are accepted and converted."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigurationError(f"{what} must be a number, got {value!r}")
-    number = float(value)
-    if not math.isfinite(number) or number <= 0 or (below_one and number >= 1):
-        bound = "in (0, 1)" if below_one else "> 0 and finite"
-        raise ConfigurationError(f"{what} must be {bound}, got {value!r}")
-    return number
 
 
 def check_names(values: object, what: str, *, hex_digests: bool = False) -> tuple[str, ...]:

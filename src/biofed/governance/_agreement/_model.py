@@ -10,15 +10,17 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from biofed.core import ConfigurationError, check_id
-from biofed.governance._agreement_checks import (
+from biofed.core.checks import check_flag, check_float, check_int, check_text
+from biofed.governance._agreement._checks import (
     check_date,
-    check_flag,
     check_hex64,
     check_names,
-    check_positive,
-    check_text,
 )
-from biofed.governance._agreement_toml import HEADER, dumps, loads
+from biofed.governance._agreement._toml import HEADER, dumps, loads
+
+#: Longest single-line field (title, consortium) and longest free text, in characters.
+MAX_TITLE = 200
+MAX_TEXT = 20_000
 
 FORMAT = "biofed-agreement/1"
 PARTY_ROLES = ("admin", "researcher", "site")
@@ -44,7 +46,8 @@ def _frozen_map(values: object, what: str, check: type[str] | type[float]) -> Ma
         if check is str:
             out[site] = check_id(value, what=f"{what}[{site!r}]")
         else:
-            out[site] = check_positive(value, f"{what}[{site!r}]", below_one=what.endswith("delta"))
+            below = 1 if what.endswith("delta") else None
+            out[site] = check_float(value, f"{what}[{site!r}]", above=0, below=below)
     return MappingProxyType(out)
 
 
@@ -172,10 +175,10 @@ class StudyAgreement:
 
     def __post_init__(self) -> None:
         check_id(self.agreement_id, what="agreement_id")
-        check_text(self.title, "title", single_line=True)
-        check_text(self.purpose, "purpose")
-        check_text(self.legal_basis, "legal_basis")
-        check_text(self.consortium, "consortium", single_line=True)
+        check_text(self.title, "title", max_length=MAX_TITLE, single_line=True)
+        check_text(self.purpose, "purpose", max_length=MAX_TEXT)
+        check_text(self.legal_basis, "legal_basis", max_length=MAX_TEXT)
+        check_text(self.consortium, "consortium", max_length=MAX_TITLE, single_line=True)
         if not isinstance(self.coordinator, Party) or self.coordinator.role != "coordinator":
             raise ConfigurationError("coordinator must be a Party with role 'coordinator'")
         if not isinstance(self.parties, (tuple, list)) or not all(
@@ -217,10 +220,7 @@ class StudyAgreement:
                         f"privacy.{what} must give a value for every site and only sites "
                         f"({', '.join(sorted(sites))}); got {', '.join(sorted(keys)) or 'none'}"
                     )
-        if isinstance(self.min_cohort, bool) or not isinstance(self.min_cohort, int):
-            raise ConfigurationError(f"min_cohort must be an integer, got {self.min_cohort!r}")
-        if self.min_cohort < 1:
-            raise ConfigurationError(f"min_cohort must be ≥ 1, got {self.min_cohort}")
+        check_int(self.min_cohort, "min_cohort", minimum=1)
         bundles = check_names(self.approved_bundles, "approved_bundles", hex_digests=True)
         object.__setattr__(self, "parties", parties)
         object.__setattr__(self, "datasets", datasets)
@@ -307,6 +307,6 @@ class StudyAgreement:
     @classmethod
     def from_data(cls, data: Mapping[str, object], where: str = "agreement") -> StudyAgreement:
         """Build from plain data (:meth:`to_data`'s shape); unknown keys are refused."""
-        from biofed.governance._agreement_parse import agreement_from_data
+        from biofed.governance._agreement._parse import agreement_from_data
 
         return agreement_from_data(data, where)

@@ -13,7 +13,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from biofed.core import ConfigurationError, PolicyViolation
-from biofed.governance._audit_entry import (
+from biofed.governance._audit._entry import (
     GENESIS,
     MAX_LINE_BYTES,
     SIGNATURE,

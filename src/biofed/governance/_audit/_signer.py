@@ -7,7 +7,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from biofed.core import ConfigurationError, check_id
-from biofed.governance._audit_entry import SIGNATURE, AuditEntry, BadEntry, decode_signature
+from biofed.governance._audit._entry import SIGNATURE, AuditEntry, BadEntry, decode_signature
 from biofed.identity import Kit
 
 

@@ -35,9 +35,9 @@ from dataclasses import dataclass
 from typing import Any, TypeGuard
 
 from biofed.core import MessageKind, PolicyViolation, Reply, encode_parameters
-from biofed.governance._audit_anchor import check_against
-from biofed.governance._audit_entry import AuditEntry, AuditLogError
-from biofed.governance._audit_verify import AuditSource, scan_log
+from biofed.governance._audit._anchor import check_against
+from biofed.governance._audit._entry import AuditEntry, AuditLogError
+from biofed.governance._audit._verify import AuditSource, scan_log
 
 SENT_EVENT = "round.sent"
 """Event a node logs for each payload it sends (schema in this module's docstring)."""

@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from biofed.core import ConfigurationError
-from biofed.governance._agreement_checks import check_date, no_extra, require, table
-from biofed.governance._agreement_model import (
+from biofed.core.checks import check_int
+from biofed.governance._agreement._checks import check_date, no_extra, require, table
+from biofed.governance._agreement._model import (
     FORMAT,
     OutputPolicy,
     Party,
@@ -107,9 +108,7 @@ def agreement_from_data(data: Mapping[str, object], where: str = "agreement") ->
     no_extra(outputs, _OUTPUT_KEYS, f"{where} [outputs]")
     privacy = table(data, "privacy", where)
     no_extra(privacy, _PRIVACY_KEYS, f"{where} [privacy]")
-    min_cohort = data.get("min_cohort", 10)
-    if isinstance(min_cohort, bool) or not isinstance(min_cohort, int):
-        raise ConfigurationError(f"{where}: min_cohort must be an integer, got {min_cohort!r}")
+    min_cohort = check_int(data.get("min_cohort", 10), f"{where}: min_cohort")
     datasets = _map(data, "datasets", where, str)
     return StudyAgreement(
         agreement_id=_str(data, "agreement_id", where),
