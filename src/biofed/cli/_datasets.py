@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from biofed.cli._common import clean_errors, fail, kit_audit
-from biofed.governance import DatasetRegistry, RegisteredDataset
+
+if TYPE_CHECKING:
+    from biofed.governance import DatasetRegistry, RegisteredDataset
 
 app = typer.Typer(help="Register the datasets this site offers.", no_args_is_help=True)
 out = Console()
@@ -20,6 +22,8 @@ NodeDir = Annotated[Path, typer.Option("--node-dir", help="The node's folder (it
 
 
 def _registry(node_dir: Path) -> DatasetRegistry:
+    from biofed.governance import DatasetRegistry
+
     with clean_errors():
         audit = kit_audit(node_dir)  # the node's own signed log, when node_dir is its kit
     return DatasetRegistry(node_dir / "datasets.json", audit=audit)

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from biofed.core import BiofedError, ConfigurationError
-from biofed.identity import Consortium, IssuedCertificate, Kit, load_kit
+if TYPE_CHECKING:
+    from biofed.identity import IssuedCertificate, Kit
 
 app = typer.Typer(
     name="provision",
@@ -35,6 +35,8 @@ Replace = Annotated[
 @contextmanager
 def _errors() -> Iterator[Console]:
     """Turn biofed and file-system errors into one red line and exit code 2."""
+    from biofed.core import BiofedError
+
     err = Console(stderr=True, soft_wrap=True)
     try:
         yield err
@@ -44,6 +46,8 @@ def _errors() -> Iterator[Console]:
 
 
 def _names(text: str | None, option: str) -> list[str]:
+    from biofed.core import ConfigurationError
+
     names = [part.strip() for part in (text or "").split(",") if part.strip()]
     if text is not None and not names:
         raise ConfigurationError(f"{option} needs comma-separated names, got {text!r}")
@@ -77,6 +81,8 @@ def init_command(
     valid_days: ValidDays = 365,
 ) -> None:
     """Create the CA and kits for the coordinator, every site, researcher and the admin."""
+    from biofed.identity import Consortium, load_kit
+
     with _errors() as err:
         fed = Consortium.create(
             out,
@@ -101,6 +107,8 @@ def init_command(
 
 
 def _add(out: Path, name: str, role: str, valid_days: int, replace: bool) -> None:
+    from biofed.identity import Consortium
+
     with _errors() as err:
         fed = Consortium.load(out)
         kit = fed.add(name, role, valid_days=valid_days, replace=replace)
@@ -152,6 +160,8 @@ def revoke_command(
     out: OutOption,
 ) -> None:
     """Revoke a participant's certificates and re-sign the CRL."""
+    from biofed.identity import Consortium
+
     with _errors() as err:
         fed = Consortium.load(out)
         serials = fed.revoke(name)
@@ -186,6 +196,9 @@ def list_command(
     format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
     """List every certificate the consortium CA issued."""
+    from biofed.core import ConfigurationError
+    from biofed.identity import Consortium
+
     with _errors():
         if format not in ("table", "json"):
             raise ConfigurationError(f"--format must be table or json, got {format!r}")

@@ -4,24 +4,24 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
 from rich.console import Console
 
+from biofed.cli._names import STRATEGY_NAMES
 from biofed.cli._render import RoundProgress, report_table
-from biofed.core import BiofedError, ConfigurationError, Scalar
-from biofed.data import FederatedDataset, SiteData, load_table, train_test_split
-from biofed.datasets import load_tcga_brca
-from biofed.simulation import recommended_settings, simulate
-from biofed.strategies import STRATEGIES, make_strategy
-from biofed.tasks import Task, make_task
 
-_BUNDLED = {"tcga-brca": load_tcga_brca}
+if TYPE_CHECKING:
+    from biofed.data import FederatedDataset
+    from biofed.tasks import Task
+
+# The SDK is imported where it is used, so that `biofed --help` stays fast.
 
 
 def _parse_targets(items: list[str]) -> dict[str, str]:
+    from biofed.core import ConfigurationError
+
     targets: dict[str, str] = {}
     for item in items:
         key, sep, column = item.partition("=")
@@ -37,6 +37,11 @@ def _parse_targets(items: list[str]) -> dict[str, str]:
 def _user_dataset(
     path: Path, site_column: str | None, targets: dict[str, str], test_fraction: float, seed: int
 ) -> FederatedDataset:
+    import numpy as np
+
+    from biofed.core import ConfigurationError
+    from biofed.data import FederatedDataset, SiteData, load_table, train_test_split
+
     if site_column is None:
         raise ConfigurationError(
             "--data needs --site-column COL: the column naming each row's site"
@@ -53,6 +58,9 @@ def _user_dataset(
 
 
 def _task_for(name: str | None, fed: FederatedDataset) -> Task:
+    from biofed.core import ConfigurationError
+    from biofed.tasks import make_task
+
     first = next(iter(fed.sites.values())).train
     if name is None:
         if {"event", "time"} <= set(first.targets):
@@ -89,7 +97,7 @@ def simulate_command(
         float, typer.Option(help="With --data: share of each site held out for testing.")
     ] = 0.2,
     strategy: Annotated[
-        str, typer.Option(help=f"One of: {', '.join(sorted(STRATEGIES))}.")
+        str, typer.Option(help=f"One of: {', '.join(STRATEGY_NAMES)}.")
     ] = "fedadam",
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 5,
     local_steps: Annotated[
@@ -111,6 +119,12 @@ def simulate_command(
     format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
     """Federate a task over virtual sites and compare with local-only and pooled training."""
+    from biofed.core import BiofedError, ConfigurationError, Scalar
+    from biofed.datasets import load_tcga_brca
+    from biofed.simulation import recommended_settings, simulate
+    from biofed.strategies import make_strategy
+
+    bundled = {"tcga-brca": load_tcga_brca}
     out = Console()
     err = Console(stderr=True)
     try:
@@ -120,11 +134,11 @@ def simulate_command(
             fed = _user_dataset(
                 data, site_column, _parse_targets(target or []), test_fraction, seed
             )
-        elif dataset in _BUNDLED:
-            fed = _BUNDLED[dataset]()
+        elif dataset in bundled:
+            fed = bundled[dataset]()
         else:
             raise ConfigurationError(
-                f"unknown dataset {dataset!r}; bundled: {sorted(_BUNDLED)} (or use --data PATH)"
+                f"unknown dataset {dataset!r}; bundled: {sorted(bundled)} (or use --data PATH)"
             )
         the_task = _task_for(task, fed)
         settings = recommended_settings(fed.name, strategy)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,8 +13,9 @@ from rich.table import Table
 
 from biofed.cli._common import call
 from biofed.cli._run import CoordinatorOpt, FormatOpt, KitOpt, control_client
-from biofed.core import ConfigurationError, TransportError
-from biofed.transport.grpc import ControlClient, NodeSummary
+
+if TYPE_CHECKING:
+    from biofed.transport.grpc import ControlClient, NodeSummary
 
 out = Console()
 
@@ -43,6 +44,8 @@ def _as_dict(node: NodeSummary) -> dict[str, Any]:
 
 def _wait(client: ControlClient, count: int, timeout: float) -> list[NodeSummary]:
     """Poll until ``count`` sites are online (bounded by ``timeout`` seconds)."""
+    from biofed.core import ConfigurationError, TransportError
+
     deadline = time.monotonic() + timeout
     while True:
         try:
