@@ -1,7 +1,5 @@
 """``biofed agreement``: draft, sign, verify and show a study agreement file."""
 
-from __future__ import annotations
-
 import json
 import re
 import sys
@@ -104,7 +102,7 @@ def _numbers(values: Multi, sites: list[str], option: str) -> dict[str, float]:
     return out
 
 
-def _party(folder: Path, name: str, role: str, ca_pem: bytes) -> tuple[Party, str]:
+def _party(folder: Path, name: str, role: str, ca_pem: bytes) -> "tuple[Party, str]":
     """The party in kit folder ``folder/name`` (kit.toml and cert.pem), and its consortium."""
     from biofed.core import ConfigurationError, PolicyViolation
     from biofed.governance import Party
@@ -307,7 +305,7 @@ def verify_command(
         raise typer.Exit(code=1)
 
 
-def _show_data(signed: SignedAgreement) -> dict[str, object]:
+def _show_data(signed: "SignedAgreement") -> dict[str, object]:
     data = signed.agreement.to_data()
     data["expires"] = signed.agreement.expires.isoformat()
     data["digest"] = signed.agreement.digest()

@@ -4,8 +4,6 @@ Exit codes: 0 the log(s) check out, 1 a log is bad, a certificate is refused or 
 disagree, 2 a usage or configuration error (a file that cannot be read).
 """
 
-from __future__ import annotations
-
 import dataclasses
 import json
 from pathlib import Path
@@ -132,7 +130,7 @@ def reconcile_command(
         raise typer.Exit(code=1)
 
 
-def _render(report: ReconcileReport) -> None:
+def _render(report: "ReconcileReport") -> None:
     out = Console(soft_wrap=True)
     table = Table(title=f"coordinator {report.coordinator}", box=box.SIMPLE_HEAD)
     for column in ("status", "run", "round", "node", "kind", "sent", "received"):

@@ -2,8 +2,6 @@
 ledger (``NODE/privacy.db``), per dataset and per job. Caps only go down unless raised
 explicitly with ``--raise`` (see :class:`~biofed.governance.PrivacyLedger`)."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -27,7 +25,7 @@ def _num(value: float | None) -> str:
     return "—" if value is None else f"{value:.6g}"
 
 
-def _render(statuses: list[BudgetStatus]) -> None:
+def _render(statuses: "list[BudgetStatus]") -> None:
     if not statuses:
         out.print("no privacy budgets are set at this node (biofed node budget-cap DATASET …)")
         return

@@ -1,7 +1,5 @@
 """``biofed node dataset …``: the site operator's dataset registry."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -21,7 +19,7 @@ out = Console()
 NodeDir = Annotated[Path, typer.Option("--node-dir", help="The node's folder (its kit).")]
 
 
-def _registry(node_dir: Path) -> DatasetRegistry:
+def _registry(node_dir: Path) -> "DatasetRegistry":
     from biofed.governance import DatasetRegistry
 
     with clean_errors():
@@ -99,7 +97,7 @@ def list_(node_dir: NodeDir, format: Annotated[str, typer.Option("--format")] = 
     out.print(table)
 
 
-def _show(entry: RegisteredDataset) -> None:
+def _show(entry: "RegisteredDataset") -> None:
     out.print(f"[bold]{entry.name}[/] — {entry.description or 'no description'}")
     out.print(f"path: {entry.path} ({entry.format}, {entry.size} bytes)")
     out.print(

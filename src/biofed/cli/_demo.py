@@ -6,8 +6,6 @@ signed study agreement: the
 researcher's task runs as a bundle every site approved, every node enforces the agreement
 itself, and the sites' audit logs are verified at the end (:mod:`._demo_governance`)."""
 
-from __future__ import annotations
-
 import json
 import math
 import re
@@ -72,7 +70,7 @@ DP_STRATEGY: dict[str, dict[str, Any]] = {"fedadam": {"server_learning_rate": 1.
 SURVIVAL = {"num_intervals": 10, "max_time": 3650.0}
 
 
-def _job(rounds: int, strategy: str, governance: Governance) -> JobSpec:
+def _job(rounds: int, strategy: str, governance: "Governance") -> "JobSpec":
     from biofed.cli._demo_governance import DATASET
     from biofed.coordinator import JobSpec
 
@@ -153,7 +151,7 @@ class _Processes:
         return codes
 
 
-def _wait_for_nodes(client: ControlClient, procs: _Processes, console: Console) -> None:
+def _wait_for_nodes(client: "ControlClient", procs: _Processes, console: Console) -> None:
     from biofed.core import TransportError
 
     deadline = time.monotonic() + 90
@@ -175,7 +173,7 @@ def _metric(message: str, name: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def _follow(client: ControlClient, run_id: str, rounds: int, console: Console) -> dict[str, Any]:
+def _follow(client: "ControlClient", run_id: str, rounds: int, console: Console) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
@@ -247,10 +245,10 @@ def _table(result: dict[str, Any]) -> Table:
 
 def _run(
     root: Path,
-    consortium: Consortium,
+    consortium: "Consortium",
     procs: _Processes,
     address: str,
-    governance: Governance,
+    governance: "Governance",
     rounds: int,
     strategy: str,
 ) -> dict[str, Any]:

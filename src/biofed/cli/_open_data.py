@@ -6,8 +6,6 @@ columns and a ``split`` column, so a walk-through or a test gives each node only
 region of the data, as a real site holds only its own records.
 """
 
-from __future__ import annotations
-
 import json
 import tempfile
 from pathlib import Path
@@ -28,14 +26,14 @@ app = typer.Typer(help="The public datasets bundled with biofed.", no_args_is_he
 out = Console()
 
 
-def _bundled() -> dict[str, Callable[[], FederatedDataset]]:
+def _bundled() -> "dict[str, Callable[[], FederatedDataset]]":
     """Bundled dataset name → loader."""
     from biofed.datasets import load_tcga_brca
 
     return {"tcga-brca": load_tcga_brca}
 
 
-def _load(name: str) -> FederatedDataset:
+def _load(name: str) -> "FederatedDataset":
     from biofed.core import ConfigurationError
 
     bundled = _bundled()

@@ -3,8 +3,6 @@
 Exit codes: 0 done, 2 an invalid option (with what to change).
 """
 
-from __future__ import annotations
-
 import json
 import logging
 import math

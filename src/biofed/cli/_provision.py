@@ -1,7 +1,5 @@
 """``biofed provision``: the consortium CA and one certificate kit per participant."""
 
-from __future__ import annotations
-
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -54,7 +52,7 @@ def _names(text: str | None, option: str) -> list[str]:
     return names
 
 
-def _kits_table(title: str, kits: list[Kit]) -> Table:
+def _kits_table(title: str, kits: "list[Kit]") -> Table:
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("kit folder", "role", "name", "fingerprint"):
         table.add_column(column, no_wrap=True)
@@ -180,7 +178,7 @@ def revoke_command(
         )
 
 
-def _row(cert: IssuedCertificate) -> tuple[str, str, str, str, str]:
+def _row(cert: "IssuedCertificate") -> tuple[str, str, str, str, str]:
     return (
         cert.name,
         cert.role,

@@ -5,8 +5,6 @@ HOST:PORT`` names another address; the coordinator's certificate is then still c
 against the consortium CA and the host name the kit records.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import json
 import sys
@@ -54,7 +52,7 @@ def _check_address(address: str) -> str:
     return address.strip()
 
 
-def control_client(kit: Path | None, coordinator: str | None = None) -> ControlClient:
+def control_client(kit: Path | None, coordinator: str | None = None) -> "ControlClient":
     """A ControlService client with the kit in ``--kit`` (or ``BIOFED_KIT``), dialling
     ``coordinator`` if given (TLS still expects the host name of the kit's coordinator)."""
     from biofed.coordinator import tls_of
@@ -68,7 +66,7 @@ def control_client(kit: Path | None, coordinator: str | None = None) -> ControlC
     return ControlClient(target, tls_of(loaded), server_name=_host(loaded.coordinator))
 
 
-def _as_dict(run: RunSummary) -> dict[str, object]:
+def _as_dict(run: "RunSummary") -> dict[str, object]:
     return {
         "run_id": run.run_id,
         "status": run.status,
@@ -138,8 +136,8 @@ def submit(
 
 
 def _with_agreement(
-    spec: JobSpec, file: Path, certificates: Path
-) -> tuple[JobSpec, bytes, dict[str, bytes]]:
+    spec: "JobSpec", file: Path, certificates: Path
+) -> "tuple[JobSpec, bytes, dict[str, bytes]]":
     """The job under the agreement in ``file``, the file's bytes and its signers'
     certificates found in ``certificates`` (public material: the coordinator checks each
     against the consortium CA and the fingerprint the agreement lists)."""
@@ -175,7 +173,7 @@ def _read_bytes(path: Path) -> bytes:
         raise ConfigurationError(f"cannot read {path}: {exc}") from exc
 
 
-def _follow(client: ControlClient, run_id: str) -> None:
+def _follow(client: "ControlClient", run_id: str) -> None:
     for event in client.watch_run(run_id, follow=True):
         _print_event(event.seq, event.round, event.kind, event.node_id, event.message)
 

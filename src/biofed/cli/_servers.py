@@ -1,7 +1,5 @@
 """``biofed coordinator start`` and ``biofed node start``: the long-running processes."""
 
-from __future__ import annotations
-
 import threading
 from pathlib import Path
 from typing import Annotated

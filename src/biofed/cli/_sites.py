@@ -1,7 +1,5 @@
 """``biofed sites``: the sites the coordinator knows, when each was last seen, what it offers."""
 
-from __future__ import annotations
-
 import datetime as dt
 import json
 import time
@@ -20,7 +18,7 @@ if TYPE_CHECKING:
 out = Console()
 
 
-def _datasets(node: NodeSummary) -> dict[str, int]:
+def _datasets(node: "NodeSummary") -> dict[str, int]:
     """Dataset name → examples, from the node's registry properties."""
     try:
         properties = json.loads(node.properties_json or "{}")
@@ -33,7 +31,7 @@ def _datasets(node: NodeSummary) -> dict[str, int]:
     return dict(sorted(found.items()))
 
 
-def _as_dict(node: NodeSummary) -> dict[str, Any]:
+def _as_dict(node: "NodeSummary") -> dict[str, Any]:
     return {
         "site": node.node_id,
         "status": node.status,
@@ -42,7 +40,7 @@ def _as_dict(node: NodeSummary) -> dict[str, Any]:
     }
 
 
-def _wait(client: ControlClient, count: int, timeout: float) -> list[NodeSummary]:
+def _wait(client: "ControlClient", count: int, timeout: float) -> "list[NodeSummary]":
     """Poll until ``count`` sites are online (bounded by ``timeout`` seconds)."""
     from biofed.core import ConfigurationError, TransportError
 

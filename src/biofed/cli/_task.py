@@ -1,8 +1,6 @@
 """``biofed task …`` (pack and show task bundles) and the node operator's bundle review,
 approval and revocation commands (``biofed node review / approve / revoke / approvals``)."""
 
-from __future__ import annotations
-
 import getpass
 import json
 from pathlib import Path
@@ -88,7 +86,7 @@ KitOpt = Annotated[
 ]
 
 
-def _store(store: Path, kit: Path | None) -> ApprovalStore:
+def _store(store: Path, kit: Path | None) -> "ApprovalStore":
     """The approvals file with the site's audit log: the log is what the node believes."""
     from biofed.core import ConfigurationError
     from biofed.governance import LOG_FILE, ApprovalStore, AuditLog, AuditSigner
