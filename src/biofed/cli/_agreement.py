@@ -1,7 +1,5 @@
 """``biofed agreement``: draft, sign, verify and show a study agreement file."""
 
-from __future__ import annotations
-
 import json
 import re
 import sys
@@ -9,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -18,19 +16,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from biofed.cli._common import kit_audit
-from biofed.core import BiofedError, ConfigurationError, PolicyViolation
-from biofed.governance import (
-    OutputPolicy,
-    Party,
-    PrivacyRequirements,
-    SignedAgreement,
-    StudyAgreement,
-    read_agreement,
-    sign,
-    verify,
-    write_agreement,
-)
-from biofed.identity import identify_peer, load_kit
+
+if TYPE_CHECKING:
+    from biofed.governance import Party, SignedAgreement
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -61,6 +49,8 @@ Multi = list[str] | None
 @contextmanager
 def _errors() -> Iterator[None]:
     """Turn biofed and file-system errors into one red line and exit code 2."""
+    from biofed.core import BiofedError
+
     try:
         yield
     except (BiofedError, OSError) as exc:
@@ -69,6 +59,8 @@ def _errors() -> Iterator[None]:
 
 
 def _names(text: str | None, option: str) -> list[str]:
+    from biofed.core import ConfigurationError
+
     names = [part.strip() for part in (text or "").split(",") if part.strip()]
     if text is not None and not names:
         raise ConfigurationError(f"{option} needs comma-separated names, got {text!r}")
@@ -77,6 +69,8 @@ def _names(text: str | None, option: str) -> list[str]:
 
 def _per_site(values: Multi, sites: list[str], option: str) -> dict[str, str]:
     """``VALUE`` for every site and/or ``SITE=VALUE`` for one; the latter wins."""
+    from biofed.core import ConfigurationError
+
     default: str | None = None
     out: dict[str, str] = {}
     for value in values or []:
@@ -95,6 +89,8 @@ def _per_site(values: Multi, sites: list[str], option: str) -> dict[str, str]:
 
 
 def _numbers(values: Multi, sites: list[str], option: str) -> dict[str, float]:
+    from biofed.core import ConfigurationError
+
     out: dict[str, float] = {}
     for site, text in _per_site(values, sites, option).items():
         try:
@@ -106,8 +102,12 @@ def _numbers(values: Multi, sites: list[str], option: str) -> dict[str, float]:
     return out
 
 
-def _party(folder: Path, name: str, role: str, ca_pem: bytes) -> tuple[Party, str]:
+def _party(folder: Path, name: str, role: str, ca_pem: bytes) -> "tuple[Party, str]":
     """The party in kit folder ``folder/name`` (kit.toml and cert.pem), and its consortium."""
+    from biofed.core import ConfigurationError, PolicyViolation
+    from biofed.governance import Party
+    from biofed.identity import identify_peer
+
     kit_dir = folder / name
     try:
         config = tomllib.loads((kit_dir / "kit.toml").read_text(encoding="utf-8"))
@@ -133,6 +133,8 @@ def _party(folder: Path, name: str, role: str, ca_pem: bytes) -> tuple[Party, st
 
 
 def _slug(title: str) -> str:
+    from biofed.core import ConfigurationError
+
     slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")[:64].strip("-")
     if not slug:
         raise ConfigurationError(f"cannot make an id from title {title!r}: pass --id")
@@ -176,6 +178,15 @@ def draft_command(
     force: Annotated[bool, typer.Option(help="Overwrite an existing --out file.")] = False,
 ) -> None:
     """Draft an unsigned agreement from the kits in the consortium folder."""
+    from biofed.core import ConfigurationError
+    from biofed.governance import (
+        OutputPolicy,
+        PrivacyRequirements,
+        SignedAgreement,
+        StudyAgreement,
+        write_agreement,
+    )
+
     with _errors():
         site_names = _names(sites, "--sites")
         ca_pem = (consortium_dir / "ca" / "ca.pem").read_bytes()
@@ -227,6 +238,9 @@ def sign_command(
     kit: Annotated[Path, typer.Option("--kit", help="Your participant kit folder.")],
 ) -> None:
     """Sign the agreement with your kit's key (the file is replaced atomically)."""
+    from biofed.governance import read_agreement, sign, write_agreement
+    from biofed.identity import load_kit
+
     with _errors():
         signed = sign(read_agreement(file), load_kit(kit))
         write_agreement(file, signed)
@@ -249,6 +263,8 @@ def verify_command(
     output: FormatOption = Format.text,
 ) -> None:
     """Check every signature and the expiry; exit 0 if in force, 1 if not."""
+    from biofed.governance import read_agreement, verify
+
     with _errors():
         signed = read_agreement(file)
         ca_dir = consortium_dir / "ca"
@@ -289,7 +305,7 @@ def verify_command(
         raise typer.Exit(code=1)
 
 
-def _show_data(signed: SignedAgreement) -> dict[str, object]:
+def _show_data(signed: "SignedAgreement") -> dict[str, object]:
     data = signed.agreement.to_data()
     data["expires"] = signed.agreement.expires.isoformat()
     data["digest"] = signed.agreement.digest()
@@ -310,6 +326,8 @@ def show_command(
     output: FormatOption = Format.text,
 ) -> None:
     """Print a readable summary (signatures are listed, not verified: use verify)."""
+    from biofed.governance import read_agreement
+
     with _errors():
         signed = read_agreement(file)
     if output is Format.json:

@@ -4,12 +4,10 @@ Exit codes: 0 the log(s) check out, 1 a log is bad, a certificate is refused or 
 disagree, 2 a usage or configuration error (a file that cannot be read).
 """
 
-from __future__ import annotations
-
 import dataclasses
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -18,17 +16,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from biofed.cli._common import clean_errors, err
-from biofed.core import PolicyViolation
-from biofed.governance import (
-    AnchorReport,
-    AuditLogError,
-    AuditSource,
-    ReconcileReport,
-    check_against,
-    check_expected_head,
-    reconcile,
-    verify_log,
-)
+
+if TYPE_CHECKING:
+    from biofed.governance import AnchorReport, ReconcileReport
 
 app = typer.Typer(
     name="audit",
@@ -76,6 +66,9 @@ def verify_command(
     With --against or --expect-head, also report a LOG that ends before (or differs at) a
     head the other party recorded: a truncated or rewritten log.
     """
+    from biofed.core import PolicyViolation
+    from biofed.governance import AuditSource, check_against, check_expected_head, verify_log
+
     checks: list[AnchorReport] = []
     with clean_errors():
         source = AuditSource.beside(log, cert=cert, ca=ca)
@@ -118,6 +111,9 @@ def reconcile_command(
     output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
     """Match what each node says it sent with what the coordinator says it received."""
+    from biofed.core import PolicyViolation
+    from biofed.governance import AuditLogError, AuditSource, reconcile
+
     if output not in ("table", "json"):
         raise typer.BadParameter(f"--format must be table or json, got {output!r}")
     with clean_errors():
@@ -134,7 +130,7 @@ def reconcile_command(
         raise typer.Exit(code=1)
 
 
-def _render(report: ReconcileReport) -> None:
+def _render(report: "ReconcileReport") -> None:
     out = Console(soft_wrap=True)
     table = Table(title=f"coordinator {report.coordinator}", box=box.SIMPLE_HEAD)
     for column in ("status", "run", "round", "node", "kind", "sent", "received"):

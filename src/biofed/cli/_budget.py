@@ -2,11 +2,9 @@
 ledger (``NODE/privacy.db``), per dataset and per job. Caps only go down unless raised
 explicitly with ``--raise`` (see :class:`~biofed.governance.PrivacyLedger`)."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -14,7 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from biofed.cli._common import clean_errors, fail, kit_audit
-from biofed.governance import LEDGER_FILE, BudgetStatus, PrivacyLedger
+
+if TYPE_CHECKING:
+    from biofed.governance import BudgetStatus
 
 out = Console()
 
@@ -25,7 +25,7 @@ def _num(value: float | None) -> str:
     return "—" if value is None else f"{value:.6g}"
 
 
-def _render(statuses: list[BudgetStatus]) -> None:
+def _render(statuses: "list[BudgetStatus]") -> None:
     if not statuses:
         out.print("no privacy budgets are set at this node (biofed node budget-cap DATASET …)")
         return
@@ -75,6 +75,8 @@ def budget_command(
     format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
     """Privacy budget per dataset: cap, spent (ε, δ) across jobs, remaining, and per job."""
+    from biofed.governance import LEDGER_FILE, PrivacyLedger
+
     if format not in ("table", "json"):
         raise fail(ValueError(f"--format must be table or json, got {format!r}"))
     ledger = PrivacyLedger(node_dir / LEDGER_FILE)  # reading: nothing to audit
@@ -117,6 +119,8 @@ def budget_cap_command(
     it, so a cap lowered here survives a restart. Every change is in the site's audit log
     (budget.cap_set, budget.cap_lowered, budget.cap_raised).
     """
+    from biofed.governance import LEDGER_FILE, PrivacyLedger
+
     with clean_errors():
         audit = kit_audit(node_dir)  # the node's own signed log, when node_dir is its kit
         ledger = PrivacyLedger(node_dir / LEDGER_FILE, audit=audit)

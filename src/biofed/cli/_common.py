@@ -14,8 +14,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from biofed.core import BiofedError
-
 err = Console(stderr=True)
 T = TypeVar("T")
 
@@ -29,6 +27,8 @@ def fail(exc: BaseException, code: int = 2) -> typer.Exit:
 @contextmanager
 def clean_errors() -> Iterator[None]:
     """Turn biofed and file-system errors into a red line and exit code 2 (no traceback)."""
+    from biofed.core import BiofedError
+
     try:
         yield
     except (BiofedError, OSError) as exc:

@@ -1,17 +1,17 @@
 """``biofed node dataset …``: the site operator's dataset registry."""
 
-from __future__ import annotations
-
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from biofed.cli._common import clean_errors, fail, kit_audit
-from biofed.governance import DatasetRegistry, RegisteredDataset
+
+if TYPE_CHECKING:
+    from biofed.governance import DatasetRegistry, RegisteredDataset
 
 app = typer.Typer(help="Register the datasets this site offers.", no_args_is_help=True)
 out = Console()
@@ -19,7 +19,9 @@ out = Console()
 NodeDir = Annotated[Path, typer.Option("--node-dir", help="The node's folder (its kit).")]
 
 
-def _registry(node_dir: Path) -> DatasetRegistry:
+def _registry(node_dir: Path) -> "DatasetRegistry":
+    from biofed.governance import DatasetRegistry
+
     with clean_errors():
         audit = kit_audit(node_dir)  # the node's own signed log, when node_dir is its kit
     return DatasetRegistry(node_dir / "datasets.json", audit=audit)
@@ -95,7 +97,7 @@ def list_(node_dir: NodeDir, format: Annotated[str, typer.Option("--format")] = 
     out.print(table)
 
 
-def _show(entry: RegisteredDataset) -> None:
+def _show(entry: "RegisteredDataset") -> None:
     out.print(f"[bold]{entry.name}[/] — {entry.description or 'no description'}")
     out.print(f"path: {entry.path} ({entry.format}, {entry.size} bytes)")
     out.print(

@@ -6,8 +6,6 @@ signed study agreement: the
 researcher's task runs as a bundle every site approved, every node enforces the agreement
 itself, and the sites' audit logs are verified at the end (:mod:`._demo_governance`)."""
 
-from __future__ import annotations
-
 import json
 import math
 import re
@@ -19,22 +17,20 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from biofed.cli._common import clean_errors, err
-from biofed.cli._demo_governance import DATASET, Governance, check_audit_logs, prepare
 from biofed.cli._render import print_privacy
-from biofed.coordinator import JobSpec, tls_of
-from biofed.core import BiofedError, TransportError
-from biofed.data import write_site_files
-from biofed.datasets import TCGA_BRCA_REGIONS, load_tcga_brca
-from biofed.identity import Consortium, load_kit
-from biofed.transport.grpc import ControlClient
+
+if TYPE_CHECKING:
+    from biofed.cli._demo_governance import Governance
+    from biofed.coordinator import JobSpec
+    from biofed.identity import Consortium
+    from biofed.transport.grpc import ControlClient
 
 _SITES = [f"center-{k}" for k in range(6)]
 
@@ -46,6 +42,9 @@ def _free_port() -> int:
 
 
 def _write_sites(root: Path) -> None:
+    from biofed.data import write_site_files
+    from biofed.datasets import load_tcga_brca
+
     staging = root / "staging"
     paths = write_site_files(load_tcga_brca(), staging, format="csv")
     for site, path in paths.items():
@@ -71,7 +70,10 @@ DP_STRATEGY: dict[str, dict[str, Any]] = {"fedadam": {"server_learning_rate": 1.
 SURVIVAL = {"num_intervals": 10, "max_time": 3650.0}
 
 
-def _job(rounds: int, strategy: str, governance: Governance) -> JobSpec:
+def _job(rounds: int, strategy: str, governance: "Governance") -> "JobSpec":
+    from biofed.cli._demo_governance import DATASET
+    from biofed.coordinator import JobSpec
+
     return JobSpec.from_mapping(
         {
             "run": {
@@ -127,6 +129,8 @@ class _Processes:
         )
 
     def check_alive(self) -> None:
+        from biofed.core import TransportError
+
         for name, proc in self.procs.items():
             if proc.poll() is not None:
                 tail = (self.logs / f"{name}.log").read_text(errors="replace")[-600:]
@@ -147,7 +151,9 @@ class _Processes:
         return codes
 
 
-def _wait_for_nodes(client: ControlClient, procs: _Processes, console: Console) -> None:
+def _wait_for_nodes(client: "ControlClient", procs: _Processes, console: Console) -> None:
+    from biofed.core import TransportError
+
     deadline = time.monotonic() + 90
     with console.status("waiting for the 6 site nodes to connect…"):
         while time.monotonic() < deadline:
@@ -167,7 +173,9 @@ def _metric(message: str, name: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def _follow(client: ControlClient, run_id: str, rounds: int, console: Console) -> dict[str, Any]:
+def _follow(client: "ControlClient", run_id: str, rounds: int, console: Console) -> dict[str, Any]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     progress = Progress(
         TextColumn("[bold]round {task.fields[round]}/{task.fields[rounds]}"),
         BarColumn(),
@@ -209,6 +217,8 @@ def _follow(client: ControlClient, run_id: str, rounds: int, console: Console) -
 
 
 def _table(result: dict[str, Any]) -> Table:
+    from biofed.datasets import TCGA_BRCA_REGIONS
+
     sites = result["summary"].get("evaluation", {}).get("sites", {})
     table = Table(
         title="test C-index per site",
@@ -235,14 +245,18 @@ def _table(result: dict[str, Any]) -> Table:
 
 def _run(
     root: Path,
-    consortium: Consortium,
+    consortium: "Consortium",
     procs: _Processes,
     address: str,
-    governance: Governance,
+    governance: "Governance",
     rounds: int,
     strategy: str,
 ) -> dict[str, Any]:
     """Start the coordinator and the six nodes, submit the governed job, follow it."""
+    from biofed.coordinator import tls_of
+    from biofed.identity import load_kit
+    from biofed.transport.grpc import ControlClient
+
     console = Console(stderr=True)
     procs.start(
         "coordinator",
@@ -287,6 +301,10 @@ def demo_command(
 ) -> None:
     """Provision a consortium, sign a study agreement, start a coordinator and 6 governed
     site nodes, train, shut down and verify the sites' audit logs."""
+    from biofed.cli._demo_governance import check_audit_logs, prepare
+    from biofed.core import BiofedError
+    from biofed.identity import Consortium
+
     console = Console(stderr=True)
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="biofed-demo-"))
     root.mkdir(parents=True, exist_ok=True)

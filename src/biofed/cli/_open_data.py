@@ -6,34 +6,41 @@ columns and a ``split`` column, so a walk-through or a test gives each node only
 region of the data, as a real site holds only its own records.
 """
 
-from __future__ import annotations
-
 import json
 import tempfile
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from biofed.cli._common import call
-from biofed.core import ConfigurationError
-from biofed.data import FederatedDataset, write_site_files
-from biofed.datasets import load_tcga_brca
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from biofed.data import FederatedDataset
 
 app = typer.Typer(help="The public datasets bundled with biofed.", no_args_is_help=True)
 out = Console()
 
-#: Bundled dataset name → loader.
-_BUNDLED = {"tcga-brca": load_tcga_brca}
+
+def _bundled() -> "dict[str, Callable[[], FederatedDataset]]":
+    """Bundled dataset name → loader."""
+    from biofed.datasets import load_tcga_brca
+
+    return {"tcga-brca": load_tcga_brca}
 
 
-def _load(name: str) -> FederatedDataset:
-    loader = _BUNDLED.get(name)
+def _load(name: str) -> "FederatedDataset":
+    from biofed.core import ConfigurationError
+
+    bundled = _bundled()
+    loader = bundled.get(name)
     if loader is None:
         raise ConfigurationError(
-            f"no bundled dataset {name!r}; bundled: {', '.join(sorted(_BUNDLED))}"
+            f"no bundled dataset {name!r}; bundled: {', '.join(sorted(bundled))}"
         )
     return loader()
 
@@ -44,7 +51,7 @@ def list_command(
 ) -> None:
     """The bundled datasets and their sites (train / test rows)."""
     rows: list[dict[str, object]] = []
-    for name, loader in sorted(_BUNDLED.items()):
+    for name, loader in sorted(_bundled().items()):
         fed = call(loader)
         for site, data in fed.sites.items():
             test = 0 if data.test is None else len(data.test)
@@ -67,6 +74,8 @@ def export_command(
     out_path: Annotated[Path, typer.Option("--out", help="The file to write (.csv or .parquet).")],
 ) -> None:
     """Write one site's rows (train and test, a `split` column) to the file a node.toml names."""
+    from biofed.core import ConfigurationError
+    from biofed.data import FederatedDataset, write_site_files
 
     def export() -> int:
         fed = _load(name)

@@ -3,8 +3,6 @@
 Exit codes: 0 done, 2 an invalid option (with what to change).
 """
 
-from __future__ import annotations
-
 import json
 import logging
 import math
@@ -13,8 +11,7 @@ from typing import Annotated
 import typer
 
 from biofed.cli._common import clean_errors
-from biofed.core import ConfigurationError
-from biofed.privacy import ACCOUNTANTS, calibrate_noise, make_accountant
+from biofed.cli._names import ACCOUNTANT_NAMES
 
 app = typer.Typer(
     name="privacy",
@@ -26,7 +23,7 @@ app = typer.Typer(
 _Q_HELP = "Poisson sampling rate q of a record per step (0 < q ≤ 1), e.g. batch / dataset size."
 _T_HELP = "Number of steps T (≥ 1): DP-SGD steps, or rounds for client-level DP."
 _D_HELP = "δ (0 < δ < 1), e.g. below 1 / number of records."
-_A_HELP = f"Accountant: {' or '.join(ACCOUNTANTS)} (pld is tighter, rdp faster)."
+_A_HELP = f"Accountant: {' or '.join(ACCOUNTANT_NAMES)} (pld is tighter, rdp faster)."
 _F_HELP = "text or json."
 
 SamplingRate = Annotated[float, typer.Option("--sampling-rate", "-q", help=_Q_HELP)]
@@ -37,6 +34,9 @@ Format = Annotated[str, typer.Option("--format", help=_F_HELP)]
 
 
 def _prepare(output: str, accountant: str) -> None:
+    from biofed.core import ConfigurationError
+    from biofed.privacy import make_accountant
+
     if output not in ("text", "json"):
         raise ConfigurationError(f"--format must be text or json, got {output!r}")
     make_accountant(accountant)  # validates the name
@@ -45,6 +45,8 @@ def _prepare(output: str, accountant: str) -> None:
 
 
 def _epsilon(accountant: str, z: float, q: float, steps: int, delta: float) -> float:
+    from biofed.privacy import make_accountant
+
     acc = make_accountant(accountant)
     acc.step(z, q, steps)
     return acc.epsilon(delta)
@@ -110,6 +112,8 @@ def noise_command(
     output: Format = "text",
 ) -> None:
     """Print the smallest noise multiplier whose ε(δ) stays within the target, and that ε."""
+    from biofed.privacy import calibrate_noise
+
     with clean_errors():
         _prepare(output, accountant)
         exact = calibrate_noise(target_epsilon, delta, sampling_rate, steps, accountant)

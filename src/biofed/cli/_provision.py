@@ -1,12 +1,10 @@
 """``biofed provision``: the consortium CA and one certificate kit per participant."""
 
-from __future__ import annotations
-
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
@@ -14,8 +12,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from biofed.core import BiofedError, ConfigurationError
-from biofed.identity import Consortium, IssuedCertificate, Kit, load_kit
+if TYPE_CHECKING:
+    from biofed.identity import IssuedCertificate, Kit
 
 app = typer.Typer(
     name="provision",
@@ -35,6 +33,8 @@ Replace = Annotated[
 @contextmanager
 def _errors() -> Iterator[Console]:
     """Turn biofed and file-system errors into one red line and exit code 2."""
+    from biofed.core import BiofedError
+
     err = Console(stderr=True, soft_wrap=True)
     try:
         yield err
@@ -44,13 +44,15 @@ def _errors() -> Iterator[Console]:
 
 
 def _names(text: str | None, option: str) -> list[str]:
+    from biofed.core import ConfigurationError
+
     names = [part.strip() for part in (text or "").split(",") if part.strip()]
     if text is not None and not names:
         raise ConfigurationError(f"{option} needs comma-separated names, got {text!r}")
     return names
 
 
-def _kits_table(title: str, kits: list[Kit]) -> Table:
+def _kits_table(title: str, kits: "list[Kit]") -> Table:
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("kit folder", "role", "name", "fingerprint"):
         table.add_column(column, no_wrap=True)
@@ -77,6 +79,8 @@ def init_command(
     valid_days: ValidDays = 365,
 ) -> None:
     """Create the CA and kits for the coordinator, every site, researcher and the admin."""
+    from biofed.identity import Consortium, load_kit
+
     with _errors() as err:
         fed = Consortium.create(
             out,
@@ -101,6 +105,8 @@ def init_command(
 
 
 def _add(out: Path, name: str, role: str, valid_days: int, replace: bool) -> None:
+    from biofed.identity import Consortium
+
     with _errors() as err:
         fed = Consortium.load(out)
         kit = fed.add(name, role, valid_days=valid_days, replace=replace)
@@ -152,6 +158,8 @@ def revoke_command(
     out: OutOption,
 ) -> None:
     """Revoke a participant's certificates and re-sign the CRL."""
+    from biofed.identity import Consortium
+
     with _errors() as err:
         fed = Consortium.load(out)
         serials = fed.revoke(name)
@@ -170,7 +178,7 @@ def revoke_command(
         )
 
 
-def _row(cert: IssuedCertificate) -> tuple[str, str, str, str, str]:
+def _row(cert: "IssuedCertificate") -> tuple[str, str, str, str, str]:
     return (
         cert.name,
         cert.role,
@@ -186,6 +194,9 @@ def list_command(
     format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
     """List every certificate the consortium CA issued."""
+    from biofed.core import ConfigurationError
+    from biofed.identity import Consortium
+
     with _errors():
         if format not in ("table", "json"):
             raise ConfigurationError(f"--format must be table or json, got {format!r}")

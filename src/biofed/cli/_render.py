@@ -5,23 +5,18 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich import box
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeElapsedColumn,
-)
 from rich.table import Table
 
-from biofed.coordinator import RoundRecord, RunEvent
-from biofed.core import Reply
-from biofed.simulation import MethodResult, SimulationReport
+if TYPE_CHECKING:
+    from rich.progress import TaskID
+
+    from biofed.coordinator import RoundRecord, RunEvent
+    from biofed.core import Reply
+    from biofed.simulation import MethodResult, SimulationReport
 
 
 def _fmt(value: float, digits: int = 4) -> str:
@@ -82,6 +77,14 @@ class RoundProgress:
     """Engine listener that shows a Rich progress bar per round on stderr."""
 
     def __init__(self, console: Console, rounds: int, metric: str) -> None:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+        )
+
         self._progress = Progress(
             TextColumn("[bold]round {task.fields[round]}/{task.fields[rounds]}"),
             BarColumn(),

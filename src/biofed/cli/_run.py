@@ -5,14 +5,12 @@ HOST:PORT`` names another address; the coordinator's certificate is then still c
 against the consortium CA and the host name the kit records.
 """
 
-from __future__ import annotations
-
 import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -20,11 +18,10 @@ from rich.table import Table
 
 from biofed.cli._common import call, kit_option
 from biofed.cli._render import print_privacy, rounds_text, run_headline, status_text
-from biofed.coordinator import JobSpec, tls_of
-from biofed.core import ConfigurationError
-from biofed.governance import read_agreement
-from biofed.identity import load_kit
-from biofed.transport.grpc import ControlClient, RunSummary
+
+if TYPE_CHECKING:
+    from biofed.coordinator import JobSpec
+    from biofed.transport.grpc import ControlClient, RunSummary
 
 app = typer.Typer(help="Submit and follow runs on the coordinator.", no_args_is_help=True)
 out = Console()
@@ -47,15 +44,21 @@ def _host(address: str) -> str:
 
 
 def _check_address(address: str) -> str:
+    from biofed.core import ConfigurationError
+
     host, sep, port = address.strip().rpartition(":")
     if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
         raise ConfigurationError(f"--coordinator must look like HOST:PORT, got {address!r}")
     return address.strip()
 
 
-def control_client(kit: Path | None, coordinator: str | None = None) -> ControlClient:
+def control_client(kit: Path | None, coordinator: str | None = None) -> "ControlClient":
     """A ControlService client with the kit in ``--kit`` (or ``BIOFED_KIT``), dialling
     ``coordinator`` if given (TLS still expects the host name of the kit's coordinator)."""
+    from biofed.coordinator import tls_of
+    from biofed.identity import load_kit
+    from biofed.transport.grpc import ControlClient
+
     loaded = call(lambda: load_kit(kit_option(kit)))
     if coordinator is None:
         return ControlClient(loaded.coordinator, tls_of(loaded))
@@ -63,7 +66,7 @@ def control_client(kit: Path | None, coordinator: str | None = None) -> ControlC
     return ControlClient(target, tls_of(loaded), server_name=_host(loaded.coordinator))
 
 
-def _as_dict(run: RunSummary) -> dict[str, object]:
+def _as_dict(run: "RunSummary") -> dict[str, object]:
     return {
         "run_id": run.run_id,
         "status": run.status,
@@ -104,6 +107,7 @@ def submit(
     format: FormatOpt = "table",
 ) -> None:
     """Submit a job file (and its task bundle and study agreement); prints the new run id."""
+    from biofed.coordinator import JobSpec
 
     spec = call(lambda: JobSpec.from_file(job))
     data = b""
@@ -132,11 +136,14 @@ def submit(
 
 
 def _with_agreement(
-    spec: JobSpec, file: Path, certificates: Path
-) -> tuple[JobSpec, bytes, dict[str, bytes]]:
+    spec: "JobSpec", file: Path, certificates: Path
+) -> "tuple[JobSpec, bytes, dict[str, bytes]]":
     """The job under the agreement in ``file``, the file's bytes and its signers'
     certificates found in ``certificates`` (public material: the coordinator checks each
     against the consortium CA and the fingerprint the agreement lists)."""
+    from biofed.core import ConfigurationError
+    from biofed.governance import read_agreement
+
     data = _read_bytes(file)
     signed = read_agreement(file)
     agreement_id = signed.agreement.agreement_id
@@ -158,13 +165,15 @@ def _with_agreement(
 
 
 def _read_bytes(path: Path) -> bytes:
+    from biofed.core import ConfigurationError
+
     try:
         return path.read_bytes()
     except OSError as exc:
         raise ConfigurationError(f"cannot read {path}: {exc}") from exc
 
 
-def _follow(client: ControlClient, run_id: str) -> None:
+def _follow(client: "ControlClient", run_id: str) -> None:
     for event in client.watch_run(run_id, follow=True):
         _print_event(event.seq, event.round, event.kind, event.node_id, event.message)
 

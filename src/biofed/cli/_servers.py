@@ -1,7 +1,5 @@
 """``biofed coordinator start`` and ``biofed node start``: the long-running processes."""
 
-from __future__ import annotations
-
 import threading
 from pathlib import Path
 from typing import Annotated
@@ -10,8 +8,6 @@ import typer
 
 from biofed.cli import _datasets
 from biofed.cli._common import clean_errors, err, stop_on_signals
-from biofed.coordinator import serve_coordinator
-from biofed.node import run_node
 
 coordinator_app = typer.Typer(help="Run the consortium's coordinator.", no_args_is_help=True)
 node_app = typer.Typer(help="Run a site's node.", no_args_is_help=True)
@@ -28,6 +24,8 @@ def coordinator_start(
     heartbeat: Annotated[float, typer.Option(help="Seconds between node heartbeats.")] = 2.0,
 ) -> None:
     """Serve nodes and researchers over mTLS until SIGINT/SIGTERM; resume unfinished runs."""
+    from biofed.coordinator import serve_coordinator
+
     stop = stop_on_signals()
     with clean_errors():
         running = serve_coordinator(kit, listen=listen, state=state, heartbeat_interval=heartbeat)
@@ -46,6 +44,8 @@ def node_start(
     coordinator: Annotated[str | None, typer.Option(help="host:port (default: kit.toml).")] = None,
 ) -> None:
     """Dial out to the coordinator and serve instructions until SIGINT/SIGTERM."""
+    from biofed.node import run_node
+
     stop = stop_on_signals()
     done = threading.Event()
 

@@ -6,26 +6,28 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import numpy as np
 import typer
 from rich.console import Console
 
+from biofed.cli._names import STRATEGY_NAMES
 from biofed.cli._render import RoundProgress, print_privacy, report_table
-from biofed.coordinator import JobSpec
-from biofed.core import BiofedError, ConfigurationError, Scalar
-from biofed.data import FederatedDataset, SiteData, load_table, train_test_split
-from biofed.datasets import load_tcga_brca
-from biofed.node import NodeConfig
-from biofed.simulation import load_node_config, recommended_settings, simulate
-from biofed.strategies import STRATEGIES, make_strategy
-from biofed.tasks import LocalTrainingConfig, Task, make_task
 
-_BUNDLED = {"tcga-brca": load_tcga_brca}
+if TYPE_CHECKING:
+    from biofed.coordinator import JobSpec
+    from biofed.core import Scalar
+    from biofed.data import FederatedDataset
+    from biofed.node import NodeConfig
+    from biofed.tasks import Task
+
+# The SDK is imported where it is used, so that `biofed --help` stays fast.
+_BUNDLED = ("tcga-brca",)
 
 
 def _parse_targets(items: list[str]) -> dict[str, str]:
+    from biofed.core import ConfigurationError
+
     targets: dict[str, str] = {}
     for item in items:
         key, sep, column = item.partition("=")
@@ -41,6 +43,11 @@ def _parse_targets(items: list[str]) -> dict[str, str]:
 def _user_dataset(
     path: Path, site_column: str | None, targets: dict[str, str], test_fraction: float, seed: int
 ) -> FederatedDataset:
+    import numpy as np
+
+    from biofed.core import ConfigurationError
+    from biofed.data import FederatedDataset, SiteData, load_table, train_test_split
+
     if site_column is None:
         raise ConfigurationError(
             "--data needs --site-column COL: the column naming each row's site"
@@ -57,6 +64,9 @@ def _user_dataset(
 
 
 def _task_for(name: str | None, fed: FederatedDataset) -> Task:
+    from biofed.core import ConfigurationError
+    from biofed.tasks import make_task
+
     first = next(iter(fed.sites.values())).train
     if name is None:
         if {"event", "time"} <= set(first.targets):
@@ -76,6 +86,9 @@ def _dataset_id(name: str) -> str:
 
 
 def _parse_node_configs(items: list[str]) -> dict[str, NodeConfig]:
+    from biofed.core import ConfigurationError
+    from biofed.simulation import load_node_config
+
     configs: dict[str, NodeConfig] = {}
     for item in items:
         site, sep, path = item.partition("=")
@@ -95,6 +108,8 @@ def _shortcut_job(
     seed: int,
 ) -> JobSpec:
     """The job the flags describe (what ``biofed simulate`` runs without ``--job``)."""
+    from biofed.coordinator import JobSpec
+
     task_options: dict[str, Scalar] = {"name": the_task.name}
     task_options["num_features"] = next(iter(fed.sites.values())).train.num_features
     return JobSpec.from_mapping(
@@ -117,6 +132,8 @@ def _shortcut_job(
 
 def _with_flags(job: JobSpec, flags: dict[str, Any]) -> JobSpec:
     """``job`` with the flags given on the command line in place of its own values."""
+    from biofed.coordinator import JobSpec
+
     tables: dict[str, dict[str, Any]] = {k: dict(v) for k, v in job.to_mapping().items()}
     for key in ("rounds", "seed"):
         if flags[key] is not None:
@@ -145,10 +162,14 @@ def _load_fed(
     test_fraction: float,
     seed: int,
 ) -> FederatedDataset:
+    from biofed.core import ConfigurationError
+
     if data is not None:
         return _user_dataset(data, site_column, _parse_targets(target or []), test_fraction, seed)
     if name in _BUNDLED:
-        return _BUNDLED[name]()
+        from biofed.datasets import load_tcga_brca
+
+        return load_tcga_brca()
     raise ConfigurationError(
         f"unknown dataset {name!r}; bundled: {sorted(_BUNDLED)} (or use --data PATH)"
     )
@@ -190,7 +211,7 @@ def simulate_command(
     ] = 0.2,
     strategy: Annotated[
         str | None,
-        typer.Option(help=f"One of: {', '.join(sorted(STRATEGIES))} (default fedadam)."),
+        typer.Option(help=f"One of: {', '.join(STRATEGY_NAMES)} (default fedadam)."),
     ] = None,
     rounds: Annotated[int | None, typer.Option(min=1, help="Federated rounds (default 5).")] = None,
     local_steps: Annotated[
@@ -245,6 +266,11 @@ def simulate_command(
     format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
     """Federate a task over virtual sites and compare with local-only and pooled training."""
+    from biofed.coordinator import JobSpec
+    from biofed.core import BiofedError, ConfigurationError
+    from biofed.simulation import simulate
+    from biofed.tasks import make_task
+
     out = Console()
     err = Console(stderr=True)
     flags = {
@@ -302,6 +328,10 @@ def simulate_command(
 
 def _flags_job(fed: FederatedDataset, flags: dict[str, Any], seed: int) -> JobSpec:
     """The job of the flags alone, with the recommended settings for the dataset."""
+    from biofed.simulation import recommended_settings
+    from biofed.strategies import make_strategy
+    from biofed.tasks import LocalTrainingConfig
+
     name = flags["strategy"] or "fedadam"
     the_task = _task_for(flags["task"], fed)
     settings = recommended_settings(fed.name, name)

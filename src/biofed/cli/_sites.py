@@ -1,11 +1,9 @@
 """``biofed sites``: the sites the coordinator knows, when each was last seen, what it offers."""
 
-from __future__ import annotations
-
 import datetime as dt
 import json
 import time
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -13,13 +11,14 @@ from rich.table import Table
 
 from biofed.cli._common import call
 from biofed.cli._run import CoordinatorOpt, FormatOpt, KitOpt, control_client
-from biofed.core import ConfigurationError, TransportError
-from biofed.transport.grpc import ControlClient, NodeSummary
+
+if TYPE_CHECKING:
+    from biofed.transport.grpc import ControlClient, NodeSummary
 
 out = Console()
 
 
-def _datasets(node: NodeSummary) -> dict[str, int]:
+def _datasets(node: "NodeSummary") -> dict[str, int]:
     """Dataset name → examples, from the node's registry properties."""
     try:
         properties = json.loads(node.properties_json or "{}")
@@ -32,7 +31,7 @@ def _datasets(node: NodeSummary) -> dict[str, int]:
     return dict(sorted(found.items()))
 
 
-def _as_dict(node: NodeSummary) -> dict[str, Any]:
+def _as_dict(node: "NodeSummary") -> dict[str, Any]:
     return {
         "site": node.node_id,
         "status": node.status,
@@ -41,8 +40,10 @@ def _as_dict(node: NodeSummary) -> dict[str, Any]:
     }
 
 
-def _wait(client: ControlClient, count: int, timeout: float) -> list[NodeSummary]:
+def _wait(client: "ControlClient", count: int, timeout: float) -> "list[NodeSummary]":
     """Poll until ``count`` sites are online (bounded by ``timeout`` seconds)."""
+    from biofed.core import ConfigurationError, TransportError
+
     deadline = time.monotonic() + timeout
     while True:
         try:

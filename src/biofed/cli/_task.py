@@ -1,12 +1,10 @@
 """``biofed task …`` (pack and show task bundles) and the node operator's bundle review,
 approval and revocation commands (``biofed node review / approve / revoke / approvals``)."""
 
-from __future__ import annotations
-
 import getpass
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -14,17 +12,9 @@ from rich.markup import escape
 from rich.table import Table
 
 from biofed.cli._common import call
-from biofed.core import ConfigurationError
-from biofed.governance import (
-    LOG_FILE,
-    ApprovalStore,
-    AuditLog,
-    AuditSigner,
-    Bundle,
-    pack_bundle,
-    read_bundle,
-)
-from biofed.identity import load_kit
+
+if TYPE_CHECKING:
+    from biofed.governance import ApprovalStore, Bundle
 
 app = typer.Typer(help="Package task code as bundles named by their digest.", no_args_is_help=True)
 node_bundle_app = typer.Typer(
@@ -47,6 +37,8 @@ def pack_command(
     ] = None,
 ) -> None:
     """Pack a task directory into a bundle; prints its digest."""
+    from biofed.governance import pack_bundle
+
     target = out_file or directory.resolve().with_name(directory.resolve().name + ".bundle.zip")
     info = call(lambda: pack_bundle(directory, target))
     out.print(f"packed {len(info.files)} file(s) into {escape(str(target))} ({info.size} bytes)")
@@ -59,6 +51,8 @@ def show_command(
     format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
     """Show a bundle's digest and files (the archive is fully validated first)."""
+    from biofed.governance import read_bundle
+
     loaded: Bundle = call(lambda: read_bundle(bundle))
     if format == "json":
         files = {p: len(b) for p, b in loaded.files.items()}
@@ -74,6 +68,8 @@ def show_command(
 @node_bundle_app.command("review")
 def review_command(bundle: BundleArg) -> None:
     """Print a bundle's digest and its full source for a human to read before approving."""
+    from biofed.governance import read_bundle
+
     loaded: Bundle = call(lambda: read_bundle(bundle))
     # Plain output (no Rich markup or highlighting): the reviewer sees the exact bytes.
     typer.echo(loaded.source_listing())
@@ -90,8 +86,12 @@ KitOpt = Annotated[
 ]
 
 
-def _store(store: Path, kit: Path | None) -> ApprovalStore:
+def _store(store: Path, kit: Path | None) -> "ApprovalStore":
     """The approvals file with the site's audit log: the log is what the node believes."""
+    from biofed.core import ConfigurationError
+    from biofed.governance import LOG_FILE, ApprovalStore, AuditLog, AuditSigner
+    from biofed.identity import load_kit
+
     folder = kit or store.parent
     if not ((folder / "kit.toml").is_file() and (folder / "key.pem").is_file()):
         if kit is not None:
@@ -134,6 +134,8 @@ def approvals_command(
     format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
     """List the bundle digests approved at this site."""
+    from biofed.governance import ApprovalStore
+
     approvals = call(lambda: ApprovalStore(store).list())
     if format == "json":
         rows = [
