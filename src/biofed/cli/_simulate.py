@@ -258,7 +258,8 @@ def simulate_command(
         typer.Option(help="With --agreement: the task bundle (.zip) the agreement approves."),
     ] = None,
     backend: Annotated[
-        str, typer.Option(
+        str,
+        typer.Option(
             help="How the virtual sites run: inprocess, processes (a pool of worker "
             "processes) or ray (Ray actors; the ray extra)."
         ),

@@ -21,17 +21,14 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
-import numpy as np
-
 from biofed.coordinator._anchored import AnchoredTransport
-from biofed.coordinator._engine import EngineConfig, EngineListener, RoundEngine
+from biofed.coordinator._engine import EngineListener, RoundEngine
 from biofed.coordinator._job import JobSpec
 from biofed.coordinator._records import RoundRecord, RunCancelled, RunEvent
 from biofed.coordinator._store import Checkpoint, RunRow, RunStatus, StateStore
 from biofed.core import BiofedError, ParameterSet
 from biofed.governance import AuditLog
 from biofed.strategies import StrategyState
-from biofed.tasks import make_task
 from biofed.transport import Transport
 
 
@@ -133,8 +130,7 @@ class RunExecutor:
                 message=f"from the checkpoint of round {checkpoint.round}",
             )
         else:
-            task = make_task(spec.task, **spec.task_options)
-            params = task.init_parameters(np.random.default_rng(spec.seed))
+            params = spec.initial_parameters()
             state, start = strategy.init_state(params), 1
         if current.status is RunStatus.PENDING:
             self.store.set_run_status(run_id, RunStatus.RUNNING)
@@ -160,14 +156,7 @@ class RunExecutor:
             engine = RoundEngine(
                 strategy,
                 transport,
-                EngineConfig(
-                    rounds=spec.rounds,
-                    min_nodes=spec.min_nodes,
-                    min_replies=spec.min_replies,
-                    round_timeout=spec.round_timeout,
-                    evaluate_every=spec.evaluate_every,
-                    seed=spec.seed,
-                ),
+                spec.engine_config(),
                 run_id=run_id,
                 listener=listener,
                 instruction_config=spec.instruction_config(),

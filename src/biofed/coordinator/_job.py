@@ -30,13 +30,16 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
+from biofed.coordinator._engine import EngineConfig
 from biofed.coordinator._job_rules import error_text
 from biofed.coordinator._job_schema import check_job
-from biofed.core import ConfigurationError, Scalar, freeze_config
+from biofed.core import ConfigurationError, ParameterSet, Scalar, freeze_config
 from biofed.privacy import DPSettings
 from biofed.secagg import SecureAggregationSettings
 from biofed.strategies import DPFedAvg, Strategy, make_strategy
-from biofed.tasks import LocalTrainingConfig, parameter_spec
+from biofed.tasks import LocalTrainingConfig, make_task, parameter_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -394,6 +397,25 @@ class JobSpec:
                 noise="distributed" if self.privacy.noise == "distributed" else "central",
             )
         return strategy
+
+    def engine_config(self, *, deadline: bool = True) -> EngineConfig:
+        """The round engine's settings for this job; without ``deadline`` rounds wait for
+        every site (a simulation's virtual sites answer one after another, so wall time is
+        no measure)."""
+        return EngineConfig(
+            rounds=self.rounds,
+            min_nodes=self.min_nodes,
+            min_replies=self.min_replies,
+            round_timeout=self.round_timeout if deadline else None,
+            evaluate_every=self.evaluate_every,
+            seed=self.seed,
+        )
+
+    def initial_parameters(self) -> ParameterSet:
+        """The model a run starts from: the task's initial parameters for the job's seed (a
+        bundle's task declares the same layout by name)."""
+        task = make_task(self.task, **self.task_options)
+        return task.init_parameters(np.random.default_rng(self.seed))
 
     def instruction_config(self) -> dict[str, Scalar]:
         """Run-level keys every instruction carries: the task, the dataset and, when set,

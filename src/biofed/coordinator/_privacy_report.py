@@ -147,9 +147,10 @@ def client_level_epsilon(spec: JobSpec, records: Sequence[RoundRecord]) -> float
 
 
 def privacy_report(
-    spec: JobSpec, events: Iterable[EventRow], records: Sequence[RoundRecord]
+    spec: JobSpec, events: Iterable[EventRow | RunEvent], records: Sequence[RoundRecord]
 ) -> dict[str, Any] | None:
-    """The run summary's ``"privacy"`` entry, or None when the job has no DP."""
+    """The run summary's ``"privacy"`` entry (from stored events, or from a simulation's
+    events as they happened), or None when the job has no DP."""
     if spec.privacy is None:
         return None
     sites: dict[str, dict[str, Any]] = {}

@@ -20,61 +20,42 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
-import numpy as np
-
 from biofed.coordinator import (
-    EngineConfig,
     EngineListener,
     JobSpec,
     RoundEngine,
     RoundRecord,
     RunEvent,
     RunResult,
+    privacy_report,
+    spend_event,
 )
-from biofed.core import ConfigurationError, MessageKind, ParameterSet, Reply, Scalar
+from biofed.core import ConfigurationError, Reply, Scalar
 from biofed.data import FederatedDataset
 from biofed.node import NodeConfig
-from biofed.privacy import (
-    DELTA_METRIC,
-    EPSILON_METRIC,
-    GUARANTEE_METRIC,
-    GUARANTEES,
-    guarantee_label,
-)
 from biofed.simulation._backends import BackendName, make_backend
 from biofed.simulation._job_governance import Rehearsal
 from biofed.simulation._job_sites import site_recipes
 from biofed.tasks import Task, make_task
 
-#: What no ε covers (the same statement as ``biofed run privacy``'s).
-NOT_COVERED = (
-    "evaluation metrics on test splits, the number of examples per site, and which sites "
-    "took part in which round are released without differential privacy"
-)
-
 
 class SpendListener:
-    """Engine listener that keeps each site's latest reported spend (its ε(δ) so far in the
-    job, from its own accountant and ledger) and passes every hook on to ``inner``."""
+    """Engine listener that keeps each site's reported spend as the coordinator's typed
+    ``privacy_spent`` events (:func:`~biofed.coordinator.spend_event`), and passes every
+    hook on to ``inner``."""
 
     def __init__(self, inner: EngineListener | None = None) -> None:
         self.inner = inner
-        self.sites: dict[str, dict[str, Any]] = {}
+        self.events: list[RunEvent] = []
 
     def on_round_start(self, server_round: int, num_selected: int) -> None:
         if self.inner is not None:
             self.inner.on_round_start(server_round, num_selected)
 
     def on_reply(self, server_round: int, reply: Reply, accepted: bool) -> None:
-        if accepted and reply.kind in (MessageKind.TRAIN, MessageKind.SECAGG):
-            eps, delta = reply.metrics.get(EPSILON_METRIC), reply.metrics.get(DELTA_METRIC)
-            if eps is not None and delta is not None:
-                self.sites[reply.node_id] = {
-                    "epsilon": float(eps),
-                    "delta": float(delta),
-                    "guarantee": guarantee_label(reply.metrics.get(GUARANTEE_METRIC)),
-                    "round": float(server_round),
-                }
+        event = spend_event(server_round, reply) if accepted else None
+        if event is not None:
+            self.events.append(event)
         if self.inner is not None:
             self.inner.on_reply(server_round, reply, accepted)
 
@@ -85,37 +66,6 @@ class SpendListener:
     def on_event(self, event: RunEvent) -> None:
         if self.inner is not None:
             self.inner.on_event(event)
-
-
-def privacy_summary(job: JobSpec, sites: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
-    """The ``"privacy"`` entry of a simulation report, shaped like a run summary's: the
-    guarantee asked for, each site's ε(δ) with its label, the weakest label, the trust
-    assumption and what no ε covers."""
-    assert job.privacy is not None
-    report: dict[str, Any] = {
-        "guarantee": job.privacy.describe(),
-        "sites": {site: dict(spend) for site, spend in sorted(sites.items())},
-        "trust": job.privacy.trust_assumption(),
-        "not_covered": NOT_COVERED,
-    }
-    order = (*GUARANTEES, "unlabelled")
-    labels = [str(s["guarantee"]) for s in sites.values()]
-    if labels:
-        report["label"] = max(labels, key=lambda x: order.index(x) if x in order else len(order))
-    return report
-
-
-def engine_config(job: JobSpec) -> EngineConfig:
-    """The engine settings of ``job`` in simulation: the coordinator's, without a round
-    deadline (virtual sites answer one after another, so wall time is no measure)."""
-    return EngineConfig(
-        rounds=job.rounds,
-        min_nodes=job.min_nodes,
-        min_replies=job.min_replies,
-        round_timeout=None,
-        evaluate_every=job.evaluate_every,
-        seed=job.seed,
-    )
 
 
 def run_job(
@@ -129,10 +79,11 @@ def run_job(
     run_id: str | None = None,
     agreement: str | Path | None = None,
     bundle: str | Path | None = None,
-) -> tuple[RunResult, dict[str, dict[str, Any]]]:
+) -> tuple[RunResult, dict[str, Any] | None]:
     """Run ``job`` over one real site node per site of ``fed``.
 
-    Returns the engine's result and each site's last reported spend (empty without DP).
+    Returns the engine's result and the privacy report (as a run summary's: each site's
+    last reported ε(δ) with its label; None without DP).
     Each run has its own id (default: ``sim-<random>``), so a site's ledger counts every
     rehearsal as a job of its own; nothing the sites compute depends on it.
 
@@ -180,21 +131,14 @@ def run_job(
             engine = RoundEngine(
                 job.build_strategy(),
                 transport,
-                engine_config(job),
+                job.engine_config(deadline=False),
                 run_id=run_id or f"sim-{uuid.uuid4().hex[:12]}",
                 listener=spends,
                 instruction_config=job.instruction_config(),
                 secure_aggregation=job.secure_aggregation,
             )
-            initial = initial_parameters(job)
-            result = engine.run(initial)
-    return result, spends.sites
-
-
-def initial_parameters(job: JobSpec) -> ParameterSet:
-    """The model a run starts from, as the coordinator makes it (the task's layout: a
-    bundle's task declares the same ``parameter_spec`` by name)."""
-    return make_task(job.task, **job.task_options).init_parameters(np.random.default_rng(job.seed))
+            result = engine.run(job.initial_parameters())
+    return result, privacy_report(job, spends.events, result.history)
 
 
 def job_task(job: JobSpec) -> Task:

@@ -22,17 +22,15 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from biofed.core import ConfigurationError, NodeInfo
+from biofed.core import ConfigurationError
 from biofed.data import FederatedDataset, SiteData
 from biofed.identity import Consortium, load_kit
-from biofed.node import NodeApp, NodeConfig
+from biofed.node import NodeConfig
 from biofed.simulation._job_governance import Rehearsal, governed_config
 from biofed.simulation._sites import SiteRecipe
-from biofed.transport import InMemoryTransport, Transport
 
 #: Name of the consortium provisioned for a simulation's kits.
 SIM_CONSORTIUM = "biofed-simulation"

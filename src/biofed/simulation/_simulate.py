@@ -33,7 +33,7 @@ from biofed.core import ConfigurationError, NodeInfo, ParameterSet, Scalar, Task
 from biofed.data import Dataset, FederatedDataset
 from biofed.node import NodeConfig, SiteNode
 from biofed.simulation._job import baseline_config as job_baseline_config
-from biofed.simulation._job import job_task, privacy_summary, run_job
+from biofed.simulation._job import job_task, run_job
 from biofed.strategies import Strategy
 from biofed.tasks import Task, TrainContext
 from biofed.transport import InMemoryTransport
@@ -301,8 +301,8 @@ def _simulate_job(
 ) -> SimulationReport:
     task = job_task(job)
     strategy = job.build_strategy()
-    initial = task.init_parameters(np.random.default_rng(job.seed))
-    result, spends = run_job(
+    initial = job.initial_parameters()
+    result, privacy = run_job(
         job,
         fed,
         listener=listener,
@@ -313,7 +313,7 @@ def _simulate_job(
         bundle=bundle,
     )
     if job.bundle is not None:  # the bundle's task runs only in the sites' sandboxes
-        return _bundle_report(fed, job, strategy, result, spends)
+        return _bundle_report(fed, job, strategy, result, privacy)
     if baselines and baseline_config is None:
         baseline_config = job_baseline_config(job)
     return _report(
@@ -325,7 +325,7 @@ def _simulate_job(
         seed=job.seed,
         settings={"rounds": job.rounds, **strategy.describe()},
         baseline_config=baseline_config if baselines else None,
-        privacy=None if job.privacy is None else privacy_summary(job, spends),
+        privacy=privacy,
         secure_aggregation=job.secure_aggregation is not None,
     )
 
@@ -335,7 +335,7 @@ def _bundle_report(
     job: JobSpec,
     strategy: Strategy,
     result: RunResult,
-    spends: Mapping[str, Mapping[str, Any]],
+    privacy: Mapping[str, Any] | None,
 ) -> SimulationReport:
     """The report of a bundle job: the sites' own last evaluation (the bundle's code runs
     only in their sandboxes), no pooled figure and no baselines."""
@@ -360,7 +360,7 @@ def _bundle_report(
         federated=federated,
         history=result.history,
         events=tuple(events),
-        privacy=None if job.privacy is None else MappingProxyType(privacy_summary(job, spends)),
+        privacy=None if privacy is None else MappingProxyType(dict(privacy)),
         secure_aggregation=job.secure_aggregation is not None,
         parameters=result.parameters,
     )
