@@ -12,6 +12,7 @@ from typing import Any
 
 from biofed.core._errors import BiofedError, ConfigurationError
 from biofed.core._params import ParameterSet
+from biofed.core._types import Config, Metrics, Scalar, check_id, freeze_config, freeze_metrics
 from biofed.core.sections import (
     NO_DIRECTIVES,
     NO_JOB,
@@ -20,7 +21,6 @@ from biofed.core.sections import (
     flat_sections,
     split_flat,
 )
-from biofed.core._types import Config, Metrics, Scalar, check_id, freeze_config, freeze_metrics
 
 #: ``Instruction.extras`` key of SCAFFOLD's server control variate c.
 SCAFFOLD_SERVER_CONTROL = "scaffold.server_control"
@@ -71,8 +71,8 @@ def check_audit_head(value: str) -> str:
 
 class InstructionConfig(Mapping[str, Scalar]):
     """An instruction's ``config``: the task's own keys (:attr:`task`) and, for code that
-    reads the flat form, the flat keys of its sections (:func:`~biofed.core.sections.flat_sections`).
-    Read-only; built by :class:`Instruction`."""
+    reads the flat form, the flat keys of its sections
+    (:func:`~biofed.core.sections.flat_sections`). Read-only; built by :class:`Instruction`."""
 
     __slots__ = ("_all", "directives", "job", "task")
 

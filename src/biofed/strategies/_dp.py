@@ -27,8 +27,6 @@ from biofed.core import (
     RoundFailed,
     Scalar,
 )
-#: Round directives sent to every training node (their flat keys; biofed.core.sections
-#: owns them): the round's clip norm C and, with distributed noise, each site's noise std.
 from biofed.core.sections import DP_CLIP_NORM as DP_CLIP_NORM
 from biofed.core.sections import DP_NOISE_STD_SHARE as DP_NOISE_STD_SHARE
 from biofed.privacy import AdaptiveClipping, GaussianNoise, clip_l2
@@ -42,6 +40,10 @@ from biofed.strategies._base import (
 from biofed.strategies._fedavg import FedAvg
 from biofed.strategies._fedopt import _ServerOptStrategy
 from biofed.strategies._weighted import WeightedSum
+
+# DP_CLIP_NORM and DP_NOISE_STD_SHARE (re-exported above; biofed.core.sections owns them)
+# are the round directives sent to every training node: the round's clip norm C and, with
+# distributed noise, the std of each site's noise share.
 
 #: Strategy-state key of the adaptive clipping state (clip norm and rounds, float64).
 DP_CLIP_STATE = "dp_adaptive_clipping"
