@@ -453,3 +453,20 @@ def test_secure_rounds_train_only_in_the_masked_input_stage(brca: Any, fed: Path
             assert stages[stage] == ["secure>", "<secure"], (site, stage)
         for stage in ("masked_input", "evaluate"):
             assert stages[stage] == ["secure>", "privacy>", "run", "<privacy", "<secure"]
+
+
+def test_an_instruction_cannot_claim_to_be_a_masked_round(tmp_path: Path, fed: Path) -> None:
+    """Security: whether what a round releases is masked is the node's own secure-aggregation
+    step's word. A plain training instruction that names the masked-input stage and the
+    job's secure-aggregation settings is still a plain round to the policy: an agreement
+    that requires secure aggregation refuses it, and nothing runs."""
+    site = Governed(tmp_path, fed, privacy=PrivacyRequirements(secure_aggregation_required=True))
+    secure = SecureAggregationSettings(clip_range=4.0)
+    log: list[str] = []
+    inst = site.instruction(**secure.to_config(), **{"secagg.stage": "masked_input"})
+    reply = recorded_chain(site.app, log)(Work(instruction=inst))
+    site.close()
+    assert reply.error is not None
+    assert "secure aggregation" in reply.error
+    assert "run" not in log
+    assert site.events() == ["job.refused"]
