@@ -2,7 +2,8 @@
 budget before anything runs, and the noise the site itself adds.
 
 The coordinator sends the job's *settings* (:class:`~biofed.privacy.DPSettings`, the
-``privacy.*`` config keys); the node decides everything else from what it holds:
+instruction's ``job.privacy`` section) and, in client mode, the round's directives (clip
+norm, noise share); the node decides everything else from what it holds:
 
 * **Sample mode.** The node computes q = batch_size / N from its own record count N,
   calibrates (or takes) z, and hands ``dp_noise_multiplier`` / ``dp_max_grad_norm`` to the
@@ -52,6 +53,8 @@ from types import MappingProxyType
 import numpy as np
 
 from biofed.core import (
+    BiofedError,
+    Config,
     ConfigurationError,
     Instruction,
     ParameterSet,
@@ -59,6 +62,7 @@ from biofed.core import (
     Reply,
     Scalar,
 )
+from biofed.core.sections import DP_NOISE_STD_SHARE, JobSection, RoundDirectives, split_flat
 from biofed.governance import PrivacyLedger
 from biofed.privacy import (
     DELTA_METRIC,
@@ -72,8 +76,7 @@ from biofed.privacy import (
     make_accountant,
     noise_in_sum,
 )
-from biofed.strategies import DP_CLIP_NORM, DP_NOISE_STD_SHARE
-from biofed.tasks import LocalTrainingConfig
+from biofed.tasks import LocalTrainingConfig, Task, record_coupling, sensitivity_factor
 
 #: What a DP-SGD task reports back (checked before release).
 TASK_NOISE_METRIC = "dp_noise_multiplier"
@@ -146,9 +149,12 @@ class RoundPrivacy:
         return acc.epsilon(self.settings.delta)
 
 
-def plan_round(config: Mapping[str, Scalar], num_examples: int) -> RoundPrivacy | None:
+def plan_for(
+    job: JobSection, directives: RoundDirectives, task_config: Config, num_examples: int
+) -> RoundPrivacy | None:
     """The round's privacy at a site with ``num_examples`` training records, or None when
-    the job has no DP.
+    the job has no DP. Reads the job's privacy section, the round's directives (client
+    mode: clip norm, noise share) and the task's local-training settings (sample mode).
 
     Raises
     ------
@@ -156,18 +162,16 @@ def plan_round(config: Mapping[str, Scalar], num_examples: int) -> RoundPrivacy 
         On malformed or inconsistent settings (e.g. a client-mode clip norm that differs
         from the job's).
     """
-    settings = DPSettings.from_config(config)
+    settings = DPSettings.from_section(job.privacy)
     if settings is None:
         return None
     if num_examples < 1:
         raise ConfigurationError("differential privacy needs at least one training record")
     if settings.mode == "sample":
-        local = LocalTrainingConfig.from_config(
-            {k: v for k, v in config.items() if not k.startswith("dp_")}
-        )
+        local = _local_training(task_config)
         q = min(1.0, local.batch_size / num_examples)
         z = settings.sample_noise_multiplier(q, local.local_steps)
-        task_config: dict[str, Scalar] = {
+        task_keys: dict[str, Scalar] = {
             "dp_noise_multiplier": z,
             "dp_max_grad_norm": settings.max_grad_norm,
             "dp_seeded": settings.seeded,  # always set: the coordinator's word never counts
@@ -175,17 +179,17 @@ def plan_round(config: Mapping[str, Scalar], num_examples: int) -> RoundPrivacy 
         return RoundPrivacy(
             settings=settings,
             event=SampledGaussian(noise_multiplier=z, sampling_rate=q, steps=local.local_steps),
-            task_config=MappingProxyType(task_config),
+            task_config=MappingProxyType(task_keys),
         )
-    clip = config.get(DP_CLIP_NORM)
+    clip = directives.clip_norm
     if clip != settings.max_grad_norm:
         raise ConfigurationError(
             f"the round's clip norm {clip!r} differs from the job's [privacy] max_grad_norm "
             f"{settings.max_grad_norm}"
         )
     if settings.noise == "distributed":
-        share = config.get(DP_NOISE_STD_SHARE)
-        if isinstance(share, bool) or not isinstance(share, int | float) or not share > 0:
+        share = directives.noise_std_share
+        if share is None or not share > 0:
             raise ConfigurationError(
                 f"distributed noise needs a positive {DP_NOISE_STD_SHARE}, got {share!r}"
             )
@@ -203,6 +207,48 @@ def plan_round(config: Mapping[str, Scalar], num_examples: int) -> RoundPrivacy 
         ),
         clip_norm=settings.max_grad_norm,
     )
+
+
+def plan_round(config: Mapping[str, Scalar], num_examples: int) -> RoundPrivacy | None:
+    """:func:`plan_for` for a config in the flat form (``privacy.*``, ``dp.*`` and task
+    keys in one map)."""
+    job, directives, task = split_flat(config)
+    return plan_for(JobSection(**job), RoundDirectives(**directives), task, num_examples)
+
+
+def _local_training(task_config: Config) -> LocalTrainingConfig:
+    """The task's local-training settings, without the coordinator's ``dp_*`` keys (only
+    the node sets DP-SGD's)."""
+    return LocalTrainingConfig.from_config(
+        {k: v for k, v in task_config.items() if not k.startswith("dp_")}
+    )
+
+
+def fit_plan(
+    plan: RoundPrivacy, task: Task, task_config: Config, heuristic_allowed: bool
+) -> RoundPrivacy:
+    """The round's plan fitted to the task's declared record coupling (sample mode: the
+    guarantee label, and the noise scaled by a bounded task's sensitivity factor); a
+    ``"none"`` task is refused unless ``heuristic_allowed``.
+
+    Raises
+    ------
+    PolicyViolation
+        ``"privacy: …"``: the task is refused, or its declaration cannot be read (a bundle's
+        worker failed, a malformed declaration): no declaration is no guarantee.
+    """
+    if plan.settings.mode != "sample":
+        return plan
+    try:
+        coupling = record_coupling(task)
+        factor = None
+        if coupling == "bounded":
+            factor = sensitivity_factor(task, _local_training(task_config).batch_size)
+    except PolicyViolation:
+        raise
+    except BiofedError as exc:
+        raise PolicyViolation(f"privacy: cannot read the task's DP declaration: {exc}") from None
+    return for_task(plan, coupling, factor, heuristic_allowed=heuristic_allowed)
 
 
 def for_task(
@@ -336,7 +382,7 @@ class SitePrivacy:
 def task_instruction(instruction: Instruction, plan: RoundPrivacy | None) -> Instruction:
     """The instruction the task runs: the coordinator's ``dp_*`` task keys removed (only the
     node decides DP-SGD's noise, clip and randomness source), the plan's added."""
-    config = {k: v for k, v in instruction.config.items() if not k.startswith("dp_")}
+    config = {k: v for k, v in instruction.task_config.items() if not k.startswith("dp_")}
     if plan is not None:
         config.update(plan.task_config)
     return replace(instruction, config=config)

@@ -31,7 +31,7 @@ _KIND_CODE = {MessageKind.TRAIN: 1, MessageKind.EVALUATE: 2}
 
 
 def _seed_of(instruction: Instruction) -> int:
-    seed = instruction.config.get("seed", 0)
+    seed = instruction.task_config.get("seed", 0)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ConfigurationError(f"config 'seed' must be a non-negative int, got {seed!r}")
     return seed
@@ -89,6 +89,7 @@ class SiteNode:
             if instruction.node_id != self.node_id:
                 raise ProtocolError(f"instruction addressed to {instruction.node_id!r}")
             ctx = TrainContext(
+                # the flat form: the task's keys and the sections' (as tasks always saw it)
                 config=instruction.config,
                 rng=self.rng_for(instruction),
                 extras=instruction.extras,
@@ -103,7 +104,7 @@ class SiteNode:
                     metrics=result.metrics,
                     extras=result.extras,
                 )
-            split = str(instruction.config.get("split", "test"))
+            split = str(instruction.task_config.get("split", "test"))
             evaluation = self.task.evaluate(instruction.parameters, self.data.split(split), ctx)
             return dataclasses.replace(
                 base, num_examples=evaluation.num_examples, metrics=evaluation.metrics

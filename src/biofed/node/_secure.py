@@ -17,6 +17,7 @@ stage (or when newer rounds push them out).
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -37,12 +38,11 @@ from biofed.governance import AuditSigner
 from biofed.identity import Kit, signed_by
 from biofed.secagg import (
     CERTIFICATE_PREFIX,
-    STAGE_KEY,
-    WEIGHTING_KEY,
     ForwardedShares,
     Roster,
     SecAggClient,
     SecAggPlan,
+    SecAggStage,
     SecureAggregationSettings,
     UnmaskRequest,
     decode_message,
@@ -117,108 +117,105 @@ class SecureSessions:
 
     def handle(self, instruction: Instruction, train: Train) -> Reply:
         """Run one stage; an error reply (never an exception) on any failure."""
-        base = Reply(
-            run_id=instruction.run_id,
-            round=instruction.round,
+        try:
+            return self._stage(instruction, train)
+        except BiofedError as exc:
+            return Reply.error_for(instruction, exc, node_id=self.node_id, kind=MessageKind.SECAGG)
+
+    def _stage(self, instruction: Instruction, train: Train) -> Reply:
+        key = (instruction.run_id, instruction.round)
+        if self.kit is None or self._signer is None:
+            raise PolicyViolation("privacy: secure aggregation needs the site's kit")
+        settings = SecureAggregationSettings.from_section(instruction.job.secure_aggregation)
+        if settings is None:
+            raise ProtocolError("a secure-aggregation stage without the job's settings")
+        stage = instruction.directives.secagg_stage
+        message, more = unpack_message(instruction.extras)
+        if stage is SecAggStage.ADVERTISE_KEYS:
+            plan = SecAggPlan.from_bytes(message)
+            if not _same_plan(plan, settings):
+                raise PolicyViolation(
+                    "privacy: the round's secure-aggregation plan differs from the job's "
+                    "[secure_aggregation] settings"
+                )
+            certificates: dict[str, bytes] = {}
+            session = _Session(
+                client=SecAggClient(
+                    self.node_id,
+                    plan,
+                    run_id=instruction.run_id,
+                    round=instruction.round,
+                    sign=self._signer.sign,
+                    verify=self._verifier(certificates),
+                ),
+                certificates=certificates,
+            )
+            with self._lock:
+                self._sessions[key] = session
+                while len(self._sessions) > _MAX_SESSIONS:
+                    self._sessions.popitem(last=False)
+            advert = session.client.advertise()
+            return self._message(instruction, advert.to_bytes(), certificate=self.kit.cert_pem)
+        session = self._session(key)
+        decoded = decode_message(message)
+        if stage is SecAggStage.SHARE_KEYS:
+            if not isinstance(decoded, Roster):
+                raise ProtocolError("the share-keys stage needs a roster")
+            session.certificates.clear()
+            session.certificates.update(
+                {
+                    name[len(CERTIFICATE_PREFIX) :]: data
+                    for name, data in more.items()
+                    if name.startswith(CERTIFICATE_PREFIX)
+                }
+            )
+            return self._message(instruction, session.client.share_keys(decoded).to_bytes())
+        if stage is SecAggStage.MASKED_INPUT:
+            if not isinstance(decoded, ForwardedShares):
+                raise ProtocolError("the masked-input stage needs forwarded shares")
+            trained = train(
+                dataclasses.replace(instruction, kind=MessageKind.TRAIN, extras={}, audit_head="")
+            )
+            if not trained.ok or trained.parameters is None:
+                self._drop(key)
+                return Reply.error_for(
+                    instruction,
+                    trained.error or "task: training returned no parameters",
+                    node_id=self.node_id,
+                    kind=MessageKind.SECAGG,
+                )
+            vector = _update_vector(trained.parameters, instruction.parameters)
+            weight = 1
+            if (instruction.directives.secagg_weighting or "examples") == "examples":
+                weight = max(1, min(trained.num_examples, session.client.plan.config.max_weight))
+            masked = session.client.masked_input(decoded, vector, weight)
+            dp = {k: v for k, v in trained.metrics.items() if k.startswith("dp.")}
+            return self._message(instruction, masked.to_bytes(), metrics=dp)
+        if stage is SecAggStage.UNMASK:
+            if not isinstance(decoded, UnmaskRequest):
+                raise ProtocolError("the unmask stage needs an unmask request")
+            out = session.client.unmask(decoded)
+            self._drop(key)
+            return self._message(instruction, out.to_bytes())
+        value = None if stage is None else stage.value
+        raise ProtocolError(f"unknown secure-aggregation stage {value!r}")
+
+    def _message(
+        self,
+        instruction: Instruction,
+        message: bytes,
+        *,
+        metrics: dict[str, float] | None = None,
+        **more: bytes,
+    ) -> Reply:
+        """The stage's reply: its protocol message (and named byte strings) as extras."""
+        return Reply.answering(
+            instruction,
             node_id=self.node_id,
             kind=MessageKind.SECAGG,
+            metrics=metrics or {},
+            extras=pack_message(message, **more),
         )
-        key = (instruction.run_id, instruction.round)
-        try:
-            if self.kit is None or self._signer is None:
-                raise PolicyViolation("privacy: secure aggregation needs the site's kit")
-            settings = SecureAggregationSettings.from_config(instruction.config)
-            if settings is None:
-                raise ProtocolError("a secure-aggregation stage without the job's settings")
-            stage = instruction.config.get(STAGE_KEY)
-            message, more = unpack_message(instruction.extras)
-            if stage == "advertise_keys":
-                plan = SecAggPlan.from_bytes(message)
-                if not _same_plan(plan, settings):
-                    raise PolicyViolation(
-                        "privacy: the round's secure-aggregation plan differs from the job's "
-                        "[secure_aggregation] settings"
-                    )
-                certificates: dict[str, bytes] = {}
-                session = _Session(
-                    client=SecAggClient(
-                        self.node_id,
-                        plan,
-                        run_id=instruction.run_id,
-                        round=instruction.round,
-                        sign=self._signer.sign,
-                        verify=self._verifier(certificates),
-                    ),
-                    certificates=certificates,
-                )
-                with self._lock:
-                    self._sessions[key] = session
-                    while len(self._sessions) > _MAX_SESSIONS:
-                        self._sessions.popitem(last=False)
-                advert = session.client.advertise()
-                return _reply(base, advert.to_bytes(), certificate=self.kit.cert_pem)
-            session = self._session(key)
-            decoded = decode_message(message)
-            if stage == "share_keys":
-                if not isinstance(decoded, Roster):
-                    raise ProtocolError("the share-keys stage needs a roster")
-                session.certificates.clear()
-                session.certificates.update(
-                    {
-                        name[len(CERTIFICATE_PREFIX) :]: data
-                        for name, data in more.items()
-                        if name.startswith(CERTIFICATE_PREFIX)
-                    }
-                )
-                return _reply(base, session.client.share_keys(decoded).to_bytes())
-            if stage == "masked_input":
-                if not isinstance(decoded, ForwardedShares):
-                    raise ProtocolError("the masked-input stage needs forwarded shares")
-                trained = train(
-                    Instruction(
-                        run_id=instruction.run_id,
-                        round=instruction.round,
-                        node_id=instruction.node_id,
-                        kind=MessageKind.TRAIN,
-                        parameters=instruction.parameters,
-                        config=instruction.config,
-                    )
-                )
-                if not trained.ok or trained.parameters is None:
-                    self._drop(key)
-                    return trained_error(base, trained)
-                vector = _update_vector(trained.parameters, instruction.parameters)
-                weight = 1
-                if instruction.config.get(WEIGHTING_KEY, "examples") == "examples":
-                    weight = max(
-                        1, min(trained.num_examples, session.client.plan.config.max_weight)
-                    )
-                masked = session.client.masked_input(decoded, vector, weight)
-                reply = _reply(base, masked.to_bytes())
-                dp = {k: v for k, v in trained.metrics.items() if k.startswith("dp.")}
-                return Reply(
-                    run_id=reply.run_id,
-                    round=reply.round,
-                    node_id=reply.node_id,
-                    kind=reply.kind,
-                    metrics=dp,
-                    extras=reply.extras,
-                )
-            if stage == "unmask":
-                if not isinstance(decoded, UnmaskRequest):
-                    raise ProtocolError("the unmask stage needs an unmask request")
-                out = session.client.unmask(decoded)
-                self._drop(key)
-                return _reply(base, out.to_bytes())
-            raise ProtocolError(f"unknown secure-aggregation stage {stage!r}")
-        except BiofedError as exc:
-            return Reply(
-                run_id=base.run_id,
-                round=base.round,
-                node_id=base.node_id,
-                kind=base.kind,
-                error=f"{exc.code}: {exc}",
-            )
 
     def _session(self, key: tuple[str, int]) -> _Session:
         with self._lock:
@@ -233,27 +230,6 @@ class SecureSessions:
     def _drop(self, key: tuple[str, int]) -> None:
         with self._lock:
             self._sessions.pop(key, None)
-
-
-def _reply(base: Reply, message: bytes, **more: bytes) -> Reply:
-    return Reply(
-        run_id=base.run_id,
-        round=base.round,
-        node_id=base.node_id,
-        kind=base.kind,
-        extras=pack_message(message, **more),
-    )
-
-
-def trained_error(base: Reply, trained: Reply) -> Reply:
-    """The stage's error reply for a training step that failed or was refused."""
-    return Reply(
-        run_id=base.run_id,
-        round=base.round,
-        node_id=base.node_id,
-        kind=base.kind,
-        error=trained.error or "task: training returned no parameters",
-    )
 
 
 def _update_vector(trained: ParameterSet, start: ParameterSet) -> np.ndarray:

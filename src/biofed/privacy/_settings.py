@@ -33,12 +33,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from biofed.core import ConfigurationError, Scalar
+from biofed.core.sections import PRIVACY_PREFIX as PRIVACY_PREFIX
+from biofed.core.sections import PrivacySection
 from biofed.privacy._accountant import ACCOUNTANTS
 from biofed.privacy._calibrate import calibrate_noise
 from biofed.privacy._checks import check_delta, check_float, check_steps
 
-#: Prefix of the instruction-config keys that carry the settings.
-PRIVACY_PREFIX = "privacy."
 PRIVACY_MODES = ("sample", "client")
 #: Reply metrics a node adds: the job's cumulative ε and δ at that site after the round,
 #: computed by the site's own accountant.
@@ -221,28 +221,43 @@ class DPSettings:
             table["seeded"] = True
         return table
 
-    # -- instruction config ------------------------------------------------------------------
-    def to_config(self) -> dict[str, Scalar]:
-        """The ``privacy.*`` keys every instruction of the job carries."""
-        config = {f"{PRIVACY_PREFIX}{k}": v for k, v in self.to_table().items()}
-        config[f"{PRIVACY_PREFIX}rounds"] = self.rounds
-        config[f"{PRIVACY_PREFIX}min_replies"] = self.min_replies
-        return config
+    # -- instruction section -------------------------------------------------------------------
+    def to_section(self) -> PrivacySection:
+        """The job section's privacy part (:attr:`biofed.core.sections.JobSection.privacy`)."""
+        return PrivacySection(
+            table={**self.to_table(), "rounds": self.rounds, "min_replies": self.min_replies}
+        )
 
     @classmethod
-    def from_config(cls, config: Mapping[str, Scalar]) -> DPSettings | None:
-        """The settings an instruction carries, or None when its job has no DP."""
-        table = {
-            k[len(PRIVACY_PREFIX) :]: v for k, v in config.items() if k.startswith(PRIVACY_PREFIX)
-        }
-        if not table:
+    def from_section(cls, section: PrivacySection | None) -> DPSettings | None:
+        """The settings an instruction's job section carries, or None when its job has no DP.
+
+        Raises
+        ------
+        ConfigurationError
+            If they are incomplete or invalid (one line naming the key).
+        """
+        if section is None:
             return None
+        table = dict(section.table)
         rounds, min_replies = table.pop("rounds", None), table.pop("min_replies", None)
         if rounds is None or min_replies is None:
             raise ConfigurationError(
                 "the instruction's privacy settings lack privacy.rounds or privacy.min_replies"
             )
         return cls.from_table(table, rounds=rounds, min_replies=min_replies)  # type: ignore[arg-type]
+
+    def to_config(self) -> dict[str, Scalar]:
+        """The settings in the flat form of older code (``privacy.*`` keys)."""
+        return {f"{PRIVACY_PREFIX}{k}": v for k, v in self.to_section().table.items()}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Scalar]) -> DPSettings | None:
+        """The settings a flat config carries (``privacy.*`` keys), or None."""
+        table = {
+            k[len(PRIVACY_PREFIX) :]: v for k, v in config.items() if k.startswith(PRIVACY_PREFIX)
+        }
+        return cls.from_section(PrivacySection(table=table) if table else None)
 
     # -- noise ---------------------------------------------------------------------------------
     def sample_noise_multiplier(self, sampling_rate: float, steps_per_round: int) -> float:

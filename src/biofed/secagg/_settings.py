@@ -10,15 +10,12 @@ from typing import Any
 import numpy as np
 
 from biofed.core import ConfigurationError, ParameterSet, PayloadError, Scalar
+from biofed.core.sections import SECAGG_PREFIX as SECAGG_PREFIX
+from biofed.core.sections import STAGE_KEY as STAGE_KEY
+from biofed.core.sections import WEIGHTING_KEY as WEIGHTING_KEY
+from biofed.core.sections import SecureAggregationSection
 from biofed.secagg._config import SecAggConfig
 
-#: Prefix of the instruction-config keys that carry the settings.
-SECAGG_PREFIX = "secagg."
-#: Config key naming the protocol stage of a ``MessageKind.SECAGG`` instruction.
-STAGE_KEY = "secagg.stage"
-#: Config key: how a site weighs its vector: ``"examples"`` (its example count, capped at
-#: ``max_weight``) or ``"equal"`` (weight 1; client-level DP needs equal weights).
-WEIGHTING_KEY = "secagg.weighting"
 #: Name of the extras entry (and of its one array) that carries a protocol message.
 MESSAGE_EXTRA = "secagg"
 MESSAGE_ARRAY = "message"
@@ -94,19 +91,39 @@ class SecureAggregationSettings:
             table["threshold"] = self.threshold
         return table
 
+    def to_section(self) -> SecureAggregationSection:
+        """The job section's secure-aggregation part
+        (:attr:`biofed.core.sections.JobSection.secure_aggregation`)."""
+        return SecureAggregationSection(table=self.to_table())
+
+    @classmethod
+    def from_section(
+        cls, section: SecureAggregationSection | None
+    ) -> SecureAggregationSettings | None:
+        """The settings an instruction's job section carries, or None when its job does not
+        use them.
+
+        Raises
+        ------
+        ConfigurationError
+            If they are invalid (one line naming the key).
+        """
+        return None if section is None or not section.table else cls.from_table(section.table)
+
     def to_config(self) -> dict[str, Scalar]:
-        """The ``secagg.*`` keys every instruction of the job carries."""
+        """The settings in the flat form of older code (``secagg.*`` keys)."""
         return {f"{SECAGG_PREFIX}{k}": v for k, v in self.to_table().items()}
 
     @classmethod
     def from_config(cls, config: Mapping[str, Scalar]) -> SecureAggregationSettings | None:
-        """The settings an instruction carries, or None when its job does not use them."""
+        """The settings a flat config carries (``secagg.*`` keys but the stage and the
+        weighting), or None."""
         table = {
             k[len(SECAGG_PREFIX) :]: v
             for k, v in config.items()
             if k.startswith(SECAGG_PREFIX) and k not in (STAGE_KEY, WEIGHTING_KEY)
         }
-        return cls.from_table(table) if table else None
+        return cls.from_section(SecureAggregationSection(table=table))
 
 
 def pack_message(message: bytes, **more: bytes) -> dict[str, ParameterSet]:

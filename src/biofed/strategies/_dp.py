@@ -27,6 +27,8 @@ from biofed.core import (
     RoundFailed,
     Scalar,
 )
+from biofed.core.sections import DP_CLIP_NORM as DP_CLIP_NORM
+from biofed.core.sections import DP_NOISE_STD_SHARE as DP_NOISE_STD_SHARE
 from biofed.privacy import AdaptiveClipping, GaussianNoise, clip_l2
 from biofed.strategies._base import (
     AggregateResult,
@@ -39,12 +41,12 @@ from biofed.strategies._fedavg import FedAvg
 from biofed.strategies._fedopt import _ServerOptStrategy
 from biofed.strategies._weighted import WeightedSum
 
+# DP_CLIP_NORM and DP_NOISE_STD_SHARE (re-exported above; biofed.core.sections owns them)
+# are the round directives sent to every training node: the round's clip norm C and, with
+# distributed noise, the std of each site's noise share.
+
 #: Strategy-state key of the adaptive clipping state (clip norm and rounds, float64).
 DP_CLIP_STATE = "dp_adaptive_clipping"
-#: Config keys sent to every training node.
-DP_CLIP_NORM = "dp.clip_norm"
-DP_NOISE_STD_SHARE = "dp.noise_std_share"
-
 NoisePlacement = Literal["central", "distributed"]
 #: Builds the (seeded, **not secure**) generator for a round's noise; tests and simulations only.
 RngFactory = Callable[[int], np.random.Generator]

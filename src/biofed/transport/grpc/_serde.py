@@ -18,6 +18,11 @@ and authenticity of every byte come from TLS 1.2+/1.3 AEAD records (AES-GCM or
 ChaCha20-Poly1305, RFC 8446 §5.2) on the mutually authenticated channel; an application-level
 SHA-256 on top measured at 200 MB/s here, the transfer's bottleneck, and protected nothing
 TLS does not.
+
+An instruction's typed sections travel in the header's one flat scalar map
+(``config_json``): the job section and the round's directives as prefixed keys beside the
+task's own keys (:func:`_wire_config` / :func:`_sections_from_wire`, with the key names of
+:mod:`biofed.core.sections`), so the bytes are those of every earlier biofed.v1 peer.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from biofed.core import (
     decode_parameters,
     encode_segments,
 )
+from biofed.core.sections import JobSection, RoundDirectives, flat_sections, split_flat
 from biofed.transport.grpc._gen import federation_pb2 as pb
 
 #: Bytes of payload per chunk message (well under gRPC's 4 MiB default message limit).
@@ -218,6 +224,19 @@ def _config_from_json(text: str) -> dict[str, Scalar]:
     return value
 
 
+def _wire_config(inst: Instruction) -> dict[str, Scalar]:
+    """The instruction's sections and task config as the wire's one flat map."""
+    return {**inst.task_config, **flat_sections(inst.job, inst.directives)}
+
+
+def _sections_from_wire(
+    config: Mapping[str, Scalar],
+) -> tuple[JobSection, RoundDirectives, dict[str, Scalar]]:
+    """The job section, the round's directives and the task's config of a wire map."""
+    job, directives, task = split_flat(config)
+    return JobSection(**job), RoundDirectives(**directives), task
+
+
 _KINDS = frozenset(k.value for k in MessageKind)
 
 
@@ -240,7 +259,7 @@ def instruction_header(
         run_id=inst.run_id,
         round=inst.round,
         kind=inst.kind.value,
-        config_json=_config_json(inst.config),
+        config_json=_config_json(_wire_config(inst)),
         blobs=[pb.BlobInfo(name=n, size=s) for n, s in payload.blobs],
         total_bytes=payload.size,
         audit_head=inst.audit_head,
@@ -254,13 +273,16 @@ def instruction_from_wire(
     parameters, extras = _split(blobs, max_bytes=max_bytes)
     if parameters is None:
         raise PayloadError("instruction carries no parameters")
+    job, directives, task_config = _sections_from_wire(_config_from_json(header.config_json))
     return Instruction(
         run_id=header.run_id,
         round=header.round,
         node_id=node_id,
         kind=_kind(header.kind),
         parameters=parameters,
-        config=_config_from_json(header.config_json),
+        job=job,
+        directives=directives,
+        config=task_config,
         extras=extras,
         audit_head=header.audit_head,
     )

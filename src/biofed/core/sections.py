@@ -1,0 +1,269 @@
+"""The typed sections of an :class:`~biofed.core.Instruction`, and their flat form.
+
+A public module of :mod:`biofed.core` (import from ``biofed.core.sections``): the sections
+are values every layer meets, but only code that builds or reads instructions needs them,
+so they stay out of ``biofed.core``'s own short list.
+
+An instruction carries three things besides its model:
+
+* :class:`JobSection` — what the job is, the same in every instruction of a run: the
+  dataset, the task and its options, the study agreement, the bundle digest, the metrics
+  an evaluation asks for, and the job's privacy and secure-aggregation settings.
+* :class:`RoundDirectives` — what the coordinator's strategy and protocol say about this
+  round: DP-FedAvg's clip norm and distributed-noise share, the secure-aggregation stage and
+  how a site weighs its masked vector.
+* the task's own config (local steps, learning rate, seed, split…): plain scalars the node
+  hands to the task.
+
+Each section has one owner. Core holds the job's privacy and secure-aggregation settings as
+checked scalar tables (:class:`PrivacySection`, :class:`SecureAggregationSection`); core is
+the lowest layer and cannot know their rules, so :class:`biofed.privacy.DPSettings` and
+:class:`biofed.secagg.SecureAggregationSettings` parse and validate them
+(``from_section`` / ``to_section``). Everything else here is checked on construction.
+
+The flat form
+-------------
+On the wire (``transport/grpc/_serde.py``) and in the instructions older code builds, the
+sections travel as prefixed keys of one scalar map — ``dataset``, ``task``, ``task.<option>``,
+``agreement``, ``bundle``, ``metrics``, ``privacy.<key>``, ``secagg.<key>``, ``dp.clip_norm``,
+``dp.noise_std_share``, ``secagg.stage``, ``secagg.weighting`` — beside the task's keys.
+:func:`split_flat` and :func:`flat_sections` are the one place that maps between the two
+(``Instruction(config={flat keys})`` and, through it, the gRPC codec); nothing else reads
+these key names.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from biofed.core._errors import ConfigurationError
+from biofed.core._types import Config, Scalar, freeze_config
+
+#: Flat-form prefix of the job's ``[privacy]`` settings (``privacy.mode``…).
+PRIVACY_PREFIX = "privacy."
+#: Flat-form prefix of the job's ``[secure_aggregation]`` settings (``secagg.threshold``…).
+SECAGG_PREFIX = "secagg."
+#: Flat-form key of the secure-aggregation stage of a ``MessageKind.SECAGG`` instruction.
+STAGE_KEY = "secagg.stage"
+#: Flat-form key: how a site weighs its masked vector (``"examples"`` or ``"equal"``).
+WEIGHTING_KEY = "secagg.weighting"
+#: Flat-form key of the round's clip norm C under client-level DP (DP-FedAvg).
+DP_CLIP_NORM = "dp.clip_norm"
+#: Flat-form key of the std of the noise share each site adds with distributed noise.
+DP_NOISE_STD_SHARE = "dp.noise_std_share"
+#: Flat-form prefix of the task's options (``task.num_features``…).
+TASK_PREFIX = "task."
+_JOB_KEYS = ("dataset", "task", "agreement", "bundle", "metrics")
+WEIGHTINGS = ("examples", "equal")
+
+
+class SecAggStage(str, enum.Enum):
+    """Where a secure-aggregation round stands: the step a party takes next (or its end).
+
+    The four protocol stages are those of Bonawitz et al. (2017): advertise keys, share
+    keys, masked input, unmask.
+    """
+
+    ADVERTISE_KEYS = "advertise_keys"
+    SHARE_KEYS = "share_keys"
+    MASKED_INPUT = "masked_input"
+    UNMASK = "unmask"
+    DONE = "done"
+    ABORTED = "aborted"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PrivacySection:
+    """The job's ``[privacy]`` settings as a checked scalar table (with ``rounds`` and
+    ``min_replies``). :meth:`biofed.privacy.DPSettings.from_section` reads it."""
+
+    table: Config = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "table", freeze_config(self.table))
+        if not self.table:
+            raise ConfigurationError("a privacy section needs its settings")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecureAggregationSection:
+    """The job's ``[secure_aggregation]`` settings as a checked scalar table.
+    :meth:`biofed.secagg.SecureAggregationSettings.from_section` reads it."""
+
+    table: Config = field(default_factory=lambda: MappingProxyType({}))
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "table", freeze_config(self.table))
+
+
+def _opt_str(value: object, what: str) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    raise ConfigurationError(f"instruction {what} must be a string, got {value!r}")
+
+
+def _opt_number(value: object, what: str) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ConfigurationError(f"instruction {what} must be a number, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobSection:
+    """What a job asks of a site; the same in every instruction of one run.
+
+    Attributes
+    ----------
+    dataset:
+        The dataset the task runs on (None: the instruction names none).
+    task:
+        The task's name (built in, a site's task module, or the bundle's).
+    task_options:
+        Arguments of the task's constructor (``[task]`` besides ``name``).
+    agreement:
+        The study agreement's id; nodes with governance refuse a job without one.
+    bundle:
+        The approved task bundle's SHA-256 digest.
+    metrics:
+        The metric names an evaluation asks for, comma-separated as the job wrote them
+        (:func:`biofed.governance.requested_metrics` reads them).
+    privacy:
+        The job's differential-privacy settings, or None.
+    secure_aggregation:
+        The job's secure-aggregation settings, or None.
+    """
+
+    dataset: str | None = None
+    task: str | None = None
+    task_options: Config = field(default_factory=lambda: MappingProxyType({}))
+    agreement: str | None = None
+    bundle: str | None = None
+    metrics: Scalar | None = None
+    privacy: PrivacySection | None = None
+    secure_aggregation: SecureAggregationSection | None = None
+
+    def __post_init__(self) -> None:
+        _opt_str(self.dataset, "dataset")
+        _opt_str(self.task, "task")
+        _opt_str(self.agreement, "agreement")
+        _opt_str(self.bundle, "bundle")
+        object.__setattr__(self, "task_options", freeze_config(self.task_options))
+        if self.metrics is not None and not isinstance(self.metrics, bool | int | float | str):
+            raise ConfigurationError(f"instruction metrics must be a scalar, got {self.metrics!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RoundDirectives:
+    """What the coordinator's strategy and protocol direct for this round.
+
+    Attributes
+    ----------
+    clip_norm:
+        Client-level DP (DP-FedAvg): the round's clip norm C; the site checks it against
+        the job's ``max_grad_norm``.
+    noise_std_share:
+        Client-level DP with distributed noise: the std of the noise this site adds.
+    secagg_stage:
+        A ``MessageKind.SECAGG`` instruction's protocol stage.
+    secagg_weighting:
+        How the site weighs its masked vector: ``"examples"`` (its example count, capped)
+        or ``"equal"``.
+    """
+
+    clip_norm: float | None = None
+    noise_std_share: float | None = None
+    secagg_stage: SecAggStage | None = None
+    secagg_weighting: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "clip_norm", _opt_number(self.clip_norm, "clip norm"))
+        object.__setattr__(
+            self, "noise_std_share", _opt_number(self.noise_std_share, "noise std share")
+        )
+        if self.secagg_stage is not None:
+            try:
+                object.__setattr__(self, "secagg_stage", SecAggStage(self.secagg_stage))
+            except ValueError:
+                raise ConfigurationError(
+                    f"unknown secure-aggregation stage {self.secagg_stage!r}"
+                ) from None
+        _opt_str(self.secagg_weighting, "secure-aggregation weighting")
+
+
+NO_JOB = JobSection()
+NO_DIRECTIVES = RoundDirectives()
+
+
+def split_flat(
+    config: Mapping[str, Scalar],
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Scalar]]:
+    """Split a flat map into the job fields and directive fields it sets (only those
+    present) and the task's own keys.
+
+    Raises
+    ------
+    ConfigurationError
+        If a section value has the wrong type (one line naming it).
+    """
+    job: dict[str, Any] = {}
+    directives: dict[str, Any] = {}
+    task: dict[str, Scalar] = {}
+    options: dict[str, Scalar] = {}
+    privacy: dict[str, Scalar] = {}
+    secagg: dict[str, Scalar] = {}
+    for key, value in config.items():
+        if key in _JOB_KEYS:
+            job[key] = value
+        elif key.startswith(TASK_PREFIX) and len(key) > len(TASK_PREFIX):
+            options[key[len(TASK_PREFIX) :]] = value
+        elif key == DP_CLIP_NORM:
+            directives["clip_norm"] = value
+        elif key == DP_NOISE_STD_SHARE:
+            directives["noise_std_share"] = value
+        elif key == STAGE_KEY:
+            directives["secagg_stage"] = value
+        elif key == WEIGHTING_KEY:
+            directives["secagg_weighting"] = value
+        elif key.startswith(PRIVACY_PREFIX) and len(key) > len(PRIVACY_PREFIX):
+            privacy[key[len(PRIVACY_PREFIX) :]] = value
+        elif key.startswith(SECAGG_PREFIX) and len(key) > len(SECAGG_PREFIX):
+            secagg[key[len(SECAGG_PREFIX) :]] = value
+        else:
+            task[key] = value
+    if options:
+        job["task_options"] = options
+    if privacy:
+        job["privacy"] = PrivacySection(table=privacy)
+    if secagg:
+        job["secure_aggregation"] = SecureAggregationSection(table=secagg)
+    return job, directives, task
+
+
+def flat_sections(job: JobSection, directives: RoundDirectives) -> dict[str, Scalar]:
+    """The flat keys of ``job`` and ``directives`` (unset fields left out), the inverse of
+    :func:`split_flat`."""
+    out: dict[str, Scalar] = {}
+    for key in _JOB_KEYS:
+        value = getattr(job, key)
+        if value is not None:
+            out[key] = value
+    out.update({f"{TASK_PREFIX}{k}": v for k, v in job.task_options.items()})
+    if job.privacy is not None:
+        out.update({f"{PRIVACY_PREFIX}{k}": v for k, v in job.privacy.table.items()})
+    if job.secure_aggregation is not None:
+        out.update({f"{SECAGG_PREFIX}{k}": v for k, v in job.secure_aggregation.table.items()})
+    if directives.clip_norm is not None:
+        out[DP_CLIP_NORM] = directives.clip_norm
+    if directives.noise_std_share is not None:
+        out[DP_NOISE_STD_SHARE] = directives.noise_std_share
+    if directives.secagg_stage is not None:
+        out[STAGE_KEY] = directives.secagg_stage.value
+    if directives.secagg_weighting is not None:
+        out[WEIGHTING_KEY] = directives.secagg_weighting
+    return out

@@ -1,0 +1,55 @@
+"""Step: output control — only what the study agreement allows leaves the site.
+
+On the way out a successful reply is checked by
+:func:`~biofed.governance.control_reply`: the parameters must match the model's declared
+tensors, no extras but the allowed ones, and metrics the agreement does not name are dropped
+(and listed in the ``round.sent`` entry). The privacy step's statement of the site's own
+spend (``dp.epsilon``, ``dp.delta``, ``dp.guarantee``) is the node's, not the task's output:
+it always leaves.
+
+Security notes
+--------------
+Threat: task code smuggling data out in extra tensors, extra parameter names, odd shapes
+or extra metric names. Nothing of a reply that fails the check leaves (``round.withheld``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from biofed.core import BiofedError, Reply
+from biofed.governance import AuditLog, control_reply
+from biofed.node._chain import Next, Work
+from biofed.node._step_audit import withhold
+from biofed.privacy import DELTA_METRIC, EPSILON_METRIC, GUARANTEE_METRIC
+
+#: The privacy step's statement of the site's spend (added after the task ran).
+_STATEMENT = (EPSILON_METRIC, DELTA_METRIC, GUARANTEE_METRIC)
+
+
+class OutputControlStep:
+    """Checks and trims what a governed site's reply would release."""
+
+    def __init__(self, node_id: str, audit: AuditLog) -> None:
+        self.node_id = node_id
+        self.audit = audit
+
+    def __call__(self, work: Work, call_next: Next) -> Reply:
+        reply = call_next(work)
+        clearance = work.clearance
+        if clearance is None or not reply.ok:
+            return reply
+        statement = {}
+        if work.plan is not None:
+            statement = {k: v for k, v in reply.metrics.items() if k in _STATEMENT}
+        task_output = dataclasses.replace(
+            reply, metrics={k: v for k, v in reply.metrics.items() if k not in statement}
+        )
+        try:
+            controlled, dropped = control_reply(task_output, work.instruction, clearance)
+        except BiofedError as exc:
+            return withhold(self.audit, work.instruction, exc, self.node_id)
+        work.sent.update(num_examples=controlled.num_examples, dropped_metrics=list(dropped))
+        if not statement:
+            return controlled
+        return dataclasses.replace(controlled, metrics={**controlled.metrics, **statement})

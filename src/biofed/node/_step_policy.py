@@ -1,0 +1,179 @@
+"""Step: the site's governance policy — fetch the approved bundle, check, accept or refuse.
+
+Before anything runs, :func:`~biofed.governance.check_instruction` checks the study
+agreement, the dataset, the cohort, the task bundle, the outputs and the privacy the job asks
+for (with the round's privacy plan, fitted to the approved task's DP declaration). A refusal
+is audited (``job.refused``) and nothing runs; an acceptance is audited (``job.accepted``,
+with the agreement's and the dataset's digests) before the work goes on with its clearance.
+
+Security notes
+--------------
+Threat: a coordinator that asks a site for what its agreement does not allow. Nothing in an
+instruction is taken on the coordinator's word: the agreement must be signed by every party
+(checked with the consortium CA and CRL), the bundle approved by this site's operator and its
+bytes must match the digest, and whether the round is secure comes from the node's own
+secure-aggregation step (:attr:`~biofed.node._chain.Work.secure`), never from the instruction.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Callable, Mapping
+
+from biofed.core import (
+    BiofedError,
+    ConfigurationError,
+    DataError,
+    Instruction,
+    MessageKind,
+    PolicyViolation,
+    Reply,
+)
+from biofed.governance import (
+    AuditLog,
+    PolicyRequest,
+    SitePolicy,
+    check_digest,
+    check_instruction,
+    heuristic_dp_allowed,
+    read_bundle,
+    requested_metrics,
+)
+from biofed.node._chain import Next, Work
+from biofed.node._config import DatasetSource
+from biofed.node._privacy import RoundPrivacy, fit_plan
+from biofed.node._sites import SiteTasks
+from biofed.node._step_audit import record, where
+from biofed.node._step_privacy import PrivacyStep
+
+#: Downloads a bundle by digest from the coordinator (None: the node process set none).
+FetchBundle = Callable[[], Callable[[str], bytes] | None]
+
+
+class PolicyStep:
+    """Checks each instruction against the site's governance before anything runs.
+
+    Parameters
+    ----------
+    node_id:
+        The site's identity.
+    policy, audit:
+        The site's policy (agreements, registry, approvals, bundles) and audit log.
+    sites:
+        The site's datasets and tasks.
+    sources:
+        ``node.toml``'s dataset files (the registry pins them).
+    privacy:
+        The privacy step, whose plan the check weighs.
+    fetcher:
+        Returns the function that downloads a bundle from the coordinator, if any.
+    """
+
+    def __init__(
+        self,
+        node_id: str,
+        policy: SitePolicy,
+        audit: AuditLog,
+        *,
+        sites: SiteTasks,
+        sources: Mapping[str, DatasetSource],
+        privacy: PrivacyStep,
+        fetcher: FetchBundle,
+    ) -> None:
+        self.node_id = node_id
+        self.policy = policy
+        self.audit = audit
+        self.sites = sites
+        self.sources = sources
+        self.privacy = privacy
+        self.fetcher = fetcher
+
+    def __call__(self, work: Work, call_next: Next) -> Reply:
+        instruction = work.instruction
+        self._fetch_if_approved(instruction)
+        try:
+            try:
+                plan = self.privacy.plan(work)
+            except ConfigurationError as exc:
+                raise PolicyViolation(f"privacy: {exc}") from None
+            clearance = check_instruction(self.policy, self._request(work, plan))
+            if plan is not None:  # the approved bundle's declaration, read in its sandbox
+                plan = fit_plan(
+                    plan,
+                    self.sites.site(instruction.job, clearance).task,
+                    instruction.task_config,
+                    heuristic_dp_allowed(clearance),
+                )
+        except PolicyViolation as exc:
+            record(self.audit, "job.refused", {**where(instruction), "rule": str(exc)})
+            return Reply.error_for(instruction, exc, node_id=self.node_id)
+        try:
+            record(
+                self.audit,
+                "job.accepted",
+                {
+                    **where(instruction),
+                    "agreement": clearance.agreement.agreement.agreement_id,
+                    "agreement_sha256": clearance.agreement.agreement.digest(),
+                    "bundle": clearance.bundle.digest,
+                    "dataset": clearance.dataset.name,
+                    "dataset_sha256": clearance.dataset.sha256,
+                },
+                strict=True,
+            )
+        except BiofedError as exc:
+            return Reply.error_for(instruction, exc, node_id=self.node_id)
+        return call_next(dataclasses.replace(work, clearance=clearance, plan=plan))
+
+    def _request(self, work: Work, plan: RoundPrivacy | None) -> PolicyRequest:
+        instruction = work.instruction
+        job = instruction.job
+        dataset = job.dataset or ""
+        data = self.sites.data.get(dataset)
+        source = self.sources.get(dataset)
+        rows = 0
+        if data is not None:
+            if instruction.kind is MessageKind.TRAIN:
+                rows = len(data.train)
+            else:
+                try:
+                    rows = len(data.split(str(instruction.task_config.get("split", "test"))))
+                except DataError:
+                    rows = 0
+        return PolicyRequest(
+            kind=instruction.kind,
+            agreement=job.agreement,
+            dataset=dataset,
+            bundle=job.bundle,
+            dataset_path=None if source is None else source.path,
+            rows=rows,
+            metrics=requested_metrics({} if job.metrics is None else {"metrics": job.metrics}),
+            secure_aggregation=work.secure,
+            differential_privacy=job.privacy is not None,
+            dp_planned=None if plan is None else (plan.planned_epsilon(), plan.settings.delta),
+            dp_seeded=plan is not None and plan.settings.seeded,
+        )
+
+    def _fetch_if_approved(self, instruction: Instruction) -> None:
+        """Fetch the job's bundle from the coordinator when this site approved its digest but
+        does not hold the file yet. The bytes are checked against the digest before they are
+        kept; whether the bundle may run is still decided by :func:`check_instruction`."""
+        digest = instruction.job.bundle
+        fetch = self.fetcher()
+        if digest is None or fetch is None:
+            return
+        try:
+            file = self.policy.bundles_dir / f"{check_digest(digest)}.zip"
+            if file.is_file() or not self.policy.approvals.is_approved(digest):
+                return
+            data = fetch(digest)
+            read_bundle(data, expected_digest=digest)
+            file.parent.mkdir(parents=True, exist_ok=True)
+            tmp = file.with_suffix(f".part{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, file)
+        except BiofedError as exc:
+            record(self.audit, "bundle.fetch_failed", {"bundle": str(digest), "reason": str(exc)})
+            return
+        record(self.audit, "bundle.fetched", {"bundle": digest, "bytes": len(data)})
