@@ -41,6 +41,7 @@ from biofed.core import (
     check_id,
     freeze_config,
 )
+from biofed.core.sections import NO_JOB, JobSection
 from biofed.secagg import SecureAggregationSettings
 from biofed.strategies import Strategy, StrategyState
 from biofed.transport import Transport
@@ -151,9 +152,12 @@ class RoundEngine:
         Optional progress hooks.
     clock:
         Monotonic clock in seconds (injected for tests).
+    job:
+        The run's job section every instruction carries (the task, the dataset, the privacy
+        and secure-aggregation settings…: :meth:`~biofed.coordinator.JobSpec.job_section`).
     instruction_config:
-        Run-level settings added to every instruction's config (the task, the dataset…);
-        a strategy's own keys win.
+        The same in the flat form (for callers written before the sections) plus any
+        run-level task keys; a strategy's own keys win.
     secure_aggregation:
         With settings, every training round runs SecAgg+ (:mod:`biofed.coordinator._secure`)
         and the engine only ever holds the sites' (weighted) mean update.
@@ -178,6 +182,7 @@ class RoundEngine:
         listener: EngineListener | None = None,
         clock: Callable[[], float] = time.monotonic,
         instruction_config: Mapping[str, Scalar] | None = None,
+        job: JobSection | None = None,
         secure_aggregation: SecureAggregationSettings | None = None,
         cancel: threading.Event | None = None,
         training: TrainingRound | None = None,
@@ -202,6 +207,7 @@ class RoundEngine:
             run_id=self.run_id,
             round_timeout=config.round_timeout,
             run_config=self.instruction_config,
+            job=job or NO_JOB,
             seed=seed,
             listener=self.listener,
             on_event=self._record,

@@ -44,6 +44,7 @@ from biofed.core import (
     Scalar,
     TransportError,
 )
+from biofed.core.sections import NO_JOB, JobSection
 from biofed.strategies import AggregateResult, NodePlan, Strategy, StrategyState
 from biofed.transport import Transport
 
@@ -62,15 +63,19 @@ def build_instruction(
     kind: MessageKind,
     parameters: ParameterSet,
     plan: NodePlan,
-    run_config: Mapping[str, Scalar],
     seed: int,
+    job: JobSection = NO_JOB,
+    run_config: Mapping[str, Scalar] | None = None,
 ) -> Instruction:
     """The instruction for one node in one phase: the run's settings, the strategy's plan for
     the node (its keys win) and the run's seed (unless the plan sets one).
 
-    The only place the coordinator builds an :class:`~biofed.core.Instruction`.
+    The only place the coordinator builds an :class:`~biofed.core.Instruction`. ``job`` is
+    the run's typed job section; ``run_config`` (flat keys, for callers written before the
+    sections) is lifted into the sections by :class:`~biofed.core.Instruction`. A strategy's
+    flat keys (``dp.clip_norm``, ``secagg.stage``…) become the round's directives.
     """
-    config = {**run_config, **plan.config}
+    config = {**(run_config or {}), **plan.config}
     config.setdefault("seed", seed)
     return Instruction(
         run_id=run_id,
@@ -78,6 +83,7 @@ def build_instruction(
         node_id=plan.node_id,
         kind=kind,
         parameters=parameters,
+        job=job,
         config=config,
         extras=plan.extras,
     )
@@ -226,8 +232,9 @@ class NodeExchange:
         The run (replies for another are refused).
     round_timeout:
         Seconds each exchange waits for replies; ``None`` waits for all.
-    run_config, seed:
-        What :func:`build_instruction` adds to every instruction.
+    job, run_config, seed:
+        What :func:`build_instruction` adds to every instruction: the run's typed job
+        section (and, from callers written before the sections, flat run keys).
     listener:
         Told of every reply, accepted or not.
     on_event:
@@ -248,6 +255,7 @@ class NodeExchange:
         run_config: Mapping[str, Scalar],
         seed: int,
         listener: ExchangeListener,
+        job: JobSection = NO_JOB,
         on_event: Callable[[RunEvent], None],
         clock: Callable[[], float],
         cancel: threading.Event | None = None,
@@ -256,6 +264,7 @@ class NodeExchange:
         self._run_id = run_id
         self.round_timeout = round_timeout
         self.run_config = run_config
+        self.job = job
         self.seed = seed
         self.listener = listener
         self.on_event = on_event
@@ -301,6 +310,7 @@ class NodeExchange:
                 parameters=parameters,
                 plan=plan,
                 run_config=self.run_config,
+                job=self.job,
                 seed=self.seed,
             )
             try:

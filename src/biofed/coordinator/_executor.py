@@ -159,7 +159,7 @@ class RunExecutor:
                 spec.engine_config(),
                 run_id=run_id,
                 listener=listener,
-                instruction_config=spec.instruction_config(),
+                job=spec.job_section(),
                 secure_aggregation=spec.secure_aggregation,
                 cancel=cancel,
             )

@@ -36,6 +36,7 @@ from biofed.coordinator._engine import EngineConfig
 from biofed.coordinator._job_rules import error_text
 from biofed.coordinator._job_schema import check_job
 from biofed.core import ConfigurationError, ParameterSet, Scalar, freeze_config
+from biofed.core.sections import NO_DIRECTIVES, JobSection, flat_sections
 from biofed.privacy import DPSettings
 from biofed.secagg import SecureAggregationSettings
 from biofed.strategies import DPFedAvg, Strategy, make_strategy
@@ -417,20 +418,22 @@ class JobSpec:
         task = make_task(self.task, **self.task_options)
         return task.init_parameters(np.random.default_rng(self.seed))
 
+    def job_section(self) -> JobSection:
+        """The typed job section every instruction of the run carries: the task, its
+        options, the dataset, the agreement and bundle when set, and the privacy and
+        secure-aggregation settings (each owned and parsed by its package)."""
+        return JobSection(
+            dataset=self.dataset,
+            task=self.task,
+            task_options=self.task_options,
+            agreement=self.agreement,
+            bundle=self.bundle,
+            privacy=None if self.privacy is None else self.privacy.to_section(),
+            secure_aggregation=(
+                None if self.secure_aggregation is None else self.secure_aggregation.to_section()
+            ),
+        )
+
     def instruction_config(self) -> dict[str, Scalar]:
-        """Run-level keys every instruction carries: the task, the dataset and, when set,
-        the agreement and the bundle digest."""
-        config: dict[str, Scalar] = {
-            "task": self.task,
-            "dataset": self.dataset,
-            **{f"task.{k}": v for k, v in self.task_options.items()},
-        }
-        if self.agreement is not None:
-            config["agreement"] = self.agreement
-        if self.bundle is not None:
-            config["bundle"] = self.bundle
-        if self.privacy is not None:
-            config.update(self.privacy.to_config())
-        if self.secure_aggregation is not None:
-            config.update(self.secure_aggregation.to_config())
-        return config
+        """:meth:`job_section` in the flat form (as it travels on the wire)."""
+        return flat_sections(self.job_section(), NO_DIRECTIVES)

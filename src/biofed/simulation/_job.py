@@ -134,7 +134,7 @@ def run_job(
                 job.engine_config(deadline=False),
                 run_id=run_id or f"sim-{uuid.uuid4().hex[:12]}",
                 listener=spends,
-                instruction_config=job.instruction_config(),
+                job=job.job_section(),
                 secure_aggregation=job.secure_aggregation,
             )
             result = engine.run(job.initial_parameters())
