@@ -41,17 +41,29 @@ become steps or task kinds on this chain.
 """
 
 from biofed.node._app import NodeApp
-from biofed.node._config import DatasetSource, GovernanceConfig, NodeConfig
+from biofed.node._chain import Step, Work, site_chain
+from biofed.node._config import (
+    MEMORY_LEDGER,
+    DatasetSource,
+    GovernanceConfig,
+    NodeConfig,
+    PrivacyConfig,
+)
 from biofed.node._runtime import SiteNode
 from biofed.node._sandbox import BundleRunner
 from biofed.node._serve import run_node
 
 __all__ = [
+    "MEMORY_LEDGER",
     "BundleRunner",
     "DatasetSource",
     "GovernanceConfig",
     "NodeApp",
     "NodeConfig",
+    "PrivacyConfig",
     "SiteNode",
+    "Step",
+    "Work",
     "run_node",
+    "site_chain",
 ]

@@ -142,6 +142,10 @@ class GovernanceConfig:
         return cls(**paths)
 
 
+#: :attr:`PrivacyConfig.ledger` of a ledger kept in memory (a simulation's virtual sites).
+MEMORY_LEDGER = Path(":memory:")
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class PrivacyConfig:
     """``node.toml``'s ``[privacy]`` table: the ledger file and the site's caps.
@@ -149,7 +153,10 @@ class PrivacyConfig:
     Attributes
     ----------
     ledger:
-        The ledger file, or None for ``<kit folder>/privacy.db``.
+        The ledger file, or None for ``<kit folder>/privacy.db``; :data:`MEMORY_LEDGER`
+        keeps it in memory (a simulation's virtual site only: a node that restarts forgets
+        what it spent, so ``node.toml`` cannot ask for it — its ``":memory:"`` would name a
+        file).
     caps:
         Dataset name → (ε, δ) the dataset may spend across all jobs.
     allow_heuristic:

@@ -12,23 +12,22 @@ Privacy notes
 -------------
 A rehearsal must never spend a real site's budget: a node config's ``[privacy] ledger`` is
 ignored and a virtual site keeps its ledger in the simulation's own folder (``ledger_dir``)
-or in a temporary one that is deleted with the simulation (an in-memory ledger once
-:class:`~biofed.governance.PrivacyLedger` has one). Kits are issued by a consortium made for
-the simulation alone, never the real one.
+or in memory (:data:`~biofed.node.MEMORY_LEDGER`, gone with the virtual site). Kits are
+issued by a consortium made for the simulation alone, never the real one.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 from biofed.core import ConfigurationError
 from biofed.data import FederatedDataset, SiteData
 from biofed.identity import Consortium, load_kit
-from biofed.node import NodeConfig
+from biofed.node import MEMORY_LEDGER, NodeConfig, PrivacyConfig
 from biofed.simulation._job_governance import Rehearsal, governed_config
 from biofed.simulation._sites import SiteRecipe
 
@@ -46,22 +45,15 @@ def has_caps(config: NodeConfig | None) -> bool:
     return config is not None and config.privacy is not None and bool(config.privacy.caps)
 
 
-def _with_ledger(config: NodeConfig, ledger: Path, dataset: str, scratch: Path) -> NodeConfig:
-    """``config`` with its ledger at ``ledger``; without caps, :data:`UNCAPPED` for
-    ``dataset``. (The ``[privacy]`` table is read from text: ``biofed.node`` does not
-    export its class.)"""
-    caps = config.privacy.caps if config.privacy is not None and config.privacy.caps else None
-    allow = config.privacy is not None and config.privacy.allow_heuristic
-    lines = [
-        "[privacy]",
-        f"ledger = {json.dumps(str(ledger))}",
-        f"allow_heuristic = {str(allow).lower()}",
-    ]
-    for name, (eps, delta) in (caps or {dataset: UNCAPPED}).items():
-        lines += [f"[privacy.caps.{json.dumps(name)}]", f"epsilon = {eps!r}", f"delta = {delta!r}"]
-    file = scratch / "privacy.toml"
-    file.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return dataclasses.replace(config, privacy=NodeConfig.from_toml(file).privacy)
+def _with_ledger(config: NodeConfig, ledger: Path, dataset: str) -> NodeConfig:
+    """``config`` with its ledger at ``ledger`` (a file, or ``":memory:"``); without caps,
+    :data:`UNCAPPED` for ``dataset``."""
+    privacy = config.privacy or PrivacyConfig()
+    caps = dict(privacy.caps) or {dataset: UNCAPPED}
+    return dataclasses.replace(
+        config,
+        privacy=dataclasses.replace(privacy, ledger=ledger, caps=MappingProxyType(caps)),
+    )
 
 
 def _site_data(dataset: str, data: SiteData) -> dict[str, SiteData]:
@@ -110,7 +102,7 @@ def site_recipes(
         Site → the node config it runs (privacy caps, heuristic-DP opt-in).
     ledger_dir:
         Keep each site's ledger as ``<ledger_dir>/<site>.db`` (kept after the run).
-        Default: a throwaway ledger in ``workdir`` for a site with caps or a kit, none
+        Default: a ledger in memory for a site with caps or a kit, none
         (the node's in-memory history of the job) for the others. A site without caps
         is a development site: its ledger caps the job's dataset at :data:`UNCAPPED`.
     """
@@ -137,22 +129,14 @@ def site_recipes(
     signed = None if rehearsal is None or consortium is None else rehearsal.resign(consortium)
     if ledger_dir is not None:
         ledger_dir.mkdir(parents=True, exist_ok=True)
-    ledgers = workdir / "ledgers"
-    ledgers.mkdir(exist_ok=True)
-
-    def scratch(site: str) -> Path:
-        folder = workdir / "node-configs" / site
-        folder.mkdir(parents=True, exist_ok=True)
-        return folder
-
     recipes = []
     for site, data in fed.sites.items():
         config = configs.get(site) or NodeConfig(datasets={})
-        # Never the real ledger of a node config or a kit: the ledger folder's, or a
-        # throwaway one where the site needs one (a kit opens a ledger; caps need one).
+        # Never the real ledger of a node config or a kit: the ledger folder's, or one in
+        # memory where the site needs one (a kit opens a ledger; caps need one).
         if ledger_dir is not None or site in kits or has_caps(config):
-            folder = ledger_dir or ledgers
-            config = _with_ledger(config, folder / f"{site}.db", dataset, scratch(site))
+            ledger = MEMORY_LEDGER if ledger_dir is None else ledger_dir / f"{site}.db"
+            config = _with_ledger(config, ledger, dataset)
         elif config.privacy is not None:
             config = dataclasses.replace(
                 config, privacy=dataclasses.replace(config.privacy, ledger=None)
