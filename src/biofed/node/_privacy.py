@@ -128,12 +128,9 @@ class RoundPrivacy:
 
     def mechanism(self) -> str:
         """The event as the JSON text the ledger keeps with the debit."""
-        e = self.event
         return json.dumps(
             {
-                "noise_multiplier": e.noise_multiplier,
-                "sampling_rate": e.sampling_rate,
-                "steps": e.steps,
+                **self.event.to_dict(),  # the one serialised form of a mechanism
                 "accountant": self.settings.accountant,
                 "guarantee": self.guarantee,
                 "sensitivity": self.sensitivity,
@@ -318,13 +315,13 @@ def job_epsilon(
         if rnd == server_round:
             continue
         try:
-            e = json.loads(text)
-            acc.step(float(e["noise_multiplier"]), float(e["sampling_rate"]), int(e["steps"]))
-        except (ValueError, KeyError, TypeError) as exc:
+            e = SampledGaussian.from_dict(json.loads(text))
+        except (ValueError, TypeError, AttributeError, ConfigurationError) as exc:
             raise ConfigurationError(
                 f"the privacy ledger's record of round {rnd} is unreadable ({exc}); "
                 "refusing to guess the job's spend"
             ) from None
+        acc.step(e.noise_multiplier, e.sampling_rate, e.steps)
     e = plan.event
     acc.step(e.noise_multiplier, e.sampling_rate, e.steps)
     return acc.epsilon(plan.settings.delta), plan.settings.delta
