@@ -29,6 +29,7 @@ from biofed.coordinator._store import Checkpoint, RunRow, RunStatus, StateStore
 from biofed.core import BiofedError, ParameterSet
 from biofed.governance import AuditLog
 from biofed.strategies import StrategyState
+from biofed.tasks import make_task
 from biofed.transport import Transport
 
 
@@ -130,7 +131,7 @@ class RunExecutor:
                 message=f"from the checkpoint of round {checkpoint.round}",
             )
         else:
-            params = spec.initial_parameters()
+            params = spec.initial_parameters(make_task)
             state, start = strategy.init_state(params), 1
         if current.status is RunStatus.PENDING:
             self.store.set_run_status(run_id, RunStatus.RUNNING)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -40,7 +40,7 @@ from biofed.core.sections import NO_DIRECTIVES, JobSection, flat_sections
 from biofed.privacy import DPSettings
 from biofed.secagg import SecureAggregationSettings
 from biofed.strategies import DPFedAvg, Strategy, make_strategy
-from biofed.tasks import LocalTrainingConfig, make_task, parameter_spec
+from biofed.tasks import LocalTrainingConfig, Task, make_task, parameter_spec
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -412,10 +412,10 @@ class JobSpec:
             seed=self.seed,
         )
 
-    def initial_parameters(self) -> ParameterSet:
+    def initial_parameters(self, make: Callable[..., Task] = make_task) -> ParameterSet:
         """The model a run starts from: the task's initial parameters for the job's seed (a
-        bundle's task declares the same layout by name)."""
-        task = make_task(self.task, **self.task_options)
+        bundle's task declares the same layout by name); ``make`` builds the task by name."""
+        task = make(self.task, **self.task_options)
         return task.init_parameters(np.random.default_rng(self.seed))
 
     def job_section(self) -> JobSection:
