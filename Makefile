@@ -28,7 +28,7 @@ layers: $(STAMP)
 	$(BIN)/lint-imports
 
 unit: $(STAMP)
-	scripts/with_postgres.sh $(BIN)/pytest -n 2 -q
+	scripts/with_postgres.sh $(BIN)/pytest -n 2 --dist worksteal -q
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/aggregation.py
