@@ -73,6 +73,11 @@ def report_table(report: SimulationReport) -> Table:
     return table
 
 
+#: Stages of a SecAgg+ round (advertise keys, share keys, masked input, unmask): each of a
+#: site's replies is a quarter of its round.
+SECAGG_STAGES = 4
+
+
 class RoundProgress:
     """Engine listener that shows a Rich progress bar per round on stderr."""
 
@@ -111,8 +116,13 @@ class RoundProgress:
         )
 
     def on_reply(self, server_round: int, reply: Reply, accepted: bool) -> None:
-        if self._task is not None and reply.kind.value == "train":
+        if self._task is None:
+            return
+        if reply.kind.value == "train":
             self._progress.advance(self._task)
+        elif reply.kind.value == "secagg":  # a site's secure round is four stages
+            self._progress.advance(self._task, 1 / SECAGG_STAGES)
+            self._progress.update(self._task, status="secure aggregation")
 
     def on_event(self, event: RunEvent) -> None:
         """Events are printed after the table; nothing to draw here."""
