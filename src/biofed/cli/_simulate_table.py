@@ -167,13 +167,10 @@ def load_user_federation(options: TableOptions, seed: int) -> FederatedDataset:
         stratify = "event" if "event" in targets else "label"
         for site, ds in per_site.items():
             sites[site] = train_test_split(ds, options.test_fraction, rng, stratify_key=stratify)
-    for data in sites.values():
-        for key in ("event", "label"):
-            if key in targets:
-                both = [data.train.target(key)]
-                if data.test is not None:
-                    both.append(data.test.target(key))
-                _check_binary(np.concatenate(both), key=key, column=targets[key])
+    for key in ("event", "label"):
+        if key in targets:
+            parts = [d.target(key) for s in sites.values() for d in (s.train, s.test) if d]
+            _check_binary(np.concatenate(parts), key=key, column=targets[key])
     return FederatedDataset(name=options.path.stem, sites=sites)
 
 

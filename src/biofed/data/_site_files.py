@@ -103,13 +103,22 @@ def load_site_file(
     return _split(dataset, groups, split_column)
 
 
-def _split(dataset: Dataset, groups: Mapping[str, Array], split_column: str) -> SiteData:
-    """``dataset``'s rows divided into train and test by the split column's row groups."""
+def _check_split_values(groups: Mapping[str, Array], split_column: str) -> None:
     other = sorted(set(groups) - set(_SPLITS))
-    if other or "train" not in groups:
+    if other:
+        shown = ", ".join(repr(v) for v in other[:5]) + (", …" if len(other) > 5 else "")
         raise DataError(
             f"split column {split_column!r} must hold 'train' (and optionally 'test') only; "
-            f"found {sorted(groups)}"
+            f"found {shown}"
+        )
+
+
+def _split(dataset: Dataset, groups: Mapping[str, Array], split_column: str) -> SiteData:
+    """``dataset``'s rows divided into train and test by the split column's row groups."""
+    _check_split_values(groups, split_column)
+    if "train" not in groups:
+        raise DataError(
+            f"split column {split_column!r} must hold 'train' rows; found {sorted(groups)}"
         )
     train = dataset.subset(groups["train"], name=f"{dataset.name}-train")
     test = dataset.subset(groups["test"], name=f"{dataset.name}-test") if "test" in groups else None
@@ -151,6 +160,7 @@ def load_split_table(
         name=name,
     )
     split_rows = _group_rows(table, split_column)
+    _check_split_values(split_rows, split_column)
     which = np.empty(len(dataset), dtype=object)
     for value, rows in split_rows.items():
         which[rows] = value
