@@ -99,8 +99,10 @@ def test_split_column_is_used_and_does_not_change_with_seed(tmp_path: Path) -> N
     one, two = load_user_federation(options, seed=1), load_user_federation(options, seed=2)
     for site in _SITES:
         test_one, test_two = one.sites[site].test, two.sites[site].test
-        assert test_one is not None and test_two is not None
-        assert len(test_one) == 20 and len(one.sites[site].train) == 80
+        assert test_one is not None
+        assert test_two is not None
+        assert len(test_one) == 20
+        assert len(one.sites[site].train) == 80
         np.testing.assert_array_equal(test_one.features, test_two.features)
     for seed in ("1", "2"):
         report = _json(
@@ -160,7 +162,8 @@ def test_id_like_columns_used_by_default_are_named(tmp_path: Path) -> None:
     result = _classify(path)
     assert result.exit_code == 0, result.output
     warning = [line for line in result.output.splitlines() if "look like ids" in line]
-    assert len(warning) == 1 and "patient_id, is_test" in warning[0]
+    assert len(warning) == 1
+    assert "patient_id, is_test" in warning[0]
     assert "features (3): patient_id, is_test, x1" in result.stdout
 
 
@@ -239,7 +242,9 @@ def test_scale_warning_without_standardise(tmp_path: Path) -> None:
     result = _classify(path)
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.output.splitlines() if "pass --standardise" in line]
-    assert len(warnings) == 1 and "'income'" in warnings[0] and "'x1'" in warnings[0]
+    assert len(warnings) == 1
+    assert "'income'" in warnings[0]
+    assert "'x1'" in warnings[0]
     assert "pass --standardise" not in result.stdout  # stderr only
 
 
@@ -281,7 +286,9 @@ def test_site_without_a_defined_metric_is_named(tmp_path: Path) -> None:
     assert metrics["C"] is None
     assert report["federated"]["mean_site_metric"] == np.mean([metrics["A"], metrics["B"]])
     named = [e for e in report["events"] if e.startswith("site C:")]
-    assert len(named) == 1 and "one class" in named[0] and "left out of the mean" in named[0]
+    assert len(named) == 1
+    assert "one class" in named[0]
+    assert "left out of the mean" in named[0]
     table = _classify(path, *args)
     assert "site C: test roc_auc undefined" in table.output
     accuracy = _json(_classify(path, *args, "--metric", "accuracy", "--format", "json"))
