@@ -294,3 +294,8 @@ def test_site_without_a_defined_metric_is_named(tmp_path: Path) -> None:
     accuracy = _json(_classify(path, *args, "--metric", "accuracy", "--format", "json"))
     assert accuracy["federated"]["site_metrics"]["C"] is not None
     assert not [e for e in accuracy["events"] if e.startswith("site C:")]
+
+
+def test_table_flags_without_data_are_refused() -> None:
+    _refused(_run("--split-column", "split"), "--split-column is for a table given with --data")
+    _refused(_run("--features", "a,b"), "--features is for a table")

@@ -336,6 +336,16 @@ def simulate_command(
         if format not in ("table", "json"):
             raise ConfigurationError(f"--format must be table or json, got {format!r}")
         configs = _parse_node_configs(node_config or [])
+        if table is None:
+            given = {
+                "--split-column": split_column,
+                "--features": features,
+                "--exclude": exclude,
+                "--id-column": id_column,
+            }
+            unused = [flag for flag, value in given.items() if value is not None]
+            if unused:
+                raise ConfigurationError(f"{unused[0]} is for a table given with --data")
         spec = None if job is None else _with_flags(JobSpec.from_file(job), flags)
         run_seed = spec.seed if spec is not None else (42 if seed is None else seed)
         fed = _load_fed(dataset or (spec.dataset if spec else "tcga-brca"), table, run_seed)
