@@ -299,3 +299,31 @@ def test_site_without_a_defined_metric_is_named(tmp_path: Path) -> None:
 def test_table_flags_without_data_are_refused() -> None:
     _refused(_run("--split-column", "split"), "--split-column is for a table given with --data")
     _refused(_run("--features", "a,b"), "--features is for a table")
+
+
+def test_metric_flag_reaches_a_job_file(tmp_path: Path) -> None:
+    path = _classification(tmp_path / "t.csv")
+    job = tmp_path / "job.toml"
+    job.write_text(
+        '[run]\nname = "t"\ndataset = "t"\nrounds = 1\nmin_nodes = 1\nmin_replies = 1\n'
+        '[task]\nname = "logistic_regression"\nnum_features = 2\n'
+        '[strategy]\nname = "fedavg"\n[train]\nlocal_steps = 5\n[evaluate]\nsplit = "test"\n'
+    )
+    result = _run(
+        "--job",
+        str(job),
+        "--data",
+        str(path),
+        "--site-column",
+        "hospital",
+        "--target",
+        "label=y",
+        "--features",
+        "x1,x2",
+        "--metric",
+        "accuracy",
+        "--no-baselines",
+        "--format",
+        "json",
+    )
+    assert _json(result)["metric"] == "accuracy"
