@@ -17,6 +17,7 @@ from biofed.data import (
     FederatedDataset,
     SiteData,
     load_site_file,
+    load_split_table,
     load_table,
     write_site_files,
 )
@@ -241,3 +242,32 @@ def test_site_file_errors(tmp_path: Path) -> None:
         write_site_files(clash, tmp_path)
     with pytest.raises(ConfigurationError, match="format"):
         write_site_files(_federation(), tmp_path, format="xlsx")  # type: ignore[arg-type]
+
+
+def test_load_split_table(tmp_path: Path) -> None:
+    path = tmp_path / "all.csv"
+    path.write_text(
+        "site,split,pid,x,y\n"
+        + "".join(
+            f"{'AB'[i % 2]},{'test' if i % 4 < 2 else 'train'},{i},{i / 10},{i % 3 == 0:d}\n"
+            for i in range(16)
+        )
+    )
+    sites = load_split_table(
+        path,
+        site_column="site",
+        split_column="split",
+        id_column="pid",
+        target_columns={"label": "y"},
+    )
+    assert list(sites) == ["A", "B"]
+    a = sites["A"]
+    assert a.train.feature_names == ("x",)
+    assert a.test is not None
+    assert a.train.features[:, 0].tolist() == pytest.approx([0.2, 0.6, 1.0, 1.4])
+    assert a.test.features[:, 0].tolist() == pytest.approx([0.0, 0.4, 0.8, 1.2])
+    path.write_text("site,split,x,y\nA,train,1,0\nA,dev,2,1\n")
+    with pytest.raises(DataError, match="'dev'"):
+        load_split_table(
+            path, site_column="site", split_column="split", target_columns={"label": "y"}
+        )

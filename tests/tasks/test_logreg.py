@@ -107,3 +107,9 @@ def test_invalid_arguments() -> None:
         LogisticRegression(3, l2=-1.0)
     with pytest.raises(ConfigurationError, match="num_features"):
         LogisticRegressionTask(-2)
+
+
+def test_primary_metric_can_be_accuracy() -> None:
+    assert LogisticRegressionTask(3, metric="accuracy").primary_metric == "accuracy"
+    with pytest.raises(ConfigurationError, match="roc_auc, accuracy"):
+        LogisticRegressionTask(3, metric="c_index")

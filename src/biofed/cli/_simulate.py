@@ -13,6 +13,7 @@ from rich.console import Console
 
 from biofed.cli._names import STRATEGY_NAMES
 from biofed.cli._render import RoundProgress, print_privacy, report_table
+from biofed.cli._simulate_table import TableOptions
 
 if TYPE_CHECKING:
     from biofed.coordinator import JobSpec
@@ -25,45 +26,7 @@ if TYPE_CHECKING:
 _BUNDLED = ("tcga-brca",)
 
 
-def _parse_targets(items: list[str]) -> dict[str, str]:
-    from biofed.core import ConfigurationError
-
-    targets: dict[str, str] = {}
-    for item in items:
-        key, sep, column = item.partition("=")
-        if not sep or not key or not column:
-            raise ConfigurationError(
-                "--target must look like KEY=COLUMN (e.g. event=E, time=T or label=y), "
-                f"got {item!r}"
-            )
-        targets[key] = column
-    return targets
-
-
-def _user_dataset(
-    path: Path, site_column: str | None, targets: dict[str, str], test_fraction: float, seed: int
-) -> FederatedDataset:
-    import numpy as np
-
-    from biofed.core import ConfigurationError
-    from biofed.data import FederatedDataset, SiteData, load_table, train_test_split
-
-    if site_column is None:
-        raise ConfigurationError(
-            "--data needs --site-column COL: the column naming each row's site"
-        )
-    if not targets:
-        raise ConfigurationError("--data needs --target KEY=COLUMN (event=…, time=… or label=…)")
-    per_site = load_table(path, site_column=site_column, target_columns=targets)
-    rng = np.random.default_rng(seed)
-    stratify = "event" if "event" in targets else ("label" if "label" in targets else None)
-    sites: dict[str, SiteData] = {}
-    for site, ds in per_site.items():
-        sites[site] = train_test_split(ds, test_fraction, rng, stratify_key=stratify)
-    return FederatedDataset(name=path.stem, sites=sites)
-
-
-def _task_for(name: str | None, fed: FederatedDataset) -> Task:
+def _task_for(name: str | None, fed: FederatedDataset, metric: str | None = None) -> Task:
     from biofed.core import ConfigurationError
     from biofed.tasks import make_task
 
@@ -77,7 +40,19 @@ def _task_for(name: str | None, fed: FederatedDataset) -> Task:
             raise ConfigurationError(
                 "cannot infer the task: pass --task cox_ph|logistic_regression"
             )
-    return make_task(name, num_features=first.num_features)
+    _check_metric_task(name, metric)
+    extra = {} if metric is None else {"metric": metric}
+    return make_task(name, num_features=first.num_features, **extra)
+
+
+def _check_metric_task(task: str, metric: str | None) -> None:
+    from biofed.core import ConfigurationError
+
+    if metric is not None and task != "logistic_regression":
+        raise ConfigurationError(
+            f"--metric is for --task logistic_regression (roc_auc or accuracy); {task} "
+            "reports its own metric"
+        )
 
 
 def _dataset_id(name: str) -> str:
@@ -112,6 +87,8 @@ def _shortcut_job(
 
     task_options: dict[str, Scalar] = {"name": the_task.name}
     task_options["num_features"] = next(iter(fed.sites.values())).train.num_features
+    if the_task.name == "logistic_regression" and the_task.primary_metric != "roc_auc":
+        task_options["metric"] = the_task.primary_metric
     return JobSpec.from_mapping(
         {
             "run": {
@@ -142,6 +119,9 @@ def _with_flags(job: JobSpec, flags: dict[str, Any]) -> JobSpec:
         tables["strategy"] = {"name": flags["strategy"]}
     if flags["task"] is not None:
         tables["task"]["name"] = flags["task"]
+    if flags["metric"] is not None:
+        _check_metric_task(tables["task"]["name"], flags["metric"])
+        tables["task"]["metric"] = flags["metric"]
     train = {
         "local_steps": flags["local_steps"],
         "batch_size": flags["batch_size"],
@@ -154,18 +134,13 @@ def _with_flags(job: JobSpec, flags: dict[str, Any]) -> JobSpec:
     return JobSpec.from_mapping(tables)
 
 
-def _load_fed(
-    name: str,
-    data: Path | None,
-    site_column: str | None,
-    target: list[str] | None,
-    test_fraction: float,
-    seed: int,
-) -> FederatedDataset:
+def _load_fed(name: str, table: TableOptions | None, seed: int) -> FederatedDataset:
     from biofed.core import ConfigurationError
 
-    if data is not None:
-        return _user_dataset(data, site_column, _parse_targets(target or []), test_fraction, seed)
+    if table is not None:
+        from biofed.cli._simulate_table import load_user_federation
+
+        return load_user_federation(table, seed)
     if name in _BUNDLED:
         from biofed.datasets import load_tcga_brca
 
@@ -173,6 +148,29 @@ def _load_fed(
     raise ConfigurationError(
         f"unknown dataset {name!r}; bundled: {sorted(_BUNDLED)} (or use --data PATH)"
     )
+
+
+def _prepare(
+    fed: FederatedDataset, table: TableOptions | None, standardise: bool, err: Console
+) -> FederatedDataset:
+    """Standardise the features if asked; else warn (once) about what will hurt training."""
+    from biofed.cli._simulate_table import id_like_features, scale_warning
+    from biofed.data import standardise_sites
+
+    if table is not None and table.features is None:
+        suspect = id_like_features(fed)
+        if suspect:
+            err.print(
+                f"[yellow]warning:[/] column(s) {', '.join(suspect)} look like ids or flags and "
+                "are used as features; pass --id-column, --exclude or --features"
+            )
+    if standardise:
+        return standardise_sites(fed)[0]
+    if table is not None:
+        warning = scale_warning(fed)
+        if warning:
+            err.print(f"[yellow]warning:[/] {warning}")
+    return fed
 
 
 def simulate_command(
@@ -209,6 +207,38 @@ def simulate_command(
     test_fraction: Annotated[
         float, typer.Option(help="With --data: share of each site held out for testing.")
     ] = 0.2,
+    split_column: Annotated[
+        str | None,
+        typer.Option(
+            help="With --data: the column marking each row train or test (instead of a split "
+            "drawn with --seed)."
+        ),
+    ] = None,
+    features: Annotated[
+        str | None,
+        typer.Option(
+            help="With --data: the feature columns, comma-separated (default: all "
+            "other numeric columns)."
+        ),
+    ] = None,
+    exclude: Annotated[
+        str | None,
+        typer.Option(help="With --data: columns never used as features, comma-separated."),
+    ] = None,
+    id_column: Annotated[
+        str | None, typer.Option(help="With --data: a record-id column (never a feature).")
+    ] = None,
+    standardise: Annotated[
+        bool,
+        typer.Option(
+            help="Standardise features with the mean and std pooled over the sites' training "
+            "sets (from per-site sums), applied to every site's train and test."
+        ),
+    ] = False,
+    metric: Annotated[
+        str | None,
+        typer.Option(help="logistic_regression's test metric: roc_auc (default) or accuracy."),
+    ] = None,
     strategy: Annotated[
         str | None,
         typer.Option(help=f"One of: {', '.join(STRATEGY_NAMES)} (default fedadam)."),
@@ -267,6 +297,7 @@ def simulate_command(
     format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
     """Federate a task over virtual sites and compare with local-only and pooled training."""
+    from biofed.cli._simulate_table import check_task_targets
     from biofed.coordinator import JobSpec
     from biofed.core import BiofedError, ConfigurationError
     from biofed.simulation import simulate
@@ -285,24 +316,47 @@ def simulate_command(
         "optimizer": optimizer,
         "server_lr": server_lr,
         "proximal_mu": proximal_mu,
+        "metric": metric,
     }
+    table = None
+    if data is not None:
+        table = TableOptions(
+            path=data,
+            site_column=site_column,
+            targets=tuple(target or ()),
+            test_fraction=test_fraction,
+            split_column=split_column,
+            features=features,
+            exclude=exclude,
+            id_column=id_column,
+        )
     # dp-accounting logs a warning per RDP order it drops; they are not the user's concern.
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         if format not in ("table", "json"):
             raise ConfigurationError(f"--format must be table or json, got {format!r}")
         configs = _parse_node_configs(node_config or [])
-        if job is not None:
-            spec = _with_flags(JobSpec.from_file(job), flags)
-            fed = _load_fed(
-                dataset or spec.dataset, data, site_column, target, test_fraction, spec.seed
-            )
-        else:
-            seed = 42 if seed is None else seed
-            fed = _load_fed(dataset or "tcga-brca", data, site_column, target, test_fraction, seed)
-            spec = _flags_job(fed, flags, seed)
-        metric = "" if spec.bundle else make_task(spec.task, **spec.task_options).primary_metric
-        with RoundProgress(err, spec.rounds, metric) as progress:
+        if table is None:
+            given = {
+                "--split-column": split_column,
+                "--features": features,
+                "--exclude": exclude,
+                "--id-column": id_column,
+            }
+            unused = [flag for flag, value in given.items() if value is not None]
+            if unused:
+                raise ConfigurationError(f"{unused[0]} is for a table given with --data")
+        spec = None if job is None else _with_flags(JobSpec.from_file(job), flags)
+        run_seed = spec.seed if spec is not None else (42 if seed is None else seed)
+        fed = _load_fed(dataset or (spec.dataset if spec else "tcga-brca"), table, run_seed)
+        if table is not None:
+            task_name = spec.task if spec is not None else _task_for(task, fed).name
+            check_task_targets(task_name, set(next(iter(fed.sites.values())).train.targets))
+        fed = _prepare(fed, table, standardise, err)
+        if spec is None:
+            spec = _flags_job(fed, flags, run_seed)
+        shown = "" if spec.bundle else make_task(spec.task, **spec.task_options).primary_metric
+        with RoundProgress(err, spec.rounds, shown) as progress:
             report = simulate(
                 fed,
                 job=spec,
@@ -321,6 +375,8 @@ def simulate_command(
         print(json.dumps(report.to_dict()))
         return
     out.print(report_table(report))
+    if report.features:
+        out.print(f"features ({len(report.features)}): {', '.join(report.features)}")
     if report.privacy is not None:
         print_privacy(out, report.privacy)
     for event in report.events:
@@ -334,7 +390,7 @@ def _flags_job(fed: FederatedDataset, flags: dict[str, Any], seed: int) -> JobSp
     from biofed.tasks import LocalTrainingConfig
 
     name = flags["strategy"] or "fedadam"
-    the_task = _task_for(flags["task"], fed)
+    the_task = _task_for(flags["task"], fed, flags["metric"])
     settings = recommended_settings(fed.name, name)
     train_config: dict[str, Scalar] = {
         **settings.train_config,

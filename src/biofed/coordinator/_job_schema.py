@@ -158,6 +158,12 @@ _DEVICE = _opt(
     "cpu",
 )
 _L2 = _opt("l2", Number(0.0, 1e6), "L2 penalty `l2/2 ‖w‖²` on the weights.", 0.0)
+_LOGISTIC_METRIC = _opt(
+    "metric",
+    Choice(("roc_auc", "accuracy")),
+    "The test metric tables and progress show (every evaluation reports both).",
+    "roc_auc",
+)
 _NUM_INTERVALS = _opt(
     "num_intervals",
     Integer(1, 1000),
@@ -187,7 +193,7 @@ TASK = VariantTable(
             "cox_ph": (_NUM_FEATURES, _INIT),
             "cox_ph_torch": (_NUM_FEATURES, _INIT, _DEVICE),
             "logistic_hazard_torch": _SURVIVAL,
-            "logistic_regression": (_NUM_FEATURES, _L2, _INIT),
+            "logistic_regression": (_NUM_FEATURES, _L2, _INIT, _LOGISTIC_METRIC),
             "logistic_regression_torch": (_NUM_FEATURES, _INIT, _DEVICE),
             "pem_torch": _SURVIVAL,
         }

@@ -8,20 +8,31 @@ from biofed.data._partition import (
     partition_quantity_skew,
     train_test_split,
 )
-from biofed.data._site_files import load_site_file, write_site_files
+from biofed.data._site_files import load_site_file, load_split_table, write_site_files
+from biofed.data._standardise import (
+    FeatureMoments,
+    Standardiser,
+    pooled_train_moments,
+    standardise_sites,
+)
 
 __all__ = [
     "Dataset",
+    "FeatureMoments",
     "FederatedDataset",
     "SiteData",
+    "Standardiser",
     "TableFormat",
     "TableSchema",
     "describe_table",
     "load_site_file",
+    "load_split_table",
     "load_table",
     "partition_dirichlet",
     "partition_iid",
     "partition_quantity_skew",
+    "pooled_train_moments",
+    "standardise_sites",
     "train_test_split",
     "write_site_files",
 ]

@@ -200,12 +200,38 @@ def _load(
     name: str | None,
 ) -> tuple[Dataset, dict[str, Array]]:
     """The whole table as one Dataset, and group value → row indices (first-seen order)."""
+    dataset, table = _load_table(
+        path,
+        format=format,
+        feature_columns=feature_columns,
+        target_columns=target_columns,
+        group_columns=[group_column] if group_column else [],
+        id_column=id_column,
+        exclude=exclude,
+        name=name,
+    )
+    groups = {} if group_column is None else _group_rows(table, group_column)
+    return dataset, groups
+
+
+def _load_table(
+    path: str | PathLike[str],
+    *,
+    format: TableFormat | None,
+    feature_columns: Sequence[str] | None,
+    target_columns: Mapping[str, str],
+    group_columns: Sequence[str],
+    id_column: str | None,
+    exclude: Sequence[str],
+    name: str | None,
+) -> tuple[Dataset, pa.Table]:
+    """The whole table as one Dataset, and the Arrow table it came from (for grouping)."""
     path, table = _read(path, format)
     available = table.column_names
     for key in target_columns:
         if not isinstance(key, str) or not key:
             raise ConfigurationError(f"target keys must be non-empty strings, got {key!r}")
-    reserved = [*target_columns.values(), *([group_column] if group_column else [])]
+    reserved = [*target_columns.values(), *group_columns]
     reserved += [id_column] if id_column else []
     _check_known(reserved, available, what="columns")
     _check_known(list(exclude), available, what="excluded columns")
@@ -233,8 +259,7 @@ def _load(
     }
     ds_name = name if name is not None else _sanitize_id(path.name.split(".")[0], what="name")
     dataset = Dataset(name=ds_name, features=matrix, feature_names=tuple(features), targets=targets)
-    groups = {} if group_column is None else _group_rows(table, group_column)
-    return dataset, groups
+    return dataset, table
 
 
 @overload

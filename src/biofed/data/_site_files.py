@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 
 from biofed.core import Array, ConfigurationError, DataError
 from biofed.data._dataset import Dataset, FederatedDataset, SiteData
-from biofed.data._loaders import TableFormat, _load
+from biofed.data._loaders import TableFormat, _group_rows, _load, _load_table
 
 _SPLITS = ("train", "test")
 
@@ -100,12 +100,78 @@ def load_site_file(
         exclude=exclude,
         name=name,
     )
+    return _split(dataset, groups, split_column)
+
+
+def _check_split_values(groups: Mapping[str, Array], split_column: str) -> None:
     other = sorted(set(groups) - set(_SPLITS))
-    if other or "train" not in groups:
+    if other:
+        shown = ", ".join(repr(v) for v in other[:5]) + (", …" if len(other) > 5 else "")
         raise DataError(
             f"split column {split_column!r} must hold 'train' (and optionally 'test') only; "
-            f"found {sorted(groups)}"
+            f"found {shown}"
+        )
+
+
+def _split(dataset: Dataset, groups: Mapping[str, Array], split_column: str) -> SiteData:
+    """``dataset``'s rows divided into train and test by the split column's row groups."""
+    _check_split_values(groups, split_column)
+    if "train" not in groups:
+        raise DataError(
+            f"split column {split_column!r} must hold 'train' rows; found {sorted(groups)}"
         )
     train = dataset.subset(groups["train"], name=f"{dataset.name}-train")
     test = dataset.subset(groups["test"], name=f"{dataset.name}-test") if "test" in groups else None
     return SiteData(train=train, test=test)
+
+
+def load_split_table(
+    path: str | PathLike[str],
+    *,
+    site_column: str,
+    split_column: str,
+    target_columns: Mapping[str, str] | None = None,
+    feature_columns: Sequence[str] | None = None,
+    id_column: str | None = None,
+    exclude: Sequence[str] = (),
+    format: TableFormat | None = None,
+    name: str | None = None,
+) -> dict[str, SiteData]:
+    """Read a table holding every site's rows, with their train/test split, as site → SiteData.
+
+    Rows are grouped by ``site_column`` (as :func:`load_table` does) and, within each site,
+    into train and test by ``split_column`` (as :func:`load_site_file` does). Neither column is
+    ever a feature. The other parameters are those of :func:`load_table`.
+
+    Raises
+    ------
+    DataError
+        As :func:`load_table`; also if the split column holds anything but ``train`` and
+        ``test``, or a site has no training rows.
+    """
+    dataset, table = _load_table(
+        path,
+        format=format,
+        feature_columns=feature_columns,
+        target_columns=target_columns or {},
+        group_columns=[site_column, split_column],
+        id_column=id_column,
+        exclude=exclude,
+        name=name,
+    )
+    split_rows = _group_rows(table, split_column)
+    _check_split_values(split_rows, split_column)
+    which = np.empty(len(dataset), dtype=object)
+    for value, rows in split_rows.items():
+        which[rows] = value
+    sites: dict[str, SiteData] = {}
+    for site, rows in _group_rows(table, site_column).items():
+        part = dataset.subset(rows, name=f"{dataset.name}-{site}")
+        groups = {
+            value: np.flatnonzero(which[rows] == value) for value in dict.fromkeys(which[rows])
+        }
+        try:
+            sites[site] = _split(part, groups, split_column)
+        except DataError as exc:
+            raise DataError(f"site {site!r}: {exc}") from None
+    return sites

@@ -64,7 +64,7 @@ class SimulationReport:
 
     ``privacy`` (with a DP job) is each site's reported ε(δ) with its guarantee label,
     shaped like a run summary's ``"privacy"``; ``parameters`` is the final federated model
-    (not in :meth:`to_dict`).
+    (not in :meth:`to_dict`); ``features`` are the feature columns the model was trained on.
     """
 
     dataset: str
@@ -80,11 +80,13 @@ class SimulationReport:
     privacy: Mapping[str, Any] | None = None
     secure_aggregation: bool = False
     parameters: ParameterSet | None = None
+    features: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form of the whole report."""
         return {
             "dataset": self.dataset,
+            "features": list(self.features),
             "task": self.task,
             "metric": self.metric,
             "strategy": self.strategy,
@@ -363,7 +365,35 @@ def _bundle_report(
         privacy=None if privacy is None else MappingProxyType(dict(privacy)),
         secure_aggregation=job.secure_aggregation is not None,
         parameters=result.parameters,
+        features=_features(fed),
     )
+
+
+def _features(fed: FederatedDataset) -> tuple[str, ...]:
+    return next(iter(fed.sites.values())).train.feature_names
+
+
+def _undefined_metric_events(
+    federated: MethodResult, fed: FederatedDataset, metric: str
+) -> list[str]:
+    """One event per site whose test set cannot produce ``metric`` (left out of the mean)."""
+    events = []
+    for site, value in federated.site_metrics.items():
+        if not math.isnan(value):
+            continue
+        test = fed.sites[site].split("test")
+        why = "cannot produce it"
+        if len(test) == 0:
+            why = "is empty"
+        elif "label" in test.targets and len(np.unique(test.targets["label"])) < 2:
+            why = "has one class only"
+        elif "event" in test.targets and not np.any(test.targets["event"]):
+            why = "has no events"
+        events.append(
+            f"site {site}: test {metric} undefined (its test set of {len(test)} {why}); "
+            "left out of the mean"
+        )
+    return events
 
 
 def _failed(method: str, fed: FederatedDataset) -> MethodResult:
@@ -393,6 +423,7 @@ def _report(
     federated = evaluate_everywhere(task, result.parameters, fed, method=strategy.name)
     extra: list[MethodResult] = []
     events = [f"round {e.round} {e.node_id or '-'} {e.kind}: {e.message}" for e in result.events]
+    events += _undefined_metric_events(federated, fed, task.primary_metric)
     if baseline_config is not None:
         for method, data in [
             *((f"local:{site}", d.train) for site, d in fed.sites.items()),
@@ -419,4 +450,5 @@ def _report(
         privacy=None if privacy is None else MappingProxyType(dict(privacy)),
         secure_aggregation=secure_aggregation,
         parameters=result.parameters,
+        features=_features(fed),
     )

@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from biofed.core import Array, ParameterSet
+from biofed.core import Array, ConfigurationError, ParameterSet
 from biofed.core.checks import check_float
 from biofed.data import Dataset
 from biofed.tasks._metrics import roc_auc
@@ -20,6 +20,20 @@ def _sigmoid(z: Array) -> Array:
 def _bce(z: Array, y: Array) -> float:
     """Mean binary cross-entropy of logits ``z`` for labels ``y``, without overflow."""
     return float(np.mean(np.logaddexp(0.0, z) - y * z))
+
+
+#: The metrics a logistic regression task can report as its primary metric.
+LOGISTIC_METRICS = ("roc_auc", "accuracy")
+
+
+def check_logistic_metric(metric: str) -> str:
+    """``metric`` if a logistic task can make it its primary metric, else a clear error."""
+    if metric not in LOGISTIC_METRICS:
+        raise ConfigurationError(
+            f"metric must be one of {', '.join(LOGISTIC_METRICS)} for logistic regression, "
+            f"got {metric!r}"
+        )
+    return metric
 
 
 class LogisticRegression:
@@ -97,14 +111,19 @@ class LogisticRegressionTask(NumpyTask):
         L2 penalty on the weights, see :class:`LogisticRegression`.
     init:
         ``"zeros"`` or ``"uniform"``.
+    metric:
+        The primary metric: ``"roc_auc"`` (default) or ``"accuracy"`` (threshold 0.5). Every
+        evaluation reports both, with ``"log_loss"``.
     """
 
     #: The loss is a mean of per-record terms plus a data-independent penalty.
     dp_record_coupling = "independent"
 
-    def __init__(self, num_features: int, *, l2: float = 0.0, init: str = "zeros") -> None:
+    def __init__(
+        self, num_features: int, *, l2: float = 0.0, init: str = "zeros", metric: str = "roc_auc"
+    ) -> None:
         super().__init__(
             LogisticRegression(num_features, l2=l2, init=init),
             name="logistic_regression",
-            primary_metric="roc_auc",
+            primary_metric=check_logistic_metric(metric),
         )

@@ -108,7 +108,7 @@ def _cox_ph_layout(num_features: int, *, init: str = "zeros") -> ParameterSpec:
 
 
 def _logistic_regression_layout(
-    num_features: int, *, l2: float = 0.0, init: str = "zeros"
+    num_features: int, *, l2: float = 0.0, init: str = "zeros", metric: str = "roc_auc"
 ) -> ParameterSpec:
     return linear_spec(num_features, init)
 
