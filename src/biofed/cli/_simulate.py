@@ -228,6 +228,24 @@ def simulate_command(
     id_column: Annotated[
         str | None, typer.Option(help="With --data: a record-id column (never a feature).")
     ] = None,
+    impute: Annotated[
+        str | None,
+        typer.Option(
+            help="With --data: fill missing numbers with the pooled training mean, median or "
+            "zero (mean|median|zero), adding a 0/1 <col>__missing feature."
+        ),
+    ] = None,
+    one_hot: Annotated[
+        bool,
+        typer.Option(
+            help="With --data: one-hot encode text columns with a vocabulary pooled from the "
+            "sites' training category counts (rare ones merged into 'other')."
+        ),
+    ] = False,
+    min_category_count: Annotated[
+        int,
+        typer.Option(help="With --one-hot: pooled count below which a category becomes 'other'."),
+    ] = 10,
     standardise: Annotated[
         bool,
         typer.Option(
@@ -329,6 +347,9 @@ def simulate_command(
             features=features,
             exclude=exclude,
             id_column=id_column,
+            impute=impute,
+            one_hot=one_hot,
+            min_category_count=min_category_count,
         )
     # dp-accounting logs a warning per RDP order it drops; they are not the user's concern.
     logging.getLogger("absl").setLevel(logging.ERROR)
@@ -342,6 +363,8 @@ def simulate_command(
                 "--features": features,
                 "--exclude": exclude,
                 "--id-column": id_column,
+                "--impute": impute,
+                "--one-hot": True if one_hot else None,
             }
             unused = [flag for flag, value in given.items() if value is not None]
             if unused:

@@ -1,7 +1,9 @@
 """``biofed simulate --data``: a user's table made into a federation, checked on the way.
 
 The flags name the site, split, id, feature and target columns; the targets' coding is checked
-(event and label 0/1), and features are optionally standardised with the pooled training
+(event and label 0/1); text columns are optionally one-hot encoded and missing numbers
+imputed (``--one-hot``, ``--impute``) from per-site summaries; and features are optionally
+standardised with the pooled training
 mean and standard deviation, found from per-site sums.
 """
 
@@ -10,11 +12,11 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from biofed.core import Array
-    from biofed.data import FederatedDataset
+    from biofed.data import FederatedDataset, SiteData, TableScan
 
 # The SDK is imported where it is used, so that `biofed --help` stays fast.
 
@@ -38,6 +40,9 @@ class TableOptions:
     features: str | None = None
     exclude: str | None = None
     id_column: str | None = None
+    impute: str | None = None
+    one_hot: bool = False
+    min_category_count: int = 10
 
 
 def _names(value: str | None, flag: str) -> list[str] | None:
@@ -117,14 +122,16 @@ def _check_binary(values: Array, *, key: str, column: str) -> None:
 
 def load_user_federation(options: TableOptions, seed: int) -> FederatedDataset:
     """The table as a federation: split by its split column, or drawn with ``seed``."""
+    from dataclasses import replace
+
     import numpy as np
 
     from biofed.core import ConfigurationError
     from biofed.data import (
         FederatedDataset,
-        SiteData,
         load_split_table,
         load_table,
+        scan_table,
         train_test_split,
     )
 
@@ -137,6 +144,23 @@ def load_user_federation(options: TableOptions, seed: int) -> FederatedDataset:
         raise ConfigurationError("--data needs --target KEY=COLUMN (event=…, time=… or label=…)")
     features = _names(options.features, "--features")
     exclude = _names(options.exclude, "--exclude") or ()
+    reserved = [*targets.values(), options.site_column]
+    reserved += [c for c in (options.split_column, options.id_column) if c is not None]
+    scan = scan_table(
+        options.path,
+        site_column=options.site_column,
+        reserved=reserved,
+        feature_columns=features,
+        exclude=exclude,
+        split_column=options.split_column,
+    )
+    _check_prepared(scan, options)
+    prepared = {*scan.text, *scan.missing}
+    if prepared:
+        if features is not None:
+            features = [f for f in features if f not in prepared]
+        else:
+            exclude = [*exclude, *sorted(prepared)]
     sites: dict[str, SiteData] = {}
     if options.split_column is not None:
         sites = load_split_table(
@@ -166,12 +190,91 @@ def load_user_federation(options: TableOptions, seed: int) -> FederatedDataset:
         rng = np.random.default_rng(seed)
         stratify = "event" if "event" in targets else "label"
         for site, ds in per_site.items():
+            if prepared:  # carry each row's index through the split, to find its raw values
+                rows = scan.site_rows[site].astype(np.float64)
+                ds = replace(ds, targets={**ds.targets, _ROW: rows})
             sites[site] = train_test_split(ds, options.test_fraction, rng, stratify_key=stratify)
     for key in ("event", "label"):
         if key in targets:
             parts = [d.target(key) for s in sites.values() for d in (s.train, s.test) if d]
             _check_binary(np.concatenate(parts), key=key, column=targets[key])
+    if prepared:
+        sites = _encode_sites(sites, scan, options)
     return FederatedDataset(name=options.path.stem, sites=sites)
+
+
+_ROW = "__row__"
+
+
+def _check_prepared(scan: TableScan, options: TableOptions) -> None:
+    """Refuse text columns without --one-hot and missing values without --impute, all at once."""
+    from biofed.core import ConfigurationError
+    from biofed.data import IMPUTE_METHODS
+
+    if options.impute is not None and options.impute not in IMPUTE_METHODS:
+        raise ConfigurationError(
+            f"--impute must be one of {', '.join(IMPUTE_METHODS)}, got {options.impute!r}"
+        )
+    if options.min_category_count < 1:
+        raise ConfigurationError(
+            f"--min-category-count must be ≥ 1, got {options.min_category_count}"
+        )
+    if scan.text and not options.one_hot:
+        raise ConfigurationError(
+            f"text columns {', '.join(map(repr, scan.text))} are not numeric; pass --one-hot "
+            "(a vocabulary pooled over the sites' training rows) or --exclude them"
+        )
+    if scan.missing and options.impute is None:
+        raise ConfigurationError(
+            f"columns {', '.join(map(repr, scan.missing))} have missing values; pass "
+            "--impute mean|median|zero (pooled over the sites' training rows) or drop those rows"
+        )
+
+
+def _encode_sites(
+    sites: dict[str, SiteData], scan: TableScan, options: TableOptions
+) -> dict[str, SiteData]:
+    """Each site's train and test rows with the prepared columns encoded by one pooled fit."""
+    import numpy as np
+
+    from biofed.data import Dataset, SiteData, fit_encoder
+
+    def rows_of(site: str, ds: Dataset, split: str) -> Any:
+        if _ROW in ds.targets:
+            return ds.target(_ROW).astype(np.int64)
+        rows = scan.site_rows[site]
+        assert scan.split is not None
+        return rows[scan.split[rows] == split]
+
+    def raw(rows: Any) -> dict[str, Any]:
+        return {col: values[rows] for col, values in scan.raw.items()}
+
+    train_rows = {site: rows_of(site, data.train, "train") for site, data in sites.items()}
+    encoder = fit_encoder(
+        [raw(rows) for rows in train_rows.values()],
+        numeric=scan.missing,
+        text=scan.text,
+        impute=options.impute or "mean",  # type: ignore[arg-type]
+        min_category_count=options.min_category_count,
+    )
+
+    def encoded(ds: Dataset, rows: Any) -> Dataset:
+        extra = encoder.apply(raw(rows))
+        return Dataset(
+            name=ds.name,
+            features=np.hstack([ds.features, extra]),
+            feature_names=(*ds.feature_names, *encoder.feature_names),
+            targets={k: v for k, v in ds.targets.items() if k != _ROW},
+        )
+
+    out: dict[str, SiteData] = {}
+    for site, data in sites.items():
+        test = data.test
+        out[site] = SiteData(
+            train=encoded(data.train, train_rows[site]),
+            test=None if test is None else encoded(test, rows_of(site, test, "test")),
+        )
+    return out
 
 
 def id_like_features(fed: FederatedDataset) -> list[str]:

@@ -1,6 +1,15 @@
 """biofed.data: a site's datasets, loaders and simulation partitioners."""
 
 from biofed.data._dataset import Dataset, FederatedDataset, SiteData
+from biofed.data._encode import (
+    IMPUTE_METHODS,
+    CategoryCounts,
+    ColumnEncoder,
+    NumericSummary,
+    TableScan,
+    fit_encoder,
+    scan_table,
+)
 from biofed.data._loaders import TableFormat, TableSchema, describe_table, load_table
 from biofed.data._partition import (
     partition_dirichlet,
@@ -17,14 +26,20 @@ from biofed.data._standardise import (
 )
 
 __all__ = [
+    "IMPUTE_METHODS",
+    "CategoryCounts",
+    "ColumnEncoder",
     "Dataset",
     "FeatureMoments",
     "FederatedDataset",
+    "NumericSummary",
     "SiteData",
     "Standardiser",
     "TableFormat",
+    "TableScan",
     "TableSchema",
     "describe_table",
+    "fit_encoder",
     "load_site_file",
     "load_split_table",
     "load_table",
@@ -32,6 +47,7 @@ __all__ = [
     "partition_iid",
     "partition_quantity_skew",
     "pooled_train_moments",
+    "scan_table",
     "standardise_sites",
     "train_test_split",
     "write_site_files",
