@@ -53,7 +53,8 @@ def test_summaries_combine_to_the_pooled_ones() -> None:
     allx = np.concatenate([s["x"] for s in sites])
     assert pooled.count == int(np.sum(~np.isnan(allx)))
     assert pooled.missing == int(np.sum(np.isnan(allx)))
-    assert pooled.lo == np.nanmin(allx) and pooled.hi == np.nanmax(allx)
+    assert pooled.lo == np.nanmin(allx)
+    assert pooled.hi == np.nanmax(allx)
 
 
 def _sites_text() -> list[dict[str, list[object]]]:
