@@ -154,3 +154,15 @@ def test_bad_impute_and_min_count_are_refused(tmp_path: Path) -> None:
 def test_flags_without_data_are_refused() -> None:
     result = runner.invoke(app, ["simulate", *_FAST, "--one-hot"])
     _refused(result, "--one-hot is for a table given with --data")
+
+
+def test_a_table_whose_only_feature_is_text_trains(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["hospital", "c", "y"])
+        writer.writerows([s, "ab"[i % 2], (i // 2) % 2] for i in range(60) for s in _SITES)
+    result = _classify(path, "--one-hot", "--format", "json")
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["features"] == ["c=a", "c=b", "c=other"]

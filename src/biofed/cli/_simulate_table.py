@@ -156,11 +156,8 @@ def load_user_federation(options: TableOptions, seed: int) -> FederatedDataset:
     )
     _check_prepared(scan, options)
     prepared = {*scan.text, *scan.missing}
-    if prepared:
-        if features is not None:
-            features = [f for f in features if f not in prepared]
-        else:
-            exclude = [*exclude, *sorted(prepared)]
+    if prepared:  # loaded as they are, and encoded after the split
+        features = [f for f in scan.features if f not in prepared]
     sites: dict[str, SiteData] = {}
     if options.split_column is not None:
         sites = load_split_table(

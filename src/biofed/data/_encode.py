@@ -243,12 +243,14 @@ def fit_encoder(
 class TableScan:
     """A table's feature columns that need preparing, as raw values, and its site rows.
 
-    ``text`` are the non-numeric columns, ``missing`` the numeric ones with missing values;
+    ``features`` are all the candidate feature columns (table order); ``text`` are the
+    non-numeric ones, ``missing`` the numeric ones with missing values;
     ``raw`` holds both (float64 with NaN, or objects with None). ``site_rows`` maps each site
     to its row indices (ascending, as the loaders group them); ``split`` is the split column's
     values as text, if one was named.
     """
 
+    features: tuple[str, ...]
     text: tuple[str, ...]
     missing: tuple[str, ...]
     raw: Mapping[str, Array]
@@ -300,6 +302,7 @@ def scan_table(
     if split_column is not None and split_column in table.column_names:
         split = np.array(table.column(split_column).cast(pa.string()).to_pylist(), dtype=object)
     return TableScan(
+        features=tuple(names),
         text=tuple(text),
         missing=tuple(missing),
         raw=raw,

@@ -247,7 +247,7 @@ def _load_table(
                 f"feature_columns must be distinct and must not name a target, site, id or "
                 f"excluded column; got {features} (overlap: {clash})"
             )
-    if not features:
+    if not features and feature_columns is None:  # an explicit [] asks for targets only
         raise DataError(f"{str(path)!r}: no feature columns left; pass feature_columns")
     hint = "one-hot encode it before loading, or pass it in exclude=(...)"
     matrix = np.empty((table.num_rows, len(features)), dtype=np.float32)
@@ -312,7 +312,8 @@ def load_table(
         ``.parquet``, ``.pq``) when omitted.
     feature_columns:
         Feature columns, in the order wanted. Default: every column, in file order, that is
-        not a target, site, id or excluded column.
+        not a target, site, id or excluded column. An empty sequence loads no features (for a
+        caller that adds encoded ones, as ``biofed simulate --one-hot`` does).
     target_columns:
         Target key → column name, e.g. ``{"event": "E", "time": "T"}`` or ``{"label": "y"}``.
     site_column:
