@@ -166,3 +166,9 @@ def test_a_table_whose_only_feature_is_text_trains(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert report["features"] == ["c=a", "c=b", "c=other"]
+
+
+def test_unknown_feature_is_still_refused_with_the_flags(tmp_path: Path) -> None:
+    path = _table(tmp_path / "t.csv")
+    args = ["--one-hot", "--impute", "mean", "--features", "x1,stage,nope"]
+    _refused(_classify(path, *args), "nope")

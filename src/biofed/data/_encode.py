@@ -272,18 +272,20 @@ def scan_table(
     The candidate features are ``feature_columns``, or every column but ``reserved`` (targets,
     site, split, id), ``exclude`` and a pandas index column, as :func:`load_table` chooses.
     """
-    from biofed.data._loaders import _PANDAS_INDEX, _group_rows, _read
+    from biofed.data._loaders import _PANDAS_INDEX, _group_rows, _read, _to_numpy
 
     _, table = _read(path, None)
     if feature_columns is None:
         skip = {*reserved, *exclude}
         names = [c for c in table.column_names if c not in skip and not _PANDAS_INDEX.match(c)]
     else:
-        names = [c for c in feature_columns if c in table.column_names]
+        names = list(feature_columns)  # an unknown name is kept, for the loader to refuse
     raw: dict[str, Array] = {}
     text: list[str] = []
     missing: list[str] = []
     for name in names:
+        if name not in table.column_names:
+            continue
         col = table.column(name)
         kind = col.type
         if pa.types.is_boolean(kind) or pa.types.is_integer(kind) or pa.types.is_decimal(kind):
@@ -291,7 +293,7 @@ def scan_table(
         else:
             numeric = pa.types.is_floating(kind)
         if numeric:
-            values = np.array(col.cast(pa.float64()).to_pylist(), dtype=np.float64)
+            values = _to_numpy(col.cast(pa.float64()).fill_null(np.nan)).astype(np.float64)
             if np.isnan(values).any():
                 missing.append(name)
                 raw[name] = values
