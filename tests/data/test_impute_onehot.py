@@ -35,6 +35,24 @@ def test_federated_median_is_within_one_bin_of_pooled_median() -> None:
     assert abs(enc.fill["x"] - np.nanmedian(pooled)) <= width
 
 
+@pytest.mark.parametrize("seed", range(20))
+def test_median_bound_holds_for_odd_even_and_gapped_data(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 40))
+    x = np.concatenate([rng.normal(0, 1, n), rng.normal(1000, 1, int(rng.integers(1, 40)))])
+    x = np.append(x, np.nan)
+    sites = [{"x": part} for part in np.array_split(rng.permutation(x), 3)]
+    enc = fit_encoder(sites, numeric=["x"], impute="median")
+    width = (np.nanmax(x) - np.nanmin(x)) / MEDIAN_BINS
+    assert abs(enc.fill["x"] - np.nanmedian(x)) <= width + 1e-9
+
+
+def test_median_of_two_separated_halves_is_the_middle_of_the_gap() -> None:
+    sites = [{"x": np.array([0.0, 1.0, np.nan])}, {"x": np.array([1023.0, 1024.0])}]
+    enc = fit_encoder(sites, numeric=["x"], impute="median")
+    assert abs(enc.fill["x"] - 512.0) <= 1024.0 / MEDIAN_BINS
+
+
 def test_zero_imputation_and_missing_indicator() -> None:
     sites = [{"x": np.array([1.0, np.nan])}, {"x": np.array([3.0, 5.0])}]
     enc = fit_encoder(sites, numeric=["x"], impute="zero")

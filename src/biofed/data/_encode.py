@@ -7,8 +7,10 @@ minima/maxima, histogram counts and category counts do.
 
 Median imputation is approximate: the pooled minimum and maximum give common bin edges
 (:data:`MEDIAN_BINS` equal bins), each site sends its histogram on those edges, and the median
-is interpolated linearly inside the pooled histogram's median bin. The result lies in the same
-bin as the exact pooled median, so it is off by at most ``(max − min) / MEDIAN_BINS``.
+is interpolated linearly inside the pooled histogram's median bin (when the two middle values
+fall in different bins, the midpoint of the gap between those bins is taken). The middle value(s)
+lie in the bin(s) the estimate is read from, so it is off by at most one bin width,
+``(max − min) / MEDIAN_BINS``, of the exact pooled median.
 """
 
 from __future__ import annotations
@@ -105,8 +107,11 @@ class NumericSummary:
         half = counts.sum() / 2.0
         cum = np.cumsum(counts)
         k = int(np.searchsorted(cum, half))
+        if cum[k] == half:  # even count, the two middle values in bin k and the next filled one
+            after = k + 1 + int(np.flatnonzero(counts[k + 1 :])[0])
+            return float((edges[k + 1] + edges[after]) / 2.0)
         before = cum[k - 1] if k else 0.0
-        share = (half - before) / counts[k] if counts[k] else 0.0
+        share = (half - before) / counts[k]
         return float(edges[k] + share * (edges[k + 1] - edges[k]))
 
 
@@ -217,7 +222,7 @@ def fit_encoder(
         raise DataError("cannot fit an encoder on zero sites")
     fill: dict[str, float] = {}
     for col in numeric:
-        pooled = NumericSummary.combine(NumericSummary.of(s[col]) for s in train_sites)  # type: ignore[arg-type]
+        pooled = NumericSummary.combine(NumericSummary.of(np.asarray(s[col])) for s in train_sites)
         if pooled.missing == 0:
             continue
         if impute == "zero":
@@ -228,7 +233,9 @@ def fit_encoder(
             fill[col] = pooled.mean
         else:
             edges = pooled.edges()
-            hist = NumericSummary.combine(NumericSummary.of(s[col], edges) for s in train_sites)  # type: ignore[arg-type]
+            hist = NumericSummary.combine(
+                NumericSummary.of(np.asarray(s[col]), edges) for s in train_sites
+            )
             fill[col] = hist.median(edges)
     vocabularies = {
         col: CategoryCounts.combine(
