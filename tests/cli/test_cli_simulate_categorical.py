@@ -142,6 +142,11 @@ def test_refusal_lists_every_missing_column_and_suggests_impute(tmp_path: Path) 
     assert "x3" not in line
 
 
+def test_refusal_names_text_and_missing_columns_together(tmp_path: Path) -> None:
+    path = _table(tmp_path / "t.csv")
+    _refused(_classify(path), "'stage'", "'smoker'", "--one-hot", "'x1'", "'x2'", "--impute")
+
+
 def test_bad_impute_and_min_count_are_refused(tmp_path: Path) -> None:
     path = _table(tmp_path / "t.csv")
     _refused(_classify(path, "--one-hot", "--impute", "mode"), "--impute must be one of")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 if TYPE_CHECKING:
     from biofed.core import Array
@@ -216,16 +216,19 @@ def _check_prepared(scan: TableScan, options: TableOptions) -> None:
         raise ConfigurationError(
             f"--min-category-count must be ≥ 1, got {options.min_category_count}"
         )
+    problems = []
     if scan.text and not options.one_hot:
-        raise ConfigurationError(
+        problems.append(
             f"text columns {', '.join(map(repr, scan.text))} are not numeric; pass --one-hot "
             "(a vocabulary pooled over the sites' training rows) or --exclude them"
         )
     if scan.missing and options.impute is None:
-        raise ConfigurationError(
+        problems.append(
             f"columns {', '.join(map(repr, scan.missing))} have missing values; pass "
             "--impute mean|median|zero (pooled over the sites' training rows) or drop those rows"
         )
+    if problems:
+        raise ConfigurationError("; ".join(problems))
 
 
 def _encode_sites(
@@ -251,7 +254,7 @@ def _encode_sites(
         [raw(rows) for rows in train_rows.values()],
         numeric=scan.missing,
         text=scan.text,
-        impute=options.impute or "mean",  # type: ignore[arg-type]
+        impute=cast('Literal["mean", "median", "zero"]', options.impute or "mean"),
         min_category_count=options.min_category_count,
     )
 
