@@ -31,5 +31,8 @@ def test_public_api() -> None:
         "train_test_split",
         "write_site_files",
     ]
+    # isort-style, as ruff keeps it: CONSTANTS, then Classes, then functions, each sorted
+    kinds = [(0 if n.isupper() else 1 if n[0].isupper() else 2, n) for n in biofed.data.__all__]
+    assert kinds == sorted(kinds)
     for name in biofed.data.__all__:
         assert hasattr(biofed.data, name), name
