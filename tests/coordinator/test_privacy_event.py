@@ -171,3 +171,17 @@ def test_a_store_from_before_event_figures_is_upgraded_and_its_text_still_read(
         "round": 1.0,
     }
     assert "b" not in report["sites"]  # figures without δ are not a spend
+
+
+@pytest.mark.parametrize(("eps", "delta"), [(-1.0, 1e-5), (0.5, -1e-5), (0.5, 1.0), (0.5, 7.0)])
+def test_a_site_claiming_an_impossible_figure_is_never_shown_as_a_guarantee(
+    eps: float, delta: float
+) -> None:
+    metrics = {"dp.epsilon": eps, "dp.delta": delta, GUARANTEE_METRIC: guarantee_code("exact")}
+    reply = Reply(run_id="r", round=1, node_id="liar", kind=MessageKind.TRAIN, metrics=metrics)
+    event = spend_event(1, reply)
+    assert event is not None
+    spend = site_spend(event)
+    assert spend is not None
+    assert spend["guarantee"] == "unlabelled"
+    assert "guarantee=unlabelled" in event.message

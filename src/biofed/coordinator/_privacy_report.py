@@ -67,7 +67,10 @@ def _spend_data(reply: Reply) -> dict[str, float] | None:
         return None
     data = {EPSILON: float(eps), DELTA: float(delta)}
     code = reply.metrics.get(GUARANTEE_METRIC)
-    if code is not None:
+    # A figure no accountant can give (ε < 0, δ outside [0, 1)) is a site's claim that
+    # bounds nothing: it is kept as reported, but never under a guarantee's label.
+    plausible = data[EPSILON] >= 0.0 and 0.0 <= data[DELTA] < 1.0
+    if code is not None and plausible:
         data[GUARANTEE] = float(code)
     return data
 
