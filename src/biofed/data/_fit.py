@@ -81,7 +81,7 @@ class ColumnPlan:
     impute: str | None = "mean"
     impute_value: float | None = None
     missing_indicator: bool | None = None  # None: only if some site has missing values
-    standardise: bool = True
+    standardise: bool | None = None  # None: numeric yes, binary no
     min_count: int = DEFAULT_MIN_COUNT
 
     def __post_init__(self) -> None:
@@ -97,6 +97,8 @@ class ColumnPlan:
             raise ConfigurationError("winsorise quantiles must be within [0, 1]")
         if self.min_count < 1:
             raise ConfigurationError("min_count must be ≥ 1")
+        if self.standardise is None:
+            object.__setattr__(self, "standardise", self.kind == "numeric")
 
     @property
     def quantiles(self) -> tuple[float, ...]:
@@ -117,7 +119,7 @@ def plan_from_spec(spec: Any) -> dict[str, ColumnPlan]:
     for name, kind in spec.covariate_kinds.items():
         t = transforms.get(name, transforms.get("*"))
         if t is None:
-            plans[name] = ColumnPlan(kind=kind, standardise=kind == "numeric")
+            plans[name] = ColumnPlan(kind=kind)
             continue
         if kind == "categorical" and t.one_hot is False:
             raise ConfigurationError(
@@ -131,7 +133,7 @@ def plan_from_spec(spec: Any) -> dict[str, ColumnPlan]:
             impute=t.impute if t.impute is not None else "mean",
             impute_value=t.impute_value,
             missing_indicator=t.missing_indicator,
-            standardise=(t.standardise if t.standardise is not None else kind == "numeric"),
+            standardise=t.standardise,
             min_count=t.min_count if t.min_count is not None else DEFAULT_MIN_COUNT,
         )
     return plans
