@@ -53,7 +53,8 @@ from typing import Any
 import numpy as np
 
 from biofed.core import ConfigurationError, DataError, check_id
-from biofed.data._prep import OTHER, FittedColumn, Preprocessing, fitted_scale
+from biofed.data._encode import OTHER
+from biofed.data._prep import FittedColumn, Preprocessing, fitted_scale
 from biofed.data._summary import (
     MAX_PASSES,
     NumericRequest,
