@@ -108,6 +108,8 @@ def summarise(table: ExtractedTable, request: SummaryRequest, *, min_cell: int) 
         if table.kinds.get(name) not in ("numeric", "binary"):
             raise DataError(f"the request asks for numeric column {name!r}, which this table lacks")
         x = clip_log(table.columns[name][train], ask.clip, ask.log, column=name)
+        if np.isinf(x).any():
+            raise DataError(f"column {name!r} has infinite values; fix them at the source")
         stats = NumericStats.of(x, ask.edges)
         if 0 < stats.n < min_cell:
             counts = None if ask.edges is None else (0,) * (len(ask.edges) + 1)
