@@ -7,6 +7,7 @@ missing values, skewed values, rare categories and a train/test split.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from collections.abc import Mapping
 
 import numpy as np
@@ -295,6 +296,9 @@ def test_a_site_that_drops_out_or_lies_fails_the_fit(sites: dict[str, ExtractedT
     )
     with pytest.raises(DataError, match="not on the edges asked"):
         fit.add({**replies, "site0": bad})
+    liar = replace(replies["site0"], outcome={"n": 5.0, "events": 1.0, "time_sum": 3.0})
+    with pytest.raises(DataError, match="outcome statistics must be"):
+        fit.add({**replies, "site0": liar})
 
 
 def test_preprocessing_json_round_trips_and_refuses_hostile_input(

@@ -348,8 +348,13 @@ class PreprocessingFit:
                 f"pass {request.pass_no} has replies from other sites than pass 1 "
                 f"(missing {gone}, new {extra}); restart the fit with the sites that answer"
             )
+        outcome = (
+            {"n", "positives"} if self.outcome_kind == "binary" else {"n", "events", "time_sum"}
+        )
         for site, summary in summaries.items():
             _check_reply(site, summary, request)
+            if set(summary.outcome) != outcome:
+                raise DataError(f"site {site!r}: the outcome statistics must be {sorted(outcome)}")
         state = replace(self, passes=self.passes + 1, sites=names)
         pooled = {
             n: NumericStats.combine([s.numeric[n] for s in summaries.values()])

@@ -36,6 +36,8 @@ import numpy as np
 
 from biofed.core import Array, ConfigurationError, DataError, check_id
 from biofed.data._dataset import Dataset, SiteData
+from biofed.data._encode import MISSING_SUFFIX, OTHER
+from biofed.data._encode import _category as category_of
 from biofed.data._extract import ExtractedTable
 from biofed.data._summary import (
     MAX_CATEGORIES,
@@ -47,16 +49,8 @@ from biofed.data._summary import (
     _finite,
 )
 
-OTHER = "other"
-MISSING_CATEGORY = "missing"
-MISSING_SUFFIX = "__missing"
 _FORMAT = 1
 _MAX_JSON_CHARS = 20_000_000
-
-
-def category_of(value: object) -> str:
-    """A categorical value as counted and encoded: ``None`` → ``"missing"``, else ``str``."""
-    return MISSING_CATEGORY if value is None else str(value)
 
 
 def clip_log(x: Array, clip: tuple[float, float] | None, log: bool, *, column: str) -> Array:
