@@ -11,6 +11,7 @@ from biofed.data._encode import (
     scan_table,
 )
 from biofed.data._extract import ExtractedTable, extract
+from biofed.data._fit import ColumnPlan, PreprocessingFit
 from biofed.data._loaders import TableFormat, TableSchema, describe_table, load_table
 from biofed.data._omop import OmopDatabase, OmopDescription
 from biofed.data._partition import (
@@ -19,6 +20,7 @@ from biofed.data._partition import (
     partition_quantity_skew,
     train_test_split,
 )
+from biofed.data._prep import FittedColumn, Preprocessing, summarise
 from biofed.data._site_files import load_site_file, load_split_table, write_site_files
 from biofed.data._spec import (
     CohortSpec,
@@ -35,12 +37,14 @@ from biofed.data._standardise import (
     pooled_train_moments,
     standardise_sites,
 )
+from biofed.data._summary import NumericRequest, NumericStats, SiteSummary, SummaryRequest
 
 __all__ = [
     "IMPUTE_METHODS",
     "CategoryCounts",
     "CohortSpec",
     "ColumnEncoder",
+    "ColumnPlan",
     "ColumnTransform",
     "CovariateSpec",
     "Dataset",
@@ -48,13 +52,20 @@ __all__ = [
     "FeatureMoments",
     "FederatedDataset",
     "FileColumns",
+    "FittedColumn",
+    "NumericRequest",
+    "NumericStats",
     "NumericSummary",
     "OmopDatabase",
     "OmopDescription",
     "OutcomeSpec",
+    "Preprocessing",
+    "PreprocessingFit",
     "SiteData",
+    "SiteSummary",
     "Standardiser",
     "StudySpec",
+    "SummaryRequest",
     "TableFormat",
     "TableScan",
     "TableSchema",
@@ -71,6 +82,7 @@ __all__ = [
     "pooled_train_moments",
     "scan_table",
     "standardise_sites",
+    "summarise",
     "train_test_split",
     "write_site_files",
 ]
