@@ -7,7 +7,6 @@ missing values, skewed values, rare categories and a train/test split.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from collections.abc import Mapping
 from dataclasses import replace
 
