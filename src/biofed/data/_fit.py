@@ -279,7 +279,11 @@ class PreprocessingFit:
         for name in plans:
             check_id(name, what="covariate name")
         clip = {n: p.clip for n, p in plans.items() if p.clip is not None}
-        return cls(plans=MappingProxyType(dict(plans)), outcome_kind=outcome_kind, clip=clip)
+        return cls(
+            plans=MappingProxyType(dict(plans)),
+            outcome_kind=outcome_kind,
+            clip=MappingProxyType(clip),
+        )
 
     # -- state ------------------------------------------------------------------------
     def _numeric(self) -> list[str]:
