@@ -5,8 +5,11 @@ import biofed.data
 
 def test_public_api() -> None:
     assert biofed.data.__all__ == [
+        "CHECK_NAMES",
         "IMPUTE_METHODS",
+        "PLAUSIBLE_RANGES",
         "CategoryCounts",
+        "CheckResult",
         "CohortSpec",
         "ColumnEncoder",
         "ColumnTransform",
@@ -16,10 +19,13 @@ def test_public_api() -> None:
         "FeatureMoments",
         "FederatedDataset",
         "FileColumns",
+        "FileExpectations",
         "NumericSummary",
         "OmopDatabase",
         "OmopDescription",
         "OutcomeSpec",
+        "PlausibleRange",
+        "QualityReport",
         "SiteData",
         "Standardiser",
         "StudySpec",
@@ -37,6 +43,7 @@ def test_public_api() -> None:
         "partition_iid",
         "partition_quantity_skew",
         "pooled_train_moments",
+        "run_quality_checks",
         "scan_table",
         "standardise_sites",
         "train_test_split",
