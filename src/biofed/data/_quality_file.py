@@ -97,7 +97,7 @@ def run_file_checks(
     """Run the file checks (see :func:`~biofed.data.run_quality_checks`)."""
     file, table = _read(path, None)
     expect = expect or FileExpectations()
-    name = file.name
+    name = file.stem
     rows = table.num_rows
     present = set(table.column_names)
     results: list[CheckResult] = []
