@@ -11,6 +11,7 @@ from biofed.data._encode import (
     scan_table,
 )
 from biofed.data._extract import ExtractedTable, extract
+from biofed.data._fit import ColumnPlan, PreprocessingFit
 from biofed.data._loaders import TableFormat, TableSchema, describe_table, load_table
 from biofed.data._omop import OmopDatabase, OmopDescription
 from biofed.data._partition import (
@@ -19,6 +20,7 @@ from biofed.data._partition import (
     partition_quantity_skew,
     train_test_split,
 )
+from biofed.data._prep import FittedColumn, Preprocessing, summarise
 from biofed.data._quality import CHECK_NAMES, CheckResult, QualityReport, run_quality_checks
 from biofed.data._quality_file import FileExpectations
 from biofed.data._quality_omop import PLAUSIBLE_RANGES, PlausibleRange
@@ -38,6 +40,7 @@ from biofed.data._standardise import (
     pooled_train_moments,
     standardise_sites,
 )
+from biofed.data._summary import NumericRequest, NumericStats, SiteSummary, SummaryRequest
 
 __all__ = [
     "CHECK_NAMES",
@@ -47,6 +50,7 @@ __all__ = [
     "CheckResult",
     "CohortSpec",
     "ColumnEncoder",
+    "ColumnPlan",
     "ColumnTransform",
     "CovariateSpec",
     "Dataset",
@@ -55,15 +59,22 @@ __all__ = [
     "FederatedDataset",
     "FileColumns",
     "FileExpectations",
+    "FittedColumn",
+    "NumericRequest",
+    "NumericStats",
     "NumericSummary",
     "OmopDatabase",
     "OmopDescription",
     "OutcomeSpec",
     "PlausibleRange",
+    "Preprocessing",
+    "PreprocessingFit",
     "QualityReport",
     "SiteData",
+    "SiteSummary",
     "Standardiser",
     "StudySpec",
+    "SummaryRequest",
     "TableFormat",
     "TableScan",
     "TableSchema",
@@ -81,6 +92,7 @@ __all__ = [
     "run_quality_checks",
     "scan_table",
     "standardise_sites",
+    "summarise",
     "train_test_split",
     "write_site_files",
 ]
