@@ -5,8 +5,11 @@ import biofed.data
 
 def test_public_api() -> None:
     assert biofed.data.__all__ == [
+        "CHECK_NAMES",
         "IMPUTE_METHODS",
+        "PLAUSIBLE_RANGES",
         "CategoryCounts",
+        "CheckResult",
         "CohortSpec",
         "ColumnEncoder",
         "ColumnPlan",
@@ -17,6 +20,7 @@ def test_public_api() -> None:
         "FeatureMoments",
         "FederatedDataset",
         "FileColumns",
+        "FileExpectations",
         "FittedColumn",
         "NumericRequest",
         "NumericStats",
@@ -24,8 +28,10 @@ def test_public_api() -> None:
         "OmopDatabase",
         "OmopDescription",
         "OutcomeSpec",
+        "PlausibleRange",
         "Preprocessing",
         "PreprocessingFit",
+        "QualityReport",
         "SiteData",
         "SiteSummary",
         "Standardiser",
@@ -45,6 +51,7 @@ def test_public_api() -> None:
         "partition_iid",
         "partition_quantity_skew",
         "pooled_train_moments",
+        "run_quality_checks",
         "scan_table",
         "standardise_sites",
         "summarise",

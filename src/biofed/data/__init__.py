@@ -21,6 +21,9 @@ from biofed.data._partition import (
     train_test_split,
 )
 from biofed.data._prep import FittedColumn, Preprocessing, summarise
+from biofed.data._quality import CHECK_NAMES, CheckResult, QualityReport, run_quality_checks
+from biofed.data._quality_file import FileExpectations
+from biofed.data._quality_omop import PLAUSIBLE_RANGES, PlausibleRange
 from biofed.data._site_files import load_site_file, load_split_table, write_site_files
 from biofed.data._spec import (
     CohortSpec,
@@ -40,8 +43,11 @@ from biofed.data._standardise import (
 from biofed.data._summary import NumericRequest, NumericStats, SiteSummary, SummaryRequest
 
 __all__ = [
+    "CHECK_NAMES",
     "IMPUTE_METHODS",
+    "PLAUSIBLE_RANGES",
     "CategoryCounts",
+    "CheckResult",
     "CohortSpec",
     "ColumnEncoder",
     "ColumnPlan",
@@ -52,6 +58,7 @@ __all__ = [
     "FeatureMoments",
     "FederatedDataset",
     "FileColumns",
+    "FileExpectations",
     "FittedColumn",
     "NumericRequest",
     "NumericStats",
@@ -59,8 +66,10 @@ __all__ = [
     "OmopDatabase",
     "OmopDescription",
     "OutcomeSpec",
+    "PlausibleRange",
     "Preprocessing",
     "PreprocessingFit",
+    "QualityReport",
     "SiteData",
     "SiteSummary",
     "Standardiser",
@@ -80,6 +89,7 @@ __all__ = [
     "partition_iid",
     "partition_quantity_skew",
     "pooled_train_moments",
+    "run_quality_checks",
     "scan_table",
     "standardise_sites",
     "summarise",

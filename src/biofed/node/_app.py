@@ -113,6 +113,8 @@ class NodeApp:
                 raise ConfigurationError(f"dataset {name!r} is both in memory and in node.toml")
             self.data[check_id(name, what="dataset name")] = site_data
         for name, source in config.datasets.items():
+            if source.omop is not None:  # compiled per study from its spec, not loaded whole
+                continue
             try:
                 self.data[name] = source.load()
             except DataError as exc:

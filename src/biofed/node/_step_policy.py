@@ -147,6 +147,7 @@ class PolicyStep:
             dataset=dataset,
             bundle=job.bundle,
             dataset_path=None if source is None else source.path,
+            dataset_location=None if source is None or source.omop is None else source.omop,
             rows=rows,
             metrics=requested_metrics({} if job.metrics is None else {"metrics": job.metrics}),
             secure_aggregation=work.secure,
