@@ -24,6 +24,7 @@ from biofed.data._standardise import (
     pooled_train_moments,
     standardise_sites,
 )
+from biofed.data._summary import NumericRequest, NumericStats, SiteSummary, SummaryRequest
 
 __all__ = [
     "IMPUTE_METHODS",
@@ -32,9 +33,13 @@ __all__ = [
     "Dataset",
     "FeatureMoments",
     "FederatedDataset",
+    "NumericRequest",
+    "NumericStats",
     "NumericSummary",
     "SiteData",
+    "SiteSummary",
     "Standardiser",
+    "SummaryRequest",
     "TableFormat",
     "TableScan",
     "TableSchema",
