@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -53,7 +54,11 @@ def summaries_of(
             outcome = {"n": float(records), "positives": float(labels[site].sum())}
         if events is not None:
             time, event = events[site]
-            outcome = {"n": float(records), "events": float(event.sum()), "time_sum": float(time.sum())}
+            outcome = {
+                "n": float(records),
+                "events": float(event.sum()),
+                "time_sum": float(time.sum()),
+            }
         out[site] = SiteSummary(
             records=records,
             outcome=outcome,
@@ -97,9 +102,7 @@ def test_a_planted_two_sd_shift_is_flagged_for_exactly_that_site_and_feature() -
     sites = normal_sites(rng, sizes, shift=("east", "age", 2.0))
     labels = {s: rng.random(n) < 0.3 for s, n in sizes.items()}
     sexes = {s: {"sex": list(rng.choice(["female", "male"], n))} for s, n in sizes.items()}
-    report = heterogeneity_report(
-        summaries_of(sites, labels=labels, categorical=sexes), min_cell=K
-    )
+    report = heterogeneity_report(summaries_of(sites, labels=labels, categorical=sexes), min_cell=K)
     assert flagged(report) == {
         ("east", "age", "smd"),
         ("east", "age", "wasserstein"),
@@ -150,17 +153,19 @@ def test_a_shift_planted_in_real_data_is_flagged() -> None:
     data = load_tcga_brca()
     cols = {
         site: {
-            name: np.asarray(part.train.features[:, i], dtype=np.float64)
-            for i, name in enumerate(part.train.feature_names[:1])  # age
+            re.sub(r"[^A-Za-z0-9_.-]", "_", name): np.asarray(
+                part.train.features[:, i], dtype=np.float64
+            )
+            for i, name in enumerate(part.train.feature_names)
         }
         for site, part in data.sites.items()
     }
     before = heterogeneity_report(summaries_of(cols), min_cell=K)
-    assert not {f for f in flagged(before) if f[0] == "center-2" and f[1] == "age"}
-    sd = float(np.std(np.concatenate([c["age"] for c in cols.values()])))
-    cols["center-2"]["age"] = cols["center-2"]["age"] + 2 * sd
+    assert not {f for f in flagged(before) if f[0] == "center-2" and f[1] == "age_at_index"}
+    sd = float(np.std(np.concatenate([c["age_at_index"] for c in cols.values()])))
+    cols["center-2"]["age_at_index"] = cols["center-2"]["age_at_index"] + 2 * sd
     after = heterogeneity_report(summaries_of(cols), min_cell=K)
-    assert {("center-2", "age", m) for m in ("smd", "wasserstein", "ks")} <= flagged(after)
+    assert {("center-2", "age_at_index", m) for m in ("smd", "wasserstein", "ks")} <= flagged(after)
 
 
 # -- known answers ------------------------------------------------------------------------------
@@ -174,9 +179,8 @@ def test_smd_of_two_sites_is_austins() -> None:
     expected = (x.mean() - y.mean()) / math.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2)
     assert smd["x"].score == pytest.approx(expected, rel=1e-9)
     assert smd["y"].score == pytest.approx(-expected, rel=1e-9)
-    assert smd["x"].value == pytest.approx(x.mean()) and smd["x"].reference == pytest.approx(
-        y.mean()
-    )
+    assert smd["x"].value == pytest.approx(x.mean())
+    assert smd["x"].reference == pytest.approx(y.mean())
 
 
 def test_binary_features_and_outcomes_use_the_smd_of_proportions() -> None:
@@ -195,13 +199,17 @@ def test_binary_features_and_outcomes_use_the_smd_of_proportions() -> None:
 
 def test_wasserstein_and_ks_on_bars_have_known_answers() -> None:
     edges = tuple(float(e) for e in range(0, 5))  # bins [0,1) [1,2) [2,3) [3,4)
-    left = NumericStats(n=100, missing=0, mean=0.5, m2=100 / 12, edges=edges,
-                        counts=(0, 100, 0, 0, 0, 0))
-    right = NumericStats(n=100, missing=0, mean=2.5, m2=100 / 12, edges=edges,
-                         counts=(0, 0, 0, 100, 0, 0))
+    left = NumericStats(
+        n=100, missing=0, mean=0.5, m2=100 / 12, edges=edges, counts=(0, 100, 0, 0, 0, 0)
+    )
+    right = NumericStats(
+        n=100, missing=0, mean=2.5, m2=100 / 12, edges=edges, counts=(0, 0, 0, 100, 0, 0)
+    )
     report = heterogeneity_report(
-        {"l": SiteSummary(records=100, numeric={"v": left}),
-         "r": SiteSummary(records=100, numeric={"v": right})},
+        {
+            "l": SiteSummary(records=100, numeric={"v": left}),
+            "r": SiteSummary(records=100, numeric={"v": right}),
+        },
         min_cell=K,
     )
     by = {(f.site, f.measure): f.score for f in report.findings}
@@ -218,9 +226,10 @@ def test_wasserstein_matches_scipy_on_fine_bins() -> None:
     w1 = next(f.score for f in report.findings if f.measure == "wasserstein" and f.site == "x")
     ks = next(f.score for f in report.findings if f.measure == "ks" and f.site == "x")
     sd = math.sqrt((x.var(ddof=1) + y.var(ddof=1)) / 2)
-    assert w1 is not None and ks is not None
+    assert w1 is not None
+    assert ks is not None
     exact = scipy_stats.wasserstein_distance(x, y) / sd
-    assert w1 == pytest.approx(exact, abs=0.05)  # within a fraction of a bar
+    assert w1 == pytest.approx(exact, rel=0.1)  # within a fraction of a bar
     assert ks == pytest.approx(scipy_stats.ks_2samp(x, y).statistic, abs=0.03)
 
 
@@ -229,8 +238,9 @@ def test_quantity_skew_missingness_and_event_rates() -> None:
     sizes = {"big": 6000, "a": 1000, "b": 1000, "c": 1000}
     sites = normal_sites(rng, sizes)
     sites["a"]["bmi"][:400] = np.nan  # 40 % missing at one site
-    times = {s: (rng.exponential(300, n), (rng.random(n) < 0.2).astype(float))
-             for s, n in sizes.items()}
+    times = {
+        s: (rng.exponential(300, n), (rng.random(n) < 0.2).astype(float)) for s, n in sizes.items()
+    }
     report = heterogeneity_report(summaries_of(sites, events=times), min_cell=K)
     assert flagged(report) == {("big", "", "records"), ("a", "bmi", "missing")}
     assert report.outcome_kind == "time_to_event"
@@ -275,7 +285,8 @@ def test_nothing_below_min_cell_appears() -> None:
     # the tiny site is named, its numbers are not, and it enters no total or reference
     assert "tiny" in text
     tiny = next(s for s in data["sites"] if s["site"] == "tiny")
-    assert tiny["records"] is None and tiny["share"] is None
+    assert tiny["records"] is None
+    assert tiny["share"] is None
     assert data["total_records"] == 1500
     assert all(f["site"] != "tiny" for f in data["findings"])
     assert all("tiny" not in h["counts"] for h in data["histograms"])
@@ -290,8 +301,12 @@ def test_nothing_below_min_cell_appears() -> None:
 
     # withheld blocks: b's bmi (4 missing), c's rare flag (5 ones), b's outcome (6 positives)
     by = {(f["site"], f["feature"], f["measure"], f["category"]): f for f in data["findings"]}
-    for key in [("b", "bmi", "smd", ""), ("b", "bmi", "missing", ""), ("c", "rare", "smd", ""),
-                ("b", "", "outcome", "")]:
+    for key in [
+        ("b", "bmi", "smd", ""),
+        ("b", "bmi", "missing", ""),
+        ("c", "rare", "smd", ""),
+        ("b", "", "outcome", ""),
+    ]:
         assert by[key]["value"] is None and by[key]["score"] is None, key
         assert "withheld" in by[key]["note"]
     # … and they are not inside the others' references (no differencing)
@@ -300,13 +315,15 @@ def test_nothing_below_min_cell_appears() -> None:
     assert a_bmi["reference"] == pytest.approx(c_bmi.mean, abs=1e-4)
     a_outcome = by["a", "", "outcome", ""]
     assert a_outcome["reference"] == pytest.approx(labels["c"].mean(), abs=1e-4)
-    assert all(f["site"] != "b" or f["feature"] != "bmi" or f["value"] is None
-               for f in data["findings"])
+    assert all(
+        f["site"] != "b" or f["feature"] != "bmi" or f["value"] is None for f in data["findings"]
+    )
 
     # the rare category is not shown at the site holding it; it stays inside "other"
-    assert ("a", "race", "category", "asian") not in by or by[
-        "a", "race", "category", "asian"]["value"] is None
-    for (site, feature, measure, category), f in by.items():
+    assert ("a", "race", "category", "asian") not in by or by["a", "race", "category", "asian"][
+        "value"
+    ] is None
+    for (site, _feature, measure, category), f in by.items():
         if measure == "category" and f["value"] is not None:
             shown = round(f["value"] * summaries[site].records)
             assert shown == 0 or shown >= K, (site, category, shown)
@@ -320,11 +337,10 @@ def test_a_rare_category_merges_with_the_next_smallest_into_other() -> None:
         "b": {"grade": ["1"] * 50 + ["2"] * 30 + ["3"] * 20},
     }
     report = heterogeneity_report(summaries_of(sites, categorical=cats), min_cell=K)
-    shares = {
-        (f.site, f.category): f.value for f in report.findings if f.measure == "category"
-    }
+    shares = {(f.site, f.category): f.value for f in report.findings if f.measure == "category"}
     assert shares["a", "other"] == pytest.approx(0.15)  # "2" joined "3" in other: 15 ≥ K
-    assert shares["a", "2"] is None and shares["a", "3"] is None
+    assert shares["a", "2"] is None
+    assert shares["a", "3"] is None
     assert shares["a", "1"] == pytest.approx(0.85)
     assert shares["b", "3"] == pytest.approx(0.2)
 
@@ -361,7 +377,9 @@ def test_histograms_on_different_edges_are_refused_naming_the_site() -> None:
     b = NumericStats.of(np.arange(50.0), (0.0, 20.0, 50.0))
     with pytest.raises(DataError, match="site 'b': numeric 'v': histogram not on the common"):
         heterogeneity_report(
-            {"a": SiteSummary(records=50, numeric={"v": a}),
-             "b": SiteSummary(records=50, numeric={"v": b})},
+            {
+                "a": SiteSummary(records=50, numeric={"v": a}),
+                "b": SiteSummary(records=50, numeric={"v": b}),
+            },
             min_cell=K,
         )

@@ -10,6 +10,13 @@ from biofed.data._encode import (
     fit_encoder,
     scan_table,
 )
+from biofed.data._heterogeneity import (
+    FeatureHistogram,
+    HeterogeneityFinding,
+    HeterogeneityReport,
+    SiteOverview,
+    heterogeneity_report,
+)
 from biofed.data._loaders import TableFormat, TableSchema, describe_table, load_table
 from biofed.data._partition import (
     partition_dirichlet,
@@ -31,12 +38,16 @@ __all__ = [
     "CategoryCounts",
     "ColumnEncoder",
     "Dataset",
+    "FeatureHistogram",
     "FeatureMoments",
     "FederatedDataset",
+    "HeterogeneityFinding",
+    "HeterogeneityReport",
     "NumericRequest",
     "NumericStats",
     "NumericSummary",
     "SiteData",
+    "SiteOverview",
     "SiteSummary",
     "Standardiser",
     "SummaryRequest",
@@ -45,6 +56,7 @@ __all__ = [
     "TableSchema",
     "describe_table",
     "fit_encoder",
+    "heterogeneity_report",
     "load_site_file",
     "load_split_table",
     "load_table",

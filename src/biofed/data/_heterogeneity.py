@@ -17,8 +17,9 @@ site is then compared with the remaining *core* sites other than itself, and
 
 Measures, each flagged when over its threshold:
 
-* **quantity skew**: the share of the records as a ratio to an equal share ``1/K`` (flagged
-  outside ``[1/size_ratio, size_ratio]``);
+* **quantity skew**: the site's records as a ratio to the median site's (flagged outside
+  ``[1/size_ratio, size_ratio]``; the median, like the core below, is not moved by one site
+  that is much larger than the rest);
 * **outcome**: prevalence (binary) or event proportion (time to event, with events per unit of
   follow-up beside it), compared as a standardised difference of two proportions;
 * **SMD** per numeric feature: ``(mean_site − mean_ref) / sqrt((s²_site + s²_ref) / 2)``, the
@@ -30,7 +31,8 @@ Measures, each flagged when over its threshold:
   1-Wasserstein distance in units of the same pooled standard deviation (for a pure shift it
   equals the SMD; it also sees changes of spread and shape) and the largest difference of the
   two cumulative distributions (the Kolmogorov–Smirnov statistic, on the bars). Values are taken
-  to spread evenly inside a bar, so both are exact to within a bar's width;
+  to spread evenly inside a bar, so both are exact to within a bar's width (the bars are those
+  disclosure control leaves, below);
 * **missingness**: the share of a feature's values that are missing, flagged when it differs
   from the reference's by more than ``missing_threshold``;
 * **categories**: each category's share, compared as a standardised difference of proportions.
@@ -51,7 +53,8 @@ and global recoding). Rules:
   references), so it cannot be recovered by differencing;
 * histogram bars are merged with their neighbours, across all shown sites at once, until each
   bar holds 0 or at least ``min_cell`` of every site's values (global recoding); the distances
-  are computed on these merged bars, so they rest on no smaller cell either. Values outside the
+  are computed on these merged bars (exact to within the widest of them), so they rest on no
+  smaller cell either. Values outside the
   common edges count in the outermost bars;
 * a category a site holds fewer than ``min_cell`` times is shown only inside that site's
   ``other``, grown with its next-smallest categories until it is 0 or ≥ ``min_cell``; a
@@ -98,7 +101,7 @@ class HeterogeneityFinding:
     measure:
         One of :data:`MEASURES`.
     value, reference:
-        The site's statistic and the reference's: share of records (reference ``1/K``),
+        The site's statistic and the reference's: share of records (the median site's),
         prevalence or event proportion, mean, share missing, category share; ``None`` for the
         distances.
     score:
@@ -260,7 +263,7 @@ def heterogeneity_report(
     missing_threshold:
         Flag a share of missing values differing from the reference's by more than this.
     size_ratio:
-        Flag a share of records over ``size_ratio`` or under ``1/size_ratio`` times ``1/K``.
+        Flag records over ``size_ratio`` or under ``1/size_ratio`` times the median site's.
     binary:
         Numeric features that are 0/1 indicators (also recognised from their moments).
 
@@ -307,16 +310,18 @@ def heterogeneity_report(
         if s not in shown
     }
     findings: list[HeterogeneityFinding] = []
+    typical = float(np.median(list(records.values()))) if shown else 0.0
     for site in shown:
-        share = records[site] / total
-        ratio = share * len(shown)
-        overviews[site] = SiteOverview(site=site, records=records[site], share=share)
+        ratio = records[site] / typical
+        overviews[site] = SiteOverview(
+            site=site, records=records[site], share=records[site] / total
+        )
         findings.append(
             HeterogeneityFinding(
                 site=site,
                 measure="records",
-                value=share,
-                reference=1 / len(shown),
+                value=records[site] / total,
+                reference=typical / total,
                 score=ratio,
                 threshold=size_ratio,
                 flagged=ratio > size_ratio or ratio < 1 / size_ratio,
@@ -328,7 +333,10 @@ def heterogeneity_report(
         findings += found
         for site, (p, rate) in rates.items():
             overviews[site] = SiteOverview(
-                site=site, records=records[site], share=records[site] / total, outcome=p,
+                site=site,
+                records=records[site],
+                share=records[site] / total,
+                outcome=p,
                 event_rate=rate,
             )
     histograms: list[FeatureHistogram] = []
@@ -381,19 +389,26 @@ def _compare_all(
     findings = []
     for site in sites:
         refs = [o for o in core if o != site]
-        ids = {"site": site, "feature": feature, "category": category, "measure": measure}
         if not refs:
-            value = compare(site, [])[0]
             findings.append(
                 HeterogeneityFinding(
-                    **ids, value=value, threshold=threshold, note="no other site to compare with"
+                    site=site,
+                    feature=feature,
+                    category=category,
+                    measure=measure,
+                    value=compare(site, [])[0],
+                    threshold=threshold,
+                    note="no other site to compare with",
                 )
             )
             continue
         value, reference, score = compare(site, refs)
         findings.append(
             HeterogeneityFinding(
-                **ids,
+                site=site,
+                feature=feature,
+                category=category,
+                measure=measure,
                 value=value,
                 reference=reference,
                 score=score,
@@ -548,9 +563,7 @@ def _numeric_feature(
         return share, ref, share - ref
 
     findings += _compare_all(sites, smd, thresholds["smd"], measure="smd", feature=name)
-    findings += _compare_all(
-        sites, missing, thresholds["missing"], measure="missing", feature=name
-    )
+    findings += _compare_all(sites, missing, thresholds["missing"], measure="missing", feature=name)
     if binary:
         return findings, None
     bars = _merged_bars(name, ok, k)
@@ -558,7 +571,10 @@ def _numeric_feature(
         for measure in ("wasserstein", "ks"):
             findings += [
                 HeterogeneityFinding(
-                    site=site, feature=name, measure=measure, threshold=thresholds[measure],
+                    site=site,
+                    feature=name,
+                    measure=measure,
+                    threshold=thresholds[measure],
                     note="no histogram on common edges",
                 )
                 for site in sites
@@ -617,25 +633,24 @@ def _merged_bars(
     fine = fine[:, 1:-1]
     edges = np.asarray(first, dtype=np.float64)
 
-    def safe(start: int, stop: int) -> bool:
-        column = fine[:, start:stop].sum(axis=1)
-        return bool(np.all((column == 0) | (column >= k)))
-
-    bars: list[tuple[int, int]] = []  # [start, stop) in fine bins
-    start = 0
-    for stop in range(1, fine.shape[1] + 1):
-        if safe(start, stop):
-            bars.append((start, stop))
-            start = stop
-    if start < fine.shape[1]:
-        while bars and not safe(start, fine.shape[1]):
-            start = bars.pop()[0]
-        bars.append((start, fine.shape[1]))
-    bar_edges = np.array([edges[a] for a, _ in bars] + [edges[-1]])
-    counts = {
-        site: np.array([fine[i, a:b].sum() for a, b in bars], dtype=np.int64)
-        for i, site in enumerate(sites)
-    }
+    bars = [fine[:, j] for j in range(fine.shape[1])]  # each bar: its count per site
+    starts = list(range(fine.shape[1]))  # each bar's first fine bin
+    while True:
+        unsafe = [j for j, c in enumerate(bars) if np.any((c > 0) & (c < k))]
+        if not unsafe:
+            break
+        j = unsafe[0]
+        short = (bars[j] > 0) & (bars[j] < k)  # the sites this bar is too small for
+        # merge with the neighbour holding more of those sites' values (it fills the bar
+        # soonest, so bars stay narrow), the left one on a tie
+        left = bars[j - 1][short].sum() if j > 0 else -1
+        right = bars[j + 1][short].sum() if j + 1 < len(bars) else -1
+        other = j - 1 if left >= right else j + 1
+        lo, hi = min(j, other), max(j, other)
+        bars[lo : hi + 1] = [bars[lo] + bars[hi]]
+        del starts[hi]
+    bar_edges = np.array([edges[s] for s in starts] + [edges[-1]])
+    counts = {site: np.array([c[i] for c in bars], dtype=np.int64) for i, site in enumerate(sites)}
     return bar_edges, counts
 
 
@@ -700,13 +715,17 @@ def _categorical_feature(
             recoded[site] = _recode(counts, k)
         else:
             findings.append(_withheld(site, "category", threshold, k, name))
-    categories = sorted({c for r in recoded.values() for c in r.counts} - {OTHER}) + [OTHER]
+    categories = [*sorted({c for r in recoded.values() for c in r.counts} - {OTHER}), OTHER]
     for category in categories:
         known = sorted(s for s, r in recoded.items() if r.count(category) is not None)
         findings += [
             HeterogeneityFinding(
-                site=site, feature=name, category=category, measure="category",
-                threshold=threshold, note=f"counted in {OTHER!r} at this site",
+                site=site,
+                feature=name,
+                category=category,
+                measure="category",
+                threshold=threshold,
+                note=f"counted in {OTHER!r} at this site",
             )
             for site in sorted(set(recoded) - set(known))
         ]
