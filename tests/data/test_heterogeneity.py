@@ -307,7 +307,8 @@ def test_nothing_below_min_cell_appears() -> None:
         ("c", "rare", "smd", ""),
         ("b", "", "outcome", ""),
     ]:
-        assert by[key]["value"] is None and by[key]["score"] is None, key
+        assert by[key]["value"] is None, key
+        assert by[key]["score"] is None, key
         assert "withheld" in by[key]["note"]
     # … and they are not inside the others' references (no differencing)
     a_bmi = by["a", "bmi", "smd", ""]
