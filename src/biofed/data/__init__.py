@@ -1,4 +1,4 @@
-"""biofed.data: a site's datasets, loaders and simulation partitioners."""
+"""biofed.data: a site's datasets, loaders, OMOP CDM access, study specs and partitioners."""
 
 from biofed.data._dataset import Dataset, FederatedDataset, SiteData
 from biofed.data._encode import (
@@ -10,6 +10,7 @@ from biofed.data._encode import (
     fit_encoder,
     scan_table,
 )
+from biofed.data._extract import ExtractedTable, extract
 from biofed.data._heterogeneity import (
     FeatureHistogram,
     HeterogeneityFinding,
@@ -18,6 +19,7 @@ from biofed.data._heterogeneity import (
     heterogeneity_report,
 )
 from biofed.data._loaders import TableFormat, TableSchema, describe_table, load_table
+from biofed.data._omop import OmopDatabase, OmopDescription
 from biofed.data._partition import (
     partition_dirichlet,
     partition_iid,
@@ -25,6 +27,15 @@ from biofed.data._partition import (
     train_test_split,
 )
 from biofed.data._site_files import load_site_file, load_split_table, write_site_files
+from biofed.data._spec import (
+    CohortSpec,
+    ColumnTransform,
+    CovariateSpec,
+    FileColumns,
+    OutcomeSpec,
+    StudySpec,
+    load_study_spec,
+)
 from biofed.data._standardise import (
     FeatureMoments,
     Standardiser,
@@ -36,29 +47,40 @@ from biofed.data._summary import NumericRequest, NumericStats, SiteSummary, Summ
 __all__ = [
     "IMPUTE_METHODS",
     "CategoryCounts",
+    "CohortSpec",
     "ColumnEncoder",
+    "ColumnTransform",
+    "CovariateSpec",
     "Dataset",
+    "ExtractedTable",
     "FeatureHistogram",
     "FeatureMoments",
     "FederatedDataset",
+    "FileColumns",
     "HeterogeneityFinding",
     "HeterogeneityReport",
     "NumericRequest",
     "NumericStats",
     "NumericSummary",
+    "OmopDatabase",
+    "OmopDescription",
+    "OutcomeSpec",
     "SiteData",
     "SiteOverview",
     "SiteSummary",
     "Standardiser",
+    "StudySpec",
     "SummaryRequest",
     "TableFormat",
     "TableScan",
     "TableSchema",
     "describe_table",
+    "extract",
     "fit_encoder",
     "heterogeneity_report",
     "load_site_file",
     "load_split_table",
+    "load_study_spec",
     "load_table",
     "partition_dirichlet",
     "partition_iid",
