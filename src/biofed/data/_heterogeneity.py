@@ -715,7 +715,9 @@ def _categorical_feature(
             recoded[site] = _recode(counts, k)
         else:
             findings.append(_withheld(site, "category", threshold, k, name))
-    categories = [*sorted({c for r in recoded.values() for c in r.counts} - {OTHER}), OTHER]
+    categories = sorted({c for r in recoded.values() for c in r.counts} - {OTHER})
+    if any(r.counts[OTHER] or r.merged_before for r in recoded.values()):
+        categories.append(OTHER)
     for category in categories:
         known = sorted(s for s, r in recoded.items() if r.count(category) is not None)
         findings += [
