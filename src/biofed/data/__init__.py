@@ -11,6 +11,7 @@ from biofed.data._encode import (
     scan_table,
 )
 from biofed.data._extract import ExtractedTable, extract
+from biofed.data._fit import ColumnPlan, PreprocessingFit
 from biofed.data._heterogeneity import (
     FeatureHistogram,
     HeterogeneityFinding,
@@ -26,6 +27,7 @@ from biofed.data._partition import (
     partition_quantity_skew,
     train_test_split,
 )
+from biofed.data._prep import FittedColumn, Preprocessing, summarise
 from biofed.data._site_files import load_site_file, load_split_table, write_site_files
 from biofed.data._spec import (
     CohortSpec,
@@ -49,6 +51,7 @@ __all__ = [
     "CategoryCounts",
     "CohortSpec",
     "ColumnEncoder",
+    "ColumnPlan",
     "ColumnTransform",
     "CovariateSpec",
     "Dataset",
@@ -57,6 +60,7 @@ __all__ = [
     "FeatureMoments",
     "FederatedDataset",
     "FileColumns",
+    "FittedColumn",
     "HeterogeneityFinding",
     "HeterogeneityReport",
     "NumericRequest",
@@ -65,6 +69,8 @@ __all__ = [
     "OmopDatabase",
     "OmopDescription",
     "OutcomeSpec",
+    "Preprocessing",
+    "PreprocessingFit",
     "SiteData",
     "SiteOverview",
     "SiteSummary",
@@ -88,6 +94,7 @@ __all__ = [
     "pooled_train_moments",
     "scan_table",
     "standardise_sites",
+    "summarise",
     "train_test_split",
     "write_site_files",
 ]

@@ -396,7 +396,8 @@ def _float_column(values: pa.Array | pa.ChunkedArray) -> Array:
 
 def _extract_omop(spec: StudySpec, db: OmopDatabase, name: str) -> ExtractedTable:
     db.require_tables(_required_tables(spec))
-    has_death = "death" in db.tables()
+    # Some CDMs (Eunomia among them) ship a placeholder death table without its columns.
+    has_death = {"person_id", "death_date"} <= db.columns("death")
     text, params, roles = compile_omop(spec, has_death=has_death)
     table = db.query(text, params)
     cols = dict(zip(roles, table.columns, strict=True))
