@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from biofed.cli._common import call, clean_errors
+from biofed.cli._common import call, clean_errors, err
 
 if TYPE_CHECKING:
     from biofed.data import HeterogeneityFinding, HeterogeneityReport, SiteSummary, StudySpec
@@ -82,9 +82,7 @@ def heterogeneity_command(
     ] = None,
     min_cell: Annotated[
         int,
-        typer.Option(
-            "--min-cell", help="Disclosure threshold: no number rests on fewer records."
-        ),
+        typer.Option("--min-cell", help="Disclosure threshold: no number rests on fewer records."),
     ] = 10,
     smd_threshold: Annotated[
         float, typer.Option("--smd-threshold", help="Flag |SMD| over this.")
@@ -168,7 +166,7 @@ def _simulated_summaries(
 ) -> "tuple[StudySpec, dict[str, SiteSummary]]":
     """Each site's summaries of its own extracted table, pass by pass, as the preprocessing
     phase asks for them; the final pass's (with histograms on common edges)."""
-    from biofed.core import ConfigurationError
+    from biofed.core import ConfigurationError, DataError
     from biofed.data import PreprocessingFit, extract, load_study_spec, summarise
 
     study = load_study_spec(spec_path)
@@ -189,9 +187,19 @@ def _simulated_summaries(
     fit = PreprocessingFit.start(study)
     while not fit.done:
         request = fit.request()
-        fit = fit.add(
-            {site: summarise(table, request, min_cell=min_cell) for site, table in tables.items()}
-        )
+        answers = {}
+        for site, table in list(tables.items()):
+            try:
+                answers[site] = summarise(table, request, min_cell=min_cell)
+            except DataError as exc:
+                if request.pass_no > 1:
+                    raise
+                # as the preprocessing phase does: a site that does not answer is left out
+                err.print(f"[yellow]{escape(site)} left out:[/] {escape(str(exc))}")
+                del tables[site]
+        if not answers:
+            raise DataError("no site answered the summary request")
+        fit = fit.add(answers)
     return study, dict(fit.last_summaries)
 
 
@@ -320,7 +328,9 @@ def cells(finding: "HeterogeneityFinding", min_cell: int) -> tuple[str, str, str
     elif finding.measure == "missing":
         shown = f"{100 * score:+.1f}pt"
     else:
-        shown = f"{score:+.2f}" if finding.measure in ("smd", "outcome", "category") else f"{score:.2f}"
+        shown = (
+            f"{score:+.2f}" if finding.measure in ("smd", "outcome", "category") else f"{score:.2f}"
+        )
     return number(finding.value), number(finding.reference), shown
 
 
@@ -333,11 +343,14 @@ def feature_label(finding: "HeterogeneityFinding") -> str:
 
 def _print_report(report: "HeterogeneityReport") -> None:
     k = report.min_cell
-    sites = Table(
-        title="sites", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left"
-    )
-    for name, justify in (("site", "left"), ("records", "right"), ("share", "right"),
-                          ("outcome", "right"), ("note", "left")):
+    sites = Table(title="sites", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
+    for name, justify in (
+        ("site", "left"),
+        ("records", "right"),
+        ("share", "right"),
+        ("outcome", "right"),
+        ("note", "left"),
+    ):
         sites.add_column(name, justify=justify)  # type: ignore[arg-type]
     for s in report.sites:
         sites.add_row(

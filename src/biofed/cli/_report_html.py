@@ -31,7 +31,7 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 68em; co
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; }
 table { border-collapse: collapse; margin: 1em 0; font-size: 0.9em; }
 th, td { padding: 0.2em 0.7em; border-bottom: 1px solid #ddd; text-align: left; }
-td.n { text-align: right; font-variant-numeric: tabular-nums; }
+td.n, td.t { text-align: right; font-variant-numeric: tabular-nums; }
 tr.flag td { background: #fde8e8; } .flag-mark { color: #b00; font-weight: bold; }
 figure { margin: 1em 0; } img { max-width: 100%; }
 .note { color: #666; font-size: 0.9em; }
@@ -125,7 +125,7 @@ def _findings_table(report: HeterogeneityReport) -> str:
             f"<tr{row_class}><td>{mark}</td><td>{e(f.site)}</td>"
             f"<td>{e(feature_label(f))}</td><td>{e(_LABELS[f.measure])}</td>"
             f"<td class='n'>{e(value)}</td><td class='n'>{e(reference)}</td>"
-            f"<td class='n'>{e(score)}</td><td class='n'>{f.threshold:g}</td>"
+            f"<td class='n'>{e(score)}</td><td class='t'>{f.threshold:g}</td>"
             f"<td class='note'>{e(note)}</td></tr>"
         )
     rows.append("</table>")

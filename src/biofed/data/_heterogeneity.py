@@ -350,7 +350,8 @@ def heterogeneity_report(
         tables = {
             s: summaries[s].categorical[name] for s in shown if name in summaries[s].categorical
         }
-        findings += _categorical_feature(name, tables, records, k, smd_threshold)
+        merged = {s: summaries[s].suppressed.get(name, 0) for s in tables}
+        findings += _categorical_feature(name, tables, merged, records, k, smd_threshold)
     return HeterogeneityReport(
         min_cell=k,
         thresholds=thresholds,
@@ -674,10 +675,13 @@ class _Recoded:
     total: int
     counts: Mapping[str, int]  # the categories shown, with OTHER
     hidden: frozenset[str]  # categories the site holds but shows only inside OTHER
-    merged_before: bool  # the site sent an OTHER of its own: any absent category may be in it
+    merged_before: bool  # the site merged categories into OTHER before sending
 
     def count(self, category: str) -> int | None:
-        """The site's count of ``category``; ``None`` when it may be inside ``other``."""
+        """The site's count of ``category``; ``None`` when it may be inside ``other`` (and
+        for ``other`` itself when it holds merged categories: not comparable)."""
+        if category == OTHER:
+            return None if self.hidden or self.merged_before else self.counts[OTHER]
         if category in self.counts:
             return self.counts[category]
         if category in self.hidden or self.merged_before:
@@ -685,7 +689,7 @@ class _Recoded:
         return 0
 
 
-def _recode(counts: Mapping[str, int], k: int) -> _Recoded:
+def _recode(counts: Mapping[str, int], k: int, merged: int) -> _Recoded:
     """Categories below ``k`` into ``other``, and ``other`` grown with the next-smallest
     category until it is 0 or ≥ ``k`` (the total is ≥ ``k``, so this ends)."""
     total = sum(counts.values())
@@ -696,13 +700,14 @@ def _recode(counts: Mapping[str, int], k: int) -> _Recoded:
         total=total,
         counts={**kept, OTHER: total - sum(kept.values())},
         hidden=frozenset(c for c, n in counts.items() if c != OTHER and n > 0 and c not in kept),
-        merged_before=counts.get(OTHER, 0) > 0,
+        merged_before=merged > 0,
     )
 
 
 def _categorical_feature(
     name: str,
     tables: Mapping[str, Mapping[str, int]],
+    merged: Mapping[str, int],
     records: Mapping[str, int],
     k: int,
     threshold: float,
@@ -712,7 +717,7 @@ def _categorical_feature(
     for site, counts in sorted(tables.items()):
         total = sum(counts.values())
         if total >= k and _safe(records[site] - total, k):  # records − total: values missing
-            recoded[site] = _recode(counts, k)
+            recoded[site] = _recode(counts, k, merged[site])
         else:
             findings.append(_withheld(site, "category", threshold, k, name))
     categories = sorted({c for r in recoded.values() for c in r.counts} - {OTHER})
@@ -726,8 +731,13 @@ def _categorical_feature(
                 feature=name,
                 category=category,
                 measure="category",
+                value=recoded[site].counts[OTHER] / recoded[site].total
+                if category == OTHER
+                else None,
                 threshold=threshold,
-                note=f"counted in {OTHER!r} at this site",
+                note="holds categories merged for disclosure control: not compared"
+                if category == OTHER
+                else f"counted in {OTHER!r} at this site",
             )
             for site in sorted(set(recoded) - set(known))
         ]
