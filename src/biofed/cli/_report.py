@@ -286,7 +286,7 @@ def summaries_from_json(text: str) -> "dict[str, SiteSummary]":
         for name, value in arrays.items():
             integer = (
                 name == "records"
-                or name.endswith(("/n", "/missing", "/counts"))
+                or (name.startswith("numeric/") and name.endswith(("/n", "/missing", "/counts")))
                 or name.startswith(("categorical/", "suppressed/"))
             )
             try:
