@@ -4,6 +4,7 @@ and a networked run's summaries read through the real control API."""
 from __future__ import annotations
 
 import csv
+import html
 import json
 import re
 from html.parser import HTMLParser
@@ -180,16 +181,25 @@ def test_html_is_valid_self_contained_and_disclosure_controlled(
     assert len(re.findall(r"<img ", page)) >= 3  # bars, SMD dots, a histogram per feature
 
 
-def test_names_are_escaped_in_the_html(tmp_path: Path) -> None:
+def test_names_from_the_data_are_escaped_in_the_html(tmp_path: Path) -> None:
     spec = tmp_path / "study.toml"
     spec.write_text(STUDY)
     table = write_table(tmp_path / "t.csv", tiny=False)
-    text = table.read_text().replace(",a,", ",x<b>y,")
-    table.write_text(text)
-    result = simulate(spec, table, "--html", str(tmp_path / "r.html"))
-    assert result.exit_code == 2  # a site name must be an identifier: refused, one line
-    assert "site name" in result.output
-    assert "Traceback" not in result.output
+    evil = "<img src=https://x.example/a.png>"
+    table.write_text(table.read_text().replace(",female,", f",{evil},"))
+    out = tmp_path / "r.html"
+    result = simulate(spec, table, "--html", str(out))
+    assert result.exit_code == 0, result.output
+    page = out.read_text(encoding="utf-8")
+    assert evil not in page
+    assert html.escape(evil) in page  # shown as text, never as markup
+
+    bad = table.read_text().replace(",a,", ",x<b>y,")
+    table.write_text(bad)
+    refused = simulate(spec, table)
+    assert refused.exit_code == 2  # a site name must be an identifier: refused in one line
+    assert "site name" in refused.output
+    assert "Traceback" not in refused.output
 
 
 def test_usage_errors_are_one_line(study: tuple[Path, Path], tmp_path: Path) -> None:
