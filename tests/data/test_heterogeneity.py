@@ -21,6 +21,7 @@ from biofed.data import (
     SiteSummary,
     heterogeneity_report,
 )
+from biofed.data._disclosure import merge_bars, recode
 from biofed.datasets import load_tcga_brca
 
 K = 10
@@ -384,3 +385,52 @@ def test_histograms_on_different_edges_are_refused_naming_the_site() -> None:
             },
             min_cell=K,
         )
+
+
+# -- the disclosure rules, attacked directly ---------------------------------------------------
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    k=st.integers(1, 15),
+    rows=st.lists(st.lists(st.integers(0, 30), min_size=6, max_size=6), min_size=1, max_size=5),
+)
+def test_merged_bars_never_show_a_small_count_and_keep_every_value(
+    k: int, rows: list[list[int]]
+) -> None:
+    edges = (0.0, 1.0, 2.0, 3.0, 4.0)  # 4 bins + under/overflow = 6 counts
+    stats = {}
+    for i, counts in enumerate(rows):
+        n = sum(counts)
+        if n < k:  # a site shown has at least k values (the report withholds the others)
+            counts = [*counts[:-1], counts[-1] + k - n]
+            n = k
+        stats[f"s{i}"] = NumericStats(
+            n=n, missing=0, mean=2.0, m2=1.0, edges=edges, counts=tuple(counts)
+        )
+    merged = merge_bars("v", stats, k)
+    assert merged is not None
+    bar_edges, counts = merged
+    assert set(bar_edges.tolist()) <= set(edges)
+    assert bar_edges[0] == edges[0]
+    assert bar_edges[-1] == edges[-1]
+    for site, c in counts.items():
+        assert all(x == 0 or x >= k for x in c.tolist())
+        assert c.sum() == stats[site].n  # nothing dropped
+        assert len(c) == len(bar_edges) - 1
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    k=st.integers(1, 15),
+    counts=st.dictionaries(st.sampled_from("abcdefg"), st.integers(0, 40), min_size=1),
+)
+def test_recoded_categories_never_show_a_small_count(k: int, counts: dict[str, int]) -> None:
+    if sum(counts.values()) < k:
+        return  # such a site is withheld before recoding
+    recoded = recode(counts, k, merged=0)
+    assert all(n == 0 or n >= k for n in recoded.counts.values())
+    assert sum(recoded.counts.values()) == sum(counts.values())
+    for category, n in counts.items():
+        shown = recoded.count(category)
+        assert shown is None or shown == n  # a category is shown exactly, or not at all

@@ -51,15 +51,8 @@ and global recoding). Rules:
   positives or negatives — is withheld;
 * a withheld site or block enters **no** other number (not the totals, not the other sites'
   references), so it cannot be recovered by differencing;
-* histogram bars are merged with their neighbours, across all shown sites at once, until each
-  bar holds 0 or at least ``min_cell`` of every site's values (global recoding); the distances
-  are computed on these merged bars (exact to within the widest of them), so they rest on no
-  smaller cell either. Values outside the
-  common edges count in the outermost bars;
-* a category a site holds fewer than ``min_cell`` times is shown only inside that site's
-  ``other``, grown with its next-smallest categories until it is 0 or ≥ ``min_cell``; a
-  category that may be inside a site's ``other`` is left out of that site's value and of the
-  others' references;
+* histograms and categories are coarsened until every cell is safe
+  (:mod:`biofed.data._disclosure`), and the distances are computed on the coarsened bars;
 * means and standard deviations are over at least ``min_cell`` values; numbers are rounded to
   4 decimals in :meth:`HeterogeneityReport.to_json`.
 """
@@ -74,9 +67,9 @@ from typing import Any
 import numpy as np
 
 from biofed.core import Array, ConfigurationError, DataError
+from biofed.data._disclosure import OTHER, Recoded, merge_bars, recode, safe
 from biofed.data._summary import NumericStats, SiteSummary
 
-OTHER = "other"
 DEFAULT_SMD_THRESHOLD = 0.2
 DEFAULT_DISTANCE_THRESHOLD = 0.2
 DEFAULT_KS_THRESHOLD = 0.1
@@ -435,11 +428,6 @@ def _withheld(
     )
 
 
-def _safe(count: float, k: int) -> bool:
-    """A count the report may rest on: none, or at least ``k``."""
-    return count == 0 or count >= k
-
-
 def _round(value: float | None, decimals: int = 4) -> float | None:
     if value is None or not math.isfinite(value):
         return None
@@ -477,7 +465,7 @@ def _outcome(
     for site in shown:
         out = summaries[site].outcome
         n, cases = out.get("n", 0.0), out.get(key, 0.0)
-        if n >= k and _safe(cases, k) and _safe(n - cases, k):
+        if n >= k and safe(cases, k) and safe(n - cases, k):
             blocks[site] = (n, cases, out.get("time_sum", 0.0))
         else:
             findings.append(_withheld(site, "outcome", threshold, k))
@@ -536,7 +524,7 @@ def _numeric_feature(
         if binary:
             ones = round(s.mean * s.n)
             cells += [ones, s.n - ones]
-        if s.n >= k and all(_safe(c, k) for c in cells):
+        if s.n >= k and all(safe(c, k) for c in cells):
             ok[site] = s
         else:
             findings += [_withheld(site, m, thresholds[m], k, name) for m in measures]
@@ -567,7 +555,7 @@ def _numeric_feature(
     findings += _compare_all(sites, missing, thresholds["missing"], measure="missing", feature=name)
     if binary:
         return findings, None
-    bars = _merged_bars(name, ok, k)
+    bars = merge_bars(name, ok, k)
     if bars is None:
         for measure in ("wasserstein", "ks"):
             findings += [
@@ -610,51 +598,6 @@ def _numeric_feature(
     return findings, histogram
 
 
-def _merged_bars(
-    name: str, stats: Mapping[str, NumericStats], k: int
-) -> tuple[Array, dict[str, Array]] | None:
-    """The common bars' edges and each site's count per bar, every count 0 or ≥ ``k``.
-
-    Under- and overflow join the outermost bins; then bins are merged left to right, across all
-    sites at once, until each bar is safe at every site; an unsafe remainder joins the bars
-    before it. ``None`` when a site has no histogram, or the edges make fewer than one bin.
-    """
-    if not stats or any(s.edges is None or s.counts is None for s in stats.values()):
-        return None
-    sites = sorted(stats)
-    first = stats[sites[0]].edges or ()
-    for site in sites:
-        if stats[site].edges != first:
-            raise DataError(f"site {site!r}: numeric {name!r}: histogram not on the common edges")
-    if len(first) < 2:
-        return None
-    fine = np.array([stats[s].counts for s in sites], dtype=np.int64)
-    fine[:, 1] += fine[:, 0]  # underflow into the first bin
-    fine[:, -2] += fine[:, -1]  # overflow into the last
-    fine = fine[:, 1:-1]
-    edges = np.asarray(first, dtype=np.float64)
-
-    bars = [fine[:, j] for j in range(fine.shape[1])]  # each bar: its count per site
-    starts = list(range(fine.shape[1]))  # each bar's first fine bin
-    while True:
-        unsafe = [j for j, c in enumerate(bars) if np.any((c > 0) & (c < k))]
-        if not unsafe:
-            break
-        j = unsafe[0]
-        short = (bars[j] > 0) & (bars[j] < k)  # the sites this bar is too small for
-        # merge with the neighbour holding more of those sites' values (it fills the bar
-        # soonest, so bars stay narrow), the left one on a tie
-        left = bars[j - 1][short].sum() if j > 0 else -1
-        right = bars[j + 1][short].sum() if j + 1 < len(bars) else -1
-        other = j - 1 if left >= right else j + 1
-        lo, hi = min(j, other), max(j, other)
-        bars[lo : hi + 1] = [bars[lo] + bars[hi]]
-        del starts[hi]
-    bar_edges = np.array([edges[s] for s in starts] + [edges[-1]])
-    counts = {site: np.array([c[i] for c in bars], dtype=np.int64) for i, site in enumerate(sites)}
-    return bar_edges, counts
-
-
 def _histogram_distances(edges: Array, a: Array, b: Array) -> tuple[float, float]:
     """The 1-Wasserstein distance and the largest CDF difference of two histograms on the same
     bars, each bar's mass spread evenly over it (the CDFs are then linear inside a bar)."""
@@ -670,40 +613,6 @@ def _histogram_distances(edges: Array, a: Array, b: Array) -> tuple[float, float
 # -- categorical features --------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class _Recoded:
-    total: int
-    counts: Mapping[str, int]  # the categories shown, with OTHER
-    hidden: frozenset[str]  # categories the site holds but shows only inside OTHER
-    merged_before: bool  # the site merged categories into OTHER before sending
-
-    def count(self, category: str) -> int | None:
-        """The site's count of ``category``; ``None`` when it may be inside ``other`` (and
-        for ``other`` itself when it holds merged categories: not comparable)."""
-        if category == OTHER:
-            return None if self.hidden or self.merged_before else self.counts[OTHER]
-        if category in self.counts:
-            return self.counts[category]
-        if category in self.hidden or self.merged_before:
-            return None
-        return 0
-
-
-def _recode(counts: Mapping[str, int], k: int, merged: int) -> _Recoded:
-    """Categories below ``k`` into ``other``, and ``other`` grown with the next-smallest
-    category until it is 0 or ≥ ``k`` (the total is ≥ ``k``, so this ends)."""
-    total = sum(counts.values())
-    kept = {c: n for c, n in counts.items() if c != OTHER and n >= k}
-    while kept and not _safe(total - sum(kept.values()), k):
-        del kept[min(kept, key=lambda c: (kept[c], c))]
-    return _Recoded(
-        total=total,
-        counts={**kept, OTHER: total - sum(kept.values())},
-        hidden=frozenset(c for c, n in counts.items() if c != OTHER and n > 0 and c not in kept),
-        merged_before=merged > 0,
-    )
-
-
 def _categorical_feature(
     name: str,
     tables: Mapping[str, Mapping[str, int]],
@@ -713,11 +622,11 @@ def _categorical_feature(
     threshold: float,
 ) -> list[HeterogeneityFinding]:
     findings: list[HeterogeneityFinding] = []
-    recoded: dict[str, _Recoded] = {}
+    recoded: dict[str, Recoded] = {}
     for site, counts in sorted(tables.items()):
         total = sum(counts.values())
-        if total >= k and _safe(records[site] - total, k):  # records − total: values missing
-            recoded[site] = _recode(counts, k, merged[site])
+        if total >= k and safe(records[site] - total, k):  # records − total: values missing
+            recoded[site] = recode(counts, k, merged[site])
         else:
             findings.append(_withheld(site, "category", threshold, k, name))
     categories = sorted({c for r in recoded.values() for c in r.counts} - {OTHER})
