@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -278,6 +279,13 @@ def test_a_sparse_numeric_column_is_withheld() -> None:
     assert summary.numeric["bmi"].n == 0
     assert summary.suppressed == {"bmi": 1}
     assert summary.outcome == {"n": 30.0, "events": 0.0, "time_sum": 30.0}
+    x[5] = np.inf
+    with pytest.raises(DataError, match="'bmi' has infinite values"):
+        summarise(
+            replace(table, columns={"bmi": x}),
+            SummaryRequest(pass_no=1, numeric={"bmi": NumericRequest()}),
+            min_cell=5,
+        )
 
 
 def test_a_site_that_drops_out_or_lies_fails_the_fit(sites: dict[str, ExtractedTable]) -> None:
@@ -295,6 +303,9 @@ def test_a_site_that_drops_out_or_lies_fails_the_fit(sites: dict[str, ExtractedT
     )
     with pytest.raises(DataError, match="not on the edges asked"):
         fit.add({**replies, "site0": bad})
+    liar = replace(replies["site0"], outcome={"n": 5.0, "events": 1.0, "time_sum": 3.0})
+    with pytest.raises(DataError, match="outcome statistics must be"):
+        fit.add({**replies, "site0": liar})
 
 
 def test_preprocessing_json_round_trips_and_refuses_hostile_input(
@@ -394,3 +405,57 @@ def test_federated_moments_equal_numpy_for_any_sites(
     data = prep.site_data(tables["s0"])
     assert set(data.train.targets) == {"time", "event"}
     assert data.test is None
+
+
+def _rows(table: ExtractedTable, name: str, rows: np.ndarray) -> ExtractedTable:
+    return ExtractedTable(
+        name=name,
+        ids=table.ids[rows],
+        columns={k: v[rows] for k, v in table.columns.items()},
+        kinds=table.kinds,
+        outcome_kind=table.outcome_kind,
+        targets={k: v[rows] for k, v in table.targets.items()},
+        is_test=table.is_test[rows],
+    )
+
+
+def test_eunomia_gi_bleed_federated_equals_pooled() -> None:
+    """The real Eunomia GI-bleed table (read-only), split into 4 age-skewed sites."""
+    from biofed.data import extract
+    from biofed.datasets import eunomia_path, gi_bleed_study
+
+    spec = gi_bleed_study("time_to_event")
+    whole = extract(spec, eunomia_path())
+    order = np.argsort(whole.columns["age"] + np.random.default_rng(0).normal(0, 10, len(whole)))
+    tables = {
+        f"site-{i}": _rows(whole, f"site-{i}", np.sort(part))
+        for i, part in enumerate(np.array_split(order, [300, 900, 1700]))
+    }
+    fit, requests = run_fit(PreprocessingFit.start(spec), tables, min_cell=5)
+    prep = fit.result()
+    assert len(requests) == 2
+    age = _train(whole, "age")
+    col = prep.columns[0]
+    assert (col.name, col.fill, col.indicator) == ("age", pytest.approx(age.mean()), False)
+    assert col.center == pytest.approx(age.mean(), rel=1e-12)
+    assert col.scale == pytest.approx(age.std(), rel=1e-12)
+    sexes = _train(whole, "sex")
+    expected = sorted({str(s) for s in sexes if s is not None and list(sexes).count(s) >= 10})
+    assert prep.columns[1].vocabulary == (*expected, "other")
+    assert prep.feature_names == (
+        "age",
+        *(f"sex={v}" for v in (*expected, "other")),
+        "peptic_ulcer",
+        "ulcerative_colitis",
+        "acetaminophen",
+    )
+    # each site's matrix is the pooled matrix's rows for its persons
+    pooled_x = prep.apply(whole)
+    by_id = {int(p): i for i, p in enumerate(whole.ids)}
+    for table in tables.values():
+        rows = [by_id[int(p)] for p in table.ids]
+        np.testing.assert_array_equal(prep.apply(table), pooled_x[rows])
+        data = prep.site_data(table)
+        assert set(data.train.targets) == {"time", "event"}
+    events = sum(s.outcome["events"] for s in fit.last_summaries.values())
+    assert events == float(np.sum(whole.targets["event"][~whole.is_test]))

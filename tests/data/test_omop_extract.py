@@ -148,7 +148,8 @@ def test_per_site_extraction_equals_independent_pooled_reference(
             "ulcerative_colitis": "binary",
             "acetaminophen": "binary",
         }
-        assert t.outcome_kind == "binary" and t.ids.dtype == np.int64
+        assert t.outcome_kind == "binary"
+        assert t.ids.dtype == np.int64
     # the split is a property of the person, the same whichever site holds them
     pooled = extract(spec, str(eunomia_path()))
     np.testing.assert_array_equal(pooled.ids, got["person_id"])
@@ -156,9 +157,7 @@ def test_per_site_extraction_equals_independent_pooled_reference(
     assert 0.2 < pooled.is_test.mean() < 0.3
 
 
-def test_time_to_event_equals_reference(
-    ref: dict[str, np.ndarray], sites: dict[str, Path]
-) -> None:
+def test_time_to_event_equals_reference(ref: dict[str, np.ndarray], sites: dict[str, Path]) -> None:
     spec = gi_bleed_study("time_to_event")
     got = _concat([extract(spec, str(p)) for p in sites.values()])
     # Eunomia's death table is a placeholder without columns: censoring at min(index + 365,
@@ -171,7 +170,9 @@ def test_time_to_event_equals_reference(
     time = np.where(event, bleed_d - index, censor - index).astype("timedelta64[D]").astype(float)
     np.testing.assert_array_equal(got["event"], event.astype(float))
     np.testing.assert_array_equal(got["time"], time)
-    assert event.sum() > 50 and (time[~event] < 365).any() and (time >= 1).all()
+    assert event.sum() > 50
+    assert (time[~event] < 365).any()
+    assert (time >= 1).all()
 
 
 def _planted(tmp: Path) -> Path:
@@ -233,7 +234,8 @@ def test_latest_measurement_with_unit_filter(tmp_path: Path) -> None:
             np.testing.assert_array_equal(table.ids, got["PERSON_ID"])
             np.testing.assert_array_equal(table.columns[name], expected, err_msg=name)
     lab, any_unit = table.columns["lab"], table.columns["lab_any_unit"]
-    assert np.isfinite(lab).sum() > 100 and np.isnan(lab).sum() > 0
+    assert np.isfinite(lab).sum() > 100
+    assert np.isnan(lab).sum() > 0
     assert (np.isfinite(any_unit) >= np.isfinite(lab)).all()
     assert (any_unit == 999.5).any()  # the planted same-day duplicates win their ties
 
@@ -256,9 +258,13 @@ def test_spec_values_are_bound_not_pasted() -> None:
 
     spec = gi_bleed_study("time_to_event")
     sql, params, roles = compile_omop(spec)
-    assert "1118084" not in sql and "192671" not in sql and "365" not in sql
-    assert "gi-bleed" not in sql and "peptic_ulcer" not in sql
-    assert sql.count("?") == len(params) and 1118084 in params
+    assert "1118084" not in sql
+    assert "192671" not in sql
+    assert "365" not in sql
+    assert "gi-bleed" not in sql
+    assert "peptic_ulcer" not in sql
+    assert sql.count("?") == len(params)
+    assert 1118084 in params
     assert roles[:3] == ["person_id", "time", "event"]
     bad = copy.deepcopy(spec.to_mapping())
     bad["covariates"][2]["concepts"] = ["4027663) OR (1=1"]

@@ -170,7 +170,11 @@ class OmopDatabase:
             engine = sa.create_engine(url)
             conn = engine.connect()
         except (sa.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-            safe = sa.engine.make_url(url).render_as_string(hide_password=True) if "://" in url else url
+            safe = (
+                sa.engine.make_url(url).render_as_string(hide_password=True)
+                if "://" in url
+                else url
+            )
             raise ConfigurationError(f"cannot open OMOP database {safe}: {_line(exc)}") from None
         dialect = engine.dialect.name
         try:
@@ -180,7 +184,9 @@ class OmopDatabase:
                     conn.exec_driver_sql(f'SET search_path TO "{schema}"')
             elif schema is not None:
                 conn.close()
-                raise ConfigurationError(f"schema= is supported for DuckDB and PostgreSQL, not {dialect}")
+                raise ConfigurationError(
+                    f"schema= is supported for DuckDB and PostgreSQL, not {dialect}"
+                )
         except sa.exc.SQLAlchemyError as exc:
             conn.close()
             raise ConfigurationError(f"cannot set up OMOP connection: {_line(exc)}") from None
@@ -237,7 +243,9 @@ class OmopDatabase:
         names = [f"p{i}" for i in range(len(params))]
         parts = sql.split("?")
         if len(parts) != len(params) + 1:
-            raise DataError(f"OMOP query has {len(parts) - 1} placeholders for {len(params)} values")
+            raise DataError(
+                f"OMOP query has {len(parts) - 1} placeholders for {len(params)} values"
+            )
         text = parts[0] + "".join(f":{n}{rest}" for n, rest in zip(names, parts[1:], strict=True))
         try:
             result = self._sa.execute(sa.text(text), dict(zip(names, params, strict=True)))

