@@ -18,6 +18,7 @@ from biofed.cli import (
     _open_data,
     _privacy,
     _provision,
+    _report,
     _run,
     _servers,
     _simulate,
@@ -44,6 +45,7 @@ app.add_typer(_agreement.app, name="agreement")
 app.add_typer(_audit.app, name="audit")
 app.add_typer(_task.app, name="task")
 app.add_typer(_privacy.app, name="privacy")
+app.add_typer(_report.app, name="report")
 _servers.node_app.command("review")(_task.review_command)
 _servers.node_app.command("approve")(_task.approve_command)
 _servers.node_app.command("revoke")(_task.revoke_command)

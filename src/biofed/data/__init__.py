@@ -12,6 +12,13 @@ from biofed.data._encode import (
 )
 from biofed.data._extract import ExtractedTable, extract
 from biofed.data._fit import ColumnPlan, PreprocessingFit
+from biofed.data._heterogeneity import (
+    FeatureHistogram,
+    HeterogeneityFinding,
+    HeterogeneityReport,
+    SiteOverview,
+    heterogeneity_report,
+)
 from biofed.data._loaders import TableFormat, TableSchema, describe_table, load_table
 from biofed.data._omop import OmopDatabase, OmopDescription
 from biofed.data._partition import (
@@ -55,11 +62,14 @@ __all__ = [
     "CovariateSpec",
     "Dataset",
     "ExtractedTable",
+    "FeatureHistogram",
     "FeatureMoments",
     "FederatedDataset",
     "FileColumns",
     "FileExpectations",
     "FittedColumn",
+    "HeterogeneityFinding",
+    "HeterogeneityReport",
     "NumericRequest",
     "NumericStats",
     "NumericSummary",
@@ -71,6 +81,7 @@ __all__ = [
     "PreprocessingFit",
     "QualityReport",
     "SiteData",
+    "SiteOverview",
     "SiteSummary",
     "Standardiser",
     "StudySpec",
@@ -81,6 +92,7 @@ __all__ = [
     "describe_table",
     "extract",
     "fit_encoder",
+    "heterogeneity_report",
     "load_site_file",
     "load_split_table",
     "load_study_spec",
