@@ -78,7 +78,9 @@ TRAIN = {
     "learning_rate": 1.0,
     "optimizer": "sgd",
 }
-STRATEGIES: dict[str, dict[str, Any]] = {"fedadam": {"server_learning_rate": 1.0, "tau": 0.1}}
+STRATEGIES: dict[str, dict[str, Any]] = {
+    "fedadam": {"server_learning_rate": 1.0, "tau": 0.1, "beta_2": 0.999}
+}
 #: The survival models' fixed intervals (days): 10 equal parts of ten years.
 SURVIVAL = {"num_intervals": 10, "max_time": 3650.0}
 #: (label, task name, task options, strategy, is ε a guarantee)

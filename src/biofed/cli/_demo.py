@@ -65,7 +65,9 @@ def _write_sites(root: Path) -> None:
 #: tuned for DP-SGD on Fed-TCGA-BRCA (see benchmarks/privacy_utility.py).
 DEMO_EPSILON = 8.0
 DP_TRAIN = {"local_steps": 50, "batch_size": 32, "learning_rate": 1.0, "optimizer": "sgd"}
-DP_STRATEGY: dict[str, dict[str, Any]] = {"fedadam": {"server_learning_rate": 1.0, "tau": 0.1}}
+DP_STRATEGY: dict[str, dict[str, Any]] = {
+    "fedadam": {"server_learning_rate": 1.0, "tau": 0.1, "beta_2": 0.999}
+}
 #: The survival model's intervals, fixed by the job (days): 10 equal parts of ten years.
 SURVIVAL = {"num_intervals": 10, "max_time": 3650.0}
 

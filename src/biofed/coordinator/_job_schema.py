@@ -266,12 +266,12 @@ STRATEGY = VariantTable(
                         0.1,
                     ),
                     _opt("beta_1", Number(0.0, 1.0, hi_open=True), _BETA.format("first"), 0.9),
-                    _opt("beta_2", Number(0.0, 1.0, hi_open=True), _BETA.format("second"), 0.999),
+                    _opt("beta_2", Number(0.0, 1.0, hi_open=True), _BETA.format("second"), 0.99),
                     _opt(
                         "tau",
                         Number(0.0, 10.0, lo_open=True),
                         "Adaptivity τ added to the root of the second moment.",
-                        1e-8,
+                        1e-3,
                     ),
                 )
                 for name in ("fedadagrad", "fedadam", "fedyogi")

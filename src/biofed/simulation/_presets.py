@@ -37,16 +37,23 @@ _SGD: dict[str, Scalar] = {
     "max_grad_norm": 1.0,
 }
 
-#: Fallback for datasets without tuned values.
+#: Fallback for datasets without tuned values: standardised features, the client config
+#: above (Adam, lr 0.01, ≤ 100 steps, so a coordinate's round update |Δ| ≤ 1). FedAdam/FedYogi:
+#: τ = √(1 − β₂)·1 = 0.1 keeps the server adaptive only for coordinates near that bound and
+#: FedAvg-like (step (η/τ)·m, η/τ = 1) below it; with τ = 10⁻³ every coordinate took a sign
+#: step of ~η. FedAdagrad's ``v`` has no (1 − β₂) factor, so the same behaviour needs η and τ
+#: 10× larger. FedAvgM: η/(1 − β) = 1, FedAvg's step (Hsu et al. 2019). SCAFFOLD: SGD at 0.1,
+#: since it returns the last local iterate, whose noise grows with the step size.
+#: ``benchmarks/defaults_real_tables.py`` checks them on six real multi-site tables.
 GENERIC: Mapping[str, RecommendedSettings] = MappingProxyType(
     {
         "fedavg": _s(dict(_ADAM)),
         "fedprox": _s(dict(_ADAM), proximal_mu=0.01),
-        "fedavgm": _s(dict(_ADAM), server_learning_rate=1.0, server_momentum=0.5),
-        "fedadam": _s(dict(_ADAM), server_learning_rate=0.1, tau=1e-3),
-        "fedyogi": _s(dict(_ADAM), server_learning_rate=0.1, tau=1e-3),
-        "fedadagrad": _s(dict(_ADAM), server_learning_rate=0.1, tau=1e-3),
-        "scaffold": _s(dict(_SGD), server_learning_rate=1.0),
+        "fedavgm": _s(dict(_ADAM), server_learning_rate=0.5, server_momentum=0.5),
+        "fedadam": _s(dict(_ADAM), server_learning_rate=0.1, tau=0.1),
+        "fedyogi": _s(dict(_ADAM), server_learning_rate=0.1, tau=0.1),
+        "fedadagrad": _s(dict(_ADAM), server_learning_rate=1.0, tau=1.0),
+        "scaffold": _s({**_SGD, "learning_rate": 0.1}, server_learning_rate=1.0),
     }
 )
 
@@ -58,8 +65,9 @@ _TUNED: dict[str, Mapping[str, RecommendedSettings]] = {
             "fedavg": _s(dict(_ADAM)),
             "fedprox": _s(dict(_ADAM), proximal_mu=0.01),
             "fedavgm": _s(dict(_ADAM), server_learning_rate=1.0, server_momentum=0.3),
-            "fedadam": _s(dict(_SLOW_ADAM), server_learning_rate=0.3, tau=1e-2),
-            "fedyogi": _s(dict(_SLOW_ADAM), server_learning_rate=0.3, tau=1e-2),
+            # Tuned with β₂ = 0.999, the class default until issue 13.
+            "fedadam": _s(dict(_SLOW_ADAM), server_learning_rate=0.3, tau=1e-2, beta_2=0.999),
+            "fedyogi": _s(dict(_SLOW_ADAM), server_learning_rate=0.3, tau=1e-2, beta_2=0.999),
             "fedadagrad": _s(dict(_SLOW_ADAM), server_learning_rate=1.0, tau=1e-8),
             "scaffold": _s(dict(_SGD), server_learning_rate=0.5),
         }

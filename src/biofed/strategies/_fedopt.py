@@ -126,6 +126,14 @@ class FedOpt(_ServerOptStrategy):
         Moment decay rates in [0, 1).
     tau:
         τ > 0, the adaptivity floor.
+
+    Defaults are Reddi et al.'s (§5 and App. D: β₁ = 0.9, β₂ = 0.99, τ = 10⁻³; η = 0.1, the
+    value Flower also ships). β₂ was 0.999, Adam's centralised default: without bias
+    correction, ``√v`` then starts at ``√(1 − β₂)·|Δ|`` ≈ 0.03·|Δ|, so the first rounds move
+    every coordinate by 3–6·η whatever its pseudo-gradient's size — a sign step that made
+    FedAdam swing by 0.13 ROC-AUC between rounds on a real two-study table
+    (``benchmarks/defaults_real_tables.py``). τ was 10⁻⁸, far below any pseudo-gradient, so
+    the update never left that sign-step regime.
     """
 
     name = "fedopt"
@@ -135,8 +143,8 @@ class FedOpt(_ServerOptStrategy):
         *,
         server_learning_rate: float = 0.1,
         beta_1: float = 0.9,
-        beta_2: float = 0.999,
-        tau: float = 1e-8,
+        beta_2: float = 0.99,
+        tau: float = 1e-3,
         **kwargs: Any,
     ) -> None:
         check_float(beta_1, "beta_1", minimum=0, below=1)
