@@ -119,6 +119,7 @@ class OmopDatabase:
         self._duck = duckdb_conn
         self._sa = sa_conn
         self._tables: frozenset[str] | None = None
+        self._columns: dict[str, frozenset[str]] = {}
 
     @classmethod
     def open(cls, url: str, *, schema: str | None = None) -> OmopDatabase:
@@ -278,10 +279,13 @@ class OmopDatabase:
 
     def columns(self, table: str) -> frozenset[str]:
         """Lower-cased column names of OMOP table ``table`` (empty if it is absent)."""
-        if table not in self.tables():
-            return frozenset()
-        got = self.query(f"SELECT * FROM {table} WHERE 1 = 0")  # name from the fixed list
-        return frozenset(n.lower() for n in got.column_names)
+        if table not in self._columns:
+            names: frozenset[str] = frozenset()
+            if table in self.tables():
+                got = self.query(f"SELECT * FROM {table} WHERE 1 = 0")  # from the fixed list
+                names = frozenset(n.lower() for n in got.column_names)
+            self._columns[table] = names
+        return self._columns[table]
 
     def require_tables(self, names: Sequence[str]) -> None:
         """Raise DataError naming the first of ``names`` (OMOP tables) that is missing."""
