@@ -307,7 +307,8 @@ def compile_omop(spec: StudySpec, *, has_death: bool = True) -> tuple[str, list[
     )
     for i, cov in enumerate(spec.covariates):
         if cov.kind in DOMAIN_TABLES and cov.kind != "measurement":
-            assert cov.window_start_days is not None and cov.window_end_days is not None
+            assert cov.window_start_days is not None
+            assert cov.window_end_days is not None
             users.setdefault(cov.kind, []).append((i, cov.window_start_days, cov.window_end_days))
     for domain, uses in users.items():
         table, concept, date, _ = DOMAIN_TABLES[domain]
