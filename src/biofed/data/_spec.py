@@ -2,8 +2,8 @@
 
 A study spec names the cohort, the outcome and the covariates (OMOP CDM sources) or the
 columns (CSV/Parquet sources), and the per-feature transforms. It is parsed once into frozen
-dataclasses; its canonical JSON (sorted keys, no whitespace, scalar defaults written out, empty lists left out) and
-the SHA-256 digest of that JSON identify it in jobs and agreements.
+dataclasses; its canonical JSON (sorted keys, no whitespace, scalar defaults written out,
+empty lists left out) and the SHA-256 digest of that JSON identify it in jobs and agreements.
 
 Security notes: a spec file arrives from a researcher and crosses into every site, so it is
 hostile until checked. Every key is known (unknown keys are refused), every value has its
