@@ -112,9 +112,16 @@ class OmopDatabase:
     """
 
     def __init__(
-        self, *, url: str, dialect: str, duckdb_conn: Any = None, sa_conn: Any = None
+        self,
+        *,
+        url: str,
+        dialect: str,
+        duckdb_conn: Any = None,
+        sa_conn: Any = None,
+        schema: str | None = None,
     ) -> None:
         self.url = url
+        self.schema = schema
         self.dialect = dialect
         self._duck = duckdb_conn
         self._sa = sa_conn
@@ -161,7 +168,7 @@ class OmopDatabase:
                 conn.execute(f'SET search_path = "{schema}"')  # checked identifier
         except duckdb.Error as exc:
             raise ConfigurationError(f"cannot open {path!r} as DuckDB: {_line(exc)}") from None
-        return cls(url=url, dialect="duckdb", duckdb_conn=conn)
+        return cls(url=url, dialect="duckdb", duckdb_conn=conn, schema=schema)
 
     @classmethod
     def _open_sqlalchemy(cls, url: str, schema: str | None) -> OmopDatabase:
@@ -171,12 +178,9 @@ class OmopDatabase:
             engine = sa.create_engine(url)
             conn = engine.connect()
         except (sa.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-            safe = (
-                sa.engine.make_url(url).render_as_string(hide_password=True)
-                if "://" in url
-                else url
-            )
-            raise ConfigurationError(f"cannot open OMOP database {safe}: {_line(exc)}") from None
+            raise ConfigurationError(
+                f"cannot open OMOP database {_safe_url(url)}: {_line(exc).replace(url, '…')}"
+            ) from None
         dialect = engine.dialect.name
         try:
             if dialect == "postgresql":
@@ -191,7 +195,7 @@ class OmopDatabase:
         except sa.exc.SQLAlchemyError as exc:
             conn.close()
             raise ConfigurationError(f"cannot set up OMOP connection: {_line(exc)}") from None
-        return cls(url=url, dialect=dialect, sa_conn=conn)
+        return cls(url=_safe_url(url), dialect=dialect, sa_conn=conn, schema=schema)
 
     # -- context manager -----------------------------------------------------------------
     def __enter__(self) -> OmopDatabase:
@@ -271,8 +275,8 @@ class OmopDatabase:
                 import sqlalchemy as sa
 
                 inspector = sa.inspect(self._sa)
-                names = {n.lower() for n in inspector.get_table_names()}
-                names |= {n.lower() for n in inspector.get_view_names()}
+                names = {n.lower() for n in inspector.get_table_names(schema=self.schema)}
+                names |= {n.lower() for n in inspector.get_view_names(schema=self.schema)}
             known = set(CLINICAL_TABLES) | set(VOCABULARY_TABLES)
             self._tables = frozenset(names & known)
         return self._tables
@@ -351,6 +355,16 @@ class OmopDatabase:
             text = json.dumps(list(row.values()), default=str)
             total += int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
         return got.num_rows, str(total)
+
+
+def _safe_url(url: str) -> str:
+    """``url`` with any password hidden (for error messages and logs)."""
+    import sqlalchemy as sa
+
+    try:
+        return str(sa.engine.make_url(url).render_as_string(hide_password=True))
+    except (sa.exc.ArgumentError, ValueError):
+        return "(unparseable URL)"
 
 
 def _line(exc: BaseException) -> str:
