@@ -7,8 +7,8 @@ missing values, skewed values, rare categories and a train/test split.
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 from collections.abc import Mapping
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -279,6 +279,13 @@ def test_a_sparse_numeric_column_is_withheld() -> None:
     assert summary.numeric["bmi"].n == 0
     assert summary.suppressed == {"bmi": 1}
     assert summary.outcome == {"n": 30.0, "events": 0.0, "time_sum": 30.0}
+    x[5] = np.inf
+    with pytest.raises(DataError, match="'bmi' has infinite values"):
+        summarise(
+            replace(table, columns={"bmi": x}),
+            SummaryRequest(pass_no=1, numeric={"bmi": NumericRequest()}),
+            min_cell=5,
+        )
 
 
 def test_a_site_that_drops_out_or_lies_fails_the_fit(sites: dict[str, ExtractedTable]) -> None:

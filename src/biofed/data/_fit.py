@@ -53,7 +53,9 @@ from typing import Any
 import numpy as np
 
 from biofed.core import ConfigurationError, DataError, check_id
-from biofed.data._prep import OTHER, FittedColumn, Preprocessing, fitted_scale
+from biofed.data._encode import OTHER
+from biofed.data._prep import FittedColumn, Preprocessing, fitted_scale
+from biofed.data._spec import StudySpec
 from biofed.data._summary import (
     MAX_PASSES,
     NumericRequest,
@@ -106,7 +108,7 @@ class ColumnPlan:
         return self.winsorise if self.winsorise is not None else ()
 
 
-def plan_from_spec(spec: Any) -> dict[str, ColumnPlan]:
+def plan_from_spec(spec: StudySpec) -> dict[str, ColumnPlan]:
     """Each covariate's :class:`ColumnPlan` from a :class:`StudySpec` and its defaults.
 
     A covariate takes its own ``[transforms.<name>]`` table, else ``[transforms."*"]``; fields
@@ -114,7 +116,7 @@ def plan_from_spec(spec: Any) -> dict[str, ColumnPlan]:
     values), standardise; binary (0/1) → left as is (imputed with the mean, with an indicator,
     only if values are missing); categorical → one-hot, ``min_count`` 10.
     """
-    transforms: Mapping[str, Any] = spec.transforms
+    transforms = spec.transforms
     plans: dict[str, ColumnPlan] = {}
     for name, kind in spec.covariate_kinds.items():
         t = transforms.get(name, transforms.get("*"))
@@ -263,7 +265,7 @@ class PreprocessingFit:
 
     # -- construction -----------------------------------------------------------------
     @classmethod
-    def start(cls, spec: Any) -> PreprocessingFit:
+    def start(cls, spec: StudySpec) -> PreprocessingFit:
         """A fit of ``spec``'s (a :class:`StudySpec`) covariates with their transforms."""
         return cls.from_plans(plan_from_spec(spec), outcome_kind=spec.outcome_kind)
 
@@ -277,7 +279,11 @@ class PreprocessingFit:
         for name in plans:
             check_id(name, what="covariate name")
         clip = {n: p.clip for n, p in plans.items() if p.clip is not None}
-        return cls(plans=MappingProxyType(dict(plans)), outcome_kind=outcome_kind, clip=clip)
+        return cls(
+            plans=MappingProxyType(dict(plans)),
+            outcome_kind=outcome_kind,
+            clip=MappingProxyType(clip),
+        )
 
     # -- state ------------------------------------------------------------------------
     def _numeric(self) -> list[str]:

@@ -18,8 +18,12 @@ with fewer than ``min_cell`` training records refuses to answer; categories with
 fewer than ``min_cell``, the next-smallest categories too: secondary suppression); a numeric
 column with fewer than ``min_cell`` present values is withheld. Moments and histogram counts of
 a column's present values are released unsuppressed (they are aggregates over at least
-``min_cell`` values; the histogram's bins are the coordinator's, not the site's); an operator
-who needs more runs the phase under secure aggregation or differential privacy.
+``min_cell`` values; the histogram's bins are the coordinator's, not the site's). Known limit:
+a malicious coordinator can choose narrow bins (as the quantile refinement legitimately does)
+and learn how many of a site's values fall in a narrow range, down to a count of 1; the
+request's size is capped but its bin widths cannot be judged by the site. Where that matters,
+run the phase under secure aggregation (the coordinator then sees only sums over sites) or add
+noise to the counts; neither is done here.
 """
 
 from __future__ import annotations
@@ -108,6 +112,8 @@ def summarise(table: ExtractedTable, request: SummaryRequest, *, min_cell: int) 
         if table.kinds.get(name) not in ("numeric", "binary"):
             raise DataError(f"the request asks for numeric column {name!r}, which this table lacks")
         x = clip_log(table.columns[name][train], ask.clip, ask.log, column=name)
+        if np.isinf(x).any():
+            raise DataError(f"column {name!r} has infinite values; fix them at the source")
         stats = NumericStats.of(x, ask.edges)
         if 0 < stats.n < min_cell:
             counts = None if ask.edges is None else (0,) * (len(ask.edges) + 1)
