@@ -270,3 +270,50 @@ def test_spec_values_are_bound_not_pasted() -> None:
     bad["covariates"][2]["concepts"] = ["4027663) OR (1=1"]
     with pytest.raises(ConfigurationError, match=r"concepts\[0\] must be an integer"):
         StudySpec.from_mapping(bad, where="t")
+
+
+def test_time_to_event_censors_at_death(tmp_path: Path) -> None:
+    """A real death table (Eunomia ships a placeholder): death ends follow-up, and an
+    outcome recorded after death is no event."""
+    path = copy_cdm(tmp_path / "deaths.duckdb")
+    spec = gi_bleed_study("time_to_event")
+    before = extract(spec, str(path))
+    index = {int(r[0]): r[1] for r in _index_dates(path)}
+    bleeders = before.ids[before.targets["event"] == 1][:20]
+    quiet = before.ids[(before.targets["event"] == 0) & (before.targets["time"] > 100)][:20]
+    with duckdb.connect(str(path)) as con:
+        con.execute("DROP TABLE death")
+        con.execute("CREATE TABLE death (person_id BIGINT, death_date DATE)")
+        insert = "INSERT INTO death SELECT ?, CAST(? AS DATE) + ?"
+        con.executemany(insert, [(int(p), index[int(p)], 50) for p in bleeders])
+        con.executemany(insert, [(int(p), index[int(p)], 30) for p in quiet])
+    after = extract(spec, str(path))
+    np.testing.assert_array_equal(after.ids, before.ids)
+    pos = {int(p): i for i, p in enumerate(after.ids)}
+    for p in quiet:
+        assert after.targets["time"][pos[int(p)]] == 30
+        assert after.targets["event"][pos[int(p)]] == 0
+    early = before.targets["time"][[pos[int(p)] for p in bleeders]] <= 50
+    assert early.any()  # both cases below happen
+    assert not early.all()
+    for p in bleeders:
+        i = pos[int(p)]
+        if before.targets["time"][i] <= 50:  # bled before dying: still an event
+            assert after.targets["event"][i] == 1
+            assert after.targets["time"][i] == before.targets["time"][i]
+        else:  # the bleed came after death: censored at death
+            assert after.targets["event"][i] == 0
+            assert after.targets["time"][i] == 50
+    untouched = np.isin(after.ids, np.concatenate([bleeders, quiet]), invert=True)
+    np.testing.assert_array_equal(
+        after.targets["time"][untouched], before.targets["time"][untouched]
+    )
+
+
+def _index_dates(path: Path) -> list[tuple[int, object]]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute(
+            "SELECT person_id, min(drug_exposure_start_date) FROM drug_exposure "
+            "WHERE drug_concept_id IN (SELECT descendant_concept_id FROM concept_ancestor "
+            "WHERE ancestor_concept_id IN (1118084, 1124300)) GROUP BY person_id"
+        ).fetchall()
