@@ -317,3 +317,43 @@ def _index_dates(path: Path) -> list[tuple[int, object]]:
             "WHERE drug_concept_id IN (SELECT descendant_concept_id FROM concept_ancestor "
             "WHERE ancestor_concept_id IN (1118084, 1124300)) GROUP BY person_id"
         ).fetchall()
+
+
+def test_first_qualifying_event_when_not_first_occurrence(tmp_path: Path) -> None:
+    """first_occurrence = false: the index is the first entry event meeting the criteria."""
+    path = copy_cdm(tmp_path / "repeat.duckdb")
+    with duckdb.connect(str(path)) as con:  # Eunomia has one NSAID start per person: add more
+        con.execute(
+            "INSERT INTO drug_exposure SELECT * REPLACE (drug_exposure_id + 1e8 AS "
+            "drug_exposure_id, drug_exposure_start_date + 3000 AS drug_exposure_start_date) "
+            "FROM drug_exposure WHERE drug_concept_id IN (1118084, 1124300) AND person_id % 2 = 0"
+        )
+    doc = gi_bleed_study().to_mapping()
+    doc["cohort"]["first_occurrence"] = False
+    doc["cohort"]["prior_observation_days"] = 14600  # 40 years: later exposures may qualify
+    table = extract(StudySpec.from_mapping(doc, where="t"), str(path))
+    doc["cohort"]["first_occurrence"] = True
+    first = extract(StudySpec.from_mapping(doc, where="t"), str(path))
+    with duckdb.connect(str(path), read_only=True) as con:
+        got = con.execute(
+            """
+            WITH ev AS (
+              SELECT d.person_id, d.drug_exposure_start_date AS d FROM drug_exposure d
+              WHERE d.drug_concept_id IN (SELECT descendant_concept_id FROM concept_ancestor
+                                          WHERE ancestor_concept_id IN (1118084, 1124300))),
+            ok AS (
+              SELECT ev.person_id, ev.d FROM ev
+              SEMI JOIN observation_period op ON op.person_id = ev.person_id
+                AND op.observation_period_start_date <= ev.d - INTERVAL 14600 DAY
+                AND op.observation_period_end_date >= ev.d
+              WHERE NOT EXISTS (SELECT 1 FROM condition_occurrence c
+                WHERE c.person_id = ev.person_id AND c.condition_start_date < ev.d
+                AND c.condition_concept_id IN (SELECT descendant_concept_id
+                  FROM concept_ancestor WHERE ancestor_concept_id = 192671)))
+            SELECT person_id, year(min(d)) - any_value(p.year_of_birth) AS age
+            FROM ok JOIN person p USING (person_id) GROUP BY person_id ORDER BY person_id
+            """
+        ).fetchall()
+    assert table.ids.tolist() == [r[0] for r in got]
+    assert table.columns["age"].tolist() == [float(r[1]) for r in got]
+    assert len(table) > len(first)  # later qualifying exposures add persons

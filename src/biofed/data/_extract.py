@@ -290,12 +290,18 @@ def compile_omop(spec: StudySpec, *, has_death: bool = True) -> tuple[str, list[
                 cohort.exclude_window_days,
             )
         sql.add(")")
-    sql.add(
-        "),\ncohort AS (SELECT q.person_id, q.index_date, MAX(q.obs_end) AS obs_end "
-        "FROM qualified AS q JOIN (SELECT person_id, MIN(index_date) AS first_date "
-        "FROM qualified GROUP BY person_id) AS m ON m.person_id = q.person_id "
-        "AND m.first_date = q.index_date GROUP BY q.person_id, q.index_date)"
-    )
+    if cohort.first_occurrence:  # one candidate date per person already
+        sql.add(
+            "),\ncohort AS (SELECT person_id, index_date, MAX(obs_end) AS obs_end "
+            "FROM qualified GROUP BY person_id, index_date)"
+        )
+    else:
+        sql.add(
+            "),\ncohort AS (SELECT q.person_id, q.index_date, MAX(q.obs_end) AS obs_end "
+            "FROM qualified AS q JOIN (SELECT person_id, MIN(index_date) AS first_date "
+            "FROM qualified GROUP BY person_id) AS m ON m.person_id = q.person_id "
+            "AND m.first_date = q.index_date GROUP BY q.person_id, q.index_date)"
+        )
 
     # One pass per domain table for the outcome and the indicator covariates: rows of the
     # table are joined to a small table of (concept, tag) and folded by conditional

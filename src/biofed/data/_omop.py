@@ -8,10 +8,9 @@ row changes. The fingerprint is cheap: one aggregate per table computed inside t
 Security notes: the CDM is the site's most sensitive asset and the URL comes from the site's
 own config. The connection is read-only (DuckDB ``read_only=True``; PostgreSQL
 ``default_transaction_read_only``), so no SQL biofed runs can change the CDM; a DuckDB
-connection also has external access (files, network, extensions) switched off and its
-configuration locked, so a query cannot read anything beyond the CDM (DuckDB's "Securing
-DuckDB" guide). Other SQLAlchemy dialects rely on the database user's grants. Table names in
-generated SQL come only from the fixed OMOP table list below, never from the database or a
+connection also has external access (files, network, extensions) switched off, for good,
+so a query cannot read anything beyond the CDM (DuckDB's "Securing DuckDB" guide). Other
+SQLAlchemy dialects rely on the database user's grants. Table names in generated SQL come only from the fixed OMOP table list below, never from the database or a
 spec; a schema name is a checked SQL identifier. Values travel as bound parameters (OWASP
 SQL Injection Prevention Cheat Sheet, option 1).
 """
@@ -167,10 +166,11 @@ class OmopDatabase:
         try:
             conn = duckdb.connect(str(p), read_only=True)
             conn.execute("SET enable_progress_bar = false")
-            conn.execute("SET enable_external_access = false")  # no file or network reads
+            # No file or network reads, and no SET turns them back on. DuckDB applies this to
+            # every connection of this process to the same file (they share one instance).
+            conn.execute("SET enable_external_access = false")
             if schema is not None:
                 conn.execute(f'SET search_path = "{schema}"')  # checked identifier
-            conn.execute("SET lock_configuration = true")  # and no SET can undo the above
         except duckdb.Error as exc:
             raise ConfigurationError(f"cannot open {path!r} as DuckDB: {_line(exc)}") from None
         return cls(url=url, dialect="duckdb", duckdb_conn=conn, schema=schema)
