@@ -10,9 +10,10 @@ own config. The connection is read-only (DuckDB ``read_only=True``; PostgreSQL
 ``default_transaction_read_only``), so no SQL biofed runs can change the CDM; a DuckDB
 connection also has external access (files, network, extensions) switched off, for good,
 so a query cannot read anything beyond the CDM (DuckDB's "Securing DuckDB" guide). Other
-SQLAlchemy dialects rely on the database user's grants. Table names in generated SQL come only from the fixed OMOP table list below, never from the database or a
-spec; a schema name is a checked SQL identifier. Values travel as bound parameters (OWASP
-SQL Injection Prevention Cheat Sheet, option 1).
+SQLAlchemy dialects rely on the database user's grants. Table names in generated SQL come
+only from the fixed OMOP table list below, never from the database or a spec; a schema name
+is a checked SQL identifier. Values travel as bound parameters (OWASP SQL Injection
+Prevention Cheat Sheet, option 1).
 """
 
 from __future__ import annotations
