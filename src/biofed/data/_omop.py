@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -239,11 +240,15 @@ class OmopDatabase:
             import duckdb
 
             try:
-                relation = self._duck.sql(sql, params=list(params))
-                if relation is None:  # a statement with no result (e.g. SET)
+                result = self._duck.execute(sql, list(params))
+                if result.description is None:  # a statement with no result (e.g. SET)
                     return pa.table({})
-                fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
-                table: pa.Table = fetch()  # DuckDB ≥ 2 names it to_arrow_table
+                with warnings.catch_warnings():
+                    # DuckDB ≥ 2 warns that Arrow output from execute() copies the rows; for
+                    # study-sized results that copy is cheaper than con.sql()'s extra binding.
+                    warnings.simplefilter("ignore", UserWarning)
+                    fetch = getattr(result, "to_arrow_table", None) or result.fetch_arrow_table
+                    table: pa.Table = fetch()
                 return table
             except duckdb.Error as exc:
                 raise DataError(f"OMOP query failed: {_line(exc)}") from None
