@@ -17,7 +17,8 @@ named in the :class:`~biofed.core.PolicyViolation` (``"<rule>: why"``):
     serves.
 ``cohort``
     The split the instruction uses has at least ``max(agreement.min_cohort, dataset
-    min_cohort)`` rows (training rows for TRAIN, the evaluated split's rows for EVALUATE).
+    min_cohort)`` rows (training rows for TRAIN and SUMMARISE, the evaluated split's rows
+    for EVALUATE).
 ``bundle``
     A bundle is required: its digest is listed in the agreement, approved locally, and the
     file's recomputed digest matches. Built-in tasks and in-process task modules never run
@@ -144,7 +145,12 @@ class PolicyRequest:
         The file the node would read for ``dataset`` (from ``node.toml``), or None if the
         node serves no such dataset.
     rows:
-        Rows of the split the instruction uses (training rows, or the evaluated split's).
+        Rows of the split the instruction uses (training rows, or the evaluated split's), or
+        a function counting them (a study's cohort: extracted only once the spec passed the
+        ``dataset`` rule; it raises PolicyViolation when the extraction fails).
+    study:
+        The digest of the study dataset spec the job compiles (``StudySpec.digest``), or
+        None for a prepared table.
     metrics:
         Metric names an EVALUATE instruction asks for (config ``"metrics"``, comma
         separated), or None when it names none.
@@ -162,12 +168,13 @@ class PolicyRequest:
     dataset: str
     bundle: str | None
     dataset_path: Path | None
-    rows: int
+    rows: int | Callable[[], int]
     metrics: tuple[str, ...] | None = None
     secure_aggregation: bool = False
     differential_privacy: bool = False
     dp_planned: tuple[float, float] | None = None
     dp_seeded: bool = False
+    study: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -271,11 +278,12 @@ def _check_cohort(
     request: PolicyRequest, signed: SignedAgreement, entry: RegisteredDataset
 ) -> None:
     minimum = max(signed.agreement.min_cohort, entry.min_cohort)
-    if request.rows < minimum:
-        split = "training" if request.kind is MessageKind.TRAIN else "evaluation"
+    rows = request.rows() if callable(request.rows) else request.rows
+    if rows < minimum:
+        split = "evaluation" if request.kind is MessageKind.EVALUATE else "training"
         raise _refuse(
             "cohort",
-            f"dataset {entry.name!r} has {request.rows} {split} rows, fewer than the minimum "
+            f"dataset {entry.name!r} has {rows} {split} rows, fewer than the minimum "
             f"cohort of {minimum}",
         )
 

@@ -28,7 +28,9 @@ node's chain is the same without the policy, output-control and audit steps.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from biofed.core import (
@@ -38,7 +40,7 @@ from biofed.core import (
     Reply,
     check_id,
 )
-from biofed.data import SiteData
+from biofed.data import OmopDatabase, SiteData
 from biofed.governance import (
     LEDGER_FILE,
     ApprovalStore,
@@ -55,7 +57,7 @@ from biofed.node._privacy import SitePrivacy
 from biofed.node._runtime import SiteNode
 from biofed.node._sandbox import audit_sandbox_opt_out
 from biofed.node._secure import SecureSessions
-from biofed.node._sites import SiteTasks
+from biofed.node._sites import SiteTasks, StudySource
 from biofed.node._step_audit import AuditStep, record
 from biofed.node._step_control import OutputControlStep
 from biofed.node._step_policy import PolicyStep
@@ -79,7 +81,10 @@ class NodeApp:
     data:
         Datasets already in memory (name → data), served besides ``config``'s files; a
         simulation's virtual sites pass theirs here. Such a dataset has no file, so a
-        governed site's registry cannot pin it: governance refuses it.
+        governed site's registry cannot pin it: governance refuses it. A value may also be
+        a study source — an OMOP CDM (:class:`~biofed.data.OmopDatabase`, its URL or
+        DuckDB file) or a data file — that a job's study spec compiles; a local file there
+        is what the registry pins.
 
     Attributes
     ----------
@@ -104,15 +109,32 @@ class NodeApp:
         config: NodeConfig,
         *,
         kit: Kit | None = None,
-        data: Mapping[str, SiteData] | None = None,
+        data: Mapping[str, SiteData | StudySource] | None = None,
     ) -> None:
         self.node_id = check_id(node_id, what="node id")
         self.data: dict[str, SiteData] = {}
-        for name, site_data in (data or {}).items():
+        #: Study sources by dataset name (compiled by a job's study spec).
+        self.sources: dict[str, StudySource] = {}
+        #: The local file each dataset is read from (the registry pins it).
+        self.files: dict[str, Path] = {}
+        for name, value in (data or {}).items():
             if name in config.datasets:
                 raise ConfigurationError(f"dataset {name!r} is both in memory and in node.toml")
-            self.data[check_id(name, what="dataset name")] = site_data
+            check_id(name, what="dataset name")
+            if isinstance(value, SiteData):
+                self.data[name] = value
+            elif isinstance(value, OmopDatabase | str | os.PathLike):
+                self.sources[name] = value
+                if not isinstance(value, OmopDatabase) and Path(value).is_file():
+                    self.files[name] = Path(value)
+            else:
+                raise ConfigurationError(
+                    f"dataset {name!r} must be SiteData or a study source (an OMOP database, "
+                    f"its URL or a file path), got {type(value).__name__}"
+                )
         for name, source in config.datasets.items():
+            self.files[name] = source.path
+            self.sources[name] = source.path  # a study spec with source = "file" reads it
             try:
                 self.data[name] = source.load()
             except DataError as exc:
@@ -131,7 +153,11 @@ class NodeApp:
         self.allow_heuristic = config.privacy is not None and config.privacy.allow_heuristic
         self.secure = SecureSessions(self.node_id, kit)
         self.sites = SiteTasks(
-            self.node_id, self.data, self.task_dirs, allow_weaker=self.allow_weaker
+            self.node_id,
+            self.data,
+            self.task_dirs,
+            allow_weaker=self.allow_weaker,
+            sources=self.sources,
         )
         self.steps = self._steps(config)
         self._chain: Next = site_chain(self.steps)
@@ -156,7 +182,7 @@ class NodeApp:
             self.policy,
             self.audit,
             sites=self.sites,
-            sources=config.datasets,
+            sources=self.files,
             privacy=privacy,
             fetcher=lambda: self.fetch_bundle,
         )
@@ -226,8 +252,11 @@ class NodeApp:
         return policy, audit
 
     def declarations(self) -> list[tuple[str, int, int]]:
-        """(name, training examples, features) of each dataset, to declare on connect."""
-        return [(n, len(d.train), d.train.num_features) for n, d in self.data.items()]
+        """(name, training examples, features) of each dataset, to declare on connect; a
+        study source alone is declared with 0 and 0 (its table exists only once a job's
+        spec compiles it)."""
+        out = [(n, len(d.train), d.train.num_features) for n, d in self.data.items()]
+        return out + [(n, 0, 0) for n in self.sources if n not in self.data]
 
     def handle(self, instruction: Instruction) -> Reply:
         """Run one instruction through the site's chain (an error reply, never an
