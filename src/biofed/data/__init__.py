@@ -1,4 +1,4 @@
-"""biofed.data: a site's datasets, loaders and simulation partitioners."""
+"""biofed.data: a site's datasets, loaders, OMOP CDM access, study specs and partitioners."""
 
 from biofed.data._dataset import Dataset, FederatedDataset, SiteData
 from biofed.data._encode import (
@@ -10,7 +10,9 @@ from biofed.data._encode import (
     fit_encoder,
     scan_table,
 )
+from biofed.data._extract import ExtractedTable, extract
 from biofed.data._loaders import TableFormat, TableSchema, describe_table, load_table
+from biofed.data._omop import OmopDatabase, OmopDescription
 from biofed.data._partition import (
     partition_dirichlet,
     partition_iid,
@@ -18,6 +20,15 @@ from biofed.data._partition import (
     train_test_split,
 )
 from biofed.data._site_files import load_site_file, load_split_table, write_site_files
+from biofed.data._spec import (
+    CohortSpec,
+    ColumnTransform,
+    CovariateSpec,
+    FileColumns,
+    OutcomeSpec,
+    StudySpec,
+    load_study_spec,
+)
 from biofed.data._standardise import (
     FeatureMoments,
     Standardiser,
@@ -28,20 +39,31 @@ from biofed.data._standardise import (
 __all__ = [
     "IMPUTE_METHODS",
     "CategoryCounts",
+    "CohortSpec",
     "ColumnEncoder",
+    "ColumnTransform",
+    "CovariateSpec",
     "Dataset",
+    "ExtractedTable",
     "FeatureMoments",
     "FederatedDataset",
+    "FileColumns",
     "NumericSummary",
+    "OmopDatabase",
+    "OmopDescription",
+    "OutcomeSpec",
     "SiteData",
     "Standardiser",
+    "StudySpec",
     "TableFormat",
     "TableScan",
     "TableSchema",
     "describe_table",
+    "extract",
     "fit_encoder",
     "load_site_file",
     "load_split_table",
+    "load_study_spec",
     "load_table",
     "partition_dirichlet",
     "partition_iid",
