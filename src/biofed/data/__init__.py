@@ -35,6 +35,7 @@ from biofed.data._standardise import (
     pooled_train_moments,
     standardise_sites,
 )
+from biofed.data._summary import NumericRequest, NumericStats, SiteSummary, SummaryRequest
 
 __all__ = [
     "IMPUTE_METHODS",
@@ -48,13 +49,17 @@ __all__ = [
     "FeatureMoments",
     "FederatedDataset",
     "FileColumns",
+    "NumericRequest",
+    "NumericStats",
     "NumericSummary",
     "OmopDatabase",
     "OmopDescription",
     "OutcomeSpec",
     "SiteData",
+    "SiteSummary",
     "Standardiser",
     "StudySpec",
+    "SummaryRequest",
     "TableFormat",
     "TableScan",
     "TableSchema",
