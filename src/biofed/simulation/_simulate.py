@@ -13,6 +13,7 @@ can show what federation buys.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from collections.abc import Mapping, Sequence
@@ -24,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from biofed.coordinator import (
+    PREPROCESSING_EVENT,
+    SUMMARIES_EVENT,
     EngineConfig,
     EngineListener,
     JobSpec,
@@ -380,7 +383,7 @@ def _bundle_report(
         mean_site_metric=_nanmean(list(site_metrics.values())),
         pooled_metric=math.nan,
     )
-    events = [f"round {e.round} {e.node_id or '-'} {e.kind}: {e.message}" for e in result.events]
+    events = _event_lines(result)
     events.append("baselines: a bundle's task runs only at the sites; none trained")
     return SimulationReport(
         preprocessing=result.preprocessing,
@@ -398,6 +401,21 @@ def _bundle_report(
         parameters=result.parameters,
         features=_features(fed),
     )
+
+
+def _event_lines(result: RunResult) -> list[str]:
+    """The run's events as lines; the preprocessing phase's JSON documents as one line each
+    saying what they hold (the report keeps the preprocessing itself)."""
+    lines = []
+    for e in result.events:
+        message = e.message
+        if e.kind == PREPROCESSING_EVENT and result.preprocessing is not None:
+            names = Preprocessing.from_json(result.preprocessing).feature_names
+            message = f"{len(names)} features: {', '.join(names)}"
+        elif e.kind == SUMMARIES_EVENT:
+            message = f"the summaries of {len(json.loads(message))} sites (heterogeneity input)"
+        lines.append(f"round {e.round} {e.node_id or '-'} {e.kind}: {message}")
+    return lines
 
 
 def _features(fed: FederatedDataset) -> tuple[str, ...]:
@@ -453,7 +471,7 @@ def _report(
     """Evaluate the federated model everywhere, train the baselines, and report."""
     federated = evaluate_everywhere(task, result.parameters, fed, method=strategy.name)
     extra: list[MethodResult] = []
-    events = [f"round {e.round} {e.node_id or '-'} {e.kind}: {e.message}" for e in result.events]
+    events = _event_lines(result)
     events += _undefined_metric_events(federated, fed, task.primary_metric)
     if baseline_config is not None:
         for method, data in [

@@ -1,0 +1,83 @@
+"""A study job over the network: node processes compile the job's spec against their own
+files, the coordinator fits the preprocessing through their chains before round 1, the run
+trains, and the result carries the fitted preprocessing beside the model."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from biofed.coordinator import JobSpec
+from biofed.core import decode_metadata, decode_parameters
+from biofed.data import Preprocessing
+
+from .conftest import DATASET, Federation, events_of, format_events, wait_online, wait_terminal
+
+pytestmark = pytest.mark.slow
+
+SITES = ["center-0", "center-1"]
+SPEC = """
+[study]
+name = "brca-age"
+source = "file"
+test_fraction = 0.3
+seed = 5
+
+[columns]
+split = "split"
+features = ["age_at_index", "race_white"]
+
+[outcome]
+kind = "time_to_event"
+time = "time"
+event = "event"
+"""
+
+
+def test_a_study_job_trains_over_grpc_and_its_result_holds_the_preprocessing(
+    make_federation: Callable[..., Federation], tmp_path: Path
+) -> None:
+    federation = make_federation(sites=SITES)
+    federation.start_coordinator()
+    for site in SITES:
+        federation.node_process(site)
+    client = federation.control(timeout=30.0)
+    wait_online(client, SITES, timeout=120)
+    (tmp_path / "study.toml").write_text(SPEC, encoding="utf-8")
+    job = JobSpec.from_mapping(
+        {
+            "run": {
+                "name": "study",
+                "dataset": DATASET,
+                "rounds": 2,
+                "seed": 3,
+                "min_nodes": 2,
+                "min_replies": 2,
+                "round_timeout": 120.0,
+            },
+            "study": {"spec": "study.toml"},
+            "task": {"name": "cox_ph"},
+            "train": {"local_steps": 10, "batch_size": 16, "learning_rate": 0.05},
+        },
+        base=tmp_path,
+    )
+    run_id = client.submit_run(job.to_json()).run_id
+    status = wait_terminal(client, run_id, timeout=300)
+    events = events_of(client, run_id)
+    assert status == "finished", format_events(events)
+
+    kinds = [e.kind for e in events]
+    assert kinds.index("preprocessing_fitted") < kinds.index("round_completed")
+    summaries = json.loads(next(e.message for e in events if e.kind == "data_summaries"))
+    assert sorted(summaries) == SITES
+    passes = {e.round for e in events if e.kind == "reply_rejected"}
+    assert not passes, format_events(events)
+
+    result = client.download_result(run_id)
+    fitted = Preprocessing.from_json(decode_metadata(result)["preprocessing"])
+    assert fitted.feature_names[:1] == ("age_at_index",) and len(fitted.feature_names) >= 2
+    model = decode_parameters(result)
+    assert sum(a.size for a in model.values()) == len(fitted.feature_names)
