@@ -15,6 +15,7 @@ import pytest
 
 from biofed.coordinator import (
     PREPROCESSING_EVENT,
+    SUMMARIES_EVENT,
     JobSpec,
     PreprocessingFailed,
     RoundEngine,
@@ -142,7 +143,7 @@ def _job(setup: dict[str, Any], rounds: int = 2) -> JobSpec:
             "task": {"name": "logistic_regression"},
             "train": {"local_steps": 5, "batch_size": 16, "learning_rate": 0.2},
             "evaluate": {"split": "test", "metrics": "roc_auc"},
-            "privacy": {"mode": "sample", "delta": 1e-5, "target_epsilon": 4.0},
+            "privacy": {"mode": "client", "delta": 1e-5, "target_epsilon": 4.0, "noise": "distributed"},
         },
         base=setup["root"],
     )
@@ -174,6 +175,14 @@ def _governed_run(setup: dict[str, Any], agreement: str, workdir: Path) -> tuple
         return engine, engine.run(job.with_preprocessing(fitted).initial_parameters())
 
 
+def _shown(events: Any) -> list[tuple[int, str, str | None, str]]:
+    return [
+        (e.round, e.kind, e.node_id, e.message[:300])
+        for e in events
+        if e.kind not in (PREPROCESSING_EVENT, SUMMARIES_EVENT)
+    ]
+
+
 def _audit(workdir: Path, site: str) -> list[tuple[str, dict[str, Any]]]:
     file = workdir / "consortium" / "sites" / site / "audit.jsonl"
     entries = [json.loads(line) for line in file.read_text().splitlines()]
@@ -185,7 +194,7 @@ def test_governed_sites_summarise_through_their_chain_without_a_debit(
 ) -> None:
     engine, result = _governed_run(setup, "approved.toml", tmp_path)
     assert not isinstance(result, Exception), result
-    assert [r.failed for r in result.history] == [None, None], result.events
+    assert [r.failed for r in result.history] == [None, None], _shown(result.events)
     assert any(e.kind == PREPROCESSING_EVENT for e in result.events)
     passes = {e.round for e in result.events if e.kind == PREPROCESSING_EVENT} or {0}
     for site in SITES:

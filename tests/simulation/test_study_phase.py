@@ -277,7 +277,9 @@ def test_a_study_job_needs_study_sources_and_num_features_must_match(
 ) -> None:
     job = study_job(spec_file)
     with pytest.raises(ConfigurationError, match="study sources"):
-        simulate(dict(cdms), job=dataclasses.replace(job, study=None))
+        simulate(
+            dict(cdms), job=dataclasses.replace(job, study=None, task_options={"num_features": 4})
+        )
     mismatched = dataclasses.replace(job, task_options={"num_features": 99})
     with pytest.raises(ConfigurationError, match=r"num_features is 99, but the fitted"):
         simulate(dict(cdms), job=mismatched, baselines=False)

@@ -14,7 +14,9 @@ named in the :class:`~biofed.core.PolicyViolation` (``"<rule>: why"``):
 ``dataset``
     The dataset the instruction names is the one the agreement puts in scope for this site,
     it is registered, its file is unchanged since registration, and it is the file the node
-    serves.
+    serves. A job that compiles a study dataset spec against it must carry a spec whose
+    digest the agreement lists in ``approved_studies`` (checked before the site reads
+    anything with it).
 ``cohort``
     The split the instruction uses has at least ``max(agreement.min_cohort, dataset
     min_cohort)`` rows (training rows for TRAIN and SUMMARISE, the evaluated split's rows
@@ -258,6 +260,12 @@ def _check_dataset(
             "dataset",
             f"the job names dataset {request.dataset!r}, but agreement "
             f"{agreement.agreement_id!r} puts only {in_scope!r} of {policy.site!r} in scope",
+        )
+    if request.study is not None and request.study not in agreement.approved_studies:
+        raise _refuse(
+            "dataset",
+            f"the job's study spec {request.study[:16]}… is not among agreement "
+            f"{agreement.agreement_id!r}'s approved_studies",
         )
     try:
         entry = policy.registry.require(request.dataset)

@@ -119,14 +119,14 @@ def site_recipes(
     kits: dict[str, Path] = {}
     consortium = None
     if needs_kits or rehearsal is not None:
-        sites, researchers = (
+        parties, researchers = (
             (list(sites), []) if rehearsal is None else rehearsal.parties(list(sites))
         )
         consortium = Consortium.create(
             workdir / "consortium",
             consortium=SIM_CONSORTIUM,
             coordinator="localhost",
-            sites=sites,
+            sites=parties,
             researchers=researchers,
         )
         kits = {site: consortium.kit_directory(site) for site in sites}
