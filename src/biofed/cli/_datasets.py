@@ -1,4 +1,5 @@
-"""``biofed node dataset …``: the site operator's dataset registry."""
+"""``biofed node dataset …``: the site operator's dataset registry (files and OMOP CDMs)
+and its data-quality checks."""
 
 import json
 from pathlib import Path
@@ -6,11 +7,13 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from biofed.cli._common import clean_errors, fail, kit_audit
 
 if TYPE_CHECKING:
+    from biofed.data import QualityReport
     from biofed.governance import DatasetRegistry, RegisteredDataset
 
 app = typer.Typer(help="Register the datasets this site offers.", no_args_is_help=True)
@@ -40,8 +43,21 @@ def _targets(items: list[str]) -> dict[str, str]:
 @app.command("add")
 def add(
     name: Annotated[str, typer.Argument(help="Dataset name studies will use.")],
-    path: Annotated[Path, typer.Option("--path", help="CSV or Parquet file.")],
     node_dir: NodeDir,
+    path: Annotated[Path | None, typer.Option("--path", help="CSV or Parquet file.")] = None,
+    omop: Annotated[
+        str | None,
+        typer.Option(
+            "--omop",
+            help="OMOP CDM: a DuckDB file or a database URL without a password "
+            "(postgresql://user@host/db).",
+        ),
+    ] = None,
+    password_env: Annotated[
+        str | None,
+        typer.Option(help="OMOP: environment variable holding the database password."),
+    ] = None,
+    schema: Annotated[str | None, typer.Option(help="OMOP: schema of the CDM tables.")] = None,
     format: Annotated[str | None, typer.Option("--format", help="csv or parquet.")] = None,
     description: Annotated[str, typer.Option(help="What the data is.")] = "",
     tags: Annotated[str, typer.Option(help="Comma-separated tags.")] = "",
@@ -50,7 +66,33 @@ def add(
     split_column: Annotated[str | None, typer.Option(help="Column marking train/test.")] = None,
     replace: Annotated[bool, typer.Option(help="Re-register a changed file.")] = False,
 ) -> None:
-    """Register a file: its schema, row count and SHA-256 are recorded."""
+    """Register a file (schema, row count, SHA-256) or an OMOP CDM (CDM version,
+    cdm_source, row counts, fingerprint)."""
+    if (path is None) == (omop is None):
+        raise typer.BadParameter("give exactly one of --path FILE or --omop URL")
+    if omop is not None:
+        if target or split_column or format:
+            raise typer.BadParameter("--target, --split-column and --format are for files")
+        with clean_errors():
+            cdm = _registry(node_dir).add_omop(
+                name,
+                omop,
+                password_env=password_env,
+                schema=schema,
+                description=description,
+                tags=tuple(t for t in tags.split(",") if t),
+                min_cohort=min_cohort,
+                replace_existing=replace,
+            )
+        out.print(
+            f"registered [bold]{escape(cdm.name)}[/]: OMOP CDM {escape(cdm.cdm_version)}, "
+            f"{cdm.num_rows} persons, fingerprint {cdm.sha256[:16]}…\n"
+            f"check its data quality: biofed node dataset check {escape(cdm.name)}"
+        )
+        return
+    if password_env or schema:
+        raise typer.BadParameter("--password-env and --schema are for OMOP CDMs")
+    assert path is not None
     with clean_errors():
         entry = _registry(node_dir).add(
             name,
@@ -80,25 +122,40 @@ def list_(node_dir: NodeDir, format: Annotated[str, typer.Option("--format")] = 
         print(json.dumps([{**e.to_json(), "state": checks[e.name].state} for e in entries]))
         return
     table = Table(title="datasets")
-    for col in ("name", "rows", "columns", "min cohort", "state", "sha256", "path"):
-        table.add_column(col)
+    for col in ("name", "kind", "rows", "min cohort", "state", "quality", "sha256", "location"):
+        table.add_column(col, overflow="fold")
     for e in entries:
         state = checks[e.name].state
         style = "green" if state == "ok" else "bold red"
         table.add_row(
-            e.name,
+            escape(e.name),
+            "omop " + e.cdm_version if e.kind == "omop" else e.format,
             str(e.num_rows),
-            str(len(e.columns)),
             str(e.min_cohort),
             f"[{style}]{state}[/]",
+            _quality_state(e),
             e.sha256[:16] + "…",
-            e.path,
+            escape(e.path),
         )
     out.print(table)
 
 
+def _quality_state(entry: "RegisteredDataset") -> str:
+    if entry.quality is None:
+        return "[dim]not checked[/]"
+    report = entry.quality.report
+    if report.fatal_failures:
+        return f"[bold red]fatal ({len(report.fatal_failures)})[/]"
+    if report.failures:
+        return f"[yellow]warnings ({len(report.failures)})[/]"
+    return "[green]passed[/]"
+
+
 def _show(entry: "RegisteredDataset") -> None:
-    out.print(f"[bold]{entry.name}[/] — {entry.description or 'no description'}")
+    out.print(f"[bold]{escape(entry.name)}[/] — {escape(entry.description or 'no description')}")
+    if entry.kind == "omop":
+        _show_omop(entry)
+        return
     out.print(f"path: {entry.path} ({entry.format}, {entry.size} bytes)")
     out.print(
         f"rows: {entry.num_rows} · min cohort: {entry.min_cohort} · "
@@ -110,6 +167,27 @@ def _show(entry: "RegisteredDataset") -> None:
     table.add_column("type")
     for column, kind in entry.columns:
         table.add_row(column, kind)
+    out.print(table)
+
+
+def _show_omop(entry: "RegisteredDataset") -> None:
+    secret = f" · password from ${entry.password_env}" if entry.password_env else ""
+    out.print(f"OMOP CDM {escape(entry.cdm_version)} at {escape(entry.path)}{escape(secret)}")
+    source = entry.cdm_source
+    if source:
+        out.print(
+            f"source: {escape(source.get('cdm_source_name', '?'))} · vocabulary "
+            f"{escape(source.get('vocabulary_version', '?'))} · released "
+            f"{escape(source.get('cdm_release_date', '?'))}"
+        )
+    out.print(f"persons: {entry.num_rows} · min cohort: {entry.min_cohort}")
+    out.print(f"fingerprint: {entry.sha256}")
+    out.print(f"quality: {_quality_state(entry)}")
+    table = Table(title="tables")
+    table.add_column("table")
+    table.add_column("rows", justify="right")
+    for name, rows in sorted(entry.row_counts.items()):
+        table.add_row(name, str(rows))
     out.print(table)
 
 
@@ -133,15 +211,97 @@ def remove(name: Annotated[str, typer.Argument()], node_dir: NodeDir) -> None:
     out.print(f"removed {name}")
 
 
+def quality_table(report: "QualityReport") -> Table:
+    """Each check with pass/fail and counts (fits 80 columns: long names fold)."""
+    table = Table(title="data quality", title_justify="left")
+    table.add_column("", width=4, no_wrap=True)
+    table.add_column("check", overflow="fold", max_width=23)
+    table.add_column("table.field", overflow="fold")
+    table.add_column("fatal", width=5, no_wrap=True)
+    table.add_column("violated", justify="right", no_wrap=True)
+    table.add_column("of", justify="right", no_wrap=True)
+    for c in report.checks:
+        mark = "[green]ok[/]" if c.passed else "[bold red]FAIL[/]" if c.fatal else "[yellow]warn[/]"
+        where = f"{c.table}.{c.field}" if c.field else c.table
+        if c.concept_id is not None:
+            where += f" @{c.concept_id}"
+        table.add_row(
+            mark, c.name, escape(where), "yes" if c.fatal else "", str(c.violated), str(c.total)
+        )
+    return table
+
+
+def _fatal_from_config(config: Path | None, name: str) -> tuple[str, ...]:
+    if config is None:
+        return ()
+    from biofed.node import NodeConfig
+
+    source = NodeConfig.from_toml(config).datasets.get(name)
+    return () if source is None else source.fatal_checks
+
+
 @app.command("check")
-def check(name: Annotated[str, typer.Argument()], node_dir: NodeDir) -> None:
-    """Re-read the file; exit 1 if it changed since registration."""
+def check(
+    name: Annotated[str, typer.Argument()],
+    node_dir: NodeDir,
+    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    config: Annotated[
+        Path | None,
+        typer.Option(help="node.toml whose [datasets.NAME] fatal_checks apply."),
+    ] = None,
+    fatal: Annotated[
+        list[str] | None, typer.Option("--fatal", help="Also treat this check as fatal.")
+    ] = None,
+    redacted: Annotated[
+        bool,
+        typer.Option(help="Show only what may leave the site (counts < min cohort hidden)."),
+    ] = False,
+) -> None:
+    """Re-check the file or CDM against its registration, then run the data-quality checks
+    and keep the report; exit 1 if it changed or a fatal check failed."""
+    if format not in ("table", "json"):
+        raise typer.BadParameter("--format must be table or json")
+    registry = _registry(node_dir)
     try:
-        result = _registry(node_dir).check(name)
+        result = registry.check(name)
     except LookupError as exc:
         raise fail(exc) from exc
-    if result.ok:
-        out.print(f"{name}: unchanged since registration")
-        return
-    out.print(f"[bold red]{name}: {result.state}[/] — {result.reason}")
-    raise typer.Exit(code=1)
+    if not result.ok:
+        if format == "json":
+            print(json.dumps({"name": name, "state": result.state, "reason": result.reason}))
+        else:
+            out.print(f"[bold red]{escape(name)}: {result.state}[/] — {escape(result.reason)}")
+        raise typer.Exit(code=1)
+    with clean_errors():
+        selectors = (*_fatal_from_config(config, name), *(fatal or ()))
+        report = registry.check_quality(name, fatal=selectors)
+        entry = registry.get(name)
+    if format == "json":
+        body = report.redacted(entry.min_cohort) if redacted else report.to_json()
+        print(
+            json.dumps(
+                {
+                    "name": name,
+                    "state": result.state,
+                    "passed": report.passed,
+                    "fatal_failed": [c.key for c in report.fatal_failures],
+                    "quality": body,
+                }
+            )
+        )
+    elif redacted:
+        out.print_json(json.dumps(report.redacted(entry.min_cohort)))
+    else:
+        out.print(f"{escape(name)}: unchanged since registration")
+        out.print(quality_table(report))
+        failed = report.fatal_failures
+        summary = (
+            f"[bold red]{len(failed)} fatal check(s) failed: training on {escape(name)} is "
+            "refused until the data is fixed and checked again[/]"
+            if failed
+            else f"{len(report.checks) - len(report.failures)} of {len(report.checks)} checks "
+            f"passed; no fatal failure"
+        )
+        out.print(summary)
+    if report.fatal_failures:
+        raise typer.Exit(code=1)

@@ -19,6 +19,9 @@ from biofed.data._partition import (
     partition_quantity_skew,
     train_test_split,
 )
+from biofed.data._quality import CHECK_NAMES, CheckResult, QualityReport, run_quality_checks
+from biofed.data._quality_file import FileExpectations
+from biofed.data._quality_omop import PLAUSIBLE_RANGES, PlausibleRange
 from biofed.data._site_files import load_site_file, load_split_table, write_site_files
 from biofed.data._spec import (
     CohortSpec,
@@ -38,8 +41,11 @@ from biofed.data._standardise import (
 from biofed.data._summary import NumericRequest, NumericStats, SiteSummary, SummaryRequest
 
 __all__ = [
+    "CHECK_NAMES",
     "IMPUTE_METHODS",
+    "PLAUSIBLE_RANGES",
     "CategoryCounts",
+    "CheckResult",
     "CohortSpec",
     "ColumnEncoder",
     "ColumnTransform",
@@ -49,12 +55,15 @@ __all__ = [
     "FeatureMoments",
     "FederatedDataset",
     "FileColumns",
+    "FileExpectations",
     "NumericRequest",
     "NumericStats",
     "NumericSummary",
     "OmopDatabase",
     "OmopDescription",
     "OutcomeSpec",
+    "PlausibleRange",
+    "QualityReport",
     "SiteData",
     "SiteSummary",
     "Standardiser",
@@ -74,6 +83,7 @@ __all__ = [
     "partition_iid",
     "partition_quantity_skew",
     "pooled_train_moments",
+    "run_quality_checks",
     "scan_table",
     "standardise_sites",
     "train_test_split",

@@ -55,6 +55,7 @@ from biofed.governance._bundle import (
 from biofed.governance._datasets import (
     DatasetCheck,
     DatasetRegistry,
+    QualityRecord,
     RegisteredDataset,
     file_digest,
 )
@@ -66,6 +67,7 @@ from biofed.governance._ledger import (
     JobSpend,
     PrivacyLedger,
 )
+from biofed.governance._omop_source import check_omop_url, omop_connect_url
 from biofed.governance._policy import (
     Clearance,
     PolicyRequest,
@@ -112,6 +114,7 @@ __all__ = [
     "PolicyRequest",
     "PrivacyLedger",
     "PrivacyRequirements",
+    "QualityRecord",
     "ReconcileReport",
     "RegisteredDataset",
     "Signature",
@@ -125,9 +128,11 @@ __all__ = [
     "check_digest",
     "check_expected_head",
     "check_instruction",
+    "check_omop_url",
     "control_reply",
     "file_digest",
     "heuristic_dp_allowed",
+    "omop_connect_url",
     "pack_bundle",
     "read_agreement",
     "read_bundle",

@@ -13,10 +13,12 @@ named in the :class:`~biofed.core.PolicyViolation` (``"<rule>: why"``):
     edited after signing, it has not expired) and that this site signed.
 ``dataset``
     The dataset the instruction names is the one the agreement puts in scope for this site,
-    it is registered, its file is unchanged since registration, and it is the file the node
-    serves. A job that compiles a study dataset spec against it must carry a spec whose
-    digest the agreement lists in ``approved_studies`` (checked before the site reads
-    anything with it).
+    it is registered, its file (or OMOP CDM) is unchanged since registration, it is the
+    file or CDM the node serves, and its last data-quality check (if it was checked) failed
+    no fatal check. The refusal names the failed checks, never their record counts (the
+    reason reaches the coordinator). A job that compiles a study dataset spec against it
+    must carry a spec whose digest the agreement lists in ``approved_studies`` (checked
+    before the site reads anything with it).
 ``cohort``
     The split the instruction uses has at least ``max(agreement.min_cohort, dataset
     min_cohort)`` rows (training rows for TRAIN and SUMMARISE, the evaluated split's rows
@@ -76,6 +78,7 @@ from biofed.governance._agreement import SignedAgreement, read_agreement, requir
 from biofed.governance._approvals import ApprovalStore
 from biofed.governance._bundle import Bundle, check_digest, read_bundle
 from biofed.governance._datasets import DatasetRegistry, RegisteredDataset
+from biofed.governance._omop_source import omop_location
 
 RULES = ("agreement", "dataset", "cohort", "bundle", "outputs", "privacy")
 """The rules :func:`check_instruction` applies, in order."""
@@ -145,7 +148,9 @@ class PolicyRequest:
         The bundle digest the instruction names (config ``"bundle"``), or None.
     dataset_path:
         The file the node would read for ``dataset`` (from ``node.toml``), or None if the
-        node serves no such dataset.
+        node serves no such dataset (or serves an OMOP CDM).
+    dataset_location:
+        For an OMOP CDM the node serves, its location from ``node.toml`` (password-free).
     rows:
         Rows of the split the instruction uses (training rows, or the evaluated split's), or
         a function counting them (a study's cohort: extracted only once the spec passed the
@@ -171,6 +176,7 @@ class PolicyRequest:
     bundle: str | None
     dataset_path: Path | None
     rows: int | Callable[[], int]
+    dataset_location: str | None = None
     metrics: tuple[str, ...] | None = None
     secure_aggregation: bool = False
     differential_privacy: bool = False
@@ -271,15 +277,55 @@ def _check_dataset(
         entry = policy.registry.require(request.dataset)
     except (PolicyViolation, ConfigurationError) as exc:
         raise _refuse("dataset", str(exc)) from None
-    if request.dataset_path is None:
-        raise _refuse("dataset", f"this node serves no dataset {request.dataset!r}")
-    if request.dataset_path.resolve() != Path(entry.path):
+    if entry.kind == "omop":
+        _check_omop_location(request, entry)
+    else:
+        if request.dataset_path is None:
+            raise _refuse("dataset", f"this node serves no dataset {request.dataset!r}")
+        if request.dataset_path.resolve() != Path(entry.path):
+            raise _refuse(
+                "dataset",
+                f"dataset {request.dataset!r}: the node reads {request.dataset_path}, which is "
+                f"not the registered file {entry.path}",
+            )
+    _check_quality(entry)
+    return entry
+
+
+def _check_omop_location(request: PolicyRequest, entry: RegisteredDataset) -> None:
+    if request.dataset_location is None:
+        raise _refuse("dataset", f"this node serves no OMOP CDM {request.dataset!r}")
+    try:
+        served = omop_location(request.dataset_location)
+    except ConfigurationError as exc:
+        raise _refuse("dataset", f"dataset {request.dataset!r}: {exc}") from None
+    if served != entry.path:
         raise _refuse(
             "dataset",
-            f"dataset {request.dataset!r}: the node reads {request.dataset_path}, which is not "
-            f"the registered file {entry.path}",
+            f"dataset {request.dataset!r}: the node reads the CDM at {served}, which is not "
+            f"the registered CDM {entry.path}",
         )
-    return entry
+
+
+def _check_quality(entry: RegisteredDataset) -> None:
+    """Refuse a dataset whose last quality check failed a fatal check (or was run on other
+    data than the registered one). Only check keys go into the reason: it leaves the site."""
+    record = entry.quality
+    if record is None:
+        return
+    if record.fingerprint != entry.sha256:
+        raise _refuse(
+            "dataset",
+            f"dataset {entry.name!r}: its last quality check ran on other data; run "
+            f"`biofed node dataset check {entry.name}` again",
+        )
+    failed = [c.key for c in record.report.fatal_failures]
+    if failed:
+        raise _refuse(
+            "dataset",
+            f"dataset {entry.name!r} failed fatal data-quality check(s) {', '.join(failed)}; "
+            f"fix the data, then run `biofed node dataset check {entry.name}`",
+        )
 
 
 def _check_cohort(

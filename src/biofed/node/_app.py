@@ -49,10 +49,12 @@ from biofed.governance import (
     DatasetRegistry,
     PrivacyLedger,
     SitePolicy,
+    check_omop_url,
+    omop_connect_url,
 )
 from biofed.identity import Kit
 from biofed.node._chain import Next, SiteSteps, Work, site_chain
-from biofed.node._config import GovernanceConfig, NodeConfig
+from biofed.node._config import DatasetSource, GovernanceConfig, NodeConfig
 from biofed.node._privacy import SitePrivacy
 from biofed.node._runtime import SiteNode
 from biofed.node._sandbox import audit_sandbox_opt_out
@@ -64,6 +66,18 @@ from biofed.node._step_policy import PolicyStep
 from biofed.node._step_privacy import PrivacyStep
 from biofed.node._step_secure import SecureAggregationStep
 from biofed.node._step_task import RunTask
+
+
+#: File suffixes of an in-memory study source that is an OMOP CDM (a DuckDB file).
+OMOP_SUFFIXES = (".duckdb", ".db")
+
+
+def _omop_source(source: DatasetSource) -> StudySource:
+    """A ``node.toml`` OMOP dataset as a study source: its location (with the password from
+    ``password_env``, read at node start), opened with its schema when it names one."""
+    assert source.omop is not None
+    url = omop_connect_url(source.omop, source.password_env, os.environ)
+    return url if source.schema is None else OmopDatabase.open(url, schema=source.schema)
 
 
 class NodeApp:
@@ -117,6 +131,8 @@ class NodeApp:
         self.sources: dict[str, StudySource] = {}
         #: The local file each dataset is read from (the registry pins it).
         self.files: dict[str, Path] = {}
+        #: The OMOP CDM each dataset is read from (password-free location; registry pins it).
+        self.locations: dict[str, str] = {}
         for name, value in (data or {}).items():
             if name in config.datasets:
                 raise ConfigurationError(f"dataset {name!r} is both in memory and in node.toml")
@@ -126,13 +142,21 @@ class NodeApp:
             elif isinstance(value, OmopDatabase | str | os.PathLike):
                 self.sources[name] = value
                 if not isinstance(value, OmopDatabase) and Path(value).is_file():
-                    self.files[name] = Path(value)
+                    if Path(value).suffix.lower() in OMOP_SUFFIXES:
+                        self.locations[name] = check_omop_url(str(value))
+                    else:
+                        self.files[name] = Path(value)
             else:
                 raise ConfigurationError(
                     f"dataset {name!r} must be SiteData or a study source (an OMOP database, "
                     f"its URL or a file path), got {type(value).__name__}"
                 )
         for name, source in config.datasets.items():
+            if source.omop is not None:  # compiled per study from its spec, not loaded whole
+                self.locations[name] = source.omop
+                self.sources[name] = _omop_source(source)
+                continue
+            assert source.path is not None
             self.files[name] = source.path
             self.sources[name] = source.path  # a study spec with source = "file" reads it
             try:
@@ -183,6 +207,7 @@ class NodeApp:
             self.audit,
             sites=self.sites,
             sources=self.files,
+            locations=self.locations,
             privacy=privacy,
             fetcher=lambda: self.fetch_bundle,
         )

@@ -30,6 +30,18 @@ the node refuses to run bundle code there. The opt-out is audited at every node 
     [sandbox]
     allow_weaker = ["landlock"]       # or "seccomp"; default: none
 
+A dataset is a file (``path = "…"``) or an OMOP CDM (``omop = "…"``: a DuckDB file or a
+database URL without a password; ``password_env`` names the environment variable holding
+the password, ``schema`` the schema of the CDM tables). ``fatal_checks`` lists data-quality
+checks (types or keys, see :func:`~biofed.data.run_quality_checks`) the site treats as
+fatal besides the defaults; ``biofed node dataset check`` applies them::
+
+    [datasets.cdm]
+    omop = "postgresql://biofed@db.hospital.example/cdm"
+    password_env = "CDM_PASSWORD"
+    schema = "cdm54"
+    fatal_checks = ["plausibleDuringLife", "isRequired:person.gender_concept_id"]
+
 Relative paths are relative to ``node.toml``'s folder.
 """
 
@@ -42,8 +54,9 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from biofed.core import ConfigurationError, check_id
-from biofed.data import SiteData, load_site_file, load_table
+from biofed.core import ConfigurationError, DataError, check_id
+from biofed.data import CHECK_NAMES, SiteData, load_site_file, load_table
+from biofed.governance import check_omop_url
 from biofed.node._sandbox import check_weaker
 
 if sys.version_info >= (3, 11):
@@ -51,25 +64,57 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-_DATASET_KEYS = {"path", "format", "targets", "split_column", "id_column", "exclude", "description"}
+_DATASET_KEYS = {
+    "path",
+    "format",
+    "targets",
+    "split_column",
+    "id_column",
+    "exclude",
+    "description",
+    "fatal_checks",
+}
+_OMOP_KEYS = {"omop", "password_env", "schema", "description", "fatal_checks"}
 _GOVERNANCE_PATHS = ("agreements_dir", "certificates_dir", "approvals", "registry", "bundles_dir")
 _GOVERNANCE_KEYS = {*_GOVERNANCE_PATHS, "audit"}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DatasetSource:
-    """Where one local dataset lives and how to read it."""
+    """Where one local dataset lives and how to read it: a file (``path``) or an OMOP CDM
+    (``omop``, its location without a password; ``password_env`` names the variable
+    holding the password)."""
 
     name: str
-    path: Path
+    path: Path | None = None
     format: str | None = None
     targets: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     split_column: str | None = None
     id_column: str | None = None
     exclude: tuple[str, ...] = ()
+    omop: str | None = None
+    password_env: str | None = None
+    schema: str | None = None
+    fatal_checks: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if (self.path is None) == (self.omop is None):
+            raise ConfigurationError(f"dataset {self.name!r} needs exactly one of path or omop")
+
+    @property
+    def location(self) -> str:
+        """The file's path, or the OMOP CDM's location."""
+        return str(self.path) if self.path is not None else str(self.omop)
 
     def load(self) -> SiteData:
-        """Read the file (train/test by ``split_column`` if given, else all for training)."""
+        """Read the file (train/test by ``split_column`` if given, else all for training).
+
+        An OMOP CDM is not loaded whole: a study's spec is compiled against it
+        (:func:`~biofed.data.extract`), so this raises DataError for one."""
+        if self.path is None:
+            raise DataError(
+                f"dataset {self.name!r} is an OMOP CDM; studies read it through their spec"
+            )
         fmt: Any = self.format
         if self.split_column:
             return load_site_file(
@@ -279,8 +324,14 @@ class NodeConfig:
         sources: dict[str, DatasetSource] = {}
         for name, entry in (data.get("datasets") or {}).items():
             check_id(name, what="dataset name")
+            if isinstance(entry, dict) and "omop" in entry:
+                sources[name] = _omop_source(name, entry, path)
+                continue
             if not isinstance(entry, dict) or "path" not in entry:
-                raise ConfigurationError(f'{path}: [datasets.{name}] needs path = "…"')
+                raise ConfigurationError(
+                    f'{path}: [datasets.{name}] needs path = "…" (a file) or omop = "…" '
+                    "(an OMOP CDM)"
+                )
             bad = set(entry) - _DATASET_KEYS
             if bad:
                 raise ConfigurationError(
@@ -296,6 +347,7 @@ class NodeConfig:
                 split_column=entry.get("split_column"),
                 id_column=entry.get("id_column"),
                 exclude=tuple(entry.get("exclude") or ()),
+                fatal_checks=_fatal_checks(entry, f"{path}: [datasets.{name}]"),
             )
         governance = (
             GovernanceConfig.from_table(data["governance"], path.parent, str(path))
@@ -315,3 +367,47 @@ class NodeConfig:
             privacy=privacy,
             sandbox=sandbox,
         )
+
+
+def _fatal_checks(entry: Mapping[str, Any], where: str) -> tuple[str, ...]:
+    raw = entry.get("fatal_checks", [])
+    if not isinstance(raw, list) or not all(isinstance(x, str) for x in raw):
+        raise ConfigurationError(f"{where} fatal_checks must be a list of check names")
+    for selector in raw:
+        if selector.split(":", 1)[0] not in CHECK_NAMES:
+            raise ConfigurationError(
+                f"{where} fatal_checks: {selector!r} names no quality check (one of "
+                f"{', '.join(CHECK_NAMES)}, or a key like 'isRequired:person.year_of_birth')"
+            )
+    return tuple(raw)
+
+
+def _omop_source(name: str, entry: Mapping[str, Any], path: Path) -> DatasetSource:
+    """``[datasets.NAME] omop = "…"``: a relative DuckDB path is relative to node.toml."""
+    where = f"{path}: [datasets.{name}]"
+    bad = set(entry) - _OMOP_KEYS
+    if bad:
+        raise ConfigurationError(
+            f"{where}: unknown key(s) {sorted(bad)} for an OMOP CDM; allowed: {sorted(_OMOP_KEYS)}"
+        )
+    for key in ("omop", "password_env", "schema"):
+        if key in entry and (not isinstance(entry[key], str) or not entry[key]):
+            raise ConfigurationError(f"{where} {key} must be a non-empty string")
+    url = str(entry["omop"])
+    if "://" not in url:
+        file = Path(url).expanduser()
+        url = str(file if file.is_absolute() else path.parent / file)
+    elif url.startswith("duckdb:///"):
+        file = Path(url[len("duckdb:///") :]).expanduser()
+        url = str(file if file.is_absolute() else path.parent / file)
+    try:
+        location = check_omop_url(url, password_env=entry.get("password_env"))
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where} omop: {exc}") from None
+    return DatasetSource(
+        name=name,
+        omop=location,
+        password_env=entry.get("password_env"),
+        schema=entry.get("schema"),
+        fatal_checks=_fatal_checks(entry, where),
+    )

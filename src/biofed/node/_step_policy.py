@@ -67,6 +67,8 @@ class PolicyStep:
     sources:
         The files the node reads by dataset name (``node.toml``'s dataset files, and study
         sources that are files): the registry pins them.
+    locations:
+        The OMOP CDMs the node reads by dataset name (their password-free locations).
     privacy:
         The privacy step, whose plan the check weighs.
     fetcher:
@@ -81,6 +83,7 @@ class PolicyStep:
         *,
         sites: SiteTasks,
         sources: Mapping[str, Path],
+        locations: Mapping[str, str] | None = None,
         privacy: PrivacyStep,
         fetcher: FetchBundle,
     ) -> None:
@@ -89,6 +92,7 @@ class PolicyStep:
         self.audit = audit
         self.sites = sites
         self.sources = sources
+        self.locations: Mapping[str, str] = locations or {}
         self.privacy = privacy
         self.fetcher = fetcher
 
@@ -157,6 +161,7 @@ class PolicyStep:
             dataset=dataset,
             bundle=job.bundle,
             dataset_path=self.sources.get(dataset),
+            dataset_location=self.locations.get(dataset),
             rows=rows,
             metrics=requested_metrics({} if job.metrics is None else {"metrics": job.metrics}),
             secure_aggregation=work.secure,
