@@ -96,8 +96,10 @@ def _doc() -> dict[str, Any]:
 
 def test_toml_spec_parses_with_kinds(gi_bleed: Path) -> None:
     spec = load_study_spec(gi_bleed)
-    assert spec.name == "gi-bleed-nsaid" and spec.source == "omop"
-    assert spec.cohort is not None and spec.cohort.entry_concepts == (1118084, 1124300)
+    assert spec.name == "gi-bleed-nsaid"
+    assert spec.source == "omop"
+    assert spec.cohort is not None
+    assert spec.cohort.entry_concepts == (1118084, 1124300)
     assert spec.outcome_kind == "binary"
     assert dict(spec.covariate_kinds) == {
         "age": "numeric",
@@ -107,17 +109,24 @@ def test_toml_spec_parses_with_kinds(gi_bleed: Path) -> None:
     }
     assert spec.covariates[3].unit_concepts == (9531,)
     age = spec.transform_for("age")
-    assert age is not None and age.winsorise == (0.01, 0.99) and age.impute == "median"
+    assert age is not None
+    assert age.winsorise == (0.01, 0.99)
+    assert age.impute == "median"
     star = spec.transform_for("bmi")
-    assert star is not None and star.standardise is True and star.impute is None
+    assert star is not None
+    assert star.standardise is True
+    assert star.impute is None
 
 
 def test_canonical_json_round_trips_and_digest_is_stable(gi_bleed: Path, tmp_path: Path) -> None:
     spec = load_study_spec(gi_bleed)
     text = spec.to_json()
-    assert " " not in text and json.loads(text)["study"]["name"] == "gi-bleed-nsaid"
+    assert " " not in text
+    assert json.loads(text)["study"]["name"] == "gi-bleed-nsaid"
     again = StudySpec.from_json(text)
-    assert again == spec and again.to_json() == text and again.digest == spec.digest
+    assert again == spec
+    assert again.to_json() == text
+    assert again.digest == spec.digest
     # the same study written as JSON, keys in another order, defaults left out → same digest
     doc = _doc()
     del doc["cohort"]["first_occurrence"], doc["study"]["seed"]
@@ -132,7 +141,8 @@ def test_canonical_json_round_trips_and_digest_is_stable(gi_bleed: Path, tmp_pat
 
 def test_file_spec_parses() -> None:
     spec = StudySpec.from_mapping(FILE_SPEC, where="file.toml")
-    assert spec.columns is not None and spec.columns.id == "patient_id"
+    assert spec.columns is not None
+    assert spec.columns.id == "patient_id"
     assert spec.outcome_kind == "time_to_event"
     assert dict(spec.covariate_kinds) == {
         "age": "numeric",
@@ -172,7 +182,11 @@ _DELETE = object()
         ("study.test_fraction", "0.2", r"test_fraction must be a number"),
         ("study.seed", -1, r"seed must be between 0"),
         ("study.seed", True, r"seed must be an integer"),
-        ("cohort.entry_concepts", [1118084, "1124300) OR 1=1"], r"entry_concepts\[1\] must be an integer"),
+        (
+            "cohort.entry_concepts",
+            [1118084, "1124300) OR 1=1"],
+            r"entry_concepts\[1\] must be an integer",
+        ),
         ("cohort.entry_concepts", [1.5], r"entry_concepts\[0\] must be an integer"),
         ("cohort.entry_concepts", [True], r"entry_concepts\[0\] must be an integer"),
         ("cohort.entry_concepts", [2**40], r"entry_concepts\[0\] must be a concept id in"),
@@ -182,7 +196,11 @@ _DELETE = object()
         ("cohort.prior_observation_days", -1, r"prior_observation_days must be between 0"),
         ("cohort.exclude_domain", _DELETE, r"exclude_domain is required"),
         ("cohort.circe", "cohort.json", r"\[cohort\] circe cohort definitions are not supported"),
-        ("outcome.window_start_days", 400, r"\[outcome\] window_start_days \(400\) must not be after"),
+        (
+            "outcome.window_start_days",
+            400,
+            r"\[outcome\] window_start_days \(400\) must not be after",
+        ),
         ("outcome.window_start_days", -3, r"\[outcome\] window_start_days must be between 0"),
         ("outcome.kind", "count", r"\[outcome\] kind must be one of"),
         ("outcome.label", "y", r"\[outcome\] label is for source = 'file'"),
@@ -191,7 +209,11 @@ _DELETE = object()
         ("covariates.1.name", "a b", r"\[covariates\[1\]\] name must be 1-128"),
         ("covariates.1.kind", "genome", r"\[covariates\[1\]\] kind must be one of"),
         ("covariates.1.concepts", [1], r"\[covariates\[1\]\] concepts does not apply"),
-        ("covariates.2.unit_concepts", [9531], r"unit_concepts applies only to kind = 'measurement'"),
+        (
+            "covariates.2.unit_concepts",
+            [9531],
+            r"unit_concepts applies only to kind = 'measurement'",
+        ),
         ("covariates.3.unit_concepts", ["kg"], r"unit_concepts\[0\] must be an integer"),
         ("covariates.3.size", 3, r"\[covariates\[3\]\] unknown key\(s\): size"),
         ("transforms.weight", {"standardise": True}, r"\[transforms.weight\] names no covariate"),
@@ -207,7 +229,8 @@ def test_bad_omop_specs_give_one_line_errors(path: str, value: object, expected:
     with pytest.raises(ConfigurationError, match=expected) as info:
         StudySpec.from_mapping(doc, where="study.toml")
     message = str(info.value)
-    assert message.startswith("study.toml: ") and "\n" not in message
+    assert message.startswith("study.toml: ")
+    assert "\n" not in message
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from biofed.core import DataError, ParameterSet
+from biofed.core import DataError, ParameterSet, decode_parameters, encode_parameters
 from biofed.data import NumericRequest, NumericStats, SiteSummary, SummaryRequest
 from biofed.data._summary import MAX_CATEGORIES
 
@@ -41,6 +41,8 @@ def test_summary_round_trips_through_a_parameter_set() -> None:
     assert "categorical/sex/female" in arrays
     assert "categorical/site_code/a%2Fb%25c" in arrays  # '/' cannot forge another name
     assert SiteSummary.from_arrays(ParameterSet(arrays)) == summary
+    wire = encode_parameters(ParameterSet(arrays))  # as it travels to the coordinator
+    assert SiteSummary.from_arrays(decode_parameters(wire)) == summary
 
 
 @settings(max_examples=50, deadline=None)

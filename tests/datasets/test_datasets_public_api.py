@@ -5,10 +5,16 @@ import biofed.datasets
 
 def test_public_api() -> None:
     assert biofed.datasets.__all__ == [
+        "EUNOMIA_PERSONS",
         "TCGA_BRCA_REGIONS",
         "TCGA_BRCA_SITES",
+        "copy_cdm",
+        "eunomia_path",
         "flamby_tcga_brca_baselines",
+        "gi_bleed_study",
         "load_tcga_brca",
+        "scale_cdm",
+        "write_eunomia_sites",
     ]
     assert biofed.datasets.__all__ == sorted(biofed.datasets.__all__)
     for name in biofed.datasets.__all__:

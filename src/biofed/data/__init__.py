@@ -11,6 +11,7 @@ from biofed.data._encode import (
     scan_table,
 )
 from biofed.data._extract import ExtractedTable, extract
+from biofed.data._fit import ColumnPlan, PreprocessingFit
 from biofed.data._loaders import TableFormat, TableSchema, describe_table, load_table
 from biofed.data._omop import OmopDatabase, OmopDescription
 from biofed.data._partition import (
@@ -19,6 +20,7 @@ from biofed.data._partition import (
     partition_quantity_skew,
     train_test_split,
 )
+from biofed.data._prep import FittedColumn, Preprocessing, summarise
 from biofed.data._quality import CHECK_NAMES, CheckResult, QualityReport, run_quality_checks
 from biofed.data._quality_file import FileExpectations
 from biofed.data._quality_omop import PLAUSIBLE_RANGES, PlausibleRange
@@ -48,6 +50,7 @@ __all__ = [
     "CheckResult",
     "CohortSpec",
     "ColumnEncoder",
+    "ColumnPlan",
     "ColumnTransform",
     "CovariateSpec",
     "Dataset",
@@ -56,6 +59,7 @@ __all__ = [
     "FederatedDataset",
     "FileColumns",
     "FileExpectations",
+    "FittedColumn",
     "NumericRequest",
     "NumericStats",
     "NumericSummary",
@@ -63,6 +67,8 @@ __all__ = [
     "OmopDescription",
     "OutcomeSpec",
     "PlausibleRange",
+    "Preprocessing",
+    "PreprocessingFit",
     "QualityReport",
     "SiteData",
     "SiteSummary",
@@ -86,6 +92,7 @@ __all__ = [
     "run_quality_checks",
     "scan_table",
     "standardise_sites",
+    "summarise",
     "train_test_split",
     "write_site_files",
 ]

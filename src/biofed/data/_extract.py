@@ -59,16 +59,36 @@ DOMAIN_TABLES: Mapping[str, tuple[str, str, str, str]] = MappingProxyType(
             "condition_start_date",
             "condition_occurrence_id",
         ),
-        "drug": ("drug_exposure", "drug_concept_id", "drug_exposure_start_date", "drug_exposure_id"),
-        "measurement": ("measurement", "measurement_concept_id", "measurement_date", "measurement_id"),
-        "observation": ("observation", "observation_concept_id", "observation_date", "observation_id"),
+        "drug": (
+            "drug_exposure",
+            "drug_concept_id",
+            "drug_exposure_start_date",
+            "drug_exposure_id",
+        ),
+        "measurement": (
+            "measurement",
+            "measurement_concept_id",
+            "measurement_date",
+            "measurement_id",
+        ),
+        "observation": (
+            "observation",
+            "observation_concept_id",
+            "observation_date",
+            "observation_id",
+        ),
         "procedure": (
             "procedure_occurrence",
             "procedure_concept_id",
             "procedure_date",
             "procedure_occurrence_id",
         ),
-        "visit": ("visit_occurrence", "visit_concept_id", "visit_start_date", "visit_occurrence_id"),
+        "visit": (
+            "visit_occurrence",
+            "visit_concept_id",
+            "visit_start_date",
+            "visit_occurrence_id",
+        ),
     }
 )
 MALE, FEMALE = 8507, 8532
@@ -224,7 +244,8 @@ def compile_omop(spec: StudySpec, *, has_death: bool = True) -> tuple[str, list[
         raise ConfigurationError(f"study {spec.name!r} is not an OMOP study")
     outcome = spec.outcome
     assert outcome.domain is not None
-    assert outcome.window_start_days is not None and outcome.window_end_days is not None
+    assert outcome.window_start_days is not None
+    assert outcome.window_end_days is not None
     sql = _Sql()
     sql.add("WITH ")
     _concept_set(sql, "cs_entry", cohort.entry_concepts)
@@ -346,7 +367,8 @@ def compile_omop(spec: StudySpec, *, has_death: bool = True) -> tuple[str, list[
 def _covariate(sql: _Sql, i: int, cov: CovariateSpec) -> None:
     if not cov.concepts:
         return
-    assert cov.window_start_days is not None and cov.window_end_days is not None
+    assert cov.window_start_days is not None
+    assert cov.window_end_days is not None
     table, concept, date, row_id = DOMAIN_TABLES[cov.kind]
     window = (
         f"JOIN {table} AS x ON x.person_id = c.person_id "
@@ -356,15 +378,13 @@ def _covariate(sql: _Sql, i: int, cov: CovariateSpec) -> None:
     )
     start, end = cov.window_start_days, cov.window_end_days
     if cov.kind != "measurement":
-        sql.add(
-            f",\nv{i} AS (SELECT DISTINCT c.person_id FROM cohort AS c {window})", start, end
-        )
+        sql.add(f",\nv{i} AS (SELECT DISTINCT c.person_id FROM cohort AS c {window})", start, end)
         return
     sql.add(
         f",\nv{i} AS (SELECT person_id, value FROM (SELECT c.person_id, "
-        f"CAST(x.value_as_number AS DOUBLE PRECISION) AS value, ROW_NUMBER() OVER (PARTITION BY c.person_id "
-        f"ORDER BY x.{date} DESC, x.{row_id} DESC) AS rn FROM cohort AS c {window} "
-        f"AND x.value_as_number IS NOT NULL",
+        "CAST(x.value_as_number AS DOUBLE PRECISION) AS value, "
+        f"ROW_NUMBER() OVER (PARTITION BY c.person_id ORDER BY x.{date} DESC, "
+        f"x.{row_id} DESC) AS rn FROM cohort AS c {window} AND x.value_as_number IS NOT NULL",
         start,
         end,
     )
@@ -374,7 +394,8 @@ def _covariate(sql: _Sql, i: int, cov: CovariateSpec) -> None:
 
 
 def _required_tables(spec: StudySpec) -> list[str]:
-    assert spec.cohort is not None and spec.outcome.domain is not None
+    assert spec.cohort is not None
+    assert spec.outcome.domain is not None
     domains = [spec.cohort.entry_domain, spec.outcome.domain]
     if spec.cohort.exclude_domain is not None:
         domains.append(spec.cohort.exclude_domain)
@@ -396,12 +417,15 @@ def _float_column(values: pa.Array | pa.ChunkedArray) -> Array:
 
 def _extract_omop(spec: StudySpec, db: OmopDatabase, name: str) -> ExtractedTable:
     db.require_tables(_required_tables(spec))
-    has_death = "death" in db.tables()
+    # Some CDMs (Eunomia among them) ship a placeholder death table without its columns.
+    has_death = {"person_id", "death_date"} <= db.columns("death")
     text, params, roles = compile_omop(spec, has_death=has_death)
     table = db.query(text, params)
     cols = dict(zip(roles, table.columns, strict=True))
     ids = np.array(_float_column(cols["person_id"]), dtype=np.int64)
-    targets = {key: _float_column(cols[key]) for key in ("label", "time", "event") if key in cols}
+    targets: dict[str, Array] = {
+        key: _float_column(cols[key]) for key in ("label", "time", "event") if key in cols
+    }
     kinds = dict(spec.covariate_kinds)
     columns: dict[str, Array] = {}
     for i, cov in enumerate(spec.covariates):
@@ -451,7 +475,9 @@ def _extract_file(spec: StudySpec, path: str | PathLike[str], name: str) -> Extr
     if columns_spec.id is not None:
         id_col = table.column(columns_spec.id)
         if not pa.types.is_integer(id_col.type) or id_col.null_count:
-            raise DataError(f"{p.name}: id column {columns_spec.id!r} must hold integers, no blanks")
+            raise DataError(
+                f"{p.name}: id column {columns_spec.id!r} must hold integers, no blanks"
+            )
         ids = np.asarray(pc.cast(id_col, pa.int64()).to_numpy(), dtype=np.int64)
         if len(np.unique(ids)) != n:
             raise DataError(f"{p.name}: id column {columns_spec.id!r} holds duplicate ids")
@@ -466,8 +492,12 @@ def _extract_file(spec: StudySpec, path: str | PathLike[str], name: str) -> Extr
                 [None if v is None else str(v) for v in raw.to_pylist()], dtype=object
             )
             continue
-        if not (pa.types.is_integer(raw.type) or pa.types.is_floating(raw.type)
-                or pa.types.is_boolean(raw.type) or pa.types.is_null(raw.type)):
+        if not (
+            pa.types.is_integer(raw.type)
+            or pa.types.is_floating(raw.type)
+            or pa.types.is_boolean(raw.type)
+            or pa.types.is_null(raw.type)
+        ):
             raise DataError(
                 f"{p.name}: feature column {feature!r} holds {raw.type}, not numbers; list it "
                 "in [columns] categorical"
@@ -487,8 +517,11 @@ def _extract_file(spec: StudySpec, path: str | PathLike[str], name: str) -> Extr
     for key, column in target_columns.items():
         assert column is not None
         raw = table.column(column)
-        if not (pa.types.is_integer(raw.type) or pa.types.is_floating(raw.type)
-                or pa.types.is_boolean(raw.type)):
+        if not (
+            pa.types.is_integer(raw.type)
+            or pa.types.is_floating(raw.type)
+            or pa.types.is_boolean(raw.type)
+        ):
             raise DataError(f"{p.name}: {key} column {column!r} must be numeric, got {raw.type}")
         values = _float_column(raw)
         if np.isnan(values).any() or not np.isfinite(values).all():
@@ -499,7 +532,9 @@ def _extract_file(spec: StudySpec, path: str | PathLike[str], name: str) -> Extr
             raise DataError(f"{p.name}: time column {column!r} has negative values")
         targets[key] = values
     if columns_spec.split is not None:
-        split = [None if v is None else str(v) for v in table.column(columns_spec.split).to_pylist()]
+        split = [
+            None if v is None else str(v) for v in table.column(columns_spec.split).to_pylist()
+        ]
         other = sorted({str(v) for v in split} - {"train", "test"})
         if other:
             raise DataError(

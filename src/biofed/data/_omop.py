@@ -155,6 +155,7 @@ class OmopDatabase:
             raise ConfigurationError(f"no OMOP CDM database at {path!r}")
         try:
             conn = duckdb.connect(str(p), read_only=True)
+            conn.execute("SET enable_progress_bar = false")
             if schema is not None:
                 conn.execute(f'SET search_path = "{schema}"')  # checked identifier
         except duckdb.Error as exc:
@@ -169,7 +170,11 @@ class OmopDatabase:
             engine = sa.create_engine(url)
             conn = engine.connect()
         except (sa.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-            safe = sa.engine.make_url(url).render_as_string(hide_password=True) if "://" in url else url
+            safe = (
+                sa.engine.make_url(url).render_as_string(hide_password=True)
+                if "://" in url
+                else url
+            )
             raise ConfigurationError(f"cannot open OMOP database {safe}: {_line(exc)}") from None
         dialect = engine.dialect.name
         try:
@@ -179,7 +184,9 @@ class OmopDatabase:
                     conn.exec_driver_sql(f'SET search_path TO "{schema}"')
             elif schema is not None:
                 conn.close()
-                raise ConfigurationError(f"schema= is supported for DuckDB and PostgreSQL, not {dialect}")
+                raise ConfigurationError(
+                    f"schema= is supported for DuckDB and PostgreSQL, not {dialect}"
+                )
         except sa.exc.SQLAlchemyError as exc:
             conn.close()
             raise ConfigurationError(f"cannot set up OMOP connection: {_line(exc)}") from None
@@ -221,9 +228,11 @@ class OmopDatabase:
             import duckdb
 
             try:
-                result = self._duck.execute(sql, list(params))
-                fetch = getattr(result, "to_arrow_table", None) or result.fetch_arrow_table
-                table: pa.Table = fetch()  # DuckDB ≥ 2 renamed fetch_arrow_table
+                relation = self._duck.sql(sql, params=list(params))
+                if relation is None:  # a statement with no result (e.g. SET)
+                    return pa.table({})
+                fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
+                table: pa.Table = fetch()  # DuckDB ≥ 2 names it to_arrow_table
                 return table
             except duckdb.Error as exc:
                 raise DataError(f"OMOP query failed: {_line(exc)}") from None
@@ -234,7 +243,9 @@ class OmopDatabase:
         names = [f"p{i}" for i in range(len(params))]
         parts = sql.split("?")
         if len(parts) != len(params) + 1:
-            raise DataError(f"OMOP query has {len(parts) - 1} placeholders for {len(params)} values")
+            raise DataError(
+                f"OMOP query has {len(parts) - 1} placeholders for {len(params)} values"
+            )
         text = parts[0] + "".join(f":{n}{rest}" for n, rest in zip(names, parts[1:], strict=True))
         try:
             result = self._sa.execute(sa.text(text), dict(zip(names, params, strict=True)))
@@ -264,6 +275,13 @@ class OmopDatabase:
             known = set(CLINICAL_TABLES) | set(VOCABULARY_TABLES)
             self._tables = frozenset(names & known)
         return self._tables
+
+    def columns(self, table: str) -> frozenset[str]:
+        """Lower-cased column names of OMOP table ``table`` (empty if it is absent)."""
+        if table not in self.tables():
+            return frozenset()
+        got = self.query(f"SELECT * FROM {table} WHERE 1 = 0")  # name from the fixed list
+        return frozenset(n.lower() for n in got.column_names)
 
     def require_tables(self, names: Sequence[str]) -> None:
         """Raise DataError naming the first of ``names`` (OMOP tables) that is missing."""

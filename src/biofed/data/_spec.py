@@ -162,7 +162,9 @@ class _Section:
             if isinstance(item, bool) or not isinstance(item, int):
                 raise self.error(f"{key}[{i}] must be an integer concept id, got {item!r}")
             if not 0 < item <= _MAX_CONCEPT:
-                raise self.error(f"{key}[{i}] must be a concept id in 1..{_MAX_CONCEPT}, got {item}")
+                raise self.error(
+                    f"{key}[{i}] must be a concept id in 1..{_MAX_CONCEPT}, got {item}"
+                )
             out.append(item)
         return tuple(sorted(set(out)))
 
@@ -320,9 +322,7 @@ class StudySpec:
     cohort: CohortSpec | None = None
     covariates: tuple[CovariateSpec, ...] = ()
     columns: FileColumns | None = None
-    transforms: Mapping[str, ColumnTransform] = field(
-        default_factory=lambda: MappingProxyType({})
-    )
+    transforms: Mapping[str, ColumnTransform] = field(default_factory=lambda: MappingProxyType({}))
 
     # -- parsing -------------------------------------------------------------------------
     @classmethod
@@ -369,9 +369,7 @@ class StudySpec:
             if columns_data is None:
                 raise _fail(where, "", "[columns] is required for source = 'file'")
             outcome = _file_outcome(_Section(outcome_data, where=where, section="outcome"))
-            columns = _file_columns(
-                _Section(columns_data, where=where, section="columns"), outcome
-            )
+            columns = _file_columns(_Section(columns_data, where=where, section="columns"), outcome)
             names = list(columns.features)
         transforms = _transforms(transforms_data, names, where=where)
         return cls(
@@ -497,7 +495,9 @@ def _cohort(sec: _Section) -> CohortSpec:
     if exclude_domain is not None and not exclude:
         raise sec.error("exclude_concepts is required when exclude_domain is given")
     sec.done()
-    assert first is not None and prior is not None and window is not None
+    assert first is not None
+    assert prior is not None
+    assert window is not None
     return CohortSpec(
         entry_concepts=entry,
         entry_domain=domain,
@@ -625,9 +625,7 @@ def _file_columns(sec: _Section, outcome: OutcomeSpec) -> FileColumns:
     )
 
 
-def _transforms(
-    data: object, names: Sequence[str], *, where: str
-) -> dict[str, ColumnTransform]:
+def _transforms(data: object, names: Sequence[str], *, where: str) -> dict[str, ColumnTransform]:
     if data is None:
         return {}
     if not isinstance(data, Mapping):
