@@ -81,7 +81,8 @@ def test_a_study_job_trains_over_grpc_and_its_result_holds_the_preprocessing(
 
     result = client.download_result(run_id)
     fitted = Preprocessing.from_json(decode_metadata(result)["preprocessing"])
-    assert fitted.feature_names[:1] == ("age_at_index",) and len(fitted.feature_names) >= 2
+    assert fitted.feature_names[:1] == ("age_at_index",)
+    assert len(fitted.feature_names) >= 2
     model = decode_parameters(result)
     expected = parameter_spec("cox_ph", num_features=len(fitted.feature_names))
     expected.validate(model)  # the model's layout is the fitted preprocessing's width
@@ -125,5 +126,7 @@ def test_a_gi_bleed_study_trains_over_grpc_from_each_sites_omop_cdm(
     assert status == "finished", format_events(events)
     final = [e for e in events if e.kind == "round_completed"][-1]
     assert "roc_auc" in final.message, format_events(events)
-    fitted = Preprocessing.from_json(decode_metadata(client.download_result(run_id))["preprocessing"])
+    fitted = Preprocessing.from_json(
+        decode_metadata(client.download_result(run_id))["preprocessing"]
+    )
     assert "age" in fitted.feature_names

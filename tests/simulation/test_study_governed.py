@@ -1,7 +1,8 @@
-"""The preprocessing phase at governed sites: a summary request goes through the same chain as
-a training round — the policy checks the agreement approves the study spec, output control
-lets only the summary's arrays out, the audit log records what left, and the privacy step
-debits nothing for it."""
+"""The preprocessing phase at governed sites (the GI-bleed study on Eunomia CDMs, and a file
+study on raw ward tables): a summary request goes through the same chain as a training
+round — the policy checks the agreement approves the study spec, output control lets only
+the summary's arrays out, the audit log records what left, and the privacy step debits
+nothing for it."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from biofed.coordinator import (
 )
 from biofed.core import NodeInfo
 from biofed.data import load_study_spec
+from biofed.datasets import gi_bleed_study, write_eunomia_sites
 from biofed.governance import (
     OutputPolicy,
     Party,
@@ -95,7 +97,7 @@ def _agreement(bundle: str, studies: tuple[str, ...]) -> SignedAgreement:
             consortium="real-consortium",
             coordinator=party("the-coordinator", "coordinator"),
             parties=(*(party(s, "site") for s in SITES), party("researcher", "researcher")),
-            datasets=dict.fromkeys(SITES, "wards"),
+            datasets=dict.fromkeys(SITES, "data"),
             approved_bundles=(bundle,),
             approved_studies=studies,
             outputs=OutputPolicy(metrics=("roc_auc", "accuracy"), per_site_metrics=True),
@@ -117,13 +119,33 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     (root / "task" / "task.py").write_text(TASK_PY, encoding="utf-8")
     bundle = pack_bundle(root / "task", root / "task.zip").digest
     (root / "study.toml").write_text(SPEC, encoding="utf-8")
-    digest = load_study_spec(root / "study.toml").digest
-    write_agreement(root / "approved.toml", _agreement(bundle, (digest,)))
+    (root / "study.json").write_text(gi_bleed_study().to_json(), encoding="utf-8")
+    digests = {
+        "file": load_study_spec(root / "study.toml").digest,
+        "omop": load_study_spec(root / "study.json").digest,
+    }
+    write_agreement(root / "approved.toml", _agreement(bundle, tuple(digests.values())))
     write_agreement(root / "unapproved.toml", _agreement(bundle, ("f" * 64,)))
     data = root / "data"
     data.mkdir()
-    files = {site: _site_file(data, i) for i, site in enumerate(SITES)}
-    return {"root": root, "bundle": bundle, "files": files, "digest": digest}
+    cdms = write_eunomia_sites(root / "cdm", len(SITES))
+    sources = {
+        "file": {site: _site_file(data, i) for i, site in enumerate(SITES)},
+        "omop": dict(zip(SITES, cdms.values(), strict=True)),
+    }
+    return {"root": root, "bundle": bundle, "sources": sources, "digests": digests}
+
+
+def _with(setup: dict[str, Any], kind: str) -> dict[str, Any]:
+    """The setup of one kind of study source: "file" (ward tables) or "omop" (Eunomia CDMs
+    and the GI-bleed study)."""
+    spec = "study.toml" if kind == "file" else "study.json"
+    return {
+        **setup,
+        "files": setup["sources"][kind],
+        "digest": setup["digests"][kind],
+        "spec": spec,
+    }
 
 
 def _job(setup: dict[str, Any], rounds: int = 2) -> JobSpec:
@@ -131,7 +153,7 @@ def _job(setup: dict[str, Any], rounds: int = 2) -> JobSpec:
         {
             "run": {
                 "name": "ward-study",
-                "dataset": "wards",
+                "dataset": "data",
                 "rounds": rounds,
                 "seed": 3,
                 "min_nodes": 3,
@@ -139,11 +161,16 @@ def _job(setup: dict[str, Any], rounds: int = 2) -> JobSpec:
                 "agreement": "ward-study",
                 "bundle": setup["bundle"],
             },
-            "study": {"spec": "study.toml"},
+            "study": {"spec": setup.get("spec", "study.toml")},
             "task": {"name": "logistic_regression"},
             "train": {"local_steps": 5, "batch_size": 16, "learning_rate": 0.2},
             "evaluate": {"split": "test", "metrics": "roc_auc"},
-            "privacy": {"mode": "client", "delta": 1e-5, "target_epsilon": 4.0, "noise": "distributed"},
+            "privacy": {
+                "mode": "client",
+                "delta": 1e-5,
+                "target_epsilon": 4.0,
+                "noise": "distributed",
+            },
         },
         base=setup["root"],
     )
@@ -155,7 +182,7 @@ def _governed_run(setup: dict[str, Any], agreement: str, workdir: Path) -> tuple
     job = _job(setup)
     rehearsal = Rehearsal.load(setup["root"] / agreement, setup["root"] / "task.zip")
     recipes = site_recipes(
-        setup["files"], "wards", workdir=workdir, needs_kits=False, rehearsal=rehearsal
+        setup["files"], "data", workdir=workdir, needs_kits=False, rehearsal=rehearsal
     )
     apps = {r.node_id: build_node(r) for r in recipes}
     info = {s: NodeInfo(node_id=s) for s in SITES}
@@ -189,10 +216,12 @@ def _audit(workdir: Path, site: str) -> list[tuple[str, dict[str, Any]]]:
     return [(e["event"], e["data"]) for e in entries]
 
 
+@pytest.mark.parametrize("kind", ["omop", "file"])
 def test_governed_sites_summarise_through_their_chain_without_a_debit(
-    setup: dict[str, Any], tmp_path: Path
+    setup: dict[str, Any], tmp_path: Path, kind: str
 ) -> None:
-    engine, result = _governed_run(setup, "approved.toml", tmp_path)
+    setup = _with(setup, kind)
+    _engine, result = _governed_run(setup, "approved.toml", tmp_path)
     assert not isinstance(result, Exception), result
     assert [r.failed for r in result.history] == [None, None], _shown(result.events)
     assert any(e.kind == PREPROCESSING_EVENT for e in result.events)
@@ -202,12 +231,14 @@ def test_governed_sites_summarise_through_their_chain_without_a_debit(
         summarised = [(e, d) for e, d in audit if d.get("kind") == "summarise"]
         accepted = [d for e, d in summarised if e == "job.accepted"]
         sent = [d for e, d in summarised if e == "round.sent"]
-        assert accepted and len(accepted) == len(sent), audit
+        assert accepted, audit
+        assert len(accepted) == len(sent), audit
         assert all(d["study_sha256"] == setup["digest"] for d in accepted)
         assert all(d["metrics"] == [] and d["bytes"] > 0 for d in sent)
         # the ledger debits the two training rounds, never a summary
         debits = [d for e, d in audit if e.startswith("budget.") and "round" in d]
-        assert {d["round"] for d in debits} <= {1, 2} and debits, audit
+        assert debits, audit
+        assert {d["round"] for d in debits} <= {1, 2}, audit
         assert not any(d.get("kind") == "summarise" for e, d in audit if e.startswith("budget."))
         trained = [d for e, d in audit if e == "round.sent" and d.get("kind") == "train"]
         assert len(trained) == 2
@@ -217,13 +248,16 @@ def test_governed_sites_summarise_through_their_chain_without_a_debit(
 def test_a_study_the_agreement_does_not_list_is_refused_at_every_site(
     setup: dict[str, Any], tmp_path: Path
 ) -> None:
-    engine, failure = _governed_run(setup, "unapproved.toml", tmp_path)
+    setup = _with(setup, "omop")
+    _engine, failure = _governed_run(setup, "unapproved.toml", tmp_path)
     assert isinstance(failure, PreprocessingFailed)
     message = str(failure)
-    assert "0 of 3 sites answered pass 1" in message and "approved_studies" in message
+    assert "0 of 3 sites answered pass 1" in message
+    assert "approved_studies" in message
     for site in SITES:
         refused = [d for e, d in _audit(tmp_path, site) if e == "job.refused"]
-        assert len(refused) == 1 and refused[0]["kind"] == "summarise"
+        assert len(refused) == 1
+        assert refused[0]["kind"] == "summarise"
         assert "approved_studies" in refused[0]["rule"]
         assert not any(e == "round.sent" for e, _ in _audit(tmp_path, site))
     # the same through simulate(): the run fails with one clear line

@@ -113,7 +113,8 @@ def test_a_gi_bleed_study_trains_from_raw_omop_through_the_preprocessing_phase(
     cdms: dict[str, Path], spec_file: Path
 ) -> None:
     job = study_job(spec_file)
-    assert job.study is not None and "num_features" not in job.task_options
+    assert job.study is not None
+    assert "num_features" not in job.task_options
     report = simulate(dict(cdms), job=job)
 
     assert report.preprocessing is not None
@@ -210,9 +211,11 @@ def test_a_hostile_summary_reply_is_rejected_and_the_run_goes_on(
     assert [e.node_id for e in rejected][:1] == ["site-2"], result.events
     assert "summary" in rejected[0].message
     kinds = [e.kind for e in result.events]
-    assert PREPROCESSING_EVENT in kinds and SUMMARIES_EVENT in kinds
+    assert PREPROCESSING_EVENT in kinds
+    assert SUMMARIES_EVENT in kinds
     summaries = next(e for e in result.events if e.kind == SUMMARIES_EVENT)
-    assert '"site-2"' not in summaries.message and '"site-0"' in summaries.message
+    assert '"site-2"' not in summaries.message
+    assert '"site-0"' in summaries.message
     assert result.history[0].failed is None
     assert result.preprocessing == fitted.to_json()
 
@@ -241,7 +244,8 @@ def test_too_few_summaries_fail_the_run_with_the_sites_reasons(
             engine.run(ParameterSet({}))
     message = str(caught.value)
     assert "2 of 3 sites answered pass 1, the run needs 3" in message
-    assert "site-1" in message and "\n" not in message
+    assert "site-1" in message
+    assert "\n" not in message
 
 
 def test_a_study_job_needs_study_sources_and_num_features_must_match(
@@ -265,7 +269,8 @@ def test_the_spec_travels_in_the_job_as_canonical_json_with_its_digest(spec_file
     mapping = job.to_mapping()
     assert mapping["study"] == {"spec_json": job.study.to_json(), "digest": job.study.digest}
     section = job.job_section()
-    assert section.study is not None and section.study.digest == job.study.digest
+    assert section.study is not None
+    assert section.study.digest == job.study.digest
     assert StudySpec.from_json(section.study.spec) == job.study
     tampered = {**mapping, "study": {**mapping["study"], "digest": "0" * 64}}
     with pytest.raises(ConfigurationError, match=r"\[study\] digest is 0+, but the spec's"):

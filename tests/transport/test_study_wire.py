@@ -66,8 +66,10 @@ def _blobs(header, payload):  # type: ignore[no-untyped-def]
 def test_the_sections_travel_as_flat_keys_and_come_back() -> None:
     inst = _study_instruction()
     flat = flat_sections(inst.job, inst.directives)
-    assert flat[STUDY_SPEC_KEY] == SPEC and flat[STUDY_DIGEST_KEY] == DIGEST
-    assert flat[PREPROCESSING_KEY] == PREP and flat[SUMMARY_REQUEST_KEY] == REQUEST
+    assert flat[STUDY_SPEC_KEY] == SPEC
+    assert flat[STUDY_DIGEST_KEY] == DIGEST
+    assert flat[PREPROCESSING_KEY] == PREP
+    assert flat[SUMMARY_REQUEST_KEY] == REQUEST
     job, directives, task = split_flat({**flat, "seed": 3})
     assert JobSection(**job) == inst.job
     assert RoundDirectives(**directives) == inst.directives
@@ -80,14 +82,16 @@ def test_a_summarise_instruction_and_its_reply_cross_the_grpc_codec() -> None:
     header = instruction_header(inst, "t", payload)
     back = instruction_from_wire(header, _blobs(header, payload), "a", max_bytes=10**6)
     assert back.kind is MessageKind.SUMMARISE
-    assert back.job == inst.job and back.directives == inst.directives
+    assert back.job == inst.job
+    assert back.directives == inst.directives
     assert len(back.parameters) == 0
     summary = ParameterSet({"records": np.array(40, np.int64), "numeric/age/mean": [61.5]})
     reply = Reply.answering(back, parameters=summary, num_examples=40)
     payload = pack(reply.parameters, {})
     header2 = reply_header(reply, "t", payload)
     got = reply_from_wire(header2, _blobs(header2, payload), "a", max_bytes=10**6)
-    assert got.kind is MessageKind.SUMMARISE and got.parameters == summary
+    assert got.kind is MessageKind.SUMMARISE
+    assert got.parameters == summary
 
 
 @pytest.mark.parametrize(

@@ -532,9 +532,7 @@ def check_job(data: object, errors: list[str]) -> dict[str, dict[str, Scalar]]:
     # With a [study], the feature count is known once the preprocessing is fitted: a task
     # that leaves it out is checked with a stand-in that is dropped again.
     task_raw = data.get("task")
-    stand_in = (
-        "study" in data and isinstance(task_raw, Mapping) and STUDY_SETS not in task_raw
-    )
+    stand_in = "study" in data and isinstance(task_raw, Mapping) and STUDY_SETS not in task_raw
     if stand_in:
         assert isinstance(task_raw, Mapping)
         data = {**data, "task": {**task_raw, STUDY_SETS: 1}}

@@ -24,6 +24,7 @@ accepted, so one fit never mixes cohorts.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -42,7 +43,7 @@ from biofed.core import (
     Scalar,
 )
 from biofed.core.sections import SUMMARY_REQUEST_KEY
-from biofed.data import PreprocessingFit, Preprocessing, SiteSummary, StudySpec, SummaryRequest
+from biofed.data import Preprocessing, PreprocessingFit, SiteSummary, StudySpec, SummaryRequest
 from biofed.strategies import NodePlan
 
 #: Run-event kind holding the fitted preprocessing's JSON (resumed runs reuse it).
@@ -153,6 +154,10 @@ def _answers(summary: SiteSummary, request: SummaryRequest) -> None:
             raise ProtocolError(f"summary reply's histogram of {name!r} is not on the asked edges")
 
 
+def _accept(summaries: dict[str, SiteSummary], request: SummaryRequest, reply: Reply) -> None:
+    summaries[reply.node_id] = check_summary(reply, request)
+
+
 def _why(events: Sequence[RunEvent], first: int) -> str:
     reasons = [
         f"{e.node_id}: {e.message}"
@@ -188,19 +193,15 @@ def run_preprocessing(
     """
     fit = PreprocessingFit.start(spec)
     asked = list(nodes)
-    summaries: dict[str, SiteSummary] = {}
     for pass_no in range(1, MAX_PASSES + 1):
         if fit.done:
             return fit.result(), fit.last_summaries
         request = fit.request()
         text = request.to_json()
         plans = [NodePlan(node_id=n, config={SUMMARY_REQUEST_KEY: text}) for n in asked]
-        summaries = {}
+        summaries: dict[str, SiteSummary] = {}
         first = len(events)
-
-        def accept(reply: Reply, request: SummaryRequest = request) -> None:
-            summaries[reply.node_id] = check_summary(reply, request)
-
+        accept = functools.partial(_accept, summaries, request)
         exchange.exchange(pass_no, MessageKind.SUMMARISE, _EMPTY, plans, accept)
         if len(summaries) < min_replies:
             why = _why(events, first)

@@ -121,7 +121,9 @@ def _document(value: object, what: str) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise ConfigurationError(f"instruction {what} must be JSON text, got {type(value).__name__}")
+        raise ConfigurationError(
+            f"instruction {what} must be JSON text, got {type(value).__name__}"
+        )
     if len(value) > MAX_DOCUMENT_CHARS:
         raise ConfigurationError(
             f"instruction {what} is longer than {MAX_DOCUMENT_CHARS} characters"

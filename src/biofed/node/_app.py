@@ -67,7 +67,6 @@ from biofed.node._step_privacy import PrivacyStep
 from biofed.node._step_secure import SecureAggregationStep
 from biofed.node._step_task import RunTask
 
-
 #: File suffixes of an in-memory study source that is an OMOP CDM (a DuckDB file).
 OMOP_SUFFIXES = (".duckdb", ".db")
 

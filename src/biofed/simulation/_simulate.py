@@ -356,7 +356,8 @@ def _prepared(
 ) -> FederatedDataset:
     """Each site's study table, extracted and prepared as the site did (for the report's
     evaluation and baselines: the simulation holds every site's source)."""
-    assert job.study is not None and not isinstance(sources, FederatedDataset)
+    assert job.study is not None
+    assert not isinstance(sources, FederatedDataset)
     sites = {}
     for site, source in sources.items():
         if not isinstance(source, str | os.PathLike):
