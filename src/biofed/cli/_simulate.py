@@ -404,7 +404,9 @@ def simulate_command(
                 bundle=bundle,
             )
     except BiofedError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")  # "[study]" is text, not markup
         raise typer.Exit(code=2) from exc
     if format == "json":
         print(json.dumps(report.to_dict()))
