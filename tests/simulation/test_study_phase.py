@@ -277,3 +277,22 @@ def test_the_spec_travels_in_the_job_as_canonical_json_with_its_digest(spec_file
         JobSpec.from_mapping(tampered)
     with pytest.raises(ConfigurationError, match=r"\[study\]"):
         JobSpec.from_mapping({**mapping, "study": {"spec": str(spec_file.parent / "nope.toml")}})
+
+
+def test_the_phase_waits_for_no_one_it_needs_min_nodes_sites(
+    cdms: dict[str, Path], spec_file: Path
+) -> None:
+    job = study_job(spec_file)
+    apps = {s: NodeApp(s, NodeConfig(datasets={}), data={"cdm": f}) for s, f in cdms.items()}
+    info = {s: NodeInfo(node_id=s) for s in SITES}
+    with InMemoryTransport({s: a.handle for s, a in apps.items()}, info=info) as transport:
+        transport.set_online("site-1", False)
+        engine = RoundEngine(
+            job.build_strategy(),
+            transport,
+            job.engine_config(deadline=False),
+            run_id="short",
+            job=job.job_section(),
+        )
+        with pytest.raises(PreprocessingFailed, match="2 nodes available, the run needs 3"):
+            engine.preprocess()

@@ -36,6 +36,7 @@ from biofed.coordinator._exchange import (
 from biofed.coordinator._preprocess import (
     PREPROCESSING_EVENT,
     SUMMARIES_EVENT,
+    PreprocessingFailed,
     fitted_task_options,
     run_preprocessing,
     summaries_json,
@@ -264,6 +265,11 @@ class RoundEngine:
         if fitted is None:
             self.exchange.check_cancel()
             nodes = list(self.transport.available_nodes())
+            if len(nodes) < self.config.min_nodes:
+                raise PreprocessingFailed(
+                    f"preprocessing: {len(nodes)} nodes available, the run needs "
+                    f"{self.config.min_nodes}"
+                )
             self.exchange.start_round(nodes)
             fitted, summaries = run_preprocessing(
                 self.exchange,
