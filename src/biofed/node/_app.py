@@ -28,6 +28,7 @@ node's chain is the same without the policy, output-control and audit steps.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -59,7 +60,7 @@ from biofed.node._privacy import SitePrivacy
 from biofed.node._runtime import SiteNode
 from biofed.node._sandbox import audit_sandbox_opt_out
 from biofed.node._secure import SecureSessions
-from biofed.node._sites import SiteTasks, StudySource
+from biofed.node._sites import SiteTasks, SourceOrOpener, StudySource
 from biofed.node._step_audit import AuditStep, record
 from biofed.node._step_control import OutputControlStep
 from biofed.node._step_policy import PolicyStep
@@ -71,9 +72,10 @@ from biofed.node._step_task import RunTask
 OMOP_SUFFIXES = (".duckdb", ".db")
 
 
-def _omop_source(source: DatasetSource) -> StudySource:
-    """A ``node.toml`` OMOP dataset as a study source: its location (with the password from
-    ``password_env``, read at node start), opened with its schema when it names one."""
+def _open_omop(source: DatasetSource) -> StudySource:
+    """A ``node.toml`` OMOP dataset as a study source, when a study first reads it: its
+    location with the password from ``password_env``, opened with its schema when it names
+    one (a missing password refuses that study, not the node's start)."""
     assert source.omop is not None
     url = omop_connect_url(source.omop, source.password_env, os.environ)
     return url if source.schema is None else OmopDatabase.open(url, schema=source.schema)
@@ -127,7 +129,7 @@ class NodeApp:
         self.node_id = check_id(node_id, what="node id")
         self.data: dict[str, SiteData] = {}
         #: Study sources by dataset name (compiled by a job's study spec).
-        self.sources: dict[str, StudySource] = {}
+        self.sources: dict[str, SourceOrOpener] = {}
         #: The local file each dataset is read from (the registry pins it).
         self.files: dict[str, Path] = {}
         #: The OMOP CDM each dataset is read from (password-free location; registry pins it).
@@ -153,7 +155,7 @@ class NodeApp:
         for name, source in config.datasets.items():
             if source.omop is not None:  # compiled per study from its spec, not loaded whole
                 self.locations[name] = source.omop
-                self.sources[name] = _omop_source(source)
+                self.sources[name] = functools.partial(_open_omop, source)
                 continue
             assert source.path is not None
             self.files[name] = source.path

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Union
 
@@ -45,6 +45,8 @@ from biofed.tasks import BUILTIN_TASKS, Task, make_task
 #: Where a study spec is compiled: an OMOP CDM (an open database, its URL or DuckDB file) or a
 #: data file.
 StudySource = Union[OmopDatabase, str, "os.PathLike[str]"]
+#: A study source, or what opens it when a study first reads it (a CDM behind a password).
+SourceOrOpener = Union[StudySource, Callable[[], StudySource]]
 #: The disclosure threshold of a summary on a site without governance (counts below it are
 #: suppressed); a governed site uses its agreement's and dataset's minimum cohort.
 DEFAULT_MIN_CELL = 10
@@ -75,11 +77,11 @@ class SiteTasks:
         task_dirs: tuple[Path, ...] | list[Path],
         *,
         allow_weaker: Iterable[str],
-        sources: Mapping[str, StudySource] | None = None,
+        sources: Mapping[str, SourceOrOpener] | None = None,
     ) -> None:
         self.node_id = node_id
         self.data = data
-        self.sources: Mapping[str, StudySource] = dict(sources or {})
+        self.sources: Mapping[str, SourceOrOpener] = dict(sources or {})
         self.task_dirs = task_dirs
         self.allow_weaker = frozenset(allow_weaker)
         self.nodes: dict[tuple[Any, ...], SiteNode] = {}
@@ -126,7 +128,10 @@ class SiteTasks:
             if key not in self._tables:
                 try:
                     spec = StudySpec.from_json(study.spec)
-                    self._tables[key] = extract(spec, self.sources[dataset])
+                    source = self.sources[dataset]
+                    if callable(source):
+                        source = source()
+                    self._tables[key] = extract(spec, source)
                 except BiofedError as exc:
                     raise PolicyViolation(
                         f"dataset {dataset!r}: the study cannot be compiled here: {exc}"
