@@ -224,6 +224,7 @@ def test_governed_sites_summarise_through_their_chain_without_a_debit(
     _engine, result = _governed_run(setup, "approved.toml", tmp_path)
     assert not isinstance(result, Exception), result
     assert [r.failed for r in result.history] == [None, None], _shown(result.events)
+    assert 0.0 <= result.history[-1].eval_metrics["roc_auc"] <= 1.0  # the test metric
     assert any(e.kind == PREPROCESSING_EVENT for e in result.events)
     passes = {e.round for e in result.events if e.kind == PREPROCESSING_EVENT} or {0}
     for site in SITES:
