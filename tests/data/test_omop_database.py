@@ -73,6 +73,11 @@ def test_connection_is_read_only_and_file_untouched() -> None:
             with pytest.raises(DataError, match="read-only"):
                 db.query(sql)
         assert db.query("SELECT count(*) AS n FROM person WHERE person_id = ?", [6]).num_rows == 1
+        # nor can any query read files beside the CDM, or switch that back on
+        with pytest.raises(DataError, match="disabled by config"):
+            db.query("SELECT * FROM read_csv(?)", [str(path.parent.parent / "__init__.py")])
+        with pytest.raises(DataError, match="Cannot enable external access"):
+            db.query("SET enable_external_access = true")
     assert path.stat().st_mtime_ns == stamp
 
 
@@ -86,8 +91,9 @@ def test_bad_urls_and_schemas(tmp_path: Path) -> None:
         OmopDatabase.open(str(eunomia_path()), schema='main"; DROP TABLE person; --')
     with pytest.raises(ConfigurationError, match="non-empty string"):
         OmopDatabase.open("")
-    with pytest.raises(ConfigurationError, match="cannot open OMOP database"):
+    with pytest.raises(ConfigurationError, match="cannot open OMOP database") as info:
         OmopDatabase.open("nosuchdialect://user:secret@host/db")
+    assert "secret" not in str(info.value)
 
 
 def test_sqlalchemy_url(tmp_path: Path) -> None:

@@ -270,3 +270,90 @@ def test_spec_values_are_bound_not_pasted() -> None:
     bad["covariates"][2]["concepts"] = ["4027663) OR (1=1"]
     with pytest.raises(ConfigurationError, match=r"concepts\[0\] must be an integer"):
         StudySpec.from_mapping(bad, where="t")
+
+
+def test_time_to_event_censors_at_death(tmp_path: Path) -> None:
+    """A real death table (Eunomia ships a placeholder): death ends follow-up, and an
+    outcome recorded after death is no event."""
+    path = copy_cdm(tmp_path / "deaths.duckdb")
+    spec = gi_bleed_study("time_to_event")
+    before = extract(spec, str(path))
+    index = {int(r[0]): r[1] for r in _index_dates(path)}
+    bleeders = before.ids[before.targets["event"] == 1][:20]
+    quiet = before.ids[(before.targets["event"] == 0) & (before.targets["time"] > 100)][:20]
+    with duckdb.connect(str(path)) as con:
+        con.execute("DROP TABLE death")
+        con.execute("CREATE TABLE death (person_id BIGINT, death_date DATE)")
+        insert = "INSERT INTO death SELECT ?, CAST(? AS DATE) + ?"
+        con.executemany(insert, [(int(p), index[int(p)], 50) for p in bleeders])
+        con.executemany(insert, [(int(p), index[int(p)], 30) for p in quiet])
+    after = extract(spec, str(path))
+    np.testing.assert_array_equal(after.ids, before.ids)
+    pos = {int(p): i for i, p in enumerate(after.ids)}
+    for p in quiet:
+        assert after.targets["time"][pos[int(p)]] == 30
+        assert after.targets["event"][pos[int(p)]] == 0
+    early = before.targets["time"][[pos[int(p)] for p in bleeders]] <= 50
+    assert early.any()  # both cases below happen
+    assert not early.all()
+    for p in bleeders:
+        i = pos[int(p)]
+        if before.targets["time"][i] <= 50:  # bled before dying: still an event
+            assert after.targets["event"][i] == 1
+            assert after.targets["time"][i] == before.targets["time"][i]
+        else:  # the bleed came after death: censored at death
+            assert after.targets["event"][i] == 0
+            assert after.targets["time"][i] == 50
+    untouched = np.isin(after.ids, np.concatenate([bleeders, quiet]), invert=True)
+    np.testing.assert_array_equal(
+        after.targets["time"][untouched], before.targets["time"][untouched]
+    )
+
+
+def _index_dates(path: Path) -> list[tuple[int, object]]:
+    with duckdb.connect(str(path), read_only=True) as con:
+        return con.execute(
+            "SELECT person_id, min(drug_exposure_start_date) FROM drug_exposure "
+            "WHERE drug_concept_id IN (SELECT descendant_concept_id FROM concept_ancestor "
+            "WHERE ancestor_concept_id IN (1118084, 1124300)) GROUP BY person_id"
+        ).fetchall()
+
+
+def test_first_qualifying_event_when_not_first_occurrence(tmp_path: Path) -> None:
+    """first_occurrence = false: the index is the first entry event meeting the criteria."""
+    path = copy_cdm(tmp_path / "repeat.duckdb")
+    with duckdb.connect(str(path)) as con:  # Eunomia has one NSAID start per person: add more
+        con.execute(
+            "INSERT INTO drug_exposure SELECT * REPLACE (drug_exposure_id + 1e8 AS "
+            "drug_exposure_id, drug_exposure_start_date + 3000 AS drug_exposure_start_date) "
+            "FROM drug_exposure WHERE drug_concept_id IN (1118084, 1124300) AND person_id % 2 = 0"
+        )
+    doc = gi_bleed_study().to_mapping()
+    doc["cohort"]["first_occurrence"] = False
+    doc["cohort"]["prior_observation_days"] = 14600  # 40 years: later exposures may qualify
+    table = extract(StudySpec.from_mapping(doc, where="t"), str(path))
+    doc["cohort"]["first_occurrence"] = True
+    first = extract(StudySpec.from_mapping(doc, where="t"), str(path))
+    with duckdb.connect(str(path), read_only=True) as con:
+        got = con.execute(
+            """
+            WITH ev AS (
+              SELECT d.person_id, d.drug_exposure_start_date AS d FROM drug_exposure d
+              WHERE d.drug_concept_id IN (SELECT descendant_concept_id FROM concept_ancestor
+                                          WHERE ancestor_concept_id IN (1118084, 1124300))),
+            ok AS (
+              SELECT ev.person_id, ev.d FROM ev
+              SEMI JOIN observation_period op ON op.person_id = ev.person_id
+                AND op.observation_period_start_date <= ev.d - INTERVAL 14600 DAY
+                AND op.observation_period_end_date >= ev.d
+              WHERE NOT EXISTS (SELECT 1 FROM condition_occurrence c
+                WHERE c.person_id = ev.person_id AND c.condition_start_date < ev.d
+                AND c.condition_concept_id IN (SELECT descendant_concept_id
+                  FROM concept_ancestor WHERE ancestor_concept_id = 192671)))
+            SELECT person_id, year(min(d)) - any_value(p.year_of_birth) AS age
+            FROM ok JOIN person p USING (person_id) GROUP BY person_id ORDER BY person_id
+            """
+        ).fetchall()
+    assert table.ids.tolist() == [r[0] for r in got]
+    assert table.columns["age"].tolist() == [float(r[1]) for r in got]
+    assert len(table) > len(first)  # later qualifying exposures add persons

@@ -104,3 +104,10 @@ def test_scaled_cdm_copies_persons_with_new_ids(tmp_path: Path) -> None:
     for key in base.columns:
         assert big.columns[key][copy2].tolist() == base.columns[key].tolist(), key
     np.testing.assert_array_equal(big.targets["label"][copy2], base.targets["label"])
+
+
+def test_example_spec_file_is_the_gi_bleed_study() -> None:
+    from biofed.data import load_study_spec
+
+    example = Path(__file__).parents[2] / "examples" / "gi-bleed-study.toml"
+    assert load_study_spec(example).digest == gi_bleed_study().digest

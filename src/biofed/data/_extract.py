@@ -290,22 +290,55 @@ def compile_omop(spec: StudySpec, *, has_death: bool = True) -> tuple[str, list[
                 cohort.exclude_window_days,
             )
         sql.add(")")
-    sql.add(
-        "),\ncohort AS (SELECT q.person_id, q.index_date, MAX(q.obs_end) AS obs_end "
-        "FROM qualified AS q JOIN (SELECT person_id, MIN(index_date) AS first_date "
-        "FROM qualified GROUP BY person_id) AS m ON m.person_id = q.person_id "
-        "AND m.first_date = q.index_date GROUP BY q.person_id, q.index_date),\n"
-    )
+    if cohort.first_occurrence:  # one candidate date per person already
+        sql.add(
+            "),\ncohort AS (SELECT person_id, index_date, MAX(obs_end) AS obs_end "
+            "FROM qualified GROUP BY person_id, index_date)"
+        )
+    else:
+        sql.add(
+            "),\ncohort AS (SELECT q.person_id, q.index_date, MAX(q.obs_end) AS obs_end "
+            "FROM qualified AS q JOIN (SELECT person_id, MIN(index_date) AS first_date "
+            "FROM qualified GROUP BY person_id) AS m ON m.person_id = q.person_id "
+            "AND m.first_date = q.index_date GROUP BY q.person_id, q.index_date)"
+        )
 
-    otable, oconcept, odate, _ = DOMAIN_TABLES[outcome.domain]
+    # One pass per domain table for the outcome and the indicator covariates: rows of the
+    # table are joined to a small table of (concept, tag) and folded by conditional
+    # aggregates (tag -1: the outcome; tag i: covariate i). MIN/MAX ignore the duplicate
+    # rows a concept in two sets makes.
+    users: dict[str, list[tuple[int, int, int]]] = {}  # domain → [(tag, start, end)]
+    users.setdefault(outcome.domain, []).append(
+        (-1, outcome.window_start_days, outcome.window_end_days)
+    )
+    for i, cov in enumerate(spec.covariates):
+        if cov.kind in DOMAIN_TABLES and cov.kind != "measurement":
+            assert cov.window_start_days is not None
+            assert cov.window_end_days is not None
+            users.setdefault(cov.kind, []).append((i, cov.window_start_days, cov.window_end_days))
+    for domain, uses in users.items():
+        table, concept, date, _ = DOMAIN_TABLES[domain]
+        sets = " UNION ALL ".join(
+            f"SELECT concept_id, {tag} AS tag FROM {'cs_outcome' if tag < 0 else f'cs_{tag}'}"
+            for tag, _, _ in uses
+        )
+        sql.add(f",\nt_{domain} AS (SELECT c.person_id")
+        for tag, lo, hi in uses:
+            when = (
+                f"g.tag = {tag} AND x.{date} >= c.index_date + CAST(? AS INTEGER) "
+                f"AND x.{date} <= c.index_date + CAST(? AS INTEGER)"
+            )
+            if tag < 0:
+                sql.add(f", MIN(CASE WHEN {when} THEN x.{date} END) AS outcome_date", lo, hi)
+            else:
+                sql.add(f", MAX(CASE WHEN {when} THEN 1 ELSE 0 END) AS f{tag}", lo, hi)
+        sql.add(
+            f" FROM cohort AS c JOIN {table} AS x ON x.person_id = c.person_id "
+            f"JOIN ({sets}) AS g ON g.concept_id = x.{concept} GROUP BY c.person_id)"
+        )
     sql.add(
-        f"outcome AS (SELECT c.person_id, MIN(o.{odate}) AS outcome_date FROM cohort AS c "
-        f"JOIN {otable} AS o ON o.person_id = c.person_id "
-        f"AND o.{odate} >= c.index_date + CAST(? AS INTEGER) "
-        f"AND o.{odate} <= c.index_date + CAST(? AS INTEGER) "
-        f"WHERE o.{oconcept} IN (SELECT concept_id FROM cs_outcome) GROUP BY c.person_id)",
-        outcome.window_start_days,
-        outcome.window_end_days,
+        f",\noutcome AS (SELECT person_id, outcome_date FROM t_{outcome.domain} "
+        "WHERE outcome_date IS NOT NULL)"
     )
     if spec.outcome_kind == "time_to_event":
         death = (
@@ -321,7 +354,8 @@ def compile_omop(spec: StudySpec, *, has_death: bool = True) -> tuple[str, list[
             outcome.window_end_days,
         )
     for i, cov in enumerate(spec.covariates):
-        _covariate(sql, i, cov)
+        if cov.kind == "measurement":
+            _measurement(sql, i, cov)
 
     roles = ["person_id"]
     sql.add("\nSELECT c.person_id")
@@ -348,7 +382,7 @@ def compile_omop(spec: StudySpec, *, has_death: bool = True) -> tuple[str, list[
         elif cov.kind == "measurement":
             expr = f"v{i}.value"
         else:
-            expr = f"CASE WHEN v{i}.person_id IS NULL THEN 0 ELSE 1 END"
+            expr = f"COALESCE(t_{cov.kind}.f{i}, 0)"
         sql.add(f", {expr} AS c{i}")
         roles.append(f"c{i}")
     sql.add(
@@ -357,16 +391,17 @@ def compile_omop(spec: StudySpec, *, has_death: bool = True) -> tuple[str, list[
     )
     if spec.outcome_kind == "time_to_event":
         sql.add(" LEFT JOIN censor AS k ON k.person_id = c.person_id")
+    for domain in users:
+        sql.add(f" LEFT JOIN t_{domain} ON t_{domain}.person_id = c.person_id")
     for i, cov in enumerate(spec.covariates):
-        if cov.concepts:
+        if cov.kind == "measurement":
             sql.add(f" LEFT JOIN v{i} ON v{i}.person_id = c.person_id")
     sql.add("\nORDER BY c.person_id")
     return sql.text, sql.params, roles
 
 
-def _covariate(sql: _Sql, i: int, cov: CovariateSpec) -> None:
-    if not cov.concepts:
-        return
+def _measurement(sql: _Sql, i: int, cov: CovariateSpec) -> None:
+    """``v{i}``: the latest value of measurement covariate ``i`` per person."""
     assert cov.window_start_days is not None
     assert cov.window_end_days is not None
     table, concept, date, row_id = DOMAIN_TABLES[cov.kind]
@@ -377,9 +412,6 @@ def _covariate(sql: _Sql, i: int, cov: CovariateSpec) -> None:
         f"WHERE x.{concept} IN (SELECT concept_id FROM cs_{i})"
     )
     start, end = cov.window_start_days, cov.window_end_days
-    if cov.kind != "measurement":
-        sql.add(f",\nv{i} AS (SELECT DISTINCT c.person_id FROM cohort AS c {window})", start, end)
-        return
     sql.add(
         f",\nv{i} AS (SELECT person_id, value FROM (SELECT c.person_id, "
         "CAST(x.value_as_number AS DOUBLE PRECISION) AS value, "

@@ -7,10 +7,13 @@ row changes. The fingerprint is cheap: one aggregate per table computed inside t
 
 Security notes: the CDM is the site's most sensitive asset and the URL comes from the site's
 own config. The connection is read-only (DuckDB ``read_only=True``; PostgreSQL
-``default_transaction_read_only``), so no SQL biofed runs can change the CDM. Table names in
-generated SQL come only from the fixed OMOP table list below, never from the database or a
-spec; a schema name is a checked SQL identifier. Values travel as bound parameters (OWASP
-SQL Injection Prevention Cheat Sheet, option 1).
+``default_transaction_read_only``), so no SQL biofed runs can change the CDM; a DuckDB
+connection also has external access (files, network, extensions) switched off, for good,
+so a query cannot read anything beyond the CDM (DuckDB's "Securing DuckDB" guide). Other
+SQLAlchemy dialects rely on the database user's grants. Table names in generated SQL come
+only from the fixed OMOP table list below, never from the database or a spec; a schema name
+is a checked SQL identifier. Values travel as bound parameters (OWASP SQL Injection
+Prevention Cheat Sheet, option 1).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -112,13 +116,21 @@ class OmopDatabase:
     """
 
     def __init__(
-        self, *, url: str, dialect: str, duckdb_conn: Any = None, sa_conn: Any = None
+        self,
+        *,
+        url: str,
+        dialect: str,
+        duckdb_conn: Any = None,
+        sa_conn: Any = None,
+        schema: str | None = None,
     ) -> None:
         self.url = url
+        self.schema = schema
         self.dialect = dialect
         self._duck = duckdb_conn
         self._sa = sa_conn
         self._tables: frozenset[str] | None = None
+        self._columns: dict[str, frozenset[str]] = {}
 
     @classmethod
     def open(cls, url: str, *, schema: str | None = None) -> OmopDatabase:
@@ -156,11 +168,14 @@ class OmopDatabase:
         try:
             conn = duckdb.connect(str(p), read_only=True)
             conn.execute("SET enable_progress_bar = false")
+            # No file or network reads, and no SET turns them back on. DuckDB applies this to
+            # every connection of this process to the same file (they share one instance).
+            conn.execute("SET enable_external_access = false")
             if schema is not None:
                 conn.execute(f'SET search_path = "{schema}"')  # checked identifier
         except duckdb.Error as exc:
             raise ConfigurationError(f"cannot open {path!r} as DuckDB: {_line(exc)}") from None
-        return cls(url=url, dialect="duckdb", duckdb_conn=conn)
+        return cls(url=url, dialect="duckdb", duckdb_conn=conn, schema=schema)
 
     @classmethod
     def _open_sqlalchemy(cls, url: str, schema: str | None) -> OmopDatabase:
@@ -170,12 +185,9 @@ class OmopDatabase:
             engine = sa.create_engine(url)
             conn = engine.connect()
         except (sa.exc.SQLAlchemyError, ImportError, ValueError) as exc:
-            safe = (
-                sa.engine.make_url(url).render_as_string(hide_password=True)
-                if "://" in url
-                else url
-            )
-            raise ConfigurationError(f"cannot open OMOP database {safe}: {_line(exc)}") from None
+            raise ConfigurationError(
+                f"cannot open OMOP database {_safe_url(url)}: {_line(exc).replace(url, '…')}"
+            ) from None
         dialect = engine.dialect.name
         try:
             if dialect == "postgresql":
@@ -190,7 +202,7 @@ class OmopDatabase:
         except sa.exc.SQLAlchemyError as exc:
             conn.close()
             raise ConfigurationError(f"cannot set up OMOP connection: {_line(exc)}") from None
-        return cls(url=url, dialect=dialect, sa_conn=conn)
+        return cls(url=_safe_url(url), dialect=dialect, sa_conn=conn, schema=schema)
 
     # -- context manager -----------------------------------------------------------------
     def __enter__(self) -> OmopDatabase:
@@ -228,11 +240,15 @@ class OmopDatabase:
             import duckdb
 
             try:
-                relation = self._duck.sql(sql, params=list(params))
-                if relation is None:  # a statement with no result (e.g. SET)
+                result = self._duck.execute(sql, list(params))
+                if result.description is None:  # a statement with no result (e.g. SET)
                     return pa.table({})
-                fetch = getattr(relation, "to_arrow_table", None) or relation.arrow
-                table: pa.Table = fetch()  # DuckDB ≥ 2 names it to_arrow_table
+                with warnings.catch_warnings():
+                    # DuckDB ≥ 2 warns that Arrow output from execute() copies the rows; for
+                    # study-sized results that copy is cheaper than con.sql()'s extra binding.
+                    warnings.simplefilter("ignore", UserWarning)
+                    fetch = getattr(result, "to_arrow_table", None) or result.fetch_arrow_table
+                    table: pa.Table = fetch()
                 return table
             except duckdb.Error as exc:
                 raise DataError(f"OMOP query failed: {_line(exc)}") from None
@@ -270,18 +286,21 @@ class OmopDatabase:
                 import sqlalchemy as sa
 
                 inspector = sa.inspect(self._sa)
-                names = {n.lower() for n in inspector.get_table_names()}
-                names |= {n.lower() for n in inspector.get_view_names()}
+                names = {n.lower() for n in inspector.get_table_names(schema=self.schema)}
+                names |= {n.lower() for n in inspector.get_view_names(schema=self.schema)}
             known = set(CLINICAL_TABLES) | set(VOCABULARY_TABLES)
             self._tables = frozenset(names & known)
         return self._tables
 
     def columns(self, table: str) -> frozenset[str]:
         """Lower-cased column names of OMOP table ``table`` (empty if it is absent)."""
-        if table not in self.tables():
-            return frozenset()
-        got = self.query(f"SELECT * FROM {table} WHERE 1 = 0")  # name from the fixed list
-        return frozenset(n.lower() for n in got.column_names)
+        if table not in self._columns:
+            names: frozenset[str] = frozenset()
+            if table in self.tables():
+                got = self.query(f"SELECT * FROM {table} WHERE 1 = 0")  # from the fixed list
+                names = frozenset(n.lower() for n in got.column_names)
+            self._columns[table] = names
+        return self._columns[table]
 
     def require_tables(self, names: Sequence[str]) -> None:
         """Raise DataError naming the first of ``names`` (OMOP tables) that is missing."""
@@ -347,6 +366,16 @@ class OmopDatabase:
             text = json.dumps(list(row.values()), default=str)
             total += int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big")
         return got.num_rows, str(total)
+
+
+def _safe_url(url: str) -> str:
+    """``url`` with any password hidden (for error messages and logs)."""
+    import sqlalchemy as sa
+
+    try:
+        return str(sa.engine.make_url(url).render_as_string(hide_password=True))
+    except (sa.exc.ArgumentError, ValueError):
+        return "(unparseable URL)"
 
 
 def _line(exc: BaseException) -> str:

@@ -2,8 +2,8 @@
 
 A study spec names the cohort, the outcome and the covariates (OMOP CDM sources) or the
 columns (CSV/Parquet sources), and the per-feature transforms. It is parsed once into frozen
-dataclasses; its canonical JSON (sorted keys, no whitespace, every default written out) and
-the SHA-256 digest of that JSON identify it in jobs and agreements.
+dataclasses; its canonical JSON (sorted keys, no whitespace, scalar defaults written out,
+empty lists left out) and the SHA-256 digest of that JSON identify it in jobs and agreements.
 
 Security notes: a spec file arrives from a researcher and crosses into every site, so it is
 hostile until checked. Every key is known (unknown keys are refused), every value has its
@@ -480,8 +480,9 @@ def _plain(obj: object) -> dict[str, Any]:
 def _cohort(sec: _Section) -> CohortSpec:
     if sec.has("circe"):
         raise sec.error(
-            "circe cohort definitions are not supported (ohdsi-circepy renders SQL Server "
-            "OHDSI-SQL that needs SqlRender to translate); declare the cohort instead"
+            "circe cohort definitions are not supported (ohdsi-circepy emits SQL Server "
+            "OHDSI-SQL scripts that write temp and cohort tables, and a site's CDM is read-only "
+            "here); declare the cohort with entry_concepts, entry_domain, …"
         )
     entry = sec.concepts("entry_concepts", required=True)
     domain = sec.required_choice("entry_domain", DOMAINS)
