@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from biofed.core import ConfigurationError
-from biofed.data import FileExpectations, run_quality_checks
+from biofed.data import FileExpectations, StudySpec, run_quality_checks
 
 
 @pytest.fixture
@@ -68,3 +68,21 @@ def test_bad_expectations_are_refused() -> None:
         FileExpectations(ranges={"x": (2.0, 1.0)})
     with pytest.raises(ConfigurationError, match="max_missing"):
         FileExpectations(max_missing=2.0)
+
+
+def test_a_file_study_spec_gives_the_expectations(cohort: Path) -> None:
+    spec = StudySpec.from_mapping(
+        {
+            "study": {"name": "s", "source": "file"},
+            "columns": {"split": "split", "features": ["age", "bmi", "weight"]},
+            "outcome": {"kind": "time_to_event", "time": "time", "event": "event"},
+        }
+    )
+    expect = FileExpectations.from_study(spec)
+    report = run_quality_checks(cohort, expect=expect)
+    assert [c.key for c in report.fatal_failures] == [
+        "columnPresent:cohort.weight",
+        "isBinary:cohort.event",
+        "allowedValues:cohort.split",
+    ]
+    assert report.get("plausibleValueLow:cohort.time").violated == 1

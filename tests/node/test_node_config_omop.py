@@ -31,6 +31,10 @@ def test_an_omop_dataset_is_parsed_with_its_location(tmp_path: Path) -> None:
     assert (pg.password_env, pg.schema) == ("CDM_PASSWORD", "cdm54")
     with pytest.raises(DataError, match="OMOP CDM"):
         cdm.load()
+
+
+def test_a_node_with_an_omop_dataset_starts_without_loading_it(tmp_path: Path) -> None:
+    config = _config(tmp_path, '[datasets.cdm]\nomop = "cdm.duckdb"\n')
     app = NodeApp("a", config)  # an OMOP dataset is compiled per study, not loaded at start
     assert "cdm" not in app.data
 

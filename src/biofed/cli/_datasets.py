@@ -212,22 +212,29 @@ def remove(name: Annotated[str, typer.Argument()], node_dir: NodeDir) -> None:
 
 
 def quality_table(report: "QualityReport") -> Table:
-    """Each check with pass/fail and counts (fits 80 columns: long names fold)."""
-    table = Table(title="data quality", title_justify="left")
-    table.add_column("", width=4, no_wrap=True)
-    table.add_column("check", overflow="fold", max_width=23)
-    table.add_column("table.field", overflow="fold")
-    table.add_column("fatal", width=5, no_wrap=True)
+    """Each check with pass/fail and counts, grouped by table (fits 80 columns)."""
+    from rich import box
+
+    table = Table(title="data quality", title_justify="left", box=box.SIMPLE_HEAD)
+    table.add_column("", no_wrap=True)
+    table.add_column("check", no_wrap=True)
+    table.add_column("field", overflow="fold")
     table.add_column("violated", justify="right", no_wrap=True)
     table.add_column("of", justify="right", no_wrap=True)
-    for c in report.checks:
-        mark = "[green]ok[/]" if c.passed else "[bold red]FAIL[/]" if c.fatal else "[yellow]warn[/]"
-        where = f"{c.table}.{c.field}" if c.field else c.table
+    current = None
+    order = {t: i for i, t in enumerate(dict.fromkeys(c.table for c in report.checks))}
+    for c in sorted(report.checks, key=lambda c: order[c.table]):
+        if c.table != current:
+            current = c.table
+            table.add_row("", f"[bold]{escape(c.table)}[/]", "", "", "")
+        failed = "[bold red]FAIL[/]" if c.fatal else "[yellow]warn[/]"
+        mark = "[green]ok[/]" if c.passed else failed
+        where = escape(c.field or "(table)")
         if c.concept_id is not None:
-            where += f" @{c.concept_id}"
-        table.add_row(
-            mark, c.name, escape(where), "yes" if c.fatal else "", str(c.violated), str(c.total)
-        )
+            where += f"\n@{c.concept_id}"
+        name = f"{c.name}*" if c.fatal else c.name
+        table.add_row(mark, name, where, str(c.violated), str(c.total))
+    table.caption = "* fatal: a failure stops training on this dataset"
     return table
 
 

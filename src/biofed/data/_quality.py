@@ -18,9 +18,13 @@ import datetime as dt
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from os import PathLike, fspath
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from biofed.core import ConfigurationError
+
+if TYPE_CHECKING:
+    from biofed.data._quality_file import FileExpectations
+    from biofed.data._quality_omop import PlausibleRange, SqlSource
 
 CheckCategory = Literal["completeness", "conformance", "plausibility"]
 _CATEGORIES = frozenset(get_args(CheckCategory))
@@ -281,11 +285,11 @@ def _is_omop_location(text: str) -> bool:
 
 
 def run_quality_checks(
-    source: Any,
+    source: SqlSource | str | PathLike[str],
     *,
     fatal: Collection[str] = (),
-    expect: Any = None,
-    ranges: Sequence[Any] | None = None,
+    expect: FileExpectations | None = None,
+    ranges: Sequence[PlausibleRange] | None = None,
     magnitude_orders: float = 10.0,
     today: dt.date | None = None,
 ) -> QualityReport:
@@ -319,7 +323,12 @@ def run_quality_checks(
     from biofed.data._quality_omop import PLAUSIBLE_RANGES, run_omop_checks
 
     selectors = check_fatal_selectors(fatal)
-    if hasattr(source, "query"):
+    if not isinstance(source, str | PathLike):
+        if not hasattr(source, "query"):
+            raise ConfigurationError(
+                "source must be an OMOP database, a URL or a file path, got "
+                f"{type(source).__name__}"
+            )
         if expect is not None:
             raise ConfigurationError("expect= is for file datasets, not an OMOP CDM")
         return run_omop_checks(
@@ -328,10 +337,6 @@ def run_quality_checks(
             ranges=PLAUSIBLE_RANGES if ranges is None else tuple(ranges),
             magnitude_orders=magnitude_orders,
             today=today or dt.date.today(),
-        )
-    if not isinstance(source, str | PathLike):
-        raise ConfigurationError(
-            f"source must be an OMOP database, a URL or a file path, got {type(source).__name__}"
         )
     location = fspath(source)
     if _is_omop_location(location):

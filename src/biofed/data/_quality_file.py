@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from biofed.core import ConfigurationError
 from biofed.data._loaders import _read
 from biofed.data._quality import CheckCategory, CheckResult, QualityReport, mark_fatal
+from biofed.data._spec import StudySpec
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -39,6 +40,9 @@ class FileExpectations:
     allowed:
         Column → allowed text values (allowedValues; fatal), e.g. a split column's
         ``("train", "test")``.
+    present:
+        Further columns that must be present, of any type (columnPresent; fatal), e.g. a
+        study's features.
     max_missing:
         Other columns pass missingness while at most this fraction of rows is missing.
     """
@@ -51,6 +55,7 @@ class FileExpectations:
     )
     allowed: Mapping[str, tuple[str, ...]] = field(default_factory=lambda: MappingProxyType({}))
     max_missing: float = 0.5
+    present: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.max_missing, bool) or not 0 <= self.max_missing <= 1:
@@ -67,6 +72,26 @@ class FileExpectations:
                 raise ConfigurationError(f"range of column {name!r}: low > high")
         object.__setattr__(self, "ranges", MappingProxyType(dict(self.ranges)))
         object.__setattr__(self, "allowed", MappingProxyType(dict(self.allowed)))
+
+    @classmethod
+    def from_study(cls, spec: StudySpec, *, max_missing: float = 0.5) -> FileExpectations:
+        """What a file study (``source = "file"``) needs of a site's file: its feature,
+        id, split and outcome columns present; the id, split and outcome complete; a binary
+        label or event 0/1; a time ≥ 0; split values train/test."""
+        if spec.source != "file" or spec.columns is None:
+            raise ConfigurationError(f"study {spec.name!r} is not a file study")
+        cols, outcome = spec.columns, spec.outcome
+        targets = [c for c in (outcome.label, outcome.time, outcome.event) if c]
+        keys = [c for c in (cols.id, cols.split) if c]
+        return cls(
+            columns=(),
+            required=tuple(dict.fromkeys([*keys, *targets])),
+            binary=tuple(c for c in (outcome.label, outcome.event) if c),
+            ranges={outcome.time: (0.0, None)} if outcome.time else {},
+            allowed={cols.split: ("train", "test")} if cols.split else {},
+            max_missing=max_missing,
+            present=tuple(dict.fromkeys([*cols.features, *keys, *targets])),
+        )
 
 
 def _missing(col: pa.ChunkedArray) -> int:
@@ -126,7 +151,7 @@ def run_file_checks(
         )
         results.append(mark_fatal(result, fatal))
 
-    critical = {*expect.required, *expect.binary, *expect.allowed}
+    critical = {*expect.required, *expect.binary, *expect.allowed, *expect.present}
     expected_types = dict(expect.columns)
     for column in {*expected_types, *critical, *expect.ranges} - present:
         add(
