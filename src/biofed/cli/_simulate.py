@@ -443,8 +443,12 @@ def _simulate_study(
         sources[name] = source
     if not sources:
         raise ConfigurationError("a job with [study] needs its sites: --site NAME=SOURCE …")
+    from biofed.tasks import make_task
+
+    # the metric's name is the task's, whatever width the fitted preprocessing gives it
+    shown = make_task(spec.task, **{"num_features": 1, **spec.task_options}).primary_metric
     err = Console(stderr=True)
-    with RoundProgress(err, spec.rounds, "") as progress:
+    with RoundProgress(err, spec.rounds, shown) as progress:
         report = simulate(
             sources,
             job=spec,
