@@ -8,8 +8,6 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
-import pytest
-
 from biofed.coordinator import (
     PREPROCESSING_EVENT,
     RESULT_PREPROCESSING,
@@ -35,8 +33,6 @@ from biofed.node import NodeApp, NodeConfig
 from biofed.tasks import parameter_spec
 from biofed.transport import InMemoryTransport
 from biofed.transport.grpc import Peer
-
-pytestmark = pytest.mark.slow
 
 ALICE = Peer(name="alice", role="researcher")
 SITES = ("site-0", "site-1")

@@ -28,8 +28,6 @@ from biofed.node import NodeApp, NodeConfig
 from biofed.simulation import simulate
 from biofed.transport import InMemoryTransport
 
-pytestmark = pytest.mark.slow
-
 SITES = ("site-0", "site-1", "site-2")
 
 GI_BLEED = """
