@@ -66,7 +66,10 @@ def test_a_partial_of_the_hub_class_is_a_factory() -> None:
 
 def test_the_public_names_of_the_coordinator() -> None:
     assert coordinator.__all__ == [
+        "PREPROCESSING_EVENT",
         "PRIVACY_EVENT",
+        "RESULT_PREPROCESSING",
+        "SUMMARIES_EVENT",
         "AfterRound",
         "AgreementKeeper",
         "BeforeRound",
@@ -87,6 +90,7 @@ def test_the_public_names_of_the_coordinator() -> None:
         "NodeRow",
         "NodeStatus",
         "PlainRound",
+        "PreprocessingFailed",
         "RoundEngine",
         "RoundRecord",
         "RoundRow",
@@ -104,6 +108,7 @@ def test_the_public_names_of_the_coordinator() -> None:
         "TrainingRound",
         "build_instruction",
         "canonical_json",
+        "check_summary",
         "open_store",
         "privacy_report",
         "round_record_from_json",
@@ -114,6 +119,7 @@ def test_the_public_names_of_the_coordinator() -> None:
         "serve_coordinator",
         "site_spend",
         "spend_event",
+        "summaries_json",
         "tls_of",
     ]
     for name in coordinator.__all__:

@@ -178,8 +178,17 @@ def _follow(client: "ControlClient", run_id: str) -> None:
         _print_event(event.seq, event.round, event.kind, event.node_id, event.message)
 
 
+#: Run events whose message is a JSON document, shown by its size only.
+_DOCUMENT_EVENTS = {
+    "preprocessing_fitted": "the fitted preprocessing; it travels with the model's result",
+    "data_summaries": "the sites' summaries; see `biofed report heterogeneity`",
+}
+
+
 def _print_event(seq: int, rnd: int, kind: str, node: str, message: str) -> None:
     who = f" {node}" if node else ""
+    if kind in _DOCUMENT_EVENTS:
+        message = f"{_DOCUMENT_EVENTS[kind]} ({len(message)} characters of JSON)"
     out.print(f"[dim]{seq:>5}[/] round {rnd:<3} [bold]{kind}[/]{who}: {message}", highlight=False)
 
 

@@ -312,6 +312,13 @@ def simulate_command(
             "processes) or ray (Ray actors; the ray extra)."
         ),
     ] = "inprocess",
+    site: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NAME=SOURCE, repeatable: with a --job that has [study], a virtual site and "
+            "its study source (an OMOP CDM's DuckDB file or URL, or a data file)."
+        ),
+    ] = None,
     format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
     """Federate a task over virtual sites and compare with local-only and pooled training."""
@@ -370,6 +377,11 @@ def simulate_command(
             if unused:
                 raise ConfigurationError(f"{unused[0]} is for a table given with --data")
         spec = None if job is None else _with_flags(JobSpec.from_file(job), flags)
+        if spec is not None and spec.study is not None:
+            _simulate_study(spec, site or [], baselines, configs, ledger_dir, backend, format)
+            return
+        if site:
+            raise ConfigurationError("--site gives a study source: it needs a --job with [study]")
         run_seed = spec.seed if spec is not None else (42 if seed is None else seed)
         fed = _load_fed(dataset or (spec.dataset if spec else "tcga-brca"), table, run_seed)
         if table is not None:
@@ -392,7 +404,9 @@ def simulate_command(
                 bundle=bundle,
             )
     except BiofedError as exc:
-        err.print(f"[bold red]error:[/] {exc}")
+        from rich.markup import escape
+
+        err.print(f"[bold red]error:[/] {escape(str(exc))}")  # "[study]" is text, not markup
         raise typer.Exit(code=2) from exc
     if format == "json":
         print(json.dumps(report.to_dict()))
@@ -400,6 +414,56 @@ def simulate_command(
     out.print(report_table(report))
     if report.features:
         out.print(f"features ({len(report.features)}): {', '.join(report.features)}")
+    if report.privacy is not None:
+        print_privacy(out, report.privacy)
+    for event in report.events:
+        err.print(f"[yellow]event:[/] {event}")
+
+
+def _simulate_study(
+    spec: JobSpec,
+    sites: list[str],
+    baselines: bool,
+    configs: dict[str, Any],
+    ledger_dir: Path | None,
+    backend: str,
+    format: str,
+) -> None:
+    """Simulate a job with a study spec over ``--site NAME=SOURCE`` virtual sites."""
+    from biofed.core import ConfigurationError
+    from biofed.simulation import simulate
+
+    sources: dict[str, str] = {}
+    for item in sites:
+        name, sep, source = item.partition("=")
+        if not sep or not name or not source:
+            raise ConfigurationError(f"--site must be NAME=SOURCE, got {item!r}")
+        if name in sources:
+            raise ConfigurationError(f"--site {name} is given twice")
+        sources[name] = source
+    if not sources:
+        raise ConfigurationError("a job with [study] needs its sites: --site NAME=SOURCE …")
+    from biofed.tasks import make_task
+
+    # the metric's name is the task's, whatever width the fitted preprocessing gives it
+    shown = make_task(spec.task, **{"num_features": 1, **spec.task_options}).primary_metric
+    err = Console(stderr=True)
+    with RoundProgress(err, spec.rounds, shown) as progress:
+        report = simulate(
+            sources,
+            job=spec,
+            baselines=baselines,
+            listener=progress,
+            node_configs=configs,
+            ledger_dir=ledger_dir,
+            backend=backend,
+        )
+    if format == "json":
+        print(json.dumps(report.to_dict()))
+        return
+    out = Console()
+    out.print(report_table(report))
+    out.print(f"features ({len(report.features)}): {', '.join(report.features)}")
     if report.privacy is not None:
         print_privacy(out, report.privacy)
     for event in report.events:

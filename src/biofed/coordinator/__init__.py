@@ -20,6 +20,14 @@ from biofed.coordinator._exchange import (
 )
 from biofed.coordinator._job import JobSpec
 from biofed.coordinator._job_limits import JobLimits
+from biofed.coordinator._preprocess import (
+    PREPROCESSING_EVENT,
+    RESULT_PREPROCESSING,
+    SUMMARIES_EVENT,
+    PreprocessingFailed,
+    check_summary,
+    summaries_json,
+)
 from biofed.coordinator._privacy_report import (
     PRIVACY_EVENT,
     privacy_report,
@@ -58,7 +66,10 @@ from biofed.coordinator._store_sql import SqlStateStore
 from biofed.coordinator._summaries import StoreListener, run_summary
 
 __all__ = [
+    "PREPROCESSING_EVENT",
     "PRIVACY_EVENT",
+    "RESULT_PREPROCESSING",
+    "SUMMARIES_EVENT",
     "AfterRound",
     "AgreementKeeper",
     "BeforeRound",
@@ -79,6 +90,7 @@ __all__ = [
     "NodeRow",
     "NodeStatus",
     "PlainRound",
+    "PreprocessingFailed",
     "RoundEngine",
     "RoundRecord",
     "RoundRow",
@@ -96,6 +108,7 @@ __all__ = [
     "TrainingRound",
     "build_instruction",
     "canonical_json",
+    "check_summary",
     "open_store",
     "privacy_report",
     "round_record_from_json",
@@ -106,5 +119,6 @@ __all__ = [
     "serve_coordinator",
     "site_spend",
     "spend_event",
+    "summaries_json",
     "tls_of",
 ]

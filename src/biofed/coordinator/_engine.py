@@ -7,10 +7,15 @@ engine's :class:`~biofed.coordinator.NodeExchange` (every reply validated agains
 the round, the node it was sent to and the model's parameter layout before a strategy sees
 it); the training phase is a :class:`~biofed.coordinator.TrainingRound`, plain or secure.
 It reaches nodes only through the :class:`~biofed.transport.Transport` it is given.
+
+A job with a study dataset spec starts with the preprocessing phase
+(:meth:`RoundEngine.preprocess`, :mod:`biofed.coordinator._preprocess`): SUMMARISE passes
+over the same exchange, until the fitted preprocessing travels in every later instruction.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -28,6 +33,14 @@ from biofed.coordinator._exchange import (
     PlainRound,
     TrainingRound,
 )
+from biofed.coordinator._preprocess import (
+    PREPROCESSING_EVENT,
+    SUMMARIES_EVENT,
+    PreprocessingFailed,
+    fitted_task_options,
+    run_preprocessing,
+    summaries_json,
+)
 from biofed.coordinator._records import RoundRecord, RunEvent, RunResult
 from biofed.coordinator._secure import SecureRound
 from biofed.core import (
@@ -42,6 +55,7 @@ from biofed.core import (
     freeze_config,
 )
 from biofed.core.sections import NO_JOB, JobSection
+from biofed.data import Preprocessing, StudySpec
 from biofed.secagg import SecureAggregationSettings
 from biofed.strategies import Strategy, StrategyState
 from biofed.transport import Transport
@@ -216,6 +230,62 @@ class RoundEngine:
         )
         #: How the training phase aggregates when not by the defaults (see :meth:`training`).
         self.custom_training = training
+        #: The study's fitted preprocessing once :meth:`preprocess` ran (None without one).
+        self.preprocessing: Preprocessing | None = None
+
+    @property
+    def job(self) -> JobSection:
+        """The job section every instruction carries now (with the fitted preprocessing
+        once :meth:`preprocess` ran)."""
+        return self.exchange.job
+
+    def preprocess(self, fitted: Preprocessing | None = None) -> Preprocessing | None:
+        """The preprocessing phase of a study job, before round 1 (nothing without a study).
+
+        SUMMARISE passes go through the sites' chain until the fit is done; the fitted
+        preprocessing and the final pass's per-site summaries are recorded as the run events
+        ``preprocessing_fitted`` and ``data_summaries``, and every later instruction carries
+        the preprocessing (and ``num_features``) in its job section. ``fitted`` (a resumed
+        run's, from its ``preprocessing_fitted`` event) is reused without a phase.
+
+        Raises
+        ------
+        PreprocessingFailed
+            When too few sites answered a pass (the sites' reasons in the message).
+        ConfigurationError
+            When the job's ``num_features`` differs from the fitted feature count.
+        RunCancelled
+            Once the run is cancelled.
+        """
+        job = self.exchange.job
+        if job.study is None:
+            return None
+        if self.preprocessing is not None:
+            return self.preprocessing
+        if fitted is None:
+            self.exchange.check_cancel()
+            nodes = list(self.transport.available_nodes())
+            if len(nodes) < self.config.min_nodes:
+                raise PreprocessingFailed(
+                    f"preprocessing: {len(nodes)} nodes available, the run needs "
+                    f"{self.config.min_nodes}"
+                )
+            self.exchange.start_round(nodes)
+            fitted, summaries = run_preprocessing(
+                self.exchange,
+                [n.node_id for n in nodes],
+                StudySpec.from_json(job.study.spec),
+                min_replies=self.config.min_replies,
+                events=self._events,
+            )
+            self._event(0, PREPROCESSING_EVENT, fitted.to_json())
+            self._event(0, SUMMARIES_EVENT, summaries_json(summaries))
+        options = fitted_task_options(job.task_options, fitted)
+        self.exchange.job = dataclasses.replace(
+            job, task_options=options, preprocessing=fitted.to_json()
+        )
+        self.preprocessing = fitted
+        return fitted
 
     def training(self) -> TrainingRound:
         """How this round's training phase aggregates: the given one, else under SecAgg+ with
@@ -246,6 +316,10 @@ class RoundEngine:
         then ``stopped``); ``after_round`` sees each round's outcome (the coordinator commits
         it there). Raises :class:`~biofed.coordinator.RunCancelled` once the run is cancelled.
         """
+        if self.exchange.job.study is not None and self.preprocessing is None:
+            raise ConfigurationError(
+                "a study job's preprocessing phase comes first: call preprocess() before run()"
+            )
         if not initial.all_finite():
             raise ConfigurationError("initial parameters contain NaN or infinite values")
         params = initial
@@ -267,6 +341,7 @@ class RoundEngine:
             history=tuple(history),
             events=tuple(self._events),
             stopped=stopped,
+            preprocessing=None if self.preprocessing is None else self.preprocessing.to_json(),
         )
 
     def run_round(

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from biofed.coordinator._anchored import AnchoredTransport
 from biofed.coordinator._engine import EngineListener, RoundEngine
 from biofed.coordinator._job import JobSpec
+from biofed.coordinator._preprocess import reused
 from biofed.coordinator._records import RoundRecord, RunCancelled, RunEvent
 from biofed.coordinator._store import Checkpoint, RunRow, RunStatus, StateStore
 from biofed.core import BiofedError, ParameterSet
@@ -123,16 +124,12 @@ class RunExecutor:
         strategy = spec.build_strategy()
         checkpoint = self.store.latest_checkpoint(run_id)
         if checkpoint is not None:
-            params, state, start = checkpoint.parameters, checkpoint.state, checkpoint.round + 1
             self.store.append_event(
                 run_id,
                 round=checkpoint.round,
                 kind="resumed",
                 message=f"from the checkpoint of round {checkpoint.round}",
             )
-        else:
-            params = spec.initial_parameters(make_task)
-            state, start = strategy.init_state(params), 1
         if current.status is RunStatus.PENDING:
             self.store.set_run_status(run_id, RunStatus.RUNNING)
         listener = self.listener(run_id)
@@ -164,6 +161,22 @@ class RunExecutor:
                 secure_aggregation=spec.secure_aggregation,
                 cancel=cancel,
             )
+            if spec.study is not None:
+                # The preprocessing phase, before round 1; a resumed run reuses its fit.
+                fitted = reused([(e.kind, e.message) for e in self.store.events(run_id)])
+                if fitted is None and not before_round(0):
+                    if cancel.is_set():
+                        raise RunCancelled(f"run {run_id!r} was cancelled")
+                    return  # the coordinator stops: the run resumes at its next start
+                preprocessing = engine.preprocess(fitted)
+                assert preprocessing is not None
+                spec = spec.with_preprocessing(preprocessing)
+            if checkpoint is not None:
+                params, state = checkpoint.parameters, checkpoint.state
+                start = checkpoint.round + 1
+            else:
+                params = spec.initial_parameters(make_task)
+                state, start = strategy.init_state(params), 1
             # The engine's loop, the only one: the executor waits for sites before each round
             # and commits each round after it.
             result = engine.run(

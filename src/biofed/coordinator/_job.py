@@ -20,6 +20,7 @@ meaning of duplicate names to each parser, and a job that one component reads as
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -35,8 +36,10 @@ import numpy as np
 from biofed.coordinator._engine import EngineConfig
 from biofed.coordinator._job_rules import error_text
 from biofed.coordinator._job_schema import check_job
-from biofed.core import ConfigurationError, ParameterSet, Scalar, freeze_config
-from biofed.core.sections import NO_DIRECTIVES, JobSection, flat_sections
+from biofed.coordinator._preprocess import fitted_task_options
+from biofed.core import BiofedError, ConfigurationError, ParameterSet, Scalar, freeze_config
+from biofed.core.sections import NO_DIRECTIVES, JobSection, StudySection, flat_sections
+from biofed.data import Preprocessing, StudySpec, load_study_spec
 from biofed.privacy import DPSettings
 from biofed.secagg import SecureAggregationSettings
 from biofed.strategies import DPFedAvg, Strategy, make_strategy
@@ -95,6 +98,29 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def _study(table: Mapping[str, Scalar], base: str | PathLike[str] | None) -> StudySpec:
+    """The ``[study]`` table's spec: read from ``spec`` (relative to ``base``) or rebuilt
+    from ``spec_json``, and checked against ``digest`` when given."""
+    path, text, digest = table.get("spec"), table.get("spec_json"), table.get("digest")
+    if (path is None) == (text is None):
+        raise ConfigurationError("[study] needs exactly one of spec (a file) and spec_json")
+    try:
+        if path is not None:
+            file = Path(str(path))
+            if not file.is_absolute() and base is not None:
+                file = Path(base) / file
+            study = load_study_spec(file)
+        else:
+            study = StudySpec.from_json(str(text))
+    except BiofedError as exc:
+        raise ConfigurationError(f"[study] {_first_line(exc)}") from None
+    if digest is not None and digest != study.digest:
+        raise ConfigurationError(
+            f"[study] digest is {digest}, but the spec's is {study.digest} (the spec changed?)"
+        )
+    return study
+
+
 def _dimension(task: str, options: Mapping[str, Scalar]) -> int:
     spec = parameter_spec(task, **options)
     return sum(math.prod(shape) for _, shape, _ in spec.entries)
@@ -132,6 +158,11 @@ class JobSpec:
     secure_aggregation:
         The ``[secure_aggregation]`` table, or None: with it every training round runs
         SecAgg+ and the coordinator learns only the (weighted) mean of the sites' updates.
+    study:
+        The ``[study]`` dataset spec (read from its file when the job was parsed), or None:
+        with it the run starts with the federated preprocessing phase and every site trains
+        on its own compilation of the spec; ``task_options`` may then lack
+        ``num_features`` until :meth:`with_preprocessing` sets it.
 
     Notes
     -----
@@ -160,8 +191,11 @@ class JobSpec:
     bundle: str | None = None
     privacy: DPSettings | None = None
     secure_aggregation: SecureAggregationSettings | None = None
+    study: StudySpec | None = None
 
     def __post_init__(self) -> None:
+        if self.study is not None and not isinstance(self.study, StudySpec):
+            raise ConfigurationError("study must be a StudySpec")
         if self.privacy is not None and not isinstance(self.privacy, DPSettings):
             raise ConfigurationError("privacy must be a DPSettings")
         if self.secure_aggregation is not None and not isinstance(
@@ -227,7 +261,7 @@ class JobSpec:
                     "combined with sample-level DP, which clips each example to "
                     "[privacy] max_grad_norm: remove it from [train]"
                 )
-        if self.secure_aggregation is not None:
+        if self.secure_aggregation is not None and self.features_known:
             if self.min_replies < 2:
                 errors.append(
                     "[secure_aggregation] needs [run] min_replies >= 2: a sum of one site's "
@@ -241,8 +275,20 @@ class JobSpec:
                 errors.append(f"[secure_aggregation] {_first_line(exc)}")
 
     # -- parsing ---------------------------------------------------------------------------
+    @property
+    def features_known(self) -> bool:
+        """Whether the model's size is known (False only for a study job whose fitted
+        preprocessing has not set ``num_features`` yet)."""
+        return self.study is None or "num_features" in self.task_options
+
     @classmethod
-    def from_mapping(cls, data: Mapping[str, Any], *, limits: JobLimits | None = None) -> JobSpec:
+    def from_mapping(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        limits: JobLimits | None = None,
+        base: str | PathLike[str] | None = None,
+    ) -> JobSpec:
         """Build from the parsed job file (TOML tables or the equivalent JSON).
 
         Parameters
@@ -252,6 +298,8 @@ class JobSpec:
         limits:
             A coordinator's caps, checked after the schema (None: the schema only, as when a
             stored run is read back).
+        base:
+            The folder a ``[study] spec`` path is relative to (default: the current one).
 
         Raises
         ------
@@ -276,6 +324,9 @@ class JobSpec:
         if "secure_aggregation" in tables:
             secure = SecureAggregationSettings.from_table(tables["secure_aggregation"])
         agreement, bundle = run.get("agreement"), run.get("bundle")
+        study = None
+        if "study" in tables:
+            study = _study(tables["study"], base)
         spec = cls(
             name=str(run.get("name", "job")),
             dataset=str(run["dataset"]),
@@ -295,12 +346,20 @@ class JobSpec:
             bundle=None if bundle is None else str(bundle),
             privacy=privacy,
             secure_aggregation=secure,
+            study=study,
         )
         return spec if limits is None else limits.check(spec)
 
     @classmethod
-    def from_toml(cls, text: str | bytes, *, limits: JobLimits | None = None) -> JobSpec:
-        """Parse a ``job.toml`` (text, or bytes that must be UTF-8)."""
+    def from_toml(
+        cls,
+        text: str | bytes,
+        *,
+        limits: JobLimits | None = None,
+        base: str | PathLike[str] | None = None,
+    ) -> JobSpec:
+        """Parse a ``job.toml`` (text, or bytes that must be UTF-8); a ``[study] spec`` path
+        is relative to ``base`` (default: the current folder)."""
         text = _text(text, "job file")
         try:
             data = tomllib.loads(text)
@@ -308,7 +367,7 @@ class JobSpec:
             raise ConfigurationError("job file is not valid TOML: nested too deeply") from None
         except ValueError as exc:  # TOMLDecodeError, or an integer of thousands of digits
             raise ConfigurationError(f"job file is not valid TOML: {_first_line(exc)}") from None
-        return cls.from_mapping(data, limits=limits)
+        return cls.from_mapping(data, limits=limits, base=base)
 
     @classmethod
     def from_json(cls, text: str | bytes, *, limits: JobLimits | None = None) -> JobSpec:
@@ -335,7 +394,7 @@ class JobSpec:
                 data = handle.read(MAX_JOB_BYTES + 1)
         except OSError as exc:
             raise ConfigurationError(f"cannot read {file}: {exc.strerror or exc}") from None
-        return cls.from_toml(data, limits=limits)
+        return cls.from_toml(data, limits=limits, base=file.parent)
 
     @staticmethod
     def reference() -> str:
@@ -373,6 +432,8 @@ class JobSpec:
             mapping["privacy"] = self.privacy.to_table()
         if self.secure_aggregation is not None:
             mapping["secure_aggregation"] = self.secure_aggregation.to_table()
+        if self.study is not None:
+            mapping["study"] = {"spec_json": self.study.to_json(), "digest": self.study.digest}
         return mapping
 
     def to_json(self) -> str:
@@ -414,7 +475,18 @@ class JobSpec:
 
     def initial_parameters(self, make: Callable[..., Task] = make_task) -> ParameterSet:
         """The model a run starts from: the task's initial parameters for the job's seed (a
-        bundle's task declares the same layout by name); ``make`` builds the task by name."""
+        bundle's task declares the same layout by name); ``make`` builds the task by name.
+
+        Raises
+        ------
+        ConfigurationError
+            For a study job before :meth:`with_preprocessing` (the model's size is not known).
+        """
+        if not self.features_known:
+            raise ConfigurationError(
+                "the study's preprocessing sets [task] num_features: fit it first "
+                "(JobSpec.with_preprocessing)"
+            )
         task = make(self.task, **self.task_options)
         return task.init_parameters(np.random.default_rng(self.seed))
 
@@ -432,6 +504,27 @@ class JobSpec:
             secure_aggregation=(
                 None if self.secure_aggregation is None else self.secure_aggregation.to_section()
             ),
+            study=(
+                None
+                if self.study is None
+                else StudySection(spec=self.study.to_json(), digest=self.study.digest)
+            ),
+        )
+
+    def with_preprocessing(self, preprocessing: Preprocessing) -> JobSpec:
+        """This job once its preprocessing is fitted: ``[task] num_features`` is the fitted
+        feature count.
+
+        Raises
+        ------
+        ConfigurationError
+            If the job has no study, or its ``num_features`` differs from the fitted count
+            (one line naming both and the features).
+        """
+        if self.study is None:
+            raise ConfigurationError("a job without [study] has no preprocessing")
+        return dataclasses.replace(
+            self, task_options=fitted_task_options(self.task_options, preprocessing)
         )
 
     def instruction_config(self) -> dict[str, Scalar]:

@@ -222,6 +222,8 @@ class JobLimits:
         return errors
 
     def _check_model(self, spec: JobSpec, errors: list[str]) -> None:
+        if not spec.features_known:  # a study job: the fitted preprocessing sets the size
+            return
         options = dict(spec.task_options)
         try:
             nbytes = model_bytes(parameter_spec(spec.task, **options))

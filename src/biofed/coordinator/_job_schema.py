@@ -458,9 +458,41 @@ SECURE_AGGREGATION = Table(
     ),
 )
 
+STUDY = Table(
+    name="study",
+    doc="The study dataset (optional): a spec every site compiles against its own data "
+    "(an OMOP CDM or a file; see the study spec reference in `biofed.data`). With it the run "
+    "starts with a federated preprocessing phase through the sites' governed chain, and "
+    "`[task] num_features` may be left out (the fitted preprocessing sets it).",
+    fields=(
+        _opt(
+            "spec",
+            Text(
+                r"[^\x00-\x1f]{1,4096}",
+                4096,
+                "a file path (TOML or JSON), relative to the job file",
+            ),
+            "The study spec file. It is read when the job is parsed and travels as its "
+            "canonical JSON (`spec_json`); sites' agreements list its digest.",
+        ),
+        _opt(
+            "spec_json",
+            Text(r"\{.*\}", 1 << 19, "the spec's canonical JSON object (biofed writes it)"),
+            "The spec as the job travels and is stored (give `spec` instead).",
+        ),
+        _opt(
+            "digest",
+            Text(r"[0-9a-f]{64}", 64, "64 lowercase hex characters (a SHA-256)"),
+            "The spec's SHA-256 (`biofed.data.StudySpec.digest`); when given, the spec must "
+            "have it.",
+        ),
+    ),
+)
+
 #: The job file's tables, in the order of the reference.
 SECTIONS: tuple[Table | VariantTable, ...] = (
     RUN,
+    STUDY,
     TASK,
     STRATEGY,
     TRAIN,
@@ -470,7 +502,11 @@ SECTIONS: tuple[Table | VariantTable, ...] = (
 )
 _BY_NAME = {s.name: s for s in SECTIONS}
 #: Tables that may be left out entirely.
-OPTIONAL_SECTIONS = frozenset({"strategy", "train", "evaluate", "privacy", "secure_aggregation"})
+OPTIONAL_SECTIONS = frozenset(
+    {"strategy", "train", "evaluate", "privacy", "secure_aggregation", "study"}
+)
+#: With a ``[study]`` the fitted preprocessing sets this task option.
+STUDY_SETS = "num_features"
 
 
 def check_job(data: object, errors: list[str]) -> dict[str, dict[str, Scalar]]:
@@ -493,6 +529,13 @@ def check_job(data: object, errors: list[str]) -> dict[str, dict[str, Scalar]]:
         errors.append(f"a job is a table of tables ([run], [task] …), got {show(data)}")
         return {}
     out: dict[str, dict[str, Scalar]] = {}
+    # With a [study], the feature count is known once the preprocessing is fitted: a task
+    # that leaves it out is checked with a stand-in that is dropped again.
+    task_raw = data.get("task")
+    stand_in = "study" in data and isinstance(task_raw, Mapping) and STUDY_SETS not in task_raw
+    if stand_in:
+        assert isinstance(task_raw, Mapping)
+        data = {**data, "task": {**task_raw, STUDY_SETS: 1}}
     for name, raw in data.items():
         section = _BY_NAME.get(name) if isinstance(name, str) else None
         if section is None:
@@ -506,4 +549,6 @@ def check_job(data: object, errors: list[str]) -> dict[str, dict[str, Scalar]]:
     for section in SECTIONS:
         if section.name not in data and section.name not in OPTIONAL_SECTIONS:
             section.check({}, errors)  # reports the required keys
+    if stand_in and "task" in out:
+        out["task"].pop(STUDY_SETS, None)
     return out

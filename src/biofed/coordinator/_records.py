@@ -107,6 +107,8 @@ class RunResult:
 
     ``stopped`` is True when the engine's ``before_round`` hook stopped the run before its
     last round (the coordinator is shutting down; the run resumes from its checkpoint).
+    ``preprocessing`` is a study job's fitted preprocessing (JSON), stored with the model:
+    apply it (``biofed.data.Preprocessing.from_json``) to data the model is used on.
     """
 
     run_id: str
@@ -115,6 +117,7 @@ class RunResult:
     history: tuple[RoundRecord, ...]
     events: tuple[RunEvent, ...]
     stopped: bool = False
+    preprocessing: str | None = None
 
     @property
     def final_eval_metrics(self) -> Metrics:

@@ -34,6 +34,7 @@ from biofed.coordinator._bundles import BundleStore
 from biofed.coordinator._executor import RunExecutor
 from biofed.coordinator._job import JobSpec
 from biofed.coordinator._job_limits import JobLimits
+from biofed.coordinator._preprocess import PREPROCESSING_EVENT, RESULT_PREPROCESSING
 from biofed.coordinator._privacy_report import privacy_report
 from biofed.coordinator._scheduler import (
     DEFAULT_MAX_ATTEMPTS,
@@ -313,6 +314,10 @@ class Coordinator:
         )
         if privacy is not None:  # the guarantee travels with the model
             metadata["privacy"] = json.dumps(privacy, sort_keys=True)
+        if spec.study is not None:  # so does the preprocessing the model was trained behind
+            fitted = [e.message for e in self.store.events(run_id) if e.kind == PREPROCESSING_EVENT]
+            if fitted:
+                metadata[RESULT_PREPROCESSING] = fitted[-1]
         return encode_parameters(checkpoint.parameters, metadata=metadata)
 
     def list_nodes(self, peer: Peer) -> list[NodeSummary]:

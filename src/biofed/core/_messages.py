@@ -36,6 +36,11 @@ class MessageKind(str, enum.Enum):
     #: One stage of secure aggregation (``directives.secagg_stage`` says which); its
     #: messages travel as ``extras["secagg"]`` (see :mod:`biofed.secagg`).
     SECAGG = "secagg"
+    #: One pass of a job's federated preprocessing: the site compiles the job's study spec
+    #: against its own data and answers ``directives.summary_request`` with the summary's
+    #: arrays (the reply's ``parameters``); no model is trained and no privacy budget is
+    #: spent (see ``docs/architecture.md``, "The preprocessing phase").
+    SUMMARISE = "summarise"
 
 
 def _freeze_extras(extras: Mapping[str, ParameterSet]) -> Mapping[str, ParameterSet]:

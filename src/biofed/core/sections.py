@@ -8,10 +8,12 @@ An instruction carries three things besides its model:
 
 * :class:`JobSection` — what the job is, the same in every instruction of a run: the
   dataset, the task and its options, the study agreement, the bundle digest, the metrics
-  an evaluation asks for, and the job's privacy and secure-aggregation settings.
+  an evaluation asks for, the job's privacy and secure-aggregation settings, its study
+  dataset spec (:class:`StudySection`) and, once the preprocessing phase fitted it, the
+  fitted preprocessing every site applies.
 * :class:`RoundDirectives` — what the coordinator's strategy and protocol say about this
   round: DP-FedAvg's clip norm and distributed-noise share, the secure-aggregation stage and
-  how a site weighs its masked vector.
+  how a site weighs its masked vector, and a preprocessing pass's summary request.
 * the task's own config (local steps, learning rate, seed, split…): plain scalars the node
   hands to the task.
 
@@ -26,7 +28,8 @@ The flat form
 On the wire (``transport/grpc/_serde.py``) and in the instructions older code builds, the
 sections travel as prefixed keys of one scalar map — ``dataset``, ``task``, ``task.<option>``,
 ``agreement``, ``bundle``, ``metrics``, ``privacy.<key>``, ``secagg.<key>``, ``dp.clip_norm``,
-``dp.noise_std_share``, ``secagg.stage``, ``secagg.weighting`` — beside the task's keys.
+``dp.noise_std_share``, ``secagg.stage``, ``secagg.weighting``, ``study.spec``,
+``study.digest``, ``preprocessing``, ``summary.request`` — beside the task's keys.
 :func:`split_flat` and :func:`flat_sections` are the one place that maps between the two
 (``Instruction(config={flat keys})`` and, through it, the gRPC codec); nothing else reads
 these key names.
@@ -35,6 +38,8 @@ these key names.
 from __future__ import annotations
 
 import enum
+import hashlib
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -57,7 +62,18 @@ DP_CLIP_NORM = "dp.clip_norm"
 DP_NOISE_STD_SHARE = "dp.noise_std_share"
 #: Flat-form prefix of the task's options (``task.num_features``…).
 TASK_PREFIX = "task."
+#: Flat-form key of the job's study dataset spec (canonical JSON).
+STUDY_SPEC_KEY = "study.spec"
+#: Flat-form key of the study spec's SHA-256 (of its canonical JSON).
+STUDY_DIGEST_KEY = "study.digest"
+#: Flat-form key of the fitted preprocessing (JSON) every site applies.
+PREPROCESSING_KEY = "preprocessing"
+#: Flat-form key of a preprocessing pass's summary request (JSON).
+SUMMARY_REQUEST_KEY = "summary.request"
+#: Longest study spec, fitted preprocessing or summary request an instruction carries.
+MAX_DOCUMENT_CHARS = 1 << 20
 _JOB_KEYS = ("dataset", "task", "agreement", "bundle", "metrics")
+_SHA256 = re.compile(r"[0-9a-f]{64}")
 WEIGHTINGS = ("examples", "equal")
 
 
@@ -100,6 +116,50 @@ class SecureAggregationSection:
         object.__setattr__(self, "table", freeze_config(self.table))
 
 
+def _document(value: object, what: str) -> str | None:
+    """A JSON document carried as text (checked for size and shape here; its owner parses it)."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigurationError(
+            f"instruction {what} must be JSON text, got {type(value).__name__}"
+        )
+    if len(value) > MAX_DOCUMENT_CHARS:
+        raise ConfigurationError(
+            f"instruction {what} is longer than {MAX_DOCUMENT_CHARS} characters"
+        )
+    if not value.startswith("{"):
+        raise ConfigurationError(f"instruction {what} must be a JSON object")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StudySection:
+    """The job's study dataset spec as it travels: its canonical JSON and its digest.
+
+    Core checks only that the digest is the SHA-256 of the text (so a site can compare the
+    digest with its agreement's list before it reads anything); :class:`biofed.data.StudySpec`
+    (``from_json``) parses and validates the spec itself.
+
+    Attributes
+    ----------
+    spec:
+        The spec's canonical JSON (``StudySpec.to_json()``).
+    digest:
+        Hex SHA-256 of ``spec`` (``StudySpec.digest``), what agreements list.
+    """
+
+    spec: str
+    digest: str
+
+    def __post_init__(self) -> None:
+        _document(self.spec, "study spec")
+        if not isinstance(self.digest, str) or not _SHA256.fullmatch(self.digest):
+            raise ConfigurationError("instruction study digest must be 64 lowercase hex")
+        if hashlib.sha256(self.spec.encode("utf-8")).hexdigest() != self.digest:
+            raise ConfigurationError("instruction study digest is not the SHA-256 of its spec")
+
+
 def _opt_str(value: object, what: str) -> str | None:
     if value is None or isinstance(value, str):
         return value
@@ -137,6 +197,12 @@ class JobSection:
         The job's differential-privacy settings, or None.
     secure_aggregation:
         The job's secure-aggregation settings, or None.
+    study:
+        The job's study dataset spec (each site compiles it against its own data), or None
+        (the dataset is a prepared table).
+    preprocessing:
+        The fitted preprocessing's JSON (``biofed.data.Preprocessing.to_json()``) every site
+        applies to its study table; None before (and without) the preprocessing phase.
     """
 
     dataset: str | None = None
@@ -147,8 +213,15 @@ class JobSection:
     metrics: Scalar | None = None
     privacy: PrivacySection | None = None
     secure_aggregation: SecureAggregationSection | None = None
+    study: StudySection | None = None
+    preprocessing: str | None = None
 
     def __post_init__(self) -> None:
+        if self.study is not None and not isinstance(self.study, StudySection):
+            raise ConfigurationError("instruction study must be a StudySection")
+        _document(self.preprocessing, "preprocessing")
+        if self.preprocessing is not None and self.study is None:
+            raise ConfigurationError("instruction preprocessing needs a study spec")
         _opt_str(self.dataset, "dataset")
         _opt_str(self.task, "task")
         _opt_str(self.agreement, "agreement")
@@ -174,14 +247,19 @@ class RoundDirectives:
     secagg_weighting:
         How the site weighs its masked vector: ``"examples"`` (its example count, capped)
         or ``"equal"``.
+    summary_request:
+        A ``MessageKind.SUMMARISE`` instruction's request (``SummaryRequest.to_json()``):
+        what this preprocessing pass asks the site to summarise.
     """
 
     clip_norm: float | None = None
     noise_std_share: float | None = None
     secagg_stage: SecAggStage | None = None
     secagg_weighting: str | None = None
+    summary_request: str | None = None
 
     def __post_init__(self) -> None:
+        _document(self.summary_request, "summary request")
         object.__setattr__(self, "clip_norm", _opt_number(self.clip_norm, "clip norm"))
         object.__setattr__(
             self, "noise_std_share", _opt_number(self.noise_std_share, "noise std share")
@@ -217,9 +295,16 @@ def split_flat(
     options: dict[str, Scalar] = {}
     privacy: dict[str, Scalar] = {}
     secagg: dict[str, Scalar] = {}
+    study: dict[str, Scalar] = {}
     for key, value in config.items():
         if key in _JOB_KEYS:
             job[key] = value
+        elif key in (STUDY_SPEC_KEY, STUDY_DIGEST_KEY):
+            study[key] = value
+        elif key == PREPROCESSING_KEY:
+            job["preprocessing"] = value
+        elif key == SUMMARY_REQUEST_KEY:
+            directives["summary_request"] = value
         elif key.startswith(TASK_PREFIX) and len(key) > len(TASK_PREFIX):
             options[key[len(TASK_PREFIX) :]] = value
         elif key == DP_CLIP_NORM:
@@ -242,6 +327,12 @@ def split_flat(
         job["privacy"] = PrivacySection(table=privacy)
     if secagg:
         job["secure_aggregation"] = SecureAggregationSection(table=secagg)
+    if study:
+        if set(study) != {STUDY_SPEC_KEY, STUDY_DIGEST_KEY}:
+            raise ConfigurationError(
+                f"instruction {STUDY_SPEC_KEY!r} and {STUDY_DIGEST_KEY!r} come together"
+            )
+        job["study"] = StudySection(spec=study[STUDY_SPEC_KEY], digest=study[STUDY_DIGEST_KEY])  # type: ignore[arg-type]
     return job, directives, task
 
 
@@ -266,4 +357,11 @@ def flat_sections(job: JobSection, directives: RoundDirectives) -> dict[str, Sca
         out[STAGE_KEY] = directives.secagg_stage.value
     if directives.secagg_weighting is not None:
         out[WEIGHTING_KEY] = directives.secagg_weighting
+    if job.study is not None:
+        out[STUDY_SPEC_KEY] = job.study.spec
+        out[STUDY_DIGEST_KEY] = job.study.digest
+    if job.preprocessing is not None:
+        out[PREPROCESSING_KEY] = job.preprocessing
+    if directives.summary_request is not None:
+        out[SUMMARY_REQUEST_KEY] = directives.summary_request
     return out

@@ -16,10 +16,13 @@ named in the :class:`~biofed.core.PolicyViolation` (``"<rule>: why"``):
     it is registered, its file (or OMOP CDM) is unchanged since registration, it is the
     file or CDM the node serves, and its last data-quality check (if it was checked) failed
     no fatal check. The refusal names the failed checks, never their record counts (the
-    reason reaches the coordinator).
+    reason reaches the coordinator). A job that compiles a study dataset spec against it
+    must carry a spec whose digest the agreement lists in ``approved_studies`` (checked
+    before the site reads anything with it).
 ``cohort``
     The split the instruction uses has at least ``max(agreement.min_cohort, dataset
-    min_cohort)`` rows (training rows for TRAIN, the evaluated split's rows for EVALUATE).
+    min_cohort)`` rows (training rows for TRAIN and SUMMARISE, the evaluated split's rows
+    for EVALUATE).
 ``bundle``
     A bundle is required: its digest is listed in the agreement, approved locally, and the
     file's recomputed digest matches. Built-in tasks and in-process task modules never run
@@ -149,7 +152,12 @@ class PolicyRequest:
     dataset_location:
         For an OMOP CDM the node serves, its location from ``node.toml`` (password-free).
     rows:
-        Rows of the split the instruction uses (training rows, or the evaluated split's).
+        Rows of the split the instruction uses (training rows, or the evaluated split's), or
+        a function counting them (a study's cohort: extracted only once the spec passed the
+        ``dataset`` rule; it raises PolicyViolation when the extraction fails).
+    study:
+        The digest of the study dataset spec the job compiles (``StudySpec.digest``), or
+        None for a prepared table.
     metrics:
         Metric names an EVALUATE instruction asks for (config ``"metrics"``, comma
         separated), or None when it names none.
@@ -167,13 +175,14 @@ class PolicyRequest:
     dataset: str
     bundle: str | None
     dataset_path: Path | None
-    rows: int
+    rows: int | Callable[[], int]
     dataset_location: str | None = None
     metrics: tuple[str, ...] | None = None
     secure_aggregation: bool = False
     differential_privacy: bool = False
     dp_planned: tuple[float, float] | None = None
     dp_seeded: bool = False
+    study: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -258,6 +267,12 @@ def _check_dataset(
             f"the job names dataset {request.dataset!r}, but agreement "
             f"{agreement.agreement_id!r} puts only {in_scope!r} of {policy.site!r} in scope",
         )
+    if request.study is not None and request.study not in agreement.approved_studies:
+        raise _refuse(
+            "dataset",
+            f"the job's study spec {request.study[:16]}… is not among agreement "
+            f"{agreement.agreement_id!r}'s approved_studies",
+        )
     try:
         entry = policy.registry.require(request.dataset)
     except (PolicyViolation, ConfigurationError) as exc:
@@ -317,11 +332,12 @@ def _check_cohort(
     request: PolicyRequest, signed: SignedAgreement, entry: RegisteredDataset
 ) -> None:
     minimum = max(signed.agreement.min_cohort, entry.min_cohort)
-    if request.rows < minimum:
-        split = "training" if request.kind is MessageKind.TRAIN else "evaluation"
+    rows = request.rows() if callable(request.rows) else request.rows
+    if rows < minimum:
+        split = "evaluation" if request.kind is MessageKind.EVALUATE else "training"
         raise _refuse(
             "cohort",
-            f"dataset {entry.name!r} has {request.rows} {split} rows, fewer than the minimum "
+            f"dataset {entry.name!r} has {rows} {split} rows, fewer than the minimum "
             f"cohort of {minimum}",
         )
 

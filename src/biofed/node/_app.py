@@ -28,7 +28,10 @@ node's chain is the same without the policy, output-control and audit steps.
 
 from __future__ import annotations
 
+import functools
+import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from biofed.core import (
@@ -38,7 +41,7 @@ from biofed.core import (
     Reply,
     check_id,
 )
-from biofed.data import SiteData
+from biofed.data import OmopDatabase, SiteData
 from biofed.governance import (
     LEDGER_FILE,
     ApprovalStore,
@@ -47,21 +50,35 @@ from biofed.governance import (
     DatasetRegistry,
     PrivacyLedger,
     SitePolicy,
+    check_omop_url,
+    omop_connect_url,
 )
 from biofed.identity import Kit
 from biofed.node._chain import Next, SiteSteps, Work, site_chain
-from biofed.node._config import GovernanceConfig, NodeConfig
+from biofed.node._config import DatasetSource, GovernanceConfig, NodeConfig
 from biofed.node._privacy import SitePrivacy
 from biofed.node._runtime import SiteNode
 from biofed.node._sandbox import audit_sandbox_opt_out
 from biofed.node._secure import SecureSessions
-from biofed.node._sites import SiteTasks
+from biofed.node._sites import SiteTasks, SourceOrOpener, StudySource
 from biofed.node._step_audit import AuditStep, record
 from biofed.node._step_control import OutputControlStep
 from biofed.node._step_policy import PolicyStep
 from biofed.node._step_privacy import PrivacyStep
 from biofed.node._step_secure import SecureAggregationStep
 from biofed.node._step_task import RunTask
+
+#: File suffixes of an in-memory study source that is an OMOP CDM (a DuckDB file).
+OMOP_SUFFIXES = (".duckdb", ".db")
+
+
+def _open_omop(source: DatasetSource) -> StudySource:
+    """A ``node.toml`` OMOP dataset as a study source, when a study first reads it: its
+    location with the password from ``password_env``, opened with its schema when it names
+    one (a missing password refuses that study, not the node's start)."""
+    assert source.omop is not None
+    url = omop_connect_url(source.omop, source.password_env, os.environ)
+    return url if source.schema is None else OmopDatabase.open(url, schema=source.schema)
 
 
 class NodeApp:
@@ -79,7 +96,10 @@ class NodeApp:
     data:
         Datasets already in memory (name → data), served besides ``config``'s files; a
         simulation's virtual sites pass theirs here. Such a dataset has no file, so a
-        governed site's registry cannot pin it: governance refuses it.
+        governed site's registry cannot pin it: governance refuses it. A value may also be
+        a study source — an OMOP CDM (:class:`~biofed.data.OmopDatabase`, its URL or
+        DuckDB file) or a data file — that a job's study spec compiles; a local file there
+        is what the registry pins.
 
     Attributes
     ----------
@@ -104,17 +124,42 @@ class NodeApp:
         config: NodeConfig,
         *,
         kit: Kit | None = None,
-        data: Mapping[str, SiteData] | None = None,
+        data: Mapping[str, SiteData | StudySource] | None = None,
     ) -> None:
         self.node_id = check_id(node_id, what="node id")
         self.data: dict[str, SiteData] = {}
-        for name, site_data in (data or {}).items():
+        #: Study sources by dataset name (compiled by a job's study spec).
+        self.sources: dict[str, SourceOrOpener] = {}
+        #: The local file each dataset is read from (the registry pins it).
+        self.files: dict[str, Path] = {}
+        #: The OMOP CDM each dataset is read from (password-free location; registry pins it).
+        self.locations: dict[str, str] = {}
+        for name, value in (data or {}).items():
             if name in config.datasets:
                 raise ConfigurationError(f"dataset {name!r} is both in memory and in node.toml")
-            self.data[check_id(name, what="dataset name")] = site_data
+            check_id(name, what="dataset name")
+            if isinstance(value, SiteData):
+                self.data[name] = value
+            elif isinstance(value, OmopDatabase | str | os.PathLike):
+                self.sources[name] = value
+                if not isinstance(value, OmopDatabase) and Path(value).is_file():
+                    if Path(value).suffix.lower() in OMOP_SUFFIXES:
+                        self.locations[name] = check_omop_url(str(value))
+                    else:
+                        self.files[name] = Path(value)
+            else:
+                raise ConfigurationError(
+                    f"dataset {name!r} must be SiteData or a study source (an OMOP database, "
+                    f"its URL or a file path), got {type(value).__name__}"
+                )
         for name, source in config.datasets.items():
             if source.omop is not None:  # compiled per study from its spec, not loaded whole
+                self.locations[name] = source.omop
+                self.sources[name] = functools.partial(_open_omop, source)
                 continue
+            assert source.path is not None
+            self.files[name] = source.path
+            self.sources[name] = source.path  # a study spec with source = "file" reads it
             try:
                 self.data[name] = source.load()
             except DataError as exc:
@@ -133,7 +178,11 @@ class NodeApp:
         self.allow_heuristic = config.privacy is not None and config.privacy.allow_heuristic
         self.secure = SecureSessions(self.node_id, kit)
         self.sites = SiteTasks(
-            self.node_id, self.data, self.task_dirs, allow_weaker=self.allow_weaker
+            self.node_id,
+            self.data,
+            self.task_dirs,
+            allow_weaker=self.allow_weaker,
+            sources=self.sources,
         )
         self.steps = self._steps(config)
         self._chain: Next = site_chain(self.steps)
@@ -158,7 +207,8 @@ class NodeApp:
             self.policy,
             self.audit,
             sites=self.sites,
-            sources=config.datasets,
+            sources=self.files,
+            locations=self.locations,
             privacy=privacy,
             fetcher=lambda: self.fetch_bundle,
         )
@@ -228,8 +278,11 @@ class NodeApp:
         return policy, audit
 
     def declarations(self) -> list[tuple[str, int, int]]:
-        """(name, training examples, features) of each dataset, to declare on connect."""
-        return [(n, len(d.train), d.train.num_features) for n, d in self.data.items()]
+        """(name, training examples, features) of each dataset, to declare on connect; a
+        study source alone is declared with 0 and 0 (its table exists only once a job's
+        spec compiles it)."""
+        out = [(n, len(d.train), d.train.num_features) for n, d in self.data.items()]
+        return out + [(n, 0, 0) for n in self.sources if n not in self.data]
 
     def handle(self, instruction: Instruction) -> Reply:
         """Run one instruction through the site's chain (an error reply, never an

@@ -5,7 +5,9 @@ On the way out a successful reply is checked by
 tensors, no extras but the allowed ones, and metrics the agreement does not name are dropped
 (and listed in the ``round.sent`` entry). The privacy step's statement of the site's own
 spend (``dp.epsilon``, ``dp.delta``, ``dp.guarantee``) is the node's, not the task's output:
-it always leaves.
+it always leaves. A summary (the reply to a SUMMARISE instruction) may carry only the
+arrays of the summary it is — no metrics, no extras, no other array names
+(:func:`control_summary`).
 
 Security notes
 --------------
@@ -17,7 +19,8 @@ from __future__ import annotations
 
 import dataclasses
 
-from biofed.core import BiofedError, Reply
+from biofed.core import BiofedError, MessageKind, PolicyViolation, Reply
+from biofed.data import SiteSummary
 from biofed.governance import AuditLog, control_reply
 from biofed.node._chain import Next, Work
 from biofed.node._step_audit import withhold
@@ -39,6 +42,13 @@ class OutputControlStep:
         clearance = work.clearance
         if clearance is None or not reply.ok:
             return reply
+        if work.instruction.kind is MessageKind.SUMMARISE:
+            try:
+                controlled = control_summary(reply)
+            except BiofedError as exc:
+                return withhold(self.audit, work.instruction, exc, self.node_id)
+            work.sent.update(num_examples=controlled.num_examples, dropped_metrics=[])
+            return controlled
         statement = {}
         if work.plan is not None:
             statement = {k: v for k, v in reply.metrics.items() if k in _STATEMENT}
@@ -53,3 +63,32 @@ class OutputControlStep:
         if not statement:
             return controlled
         return dataclasses.replace(controlled, metrics={**controlled.metrics, **statement})
+
+
+def control_summary(reply: Reply) -> Reply:
+    """``reply`` if it releases a summary and nothing else.
+
+    Raises
+    ------
+    PolicyViolation
+        ``"outputs: why"`` when it carries metrics, extras, or arrays that are not exactly
+        those of the :class:`~biofed.data.SiteSummary` they parse as.
+
+    Security notes
+    --------------
+    Threat: code at the site (or a bug) adding row-level arrays to what the preprocessing
+    phase releases. The summary is parsed back and re-encoded; only when its own arrays are
+    exactly the reply's does the reply leave (the counts in it were disclosure-controlled by
+    :func:`biofed.data.summarise`).
+    """
+    if reply.metrics or reply.extras:
+        raise PolicyViolation("outputs: a summary reply may carry no metrics or extras")
+    if reply.parameters is None:
+        raise PolicyViolation("outputs: a summary reply carries no summary")
+    try:
+        summary = SiteSummary.from_arrays(dict(reply.parameters))
+    except BiofedError as exc:
+        raise PolicyViolation(f"outputs: the reply is not a summary ({exc})") from None
+    if set(summary.to_arrays()) != set(reply.parameters):
+        raise PolicyViolation("outputs: the reply carries arrays that are not the summary's")
+    return reply

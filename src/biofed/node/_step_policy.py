@@ -18,8 +18,10 @@ secure-aggregation step (:attr:`~biofed.node._chain.Work.secure`), never from th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 from biofed.core import (
     BiofedError,
@@ -30,6 +32,7 @@ from biofed.core import (
     PolicyViolation,
     Reply,
 )
+from biofed.data import SiteData
 from biofed.governance import (
     AuditLog,
     PolicyRequest,
@@ -41,7 +44,6 @@ from biofed.governance import (
     requested_metrics,
 )
 from biofed.node._chain import Next, Work
-from biofed.node._config import DatasetSource
 from biofed.node._privacy import RoundPrivacy, fit_plan
 from biofed.node._sites import SiteTasks
 from biofed.node._step_audit import record, where
@@ -63,7 +65,10 @@ class PolicyStep:
     sites:
         The site's datasets and tasks.
     sources:
-        ``node.toml``'s dataset files (the registry pins them).
+        The files the node reads by dataset name (``node.toml``'s dataset files, and study
+        sources that are files): the registry pins them.
+    locations:
+        The OMOP CDMs the node reads by dataset name (their password-free locations).
     privacy:
         The privacy step, whose plan the check weighs.
     fetcher:
@@ -77,7 +82,8 @@ class PolicyStep:
         audit: AuditLog,
         *,
         sites: SiteTasks,
-        sources: Mapping[str, DatasetSource],
+        sources: Mapping[str, Path],
+        locations: Mapping[str, str] | None = None,
         privacy: PrivacyStep,
         fetcher: FetchBundle,
     ) -> None:
@@ -86,6 +92,7 @@ class PolicyStep:
         self.audit = audit
         self.sites = sites
         self.sources = sources
+        self.locations: Mapping[str, str] = locations or {}
         self.privacy = privacy
         self.fetcher = fetcher
 
@@ -93,6 +100,10 @@ class PolicyStep:
         instruction = work.instruction
         self._fetch_if_approved(instruction)
         try:
+            if instruction.job.study is not None and instruction.kind is not MessageKind.SUMMARISE:
+                # The spec must be approved (and its cohort large enough) before the site
+                # compiles it to plan the round's privacy: checked as a summary first.
+                check_instruction(self.policy, self._request(work, None, MessageKind.SUMMARISE))
             try:
                 plan = self.privacy.plan(work)
             except ConfigurationError as exc:
@@ -119,6 +130,11 @@ class PolicyStep:
                     "bundle": clearance.bundle.digest,
                     "dataset": clearance.dataset.name,
                     "dataset_sha256": clearance.dataset.sha256,
+                    **(
+                        {}
+                        if instruction.job.study is None
+                        else {"study_sha256": instruction.job.study.digest}
+                    ),
                 },
                 strict=True,
             )
@@ -126,34 +142,33 @@ class PolicyStep:
             return Reply.error_for(instruction, exc, node_id=self.node_id)
         return call_next(dataclasses.replace(work, clearance=clearance, plan=plan))
 
-    def _request(self, work: Work, plan: RoundPrivacy | None) -> PolicyRequest:
+    def _request(
+        self, work: Work, plan: RoundPrivacy | None, kind: MessageKind | None = None
+    ) -> PolicyRequest:
         instruction = work.instruction
         job = instruction.job
+        kind = instruction.kind if kind is None else kind
         dataset = job.dataset or ""
-        data = self.sites.data.get(dataset)
-        source = self.sources.get(dataset)
-        rows = 0
-        if data is not None:
-            if instruction.kind is MessageKind.TRAIN:
-                rows = len(data.train)
-            else:
-                try:
-                    rows = len(data.split(str(instruction.task_config.get("split", "test"))))
-                except DataError:
-                    rows = 0
+        rows: int | Callable[[], int] = 0
+        if job.study is not None:
+            if self.sites.holds(job):  # compiled only once the spec passed the dataset rule
+                rows = functools.partial(_study_rows, self.sites, instruction, kind)
+        elif dataset in self.sites.data:
+            rows = _rows(self.sites.data[dataset], instruction)
         return PolicyRequest(
-            kind=instruction.kind,
+            kind=kind,
             agreement=job.agreement,
             dataset=dataset,
             bundle=job.bundle,
-            dataset_path=None if source is None else source.path,
-            dataset_location=None if source is None or source.omop is None else source.omop,
+            dataset_path=self.sources.get(dataset),
+            dataset_location=self.locations.get(dataset),
             rows=rows,
             metrics=requested_metrics({} if job.metrics is None else {"metrics": job.metrics}),
             secure_aggregation=work.secure,
             differential_privacy=job.privacy is not None,
             dp_planned=None if plan is None else (plan.planned_epsilon(), plan.settings.delta),
             dp_seeded=plan is not None and plan.settings.seeded,
+            study=None if job.study is None else job.study.digest,
         )
 
     def _fetch_if_approved(self, instruction: Instruction) -> None:
@@ -178,3 +193,22 @@ class PolicyStep:
             record(self.audit, "bundle.fetch_failed", {"bundle": str(digest), "reason": str(exc)})
             return
         record(self.audit, "bundle.fetched", {"bundle": digest, "bytes": len(data)})
+
+
+def _rows(data: SiteData, instruction: Instruction) -> int:
+    """Rows of the split an instruction uses (training rows for TRAIN and SUMMARISE)."""
+    if instruction.kind is not MessageKind.EVALUATE:
+        return len(data.train)
+    try:
+        return len(data.split(str(instruction.task_config.get("split", "test"))))
+    except DataError:
+        return 0
+
+
+def _study_rows(sites: SiteTasks, instruction: Instruction, kind: MessageKind) -> int:
+    """Rows of a study job's split: the study table's training rows for SUMMARISE, the
+    prepared data's for TRAIN and EVALUATE (PolicyViolation when they cannot be made)."""
+    job = instruction.job
+    if kind is MessageKind.SUMMARISE:
+        return int((~sites.study_table(job).is_test).sum())
+    return _rows(sites.site_data(job), instruction)

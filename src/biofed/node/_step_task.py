@@ -2,18 +2,21 @@
 
 The task gets the instruction with the node's own DP-SGD settings (the plan's ``dp_*``
 keys; the coordinator's are removed, :func:`~biofed.node._privacy.task_instruction`); under
-governance it is the approved bundle, in its sandboxed worker.
+governance it is the approved bundle, in its sandboxed worker. A SUMMARISE instruction (a
+preprocessing pass) runs no task: the site summarises its study table as the request asks
+(:meth:`~biofed.node._sites.SiteTasks.summarise`), suppressing counts below the governed
+minimum cohort (or :data:`~biofed.node._sites.DEFAULT_MIN_CELL` on a development node).
 """
 
 from __future__ import annotations
 
 import dataclasses
 
-from biofed.core import BiofedError, Reply
-from biofed.governance import AuditLog
+from biofed.core import BiofedError, MessageKind, Reply
+from biofed.governance import AuditLog, Clearance
 from biofed.node._chain import Work
 from biofed.node._privacy import task_instruction
-from biofed.node._sites import SiteTasks
+from biofed.node._sites import DEFAULT_MIN_CELL, SiteTasks
 from biofed.node._step_audit import record, where
 
 
@@ -37,6 +40,11 @@ class RunTask:
 
     def __call__(self, work: Work) -> Reply:
         instruction = work.instruction
+        if instruction.kind is MessageKind.SUMMARISE:
+            try:
+                return self.sites.summarise(instruction, min_cell=min_cell(work.clearance))
+            except BiofedError as exc:
+                return Reply.error_for(instruction, exc, node_id=self.node_id)
         try:
             site = self.sites.site(instruction.job, work.clearance)
         except BiofedError as exc:
@@ -48,3 +56,11 @@ class RunTask:
                 self.audit, "round.failed", {**where(instruction), "error": str(reply.error)[:500]}
             )
         return reply
+
+
+def min_cell(clearance: Clearance | None) -> int:
+    """The disclosure threshold of what a summary releases: the larger of the agreement's
+    and the dataset's minimum cohort under governance, else :data:`DEFAULT_MIN_CELL`."""
+    if clearance is None:
+        return DEFAULT_MIN_CELL
+    return max(clearance.agreement.agreement.min_cohort, clearance.dataset.min_cohort)

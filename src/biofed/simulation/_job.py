@@ -36,6 +36,7 @@ from biofed.node import NodeConfig
 from biofed.simulation._backends import BackendName, make_backend
 from biofed.simulation._job_governance import Rehearsal
 from biofed.simulation._job_sites import site_recipes
+from biofed.simulation._sites import SiteSource
 from biofed.tasks import Task, make_task
 
 
@@ -70,7 +71,7 @@ class SpendListener:
 
 def run_job(
     job: JobSpec,
-    fed: FederatedDataset,
+    fed: FederatedDataset | Mapping[str, SiteSource],
     *,
     listener: EngineListener | None = None,
     node_configs: Mapping[str, NodeConfig] | None = None,
@@ -84,6 +85,8 @@ def run_job(
 
     Returns the engine's result and the privacy report (as a run summary's: each site's
     last reported ε(δ) with its label; None without DP).
+    A job with a study spec runs the preprocessing phase first (``fed`` is then site →
+    study source); the result holds the fitted preprocessing.
     Each run has its own id (default: ``sim-<random>``), so a site's ledger counts every
     rehearsal as a job of its own; nothing the sites compute depends on it.
 
@@ -110,10 +113,16 @@ def run_job(
             "[run] bundle runs only at governed sites: give the agreement and the bundle file "
             "(--agreement, --bundle), or name a built-in task"
         )
-    if len(fed.sites) < job.min_nodes:
+    sites: Mapping[str, SiteSource] = fed.sites if isinstance(fed, FederatedDataset) else fed
+    if (job.study is None) != isinstance(fed, FederatedDataset):
         raise ConfigurationError(
-            f"[run] min_nodes is {job.min_nodes}, the dataset {fed.name!r} has "
-            f"{len(fed.sites)} sites"
+            "a job with [study] runs on the sites' study sources (site → OMOP CDM or file), "
+            "a job without on a federated dataset"
+        )
+    if len(sites) < job.min_nodes:
+        name = fed.name if isinstance(fed, FederatedDataset) else job.dataset
+        raise ConfigurationError(
+            f"[run] min_nodes is {job.min_nodes}, the dataset {name!r} has {len(sites)} sites"
         )
     spends = SpendListener(listener)
     with tempfile.TemporaryDirectory(prefix="biofed-sim-") as scratch:
@@ -137,6 +146,9 @@ def run_job(
                 job=job.job_section(),
                 secure_aggregation=job.secure_aggregation,
             )
+            fitted = engine.preprocess()  # a study job's preprocessing phase, before round 1
+            if fitted is not None:
+                job = job.with_preprocessing(fitted)
             result = engine.run(job.initial_parameters())
     return result, privacy_report(job, spends.events, result.history)
 

@@ -24,11 +24,12 @@ import dataclasses
 import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from os import PathLike
 from pathlib import Path
 from typing import Any
 
 from biofed.core import ConfigurationError
-from biofed.data import FederatedDataset, write_site_files
+from biofed.data import FederatedDataset, SiteData, write_site_files
 from biofed.governance import (
     ApprovalStore,
     AuditLog,
@@ -115,33 +116,47 @@ def governed_config(
     signed: SignedAgreement,
     consortium: Consortium,
     kit: Kit,
-    fed: FederatedDataset,
+    data: SiteData | str | PathLike[str],
     dataset: str,
     base: NodeConfig,
 ) -> NodeConfig:
     """Set up one site as its data steward would (register its data file, keep the signers'
     certificates and the signed agreement, hold and approve the bundle) and return the node
-    config that enforces it; ``base``'s privacy caps and sandbox settings are kept."""
+    config that enforces it; ``base``'s privacy caps and sandbox settings are kept.
+
+    ``data`` is the site's table (written to a CSV file, which is registered and served),
+    or a study source: a data file or an OMOP CDM file, registered as it is and served by
+    the virtual site from memory (its ``node.toml`` then names no dataset)."""
     site = kit.name
     folder = consortium.directory / "sites" / site
     for sub in ("agreements", "certificates", "bundles"):
         (folder / sub).mkdir(parents=True, exist_ok=True)
-    part = FederatedDataset(name=dataset, sites={site: fed.sites[site]})
-    file = write_site_files(part, folder / "data", format="csv")[site]
-    targets = {key: key for key in fed.sites[site].train.targets}
     log = AuditLog(folder / "audit.jsonl", AuditSigner.from_kit(kit))
 
     def audit(event: str, data: Mapping[str, Any]) -> None:
         log.append(event, data)
 
-    DatasetRegistry(folder / "datasets.json", audit=audit).add(
-        dataset,
-        file,
-        format="csv",
-        targets=targets,
-        split_column="split",
-        min_cohort=signed.agreement.min_cohort,
-    )
+    registry = DatasetRegistry(folder / "datasets.json", audit=audit)
+    if not isinstance(data, SiteData):
+        register_source(registry, dataset, Path(data), min_cohort=signed.agreement.min_cohort)
+        datasets: dict[str, DatasetSource] = {}
+    else:
+        part = FederatedDataset(name=dataset, sites={site: data})
+        file = write_site_files(part, folder / "data", format="csv")[site]
+        targets = {key: key for key in data.train.targets}
+        registry.add(
+            dataset,
+            file,
+            format="csv",
+            targets=targets,
+            split_column="split",
+            min_cohort=signed.agreement.min_cohort,
+        )
+        datasets = {
+            dataset: DatasetSource(
+                name=dataset, path=file, format="csv", targets=targets, split_column="split"
+            )
+        }
     for party in signed.agreement.signers:
         shutil.copy(
             consortium.kit_directory(party.name) / "cert.pem",
@@ -152,9 +167,6 @@ def governed_config(
     ApprovalStore(folder / "approvals.json", audit=log).approve(
         rehearsal.digest, by=f"{site} (simulation)", note="approved for a simulated rehearsal"
     )
-    source = DatasetSource(
-        name=dataset, path=file, format="csv", targets=targets, split_column="split"
-    )
     governance = GovernanceConfig(
         agreements_dir=folder / "agreements",
         certificates_dir=folder / "certificates",
@@ -163,4 +175,15 @@ def governed_config(
         bundles_dir=folder / "bundles",
         audit=folder / "audit.jsonl",
     )
-    return dataclasses.replace(base, datasets={dataset: source}, governance=governance)
+    return dataclasses.replace(base, datasets=datasets, governance=governance)
+
+
+def register_source(
+    registry: DatasetRegistry, dataset: str, file: Path, *, min_cohort: int
+) -> None:
+    """Register a study source file as its steward would: an OMOP CDM file (``.duckdb``,
+    ``.db``) with the registry's OMOP entry when it has one, a data file as a table."""
+    if file.suffix.lower() in (".duckdb", ".db"):
+        registry.add_omop(dataset, str(file), min_cohort=min_cohort)
+    else:
+        registry.add(dataset, file, min_cohort=min_cohort)

@@ -29,7 +29,7 @@ from biofed.data import FederatedDataset, SiteData
 from biofed.identity import Consortium, load_kit
 from biofed.node import MEMORY_LEDGER, NodeConfig, PrivacyConfig
 from biofed.simulation._job_governance import Rehearsal, governed_config
-from biofed.simulation._sites import SiteRecipe
+from biofed.simulation._sites import SiteRecipe, SiteSource
 
 #: Name of the consortium provisioned for a simulation's kits.
 SIM_CONSORTIUM = "biofed-simulation"
@@ -56,11 +56,11 @@ def _with_ledger(config: NodeConfig, ledger: Path, dataset: str) -> NodeConfig:
     )
 
 
-def _site_data(dataset: str, data: SiteData) -> dict[str, SiteData]:
+def _site_data(dataset: str, data: SiteSource) -> dict[str, SiteSource]:
     return {dataset: data}
 
 
-def _file_data() -> dict[str, SiteData]:
+def _file_data() -> dict[str, SiteSource]:
     """A governed site reads its registered file (its node config's dataset)."""
     return {}
 
@@ -81,7 +81,7 @@ def load_node_config(path: str | Path, site: str) -> NodeConfig:
 
 
 def site_recipes(
-    fed: FederatedDataset,
+    fed: FederatedDataset | Mapping[str, SiteSource],
     dataset: str,
     *,
     workdir: Path,
@@ -94,6 +94,9 @@ def site_recipes(
 
     Parameters
     ----------
+    fed:
+        The sites' data: a federated dataset, or site → study source (an OMOP CDM's URL or
+        file, or a data file) for a job with a study spec.
     workdir:
         A scratch folder (the throwaway consortium, the default ledgers).
     needs_kits:
@@ -106,8 +109,9 @@ def site_recipes(
         (the node's in-memory history of the job) for the others. A site without caps
         is a development site: its ledger caps the job's dataset at :data:`UNCAPPED`.
     """
+    sites: Mapping[str, SiteSource] = fed.sites if isinstance(fed, FederatedDataset) else fed
     configs = dict(node_configs or {})
-    unknown = sorted(set(configs) - set(fed.sites))
+    unknown = sorted(set(configs) - set(sites))
     if unknown:
         raise ConfigurationError(
             f"--node-config names sites the dataset does not have: {', '.join(unknown)}"
@@ -115,22 +119,22 @@ def site_recipes(
     kits: dict[str, Path] = {}
     consortium = None
     if needs_kits or rehearsal is not None:
-        sites, researchers = (
-            (list(fed.sites), []) if rehearsal is None else rehearsal.parties(list(fed.sites))
+        parties, researchers = (
+            (list(sites), []) if rehearsal is None else rehearsal.parties(list(sites))
         )
         consortium = Consortium.create(
             workdir / "consortium",
             consortium=SIM_CONSORTIUM,
             coordinator="localhost",
-            sites=sites,
+            sites=parties,
             researchers=researchers,
         )
-        kits = {site: consortium.kit_directory(site) for site in fed.sites}
+        kits = {site: consortium.kit_directory(site) for site in sites}
     signed = None if rehearsal is None or consortium is None else rehearsal.resign(consortium)
     if ledger_dir is not None:
         ledger_dir.mkdir(parents=True, exist_ok=True)
     recipes = []
-    for site, data in fed.sites.items():
+    for site, data in sites.items():
         config = configs.get(site) or NodeConfig(datasets={})
         # Never the real ledger of a node config or a kit: the ledger folder's, or one in
         # memory where the site needs one (a kit opens a ledger; caps need one).
@@ -141,12 +145,13 @@ def site_recipes(
             config = dataclasses.replace(
                 config, privacy=dataclasses.replace(config.privacy, ledger=None)
             )
-        load_data: Callable[[], Mapping[str, SiteData]]
+        load_data: Callable[[], Mapping[str, SiteSource]]
         load_data = functools.partial(_site_data, dataset, data)
         if rehearsal is not None and signed is not None and consortium is not None:
             kit = load_kit(kits[site])
-            config = governed_config(rehearsal, signed, consortium, kit, fed, dataset, config)
-            load_data = _file_data
+            config = governed_config(rehearsal, signed, consortium, kit, data, dataset, config)
+            if isinstance(data, SiteData):  # the site reads the file it registered
+                load_data = _file_data
         recipes.append(
             SiteRecipe(
                 node_id=site, load_data=load_data, node_config=config, kit_dir=kits.get(site)

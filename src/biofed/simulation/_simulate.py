@@ -12,7 +12,10 @@ can show what federation buys.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from biofed.coordinator import (
+    PREPROCESSING_EVENT,
+    SUMMARIES_EVENT,
     EngineConfig,
     EngineListener,
     JobSpec,
@@ -30,10 +35,11 @@ from biofed.coordinator import (
     RunResult,
 )
 from biofed.core import ConfigurationError, NodeInfo, ParameterSet, Scalar, TaskError
-from biofed.data import Dataset, FederatedDataset
+from biofed.data import Dataset, FederatedDataset, Preprocessing, extract
 from biofed.node import NodeConfig, SiteNode
 from biofed.simulation._job import baseline_config as job_baseline_config
 from biofed.simulation._job import job_task, run_job
+from biofed.simulation._sites import SiteSource
 from biofed.strategies import Strategy
 from biofed.tasks import Task, TrainContext
 from biofed.transport import InMemoryTransport
@@ -64,7 +70,8 @@ class SimulationReport:
 
     ``privacy`` (with a DP job) is each site's reported ε(δ) with its guarantee label,
     shaped like a run summary's ``"privacy"``; ``parameters`` is the final federated model
-    (not in :meth:`to_dict`); ``features`` are the feature columns the model was trained on.
+    (not in :meth:`to_dict`); ``features`` are the feature columns the model was trained on;
+    ``preprocessing`` is a study job's fitted preprocessing (JSON, stored with the model).
     """
 
     dataset: str
@@ -81,6 +88,7 @@ class SimulationReport:
     secure_aggregation: bool = False
     parameters: ParameterSet | None = None
     features: tuple[str, ...] = ()
+    preprocessing: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form of the whole report."""
@@ -177,7 +185,7 @@ def evaluate_everywhere(
 
 
 def simulate(
-    fed: FederatedDataset,
+    fed: FederatedDataset | Mapping[str, SiteSource],
     task: Task | None = None,
     strategy: Strategy | None = None,
     *,
@@ -203,7 +211,10 @@ def simulate(
     ----------
     fed:
         The sites' data (each with a test split). With a job, each site holds its part as
-        the job's dataset, and every site takes part.
+        the job's dataset, and every site takes part. With a job that has a study spec:
+        site → study source (an OMOP CDM's URL or DuckDB file, or a data file), which each
+        site compiles by the spec; the local-only and pooled baselines then train on the
+        same extracted and preprocessed tables.
     task, strategy:
         What to train and how to aggregate (without a job).
     rounds, seed:
@@ -257,6 +268,8 @@ def simulate(
         )
     if task is None or strategy is None or rounds is None or seed is None:
         raise ConfigurationError("simulate needs a job, or a task, strategy, rounds and seed")
+    if not isinstance(fed, FederatedDataset):
+        raise ConfigurationError("study sources need a job with [study]")
     if (
         node_configs
         or ledger_dir is not None
@@ -289,7 +302,7 @@ def simulate(
 
 
 def _simulate_job(
-    fed: FederatedDataset,
+    fed: FederatedDataset | Mapping[str, SiteSource],
     job: JobSpec,
     *,
     baseline_config: Mapping[str, Scalar] | None,
@@ -301,9 +314,7 @@ def _simulate_job(
     agreement: str | Path | None,
     bundle: str | Path | None,
 ) -> SimulationReport:
-    task = job_task(job)
     strategy = job.build_strategy()
-    initial = job.initial_parameters()
     result, privacy = run_job(
         job,
         fed,
@@ -314,11 +325,18 @@ def _simulate_job(
         agreement=agreement,
         bundle=bundle,
     )
+    if result.preprocessing is not None:  # the same tables, prepared as the sites did
+        fitted = Preprocessing.from_json(result.preprocessing)
+        job = job.with_preprocessing(fitted)
+        fed = _prepared(job, fitted, fed)
+    assert isinstance(fed, FederatedDataset)
+    task = job_task(job)
+    initial = job.initial_parameters()
     if job.bundle is not None:  # the bundle's task runs only in the sites' sandboxes
         return _bundle_report(fed, job, strategy, result, privacy)
     if baselines and baseline_config is None:
         baseline_config = job_baseline_config(job)
-    return _report(
+    report = _report(
         fed,
         task,
         strategy,
@@ -330,6 +348,22 @@ def _simulate_job(
         privacy=privacy,
         secure_aggregation=job.secure_aggregation is not None,
     )
+    return dataclasses.replace(report, preprocessing=result.preprocessing)
+
+
+def _prepared(
+    job: JobSpec, fitted: Preprocessing, sources: FederatedDataset | Mapping[str, SiteSource]
+) -> FederatedDataset:
+    """Each site's study table, extracted and prepared as the site did (for the report's
+    evaluation and baselines: the simulation holds every site's source)."""
+    assert job.study is not None
+    assert not isinstance(sources, FederatedDataset)
+    sites = {}
+    for site, source in sources.items():
+        if not isinstance(source, str | os.PathLike):
+            raise ConfigurationError(f"site {site!r}: a study source is a URL or a file path")
+        sites[site] = fitted.site_data(extract(job.study, source))
+    return FederatedDataset(name=job.dataset, sites=sites)
 
 
 def _bundle_report(
@@ -350,9 +384,10 @@ def _bundle_report(
         mean_site_metric=_nanmean(list(site_metrics.values())),
         pooled_metric=math.nan,
     )
-    events = [f"round {e.round} {e.node_id or '-'} {e.kind}: {e.message}" for e in result.events]
+    events = _event_lines(result)
     events.append("baselines: a bundle's task runs only at the sites; none trained")
     return SimulationReport(
+        preprocessing=result.preprocessing,
         dataset=fed.name,
         task=job.task,
         metric=metric,
@@ -367,6 +402,21 @@ def _bundle_report(
         parameters=result.parameters,
         features=_features(fed),
     )
+
+
+def _event_lines(result: RunResult) -> list[str]:
+    """The run's events as lines; the preprocessing phase's JSON documents as one line each
+    saying what they hold (the report keeps the preprocessing itself)."""
+    lines = []
+    for e in result.events:
+        message = e.message
+        if e.kind == PREPROCESSING_EVENT and result.preprocessing is not None:
+            names = Preprocessing.from_json(result.preprocessing).feature_names
+            message = f"{len(names)} features: {', '.join(names)}"
+        elif e.kind == SUMMARIES_EVENT:
+            message = f"the summaries of {len(json.loads(message))} sites (heterogeneity input)"
+        lines.append(f"round {e.round} {e.node_id or '-'} {e.kind}: {message}")
+    return lines
 
 
 def _features(fed: FederatedDataset) -> tuple[str, ...]:
@@ -422,7 +472,7 @@ def _report(
     """Evaluate the federated model everywhere, train the baselines, and report."""
     federated = evaluate_everywhere(task, result.parameters, fed, method=strategy.name)
     extra: list[MethodResult] = []
-    events = [f"round {e.round} {e.node_id or '-'} {e.kind}: {e.message}" for e in result.events]
+    events = _event_lines(result)
     events += _undefined_metric_events(federated, fed, task.primary_metric)
     if baseline_config is not None:
         for method, data in [

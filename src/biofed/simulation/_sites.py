@@ -8,9 +8,11 @@ arrives, in the process that hosts it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Union
 
 from biofed.core import check_id
 from biofed.data import SiteData
@@ -18,6 +20,10 @@ from biofed.identity import load_kit
 from biofed.node import NodeApp, NodeConfig
 
 __all__ = ["SiteRecipe", "build_node"]
+
+#: What a virtual site holds as a dataset: a prepared table in memory, or a study source (an
+#: OMOP CDM's URL or DuckDB file, or a data file) that a job's study spec compiles.
+SiteSource = Union[SiteData, str, "os.PathLike[str]"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -29,8 +35,9 @@ class SiteRecipe:
     node_id:
         The site's identity.
     load_data:
-        Returns the site's datasets (name → :class:`~biofed.data.SiteData`). A module-level
-        function or a :func:`functools.partial` of one, so the recipe pickles.
+        Returns the site's datasets (name → :class:`~biofed.data.SiteData`, or a study
+        source: an OMOP CDM's URL or file, or a data file). A module-level function or a
+        :func:`functools.partial` of one, so the recipe pickles.
     node_config:
         The site's ``node.toml`` (governance, privacy ledger and caps, sandbox); its
         ``datasets`` may be empty. ``None``: a development node with no governance.
@@ -39,7 +46,7 @@ class SiteRecipe:
     """
 
     node_id: str
-    load_data: Callable[[], Mapping[str, SiteData]]
+    load_data: Callable[[], Mapping[str, SiteSource]]
     node_config: NodeConfig | None = None
     kit_dir: Path | None = None
 

@@ -146,6 +146,10 @@ class StudyAgreement:
         Site name → the name of that site's dataset in scope; one entry per site party.
     approved_bundles:
         Hex SHA-256 digests of the task bundles that may run.
+    approved_studies:
+        Hex SHA-256 digests of the study dataset specs (``StudySpec.digest``) a job may
+        compile against the sites' data; a job with another spec (or any spec, when the
+        list is empty) is refused.
     outputs, privacy:
         What may leave the sites and which privacy protections are required.
     min_cohort:
@@ -172,6 +176,7 @@ class StudyAgreement:
     privacy: PrivacyRequirements = field(default_factory=PrivacyRequirements)
     min_cohort: int = 10
     expires: dt.date
+    approved_studies: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         check_id(self.agreement_id, what="agreement_id")
@@ -222,6 +227,8 @@ class StudyAgreement:
                     )
         check_int(self.min_cohort, "min_cohort", minimum=1)
         bundles = check_names(self.approved_bundles, "approved_bundles", hex_digests=True)
+        studies = check_names(self.approved_studies, "approved_studies", hex_digests=True)
+        object.__setattr__(self, "approved_studies", studies)
         object.__setattr__(self, "parties", parties)
         object.__setattr__(self, "datasets", datasets)
         object.__setattr__(self, "approved_bundles", bundles)
@@ -249,6 +256,8 @@ class StudyAgreement:
             "purpose": self.purpose,
             "legal_basis": self.legal_basis,
             "approved_bundles": list(self.approved_bundles),
+            # Written only when set: agreements without studies keep their digest.
+            **({"approved_studies": list(self.approved_studies)} if self.approved_studies else {}),
             "coordinator": {
                 "name": self.coordinator.name,
                 "fingerprint": self.coordinator.fingerprint,

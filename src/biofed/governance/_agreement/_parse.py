@@ -25,6 +25,7 @@ TOP_KEYS = (
     "purpose",
     "legal_basis",
     "approved_bundles",
+    "approved_studies",
     "coordinator",
     "parties",
     "datasets",
@@ -122,6 +123,9 @@ def agreement_from_data(data: Mapping[str, object], where: str = "agreement") ->
         parties=tuple(_party(p, None, f"{where} [[parties]]") for p in raw_parties),
         datasets={site: str(name) for site, name in datasets.items()},
         approved_bundles=_list(data, "approved_bundles", where),
+        approved_studies=_list(data, "approved_studies", where)
+        if "approved_studies" in data
+        else (),
         outputs=OutputPolicy(
             final_model=_bool(outputs, "final_model", f"{where} [outputs]"),
             metrics=_list(outputs, "metrics", f"{where} [outputs]"),

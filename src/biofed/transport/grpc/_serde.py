@@ -22,7 +22,11 @@ TLS does not.
 An instruction's typed sections travel in the header's one flat scalar map
 (``config_json``): the job section and the round's directives as prefixed keys beside the
 task's own keys (:func:`_wire_config` / :func:`_sections_from_wire`, with the key names of
-:mod:`biofed.core.sections`), so the bytes are those of every earlier biofed.v1 peer.
+:mod:`biofed.core.sections`), so the bytes are those of every earlier biofed.v1 peer. A study
+job's spec (with its digest), its fitted preprocessing and a preprocessing pass's summary
+request are JSON strings in that same map (``study.spec``, ``study.digest``,
+``preprocessing``, ``summary.request``); a SUMMARISE instruction carries an empty model and
+its reply the summary's arrays as its parameters, so the schema needs no new field.
 """
 
 from __future__ import annotations
