@@ -153,18 +153,20 @@ class _Processes:
         return codes
 
 
-def _wait_for_nodes(client: "ControlClient", procs: _Processes, console: Console) -> None:
+def _wait_for_nodes(
+    client: "ControlClient", procs: _Processes, console: Console, count: int = len(_SITES)
+) -> None:
     from biofed.core import TransportError
 
     deadline = time.monotonic() + 90
-    with console.status("waiting for the 6 site nodes to connect…"):
+    with console.status(f"waiting for the {count} site nodes to connect…"):
         while time.monotonic() < deadline:
             procs.check_alive()
             try:
                 online = [n for n in client.list_nodes() if n.status == "online"]
             except TransportError:
                 online = []
-            if len(online) >= len(_SITES):
+            if len(online) >= count:
                 return
             time.sleep(0.2)
     raise TransportError("site nodes did not connect within 90 s (see the logs folder)")
@@ -175,7 +177,17 @@ def _metric(message: str, name: str) -> float | None:
     return float(match.group(1)) if match else None
 
 
-def _follow(client: "ControlClient", run_id: str, rounds: int, console: Console) -> dict[str, Any]:
+def _follow(
+    client: "ControlClient",
+    run_id: str,
+    rounds: int,
+    console: Console,
+    *,
+    sites: int = len(_SITES),
+    metric: tuple[str, str] = ("c_index", "C-index"),
+) -> dict[str, Any]:
+    """Show each round's progress (sites replied, the round's ``metric``: its name and label)
+    until the run ends; return its final status and summary."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     progress = Progress(
@@ -187,26 +199,36 @@ def _follow(client: "ControlClient", run_id: str, rounds: int, console: Console)
         console=console,
     )
     tasks: dict[int, Any] = {}
+    replied: dict[int, set[str]] = {}
     with progress:
         for event in client.watch_run(run_id, follow=True):
             r = event.round
             if event.kind == "round_started":
                 tasks[r] = progress.add_task(
-                    "round", total=6, round=r, rounds=rounds, status="training"
+                    "round", total=sites, round=r, rounds=rounds, status="training"
                 )
-            elif event.kind in ("train_reply", "privacy_spent") and r in tasks:
-                progress.advance(tasks[r])
+            elif event.kind in ("train_reply", "secagg_reply", "privacy_spent") and r in tasks:
+                replied.setdefault(r, set()).add(event.node_id)  # a secure round: 4 stages
+                progress.update(tasks[r], completed=len(replied[r]))
             elif event.kind == "round_completed" and r in tasks:
                 # the event's own text names this round's metrics (the run may be further on)
-                c_index = _metric(event.message, "eval.c_index")
+                value = _metric(event.message, f"eval.{metric[0]}")
                 survivors = _metric(event.message, "train.secagg.survivors")
                 parts = []
                 if survivors is not None:
                     parts.append(f"{survivors:.0f} sites in the secure sum")
-                if c_index is not None:
-                    parts.append(f"C-index {c_index:.4f}")
+                if value is not None:
+                    parts.append(f"{metric[1]} {value:.4f}")
                 text = " · ".join(parts) or event.message
                 progress.update(tasks[r], status=text)
+            elif event.kind == "preprocessing_fitted":  # a study job's phase before round 1
+                from biofed.data import Preprocessing
+
+                names = Preprocessing.from_json(event.message).feature_names
+                console.print(
+                    f"preprocessing fitted across the sites before round 1: {len(names)} "
+                    f"features ({', '.join(names)})"
+                )
             elif event.kind in ("reply_rejected", "no_reply", "round_failed", "failed"):
                 console.print(f"[yellow]{event.kind}[/] {event.node_id}: {event.message}")
     run = client.get_run(run_id)
@@ -300,14 +322,33 @@ def demo_command(
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 5,
     strategy: Annotated[str, typer.Option(help="Strategy.")] = "fedadam",
     format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    data: Annotated[
+        str,
+        typer.Option(
+            "--data",
+            help="tcga: 6 sites of Fed-TCGA-BRCA, DP survival model; omop: 5 sites' OMOP "
+            "CDMs (Eunomia), the GI-bleed study compiled from a study spec.",
+        ),
+    ] = "tcga",
 ) -> None:
-    """Provision a consortium, sign a study agreement, start a coordinator and 6 governed
+    """Provision a consortium, sign a study agreement, start a coordinator and governed
     site nodes, train, shut down and verify the sites' audit logs."""
     from biofed.cli._demo_governance import check_audit_logs, prepare
     from biofed.core import BiofedError
     from biofed.identity import Consortium
 
     console = Console(stderr=True)
+    if data not in ("tcga", "omop"):
+        err.print(f"[red]error:[/] --data must be tcga or omop, got {data!r}")
+        raise typer.Exit(code=2)
+    if format not in ("table", "json"):
+        err.print(f"[red]error:[/] --format must be table or json, got {format!r}")
+        raise typer.Exit(code=2)
+    sites = _SITES
+    if data == "omop":
+        from biofed.cli._demo_omop import SITES as OMOP_SITES
+
+        sites = OMOP_SITES
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="biofed-demo-"))
     root.mkdir(parents=True, exist_ok=True)
     (root / "logs").mkdir(exist_ok=True)
@@ -322,22 +363,27 @@ def demo_command(
                 root / "consortium",
                 consortium="biofed-demo",
                 coordinator=address,
-                sites=_SITES,
+                sites=sites,
                 researchers=["researcher"],
             )
-            _write_sites(root)
             console.print(
                 f"consortium provisioned in {root / 'consortium'} "
-                "(CA, coordinator, 6 sites, researcher)"
+                f"(CA, coordinator, {len(sites)} sites, researcher)"
             )
-            governance = prepare(root, consortium, _SITES, console)
             try:
-                result = _run(root, consortium, procs, address, governance, rounds, strategy)
+                if data == "omop":
+                    from biofed.cli._demo_omop import run_omop
+
+                    result = run_omop(root, consortium, procs, address, rounds, strategy, console)
+                else:
+                    _write_sites(root)
+                    governance = prepare(root, consortium, _SITES, console)
+                    result = _run(root, consortium, procs, address, governance, rounds, strategy)
+                    result.update(governance.to_json())
             finally:
                 codes = procs.stop()
             result["processes"] = codes
-            result.update(governance.to_json())
-            result["audit"] = check_audit_logs(consortium, _SITES, console)
+            result["audit"] = check_audit_logs(consortium, sites, console)
     except BiofedError as exc:
         raise typer.Exit(code=2) from exc
     finally:
@@ -351,7 +397,13 @@ def demo_command(
     if format == "json":
         print(json.dumps(result))
     else:
-        Console().print(_table(result))
+        if data == "omop":
+            from biofed.cli._demo_omop import table
+
+            if "comparison" in result:
+                Console().print(table(result))
+        else:
+            Console().print(_table(result))
         privacy = result["summary"].get("privacy")
         if privacy:
             print_privacy(Console(), privacy)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -122,21 +122,78 @@ class Governance:
         }
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DemoStudy:
+    """What one demo's agreement covers and how each site sets up its data for it."""
+
+    agreement_id: str
+    title: str
+    purpose: str
+    dataset: str
+    metrics: tuple[str, ...]
+    task_py: str
+    #: how the demo names the task ("survival task")
+    task_label: str
+    approval_note: str
+    governance_toml: str
+    privacy: Callable[[Sequence[str]], PrivacyRequirements]
+    #: registers the site's dataset in its registry (the site's kit folder is given)
+    register: Callable[[DatasetRegistry, Path], None]
+    approved_studies: tuple[str, ...] = ()
+
+
+def _tcga_privacy(sites: Sequence[str]) -> PrivacyRequirements:
+    return PrivacyRequirements(
+        secure_aggregation_required=True,
+        dp_required=True,
+        max_epsilon={site: AGREEMENT_MAX[0] for site in sites},
+        max_delta={site: AGREEMENT_MAX[1] for site in sites},
+    )
+
+
+def _register_tcga(registry: DatasetRegistry, folder: Path) -> None:
+    registry.add(
+        DATASET,
+        folder / "data" / "tcga-brca.csv",
+        format="csv",
+        targets={"event": "event", "time": "time"},
+        split_column="split",
+        min_cohort=10,
+    )
+
+
+TCGA_STUDY = DemoStudy(
+    agreement_id=AGREEMENT_ID,
+    title="Federated survival model for breast cancer (Fed-TCGA-BRCA)",
+    purpose=(
+        "Train a proportional-hazards (piecewise-exponential) model of overall survival "
+        "across six sites "
+        "without moving patient records, with sample-level differential privacy at each "
+        "site and secure aggregation; publish the final model and per-site C-index."
+    ),
+    dataset=DATASET,
+    metrics=METRICS,
+    task_py=TASK_PY,
+    task_label="survival task",
+    approval_note="read task.py: built-in pem_torch, no I/O",
+    governance_toml=GOVERNANCE_TOML,
+    privacy=_tcga_privacy,
+    register=_register_tcga,
+)
+
+
 def _party(kit: Kit) -> Party:
     return Party(name=kit.name, role=kit.role, fingerprint=kit.fingerprint)
 
 
-def _draft(kits: dict[str, Kit], sites: Sequence[str], digest: str) -> StudyAgreement:
+def _draft(
+    kits: dict[str, Kit], sites: Sequence[str], digest: str, study: DemoStudy
+) -> StudyAgreement:
     coordinator = kits["coordinator"]
     return StudyAgreement(
-        agreement_id=AGREEMENT_ID,
-        title="Federated survival model for breast cancer (Fed-TCGA-BRCA)",
-        purpose=(
-            "Train a proportional-hazards (piecewise-exponential) model of overall survival "
-            "across six sites "
-            "without moving patient records, with sample-level differential privacy at each "
-            "site and secure aggregation; publish the final model and per-site C-index."
-        ),
+        agreement_id=study.agreement_id,
+        title=study.title,
+        purpose=study.purpose,
         legal_basis=(
             "GDPR Art. 6(1)(e) and Art. 9(2)(j): scientific research in the public interest, "
             "with the safeguards of Art. 89(1); approved by each site's ethics board."
@@ -144,15 +201,11 @@ def _draft(kits: dict[str, Kit], sites: Sequence[str], digest: str) -> StudyAgre
         consortium=coordinator.consortium,
         coordinator=_party(coordinator),
         parties=tuple(_party(kits[name]) for name in [*sites, "researcher"]),
-        datasets={site: DATASET for site in sites},
+        datasets={site: study.dataset for site in sites},
         approved_bundles=(digest,),
-        outputs=OutputPolicy(final_model=True, metrics=METRICS, per_site_metrics=True),
-        privacy=PrivacyRequirements(
-            secure_aggregation_required=True,
-            dp_required=True,
-            max_epsilon={site: AGREEMENT_MAX[0] for site in sites},
-            max_delta={site: AGREEMENT_MAX[1] for site in sites},
-        ),
+        approved_studies=study.approved_studies,
+        outputs=OutputPolicy(final_model=True, metrics=study.metrics, per_site_metrics=True),
+        privacy=study.privacy(sites),
         min_cohort=10,
         expires=dt.datetime.now(dt.timezone.utc).date() + dt.timedelta(days=365),
     )
@@ -162,7 +215,9 @@ def _audit(kit: Kit) -> AuditLog:
     return AuditLog(kit.directory / "audit.jsonl", AuditSigner.from_kit(kit))
 
 
-def _set_up_site(kit: Kit, root: Path, signed: SignedAgreement, digest: str) -> None:
+def _set_up_site(
+    kit: Kit, root: Path, signed: SignedAgreement, digest: str, study: DemoStudy
+) -> None:
     """What a site's data steward does: register the dataset, keep the signers' certificates
     and the signed agreement, and approve the bundle's digest (after reading its source).
     The bundle itself comes with the job: the node fetches it from the coordinator and
@@ -173,55 +228,53 @@ def _set_up_site(kit: Kit, root: Path, signed: SignedAgreement, digest: str) -> 
     def audit(event: str, data: Mapping[str, Any]) -> None:
         log.append(event, data)
 
-    registry = DatasetRegistry(folder / "datasets.json", audit=audit)
-    registry.add(
-        DATASET,
-        folder / "data" / "tcga-brca.csv",
-        format="csv",
-        targets={"event": "event", "time": "time"},
-        split_column="split",
-        min_cohort=10,
-    )
+    study.register(DatasetRegistry(folder / "datasets.json", audit=audit), folder)
     for sub in ("agreements", "certificates", "bundles"):
         (folder / sub).mkdir(exist_ok=True)
     for party in signed.agreement.signers:
         shutil.copy(root / party.name / "cert.pem", folder / "certificates" / f"{party.name}.pem")
-    write_agreement(folder / "agreements" / f"{AGREEMENT_ID}.toml", signed, overwrite=True)
+    write_agreement(folder / "agreements" / f"{study.agreement_id}.toml", signed, overwrite=True)
     log.append(
         "agreement.signed",
-        {"agreement": AGREEMENT_ID, "digest": signed.agreement.digest()},
+        {"agreement": study.agreement_id, "digest": signed.agreement.digest()},
     )
     ApprovalStore(folder / "approvals.json", audit=log).approve(  # recorded in the log
-        digest, by=f"{kit.name} data steward", note="read task.py: built-in pem_torch, no I/O"
+        digest, by=f"{kit.name} data steward", note=study.approval_note
     )
     with (folder / "node.toml").open("a", encoding="utf-8") as toml:
-        toml.write(GOVERNANCE_TOML)
+        toml.write(study.governance_toml)
 
 
 def prepare(
-    root: Path, consortium: Consortium, sites: Sequence[str], console: Console
+    root: Path,
+    consortium: Consortium,
+    sites: Sequence[str],
+    console: Console,
+    study: DemoStudy | None = None,
 ) -> Governance:
     """Pack the bundle, draft and sign the agreement, and set up every site's governance.
 
-    ``root`` is the demo's work folder; the consortium's kits are in ``root / "consortium"``.
+    ``root`` is the demo's work folder; the consortium's kits are in ``root / "consortium"``;
+    ``study`` is what the agreement covers (default: the Fed-TCGA-BRCA survival study).
     """
+    study = study or TCGA_STUDY
     kits = {
         name: load_kit(consortium.kit_directory(name))
         for name in [*sites, "researcher", "coordinator"]
     }
     task_dir = root / "researcher-task"
     task_dir.mkdir(exist_ok=True)
-    (task_dir / "task.py").write_text(TASK_PY, encoding="utf-8")
-    bundle_file = root / "survival-task.zip"
+    (task_dir / "task.py").write_text(study.task_py, encoding="utf-8")
+    bundle_file = root / f"{study.agreement_id}-task.zip"
     info = pack_bundle(task_dir, bundle_file)
-    console.print(f"researcher packed the survival task as bundle {info.digest[:16]}…")
+    console.print(f"researcher packed the {study.task_label} as bundle {info.digest[:16]}…")
 
-    signed = SignedAgreement(agreement=_draft(kits, sites, info.digest))
-    agreement_file = root / "agreement" / f"{AGREEMENT_ID}.toml"
+    signed = SignedAgreement(agreement=_draft(kits, sites, info.digest, study))
+    agreement_file = root / "agreement" / f"{study.agreement_id}.toml"
     agreement_file.parent.mkdir(exist_ok=True)
     write_agreement(agreement_file, signed, overwrite=True)
     console.print(
-        f"drafted study agreement {AGREEMENT_ID} ({len(signed.agreement.signers)} parties, "
+        f"drafted study agreement {study.agreement_id} ({len(signed.agreement.signers)} parties, "
         f"expires {signed.agreement.expires})"
     )
     for party in signed.agreement.signers:
@@ -239,13 +292,13 @@ def prepare(
         f"(digest {status.digest[:16]}…)"
     )
     for site in sites:
-        _set_up_site(kits[site], root / "consortium", signed, info.digest)
+        _set_up_site(kits[site], root / "consortium", signed, info.digest, study)
     console.print(
-        f"each site registered {DATASET}, approved the bundle and enforces governance "
+        f"each site registered {study.dataset}, approved the bundle and enforces governance "
         "(\\[governance] in node.toml)"
     )
     return Governance(
-        agreement_id=AGREEMENT_ID,
+        agreement_id=study.agreement_id,
         agreement_file=agreement_file,
         status=status,
         bundle=info.digest,
