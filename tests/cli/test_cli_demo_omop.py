@@ -48,7 +48,8 @@ def test_the_omop_demo_trains_from_raw_cdms_and_compares_with_local_and_pooled(
     assert compare["features"][0] == "age"
     assert set(compare["sites"]) == set(SITES)
     for row in compare["sites"].values():
-        assert row["train"] > 0 and row["test"] > 0
+        assert row["train"] > 0
+        assert row["test"] > 0
         for method in ("federated", "local", "pooled"):
             assert 0.0 <= row[method] <= 1.0
     means = {
