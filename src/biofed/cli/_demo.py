@@ -153,6 +153,26 @@ class _Processes:
         return codes
 
 
+def start_processes(
+    procs: _Processes, root: Path, consortium: "Consortium", sites: list[str], address: str
+) -> None:
+    """Start the coordinator (state in ``root/state.db``) and one node process per site."""
+    procs.start(
+        "coordinator",
+        "coordinator",
+        "start",
+        "--kit",
+        str(consortium.kit_directory("coordinator")),
+        "--listen",
+        address,
+        "--state",
+        f"sqlite:///{root / 'state.db'}",
+    )
+    for site in sites:
+        kit = consortium.kit_directory(site)
+        procs.start(site, "node", "start", "--kit", str(kit), "--config", str(kit / "node.toml"))
+
+
 def _wait_for_nodes(
     client: "ControlClient", procs: _Processes, console: Console, count: int = len(_SITES)
 ) -> None:
@@ -282,20 +302,7 @@ def _run(
     from biofed.transport.grpc import ControlClient
 
     console = Console(stderr=True)
-    procs.start(
-        "coordinator",
-        "coordinator",
-        "start",
-        "--kit",
-        str(consortium.kit_directory("coordinator")),
-        "--listen",
-        address,
-        "--state",
-        f"sqlite:///{root / 'state.db'}",
-    )
-    for site in _SITES:
-        kit = consortium.kit_directory(site)
-        procs.start(site, "node", "start", "--kit", str(kit), "--config", str(kit / "node.toml"))
+    start_processes(procs, root, consortium, _SITES, address)
     researcher = load_kit(consortium.kit_directory("researcher"))
     spec = _job(rounds, strategy, governance)
     with ControlClient(address, tls_of(researcher), timeout=10.0) as client:

@@ -81,7 +81,8 @@ def make_task(num_features, num_intervals=10, max_time=3650.0):
 SITE_CAP = (20.0, 1e-4)
 AGREEMENT_MAX = (10.0, 1e-5)
 
-GOVERNANCE_TOML = f"""
+#: A site's ``[governance]`` table in ``node.toml``: where its governance state lives.
+GOVERNANCE_TABLE = """
 # This site enforces its own governance: the node checks every instruction against these.
 [governance]
 agreements_dir = "agreements"
@@ -90,7 +91,9 @@ approvals = "approvals.json"
 registry = "datasets.json"
 bundles_dir = "bundles"
 audit = "audit.jsonl"
+"""
 
+GOVERNANCE_TOML = f"""{GOVERNANCE_TABLE}
 # The site's privacy budget: what this dataset may spend across all jobs (ε, δ).
 [privacy.caps.tcga-brca]
 epsilon = {SITE_CAP[0]}

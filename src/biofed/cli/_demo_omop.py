@@ -47,17 +47,6 @@ def make_task(num_features, l2=0.0, init="zeros", metric="roc_auc"):
     return LogisticRegressionTask(num_features=num_features, l2=l2, init=init, metric=metric)
 '''
 
-GOVERNANCE_TOML = """
-# This site enforces its own governance: the node checks every instruction against these.
-[governance]
-agreements_dir = "agreements"
-certificates_dir = "certificates"
-approvals = "approvals.json"
-registry = "datasets.json"
-bundles_dir = "bundles"
-audit = "audit.jsonl"
-"""
-
 
 def _privacy(sites: Sequence[str]) -> "PrivacyRequirements":
     from biofed.governance import PrivacyRequirements
@@ -74,7 +63,7 @@ def _register(registry: "DatasetRegistry", folder: Path) -> None:
 
 def study(spec: "StudySpec") -> "DemoStudy":
     """What the GI-bleed agreement covers."""
-    from biofed.cli._demo_governance import DemoStudy
+    from biofed.cli._demo_governance import GOVERNANCE_TABLE, DemoStudy
 
     return DemoStudy(
         agreement_id=AGREEMENT_ID,
@@ -90,7 +79,7 @@ def study(spec: "StudySpec") -> "DemoStudy":
         task_py=TASK_PY,
         task_label="GI-bleed logistic task",
         approval_note="read task.py: built-in logistic regression, no I/O",
-        governance_toml=GOVERNANCE_TOML,
+        governance_toml=GOVERNANCE_TABLE,
         privacy=_privacy,
         register=_register,
         approved_studies=(spec.digest,),
@@ -263,7 +252,7 @@ def run_omop(
     console: Console,
 ) -> dict[str, Any]:
     """Set up the sites and the agreement, run the study over mTLS, compare."""
-    from biofed.cli._demo import _follow, _wait_for_nodes
+    from biofed.cli._demo import _follow, _wait_for_nodes, start_processes
     from biofed.cli._demo_governance import prepare
     from biofed.coordinator import tls_of
     from biofed.datasets import gi_bleed_study
@@ -278,20 +267,7 @@ def run_omop(
     )
     governance = prepare(root, consortium, SITES, console, study(spec))
     _print_quality(consortium, console)
-    procs.start(
-        "coordinator",
-        "coordinator",
-        "start",
-        "--kit",
-        str(consortium.kit_directory("coordinator")),
-        "--listen",
-        address,
-        "--state",
-        f"sqlite:///{root / 'state.db'}",
-    )
-    for site in SITES:
-        kit = consortium.kit_directory(site)
-        procs.start(site, "node", "start", "--kit", str(kit), "--config", str(kit / "node.toml"))
+    start_processes(procs, root, consortium, SITES, address)
     researcher = load_kit(consortium.kit_directory("researcher"))
     spec_job = job(root, spec, rounds, strategy, governance)
     with ControlClient(address, tls_of(researcher), timeout=10.0) as client:
