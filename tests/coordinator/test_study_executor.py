@@ -136,3 +136,43 @@ def test_a_study_run_fits_once_stores_the_fit_with_the_model_and_resumes_without
     assert fitted.to_json() == fitted_events[0].message
     layout = parameter_spec("logistic_regression", num_features=len(fitted.feature_names))
     layout.validate(decode_parameters(result))
+
+
+def test_a_study_whose_fitted_model_exceeds_the_coordinators_limits_fails_before_training(
+    tmp_path: Path,
+) -> None:
+    """The feature count is unknown at submit; once fitted, the model's size meets the same
+    ``[limits] max_model_bytes`` as any job's (a spec cannot smuggle a huge model past it)."""
+    from biofed.coordinator import JobLimits
+    from biofed.core import ConfigurationError
+
+    cdms = dict(zip(SITES, write_eunomia_sites(tmp_path / "cdm", 2).values(), strict=True))
+    (tmp_path / "study.json").write_text(gi_bleed_study().to_json(), encoding="utf-8")
+    job = JobSpec.from_mapping(
+        {
+            "run": {"name": "gi", "dataset": "cdm", "rounds": 1, "min_nodes": 2, "min_replies": 2},
+            "study": {"spec": "study.json"},
+            "task": {"name": "logistic_regression"},
+        },
+        base=tmp_path,
+    )
+    limits = JobLimits(max_model_bytes=16)  # smaller than 7 features' weights and a bias
+    store = InMemoryStateStore()
+    run_id = Coordinator(store, limits=limits).submit_run(ALICE, job.to_json()).run_id
+    sites = Sites(cdms)
+    stop = threading.Event()
+    executor = RunExecutor(
+        store, sites, lambda rid: StoreListener(store, rid), stop, node_wait=0.5, limits=limits
+    )
+    row = store.get_run(run_id)
+    assert row is not None
+    try:
+        executor.execute(row, threading.Event())
+    except ConfigurationError as exc:
+        message = str(exc)
+    else:
+        raise AssertionError("the oversized fitted model was not refused")
+    assert "num_features must be at most" in message
+    assert "max_model_bytes" in message
+    assert MessageKind.SUMMARISE in sites.kinds
+    assert MessageKind.TRAIN not in sites.kinds

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 from biofed.coordinator._anchored import AnchoredTransport
 from biofed.coordinator._engine import EngineListener, RoundEngine
 from biofed.coordinator._job import JobSpec
+from biofed.coordinator._job_limits import JobLimits
 from biofed.coordinator._preprocess import reused
 from biofed.coordinator._records import RoundRecord, RunCancelled, RunEvent
 from biofed.coordinator._store import Checkpoint, RunRow, RunStatus, StateStore
@@ -91,6 +92,9 @@ class RunExecutor:
     anchor:
         The coordinator's audit log, whose head every instruction carries
         (:class:`~biofed.coordinator._anchored.AnchoredTransport`), or None.
+    limits:
+        The coordinator's job limits; a study job's model size is checked against them once
+        its preprocessing is fitted (its feature count is unknown at submit).
     """
 
     def __init__(
@@ -103,8 +107,10 @@ class RunExecutor:
         node_wait: float = 60.0,
         audit: Callable[[str, dict[str, Any]], None] = lambda event, data: None,
         anchor: AuditLog | None = None,
+        limits: JobLimits | None = None,
     ) -> None:
         self.store = store
+        self.limits = JobLimits() if limits is None else limits
         self.hub = hub
         self.listener = listener
         self.stopping = stopping
@@ -170,7 +176,8 @@ class RunExecutor:
                     return  # the coordinator stops: the run resumes at its next start
                 preprocessing = engine.preprocess(fitted)
                 assert preprocessing is not None
-                spec = spec.with_preprocessing(preprocessing)
+                # the model's size is known only now: the coordinator's limits apply to it
+                spec = self.limits.check(spec.with_preprocessing(preprocessing))
             if checkpoint is not None:
                 params, state = checkpoint.parameters, checkpoint.state
                 start = checkpoint.round + 1

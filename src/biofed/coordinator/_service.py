@@ -161,6 +161,7 @@ class Coordinator:
             node_wait=node_wait,
             audit=self._audit,
             anchor=audit,
+            limits=self.limits,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
