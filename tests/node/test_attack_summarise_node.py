@@ -150,3 +150,30 @@ def test_a_replayed_request_in_a_later_round_releases_nothing_new(app: NodeApp) 
     assert sorted(first.parameters) == sorted(again.parameters)
     for name, value in first.parameters.items():
         assert (value == again.parameters[name]).all()
+
+
+def test_a_preprocessing_that_drops_a_covariate_of_the_study_is_refused(app: NodeApp) -> None:
+    fitted = {
+        "columns": [
+            {
+                "center": 60.0,
+                "clip": None,
+                "fill": 60.0,
+                "indicator": False,
+                "kind": "numeric",
+                "log": False,
+                "name": "age",
+                "scale": 10.0,
+            }
+        ],
+        "format": 1,
+        "outcome_kind": "binary",
+    }
+    job = JobSection(
+        dataset="cdm",
+        task="logistic_regression",
+        study=study(SPEC),
+        preprocessing=json.dumps(fitted, separators=(",", ":")),
+    )
+    message = refused(summarise(app, None, job, kind=MessageKind.TRAIN))
+    assert "not fitted for this study" in message

@@ -345,6 +345,18 @@ class Preprocessing:
                 f"table {table.name!r} has a {table.outcome_kind} outcome, the preprocessing "
                 f"was fitted for {self.outcome_kind}"
             )
+        # A preprocessing that travels in a job is the coordinator's word: it must be one
+        # fitted for this study table (every covariate, each of its kind), not one that drops
+        # covariates or reads a 0/1 indicator as a measurement.
+        fitted = {c.name: c.kind for c in self.columns}
+        if fitted != dict(table.kinds):
+            other = sorted(set(fitted).symmetric_difference(table.kinds)) or sorted(
+                n for n in fitted if fitted[n] != table.kinds[n]
+            )
+            raise DataError(
+                f"table {table.name!r}: the preprocessing was not fitted for this study's "
+                f"covariates (it differs on {', '.join(other[:5])})"
+            )
         x = self.apply(table)
         is_test = np.asarray(table.is_test, dtype=bool)
 
