@@ -81,3 +81,10 @@ def test_a_cdm_missing_a_core_table_is_refused_naming_it(tmp_path: Path) -> None
         con.execute("DROP TABLE observation_period")
     output = refused(str(file), tmp_path / "node", "not an OMOP CDM", "observation_period")
     assert "person," not in output
+
+
+@pytest.mark.parametrize("url", ["sqlite://", "sqlite:///:memory:", "sqlite:///{missing}"])
+def test_a_sqlite_url_to_no_file_is_refused_and_creates_none(tmp_path: Path, url: str) -> None:
+    missing = tmp_path / "nothing-here.db"
+    refused(url.format(missing=missing), tmp_path / "node", "database")
+    assert not missing.exists()
