@@ -275,7 +275,7 @@ def summaries_from_json(text: str) -> "dict[str, SiteSummary]":
 
     try:
         body = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise DataError("the run's data summaries are not JSON") from None
     if not isinstance(body, dict) or not all(isinstance(v, dict) for v in body.values()):
         raise DataError("the run's data summaries must map each site to its arrays")
@@ -289,6 +289,8 @@ def summaries_from_json(text: str) -> "dict[str, SiteSummary]":
                 or (name.startswith("numeric/") and name.endswith(("/n", "/missing", "/counts")))
                 or name.startswith(("categorical/", "suppressed/"))
             )
+            if not _plain_numbers(value, integer=integer):  # no "100", true or 100.7 as a count
+                raise DataError(f"site {site!r}: array {name[:80]!r} is not numeric")
             try:
                 typed[name] = np.asarray(
                     math.nan if value is None else value,
@@ -301,6 +303,17 @@ def summaries_from_json(text: str) -> "dict[str, SiteSummary]":
         except DataError as exc:
             raise DataError(f"site {site!r}: {exc}") from None
     return summaries
+
+
+def _plain_numbers(value: object, *, integer: bool) -> bool:
+    """A JSON number (an int for counts; null for NaN otherwise) or a flat list of them."""
+
+    def one(v: object) -> bool:
+        if isinstance(v, bool):
+            return False
+        return isinstance(v, int) if integer else v is None or isinstance(v, (int, float))
+
+    return all(one(v) for v in value) if isinstance(value, list) else one(value)
 
 
 # -- rendering -------------------------------------------------------------------------------

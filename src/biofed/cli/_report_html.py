@@ -1,11 +1,12 @@
 """The heterogeneity report as one self-contained HTML page, with matplotlib figures.
 
 Everything is inside the file: the style sheet inline, each figure a base64 PNG ``data:`` URI
-(written without matplotlib's "Software" metadata), no script, no font or link to fetch, so
-the page opens offline and leaks nothing when opened. Every text that came from outside (site,
-feature and category names) is HTML-escaped. The figures draw only what the report holds, so
-they show nothing below the disclosure threshold either: histograms on the merged bars,
-withheld comparisons left out.
+(written without matplotlib's "Software" metadata), no script, no font or link to fetch, so the
+page opens offline and leaks nothing when opened. Every text that came from outside (site,
+feature and category names) is HTML-escaped, and drawn in the figures as plain text
+(matplotlib's mathtext off: a ``$…$`` name is neither parsed nor rendered). The figures draw
+only what the report holds, so they show nothing below the disclosure threshold either:
+histograms on the merged bars, withheld comparisons left out.
 
 Imported only by ``biofed report heterogeneity --html`` (matplotlib is slow to import).
 """
@@ -49,10 +50,19 @@ _LABELS = {
 
 
 def render_html(report: HeterogeneityReport, *, title: str = "") -> str:
-    """The report as a complete HTML document (UTF-8 text)."""
+    """The report as a complete HTML document (UTF-8 text).
+
+    Names from outside are drawn as plain text: matplotlib's mathtext (and TeX) are off, so a
+    category called ``"$\\undefined$"`` can neither break the figures nor render as markup.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
+    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+        return _render(report, title)
+
+
+def _render(report: HeterogeneityReport, title: str) -> str:
     e = html.escape
     k = report.min_cell
     heading = "Heterogeneity across sites" + (f": {title}" if title else "")

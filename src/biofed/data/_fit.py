@@ -359,7 +359,9 @@ class PreprocessingFit:
         )
         for site, summary in summaries.items():
             _check_reply(site, summary, request)
-            if set(summary.outcome) != outcome:
+            # a site withholds its count of cases when it (or the non-cases) is below its
+            # disclosure threshold (``summarise``): "n" is all the fit needs
+            if "n" not in summary.outcome or not set(summary.outcome) <= outcome:
                 raise DataError(f"site {site!r}: the outcome statistics must be {sorted(outcome)}")
         state = replace(self, passes=self.passes + 1, sites=names)
         pooled = {

@@ -465,7 +465,7 @@ def _outcome(
     for site in shown:
         out = summaries[site].outcome
         n, cases = out.get("n", 0.0), out.get(key, 0.0)
-        if n >= k and safe(cases, k) and safe(n - cases, k):
+        if key in out and n >= k and safe(cases, k) and safe(n - cases, k):
             blocks[site] = (n, cases, out.get("time_sum", 0.0))
         else:
             findings.append(_withheld(site, "outcome", threshold, k))

@@ -181,6 +181,15 @@ class OmopDatabase:
     def _open_sqlalchemy(cls, url: str, schema: str | None) -> OmopDatabase:
         import sqlalchemy as sa
 
+        if url.startswith("sqlite"):
+            # SQLite creates a missing file (or an in-memory database) on connect: a site would
+            # write an empty file where it meant to read a CDM.
+            try:
+                database = sa.engine.make_url(url).database or ""
+            except (sa.exc.ArgumentError, ValueError):
+                database = ""
+            if database in ("", ":memory:") or not Path(database).is_file():
+                raise ConfigurationError(f"no OMOP CDM database at {_safe_url(url)}")
         try:
             engine = sa.create_engine(url)
             conn = engine.connect()

@@ -16,14 +16,16 @@ disclosure control, e.g. Hundepool et al., *Statistical Disclosure Control*, 201
 with fewer than ``min_cell`` training records refuses to answer; categories with fewer than
 ``min_cell`` records are merged into ``"other"`` (and, if ``"other"`` itself would then hold
 fewer than ``min_cell``, the next-smallest categories too: secondary suppression); a numeric
-column with fewer than ``min_cell`` present values is withheld. Moments and histogram counts of
-a column's present values are released unsuppressed (they are aggregates over at least
-``min_cell`` values; the histogram's bins are the coordinator's, not the site's). Known limit:
-a malicious coordinator can choose narrow bins (as the quantile refinement legitimately does)
-and learn how many of a site's values fall in a narrow range, down to a count of 1; the
-request's size is capped but its bin widths cannot be judged by the site. Where that matters,
-run the phase under secure aggregation (the coordinator then sees only sums over sites) or add
-noise to the counts; neither is done here.
+column with fewer than ``min_cell`` present values is withheld; the outcome's count of cases
+(positives or events) is left out when it, or the count of non-cases, is below ``min_cell``
+(the fit does not need it; the heterogeneity report then withholds that site's outcome).
+Moments and histogram counts of a column's present values are released unsuppressed (they are
+aggregates over at least ``min_cell`` values; the histogram's bins are the coordinator's, not
+the site's). Known limit: a malicious coordinator can choose narrow bins (as the quantile
+refinement legitimately does) and learn how many of a site's values fall in a narrow range,
+down to a count of 1; the request's size is capped but its bin widths cannot be judged by the
+site. Where that matters, run the phase under secure aggregation (the coordinator then sees
+only sums over sites) or add noise to the counts; neither is done here.
 """
 
 from __future__ import annotations
@@ -102,10 +104,12 @@ def summarise(table: ExtractedTable, request: SummaryRequest, *, min_cell: int) 
         )
     outcome: dict[str, float] = {"n": float(records)}
     if table.outcome_kind == "binary":
-        outcome["positives"] = float(np.sum(table.targets["label"][train] == 1.0))
+        cases, key = float(np.sum(table.targets["label"][train] == 1.0)), "positives"
     else:
-        outcome["events"] = float(np.sum(table.targets["event"][train] == 1.0))
+        cases, key = float(np.sum(table.targets["event"][train] == 1.0)), "events"
         outcome["time_sum"] = float(np.sum(table.targets["time"][train]))
+    if not (0 < cases < min_cell or 0 < records - cases < min_cell):
+        outcome[key] = cases  # else withheld: a count of cases (or non-cases) below min_cell
     numeric: dict[str, NumericStats] = {}
     suppressed: dict[str, int] = {}
     for name, ask in request.numeric.items():
@@ -340,6 +344,18 @@ class Preprocessing:
             raise DataError(
                 f"table {table.name!r} has a {table.outcome_kind} outcome, the preprocessing "
                 f"was fitted for {self.outcome_kind}"
+            )
+        # A preprocessing that travels in a job is the coordinator's word: it must be one
+        # fitted for this study table (every covariate, each of its kind), not one that drops
+        # covariates or reads a 0/1 indicator as a measurement.
+        fitted = {c.name: c.kind for c in self.columns}
+        if fitted != dict(table.kinds):
+            other = sorted(set(fitted).symmetric_difference(table.kinds)) or sorted(
+                n for n in fitted if fitted[n] != table.kinds[n]
+            )
+            raise DataError(
+                f"table {table.name!r}: the preprocessing was not fitted for this study's "
+                f"covariates (it differs on {', '.join(other[:5])})"
             )
         x = self.apply(table)
         is_test = np.asarray(table.is_test, dtype=bool)

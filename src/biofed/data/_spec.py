@@ -52,6 +52,15 @@ _MAX_CONCEPT = 2**31 - 1  # OMOP concept_id is INTEGER
 _MAX_DAYS = 36_600  # a century either side of the index date
 _MAX_SEED = 2**63 - 1
 _MAX_COLUMN = 256
+#: At most this many concept ids in one concept list (descendants come from concept_ancestor,
+#: so real concept sets list few ids; a list of millions would stall every site's query).
+MAX_CONCEPTS = 10_000
+#: At most this many OMOP covariates (each is a subquery of the site's extraction).
+MAX_COVARIATES = 1_000
+#: At most this many file feature columns (a summary carries at most 10,000 columns).
+MAX_FEATURES = 10_000
+#: A spec's JSON text is refused above this many characters (an instruction carries 1 MiB).
+MAX_SPEC_CHARS = 1 << 20
 
 
 def _fail(where: str, section: str, message: str) -> ConfigurationError:
@@ -157,6 +166,8 @@ class _Section:
             raise self.error(f"{key} must be a list of OMOP concept ids, got {value!r}")
         if required and not value:
             raise self.error(f"{key} must name at least one concept id")
+        if len(value) > MAX_CONCEPTS:
+            raise self.error(f"{key} lists {len(value)} concept ids, at most {MAX_CONCEPTS}")
         out: list[int] = []
         for i, item in enumerate(value):
             if isinstance(item, bool) or not isinstance(item, int):
@@ -176,6 +187,8 @@ class _Section:
             return ()
         if not isinstance(value, (list, tuple)):
             raise self.error(f"{key} must be a list of column names, got {value!r}")
+        if len(value) > MAX_FEATURES:
+            raise self.error(f"{key} lists {len(value)} columns, at most {MAX_FEATURES}")
         out = tuple(_column_name(v, self, f"{key}[{i}]") for i, v in enumerate(value))
         if len(set(out)) != len(out):
             raise self.error(f"{key} names a column twice")
@@ -386,11 +399,20 @@ class StudySpec:
 
     @classmethod
     def from_json(cls, text: str, *, where: str = "study spec JSON") -> StudySpec:
-        """Parse :meth:`to_json`'s output (or any JSON document of the same shape)."""
+        """Parse :meth:`to_json`'s output (or any JSON document of the same shape).
+
+        Hostile input at a site (the job carries it): text over :data:`MAX_SPEC_CHARS` and
+        nesting too deep for the parser are refused in one line like any other bad JSON.
+        """
+        if not isinstance(text, str) or len(text) > MAX_SPEC_CHARS:
+            raise ConfigurationError(
+                f"{where}: must be JSON text of at most {MAX_SPEC_CHARS} chars"
+            )
         try:
             data = json.loads(text)
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"{where}: not valid JSON ({exc})") from None
+        except (TypeError, ValueError, RecursionError) as exc:
+            first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+            raise ConfigurationError(f"{where}: not valid JSON ({first})") from None
         if not isinstance(data, dict):
             raise ConfigurationError(f"{where}: must be a JSON object")
         return cls.from_mapping(data, where=where)
@@ -555,6 +577,8 @@ def _covariates(data: object, *, where: str) -> tuple[CovariateSpec, ...]:
         return ()
     if not isinstance(data, (list, tuple)):
         raise _fail(where, "", "[[covariates]] must be a list of tables")
+    if len(data) > MAX_COVARIATES:
+        raise _fail(where, "", f"[[covariates]] has {len(data)} entries, at most {MAX_COVARIATES}")
     out: list[CovariateSpec] = []
     seen: set[str] = set()
     for i, item in enumerate(data):
@@ -621,6 +645,8 @@ def _file_columns(sec: _Section, outcome: OutcomeSpec) -> FileColumns:
     for name in features:
         if "__" in name:
             raise sec.error(f"feature {name!r} must not contain '__' (reserved)")
+        if "=" in name:  # one-hot features are "<name>=<category>": "sex=female" would clash
+            raise sec.error(f"feature {name!r} must not contain '=' (reserved for one-hot names)")
     return FileColumns(
         features=features, id=id_column, split=split, categorical=categorical, binary=binary
     )
@@ -684,6 +710,8 @@ def load_study_spec(path: str | PathLike[str]) -> StudySpec:
         return StudySpec.from_json(text, where=where)
     try:
         data = tomllib.loads(text)
+    except RecursionError:
+        raise ConfigurationError(f"{where}: not valid TOML (nested too deeply)") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigurationError(f"{where}: not valid TOML ({exc})") from None
     return StudySpec.from_mapping(data, where=where)

@@ -51,6 +51,9 @@ from biofed.governance._omop_source import check_omop_url, omop_connect_url, saf
 DatasetState = Literal["ok", "changed", "missing"]
 DatasetKind = Literal["file", "omop"]
 _FORMAT = 1
+#: Tables without which no study spec compiles: a database lacking one is not registered
+#: as an OMOP CDM.
+CDM_CORE_TABLES = ("person", "observation_period", "concept", "concept_ancestor")
 
 
 def _expectations(entry: RegisteredDataset) -> FileExpectations:
@@ -348,6 +351,14 @@ class DatasetRegistry:
         location = check_omop_url(url, password_env=password_env)
         with self._open(location, password_env, schema) as db:
             info = db.describe()
+        # A database that is not a CDM (an empty file, a fresh SQLite file the driver just
+        # created, another application's schema) must not be registered as one.
+        missing = [t for t in CDM_CORE_TABLES if t not in info.row_counts]
+        if missing:
+            raise ConfigurationError(
+                f"{safe_url(location)!r} is not an OMOP CDM: it has no "
+                f"{', '.join(missing)} table(s)" + (f" in schema {schema!r}" if schema else "")
+            )
         with self._lock:
             entries = self._load()
             if name in entries and not replace_existing:
