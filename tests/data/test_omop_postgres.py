@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import io
+import json
 import os
 import secrets
 import shutil
@@ -417,3 +418,40 @@ def duck_fingerprint_on_pg(schema: str) -> str:
     assert PG_URL is not None
     with OmopDatabase.open(PG_URL, schema=schema) as db:
         return db.describe().fingerprint
+
+
+def test_cli_adds_and_checks_a_postgres_cdm(
+    tmp_path: Path, pg_schema: str, duck: OmopDatabase, password_role: tuple[str, str, bool]
+) -> None:
+    """``biofed node dataset add --omop URL --password-env --schema`` and ``check``."""
+    from typer.testing import CliRunner
+
+    from biofed.cli import app
+
+    assert PG_URL is not None
+    role, password, _ = password_role
+    location = sa.make_url(PG_URL).set(username=role).render_as_string(hide_password=False)
+    runner = CliRunner(env={"COLUMNS": "100", "CDM_PASSWORD": password})
+    node = ["--node-dir", str(tmp_path / "node")]
+    omop = ["--omop", location, "--password-env", "CDM_PASSWORD", "--schema", pg_schema]
+    added = runner.invoke(app, ["node", "dataset", "add", "cdm", *omop, *node])
+    assert added.exit_code == 0, added.output
+    assert "OMOP CDM v5.3.1, 2694 persons" in added.output
+    assert password not in added.output
+    listed = runner.invoke(app, ["node", "dataset", "list", *node, "--format", "json"])
+    assert json.loads(listed.stdout)[0]["state"] == "ok"
+    checked = runner.invoke(app, ["node", "dataset", "check", "cdm", *node, "--format", "json"])
+    body = json.loads(checked.stdout)
+    want = run_quality_checks(duck, today=dt.date.today())
+    got = {
+        f"{c['name']}:{c['table']}.{c['field']}": (c["passed"], c["violated"], c["total"])
+        for c in body["quality"]["checks"]
+        if c.get("concept_id") is None
+    }
+    assert got == {
+        f"{c.name}:{c.table}.{c.field}": (c.passed, c.violated, c.total)
+        for c in want.checks
+        if c.concept_id is None
+    }
+    assert checked.exit_code == (1 if want.fatal_failures else 0), checked.output
+    assert password not in (tmp_path / "node").joinpath("datasets.json").read_text()
