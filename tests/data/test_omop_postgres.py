@@ -38,6 +38,7 @@ pytestmark = [
     pytest.mark.slow,
 ]
 TODAY = dt.date(2026, 12, 6)
+HAEMOGLOBIN, G_PER_DL = 3000963, 8713
 #: CDM fields that are NUMERIC in the OHDSI PostgreSQL DDL (Eunomia stores some as VARCHAR).
 NUMERIC_FIELDS = frozenset(
     {
@@ -267,36 +268,44 @@ def test_quality_checks_match_duckdb(pg: OmopDatabase, duck: OmopDatabase) -> No
     assert len(got.checks) > 50
 
 
-#: Planted in both copies: 2 deaths 400 days before birth, 5 persons without a gender.
+#: Planted in both copies ({s}: the schema prefix): 2 deaths 400 days before birth, 5 persons
+#: without a gender, haemoglobin values in g/dL (Eunomia stores none) with one 1e11 too big.
 _DEATH_DDL = (
-    "CREATE TABLE {schema}death (person_id BIGINT, death_date DATE, death_datetime TIMESTAMP, "
+    "CREATE TABLE {s}death (person_id BIGINT, death_date DATE, death_datetime TIMESTAMP, "
     "death_type_concept_id BIGINT, cause_concept_id BIGINT, cause_source_value TEXT, "
     "cause_source_concept_id BIGINT)"
+)
+_PLANT = (
+    "INSERT INTO {s}death (person_id, death_date, death_type_concept_id) SELECT person_id, "
+    "CAST(birth_datetime AS DATE) - 400, 0 FROM {s}person ORDER BY person_id DESC LIMIT 2",
+    "UPDATE {s}person SET gender_concept_id = NULL WHERE person_id IN "
+    "(SELECT person_id FROM {s}person ORDER BY person_id LIMIT 5)",
+    "UPDATE {s}measurement SET value_as_number = 11.0 + MOD(person_id, 50) / 10.0, "
+    f"unit_concept_id = {G_PER_DL} WHERE measurement_concept_id = {HAEMOGLOBIN}",
+    "UPDATE {s}measurement SET value_as_number = value_as_number * 1e11 WHERE measurement_id = "
+    f"(SELECT MIN(measurement_id) FROM {{s}}measurement WHERE measurement_concept_id = "
+    f"{HAEMOGLOBIN})",
 )
 
 
 def _plant_duckdb(path: Path) -> None:
     with duckdb.connect(str(path)) as con:
         con.execute("DROP TABLE death")
-        con.execute(_DEATH_DDL.format(schema=""))
-        con.execute(
-            "INSERT INTO death (person_id, death_date, death_type_concept_id) SELECT person_id, "
-            "CAST(birth_datetime AS DATE) - 400, 0 FROM person ORDER BY person_id DESC LIMIT 2"
-        )
-        con.execute(
-            "UPDATE person SET gender_concept_id = NULL WHERE person_id IN "
-            "(SELECT person_id FROM person ORDER BY person_id LIMIT 5)"
-        )
+        con.execute(_DEATH_DDL.format(s=""))
+        con.execute("ALTER TABLE measurement ALTER COLUMN value_as_number SET DATA TYPE DOUBLE")
+        for statement in _PLANT:
+            con.execute(statement.format(s=""))
 
 
 def test_planted_errors_counted_on_postgres(
     pg_schema: str, admin: sa.Engine, tmp_path: Path
 ) -> None:
     """Errors planted through a separate, writable connection in a PostgreSQL copy (views
-    over the loaded CDM plus planted ``death`` and ``person`` tables) are counted exactly as
-    in a DuckDB copy with the same errors."""
+    over the loaded CDM, copies of the tables planted in) are counted exactly as in a DuckDB
+    copy with the same errors."""
     assert PG_URL is not None
     planted = f"{pg_schema}_planted"
+    copied = ("person", "measurement")
     with admin.connect() as conn:
         conn.exec_driver_sql(f'CREATE SCHEMA "{planted}"')
         try:
@@ -305,23 +314,17 @@ def test_planted_errors_counted_on_postgres(
                 (pg_schema,),
             ).scalars()
             for name in names:
-                if name not in ("death", "person"):
+                if name in copied:
+                    conn.exec_driver_sql(
+                        f'CREATE TABLE "{planted}".{name} AS SELECT * FROM "{pg_schema}".{name}'
+                    )
+                elif name != "death":
                     conn.exec_driver_sql(
                         f'CREATE VIEW "{planted}".{name} AS SELECT * FROM "{pg_schema}".{name}'
                     )
-            conn.exec_driver_sql(
-                f'CREATE TABLE "{planted}".person AS SELECT * FROM "{pg_schema}".person'
-            )
-            conn.exec_driver_sql(_DEATH_DDL.format(schema=f'"{planted}".'))
-            conn.exec_driver_sql(
-                f'INSERT INTO "{planted}".death (person_id, death_date, death_type_concept_id) '
-                "SELECT person_id, CAST(birth_datetime AS DATE) - 400, 0 FROM "
-                f'"{planted}".person ORDER BY person_id DESC LIMIT 2'
-            )
-            conn.exec_driver_sql(
-                f'UPDATE "{planted}".person SET gender_concept_id = NULL WHERE person_id IN '
-                f'(SELECT person_id FROM "{planted}".person ORDER BY person_id LIMIT 5)'
-            )
+            conn.exec_driver_sql(_DEATH_DDL.format(s=f'"{planted}".'))
+            for statement in _PLANT:
+                conn.exec_driver_sql(statement.format(s=f'"{planted}".'))
             with OmopDatabase.open(PG_URL, schema=planted) as db:
                 got = run_quality_checks(db, today=TODAY)
         finally:
@@ -333,9 +336,14 @@ def test_planted_errors_counted_on_postgres(
         want = run_quality_checks(db, today=TODAY)
     death = got.get("plausibleAfterBirth:death.death_date")
     assert (death.violated, death.total, death.passed, death.fatal) == (2, 2, False, True)
+    assert death in got.fatal_failures
     gender = got.get("isRequired:person.gender_concept_id")
     assert (gender.violated, gender.total, gender.passed) == (5, 2694, False)
-    assert death in got.fatal_failures
+    magnitude = got.get("plausibleMagnitude:measurement.value_as_number")
+    assert (magnitude.violated, magnitude.passed) == (1, False)
+    assert magnitude.total > 100
+    high = got.get(f"plausibleValueHigh:measurement.value_as_number[unit={G_PER_DL}]@{HAEMOGLOBIN}")
+    assert (high.violated, high.passed) == (1, False)
     assert _summary(got) == _summary(want)
 
 
