@@ -214,6 +214,18 @@ def test_failed_query_keeps_schema_and_read_only(pg: OmopDatabase) -> None:
     assert pg.query("SHOW transaction_read_only").column(0)[0].as_py() == "on"
 
 
+def test_connection_is_not_left_in_a_transaction(pg: OmopDatabase, admin: sa.Engine) -> None:
+    """A node keeps its CDM connection between jobs; it must not sit "idle in transaction"
+    (holding back VACUUM, cut by idle_in_transaction_session_timeout)."""
+    pid = pg.query("SELECT pg_backend_pid()").column(0)[0].as_py()
+    extract(gi_bleed_study("binary"), pg)
+    with admin.connect() as conn:
+        state = conn.exec_driver_sql(
+            "SELECT state FROM pg_stat_activity WHERE pid = %s", (pid,)
+        ).scalar()
+    assert state == "idle"
+
+
 # -- (2) extraction ------------------------------------------------------------------------
 def _assert_same(got: ExtractedTable, want: ExtractedTable) -> None:
     assert len(want) > 100
