@@ -20,7 +20,15 @@ cleanup() {
 }
 trap cleanup EXIT
 "${as_pg[@]}" initdb -D "$dir/data" -A trust -U biofed >/dev/null
+# Members of biofed_password_auth must log in with their password (first matching line
+# wins), so tests can show that a password supplied by an environment variable is used.
+hba="$dir/data/pg_hba.conf"
+{ echo "host all +biofed_password_auth 127.0.0.1/32 scram-sha-256"; cat "$hba"; } >"$hba.new"
+mv "$hba.new" "$hba"
+[ "$(id -u)" = "0" ] && chown postgres "$hba"
 "${as_pg[@]}" pg_ctl -D "$dir/data" -l "$dir/log" -w \
   -o "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+"${as_pg[@]}" psql -q -h "$dir" -p "$port" -U biofed -d postgres \
+  -c "CREATE ROLE biofed_password_auth NOLOGIN" >/dev/null
 export BIOFED_TEST_POSTGRES_URL="postgresql+psycopg://biofed@127.0.0.1:$port/postgres"
 "$@"

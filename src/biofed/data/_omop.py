@@ -200,9 +200,13 @@ class OmopDatabase:
         dialect = engine.dialect.name
         try:
             if dialect == "postgresql":
+                # SQLAlchemy has already begun a transaction, which these session settings
+                # do not reach (a SET inside a transaction is also undone by a rollback):
+                # commit them, so every later transaction starts read-only and on the schema.
                 conn.exec_driver_sql("SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY")
                 if schema is not None:
                     conn.exec_driver_sql(f'SET search_path TO "{schema}"')
+                conn.commit()
             elif schema is not None:
                 conn.close()
                 raise ConfigurationError(
@@ -274,12 +278,20 @@ class OmopDatabase:
         text = parts[0] + "".join(f":{n}{rest}" for n, rest in zip(names, parts[1:], strict=True))
         try:
             result = self._sa.execute(sa.text(text), dict(zip(names, params, strict=True)))
-            columns = list(result.keys())
-            rows = result.fetchall()
+            columns = list(result.keys()) if result.returns_rows else []
+            rows = result.fetchall() if result.returns_rows else []
         except sa.exc.SQLAlchemyError as exc:
             self._sa.rollback()
             raise DataError(f"OMOP query failed: {_line(exc)}") from None
-        return pa.table({c: [r[i] for r in rows] for i, c in enumerate(columns)})
+        # End the (read-only) transaction: a node keeps its connection open between jobs, and
+        # a session left "idle in transaction" holds back the database's VACUUM and is cut
+        # by idle_in_transaction_session_timeout.
+        self._sa.rollback()
+        if not columns:  # a statement with no result (e.g. SET), as DuckDB
+            return pa.table({})
+        # by position: PostgreSQL names unaliased columns by their function ("sum", "sum"…)
+        arrays = [pa.array([r[i] for r in rows]) for i in range(len(columns))]
+        return pa.Table.from_arrays(arrays, names=columns)
 
     def tables(self) -> frozenset[str]:
         """Lower-cased names of the OMOP tables present (from the fixed OMOP list)."""
