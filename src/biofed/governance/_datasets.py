@@ -20,6 +20,15 @@ edited, by accident or not), so a study would run on data outside what was appro
 content digest (SHA-256, FIPS 180-4) is checked before every use; a mismatch is sticky (the
 flag persists across restarts) until re-registration, and each change of state can be
 written to the audit log through the ``audit`` hook.
+
+Re-hashing a large file or fingerprinting a CDM before every instruction costs seconds per
+round, so for data held in local files (a CSV/Parquet file, a DuckDB CDM and its ``.wal``)
+a registry remembers, per dataset, the file's identity and change times at its last
+successful check — device, inode, size, ``st_mtime_ns`` and ``st_ctime_ns``, the quick
+check of rsync and make — and skips the digest while they are unchanged. Any write
+changes ``st_ctime``, which user space cannot set back (``utime`` restores only mtime), so
+an edit that keeps the size and mtime is still re-hashed. A CDM behind a database URL has
+no such cheap witness and is fingerprinted every time.
 """
 
 from __future__ import annotations
@@ -71,6 +80,33 @@ def _expectations(entry: RegisteredDataset) -> FileExpectations:
         ranges=ranges,
         allowed=allowed,
     )
+
+
+def _stat(path: Path) -> tuple[int, ...]:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return (-1,)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _file_identity(entry: RegisteredDataset) -> tuple[int, ...] | None:
+    """The identity and change times of the local file(s) behind ``entry`` (a DuckDB CDM's
+    write-ahead log included), or None for a CDM behind a database URL or a missing file."""
+    if entry.kind != "omop":
+        files = [Path(entry.path)]
+    elif entry.path.startswith("duckdb:///"):
+        files = [Path(entry.path.removeprefix("duckdb:///"))]
+    elif "://" in entry.path:
+        return None
+    else:
+        files = [Path(entry.path)]
+    if entry.kind == "omop":
+        files.append(files[0].with_name(files[0].name + ".wal"))
+    identity = _stat(files[0])
+    if identity == (-1,):
+        return None
+    return identity + tuple(v for f in files[1:] for v in _stat(f))
 
 
 def file_digest(path: Path) -> str:
@@ -240,6 +276,8 @@ class DatasetRegistry:
         self._clock = clock
         self._environ: Mapping[str, str] = os.environ if environ is None else environ
         self._lock = threading.Lock()
+        #: name → (digest, file identity) at its last successful check (see Security notes)
+        self._verified: dict[str, tuple[str, tuple[int, ...]]] = {}
 
     # -- storage -----------------------------------------------------------------------------
     def _load(self) -> dict[str, RegisteredDataset]:
@@ -449,6 +487,9 @@ class DatasetRegistry:
                 state="changed",
                 reason="the file changed since registration; register it again",
             )
+        identity = _file_identity(entry)  # taken before reading: a write meanwhile changes it
+        if identity is not None and self._verified.get(name) == (entry.sha256, identity):
+            return DatasetCheck(name=name, state="ok")
         if entry.kind == "omop":
             try:
                 with self._open(entry.path, entry.password_env, entry.schema) as db:
@@ -458,13 +499,14 @@ class DatasetRegistry:
                     name=name, state="missing", reason=f"cannot read the CDM: {exc}"
                 )
             if fingerprint == entry.sha256:
-                return DatasetCheck(name=name, state="ok")
+                return self._verified_ok(name, entry, identity)
         else:
             file = Path(entry.path)
             if not file.is_file():
                 return DatasetCheck(name=name, state="missing", reason=f"{file} no longer exists")
             if file.stat().st_size == entry.size and file_digest(file) == entry.sha256:
-                return DatasetCheck(name=name, state="ok")
+                return self._verified_ok(name, entry, identity)
+        self._verified.pop(name, None)
         with self._lock:
             entries = self._load()
             entries[name] = replace(entries[name], changed=True)
@@ -475,6 +517,13 @@ class DatasetRegistry:
             state="changed",
             reason="the file changed since registration; register it again",
         )
+
+    def _verified_ok(
+        self, name: str, entry: RegisteredDataset, identity: tuple[int, ...] | None
+    ) -> DatasetCheck:
+        if identity is not None:
+            self._verified[name] = (entry.sha256, identity)
+        return DatasetCheck(name=name, state="ok")
 
     def check_quality(
         self, name: str, *, fatal: Collection[str] = (), today: dt.date | None = None
