@@ -327,7 +327,10 @@ def demo_command(
     workdir: Annotated[Path | None, typer.Option(help="Put the consortium here (kept).")] = None,
     keep: Annotated[bool, typer.Option(help="Keep the temporary folder.")] = False,
     rounds: Annotated[int, typer.Option(min=1, help="Federated rounds.")] = 5,
-    strategy: Annotated[str, typer.Option(help="Strategy.")] = "fedadam",
+    strategy: Annotated[
+        str | None,
+        typer.Option(help="Strategy (default: fedadam for tcga, fedavg for omop)."),
+    ] = None,
     format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
     data: Annotated[
         str,
@@ -352,6 +355,7 @@ def demo_command(
         err.print(f"[red]error:[/] --format must be table or json, got {format!r}")
         raise typer.Exit(code=2)
     sites = _SITES
+    strategy = strategy or ("fedavg" if data == "omop" else "fedadam")
     if data == "omop":
         from biofed.cli._demo_omop import SITES as OMOP_SITES
 
