@@ -41,6 +41,11 @@ class MessageKind(str, enum.Enum):
     #: arrays (the reply's ``parameters``); no model is trained and no privacy budget is
     #: spent (see ``docs/architecture.md``, "The preprocessing phase").
     SUMMARISE = "summarise"
+    #: One pass of a federated analytics query (``biofed.analytics``): the site answers
+    #: ``directives.query_request`` on its registered dataset, under its disclosure rules,
+    #: with the answer's arrays (the reply's ``parameters``); no model is trained. A query
+    #: that asks for DP answers debits the site's ledger like training.
+    QUERY = "query"
 
 
 def _freeze_extras(extras: Mapping[str, ParameterSet]) -> Mapping[str, ParameterSet]:

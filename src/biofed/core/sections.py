@@ -29,7 +29,8 @@ On the wire (``transport/grpc/_serde.py``) and in the instructions older code bu
 sections travel as prefixed keys of one scalar map — ``dataset``, ``task``, ``task.<option>``,
 ``agreement``, ``bundle``, ``metrics``, ``privacy.<key>``, ``secagg.<key>``, ``dp.clip_norm``,
 ``dp.noise_std_share``, ``secagg.stage``, ``secagg.weighting``, ``study.spec``,
-``study.digest``, ``preprocessing``, ``summary.request`` — beside the task's keys.
+``study.digest``, ``preprocessing``, ``summary.request``, ``query.request`` — beside the
+task's keys.
 :func:`split_flat` and :func:`flat_sections` are the one place that maps between the two
 (``Instruction(config={flat keys})`` and, through it, the gRPC codec); nothing else reads
 these key names.
@@ -70,6 +71,8 @@ STUDY_DIGEST_KEY = "study.digest"
 PREPROCESSING_KEY = "preprocessing"
 #: Flat-form key of a preprocessing pass's summary request (JSON).
 SUMMARY_REQUEST_KEY = "summary.request"
+#: Flat-form key of an analytics query pass's request (JSON, ``biofed.analytics.Request``).
+QUERY_REQUEST_KEY = "query.request"
 #: Longest study spec, fitted preprocessing or summary request an instruction carries.
 MAX_DOCUMENT_CHARS = 1 << 20
 _JOB_KEYS = ("dataset", "task", "agreement", "bundle", "metrics")
@@ -250,6 +253,9 @@ class RoundDirectives:
     summary_request:
         A ``MessageKind.SUMMARISE`` instruction's request (``SummaryRequest.to_json()``):
         what this preprocessing pass asks the site to summarise.
+    query_request:
+        A ``MessageKind.QUERY`` instruction's request (``biofed.analytics.Request``'s
+        JSON): the query and what this pass of it asks the site to compute.
     """
 
     clip_norm: float | None = None
@@ -257,9 +263,11 @@ class RoundDirectives:
     secagg_stage: SecAggStage | None = None
     secagg_weighting: str | None = None
     summary_request: str | None = None
+    query_request: str | None = None
 
     def __post_init__(self) -> None:
         _document(self.summary_request, "summary request")
+        _document(self.query_request, "query request")
         object.__setattr__(self, "clip_norm", _opt_number(self.clip_norm, "clip norm"))
         object.__setattr__(
             self, "noise_std_share", _opt_number(self.noise_std_share, "noise std share")
@@ -305,6 +313,8 @@ def split_flat(
             job["preprocessing"] = value
         elif key == SUMMARY_REQUEST_KEY:
             directives["summary_request"] = value
+        elif key == QUERY_REQUEST_KEY:
+            directives["query_request"] = value
         elif key.startswith(TASK_PREFIX) and len(key) > len(TASK_PREFIX):
             options[key[len(TASK_PREFIX) :]] = value
         elif key == DP_CLIP_NORM:
@@ -364,4 +374,6 @@ def flat_sections(job: JobSection, directives: RoundDirectives) -> dict[str, Sca
         out[PREPROCESSING_KEY] = job.preprocessing
     if directives.summary_request is not None:
         out[SUMMARY_REQUEST_KEY] = directives.summary_request
+    if directives.query_request is not None:
+        out[QUERY_REQUEST_KEY] = directives.query_request
     return out

@@ -19,15 +19,21 @@ _CHUNK = 1 << 17  # values per pass: fewer numpy calls beat cache residency here
 
 
 def check_vector(plan: SecAggPlan, vector: object) -> Array:
-    """``vector`` if it is a 1-D finite float32 array of the plan's length."""
-    if not isinstance(vector, np.ndarray) or vector.dtype != np.float32 or vector.ndim != 1:
+    """``vector`` if it is a 1-D float32 (a model update) or float64 (a statistic of
+    :mod:`biofed.analytics`, quantised without first rounding to float32) array of the
+    plan's length."""
+    if (
+        not isinstance(vector, np.ndarray)
+        or vector.dtype not in (np.float32, np.float64)
+        or vector.ndim != 1
+    ):
         what = (
             f"{vector.dtype} array of shape {vector.shape}"
             if isinstance(vector, np.ndarray)
             else type(vector).__name__
         )
         raise ParameterMismatch(
-            f"the vector to aggregate must be a 1-D float32 array of length "
+            f"the vector to aggregate must be a 1-D float32 or float64 array of length "
             f"{plan.dimension}, got a {what}"
         )
     if vector.size != plan.dimension:
@@ -93,3 +99,16 @@ def dequantise(total: Array, plan: SecAggPlan) -> tuple[Array, int]:
         f -= clip
         np.copyto(mean[start:stop], f, casting="same_kind")
     return mean, total_weight
+
+
+def dequantise_sum(total: Array, plan: SecAggPlan) -> Array:
+    """The float64 weighted sum ``Σ wᵢ clip(xᵢ)`` from the unmasked ring sum, within
+    ``Σ wᵢ · s/2`` of it (what a statistic's secure sum needs: :mod:`biofed.analytics` sends
+    weight 1, so a count is exact and a sum is within ``n · s/2``)."""
+    total_weight = int(total[-1])
+    d = plan.dimension
+    step = plan.config.quantisation_step
+    clip = plan.config.clip_range
+    out = np.asarray(total[:d], dtype=np.float64) * step
+    out -= clip * total_weight
+    return out

@@ -33,7 +33,7 @@ from biofed.secagg._messages import (
     advertised_payload,
     decode_message,
 )
-from biofed.secagg._quantise import dequantise
+from biofed.secagg._quantise import dequantise, dequantise_sum
 from biofed.secagg._stage import RandomBytes, SecAggStage, Verify
 from biofed.secagg._wire import check_ident, check_round
 
@@ -61,12 +61,17 @@ class SecAggResult:
     dropouts:
         Each site that dropped, with the stage it failed to complete (a site dropped at
         ``UNMASK`` is still in the sum: only its shares were missing).
+    total:
+        float64, shape ``(d,)``: Σ wᵢ xᵢ over the survivors (within Σ wᵢ · s/2), for
+        secure sums of statistics (:mod:`biofed.analytics`), where the sum, not the mean,
+        is the answer.
     """
 
     mean: Array
     total_weight: int
     survivors: tuple[str, ...]
     dropouts: Mapping[str, SecAggStage] = field(default_factory=lambda: MappingProxyType({}))
+    total: Array | None = None
 
 
 class SecAggServer:
@@ -511,6 +516,7 @@ class SecAggServer:
                 "disagree on the neighbour graph, or a site sent a corrupt vector)"
             )
         mean, total_weight = dequantise(acc, self.plan)
+        total = dequantise_sum(acc, self.plan)
         self._acc = None
         self._b_shares.clear()
         self._s_shares.clear()
@@ -519,6 +525,7 @@ class SecAggServer:
             total_weight=total_weight,
             survivors=survivors,
             dropouts=MappingProxyType(dict(self._dropouts)),
+            total=total,
         )
         self._stage = SecAggStage.DONE
 
