@@ -22,8 +22,10 @@ from biofed.analytics._protocol import (
     query_kinds,
     register,
     result_from_json,
+    secure_vector,
     start,
     sum_answers,
+    total_from_vector,
 )
 from biofed.analytics._query import DP_MECHANISMS, FILTER_OPS, SPLITS, DPOptions, Filter, Query
 from biofed.analytics._regression import RegressionResult
@@ -57,6 +59,8 @@ __all__ = [
     "query_kinds",
     "register",
     "result_from_json",
+    "secure_vector",
     "start",
     "sum_answers",
+    "total_from_vector",
 ]

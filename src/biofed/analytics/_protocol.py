@@ -423,18 +423,23 @@ def answer(
 ) -> Answer:
     """This site's answer to ``request`` on ``table`` under its own ``rules``.
 
+    In plain mode the site answers under the stricter of its rules and the request's (its
+    own suppression protects its cells from the coordinator too). In secure mode its
+    arrays are summed unseen and the coordinator applies the request's rules to the total,
+    so the site refuses a request whose rules are looser than its own.
+
     Raises
     ------
     PolicyViolation
-        If the request's rules are looser than the site's, or it asks for DP answers and
-        no noise source is given.
+        If a secure request's rules are looser than the site's, or a DP query comes
+        without a noise source.
     DataError
         If the query names columns the table lacks (one line).
     """
     own = DisclosureRules() if rules is None else rules
-    if not request.rules.covers(own):
+    if request.secure and not request.rules.covers(own):
         raise PolicyViolation(
-            "disclosure: the request's rules are looser than this site's "
+            "disclosure: the secure request's rules are looser than this site's "
             f"(site: {own.to_dict()}, request: {request.rules.to_dict()})"
         )
     if request.query.dp is not None and noise is None:
@@ -443,10 +448,30 @@ def answer(
     for name in request.query.columns():
         table.column(name)  # one clear error for a missing column
     cohort = table.cohort(request.query)
-    out = spec.answer(request, table, cohort, request.rules, noise)
+    out = spec.answer(request, table, cohort, own.stricter(request.rules), noise)
     if request.layout is not None:
         _check_layout(out, request.layout)
     return out
+
+
+def secure_vector(request: Request, out: Answer) -> Array:
+    """What a site masks in secure mode: its arrays in the layout's order, then its record
+    count, as one float64 vector of ``request.size + 1`` values."""
+    if request.layout is None:
+        raise ConfigurationError("only a summable request has a secure vector")
+    _check_layout(out, request.layout)
+    return np.concatenate([out.flat(request.layout), [float(out.records)]])
+
+
+def total_from_vector(request: Request, vector: Array) -> Answer:
+    """The summed :class:`Answer` from the unmasked secure sum of :func:`secure_vector`s
+    (the record count rounded: it is a sum of integers, exact up to the quantisation)."""
+    if request.layout is None:
+        raise ConfigurationError("only a summable request has a secure vector")
+    vec = np.asarray(vector, dtype=np.float64)
+    if vec.shape != (request.size + 1,):
+        raise ProtocolError(f"a secure sum has {vec.shape} values, the request {request.size + 1}")
+    return Answer.from_flat(vec[:-1], request.layout, records=max(0, round(float(vec[-1]))))
 
 
 def _check_layout(out: Answer, layout: Mapping[str, tuple[int, ...]]) -> None:
