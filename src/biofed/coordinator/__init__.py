@@ -2,6 +2,19 @@
 
 from biofed.coordinator._access import RunAccess
 from biofed.coordinator._agreements import AgreementKeeper
+from biofed.coordinator._analysis import (
+    ANALYSIS_EVENT,
+    PASS_EVENT,
+    QueryListener,
+    analyze_over,
+    run_analysis,
+)
+from biofed.coordinator._analysis_job import (
+    AnalysisJob,
+    RunSpec,
+    job_from_file,
+    run_spec_from_json,
+)
 from biofed.coordinator._bundles import BundleStore
 from biofed.coordinator._engine import (
     AfterRound,
@@ -36,6 +49,7 @@ from biofed.coordinator._privacy_report import (
 )
 from biofed.coordinator._records import RoundRecord, RunCancelled, RunEvent, RunResult
 from biofed.coordinator._secure import SecureRound
+from biofed.coordinator._secure_sum import AnalysisFailed, SecureSum
 from biofed.coordinator._serialize import (
     canonical_json,
     round_record_from_json,
@@ -66,12 +80,16 @@ from biofed.coordinator._store_sql import SqlStateStore
 from biofed.coordinator._summaries import StoreListener, run_summary
 
 __all__ = [
+    "ANALYSIS_EVENT",
+    "PASS_EVENT",
     "PREPROCESSING_EVENT",
     "PRIVACY_EVENT",
     "RESULT_PREPROCESSING",
     "SUMMARIES_EVENT",
     "AfterRound",
     "AgreementKeeper",
+    "AnalysisFailed",
+    "AnalysisJob",
     "BeforeRound",
     "BundleStore",
     "Checkpoint",
@@ -91,6 +109,7 @@ __all__ = [
     "NodeStatus",
     "PlainRound",
     "PreprocessingFailed",
+    "QueryListener",
     "RoundEngine",
     "RoundRecord",
     "RoundRow",
@@ -99,22 +118,28 @@ __all__ = [
     "RunEvent",
     "RunResult",
     "RunRow",
+    "RunSpec",
     "RunStatus",
     "RunningCoordinator",
     "SecureRound",
+    "SecureSum",
     "SqlStateStore",
     "StateStore",
     "StoreListener",
     "TrainingRound",
+    "analyze_over",
     "build_instruction",
     "canonical_json",
     "check_summary",
+    "job_from_file",
     "open_store",
     "privacy_report",
     "round_record_from_json",
     "round_record_to_json",
+    "run_analysis",
     "run_event_from_json",
     "run_event_to_json",
+    "run_spec_from_json",
     "run_summary",
     "serve_coordinator",
     "site_spend",

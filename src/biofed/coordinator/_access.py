@@ -24,8 +24,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
+from biofed.analytics import DisclosureRules
 from biofed.coordinator._agreements import AgreementKeeper
-from biofed.coordinator._job import JobSpec
+from biofed.coordinator._analysis_job import run_spec_from_json
 from biofed.coordinator._store import RunRow
 from biofed.core import BiofedError, ConfigurationError, PolicyViolation
 from biofed.transport.grpc import Peer
@@ -38,7 +39,7 @@ DENIED = "no run with that id is visible to you"
 
 def _agreement_of(row: RunRow) -> str | None:
     try:
-        return JobSpec.from_json(row.spec).agreement
+        return run_spec_from_json(row.spec).agreement
     except BiofedError:  # an unreadable spec shares nothing
         return None
 
@@ -108,6 +109,10 @@ class RunAccess:
         """Whether the kept agreement lets the final model leave (``outputs.final_model``);
         False for an agreement that is not kept here."""
         return self.agreements is not None and self.agreements.releases_model(agreement_id)
+
+    def analytics_rules(self, agreement_id: str) -> DisclosureRules | None:
+        """The ``[analytics]`` disclosure thresholds of a kept agreement, or None."""
+        return None if self.agreements is None else self.agreements.analytics_rules(agreement_id)
 
     def visible(self, peer: Peer, rows: Iterable[RunRow]) -> list[RunRow]:
         """The rows ``peer`` may read, in their order."""

@@ -29,7 +29,8 @@ import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-from biofed.core import ConfigurationError, PolicyViolation, check_id
+from biofed.analytics import RULE_KEYS, DisclosureRules
+from biofed.core import BiofedError, ConfigurationError, PolicyViolation, check_id
 from biofed.governance import SignedAgreement, require_in_force
 
 #: What one submission may carry: the agreement file and the signers' certificates.
@@ -109,7 +110,7 @@ class AgreementKeeper:
         self._coordinator = coordinator
         self._coordinator_pem = coordinator_pem
         self._lock = threading.Lock()
-        self._researchers: dict[str, tuple[frozenset[str], bool]] = {}
+        self._researchers: dict[str, tuple[frozenset[str], bool, DisclosureRules | None]] = {}
 
     def _path(self, agreement_id: str) -> Path:
         return self.directory / f"{check_id(agreement_id, what='agreement id')}.json"
@@ -188,9 +189,10 @@ class AgreementKeeper:
         tmp.write_text(json.dumps(body, sort_keys=True), encoding="utf-8")
         os.replace(tmp, path)
 
-    def _terms(self, agreement_id: str) -> tuple[frozenset[str], bool]:
-        """(researchers named, final model released) of a kept agreement; nobody and no
-        release for an id that is not kept (or no longer reads)."""
+    def _terms(self, agreement_id: str) -> tuple[frozenset[str], bool, DisclosureRules | None]:
+        """(researchers named, final model released, analytics thresholds) of a kept
+        agreement; nobody, no release and no thresholds for an id that is not kept (or no
+        longer reads)."""
         with self._lock:
             cached = self._researchers.get(agreement_id)
             if cached is not None:
@@ -200,10 +202,10 @@ class AgreementKeeper:
             except ConfigurationError:
                 kept = None
             if kept is None:
-                return frozenset(), False
+                return frozenset(), False, None
             agreement = kept[0].agreement
             names = frozenset(p.name for p in agreement.parties if p.role == "researcher")
-            terms = (names, bool(agreement.outputs.final_model))
+            terms = (names, bool(agreement.outputs.final_model), _analytics(agreement))
             self._researchers[agreement_id] = terms
             return terms
 
@@ -214,3 +216,27 @@ class AgreementKeeper:
     def releases_model(self, agreement_id: str) -> bool:
         """Whether a kept agreement lets the final model leave (``outputs.final_model``)."""
         return self._terms(agreement_id)[1]
+
+    def analytics_rules(self, agreement_id: str) -> DisclosureRules | None:
+        """The disclosure thresholds of a kept agreement's ``[analytics]`` section (None
+        without one, or for an id not kept): an analysis under it states at least these."""
+        return self._terms(agreement_id)[2]
+
+
+def _analytics(agreement: object) -> DisclosureRules | None:
+    """The ``[analytics]`` thresholds of an agreement (the rule keys of its section; kinds
+    it allows are the sites' to enforce), read defensively: None when it has none."""
+    section = getattr(agreement, "analytics", None)
+    if section is None:
+        return None
+    if isinstance(section, DisclosureRules):
+        return section
+    rules = getattr(section, "rules", None)
+    if isinstance(rules, DisclosureRules):
+        return rules
+    if isinstance(section, Mapping):
+        try:
+            return DisclosureRules.from_mapping({k: section[k] for k in RULE_KEYS if k in section})
+        except BiofedError:
+            return None
+    return None

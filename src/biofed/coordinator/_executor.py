@@ -12,6 +12,13 @@ A run ends
 
 Each round's checkpoint, record and ``round_completed`` event are committed together
 (:meth:`~biofed.coordinator.StateStore.complete_round`).
+
+An analysis job (:class:`~biofed.coordinator.AnalysisJob`) runs its query instead of rounds
+(:func:`~biofed.coordinator._analysis.analyze_over`, the loop a simulation runs too): it
+waits for ``min_nodes`` sites as a round does, and ends ``finished`` with the run event
+``analysis_result`` (the result's JSON) or ``failed`` with the sites' reasons. A query
+interrupted by a coordinator restart starts again from pass 1 (a ``resumed`` event says
+so): passes of two coordinator lives are never mixed.
 """
 
 from __future__ import annotations
@@ -21,6 +28,9 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
+from biofed.analytics import DisclosureRules
+from biofed.coordinator._analysis import ANALYSIS_EVENT, PASS_EVENT, analyze_over
+from biofed.coordinator._analysis_job import AnalysisJob, run_spec_from_json
 from biofed.coordinator._anchored import AnchoredTransport
 from biofed.coordinator._engine import EngineListener, RoundEngine
 from biofed.coordinator._job import JobSpec
@@ -95,6 +105,9 @@ class RunExecutor:
     limits:
         The coordinator's job limits; a study job's model size is checked against them once
         its preprocessing is fitted (its feature count is unknown at submit).
+    agreement_rules:
+        The ``[analytics]`` disclosure thresholds of a kept study agreement (by id), or
+        None: an analysis job's requests state the stricter of its own and these.
     """
 
     def __init__(
@@ -108,7 +121,9 @@ class RunExecutor:
         audit: Callable[[str, dict[str, Any]], None] = lambda event, data: None,
         anchor: AuditLog | None = None,
         limits: JobLimits | None = None,
+        agreement_rules: Callable[[str], DisclosureRules | None] = lambda agreement: None,
     ) -> None:
+        self.agreement_rules = agreement_rules
         self.store = store
         self.limits = JobLimits() if limits is None else limits
         self.hub = hub
@@ -126,7 +141,11 @@ class RunExecutor:
         current = self.store.get_run(run_id)
         if current is None or current.status.is_terminal:
             return  # cancelled before it started
-        spec = JobSpec.from_json(row.spec)
+        stored = run_spec_from_json(row.spec)
+        if isinstance(stored, AnalysisJob):
+            self._analyze(run_id, stored, current.status, cancel)
+            return
+        spec = stored
         strategy = spec.build_strategy()
         checkpoint = self.store.latest_checkpoint(run_id)
         if checkpoint is not None:
@@ -203,8 +222,69 @@ class RunExecutor:
         if cancel.is_set():
             self.cancelled(run_id)
 
+    # -- an analysis -----------------------------------------------------------------------------
+    def _analyze(
+        self, run_id: str, job: AnalysisJob, status: RunStatus, cancel: threading.Event
+    ) -> None:
+        """Run an analysis job's query (see the module); raises what fails it."""
+        if any(e.kind == PASS_EVENT for e in self.store.events(run_id)):
+            self.store.append_event(
+                run_id,
+                round=0,
+                kind="resumed",
+                message="the query restarts from pass 1 (passes of the coordinator's last "
+                "life are not reused)",
+            )
+        if status is RunStatus.PENDING:
+            self.store.set_run_status(run_id, RunStatus.RUNNING)
+        listener = self.listener(run_id)
+        transport: Transport = self.hub.transport_for(run_id, job.dataset)
+        if self.anchor is not None:  # each instruction carries the coordinator's audit head
+            transport = AnchoredTransport(transport, self.anchor)
+        try:
+            if not self._wait_for_nodes(run_id, 1, job, transport, cancel):
+                if cancel.is_set():
+                    raise RunCancelled(f"run {run_id!r} was cancelled")
+                return  # the coordinator stops: the query restarts at its next start
+            agreed = None if job.agreement is None else self.agreement_rules(job.agreement)
+            result, events = analyze_over(
+                transport,
+                job.query,
+                job.request_rules(agreed),
+                run_id=run_id,
+                min_nodes=job.min_nodes,
+                min_replies=job.min_replies,
+                round_timeout=job.round_timeout,
+                job=job.job_section(),
+                secure=job.secure_aggregation,
+                listener=listener,
+                cancel=cancel,
+            )
+            passes = sum(e.kind == PASS_EVENT for e in events)
+            self.store.append_event(
+                run_id, round=passes, kind=ANALYSIS_EVENT, message=result.to_json()
+            )
+            self.store.set_run_status(run_id, RunStatus.FINISHED)
+            self.audit(
+                "run.finished",
+                {"run_id": run_id, "passes": passes, "status": RunStatus.FINISHED.value},
+            )
+            self.store.append_event(
+                run_id,
+                round=passes,
+                kind="finished",
+                message=f"{job.query.kind} answered in {passes} passes",
+            )
+            return
+        except RunCancelled:
+            pass
+        finally:
+            transport.close()
+        if cancel.is_set():
+            self.cancelled(run_id)
+
     # -- waiting for sites ---------------------------------------------------------------------
-    def waiting_reason(self, spec: JobSpec, available: list[str]) -> str:
+    def waiting_reason(self, spec: JobSpec | AnalysisJob, available: list[str]) -> str:
         """Why a run cannot start its round, in words a researcher can act on."""
         connected = sorted({s.node_id for s in self.hub.sessions()})
         if not available:
@@ -225,7 +305,7 @@ class RunExecutor:
         self,
         run_id: str,
         server_round: int,
-        spec: JobSpec,
+        spec: JobSpec | AnalysisJob,
         transport: Any,
         cancel: threading.Event,
     ) -> bool:

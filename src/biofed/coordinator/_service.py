@@ -30,6 +30,8 @@ from typing import Any, Protocol
 
 from biofed.coordinator._access import RunAccess
 from biofed.coordinator._agreements import AgreementKeeper
+from biofed.coordinator._analysis import ANALYSIS_EVENT, result_event
+from biofed.coordinator._analysis_job import AnalysisJob, run_spec_from_json
 from biofed.coordinator._bundles import BundleStore
 from biofed.coordinator._executor import RunExecutor
 from biofed.coordinator._job import JobSpec
@@ -162,6 +164,7 @@ class Coordinator:
             audit=self._audit,
             anchor=audit,
             limits=self.limits,
+            agreement_rules=self.access.analytics_rules,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -223,9 +226,13 @@ class Coordinator:
         agreement: bytes = b"",
         certificates: Mapping[str, bytes] | None = None,
     ) -> RunSummary:
-        spec = JobSpec.from_json(spec_json, limits=self.limits)
+        spec = run_spec_from_json(spec_json, limits=self.limits)
         self.access.admit(peer, spec.agreement, agreement, certificates or {})
-        self.bundles.keep(spec.bundle, bundle)
+        if isinstance(spec, AnalysisJob):
+            if bundle:
+                raise ProtocolError("an analysis job runs no task bundle: send none")
+        else:
+            self.bundles.keep(spec.bundle, bundle)
         run_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         self.store.create_run(run_id, spec.to_json(), peer.name)
         self.store.append_event(run_id, round=0, kind="submitted", message=f"by {peer.name}")
@@ -300,6 +307,11 @@ class Coordinator:
                 f"run {run_id!r} is {row.status.value}; results exist once finished"
                 + (" with at least one completed round" if row.status.is_terminal else "")
             )
+        if isinstance(run_spec_from_json(row.spec), AnalysisJob):
+            raise ProtocolError(
+                f"run {run_id!r} is an analysis: its result is its {ANALYSIS_EVENT} event "
+                "(biofed analyze result RUN_ID), not a model"
+            )
         checkpoint = self.store.latest_checkpoint(run_id)
         if checkpoint is None:
             raise LookupError(f"run {run_id!r} has no model")
@@ -320,6 +332,29 @@ class Coordinator:
             if fitted:
                 metadata[RESULT_PREPROCESSING] = fitted[-1]
         return encode_parameters(checkpoint.parameters, metadata=metadata)
+
+    def analysis_result(self, peer: Peer, run_id: str) -> str:
+        """The result of an analysis run (its ``analysis_result`` event's JSON; read it with
+        :func:`biofed.analytics.result_from_json`), under the same access rules as
+        :meth:`get_run`.
+
+        Raises
+        ------
+        PolicyViolation
+            The run is not visible to ``peer`` (the same words for a missing run).
+        ProtocolError
+            The run is not an analysis, or has not finished (its status says why).
+        """
+        row = self.access.require(peer, self.store.get_run(run_id))
+        if not isinstance(run_spec_from_json(row.spec), AnalysisJob):
+            raise ProtocolError(f"run {run_id!r} is a training run: its result is a model")
+        text = result_event([(e.kind, e.message) for e in self.store.events(run_id)])
+        if row.status is not RunStatus.FINISHED or text is None:
+            raise ProtocolError(
+                f"run {run_id!r} is {row.status.value}; an analysis has a result once finished"
+                + (f" ({row.error})" if row.error else "")
+            )
+        return text
 
     def list_nodes(self, peer: Peer) -> list[NodeSummary]:
         return [node_summary(n) for n in self.store.list_nodes()]

@@ -9,7 +9,8 @@ import json
 import math
 from typing import Any
 
-from biofed.coordinator._job import JobSpec
+from biofed.coordinator._analysis import ANALYSIS_EVENT, PASS_EVENT
+from biofed.coordinator._analysis_job import AnalysisJob, RunSpec, run_spec_from_json
 from biofed.coordinator._privacy_report import privacy_report, spend_event
 from biofed.coordinator._records import RoundRecord, RunEvent
 from biofed.coordinator._store import NodeRow, RunRow, RunStatus, StateStore
@@ -118,16 +119,18 @@ class StoreListener:
 def run_summary(store: StateStore, row: RunRow) -> RunSummary:
     """What ``biofed run status`` shows of a run: its job, rounds, last round, evaluation,
     why it waits, its privacy report and its latest problems."""
-    spec: JobSpec | None = None
+    spec: RunSpec | None = None
     summary: dict[str, Any]
     try:
-        parsed = JobSpec.from_json(row.spec)
+        parsed = run_spec_from_json(row.spec)
     except ConfigurationError as exc:
         # a run stored under older rules: it is shown (and fails alone), never breaks
         # ListRuns for everyone
         summary = {"spec_error": str(exc).splitlines()[0]}
     else:
         spec = parsed
+        if isinstance(spec, AnalysisJob):
+            return _analysis_summary(store, row, spec)
         summary = {"strategy": spec.strategy, "dataset": spec.dataset, "task": spec.task}
     rounds = store.rounds(row.run_id)
     if rounds:
@@ -157,7 +160,9 @@ def run_summary(store: StateStore, row: RunRow) -> RunSummary:
         started = [e for e in events if e.kind == "round_started"]
         if waiting and (not started or waiting[-1].seq > started[-1].seq):
             summary["waiting"] = waiting[-1].message  # why the run does not go on
-    privacy = None if spec is None else privacy_report(spec, events, [r.record for r in rounds])
+    privacy = None
+    if spec is not None and not isinstance(spec, AnalysisJob):
+        privacy = privacy_report(spec, events, [r.record for r in rounds])
     if privacy is not None:
         summary["privacy"] = privacy
     problems = [
@@ -172,7 +177,46 @@ def run_summary(store: StateStore, row: RunRow) -> RunSummary:
         status=row.status.value,
         owner=row.owner,
         completed_rounds=row.completed_rounds,
-        total_rounds=0 if spec is None else spec.rounds,
+        total_rounds=0 if spec is None or isinstance(spec, AnalysisJob) else spec.rounds,
+        error=row.error or "",
+        summary_json=json.dumps(summary, sort_keys=True),
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _analysis_summary(store: StateStore, row: RunRow, job: AnalysisJob) -> RunSummary:
+    """What ``biofed run status`` shows of an analysis run: its query, passes, whether its
+    result is in, why it waits and its latest problems (the result itself is read with
+    :meth:`~biofed.coordinator.Coordinator.analysis_result`)."""
+    events = store.events(row.run_id)
+    passes = [e for e in events if e.kind == PASS_EVENT]
+    summary: dict[str, Any] = {
+        "analysis": job.query.kind,
+        "dataset": job.dataset,
+        "secure": job.secure,
+        "passes": len(passes),
+        "result": any(e.kind == ANALYSIS_EVENT for e in events),
+    }
+    if passes:
+        summary["last_pass"] = passes[-1].message
+    if row.status in (RunStatus.PENDING, RunStatus.RUNNING):
+        waiting = [e for e in events if e.kind == "waiting_for_nodes"]
+        if waiting and (not passes or waiting[-1].seq > passes[-1].seq):
+            summary["waiting"] = waiting[-1].message
+    problems = [
+        {"round": e.round, "node": e.node_id, "kind": e.kind, "message": e.message}
+        for e in events
+        if e.kind in _PROBLEM_EVENTS
+    ]
+    if problems:
+        summary["problems"] = problems[-20:]
+    return RunSummary(
+        run_id=row.run_id,
+        status=row.status.value,
+        owner=row.owner,
+        completed_rounds=0,
+        total_rounds=0,
         error=row.error or "",
         summary_json=json.dumps(summary, sort_keys=True),
         created_at=row.created_at,
