@@ -1,0 +1,350 @@
+"""QUERY instructions through a governed site's real chain: audit, policy (the agreement's
+[analytics] allowed, the study's approval), output control, privacy (the ledger) and the
+site's answer under its disclosure rules and its query log."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from biofed.analytics import (
+    Analysis,
+    Answer,
+    DisclosureRules,
+    KindSpec,
+    NoiseSource,
+    Query,
+    QueryTable,
+    Request,
+    Result,
+    kind_of,
+    query_kinds,
+    register,
+)
+from biofed.core import Array, ConfigurationError, Instruction, MessageKind, ParameterSet, Reply
+from biofed.core.sections import JobSection, RoundDirectives
+from biofed.data import write_site_files
+from biofed.datasets import load_tcga_brca
+from biofed.governance import (
+    AnalyticsPolicy,
+    DatasetRegistry,
+    Party,
+    SignedAgreement,
+    StudyAgreement,
+    sign,
+    verify_log,
+    write_agreement,
+)
+from biofed.identity import Consortium, Kit, load_kit
+from biofed.node import NodeApp, NodeConfig
+
+SIGNERS = ("a", "b", "r", "coordinator")
+AGREEMENT = "brca-stats"
+KIND = "node_test_count"
+ROWS = 196  # center-1: 156 training + 40 test rows
+
+
+# -- a test-only summable kind (the real ones live in biofed.analytics) -----------------------
+class _CountResult(Result):
+    kind = KIND
+
+    def __init__(self, n: float) -> None:
+        self.n = n
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": KIND, "n": self.n}
+
+
+class _CountAnalysis(Analysis):
+    def __init__(self, query: Query, rules: DisclosureRules, *, secure: bool) -> None:
+        super().__init__(query, rules, secure=secure)
+        self.total: Answer | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.total is not None
+
+    def request(self) -> Request:
+        return Request(
+            query=self.query, pass_no=1, step="count", rules=self.rules, secure=self.secure,
+            layout={"n": (1,)},
+        )  # fmt: skip
+
+    def add_total(self, total: Answer, sites: Sequence[str]) -> Analysis:
+        self.total = total
+        return self
+
+    def result(self) -> Result:
+        assert self.total is not None
+        return _CountResult(float(self.total.arrays["n"][0]))
+
+
+def _answer(
+    request: Request, table: QueryTable, cohort: Array, rules: DisclosureRules,
+    noise: NoiseSource | None,
+) -> Answer:  # fmt: skip
+    n = float(np.count_nonzero(cohort))
+    if not request.secure and 0 < n < rules.min_cell:
+        n = 0.0  # suppressed at the site
+    out = np.array([n])
+    dp = request.query.dp
+    if dp is not None:
+        assert noise is not None
+        out = out + noise.laplace(1.0 / dp.epsilon, (1,))
+    return Answer(arrays={"n": out}, records=int(np.count_nonzero(cohort)))
+
+
+def _options(options: Mapping[str, Any]) -> Mapping[str, Any]:
+    if options:
+        raise ConfigurationError(f"{KIND} takes no options")
+    return {}
+
+
+if KIND not in query_kinds():
+    register(
+        KindSpec(
+            name=KIND,
+            check_options=_options,
+            columns=lambda options: (),
+            start=lambda q, r, s: _CountAnalysis(q, r, secure=s),
+            answer=_answer,
+            result_from_dict=lambda d: _CountResult(float(d["n"])),
+            dp_supported=True,
+            secure_supported=True,
+        )
+    )
+assert kind_of(KIND).name == KIND
+
+
+# -- the site ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def fed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    folder = tmp_path_factory.mktemp("fed") / "c"
+    Consortium.create(
+        folder, consortium="t", coordinator="127.0.0.1:7443", sites=["a", "b"], researchers=["r"]
+    )
+    return folder
+
+
+@pytest.fixture(scope="module")
+def kits(fed: Path) -> dict[str, Kit]:
+    return {name: load_kit(fed / name) for name in SIGNERS}
+
+
+@pytest.fixture(scope="module")
+def csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    paths = write_site_files(load_tcga_brca(), tmp_path_factory.mktemp("data"))
+    return paths["center-1"]
+
+
+def _party(kit: Kit) -> Party:
+    return Party(name=kit.name, role=kit.role, fingerprint=kit.fingerprint)
+
+
+class Site:
+    """Site a's folder: node.toml, registry, agreements; its kit's ledger and query log."""
+
+    def __init__(self, root: Path, fed: Path, kits: dict[str, Kit], csv: Path) -> None:
+        self.root, self.fed, self.kits, self.csv = root, fed, kits, csv
+        for sub in ("agreements", "certificates", "bundles"):
+            (root / sub).mkdir()
+        for name in SIGNERS:
+            shutil.copy(fed / name / "cert.pem", root / "certificates" / f"{name}.pem")
+        self.registry = DatasetRegistry(root / "datasets.json")
+        self.audit = root / "audit.jsonl"
+        self.toml = root / "node.toml"
+        self.toml.write_text(
+            f'[datasets.brca]\npath = "{csv}"\nformat = "csv"\nsplit_column = "split"\n'
+            'targets = { event = "event", time = "time" }\n\n'
+            '[governance]\nagreements_dir = "agreements"\ncertificates_dir = "certificates"\n'
+            'approvals = "approvals.json"\nregistry = "datasets.json"\n'
+            'bundles_dir = "bundles"\naudit = "audit.jsonl"\n'
+        )
+
+    def agreement(self, **changes: Any) -> StudyAgreement:
+        base = StudyAgreement(
+            agreement_id=AGREEMENT,
+            title="Descriptive statistics in breast cancer",
+            purpose="Count and describe the cohort.",
+            legal_basis="GDPR Art. 9(2)(j)",
+            consortium="t",
+            coordinator=_party(self.kits["coordinator"]),
+            parties=tuple(_party(self.kits[n]) for n in ("a", "b", "r")),
+            datasets={"a": "brca", "b": "brca"},
+            approved_bundles=(),
+            analytics=AnalyticsPolicy(allowed=(KIND,)),
+            expires=dt.date(2099, 12, 31),
+        )
+        return dataclasses.replace(base, **changes)
+
+    def setup(self, **changes: Any) -> None:
+        self.registry.add("brca", self.csv, format="csv")
+        signed = SignedAgreement(agreement=self.agreement(**changes))
+        for name in SIGNERS:
+            signed = sign(signed, self.kits[name])
+        write_agreement(self.root / "agreements" / f"{AGREEMENT}.toml", signed)
+
+    def app(self) -> NodeApp:
+        return NodeApp("a", NodeConfig.from_toml(self.toml), kit=self.kits["a"])
+
+    def events(self) -> list[dict[str, Any]]:
+        if not self.audit.exists():
+            return []
+        return [json.loads(line) for line in self.audit.read_text().splitlines()]
+
+    def names(self) -> list[str]:
+        return [e["event"] for e in self.events()]
+
+
+@pytest.fixture
+def site(tmp_path: Path, fed: Path, kits: dict[str, Kit], csv: Path) -> Iterator[Site]:
+    kit_dir = fed / "a"
+    for name in ("privacy.db", "queries.db"):  # the kit folder is shared by the module
+        for file in kit_dir.glob(f"{name}*"):
+            file.unlink()
+    yield Site(tmp_path, fed, kits, csv)
+    for name in ("privacy.db", "queries.db"):
+        for file in kit_dir.glob(f"{name}*"):
+            file.unlink()
+
+
+def _request(*where: dict[str, Any], dp: dict[str, Any] | None = None, **more: Any) -> Request:
+    query = Query.from_dict({"kind": KIND, "where": list(where), "dp": dp})
+    return Request(query=query, pass_no=1, step="count", layout={"n": (1,)}, **more)
+
+
+def _inst(request: Request, *, round: int = 1, run_id: str = "q-1", **job: Any) -> Instruction:
+    section = JobSection(**{"dataset": "brca", "agreement": AGREEMENT, **job})
+    return Instruction(
+        run_id=run_id,
+        round=round,
+        node_id="a",
+        kind=MessageKind.QUERY,
+        parameters=ParameterSet(),
+        job=section,
+        directives=RoundDirectives(query_request=request.to_json()),
+    )
+
+
+def _count(reply: Reply) -> float:
+    assert reply.ok, reply.error
+    assert reply.parameters is not None
+    return float(reply.parameters["n"][0])
+
+
+# -- tests -------------------------------------------------------------------------------------
+def test_a_count_runs_through_the_governed_chain_and_is_audited(site: Site) -> None:
+    site.setup()
+    app = site.app()
+    request = _request()
+    reply = app.handle(_inst(request))
+    assert _count(reply) == ROWS
+    assert reply.num_examples == ROWS
+    assert reply.kind is MessageKind.QUERY
+    assert reply.parameters is not None
+    assert reply.parameters["n"].dtype == np.float64
+    assert dict(reply.metrics) == {}
+    assert app._nodes == {}  # no task was built
+    events = site.events()
+    assert [e["event"] for e in events] == ["job.accepted", "round.sent"]
+    accepted, sent = events[0]["data"], events[1]["data"]
+    assert accepted["query_kind"] == KIND
+    assert accepted["query_sha256"] == request.query.digest
+    assert "bundle" not in accepted
+    assert (sent["run_id"], sent["round"], sent["kind"]) == ("q-1", 1, "query")
+    assert sent["num_examples"] == ROWS
+    assert len(sent["payload_sha256"]) == 64
+    assert sent["bytes"] > 0
+    report = verify_log(
+        site.audit, (site.fed / "a" / "cert.pem").read_bytes(), site.kits["a"].ca_pem
+    )
+    assert report.ok
+
+
+def test_a_query_kind_the_agreement_does_not_allow_is_refused(site: Site) -> None:
+    site.setup(analytics=AnalyticsPolicy())
+    reply = site.app().handle(_inst(_request()))
+    assert reply.error is not None
+    assert reply.error.startswith("policy: outputs:"), reply.error
+    assert "does not allow node_test_count queries" in reply.error
+    assert site.names() == ["job.refused"]
+
+
+def test_a_query_under_another_agreement_or_dataset_is_refused(site: Site) -> None:
+    site.setup()
+    reply = site.app().handle(_inst(_request(), agreement="other"))
+    assert reply.error is not None
+    assert reply.error.startswith("policy: agreement:"), reply.error
+    reply = site.app().handle(_inst(_request(), dataset="elsewhere"))
+    assert reply.error is not None
+    assert reply.error.startswith("policy: dataset:"), reply.error
+
+
+def test_small_counts_are_suppressed_under_the_agreements_stricter_rules(site: Site) -> None:
+    site.setup(analytics=AnalyticsPolicy(allowed=(KIND,), rules={"min_cell": 50}))
+    app = site.app()
+    times = np.sort(app.queries.table(JobSection(dataset="brca")).column("time"))
+    t = float(times[30])
+    few = _request({"column": "time", "op": "<", "value": t})
+    n_few = int((times < t).sum())
+    assert 10 <= n_few < 50  # passes the default min_cell, not the agreement's
+    assert _count(app.handle(_inst(few))) == 0.0
+
+
+def test_a_request_claiming_to_be_secure_outside_secure_aggregation_is_refused(
+    site: Site,
+) -> None:
+    site.setup()
+    reply = site.app().handle(_inst(_request(secure=True)))
+    assert reply.error is not None
+    assert "did not come through secure aggregation" in reply.error
+    assert site.names() == ["job.refused"]
+
+
+def _one_patient_apart(app: NodeApp) -> tuple[Request, Request]:
+    """Two cohorts that differ by one patient: time < t and time <= t for a time t only
+    one patient has."""
+    times = app.queries.table(JobSection(dataset="brca")).column("time")
+    values, counts = np.unique(times, return_counts=True)
+    t = float(values[(counts == 1) & (values > np.median(times))][0])
+    first = _request({"column": "time", "op": "<", "value": t})
+    second = _request({"column": "time", "op": "<=", "value": t})
+    return first, second
+
+
+def test_two_queries_one_patient_apart_the_second_is_refused(site: Site) -> None:
+    site.setup()
+    app = site.app()
+    first, second = _one_patient_apart(app)
+    n = _count(app.handle(_inst(first, run_id="q-1")))
+    assert n >= 10
+    refused = app.handle(_inst(second, run_id="q-2"))
+    assert refused.error is not None
+    assert "differs by fewer than 10 records from an earlier query" in refused.error
+    assert str(int(n)) not in refused.error  # no counts in the reason
+    names = site.names()
+    assert names.count("round.sent") == 1
+    assert names[-1] == "query.refused"
+    # the same cohort again (a later pass, or the query repeated) is answered
+    assert _count(app.handle(_inst(first, run_id="q-3"))) == n
+    # the log is on disk: a restarted node still refuses
+    again = site.app().handle(_inst(second, run_id="q-4"))
+    assert again.error is not None
+    assert "differs by fewer than" in again.error
+
+
+def test_a_cohort_far_enough_from_every_earlier_one_is_answered(site: Site) -> None:
+    site.setup()
+    app = site.app()
+    assert _count(app.handle(_inst(_request()))) == ROWS
+    # the training split alone: 40 fewer rows than every row
+    train = dataclasses.replace(_request(), query=Query(kind=KIND, split="train"))
+    assert _count(app.handle(_inst(train, run_id="q-2"))) == 156
