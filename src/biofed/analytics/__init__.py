@@ -8,6 +8,13 @@ the node, or a simulation) move requests and answers; nothing here does I/O.
 """
 
 from biofed.analytics._design import complete_rows, design_matrix, design_names
+from biofed.analytics._noise import (
+    SecureNoise,
+    SeededNoise,
+    analytic_gaussian_delta,
+    gaussian_std,
+    laplace_scale,
+)
 from biofed.analytics._protocol import (
     MAX_ANSWER_VALUES,
     Analysis,
@@ -50,12 +57,17 @@ __all__ = [
     "RegressionResult",
     "Request",
     "Result",
+    "SecureNoise",
+    "SeededNoise",
+    "analytic_gaussian_delta",
     "answer",
     "check_answer",
     "complete_rows",
     "design_matrix",
     "design_names",
+    "gaussian_std",
     "kind_of",
+    "laplace_scale",
     "query_kinds",
     "register",
     "result_from_json",
