@@ -348,3 +348,121 @@ def test_a_cohort_far_enough_from_every_earlier_one_is_answered(site: Site) -> N
     # the training split alone: 40 fewer rows than every row
     train = dataclasses.replace(_request(), query=Query(kind=KIND, split="train"))
     assert _count(app.handle(_inst(train, run_id="q-2"))) == 156
+
+
+# -- DP: debit before the answer, refusal past the cap ----------------------------------------
+def _with_cap(site: Site, epsilon: float) -> None:
+    site.toml.write_text(
+        site.toml.read_text() + f"\n[privacy.caps.brca]\nepsilon = {epsilon}\ndelta = 1e-5\n"
+    )
+
+
+def _ledger(site: Site) -> Any:
+    from biofed.governance import PrivacyLedger
+
+    return PrivacyLedger(site.fed / "a" / "privacy.db")
+
+
+def test_a_dp_query_debits_the_ledger_before_answering_and_is_refused_past_the_cap(
+    site: Site,
+) -> None:
+    _with_cap(site, 1.0)
+    site.setup()
+    app = site.app()
+    dp = {"mechanism": "laplace", "epsilon": 0.4}
+    request = _request(dp=dp)
+    first = app.handle(_inst(request, round=1))
+    assert first.ok, first.error
+    assert first.metrics["dp.epsilon"] == pytest.approx(0.4)
+    assert first.metrics["dp.delta"] == 0.0
+    assert _count(first) != ROWS  # Laplace noise of scale 2.5 from the site's CSPRNG
+    names = site.names()
+    assert names.index("budget.debited") < names.index("round.sent")
+    sent = next(e for e in site.events() if e["event"] == "round.sent")["data"]
+    assert sent["dp_epsilon"] == pytest.approx(0.4)
+    # the second pass composes (basic composition): 0.8 in all
+    second = app.handle(_inst(dataclasses.replace(request, pass_no=2), round=2))
+    assert second.metrics["dp.epsilon"] == pytest.approx(0.8)
+    assert _ledger(site).spent("brca").spent_epsilon == pytest.approx(0.8)
+    # a pass answered again would average the noise away: refused, nothing debited
+    again = app.handle(_inst(request, round=1))
+    assert again.error is not None
+    assert "answered with DP noise already" in again.error
+    # the third pass would take the dataset to 1.2 > 1.0: refused, audited, nothing sent
+    third = app.handle(_inst(dataclasses.replace(request, pass_no=3), round=3))
+    assert third.error is not None
+    assert "privacy budget" in third.error, third.error
+    assert site.names().count("budget.refused") == 1
+    assert site.names().count("round.sent") == 2
+    assert _ledger(site).spent("brca").spent_epsilon == pytest.approx(0.8)
+
+
+def test_a_query_without_dp_debits_nothing(site: Site) -> None:
+    _with_cap(site, 1.0)
+    site.setup()
+    reply = site.app().handle(_inst(_request()))
+    assert _count(reply) == ROWS
+    assert "dp.epsilon" not in reply.metrics
+    assert "budget.debited" not in site.names()
+
+
+# -- output control -----------------------------------------------------------------------------
+def test_an_answer_carrying_an_extra_array_is_withheld(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from biofed.node._queries import SiteQueries
+
+    honest = SiteQueries.reply
+
+    def leaky(
+        self: SiteQueries, instruction: Instruction, clearance: Any, *, secure: bool
+    ) -> Reply:
+        reply = honest(self, instruction, clearance, secure=secure)
+        assert reply.parameters is not None
+        rows = {**reply.parameters, "rows": np.arange(5, dtype=np.float64)}
+        return dataclasses.replace(reply, parameters=ParameterSet(rows))
+
+    monkeypatch.setattr(SiteQueries, "reply", leaky)
+    site.setup()
+    reply = site.app().handle(_inst(_request()))
+    assert reply.error is not None
+    assert reply.error.startswith("policy: outputs:"), reply.error
+    assert "layout" in reply.error
+    assert site.names() == ["job.accepted", "round.withheld"]
+
+
+def test_an_answer_carrying_a_metric_is_withheld(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from biofed.node._queries import SiteQueries
+
+    honest = SiteQueries.reply
+
+    def chatty(
+        self: SiteQueries, instruction: Instruction, clearance: Any, *, secure: bool
+    ) -> Reply:
+        reply = honest(self, instruction, clearance, secure=secure)
+        return dataclasses.replace(reply, metrics={"first_time": 12.0})
+
+    monkeypatch.setattr(SiteQueries, "reply", chatty)
+    site.setup()
+    reply = site.app().handle(_inst(_request()))
+    assert reply.error is not None
+    assert "no metrics" in reply.error
+    assert site.names() == ["job.accepted", "round.withheld"]
+
+
+# -- a development node ------------------------------------------------------------------------
+def test_a_development_node_answers_under_its_node_toml_rules(tmp_path: Path, csv: Path) -> None:
+    toml = tmp_path / "node.toml"
+    toml.write_text(
+        f'[datasets.brca]\npath = "{csv}"\nformat = "csv"\nsplit_column = "split"\n'
+        'targets = { event = "event", time = "time" }\n\n[analytics]\nmin_cell = 500\n'
+    )
+    app = NodeApp("a", NodeConfig.from_toml(toml))
+    reply = app.handle(_inst(_request(), agreement=None))
+    assert _count(reply) == 0.0  # 196 < 500: suppressed by the site's own rule
+    assert reply.num_examples == ROWS
+    toml.write_text(toml.read_text().replace("min_cell = 500", "min_cells = 5"))
+    with pytest.raises(ConfigurationError, match="unknown key"):
+        NodeConfig.from_toml(toml)

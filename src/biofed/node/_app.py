@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from biofed.analytics import DisclosureRules
+from biofed.analytics import DisclosureRules, SecureNoise
 from biofed.core import (
     ConfigurationError,
     DataError,
@@ -198,7 +198,7 @@ class NodeApp:
             self.sites,
             self.query_log,
             config.analytics or DisclosureRules(),
-            None,  # DP answers once biofed.analytics.SecureNoise lands
+            SecureNoise,  # a DP answer's noise: the site's CSPRNG, never a seeded source
         )
         self.steps = self._steps(config)
         self._chain: Next = site_chain(self.steps)
