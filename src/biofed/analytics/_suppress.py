@@ -204,26 +204,39 @@ def protect_table(counts: Array, suppressed: Array, min_cell: int) -> Array:
 
 
 def _two_per_line(ext: Array, mask: Array) -> bool:
-    """Give every line of the extended table with one suppressed entry a second one."""
+    """Give every line of the extended table with one suppressed entry a second one.
+
+    The complement for a row is chosen in a column that already needs one (it settles two
+    lines at once), else in a column that already has two, else the smallest non-zero
+    entry; columns likewise. This closes a lone small cell with a rectangle of four.
+    """
     changed = False
-    r1, c1 = ext.shape
     for _ in range(ext.size):
         again = False
-        for i in range(r1):
-            if mask[i].sum() == 1:
-                pick = _smallest(ext[i], ~mask[i])
+        for grid, values in ((mask, ext), (mask.T, ext.T)):
+            for i in range(grid.shape[0]):
+                if grid[i].sum() != 1:
+                    continue
+                pick = _complement(values[i], grid[i], grid.sum(axis=0))
                 if pick is not None:
-                    mask[i, pick] = True
-                    again = changed = True
-        for j in range(c1):
-            if mask[:, j].sum() == 1:
-                pick = _smallest(ext[:, j], ~mask[:, j])
-                if pick is not None:
-                    mask[pick, j] = True
+                    grid[i, pick] = True
                     again = changed = True
         if not again:
             break
     return changed
+
+
+def _complement(values: Array, hidden: Array, crossing: Array) -> int | None:
+    """Index of the best entry to add in a line (see :func:`_two_per_line`)."""
+    best: tuple[int, bool, float] | None = None
+    pick = None
+    for j in np.flatnonzero(~hidden):
+        need = crossing[j]
+        rank = 0 if need == 1 else 1 if need >= 2 else 2
+        key = (rank, bool(values[j] == 0), float(values[j]))
+        if best is None or key < best:
+            best, pick = key, int(j)
+    return pick
 
 
 def _add_complement(ext: Array, mask: Array, i: int, j: int) -> bool:
