@@ -7,7 +7,15 @@ analysis combines the answers into a :class:`Result`. The runtimes (the coordina
 the node, or a simulation) move requests and answers; nothing here does I/O.
 """
 
+from biofed.analytics._descriptive import CorrelationResult, CountResult, DescribeResult
 from biofed.analytics._design import complete_rows, design_matrix, design_names
+from biofed.analytics._noise import (
+    SecureNoise,
+    SeededNoise,
+    analytic_gaussian_delta,
+    gaussian_std,
+    laplace_scale,
+)
 from biofed.analytics._protocol import (
     MAX_ANSWER_VALUES,
     Analysis,
@@ -30,7 +38,9 @@ from biofed.analytics._protocol import (
 from biofed.analytics._query import DP_MECHANISMS, FILTER_OPS, SPLITS, DPOptions, Filter, Query
 from biofed.analytics._regression import RegressionResult
 from biofed.analytics._rules import RULE_KEYS, DisclosureRules
+from biofed.analytics._suppress import protect_table, protect_vector
 from biofed.analytics._table import QueryTable
+from biofed.analytics._tables import CrosstabResult, HistogramResult
 
 __all__ = [
     "DP_MECHANISMS",
@@ -40,9 +50,14 @@ __all__ = [
     "SPLITS",
     "Analysis",
     "Answer",
+    "CorrelationResult",
+    "CountResult",
+    "CrosstabResult",
     "DPOptions",
+    "DescribeResult",
     "DisclosureRules",
     "Filter",
+    "HistogramResult",
     "KindSpec",
     "NoiseSource",
     "Query",
@@ -50,12 +65,19 @@ __all__ = [
     "RegressionResult",
     "Request",
     "Result",
+    "SecureNoise",
+    "SeededNoise",
+    "analytic_gaussian_delta",
     "answer",
     "check_answer",
     "complete_rows",
     "design_matrix",
     "design_names",
+    "gaussian_std",
     "kind_of",
+    "laplace_scale",
+    "protect_table",
+    "protect_vector",
     "query_kinds",
     "register",
     "result_from_json",

@@ -2,7 +2,9 @@
 approvals, audit."""
 
 from biofed.governance._agreement import (
+    ANALYTICS_RULE_KEYS,
     AgreementStatus,
+    AnalyticsPolicy,
     OutputPolicy,
     Party,
     PrivacyRequirements,
@@ -79,6 +81,7 @@ from biofed.governance._policy import (
 )
 
 __all__ = [
+    "ANALYTICS_RULE_KEYS",
     "ANCHOR_EVENT",
     "ANCHOR_KEY",
     "COORDINATOR_PEER",
@@ -89,6 +92,7 @@ __all__ = [
     "SENT_EVENT",
     "TASK_FILE",
     "AgreementStatus",
+    "AnalyticsPolicy",
     "AnchorReport",
     "Approval",
     "ApprovalStore",

@@ -30,17 +30,30 @@ named in the :class:`~biofed.core.PolicyViolation` (``"<rule>: why"``):
 ``outputs``
     An EVALUATE reply is a per-site metric: the agreement must allow per-site metrics, and
     every metric the job names in its evaluate config (``metrics = "a,b"``) must be allowed.
+    A QUERY's answer leaves only if the agreement's ``[analytics] allowed`` lists the
+    query's kind (absent: no query runs under the agreement).
 ``privacy``
     Secure aggregation or differential privacy required by the agreement must be provided by
     the job. A job asking for seeded (predictable) DP noise is refused. With DP required,
     the (ε, δ) the site's own accountant says the job reaches after all its planned rounds
     may not exceed the agreement's ``max_epsilon`` / ``max_delta`` for this site: a job
     whose settings violate the agreement is refused before its first round, not half-way.
-    Sample-level DP for a task that declares no exact guarantee and no per-record bound
-    (``dp_record_coupling = "none"``) is refused unless the agreement sets
+    Secure aggregation required by the agreement applies to training and to queries (a
+    query must then run in secure mode, so only consortium totals reach the coordinator);
+    DP required means a query must ask for DP answers. Sample-level DP for a task that
+    declares no exact guarantee and no per-record bound (``dp_record_coupling = "none"``)
+    is refused unless the agreement sets
     ``exact_guarantees_required = false`` (:func:`heuristic_dp_allowed`; the node applies
     it once the approved bundle's declaration is read, and audits the refusal like the
     others).
+
+A QUERY (one pass of a federated analytics query) runs biofed's own analytics code, no
+task bundle, so the ``bundle`` rule does not apply to it; nor does ``cohort``: a query's
+cohort is whatever its filters select, and what protects a small one is the analytics'
+disclosure control at the site (counts below ``min_cell`` suppressed, dominance, KM steps
+only where ``min_at_risk`` are at risk) and the node's query log (the differencing rule),
+not a minimum size of the whole dataset. A study job's spec must still be approved
+(``dataset``).
 
 :func:`control_reply` then checks what leaves: the reply's parameters have exactly the
 instruction's names, shapes and dtypes, extras are only SCAFFOLD's control-variate delta (of
@@ -158,6 +171,9 @@ class PolicyRequest:
     study:
         The digest of the study dataset spec the job compiles (``StudySpec.digest``), or
         None for a prepared table.
+    query_kind:
+        A QUERY's kind (``"count"``…), checked against the agreement's ``[analytics]
+        allowed``.
     metrics:
         Metric names an EVALUATE instruction asks for (config ``"metrics"``, comma
         separated), or None when it names none.
@@ -183,15 +199,18 @@ class PolicyRequest:
     dp_planned: tuple[float, float] | None = None
     dp_seeded: bool = False
     study: str | None = None
+    query_kind: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Clearance:
-    """What :func:`check_instruction` verified: run exactly this, on exactly that."""
+    """What :func:`check_instruction` verified: run exactly this, on exactly that.
+
+    ``bundle`` is None only for a QUERY (biofed's own analytics run, no task bundle)."""
 
     agreement: SignedAgreement
     dataset: RegisteredDataset
-    bundle: Bundle
+    bundle: Bundle | None
 
     @property
     def allowed_metrics(self) -> frozenset[str]:
@@ -375,9 +394,19 @@ def _check_bundle(policy: SitePolicy, request: PolicyRequest, signed: SignedAgre
 
 
 def _check_outputs(request: PolicyRequest, signed: SignedAgreement) -> None:
+    agreement = signed.agreement
+    if request.kind is MessageKind.QUERY:
+        allowed_kinds = agreement.analytics.allowed
+        if request.query_kind not in allowed_kinds:
+            raise _refuse(
+                "outputs",
+                f"agreement {agreement.agreement_id!r} does not allow "
+                f"{str(request.query_kind)[:40]} queries ([analytics] allowed: "
+                f"{', '.join(allowed_kinds) or 'none'})",
+            )
+        return
     if request.kind is not MessageKind.EVALUATE:
         return
-    agreement = signed.agreement
     if not agreement.outputs.per_site_metrics:
         raise _refuse(
             "outputs",
@@ -398,7 +427,7 @@ def _check_privacy(request: PolicyRequest, signed: SignedAgreement, site: str) -
     privacy = signed.agreement.privacy
     if (
         privacy.secure_aggregation_required
-        and request.kind is MessageKind.TRAIN
+        and request.kind in (MessageKind.TRAIN, MessageKind.QUERY)
         and not request.secure_aggregation
     ):
         raise _refuse(
@@ -462,7 +491,8 @@ def check_instruction(policy: SitePolicy, request: PolicyRequest) -> Clearance:
     Returns
     -------
     Clearance
-        The verified agreement, dataset registration and bundle (run exactly this bundle).
+        The verified agreement, dataset registration and bundle (run exactly this bundle;
+        none for a QUERY).
 
     Raises
     ------
@@ -476,8 +506,10 @@ def check_instruction(policy: SitePolicy, request: PolicyRequest) -> Clearance:
     """
     signed = _check_agreement(policy, request)
     entry = _check_dataset(policy, request, signed)
-    _check_cohort(request, signed, entry)
-    bundle = _check_bundle(policy, request, signed)
+    bundle = None
+    if request.kind is not MessageKind.QUERY:  # a query runs no bundle; see the module notes
+        _check_cohort(request, signed, entry)
+        bundle = _check_bundle(policy, request, signed)
     _check_outputs(request, signed)
     _check_privacy(request, signed, policy.site)
     return Clearance(agreement=signed, dataset=entry, bundle=bundle)

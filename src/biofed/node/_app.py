@@ -21,6 +21,11 @@ log. Without the table the node behaves as before (no agreement needed)::
 
 Relative paths are relative to ``node.toml``'s folder.
 
+Federated queries (``MessageKind.QUERY``) run through the same chain; the node answers them
+under its disclosure rules (``node.toml``'s ``[analytics]``, made stricter by the study
+agreement's) and keeps the cohorts it answered in its query log (``queries.db`` beside the
+privacy ledger; in memory without a ledger file), which refuses a differencing attack.
+
 Each instruction goes through the site's chain of steps (:func:`~biofed.node._chain.site_chain`:
 audit, secure aggregation, policy, output control, privacy, run the task); a development
 node's chain is the same without the policy, output-control and audit steps.
@@ -34,6 +39,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from biofed.analytics import DisclosureRules, SecureNoise
 from biofed.core import (
     ConfigurationError,
     DataError,
@@ -57,6 +63,8 @@ from biofed.identity import Kit
 from biofed.node._chain import Next, SiteSteps, Work, site_chain
 from biofed.node._config import DatasetSource, GovernanceConfig, NodeConfig
 from biofed.node._privacy import SitePrivacy
+from biofed.node._queries import SiteQueries
+from biofed.node._query_log import MEMORY, QUERY_LOG_FILE, QueryLog
 from biofed.node._runtime import SiteNode
 from biofed.node._sandbox import audit_sandbox_opt_out
 from biofed.node._secure import SecureSessions
@@ -184,6 +192,14 @@ class NodeApp:
             allow_weaker=self.allow_weaker,
             sources=self.sources,
         )
+        self.query_log = self._query_log()
+        self.queries = SiteQueries(
+            self.node_id,
+            self.sites,
+            self.query_log,
+            config.analytics or DisclosureRules(),
+            SecureNoise,  # a DP answer's noise: the site's CSPRNG, never a seeded source
+        )
         self.steps = self._steps(config)
         self._chain: Next = site_chain(self.steps)
 
@@ -197,7 +213,7 @@ class NodeApp:
             audit=self.audit,
         )
         secure = SecureAggregationStep(self.secure)
-        run = RunTask(self.node_id, self.sites, self.audit)
+        run = RunTask(self.node_id, self.sites, self.audit, self.queries)
         if self.policy is None or self.audit is None:
             return SiteSteps(
                 audit=None, secure=secure, policy=None, control=None, privacy=privacy, run=run
@@ -253,6 +269,13 @@ class NodeApp:
             # not applied but audited as budget.cap_kept (raising takes `--raise`).
             ledger.lower_cap(dataset, epsilon, delta, source="node.toml")
         return ledger
+
+    def _query_log(self) -> QueryLog:
+        """The site's query log: ``queries.db`` beside a ledger file, else in memory."""
+        ledger = self.privacy.ledger
+        if ledger is None or ledger.is_in_memory:
+            return QueryLog(MEMORY)
+        return QueryLog(Path(ledger.path).parent / QUERY_LOG_FILE)
 
     def _governance(self, gov: GovernanceConfig, kit: Kit | None) -> tuple[SitePolicy, AuditLog]:
         if kit is None:

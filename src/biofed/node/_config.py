@@ -42,6 +42,17 @@ fatal besides the defaults; ``biofed node dataset check`` applies them::
     schema = "cdm54"
     fatal_checks = ["plausibleDuringLife", "isRequired:person.gender_concept_id"]
 
+An ``[analytics]`` table sets the site's own disclosure-control thresholds for federated
+queries (:data:`biofed.analytics.RULE_KEYS`; the defaults of
+:class:`~biofed.analytics.DisclosureRules` otherwise). Under governance the agreement's
+``[analytics]`` thresholds apply too: the stricter wins, key by key::
+
+    [analytics]
+    min_cell = 10                     # smallest count released
+    dominance = 0.5                   # largest share of a sum one record may make up
+    min_at_risk = 10                  # Kaplan–Meier steps only where this many are at risk
+    min_difference = 10               # refuse cohorts this close to an answered one
+
 Relative paths are relative to ``node.toml``'s folder.
 """
 
@@ -54,6 +65,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from biofed.analytics import DisclosureRules
 from biofed.core import ConfigurationError, DataError, check_id
 from biofed.data import CHECK_NAMES, SiteData, load_site_file, load_table
 from biofed.governance import check_omop_url
@@ -298,6 +310,7 @@ class NodeConfig:
     governance: GovernanceConfig | None = None
     privacy: PrivacyConfig | None = None
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
+    analytics: DisclosureRules | None = None
 
     @classmethod
     def from_toml(cls, path: str | Path) -> NodeConfig:
@@ -309,7 +322,7 @@ class NodeConfig:
             raise ConfigurationError(f"node config {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"{path} is not valid TOML: {exc}") from exc
-        unknown = set(data) - {"node", "datasets", "governance", "privacy", "sandbox"}
+        unknown = set(data) - {"node", "datasets", "governance", "privacy", "sandbox", "analytics"}
         if unknown:
             raise ConfigurationError(f"{path}: unknown section(s) {sorted(unknown)}")
         node = data.get("node") or {}
@@ -360,12 +373,18 @@ class NodeConfig:
             else None
         )
         sandbox = SandboxConfig.from_table(data.get("sandbox", {}), str(path))
+        analytics = (
+            DisclosureRules.from_mapping(data["analytics"], what=f"{path}: [analytics]")
+            if "analytics" in data
+            else None
+        )
         return cls(
             datasets=MappingProxyType(sources),
             task_dirs=task_dirs,
             governance=governance,
             privacy=privacy,
             sandbox=sandbox,
+            analytics=analytics,
         )
 
 

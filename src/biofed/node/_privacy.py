@@ -46,6 +46,7 @@ otherwise.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -327,6 +328,52 @@ def job_epsilon(
     return acc.epsilon(plan.settings.delta), plan.settings.delta
 
 
+#: What a DP query answer's ε rests on: the site draws its own noise.
+QUERY_TRUST = "none beyond the site: each site adds its own noise to its answer"
+
+
+def query_mechanism(
+    query_sha256: str, pass_no: int, mechanism: str, eps: float, delta: float
+) -> str:
+    """The ledger's record of one DP query pass (JSON text)."""
+    return json.dumps(
+        {
+            "kind": "query",
+            "query_sha256": query_sha256,
+            "pass": pass_no,
+            "mechanism": mechanism,
+            "epsilon": eps,
+            "delta": delta,
+        },
+        sort_keys=True,
+    )
+
+
+def query_epsilon(history: Mapping[int, str], epsilon: float, delta: float) -> tuple[float, float]:
+    """A query run's cumulative (ε, δ) at this site once this pass is answered: basic
+    composition (Dwork & Roth 2014, Thm 3.16) — the sum of every pass's (ε, δ).
+
+    Raises
+    ------
+    ConfigurationError
+        If a recorded pass of the run is not a query pass the node can read.
+    """
+    total_eps, total_delta = epsilon, delta
+    for rnd, text in sorted(history.items()):
+        try:
+            data = json.loads(text)
+            if data.get("kind") != "query":
+                raise ValueError("not a query pass")
+            total_eps += float(data["epsilon"])
+            total_delta += float(data["delta"])
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            raise ConfigurationError(
+                f"the privacy ledger's record of round {rnd} of this run is not a query pass "
+                f"({exc}); refusing to guess the run's spend"
+            ) from None
+    return total_eps, total_delta
+
+
 class SitePrivacy:
     """The node's privacy bookkeeping for all jobs: its ledger, or (with no ledger, outside
     governance) an in-memory history that still composes the rounds it released.
@@ -340,6 +387,60 @@ class SitePrivacy:
     def __init__(self, ledger: PrivacyLedger | None) -> None:
         self.ledger = ledger
         self._memory: dict[tuple[str, str], dict[int, str]] = {}
+        self._query_lock = threading.Lock()
+
+    def reserve_query(
+        self,
+        *,
+        dataset: str,
+        instruction: Instruction,
+        query_sha256: str,
+        pass_no: int,
+        mechanism: str,
+        epsilon: float,
+        delta: float,
+        agreement_cap: tuple[float, float] | None = None,
+    ) -> tuple[float, float]:
+        """Reserve one DP query pass before the site answers it; return the run's
+        cumulative (ε, δ) at this site (basic composition over its passes).
+
+        Raises
+        ------
+        PolicyViolation
+            ``"privacy: …"`` if this round of the run was answered already: a second answer
+            with fresh noise would let the two be averaged, so a pass is answered once.
+        PrivacyBudgetExceeded
+            When the ledger refuses (audited there as ``budget.refused``).
+
+        Privacy notes
+        -------------
+        Threat: a release past the dataset's budget, and noise averaged away over repeated
+        answers. Debit before release (the ledger commits before this returns); the pass's
+        round may be debited once only, checked and recorded under one lock.
+        """
+        run_id, rnd = instruction.run_id, instruction.round
+        text = query_mechanism(query_sha256, pass_no, mechanism, epsilon, delta)
+        with self._query_lock:
+            if self.ledger is None:
+                history = self._memory.setdefault((dataset, run_id), {})
+                if rnd in history:
+                    raise _answered(rnd)
+                total = query_epsilon(history, epsilon, delta)
+                history[rnd] = text
+                return total
+            if rnd in self.ledger.mechanisms(dataset, run_id):
+                raise _answered(rnd)
+            debit = self.ledger.reserve_composed(
+                dataset,
+                run_id,
+                rnd,
+                lambda history: query_epsilon(history, epsilon, delta),
+                agreement_cap=agreement_cap,
+                mechanism=text,
+                guarantee="exact",
+                trust=QUERY_TRUST,
+            )
+        return debit.epsilon_after, debit.delta_after
 
     def reserve(
         self,
@@ -374,6 +475,13 @@ class SitePrivacy:
             trust=plan.trust,
         )
         return debit.epsilon_after, debit.delta_after
+
+
+def _answered(rnd: int) -> PolicyViolation:
+    return PolicyViolation(
+        f"privacy: round {rnd} of this query run was answered with DP noise already; a "
+        "pass is answered once (fresh noise could be averaged away)"
+    )
 
 
 def task_instruction(instruction: Instruction, plan: RoundPrivacy | None) -> Instruction:

@@ -25,8 +25,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from biofed.analytics import Answer, Request, secure_vector
 from biofed.core import (
     BiofedError,
+    ConfigurationError,
     Instruction,
     MessageKind,
     ParameterSet,
@@ -173,6 +175,8 @@ class SecureSessions:
         if stage is SecAggStage.MASKED_INPUT:
             if not isinstance(decoded, ForwardedShares):
                 raise ProtocolError("the masked-input stage needs forwarded shares")
+            if instruction.directives.query_request is not None:
+                return self._query_input(instruction, session, decoded, key, train)
             trained = train(
                 dataclasses.replace(instruction, kind=MessageKind.TRAIN, extras={}, audit_head="")
             )
@@ -199,6 +203,44 @@ class SecureSessions:
             return self._message(instruction, out.to_bytes())
         value = None if stage is None else stage.value
         raise ProtocolError(f"unknown secure-aggregation stage {value!r}")
+
+    def _query_input(
+        self,
+        instruction: Instruction,
+        session: _Session,
+        shares: ForwardedShares,
+        key: tuple[str, int],
+        answer: Train,
+    ) -> Reply:
+        """A secure query pass: answer it through the chain, mask its secure vector."""
+        answered = answer(
+            dataclasses.replace(instruction, kind=MessageKind.QUERY, extras={}, audit_head="")
+        )
+        if not answered.ok or answered.parameters is None:
+            self._drop(key)
+            return Reply.error_for(
+                instruction,
+                answered.error or "query: the site gave no answer",
+                node_id=self.node_id,
+                kind=MessageKind.SECAGG,
+            )
+        text = instruction.directives.query_request
+        assert text is not None
+        request = Request.from_json(text)
+        vector = secure_vector(
+            request, Answer(arrays=dict(answered.parameters), records=answered.num_examples)
+        )
+        clip = session.client.plan.config.clip_range
+        if vector.size and float(np.max(np.abs(vector))) > clip:
+            self._drop(key)
+            raise ConfigurationError(
+                f"a value of this site's answer lies beyond the secure-aggregation plan's "
+                f"clip_range {clip:g}; raise [secure_aggregation] clip_range in the job "
+                "(it is never clipped silently: a clipped statistic is a wrong total)"
+            )
+        masked = session.client.masked_input(shares, vector, 1)
+        dp = {k: v for k, v in answered.metrics.items() if k.startswith("dp.")}
+        return self._message(instruction, masked.to_bytes(), metrics=dp)
 
     def _message(
         self,

@@ -208,18 +208,21 @@ class SiteTasks:
             If the task is unknown.
         """
         dataset = job.dataset or ""
+        if clearance is not None and clearance.bundle is None:
+            raise PolicyViolation("bundle: the clearance is a query's; it runs no task")
         data = self.site_data(job)
         task_name = job.task or ""
         options = dict(job.task_options)
-        source = f"bundle:{clearance.bundle.digest}" if clearance else f"task:{task_name}"
+        bundle = None if clearance is None else clearance.bundle
+        source = f"bundle:{bundle.digest}" if bundle is not None else f"task:{task_name}"
         prepared = "" if job.preprocessing is None else job.preprocessing
         key = (dataset, source, tuple(sorted(options.items())), prepared)
         with self._lock:
             if key not in self.nodes:
                 task: Task
-                if clearance is not None:
+                if bundle is not None:
                     task = BundleRunner(
-                        clearance.bundle,
+                        bundle,
                         options=options,
                         name=task_name or None,
                         allow_weaker=self.allow_weaker,

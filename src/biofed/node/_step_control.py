@@ -7,7 +7,9 @@ tensors, no extras but the allowed ones, and metrics the agreement does not name
 spend (``dp.epsilon``, ``dp.delta``, ``dp.guarantee``) is the node's, not the task's output:
 it always leaves. A summary (the reply to a SUMMARISE instruction) may carry only the
 arrays of the summary it is — no metrics, no extras, no other array names
-(:func:`control_summary`).
+(:func:`control_summary`). A query's answer (the reply to a QUERY instruction) may carry
+only float64 arrays — for a summable request exactly the request's layout — and no metrics
+but the privacy step's ``dp.*`` statement, no extras (:func:`control_query`).
 
 Security notes
 --------------
@@ -19,10 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
+
 from biofed.core import BiofedError, MessageKind, PolicyViolation, Reply
 from biofed.data import SiteSummary
 from biofed.governance import AuditLog, control_reply
 from biofed.node._chain import Next, Work
+from biofed.node._queries import read_request
 from biofed.node._step_audit import withhold
 from biofed.privacy import DELTA_METRIC, EPSILON_METRIC, GUARANTEE_METRIC
 
@@ -45,6 +50,13 @@ class OutputControlStep:
         if work.instruction.kind is MessageKind.SUMMARISE:
             try:
                 controlled = control_summary(reply)
+            except BiofedError as exc:
+                return withhold(self.audit, work.instruction, exc, self.node_id)
+            work.sent.update(num_examples=controlled.num_examples, dropped_metrics=[])
+            return controlled
+        if work.instruction.kind is MessageKind.QUERY:
+            try:
+                controlled = control_query(reply, work)
             except BiofedError as exc:
                 return withhold(self.audit, work.instruction, exc, self.node_id)
             work.sent.update(num_examples=controlled.num_examples, dropped_metrics=[])
@@ -91,4 +103,40 @@ def control_summary(reply: Reply) -> Reply:
         raise PolicyViolation(f"outputs: the reply is not a summary ({exc})") from None
     if set(summary.to_arrays()) != set(reply.parameters):
         raise PolicyViolation("outputs: the reply carries arrays that are not the summary's")
+    return reply
+
+
+def control_query(reply: Reply, work: Work) -> Reply:
+    """``reply`` if it releases a query's answer and nothing else.
+
+    Raises
+    ------
+    PolicyViolation
+        ``"outputs: why"`` when it carries extras, metrics other than the privacy step's
+        ``dp.*`` statement, arrays that are not float64, or — for a summable request —
+        arrays other than exactly the request's layout (names and shapes).
+
+    Security notes
+    --------------
+    Threat: code at the site (or a bug) adding row-level arrays or metric values to what a
+    query releases. Only the answer's own arrays leave; the disclosure control in them was
+    applied by :func:`biofed.analytics.answer` under the site's rules.
+    """
+    if reply.extras:
+        raise PolicyViolation("outputs: a query reply may carry no extras")
+    extra = sorted(k for k in reply.metrics if k not in _STATEMENT)
+    if extra:
+        raise PolicyViolation(f"outputs: a query reply may carry no metrics ({len(extra)} found)")
+    if reply.parameters is None:
+        raise PolicyViolation("outputs: a query reply carries no answer")
+    for name, value in reply.parameters.items():
+        if np.asarray(value).dtype != np.float64:
+            raise PolicyViolation(f"outputs: answer array {name[:64]!r} is not float64")
+    request = read_request(work.instruction, secure=work.secure)
+    if request.layout is not None:
+        if set(reply.parameters) != set(request.layout):
+            raise PolicyViolation("outputs: the reply's arrays are not the request's layout")
+        for name, shape in request.layout.items():
+            if reply.parameters[name].shape != tuple(shape):
+                raise PolicyViolation(f"outputs: answer array {name[:64]!r} has another shape")
     return reply

@@ -13,6 +13,11 @@ instruction is taken on the coordinator's word: the agreement must be signed by 
 (checked with the consortium CA and CRL), the bundle approved by this site's operator and its
 bytes must match the digest, and whether the round is secure comes from the node's own
 secure-aggregation step (:attr:`~biofed.node._chain.Work.secure`), never from the instruction.
+
+A QUERY is checked the same way, as what it is: its request is read first (malformed, or
+marked secure when it did not come through secure aggregation: refused), its kind must be
+in the agreement's ``[analytics] allowed``, its DP is the query's own, and it runs no
+bundle (:mod:`biofed.governance._policy`).
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ from biofed.governance import (
 )
 from biofed.node._chain import Next, Work
 from biofed.node._privacy import RoundPrivacy, fit_plan
+from biofed.node._queries import read_request
 from biofed.node._sites import SiteTasks
 from biofed.node._step_audit import record, where
 from biofed.node._step_privacy import PrivacyStep
@@ -100,7 +106,16 @@ class PolicyStep:
         instruction = work.instruction
         self._fetch_if_approved(instruction)
         try:
-            if instruction.job.study is not None and instruction.kind is not MessageKind.SUMMARISE:
+            query = None
+            if instruction.kind is MessageKind.QUERY:
+                try:
+                    query = read_request(instruction, secure=work.secure).query
+                except ConfigurationError as exc:
+                    raise PolicyViolation(
+                        f"outputs: the query request is malformed: {exc}"
+                    ) from None
+            summarise_first = instruction.kind not in (MessageKind.SUMMARISE, MessageKind.QUERY)
+            if instruction.job.study is not None and summarise_first:
                 # The spec must be approved (and its cohort large enough) before the site
                 # compiles it to plan the round's privacy: checked as a summary first.
                 check_instruction(self.policy, self._request(work, None, MessageKind.SUMMARISE))
@@ -108,7 +123,15 @@ class PolicyStep:
                 plan = self.privacy.plan(work)
             except ConfigurationError as exc:
                 raise PolicyViolation(f"privacy: {exc}") from None
-            clearance = check_instruction(self.policy, self._request(work, plan))
+            request = self._request(work, plan)
+            if query is not None:
+                request = dataclasses.replace(
+                    request,
+                    rows=0,
+                    query_kind=query.kind,
+                    differential_privacy=query.dp is not None,
+                )
+            clearance = check_instruction(self.policy, request)
             if plan is not None:  # the approved bundle's declaration, read in its sandbox
                 plan = fit_plan(
                     plan,
@@ -127,13 +150,18 @@ class PolicyStep:
                     **where(instruction),
                     "agreement": clearance.agreement.agreement.agreement_id,
                     "agreement_sha256": clearance.agreement.agreement.digest(),
-                    "bundle": clearance.bundle.digest,
+                    **({} if clearance.bundle is None else {"bundle": clearance.bundle.digest}),
                     "dataset": clearance.dataset.name,
                     "dataset_sha256": clearance.dataset.sha256,
                     **(
                         {}
                         if instruction.job.study is None
                         else {"study_sha256": instruction.job.study.digest}
+                    ),
+                    **(
+                        {}
+                        if query is None
+                        else {"query_kind": query.kind, "query_sha256": query.digest}
                     ),
                 },
                 strict=True,

@@ -12,6 +12,11 @@ Privacy notes
 Threat: a release past the site's budget, or one whose noise the site did not control. See
 :mod:`biofed.node._privacy` (debit before release; the node's own accountant; ε figures from
 the coordinator are never used).
+
+A QUERY that asks for DP answers (its ``dp``) reserves this pass's (ε, δ) — the run's
+cumulative spend by basic composition over its passes — before the site answers
+(:meth:`~biofed.node._privacy.SitePrivacy.reserve_query`); the answer's noise is drawn at
+the site by its CSPRNG. A query without DP passes untouched: nothing is debited.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from biofed.core import BiofedError, MessageKind, Reply
 from biofed.governance import AuditLog, Clearance
 from biofed.node._chain import Next, Work
 from biofed.node._privacy import (
+    QUERY_TRUST,
     RoundPrivacy,
     SitePrivacy,
     fit_plan,
@@ -29,6 +35,7 @@ from biofed.node._privacy import (
     privatise_reply,
     with_spend,
 )
+from biofed.node._queries import read_request
 from biofed.node._sites import SiteTasks
 from biofed.node._step_audit import withhold
 
@@ -84,6 +91,8 @@ class PrivacyStep:
 
     def __call__(self, work: Work, call_next: Next) -> Reply:
         instruction = work.instruction
+        if instruction.kind is MessageKind.QUERY:
+            return self._query(work, call_next)
         try:
             plan = work.plan
             if work.clearance is None:  # a development node: nothing has planned the round
@@ -112,6 +121,34 @@ class PrivacyStep:
             dp_epsilon=spend[0], dp_delta=spend[1], dp_guarantee=plan.guarantee, dp_trust=plan.trust
         )
         return reply
+
+    def _query(self, work: Work, call_next: Next) -> Reply:
+        """A DP query pass: reserve, answer, state the run's spend; else pass on."""
+        instruction = work.instruction
+        try:
+            request = read_request(instruction, secure=work.secure)
+            dp = request.query.dp
+            if dp is None:
+                return call_next(work)
+            spend = self.privacy.reserve_query(
+                dataset=_dataset(work),
+                instruction=instruction,
+                query_sha256=request.query.digest,
+                pass_no=request.pass_no,
+                mechanism=dp.mechanism,
+                epsilon=dp.epsilon,
+                delta=dp.delta,
+                agreement_cap=_agreement_cap(work.clearance, self.node_id),
+            )
+        except BiofedError as exc:
+            return Reply.error_for(instruction, exc, node_id=self.node_id)
+        reply = call_next(work)
+        if not reply.ok:
+            return reply
+        work.sent.update(
+            dp_epsilon=spend[0], dp_delta=spend[1], dp_guarantee="exact", dp_trust=QUERY_TRUST
+        )
+        return with_spend(reply, spend, "exact")
 
 
 def _dataset(work: Work) -> str:

@@ -17,8 +17,10 @@ from biofed.governance._agreement._files import (
     write_agreement,
 )
 from biofed.governance._agreement._model import (
+    ANALYTICS_RULE_KEYS,
     FORMAT,
     PARTY_ROLES,
+    AnalyticsPolicy,
     OutputPolicy,
     Party,
     PrivacyRequirements,
@@ -28,10 +30,12 @@ from biofed.governance._agreement._sign import Signature, SignedAgreement, sign
 from biofed.governance._agreement._verify import AgreementStatus, require_in_force, verify
 
 __all__ = [
+    "ANALYTICS_RULE_KEYS",
     "FORMAT",
     "MAX_AGREEMENT_BYTES",
     "PARTY_ROLES",
     "AgreementStatus",
+    "AnalyticsPolicy",
     "OutputPolicy",
     "Party",
     "PrivacyRequirements",

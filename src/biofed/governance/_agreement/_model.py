@@ -130,6 +130,72 @@ class PrivacyRequirements:
             object.__setattr__(self, what, values)
 
 
+#: The disclosure thresholds an agreement's ``[analytics]`` table may set (the keys of
+#: ``biofed.analytics.RULE_KEYS``, which governance cannot import: same layer; a test pins
+#: them equal).
+ANALYTICS_RULE_KEYS = (
+    "min_cell",
+    "dominance",
+    "min_at_risk",
+    "min_difference",
+    "min_sites",
+    "records_per_parameter",
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AnalyticsPolicy:
+    """The federated queries the study's sites answer, and the study's disclosure rules.
+
+    Attributes
+    ----------
+    allowed:
+        Query kinds the sites answer (``"count"``, ``"describe"``, ``"km"``, ``"cox"``…);
+        empty (the default): no query runs under the agreement.
+    rules:
+        Disclosure thresholds (any of :data:`ANALYTICS_RULE_KEYS`); a site answers under the
+        stricter of these and its ``node.toml``'s ``[analytics]``, key by key.
+
+    Security notes
+    --------------
+    Threat: a query the parties never agreed to (e.g. row-level regression diagnostics
+    where only counts were agreed). Every party signs the list; a kind not on it is refused
+    by each site's policy (the ``outputs`` rule) before a row is read.
+    """
+
+    allowed: tuple[str, ...] = ()
+    rules: Mapping[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "allowed", check_names(self.allowed, "analytics.allowed"))
+        if not isinstance(self.rules, Mapping):
+            raise ConfigurationError("analytics rules must be a table of threshold = value")
+        rules: dict[str, float] = {}
+        for key in sorted(self.rules):
+            if key not in ANALYTICS_RULE_KEYS:
+                raise ConfigurationError(
+                    f"analytics: unknown key {str(key)[:40]!r}; allowed: allowed, "
+                    + ", ".join(ANALYTICS_RULE_KEYS)
+                )
+            value = self.rules[key]
+            what = f"analytics.{key}"
+            if key == "dominance":
+                rules[key] = check_float(value, what, above=0, maximum=1)
+            else:
+                low = 0 if key == "min_difference" else 1
+                rules[key] = check_int(value, what, minimum=low, maximum=10**6)
+        object.__setattr__(self, "rules", MappingProxyType(rules))
+
+    @property
+    def empty(self) -> bool:
+        """Whether the table says nothing (it is then left out of the signed bytes)."""
+        return not self.allowed and not self.rules
+
+    def to_data(self) -> dict[str, object]:
+        """The ``[analytics]`` table."""
+        return {"allowed": list(self.allowed), **self.rules}
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StudyAgreement:
     """A machine-readable study agreement that every party signs and every node enforces.
@@ -154,6 +220,9 @@ class StudyAgreement:
         What may leave the sites and which privacy protections are required.
     min_cohort:
         The smallest cohort a site may contribute from (default 10).
+    analytics:
+        The federated queries the sites answer and the study's disclosure rules
+        (:class:`AnalyticsPolicy`; none by default).
     expires:
         The last day (UTC) on which the agreement is in force.
 
@@ -177,6 +246,7 @@ class StudyAgreement:
     min_cohort: int = 10
     expires: dt.date
     approved_studies: tuple[str, ...] = ()
+    analytics: AnalyticsPolicy = field(default_factory=AnalyticsPolicy)
 
     def __post_init__(self) -> None:
         check_id(self.agreement_id, what="agreement_id")
@@ -217,6 +287,8 @@ class StudyAgreement:
             raise ConfigurationError("outputs must be an OutputPolicy")
         if not isinstance(self.privacy, PrivacyRequirements):
             raise ConfigurationError("privacy must be a PrivacyRequirements")
+        if not isinstance(self.analytics, AnalyticsPolicy):
+            raise ConfigurationError("analytics must be an AnalyticsPolicy")
         if self.privacy.dp_required:
             for what in ("max_epsilon", "max_delta"):
                 keys = set(getattr(self.privacy, what))
@@ -284,6 +356,8 @@ class StudyAgreement:
                     else {"exact_guarantees_required": False}
                 ),
             },
+            # Written only when set: agreements without analytics keep their digest.
+            **({} if self.analytics.empty else {"analytics": self.analytics.to_data()}),
         }
 
     def canonical_bytes(self) -> bytes:

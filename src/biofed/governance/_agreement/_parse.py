@@ -8,7 +8,9 @@ from biofed.core import ConfigurationError
 from biofed.core.checks import check_int
 from biofed.governance._agreement._checks import check_date, no_extra, require, table
 from biofed.governance._agreement._model import (
+    ANALYTICS_RULE_KEYS,
     FORMAT,
+    AnalyticsPolicy,
     OutputPolicy,
     Party,
     PrivacyRequirements,
@@ -31,6 +33,7 @@ TOP_KEYS = (
     "datasets",
     "outputs",
     "privacy",
+    "analytics",
 )
 _PARTY_KEYS = ("name", "role", "fingerprint")
 _OUTPUT_KEYS = ("final_model", "metrics", "per_site_metrics")
@@ -89,6 +92,19 @@ def _party(data: Mapping[str, object], role: str | None, where: str) -> Party:
     )
 
 
+def _analytics(data: Mapping[str, object], where: str) -> AnalyticsPolicy:
+    if "analytics" not in data:
+        return AnalyticsPolicy()
+    section = table(data, "analytics", where)
+    no_extra(section, ("allowed", *ANALYTICS_RULE_KEYS), f"{where} [analytics]")
+    allowed = _list(section, "allowed", f"{where} [analytics]") if "allowed" in section else ()
+    rules = {k: v for k, v in section.items() if k != "allowed"}
+    try:
+        return AnalyticsPolicy(allowed=allowed, rules=rules)  # type: ignore[arg-type]
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where} [analytics]: {exc}") from None
+
+
 def agreement_from_data(data: Mapping[str, object], where: str = "agreement") -> StudyAgreement:
     """Validate ``data`` (a parsed agreement file) and build the :class:`StudyAgreement`.
 
@@ -145,5 +161,6 @@ def agreement_from_data(data: Mapping[str, object], where: str = "agreement") ->
             ),
         ),
         min_cohort=min_cohort,
+        analytics=_analytics(data, where),
         expires=check_date(require(data, "expires", where), f"{where}: expires"),
     )
