@@ -8,6 +8,7 @@ the node, or a simulation) move requests and answers; nothing here does I/O.
 """
 
 from biofed.analytics._design import complete_rows, design_matrix, design_names
+from biofed.analytics._plots_survival import km_html, plot_km
 from biofed.analytics._protocol import (
     MAX_ANSWER_VALUES,
     Analysis,
@@ -30,6 +31,12 @@ from biofed.analytics._protocol import (
 from biofed.analytics._query import DP_MECHANISMS, FILTER_OPS, SPLITS, DPOptions, Filter, Query
 from biofed.analytics._regression import RegressionResult
 from biofed.analytics._rules import RULE_KEYS, DisclosureRules
+from biofed.analytics._survival import (
+    KaplanMeierResult,
+    LogRankResult,
+    NelsonAalenResult,
+    SurvivalCurve,
+)
 from biofed.analytics._table import QueryTable
 
 __all__ = [
@@ -43,19 +50,25 @@ __all__ = [
     "DPOptions",
     "DisclosureRules",
     "Filter",
+    "KaplanMeierResult",
     "KindSpec",
+    "LogRankResult",
+    "NelsonAalenResult",
     "NoiseSource",
     "Query",
     "QueryTable",
     "RegressionResult",
     "Request",
     "Result",
+    "SurvivalCurve",
     "answer",
     "check_answer",
     "complete_rows",
     "design_matrix",
     "design_names",
     "kind_of",
+    "km_html",
+    "plot_km",
     "query_kinds",
     "register",
     "result_from_json",
