@@ -89,7 +89,8 @@ def _render(result: KaplanMeierResult, fmt: str) -> bytes:
 
     if not isinstance(result, KaplanMeierResult):
         raise ConfigurationError("plot_km draws a KaplanMeierResult")
-    with matplotlib.rc_context({"text.parse_math": False, "text.usetex": False}):
+    rc = {"text.parse_math": False, "text.usetex": False, "svg.fonttype": "none"}
+    with matplotlib.rc_context(rc):
         fig = _figure(result)
         buf = io.BytesIO()
         meta = {"Software": None} if fmt == "png" else {"Creator": None, "Date": None}
@@ -120,6 +121,8 @@ def km_html(result: KaplanMeierResult) -> str:
     e = html.escape
     svg = _render(result, "svg").decode("utf-8")
     svg = svg[svg.index("<svg") :]
+    if "<metadata>" in svg:  # matplotlib's RDF block: namespaces only, nothing a reader needs
+        svg = svg[: svg.index("<metadata>")] + svg[svg.index("</metadata>") + 11 :]
     headers, rows = result.table()
     parts = [
         "<!DOCTYPE html>",
