@@ -89,8 +89,9 @@ def _render(result: KaplanMeierResult, fmt: str) -> bytes:
 
     if not isinstance(result, KaplanMeierResult):
         raise ConfigurationError("plot_km draws a KaplanMeierResult")
-    rc = {"text.parse_math": False, "text.usetex": False, "svg.fonttype": "none"}
-    with matplotlib.rc_context(rc):
+    with matplotlib.rc_context(
+        {"text.parse_math": False, "text.usetex": False, "svg.fonttype": "none"}
+    ):
         fig = _figure(result)
         buf = io.BytesIO()
         meta = {"Software": None} if fmt == "png" else {"Creator": None, "Date": None}
