@@ -16,6 +16,7 @@ from biofed.analytics._noise import (
     gaussian_std,
     laplace_scale,
 )
+from biofed.analytics._plots_survival import km_html, plot_km
 from biofed.analytics._protocol import (
     MAX_ANSWER_VALUES,
     Analysis,
@@ -39,6 +40,12 @@ from biofed.analytics._query import DP_MECHANISMS, FILTER_OPS, SPLITS, DPOptions
 from biofed.analytics._regression import RegressionResult
 from biofed.analytics._rules import RULE_KEYS, DisclosureRules
 from biofed.analytics._suppress import protect_table, protect_vector
+from biofed.analytics._survival import (
+    KaplanMeierResult,
+    LogRankResult,
+    NelsonAalenResult,
+    SurvivalCurve,
+)
 from biofed.analytics._table import QueryTable
 from biofed.analytics._tables import CrosstabResult, HistogramResult
 
@@ -58,7 +65,10 @@ __all__ = [
     "DisclosureRules",
     "Filter",
     "HistogramResult",
+    "KaplanMeierResult",
     "KindSpec",
+    "LogRankResult",
+    "NelsonAalenResult",
     "NoiseSource",
     "Query",
     "QueryTable",
@@ -67,6 +77,7 @@ __all__ = [
     "Result",
     "SecureNoise",
     "SeededNoise",
+    "SurvivalCurve",
     "analytic_gaussian_delta",
     "answer",
     "check_answer",
@@ -75,7 +86,9 @@ __all__ = [
     "design_names",
     "gaussian_std",
     "kind_of",
+    "km_html",
     "laplace_scale",
+    "plot_km",
     "protect_table",
     "protect_vector",
     "query_kinds",
