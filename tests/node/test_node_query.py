@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,6 +40,7 @@ from biofed.governance import (
     Party,
     SignedAgreement,
     StudyAgreement,
+    reply_payload,
     sign,
     verify_log,
     write_agreement,
@@ -261,8 +263,9 @@ def test_a_count_runs_through_the_governed_chain_and_is_audited(site: Site) -> N
     assert "bundle" not in accepted
     assert (sent["run_id"], sent["round"], sent["kind"]) == ("q-1", 1, "query")
     assert sent["num_examples"] == ROWS
-    assert len(sent["payload_sha256"]) == 64
-    assert sent["bytes"] > 0
+    payload = reply_payload(reply)  # what the coordinator hashes when it logs the receipt
+    assert sent["payload_sha256"] == hashlib.sha256(payload).hexdigest()
+    assert sent["bytes"] == len(payload) > 0
     report = verify_log(
         site.audit, (site.fed / "a" / "cert.pem").read_bytes(), site.kits["a"].ca_pem
     )
@@ -583,3 +586,35 @@ def test_a_secure_answer_beyond_the_clip_range_is_an_error_naming_the_setting(
     settings = SecureAggregationSettings(clip_range=50.0, quantisation_step=1e-3)
     with pytest.raises(AssertionError, match=r"raise \[secure_aggregation\] clip_range"):
         _secure_pass(_secure_apps(secure_fed), _request(secure=True), settings, [])
+
+
+def test_an_agreement_requiring_secure_aggregation_refuses_a_plain_query(site: Site) -> None:
+    from biofed.governance import PrivacyRequirements
+
+    site.setup(privacy=PrivacyRequirements(secure_aggregation_required=True))
+    reply = site.app().handle(_inst(_request()))
+    assert reply.error is not None
+    assert reply.error.startswith("policy: privacy:"), reply.error
+    assert "secure aggregation" in reply.error
+    assert site.names() == ["job.refused"]
+
+
+def test_an_agreement_requiring_dp_answers_only_dp_queries_within_its_cap(site: Site) -> None:
+    from biofed.governance import PrivacyRequirements
+
+    _with_cap(site, 10.0)
+    caps = {"a": 0.5, "b": 0.5}
+    site.setup(
+        privacy=PrivacyRequirements(
+            dp_required=True, max_epsilon=caps, max_delta={"a": 1e-6, "b": 1e-6}
+        )
+    )
+    app = site.app()
+    plain = app.handle(_inst(_request()))
+    assert plain.error is not None
+    assert "requires differential privacy" in plain.error
+    dp = {"mechanism": "laplace", "epsilon": 0.3}
+    assert app.handle(_inst(_request(dp=dp), round=1)).ok
+    past = app.handle(_inst(dataclasses.replace(_request(dp=dp), pass_no=2), round=2))
+    assert past.error is not None  # 0.6 > the agreement's 0.5 for this site
+    assert "privacy budget" in past.error, past.error
