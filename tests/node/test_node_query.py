@@ -614,3 +614,35 @@ def test_an_agreement_requiring_dp_answers_only_dp_queries_within_its_cap(site: 
     past = app.handle(_inst(dataclasses.replace(_request(dp=dp), pass_no=2), round=2))
     assert past.error is not None  # 0.6 > the agreement's 0.5 for this site
     assert "privacy budget" in past.error, past.error
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{}",
+        '{"query":' + "[" * 50_000 + "]" * 50_000 + "}",
+        _request().to_json().replace('"pass":1', '"pass":NaN'),
+        _request().to_json().replace('"split":"all"', '"split":"all","split":"test"'),
+        _request().to_json().replace(KIND, "no_such_kind"),
+    ],
+    ids=["empty", "deep", "nan", "duplicate-key", "unknown-kind"],
+)
+def test_a_hostile_request_is_refused_in_one_line_and_audited(site: Site, text: str) -> None:
+    site.setup()
+    inst = _inst(_request())
+    inst = dataclasses.replace(inst, directives=RoundDirectives(query_request=text))
+    reply = site.app().handle(inst)
+    assert reply.error is not None
+    assert reply.error.startswith("policy: outputs: the query request is malformed"), reply.error
+    assert "\n" not in reply.error
+    assert "Traceback" not in reply.error
+    assert site.names() == ["job.refused"]
+
+
+def test_a_query_on_a_column_the_site_lacks_is_one_line_and_audited(site: Site) -> None:
+    site.setup()
+    reply = site.app().handle(_inst(_request({"column": "bmi", "op": ">", "value": 30})))
+    assert reply.error is not None
+    assert "has no column 'bmi'" in reply.error
+    assert "\n" not in reply.error
+    assert site.names() == ["job.accepted", "round.failed"]
