@@ -139,11 +139,6 @@ class QueryLog:
         self._lock = threading.RLock()  # one writer per process; SQLite's lock across them
         self._memory: sqlite3.Connection | None = None
 
-    @classmethod
-    def in_memory_log(cls) -> QueryLog:
-        """A log kept in this object only."""
-        return cls(MEMORY)
-
     def check_and_record(
         self,
         dataset: str,
