@@ -646,3 +646,27 @@ def test_a_query_on_a_column_the_site_lacks_is_one_line_and_audited(site: Site) 
     assert "has no column 'bmi'" in reply.error
     assert "\n" not in reply.error
     assert site.names() == ["job.accepted", "round.failed"]
+
+
+def test_a_secure_request_looser_than_a_sites_rules_is_refused(secure_fed: Path) -> None:
+    """In secure mode the coordinator applies the request's rules to the total, so a site
+    whose own rules are stricter refuses rather than answer unsuppressed."""
+    from biofed.secagg import SecureAggregationSettings
+
+    for file in secure_fed.glob("*/queries.db*"):
+        file.unlink()
+    apps = _secure_apps(secure_fed)
+    brca = load_tcga_brca()
+    strict = NodeConfig(datasets={}, analytics=DisclosureRules(min_cell=20))
+    apps["center-1"] = NodeApp(
+        "center-1",
+        strict,
+        kit=load_kit(secure_fed / "center-1"),
+        data={"brca": brca.sites["center-1"]},
+    )
+    settings = SecureAggregationSettings(clip_range=1000.0, quantisation_step=1e-3)
+    with pytest.raises(AssertionError, match="rules are looser than this site's"):
+        _secure_pass(apps, _request(secure=True), settings, [])
+    stricter = _request(secure=True, rules=DisclosureRules(min_cell=20))
+    result = _secure_pass(apps, stricter, settings, [])
+    assert result.total is not None
