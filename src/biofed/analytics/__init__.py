@@ -35,6 +35,7 @@ from biofed.analytics._protocol import (
     sum_answers,
     total_from_vector,
 )
+from biofed.analytics._quantile import QuantileResult
 from biofed.analytics._query import DP_MECHANISMS, FILTER_OPS, SPLITS, DPOptions, Filter, Query
 from biofed.analytics._regression import RegressionResult
 from biofed.analytics._rules import RULE_KEYS, DisclosureRules
@@ -60,6 +61,7 @@ __all__ = [
     "HistogramResult",
     "KindSpec",
     "NoiseSource",
+    "QuantileResult",
     "Query",
     "QueryTable",
     "RegressionResult",
