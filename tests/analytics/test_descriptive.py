@@ -8,6 +8,7 @@ secure vectors → ``add_total`` (secure), until done.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +29,7 @@ from biofed.analytics import (
     Result,
     answer,
     check_answer,
+    plot_histogram,
     result_from_json,
     secure_vector,
     start,
@@ -273,3 +275,25 @@ def test_quantile_on_tcga_time(tcga: dict[str, QueryTable]) -> None:
         assert value is not None
         assert error is not None
         assert ((t >= value - error) & (t <= value + error)).sum() >= 10
+
+
+@pytest.mark.parametrize("suffix", [".png", ".svg"])
+def test_histogram_plot_is_written(tmp_path: Path, suffix: str) -> None:
+    res = HistogramResult(
+        column="age $x$",
+        edges=(0.0, 1.0, 2.0, 3.0),
+        counts=(12, None, 30),
+        below=0,
+        above=None,
+        total=None,
+        sites=3,
+    )
+    out = plot_histogram(res, tmp_path / f"h{suffix}")
+    data = out.read_bytes()
+    if suffix == ".png":
+        assert data.startswith(b"\x89PNG")
+    else:
+        assert b"<svg" in data
+        assert b"suppressed" in data
+    with pytest.raises(ConfigurationError, match="png"):
+        plot_histogram(res, tmp_path / "h.pdf")

@@ -16,6 +16,7 @@ from biofed.analytics._noise import (
     gaussian_std,
     laplace_scale,
 )
+from biofed.analytics._plots_hist import PLOT_SUFFIXES, plot_histogram
 from biofed.analytics._protocol import (
     MAX_ANSWER_VALUES,
     Analysis,
@@ -47,6 +48,7 @@ __all__ = [
     "DP_MECHANISMS",
     "FILTER_OPS",
     "MAX_ANSWER_VALUES",
+    "PLOT_SUFFIXES",
     "RULE_KEYS",
     "SPLITS",
     "Analysis",
@@ -78,6 +80,7 @@ __all__ = [
     "gaussian_std",
     "kind_of",
     "laplace_scale",
+    "plot_histogram",
     "protect_table",
     "protect_vector",
     "query_kinds",
