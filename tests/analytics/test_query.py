@@ -16,6 +16,7 @@ from biofed.analytics import (
     Request,
     answer,
     check_answer,
+    result_from_json,
     start,
 )
 from biofed.core import ConfigurationError, DataError, PolicyViolation, ProtocolError
@@ -208,3 +209,21 @@ def test_a_site_refuses_a_forged_quantile_state() -> None:
         with pytest.raises((ProtocolError, ConfigurationError)) as exc:
             answer(forged, table())
         one_line(exc)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"kind":"count"}',
+        '{"kind":"describe","stats":[{"column":"x"}],"sites":1,"dp":false}',
+        '{"kind":"histogram","column":"x","edges":"ab"}',
+        '{"kind":"crosstab","rows":1}',
+        '{"kind":"correlation","columns":["a"],"n":"many"}',
+        '{"kind":"quantile","column":"x","probs":[0.5],"values":[1],"errors":[1],"n":1}',
+        '{"kind":"count","count":1,"count":2,"sites":1,"dp":false}',
+    ],
+)
+def test_malformed_stored_results_are_refused(text: str) -> None:
+    with pytest.raises(ConfigurationError) as exc:
+        result_from_json(text)
+    one_line(exc)

@@ -45,6 +45,7 @@ from biofed.analytics._descriptive import (
     numeric_values,
     only,
     opt_float,
+    reader,
 )
 from biofed.analytics._protocol import (
     Analysis,
@@ -129,8 +130,8 @@ def _options(options: Mapping[str, Any]) -> Mapping[str, Any]:
     if not 0 < tol <= hi - lo:
         raise ConfigurationError("quantile tolerance must lie in (0, hi - lo]")
     bins = options.get("bins", 32)
-    if isinstance(bins, bool) or not isinstance(bins, int) or not 2 <= bins <= 1000:
-        raise ConfigurationError("quantile bins must be an integer in [2, 1000]")
+    if isinstance(bins, bool) or not isinstance(bins, int) or not 2 <= bins <= 200:
+        raise ConfigurationError("quantile bins must be an integer in [2, 200]")
     if math.ceil(math.log((hi - lo) / tol) / math.log(bins)) + 1 > _MAX_PASSES:
         raise ConfigurationError("quantile tolerance is too fine for its bounds and bins")
     return {"column": column, "probs": ps, "bounds": [lo, hi], "tolerance": tol, "bins": bins}
@@ -365,7 +366,7 @@ register(
         start=lambda query, rules, secure: QuantileAnalysis(query, rules, secure),
         answer=_answer,
         check=_check,
-        result_from_dict=QuantileResult.from_dict,
+        result_from_dict=reader(QuantileResult.from_dict, "quantile"),
         secure_supported=True,
     )
 )
