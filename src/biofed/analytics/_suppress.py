@@ -27,7 +27,7 @@ exactly (an entry is fixed iff it lies in the row space of the constraint matrix
 suppressed entries; thin SVD) and adds complements until no suppressed entry is
 determined. Not covered: the narrow *intervals* non-negativity can leave for a suppressed
 cell (τ-ARGUS's linear-programming audit of protection ranges); this is why primary
-suppression uses ``min_cell`` and complements prefer cells of similar size.
+suppression uses ``min_cell`` and complements are small non-zero cells.
 
 Dominance: a sum where one record's |value| exceeds ``dominance`` × the cell's Σ|value|
 mostly reveals that record. Under secure aggregation no one holds the consortium's largest
