@@ -297,3 +297,36 @@ def test_histogram_plot_is_written(tmp_path: Path, suffix: str) -> None:
         assert b"suppressed" in data
     with pytest.raises(ConfigurationError, match="png"):
         plot_histogram(res, tmp_path / "h.pdf")
+
+
+@pytest.mark.slow
+def test_crosstab_and_describe_on_the_eunomia_study(tmp_path: Path) -> None:
+    """Real categorical data: GI-bleed study tables extracted from 3 Eunomia sites."""
+    from biofed.data import extract
+    from biofed.datasets import gi_bleed_study, write_eunomia_sites
+
+    spec = gi_bleed_study()
+    tables = {
+        site: QueryTable.from_extracted(extract(spec, str(path), name=site))
+        for site, path in write_eunomia_sites(tmp_path, 3, seed=0).items()
+    }
+    sex = np.concatenate([t.column("sex") for t in tables.values()])
+    label = pooled(tables, "label")
+    opts = {"rows": "sex", "cols": "label", "row_levels": ["female", "male"], "col_levels": [0, 1]}
+    for secure in (False, True):
+        res = run(Query("crosstab", opts), tables, secure=secure)
+        assert isinstance(res, CrosstabResult)
+        for i, s in enumerate(["female", "male"]):
+            for j in range(2):
+                expected = int(((sex == s) & (label == j)).sum())
+                assert res.counts[i][j] in (expected, None)
+                if secure and expected >= 10:
+                    assert res.counts[i][j] == expected
+    where = (Filter("sex", "==", "female"),)
+    res = run(Query("describe", {"columns": ["age"]}, where=where), tables, secure=True)
+    assert isinstance(res, DescribeResult)
+    age = pooled(tables, "age")[sex == "female"]
+    age = age[~np.isnan(age)]
+    assert res.column("age")["n"] == age.size
+    assert res.column("age")["mean"] == pytest.approx(age.mean(), rel=1e-12)
+    assert res.column("age")["sd"] == pytest.approx(age.std(ddof=1), rel=1e-9)
