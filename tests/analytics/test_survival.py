@@ -439,3 +439,35 @@ def test_bad_data_and_bad_answers_are_refused() -> None:
         check_answer(req2, arrays, good.records)
     with pytest.raises(ProtocolError, match="add"):
         analysis.add_total(good, ["s0"])  # plain mode needs each site's answer
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("grid", [None, {"step": 0.5, "stop": 12}])
+def test_plain_rule_holds_per_site_per_group(seed: int, grid: dict[str, float] | None) -> None:
+    """Property: every released step of every group has >= k at risk at every site, and
+    the released values equal lifelines on the pooled (binned) data."""
+    k = 12
+    sites = make_sites(seed, sizes=(150, 90, 75))
+    opts: dict[str, Any] = {"group": "arm", "levels": [0, 1, 2]}
+    if grid is not None:
+        opts["grid"] = grid
+    res = run(km_query(**opts), sites, DisclosureRules(min_at_risk=k))
+    points = None if grid is None else np.arange(0, 12.0001, 0.5)
+    assert sum(len(c.times) for c in res.curves) > 8  # not vacuous
+    for i, c in enumerate(res.curves):
+        pooled_t, pooled_e = [], []
+        for table in sites.values():
+            mine = np.asarray(table.column("arm")) == i
+            t = np.asarray(table.column("time"))[mine]
+            if points is not None:  # binned to the first grid point >= t
+                idx = np.searchsorted(points, t, side="left")
+                t = np.where(idx < len(points), points[np.minimum(idx, len(points) - 1)], 99.0)
+            at_risk = (t[None, :] >= c.times[:, None]).sum(axis=1)
+            assert len(c.times) == 0 or at_risk.min() >= k
+            pooled_t.append(t)
+            pooled_e.append(np.asarray(table.column("event"))[mine])
+        if len(c.times):
+            kmf = KaplanMeierFitter().fit(np.concatenate(pooled_t), np.concatenate(pooled_e))
+            np.testing.assert_allclose(
+                c.estimate, kmf.survival_function_.iloc[:, 0].loc[c.times], atol=1e-10
+            )

@@ -45,6 +45,12 @@ Disclosure Control*, Wiley 2012, §4; the vantage6 and DataSHIELD Kaplan–Meier
 * **secure mode**: the sites' counts are summed unseen, so the coordinator applies the
   rule to the consortium totals (steps where the total at risk ≥ ``min_at_risk``); sites
   send their full counts on the agreed grid, and the request's rules must cover theirs.
+  Decided: no per-site "complete" indicator — the rule is on totals, as for every other
+  secure statistic, and the log-rank statistic needs every grid time's totals anyway.
+  Residual: the coordinator process holds the consortium totals at every grid time,
+  tail included (binned to the agreed grid, never released in a result); a consortium
+  that does not trust the coordinator with those picks a coarse grid, or plain mode
+  (where every site coarsens its own counts before anything leaves).
 * An event (or censoring) count of 1 at a time where at least ``min_at_risk`` patients are
   at risk **is released**, as on every published Kaplan–Meier curve: the cell says that one
   of ≥ k patients had the event then, not which one (``min_cell`` does not apply to steps).
@@ -731,6 +737,8 @@ class _SurvivalAnalysis(Analysis):
         request = self.request()
         if not answers:
             raise ProtocolError(f"{self.query.kind}: no site answered")
+        for out in answers.values():
+            _check(request, out)
         if request.step == "times":
             union: set[float] = set()
             for out in answers.values():
@@ -745,8 +753,6 @@ class _SurvivalAnalysis(Analysis):
             return self
         if request.layout is None:  # pragma: no cover - the counts step always has one
             raise ProtocolError("counts request without a layout")
-        for out in answers.values():
-            _check_counts(out)
         complete = np.ones((len(self.levels), len(self._grid or []) + 1), dtype=bool)
         for out in answers.values():
             complete &= _site_complete(out)
