@@ -471,3 +471,32 @@ def test_plain_rule_holds_per_site_per_group(seed: int, grid: dict[str, float] |
             np.testing.assert_allclose(
                 c.estimate, kmf.survival_function_.iloc[:, 0].loc[c.times], atol=1e-10
             )
+
+
+def test_secure_tail_patient_time_does_not_move_the_result() -> None:
+    """Secure mode applies the rule to totals: a patient in the consortium's tail (fewer
+    than k at risk in total) can take any time there without changing the result."""
+    sites = make_sites(3)
+    grid = {"step": 0.25, "stop": 20}
+    base = run(km_query(grid=grid), sites, DisclosureRules(), secure=True)
+    last = base.curves[0].tail_after
+    assert last is not None
+    t_all = np.concatenate([np.asarray(s.column("time")) for s in sites.values()])
+    assert (t_all > last).sum() < 10
+    victim = sites["s0"]
+    t = np.asarray(victim.column("time")).copy()
+    j = int(np.argmax(t))
+    assert t[j] > last
+    for guess in (last + 0.3, last + 2.0, 25.0):
+        t2 = t.copy()
+        t2[j] = guess
+        cols = {**victim.columns, "time": t2}
+        table = QueryTable(
+            name="gen-0",
+            columns=cols,
+            kinds=dict(victim.kinds),
+            ids=victim.ids,
+            is_test=victim.is_test,
+        )
+        res = run(km_query(grid=grid), {**sites, "s0": table}, DisclosureRules(), secure=True)
+        assert res.to_json() == base.to_json()
