@@ -113,6 +113,7 @@ def test_km_plain_equals_lifelines_on_tcga(tcga: dict[str, QueryTable]) -> None:
     assert curve.records == len(p["time"])
     assert int(curve.events.sum()) + curve.tail_events == int(p["event"].sum())
     assert curve.tail_at_risk == int((p["time"] > curve.tail_after).sum())
+    assert curve.survival is curve.estimate
 
 
 def test_km_no_released_step_has_few_at_risk_at_any_site(tcga: dict[str, QueryTable]) -> None:

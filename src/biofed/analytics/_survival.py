@@ -468,6 +468,16 @@ class SurvivalCurve:
             "records": self.records,
         }
 
+    @property
+    def survival(self) -> Array:
+        """The estimate, read as survival probabilities (a Kaplan–Meier curve)."""
+        return self.estimate
+
+    @property
+    def cumulative_hazard(self) -> Array:
+        """The estimate, read as a cumulative hazard (a Nelson–Aalen curve)."""
+        return self.estimate
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> SurvivalCurve:
         """From :meth:`to_dict`'s form."""
