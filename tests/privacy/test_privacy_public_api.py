@@ -18,6 +18,7 @@ def test_public_api() -> None:
         "AdaptiveClipping",
         "DPSettings",
         "GaussianNoise",
+        "LaplaceNoise",
         "PldAccountant",
         "RdpAccountant",
         "SampledGaussian",

@@ -7,7 +7,15 @@ analysis combines the answers into a :class:`Result`. The runtimes (the coordina
 the node, or a simulation) move requests and answers; nothing here does I/O.
 """
 
+from biofed.analytics._descriptive import CorrelationResult, CountResult, DescribeResult
 from biofed.analytics._design import complete_rows, design_matrix, design_names
+from biofed.analytics._noise import (
+    SecureNoise,
+    SeededNoise,
+    analytic_gaussian_delta,
+    gaussian_std,
+    laplace_scale,
+)
 from biofed.analytics._plots_survival import km_html, plot_km
 from biofed.analytics._protocol import (
     MAX_ANSWER_VALUES,
@@ -31,6 +39,7 @@ from biofed.analytics._protocol import (
 from biofed.analytics._query import DP_MECHANISMS, FILTER_OPS, SPLITS, DPOptions, Filter, Query
 from biofed.analytics._regression import RegressionResult
 from biofed.analytics._rules import RULE_KEYS, DisclosureRules
+from biofed.analytics._suppress import protect_table, protect_vector
 from biofed.analytics._survival import (
     KaplanMeierResult,
     LogRankResult,
@@ -38,6 +47,7 @@ from biofed.analytics._survival import (
     SurvivalCurve,
 )
 from biofed.analytics._table import QueryTable
+from biofed.analytics._tables import CrosstabResult, HistogramResult
 
 __all__ = [
     "DP_MECHANISMS",
@@ -47,9 +57,14 @@ __all__ = [
     "SPLITS",
     "Analysis",
     "Answer",
+    "CorrelationResult",
+    "CountResult",
+    "CrosstabResult",
     "DPOptions",
+    "DescribeResult",
     "DisclosureRules",
     "Filter",
+    "HistogramResult",
     "KaplanMeierResult",
     "KindSpec",
     "LogRankResult",
@@ -60,15 +75,22 @@ __all__ = [
     "RegressionResult",
     "Request",
     "Result",
+    "SecureNoise",
+    "SeededNoise",
     "SurvivalCurve",
+    "analytic_gaussian_delta",
     "answer",
     "check_answer",
     "complete_rows",
     "design_matrix",
     "design_names",
+    "gaussian_std",
     "kind_of",
     "km_html",
+    "laplace_scale",
     "plot_km",
+    "protect_table",
+    "protect_vector",
     "query_kinds",
     "register",
     "result_from_json",

@@ -17,7 +17,7 @@ from biofed.privacy._adaptive import AdaptiveClipping
 from biofed.privacy._calibrate import calibrate_noise
 from biofed.privacy._checks import check_real
 from biofed.privacy._clip import clip_l2, l2_norm
-from biofed.privacy._noise import GaussianNoise
+from biofed.privacy._noise import GaussianNoise, LaplaceNoise
 from biofed.privacy._settings import (
     DELTA_METRIC,
     EPSILON_METRIC,
@@ -46,6 +46,7 @@ __all__ = [
     "AdaptiveClipping",
     "DPSettings",
     "GaussianNoise",
+    "LaplaceNoise",
     "PldAccountant",
     "RdpAccountant",
     "SampledGaussian",
