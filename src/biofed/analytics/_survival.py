@@ -4,9 +4,9 @@ Kaplan–Meier (with lifelines' exponential-Greenwood interval), Nelson–Aalen 
 lifelines' default tie handling) and the log-rank test (lifelines' ``logrank_test`` /
 ``multivariate_logrank_test``) are functions of the numbers at risk, events and
 censorings at each distinct time, per group; those are sums over sites, so the pooled
-estimate is computed exactly from the sites' counts. The estimators are written here
-(a few lines of numpy each) because lifelines is a pandas-heavy fitting library that is a
-development dependency only; its formulas are matched exactly and tested against it.
+estimate is computed exactly from the sites' counts (the estimators and result classes
+are in :mod:`._survival_results`; this module holds the options, the site side and the
+coordinator's analysis).
 
 Protocol
 --------
