@@ -13,10 +13,10 @@ Passes
    (covariate sums and event counts).
 2. ``newton`` (every later pass, a sum whose layout the grid and ``p`` fix): at the
    coordinator's ``β``, per agreed time the risk-set sums of ``exp(xβ)``, ``x·exp(xβ)``,
-   ``xxᵀ·exp(xβ)``, the event count and (Efron) the same sums over the tied events, plus
-   the sum of ``x`` over events and ``Σ(x − x̄)²`` (:mod:`._cox_sums`). Stratified by site,
-   each site's own partial likelihood is independent of the others', so it sends just its
-   log-likelihood, gradient and Hessian — no times leave the site.
+   ``xxᵀ·exp(xβ)`` (upper triangle), the event count and (Efron) the same sums over the
+   tied events, plus the sum of ``x`` over events and ``Σ(x − x̄)²`` (:mod:`._cox_sums`).
+   Stratified by site, each site's own partial likelihood is independent of the others',
+   so it sends just its log-likelihood, gradient and Hessian — no times leave the site.
 
 lifelines' conventions, reproduced: covariates are standardised with the pooled mean and
 sample standard deviation before Newton and the estimates mapped back; the ridge
@@ -35,9 +35,14 @@ DataSHIELD ``ds.glm``'s ``nfilter.glm``): the combined answer must rest on at le
 ``min_sites`` sites (the same sites every pass); a site refuses when it holds fewer than
 ``records_per_parameter`` records per parameter, or a categorical covariate level held
 by 1 to ``min_cell − 1`` of its records. In plain mode without a grid each site's event
-times go to the coordinator and, as the agreed times, to the other sites — use a coarse
-``grid`` (or secure mode, which needs one) where that is too much. DP is not supported:
-Newton's sums have no bounded sensitivity without clipping that would bias the fit.
+times go to the coordinator and, as the agreed times, to the other sites. Known limit of
+the per-time protocol (as of WebDISCO, Lu et al. 2015, and v6-coxph): the risk-set sums at
+two neighbouring agreed times differ by the rows that left the risk set between them, so
+where one patient leaves, ``s1`` differences carry that patient's covariates — per site in
+plain mode, pooled in secure mode. A coarse ``grid`` (each interval holding many
+departures) or ``strata = "site"`` (only the site's gradient and Hessian leave, secure
+mode hiding them) is the remedy where that matters. DP is not supported: Newton's sums
+have no bounded sensitivity without clipping that would bias the fit.
 """
 
 from __future__ import annotations
@@ -48,7 +53,7 @@ from typing import Any
 
 import numpy as np
 
-from biofed.analytics._cox_sums import partial_likelihood, risk_index, risk_sums
+from biofed.analytics._cox_sums import packed, partial_likelihood, risk_index, risk_sums
 from biofed.analytics._design import complete_rows, design_matrix, design_names
 from biofed.analytics._protocol import (
     MAX_ANSWER_VALUES,
@@ -196,11 +201,11 @@ def _newton_layout(
     layout: dict[str, tuple[int, ...]] = {
         "s0": (times,),
         "s1": (times, p),
-        "s2": (times, p, p),
+        "s2": (times, packed(p)),
         "d": (times,),
     }
     if ties == "efron":
-        layout |= {"t0": (times,), "t1": (times, p), "t2": (times, p, p)}
+        layout |= {"t0": (times,), "t1": (times, p), "t2": (times, packed(p))}
     return layout | {"xe": (p,), "ss": (p,)}
 
 
@@ -208,7 +213,7 @@ def _check_size(times: int, p: int, *, ties: str, strata: str | None) -> None:
     size = sum(int(np.prod(s)) for s in _newton_layout(times, p, ties=ties, strata=strata).values())
     if size + 1 > MAX_ANSWER_VALUES:
         raise ConfigurationError(
-            f"cox: {times} event times × {p} parameters² make {size} values per pass (at most "
+            f"cox: {times} event times and {p} parameters make {size} values per pass (at most "
             f"{MAX_ANSWER_VALUES - 1}); give a coarser grid or fewer covariates"
         )
 
