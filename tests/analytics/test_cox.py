@@ -377,3 +377,27 @@ def test_step_halving_reaches_the_optimum() -> None:
     ref = PHReg(df["time"], df[["x1", "x2"]], status=df["event"], ties="efron").fit()
     assert rel(result.coef, np.asarray(ref.params)) < 1e-6
     assert rel(result.se, np.asarray(ref.bse)) < 1e-6
+
+
+def test_forged_event_counts_are_refused(generated: Any) -> None:
+    tables, _ = generated
+    rules = ba.DisclosureRules()
+    analysis = ba.start(gen_query(grid={"step": 5, "stop": 400}), rules, secure=True)
+    while analysis.request().step != "newton":
+        request = analysis.request()
+        total = np.sum(
+            [ba.secure_vector(request, ba.answer(request, t, rules)) for t in tables.values()],
+            axis=0,
+        )
+        analysis = analysis.add_total(ba.total_from_vector(request, total), sorted(tables))
+    request = analysis.request()
+    good = ba.answer(request, tables["site0"], rules)
+    forged = dict(good.arrays) | {"d": good.arrays["d"] + 1e9}
+    with pytest.raises(ProtocolError, match="event counts"):
+        ba.check_answer(request, forged, good.records)
+    # in secure mode the coordinator checks the total against pass 1's event count
+    vectors = [ba.secure_vector(request, ba.answer(request, t, rules)) for t in tables.values()]
+    total = ba.total_from_vector(request, np.sum(vectors, axis=0))
+    arrays = dict(total.arrays) | {"d": total.arrays["d"] * 2}
+    with pytest.raises(ProtocolError, match="event counts"):
+        analysis.add_total(ba.Answer(arrays=arrays, records=total.records), sorted(tables))

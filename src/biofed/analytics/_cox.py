@@ -29,7 +29,9 @@ observed information, mapped back. The log-likelihood we report excludes the pen
 (lifelines' ``log_likelihood_`` includes it). Newton starts at 0 and takes full steps,
 halving one that lowers the penalised log-likelihood (Therneau's ``coxph``); it stops when
 the Newton step on the standardised scale is shorter than ``tol`` (default 1e-9, tighter
-than lifelines' 1e-7 so that the estimate is its optimum to ~1e-9).
+than lifelines' 1e-7 so that the estimate is its optimum to ~1e-9), or, where the sums
+carry rounding noise (secure mode's quantisation), when a step below 1e-5 stops
+shrinking quadratically.
 
 Security notes
 --------------
@@ -329,8 +331,20 @@ def _answer(
     return Answer(arrays=arrays, records=n)
 
 
+def _event_counts(d: Array, most: int) -> Array:
+    """Per-time event counts: whole (to rounding), >= 0, at most ``most`` in all — a
+    forged count would otherwise make the coordinator expand millions of tied events."""
+    counts = np.rint(d)
+    if np.any(np.abs(d - counts) > 0.01) or np.any(counts < 0) or counts.sum() > most:
+        raise ProtocolError("a cox answer's event counts are not counts of its events")
+    return counts
+
+
 def _check(request: Request, out: Answer) -> None:
-    """A times answer: sorted distinct finite times, no more than the site's events."""
+    """A times answer: sorted distinct finite times, no more than the site's events; a
+    Newton answer: event counts that are counts."""
+    if request.step == "newton" and "d" in out.arrays:
+        _event_counts(out.arrays["d"], out.records)
     if request.step != "times":
         return
     p = len(design_names(request.query.options["covariates"], request.query.options["levels"]))
@@ -494,6 +508,10 @@ class CoxAnalysis(Analysis):
         if self._step != "newton":
             raise ProtocolError("cox: the times pass is not a sum; use add()")
         arrays = dict(total.arrays)
+        if "d" in arrays:
+            arrays["d"] = _event_counts(arrays["d"], self._events)
+            if arrays["d"].sum() != self._events:
+                raise ProtocolError("cox: the Newton pass's event counts differ from pass 1's")
         if self._strata == "site":
             ll, g, h = float(arrays["ll"][0]), arrays["grad"], arrays["hess"]
         else:
