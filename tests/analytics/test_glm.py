@@ -33,7 +33,8 @@ from biofed.analytics import (
     total_from_vector,
 )
 from biofed.core import ConfigurationError, DataError, PolicyViolation, ProtocolError
-from biofed.datasets import load_tcga_brca
+from biofed.data import extract
+from biofed.datasets import gi_bleed_study, load_tcga_brca, write_eunomia_sites
 
 TOL = 1e-6
 LEVELS = ["a", "b", "c"]
@@ -306,6 +307,35 @@ def test_tcga_poisson_of_event_with_log_time_offset_equals_pooled_statsmodels() 
     compare(res, ref)
     assert res.sites == 6
     assert res.ratio == "rate ratio"
+
+
+def test_omop_logistic_regression_with_a_categorical_covariate_equals_pooled_statsmodels(
+    tmp_path: Any,
+) -> None:
+    """The Eunomia GI-bleed study at four sites (OMOP CDMs, extracted by biofed): bleeding
+    on age, sex (a categorical covariate, female the reference) and three conditions."""
+    sites = write_eunomia_sites(tmp_path, 4, seed=0)
+    spec = gi_bleed_study()
+    tables = {s: QueryTable.from_extracted(extract(spec, str(p), name=s)) for s, p in sites.items()}
+    covs = ["age", "sex", "peptic_ulcer", "ulcerative_colitis", "acetaminophen"]
+    options: dict[str, Any] = {
+        "outcome": "label",
+        "covariates": covs,
+        "levels": {"sex": ["female", "male"]},
+        "family": "binomial",
+    }
+    res, _ = fit(tables, Query(kind="glm", options=options))
+    data = pooled(tables, ["label", *covs])
+    x = np.column_stack([data[c] if c != "sex" else data[c] == "male" for c in covs])
+    ref = sm.GLM(
+        data["label"], sm.add_constant(x.astype(float)), family=sm.families.Binomial()
+    ).fit()
+    compare(res, ref)
+    assert res.names[2] == "sex=male"
+    # A level no site holds is no disclosure, but it leaves the design singular.
+    options["levels"] = {"sex": ["female", "male", "other"]}
+    with pytest.raises(DataError, match=r"singular.*sex=other"):
+        fit(tables, Query(kind="glm", options=options))
 
 
 # -- guards ----------------------------------------------------------------------------------
