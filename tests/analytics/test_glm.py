@@ -246,7 +246,8 @@ def test_result_round_trips_through_json() -> None:
 
 
 # -- the bundled Fed-TCGA-BRCA ---------------------------------------------------------------
-TCGA_COVS = ["age_at_index", "treatment_or_therapy_yes", "prior_malignancy_yes"]
+TCGA_COVS = ["age_at_index", "treatment_or_therapy_yes", "morphology_8520/3"]
+SMALL = ("center-4", "center-5")
 
 
 def tcga_tables() -> dict[str, QueryTable]:
@@ -268,18 +269,25 @@ def tcga_pooled(
 
 def test_tcga_logistic_regression_of_event_equals_pooled_statsmodels() -> None:
     """Under the default rules the two sites with fewer than 10 events refuse; the fit on
-    the other four equals statsmodels on their pooled training rows."""
+    the other four (age, treated, lobular carcinoma) equals statsmodels on their pooled
+    training rows. A rare one-hot covariate (prior malignancy, under 10 at two sites) is
+    refused there."""
     tables = tcga_tables()
-    query = Query(
-        kind="glm",
-        options={"outcome": "event", "covariates": TCGA_COVS, "family": "binomial"},
-        split="train",
-    )
+    options: dict[str, Any] = {"outcome": "event", "covariates": TCGA_COVS, "family": "binomial"}
+    query = Query(kind="glm", options=options, split="train")
     req = start(query).request()
-    for small in ("center-4", "center-5"):
+    for small in SMALL:
         with pytest.raises(PolicyViolation, match="events or non-events"):
             answer(req, tables[small])
-    big = {k: v for k, v in tables.items() if k not in ("center-4", "center-5")}
+    rare = Query(
+        kind="glm",
+        options={**options, "covariates": [*TCGA_COVS, "prior_malignancy_yes"]},
+        split="train",
+    )
+    for site in ("center-2", "center-3"):
+        with pytest.raises(PolicyViolation, match="'prior_malignancy_yes' is binary"):
+            answer(start(rare).request(), tables[site])
+    big = {k: v for k, v in tables.items() if k not in SMALL}
     res, _ = fit(big, query)
     data = tcga_pooled(big, ["event", *TCGA_COVS])
     X = sm.add_constant(np.column_stack([data[c] for c in TCGA_COVS]))
@@ -290,8 +298,9 @@ def test_tcga_logistic_regression_of_event_equals_pooled_statsmodels() -> None:
 
 
 def test_tcga_poisson_of_event_with_log_time_offset_equals_pooled_statsmodels() -> None:
-    """Event rate per day: Poisson with exposure ``time`` over all six sites (rows with a
-    positive follow-up time), secure, equal to statsmodels with ``exposure``."""
+    """Event rate per day: Poisson with exposure ``time`` (rows with a positive follow-up
+    time), secure, equal to statsmodels with ``exposure``. The 0/1 outcome is binary, so
+    the sites with fewer than 10 events refuse here too."""
     tables = tcga_tables()
     covs = ["age_at_index", "treatment_or_therapy_yes"]
     query = Query(
@@ -300,12 +309,16 @@ def test_tcga_poisson_of_event_with_log_time_offset_equals_pooled_statsmodels() 
         where=(Filter("time", ">", 0),),
         split="train",
     )
+    for small in SMALL:
+        with pytest.raises(PolicyViolation, match="'event' is binary"):
+            answer(start(query, secure=True).request(), tables[small])
+    tables = {k: v for k, v in tables.items() if k not in SMALL}
     res, _ = fit(tables, query, secure=True)
     data = tcga_pooled(tables, ["event", "time", *covs], keep=lambda t: t.column("time") > 0)
     X = sm.add_constant(np.column_stack([data[c] for c in covs]))
     ref = sm.GLM(data["event"], X, family=sm.families.Poisson(), exposure=data["time"]).fit()
     compare(res, ref)
-    assert res.sites == 6
+    assert res.sites == 4
     assert res.ratio == "rate ratio"
 
 
