@@ -397,6 +397,7 @@ def _answer(
     w, z = _weights_and_response(family, y, mu, eta)
     _check_spread(w, max(rules.min_cell, 2 * p))
     xwx = (x * w[:, None]).T @ x
+    xwx = (xwx + xwx.T) / 2  # exactly symmetric (the products round in either order)
     xwz = x.T @ (w * z)
     stats = _site_stats(family, y, mu)
     if not (np.isfinite(xwx).all() and np.isfinite(xwz).all() and np.isfinite(stats).all()):
@@ -416,7 +417,7 @@ def _check(request: Request, out: Answer) -> None:
         return
     xwx = out.arrays["xwx"]
     stats = out.arrays["stats"]
-    if not np.allclose(xwx, xwx.T, rtol=1e-10, atol=0.0):
+    if not np.allclose(xwx, xwx.T, rtol=1e-10, atol=1e-12 * float(np.max(np.abs(xwx)))):
         raise ProtocolError("glm answer's X'WX is not symmetric")
     if (np.diag(xwx) < 0).any() or stats[0] < 0 or stats[2] < 0:
         raise ProtocolError("glm answer has a negative weight sum, deviance or Pearson χ²")
