@@ -17,10 +17,12 @@ import pytest
 import statsmodels.api as sm
 
 from biofed.analytics import (
+    GLM_FAMILIES,
     Answer,
     DisclosureRules,
     DPOptions,
     Filter,
+    GLMAnalysis,
     Query,
     QueryTable,
     RegressionResult,
@@ -420,6 +422,14 @@ def test_a_singular_design_names_the_collinear_covariates() -> None:
     }
     with pytest.raises(DataError, match=r"singular.*x1"):
         fit(tables, glm_query("gaussian", covariates=["x1", "x2", "x3"], levels={}))
+
+
+def test_the_kind_is_registered_for_secure_runs_and_not_for_dp() -> None:
+    assert GLM_FAMILIES == ("binomial", "poisson", "gaussian")
+    for family in GLM_FAMILIES:
+        analysis = start(glm_query(family), secure=True)
+        assert isinstance(analysis, GLMAnalysis)
+        assert analysis.request().secure
 
 
 def test_dp_is_refused_with_a_reason() -> None:

@@ -7,8 +7,8 @@ analysis combines the answers into a :class:`Result`. The runtimes (the coordina
 the node, or a simulation) move requests and answers; nothing here does I/O.
 """
 
-from biofed.analytics import _glm  # noqa: F401  (registers the kind glm)
 from biofed.analytics._design import complete_rows, design_matrix, design_names
+from biofed.analytics._glm import GLM_FAMILIES, GLMAnalysis
 from biofed.analytics._protocol import (
     MAX_ANSWER_VALUES,
     Analysis,
@@ -36,6 +36,7 @@ from biofed.analytics._table import QueryTable
 __all__ = [
     "DP_MECHANISMS",
     "FILTER_OPS",
+    "GLM_FAMILIES",
     "MAX_ANSWER_VALUES",
     "RULE_KEYS",
     "SPLITS",
@@ -44,6 +45,7 @@ __all__ = [
     "DPOptions",
     "DisclosureRules",
     "Filter",
+    "GLMAnalysis",
     "KindSpec",
     "NoiseSource",
     "Query",

@@ -78,7 +78,7 @@ from biofed.core import (
 )
 
 #: GLM families (each with its canonical link: logit, log, identity).
-FAMILIES = ("binomial", "poisson", "gaussian")
+GLM_FAMILIES = ("binomial", "poisson", "gaussian")
 #: Most parameters a GLM may have (X'WX of 500² values per site and pass).
 MAX_PARAMETERS = 500
 #: More records than any site holds: a claim beyond this is not an answer.
@@ -115,8 +115,8 @@ def _check_options(options: Mapping[str, Any]) -> Mapping[str, Any]:
     if len(set(covs)) != len(covs):
         raise ConfigurationError("glm covariates must not repeat")
     family = options.get("family")
-    if family not in FAMILIES:
-        raise ConfigurationError(f"glm family must be one of {', '.join(FAMILIES)}")
+    if family not in GLM_FAMILIES:
+        raise ConfigurationError(f"glm family must be one of {', '.join(GLM_FAMILIES)}")
     intercept = options.get("intercept", True)
     if not isinstance(intercept, bool):
         raise ConfigurationError("glm intercept must be true or false")
