@@ -614,3 +614,15 @@ def test_max_iter_stops_an_unconverged_fit() -> None:
     ).fit(maxiter=2)
     np.testing.assert_allclose(res.coef, ref.params, rtol=1e-10)
     np.testing.assert_allclose(res.se, ref.bse, rtol=1e-10)
+
+
+def test_check_answer_refuses_a_mean_pass_below_the_records_rule() -> None:
+    tables = generated("poisson")
+    req = start(glm_query("poisson")).request()
+    assert req.step == "mean"
+    out = answer(req, tables["site-0"])
+    check_answer(req, dict(out.arrays), out.records)
+    with pytest.raises(ProtocolError, match="fewer records per parameter"):
+        check_answer(req, dict(out.arrays), 49)
+    with pytest.raises(ProtocolError, match="negative outcome sum"):
+        check_answer(req, {"sum_y": np.array([-1.0])}, out.records)

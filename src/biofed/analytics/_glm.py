@@ -411,6 +411,8 @@ def _check(request: Request, out: Answer) -> None:
     p = len(_names(options))
     if out.records > MAX_RECORDS:
         raise ProtocolError(f"glm answer claims more than {MAX_RECORDS} records")
+    if out.records < request.rules.records_per_parameter * p:
+        raise ProtocolError("glm answer rests on fewer records per parameter than the rules allow")
     if request.step == "mean":
         if options["family"] == "poisson" and out.arrays["sum_y"][0] < 0:
             raise ProtocolError("glm answer has a negative outcome sum")
@@ -423,8 +425,6 @@ def _check(request: Request, out: Answer) -> None:
         raise ProtocolError("glm answer has a negative weight sum, deviance or Pearson χ²")
     if options["family"] == "binomial" and stats[1] > 0:
         raise ProtocolError("glm answer has a positive binomial log-likelihood")
-    if out.records < request.rules.records_per_parameter * p:
-        raise ProtocolError("glm answer rests on fewer records per parameter than the rules allow")
     if options["intercept"]:
         # The intercept's weight sum bounds the records: W = 1 (Gaussian), W ≤ 1/4 (logit).
         if options["family"] == "gaussian" and not math.isclose(
