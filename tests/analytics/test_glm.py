@@ -324,6 +324,7 @@ def test_tcga_poisson_of_event_with_log_time_offset_equals_pooled_statsmodels() 
     assert res.ratio == "rate ratio"
 
 
+@pytest.mark.slow  # writes four OMOP CDM files: 2 s idle, 10 s on a loaded machine
 def test_omop_logistic_regression_with_a_categorical_covariate_equals_pooled_statsmodels(
     tmp_path: Any,
 ) -> None:
