@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from biofed.analytics import DisclosureRules
 from biofed.coordinator._analysis import ANALYSIS_EVENT, PASS_EVENT, analyze_over
 from biofed.coordinator._analysis_job import AnalysisJob, run_spec_from_json
 from biofed.coordinator._anchored import AnchoredTransport
@@ -106,8 +105,8 @@ class RunExecutor:
         The coordinator's job limits; a study job's model size is checked against them once
         its preprocessing is fitted (its feature count is unknown at submit).
     agreement_rules:
-        The ``[analytics]`` disclosure thresholds of a kept study agreement (by id), or
-        None: an analysis job's requests state the stricter of its own and these.
+        The ``[analytics]`` disclosure thresholds a kept study agreement sets (by id), or
+        None: an analysis job's requests are at least as strict on every key it sets.
     """
 
     def __init__(
@@ -121,7 +120,7 @@ class RunExecutor:
         audit: Callable[[str, dict[str, Any]], None] = lambda event, data: None,
         anchor: AuditLog | None = None,
         limits: JobLimits | None = None,
-        agreement_rules: Callable[[str], DisclosureRules | None] = lambda agreement: None,
+        agreement_rules: Callable[[str], Mapping[str, float] | None] = lambda agreement: None,
     ) -> None:
         self.agreement_rules = agreement_rules
         self.store = store

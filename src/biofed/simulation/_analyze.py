@@ -92,7 +92,8 @@ def analyze(
         Sum the sites' answers under SecAgg+ (True: the analysis job's defaults, a 1e-6
         grid over ±1e9; or the settings). Kinds that need each site's answer are refused.
     rules:
-        The disclosure rules the coordinator states (never looser than the defaults).
+        The disclosure rules the coordinator states (default: the defaults). Each site still
+        answers under its own (``node_rules``, default the defaults) whatever is asked.
     node_rules:
         Each site's own ``[analytics]`` thresholds: one for every site, or site → rules.
     study:
@@ -168,8 +169,7 @@ def analyze(
     return result
 
 
-def _agreement_rules(rehearsal: Rehearsal) -> DisclosureRules | None:
+def _agreement_rules(rehearsal: Rehearsal) -> Mapping[str, float] | None:
     """The rehearsed agreement's ``[analytics]`` thresholds (the coordinator states them)."""
     rules = rehearsal.agreement.agreement.analytics.rules
-    given = {k: rules[k] for k in RULE_KEYS if k in rules}
-    return DisclosureRules.from_mapping(given) if given else None
+    return {k: rules[k] for k in RULE_KEYS if k in rules} or None
