@@ -191,6 +191,8 @@ def test_cancel_abandons_the_query() -> None:
         release.set()
         service.stop()
     assert not any(e.kind == ANALYSIS_EVENT for e in store.events(run_id))
+    cancelled = [e.message for e in store.events(run_id) if e.kind == "cancelled"]
+    assert cancelled == ["the query abandoned; nodes told to drop the run"]
 
 
 def test_a_restarted_coordinator_starts_the_query_again_from_pass_1() -> None:

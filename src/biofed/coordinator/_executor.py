@@ -64,6 +64,13 @@ class RunListener(EngineListener, Protocol):
     def completed_event(self, record: RoundRecord) -> RunEvent: ...
 
 
+def _spec_or_none(text: str) -> JobSpec | AnalysisJob | None:
+    try:
+        return run_spec_from_json(text)
+    except BiofedError:
+        return None
+
+
 def ending_status(records: list[RoundRecord]) -> tuple[RunStatus, str | None]:
     """The status a run that went through all its rounds ends in, and why it failed."""
     failed = [r for r in records if r.failed is not None]
@@ -346,11 +353,14 @@ class RunExecutor:
             row = self.store.set_run_status(run_id, RunStatus.CANCELLED)
         except BiofedError:
             return  # already ended (cancelled by the control API while it was pending)
+        what = f"round {row.completed_rounds + 1}"
+        if isinstance(_spec_or_none(row.spec), AnalysisJob):
+            what = "the query"
         self.store.append_event(
             run_id,
             round=row.completed_rounds,
             kind="cancelled",
-            message=f"round {row.completed_rounds + 1} abandoned; nodes told to drop the run",
+            message=f"{what} abandoned; nodes told to drop the run",
         )
         self.audit("run.cancelled", {"run_id": run_id, "rounds": row.completed_rounds})
 
