@@ -231,6 +231,7 @@ def test_a_restarted_coordinator_starts_the_query_again_from_pass_1() -> None:
     assert row is not None
     assert row.status is RunStatus.FINISHED
     assert service.analysis_result(ALICE, run_id)
+    assert json.loads(service.get_run(ALICE, run_id).summary_json)["passes"] == 2
 
 
 def test_submit_refuses_a_bundle_with_an_analysis_and_applies_the_limits() -> None:
