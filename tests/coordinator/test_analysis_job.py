@@ -255,3 +255,13 @@ def test_built_in_python_the_job_checks_its_fields() -> None:
         AnalysisJob(dataset="bad name!", query=query)
     with pytest.raises(ConfigurationError, match="query must be a Query"):
         AnalysisJob(dataset="d", query="count")  # type: ignore[arg-type]
+
+
+def test_the_job_reference_documents_analysis_jobs_from_their_schema() -> None:
+    text = JobSpec.reference()
+    assert "# Analysis jobs" in text
+    assert "## `[run]` of an analysis job" in text
+    assert "## `[secure_aggregation]` (optional) of an analysis job" in text
+    assert "| `clip_range` | a number in (0, 1e+15] | `1000000000.0` |" in text
+    assert MOMENTS not in text  # a kind a test registered is not biofed's
+    assert "`cox`" in text

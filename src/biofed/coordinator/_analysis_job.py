@@ -23,10 +23,12 @@ one float64 vector (:func:`biofed.analytics.secure_vector`) with weight 1, and t
 coordinator unmasks only their sum. The fixed-point grid has step ``s``
 (``quantisation_step``, default 1e-6) over ``[-r, r]`` (``clip_range``, default 1e9, at
 most 1e15, and ``2r/s`` at most 2^53 so that every grid point is an exact float64): a
-secure sum over ``n`` sites is within ``n·s/2`` of the exact sum, plus the float64
-rounding of decoding, about ``n·r·2^-52`` (with the defaults and ten sites, under 1e-5
-absolute); record counts are exact (rounded). A site whose value lies beyond ``±r`` refuses
-to answer (never clipped silently) and names ``clip_range`` to raise.
+secure sum over ``n`` sites is within ``n·s/2`` of the exact sum (with the defaults and ten
+sites, 5e-6 absolute), plus the float64 rounding of the result; with a step ``1/K`` and a
+whole ``r`` (the defaults) a zero and a sum of integers (a count) come back exact
+(the secure sum's decoding removes the grid's offset in integers). A site whose value lies
+beyond ``±r`` refuses to answer (never clipped silently) and names ``clip_range`` to raise:
+sums of squares outgrow 1e9 quickly (Fed-TCGA-BRCA's follow-up days squared at one site).
 
 Security notes
 --------------
@@ -110,7 +112,7 @@ ANALYSIS_RUN = Table(
             name=f.name,
             rule=f.rule,
             doc=_RUN_DOCS.get(f.name, f.doc),
-            default=f.default,
+            default="analysis" if f.name == "name" else f.default,
             required=f.required,
         )
         for f in RUN.fields
@@ -128,7 +130,7 @@ ANALYSIS_SECURE_AGGREGATION = Table(
     name="secure_aggregation",
     doc="SecAgg+ for the query (optional): the coordinator unmasks only the sum of the "
     "sites' answers. Every site adds weight 1; a sum over n sites is within n·s/2 of the "
-    "exact sum (plus float64 rounding of about n·r·2^-52).",
+    "exact sum, and with s = 1/K and a whole r (the defaults) zeros and counts are exact.",
     fields=(
         Field(
             name="num_neighbours",
