@@ -83,7 +83,8 @@ class Request:
         reach the coordinator on their own).
     layout:
         Array name → shape of a summable answer, or None (each site's answer is needed on
-        its own; plain mode only).
+        its own; plain mode only). Kept sorted by name: :func:`secure_vector` flattens in
+        this order at every site and :func:`total_from_vector` reads it back the same way.
     """
 
     query: Query
@@ -112,8 +113,13 @@ class Request:
         if self.layout is not None:
             layout: dict[str, tuple[int, ...]] = {}
             total = 0
-            for name, shape in self.layout.items():
-                if not isinstance(name, str) or not name or len(name) > 64:
+            items = list(self.layout.items())
+            if not all(isinstance(name, str) for name, _ in items):
+                raise ConfigurationError("a layout's array names must be short strings")
+            # sorted: the flat order of a secure vector is the same on both sides, whatever
+            # order the layout was built or parsed in (canonical JSON sorts keys)
+            for name, shape in sorted(items):
+                if not name or len(name) > 64:
                     raise ConfigurationError("a layout's array names must be short strings")
                 dims = tuple(shape)
                 if not 0 <= len(dims) <= 3 or any(
