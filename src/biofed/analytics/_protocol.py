@@ -46,6 +46,9 @@ from biofed.core import Array, ConfigurationError, DataError, PolicyViolation, P
 
 #: Most values one answer may carry (a Cox pass on 1,000 event times × 40² is ~1.6 M).
 MAX_ANSWER_VALUES = 1 << 24
+#: Most records one site's answer may claim (no site holds a billion patients; a larger
+#: figure is a lie meant to dominate a combined total).
+MAX_SITE_RECORDS = 10**9
 #: Longest request JSON (the instruction's document limit).
 MAX_REQUEST_CHARS = 1 << 20
 
@@ -500,6 +503,8 @@ def check_answer(request: Request, arrays: Mapping[str, Array], records: int) ->
         out = Answer(arrays=arrays, records=records)
     except (DataError, ConfigurationError) as exc:
         raise ProtocolError(f"query reply is not an answer: {exc}") from None
+    if out.records > MAX_SITE_RECORDS:
+        raise ProtocolError(f"query reply claims more than {MAX_SITE_RECORDS} records")
     if request.layout is not None:
         _check_layout(out, request.layout)
     kind_of(request.query.kind).check(request, out)
