@@ -37,7 +37,7 @@ def test_analyze_against_a_federation(make_federation) -> None:  # type: ignore[
     base += ["--split", "train"]
 
     counted = runner.invoke(
-        app, ["analyze", "count", *base, "--where", "age_at_index > 0.5", "--format", "json"]
+        app, ["analyze", "count", *base, "--where", "age_at_index > 60", "--format", "json"]
     )
     assert counted.exit_code == 0, counted.output
     data = json.loads(counted.stdout)
@@ -49,7 +49,7 @@ def test_analyze_against_a_federation(make_federation) -> None:  # type: ignore[
             for part in (tcga.sites[name].train,)
         ]
     )
-    assert data == {"kind": "count", "count": int((ages > 0.5).sum()), "sites": 3, "dp": False}
+    assert data == {"kind": "count", "count": int((ages > 60).sum()), "sites": 3, "dp": False}
     assert "pass 1 (count): 3 sites asked, 3 answered" in counted.stderr
 
     # a Cox model over the network equals the same query simulated over the same sites

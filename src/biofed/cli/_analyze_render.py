@@ -62,6 +62,9 @@ def _width(text: str) -> int:
 
 
 def _is_number(text: str) -> bool:
+    """A cell of a value column: a number, or a withheld/absent marker."""
+    if text.strip() in ("suppressed", "–", "—", "-"):
+        return True
     t = text.strip().lstrip("<>≤≥=~ ").replace(",", "")
     try:
         float(t.rstrip("%"))
