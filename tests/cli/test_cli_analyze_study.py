@@ -162,3 +162,35 @@ def test_draft_analytics_errors_are_one_line(
     assert result.exit_code == 2, result.output
     assert message in result.output
     assert not (tmp_path / "a.toml").exists()
+
+
+@pytest.mark.slow
+def test_a_rehearsed_agreement_allows_only_its_kinds(tmp_path: Path) -> None:
+    from biofed.identity import Consortium
+
+    sites = [f"center-{i}" for i in range(6)]
+    Consortium.create(
+        tmp_path / "fed", consortium="tcga", coordinator="127.0.0.1:1", sites=sites,
+        researchers=["alice"],
+    )  # fmt: skip
+    out = tmp_path / "agreement.toml"
+    args = [
+        "agreement", "draft", "--out", str(out), "--title", "Counts",
+        "--consortium-dir", str(tmp_path / "fed"), "--sites", ",".join(sites),
+        "--researchers", "alice", "--expires", "2030-01-01", "--legal-basis", "consent",
+        "--purpose", "counts", "--allow-query", "count",
+    ]  # fmt: skip
+    wrong = runner.invoke(app, [*args, "--dataset", "ds"])
+    assert wrong.exit_code == 0, wrong.output
+    misnamed = runner.invoke(app, ["analyze", "count", "--tcga", "--agreement", str(out)])
+    assert misnamed.exit_code == 2
+    assert "draft it with --dataset analysis" in misnamed.stderr
+    right = runner.invoke(app, [*args, "--dataset", "analysis", "--force"])
+    assert right.exit_code == 0, right.output
+    counted = run_json("count", "--tcga", "--agreement", str(out))
+    assert counted["count"] == 1088
+    refused = runner.invoke(
+        app, ["analyze", "describe", "--column", "time", "--tcga", "--agreement", str(out)]
+    )
+    assert refused.exit_code == 1, refused.output
+    assert "does not allow describe queries" in refused.stderr

@@ -129,8 +129,8 @@ _COMMON: list[tuple[str, Any, Any]] = [
             str | None,
             typer.Option(
                 "--agreement",
-                help="The study agreement: its id, or its file (sent with the job; in a "
-                "simulation, rehearsed by every virtual site).",
+                help="The study agreement: its id, or its file (sent with the job). In a "
+                "simulation, a file every virtual site enforces (its datasets: analysis).",
             ),
         ],
         None,
@@ -606,10 +606,8 @@ def _simulate(query: "Query", rules: "DisclosureRules | None", flags: dict[str, 
     if flags["secure"] and not kind_of(query.kind).secure_supported:
         raise ConfigurationError(f"{query.kind} cannot run with --secure")
     agreement = flags["agreement"]
-    if agreement is not None and not Path(agreement).is_file():
-        raise ConfigurationError(
-            f"--agreement {agreement!r}: a simulation rehearses an agreement file"
-        )
+    if agreement is not None:
+        _check_rehearsal(agreement, flags)
     with tempfile.TemporaryDirectory(prefix="biofed-analyze-") as folder:
         study = None
         sites: Any
@@ -630,6 +628,30 @@ def _simulate(query: "Query", rules: "DisclosureRules | None", flags: dict[str, 
             check_columns(query, sites)
         with _Progress() as progress:
             return _analyze(query, rules, flags, sites, study, agreement, progress)
+
+
+def _check_rehearsal(agreement: str, flags: dict[str, Any]) -> None:
+    """A rehearsed agreement must be a file that puts the simulation's dataset in scope."""
+    from biofed.core import ConfigurationError
+    from biofed.governance import read_agreement
+    from biofed.simulation import SIM_DATASET
+
+    if not Path(agreement).is_file():
+        raise ConfigurationError(
+            f"--agreement {agreement!r}: a simulation rehearses an agreement file"
+        )
+    if flags["data"] is not None and flags["spec"] is None:
+        raise ConfigurationError(
+            "--agreement with --data needs --spec study.toml: a governed site reads its "
+            "table as a study file"
+        )
+    datasets = read_agreement(Path(agreement)).agreement.datasets
+    other = sorted({d for d in datasets.values() if d != SIM_DATASET})
+    if other:
+        raise ConfigurationError(
+            f"--agreement {agreement}: the simulated sites hold dataset {SIM_DATASET!r}, "
+            f"the agreement puts {other[0]!r} in scope (draft it with --dataset {SIM_DATASET})"
+        )
 
 
 def _analyze(
