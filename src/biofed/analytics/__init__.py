@@ -18,6 +18,7 @@ from biofed.analytics._noise import (
     gaussian_std,
     laplace_scale,
 )
+from biofed.analytics._plots_hist import PLOT_SUFFIXES, plot_histogram
 from biofed.analytics._plots_survival import km_html, plot_km
 from biofed.analytics._protocol import (
     MAX_ANSWER_VALUES,
@@ -38,6 +39,7 @@ from biofed.analytics._protocol import (
     sum_answers,
     total_from_vector,
 )
+from biofed.analytics._quantile import QuantileResult
 from biofed.analytics._query import DP_MECHANISMS, FILTER_OPS, SPLITS, DPOptions, Filter, Query
 from biofed.analytics._regression import RegressionResult
 from biofed.analytics._rules import RULE_KEYS, DisclosureRules
@@ -55,6 +57,7 @@ __all__ = [
     "DP_MECHANISMS",
     "FILTER_OPS",
     "MAX_ANSWER_VALUES",
+    "PLOT_SUFFIXES",
     "RULE_KEYS",
     "SPLITS",
     "Analysis",
@@ -73,6 +76,7 @@ __all__ = [
     "LogRankResult",
     "NelsonAalenResult",
     "NoiseSource",
+    "QuantileResult",
     "Query",
     "QueryTable",
     "RegressionResult",
@@ -91,6 +95,7 @@ __all__ = [
     "kind_of",
     "km_html",
     "laplace_scale",
+    "plot_histogram",
     "plot_km",
     "protect_table",
     "protect_vector",
