@@ -44,7 +44,8 @@ from biofed.analytics._query import DP_MECHANISMS, FILTER_OPS, SPLITS, DPOptions
 from biofed.analytics._regression import RegressionResult
 from biofed.analytics._rules import RULE_KEYS, DisclosureRules
 from biofed.analytics._suppress import protect_table, protect_vector
-from biofed.analytics._survival import (
+from biofed.analytics._survival import SURVIVAL_KINDS
+from biofed.analytics._survival_results import (
     KaplanMeierResult,
     LogRankResult,
     NelsonAalenResult,
@@ -60,6 +61,7 @@ __all__ = [
     "PLOT_SUFFIXES",
     "RULE_KEYS",
     "SPLITS",
+    "SURVIVAL_KINDS",
     "Analysis",
     "Answer",
     "CorrelationResult",
