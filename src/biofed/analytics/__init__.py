@@ -7,10 +7,10 @@ analysis combines the answers into a :class:`Result`. The runtimes (the coordina
 the node, or a simulation) move requests and answers; nothing here does I/O.
 """
 
-from biofed.analytics import _glm  # noqa: F401  (registers the kind glm)
 from biofed.analytics._cox import CoxAnalysis
 from biofed.analytics._descriptive import CorrelationResult, CountResult, DescribeResult
 from biofed.analytics._design import complete_rows, design_matrix, design_names
+from biofed.analytics._glm import GLM_FAMILIES, GLMAnalysis
 from biofed.analytics._noise import (
     SecureNoise,
     SeededNoise,
@@ -57,6 +57,7 @@ from biofed.analytics._tables import CrosstabResult, HistogramResult
 __all__ = [
     "DP_MECHANISMS",
     "FILTER_OPS",
+    "GLM_FAMILIES",
     "MAX_ANSWER_VALUES",
     "PLOT_SUFFIXES",
     "RULE_KEYS",
@@ -72,6 +73,7 @@ __all__ = [
     "DescribeResult",
     "DisclosureRules",
     "Filter",
+    "GLMAnalysis",
     "HistogramResult",
     "KaplanMeierResult",
     "KindSpec",
