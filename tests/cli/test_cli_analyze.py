@@ -116,6 +116,18 @@ def test_histogram_equals_numpy(table: tuple[Path, dict[str, np.ndarray]]) -> No
     assert (data["below"], data["above"], data["total"]) == (0, 0, len(age))
 
 
+def test_quantiles_within_their_error_bound(table: tuple[Path, dict[str, np.ndarray]]) -> None:
+    args = ["quantile", *data_args(table), "--column", "bmi", "--probs", "0.25,0.5,0.75"]
+    args += ["--bounds", "0,60", "--tolerance", "0.01"]
+    expected = np.quantile(table[1]["bmi"], [0.25, 0.5, 0.75])
+    plain = run_json(*args)  # each site withholds its small bins: the bound says how far
+    secure = run_json(*args, "--secure")  # rules on the totals: refined to the tolerance
+    for data in (plain, secure):
+        for got, bound, want in zip(data["values"], data["errors"], expected, strict=True):
+            assert abs(got - want) <= bound + 1e-12
+    assert max(secure["errors"]) < 0.1
+
+
 def test_crosstab_equals_numpy(table: tuple[Path, dict[str, np.ndarray]]) -> None:
     data = run_json(
         "crosstab", *data_args(table), "--rows", "grp", "--row-levels", "0,1",

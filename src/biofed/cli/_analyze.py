@@ -908,6 +908,9 @@ def quantile_command(
     tolerance: Annotated[
         float | None, typer.Option("--tolerance", help="Largest error of the answer.")
     ] = None,
+    bins: Annotated[
+        int | None, typer.Option("--bins", help="Bins per refining pass (default 32).")
+    ] = None,
 ) -> dict[str, Any]:
     """Quantiles by federated histograms refined around the targets (error bound shown)."""
     return _drop_none(
@@ -916,6 +919,7 @@ def quantile_command(
             "probs": _numbers(probs, "--probs"),
             "bounds": None if bounds is None else _numbers(bounds, "--bounds"),
             "tolerance": tolerance,
+            "bins": bins,
         }
     )
 

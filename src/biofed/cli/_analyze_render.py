@@ -5,15 +5,13 @@ so that no number or name is ever cut: numeric columns never wrap, names fold, a
 wider than the terminal is printed in column pages, each repeating the first column (a
 regression table on both scales has ten columns; 80 columns hold about six).
 
-Plots: KM curves through :func:`biofed.analytics.plot_km` (bands, numbers at risk); a
-histogram drawn here (matplotlib's object API, no pyplot state), suppressed bins shown as
-hatched empty bars labelled "suppressed", never as zero.
+Plots: KM curves through :func:`biofed.analytics.plot_km` (bands, numbers at risk),
+histograms through :func:`biofed.analytics.plot_histogram` (withheld bins hatched).
 """
 
 from __future__ import annotations
 
 import html
-import io
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -183,72 +181,25 @@ def print_result(console: Console, result: Result) -> None:
 # -- plots --------------------------------------------------------------------------------------
 
 
-def _histogram_svg_or_png(result: HistogramResult, fmt: str) -> bytes:
-    import matplotlib as mpl
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
+def _histogram_svg(result: HistogramResult) -> bytes:
+    """The histogram drawn by :func:`biofed.analytics.plot_histogram`, as SVG bytes."""
+    import tempfile
 
-    with mpl.rc_context({"text.usetex": False, "svg.hashsalt": "biofed"}):
-        fig = Figure(figsize=(8, 4.8))
-        FigureCanvasAgg(fig)
-        ax = fig.add_subplot()
-        edges = result.edges
-        top = max([c for c in result.counts if c is not None] or [1])
-        for i, count in enumerate(result.counts):
-            left, right = edges[i], edges[i + 1]
-            if count is None:
-                ax.bar(
-                    left,
-                    top,
-                    width=right - left,
-                    align="edge",
-                    fill=False,
-                    hatch="//",
-                    edgecolor="0.6",
-                    linewidth=0.5,
-                )
-                ax.text(
-                    (left + right) / 2,
-                    top / 2,
-                    "suppressed",
-                    rotation=90,
-                    ha="center",
-                    va="center",
-                    fontsize=7,
-                    color="0.4",
-                    usetex=False,
-                )
-            else:
-                ax.bar(left, count, width=right - left, align="edge", color="C0", edgecolor="white")
-        ax.set_xlabel(result.column, usetex=False)
-        ax.set_ylabel("records" + (" (DP)" if result.dp else ""))
-        outside = [
-            f"below {edges[0]:g}: {'suppressed' if result.below is None else result.below}",
-            f"above {edges[-1]:g}: {'suppressed' if result.above is None else result.above}",
-        ]
-        ax.set_title(
-            f"{result.column}: {result.total if result.total is not None else 'suppressed'} "
-            f"records at {result.sites} sites ({'; '.join(outside)})",
-            fontsize=9,
-            usetex=False,
-        )
-        buffer = io.BytesIO()
-        meta = {"Date": None} if fmt == "svg" else {}
-        fig.savefig(buffer, format=fmt, metadata=meta)
-    return buffer.getvalue()
+    from biofed.analytics import plot_histogram
+
+    with tempfile.TemporaryDirectory(prefix="biofed-plot-") as folder:
+        return plot_histogram(result, Path(folder) / "histogram.svg").read_bytes()
 
 
 def plot(result: Result, path: Path) -> Path:
     """Write ``result``'s plot (KM curves or a histogram) as PNG or SVG by ``path``'s suffix."""
-    from biofed.analytics import HistogramResult, KaplanMeierResult, plot_km
+    from biofed.analytics import HistogramResult, KaplanMeierResult, plot_histogram, plot_km
     from biofed.core import ConfigurationError
 
-    fmt = path.suffix.lower().lstrip(".")
     if isinstance(result, KaplanMeierResult):
         return plot_km(result, path)
     if isinstance(result, HistogramResult):
-        path.write_bytes(_histogram_svg_or_png(result, fmt))
-        return path
+        return plot_histogram(result, path)
     raise ConfigurationError(f"--plot draws km curves and histograms, not {result.kind}")
 
 
@@ -288,7 +239,7 @@ def page(result: Result) -> str:
         f'<p class="note">{e(notes(result))}</p>',
     ]
     if isinstance(result, HistogramResult):
-        parts.append(_inline_svg(_histogram_svg_or_png(result, "svg")))
+        parts.append(_inline_svg(_histogram_svg(result)))
     parts.append("<table><thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in headers) + "</tr>")
     parts.append("</thead><tbody>")
     for r in rows:
