@@ -360,3 +360,13 @@ def test_a_run_the_sites_refuse_exits_1_with_their_reason() -> None:
     assert "records_per_parameter" in result.stderr
     # one line per distinct reason, not one per site
     assert result.stderr.count("records_per_parameter × parameters") == 1
+
+
+@pytest.mark.slow
+def test_secure_cox_on_a_grid_equals_the_plain_fit() -> None:
+    args = ["cox", "--tcga", "--time", "time", "--event", "event", "--covariate", "age_at_index"]
+    args += ["--grid-step", "30", "--grid-stop", "9000"]
+    plain = run_json(*args)
+    secure = run_json(*args, "--secure")  # the coordinator sees only the sums
+    assert np.allclose(secure["coef"], plain["coef"], atol=1e-6)
+    assert np.allclose(secure["se"], plain["se"], atol=1e-6)

@@ -33,7 +33,8 @@ def test_analyze_against_a_federation(make_federation) -> None:  # type: ignore[
     wait_online(fed.control(), SITES, timeout=60)
     base = ["--kit", str(fed.kit("researcher")), "--dataset", "tcga-brca", "--min-nodes", "3"]
     # the training rows: a node declares its training rows as the dataset's size, and the
-    # coordinator caps a reply's records by it (an answer over all rows is refused there)
+    # coordinator caps a reply's records by it (a Cox answer over all rows is refused there:
+    # "reply claims 311 queried examples, the node declared 248"; reported to the lead)
     base += ["--split", "train"]
 
     counted = runner.invoke(
