@@ -370,3 +370,19 @@ def test_secure_cox_on_a_grid_equals_the_plain_fit() -> None:
     secure = run_json(*args, "--secure")  # the coordinator sees only the sums
     assert np.allclose(secure["coef"], plain["coef"], atol=1e-6)
     assert np.allclose(secure["se"], plain["se"], atol=1e-6)
+
+
+def test_dp_answers_are_marked_and_near_the_truth(
+    table: tuple[Path, dict[str, np.ndarray]],
+) -> None:
+    truth = int((table[1]["age"] > 50).sum())
+    data = run_json("count", *data_args(table), "--where", "age > 50", "--dp-epsilon", "1")
+    assert data["dp"] is True
+    # three sites' Laplace(1) noise: beyond 40 has probability < 1e-15
+    assert abs(data["count"] - truth) < 40
+    gaussian = run_json(
+        "describe", *data_args(table), "--column", "age", "--bounds", "age=0,120",
+        "--dp-epsilon", "2", "--dp-delta", "1e-6",
+    )  # fmt: skip
+    assert gaussian["dp"] is True
+    assert abs(gaussian["stats"][0]["mean"] - table[1]["age"].mean()) < 5
