@@ -68,6 +68,20 @@ def test_analyze_against_a_federation(make_federation) -> None:  # type: ignore[
     assert np.allclose(got["coef"], simulated["coef"], atol=1e-10)
     assert got["records"] == simulated["records"]
 
+    # the same query as an analysis job file, through `biofed run submit`
+    job = fed.root / "analysis.toml"
+    job.write_text(
+        '[run]\nname = "older"\ndataset = "tcga-brca"\nmin_nodes = 3\nmin_replies = 3\n'
+        '[analysis]\nkind = "count"\nsplit = "train"\n'
+        '[[analysis.where]]\ncolumn = "age_at_index"\nop = ">"\nvalue = 60\n'
+    )
+    submitted = runner.invoke(
+        app, ["run", "submit", str(job), "--kit", str(fed.kit("researcher")), "--follow"]
+    )
+    assert submitted.exit_code == 0, submitted.output
+    assert "(a count query)" in submitted.stdout
+    assert "analysis_result" in submitted.stdout
+
     # the sites refuse: exit 1, their reason once, nothing on stdout
     refused = runner.invoke(
         app, ["analyze", "cox", *base, *cox, "--records-per-parameter", "100000"]

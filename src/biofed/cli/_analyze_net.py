@@ -13,7 +13,7 @@ the sites' reasons.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from rich.markup import escape
 
@@ -77,28 +77,17 @@ def analysis_table(query: Query, rules: DisclosureRules | None) -> dict[str, Any
 def _with_agreement(
     job: AnalysisJob, value: str, kit: Path
 ) -> tuple[AnalysisJob, bytes, dict[str, bytes]]:
-    """The job under agreement ``value``: an id, or a file sent with its signers' certs."""
+    """The job under agreement ``value``: an id the coordinator holds, or a file sent with
+    its signers' certificates (found beside the kit, as ``biofed run submit`` finds them)."""
     import dataclasses
 
-    from biofed.cli._run import _read_bytes
-    from biofed.core import ConfigurationError
-    from biofed.governance import read_agreement
+    from biofed.cli._run import _with_agreement as under
 
     file = Path(value)
     if not file.is_file():
         return dataclasses.replace(job, agreement=value), b"", {}
-    data = _read_bytes(file)
-    agreement = read_agreement(file).agreement
-    folder = kit.resolve().parent
-    certs: dict[str, bytes] = {}
-    for party in agreement.signers:
-        for candidate in (folder / party.name / "cert.pem", folder / f"{party.name}.pem"):
-            if candidate.is_file():
-                certs[party.name] = _read_bytes(candidate)
-                break
-    if not agreement.agreement_id:
-        raise ConfigurationError(f"{file} has no agreement id")
-    return dataclasses.replace(job, agreement=agreement.agreement_id), data, certs
+    spec, data, certs = under(job, file, kit.resolve().parent)
+    return cast("AnalysisJob", spec), data, certs  # dataclasses.replace keeps the class
 
 
 def run_networked(query: Query, rules: DisclosureRules | None, flags: dict[str, Any]) -> Result:
