@@ -386,3 +386,24 @@ def test_dp_answers_are_marked_and_near_the_truth(
     )  # fmt: skip
     assert gaussian["dp"] is True
     assert abs(gaussian["stats"][0]["mean"] - table[1]["age"].mean()) < 5
+
+
+def test_a_long_header_wraps_and_its_numbers_stay_whole() -> None:
+    """A column name wider than the terminal beside the labels: the header wraps, the
+    numbers under it stay whole (a column name with a comma is quoted in --column)."""
+    names = [
+        "age_at_index",
+        "ajcc_pathologic_stage_Stage IIA",
+        "primary_diagnosis_Infiltrating duct carcinoma, NOS",
+    ]
+    flag = ",".join(f"'{n}'" if "," in n else n for n in names)
+    data = run_json("correlation", "--tcga", "--column", flag)
+    assert data["columns"] == names
+    shown = run("correlation", "--tcga", "--column", flag)
+    assert shown.exit_code == 0, shown.output
+    assert all(len(line) <= 80 for line in shown.stdout.splitlines())
+    _, rows = result_from_json(json.dumps(data)).table()
+    for row in rows:
+        for cell in row[1:]:
+            if cell:
+                assert re.search(rf"(?<![\d.]){re.escape(cell)}(?![\d.])", shown.stdout), cell

@@ -350,8 +350,9 @@ def value_of(text: str) -> str | int | float | bool:
     return number if number == number and abs(number) != float("inf") else text
 
 
-def values_of(text: str, flag: str) -> list[str | int | float | bool]:
-    """Comma-separated values; single or double quotes keep a comma inside one value."""
+def split_items(text: str, flag: str) -> list[str]:
+    """Comma-separated items; single or double quotes keep a comma inside one item (the
+    quotes stay on the item)."""
     from biofed.core import ConfigurationError
 
     items: list[str] = []
@@ -372,10 +373,23 @@ def values_of(text: str, flag: str) -> list[str | int | float | bool]:
     if quote:
         raise ConfigurationError(f"{flag} {text[:60]!r}: a quote is not closed")
     items.append(current)
-    values = [i.strip() for i in items if i.strip()]
+    return [i.strip() for i in items if i.strip()]
+
+
+def values_of(text: str, flag: str) -> list[str | int | float | bool]:
+    """Comma-separated values (quoted ones kept whole, as text)."""
+    from biofed.core import ConfigurationError
+
+    values = split_items(text, flag)
     if not values:
         raise ConfigurationError(f"{flag} needs comma-separated values, got {text!r}")
     return [value_of(v) for v in values]
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
 
 
 def parse_where(text: str) -> Any:
@@ -416,7 +430,7 @@ def _names(values: Multi, flag: str) -> list[str]:
     """Column names from repeatable, comma-separable flags."""
     from biofed.core import ConfigurationError
 
-    names = [n.strip() for v in values or () for n in v.split(",") if n.strip()]
+    names = [_unquote(n) for v in values or () for n in split_items(v, flag)]
     if len(set(names)) != len(names):
         raise ConfigurationError(f"{flag} names a column twice")
     return names
@@ -835,7 +849,10 @@ class _Progress:
 # -- the kinds --------------------------------------------------------------------------------
 
 ColumnsOpt = Annotated[
-    Multi, typer.Option("--column", help="A column (repeatable, or comma-separated).")
+    Multi,
+    typer.Option(
+        "--column", help="A column (repeatable, or comma-separated; quote a name with a comma)."
+    ),
 ]
 TimeOpt = Annotated[str, typer.Option("--time", help="The follow-up time column.")]
 EventOpt = Annotated[str, typer.Option("--event", help="The event column (1 event, 0 censored).")]

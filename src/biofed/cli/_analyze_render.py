@@ -75,23 +75,27 @@ def _is_number(text: str) -> bool:
 _LABEL_WIDTH = 28
 
 
-def _min_widths(headers: list[str], rows: list[list[str]]) -> list[int]:
-    """Each column's width: value columns never wrap (their header and every cell whole);
-    the label column folds past :data:`_LABEL_WIDTH` (every character kept)."""
-    widths = []
+def _min_widths(headers: list[str], rows: list[list[str]], width: int) -> list[int]:
+    """Each column's width. A value column is as wide as its widest cell (never cut) and
+    its header when that fits beside the label column, else its header wraps; the label
+    column folds past :data:`_LABEL_WIDTH` (every character kept)."""
+    widths: list[int] = []
     for j, head in enumerate(headers):
         cells = [_width(r[j]) for r in rows if j < len(r)]
+        words = max((len(w) for w in head.split()), default=0)
         if j == 0:
-            words = max((len(w) for w in head.split()), default=0)
-            widths.append(max(words, min(_LABEL_WIDTH, max(cells, default=0))))
-        else:
-            widths.append(max([len(head), *cells]))
+            widths.append(max(min(words, _LABEL_WIDTH), min(_LABEL_WIDTH, max(cells, default=0))))
+            continue
+        room = width - widths[0] - 3
+        widest = max(cells, default=0)
+        wanted = max(widest, len(head))
+        widths.append(wanted if wanted <= room else max(widest, min(words, room)))
     return widths
 
 
 def pages(headers: list[str], rows: list[list[str]], width: int) -> list[list[int]]:
     """Column indices per printed table: column 0 repeated, the others as many as fit."""
-    widths = _min_widths(headers, rows)
+    widths = _min_widths(headers, rows, width)
     if not headers:
         return []
     first = widths[0] + 1
@@ -124,7 +128,7 @@ def table_of(result: Result) -> tuple[list[str], list[list[str]]]:
 def result_tables(result: Result, width: int) -> list[Table]:
     """The result's ``table()`` as Rich tables that fit ``width`` columns, cutting nothing."""
     headers, rows = table_of(result)
-    widths = _min_widths(headers, rows)
+    widths = _min_widths(headers, rows, width)
     numeric = [
         j > 0 and all(_is_number(r[j]) or not r[j].strip() for r in rows if j < len(r))
         for j in range(len(headers))
@@ -136,9 +140,7 @@ def result_tables(result: Result, width: int) -> list[Table]:
             table.add_column(
                 escape(headers[j]),
                 justify="right" if numeric[j] else "left",
-                min_width=widths[j],
-                max_width=None if j else widths[j],
-                no_wrap=j > 0,
+                width=widths[j],
                 overflow="fold",
             )
         for r in rows:
