@@ -18,7 +18,7 @@ from rich.table import Table
 from biofed.cli._common import kit_audit
 
 if TYPE_CHECKING:
-    from biofed.governance import Party, SignedAgreement
+    from biofed.governance import AnalyticsPolicy, Party, SignedAgreement
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -174,6 +174,21 @@ def draft_command(
         ),
     ] = True,
     min_cohort: Annotated[int, typer.Option(help="Minimum cohort size at a site.")] = 10,
+    allow_query: Annotated[
+        Multi,
+        typer.Option(
+            help="A federated query kind the sites answer: count, describe, km, cox… "
+            "(repeatable or comma-separated; [analytics] allowed)."
+        ),
+    ] = None,
+    query_rule: Annotated[
+        Multi,
+        typer.Option(
+            metavar="KEY=VALUE",
+            help="A disclosure threshold for the study's queries: min_cell=10, dominance=0.5, "
+            "min_at_risk, min_difference, min_sites, records_per_parameter (repeatable).",
+        ),
+    ] = None,
     agreement_id: Annotated[str | None, typer.Option("--id", help="Agreement id.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --out file.")] = False,
 ) -> None:
@@ -222,6 +237,7 @@ def draft_command(
                 exact_guarantees_required=exact_guarantees,
             ),
             min_cohort=min_cohort,
+            analytics=_analytics(allow_query, query_rule),
             expires=expires,  # type: ignore[arg-type]  # parsed and checked by StudyAgreement
         )
         write_agreement(out, SignedAgreement(agreement=agreement), overwrite=force)
@@ -230,6 +246,38 @@ def draft_command(
         f"drafted [bold]{escape(agreement.agreement_id)}[/] in {escape(str(out))}; "
         f"to be signed by {escape(names)}"
     )
+
+
+def _analytics(kinds: Multi, rules: Multi) -> "AnalyticsPolicy":
+    """The ``[analytics]`` table of ``--allow-query`` and ``--query-rule`` flags; kinds are
+    checked against the query kinds this biofed knows, thresholds by the policy."""
+    from biofed.analytics import query_kinds
+    from biofed.core import ConfigurationError
+    from biofed.governance import AnalyticsPolicy
+
+    known = query_kinds()
+    allowed = [k.strip() for text in kinds or () for k in text.split(",") if k.strip()]
+    for kind in allowed:
+        if kind not in known:
+            raise ConfigurationError(
+                f"--allow-query {kind!r} is not a query kind; known: {', '.join(known)}"
+            )
+    values: dict[str, float] = {}
+    for item in rules or ():
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key or not text.strip():
+            raise ConfigurationError(f"--query-rule must look like KEY=VALUE, got {item!r}")
+        if key in values:
+            raise ConfigurationError(f"--query-rule {key} is given twice")
+        try:
+            number = float(text)
+        except ValueError:
+            raise ConfigurationError(f"--query-rule {key} must be a number, got {text!r}") from None
+        values[key] = int(number) if number.is_integer() and key != "dominance" else number
+    if values and not allowed:
+        raise ConfigurationError("--query-rule needs --allow-query (the kinds it governs)")
+    return AnalyticsPolicy(allowed=tuple(dict.fromkeys(allowed)), rules=values)
 
 
 @app.command("sign")

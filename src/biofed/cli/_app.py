@@ -12,6 +12,7 @@ import typer
 
 from biofed.cli import (
     _agreement,
+    _analyze,
     _audit,
     _budget,
     _demo,
@@ -46,6 +47,7 @@ app.add_typer(_audit.app, name="audit")
 app.add_typer(_task.app, name="task")
 app.add_typer(_privacy.app, name="privacy")
 app.add_typer(_report.app, name="report")
+app.add_typer(_analyze.app, name="analyze")
 _servers.node_app.command("review")(_task.review_command)
 _servers.node_app.command("approve")(_task.approve_command)
 _servers.node_app.command("revoke")(_task.revoke_command)

@@ -20,7 +20,7 @@ from biofed.cli._common import call, kit_option
 from biofed.cli._render import print_privacy, rounds_text, run_headline, status_text
 
 if TYPE_CHECKING:
-    from biofed.coordinator import JobSpec
+    from biofed.coordinator import RunSpec
     from biofed.transport.grpc import ControlClient, RunSummary
 
 app = typer.Typer(help="Submit and follow runs on the coordinator.", no_args_is_help=True)
@@ -106,10 +106,11 @@ def submit(
     coordinator: CoordinatorOpt = None,
     format: FormatOpt = "table",
 ) -> None:
-    """Submit a job file (and its task bundle and study agreement); prints the new run id."""
-    from biofed.coordinator import JobSpec
+    """Submit a job file (and its task bundle and study agreement); prints the new run id.
+    An analysis job (``[analysis]``) runs a federated query: see ``biofed analyze``."""
+    from biofed.coordinator import AnalysisJob, job_from_file
 
-    spec = call(lambda: JobSpec.from_file(job))
+    spec = call(lambda: job_from_file(job))
     data = b""
     if bundle is not None:
         data = call(lambda: _read_bytes(bundle))
@@ -130,14 +131,19 @@ def submit(
         elif format == "json":
             print(json.dumps(_as_dict(run)))
         else:
-            out.print(f"submitted [bold]{run.run_id}[/] ({spec.strategy}, {spec.rounds} rounds)")
+            what = (
+                f"a {spec.query.kind} query"
+                if isinstance(spec, AnalysisJob)
+                else f"{spec.strategy}, {spec.rounds} rounds"
+            )
+            out.print(f"submitted [bold]{run.run_id}[/] ({what})")
         if follow:
             _follow(client, run.run_id)
 
 
 def _with_agreement(
-    spec: "JobSpec", file: Path, certificates: Path
-) -> "tuple[JobSpec, bytes, dict[str, bytes]]":
+    spec: "RunSpec", file: Path, certificates: Path
+) -> "tuple[RunSpec, bytes, dict[str, bytes]]":
     """The job under the agreement in ``file``, the file's bytes and its signers'
     certificates found in ``certificates`` (public material: the coordinator checks each
     against the consortium CA and the fingerprint the agreement lists)."""
