@@ -536,3 +536,58 @@ def test_a_site_refuses_a_malformed_coordinator_state() -> None:
     )
     with pytest.raises(PolicyViolation, match="looser"):
         answer(looser, tables["site-0"])
+
+
+GLM_LAYOUT = {"xwx": (5, 5), "xwz": (5,), "stats": (4,)}
+
+
+def test_a_site_refuses_a_step_whose_weights_single_out_a_few_records() -> None:
+    """A coordinator's β that puts the logistic weights on the few records near x1 = 0.5
+    (η = 1000·(x1 − 0.5)) would make X'WX their covariates: refused. The honest step at
+    the same pass is answered."""
+    tables = generated("binomial")
+    query = glm_query("binomial")
+    probe = Request(
+        query=query,
+        pass_no=2,
+        step="irls",
+        state={"beta": [-500.0, 1000.0, 0.0, 0.0, 0.0]},
+        layout=GLM_LAYOUT,
+    )
+    with pytest.raises(PolicyViolation, match="fewer than 10 records in effect"):
+        answer(probe, tables["site-0"])
+    honest = Request(
+        query=query, pass_no=2, step="irls", state={"beta": [-0.5, 0.8, 0, 0, 0]}, layout=GLM_LAYOUT
+    )
+    assert answer(honest, tables["site-0"]).records == 900
+
+
+def test_a_site_refuses_passes_beyond_max_iter() -> None:
+    tables = generated("gaussian")
+    query = glm_query("gaussian", max_iter=5)
+    state = {"beta": [0.0] * 5}
+    answer(
+        Request(query=query, pass_no=7, step="irls", state=state, layout=GLM_LAYOUT),
+        tables["site-0"],
+    )
+    late = Request(query=query, pass_no=8, step="irls", state=state, layout=GLM_LAYOUT)
+    with pytest.raises(PolicyViolation, match="past the query's max_iter"):
+        answer(late, tables["site-0"])
+
+
+def test_max_iter_stops_an_unconverged_fit() -> None:
+    tables = generated("poisson")
+    res, passes = fit(tables, glm_query("poisson", max_iter=2))
+    assert res.iterations == 2
+    assert not res.converged
+    assert passes == 4
+    data = pooled(tables, ["y", "x1", "x2", "grp", "exposure"])
+    x = np.column_stack([data["x1"], data["x2"], data["grp"] == "b", data["grp"] == "c"])
+    ref = sm.GLM(
+        data["y"],
+        sm.add_constant(x.astype(float)),
+        family=sm.families.Poisson(),
+        exposure=data["exposure"],
+    ).fit(maxiter=2)
+    np.testing.assert_allclose(res.coef, ref.params, rtol=1e-10)
+    np.testing.assert_allclose(res.se, ref.bse, rtol=1e-10)

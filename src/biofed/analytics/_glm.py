@@ -303,6 +303,28 @@ def _site_rows(
     return x, y, offset
 
 
+def _check_spread(w: Array, least: int) -> None:
+    """Refuse weights that rest on fewer than ``least`` records in effect.
+
+    Security notes
+    --------------
+    Threat: a coordinator that sends a β of its choosing (not the IRLS step) so that the
+    weights vanish on all but a few records: ``X'WX`` and ``X'Wz`` would then be those
+    records' covariates and outcomes. Kish's effective sample size ``(Σw)² / Σw²`` (Kish,
+    *Survey Sampling*, 1965) must reach ``least``: the minimum cell count, and twice the
+    parameters (well short of p ≥ n, where the sums would determine the records). Not
+    the records-per-parameter threshold: honest weights vary (Poisson weights grow with
+    the exposure; at TCGA-BRCA's smallest site 39 records weigh as 27).
+    """
+    total = float(np.sum(w))
+    squares = float(np.sum(w * w))
+    if not total > 0 or total * total < least * squares:
+        raise PolicyViolation(
+            "disclosure: the requested glm step puts its weight on fewer than "
+            f"{least} records in effect at this site"
+        )
+
+
 def _state_number(state: Mapping[str, Any], key: str) -> float:
     value = state.get(key)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
@@ -320,6 +342,11 @@ def _answer(
     del noise  # no DP answers (see the module notes)
     options = request.query.options
     family = options["family"]
+    if request.pass_no > options["max_iter"] + 2:  # the mean pass, the start, the solves
+        raise PolicyViolation(
+            f"disclosure: glm pass {request.pass_no} is past the query's max_iter "
+            f"({options['max_iter']}) and its start"
+        )
     x, y, offset = _site_rows(table, cohort, options, rules)
     n, p = x.shape
     if request.step == "mean":
@@ -345,6 +372,7 @@ def _answer(
     else:
         raise ProtocolError(f"glm has no step {request.step[:40]!r}")
     w, z = _weights_and_response(family, y, mu, eta)
+    _check_spread(w, max(rules.min_cell, 2 * p))
     xwx = (x * w[:, None]).T @ x
     xwz = x.T @ (w * z)
     stats = _site_stats(family, y, mu)
