@@ -83,7 +83,8 @@ class Request:
         reach the coordinator on their own).
     layout:
         Array name → shape of a summable answer, or None (each site's answer is needed on
-        its own; plain mode only).
+        its own; plain mode only). Kept in name order, the order of the canonical JSON a
+        site reads, so that :func:`secure_vector` lays out the same vector on both sides.
     """
 
     query: Query
@@ -112,7 +113,9 @@ class Request:
         if self.layout is not None:
             layout: dict[str, tuple[int, ...]] = {}
             total = 0
-            for name, shape in self.layout.items():
+            # in name order, as the canonical JSON has it: a site reads its request from that
+            # JSON, and the secure vector's order must be the coordinator's
+            for name, shape in sorted(self.layout.items(), key=lambda item: str(item[0])):
                 if not isinstance(name, str) or not name or len(name) > 64:
                     raise ConfigurationError("a layout's array names must be short strings")
                 dims = tuple(shape)
