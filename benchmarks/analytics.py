@@ -195,9 +195,11 @@ class Tally:
         self.reply_bytes = 0
         self.replies = 0
         self.pass_ends: list[float] = []
+        self.reply_times: dict[int, list[float]] = {}
 
     def on_reply(self, server_round: int, reply: Reply, accepted: bool) -> None:
         self.replies += 1
+        self.reply_times.setdefault(server_round, []).append(time.perf_counter())
         self.reply_bytes += _nbytes(reply.parameters) + _nbytes(reply.extras)
 
     def on_event(self, event: Any) -> None:
@@ -265,12 +267,20 @@ def loop_run(net: Network, job: AnalysisJob, rules: DisclosureRules) -> dict[str
     finally:
         transport.close()
     seconds = time.perf_counter() - t0
-    passes = [t - s for s, t in zip([t0, *tally.pass_ends], tally.pass_ends, strict=False)]
+    starts = [t0, *tally.pass_ends]
+    passes = [t - s for s, t in zip(starts, tally.pass_ends, strict=False)]
+    # per pass: first and last reply, after the pass began (plain passes: one reply per site)
+    arrivals = [
+        (min(ts) - starts[r - 1], max(ts) - starts[r - 1])
+        for r, ts in sorted(tally.reply_times.items())
+        if r <= len(tally.pass_ends)
+    ]
     return {
         "seconds": seconds,
         "result": result,
         "passes": sum(e.kind == PASS_EVENT for e in events),
         "pass_seconds": passes,
+        "reply_arrivals_s": arrivals,
         "reply_bytes": tally.reply_bytes,
         "replies": tally.replies,
         "sent_bytes": transport.bytes,
@@ -486,6 +496,7 @@ def main() -> None:
     tables = {site: QueryTable.from_site_data(data) for site, data in fed.sites.items()}
     profile = profile_cox(analysis_job(cox_q, secure=False).query, tables)
     net_passes = rows["cox plain"]["pass_seconds"]
+    arrivals = rows["cox plain"]["reply_arrivals_s"]
 
     # -- report ------------------------------------------------------------------------------
     elapsed = time.perf_counter() - started
@@ -560,14 +571,17 @@ def main() -> None:
     print()
     print("profile of plain cox, per pass (network: last timed run; in process: the same pass)")
     phead = (
-        f"{'pass':>5}{'step':>8}{'network':>10}{'request':>10}{'req JSON':>10}"
-        f"{'slowest site':>14}{'6 sites':>10}{'answers':>10}{'combine':>10}"
+        f"{'pass':>5}{'step':>8}{'network':>10}{'1st reply':>11}{'last reply':>12}"
+        f"{'request':>10}{'req JSON':>10}{'slowest site':>14}{'6 sites':>10}{'answers':>10}"
+        f"{'combine':>10}"
     )
     print(phead)
     for i, prof in enumerate(profile):
         net_s = net_passes[i] if i < len(net_passes) else float("nan")
+        first, last = arrivals[i] if i < len(arrivals) else (float("nan"), float("nan"))
         print(
-            f"{i + 1:>5}{prof['step']:>8}{1e3 * net_s:>8.1f}ms{prof['request_bytes'] / 1e3:>8.1f}kB"
+            f"{i + 1:>5}{prof['step']:>8}{1e3 * net_s:>8.1f}ms{1e3 * first:>9.1f}ms"
+            f"{1e3 * last:>10.1f}ms{prof['request_bytes'] / 1e3:>8.1f}kB"
             f"{1e3 * prof['request_json_s']:>8.1f}ms{1e3 * prof['site_max_s']:>12.1f}ms"
             f"{1e3 * prof['sites_total_s']:>8.1f}ms{prof['answer_bytes'] / 1e6:>8.2f}MB"
             f"{1e3 * prof['combine_s']:>8.1f}ms"
@@ -576,7 +590,10 @@ def main() -> None:
     print(
         f"  in process (all sites one after the other): {in_process:.3f} s; over the network: "
         f"{cox_s:.3f} s; the rest is transport (instruction and reply round trips, encoding, "
-        "mTLS) and the nodes' chains"
+        "mTLS) and the nodes' chains\n"
+        "  network: the pass as the coordinator saw it; 1st/last reply: when the first and the"
+        " last site's reply was accepted, after the pass began; in process: the same request"
+        " answered by the six sites' tables in this process, one after the other"
     )
     print(f"({elapsed:.1f} s)")
     emit(
