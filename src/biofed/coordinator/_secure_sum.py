@@ -10,8 +10,9 @@ unmasked is the sum :attr:`~biofed.secagg.SecAggResult.total`, not a mean, read 
 combined :class:`~biofed.analytics.Answer` (:func:`biofed.analytics.total_from_vector`).
 
 The sum is exact up to the fixed-point grid: within ``n·s/2`` over ``n`` sites (``s`` the
-job's ``quantisation_step``) plus the float64 rounding of decoding, about ``n·r·2^-52``
-(``r`` its ``clip_range``); the record count is rounded to the integer it is.
+job's ``quantisation_step``); with ``s = 1/K`` and a whole ``clip_range`` zeros and counts
+are exact (:func:`biofed.secagg`'s decoding removes the grid's offset in integers); the
+record count is rounded to the integer it is.
 
 Security notes
 --------------
@@ -108,6 +109,10 @@ class SecureSum:
         RunCancelled
             Once the run is cancelled.
         """
+        text = request.to_json()
+        # The sites flatten their answers in the layout's order as they read it from the
+        # JSON (sorted keys); decode the sum in that same order, not the analysis's own.
+        request = Request.from_json(text)
         if request.layout is None:
             raise AnalysisFailed(f"analysis: pass {pass_no} ({request.step}) is not a sum")
         participants = sorted(sites)
@@ -121,7 +126,6 @@ class SecureSum:
             server = SecAggServer(plan, participants, run_id=exchange.run_id, round=pass_no)
         except ConfigurationError as exc:
             raise AnalysisFailed(f"analysis: secure aggregation refused: {exc}") from None
-        text = request.to_json()
         certificates: dict[str, bytes] = {}
 
         def accept(reply: Reply) -> None:

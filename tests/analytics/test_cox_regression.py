@@ -30,6 +30,7 @@ def fit(
     *,
     secure: bool = False,
     seen: list[Any] | None = None,
+    quantum: float = 0.0,
 ) -> ba.RegressionResult:
     """The coordinator's loop, with each site answering through the JSON request."""
     analysis = ba.start(query, rules, secure=secure)
@@ -40,7 +41,10 @@ def fit(
             site: ba.check_answer(request, dict(a.arrays), a.records) for site, a in replies.items()
         }
         if secure:
-            total = np.sum([ba.secure_vector(request, a) for a in checked.values()], axis=0)
+            vectors = [ba.secure_vector(request, a) for a in checked.values()]
+            if quantum:  # SecAgg+ rounds each site's values to its quantisation step
+                vectors = [np.round(v / quantum) * quantum for v in vectors]
+            total = np.sum(vectors, axis=0)
             if seen is not None:
                 seen.append(total)
             analysis = analysis.add_total(ba.total_from_vector(request, total), sorted(checked))
@@ -98,7 +102,7 @@ def test_tcga_equals_lifelines_pooled(tcga: Any) -> None:
     assert result.names == tuple(names)
     # pass 1 collected each site's event times (plain mode), then one sum per Newton pass
     assert len(seen) == 1 + result.iterations
-    assert set(next(iter(seen[0].values())).arrays) == {"times", "sum_x", "events"}
+    assert set(next(iter(seen[0].values())).arrays) == {"times", "sum_x", "sum_x2", "events"}
     # lifelines' default stops at a Newton decrement < 1e-7: within its own tolerance of us
     default = CoxPHFitter(penalizer=0.1).fit(df.drop(columns="site"), "time", "event")
     assert np.allclose(result.coef, default.params_.values, rtol=1e-3, atol=1e-5)
@@ -124,6 +128,13 @@ def test_tcga_secure_grid_and_strata_equal_lifelines(tcga: Any) -> None:
     # the coordinator only ever held one summed vector per pass
     assert all(isinstance(v, np.ndarray) and v.ndim == 1 for v in seen)
     assert len(seen) == 1 + result.iterations
+    # sums rounded to 1e-6 (a secure aggregation's quantisation): Newton stops at the
+    # rounding noise's floor, coefficients within 1e-5 (here 7e-7) of the pooled fit
+    rounded = fit(q, tables, LOOSE, secure=True, quantum=1e-6)
+    assert rounded.converged
+    assert rounded.iterations <= 10
+    assert rel(rounded.coef, ref.params_.values) < 1e-5
+    assert rel(rounded.se, ref.standard_errors_.values) < 1e-6
     # stratified by site: each site's own partial likelihood, no times leave it
     q = cox_query(names, penalizer=0.1, strata="site")
     result = fit(q, tables, LOOSE, secure=True)
@@ -261,9 +272,10 @@ def test_secure_needs_grid_or_strata_and_dp_is_refused(tcga: Any) -> None:
             options={"time": "time", "event": "event", "covariates": names},
             dp=ba.DPOptions(mechanism="laplace", epsilon=1.0),
         )
-    # the answer size is bounded: 39 columns² × 9,001 daily grid points is too much
+    # the answer size is bounded: 60 columns (1,830 products) × 5,001 daily grid points
     with pytest.raises(ConfigurationError, match="coarser grid"):
-        cox_query(names, grid={"step": 1, "stop": 9000})
+        cox_query([f"x{i}" for i in range(60)], grid={"step": 1, "stop": 5000})
+    cox_query(names, grid={"step": 1, "stop": 5000})  # 39 columns fit
     with pytest.raises(ConfigurationError, match="at most"):
         grid_points({"step": 1, "stop": MAX_TIMES + 5})
 
@@ -365,3 +377,27 @@ def test_step_halving_reaches_the_optimum() -> None:
     ref = PHReg(df["time"], df[["x1", "x2"]], status=df["event"], ties="efron").fit()
     assert rel(result.coef, np.asarray(ref.params)) < 1e-6
     assert rel(result.se, np.asarray(ref.bse)) < 1e-6
+
+
+def test_forged_event_counts_are_refused(generated: Any) -> None:
+    tables, _ = generated
+    rules = ba.DisclosureRules()
+    analysis = ba.start(gen_query(grid={"step": 5, "stop": 400}), rules, secure=True)
+    while analysis.request().step != "newton":
+        request = analysis.request()
+        total = np.sum(
+            [ba.secure_vector(request, ba.answer(request, t, rules)) for t in tables.values()],
+            axis=0,
+        )
+        analysis = analysis.add_total(ba.total_from_vector(request, total), sorted(tables))
+    request = analysis.request()
+    good = ba.answer(request, tables["site0"], rules)
+    forged = dict(good.arrays) | {"d": good.arrays["d"] + 1e9}
+    with pytest.raises(ProtocolError, match="event counts"):
+        ba.check_answer(request, forged, good.records)
+    # in secure mode the coordinator checks the total against pass 1's event count
+    vectors = [ba.secure_vector(request, ba.answer(request, t, rules)) for t in tables.values()]
+    total = ba.total_from_vector(request, np.sum(vectors, axis=0))
+    arrays = dict(total.arrays) | {"d": total.arrays["d"] * 2}
+    with pytest.raises(ProtocolError, match="event counts"):
+        analysis.add_total(ba.Answer(arrays=arrays, records=total.records), sorted(tables))
