@@ -49,6 +49,9 @@ def test_the_analytics_benchmark_runs_and_its_figures_hold() -> None:
     assert accuracy["cox_coef_rel"] < 1e-6
     assert accuracy["cox_se_rel"] < 1e-6
     assert accuracy["cox_iterations"] <= 10
+    assert accuracy["cox_secure_converged"]
+    assert accuracy["cox_secure_iterations"] <= 10
+    assert accuracy["cox_secure_grid_coef_rel"] < 1e-6
     assert (
         queries["cox plain"]["passes"] == accuracy["cox_iterations"] + 1
     )  # the times pass, then Newton
