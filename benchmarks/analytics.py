@@ -24,8 +24,9 @@ Cox's Newton pass sends ``(times × p²)`` risk-set sums, so a 1-day grid (9,001
 39² × 2) is beyond what one answer may hold — it uses a 30-day grid (its fit is then the
 Cox model on times coarsened to 30 days, not the exact one), and a ``[secure_aggregation]``
 with ``clip_range = 1e6`` and ``quantisation_step = 1e-9``: under the analysis defaults
-(1e9, 1e-6) the quantisation noise keeps Newton's step above its tolerance and the fit runs
-to ``max_iter`` unconverged (the full run shows that once, as a user would get it).
+(1e9, 1e-6) the quantisation noise in the sums can hold Newton's step above its tolerance
+(1e-9) for extra passes, or to ``max_iter`` (the full run also shows one run under the
+defaults, as a user would get it).
 
 Beside each: the same computation on the pooled rows in one process (numpy for the count,
 lifelines' ``KaplanMeierFitter`` and ``CoxPHFitter``). Then the test C-index (Harrell; the
@@ -86,10 +87,10 @@ DATASET = "tcga-brca"
 PENALIZER = 0.1
 KM_GRID = {"step": 1, "stop": 9000}  # days; TCGA-BRCA's longest time is 8,556 days
 COX_GRID = {"step": 30, "stop": 9000}
-#: Secure Cox's [secure_aggregation]: the analysis default (clip_range 1e9, quantisation
-#: step 1e-6) leaves Newton's step noisy above its tolerance (1e-9) and the fit runs to
-#: max_iter; TCGA's secure values stay below ~3.2e3, so a tighter range buys a finer step
-#: (2 r / s = 2e15 <= 2^53).
+#: Secure Cox's [secure_aggregation]: under the analysis default (clip_range 1e9,
+#: quantisation step 1e-6) the quantisation noise can hold Newton's step above its
+#: tolerance (1e-9); TCGA's secure values stay below ~3.2e3, so a tighter range buys a finer
+#: step (2 r / s = 2e15 <= 2^53).
 COX_SECURE = {"clip_range": 1e6, "quantisation_step": 1e-9}
 TARGET_S = 2.0
 #: The site's own thresholds: the defaults, but one record per parameter (see the module).
