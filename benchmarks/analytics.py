@@ -484,6 +484,11 @@ def main() -> None:
     curve = km.curves[0]
     km_ref = kmf.survival_function_at_times(curve.times).to_numpy()
     km_abs = float(np.max(np.abs(np.asarray(curve.estimate) - km_ref)))
+    km_secure = rows["km secure"]["result"]
+    assert isinstance(km_secure, KaplanMeierResult)
+    s_curve = km_secure.curves[0]  # whole days on a 1-day grid: the same curve
+    s_ref = kmf.survival_function_at_times(s_curve.times).to_numpy()
+    km_secure_abs = float(np.max(np.abs(np.asarray(s_curve.estimate) - s_ref)))
     counts = {
         label: rows[label]["result"].to_dict().get("count") for label in rows if "count" in label
     }
@@ -565,7 +570,8 @@ def main() -> None:
     print()
     print(
         f"accuracy: count {counts} (pooled {pooled_count}); KM max |S - lifelines| "
-        f"{km_abs:.2e} over {len(curve.times)} released times; cox plain vs lifelines: coef "
+        f"{km_abs:.2e} over {len(curve.times)} released times (secure: {km_secure_abs:.2e} over "
+        f"{len(s_curve.times)}); cox plain vs lifelines: coef "
         f"{coef_rel:.1e}, se {se_rel:.1e} relative ({fed_cox.iterations} Newton iterations); "
         f"cox secure vs lifelines on times at {step}-day grid points: coef {grid_rel:.1e} "
         f"({sec_cox.iterations} Newton iterations, converged {sec_cox.converged})"
@@ -642,6 +648,7 @@ def main() -> None:
             "federated_counts": counts,
             "accuracy": {
                 "km_max_abs": km_abs,
+                "km_secure_max_abs": km_secure_abs,
                 "cox_coef_rel": coef_rel,
                 "cox_se_rel": se_rel,
                 "cox_iterations": fed_cox.iterations,
