@@ -540,7 +540,7 @@ def main() -> None:
         sub_txt = f"{sub['median_s']:>13.3f} s" if sub else f"{'n/a (*)':>15}"
         print(
             f"{label:<14}{row['median_s']:>9.3f} s{row['cold_s']:>7.2f} s{pooled_s[kind]:>8.4f} s"
-            f"{ratio:>7.0f}x{row['passes']:>7}{row['instructions']:>6}"
+            f"{ratio:>7.1f}x{row['passes']:>7}{row['instructions']:>6}"
             f"{row['sent_bytes'] / 1e6:>9.2f}{row['reply_bytes'] / 1e6:>9.2f}{sub_txt}"
         )
         table_rows[label] = {
