@@ -527,7 +527,7 @@ def main() -> None:
         f"(node start-up {startup_s:.1f} s)"
     )
     head = (
-        f"{'query':<14}{'federated':>11}{'cold':>9}{'pooled':>10}{'ratio':>8}"
+        f"{'query':<14}{'federated':>11}{'cold':>9}{'pooled':>10}{'ratio':>10}"
         f"{'passes':>7}{'msgs':>6}{'sent MB':>9}{'recv MB':>9}{'submitted job':>15}"
     )
     print(head)
@@ -540,7 +540,7 @@ def main() -> None:
         sub_txt = f"{sub['median_s']:>13.3f} s" if sub else f"{'n/a (*)':>15}"
         print(
             f"{label:<14}{row['median_s']:>9.3f} s{row['cold_s']:>7.2f} s{pooled_s[kind]:>8.4f} s"
-            f"{ratio:>7.1f}x{row['passes']:>7}{row['instructions']:>6}"
+            f"{ratio:>9.1f}x{row['passes']:>7}{row['instructions']:>6}"
             f"{row['sent_bytes'] / 1e6:>9.2f}{row['reply_bytes'] / 1e6:>9.2f}{sub_txt}"
         )
         table_rows[label] = {
