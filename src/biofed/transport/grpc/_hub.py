@@ -74,6 +74,11 @@ class Outstanding:
     expected_bytes: int
 
 
+#: Largest reply to a query instruction (which carries no model to size it by): an
+#: answer's float64 arrays (``biofed.analytics.MAX_ANSWER_VALUES``, 2^24 values) and headroom.
+QUERY_REPLY_BYTES = 8 * (1 << 24) + (1 << 20)
+
+
 class NodeHub:
     """Sessions of connected nodes and the replies they upload.
 
@@ -322,6 +327,8 @@ class RunTransport(Transport):
         payload = self._payload(instruction)
         # A reply carries at most the model plus same-shaped extras: bound uploads by that.
         expected = 4 * payload.size + (1 << 20)
+        if instruction.directives.query_request is not None:  # an answer: not model-sized
+            expected = max(expected, QUERY_REPLY_BYTES)
         self._hub.dispatch(instruction, payload, expected)
         self._pending += 1
 
