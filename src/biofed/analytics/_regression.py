@@ -24,6 +24,36 @@ def _normal_sf(z: Array) -> Array:
     return np.asarray([math.erfc(abs(float(v)) / math.sqrt(2.0)) for v in np.ravel(z)])
 
 
+#: What ``exp(coef)`` means for each model (absent: no ratio, e.g. the Gaussian family).
+_RATIOS = {
+    "binomial": "odds ratio",
+    "poisson": "rate ratio",
+    "breslow": "hazard ratio",
+    "efron": "hazard ratio",
+}
+_INTERCEPT = "(intercept)"
+
+
+def _fmt(value: float) -> str:
+    """A figure for a terminal table: 4 significant digits, no ``-0``."""
+    if not math.isfinite(value):
+        return str(value)
+    text = f"{value:.4g}"
+    return "0" if text in ("-0", "0") else text
+
+
+def _fmt_exp(value: float) -> str:
+    """``exp(value)`` formatted (``inf`` past double precision's range, not an error)."""
+    return _fmt(math.exp(value)) if value < 709.0 else "inf"
+
+
+def _fmt_p(value: float) -> str:
+    """A p-value: 3 significant digits, with a floor where double precision ends."""
+    if value < 1e-16:
+        return "<1e-16"
+    return f"{value:.3g}"
+
+
 def _normal_quantile(p: float) -> float:
     """Φ⁻¹(p) by bisection on erfc (no scipy in this layer's hot path needed)."""
     lo, hi = -40.0, 40.0
@@ -72,6 +102,8 @@ class RegressionResult(Result):
         The ridge penalty (lifelines' scaling for Cox), 0 for none.
     scale:
         The Gaussian family's dispersion estimate, else 1.
+    deviance:
+        A GLM's deviance at the estimate (None for Cox).
     """
 
     kind: str
@@ -93,6 +125,7 @@ class RegressionResult(Result):
     sites: int
     penalizer: float = 0.0
     scale: float = 1.0
+    deviance: float | None = None
 
     @classmethod
     def build(
@@ -112,6 +145,7 @@ class RegressionResult(Result):
         sites: int,
         penalizer: float = 0.0,
         scale: float = 1.0,
+        deviance: float | None = None,
     ) -> RegressionResult:
         """Fill in standard errors, z, p-values and intervals from ``coef`` and
         ``covariance``."""
@@ -141,7 +175,46 @@ class RegressionResult(Result):
             sites=int(sites),
             penalizer=float(penalizer),
             scale=float(scale),
+            deviance=None if deviance is None else float(deviance),
         )
+
+    @property
+    def ratio(self) -> str | None:
+        """What ``exp(coef)`` means — ``"odds ratio"`` (logistic), ``"rate ratio"``
+        (Poisson), ``"hazard ratio"`` (Cox) — or None where it means nothing (Gaussian)."""
+        return _RATIOS.get(self.model.split("+", 1)[0])
+
+    def table(self) -> tuple[list[str], list[list[str]]]:
+        """Headers and one formatted row per parameter: coefficient, ``exp(coef)`` (where
+        it is an odds, rate or hazard ratio; blank for the intercept), standard error, z,
+        p-value and the ``1 − alpha`` interval (on both scales where there is a ratio)."""
+        level = f"{100 * (1 - self.alpha):g}%"
+        headers = ["parameter", "coef"]
+        if self.ratio is not None:
+            headers.append(f"exp(coef) [{self.ratio}]")
+        headers += ["se", "z", "p", f"lower {level}", f"upper {level}"]
+        if self.ratio is not None:
+            headers += [f"exp(lower {level})", f"exp(upper {level})"]
+        rows: list[list[str]] = []
+        for i, name in enumerate(self.names):
+            ratio = self.ratio is not None and name != _INTERCEPT
+            row = [name, _fmt(float(self.coef[i]))]
+            if self.ratio is not None:
+                row.append(_fmt_exp(float(self.coef[i])) if ratio else "")
+            row += [
+                _fmt(float(self.se[i])),
+                _fmt(float(self.z[i])),
+                _fmt_p(float(self.p[i])),
+                _fmt(float(self.lower[i])),
+                _fmt(float(self.upper[i])),
+            ]
+            if self.ratio is not None:
+                row += [
+                    _fmt_exp(float(self.lower[i])) if ratio else "",
+                    _fmt_exp(float(self.upper[i])) if ratio else "",
+                ]
+            rows.append(row)
+        return headers, rows
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -165,6 +238,7 @@ class RegressionResult(Result):
             "sites": self.sites,
             "penalizer": self.penalizer,
             "scale": self.scale,
+            "deviance": self.deviance,
         }
 
     @classmethod
@@ -188,6 +262,7 @@ class RegressionResult(Result):
                 sites=int(data["sites"]),
                 penalizer=float(data.get("penalizer", 0.0)),
                 scale=float(data.get("scale", 1.0)),
+                deviance=None if data.get("deviance") is None else float(data["deviance"]),
                 **arrays,
             )
         except (KeyError, TypeError, ValueError) as exc:
