@@ -8,6 +8,7 @@ secure vectors → ``add_total`` (secure), until done.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,12 +22,14 @@ from biofed.analytics import (
     DPOptions,
     Filter,
     HistogramResult,
+    QuantileResult,
     Query,
     QueryTable,
     Request,
     Result,
     answer,
     check_answer,
+    plot_histogram,
     result_from_json,
     secure_vector,
     start,
@@ -215,3 +218,115 @@ def test_options_are_checked() -> None:
         )
     with pytest.raises(ConfigurationError, match="bounds"):
         start(Query("describe", {"columns": ["x"]}, dp=DPOptions("laplace", 1.0)))
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_quantiles_are_within_their_stated_error_of_numpy(secure: bool) -> None:
+    rng = np.random.default_rng(11)
+    tables = {}
+    for s in range(4):
+        x = rng.normal(s, 2.0, 3000)
+        tables[f"s{s}"] = QueryTable(
+            name=f"s{s}",
+            columns={"x": x},
+            kinds={"x": "numeric"},
+            ids=np.arange(x.size),
+            is_test=np.zeros(x.size, bool),
+        )
+    probs = [0.1, 0.25, 0.5, 0.9, 0.99]
+    opts = {"column": "x", "probs": probs, "bounds": [-20, 20], "tolerance": 0.01, "bins": 32}
+    res = run(Query("quantile", opts), tables, secure=secure, rules=LOOSE)
+    assert isinstance(res, QuantileResult)
+    truth = np.quantile(pooled(tables, "x"), probs)
+    for value, error, expected in zip(res.values, res.errors, truth, strict=True):
+        assert value is not None
+        assert error is not None
+        assert abs(value - expected) <= error + 1e-12
+        assert error <= 0.01 / 2
+    assert res.passes <= 4
+    assert res.n == 12000
+    # Under the default rules (sites withhold small bins in plain mode; no interval of
+    # fewer than 10 records) the estimates stay within their (wider) stated errors.
+    strict = run(Query("quantile", opts), tables, secure=secure)
+    assert isinstance(strict, QuantileResult)
+    for value, error, expected in zip(strict.values, strict.errors, truth, strict=True):
+        if value is None:  # plain mode: withheld tail bins may hide where the rank lies
+            assert not secure
+            continue
+        assert error is not None
+        assert abs(value - expected) <= error + 1e-12
+        assert error < (0.05 if secure else 3.0)
+
+
+def test_quantile_on_tcga_time(tcga: dict[str, QueryTable]) -> None:
+    probs = [0.25, 0.5, 0.75]
+    opts = {"column": "time", "probs": probs, "bounds": [0, 10000], "tolerance": 1.0}
+    res = run(Query("quantile", opts), tcga, secure=True)
+    assert isinstance(res, QuantileResult)
+    truth = np.quantile(pooled(tcga, "time"), probs)
+    for value, error, expected in zip(res.values, res.errors, truth, strict=True):
+        assert value is not None
+        assert error is not None
+        assert abs(value - expected) <= error + 1e-9
+    # Disclosure control: no estimate is pinned to an interval holding fewer than
+    # min_cell (10) records, so on 1,088 patients some errors exceed tolerance / 2.
+    t = pooled(tcga, "time")
+    for value, error in zip(res.values, res.errors, strict=True):
+        assert value is not None
+        assert error is not None
+        assert ((t >= value - error) & (t <= value + error)).sum() >= 10
+
+
+@pytest.mark.parametrize("suffix", [".png", ".svg"])
+def test_histogram_plot_is_written(tmp_path: Path, suffix: str) -> None:
+    res = HistogramResult(
+        column="age $x$",
+        edges=(0.0, 1.0, 2.0, 3.0),
+        counts=(12, None, 30),
+        below=0,
+        above=None,
+        total=None,
+        sites=3,
+    )
+    out = plot_histogram(res, tmp_path / f"h{suffix}")
+    data = out.read_bytes()
+    if suffix == ".png":
+        assert data.startswith(b"\x89PNG")
+    else:
+        assert b"<svg" in data
+        assert b"suppressed" in data
+    with pytest.raises(ConfigurationError, match="png"):
+        plot_histogram(res, tmp_path / "h.pdf")
+
+
+@pytest.mark.slow
+def test_crosstab_and_describe_on_the_eunomia_study(tmp_path: Path) -> None:
+    """Real categorical data: GI-bleed study tables extracted from 3 Eunomia sites."""
+    from biofed.data import extract
+    from biofed.datasets import gi_bleed_study, write_eunomia_sites
+
+    spec = gi_bleed_study()
+    tables = {
+        site: QueryTable.from_extracted(extract(spec, str(path), name=site))
+        for site, path in write_eunomia_sites(tmp_path, 3, seed=0).items()
+    }
+    sex = np.concatenate([t.column("sex") for t in tables.values()])
+    label = pooled(tables, "label")
+    opts = {"rows": "sex", "cols": "label", "row_levels": ["female", "male"], "col_levels": [0, 1]}
+    for secure in (False, True):
+        res = run(Query("crosstab", opts), tables, secure=secure)
+        assert isinstance(res, CrosstabResult)
+        for i, s in enumerate(["female", "male"]):
+            for j in range(2):
+                expected = int(((sex == s) & (label == j)).sum())
+                assert res.counts[i][j] in (expected, None)
+                if secure and expected >= 10:
+                    assert res.counts[i][j] == expected
+    where = (Filter("sex", "==", "female"),)
+    res = run(Query("describe", {"columns": ["age"]}, where=where), tables, secure=True)
+    assert isinstance(res, DescribeResult)
+    age = pooled(tables, "age")[sex == "female"]
+    age = age[~np.isnan(age)]
+    assert res.column("age")["n"] == age.size
+    assert res.column("age")["mean"] == pytest.approx(age.mean(), rel=1e-12)
+    assert res.column("age")["sd"] == pytest.approx(age.std(ddof=1), rel=1e-9)

@@ -320,7 +320,8 @@ def test_dp_counts_are_noisy_and_unbiased(mechanism: str) -> None:
     draws = np.array(
         [answer(req, table, noise=SeededNoise(s)).arrays["count"][0] for s in range(400)]
     )
-    assert len(set(draws.tolist())) > 300  # two seeds differ
+    assert len(set(draws.tolist())) > 4  # two seeds differ
+    assert (draws == np.rint(draws)).all()  # rounded at the site
     assert all(answer(req, table, noise=SeededNoise(s)).records == 0 for s in range(3))
     sd = np.sqrt(2.0) if mechanism == "laplace" else 3.7305
     assert abs(draws.mean() - 500) < 5 * sd / np.sqrt(draws.size)

@@ -17,10 +17,12 @@ import pytest
 import statsmodels.api as sm
 
 from biofed.analytics import (
+    GLM_FAMILIES,
     Answer,
     DisclosureRules,
     DPOptions,
     Filter,
+    GLMAnalysis,
     Query,
     QueryTable,
     RegressionResult,
@@ -246,7 +248,8 @@ def test_result_round_trips_through_json() -> None:
 
 
 # -- the bundled Fed-TCGA-BRCA ---------------------------------------------------------------
-TCGA_COVS = ["age_at_index", "treatment_or_therapy_yes", "prior_malignancy_yes"]
+TCGA_COVS = ["age_at_index", "treatment_or_therapy_yes", "morphology_8520/3"]
+SMALL = ("center-4", "center-5")
 
 
 def tcga_tables() -> dict[str, QueryTable]:
@@ -268,18 +271,25 @@ def tcga_pooled(
 
 def test_tcga_logistic_regression_of_event_equals_pooled_statsmodels() -> None:
     """Under the default rules the two sites with fewer than 10 events refuse; the fit on
-    the other four equals statsmodels on their pooled training rows."""
+    the other four (age, treated, lobular carcinoma) equals statsmodels on their pooled
+    training rows. A rare one-hot covariate (prior malignancy, under 10 at two sites) is
+    refused there."""
     tables = tcga_tables()
-    query = Query(
-        kind="glm",
-        options={"outcome": "event", "covariates": TCGA_COVS, "family": "binomial"},
-        split="train",
-    )
+    options: dict[str, Any] = {"outcome": "event", "covariates": TCGA_COVS, "family": "binomial"}
+    query = Query(kind="glm", options=options, split="train")
     req = start(query).request()
-    for small in ("center-4", "center-5"):
+    for small in SMALL:
         with pytest.raises(PolicyViolation, match="events or non-events"):
             answer(req, tables[small])
-    big = {k: v for k, v in tables.items() if k not in ("center-4", "center-5")}
+    rare = Query(
+        kind="glm",
+        options={**options, "covariates": [*TCGA_COVS, "prior_malignancy_yes"]},
+        split="train",
+    )
+    for site in ("center-2", "center-3"):
+        with pytest.raises(PolicyViolation, match="'prior_malignancy_yes' is binary"):
+            answer(start(rare).request(), tables[site])
+    big = {k: v for k, v in tables.items() if k not in SMALL}
     res, _ = fit(big, query)
     data = tcga_pooled(big, ["event", *TCGA_COVS])
     X = sm.add_constant(np.column_stack([data[c] for c in TCGA_COVS]))
@@ -290,8 +300,9 @@ def test_tcga_logistic_regression_of_event_equals_pooled_statsmodels() -> None:
 
 
 def test_tcga_poisson_of_event_with_log_time_offset_equals_pooled_statsmodels() -> None:
-    """Event rate per day: Poisson with exposure ``time`` over all six sites (rows with a
-    positive follow-up time), secure, equal to statsmodels with ``exposure``."""
+    """Event rate per day: Poisson with exposure ``time`` (rows with a positive follow-up
+    time), secure, equal to statsmodels with ``exposure``. The 0/1 outcome is binary, so
+    the sites with fewer than 10 events refuse here too."""
     tables = tcga_tables()
     covs = ["age_at_index", "treatment_or_therapy_yes"]
     query = Query(
@@ -300,15 +311,20 @@ def test_tcga_poisson_of_event_with_log_time_offset_equals_pooled_statsmodels() 
         where=(Filter("time", ">", 0),),
         split="train",
     )
+    for small in SMALL:
+        with pytest.raises(PolicyViolation, match="'event' is binary"):
+            answer(start(query, secure=True).request(), tables[small])
+    tables = {k: v for k, v in tables.items() if k not in SMALL}
     res, _ = fit(tables, query, secure=True)
     data = tcga_pooled(tables, ["event", "time", *covs], keep=lambda t: t.column("time") > 0)
     X = sm.add_constant(np.column_stack([data[c] for c in covs]))
     ref = sm.GLM(data["event"], X, family=sm.families.Poisson(), exposure=data["time"]).fit()
     compare(res, ref)
-    assert res.sites == 6
+    assert res.sites == 4
     assert res.ratio == "rate ratio"
 
 
+@pytest.mark.slow  # writes four OMOP CDM files: 2 s idle, 10 s on a loaded machine
 def test_omop_logistic_regression_with_a_categorical_covariate_equals_pooled_statsmodels(
     tmp_path: Any,
 ) -> None:
@@ -407,6 +423,14 @@ def test_a_singular_design_names_the_collinear_covariates() -> None:
     }
     with pytest.raises(DataError, match=r"singular.*x1"):
         fit(tables, glm_query("gaussian", covariates=["x1", "x2", "x3"], levels={}))
+
+
+def test_the_kind_is_registered_for_secure_runs_and_not_for_dp() -> None:
+    assert GLM_FAMILIES == ("binomial", "poisson", "gaussian")
+    for family in GLM_FAMILIES:
+        analysis = start(glm_query(family), secure=True)
+        assert isinstance(analysis, GLMAnalysis)
+        assert analysis.request().secure
 
 
 def test_dp_is_refused_with_a_reason() -> None:
@@ -536,3 +560,70 @@ def test_a_site_refuses_a_malformed_coordinator_state() -> None:
     )
     with pytest.raises(PolicyViolation, match="looser"):
         answer(looser, tables["site-0"])
+
+
+GLM_LAYOUT = {"xwx": (5, 5), "xwz": (5,), "stats": (4,)}
+
+
+def test_a_site_refuses_a_step_whose_weights_single_out_a_few_records() -> None:
+    """A coordinator's β that puts the logistic weights on the few records near x1 = 0.5
+    (η = 1000·(x1 − 0.5)) would make X'WX their covariates: refused. The honest step at
+    the same pass is answered."""
+    tables = generated("binomial")
+    query = glm_query("binomial")
+    probe = Request(
+        query=query,
+        pass_no=2,
+        step="irls",
+        state={"beta": [-500.0, 1000.0, 0.0, 0.0, 0.0]},
+        layout=GLM_LAYOUT,
+    )
+    with pytest.raises(PolicyViolation, match="fewer than 10 records in effect"):
+        answer(probe, tables["site-0"])
+    honest = Request(
+        query=query, pass_no=2, step="irls", state={"beta": [-0.5, 0.8, 0, 0, 0]}, layout=GLM_LAYOUT
+    )
+    assert answer(honest, tables["site-0"]).records == 900
+
+
+def test_a_site_refuses_passes_beyond_max_iter() -> None:
+    tables = generated("gaussian")
+    query = glm_query("gaussian", max_iter=5)
+    state = {"beta": [0.0] * 5}
+    answer(
+        Request(query=query, pass_no=7, step="irls", state=state, layout=GLM_LAYOUT),
+        tables["site-0"],
+    )
+    late = Request(query=query, pass_no=8, step="irls", state=state, layout=GLM_LAYOUT)
+    with pytest.raises(PolicyViolation, match="past the query's max_iter"):
+        answer(late, tables["site-0"])
+
+
+def test_max_iter_stops_an_unconverged_fit() -> None:
+    tables = generated("poisson")
+    res, passes = fit(tables, glm_query("poisson", max_iter=2))
+    assert res.iterations == 2
+    assert not res.converged
+    assert passes == 4
+    data = pooled(tables, ["y", "x1", "x2", "grp", "exposure"])
+    x = np.column_stack([data["x1"], data["x2"], data["grp"] == "b", data["grp"] == "c"])
+    ref = sm.GLM(
+        data["y"],
+        sm.add_constant(x.astype(float)),
+        family=sm.families.Poisson(),
+        exposure=data["exposure"],
+    ).fit(maxiter=2)
+    np.testing.assert_allclose(res.coef, ref.params, rtol=1e-10)
+    np.testing.assert_allclose(res.se, ref.bse, rtol=1e-10)
+
+
+def test_check_answer_refuses_a_mean_pass_below_the_records_rule() -> None:
+    tables = generated("poisson")
+    req = start(glm_query("poisson")).request()
+    assert req.step == "mean"
+    out = answer(req, tables["site-0"])
+    check_answer(req, dict(out.arrays), out.records)
+    with pytest.raises(ProtocolError, match="fewer records per parameter"):
+        check_answer(req, dict(out.arrays), 49)
+    with pytest.raises(ProtocolError, match="negative outcome sum"):
+        check_answer(req, {"sum_y": np.array([-1.0])}, out.records)

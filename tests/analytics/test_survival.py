@@ -113,6 +113,7 @@ def test_km_plain_equals_lifelines_on_tcga(tcga: dict[str, QueryTable]) -> None:
     assert curve.records == len(p["time"])
     assert int(curve.events.sum()) + curve.tail_events == int(p["event"].sum())
     assert curve.tail_at_risk == int((p["time"] > curve.tail_after).sum())
+    assert curve.survival is curve.estimate
 
 
 def test_km_no_released_step_has_few_at_risk_at_any_site(tcga: dict[str, QueryTable]) -> None:
@@ -439,3 +440,64 @@ def test_bad_data_and_bad_answers_are_refused() -> None:
         check_answer(req2, arrays, good.records)
     with pytest.raises(ProtocolError, match="add"):
         analysis.add_total(good, ["s0"])  # plain mode needs each site's answer
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("grid", [None, {"step": 0.5, "stop": 12}])
+def test_plain_rule_holds_per_site_per_group(seed: int, grid: dict[str, float] | None) -> None:
+    """Property: every released step of every group has >= k at risk at every site, and
+    the released values equal lifelines on the pooled (binned) data."""
+    k = 12
+    sites = make_sites(seed, sizes=(150, 90, 75))
+    opts: dict[str, Any] = {"group": "arm", "levels": [0, 1, 2]}
+    if grid is not None:
+        opts["grid"] = grid
+    res = run(km_query(**opts), sites, DisclosureRules(min_at_risk=k))
+    points = None if grid is None else np.arange(0, 12.0001, 0.5)
+    assert sum(len(c.times) for c in res.curves) > 8  # not vacuous
+    for i, c in enumerate(res.curves):
+        pooled_t, pooled_e = [], []
+        for table in sites.values():
+            mine = np.asarray(table.column("arm")) == i
+            t = np.asarray(table.column("time"))[mine]
+            if points is not None:  # binned to the first grid point >= t
+                idx = np.searchsorted(points, t, side="left")
+                t = np.where(idx < len(points), points[np.minimum(idx, len(points) - 1)], 99.0)
+            at_risk = (t[None, :] >= c.times[:, None]).sum(axis=1)
+            assert len(c.times) == 0 or at_risk.min() >= k
+            pooled_t.append(t)
+            pooled_e.append(np.asarray(table.column("event"))[mine])
+        if len(c.times):
+            kmf = KaplanMeierFitter().fit(np.concatenate(pooled_t), np.concatenate(pooled_e))
+            np.testing.assert_allclose(
+                c.estimate, kmf.survival_function_.iloc[:, 0].loc[c.times], atol=1e-10
+            )
+
+
+def test_secure_tail_patient_time_does_not_move_the_result() -> None:
+    """Secure mode applies the rule to totals: a patient in the consortium's tail (fewer
+    than k at risk in total) can take any time there without changing the result."""
+    sites = make_sites(3)
+    grid = {"step": 0.25, "stop": 20}
+    base = run(km_query(grid=grid), sites, DisclosureRules(), secure=True)
+    last = base.curves[0].tail_after
+    assert last is not None
+    t_all = np.concatenate([np.asarray(s.column("time")) for s in sites.values()])
+    assert (t_all > last).sum() < 10
+    victim = sites["s0"]
+    t = np.asarray(victim.column("time")).copy()
+    j = int(np.argmax(t))
+    assert t[j] > last
+    for guess in (last + 0.3, last + 2.0, 25.0):
+        t2 = t.copy()
+        t2[j] = guess
+        cols = {**victim.columns, "time": t2}
+        table = QueryTable(
+            name="gen-0",
+            columns=cols,
+            kinds=dict(victim.kinds),
+            ids=victim.ids,
+            is_test=victim.is_test,
+        )
+        res = run(km_query(grid=grid), {**sites, "s0": table}, DisclosureRules(), secure=True)
+        assert res.to_json() == base.to_json()

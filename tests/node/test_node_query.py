@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import json
 import shutil
 from collections.abc import Iterator, Mapping, Sequence
@@ -39,6 +40,7 @@ from biofed.governance import (
     Party,
     SignedAgreement,
     StudyAgreement,
+    reply_payload,
     sign,
     verify_log,
     write_agreement,
@@ -261,8 +263,9 @@ def test_a_count_runs_through_the_governed_chain_and_is_audited(site: Site) -> N
     assert "bundle" not in accepted
     assert (sent["run_id"], sent["round"], sent["kind"]) == ("q-1", 1, "query")
     assert sent["num_examples"] == ROWS
-    assert len(sent["payload_sha256"]) == 64
-    assert sent["bytes"] > 0
+    payload = reply_payload(reply)  # what the coordinator hashes when it logs the receipt
+    assert sent["payload_sha256"] == hashlib.sha256(payload).hexdigest()
+    assert sent["bytes"] == len(payload) > 0
     report = verify_log(
         site.audit, (site.fed / "a" / "cert.pem").read_bytes(), site.kits["a"].ca_pem
     )
@@ -380,18 +383,14 @@ def test_a_dp_query_debits_the_ledger_before_answering_and_is_refused_past_the_c
     assert names.index("budget.debited") < names.index("round.sent")
     sent = next(e for e in site.events() if e["event"] == "round.sent")["data"]
     assert sent["dp_epsilon"] == pytest.approx(0.4)
-    # the second pass composes (basic composition): 0.8 in all
-    second = app.handle(_inst(dataclasses.replace(request, pass_no=2), round=2))
-    assert second.metrics["dp.epsilon"] == pytest.approx(0.8)
-    assert _ledger(site).spent("brca").spent_epsilon == pytest.approx(0.8)
-    # a pass answered again would average the noise away: refused, nothing debited
+    # the same pass asked again (a coordinator that restarted): charged again, 0.8 in all
     again = app.handle(_inst(request, round=1))
-    assert again.error is not None
-    assert "answered with DP noise already" in again.error
-    # the third pass would take the dataset to 1.2 > 1.0: refused, audited, nothing sent
-    third = app.handle(_inst(dataclasses.replace(request, pass_no=3), round=3))
-    assert third.error is not None
-    assert "privacy budget" in third.error, third.error
+    assert again.metrics["dp.epsilon"] == pytest.approx(0.8)
+    assert _ledger(site).spent("brca").spent_epsilon == pytest.approx(0.8)
+    # the second pass would take the dataset to 1.2 > 1.0: refused, audited, nothing sent
+    second = app.handle(_inst(dataclasses.replace(request, pass_no=2), round=2))
+    assert second.error is not None
+    assert "privacy budget" in second.error, second.error
     assert site.names().count("budget.refused") == 1
     assert site.names().count("round.sent") == 2
     assert _ledger(site).spent("brca").spent_epsilon == pytest.approx(0.8)
@@ -583,3 +582,91 @@ def test_a_secure_answer_beyond_the_clip_range_is_an_error_naming_the_setting(
     settings = SecureAggregationSettings(clip_range=50.0, quantisation_step=1e-3)
     with pytest.raises(AssertionError, match=r"raise \[secure_aggregation\] clip_range"):
         _secure_pass(_secure_apps(secure_fed), _request(secure=True), settings, [])
+
+
+def test_an_agreement_requiring_secure_aggregation_refuses_a_plain_query(site: Site) -> None:
+    from biofed.governance import PrivacyRequirements
+
+    site.setup(privacy=PrivacyRequirements(secure_aggregation_required=True))
+    reply = site.app().handle(_inst(_request()))
+    assert reply.error is not None
+    assert reply.error.startswith("policy: privacy:"), reply.error
+    assert "secure aggregation" in reply.error
+    assert site.names() == ["job.refused"]
+
+
+def test_an_agreement_requiring_dp_answers_only_dp_queries_within_its_cap(site: Site) -> None:
+    from biofed.governance import PrivacyRequirements
+
+    _with_cap(site, 10.0)
+    caps = {"a": 0.5, "b": 0.5}
+    site.setup(
+        privacy=PrivacyRequirements(
+            dp_required=True, max_epsilon=caps, max_delta={"a": 1e-6, "b": 1e-6}
+        )
+    )
+    app = site.app()
+    plain = app.handle(_inst(_request()))
+    assert plain.error is not None
+    assert "requires differential privacy" in plain.error
+    dp = {"mechanism": "laplace", "epsilon": 0.3}
+    assert app.handle(_inst(_request(dp=dp), round=1)).ok
+    past = app.handle(_inst(dataclasses.replace(_request(dp=dp), pass_no=2), round=2))
+    assert past.error is not None  # 0.6 > the agreement's 0.5 for this site
+    assert "privacy budget" in past.error, past.error
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{}",
+        '{"query":' + "[" * 50_000 + "]" * 50_000 + "}",
+        _request().to_json().replace('"pass":1', '"pass":NaN'),
+        _request().to_json().replace('"split":"all"', '"split":"all","split":"test"'),
+        _request().to_json().replace(KIND, "no_such_kind"),
+    ],
+    ids=["empty", "deep", "nan", "duplicate-key", "unknown-kind"],
+)
+def test_a_hostile_request_is_refused_in_one_line_and_audited(site: Site, text: str) -> None:
+    site.setup()
+    inst = _inst(_request())
+    inst = dataclasses.replace(inst, directives=RoundDirectives(query_request=text))
+    reply = site.app().handle(inst)
+    assert reply.error is not None
+    assert reply.error.startswith("policy: outputs: the query request is malformed"), reply.error
+    assert "\n" not in reply.error
+    assert "Traceback" not in reply.error
+    assert site.names() == ["job.refused"]
+
+
+def test_a_query_on_a_column_the_site_lacks_is_one_line_and_audited(site: Site) -> None:
+    site.setup()
+    reply = site.app().handle(_inst(_request({"column": "bmi", "op": ">", "value": 30})))
+    assert reply.error is not None
+    assert "has no column 'bmi'" in reply.error
+    assert "\n" not in reply.error
+    assert site.names() == ["job.accepted", "round.failed"]
+
+
+def test_a_secure_request_looser_than_a_sites_rules_is_refused(secure_fed: Path) -> None:
+    """In secure mode the coordinator applies the request's rules to the total, so a site
+    whose own rules are stricter refuses rather than answer unsuppressed."""
+    from biofed.secagg import SecureAggregationSettings
+
+    for file in secure_fed.glob("*/queries.db*"):
+        file.unlink()
+    apps = _secure_apps(secure_fed)
+    brca = load_tcga_brca()
+    strict = NodeConfig(datasets={}, analytics=DisclosureRules(min_cell=20))
+    apps["center-1"] = NodeApp(
+        "center-1",
+        strict,
+        kit=load_kit(secure_fed / "center-1"),
+        data={"brca": brca.sites["center-1"]},
+    )
+    settings = SecureAggregationSettings(clip_range=1000.0, quantisation_step=1e-3)
+    with pytest.raises(AssertionError, match="rules are looser than this site's"):
+        _secure_pass(apps, _request(secure=True), settings, [])
+    stricter = _request(secure=True, rules=DisclosureRules(min_cell=20))
+    result = _secure_pass(apps, stricter, settings, [])
+    assert result.total is not None

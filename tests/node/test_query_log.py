@@ -3,6 +3,8 @@ its bounds, and attempts to get past it."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import sqlite3
 import threading
 from pathlib import Path
@@ -13,12 +15,19 @@ import pytest
 from biofed.core import ConfigurationError, PolicyViolation
 from biofed.node._query_log import MEMORY, QueryLog, symmetric_difference_size
 
-DIGEST = "0" * 64
 
-
-def _record(log: QueryLog, ids: object, k: int = 10, dataset: str = "d", run: str = "r") -> None:
+def _record(
+    log: QueryLog,
+    ids: object,
+    k: int = 10,
+    dataset: str = "d",
+    run: str = "r",
+    query: str | None = None,
+) -> None:
+    """Log ``ids`` as the cohort of a query of its own (``query``: its digest)."""
+    digest = query or hashlib.sha256(os.urandom(16)).hexdigest()
     log.check_and_record(
-        dataset, np.asarray(ids), min_difference=k, run_id=run, query_sha256=DIGEST
+        dataset, np.asarray(ids), min_difference=k, run_id=run, query_sha256=digest
     )
 
 
@@ -40,7 +49,19 @@ def test_a_cohort_one_to_k_minus_one_records_away_is_refused(tmp_path: Path) -> 
     _record(log, base[10:])  # 10 apart: answered
     _record(log, base)  # the same cohort again: answered (nothing new)
     _record(log, base[::-1])  # order does not matter
+    assert log.cohorts("d") == 4  # base, base[10:], and base twice (each query's own)
+
+
+def test_the_cohorts_of_one_query_are_not_compared_with_each_other() -> None:
+    log = QueryLog(MEMORY)
+    q = "1" * 64
+    _record(log, range(60), query=q)
+    _record(log, range(59), query=q)  # e.g. a describe's per-column cohorts, or a later pass
     assert log.cohorts("d") == 2
+    _record(log, range(59), query=q)  # a repeat: stored once
+    assert log.cohorts("d") == 2
+    with pytest.raises(PolicyViolation):  # but another query's equal to one of them is
+        _record(log, range(59))  # compared with the other: one apart from range(60)
 
 
 def test_datasets_are_separate_and_min_difference_zero_or_one_turns_it_off() -> None:
@@ -135,3 +156,52 @@ def test_symmetric_difference_size() -> None:
     b = np.array([2, 3, 4], dtype=np.int64)
     assert symmetric_difference_size(a, b) == 3
     assert symmetric_difference_size(a, a) == 0
+
+
+def test_a_differencing_through_a_missing_value_is_refused() -> None:
+    """describe [x, y] releases the sum of x over the rows with x; a second describe of x
+    that leaves out the one patient whose y is missing (by a filter on the id) would give
+    that patient's x by subtraction — unless the log compares per-column cohorts."""
+    from biofed.analytics import Query, QueryTable, Request
+    from biofed.core import Instruction, MessageKind, ParameterSet
+    from biofed.core.sections import JobSection, RoundDirectives
+    from biofed.node import NodeApp, NodeConfig
+
+    n = 60
+    rng = np.random.default_rng(3)
+    y = rng.normal(size=n)
+    y[17] = np.nan  # patient 17 alone misses y
+    table = QueryTable(
+        name="t",
+        columns={"x": rng.normal(50, 10, n), "y": y, "pid": np.arange(n, dtype=np.float64)},
+        kinds={"x": "numeric", "y": "numeric", "pid": "numeric"},
+        ids=np.arange(n),
+        is_test=np.zeros(n, dtype=bool),
+    )
+    app = NodeApp("site", NodeConfig(datasets={}))
+    app.queries._tables[("t", "")] = table  # the site's table for dataset "t"
+
+    def ask(query: dict[str, object], run: str) -> str | None:
+        request = Request(query=Query.from_dict(query), pass_no=1, step="sums", layout=None)
+        request = Request.from_json(request.to_json())
+        spec = __import__("biofed.analytics", fromlist=["start"]).start(request.query)
+        request = spec.request()
+        inst = Instruction(
+            run_id=run,
+            round=1,
+            node_id="site",
+            kind=MessageKind.QUERY,
+            parameters=ParameterSet(),
+            job=JobSection(dataset="t"),
+            directives=RoundDirectives(query_request=request.to_json()),
+        )
+        return app.handle(inst).error
+
+    both = {"kind": "describe", "options": {"columns": ["x", "y"]}}
+    assert ask(both, "q-1") is None
+    but_17 = {**both, "options": {"columns": ["x"]}, "where": [
+        {"column": "pid", "op": "!=", "value": 17.0}
+    ]}  # fmt: skip
+    error = ask(but_17, "q-2")
+    assert error is not None
+    assert "differs by fewer than 10 records" in error

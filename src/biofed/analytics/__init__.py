@@ -11,6 +11,7 @@ from biofed.analytics import _glm  # noqa: F401  (registers the kind glm)
 from biofed.analytics._cox import CoxAnalysis
 from biofed.analytics._descriptive import CorrelationResult, CountResult, DescribeResult
 from biofed.analytics._design import complete_rows, design_matrix, design_names
+from biofed.analytics._glm import GLM_FAMILIES, GLMAnalysis
 from biofed.analytics._noise import (
     SecureNoise,
     SeededNoise,
@@ -18,6 +19,7 @@ from biofed.analytics._noise import (
     gaussian_std,
     laplace_scale,
 )
+from biofed.analytics._plots_hist import PLOT_SUFFIXES, plot_histogram
 from biofed.analytics._plots_survival import km_html, plot_km
 from biofed.analytics._protocol import (
     MAX_ANSWER_VALUES,
@@ -38,11 +40,13 @@ from biofed.analytics._protocol import (
     sum_answers,
     total_from_vector,
 )
+from biofed.analytics._quantile import QuantileResult
 from biofed.analytics._query import DP_MECHANISMS, FILTER_OPS, SPLITS, DPOptions, Filter, Query
 from biofed.analytics._regression import RegressionResult
 from biofed.analytics._rules import RULE_KEYS, DisclosureRules
 from biofed.analytics._suppress import protect_table, protect_vector
-from biofed.analytics._survival import (
+from biofed.analytics._survival import SURVIVAL_KINDS
+from biofed.analytics._survival_results import (
     KaplanMeierResult,
     LogRankResult,
     NelsonAalenResult,
@@ -54,9 +58,12 @@ from biofed.analytics._tables import CrosstabResult, HistogramResult
 __all__ = [
     "DP_MECHANISMS",
     "FILTER_OPS",
+    "GLM_FAMILIES",
     "MAX_ANSWER_VALUES",
+    "PLOT_SUFFIXES",
     "RULE_KEYS",
     "SPLITS",
+    "SURVIVAL_KINDS",
     "Analysis",
     "Answer",
     "CorrelationResult",
@@ -67,12 +74,14 @@ __all__ = [
     "DescribeResult",
     "DisclosureRules",
     "Filter",
+    "GLMAnalysis",
     "HistogramResult",
     "KaplanMeierResult",
     "KindSpec",
     "LogRankResult",
     "NelsonAalenResult",
     "NoiseSource",
+    "QuantileResult",
     "Query",
     "QueryTable",
     "RegressionResult",
@@ -91,6 +100,7 @@ __all__ = [
     "kind_of",
     "km_html",
     "laplace_scale",
+    "plot_histogram",
     "plot_km",
     "protect_table",
     "protect_vector",

@@ -7,26 +7,31 @@ partial likelihood, gradient and Hessian from the sites' sums and takes the Newt
 Passes
 ------
 1. ``times`` (plain mode, no grid, unstratified): each site's distinct event times, its
-   record and event counts and the sum of its covariates — not a sum; the coordinator
-   takes the union of the times. With a ``grid`` option (times counted at the first grid
-   point at or after them) or ``strata = "site"``, pass 1 is ``moments`` instead, a sum
-   (covariate sums and event counts).
+   record and event counts and the sums of its covariates and their squares — not a sum;
+   the coordinator takes the union of the times. With a ``grid`` option (times counted at
+   the first grid point at or after them) or ``strata = "site"``, pass 1 is ``moments``
+   instead, a sum (the covariate sums and event counts).
 2. ``newton`` (every later pass, a sum whose layout the grid and ``p`` fix): at the
-   coordinator's ``β``, per agreed time the risk-set sums of ``exp(xβ)``, ``x·exp(xβ)``,
-   ``xxᵀ·exp(xβ)``, the event count and (Efron) the same sums over the tied events, plus
-   the sum of ``x`` over events and ``Σ(x − x̄)²`` (:mod:`._cox_sums`). Stratified by site,
+   coordinator's ``β``, on covariates standardised with the pooled means and standard
+   deviations, per agreed time the risk-set sums of ``exp(xβ)``, ``x·exp(xβ)``,
+   ``xxᵀ·exp(xβ)`` (upper triangle), the event count and (Efron) the same sums over the
+   tied events, plus the sum of ``x`` over events (:mod:`._cox_sums`). Stratified by site,
    each site's own partial likelihood is independent of the others', so it sends just its
-   log-likelihood, gradient and Hessian — no times leave the site.
+   log-likelihood, gradient and Hessian — no times leave the site. Standardised
+   covariates keep every value near the records' count, which is what secure mode's
+   ``clip_range`` and ``quantisation_step`` must cover.
 
 lifelines' conventions, reproduced: covariates are standardised with the pooled mean and
-sample standard deviation before Newton and the estimates mapped back; the ridge
+sample standard deviation (at the sites) and the estimates mapped back; the ridge
 penalty is ``0.5 · penalizer · n · ‖β‖²`` on the standardised scale (0.5 · penalizer ·
 ‖β‖² on the mean log partial likelihood); the covariance is the inverse of the *penalised*
 observed information, mapped back. The log-likelihood we report excludes the penalty
 (lifelines' ``log_likelihood_`` includes it). Newton starts at 0 and takes full steps,
 halving one that lowers the penalised log-likelihood (Therneau's ``coxph``); it stops when
 the Newton step on the standardised scale is shorter than ``tol`` (default 1e-9, tighter
-than lifelines' 1e-7 so that the estimate is its optimum to ~1e-9).
+than lifelines' 1e-7 so that the estimate is its optimum to ~1e-9), or, where the sums
+carry rounding noise (secure mode's quantisation), when a step below 1e-5 stops
+shrinking quadratically.
 
 Security notes
 --------------
@@ -35,9 +40,14 @@ DataSHIELD ``ds.glm``'s ``nfilter.glm``): the combined answer must rest on at le
 ``min_sites`` sites (the same sites every pass); a site refuses when it holds fewer than
 ``records_per_parameter`` records per parameter, or a categorical covariate level held
 by 1 to ``min_cell − 1`` of its records. In plain mode without a grid each site's event
-times go to the coordinator and, as the agreed times, to the other sites — use a coarse
-``grid`` (or secure mode, which needs one) where that is too much. DP is not supported:
-Newton's sums have no bounded sensitivity without clipping that would bias the fit.
+times go to the coordinator and, as the agreed times, to the other sites. Known limit of
+the per-time protocol (as of WebDISCO, Lu et al. 2015, and v6-coxph): the risk-set sums at
+two neighbouring agreed times differ by the rows that left the risk set between them, so
+where one patient leaves, ``s1`` differences carry that patient's covariates — per site in
+plain mode, pooled in secure mode. A coarse ``grid`` (each interval holding many
+departures) or ``strata = "site"`` (only the site's gradient and Hessian leave, secure
+mode hiding them) is the remedy where that matters. DP is not supported: Newton's sums
+have no bounded sensitivity without clipping that would bias the fit.
 """
 
 from __future__ import annotations
@@ -48,7 +58,7 @@ from typing import Any
 
 import numpy as np
 
-from biofed.analytics._cox_sums import partial_likelihood, risk_index, risk_sums
+from biofed.analytics._cox_sums import packed, partial_likelihood, risk_index, risk_sums
 from biofed.analytics._design import complete_rows, design_matrix, design_names
 from biofed.analytics._protocol import (
     MAX_ANSWER_VALUES,
@@ -72,6 +82,9 @@ MAX_TIMES = 10_000
 MAX_PARAMETERS = 200
 _TIES = ("efron", "breslow")
 _HALVINGS = 20
+#: A Newton step this short that stops shrinking quadratically (or lowers the
+#: log-likelihood) has met the sums' rounding noise (secure mode's quantisation): stop.
+_NOISE_FLOOR = 1e-5
 
 
 # -- options ---------------------------------------------------------------------------------
@@ -192,23 +205,23 @@ def _newton_layout(
     times: int, p: int, *, ties: str, strata: str | None
 ) -> dict[str, tuple[int, ...]]:
     if strata == "site":
-        return {"ll": (1,), "grad": (p,), "hess": (p, p), "ss": (p,)}
+        return {"ll": (1,), "grad": (p,), "hess": (p, p)}
     layout: dict[str, tuple[int, ...]] = {
         "s0": (times,),
         "s1": (times, p),
-        "s2": (times, p, p),
+        "s2": (times, packed(p)),
         "d": (times,),
     }
     if ties == "efron":
-        layout |= {"t0": (times,), "t1": (times, p), "t2": (times, p, p)}
-    return layout | {"xe": (p,), "ss": (p,)}
+        layout |= {"t0": (times,), "t1": (times, p), "t2": (times, packed(p))}
+    return layout | {"xe": (p,)}
 
 
 def _check_size(times: int, p: int, *, ties: str, strata: str | None) -> None:
     size = sum(int(np.prod(s)) for s in _newton_layout(times, p, ties=ties, strata=strata).values())
     if size + 1 > MAX_ANSWER_VALUES:
         raise ConfigurationError(
-            f"cox: {times} event times × {p} parameters² make {size} values per pass (at most "
+            f"cox: {times} event times and {p} parameters make {size} values per pass (at most "
             f"{MAX_ANSWER_VALUES - 1}); give a coarser grid or fewer covariates"
         )
 
@@ -279,19 +292,26 @@ def _answer(
         arrays = {
             "times": np.unique(time[event]),
             "sum_x": x.sum(axis=0),
+            "sum_x2": (x * x).sum(axis=0),
             "events": np.array([float(event.sum())]),
         }
         return Answer(arrays=arrays, records=n)
     if request.step == "moments":
-        arrays = {"sum_x": x.sum(axis=0), "events": np.array([float(event.sum())])}
+        arrays = {
+            "sum_x": x.sum(axis=0),
+            "sum_x2": (x * x).sum(axis=0),
+            "events": np.array([float(event.sum())]),
+        }
         return Answer(arrays=arrays, records=n)
     if request.step != "newton":
         raise ProtocolError(f"cox has no pass {request.step[:40]!r}")
     state = request.state
     beta = _vector(state, "beta", p)
-    xc = x - _vector(state, "mean", p)
+    sd = _vector(state, "sd", p)
+    if np.any(sd <= 0):
+        raise ProtocolError("cox request state 'sd' must be positive")
+    xc = (x - _vector(state, "mean", p)) / sd  # lifelines' standardised covariates
     efron = opts["ties"] == "efron"
-    ss = (xc * xc).sum(axis=0)
     if opts.get("grid") is not None:
         grid, binned = grid_points(opts.get("grid")), True
     elif opts.get("strata") is None:
@@ -305,21 +325,34 @@ def _answer(
     xe = xc[event].sum(axis=0)
     if opts.get("strata") == "site":
         ll, grad, hess = partial_likelihood(sums, xe, beta, efron=efron)
-        arrays = {"ll": np.array([ll]), "grad": grad, "hess": hess, "ss": ss}
+        arrays = {"ll": np.array([ll]), "grad": grad, "hess": hess}
     else:
-        arrays = {**sums, "xe": xe, "ss": ss}
+        arrays = {**sums, "xe": xe}
     return Answer(arrays=arrays, records=n)
 
 
+def _event_counts(d: Array, most: int) -> Array:
+    """Per-time event counts: whole (to rounding), >= 0, at most ``most`` in all — a
+    forged count would otherwise make the coordinator expand millions of tied events."""
+    counts = np.rint(d)
+    if np.any(np.abs(d - counts) > 0.01) or np.any(counts < 0) or counts.sum() > most:
+        raise ProtocolError("a cox answer's event counts are not counts of its events")
+    return counts
+
+
 def _check(request: Request, out: Answer) -> None:
-    """A times answer: sorted distinct finite times, no more than the site's events."""
+    """A times answer: sorted distinct finite times, no more than the site's events; a
+    Newton answer: event counts that are counts."""
+    if request.step == "newton" and "d" in out.arrays:
+        _event_counts(out.arrays["d"], out.records)
     if request.step != "times":
         return
     p = len(design_names(request.query.options["covariates"], request.query.options["levels"]))
-    if set(out.arrays) != {"times", "sum_x", "events"}:
-        raise ProtocolError("a cox times answer holds times, sum_x and events")
+    if set(out.arrays) != {"times", "sum_x", "sum_x2", "events"}:
+        raise ProtocolError("a cox times answer holds times, sum_x, sum_x2 and events")
     times, events = out.arrays["times"], out.arrays["events"]
-    if out.arrays["sum_x"].shape != (p,) or events.shape != (1,) or times.ndim != 1:
+    shapes = (out.arrays["sum_x"].shape, out.arrays["sum_x2"].shape, events.shape, times.ndim)
+    if shapes != ((p,), (p,), (1,), 1):
         raise ProtocolError("a cox times answer has misshapen arrays")
     if len(times) > MAX_TIMES or np.any(np.diff(times) <= 0):
         raise ProtocolError("a cox times answer's times must be distinct, sorted and few")
@@ -352,9 +385,9 @@ class CoxAnalysis(Analysis):
         self._records = 0
         self._events = 0
         self._mean = np.zeros(self._p)
-        self._sd: Array | None = None
+        self._sd = np.ones(self._p)
         self._times: list[float] = []
-        self._beta = np.zeros(self._p)  # standardised scale, where the next pass evaluates
+        self._beta = np.zeros(self._p)  # standardised scale: where the next pass evaluates
         self._best: tuple[Array, float, float, Array, Array] | None = None  # β, ll_pen, ll, g, H
         self._direction = np.zeros(self._p)
         self._halving = 1.0
@@ -372,7 +405,11 @@ class CoxAnalysis(Analysis):
         if self._step == "times":
             return Request(self.query, self._pass, "times", rules=self.rules)
         if self._step == "moments":
-            moments: dict[str, tuple[int, ...]] = {"sum_x": (self._p,), "events": (1,)}
+            moments: dict[str, tuple[int, ...]] = {
+                "sum_x": (self._p,),
+                "sum_x2": (self._p,),
+                "events": (1,),
+            }
             return Request(
                 self.query,
                 self._pass,
@@ -381,10 +418,10 @@ class CoxAnalysis(Analysis):
                 secure=self.secure,
                 layout=moments,
             )
-        sd = self._sd if self._sd is not None else np.ones(self._p)
         state: dict[str, Any] = {
-            "beta": [float(v) for v in self._beta / sd],
+            "beta": [float(v) for v in self._beta],
             "mean": [float(v) for v in self._mean],
+            "sd": [float(v) for v in self._sd],
         }
         count = 0
         if self._grid is not None:
@@ -432,15 +469,30 @@ class CoxAnalysis(Analysis):
             )
         _check_size(len(times), self._p, ties=self._opts["ties"], strata=self._strata)
         self._times = [float(v) for v in times]
-        sum_x = np.sum([a.arrays["sum_x"] for a in answers.values()], axis=0)
-        events = sum(float(a.arrays["events"][0]) for a in answers.values())
-        self._first(sum_x, events)
+        sums = {
+            key: np.sum([a.arrays[key] for a in answers.values()], axis=0)
+            for key in ("sum_x", "sum_x2", "events")
+        }
+        self._first(sums["sum_x"], sums["sum_x2"], float(sums["events"][0]))
         return self
 
-    def _first(self, sum_x: Array, events: float) -> None:
-        if self._records < 2 or events < 1:
+    def _first(self, sum_x: Array, sum_x2: Array, events: float) -> None:
+        """Pooled means and sample standard deviations (lifelines standardises with them),
+        from the sums of x and x² (exact enough unless a covariate's mean is ~10⁶ of its
+        spread; such a covariate is refused as not varying)."""
+        n = self._records
+        if n < 2 or events < 1:
             raise DataError("cox needs at least 2 records and 1 event over the sites")
-        self._mean = np.asarray(sum_x, dtype=np.float64) / self._records
+        self._mean = np.asarray(sum_x, dtype=np.float64) / n
+        second = np.asarray(sum_x2, dtype=np.float64)
+        var = np.clip(second - n * self._mean**2, 0.0, None) / (n - 1)
+        flat = np.flatnonzero(var <= 1e-12 * second / n)
+        if len(flat):
+            raise DataError(
+                f"cox covariate {self._names[flat[0]][:60]!r} does not vary over the sites' "
+                "records; leave it out"
+            )
+        self._sd = np.sqrt(var)
         self._events = round(events)
         self._step = "newton"
         self._pass += 1
@@ -450,33 +502,26 @@ class CoxAnalysis(Analysis):
             raise ConfigurationError("the cox analysis is done; take its result")
         self._check_sites(sites, total.records)
         if self._step == "moments":
-            self._first(total.arrays["sum_x"], float(total.arrays["events"][0]))
+            arrays = total.arrays
+            self._first(arrays["sum_x"], arrays["sum_x2"], float(arrays["events"][0]))
             return self
         if self._step != "newton":
             raise ProtocolError("cox: the times pass is not a sum; use add()")
         arrays = dict(total.arrays)
-        if self._sd is None:
-            var = arrays["ss"] / (self._records - 1)
-            sd = np.sqrt(np.clip(var, 0.0, None))
-            flat = np.flatnonzero(sd <= 1e-10 * np.maximum(1.0, np.abs(self._mean)))
-            if len(flat):
-                raise DataError(
-                    f"cox covariate {self._names[flat[0]][:60]!r} does not vary over the sites' "
-                    "records; leave it out"
-                )
-            self._sd = sd
-        sd = self._sd
-        beta_raw = self._beta / sd
+        if "d" in arrays:
+            arrays["d"] = _event_counts(arrays["d"], self._events)
+            if arrays["d"].sum() != self._events:
+                raise ProtocolError("cox: the Newton pass's event counts differ from pass 1's")
         if self._strata == "site":
             ll, g, h = float(arrays["ll"][0]), arrays["grad"], arrays["hess"]
         else:
-            ll, g, h = partial_likelihood(arrays, arrays["xe"], beta_raw, efron=self._efron)
+            ll, g, h = partial_likelihood(arrays, arrays["xe"], self._beta, efron=self._efron)
         self._pass += 1
         self._iterations += 1
         # standardised scale and lifelines' ridge penalty
         n, pen = self._records, self._opts["penalizer"]
-        g = g / sd - pen * n * self._beta
-        h = h / np.outer(sd, sd) - pen * n * np.eye(self._p)
+        g = g - pen * n * self._beta
+        h = h - pen * n * np.eye(self._p)
         ll_pen = ll - 0.5 * pen * n * float(self._beta @ self._beta)
         self._newton(ll_pen, ll, g, h)
         return self
@@ -484,7 +529,11 @@ class CoxAnalysis(Analysis):
     def _newton(self, ll_pen: float, ll: float, g: Array, h: Array) -> None:
         best = self._best
         if best is not None and not ll_pen >= best[1] - 1e-12 * abs(best[1]):
-            # the step lowered the penalised log-likelihood: halve it
+            # the step lowered the penalised log-likelihood: halve it — unless it was so
+            # short that only the sums' rounding noise can have lowered it
+            if float(np.linalg.norm(self._direction)) < _NOISE_FLOOR:
+                self._finish(converged=True)
+                return
             self._halving /= 2
             if self._halving < 0.5**_HALVINGS or self._iterations >= self._opts["max_iter"]:
                 self._finish(converged=False)
@@ -500,7 +549,9 @@ class CoxAnalysis(Analysis):
                 "separating one); drop a covariate or set a penalizer > 0"
             ) from None
         delta = np.linalg.solve(chol.T, np.linalg.solve(chol, g))
-        if float(np.linalg.norm(delta)) < self._opts["tol"]:
+        norm = float(np.linalg.norm(delta))
+        last = float(np.linalg.norm(self._direction)) if best is not None else math.inf
+        if norm < self._opts["tol"] or (norm < _NOISE_FLOOR and norm > last / 4):
             self._finish(converged=True)
             return
         if self._iterations >= self._opts["max_iter"]:
@@ -514,7 +565,7 @@ class CoxAnalysis(Analysis):
         self._done = True
 
     def result(self) -> Result:
-        if not self._done or self._best is None or self._sd is None:
+        if not self._done or self._best is None:
             raise ConfigurationError("the cox analysis is not done")
         beta, _, ll, _, h = self._best
         sd = self._sd

@@ -9,11 +9,11 @@ Grambsch, *Modeling Survival Data*, 2000, ch. 3), written to reproduce lifelines
 
 For agreed event times ``t_1 < … < t_T`` every site sends, per time, the sums over its
 rows at risk (``time >= t_j``) of ``φ = exp(xβ)``, ``φx`` and ``φxxᵀ`` (``s0``, ``s1``,
-``s2``), the same sums over its rows with an event at ``t_j`` (``t0``, ``t1``, ``t2``,
-Efron only), the event count ``d_j``, and once the sum of ``x`` over its events (``xe``).
-Risk sets span the sites, so only the *sums* of these enter the log partial likelihood;
-:func:`partial_likelihood` turns them into the log-likelihood, gradient and Hessian.
-"""
+``s2``; ``xxᵀ`` is symmetric, so only its upper triangle row by row: :func:`unpack`), the
+same sums over its rows with an event at ``t_j`` (``t0``, ``t1``, ``t2``, Efron only), the
+event count ``d_j``, and once the sum of ``x`` over its events (``xe``). Risk sets span
+the sites, so only the *sums* of these enter the log partial likelihood;
+:func:`partial_likelihood` turns them into the log-likelihood, gradient and Hessian."""
 
 from __future__ import annotations
 
@@ -21,9 +21,17 @@ import numpy as np
 
 from biofed.core import Array, DataError
 
-#: Names of the per-time sums (Efron adds the tied-event sums).
-BRESLOW_SUMS = ("s0", "s1", "s2", "d")
-EFRON_SUMS = ("s0", "s1", "s2", "d", "t0", "t1", "t2")
+
+def packed(p: int) -> int:
+    """Values in the upper triangle of a ``p × p`` matrix."""
+    return p * (p + 1) // 2
+
+
+def unpack(values: Array, p: int) -> Array:
+    """The symmetric ``p × p`` matrix whose upper triangle (row by row) is ``values``."""
+    out = np.zeros((p, p))
+    out[np.triu_indices(p)] = values
+    return out + np.triu(out, 1).T
 
 
 def risk_index(times: Array, events: Array, grid: Array, *, binned: bool) -> Array:
@@ -58,16 +66,15 @@ def risk_index(times: Array, events: Array, grid: Array, *, binned: bool) -> Arr
     return index
 
 
-def _grouped_sums(
-    x: Array, phi: Array, group: Array, size: int, *, square: bool
-) -> tuple[Array, Array, Array]:
-    """Per group ``g`` in ``[0, size)``: Σφ, Σφx and (if ``square``) Σφxxᵀ."""
+def _grouped_sums(x: Array, phi: Array, group: Array, size: int) -> tuple[Array, Array, Array]:
+    """Per group ``g`` in ``[0, size)``: Σφ, Σφx and Σφxxᵀ (packed)."""
     p = x.shape[1]
+    upper = np.triu_indices(p)
     b0 = np.bincount(group, weights=phi, minlength=size).astype(np.float64)
     b1 = np.zeros((size, p))
     np.add.at(b1, group, phi[:, None] * x)
-    b2 = np.zeros((size, p, p) if square else (0, p, p))
-    if square and len(group):
+    b2 = np.zeros((size, packed(p)))
+    if len(group):
         order = np.argsort(group, kind="stable")
         sorted_groups = group[order]
         starts = np.flatnonzero(np.r_[True, sorted_groups[1:] != sorted_groups[:-1]])
@@ -75,7 +82,7 @@ def _grouped_sums(
         for s, e in zip(starts, ends, strict=True):
             rows = order[s:e]
             xw = x[rows] * phi[rows, None]
-            b2[sorted_groups[s]] = xw.T @ x[rows]
+            b2[sorted_groups[s]] = (xw.T @ x[rows])[upper]
     return b0, b1, b2
 
 
@@ -97,7 +104,7 @@ def risk_sums(
         phi = np.exp(x @ beta)
     if not np.all(np.isfinite(phi)):
         raise DataError("exp(xβ) overflows at this Newton step (the fit diverges)")
-    b0, b1, b2 = _grouped_sums(x, phi, index, size + 1, square=True)
+    b0, b1, b2 = _grouped_sums(x, phi, index, size + 1)
     # at risk at time j: rows with L > j → reverse cumulative sums over L = j+1 … size
     s0 = np.cumsum(b0[::-1])[::-1][1:]
     s1 = np.cumsum(b1[::-1], axis=0)[::-1][1:]
@@ -110,7 +117,7 @@ def risk_sums(
         "d": np.bincount(tie, minlength=size).astype(np.float64),
     }
     if efron:
-        t0, t1, t2 = _grouped_sums(x[ev], phi[ev], tie, size, square=True)
+        t0, t1, t2 = _grouped_sums(x[ev], phi[ev], tie, size)
         out |= {"t0": t0, "t1": t1, "t2": t2}
     return out
 
@@ -146,9 +153,9 @@ def partial_likelihood(
     loglik = float(xe @ beta - np.log(den).sum())
     grad = xe - a.sum(axis=0)
     w1 = np.bincount(jj, weights=1.0 / den, minlength=len(d))
-    hess = np.einsum("j,jab->ab", w1, sums["s2"]) if len(d) else np.zeros((p, p))
+    second = w1 @ sums["s2"] if len(d) else np.zeros(packed(p))
     if efron and len(d):
         w2 = np.bincount(jj, weights=ff / den, minlength=len(d))
-        hess = hess - np.einsum("j,jab->ab", w2, sums["t2"])
-    hess = a.T @ a - hess
+        second = second - w2 @ sums["t2"]
+    hess = a.T @ a - unpack(second, p)
     return loglik, grad, (hess + hess.T) / 2

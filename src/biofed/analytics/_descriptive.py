@@ -15,14 +15,15 @@ With ``dp`` the site adds noise to its arrays (:class:`~biofed.analytics.NoiseSo
 the query's ε (and δ) split evenly across the noised arrays of the pass (basic
 composition); within one array a record moves every entry it touches, so the Laplace
 scale is the array's L1 sensitivity over its ε share and the Gaussian σ its L2 sensitivity
-by the analytic Gaussian mechanism. A DP answer reports 0 records (the exact cohort size
-would undo the noise on a count) and is not suppressed at the site; the coordinator rounds
-noisy counts (post-processing, which also blunts floating-point attacks on the noise) and
-still withholds those below ``min_cell`` — a small noisy count is mostly noise and reads as
-a fact about few patients. ``describe`` needs ``bounds`` for DP: values are clipped to
-``[lo, hi]`` at the site, so a record moves n by 1, the sum by max(|lo|, |hi|) and the sum
-of squares by its square. Dominance is not checked under DP (the bounds cap any record's
-share of the noise-free sum's sensitivity).
+by the analytic Gaussian mechanism. Noisy counts are rounded at the site (post-processing,
+which also blunts floating-point attacks on the noise). A DP answer reports 0 records (the
+exact cohort size would undo the noise on a count) and is not suppressed at the site; the
+coordinator clamps noisy counts at 0 and still withholds those below ``min_cell`` — a
+small noisy count is mostly noise yet reads as a fact about few patients. ``describe``
+needs ``bounds`` for DP: values are clipped to ``[lo, hi]`` at the site, so a record moves
+n by 1, the sum by M = max(|lo|, |hi|) and the sum of squares by M². Dominance is not
+checked under DP: clipping bounds any record's influence and the noise is calibrated to
+that bound.
 
 Not released: exact minima and maxima (each is one patient's value).
 """
@@ -54,6 +55,8 @@ from biofed.analytics._table import QueryTable
 from biofed.core import Array, ConfigurationError, DataError, PolicyViolation, ProtocolError
 
 _MAX_COLUMNS = 64
+#: Arrays of counts: rounded after noise is added.
+COUNT_ARRAYS = frozenset({"count", "counts", "n"})
 
 
 # -- option helpers ------------------------------------------------------------------------------
@@ -120,7 +123,16 @@ def add_noise(
     noise: NoiseSource | None,
 ) -> dict[str, Array]:
     """``arrays`` with the query's DP noise added to those named in ``sensitivity``
-    (name → (L1, L2) sensitivity); ε and δ are split evenly across them."""
+    (name → (L1, L2) sensitivity); ε and δ are split evenly across them.
+
+    Privacy notes
+    -------------
+    Noisy counts (:data:`COUNT_ARRAYS`) are rounded at the site before they leave:
+    post-processing, so the guarantee stands, and the released value no longer carries the
+    low-order bits through which a floating-point sampler can leak the exact count
+    (Mironov 2012). The rounding is symmetric, so a sum of noisy counts stays unbiased;
+    negative values are kept for the same reason and clamped only after summing.
+    """
     dp = request.query.dp
     if dp is None:
         return arrays
@@ -135,6 +147,8 @@ def add_noise(
         else:
             draw = noise.gaussian(gaussian_std(l2, dp.epsilon / share, dp.delta / share), shape)
         out[name] = out[name] + np.asarray(draw, dtype=np.float64).reshape(shape)
+        if name in COUNT_ARRAYS:
+            out[name] = np.rint(out[name])
     return out
 
 
@@ -209,6 +223,21 @@ def fmt(value: float | int | None) -> str:
     if isinstance(value, int):
         return str(value)
     return f"{value:.6g}"
+
+
+def reader(
+    read: Callable[[Mapping[str, Any]], Result], kind: str
+) -> Callable[[Mapping[str, Any]], Result]:
+    """``read`` with a one-line ConfigurationError for a malformed stored result."""
+
+    def checked(data: Mapping[str, Any]) -> Result:
+        try:
+            return read(data)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            field = f" (field {str(exc)[:40]})" if isinstance(exc, KeyError) else ""
+            raise ConfigurationError(f"a stored {kind} result is malformed{field}") from None
+
+    return checked
 
 
 def opt_int(value: object) -> int | None:
@@ -587,7 +616,7 @@ register(
         start=_count_start,
         answer=_count_answer,
         check=_count_check,
-        result_from_dict=CountResult.from_dict,
+        result_from_dict=reader(CountResult.from_dict, "count"),
         dp_supported=True,
         secure_supported=True,
     )
@@ -600,7 +629,7 @@ register(
         start=_describe_start,
         answer=_describe_answer,
         check=_describe_check,
-        result_from_dict=DescribeResult.from_dict,
+        result_from_dict=reader(DescribeResult.from_dict, "describe"),
         dp_supported=True,
         secure_supported=True,
     )
@@ -613,7 +642,7 @@ register(
         start=_correlation_start,
         answer=_correlation_answer,
         check=_correlation_check,
-        result_from_dict=CorrelationResult.from_dict,
+        result_from_dict=reader(CorrelationResult.from_dict, "correlation"),
         secure_supported=True,
     )
 )

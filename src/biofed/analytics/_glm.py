@@ -8,11 +8,13 @@ deviance, log-likelihood and Pearson χ² pieces and its record count; the coord
 them, solves ``β ← (ΣX'WX)⁻¹ ΣX'Wz`` and sends the next β. The pooled IRLS step is the same
 sum, so the federated path is the pooled path to rounding: the same start (statsmodels'
 ``starting_mu``: ``(y + ½)/2`` for binomial, ``(y + ȳ)/2`` for Poisson, which takes one
-first pass for the pooled ȳ), the same stopping rule (``|D_k − D_{k−1}| ≤ tol`` on the
-deviance, statsmodels' default ``atol = tol = 1e-8``, ``rtol = 0``, at most ``max_iter``
-solves), the same covariance (``scale · (X'WX)⁻¹`` with the weights of the last solve) and
-the Gaussian scale (Pearson χ² / (n − p)). Categorical covariates enter through
-:func:`design_matrix` with the agreed ``levels`` (the first the reference).
+first pass for the pooled ȳ; the Gaussian's first step does not depend on it), the same
+stopping rule (statsmodels' criterion ``D_k / φ_{k−1}``, the deviance over the previous
+step's scale, converged when two in a row differ by at most ``tol``: ``atol = 1e-8``,
+``rtol = 0``; at most ``max_iter`` solves), the same covariance (``scale · (X'WX)⁻¹``
+with the weights of the last solve) and the Gaussian scale (Pearson χ² / (n − p)).
+Categorical covariates enter through :func:`design_matrix` with the agreed ``levels``
+(the first the reference).
 
 Why our own code: statsmodels (the test reference) fits one table; no well-kept library
 splits an IRLS pass into site sums and a coordinator step. numpy does the algebra.
@@ -25,9 +27,9 @@ gradient perturbation) is a different estimator.
 
 Security notes
 --------------
-Threat: reconstructing records from a small site's sums. ``X'WX`` of a site with p ≥ n
-records reveals its design (n equations in the n·p unknowns of a handful of patients, and
-with the intercept column, X'X's first row is the column totals); a binary outcome with
+Threat: reconstructing records from a small site's sums. ``X'WX`` and ``X'Wz`` of a site
+with p ≥ n records come close to determining its design and outcomes (p(p+3)/2 sums of
+n(p+1) unknowns; X'X's intercept row alone is the column totals); a binary outcome with
 a few events makes ``X'Wz`` near-individual; a level of a categorical covariate held by a
 few patients singles them out; and a coordinator that sends arbitrary β for many passes
 collects ``X'W(β)X`` at points of its choice. The guards follow the peers' disclosure
@@ -35,11 +37,14 @@ settings — DataSHIELD's ``nfilter.glm`` (parameters at most a share of a site'
 ``nfilter.tab``/``nfilter.levels`` (no small level), its refusal of a ``glm`` whose
 outcome is near-constant at a study, and vantage6 v6-glm's minimum organisations: each
 site refuses when its complete-case records are fewer than ``records_per_parameter`` × p,
-when an agreed level has 1 to ``min_cell − 1`` records in its cohort, and (binomial) when
-its events or non-events are fewer than ``min_cell``; the coordinator refuses a combined
-answer that rests on fewer than ``min_sites`` sites, or on a set of sites or a record
-count that changes between passes; ``max_iter`` (≤ 100) caps the passes a coordinator
-may ask for.
+when an agreed level has 1 to ``min_cell − 1`` of them, when a binary column of the
+design (a one-hot covariate) or a binary outcome has a value in fewer than ``min_cell``
+(binomial: fewer than ``min_cell`` events or non-events, none included), when a requested
+β puts the weights on fewer than ``max(min_cell, 2p)`` records in effect
+(:func:`_check_spread`), and past ``max_iter`` (≤ 100) passes; the coordinator refuses a
+combined answer that rests on fewer than ``min_sites`` sites, or on a set of sites or a
+record count that changes between passes, and a reply no honest site could give
+(:func:`_check`).
 """
 
 from __future__ import annotations
@@ -73,7 +78,7 @@ from biofed.core import (
 )
 
 #: GLM families (each with its canonical link: logit, log, identity).
-FAMILIES = ("binomial", "poisson", "gaussian")
+GLM_FAMILIES = ("binomial", "poisson", "gaussian")
 #: Most parameters a GLM may have (X'WX of 500² values per site and pass).
 MAX_PARAMETERS = 500
 #: More records than any site holds: a claim beyond this is not an answer.
@@ -110,8 +115,8 @@ def _check_options(options: Mapping[str, Any]) -> Mapping[str, Any]:
     if len(set(covs)) != len(covs):
         raise ConfigurationError("glm covariates must not repeat")
     family = options.get("family")
-    if family not in FAMILIES:
-        raise ConfigurationError(f"glm family must be one of {', '.join(FAMILIES)}")
+    if family not in GLM_FAMILIES:
+        raise ConfigurationError(f"glm family must be one of {', '.join(GLM_FAMILIES)}")
     intercept = options.get("intercept", True)
     if not isinstance(intercept, bool):
         raise ConfigurationError("glm intercept must be true or false")
@@ -275,9 +280,6 @@ def _site_rows(
                     f"disclosure: a level of glm covariate {cov!r} has fewer than "
                     f"{rules.min_cell} records at this site"
                 )
-    x = design_matrix(table, rows, options["covariates"], options["levels"])
-    if options["intercept"]:
-        x = np.column_stack([np.ones(n), x])
     if table.kinds.get(options["outcome"]) != "numeric":
         raise DataError(f"glm outcome {options['outcome']!r} must be a numeric column")
     y = np.asarray(table.column(options["outcome"])[rows], dtype=np.float64)
@@ -290,7 +292,21 @@ def _site_rows(
                 f"disclosure: glm binomial outcome {options['outcome']!r} has fewer than "
                 f"{rules.min_cell} events or non-events at this site"
             )
-    elif family == "poisson" and (y < 0).any():
+    elif _rare_binary(y, rules.min_cell):
+        raise PolicyViolation(
+            f"disclosure: glm outcome {options['outcome']!r} is binary and one of its values "
+            f"is held by fewer than {rules.min_cell} records at this site"
+        )
+    x = design_matrix(table, rows, options["covariates"], options["levels"])
+    for j, name in enumerate(design_names(options["covariates"], options["levels"])):
+        if _rare_binary(x[:, j], rules.min_cell):
+            raise PolicyViolation(
+                f"disclosure: glm design column {name[:60]!r} is binary and one of its "
+                f"values is held by fewer than {rules.min_cell} records at this site"
+            )
+    if options["intercept"]:
+        x = np.column_stack([np.ones(n), x])
+    if family == "poisson" and (y < 0).any():
         raise DataError(f"glm poisson outcome {options['outcome']!r} must be >= 0")
     offset = np.zeros(n)
     if options.get("offset") is not None:
@@ -301,6 +317,35 @@ def _site_rows(
             raise DataError(f"glm exposure {options['exposure']!r} must be > 0")
         offset = offset + np.log(exposure)
     return x, y, offset
+
+
+def _rare_binary(column: Array, min_cell: int) -> bool:
+    """Whether ``column`` takes exactly two values, one of them in fewer than ``min_cell``
+    rows (DataSHIELD's ``glmDS1`` check of dichotomous columns against ``nfilter.tab``)."""
+    values, counts = np.unique(column, return_counts=True)
+    return len(values) == 2 and int(counts.min()) < min_cell
+
+
+def _check_spread(w: Array, least: int) -> None:
+    """Refuse weights that rest on fewer than ``least`` records in effect.
+
+    Security notes
+    --------------
+    Threat: a coordinator that sends a β of its choosing (not the IRLS step) so that the
+    weights vanish on all but a few records: ``X'WX`` and ``X'Wz`` would then be those
+    records' covariates and outcomes. Kish's effective sample size ``(Σw)² / Σw²`` (Kish,
+    *Survey Sampling*, 1965) must reach ``least``: the minimum cell count, and twice the
+    parameters (well short of p ≥ n, where the sums would determine the records). Not
+    the records-per-parameter threshold: honest weights vary (Poisson weights grow with
+    the exposure; at TCGA-BRCA's smallest site 39 records weigh as 27).
+    """
+    total = float(np.sum(w))
+    squares = float(np.sum(w * w))
+    if not total > 0 or total * total < least * squares:
+        raise PolicyViolation(
+            "disclosure: the requested glm step puts its weight on fewer than "
+            f"{least} records in effect at this site"
+        )
 
 
 def _state_number(state: Mapping[str, Any], key: str) -> float:
@@ -320,6 +365,11 @@ def _answer(
     del noise  # no DP answers (see the module notes)
     options = request.query.options
     family = options["family"]
+    if request.pass_no > options["max_iter"] + 2:  # the mean pass, the start, the solves
+        raise PolicyViolation(
+            f"disclosure: glm pass {request.pass_no} is past the query's max_iter "
+            f"({options['max_iter']}) and its start"
+        )
     x, y, offset = _site_rows(table, cohort, options, rules)
     n, p = x.shape
     if request.step == "mean":
@@ -345,7 +395,9 @@ def _answer(
     else:
         raise ProtocolError(f"glm has no step {request.step[:40]!r}")
     w, z = _weights_and_response(family, y, mu, eta)
+    _check_spread(w, max(rules.min_cell, 2 * p))
     xwx = (x * w[:, None]).T @ x
+    xwx = (xwx + xwx.T) / 2  # exactly symmetric (the products round in either order)
     xwz = x.T @ (w * z)
     stats = _site_stats(family, y, mu)
     if not (np.isfinite(xwx).all() and np.isfinite(xwz).all() and np.isfinite(stats).all()):
@@ -359,20 +411,20 @@ def _check(request: Request, out: Answer) -> None:
     p = len(_names(options))
     if out.records > MAX_RECORDS:
         raise ProtocolError(f"glm answer claims more than {MAX_RECORDS} records")
+    if out.records < request.rules.records_per_parameter * p:
+        raise ProtocolError("glm answer rests on fewer records per parameter than the rules allow")
     if request.step == "mean":
         if options["family"] == "poisson" and out.arrays["sum_y"][0] < 0:
             raise ProtocolError("glm answer has a negative outcome sum")
         return
     xwx = out.arrays["xwx"]
     stats = out.arrays["stats"]
-    if not np.allclose(xwx, xwx.T, rtol=1e-10, atol=0.0):
+    if not np.allclose(xwx, xwx.T, rtol=1e-10, atol=1e-12 * float(np.max(np.abs(xwx)))):
         raise ProtocolError("glm answer's X'WX is not symmetric")
     if (np.diag(xwx) < 0).any() or stats[0] < 0 or stats[2] < 0:
         raise ProtocolError("glm answer has a negative weight sum, deviance or Pearson χ²")
     if options["family"] == "binomial" and stats[1] > 0:
         raise ProtocolError("glm answer has a positive binomial log-likelihood")
-    if out.records < request.rules.records_per_parameter * p:
-        raise ProtocolError("glm answer rests on fewer records per parameter than the rules allow")
     if options["intercept"]:
         # The intercept's weight sum bounds the records: W = 1 (Gaussian), W ≤ 1/4 (logit).
         if options["family"] == "gaussian" and not math.isclose(

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from biofed.analytics._survival import KaplanMeierResult, SurvivalCurve
+from biofed.analytics._survival_results import KaplanMeierResult, SurvivalCurve
 from biofed.core import ConfigurationError
 
 if TYPE_CHECKING:

@@ -21,13 +21,13 @@ fixed by the equations even when every line has two suppressions). The standard
 (row or column of the table extended by its totals) holding a suppressed entry holds at
 least two, and, stronger, that the linear system "cells of a line sum to its total" leaves
 every suppressed entry undetermined. :func:`protect_table` enforces both: it adds
-complements line by line (the smallest unsuppressed non-zero entry of a line with a single
-suppression, its total where the line has no other cell), then audits the system exactly
-(null space of the constraint matrix on the suppressed entries, by SVD) and adds
-complements until no suppressed entry is determined. Not covered: narrow *intervals* a
-reader can derive from non-negativity (the LP audit of protection ranges, which
-τ-ARGUS performs); a minimum cell count keeps those intervals at least wide enough to hold
-``min_cell`` records' worth of ambiguity only heuristically.
+complements line by line (in a line with a single suppression, preferably where the
+crossing line needs one too, else the smallest non-zero entry), then audits the system
+exactly (an entry is fixed iff it lies in the row space of the constraint matrix on the
+suppressed entries; thin SVD) and adds complements until no suppressed entry is
+determined. Not covered: the narrow *intervals* non-negativity can leave for a suppressed
+cell (τ-ARGUS's linear-programming audit of protection ranges); this is why primary
+suppression uses ``min_cell`` and complements are small non-zero cells.
 
 Dominance: a sum where one record's |value| exceeds ``dominance`` × the cell's Σ|value|
 mostly reveals that record. Under secure aggregation no one holds the consortium's largest
@@ -141,24 +141,21 @@ def _constraints(r: int, c: int) -> Array:
 def determined(mask_ext: Array) -> Array:
     """Which suppressed entries of an extended table the published ones fix exactly.
 
-    An unknown entry is determined iff every vector of the null space of the constraint
-    matrix restricted to the unknowns is zero there.
+    An unknown entry is determined iff its unit vector lies in the row space of the
+    constraint matrix restricted to the unknowns, i.e. iff its leverage (the squared norm
+    of its column in an orthonormal basis of that row space, from a thin SVD) is 1.
     """
     r1, c1 = mask_ext.shape
     unknown = np.flatnonzero(mask_ext.ravel())
-    out = np.zeros(mask_ext.shape, dtype=bool)
+    out = np.zeros(mask_ext.size, dtype=bool)
     if unknown.size == 0:
-        return out
+        return out.reshape(mask_ext.shape)
     a = _constraints(r1 - 1, c1 - 1)[:, unknown]
-    _, sing, vt = np.linalg.svd(a, full_matrices=True)
+    _, sing, vt = np.linalg.svd(a, full_matrices=False)
     rank = int((sing > 1e-9 * max(1.0, float(sing.max(initial=0.0)))).sum())
-    null = vt[rank:]
-    free = (
-        np.abs(null).max(axis=0, initial=0.0) > 1e-9 if null.size else np.zeros(unknown.size, bool)
-    )
-    flat = out.ravel()
-    flat[unknown[~free]] = True
-    return flat.reshape(out.shape)
+    leverage = (vt[:rank] ** 2).sum(axis=0)
+    out[unknown[leverage > 1.0 - 1e-9]] = True
+    return out.reshape(mask_ext.shape)
 
 
 def protect_table(counts: Array, suppressed: Array, min_cell: int) -> Array:

@@ -28,6 +28,7 @@ from biofed.analytics._descriptive import (
     numeric_values,
     only,
     opt_int,
+    reader,
 )
 from biofed.analytics._protocol import (
     Analysis,
@@ -382,7 +383,7 @@ register(
         start=_histogram_start,
         answer=_histogram_answer,
         check=_histogram_check,
-        result_from_dict=HistogramResult.from_dict,
+        result_from_dict=reader(HistogramResult.from_dict, "histogram"),
         dp_supported=True,
         secure_supported=True,
     )
@@ -395,7 +396,7 @@ register(
         start=_crosstab_start,
         answer=_crosstab_answer,
         check=_crosstab_check,
-        result_from_dict=CrosstabResult.from_dict,
+        result_from_dict=reader(CrosstabResult.from_dict, "crosstab"),
         dp_supported=True,
         secure_supported=True,
     )

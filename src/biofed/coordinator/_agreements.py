@@ -231,12 +231,13 @@ def _analytics(agreement: object) -> DisclosureRules | None:
         return None
     if isinstance(section, DisclosureRules):
         return section
-    rules = getattr(section, "rules", None)
+    rules = getattr(section, "rules", section)  # governance's AnalyticsPolicy, or a table
     if isinstance(rules, DisclosureRules):
         return rules
-    if isinstance(section, Mapping):
+    if isinstance(rules, Mapping):
+        given = {k: rules[k] for k in RULE_KEYS if k in rules}
         try:
-            return DisclosureRules.from_mapping({k: section[k] for k in RULE_KEYS if k in section})
+            return DisclosureRules.from_mapping(given) if given else None
         except BiofedError:
             return None
     return None

@@ -108,6 +108,10 @@ class SecureSum:
         RunCancelled
             Once the run is cancelled.
         """
+        text = request.to_json()
+        # The sites flatten their answers in the layout's order as they read it from the
+        # JSON (sorted keys); decode the sum in that same order, not the analysis's own.
+        request = Request.from_json(text)
         if request.layout is None:
             raise AnalysisFailed(f"analysis: pass {pass_no} ({request.step}) is not a sum")
         participants = sorted(sites)
@@ -121,7 +125,6 @@ class SecureSum:
             server = SecAggServer(plan, participants, run_id=exchange.run_id, round=pass_no)
         except ConfigurationError as exc:
             raise AnalysisFailed(f"analysis: secure aggregation refused: {exc}") from None
-        text = request.to_json()
         certificates: dict[str, bytes] = {}
 
         def accept(reply: Reply) -> None:

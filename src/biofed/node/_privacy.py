@@ -401,39 +401,37 @@ class SitePrivacy:
         delta: float,
         agreement_cap: tuple[float, float] | None = None,
     ) -> tuple[float, float]:
-        """Reserve one DP query pass before the site answers it; return the run's
-        cumulative (ε, δ) at this site (basic composition over its passes).
+        """Reserve one DP query answer before the site gives it; return the run's
+        cumulative (ε, δ) at this site (basic composition over every answer it gave).
+
+        Each answer is its own debit: the ledger keys it by the instruction's round, or —
+        when that round was answered already (a coordinator that restarted, or asks again)
+        — by the next free number, so a repeated pass is charged again, never free.
 
         Raises
         ------
-        PolicyViolation
-            ``"privacy: …"`` if this round of the run was answered already: a second answer
-            with fresh noise would let the two be averaged, so a pass is answered once.
         PrivacyBudgetExceeded
             When the ledger refuses (audited there as ``budget.refused``).
 
         Privacy notes
         -------------
         Threat: a release past the dataset's budget, and noise averaged away over repeated
-        answers. Debit before release (the ledger commits before this returns); the pass's
-        round may be debited once only, checked and recorded under one lock.
+        answers that were charged once. Debit before release (the ledger commits before
+        this returns); every answer is composed, a repeat included.
         """
-        run_id, rnd = instruction.run_id, instruction.round
+        run_id = instruction.run_id
         text = query_mechanism(query_sha256, pass_no, mechanism, epsilon, delta)
         with self._query_lock:
             if self.ledger is None:
                 history = self._memory.setdefault((dataset, run_id), {})
-                if rnd in history:
-                    raise _answered(rnd)
                 total = query_epsilon(history, epsilon, delta)
-                history[rnd] = text
+                history[_free_key(history, instruction.round)] = text
                 return total
-            if rnd in self.ledger.mechanisms(dataset, run_id):
-                raise _answered(rnd)
+            key = _free_key(self.ledger.mechanisms(dataset, run_id), instruction.round)
             debit = self.ledger.reserve_composed(
                 dataset,
                 run_id,
-                rnd,
+                key,
                 lambda history: query_epsilon(history, epsilon, delta),
                 agreement_cap=agreement_cap,
                 mechanism=text,
@@ -477,11 +475,9 @@ class SitePrivacy:
         return debit.epsilon_after, debit.delta_after
 
 
-def _answered(rnd: int) -> PolicyViolation:
-    return PolicyViolation(
-        f"privacy: round {rnd} of this query run was answered with DP noise already; a "
-        "pass is answered once (fresh noise could be averaged away)"
-    )
+def _free_key(history: Mapping[int, str], round: int) -> int:
+    """The ledger key of a new DP answer: its round, unless that one is taken."""
+    return round if round not in history else max(history) + 1
 
 
 def task_instruction(instruction: Instruction, plan: RoundPrivacy | None) -> Instruction:

@@ -19,9 +19,14 @@ A QUERY instruction carries one pass of a :class:`biofed.analytics.Request` (its
 5. replies with the answer's arrays as float64 ``parameters`` and ``num_examples`` = the
    records it rests on.
 
-The logged cohort is the rows the query's split and filters select that are complete in
-the columns its kind reads (the complete cases every kind answers on); a kind that answers
-some statistics on more rows than that is compared on this common core.
+The cohorts logged for one answer are the row sets its statistics can rest on: the rows
+the query's split and filters select that are present in each column its kind reads (a
+describe's per-column n and sums), and those complete in all of them (a correlation's or a
+regression's complete cases); a kind without columns (a count) logs the selected rows. A
+differencing through missing values — the same statistic of column X over two cohorts that
+differ only by a patient whose Y is missing — is then caught like one through filters. The
+price: a count after a describe (or the reverse) is refused when 1 to k−1 of the selected
+rows miss the described column, since the two answers would count those patients.
 
 Security notes
 --------------
@@ -51,6 +56,7 @@ from biofed.analytics import (
     kind_of,
 )
 from biofed.core import (
+    Array,
     ConfigurationError,
     Instruction,
     ParameterSet,
@@ -187,15 +193,12 @@ class SiteQueries:
                 raise PolicyViolation("privacy: this site has no noise source for DP answers")
             noise = self.noise()
         out = answer(request, table, rules, noise=noise)
-        query = request.query
-        columns = kind_of(query.kind).columns(query.options)
-        rows = complete_rows(table, table.cohort(query), list(columns))
         self.log.check_and_record(
             table.name,
-            table.ids[rows],
+            *_cohorts(table, request),
             min_difference=rules.min_difference,
             run_id=instruction.run_id,
-            query_sha256=query.digest,
+            query_sha256=request.query.digest,
         )
         return request, out
 
@@ -206,6 +209,16 @@ class SiteQueries:
         secure pass, what the secure-aggregation step masks)."""
         _, out = self.answer(instruction, clearance, secure=secure)
         return answer_reply(instruction, out, self.node_id)
+
+
+def _cohorts(table: QueryTable, request: Request) -> list[Array]:
+    """The row-id sets an answer's statistics can rest on (see the module docstring)."""
+    query = request.query
+    selected = table.cohort(query)
+    columns = list(kind_of(query.kind).columns(query.options))
+    masks = [complete_rows(table, selected, [c]) for c in columns]
+    masks.append(complete_rows(table, selected, columns))
+    return [table.ids[mask] for mask in masks]
 
 
 def answer_reply(instruction: Instruction, out: Answer, node_id: str) -> Reply:

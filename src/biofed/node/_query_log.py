@@ -1,12 +1,13 @@
 """The site's query log: the cohorts of the queries it answered, to refuse a differencing
 attack.
 
-Each answered pass of a federated query is logged per dataset: the cohort it rests on as
-its sorted row ids (int64, zlib-compressed), with the run id and the query's digest. A new
-query whose cohort differs from a logged cohort of the same dataset by 1 to
-``min_difference - 1`` records (size of the symmetric difference) is refused; the same
-cohort again (difference 0: a later pass of the same query, or the query repeated) is
-allowed, since it releases nothing about a record that the earlier answer did not.
+Each answered pass of a federated query is logged per dataset: the cohorts its statistics
+rest on, each as its sorted row ids (int64, zlib-compressed), with the run id and the
+query's digest. A new answer with a cohort that differs from one logged for another query
+of the same dataset by 1 to ``min_difference - 1`` records (size of the symmetric
+difference) is refused; the same cohort again (difference 0) is allowed, and so are the
+cohorts of the same query (a later pass, a repeat, the per-column cohorts of one answer),
+since the same statistics over the same rows release nothing new.
 
 One SQLite file in the node folder (WAL journal, ``synchronous=FULL``, like the privacy
 ledger: each commit is synced before it returns), or one in-memory database for a
@@ -15,14 +16,14 @@ are one ``BEGIN IMMEDIATE`` transaction, so two concurrent queries cannot both p
 against a log that holds neither; the node records before the reply leaves, so a crash
 after an answer left never forgets its cohort.
 
-Size and cost. The log keeps the newest :data:`MAX_COHORTS` distinct cohorts per dataset
-(a repeated cohort is stored once); older ones are dropped, so a coordinator that has a
-site answer that many other queries in between can difference against a cohort the log no
-longer holds (all of them are in the signed audit log: such a campaign is visible). A
+Size and cost. The log keeps the newest :data:`MAX_COHORTS` cohorts per dataset (a cohort
+repeated by the same query is stored once); older ones are dropped, so a coordinator that
+has a site answer that many other queries in between can difference against a cohort the
+log no longer holds (all of them are in the signed audit log: such a campaign is visible). A
 check decompresses only the logged cohorts whose size is within ``min_difference - 1`` of
 the new one's (the symmetric difference is at least the difference of the sizes; an
-index on (dataset, size) finds them), and a cohort equal to a logged one is found by its
-SHA-256 first, so a typical check reads a handful of rows.
+index on (dataset, size) finds them), and a cohort this query logged before is found by
+its SHA-256 and not compared again, so a typical check reads a handful of rows.
 
 Security notes
 --------------
@@ -75,7 +76,7 @@ CREATE TABLE IF NOT EXISTS cohorts (
     at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS cohorts_by_size ON cohorts (dataset, size);
-CREATE INDEX IF NOT EXISTS cohorts_by_hash ON cohorts (dataset, sha256);
+CREATE INDEX IF NOT EXISTS cohorts_by_hash ON cohorts (dataset, sha256, query_sha256);
 """
 
 
@@ -138,23 +139,24 @@ class QueryLog:
         self._lock = threading.RLock()  # one writer per process; SQLite's lock across them
         self._memory: sqlite3.Connection | None = None
 
-    @classmethod
-    def in_memory_log(cls) -> QueryLog:
-        """A log kept in this object only."""
-        return cls(MEMORY)
-
     def check_and_record(
         self,
         dataset: str,
-        ids: Array,
-        *,
+        *cohorts: Array,
         min_difference: int,
         run_id: str,
         query_sha256: str,
     ) -> None:
-        """Refuse ``ids`` if it differs from a logged cohort of ``dataset`` by 1 to
-        ``min_difference - 1`` records; otherwise log it (once per distinct cohort) before
-        returning, so the caller may release the answer.
+        """Refuse the answer if one of its ``cohorts`` (the row-id sets its statistics rest
+        on) differs from a cohort logged for another query of ``dataset`` by 1 to
+        ``min_difference - 1`` records; otherwise log each before returning, so the caller
+        may release the answer.
+
+        Cohorts of the same query (its passes, its repeats, the per-column cohorts of one
+        answer) are not compared with each other: the same statistics over the same rows
+        tell nothing new. Every pair of logged cohorts of different queries is at least
+        ``min_difference`` apart (or equal), so a cohort already logged for this query
+        needs no new comparison.
 
         Raises
         ------
@@ -165,48 +167,61 @@ class QueryLog:
         """
         check_id(dataset, what="dataset name")
         check_id(run_id, what="run_id")
-        cohort = _sorted_ids(ids)
-        digest = _digest(cohort)
-        size = int(cohort.shape[0])
+        query = str(query_sha256)[:64]
+        fresh: dict[str, Array] = {}
+        for ids in cohorts:
+            cohort = _sorted_ids(ids)
+            fresh.setdefault(_digest(cohort), cohort)
         with self._lock, self._transaction() as db:
-            seen = db.execute(
-                "SELECT 1 FROM cohorts WHERE dataset = ? AND sha256 = ? LIMIT 1",
-                (dataset, digest),
-            ).fetchone()
-            if seen is not None:
-                return  # the same cohort again: nothing new about any record
+            new = {}
+            for digest, cohort in fresh.items():
+                seen = db.execute(
+                    "SELECT 1 FROM cohorts WHERE dataset = ? AND sha256 = ? AND query_sha256 = ? "
+                    "LIMIT 1",
+                    (dataset, digest, query),
+                ).fetchone()
+                if seen is None:
+                    new[digest] = cohort
             if min_difference > 1:
-                near = db.execute(
-                    "SELECT ids, size FROM cohorts WHERE dataset = ? AND size BETWEEN ? AND ?",
-                    (dataset, size - min_difference + 1, size + min_difference - 1),
+                for cohort in new.values():
+                    self._check(db, dataset, cohort, query, min_difference)
+            for digest, cohort in new.items():
+                db.execute(
+                    "INSERT INTO cohorts (dataset, size, sha256, ids, run_id, query_sha256, at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        dataset,
+                        int(cohort.shape[0]),
+                        digest,
+                        zlib.compress(cohort.tobytes(), 6),
+                        run_id,
+                        query,
+                        self._clock(),
+                    ),
                 )
-                for blob, other in near:
-                    diff = symmetric_difference_size(cohort, _decode(blob, other))
-                    if 0 < diff < min_difference:
-                        raise PolicyViolation(
-                            "disclosure: the query's cohort differs by fewer than "
-                            f"{min_difference} records from an earlier query's on dataset "
-                            f"{dataset!r} (a differencing attack would reveal them); widen "
-                            "or narrow its filters"
-                        )
-            db.execute(
-                "INSERT INTO cohorts (dataset, size, sha256, ids, run_id, query_sha256, at) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (
-                    dataset,
-                    size,
-                    digest,
-                    zlib.compress(cohort.tobytes(), 6),
-                    run_id,
-                    str(query_sha256)[:64],
-                    self._clock(),
-                ),
-            )
-            db.execute(
-                "DELETE FROM cohorts WHERE dataset = ? AND id NOT IN (SELECT id FROM cohorts "
-                "WHERE dataset = ? ORDER BY id DESC LIMIT ?)",
-                (dataset, dataset, self.max_cohorts),
-            )
+            if new:
+                db.execute(
+                    "DELETE FROM cohorts WHERE dataset = ? AND id NOT IN (SELECT id FROM "
+                    "cohorts WHERE dataset = ? ORDER BY id DESC LIMIT ?)",
+                    (dataset, dataset, self.max_cohorts),
+                )
+
+    @staticmethod
+    def _check(db: sqlite3.Connection, dataset: str, cohort: Array, query: str, k: int) -> None:
+        size = int(cohort.shape[0])
+        near = db.execute(
+            "SELECT ids, size FROM cohorts WHERE dataset = ? AND query_sha256 != ? "
+            "AND size BETWEEN ? AND ?",
+            (dataset, query, size - k + 1, size + k - 1),
+        )
+        for blob, other in near:
+            diff = symmetric_difference_size(cohort, _decode(blob, other))
+            if 0 < diff < k:
+                raise PolicyViolation(
+                    f"disclosure: the query's cohort differs by fewer than {k} records from "
+                    f"an earlier query's on dataset {dataset!r} (a differencing attack would "
+                    "reveal them); widen or narrow its filters"
+                )
 
     def cohorts(self, dataset: str) -> int:
         """Distinct cohorts logged for ``dataset``."""

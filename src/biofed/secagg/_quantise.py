@@ -104,11 +104,32 @@ def dequantise(total: Array, plan: SecAggPlan) -> tuple[Array, int]:
 def dequantise_sum(total: Array, plan: SecAggPlan) -> Array:
     """The float64 weighted sum ``Σ wᵢ clip(xᵢ)`` from the unmasked ring sum, within
     ``Σ wᵢ · s/2`` of it (what a statistic's secure sum needs: :mod:`biofed.analytics` sends
-    weight 1, so a count is exact and a sum is within ``n · s/2``)."""
+    weight 1, so a count is exact and a sum is within ``n · s/2``).
+
+    The offset of the grid (``Σ wᵢ`` times the level of 0) is removed in integer arithmetic
+    before the levels are scaled: decoding ``s · Σ wq − r · Σ w`` in float64 would lose
+    about ``n · r · 2^-52`` to cancellation (1e-6 with r = 1e9), enough to turn a zero (a
+    flag, an empty cell) into a small non-zero value. With a step 1/K (1e-6, 1e-5…) and a
+    whole r, 0 is on the grid and decodes to exactly 0, and a sum of integers (a count)
+    to that integer exactly (the levels are divided by K, correctly rounded)."""
     total_weight = int(total[-1])
     d = plan.dimension
     step = plan.config.quantisation_step
+    # 0 sits at level r/s of the grid: the level quantise_into gives it comes off in
+    # integers, what is left of r/s in float64 (nothing when s = 1/K and r·K is whole:
+    # the grid then has 0 on it, and a float rounding of r·(1/s) must not move it)
     clip = plan.config.clip_range
-    out = np.asarray(total[:d], dtype=np.float64) * step
-    out -= clip * total_weight
-    return out
+    at = clip * (1.0 / step)
+    zero = int(np.floor(at + 0.5))
+    per_unit = round(1.0 / step)
+    aligned = per_unit >= 1 and 1.0 / per_unit == step and float(clip).is_integer()
+    fraction = 0.0 if aligned else at - zero
+    signed = np.int32 if total.dtype == np.uint32 else np.int64
+    offset = total.dtype.type((total_weight * zero) % (1 << (8 * total.dtype.itemsize)))
+    # Σ w (q − q₀) fits the signed type: |q − q₀| ≤ L/2 and n · max_weight · L < 2^b
+    levels: Array = (np.asarray(total[:d]) - offset).view(signed).astype(np.float64)
+    if fraction:
+        levels -= total_weight * fraction
+    if per_unit >= 1 and 1.0 / per_unit == step:  # s = 1/K: dividing by K keeps integers exact
+        return np.asarray(levels / per_unit, dtype=np.float64)
+    return np.asarray(levels * step, dtype=np.float64)

@@ -1,6 +1,7 @@
 """biofed.simulation: a federation of virtual sites in one process, a pool of worker
 processes, or Ray actors."""
 
+from biofed.simulation._analyze import SIM_DATASET, analyze
 from biofed.simulation._backends import (
     BACKENDS,
     Backend,
@@ -26,6 +27,7 @@ from biofed.simulation._synthetic import SYNTHETIC_DATASET, logistic_recipes, lo
 __all__ = [
     "BACKENDS",
     "GENERIC",
+    "SIM_DATASET",
     "SYNTHETIC_DATASET",
     "Backend",
     "BackendName",
@@ -36,6 +38,7 @@ __all__ = [
     "RecommendedSettings",
     "SimulationReport",
     "SiteRecipe",
+    "analyze",
     "build_node",
     "evaluate_everywhere",
     "load_node_config",

@@ -54,13 +54,16 @@ class Rehearsal:
     """What the governed sites are set up from: the agreement and the bundle file."""
 
     agreement: SignedAgreement
-    bundle_file: Path
-    digest: str
+    bundle_file: Path | None
+    digest: str | None
 
     @classmethod
-    def load(cls, agreement: str | Path, bundle: str | Path) -> Rehearsal:
-        """Read the agreement (signed or a draft) and the bundle; one line on a problem."""
+    def load(cls, agreement: str | Path, bundle: str | Path | None) -> Rehearsal:
+        """Read the agreement (signed or a draft) and the bundle (None for a query, which
+        runs no bundle); one line on a problem."""
         signed = read_agreement(agreement)
+        if bundle is None:
+            return cls(agreement=signed, bundle_file=None, digest=None)
         info = read_bundle(Path(bundle))
         if info.digest not in signed.agreement.approved_bundles:
             raise ConfigurationError(
@@ -163,10 +166,11 @@ def governed_config(
             folder / "certificates" / f"{party.name}.pem",
         )
     write_agreement(folder / "agreements" / f"{signed.agreement.agreement_id}.toml", signed)
-    shutil.copy(rehearsal.bundle_file, folder / "bundles" / f"{rehearsal.digest}.zip")
-    ApprovalStore(folder / "approvals.json", audit=log).approve(
-        rehearsal.digest, by=f"{site} (simulation)", note="approved for a simulated rehearsal"
-    )
+    if rehearsal.bundle_file is not None and rehearsal.digest is not None:
+        shutil.copy(rehearsal.bundle_file, folder / "bundles" / f"{rehearsal.digest}.zip")
+        ApprovalStore(folder / "approvals.json", audit=log).approve(
+            rehearsal.digest, by=f"{site} (simulation)", note="approved for a simulated rehearsal"
+        )
     governance = GovernanceConfig(
         agreements_dir=folder / "agreements",
         certificates_dir=folder / "certificates",

@@ -250,7 +250,7 @@ def _unbacked(entries: Sequence[AuditEntry], source: AuditSource) -> list[str]:
             debited.add((data.get("run_id"), data.get("round")))
         elif entry.event == SENT_EVENT:
             run, rnd, kind = data.get("run_id"), data.get("round"), data.get("kind")
-            if kind in ("train", "evaluate") and (run, rnd, kind) not in accepted:
+            if kind in ("train", "evaluate", "query") and (run, rnd, kind) not in accepted:
                 problems.append(
                     f"{where}: round.sent of run {run!r} round {rnd} ({kind}) has no job.accepted "
                     "before it (the decision is missing from the log)"
