@@ -408,7 +408,7 @@ def _describe_answer(
             x = np.clip(x, lo, hi)
         n[j], s[j], ss[j] = x.size, x.sum(), (x * x).sum()
         if not dp and x.size:
-            dom[j] = float(dominated(np.abs(x).sum(), np.abs(x).max(), rules.dominance))
+            dom[j] = float(_dominated_sums(x, rules.dominance))
     arrays = {"n": n, "sum": s, "sumsq": ss, "dominated": dom, "suppressed": sup}
     if dp:
         worst = max(max(abs(a), abs(b)) for a, b in (bounds[c] for c in columns))
@@ -425,6 +425,12 @@ def _describe_answer(
         if 0 < records < rules.min_cell:
             records = 0
     return Answer(arrays=arrays, records=records)
+
+
+def _dominated_sums(x: Array, dominance: float) -> bool:
+    """Whether one record dominates the sum of |x| (the (1, ``dominance``) rule)."""
+    a = np.abs(x)
+    return bool(dominated(a.sum(), a.max(), dominance))
 
 
 def _describe_finish(analysis: OnePass, total: Answer, sites: Sequence[str]) -> Result:
@@ -548,13 +554,16 @@ def _correlation_answer(
     x = np.column_stack([table.column(c)[rows] for c in columns]).astype(np.float64)
     x = x[~np.isnan(x).any(axis=1)]
     m = x.shape[0]
+    # the means are released: describe's dominance rule applies to every column (else a
+    # correlation query would reveal the sum a describe query withholds)
+    dom = m > 0 and any(_dominated_sums(x[:, j], rules.dominance) for j in range(x.shape[1]))
     arrays = {
         "n": np.array([float(m)]),
         "sum": x.sum(axis=0),
         "cross": x.T @ x,
-        "suppressed": np.zeros(1),
+        "suppressed": np.array([float(dom)]),  # secure mode: the total is withheld
     }
-    if not request.secure and 0 < m < rules.min_cell:
+    if not request.secure and (0 < m < rules.min_cell or dom):
         k = len(columns)
         hidden = {"n": np.zeros(1), "sum": np.zeros(k), "cross": np.zeros((k, k))}
         return Answer(arrays={**hidden, "suppressed": np.ones(1)}, records=0)
