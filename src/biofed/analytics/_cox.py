@@ -320,6 +320,10 @@ def _answer(
             raise ProtocolError("cox request state 'times' must be strictly increasing")
     else:  # stratified without a grid: this site's own event times
         grid, binned = np.unique(time[event]), False
+    if opts.get("strata") is None:
+        # the coordinator's times fix the size of what the site computes: bound it before
+        # allocating (a forged request without a layout is not checked by the protocol)
+        _check_size(len(grid), p, ties=opts["ties"], strata=None)
     index = risk_index(time, event, grid, binned=binned)
     sums = risk_sums(xc, index, event, beta, len(grid), efron=efron)
     xe = xc[event].sum(axis=0)
