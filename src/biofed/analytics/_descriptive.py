@@ -55,6 +55,8 @@ from biofed.analytics._table import QueryTable
 from biofed.core import Array, ConfigurationError, DataError, PolicyViolation, ProtocolError
 
 _MAX_COLUMNS = 64
+#: More records than any site holds: a count beyond this is not an answer (as glm's).
+MAX_RECORDS = 10**9
 #: Arrays of counts: rounded after noise is added.
 COUNT_ARRAYS = frozenset({"count", "counts", "n"})
 
@@ -210,10 +212,14 @@ def check_counts(request: Request, answer: Answer, *counts: str) -> None:
     """A site's exact counts: non-negative integers (noisy under DP: anything finite)."""
     if request.query.dp is not None:
         return
+    if answer.records > MAX_RECORDS:
+        raise ProtocolError(f"an answer may rest on at most {MAX_RECORDS} records")
     for name in counts:
         values = answer.arrays[name]
         if (values < 0).any() or (values != np.rint(values)).any():
             raise ProtocolError(f"answer array {name!r} must hold counts (integers >= 0)")
+        if (values > MAX_RECORDS).any():
+            raise ProtocolError(f"answer array {name!r} counts more than {MAX_RECORDS} records")
 
 
 def fmt(value: float | int | None) -> str:
