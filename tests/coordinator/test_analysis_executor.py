@@ -191,6 +191,8 @@ def test_cancel_abandons_the_query() -> None:
         release.set()
         service.stop()
     assert not any(e.kind == ANALYSIS_EVENT for e in store.events(run_id))
+    cancelled = [e.message for e in store.events(run_id) if e.kind == "cancelled"]
+    assert cancelled == ["the query abandoned; nodes told to drop the run"]
 
 
 def test_a_restarted_coordinator_starts_the_query_again_from_pass_1() -> None:
@@ -229,6 +231,7 @@ def test_a_restarted_coordinator_starts_the_query_again_from_pass_1() -> None:
     assert row is not None
     assert row.status is RunStatus.FINISHED
     assert service.analysis_result(ALICE, run_id)
+    assert json.loads(service.get_run(ALICE, run_id).summary_json)["passes"] == 2
 
 
 def test_submit_refuses_a_bundle_with_an_analysis_and_applies_the_limits() -> None:

@@ -76,12 +76,48 @@ def test_the_stored_spec_tells_training_and_analysis_jobs_apart(tmp_path: Path) 
         run_spec_from_json(json.dumps(mixed))
 
 
-def test_the_rules_only_tighten_the_defaults_and_add_the_agreements() -> None:
+def test_the_requests_rules_are_the_jobs_made_as_strict_as_the_agreements() -> None:
     job = AnalysisJob.from_toml(GOOD.replace("min_cell = 20", "min_cell = 3\ndominance = 0.9"))
-    assert job.rules == DisclosureRules()  # 3 and 0.9 are looser than 10 and 0.5
+    # the job may ask for looser rules (the sites enforce their own whatever it asks)
+    assert job.rules == DisclosureRules(min_cell=3, dominance=0.9)
+    assert AnalysisJob.from_json(job.to_json()).rules == job.rules
     agreed = DisclosureRules(min_cell=25, min_sites=4)
-    assert job.request_rules(agreed) == DisclosureRules(min_cell=25, min_sites=4)
+    assert job.request_rules(agreed) == DisclosureRules(min_cell=25, dominance=0.5, min_sites=4)
     assert job.request_rules(None) == job.rules
+    # an agreement's table tightens only the keys it sets
+    tightened = job.request_rules({"min_cell": 25})
+    assert tightened == DisclosureRules(min_cell=25, dominance=0.9)
+    with pytest.raises(ConfigurationError, match=r"agreement's \[analytics\]: unknown key"):
+        job.request_rules({"min_cel": 25})
+
+
+def test_the_coordinator_reads_the_rules_an_agreement_sets() -> None:
+    import datetime as dt
+
+    from biofed.coordinator._agreements import _analytics
+    from biofed.governance import AnalyticsPolicy, Party, StudyAgreement
+
+    def party(name: str, role: str) -> Party:
+        return Party(name=name, role=role, fingerprint="0" * 64)
+
+    def agreement(analytics: AnalyticsPolicy) -> StudyAgreement:
+        return StudyAgreement(
+            agreement_id="a",
+            title="t",
+            purpose="p",
+            legal_basis="l",
+            consortium="c",
+            coordinator=party("coordinator", "coordinator"),
+            parties=(party("s", "site"), party("r", "researcher")),
+            datasets={"s": "d"},
+            approved_bundles=(),
+            analytics=analytics,
+            expires=dt.date.today() + dt.timedelta(days=3),
+        )
+
+    policy = AnalyticsPolicy(allowed=("count",), rules={"min_cell": 12, "dominance": 0.4})
+    assert dict(_analytics(agreement(policy)) or {}) == {"min_cell": 12, "dominance": 0.4}
+    assert _analytics(agreement(AnalyticsPolicy(allowed=("count",)))) is None
 
 
 @pytest.mark.parametrize(
@@ -219,3 +255,13 @@ def test_built_in_python_the_job_checks_its_fields() -> None:
         AnalysisJob(dataset="bad name!", query=query)
     with pytest.raises(ConfigurationError, match="query must be a Query"):
         AnalysisJob(dataset="d", query="count")  # type: ignore[arg-type]
+
+
+def test_the_job_reference_documents_analysis_jobs_from_their_schema() -> None:
+    text = JobSpec.reference()
+    assert "# Analysis jobs" in text
+    assert "## `[run]` of an analysis job" in text
+    assert "## `[secure_aggregation]` (optional) of an analysis job" in text
+    assert "| `clip_range` | a number in (0, 1e+15] | `1000000000.0` |" in text
+    assert MOMENTS not in text  # a kind a test registered is not biofed's
+    assert "`cox`" in text

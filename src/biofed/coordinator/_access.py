@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Literal
 
-from biofed.analytics import DisclosureRules
 from biofed.coordinator._agreements import AgreementKeeper
 from biofed.coordinator._analysis_job import run_spec_from_json
 from biofed.coordinator._store import RunRow
@@ -110,8 +109,8 @@ class RunAccess:
         False for an agreement that is not kept here."""
         return self.agreements is not None and self.agreements.releases_model(agreement_id)
 
-    def analytics_rules(self, agreement_id: str) -> DisclosureRules | None:
-        """The ``[analytics]`` disclosure thresholds of a kept agreement, or None."""
+    def analytics_rules(self, agreement_id: str) -> Mapping[str, float] | None:
+        """The ``[analytics]`` disclosure thresholds a kept agreement sets, or None."""
         return None if self.agreements is None else self.agreements.analytics_rules(agreement_id)
 
     def visible(self, peer: Peer, rows: Iterable[RunRow]) -> list[RunRow]:

@@ -28,6 +28,7 @@ import threading
 import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 
 from biofed.analytics import RULE_KEYS, DisclosureRules
 from biofed.core import BiofedError, ConfigurationError, PolicyViolation, check_id
@@ -110,7 +111,7 @@ class AgreementKeeper:
         self._coordinator = coordinator
         self._coordinator_pem = coordinator_pem
         self._lock = threading.Lock()
-        self._researchers: dict[str, tuple[frozenset[str], bool, DisclosureRules | None]] = {}
+        self._researchers: dict[str, tuple[frozenset[str], bool, Mapping[str, float] | None]] = {}
 
     def _path(self, agreement_id: str) -> Path:
         return self.directory / f"{check_id(agreement_id, what='agreement id')}.json"
@@ -189,7 +190,7 @@ class AgreementKeeper:
         tmp.write_text(json.dumps(body, sort_keys=True), encoding="utf-8")
         os.replace(tmp, path)
 
-    def _terms(self, agreement_id: str) -> tuple[frozenset[str], bool, DisclosureRules | None]:
+    def _terms(self, agreement_id: str) -> tuple[frozenset[str], bool, Mapping[str, float] | None]:
         """(researchers named, final model released, analytics thresholds) of a kept
         agreement; nobody, no release and no thresholds for an id that is not kept (or no
         longer reads)."""
@@ -217,27 +218,24 @@ class AgreementKeeper:
         """Whether a kept agreement lets the final model leave (``outputs.final_model``)."""
         return self._terms(agreement_id)[1]
 
-    def analytics_rules(self, agreement_id: str) -> DisclosureRules | None:
-        """The disclosure thresholds of a kept agreement's ``[analytics]`` section (None
-        without one, or for an id not kept): an analysis under it states at least these."""
+    def analytics_rules(self, agreement_id: str) -> Mapping[str, float] | None:
+        """The disclosure thresholds a kept agreement's ``[analytics]`` section sets (rule
+        key → value; None without any, or for an id not kept): an analysis under it states
+        at least these."""
         return self._terms(agreement_id)[2]
 
 
-def _analytics(agreement: object) -> DisclosureRules | None:
-    """The ``[analytics]`` thresholds of an agreement (the rule keys of its section; kinds
-    it allows are the sites' to enforce), read defensively: None when it has none."""
+def _analytics(agreement: object) -> Mapping[str, float] | None:
+    """The rule keys an agreement's ``[analytics]`` sets (its allowed kinds are the sites'
+    to enforce), checked by :class:`~biofed.analytics.DisclosureRules`; None when it sets
+    none, or they do not read."""
     section = getattr(agreement, "analytics", None)
-    if section is None:
+    rules = getattr(section, "rules", None)  # governance's AnalyticsPolicy
+    if not isinstance(rules, Mapping):
         return None
-    if isinstance(section, DisclosureRules):
-        return section
-    rules = getattr(section, "rules", section)  # governance's AnalyticsPolicy, or a table
-    if isinstance(rules, DisclosureRules):
-        return rules
-    if isinstance(rules, Mapping):
-        given = {k: rules[k] for k in RULE_KEYS if k in rules}
-        try:
-            return DisclosureRules.from_mapping(given) if given else None
-        except BiofedError:
-            return None
-    return None
+    given = {k: rules[k] for k in RULE_KEYS if k in rules}
+    try:
+        DisclosureRules.from_mapping(given)
+    except BiofedError:
+        return None
+    return MappingProxyType(given) if given else None

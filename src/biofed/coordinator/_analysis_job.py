@@ -23,19 +23,28 @@ one float64 vector (:func:`biofed.analytics.secure_vector`) with weight 1, and t
 coordinator unmasks only their sum. The fixed-point grid has step ``s``
 (``quantisation_step``, default 1e-6) over ``[-r, r]`` (``clip_range``, default 1e9, at
 most 1e15, and ``2r/s`` at most 2^53 so that every grid point is an exact float64): a
-secure sum over ``n`` sites is within ``n·s/2`` of the exact sum, plus the float64
-rounding of decoding, about ``n·r·2^-52`` (with the defaults and ten sites, under 1e-5
-absolute); record counts are exact (rounded). A site whose value lies beyond ``±r`` refuses
-to answer (never clipped silently) and names ``clip_range`` to raise.
+secure sum over ``n`` sites is within ``n·s/2`` of the exact sum (with the defaults and ten
+sites, 5e-6 absolute), plus the float64 rounding of the result; with a step ``1/K`` and a
+whole ``r`` (the defaults) a zero and a sum of integers (a count) come back exact
+(the secure sum's decoding removes the grid's offset in integers). A site whose value lies
+beyond ``±r`` refuses to answer (never clipped silently) and names ``clip_range`` to raise:
+sums of squares outgrow 1e9 quickly (Fed-TCGA-BRCA's follow-up days squared at one site).
 
 Security notes
 --------------
 The coordinator parses text that any researcher of the consortium sends: the same bounded,
 duplicate-key-refusing parsing as :class:`~biofed.coordinator.JobSpec` (1 MiB, RFC 8259 §4
 parser differentials, deep nesting), every ``[run]`` key checked by the job schema's rules,
-the query by its kind's own checks, and a one-line error naming the field. The disclosure
-rules a job asks for can only tighten the defaults (:class:`~biofed.analytics.DisclosureRules`):
-the request's rules are the stricter of the defaults, the job's and the agreement's.
+the query by its kind's own checks, and a one-line error naming the field.
+
+The disclosure rules a request states are the job's ``[analysis.rules]`` (the defaults of
+:class:`~biofed.analytics.DisclosureRules` for keys it leaves out) made at least as strict
+as the agreement's ``[analytics]`` thresholds when the coordinator keeps the agreement. A
+job cannot loosen what a site protects: each site answers under the stricter of its own
+rules (``node.toml``, the agreement) and the request's in plain mode, and refuses a secure
+request looser than its own; a job may ask for looser rules than the defaults only where
+the sites agreed to them (e.g. ``records_per_parameter = 1`` for a 39-covariate Cox model
+on Fed-TCGA-BRCA, whose smallest site holds 40 training rows).
 """
 
 from __future__ import annotations
@@ -103,7 +112,7 @@ ANALYSIS_RUN = Table(
             name=f.name,
             rule=f.rule,
             doc=_RUN_DOCS.get(f.name, f.doc),
-            default=f.default,
+            default="analysis" if f.name == "name" else f.default,
             required=f.required,
         )
         for f in RUN.fields
@@ -121,7 +130,7 @@ ANALYSIS_SECURE_AGGREGATION = Table(
     name="secure_aggregation",
     doc="SecAgg+ for the query (optional): the coordinator unmasks only the sum of the "
     "sites' answers. Every site adds weight 1; a sum over n sites is within n·s/2 of the "
-    "exact sum (plus float64 rounding of about n·r·2^-52).",
+    "exact sum, and with s = 1/K and a whole r (the defaults) zeros and counts are exact.",
     fields=(
         Field(
             name="num_neighbours",
@@ -246,8 +255,9 @@ class AnalysisJob:
     query:
         The query every site answers.
     rules:
-        The disclosure rules the job asks for (``[analysis.rules]``, never looser than the
-        defaults: :meth:`request_rules` adds the agreement's).
+        The disclosure rules the job asks the coordinator to apply (``[analysis.rules]``;
+        the defaults for keys it leaves out); :meth:`request_rules` makes them at least as
+        strict as the agreement's.
     min_nodes, min_replies, round_timeout:
         Sites connected before the query starts; valid answers each pass needs; seconds
         each pass waits.
@@ -285,7 +295,6 @@ class AnalysisJob:
         if errors:
             raise ConfigurationError(error_text(errors))
         object.__setattr__(self, "round_timeout", run["round_timeout"])
-        object.__setattr__(self, "rules", DisclosureRules().stricter(self.rules))
         if self.min_replies > self.min_nodes:
             errors.append(
                 f"[run] min_replies cannot exceed [run] min_nodes ({self.min_nodes}), "
@@ -481,10 +490,19 @@ class AnalysisJob:
         """Whether the answers are summed under secure aggregation."""
         return self.secure_aggregation is not None
 
-    def request_rules(self, agreement: DisclosureRules | None = None) -> DisclosureRules:
-        """The rules every request states: the stricter of the defaults, the job's and the
-        agreement's ``[analytics]`` thresholds (when the coordinator holds them)."""
-        return self.rules if agreement is None else self.rules.stricter(agreement)
+    def request_rules(
+        self, agreement: DisclosureRules | Mapping[str, float] | None = None
+    ) -> DisclosureRules:
+        """The rules every request states: the job's, made at least as strict as the
+        agreement's ``[analytics]`` thresholds (when the coordinator holds them) on every
+        key the agreement sets (a table of some of the rule keys, or all of them)."""
+        if agreement is None:
+            return self.rules
+        if not isinstance(agreement, DisclosureRules):
+            given = DisclosureRules.from_mapping(agreement, what="the agreement's [analytics]")
+            set_keys = {k: getattr(given, k) for k in agreement}
+            agreement = DisclosureRules(**{**self.rules.to_dict(), **set_keys})
+        return self.rules.stricter(agreement)
 
     def job_section(self) -> JobSection:
         """The job section every instruction of the run carries: the dataset, the

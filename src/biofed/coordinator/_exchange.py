@@ -397,9 +397,11 @@ class NodeExchange:
             declared = self._declared.get(reply.node_id, 0)
             if 0 < declared < reply.num_examples:
                 outstanding.discard(reply.node_id)
-                what = {MessageKind.TRAIN: "training", MessageKind.SUMMARISE: "summarised"}.get(
-                    kind, "evaluation"
-                )
+                what = {
+                    MessageKind.TRAIN: "training",
+                    MessageKind.SUMMARISE: "summarised",
+                    MessageKind.QUERY: "queried",
+                }.get(kind, "evaluation")
                 raise ProtocolError(
                     f"reply claims {reply.num_examples} {what} examples, the node declared "
                     f"{declared} for this dataset (a site's weight is capped by what it declared)"

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from biofed.analytics import DisclosureRules
 from biofed.coordinator._analysis import ANALYSIS_EVENT, PASS_EVENT, analyze_over
 from biofed.coordinator._analysis_job import AnalysisJob, run_spec_from_json
 from biofed.coordinator._anchored import AnchoredTransport
@@ -63,6 +62,13 @@ class RunListener(EngineListener, Protocol):
     """Engine hooks that also word a round's ``round_completed`` event (committed with it)."""
 
     def completed_event(self, record: RoundRecord) -> RunEvent: ...
+
+
+def _spec_or_none(text: str) -> JobSpec | AnalysisJob | None:
+    try:
+        return run_spec_from_json(text)
+    except BiofedError:
+        return None
 
 
 def ending_status(records: list[RoundRecord]) -> tuple[RunStatus, str | None]:
@@ -106,8 +112,8 @@ class RunExecutor:
         The coordinator's job limits; a study job's model size is checked against them once
         its preprocessing is fitted (its feature count is unknown at submit).
     agreement_rules:
-        The ``[analytics]`` disclosure thresholds of a kept study agreement (by id), or
-        None: an analysis job's requests state the stricter of its own and these.
+        The ``[analytics]`` disclosure thresholds a kept study agreement sets (by id), or
+        None: an analysis job's requests are at least as strict on every key it sets.
     """
 
     def __init__(
@@ -121,7 +127,7 @@ class RunExecutor:
         audit: Callable[[str, dict[str, Any]], None] = lambda event, data: None,
         anchor: AuditLog | None = None,
         limits: JobLimits | None = None,
-        agreement_rules: Callable[[str], DisclosureRules | None] = lambda agreement: None,
+        agreement_rules: Callable[[str], Mapping[str, float] | None] = lambda agreement: None,
     ) -> None:
         self.agreement_rules = agreement_rules
         self.store = store
@@ -347,11 +353,14 @@ class RunExecutor:
             row = self.store.set_run_status(run_id, RunStatus.CANCELLED)
         except BiofedError:
             return  # already ended (cancelled by the control API while it was pending)
+        what = f"round {row.completed_rounds + 1}"
+        if isinstance(_spec_or_none(row.spec), AnalysisJob):
+            what = "the query"
         self.store.append_event(
             run_id,
             round=row.completed_rounds,
             kind="cancelled",
-            message=f"round {row.completed_rounds + 1} abandoned; nodes told to drop the run",
+            message=f"{what} abandoned; nodes told to drop the run",
         )
         self.audit("run.cancelled", {"run_id": run_id, "rounds": row.completed_rounds})
 

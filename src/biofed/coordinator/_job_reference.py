@@ -69,10 +69,85 @@ def _section(section: Table | VariantTable, *, where: str = "") -> list[str]:
     return lines
 
 
+_ANALYSIS = """\
+# Analysis jobs
+
+An analysis job (`analysis.toml`) asks every site one federated query instead of training a
+model: a count, moments, a histogram, a Kaplan–Meier curve, an exact GLM or Cox model (see
+`biofed.analytics`). It is submitted like a job file and checked the same way; it has no
+`[task]`, `[strategy]`, `[train]`, `[evaluate]` or `[privacy]` (a query's DP is its own,
+`[analysis.dp]`). Its tables: `[run]` and `[secure_aggregation]` below, `[study]` as above
+(the sites query the extracted table by column name; there is no preprocessing phase), and
+`[analysis]`, the query:
+"""
+_QUERY_ROWS = (
+    ("`kind`", "**required**: one of {kinds}", "What the sites compute."),
+    (
+        "the kind's options",
+        'inline (`columns = [...]`, `time = "time"`, `[analysis.levels]`…)',
+        "Checked by the kind: see `biofed.analytics`.",
+    ),
+    (
+        "`[[analysis.where]]`",
+        "tables of `column`, `op` (one of {ops}) and `value`",
+        "Rows every filter keeps (all must pass).",
+    ),
+    (
+        "`split`",
+        'one of {splits} (default `"all"`)',
+        "The study's training rows, its test rows, or all.",
+    ),
+    (
+        "`[analysis.dp]`",
+        "`mechanism` (one of {mechanisms}), `epsilon`, `delta`",
+        "DP answers: each site adds its noise and debits its ledger.",
+    ),
+    (
+        "`[analysis.rules]`",
+        "any of {rules}",
+        "The disclosure rules the coordinator states and applies to combined answers; the "
+        "sites answer under their own whatever is asked, and the agreement's `[analytics]` "
+        "makes them stricter.",
+    ),
+)
+
+
 def render_job_reference() -> str:
-    """The Markdown reference of the job file and of the coordinator's ``[limits]``."""
+    """The Markdown reference of the job file, of analysis jobs and of the coordinator's
+    ``[limits]``."""
+    from biofed.analytics import (
+        DP_MECHANISMS,
+        FILTER_OPS,
+        RULE_KEYS,
+        SPLITS,
+        kind_of,
+        query_kinds,
+    )
+    from biofed.coordinator._analysis_job import ANALYSIS_RUN, ANALYSIS_SECURE_AGGREGATION
+
+    def listed(values: tuple[str, ...]) -> str:
+        return ", ".join(f"`{v}`" for v in values)
+
     lines = [_INTRO]
     for section in SECTIONS:
         lines += _section(section)
+    # biofed's own kinds (a test or a plug-in may register more in this process)
+    kinds = tuple(
+        k
+        for k in query_kinds()
+        if getattr(kind_of(k).start, "__module__", "").startswith("biofed.")
+    )
+    values = {
+        "kinds": listed(kinds),
+        "ops": listed(FILTER_OPS),
+        "splits": listed(SPLITS),
+        "mechanisms": listed(DP_MECHANISMS),
+        "rules": listed(RULE_KEYS),
+    }
+    lines += [_ANALYSIS, "| key | value | meaning |", "|---|---|---|"]
+    lines += [f"| {k} | {v.format(**values)} | {m} |" for k, v, m in _QUERY_ROWS]
+    lines.append("")
+    lines += _section(ANALYSIS_RUN, where=" of an analysis job")
+    lines += _section(ANALYSIS_SECURE_AGGREGATION, where=" of an analysis job")
     lines += _section(LIMITS, where=" in the coordinator's `kit.toml`")
     return "\n".join(lines).rstrip("\n") + "\n"

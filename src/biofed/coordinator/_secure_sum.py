@@ -10,8 +10,9 @@ unmasked is the sum :attr:`~biofed.secagg.SecAggResult.total`, not a mean, read 
 combined :class:`~biofed.analytics.Answer` (:func:`biofed.analytics.total_from_vector`).
 
 The sum is exact up to the fixed-point grid: within ``n·s/2`` over ``n`` sites (``s`` the
-job's ``quantisation_step``) plus the float64 rounding of decoding, about ``n·r·2^-52``
-(``r`` its ``clip_range``); the record count is rounded to the integer it is.
+job's ``quantisation_step``); with ``s = 1/K`` and a whole ``clip_range`` zeros and counts
+are exact (:func:`biofed.secagg`'s decoding removes the grid's offset in integers); the
+record count is rounded to the integer it is.
 
 Security notes
 --------------

@@ -190,7 +190,9 @@ def _analysis_summary(store: StateStore, row: RunRow, job: AnalysisJob) -> RunSu
     result is in, why it waits and its latest problems (the result itself is read with
     :meth:`~biofed.coordinator.Coordinator.analysis_result`)."""
     events = store.events(row.run_id)
-    passes = [e for e in events if e.kind == PASS_EVENT]
+    resumed = [e.seq for e in events if e.kind == "resumed"]
+    since = resumed[-1] if resumed else -1  # a restarted query counts its passes anew
+    passes = [e for e in events if e.kind == PASS_EVENT and e.seq > since]
     summary: dict[str, Any] = {
         "analysis": job.query.kind,
         "dataset": job.dataset,

@@ -30,7 +30,8 @@ from biofed.simulation._job_governance import Rehearsal
 from biofed.simulation._job_sites import site_recipes
 from biofed.simulation._sites import SiteSource
 
-#: The dataset name the virtual sites hold their data under (and the query's job names).
+#: The dataset name the virtual sites hold their data under (and the query's job names);
+#: with an agreement, the dataset it gives the sites.
 SIM_DATASET = "analysis"
 #: Default secure settings of a simulated query: the analysis job's (±1e9 on a 1e-6 grid).
 _SECURE = {"clip_range": 1e9, "quantisation_step": 1e-6, "max_weight": 1}
@@ -92,7 +93,8 @@ def analyze(
         Sum the sites' answers under SecAgg+ (True: the analysis job's defaults, a 1e-6
         grid over ±1e9; or the settings). Kinds that need each site's answer are refused.
     rules:
-        The disclosure rules the coordinator states (never looser than the defaults).
+        The disclosure rules the coordinator states (default: the defaults). Each site still
+        answers under its own (``node_rules``, default the defaults) whatever is asked.
     node_rules:
         Each site's own ``[analytics]`` thresholds: one for every site, or site → rules.
     study:
@@ -128,10 +130,11 @@ def analyze(
             "with a study spec every site is a study source (an OMOP CDM or a data file)"
         )
     rehearsal = None if agreement is None else Rehearsal.load(agreement, None)
+    dataset = SIM_DATASET if rehearsal is None else _agreed_dataset(rehearsal, names)
     settings = _secure_settings(secure)
     job = AnalysisJob(
         name="sim",
-        dataset=SIM_DATASET,
+        dataset=dataset,
         query=query,
         rules=DisclosureRules() if rules is None else rules,
         min_nodes=len(names),
@@ -145,7 +148,7 @@ def analyze(
     with tempfile.TemporaryDirectory(prefix="biofed-analyze-") as scratch:
         recipes = site_recipes(
             dict(data),
-            SIM_DATASET,
+            dataset,
             workdir=Path(scratch),
             needs_kits=settings is not None,
             node_configs=_node_configs(names, node_rules),
@@ -168,8 +171,21 @@ def analyze(
     return result
 
 
-def _agreement_rules(rehearsal: Rehearsal) -> DisclosureRules | None:
+def _agreed_dataset(rehearsal: Rehearsal, sites: list[str]) -> str:
+    """The one dataset name the agreement gives the sites (a query names one dataset)."""
+    datasets = rehearsal.agreement.agreement.datasets
+    missing = sorted(set(sites) - set(datasets))
+    if missing:
+        raise ConfigurationError(f"the agreement names no dataset of {', '.join(missing)}")
+    names = {datasets[s] for s in sites}
+    if len(names) != 1:
+        raise ConfigurationError(
+            "the agreement gives the sites different datasets: a query names one"
+        )
+    return names.pop()
+
+
+def _agreement_rules(rehearsal: Rehearsal) -> Mapping[str, float] | None:
     """The rehearsed agreement's ``[analytics]`` thresholds (the coordinator states them)."""
     rules = rehearsal.agreement.agreement.analytics.rules
-    given = {k: rules[k] for k in RULE_KEYS if k in rules}
-    return DisclosureRules.from_mapping(given) if given else None
+    return {k: rules[k] for k in RULE_KEYS if k in rules} or None
