@@ -9,6 +9,7 @@ What must hold: a forged reply is rejected or fails the run with a one-line
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 
 import numpy as np
@@ -130,7 +131,8 @@ def test_negative_and_fractional_counts_are_rejected_and_left_out() -> None:
 
     handlers["d"] = forging(data["d"], negative)
     result = run(handlers, Query("count"), min_replies=3)
-    assert isinstance(result, CountResult) and result.count == 3 * 60
+    assert isinstance(result, CountResult)
+    assert result.count == 3 * 60
 
 
 def test_a_reply_to_another_runs_pass_is_not_taken() -> None:
@@ -159,7 +161,8 @@ def test_a_reply_to_another_runs_pass_is_not_taken() -> None:
         result = run(handlers, Query("count"), min_replies=3)
     except AnalysisFailed:
         return
-    assert isinstance(result, CountResult) and result.count in (3 * 60, None)
+    assert isinstance(result, CountResult)
+    assert result.count in (3 * 60, None)
 
 
 # -- survival and cox ---------------------------------------------------------------------------
@@ -181,15 +184,11 @@ def test_km_counts_inflated_consistently_to_a_trillion_fail_or_finish_fast() -> 
             tail_events=np.zeros(1),
             tail_censored=np.zeros(1),
         )
-        return Reply.answering(
-            instruction, parameters=ParameterSet(arrays), num_examples=int(big)
-        )
+        return Reply.answering(instruction, parameters=ParameterSet(arrays), num_examples=int(big))
 
     handlers["d"] = forging(data["d"], inflate)
-    try:
+    with contextlib.suppress(AnalysisFailed, BiofedError):
         run(handlers, q)
-    except (AnalysisFailed, BiofedError):
-        pass
 
 
 def test_a_cox_site_zeroing_its_risk_sets_fails_the_run_in_one_line() -> None:
@@ -208,10 +207,9 @@ def test_a_cox_site_zeroing_its_risk_sets_fails_the_run_in_one_line() -> None:
 
     handlers["d"] = forging(data["d"], zero)
     q = Query("cox", {"time": "time", "event": "event", "covariates": ["x"]})
-    try:
+    with pytest.raises(AnalysisFailed) as failed:
         run(handlers, q)
-    except AnalysisFailed as exc:
-        assert "\n" not in str(exc)
+    assert "\n" not in str(failed.value)
 
 
 def test_a_forged_cox_request_without_a_layout_is_bounded_before_the_site_computes() -> None:

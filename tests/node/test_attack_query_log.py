@@ -101,11 +101,11 @@ def _where(*filters: tuple[str, str, Any]) -> list[dict[str, Any]]:
 def test_describe_with_and_without_one_patient_is_refused_even_under_another_run() -> None:
     site = _site()
     first = _ask(site, Query("describe", {"columns": ["age"]}), run_id="r-1")
-    assert isinstance(first, DescribeResult) and first.column("age")["sum"] is not None
+    assert isinstance(first, DescribeResult)
+    assert first.column("age")["sum"] is not None
     drop_one = Query.from_dict(
-        {"kind": "describe", "options": {"columns": ["age"]},
-         "where": _where(("age", "!=", 55.25))}
-    )  # fmt: skip
+        {"kind": "describe", "options": {"columns": ["age"]}, "where": _where(("age", "!=", 55.25))}
+    )
     with pytest.raises(PolicyViolation, match="differs by fewer than 10"):
         _ask(site, drop_one, run_id="r-2")
 
@@ -177,7 +177,8 @@ def test_the_same_query_again_is_answered_and_changes_nothing() -> None:
     site = _site()
     a = _ask(site, Query("count"), run_id="r-1")
     b = _ask(site, Query("count"), run_id="r-2")
-    assert isinstance(a, CountResult) and a.count == b.count == N  # type: ignore[attr-defined]
+    assert isinstance(a, CountResult)
+    assert a.count == b.count == N
 
 
 def test_a_filter_on_a_column_the_site_lacks_is_refused_naming_no_values() -> None:
@@ -208,17 +209,23 @@ def test_describe_on_two_columns_then_one_where_the_other_is_present_is_refused(
     def ask(query: Query) -> None:
         request = Request(query=query, pass_no=1, step="sums", layout={"n": (1,)})
         log.check_and_record(
-            "brca", *_cohorts(table, request), min_difference=10, run_id="r",
+            "brca",
+            *_cohorts(table, request),
+            min_difference=10,
+            run_id="r",
             query_sha256=query.digest,
-        )  # fmt: skip
+        )
 
     ask(Query("describe", {"columns": ["x", "y"]}))
     with pytest.raises(PolicyViolation):
         ask(
             Query.from_dict(
-                {"kind": "describe", "options": {"columns": ["x"]},
-                 "where": [{"column": "y", "op": "present"}]}
-            )  # fmt: skip
+                {
+                    "kind": "describe",
+                    "options": {"columns": ["x"]},
+                    "where": [{"column": "y", "op": "present"}],
+                }
+            )
         )
 
 
@@ -236,8 +243,10 @@ def test_histograms_with_shifted_edges_do_not_isolate_one_patient() -> None:
         b = _ask(site, Query("histogram", {"column": "age", "edges": [55.5, 90]}), run_id="r-2")
     except PolicyViolation:
         return
-    assert isinstance(a, HistogramResult) and isinstance(b, HistogramResult)
-    assert a.below is not None and b.below is not None
+    assert isinstance(a, HistogramResult)
+    assert isinstance(b, HistogramResult)
+    assert a.below is not None
+    assert b.below is not None
     assert b.below - a.below != 1  # one patient with age in [55.1, 55.5)
 
 
@@ -251,23 +260,24 @@ def test_a_suppressed_crosstab_cell_is_not_recovered_with_a_count() -> None:
     site = _site()
     tab = _ask(
         site,
-        Query("crosstab", {"rows": "sex", "cols": "smoker", "row_levels": [0, 1],
-                           "col_levels": [0, 1]}),  # fmt: skip
+        Query(
+            "crosstab",
+            {"rows": "sex", "cols": "smoker", "row_levels": [0, 1], "col_levels": [0, 1]},
+        ),
         run_id="r-1",
         secure=True,  # the coordinator protects the table: its margins are published
     )
     assert isinstance(tab, CrosstabResult)
     assert tab.counts[0][1] is None  # three women smoke
     women = tab.row_totals[0]
-    q = Query.from_dict(
-        {"kind": "count", "where": _where(("sex", "==", 0), ("smoker", "==", 0))}
-    )
+    q = Query.from_dict({"kind": "count", "where": _where(("sex", "==", 0), ("smoker", "==", 0))})
     try:
         rest = _ask(site, q, run_id="r-2")
     except PolicyViolation:
         return
     assert isinstance(rest, CountResult)
-    assert women is not None and rest.count is not None
+    assert women is not None
+    assert rest.count is not None
     assert women - rest.count >= RULES.min_cell or women - rest.count == 0
 
 
@@ -288,15 +298,13 @@ def test_two_study_specs_on_one_dataset_share_the_query_log() -> None:
     def section(spec: StudySpec) -> StudySection:
         return StudySection(spec=spec.to_json(), digest=spec.digest)
 
-    _ask(site, Query("describe", {"columns": ["age"]}), dataset="eunomia",
-         study=section(first))  # fmt: skip
+    _ask(site, Query("describe", {"columns": ["age"]}), dataset="eunomia", study=section(first))
     ages = site.table(JobSection(dataset="eunomia", study=section(first))).column("age")
     values, counts = np.unique(ages[~np.isnan(ages)], return_counts=True)
     rare = float(values[counts == counts.min()][0])
     near = Query.from_dict(
-        {"kind": "describe", "options": {"columns": ["age"]},
-         "where": _where(("age", "!=", rare))}
-    )  # fmt: skip
+        {"kind": "describe", "options": {"columns": ["age"]}, "where": _where(("age", "!=", rare))}
+    )
     assert 0 < counts.min() < RULES.min_difference
     with pytest.raises(PolicyViolation, match="differs by fewer than"):
         _ask(site, near, dataset="eunomia", study=section(second), run_id="r-2")
