@@ -147,6 +147,14 @@ def test_km_with_a_group_of_one_patient_is_refused(secure: bool) -> None:
     assert ok.curves[0].records == 120
 
 
+def test_logrank_against_a_group_of_one_patient_is_refused() -> None:
+    # the observed events of a group of one are that patient's event
+    t = _survival_table(["A"] * 40 + ["B"])
+    q = Query("logrank", {"time": "time", "event": "event", "group": "g", "levels": ["A", "B"]})
+    with pytest.raises(PolicyViolation, match="min_cell"):
+        run(q, {"a": t, "b": t, "c": t})
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="plain km: a site answers a group of 1 (its size and tail events) to the "
