@@ -7,6 +7,7 @@ analysis combines the answers into a :class:`Result`. The runtimes (the coordina
 the node, or a simulation) move requests and answers; nothing here does I/O.
 """
 
+from biofed.analytics import _glm  # noqa: F401  (registers the kind glm)
 from biofed.analytics._cox import CoxAnalysis
 from biofed.analytics._descriptive import CorrelationResult, CountResult, DescribeResult
 from biofed.analytics._design import complete_rows, design_matrix, design_names

@@ -261,6 +261,28 @@ def _site_rows(
     return x, time, event.astype(bool)
 
 
+def _check_spread(eta: Array, least: int) -> None:
+    """Refuse a β whose risk weights ``exp(xβ)`` rest on fewer than ``least`` records in
+    effect (Kish's effective sample size ``(Σφ)² / Σφ²``, computed on ``φ / max φ``).
+
+    Security notes
+    --------------
+    Threat: a coordinator that sends a β of its choosing rather than the Newton step, large
+    along one covariate, so that one record carries all the risk weight: ``s1 / s0`` at
+    the first agreed time is then that record's covariate vector. As glm's guard on its
+    IRLS weights (Kish, *Survey Sampling*, 1965).
+    """
+    if eta.size == 0:
+        return
+    phi = np.exp(eta - float(np.max(eta)))
+    total, squares = float(np.sum(phi)), float(np.sum(phi * phi))
+    if total * total < least * squares:
+        raise PolicyViolation(
+            "disclosure: the requested cox step puts its risk weight on fewer than "
+            f"{least} records in effect at this site"
+        )
+
+
 def _vector(state: Mapping[str, Any], key: str, size: int | None) -> Array:
     value = state.get(key)
     if not isinstance(value, list) or (size is not None and len(value) != size):
@@ -320,6 +342,11 @@ def _answer(
             raise ProtocolError("cox request state 'times' must be strictly increasing")
     else:  # stratified without a grid: this site's own event times
         grid, binned = np.unique(time[event]), False
+    if opts.get("strata") is None:
+        # the coordinator's times fix the size of what the site computes: bound it before
+        # allocating (a forged request without a layout is not checked by the protocol)
+        _check_size(len(grid), p, ties=opts["ties"], strata=None)
+    _check_spread(xc @ beta, rules.min_cell)
     index = risk_index(time, event, grid, binned=binned)
     sums = risk_sums(xc, index, event, beta, len(grid), efron=efron)
     xe = xc[event].sum(axis=0)

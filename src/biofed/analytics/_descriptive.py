@@ -55,6 +55,8 @@ from biofed.analytics._table import QueryTable
 from biofed.core import Array, ConfigurationError, DataError, PolicyViolation, ProtocolError
 
 _MAX_COLUMNS = 64
+#: More records than any site holds: a count beyond this is not an answer (as glm's).
+MAX_RECORDS = 10**9
 #: Arrays of counts: rounded after noise is added.
 COUNT_ARRAYS = frozenset({"count", "counts", "n"})
 
@@ -210,10 +212,14 @@ def check_counts(request: Request, answer: Answer, *counts: str) -> None:
     """A site's exact counts: non-negative integers (noisy under DP: anything finite)."""
     if request.query.dp is not None:
         return
+    if answer.records > MAX_RECORDS:
+        raise ProtocolError(f"an answer may rest on at most {MAX_RECORDS} records")
     for name in counts:
         values = answer.arrays[name]
         if (values < 0).any() or (values != np.rint(values)).any():
             raise ProtocolError(f"answer array {name!r} must hold counts (integers >= 0)")
+        if (values > MAX_RECORDS).any():
+            raise ProtocolError(f"answer array {name!r} counts more than {MAX_RECORDS} records")
 
 
 def fmt(value: float | int | None) -> str:
@@ -408,7 +414,7 @@ def _describe_answer(
             x = np.clip(x, lo, hi)
         n[j], s[j], ss[j] = x.size, x.sum(), (x * x).sum()
         if not dp and x.size:
-            dom[j] = float(dominated(np.abs(x).sum(), np.abs(x).max(), rules.dominance))
+            dom[j] = float(_dominated_sums(x, rules.dominance))
     arrays = {"n": n, "sum": s, "sumsq": ss, "dominated": dom, "suppressed": sup}
     if dp:
         worst = max(max(abs(a), abs(b)) for a, b in (bounds[c] for c in columns))
@@ -425,6 +431,12 @@ def _describe_answer(
         if 0 < records < rules.min_cell:
             records = 0
     return Answer(arrays=arrays, records=records)
+
+
+def _dominated_sums(x: Array, dominance: float) -> bool:
+    """Whether one record dominates the sum of |x| (the (1, ``dominance``) rule)."""
+    a = np.abs(x)
+    return bool(dominated(a.sum(), a.max(), dominance))
 
 
 def _describe_finish(analysis: OnePass, total: Answer, sites: Sequence[str]) -> Result:
@@ -548,13 +560,16 @@ def _correlation_answer(
     x = np.column_stack([table.column(c)[rows] for c in columns]).astype(np.float64)
     x = x[~np.isnan(x).any(axis=1)]
     m = x.shape[0]
+    # the means are released: describe's dominance rule applies to every column (else a
+    # correlation query would reveal the sum a describe query withholds)
+    dom = m > 0 and any(_dominated_sums(x[:, j], rules.dominance) for j in range(x.shape[1]))
     arrays = {
         "n": np.array([float(m)]),
         "sum": x.sum(axis=0),
         "cross": x.T @ x,
-        "suppressed": np.zeros(1),
+        "suppressed": np.array([float(dom)]),  # secure mode: the total is withheld
     }
-    if not request.secure and 0 < m < rules.min_cell:
+    if not request.secure and (0 < m < rules.min_cell or dom):
         k = len(columns)
         hidden = {"n": np.zeros(1), "sum": np.zeros(k), "cross": np.zeros((k, k))}
         return Answer(arrays={**hidden, "suppressed": np.ones(1)}, records=0)

@@ -90,7 +90,7 @@ from biofed.analytics._survival_results import (
     nelson_aalen,
 )
 from biofed.analytics._table import QueryTable
-from biofed.core import Array, ConfigurationError, DataError, ProtocolError
+from biofed.core import Array, ConfigurationError, DataError, PolicyViolation, ProtocolError
 
 #: Most grid points (explicit, from a step, or the union of the sites' times).
 MAX_GRID = 10_000
@@ -228,6 +228,17 @@ def _site_rows(
     if not np.isin(e, (0.0, 1.0)).all():
         raise DataError(f"survival column {ename!r} must be 0 (censored) or 1 (event)")
     return t, e, g, int(keep.sum())
+
+
+def _check_group_sizes(sizes: Array, min_cell: int) -> None:
+    """Refuse a result with a group (or an ungrouped cohort) of 1 to ``min_cell - 1``
+    patients: its size, events and censorings would be released as counts ``count``
+    withholds (a group of one patient tells whether that patient had the event)."""
+    if np.any((sizes > 0) & (sizes < min_cell)):
+        raise PolicyViolation(
+            f"disclosure: a group of the combined cohort holds fewer than min_cell "
+            f"({min_cell}) patients; widen the cohort or merge group levels"
+        )
 
 
 def _own_times(times: Array, k: int) -> Array:
@@ -420,6 +431,7 @@ class _SurvivalAnalysis(Analysis):
         d_all = total.arrays["events"]
         c_all = total.arrays["censored"]
         size = total.arrays["size"]
+        _check_group_sizes(size, self.rules.min_cell)
         n_all = size[:, None] - np.concatenate(
             [np.zeros((len(size), 1)), np.cumsum(d_all + c_all, axis=1)[:, :-1]], axis=1
         )

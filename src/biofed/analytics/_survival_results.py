@@ -17,9 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy import special
 
 from biofed.analytics._protocol import Result
 from biofed.core import Array, ConfigurationError
+
+#: Tied events up to which Nelson–Aalen's increments are summed term by term.
+_DIRECT_SUM = 10_000
 
 
 # -- estimators (lifelines' formulas) ----------------------------------------------------------
@@ -55,7 +59,13 @@ def nelson_aalen(at_risk: Array, events: Array, alpha: float) -> tuple[Array, Ar
     inc = np.zeros(len(n))
     var = np.zeros(len(n))
     for j in range(len(n)):
-        if d[j] > 0:
+        if d[j] > _DIRECT_SUM:
+            # Σᵢ 1/(n−i) and Σᵢ 1/(n−i)², i < d, in closed form: a site's (possibly forged)
+            # count of a billion tied events must not make the coordinator expand them
+            lo, hi = float(n[j] - d[j] + 1), float(n[j] + 1)
+            inc[j] = float(special.digamma(hi) - special.digamma(lo))
+            var[j] = float(special.polygamma(1, lo) - special.polygamma(1, hi))
+        elif d[j] > 0:
             steps = n[j] - np.arange(d[j], dtype=np.float64)
             inc[j] = float(np.sum(1.0 / steps))
             var[j] = float(np.sum(1.0 / steps**2))

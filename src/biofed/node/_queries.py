@@ -193,8 +193,11 @@ class SiteQueries:
                 raise PolicyViolation("privacy: this site has no noise source for DP answers")
             noise = self.noise()
         out = answer(request, table, rules, noise=noise)
+        # one log per dataset the site holds: a study table is named after its study, but
+        # its rows are the dataset's persons (ids stable across studies), so two studies —
+        # or one spec renamed — must not each get a fresh log to difference against
         self.log.check_and_record(
-            table.name,
+            instruction.job.dataset or table.name,
             *_cohorts(table, request),
             min_difference=rules.min_difference,
             run_id=instruction.run_id,

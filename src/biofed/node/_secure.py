@@ -63,6 +63,9 @@ Train = Callable[[Instruction], Reply]
 class _Session:
     client: SecAggClient
     certificates: dict[str, bytes] = field(default_factory=dict)
+    #: A query pass's min_sites (its rules, which cover the site's): the fewest live sites
+    #: the site unmasks for; 0 for a training round.
+    least_sites: int = 0
 
 
 def _same_plan(plan: SecAggPlan, settings: SecureAggregationSettings) -> bool:
@@ -198,6 +201,15 @@ class SecureSessions:
         if stage is SecAggStage.UNMASK:
             if not isinstance(decoded, UnmaskRequest):
                 raise ProtocolError("the unmask stage needs an unmask request")
+            live = len(set(decoded.survivors) | {self.node_id})
+            if live < session.least_sites:
+                # a sum over fewer sites than the rules' min_sites is, with accomplices, one
+                # site's exact unsuppressed answer: refuse the shares that would unmask it
+                self._drop(key)
+                raise PolicyViolation(
+                    f"disclosure: the secure query sum would rest on {live} live sites; the "
+                    f"rules ask for at least min_sites = {session.least_sites}"
+                )
             out = session.client.unmask(decoded)
             self._drop(key)
             return self._message(instruction, out.to_bytes())
@@ -227,6 +239,7 @@ class SecureSessions:
         text = instruction.directives.query_request
         assert text is not None
         request = Request.from_json(text)
+        session.least_sites = request.rules.min_sites  # the chain checked they cover the site's
         vector = secure_vector(
             request, Answer(arrays=dict(answered.parameters), records=answered.num_examples)
         )
