@@ -559,14 +559,6 @@ def _query(
         raise ConfigurationError("--dp-mechanism and --dp-delta need --dp-epsilon")
     given = {k: flags[k] for k in _RULE_FLAGS if flags[k] is not None}
     rules = DisclosureRules.from_mapping(given, what="requested rules") if given else None
-    if rules is not None:
-        floor = DisclosureRules()
-        for key in given:
-            if getattr(floor.stricter(rules), key) != getattr(rules, key):
-                raise ConfigurationError(
-                    f"--{key.replace('_', '-')} {given[key]} is looser than the default "
-                    f"{getattr(floor, key)}: a request can only tighten the rules"
-                )
     where = tuple(parse_where(w) for w in flags["where"] or ())
     options = options_of()
     query = Query(kind=kind, options=options, where=where, split=flags["split"], dp=dp)
@@ -686,6 +678,9 @@ def _analyze(
             query,
             secure=flags["secure"],
             rules=rules,
+            # in a rehearsal without an agreement the researcher sets the virtual sites'
+            # own rules too; with one, every virtual site enforces the agreement's
+            node_rules=rules if agreement is None else None,
             study=study,
             agreement=agreement,
             seed=flags["seed"],
