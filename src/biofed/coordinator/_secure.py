@@ -31,6 +31,8 @@ Bell et al. 2020; see :mod:`biofed.secagg`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from biofed.coordinator._exchange import Exchange
@@ -41,8 +43,10 @@ from biofed.core import (
     ConfigurationError,
     MessageKind,
     ParameterSet,
+    ProtocolError,
     Reply,
     RoundFailed,
+    Scalar,
     SecureAggregationError,
 )
 from biofed.secagg import (
@@ -50,6 +54,7 @@ from biofed.secagg import (
     CERTIFICATE_PREFIX,
     STAGE_KEY,
     WEIGHTING_KEY,
+    SecAggResult,
     SecAggServer,
     SecAggStage,
     SecureAggregationSettings,
@@ -144,38 +149,14 @@ class SecureRound:
             raise RoundFailed(f"secure aggregation refused: {exc}") from None
         by_node = {p.node_id: p for p in plans}
         weighting = "examples" if strategy.weighted else "equal"
-        empty = ParameterSet({})
-        certificates: dict[str, bytes] = {}
-
-        def accept(reply: Reply) -> None:
-            message, more = unpack_message(reply.extras)
-            if CERTIFICATE_ARRAY in more:
-                certificates[reply.node_id] = more[CERTIFICATE_ARRAY]
-            server.receive(reply.node_id, message)
-
-        outgoing: dict[str, bytes] = {n: plan.to_bytes() for n in participants}
         try:
-            for stage in _STAGES:
-                stage_plans = []
-                for node_id, message in outgoing.items():
-                    more = {}
-                    if stage is SecAggStage.SHARE_KEYS:
-                        more = {f"{CERTIFICATE_PREFIX}{n}": c for n, c in certificates.items()}
-                    stage_plans.append(
-                        NodePlan(
-                            node_id=node_id,
-                            config={
-                                **by_node[node_id].config,
-                                STAGE_KEY: stage.value,
-                                WEIGHTING_KEY: weighting,
-                            },
-                            extras=pack_message(message, **more),
-                        )
-                    )
-                model = params if stage is SecAggStage.MASKED_INPUT else empty
-                exchange.exchange(server_round, MessageKind.SECAGG, model, stage_plans, accept)
-                outgoing = {n: m.to_bytes() for n, m in server.close_stage().items()}
-            result = server.result()
+            result = run_stages(
+                exchange,
+                server_round,
+                server,
+                {n: {**by_node[n].config, WEIGHTING_KEY: weighting} for n in participants},
+                masked_model=params,
+            )
         except SecureAggregationError as exc:
             raise RoundFailed(f"secure aggregation aborted: {exc}") from None
         except RunCancelled:
@@ -210,3 +191,64 @@ class SecureRound:
             metrics=metrics,
             num_replies=aggregate.num_replies,
         )
+
+
+def run_stages(
+    exchange: Exchange,
+    server_round: int,
+    server: SecAggServer,
+    configs: Mapping[str, Mapping[str, Scalar]],
+    *,
+    masked_model: ParameterSet,
+    plain_arrays: bool = True,
+) -> SecAggResult:
+    """Drive ``server`` through the four SecAgg+ stages over ``exchange``: one
+    ``MessageKind.SECAGG`` exchange per stage, each site's instruction carrying its
+    ``configs`` entry, the stage and the protocol message (the share-keys stage also every
+    participant's certificate); ``masked_model`` goes out with the masked-input stage
+    only. The one stage loop of a training round (:class:`SecureRound`) and of a query's
+    secure sum (:class:`~biofed.coordinator.SecureSum`).
+
+    Parameters
+    ----------
+    plain_arrays:
+        Whether a stage reply may carry plain arrays beside its masked message (False for
+        a query: only the masked message may come back).
+
+    Raises
+    ------
+    SecureAggregationError, BiofedError
+        From the protocol (the caller words the failure); RunCancelled once cancelled.
+    """
+    certificates: dict[str, bytes] = {}
+
+    def accept(reply: Reply) -> None:
+        if not plain_arrays and reply.parameters is not None and len(reply.parameters):
+            raise ProtocolError(
+                "a secure-aggregation reply carries plain arrays: only its masked message "
+                "may come back"
+            )
+        message, more = unpack_message(reply.extras)
+        if CERTIFICATE_ARRAY in more:
+            certificates[reply.node_id] = more[CERTIFICATE_ARRAY]
+        server.receive(reply.node_id, message)
+
+    outgoing: dict[str, bytes] = {n: server.plan.to_bytes() for n in configs}
+    empty = ParameterSet({})
+    for stage in _STAGES:
+        stage_plans = []
+        for node_id, message in outgoing.items():
+            more = {}
+            if stage is SecAggStage.SHARE_KEYS:
+                more = {f"{CERTIFICATE_PREFIX}{n}": c for n, c in certificates.items()}
+            stage_plans.append(
+                NodePlan(
+                    node_id=node_id,
+                    config={**configs[node_id], STAGE_KEY: stage.value},
+                    extras=pack_message(message, **more),
+                )
+            )
+        model = masked_model if stage is SecAggStage.MASKED_INPUT else empty
+        exchange.exchange(server_round, MessageKind.SECAGG, model, stage_plans, accept)
+        outgoing = {n: m.to_bytes() for n, m in server.close_stage().items()}
+    return server.result()

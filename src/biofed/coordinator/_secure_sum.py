@@ -32,36 +32,17 @@ from collections.abc import Sequence
 from biofed.analytics import Answer, Request, total_from_vector
 from biofed.coordinator._exchange import Exchange
 from biofed.coordinator._records import RunCancelled, RunEvent
+from biofed.coordinator._secure import run_stages
 from biofed.core import (
     BiofedError,
     ConfigurationError,
-    MessageKind,
     ParameterSet,
-    ProtocolError,
-    Reply,
     RoundFailed,
     SecureAggregationError,
 )
 from biofed.core.sections import QUERY_REQUEST_KEY
-from biofed.secagg import (
-    CERTIFICATE_ARRAY,
-    CERTIFICATE_PREFIX,
-    STAGE_KEY,
-    WEIGHTING_KEY,
-    SecAggServer,
-    SecAggStage,
-    SecureAggregationSettings,
-    pack_message,
-    unpack_message,
-)
-from biofed.strategies import NodePlan
+from biofed.secagg import WEIGHTING_KEY, SecAggServer, SecureAggregationSettings
 
-_STAGES = (
-    SecAggStage.ADVERTISE_KEYS,
-    SecAggStage.SHARE_KEYS,
-    SecAggStage.MASKED_INPUT,
-    SecAggStage.UNMASK,
-)
 _EMPTY = ParameterSet({})
 _PROBLEMS = ("reply_rejected", "no_reply", "send_failed", "reply_late")
 
@@ -126,42 +107,15 @@ class SecureSum:
             server = SecAggServer(plan, participants, run_id=exchange.run_id, round=pass_no)
         except ConfigurationError as exc:
             raise AnalysisFailed(f"analysis: secure aggregation refused: {exc}") from None
-        certificates: dict[str, bytes] = {}
-
-        def accept(reply: Reply) -> None:
-            if reply.parameters is not None and len(reply.parameters):
-                raise ProtocolError(
-                    "a secure-aggregation reply carries plain arrays: only its masked "
-                    "message may come back"
-                )
-            message, more = unpack_message(reply.extras)
-            if CERTIFICATE_ARRAY in more:
-                certificates[reply.node_id] = more[CERTIFICATE_ARRAY]
-            server.receive(reply.node_id, message)
-
-        outgoing = {n: plan.to_bytes() for n in participants}
         try:
-            for stage in _STAGES:
-                plans = []
-                for node_id, message in outgoing.items():
-                    more = {}
-                    if stage is SecAggStage.SHARE_KEYS:
-                        more = {f"{CERTIFICATE_PREFIX}{n}": c for n, c in certificates.items()}
-                    config = {
-                        QUERY_REQUEST_KEY: text,
-                        STAGE_KEY: stage.value,
-                        WEIGHTING_KEY: "equal",
-                    }
-                    plans.append(
-                        NodePlan(
-                            node_id=node_id,
-                            config=config,
-                            extras=pack_message(message, **more),
-                        )
-                    )
-                exchange.exchange(pass_no, MessageKind.SECAGG, _EMPTY, plans, accept)
-                outgoing = {n: m.to_bytes() for n, m in server.close_stage().items()}
-            result = server.result()
+            result = run_stages(
+                exchange,
+                pass_no,
+                server,
+                {n: {QUERY_REQUEST_KEY: text, WEIGHTING_KEY: "equal"} for n in participants},
+                masked_model=_EMPTY,
+                plain_arrays=False,
+            )
         except SecureAggregationError as exc:
             raise AnalysisFailed(f"analysis: secure aggregation aborted: {exc}") from None
         except RunCancelled:
