@@ -155,12 +155,6 @@ def test_logrank_against_a_group_of_one_patient_is_refused() -> None:
         run(q, {"a": t, "b": t, "c": t})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plain km: a site answers a group of 1 (its size and tail events) to the "
-    "coordinator; an-surv's test_site_with_fewer_than_k_releases_no_steps wants a site of 8 "
-    "to contribute its tail, so the site does not refuse (design for an-surv/lead)",
-)
 def test_plain_km_site_does_not_send_a_group_of_one_to_the_coordinator() -> None:
     t = _survival_table(["A"] * 40 + ["B"])
     q = Query("km", {"time": "time", "event": "event", "group": "g", "levels": ["A", "B"]})
@@ -216,16 +210,10 @@ def test_glm_with_a_covariate_isolating_one_patient_is_refused(isolating: float)
         answer(req, table(cols), RULES)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cox: a numeric 0/1 covariate held by one patient is not refused (glm refuses "
-    "binary design columns with a value under min_cell); the TCGA acceptance fit uses all "
-    "39 one-hot columns, 1-9 ones at every site, so the guard needs the lead (an-cox)",
-)
 def test_cox_with_an_indicator_of_one_patient_is_refused() -> None:
     t, _ = _regression_table()
     q = Query("cox", {"time": "time", "event": "event", "covariates": ["age", "ind"]})
-    with pytest.raises(PolicyViolation):
+    with pytest.raises(PolicyViolation, match="ind"):
         run(q, {"a": t, "b": t, "c": t})
 
 
