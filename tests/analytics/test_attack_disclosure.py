@@ -471,3 +471,51 @@ def test_the_cox_times_pass_withholds_tail_event_times_as_km_does() -> None:
     assert last not in answer(km, t, RULES).arrays["times_0"]
     cox = start(Query("cox", {"time": "time", "event": "event", "covariates": ["age"]}), RULES)
     assert last not in answer(cox.request(), t, RULES).arrays["times"]
+
+
+# -- a cohort of 0 and of 1..k-1 say the same -------------------------------------------------
+_ZERO_OR_ONE = [
+    ("count", {}),
+    ("describe", {"columns": ["x"]}),
+    ("histogram", {"column": "x", "edges": [0.0, 50.0, 100.0]}),
+    ("correlation", {"columns": ["x", "e"]}),
+    ("quantile", {"column": "x", "probs": [0.5], "bounds": [0.0, 100.0]}),
+    ("crosstab", {"rows": "e", "cols": "x", "row_edges": [0, 0.5, 1], "col_edges": [0, 50, 100]}),
+    ("km", {"time": "x", "event": "e"}),
+    ("glm", {"outcome": "x", "covariates": ["e"], "family": "gaussian"}),
+]
+
+
+@pytest.mark.parametrize(("kind", "options"), _ZERO_OR_ONE)
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_cohort_of_one_answers_as_a_cohort_of_none(
+    kind: str, options: dict[str, Any], secure: bool
+) -> None:
+    # where x == 55.25 and e == 1 selects patient 7 if their e is 1, nobody otherwise
+    rng = np.random.default_rng(3)
+    seen = []
+    for e7 in (0.0, 1.0):
+        x = np.floor(rng.uniform(0, 100, 60))
+        x[7] = 55.25
+        e = (rng.random(60) < 0.5).astype(float)
+        e[7] = e7
+        where = [
+            {"column": "x", "op": "==", "value": 55.25},
+            {"column": "e", "op": "==", "value": 1},
+        ]
+        if kind == "km" and secure:
+            options = {**options, "grid": {"step": 10.0, "stop": 100.0}}
+        q = Query.from_dict({"kind": kind, "options": options, "where": where})
+        try:
+            req = start(q, RULES, secure=secure).request()
+        except BiofedError:  # a kind that cannot run securely
+            assert secure
+            return
+        try:
+            out = answer(req, table({"x": x, "e": e}), RULES)
+            seen.append(({k: v.tolist() for k, v in out.arrays.items()}, out.records))
+        except PolicyViolation as exc:
+            seen.append(("refused", str(exc)))
+    assert seen[0] == seen[1]
+    if seen[0][0] != "refused":
+        assert seen[0][1] == 0

@@ -513,3 +513,24 @@ def test_secure_tail_patient_time_does_not_move_the_result() -> None:
         )
         res = run(km_query(grid=grid), {**sites, "s0": table}, DisclosureRules(), secure=True)
         assert res.to_json() == base.to_json()
+
+
+def test_logrank_site_with_a_small_group_withholds_all_its_groups_and_says_so() -> None:
+    # s3's 20 patients over three arms: an arm of fewer than min_cell there, so s3 drops
+    # out of the test whole; the result is the other sites' test, flagged as such
+    sites = make_sites(4, sizes=(120, 90, 60, 20))
+    arms = [float((sites["s3"].column("arm") == a).sum()) for a in (0, 1, 2)]
+    assert min(arms) < 10
+    q = Query(
+        kind="logrank",
+        options={"time": "time", "event": "event", "group": "arm", "levels": [0, 1, 2]},
+        split="train",
+    )
+    res = run(q, sites, DisclosureRules())
+    without = run(q, {s: sites[s] for s in ("s0", "s1", "s2")}, DisclosureRules())
+    assert res.withheld_sites == 1
+    assert res.records == 270
+    assert not res.exact
+    assert res.statistic == pytest.approx(without.statistic, rel=1e-12)
+    assert "withheld at 1 site" in res.table()[1][-1][-1]
+    assert type(res).from_dict(res.to_dict()).withheld_sites == 1
