@@ -155,12 +155,6 @@ def test_logrank_against_a_group_of_one_patient_is_refused() -> None:
         run(q, {"a": t, "b": t, "c": t})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="plain km: a site answers a group of 1 (its size and tail events) to the "
-    "coordinator; an-surv's test_site_with_fewer_than_k_releases_no_steps wants a site of 8 "
-    "to contribute its tail, so the site does not refuse (design for an-surv/lead)",
-)
 def test_plain_km_site_does_not_send_a_group_of_one_to_the_coordinator() -> None:
     t = _survival_table(["A"] * 40 + ["B"])
     q = Query("km", {"time": "time", "event": "event", "group": "g", "levels": ["A", "B"]})
@@ -216,16 +210,10 @@ def test_glm_with_a_covariate_isolating_one_patient_is_refused(isolating: float)
         answer(req, table(cols), RULES)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="cox: a numeric 0/1 covariate held by one patient is not refused (glm refuses "
-    "binary design columns with a value under min_cell); the TCGA acceptance fit uses all "
-    "39 one-hot columns, 1-9 ones at every site, so the guard needs the lead (an-cox)",
-)
 def test_cox_with_an_indicator_of_one_patient_is_refused() -> None:
     t, _ = _regression_table()
     q = Query("cox", {"time": "time", "event": "event", "covariates": ["age", "ind"]})
-    with pytest.raises(PolicyViolation):
+    with pytest.raises(PolicyViolation, match="ind"):
         run(q, {"a": t, "b": t, "c": t})
 
 
@@ -483,3 +471,51 @@ def test_the_cox_times_pass_withholds_tail_event_times_as_km_does() -> None:
     assert last not in answer(km, t, RULES).arrays["times_0"]
     cox = start(Query("cox", {"time": "time", "event": "event", "covariates": ["age"]}), RULES)
     assert last not in answer(cox.request(), t, RULES).arrays["times"]
+
+
+# -- a cohort of 0 and of 1..k-1 say the same -------------------------------------------------
+_ZERO_OR_ONE = [
+    ("count", {}),
+    ("describe", {"columns": ["x"]}),
+    ("histogram", {"column": "x", "edges": [0.0, 50.0, 100.0]}),
+    ("correlation", {"columns": ["x", "e"]}),
+    ("quantile", {"column": "x", "probs": [0.5], "bounds": [0.0, 100.0]}),
+    ("crosstab", {"rows": "e", "cols": "x", "row_edges": [0, 0.5, 1], "col_edges": [0, 50, 100]}),
+    ("km", {"time": "x", "event": "e"}),
+    ("glm", {"outcome": "x", "covariates": ["e"], "family": "gaussian"}),
+]
+
+
+@pytest.mark.parametrize(("kind", "options"), _ZERO_OR_ONE)
+@pytest.mark.parametrize("secure", [False, True])
+def test_a_cohort_of_one_answers_as_a_cohort_of_none(
+    kind: str, options: dict[str, Any], secure: bool
+) -> None:
+    # where x == 55.25 and e == 1 selects patient 7 if their e is 1, nobody otherwise
+    rng = np.random.default_rng(3)
+    seen = []
+    for e7 in (0.0, 1.0):
+        x = np.floor(rng.uniform(0, 100, 60))
+        x[7] = 55.25
+        e = (rng.random(60) < 0.5).astype(float)
+        e[7] = e7
+        where = [
+            {"column": "x", "op": "==", "value": 55.25},
+            {"column": "e", "op": "==", "value": 1},
+        ]
+        if kind == "km" and secure:
+            options = {**options, "grid": {"step": 10.0, "stop": 100.0}}
+        q = Query.from_dict({"kind": kind, "options": options, "where": where})
+        try:
+            req = start(q, RULES, secure=secure).request()
+        except BiofedError:  # a kind that cannot run securely
+            assert secure
+            return
+        try:
+            out = answer(req, table({"x": x, "e": e}), RULES)
+            seen.append(({k: v.tolist() for k, v in out.arrays.items()}, out.records))
+        except PolicyViolation as exc:
+            seen.append(("refused", str(exc)))
+    assert seen[0] == seen[1]
+    if seen[0][0] != "refused":
+        assert seen[0][1] == 0

@@ -357,16 +357,26 @@ def test_tail_patient_time_cannot_be_learned() -> None:
                 np.testing.assert_array_equal(arr, a1["s2"].arrays[name])
 
 
-def test_site_with_fewer_than_k_releases_no_steps() -> None:
+def test_site_with_fewer_than_k_withholds_its_group_whole() -> None:
+    # a site of 8 patients (< min_cell) sends neither times nor counts nor tail totals (a
+    # tail total of a group of 8 is itself a small cell); the curve rests on the other
+    # site and says so
     sites = make_sites(5, sizes=(100, 8))
     res = run(km_query(), sites, DisclosureRules())
     c = res.curves[0]
-    assert c.tail_after is None
-    assert len(c.times) == 0
-    assert c.tail_at_risk == 108
-    # the small site's pass-1 answer holds no times at all
-    req = start(km_query(), DisclosureRules()).request()
+    assert c.withheld_sites == 1
+    assert c.records == 100
+    assert len(c.times) > 0  # the large site's steps, no longer held back by the small one
+    assert "withheld at 1 site" in res.table()[1][0][0]
+    # the small site's pass-1 answer holds no times at all, its counts answer no counts
+    analysis = start(km_query(), DisclosureRules())
+    req = analysis.request()
     assert answer(req, sites["s1"], DisclosureRules()).arrays["times_0"].size == 0
+    analysis = analysis.add({s: answer(req, t, DisclosureRules()) for s, t in sites.items()})
+    out = answer(analysis.request(), sites["s1"], DisclosureRules())
+    assert out.records == 0
+    assert out.arrays["withheld"].tolist() == [1.0]
+    assert all(not out.arrays[k].any() for k in out.arrays if k != "withheld")
 
 
 def test_site_rules_stricter_than_request_coarsen_more() -> None:
@@ -402,22 +412,24 @@ def test_options_are_checked() -> None:
 
 
 def test_bad_data_and_bad_answers_are_refused() -> None:
+    # ten good rows beside the bad one: a cohort under min_cell is withheld unread
+    good = [3.0] * 10
     table = QueryTable(
         name="x",
-        columns={"time": [1.0, -2.0], "event": [1.0, 0.0]},
+        columns={"time": [1.0, -2.0, *good], "event": [1.0, 0.0, *[1.0] * 10]},
         kinds={"time": "numeric", "event": "numeric"},
-        ids=[0, 1],
-        is_test=[False, False],
+        ids=list(range(12)),
+        is_test=[False] * 12,
     )
     req = start(km_query(), DisclosureRules()).request()
     with pytest.raises(DataError, match="negative"):
         answer(req, table, DisclosureRules())
     table2 = QueryTable(
         name="x",
-        columns={"time": [1.0, 2.0], "event": [1.0, 2.0]},
+        columns={"time": [1.0, 2.0, *good], "event": [1.0, 2.0, *[1.0] * 10]},
         kinds={"time": "numeric", "event": "numeric"},
-        ids=[0, 1],
-        is_test=[False, False],
+        ids=list(range(12)),
+        is_test=[False] * 12,
     )
     with pytest.raises(DataError, match=r"0 \(censored\) or 1"):
         answer(req, table2, DisclosureRules())
@@ -501,3 +513,24 @@ def test_secure_tail_patient_time_does_not_move_the_result() -> None:
         )
         res = run(km_query(grid=grid), {**sites, "s0": table}, DisclosureRules(), secure=True)
         assert res.to_json() == base.to_json()
+
+
+def test_logrank_site_with_a_small_group_withholds_all_its_groups_and_says_so() -> None:
+    # s3's 20 patients over three arms: an arm of fewer than min_cell there, so s3 drops
+    # out of the test whole; the result is the other sites' test, flagged as such
+    sites = make_sites(4, sizes=(120, 90, 60, 20))
+    arms = [float((sites["s3"].column("arm") == a).sum()) for a in (0, 1, 2)]
+    assert min(arms) < 10
+    q = Query(
+        kind="logrank",
+        options={"time": "time", "event": "event", "group": "arm", "levels": [0, 1, 2]},
+        split="train",
+    )
+    res = run(q, sites, DisclosureRules())
+    without = run(q, {s: sites[s] for s in ("s0", "s1", "s2")}, DisclosureRules())
+    assert res.withheld_sites == 1
+    assert res.records == 270
+    assert not res.exact
+    assert res.statistic == pytest.approx(without.statistic, rel=1e-12)
+    assert "withheld at 1 site" in res.table()[1][-1][-1]
+    assert type(res).from_dict(res.to_dict()).withheld_sites == 1

@@ -137,13 +137,6 @@ def _observe(site: SiteQueries, query: Query, run_id: str) -> object:
     return result.count
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a zero count is published and 1..min_cell-1 is suppressed, so a count over a "
-    "filter that singles out one patient (a unique age) and asks event == 1 answers 0 or "
-    "'suppressed' by that patient's event (attribute disclosure by a zero cell); needs a "
-    "policy on zero cells of narrow cohorts (an-stats/lead)",
-)
 def test_a_filter_singling_out_one_patient_does_not_tell_their_event_by_zero() -> None:
     q = Query.from_dict(
         {"kind": "count", "where": _where(("age", "==", 55.25), ("event", "==", 1))}
@@ -152,14 +145,6 @@ def test_a_filter_singling_out_one_patient_does_not_tell_their_event_by_zero() -
     assert seen[0.0] == seen[1.0], seen
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the log's refusal is itself an answer: after count(age == 55.25) (one patient, "
-    "suppressed), count(age == 55.25 and event == 1) is refused if the patient had no event "
-    "(cohort 1 away) and answered if they had (same cohort) — denials leak unless the "
-    "decision depends on the queries only (simulatable auditing, Kenthapadi, Mishra & "
-    "Nissim, PODS 2005); needs a design decision (an-node/lead)",
-)
 def test_the_logs_refusal_does_not_tell_a_singled_out_patients_event() -> None:
     first = Query.from_dict({"kind": "count", "where": _where(("age", "==", 55.25))})
     second = Query.from_dict(
@@ -308,3 +293,33 @@ def test_two_study_specs_on_one_dataset_share_the_query_log() -> None:
     assert 0 < counts.min() < RULES.min_difference
     with pytest.raises(PolicyViolation, match="differs by fewer than"):
         _ask(site, near, dataset="eunomia", study=section(second), run_id="r-2")
+
+
+def test_a_singled_out_patients_event_is_not_told_in_secure_mode_either() -> None:
+    # the site cannot suppress a summed value: it sends zeros with the suppressed flag
+    # set, for 0 and 1..k-1 selected rows alike
+    q = Query.from_dict(
+        {"kind": "count", "where": _where(("age", "==", 55.25), ("event", "==", 1))}
+    )
+    seen = []
+    for e in (0.0, 1.0):
+        site = _site(event_17=e)
+        inst = _inst(q, secure=True)
+        _, out = site.answer(inst, None, secure=True)
+        seen.append((dict(out.arrays), out.records))
+        result = _ask(site, q, secure=True, run_id="r-2")
+        assert isinstance(result, CountResult)
+        assert result.count is None
+    (a, ra), (b, rb) = seen
+    assert ra == rb == 0
+    assert all(np.array_equal(a[name], b[name]) for name in a)
+
+
+def test_a_small_cohorts_answer_is_not_logged_and_a_large_one_is() -> None:
+    site = _site()
+    one = Query.from_dict({"kind": "count", "where": _where(("age", "==", 55.25))})
+    assert isinstance(result := _ask(site, one, run_id="r-1"), CountResult)
+    assert result.count is None
+    assert site.log.cohorts("brca") == 0
+    _ask(site, Query("count"), run_id="r-2")
+    assert site.log.cohorts("brca") > 0

@@ -18,8 +18,9 @@ from biofed.core import Reply
 from biofed.datasets import load_tcga_brca
 from biofed.simulation import analyze
 
-#: TCGA's smallest site holds 40 training rows for 39 covariates: its sites agree to this.
-LOOSE = DisclosureRules(records_per_parameter=1)
+# the default rules refuse TCGA's 39-covariate Cox fit by design (40 rows for 39 columns at
+# the smallest site; one-hot columns with 1-9 ones at every site): relaxed for that fit only
+LOOSE = DisclosureRules(min_cell=1, records_per_parameter=1)
 TIGHT = {"precision": 1e-12, "r_precision": 1e-15}  # lifelines run to its optimum
 
 

@@ -36,9 +36,11 @@ from biofed.analytics._protocol import (
     register,
     result_from_json,
     secure_vector,
+    small_cohort,
     start,
     sum_answers,
     total_from_vector,
+    withheld_answer,
 )
 from biofed.analytics._quantile import QuantileResult
 from biofed.analytics._query import DP_MECHANISMS, FILTER_OPS, SPLITS, DPOptions, Filter, Query
@@ -108,7 +110,9 @@ __all__ = [
     "register",
     "result_from_json",
     "secure_vector",
+    "small_cohort",
     "start",
     "sum_answers",
     "total_from_vector",
+    "withheld_answer",
 ]

@@ -38,16 +38,20 @@ Security notes
 Threat: learning single patients from the sums. Guards as the peers (vantage6 v6-coxph,
 DataSHIELD ``ds.glm``'s ``nfilter.glm``): the combined answer must rest on at least
 ``min_sites`` sites (the same sites every pass); a site refuses when it holds fewer than
-``records_per_parameter`` records per parameter, or a categorical covariate level held
-by 1 to ``min_cell − 1`` of its records. In plain mode without a grid each site's event
-times go to the coordinator and, as the agreed times, to the other sites. Known limit of
-the per-time protocol (as of WebDISCO, Lu et al. 2015, and v6-coxph): the risk-set sums at
-two neighbouring agreed times differ by the rows that left the risk set between them, so
-where one patient leaves, ``s1`` differences carry that patient's covariates — per site in
-plain mode, pooled in secure mode. A coarse ``grid`` (each interval holding many
-departures) or ``strata = "site"`` (only the site's gradient and Hessian leave, secure
-mode hiding them) is the remedy where that matters. DP is not supported: Newton's sums
-have no bounded sensitivity without clipping that would bias the fit.
+``records_per_parameter`` records per parameter, a categorical covariate level held by 1
+to ``min_cell − 1`` of its records, or a binary design column (a 0/1 indicator) with a
+value held by 1 to ``min_cell − 1`` of them (as glm: X'X's row of such a column sums those
+few patients' covariates). Fed-TCGA-BRCA's one-hot covariates hold 1 to 9 ones at every
+site, so its 39-covariate fit runs only under rules relaxed for it, by design. In plain
+mode without a grid each site's event times go to the coordinator and, as the agreed
+times, to the other sites. Known limit of the per-time protocol (as of WebDISCO, Lu et al.
+2015, and v6-coxph): the risk-set sums at two neighbouring agreed times differ by the rows
+that left the risk set between them, so where one patient leaves, ``s1`` differences carry
+that patient's covariates — per site in plain mode, pooled in secure mode. A coarse
+``grid`` (each interval holding many departures) or ``strata = "site"`` (only the site's
+gradient and Hessian leave, secure mode hiding them) is the remedy where that matters. DP
+is not supported: Newton's sums have no bounded sensitivity without clipping that would
+bias the fit.
 """
 
 from __future__ import annotations
@@ -59,7 +63,7 @@ from typing import Any
 import numpy as np
 
 from biofed.analytics._cox_sums import packed, partial_likelihood, risk_index, risk_sums
-from biofed.analytics._design import complete_rows, design_matrix, design_names
+from biofed.analytics._design import complete_rows, design_matrix, design_names, rare_binary
 from biofed.analytics._protocol import (
     MAX_ANSWER_VALUES,
     Analysis,
@@ -252,6 +256,12 @@ def _site_rows(
                         f"min_cell ({rules.min_cell}) records at this site"
                     )
     x = design_matrix(table, rows, covariates, levels)
+    for j, name in enumerate(design_names(covariates, levels)):
+        if rare_binary(x[:, j], rules.min_cell):
+            raise PolicyViolation(
+                f"disclosure: cox design column {name[:60]!r} is binary and one of its "
+                f"values is held by fewer than min_cell ({rules.min_cell}) records at this site"
+            )
     time = np.asarray(table.column(opts["time"])[rows], dtype=np.float64)
     event = np.asarray(table.column(opts["event"])[rows], dtype=np.float64)
     if np.any((event != 0) & (event != 1)):

@@ -70,3 +70,11 @@ def design_matrix(
     if not parts:
         return np.zeros((n, 0))
     return np.column_stack(parts)
+
+
+def rare_binary(column: Array, min_cell: int) -> bool:
+    """Whether ``column`` takes exactly two values, one of them in fewer than ``min_cell``
+    rows (DataSHIELD's ``glmDS1`` check of dichotomous columns against ``nfilter.tab``):
+    X'X's row of such a column is the sum over those few rows, so glm and cox refuse it."""
+    values, counts = np.unique(column, return_counts=True)
+    return len(values) == 2 and int(counts.min()) < min_cell

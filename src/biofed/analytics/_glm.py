@@ -56,7 +56,7 @@ from typing import Any
 import numpy as np
 from scipy import special
 
-from biofed.analytics._design import complete_rows, design_matrix, design_names
+from biofed.analytics._design import complete_rows, design_matrix, design_names, rare_binary
 from biofed.analytics._protocol import (
     Analysis,
     Answer,
@@ -292,14 +292,14 @@ def _site_rows(
                 f"disclosure: glm binomial outcome {options['outcome']!r} has fewer than "
                 f"{rules.min_cell} events or non-events at this site"
             )
-    elif _rare_binary(y, rules.min_cell):
+    elif rare_binary(y, rules.min_cell):
         raise PolicyViolation(
             f"disclosure: glm outcome {options['outcome']!r} is binary and one of its values "
             f"is held by fewer than {rules.min_cell} records at this site"
         )
     x = design_matrix(table, rows, options["covariates"], options["levels"])
     for j, name in enumerate(design_names(options["covariates"], options["levels"])):
-        if _rare_binary(x[:, j], rules.min_cell):
+        if rare_binary(x[:, j], rules.min_cell):
             raise PolicyViolation(
                 f"disclosure: glm design column {name[:60]!r} is binary and one of its "
                 f"values is held by fewer than {rules.min_cell} records at this site"
@@ -317,13 +317,6 @@ def _site_rows(
             raise DataError(f"glm exposure {options['exposure']!r} must be > 0")
         offset = offset + np.log(exposure)
     return x, y, offset
-
-
-def _rare_binary(column: Array, min_cell: int) -> bool:
-    """Whether ``column`` takes exactly two values, one of them in fewer than ``min_cell``
-    rows (DataSHIELD's ``glmDS1`` check of dichotomous columns against ``nfilter.tab``)."""
-    values, counts = np.unique(column, return_counts=True)
-    return len(values) == 2 and int(counts.min()) < min_cell
 
 
 def _check_spread(w: Array, least: int) -> None:

@@ -367,6 +367,12 @@ class KindSpec:
         The kind's :class:`Result` from its :meth:`Result.to_dict` form.
     dp_supported, secure_supported:
         Whether the kind can answer with DP noise / under secure aggregation.
+    withheld:
+        ``request`` → the kind's fully suppressed answer (built from the request alone, so
+        it is the same whatever the site's rows hold), which :func:`answer` gives for a
+        cohort of fewer than ``min_cell`` records; None: zeros in the request's layout with
+        its ``suppressed``/``withheld`` flags set, or, for a kind whose layout has no such
+        flag (or a request without a layout), a refusal.
     """
 
     name: str
@@ -378,6 +384,12 @@ class KindSpec:
     check: Callable[[Request, Answer], None] = lambda request, answer: None
     dp_supported: bool = False
     secure_supported: bool = False
+    withheld: Callable[[Request], Answer] | None = None
+
+
+#: Layout arrays that flag a withheld value (a combined value is withheld when any site's
+#: flag is set, so a flag summed under secure aggregation still withholds it).
+WITHHELD_FLAGS = ("suppressed", "withheld")
 
 
 _KINDS: dict[str, KindSpec] = {}
@@ -437,6 +449,13 @@ def answer(
     arrays are summed unseen and the coordinator applies the request's rules to the total,
     so the site refuses a request whose rules are looser than its own.
 
+    A cohort (the rows the split and filters select) of fewer than ``min_cell`` records,
+    zero included, gets the kind's fully suppressed answer (:func:`withheld_answer`) in
+    both modes, unless the query is DP: a zero is never told apart from 1..k−1. In
+    secure mode the site cannot suppress a value that is summed, so it sends zeros with
+    its ``suppressed``/``withheld`` flags set; the flags are summed too and the combined
+    value is withheld (a kind without flags refuses, for 0 and 1..k−1 alike).
+
     Raises
     ------
     PolicyViolation
@@ -457,10 +476,64 @@ def answer(
     for name in request.query.columns():
         table.column(name)  # one clear error for a missing column
     cohort = table.cohort(request.query)
-    out = spec.answer(request, table, cohort, own.stricter(request.rules), noise)
+    rules_now = own.stricter(request.rules)
+    if _small(request, cohort, rules_now):
+        out = withheld_answer(request)
+    else:
+        out = spec.answer(request, table, cohort, rules_now, noise)
     if request.layout is not None:
         _check_layout(out, request.layout)
     return out
+
+
+def _small(request: Request, cohort: Array, rules: DisclosureRules) -> bool:
+    return request.query.dp is None and int(np.count_nonzero(cohort)) < rules.min_cell
+
+
+def small_cohort(request: Request, table: QueryTable, rules: DisclosureRules | None = None) -> bool:
+    """Whether this site's cohort for ``request`` (the rows its split and filters select)
+    holds fewer than ``min_cell`` records (zero included) under the stricter of ``rules``
+    and the request's: :func:`answer` then gives the kind's fully suppressed answer,
+    which releases nothing (the node neither logs it nor checks it against its query
+    log). Always False for a DP query (the noise is the control there)."""
+    own = DisclosureRules() if rules is None else rules
+    return _small(request, table.cohort(request.query), own.stricter(request.rules))
+
+
+def withheld_answer(request: Request) -> Answer:
+    """The kind's fully suppressed answer to ``request``: a function of the request alone.
+
+    Security notes
+    --------------
+    Threat: attribute disclosure by a zero cell — ``count where id == X and event == 1``
+    answers 0 or "suppressed" by X's event when a zero is released and 1..k−1 withheld
+    (Hundepool et al., *Statistical Disclosure Control*, Wiley 2012, §5.2 on zero cells
+    of narrow cohorts). A cohort of 0..k−1 records therefore gets one answer, the same
+    whatever the rows hold: zeros with every ``suppressed``/``withheld`` flag set, records
+    0 (the combined value is then withheld, in plain mode and — the flags being summed —
+    in secure mode alike); a kind without such flags refuses, for any cohort in 0..k−1.
+
+    Raises
+    ------
+    PolicyViolation
+        For a kind whose answer cannot say "withheld" (regression, a request without a
+        layout and no kind-specific answer).
+    """
+    spec = kind_of(request.query.kind)
+    if spec.withheld is not None:
+        return spec.withheld(request)
+    layout = request.layout
+    if layout is not None and any(flag in layout for flag in WITHHELD_FLAGS):
+        arrays = {
+            name: (np.ones if name in WITHHELD_FLAGS else np.zeros)(shape)
+            for name, shape in layout.items()
+        }
+        return Answer(arrays=arrays, records=0)
+    raise PolicyViolation(
+        f"disclosure: this site's cohort holds fewer than min_cell ({request.rules.min_cell} "
+        f"or the site's own) records; {request.query.kind} answers nothing on it (widen the "
+        "cohort)"
+    )
 
 
 def secure_vector(request: Request, out: Answer) -> Array:

@@ -51,6 +51,16 @@ Disclosure Control*, Wiley 2012, §4; the vantage6 and DataSHIELD Kaplan–Meier
   tail included (binned to the agreed grid, never released in a result); a consortium
   that does not trust the coordinator with those picks a coarse grid, or plain mode
   (where every site coarsens its own counts before anything leaves).
+* **small groups, plain mode**: a site withholds a group of fewer than ``min_cell``
+  patients (none included) whole — no times, no size, no tail totals (a tail total of a
+  group of 8 is itself a small cell) — and flags it ``withheld``; the combined curve then
+  rests on the other sites, and says so (``SurvivalCurve.withheld_sites``; a log-rank
+  site with any withheld group withholds all of them, ``LogRankResult.withheld_sites``).
+  It is never shown as the pooled curve. The combined result refuses a group whose
+  released total is 0..``min_cell``−1 (0 included: in secure mode, where the rule is on
+  totals, a zero must not read differently from 1..k−1; in plain mode, a group every
+  site withheld). A site whose whole cohort is below ``min_cell`` withholds every group,
+  in secure mode too (the flags are summed).
 * An event (or censoring) count of 1 at a time where at least ``min_at_risk`` patients are
   at risk **is released**, as on every published Kaplan–Meier curve: the cell says that one
   of ≥ k patients had the event then, not which one (``min_cell`` does not apply to steps).
@@ -230,14 +240,17 @@ def _site_rows(
     return t, e, g, int(keep.sum())
 
 
-def _check_group_sizes(sizes: Array, min_cell: int) -> None:
+def _check_group_sizes(sizes: Array, withheld: Array, min_cell: int) -> None:
     """Refuse a result with a group (or an ungrouped cohort) of 1 to ``min_cell - 1``
     patients: its size, events and censorings would be released as counts ``count``
-    withholds (a group of one patient tells whether that patient had the event)."""
-    if np.any((sizes > 0) & (sizes < min_cell)):
+    withholds (a group of one patient tells whether that patient had the event). A group
+    of none is refused alike (a zero must not read differently from 1..k−1), and so is a
+    group every site withheld (``withheld`` counts the sites that did)."""
+    if np.any(sizes < min_cell):
+        where = " at the sites that released it" if np.any(withheld > 0) else ""
         raise PolicyViolation(
             f"disclosure: a group of the combined cohort holds fewer than min_cell "
-            f"({min_cell}) patients; widen the cohort or merge group levels"
+            f"({min_cell}) patients{where}; widen the cohort or merge group levels"
         )
 
 
@@ -271,6 +284,18 @@ def _answer(
     t, e, g, records = _site_rows(options, table, cohort)
     levels = len(_level_names(options))
     k = rules.min_at_risk
+    withheld = np.zeros(levels)
+    if not request.secure:
+        # plain mode: a group of 0..min_cell-1 patients here is withheld whole (its size
+        # and tail totals are small cells too); log-rank then withholds every group (a
+        # test over some of a site's groups would mix sites into one comparison)
+        sizes = np.bincount(g, minlength=levels)[:levels]
+        withheld = (sizes < rules.min_cell).astype(np.float64)
+        if request.query.kind == "logrank" and withheld.any():
+            withheld[:] = 1.0
+        kept = withheld[g] == 0
+        t, e, g = t[kept], e[kept], g[kept]
+        records = int(kept.sum())
     if request.step == "times":
         return Answer(
             arrays={f"times_{i}": _own_times(t[g == i], k) for i in range(levels)},
@@ -307,9 +332,23 @@ def _answer(
             "size": size,
             "tail_events": tail_events,
             "tail_censored": tail_censored,
+            "withheld": withheld,
         },
         records=records,
     )
+
+
+def _withheld(request: Request) -> Answer:
+    """The fully suppressed answer (a cohort of fewer than ``min_cell`` at this site): no
+    times, or every group withheld — the same whatever the rows hold."""
+    levels = len(_level_names(request.query.options))
+    if request.step == "times":
+        return Answer(arrays={f"times_{i}": np.zeros(0) for i in range(levels)}, records=0)
+    if request.layout is None:
+        raise ProtocolError(f"{request.query.kind}: a counts request without a layout")
+    arrays = {name: np.zeros(shape) for name, shape in request.layout.items()}
+    arrays["withheld"] = np.ones(levels)
+    return Answer(arrays=arrays, records=0)
 
 
 def _counts_layout(levels: int, grid_len: int) -> dict[str, tuple[int, ...]]:
@@ -319,6 +358,7 @@ def _counts_layout(levels: int, grid_len: int) -> dict[str, tuple[int, ...]]:
         "size": (levels,),
         "tail_events": (levels,),
         "tail_censored": (levels,),
+        "withheld": (levels,),
     }
 
 
@@ -334,6 +374,11 @@ def _check(request: Request, out: Answer) -> None:
                 raise ProtocolError(f"{name} must be increasing times >= 0")
         return
     _check_counts(out)
+    flags = out.arrays["withheld"]
+    if (flags > 1).any():
+        raise ProtocolError("a site's withheld flags must be 0 or 1")
+    if (out.arrays["size"][flags > 0] != 0).any():
+        raise ProtocolError("a site's withheld group must carry no counts")
 
 
 def _check_counts(out: Answer) -> None:
@@ -402,7 +447,9 @@ class _SurvivalAnalysis(Analysis):
                     f"{self.query.kind}: the sites hold more than {MAX_GRID} distinct times; "
                     "give a grid"
                 )
-            self._grid = sorted(union)
+            # no site released a time (every group withheld or under min_at_risk): one
+            # point at 0 still lets the counts pass say so (its totals go to the tails)
+            self._grid = sorted(union) or [0.0]
             return self
         if request.layout is None:  # pragma: no cover - the counts step always has one
             raise ProtocolError("counts request without a layout")
@@ -431,7 +478,8 @@ class _SurvivalAnalysis(Analysis):
         d_all = total.arrays["events"]
         c_all = total.arrays["censored"]
         size = total.arrays["size"]
-        _check_group_sizes(size, self.rules.min_cell)
+        withheld = total.arrays["withheld"]
+        _check_group_sizes(size, withheld, self.rules.min_cell)
         n_all = size[:, None] - np.concatenate(
             [np.zeros((len(size), 1)), np.cumsum(d_all + c_all, axis=1)[:, :-1]], axis=1
         )
@@ -442,6 +490,8 @@ class _SurvivalAnalysis(Analysis):
             n = np.concatenate(
                 [n_all, (n_all[:, -1] - d_all[:, -1] - c_all[:, -1])[:, None]], axis=1
             )
+            withheld_sites = round(float(withheld.max())) if len(withheld) else 0
+            exact = exact and withheld_sites == 0
             stat, df, p, observed, expected = logrank(d, n)
             self._result = LogRankResult(
                 kind="logrank",
@@ -455,6 +505,7 @@ class _SurvivalAnalysis(Analysis):
                 records=total.records,
                 sites=sites,
                 secure=self.secure,
+                withheld_sites=withheld_sites,
             )
             return
         k = self.rules.min_at_risk
@@ -487,6 +538,7 @@ class _SurvivalAnalysis(Analysis):
                     tail_events=round(events_total - d.sum()),
                     tail_censored=round(censored_total - c.sum()),
                     records=round(size[i]),
+                    withheld_sites=round(float(withheld[i])),
                 )
             )
         cls = KaplanMeierResult if self.query.kind == "km" else NelsonAalenResult
@@ -539,6 +591,7 @@ def _register(kind: str, result_cls: Any) -> None:
             check=_check,
             dp_supported=False,
             secure_supported=True,
+            withheld=_withheld,
         )
     )
 

@@ -133,7 +133,11 @@ class SurvivalCurve:
     tail_at_risk, tail_events, tail_censored:
         The coarsened tail block: at risk at its start, its events and censorings.
     records:
-        Patients in the group.
+        Patients in the group (at the sites that released it).
+    withheld_sites:
+        Sites that withheld this group (they hold fewer than ``min_cell`` of its patients,
+        none included): the curve rests on the other sites only, and is not the pooled
+        curve when this is above 0.
     """
 
     level: str
@@ -149,6 +153,15 @@ class SurvivalCurve:
     tail_events: int
     tail_censored: int
     records: int
+    withheld_sites: int = 0
+
+    @property
+    def shown_level(self) -> str:
+        """The level, marked where sites withheld the group (for a terminal table)."""
+        if not self.withheld_sites:
+            return self.level
+        sites = "site" if self.withheld_sites == 1 else "sites"
+        return f"{self.level} (withheld at {self.withheld_sites} {sites})"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -168,6 +181,7 @@ class SurvivalCurve:
                 "censored": self.tail_censored,
             },
             "records": self.records,
+            "withheld_sites": self.withheld_sites,
         }
 
     @property
@@ -195,6 +209,7 @@ class SurvivalCurve:
             tail_events=int(tail["events"]),
             tail_censored=int(tail["censored"]),
             records=int(data["records"]),
+            withheld_sites=int(data.get("withheld_sites", 0)),
             **arrays,
         )
 
@@ -293,7 +308,8 @@ class KaplanMeierResult(_CurvesResult):
         for c in self.curves:
             events = int(c.events.sum()) + c.tail_events
             med = self.median(c)
-            row = [c.level, str(c.records), str(events), "–" if med is None else _time_fmt(med)]
+            row = [c.shown_level, str(c.records), str(events)]
+            row.append("–" if med is None else _time_fmt(med))
             row += [_fmt(_value_at(c, t, 1.0)) for t in probes]
             row += [
                 "–" if c.tail_after is None else _time_fmt(c.tail_after),
@@ -322,7 +338,7 @@ class NelsonAalenResult(_CurvesResult):
         rows = []
         for c in self.curves:
             events = int(c.events.sum()) + c.tail_events
-            row = [c.level, str(c.records), str(events)]
+            row = [c.shown_level, str(c.records), str(events)]
             row += [_fmt(_value_at(c, t, 0.0)) for t in probes]
             row += [
                 "–" if c.tail_after is None else _time_fmt(c.tail_after),
@@ -344,7 +360,11 @@ class LogRankResult(Result):
         Per group: observed and expected events under equal hazards.
     exact:
         False when sites' coarsened tails (plain mode) or times beyond the grid entered as
-        one last tied time — then the statistic approximates the pooled one.
+        one last tied time, or sites withheld their answer — then the statistic
+        approximates the pooled one.
+    withheld_sites:
+        Sites that withheld their counts (a group of fewer than ``min_cell`` patients
+        there, none included): the test rests on the other sites only.
     """
 
     kind: str
@@ -358,6 +378,7 @@ class LogRankResult(Result):
     records: int
     sites: int
     secure: bool
+    withheld_sites: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON form."""
@@ -373,6 +394,7 @@ class LogRankResult(Result):
             "records": self.records,
             "sites": self.sites,
             "secure": self.secure,
+            "withheld_sites": self.withheld_sites,
         }
 
     @classmethod
@@ -391,6 +413,7 @@ class LogRankResult(Result):
                 records=int(data["records"]),
                 sites=int(data["sites"]),
                 secure=bool(data["secure"]),
+                withheld_sites=int(data.get("withheld_sites", 0)),
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigurationError(f"not a log-rank result: {str(exc)[:80]}") from None
@@ -403,6 +426,8 @@ class LogRankResult(Result):
             for lv, o, e in zip(self.levels, self.observed, self.expected, strict=True)
         ]
         note = "" if self.exact else " (approx.: coarsened tails)"
+        if self.withheld_sites:
+            note = f" (approx.: withheld at {self.withheld_sites} site(s))"
         rows.append(
             ["log-rank", f"χ² = {self.statistic:.4g}", f"df = {self.df}", f"p = {self.p:.4g}{note}"]
         )

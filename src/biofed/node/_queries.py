@@ -15,7 +15,10 @@ A QUERY instruction carries one pass of a :class:`biofed.analytics.Request` (its
    ``[analytics]`` and the agreement's, the stricter key by key), with DP noise from the
    site's own CSPRNG when the query asks for DP;
 4. checks the answer's cohort against its query log (:class:`~biofed.node._query_log.QueryLog`:
-   the differencing rule) and records it there before the reply is built;
+   the differencing rule) and records it there before the reply is built — except for a
+   cohort of fewer than ``min_cell`` rows (:func:`biofed.analytics.small_cohort`), whose
+   fully suppressed answer releases nothing and is the same whatever the rows hold (so
+   neither the answer nor a refusal by the log tells 0 from 1..k−1);
 5. replies with the answer's arrays as float64 ``parameters`` and ``num_examples`` = the
    records it rests on.
 
@@ -54,6 +57,7 @@ from biofed.analytics import (
     answer,
     complete_rows,
     kind_of,
+    small_cohort,
 )
 from biofed.core import (
     Array,
@@ -193,6 +197,11 @@ class SiteQueries:
                 raise PolicyViolation("privacy: this site has no noise source for DP answers")
             noise = self.noise()
         out = answer(request, table, rules, noise=noise)
+        if small_cohort(request, table, rules):
+            # the kind's fully suppressed answer, the same for 0 and 1..k-1 selected rows:
+            # it releases nothing, so it is neither logged nor checked against the log (a
+            # refusal by the log would tell 0 from 1..k-1 after all)
+            return request, out
         # one log per dataset the site holds: a study table is named after its study, but
         # its rows are the dataset's persons (ids stable across studies), so two studies —
         # or one spec renamed — must not each get a fresh log to difference against
