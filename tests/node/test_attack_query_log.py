@@ -215,12 +215,6 @@ def test_describe_on_two_columns_then_one_where_the_other_is_present_is_refused(
 
 
 # -- the same cohort, different cells ----------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="the query log compares the query's cohort, not the released cells: two "
-    "histograms of the same rows with edges shifted by a hair publish two 'below' cells "
-    "one patient apart (the narrow-bin attack); needs cell-level logging (an-node/an-stats)",
-)
 def test_histograms_with_shifted_edges_do_not_isolate_one_patient() -> None:
     site = _site()
     a = _ask(site, Query("histogram", {"column": "age", "edges": [55.1, 90]}), run_id="r-1")
@@ -235,12 +229,6 @@ def test_histograms_with_shifted_edges_do_not_isolate_one_patient() -> None:
     assert b.below - a.below != 1  # one patient with age in [55.1, 55.5)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a crosstab's margin and a count with a filter are different cohorts to the log: "
-    "row total (women) minus count(women, non-smokers) recovers the suppressed cell "
-    "(women who smoke); complementary suppression protects one table only (an-node/an-stats)",
-)
 def test_a_suppressed_crosstab_cell_is_not_recovered_with_a_count() -> None:
     site = _site()
     tab = _ask(

@@ -373,6 +373,13 @@ class KindSpec:
         cohort of fewer than ``min_cell`` records; None: zeros in the request's layout with
         its ``suppressed``/``withheld`` flags set, or, for a kind whose layout has no such
         flag (or a request without a layout), a refusal.
+    cells:
+        ``(request, table, cohort mask, answer)`` → the row ids of each count cell the
+        site's ``answer`` releases beyond its cohort (a histogram's or a quantile pass's
+        bins, a crosstab's cells and margins): only cells that are not suppressed and not
+        empty. Site-side only: the node's query log compares them with the cells of other
+        queries (the differencing rule on released cells, :func:`released_cells`); they
+        never travel. None: the kind releases nothing finer than its cohorts.
     """
 
     name: str
@@ -385,6 +392,7 @@ class KindSpec:
     dp_supported: bool = False
     secure_supported: bool = False
     withheld: Callable[[Request], Answer] | None = None
+    cells: Callable[[Request, QueryTable, Array, Answer], Sequence[Array]] | None = None
 
 
 #: Layout arrays that flag a withheld value (a combined value is withheld when any site's
@@ -498,6 +506,41 @@ def small_cohort(request: Request, table: QueryTable, rules: DisclosureRules | N
     log). Always False for a DP query (the noise is the control there)."""
     own = DisclosureRules() if rules is None else rules
     return _small(request, table.cohort(request.query), own.stricter(request.rules))
+
+
+def released_cells(
+    request: Request, table: QueryTable, out: Answer, rules: DisclosureRules | None = None
+) -> list[Array]:
+    """The row ids of each count cell this site's answer ``out`` to ``request`` releases
+    (the kind's :attr:`KindSpec.cells`): what the node's query log holds beside the
+    answer's cohorts, so that two queries whose released cells differ by 1..k−1 patients
+    are refused even when their cohorts are the same (two histograms with edges shifted by
+    a hair; a crosstab margin and a filtered count).
+
+    Empty for a kind without cells, for a fully suppressed answer (:func:`small_cohort`:
+    it releases nothing) and for a DP query: each of its cells carries calibrated noise
+    whose ε the ledger accounts for, which composes where a pairwise rule does not (its
+    cohorts are still logged, so an exact query one patient away is refused).
+
+    In secure mode the site cannot know which cells the coordinator will publish from the
+    consortium's totals, so every non-empty cell counts as released.
+    """
+    spec = kind_of(request.query.kind)
+    if spec.cells is None or request.query.dp is not None or small_cohort(request, table, rules):
+        return []
+    return [ids for ids in spec.cells(request, table, table.cohort(request.query), out) if ids.size]
+
+
+def rows_by_code(ids: Array, codes: Array, released: Sequence[int]) -> list[Array]:
+    """For each code in ``released``, the ``ids`` whose ``codes`` equal it (``ids`` and
+    ``codes`` aligned; a helper for :attr:`KindSpec.cells`)."""
+    order = np.argsort(codes, kind="stable")
+    ordered = codes[order]
+    out = []
+    for code in released:
+        lo, hi = np.searchsorted(ordered, [code, code + 1])
+        out.append(ids[order[lo:hi]])
+    return out
 
 
 def withheld_answer(request: Request) -> Answer:

@@ -55,12 +55,13 @@ from biofed.analytics._protocol import (
     Request,
     Result,
     register,
+    rows_by_code,
 )
 from biofed.analytics._query import Query, check_name
 from biofed.analytics._rules import DisclosureRules
 from biofed.analytics._suppress import protect_vector
 from biofed.analytics._table import QueryTable
-from biofed.analytics._tables import bin_counts
+from biofed.analytics._tables import bin_codes, bin_counts, present_values, released_bins
 from biofed.core import Array, ConfigurationError, ProtocolError
 
 _MAX_PROBS = 20
@@ -188,6 +189,22 @@ def _answer(
     return Answer(
         arrays={"counts": counts, "suppressed": flags, "withheld": withheld}, records=records
     )
+
+
+def _cells(request: Request, table: QueryTable, rows: Array, out: Answer) -> list[Array]:
+    """The rows of each released bin of each bracket this pass counts (below and above
+    the bracket included): what the node's query log compares with other queries' cells,
+    so that quantiles asked again with shifted bounds cannot intersect their brackets
+    down to fewer than ``min_difference`` patients."""
+    if out.arrays["withheld"][0] > 0:
+        return []
+    ids, x = present_values(table, request.query.options["column"], rows)
+    counts, flags = out.arrays["counts"], out.arrays["suppressed"]
+    sets: list[Array] = []
+    for i, edges in enumerate(_state_edges(request)):
+        released = released_bins(counts[i], flags[i])
+        sets += rows_by_code(ids, bin_codes(x, edges), released)
+    return sets
 
 
 def _check(request: Request, answer: Answer) -> None:
@@ -368,5 +385,6 @@ register(
         check=_check,
         result_from_dict=reader(QuantileResult.from_dict, "quantile"),
         secure_supported=True,
+        cells=_cells,
     )
 )

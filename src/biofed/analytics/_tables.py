@@ -38,6 +38,7 @@ from biofed.analytics._protocol import (
     Request,
     Result,
     register,
+    rows_by_code,
 )
 from biofed.analytics._query import Query, check_name
 from biofed.analytics._rules import DisclosureRules
@@ -52,17 +53,31 @@ _MAX_CELLS = 10_000
 def bin_counts(x: Array, edges: Sequence[float]) -> Array:
     """Counts of ``x`` in ``[below, [e0, e1), …, [e_{k-1}, e_k], above]``."""
     e = np.asarray(edges, dtype=np.float64)
-    out = np.zeros(len(e) + 1)
     if x.size == 0:
-        return out
-    below = x < e[0]
-    above = x > e[-1]
-    inside = x[~below & ~above]
-    idx = np.clip(np.searchsorted(e, inside, side="right") - 1, 0, len(e) - 2)
-    out[0] = below.sum()
-    out[1:-1] = np.bincount(idx, minlength=len(e) - 1)
-    out[-1] = above.sum()
-    return out
+        return np.zeros(len(e) + 1)
+    return np.bincount(bin_codes(x, e), minlength=len(e) + 1).astype(np.float64)
+
+
+def bin_codes(x: Array, edges: Sequence[float] | Array) -> Array:
+    """Per value of ``x`` (no NaN), its cell in :func:`bin_counts`: 0 below the first edge,
+    ``i + 1`` in ``[e_i, e_{i+1})`` (the last bin closed), ``len(edges)`` above the last."""
+    e = np.asarray(edges, dtype=np.float64)
+    x = np.asarray(x, dtype=np.float64)
+    idx = np.clip(np.searchsorted(e, x, side="right") - 1, 0, len(e) - 2) + 1
+    return np.where(x < e[0], 0, np.where(x > e[-1], len(e), idx))
+
+
+def present_values(table: QueryTable, name: str, rows: Array) -> tuple[Array, Array]:
+    """The row ids and values of the cohort ``rows`` where numeric column ``name`` is
+    present (aligned; the rows :func:`numeric_values` counts)."""
+    col = np.asarray(table.column(name)[rows], dtype=np.float64)
+    present = ~np.isnan(col)
+    return np.asarray(table.ids)[rows][present], col[present]
+
+
+def released_bins(counts: Array, flags: Array) -> list[int]:
+    """Indices of the cells that are neither suppressed nor empty."""
+    return [int(i) for i in np.flatnonzero((np.ravel(flags) == 0) & (np.ravel(counts) > 0))]
 
 
 def _masked(values: Array, mask: Array) -> list[int | None]:
@@ -148,6 +163,14 @@ def _histogram_answer(
         if total_hidden:
             records = 0
     return Answer(arrays=arrays, records=records)
+
+
+def _histogram_cells(request: Request, table: QueryTable, rows: Array, out: Answer) -> list[Array]:
+    """The rows of each released bin (below and above included)."""
+    opts = request.query.options
+    ids, x = present_values(table, opts["column"], rows)
+    released = released_bins(out.arrays["counts"], out.arrays["suppressed"])
+    return rows_by_code(ids, bin_codes(x, opts["edges"]), released)
 
 
 def _histogram_finish(analysis: OnePass, total: Answer, sites: Sequence[str]) -> Result:
@@ -334,6 +357,26 @@ def _crosstab_answer(
     return Answer(arrays=arrays, records=records)
 
 
+def _crosstab_cells(request: Request, table: QueryTable, rows: Array, out: Answer) -> list[Array]:
+    """The rows of each released cell, of each margin over released cells only (the
+    coordinator publishes no other), and of the table's total when the site released its
+    record count."""
+    opts = request.query.options
+    c = len(_labels(opts, "col"))
+    ri, ci = _codes(table, rows, opts, "rows"), _codes(table, rows, opts, "cols")
+    keep = (ri >= 0) & (ci >= 0)
+    ids = np.asarray(table.ids)[rows][keep]
+    ri, ci = ri[keep], ci[keep]
+    counts, flags = out.arrays["counts"], out.arrays["suppressed"]
+    clean_rows = [i for i in range(counts.shape[0]) if not flags[i].any()]
+    clean_cols = [j for j in range(c) if not flags[:, j].any()]
+    sets = rows_by_code(ids, ri * c + ci, released_bins(counts, flags))
+    sets += rows_by_code(ids, ri, clean_rows) + rows_by_code(ids, ci, clean_cols)
+    if out.records > 0:
+        sets.append(ids)
+    return sets
+
+
 def _crosstab_finish(analysis: OnePass, total: Answer, sites: Sequence[str]) -> Result:
     opts = analysis.query.options
     dp = analysis.query.dp is not None
@@ -386,6 +429,7 @@ register(
         result_from_dict=reader(HistogramResult.from_dict, "histogram"),
         dp_supported=True,
         secure_supported=True,
+        cells=_histogram_cells,
     )
 )
 register(
@@ -399,5 +443,6 @@ register(
         result_from_dict=reader(CrosstabResult.from_dict, "crosstab"),
         dp_supported=True,
         secure_supported=True,
+        cells=_crosstab_cells,
     )
 )

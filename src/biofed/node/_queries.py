@@ -57,6 +57,7 @@ from biofed.analytics import (
     answer,
     complete_rows,
     kind_of,
+    released_cells,
     small_cohort,
 )
 from biofed.core import (
@@ -208,6 +209,7 @@ class SiteQueries:
         self.log.check_and_record(
             instruction.job.dataset or table.name,
             *_cohorts(table, request),
+            *released_cells(request, table, out, rules),
             min_difference=rules.min_difference,
             run_id=instruction.run_id,
             query_sha256=request.query.digest,

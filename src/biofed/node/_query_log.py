@@ -60,6 +60,9 @@ MEMORY = ":memory:"
 QUERY_LOG_FILE = "queries.db"
 #: Distinct cohorts kept per dataset (the oldest are dropped beyond this).
 MAX_COHORTS = 10_000
+#: Most distinct row sets (cohorts and released cells) one answer may log; an answer that
+#: releases more non-empty cells is refused.
+MAX_SETS_PER_ANSWER = 2_000
 
 _APPLICATION_ID = 0x62667167  # "bfqg": marks the SQLite file as a biofed query log
 _SCHEMA_VERSION = 1
@@ -172,6 +175,12 @@ class QueryLog:
         for ids in cohorts:
             cohort = _sorted_ids(ids)
             fresh.setdefault(_digest(cohort), cohort)
+        if len(fresh) > MAX_SETS_PER_ANSWER:
+            raise PolicyViolation(
+                f"disclosure: the answer releases more than {MAX_SETS_PER_ANSWER} non-empty "
+                "cells, more than this site's query log checks for one answer; ask for fewer "
+                "bins or levels"
+            )
         with self._lock, self._transaction() as db:
             new = {}
             for digest, cohort in fresh.items():
@@ -182,13 +191,13 @@ class QueryLog:
                 ).fetchone()
                 if seen is None:
                     new[digest] = cohort
-            if min_difference > 1:
-                for cohort in new.values():
-                    self._check(db, dataset, cohort, query, min_difference)
-            for digest, cohort in new.items():
-                db.execute(
-                    "INSERT INTO cohorts (dataset, size, sha256, ids, run_id, query_sha256, at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+            if min_difference > 1 and new:
+                self._check(db, dataset, list(new.values()), query, min_difference)
+            at = self._clock()
+            db.executemany(
+                "INSERT INTO cohorts (dataset, size, sha256, ids, run_id, query_sha256, at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
                     (
                         dataset,
                         int(cohort.shape[0]),
@@ -196,9 +205,11 @@ class QueryLog:
                         zlib.compress(cohort.tobytes(), 6),
                         run_id,
                         query,
-                        self._clock(),
-                    ),
-                )
+                        at,
+                    )
+                    for digest, cohort in new.items()
+                ],
+            )
             if new:
                 db.execute(
                     "DELETE FROM cohorts WHERE dataset = ? AND id NOT IN (SELECT id FROM "
@@ -207,21 +218,47 @@ class QueryLog:
                 )
 
     @staticmethod
-    def _check(db: sqlite3.Connection, dataset: str, cohort: Array, query: str, k: int) -> None:
-        size = int(cohort.shape[0])
-        near = db.execute(
-            "SELECT ids, size FROM cohorts WHERE dataset = ? AND query_sha256 != ? "
-            "AND size BETWEEN ? AND ?",
-            (dataset, query, size - k + 1, size + k - 1),
-        )
-        for blob, other in near:
-            diff = symmetric_difference_size(cohort, _decode(blob, other))
-            if 0 < diff < k:
-                raise PolicyViolation(
-                    f"disclosure: the query's cohort differs by fewer than {k} records from "
-                    f"an earlier query's on dataset {dataset!r} (a differencing attack would "
-                    "reveal them); widen or narrow its filters"
-                )
+    def _check(db: sqlite3.Connection, dataset: str, sets: list[Array], query: str, k: int) -> None:
+        """Compare each new set with the logged sets of other queries within ``k - 1`` of
+        its size: one indexed range query per run of overlapping size windows; each logged
+        set is decompressed once and intersected with all the new sets at once (its ids
+        looked up in the new sets' ids, sorted, and the hits counted per set)."""
+        sizes = np.asarray([s.shape[0] for s in sets], dtype=np.int64)
+        owner = np.repeat(np.arange(len(sets)), sizes)
+        every = np.concatenate(sets)
+        order = np.argsort(every, kind="stable")
+        every, owner = every[order], owner[order]
+        windows: list[list[int]] = []
+        for size in sorted(int(v) for v in sizes):
+            if windows and size - k + 1 <= windows[-1][1] + 1:
+                windows[-1][1] = size + k - 1
+            else:
+                windows.append([size - k + 1, size + k - 1])
+        for lo, hi in windows:
+            near = db.execute(
+                "SELECT ids, size FROM cohorts WHERE dataset = ? AND query_sha256 != ? "
+                "AND size BETWEEN ? AND ?",
+                (dataset, query, lo, hi),
+            )
+            for blob, other in near:
+                close = np.abs(sizes - other) < k
+                if not close.any():
+                    continue
+                logged = _decode(blob, other)
+                first = np.searchsorted(every, logged, side="left")
+                hits = np.searchsorted(every, logged, side="right") - first
+                total = int(hits.sum())
+                start = np.cumsum(hits) - hits
+                where = np.repeat(first - start, hits) + np.arange(total)
+                common = np.bincount(owner[where], minlength=len(sets))
+                diff = sizes + other - 2 * common
+                if (close & (diff > 0) & (diff < k)).any():
+                    raise PolicyViolation(
+                        "disclosure: the query's cohort (or one of its released cells) "
+                        f"differs by fewer than {k} records from an earlier query's on "
+                        f"dataset {dataset!r} (a differencing attack would reveal them); "
+                        "widen or narrow its filters, bins or levels"
+                    )
 
     def cohorts(self, dataset: str) -> int:
         """Distinct cohorts logged for ``dataset``."""
