@@ -428,9 +428,11 @@ def test_a_glm_step_putting_all_weight_on_one_patient_is_refused() -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="quantile: each answer's bracket holds min_cell records, but twenty queries with "
-    "shifted bounds (the same cohort, so the log allows them) intersect to an interval "
-    "holding fewer than min_cell records around the median patient's value (secure mode, "
-    "where the coordinator brackets on exact totals); needs cross-query control (an-stats)",
+    "shifted bounds intersect to an interval holding fewer than min_cell records around the "
+    "median patient's value (secure mode, exact totals). A site's query log now refuses "
+    "them (its bins are logged as cells: tests/node/test_query_log_cells.py), but these pure "
+    "functions keep no memory across queries; bounds-independent brackets would close it "
+    "here too (an-stats)",
 )
 def test_shifted_quantile_queries_do_not_pin_the_median_patient() -> None:
     rng = np.random.default_rng(4)

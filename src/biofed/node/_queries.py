@@ -14,11 +14,12 @@ A QUERY instruction carries one pass of a :class:`biofed.analytics.Request` (its
    :class:`~biofed.analytics.DisclosureRules` (:meth:`SiteQueries.rules`: ``node.toml``'s
    ``[analytics]`` and the agreement's, the stricter key by key), with DP noise from the
    site's own CSPRNG when the query asks for DP;
-4. checks the answer's cohort against its query log (:class:`~biofed.node._query_log.QueryLog`:
-   the differencing rule) and records it there before the reply is built — except for a
-   cohort of fewer than ``min_cell`` rows (:func:`biofed.analytics.small_cohort`), whose
-   fully suppressed answer releases nothing and is the same whatever the rows hold (so
-   neither the answer nor a refusal by the log tells 0 from 1..k−1);
+4. checks the answer's cohorts and released cells against its query log
+   (:class:`~biofed.node._query_log.QueryLog`: the differencing rule) and records them
+   there before the reply is built — except for a cohort of fewer than ``min_cell`` rows
+   (:func:`biofed.analytics.small_cohort`), whose fully suppressed answer releases
+   nothing and is the same whatever the rows hold (so neither the answer nor a refusal
+   by the log tells 0 from 1..k−1);
 5. replies with the answer's arrays as float64 ``parameters`` and ``num_examples`` = the
    records it rests on.
 
@@ -30,6 +31,13 @@ differencing through missing values — the same statistic of column X over two 
 differ only by a patient whose Y is missing — is then caught like one through filters. The
 price: a count after a describe (or the reverse) is refused when 1 to k−1 of the selected
 rows miss the described column, since the two answers would count those patients.
+
+Beside the cohorts it logs the row set of each count cell the answer releases (a
+histogram's bins, a crosstab's cells and margins, a quantile pass's bins;
+:func:`biofed.analytics.released_cells`, computed here and never sent; none for a DP
+answer, whose noise is the control), so two queries on one cohort whose cells differ by
+1..k−1 patients are refused too: shifted histogram edges, a margin minus a filtered count,
+quantiles with shifted bounds.
 
 Security notes
 --------------

@@ -9,6 +9,16 @@ difference) is refused; the same cohort again (difference 0) is allowed, and so 
 cohorts of the same query (a later pass, a repeat, the per-column cohorts of one answer),
 since the same statistics over the same rows release nothing new.
 
+The sets logged are not only cohorts: an answer also logs the row set of each count cell
+it releases (a histogram's bins, a crosstab's cells and margins, a quantile pass's bins:
+:func:`biofed.analytics.released_cells`), and the rule compares every set of the answer
+with every set of other queries. Two histograms of the same rows with edges a hair apart
+(the narrow-bin attack), or a crosstab's row total and a count with one more filter, have
+the same cohort but cells one patient apart; they are refused like two cohorts. One answer
+may log at most :data:`MAX_SETS_PER_ANSWER` distinct sets (more is refused: the log's size
+and the check's cost stay bounded), and a fine histogram pushes older sets out of the
+newest :data:`MAX_COHORTS` sooner.
+
 One SQLite file in the node folder (WAL journal, ``synchronous=FULL``, like the privacy
 ledger: each commit is synced before it returns), or one in-memory database for a
 development node without a ledger file or a simulation's virtual site. Check and record
@@ -23,7 +33,10 @@ log no longer holds (all of them are in the signed audit log: such a campaign is
 check decompresses only the logged cohorts whose size is within ``min_difference - 1`` of
 the new one's (the symmetric difference is at least the difference of the sizes; an
 index on (dataset, size) finds them), and a cohort this query logged before is found by
-its SHA-256 and not compared again, so a typical check reads a handful of rows.
+its SHA-256 and not compared again, so a typical check reads a handful of rows. Each logged
+set read is decompressed once and intersected with all the answer's new sets at once
+(searchsorted into their sorted ids, hits counted per set): a 200-bin histogram against
+10,000 logged sets all within its bins' size windows takes about a second.
 
 Security notes
 --------------
