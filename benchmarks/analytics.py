@@ -11,16 +11,16 @@ covariates, Efron's ties, ``penalizer = 0.1``), each plain and secure (SecAgg+) 
 measures the wall time from submit to result, the median of ``--repeats`` runs after one
 warm-up run, through the coordinator's analysis loop
 (:func:`biofed.coordinator.analyze_over`, the function its executor runs for an analysis
-job) over the coordinator's own node hub. Count and KM also run as analysis jobs submitted
-by a researcher over the control API (submit → ``analysis_result`` event), which adds the
-executor's scheduling and the state store. Cox cannot run as a submitted job on TCGA: a
-job's request rules are never looser than the defaults, and ``records_per_parameter = 10``
-× 39 parameters needs 390 records at every site (TCGA's centres hold 40–248 training
-rows), and TCGA's one-hot covariates hold 1 to 9 ones at every site, which the default
-``min_cell = 10`` refuses (a binary column with a rare value); the loop runs the Cox fit
-with ``min_cell = 1, records_per_parameter = 1`` (as the Cox tests do), which every node's
-``node.toml`` ``[analytics]`` also states (count and KM keep ``min_cell = 10``: a site
-answers under the stricter of its own rules and the request's).
+job) over the coordinator's own node hub. Every query also runs as an analysis job
+submitted by a researcher over the control API (submit → ``analysis_result`` event), which
+adds the executor's scheduling and the state store. The default rules refuse TCGA's
+39-covariate Cox fit by design: ``records_per_parameter = 10`` × 39 parameters needs 390 records at
+every site (TCGA's centres hold 40–248 training rows), and its one-hot covariates hold 1 to
+9 ones at every site, which ``min_cell = 10`` refuses (a binary column with a rare value).
+So the Cox job's ``[analysis.rules]`` state ``min_cell = 1, records_per_parameter = 1`` (as
+the Cox tests do), and so does every node's ``node.toml`` ``[analytics]`` (count and KM
+keep ``min_cell = 10`` in their request; a site answers under the stricter of its own
+rules and the request's).
 
 Secure mode needs an agreed time grid: KM uses a 1-day grid (TCGA times are whole days);
 Cox's Newton pass sends ``(times × p²)`` risk-set sums, so a 1-day grid (9,001 points ×
@@ -243,7 +243,11 @@ class Sent:
 
 
 def analysis_job(
-    analysis: Mapping[str, Any], *, secure: bool, settings: Mapping[str, Any] | None = None
+    analysis: Mapping[str, Any],
+    *,
+    secure: bool,
+    rules: DisclosureRules,
+    settings: Mapping[str, Any] | None = None,
 ) -> AnalysisJob:
     table: dict[str, Any] = {
         "run": {
@@ -253,7 +257,7 @@ def analysis_job(
             "min_replies": 6,
             "round_timeout": 120.0,
         },
-        "analysis": dict(analysis),
+        "analysis": {**analysis, "rules": rules.to_dict()},
     }
     if secure:
         table["secure_aggregation"] = dict(settings or {})
@@ -453,13 +457,12 @@ def main() -> None:
         for (kind, secure), analysis in queries.items():
             label = f"{kind} {'secure' if secure else 'plain'}"
             settings = COX_SECURE if kind == "cox" else None
-            job = analysis_job(analysis, secure=secure, settings=settings)
             rules = COX_RULES if kind == "cox" else LOOSE
+            job = analysis_job(analysis, secure=secure, rules=rules, settings=settings)
             rows[label] = timed(lambda job=job, rules=rules: loop_run(net, job, rules), repeats)
-            if kind != "cox":
-                service[label] = timed(lambda job=job: service_run(net, job), repeats)
+            service[label] = timed(lambda job=job: service_run(net, job), repeats)
         if not args.quick:  # once, as a user gets it: the default secure settings
-            job = analysis_job(queries[("cox", True)], secure=True)
+            job = analysis_job(queries[("cox", True)], secure=True, rules=COX_RULES)
             default_secure = loop_run(net, job, COX_RULES)
     finally:
         net.close()
@@ -521,7 +524,7 @@ def main() -> None:
 
     # -- profile of the plain Cox run --------------------------------------------------------
     tables = {site: QueryTable.from_site_data(data) for site, data in fed.sites.items()}
-    profile = profile_cox(analysis_job(cox_q, secure=False).query, tables)
+    profile = profile_cox(analysis_job(cox_q, secure=False, rules=COX_RULES).query, tables)
     net_passes = rows["cox plain"]["pass_seconds"]
     arrivals = rows["cox plain"]["reply_arrivals_s"]
 
@@ -567,8 +570,10 @@ def main() -> None:
         "  federated: the coordinator's analysis loop over its node hub (submit -> result);"
         " submitted job: the same query as an analysis job over the control API"
         " (submit -> analysis_result event)\n"
-        "  (*) cox cannot run as a submitted job on TCGA: its request rules are never looser"
-        " than records_per_parameter = 10 (390 records per site for 39 covariates)\n"
+        "  cox runs with min_cell = 1 and records_per_parameter = 1 in the job's"
+        " [analysis.rules] and every site's node.toml: the default rules refuse TCGA's"
+        " 39-covariate fit by design (390 records per site needed; one-hot columns with 1-9"
+        " ones)\n"
         f"  secure km on a {KM_GRID['step']}-day grid, secure cox on a {COX_GRID['step']}-day"
         " grid; msgs: instructions sent (secure: 4 SecAgg+ stages per pass); sent MB: the"
         " requests' JSON and arrays; recv MB: the replies' arrays (secure: masked messages)"

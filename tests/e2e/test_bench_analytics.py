@@ -37,10 +37,9 @@ def test_the_analytics_benchmark_runs_and_its_figures_hold() -> None:
         assert row["instructions"] >= 6 * row["passes"], label
         assert row["replies"] == row["instructions"], label
         assert min(row["sent_bytes"], row["reply_bytes"]) > 0, label
-    # the submitted analysis jobs (count, KM) finished with a result; Cox cannot (see module)
-    for label in ("count plain", "count secure", "km plain", "km secure"):
+    # every query also finished as a submitted analysis job (Cox with its relaxed rules)
+    for label in queries:
         assert queries[label]["submitted_job_median_s"] > 0, label
-    assert queries["cox plain"]["submitted_job_median_s"] is None
     # secure passes are four SecAgg+ stages each, and the coordinator never saw a plain array
     assert queries["cox secure"]["instructions"] == 4 * 6 * queries["cox secure"]["passes"]
     assert set(out["federated_counts"].values()) == {out["pooled_count"]}
