@@ -50,7 +50,6 @@ on Fed-TCGA-BRCA, whose smallest site holds 40 training rows).
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from os import PathLike
@@ -58,7 +57,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from biofed.analytics import DisclosureRules, DPOptions, Filter, Query, start
-from biofed.coordinator._job import JobSpec, _no_duplicates, _study, _text
+from biofed.coordinator._job import JobSpec, _study, parse_json, parse_toml, read_job_file
 from biofed.coordinator._job_rules import (
     Field,
     Integer,
@@ -73,16 +72,9 @@ from biofed.core.sections import JobSection, StudySection
 from biofed.data import StudySpec
 from biofed.secagg import SecureAggregationSettings
 
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
-
 if TYPE_CHECKING:
     from biofed.coordinator._job_limits import JobLimits
 
-#: Largest analysis file or JSON text accepted (the job file's limit).
-MAX_ANALYSIS_BYTES = 1 << 20
 #: Longest query JSON (the site's limit for a query).
 MAX_QUERY_CHARS = 1 << 16
 #: Keys of ``[analysis]`` that are not the kind's options.
@@ -419,34 +411,20 @@ class AnalysisJob:
         base: str | PathLike[str] | None = None,
     ) -> AnalysisJob:
         """Parse an ``analysis.toml`` (text, or bytes that must be UTF-8)."""
-        text = _text(text, "analysis file")
-        try:
-            data = tomllib.loads(text)
-        except RecursionError:
-            raise ConfigurationError("analysis file is not valid TOML: nested too deeply") from None
-        except ValueError as exc:
-            first = (str(exc).splitlines() or [type(exc).__name__])[0]
-            raise ConfigurationError(f"analysis file is not valid TOML: {first}") from None
+        data = parse_toml(text, "analysis file")
         return cls.from_mapping(data, limits=limits, base=base)
 
     @classmethod
     def from_json(cls, text: str | bytes, *, limits: JobLimits | None = None) -> AnalysisJob:
         """Parse the JSON form (what travels to the coordinator and what it stores)."""
-        data = _json(text)
-        return cls.from_mapping(data, limits=limits)
+        return cls.from_mapping(parse_json(text), limits=limits)
 
     @classmethod
     def from_file(
         cls, path: str | PathLike[str], *, limits: JobLimits | None = None
     ) -> AnalysisJob:
         """Read and parse an ``analysis.toml``; every failure is one ConfigurationError."""
-        file = Path(path)
-        try:
-            with file.open("rb") as handle:
-                data = handle.read(MAX_ANALYSIS_BYTES + 1)
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read {file}: {exc.strerror or exc}") from None
-        return cls.from_toml(data, limits=limits, base=file.parent)
+        return cls.from_toml(read_job_file(path), limits=limits, base=Path(path).parent)
 
     def within(self, limits: JobLimits) -> AnalysisJob:
         """This job if it fits a coordinator's ``limits`` (``max_min_nodes``,
@@ -521,22 +499,6 @@ class AnalysisJob:
         )
 
 
-def _json(text: str | bytes) -> dict[str, Any]:
-    text = _text(text, "job")
-    try:
-        data = json.loads(text, object_pairs_hook=_no_duplicates)
-    except ConfigurationError:
-        raise
-    except RecursionError:
-        raise ConfigurationError("job is not valid JSON: nested too deeply") from None
-    except ValueError as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise ConfigurationError(f"job is not valid JSON: {first}") from None
-    if not isinstance(data, dict):
-        raise ConfigurationError("job must be a JSON object")
-    return data
-
-
 #: A stored run's job: a training job or an analysis job.
 RunSpec = JobSpec | AnalysisJob
 
@@ -556,7 +518,7 @@ def run_spec_from_json(text: str | bytes, *, limits: JobLimits | None = None) ->
     ConfigurationError
         One line per problem, as the job's own parser words it.
     """
-    data = _json(text)
+    data = parse_json(text)
     if is_analysis(data):
         return AnalysisJob.from_mapping(data, limits=limits)
     return JobSpec.from_mapping(data, limits=limits)
@@ -566,19 +528,7 @@ def job_from_file(path: str | PathLike[str], *, limits: JobLimits | None = None)
     """A job file (``job.toml`` or ``analysis.toml``): an :class:`AnalysisJob` when it has
     an ``[analysis]`` table, else a :class:`~biofed.coordinator.JobSpec`."""
     file = Path(path)
-    try:
-        with file.open("rb") as handle:
-            raw = handle.read(MAX_ANALYSIS_BYTES + 1)
-    except OSError as exc:
-        raise ConfigurationError(f"cannot read {file}: {exc.strerror or exc}") from None
-    text = _text(raw, "job file")
-    try:
-        data = tomllib.loads(text)
-    except RecursionError:
-        raise ConfigurationError("job file is not valid TOML: nested too deeply") from None
-    except ValueError as exc:
-        first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise ConfigurationError(f"job file is not valid TOML: {first}") from None
+    data = parse_toml(read_job_file(file), "job file")
     if is_analysis(data):
         return AnalysisJob.from_mapping(data, limits=limits, base=file.parent)
     return JobSpec.from_mapping(data, limits=limits, base=file.parent)

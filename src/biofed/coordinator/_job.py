@@ -98,6 +98,46 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def parse_toml(data: str | bytes, what: str) -> dict[str, Any]:
+    """A job file's TOML tables (``what`` names it in the one-line error): UTF-8, bounded,
+    nesting and huge integers refused. Shared by every kind of job file."""
+    text = _text(data, what)
+    try:
+        return tomllib.loads(text)
+    except RecursionError:
+        raise ConfigurationError(f"{what} is not valid TOML: nested too deeply") from None
+    except ValueError as exc:  # TOMLDecodeError, or an integer of thousands of digits
+        raise ConfigurationError(f"{what} is not valid TOML: {_first_line(exc)}") from None
+
+
+def parse_json(data: str | bytes, what: str = "job") -> dict[str, Any]:
+    """A job's JSON object (what travels to the coordinator and what it stores): bounded,
+    a key given twice refused (RFC 8259 §4 parser differentials)."""
+    text = _text(data, what)
+    try:
+        parsed = json.loads(text, object_pairs_hook=_no_duplicates)
+    except ConfigurationError:
+        raise
+    except RecursionError:
+        raise ConfigurationError(f"{what} is not valid JSON: nested too deeply") from None
+    except ValueError as exc:
+        raise ConfigurationError(f"{what} is not valid JSON: {_first_line(exc)}") from None
+    if not isinstance(parsed, dict):
+        raise ConfigurationError(f"{what} must be a JSON object")
+    return parsed
+
+
+def read_job_file(path: str | PathLike[str]) -> bytes:
+    """A job file's bytes, at most one more than :data:`MAX_JOB_BYTES` (the parser refuses
+    more); an unreadable file is one ConfigurationError."""
+    file = Path(path)
+    try:
+        with file.open("rb") as handle:
+            return handle.read(MAX_JOB_BYTES + 1)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot read {file}: {exc.strerror or exc}") from None
+
+
 def _study(table: Mapping[str, Scalar], base: str | PathLike[str] | None) -> StudySpec:
     """The ``[study]`` table's spec: read from ``spec`` (relative to ``base``) or rebuilt
     from ``spec_json``, and checked against ``digest`` when given."""
@@ -360,41 +400,19 @@ class JobSpec:
     ) -> JobSpec:
         """Parse a ``job.toml`` (text, or bytes that must be UTF-8); a ``[study] spec`` path
         is relative to ``base`` (default: the current folder)."""
-        text = _text(text, "job file")
-        try:
-            data = tomllib.loads(text)
-        except RecursionError:
-            raise ConfigurationError("job file is not valid TOML: nested too deeply") from None
-        except ValueError as exc:  # TOMLDecodeError, or an integer of thousands of digits
-            raise ConfigurationError(f"job file is not valid TOML: {_first_line(exc)}") from None
+        data = parse_toml(text, "job file")
         return cls.from_mapping(data, limits=limits, base=base)
 
     @classmethod
     def from_json(cls, text: str | bytes, *, limits: JobLimits | None = None) -> JobSpec:
         """Parse the JSON form (what travels to the coordinator and what it stores)."""
-        text = _text(text, "job")
-        try:
-            data = json.loads(text, object_pairs_hook=_no_duplicates)
-        except ConfigurationError:
-            raise
-        except RecursionError:
-            raise ConfigurationError("job is not valid JSON: nested too deeply") from None
-        except ValueError as exc:
-            raise ConfigurationError(f"job is not valid JSON: {_first_line(exc)}") from None
-        if not isinstance(data, dict):
-            raise ConfigurationError("job must be a JSON object")
+        data = parse_json(text)
         return cls.from_mapping(data, limits=limits)
 
     @classmethod
     def from_file(cls, path: str | PathLike[str], *, limits: JobLimits | None = None) -> JobSpec:
         """Read and parse a ``job.toml`` file; every failure is one ConfigurationError."""
-        file = Path(path)
-        try:
-            with file.open("rb") as handle:
-                data = handle.read(MAX_JOB_BYTES + 1)
-        except OSError as exc:
-            raise ConfigurationError(f"cannot read {file}: {exc.strerror or exc}") from None
-        return cls.from_toml(data, limits=limits, base=file.parent)
+        return cls.from_toml(read_job_file(path), limits=limits, base=Path(path).parent)
 
     @staticmethod
     def reference() -> str:
