@@ -140,6 +140,9 @@ def test_runs_execute_concurrently_up_to_the_limit(store: StateStore) -> None:
     try:
         _wait(lambda: len(scheduler.active()) == 2)
         assert scheduler.active() == ["run-0", "run-1"]  # in submission order
+        # a run is active once its thread is started; wait until both are inside execute
+        # before releasing them (under load the second thread may not have got there yet)
+        _wait(lambda: len(running) == 2)
         release.set()
         _wait(lambda: all(r.status is RunStatus.FINISHED for r in store.list_runs()))
     finally:
