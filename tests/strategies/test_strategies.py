@@ -67,12 +67,14 @@ Y2 = ps(w=[0.0, 6.0], b=[0.0])
 
 def test_public_api() -> None:
     assert set(strategies_pkg.__all__) == {
+        "DECISION_ACTIONS",
         "DP_CLIP_NORM",
         "DP_NOISE_STD_SHARE",
         "EMPTY_STATE",
         "STRATEGIES",
         "AggregateResult",
         "DPFedAvg",
+        "DecisionAction",
         "FedAdagrad",
         "FedAdam",
         "FedAvg",
@@ -85,7 +87,10 @@ def test_public_api() -> None:
         "Strategy",
         "StrategyState",
         "TrainAggregator",
+        "TrustedValidation",
+        "UpdateDecision",
         "WeightedSum",
+        "capped_examples",
         "make_strategy",
         "select_nodes",
     }

@@ -16,6 +16,7 @@ over the same exchange, until the fitted preprocessing travels in every later in
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -59,6 +60,10 @@ from biofed.data import Preprocessing, StudySpec
 from biofed.secagg import SecureAggregationSettings
 from biofed.strategies import Strategy, StrategyState
 from biofed.transport import Transport
+
+#: Run-event kinds of robust aggregation's decisions: ``update_accepted``, ``update_rejected``,
+#: ``update_downweighted``, ``update_clipped`` (message: the decision as JSON).
+DECISION_EVENT_PREFIX = "update_"
 
 __all__ = [
     "CANCEL_POLL_S",
@@ -368,6 +373,13 @@ class RoundEngine:
             )
             params, state = result.parameters, result.state
             record_kwargs.update(num_replies=result.num_replies, train_metrics=result.metrics)
+            for decision in result.decisions:  # robust aggregation and update validation
+                self._event(
+                    server_round,
+                    f"{DECISION_EVENT_PREFIX}{decision.action}",
+                    json.dumps(decision.to_dict(), sort_keys=True),
+                    decision.node_id,
+                )
         except RoundFailed as exc:
             self._event(server_round, "round_failed", str(exc))
             record_kwargs.setdefault("num_selected", 0)

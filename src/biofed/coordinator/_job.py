@@ -42,7 +42,7 @@ from biofed.core.sections import NO_DIRECTIVES, JobSection, StudySection, flat_s
 from biofed.data import Preprocessing, StudySpec, load_study_spec
 from biofed.privacy import DPSettings
 from biofed.secagg import SecureAggregationSettings
-from biofed.strategies import DPFedAvg, Strategy, make_strategy
+from biofed.strategies import DPFedAvg, Strategy, TrustedValidation, make_strategy
 from biofed.tasks import LocalTrainingConfig, Task, make_task, parameter_spec
 
 if sys.version_info >= (3, 11):
@@ -459,9 +459,12 @@ class JobSpec:
         return json.dumps(self.to_mapping(), sort_keys=True, separators=(",", ":"))
 
     # -- what the engine needs ---------------------------------------------------------------
-    def build_strategy(self) -> Strategy:
+    def build_strategy(self, *, trusted: TrustedValidation | None = None) -> Strategy:
         """The strategy with its options and the training / evaluation configs; wrapped in
-        :class:`~biofed.strategies.DPFedAvg` when ``[privacy] mode = "client"``."""
+        :class:`~biofed.strategies.DPFedAvg` when ``[privacy] mode = "client"``.
+
+        ``trusted`` is the coordinator's trusted data, for a ``[robust]`` section that
+        validates updates or runs FLTrust (refused when such a section has none)."""
         strategy = make_strategy(
             self.strategy,
             train_config=self.train,

@@ -61,6 +61,9 @@ WEIGHTING_KEY = "secagg.weighting"
 DP_CLIP_NORM = "dp.clip_norm"
 #: Flat-form key of the std of the noise share each site adds with distributed noise.
 DP_NOISE_STD_SHARE = "dp.noise_std_share"
+#: Flat-form key of the norm bound every honest site applies to its update ``xᵢ − x`` before
+#: it leaves (robust aggregation's norm bounding; under secure aggregation, before masking).
+MAX_UPDATE_NORM = "robust.max_update_norm"
 #: Flat-form prefix of the task's options (``task.num_features``…).
 TASK_PREFIX = "task."
 #: Flat-form key of the job's study dataset spec (canonical JSON).
@@ -256,6 +259,9 @@ class RoundDirectives:
     query_request:
         A ``MessageKind.QUERY`` instruction's request (``biofed.analytics.Request``'s
         JSON): the query and what this pass of it asks the site to compute.
+    max_update_norm:
+        Robust aggregation's norm bound M: an honest site scales its update ``xᵢ − x``
+        down to L2 norm M before it leaves (before masking, under secure aggregation).
     """
 
     clip_norm: float | None = None
@@ -264,11 +270,15 @@ class RoundDirectives:
     secagg_weighting: str | None = None
     summary_request: str | None = None
     query_request: str | None = None
+    max_update_norm: float | None = None
 
     def __post_init__(self) -> None:
         _document(self.summary_request, "summary request")
         _document(self.query_request, "query request")
         object.__setattr__(self, "clip_norm", _opt_number(self.clip_norm, "clip norm"))
+        object.__setattr__(
+            self, "max_update_norm", _opt_number(self.max_update_norm, "max update norm")
+        )
         object.__setattr__(
             self, "noise_std_share", _opt_number(self.noise_std_share, "noise std share")
         )
@@ -321,6 +331,8 @@ def split_flat(
             directives["clip_norm"] = value
         elif key == DP_NOISE_STD_SHARE:
             directives["noise_std_share"] = value
+        elif key == MAX_UPDATE_NORM:
+            directives["max_update_norm"] = value
         elif key == STAGE_KEY:
             directives["secagg_stage"] = value
         elif key == WEIGHTING_KEY:
@@ -363,6 +375,8 @@ def flat_sections(job: JobSection, directives: RoundDirectives) -> dict[str, Sca
         out[DP_CLIP_NORM] = directives.clip_norm
     if directives.noise_std_share is not None:
         out[DP_NOISE_STD_SHARE] = directives.noise_std_share
+    if directives.max_update_norm is not None:
+        out[MAX_UPDATE_NORM] = directives.max_update_norm
     if directives.secagg_stage is not None:
         out[STAGE_KEY] = directives.secagg_stage.value
     if directives.secagg_weighting is not None:

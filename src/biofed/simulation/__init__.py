@@ -23,6 +23,7 @@ from biofed.simulation._simulate import (
 )
 from biofed.simulation._sites import SiteRecipe, build_node
 from biofed.simulation._synthetic import SYNTHETIC_DATASET, logistic_recipes, logistic_site_data
+from biofed.simulation._tamper import Tamper, TamperingBackend
 
 __all__ = [
     "BACKENDS",
@@ -38,6 +39,8 @@ __all__ = [
     "RecommendedSettings",
     "SimulationReport",
     "SiteRecipe",
+    "Tamper",
+    "TamperingBackend",
     "analyze",
     "build_node",
     "evaluate_everywhere",

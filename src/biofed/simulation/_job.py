@@ -33,10 +33,11 @@ from biofed.coordinator import (
 from biofed.core import ConfigurationError, Reply, Scalar
 from biofed.data import FederatedDataset
 from biofed.node import NodeConfig
-from biofed.simulation._backends import BackendName, make_backend
+from biofed.simulation._backends import Backend, BackendName, make_backend
 from biofed.simulation._job_governance import Rehearsal
 from biofed.simulation._job_sites import site_recipes
 from biofed.simulation._sites import SiteSource
+from biofed.strategies import TrustedValidation
 from biofed.tasks import Task, make_task
 
 
@@ -76,10 +77,11 @@ def run_job(
     listener: EngineListener | None = None,
     node_configs: Mapping[str, NodeConfig] | None = None,
     ledger_dir: str | Path | None = None,
-    backend: str = "inprocess",
+    backend: str | Backend = "inprocess",
     run_id: str | None = None,
     agreement: str | Path | None = None,
     bundle: str | Path | None = None,
+    trusted: TrustedValidation | None = None,
 ) -> tuple[RunResult, dict[str, Any] | None]:
     """Run ``job`` over one real site node per site of ``fed``.
 
@@ -91,7 +93,10 @@ def run_job(
     rehearsal as a job of its own; nothing the sites compute depends on it.
 
     With ``agreement`` and ``bundle`` (files), every site is a governed node enforcing that
-    agreement over that bundle (:mod:`~biofed.simulation._job_governance`).
+    agreement over that bundle (:mod:`~biofed.simulation._job_governance`). ``backend`` is
+    a backend's name or a :class:`~biofed.simulation.Backend` (e.g. a
+    :class:`~biofed.simulation.TamperingBackend` whose chosen sites lie); ``trusted`` is
+    the coordinator's trusted data for the job's ``[robust]`` validation or FLTrust.
 
     Raises
     ------
@@ -99,7 +104,9 @@ def run_job(
         For a job a simulation cannot run (a bundle without an agreement), or a bad node
         config, agreement or bundle.
     """
-    backend_runner = make_backend(cast(BackendName, backend))  # checks the name
+    backend_runner = (
+        backend if isinstance(backend, Backend) else make_backend(cast(BackendName, backend))
+    )  # a name is checked
     rehearsal = None
     if agreement is not None or bundle is not None:
         if agreement is None or bundle is None:
@@ -138,7 +145,7 @@ def run_job(
         transport = backend_runner.transport(recipes)
         with transport:
             engine = RoundEngine(
-                job.build_strategy(),
+                job.build_strategy(trusted=trusted),
                 transport,
                 job.engine_config(deadline=False),
                 run_id=run_id or f"sim-{uuid.uuid4().hex[:12]}",

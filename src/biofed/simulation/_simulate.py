@@ -37,10 +37,11 @@ from biofed.coordinator import (
 from biofed.core import ConfigurationError, NodeInfo, ParameterSet, Scalar, TaskError
 from biofed.data import Dataset, FederatedDataset, Preprocessing, extract
 from biofed.node import NodeConfig, SiteNode
+from biofed.simulation._backends import Backend
 from biofed.simulation._job import baseline_config as job_baseline_config
 from biofed.simulation._job import job_task, run_job
 from biofed.simulation._sites import SiteSource
-from biofed.strategies import Strategy
+from biofed.strategies import Strategy, TrustedValidation
 from biofed.tasks import Task, TrainContext
 from biofed.transport import InMemoryTransport
 
@@ -197,9 +198,10 @@ def simulate(
     job: JobSpec | None = None,
     node_configs: Mapping[str, NodeConfig] | None = None,
     ledger_dir: str | Path | None = None,
-    backend: str = "inprocess",
+    backend: str | Backend = "inprocess",
     agreement: str | Path | None = None,
     bundle: str | Path | None = None,
+    trusted: TrustedValidation | None = None,
 ) -> SimulationReport:
     """Federate over ``fed`` and compare with local-only and pooled training.
 
@@ -237,12 +239,17 @@ def simulate(
         With a job: keep each site's privacy ledger as ``<ledger_dir>/<site>.db`` (so
         repeated rehearsals spend one budget); default: throwaway ledgers.
     backend:
-        With a job: how the engine reaches the sites (``"inprocess"``).
+        With a job: how the engine reaches the sites (``"inprocess"``, ``"processes"``,
+        ``"ray"``, or a :class:`~biofed.simulation.Backend` such as a
+        :class:`~biofed.simulation.TamperingBackend` whose chosen sites lie).
     agreement, bundle:
         With a job: a study agreement file (signed or a draft) and the task bundle it
         approves. Every site is then a governed node enforcing the agreement's terms (as
         re-signed by a throwaway consortium) and runs the bundle in its sandbox; the job
         must name both (``[run] agreement``, ``[run] bundle``).
+    trusted:
+        With a job: the coordinator's trusted data (update validation, FLTrust) for a job
+        whose ``[robust]`` section uses it.
 
     Raises
     ------
@@ -265,6 +272,7 @@ def simulate(
             backend=backend,
             agreement=agreement,
             bundle=bundle,
+            trusted=trusted,
         )
     if task is None or strategy is None or rounds is None or seed is None:
         raise ConfigurationError("simulate needs a job, or a task, strategy, rounds and seed")
@@ -276,9 +284,10 @@ def simulate(
         or backend != "inprocess"
         or agreement is not None
         or bundle is not None
+        or trusted is not None
     ):
         raise ConfigurationError(
-            "node_configs, ledger_dir, backend, agreement and bundle need a job"
+            "node_configs, ledger_dir, backend, agreement, bundle and trusted need a job"
         )
     config = EngineConfig(rounds=rounds, seed=seed, evaluate_every=1, min_nodes=1)
     initial = task.init_parameters(np.random.default_rng(seed))
@@ -310,11 +319,12 @@ def _simulate_job(
     listener: EngineListener | None,
     node_configs: Mapping[str, NodeConfig] | None,
     ledger_dir: str | Path | None,
-    backend: str,
+    backend: str | Backend,
     agreement: str | Path | None,
     bundle: str | Path | None,
+    trusted: TrustedValidation | None,
 ) -> SimulationReport:
-    strategy = job.build_strategy()
+    strategy = job.build_strategy(trusted=trusted)
     result, privacy = run_job(
         job,
         fed,
@@ -324,6 +334,7 @@ def _simulate_job(
         backend=backend,
         agreement=agreement,
         bundle=bundle,
+        trusted=trusted,
     )
     if result.preprocessing is not None:  # the same tables, prepared as the sites did
         fitted = Preprocessing.from_json(result.preprocessing)

@@ -14,6 +14,7 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Literal
 
 import numpy as np
 
@@ -53,18 +54,74 @@ class NodePlan:
         object.__setattr__(self, "extras", MappingProxyType(dict(self.extras)))
 
 
+#: What a robust or validating aggregator did with one site's update (see UpdateDecision).
+DecisionAction = Literal["accepted", "rejected", "downweighted", "clipped"]
+DECISION_ACTIONS: tuple[DecisionAction, ...] = ("accepted", "rejected", "downweighted", "clipped")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateDecision:
+    """What the aggregation decided about one site's update (or, in secure mode, about the
+    aggregate: ``node_id`` is then ``"secure-aggregate"``).
+
+    The round engine turns each into a run event ``update_<action>`` and the coordinator
+    into an audit entry ``update.<action>``, so a rejected or down-weighted site can see
+    why.
+
+    Attributes
+    ----------
+    node_id:
+        The site whose update it is.
+    action:
+        ``accepted``, ``rejected`` (weight 0), ``downweighted`` (weight reduced) or
+        ``clipped`` (norm bounded).
+    weight:
+        The weight the update finally had in the aggregate (0 when rejected).
+    reason:
+        One line a person reads (which rule, which figures).
+    score:
+        The validation score of the update on the trusted data, when it was scored.
+    """
+
+    node_id: str
+    action: DecisionAction
+    weight: float
+    reason: str
+    score: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.action not in DECISION_ACTIONS:
+            raise ConfigurationError(f"unknown update decision {self.action!r}")
+
+    def to_dict(self) -> dict[str, str | float | None]:
+        """The decision as JSON-ready values (event messages, audit entries)."""
+        return {
+            "node": self.node_id,
+            "action": self.action,
+            "weight": self.weight,
+            "score": self.score,
+            "reason": self.reason,
+        }
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class AggregateResult:
-    """The outcome of a training round's aggregation."""
+    """The outcome of a training round's aggregation.
+
+    ``decisions`` lists what a robust or validating aggregator decided about each update
+    (empty for plain strategies).
+    """
 
     parameters: ParameterSet
     state: StrategyState = field(default_factory=lambda: EMPTY_STATE)
     metrics: Metrics = field(default_factory=lambda: MappingProxyType({}))
     num_replies: int = 0
+    decisions: tuple[UpdateDecision, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", MappingProxyType(dict(self.state)))
         object.__setattr__(self, "metrics", freeze_metrics(self.metrics))
+        object.__setattr__(self, "decisions", tuple(self.decisions))
 
 
 class TrainAggregator(abc.ABC):
@@ -114,6 +171,11 @@ class Strategy(abc.ABC):
     train_config, evaluate_config:
         Scalar settings sent to every node (local steps, learning rate…). Copied, never
         modified: a strategy does not write into a config it was handed.
+    max_weight:
+        The largest example count any one reply weighs with, in training and in evaluation
+        (``None``: no cap beyond what each site declared when it registered, which the
+        exchange enforces). Bounds weight inflation: a site claiming 10¹⁵ examples weighs
+        ``max_weight``.
     """
 
     #: Short name used in the CLI, tables and results.
@@ -128,7 +190,11 @@ class Strategy(abc.ABC):
         min_evaluate_nodes: int = 1,
         train_config: Mapping[str, Scalar] | None = None,
         evaluate_config: Mapping[str, Scalar] | None = None,
+        max_weight: int | None = None,
     ) -> None:
+        self.max_weight = (
+            None if max_weight is None else check_int(max_weight, "max_weight", minimum=1)
+        )
         self.fraction_train = check_fraction(fraction_train, "fraction_train", above=0)
         self.fraction_evaluate = check_fraction(fraction_evaluate, "fraction_evaluate", above=0)
         self.min_train_nodes = check_int(min_train_nodes, "min_train_nodes", minimum=1)
@@ -236,9 +302,21 @@ class Strategy(abc.ABC):
         return [NodePlan(node_id=n.node_id, config=config) for n in chosen]
 
     def aggregate_evaluate(self, server_round: int, replies: Sequence[Reply]) -> dict[str, float]:
-        """Example-weighted mean of each evaluation metric over the replies."""
-        return weighted_mean_metrics([(r.num_examples, r.metrics) for r in replies if r.ok])
+        """Example-weighted mean of each evaluation metric over the replies (each weight
+        capped at :attr:`max_weight`)."""
+        cap = self.max_weight
+        return weighted_mean_metrics(
+            [
+                (r.num_examples if cap is None else min(r.num_examples, cap), r.metrics)
+                for r in replies
+                if r.ok
+            ]
+        )
 
     def describe(self) -> dict[str, Scalar]:
         """The strategy's settings, for results and logs."""
-        return {"strategy": self.name, **{f"train.{k}": v for k, v in self.train_config.items()}}
+        out: dict[str, Scalar] = {"strategy": self.name}
+        if self.max_weight is not None:
+            out["max_weight"] = self.max_weight
+        out.update({f"train.{k}": v for k, v in self.train_config.items()})
+        return out

@@ -197,6 +197,7 @@ class DPFedAvg(Strategy):
             min_evaluate_nodes=inner.min_evaluate_nodes,
             train_config=inner.train_config,
             evaluate_config=inner.evaluate_config,
+            max_weight=inner.max_weight,
         )
         self.inner = inner
         self.clip_norm = float(clip_norm)

@@ -18,8 +18,15 @@ from biofed.strategies._weighted import WeightedReplyMean
 class _MeanAggregator(TrainAggregator):
     """New global model = the (example-weighted) mean of the sites' models."""
 
-    def __init__(self, parameters: ParameterSet, state: StrategyState, *, weighted: bool) -> None:
-        self._mean = WeightedReplyMean(parameters, weighted=weighted)
+    def __init__(
+        self,
+        parameters: ParameterSet,
+        state: StrategyState,
+        *,
+        weighted: bool,
+        max_weight: int | None = None,
+    ) -> None:
+        self._mean = WeightedReplyMean(parameters, weighted=weighted, max_weight=max_weight)
         self._state = state
 
     def add(self, reply: Reply) -> None:
@@ -64,7 +71,9 @@ class FedAvg(Strategy):
         state: StrategyState,
         num_nodes: int,
     ) -> TrainAggregator:
-        return _MeanAggregator(parameters, state, weighted=self.weighted)
+        return _MeanAggregator(
+            parameters, state, weighted=self.weighted, max_weight=self.max_weight
+        )
 
 
 class FedProx(FedAvg):

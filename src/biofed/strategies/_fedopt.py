@@ -33,7 +33,9 @@ class _ServerOptAggregator(TrainAggregator):
         self._strategy = strategy
         self._parameters = parameters
         self._state = state
-        self._mean = WeightedReplyMean(parameters, weighted=strategy.weighted)
+        self._mean = WeightedReplyMean(
+            parameters, weighted=strategy.weighted, max_weight=strategy.max_weight
+        )
 
     def add(self, reply: Reply) -> None:
         self._mean.add(reply)

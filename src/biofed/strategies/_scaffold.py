@@ -48,7 +48,9 @@ class _ScaffoldAggregator(TrainAggregator):
         self._parameters = parameters
         self._control = state[SCAFFOLD_SERVER_CONTROL]
         self._num_nodes = max(num_nodes, 1)
-        self._models = WeightedReplyMean(parameters, weighted=strategy.weighted)
+        self._models = WeightedReplyMean(
+            parameters, weighted=strategy.weighted, max_weight=strategy.max_weight
+        )
         self._deltas = WeightedSum(self._control)
 
     def add(self, reply: Reply) -> None:

@@ -93,23 +93,39 @@ class WeightedSum:
         return out
 
 
+def capped_examples(num_examples: int, max_weight: int | None) -> int:
+    """A reply's example count as a weight: at most ``max_weight`` (None: uncapped).
+
+    Security note: the count is the site's own claim. A site declaring ``10**15`` examples
+    would otherwise own the example-weighted mean (weight inflation); the cap bounds any one
+    site's share of the weight to ``max_weight / Σ wᵢ``.
+    """
+    if max_weight is None:
+        return num_examples
+    return min(num_examples, max_weight)
+
+
 class WeightedReplyMean:
     """Fold of training replies into their example-weighted (or plain) mean and metrics."""
 
-    def __init__(self, template: ParameterSet, *, weighted: bool) -> None:
+    def __init__(
+        self, template: ParameterSet, *, weighted: bool, max_weight: int | None = None
+    ) -> None:
         self._sum = WeightedSum(template)
         self._weighted = weighted
+        self._max_weight = max_weight
         self._metrics: list[tuple[int, dict[str, float]]] = []
 
     def add(self, reply: Reply) -> None:
-        """Fold in one reply's parameters and metrics."""
+        """Fold in one reply's parameters and metrics (its weight capped at ``max_weight``)."""
         if reply.parameters is None:
             raise ParameterMismatch(f"reply from {reply.node_id} carries no parameters")
-        weight = float(reply.num_examples) if self._weighted else 1.0
+        examples = capped_examples(reply.num_examples, self._max_weight)
+        weight = float(examples) if self._weighted else 1.0
         if weight <= 0:
             raise ParameterMismatch(f"reply from {reply.node_id} reports no training examples")
         self._sum.add(reply.parameters, weight)
-        self._metrics.append((max(reply.num_examples, 1), dict(reply.metrics)))
+        self._metrics.append((max(examples, 1), dict(reply.metrics)))
 
     @property
     def count(self) -> int:
