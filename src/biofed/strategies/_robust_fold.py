@@ -314,7 +314,7 @@ class RobustFold(TrainAggregator):
                 iterations=strategy.cc_iters,
             )
             alpha = weights / weights.sum()
-            shares = alpha * np.minimum(1.0, strategy.cc_tau / np.maximum(dist, 1e-300))
+            shares = alpha * rk.clip_scale(dist, strategy.cc_tau)
             self._cc_outcomes(live, dist, shares)
             return v
         assert rule == "fltrust"
