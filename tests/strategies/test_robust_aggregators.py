@@ -160,13 +160,14 @@ def test_geometric_median_hand_computed_and_weight_capped() -> None:
     replies = [reply("a", upd(0, 0), 1), reply("b", upd(1, 0), 1), reply("c", upd(10, 0), 3)]
     equal = aggregate(Robust(FedAvg(weighted=False), "geometric_median", gm_iters=500), replies)
     np.testing.assert_allclose(equal.parameters["w"], [1.0, 0.0], atol=1e-6)
-    # weighted: c holds 3 of 5 > half the weight, so it is the median …
-    weighted = aggregate(Robust(FedAvg(), "geometric_median", gm_iters=500), replies)
+    # Weighted by capped counts: c holds 3 of 5 > half the weight, so it is the median …
+    weighted = aggregate(Robust(FedAvg(max_weight=3), "geometric_median", gm_iters=500), replies)
     np.testing.assert_allclose(weighted.parameters["w"], [10.0, 0.0], atol=1e-6)
     assert by_node(weighted)["a"][0] == "downweighted"
-    # … unless weights are capped at 1 example
-    capped = aggregate(Robust(FedAvg(max_weight=1), "geometric_median", gm_iters=500), replies)
-    np.testing.assert_allclose(capped.parameters["w"], [1.0, 0.0], atol=1e-6)
+    # … unless the cap is 1 example, and uncapped claims are not trusted at all
+    for inner in (FedAvg(max_weight=1), FedAvg()):
+        capped = aggregate(Robust(inner, "geometric_median", gm_iters=500), replies)
+        np.testing.assert_allclose(capped.parameters["w"], [1.0, 0.0], atol=1e-6)
 
 
 def test_geometric_median_of_a_square_is_its_centre_despite_an_outlier_on_the_diagonal() -> None:

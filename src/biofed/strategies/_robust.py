@@ -149,7 +149,7 @@ class Robust(Strategy):
         Robust federated aggregation, RFA (Pillutla, Kakade, Harchaoui 2022, "Robust
         Aggregation for Federated Learning"): the weighted geometric median by smoothed
         Weiszfeld steps (``gm_iters`` at most, smoothing ν = ``gm_eps``). Breakdown point
-        1/2 (of the weight: cap weights with ``max_weight``). Buffers.
+        1/2 of the weight (see Security notes on weights). Buffers.
     ``"centered_clipping"``
         Centred clipping (Karimireddy, He, Jaggi 2021, "Learning from History for
         Byzantine Robust Optimization"): ``v ← v + Σ αᵢ clip_τ(Δᵢ − v)``, ``cc_iters``
@@ -214,7 +214,11 @@ class Robust(Strategy):
     Security notes
     --------------
     *Weights.* Every weight is capped at ``max_weight`` (weight inflation: a site claiming
-    10¹⁵ examples weighs ``max_weight``); order-statistic and distance rules ignore weights.
+    10¹⁵ examples weighs ``max_weight``). The median, trimmed mean, Krum and FLTrust ignore
+    example counts; the geometric median and centred clipping use them only when
+    ``max_weight`` caps them (else every update weighs 1: with uncapped counts one liar
+    would hold almost all the weight, beyond their breakdown point); ``mean`` and
+    ``norm_bound`` follow the inner strategy's ``weighted``.
     *Secure aggregation.* Only ``mean`` and ``norm_bound`` can run on the released mean;
     the others need single updates and refuse it. With ``norm_bound`` every honest site
     clips before masking and the coordinator checks that the unmasked mean has norm ≤ M:
@@ -300,6 +304,13 @@ class Robust(Strategy):
         self.weighted = inner.weighted
         #: Whether the rule can run on secure aggregation's mean (see Security notes).
         self.supports_secure_aggregation = rule in SECURE_AGGREGATORS
+        #: Whether updates weigh by (capped) example counts: the mean rules follow the inner
+        #: strategy; geometric median and centred clipping only when ``max_weight`` caps
+        #: the counts (an uncapped claim is the liar's lever); the others never.
+        self.example_weights = inner.weighted and (
+            rule in ("mean", "norm_bound")
+            or (rule in ("geometric_median", "centered_clipping") and self.max_weight is not None)
+        )
         #: Whether the round keeps every update (n × d float64) rather than a running sum.
         self.buffers = (
             rule not in STREAMING_AGGREGATORS

@@ -185,7 +185,7 @@ class RobustFold(TrainAggregator):
             norm = math.sqrt(float(u @ u))
         entry = _Entry(
             node_id=reply.node_id,
-            weight=float(examples) if strategy.inner.weighted else 1.0,
+            weight=float(examples) if strategy.example_weights else 1.0,
             norm=norm,
             clipped=strategy.norm_bound is not None and norm > strategy.norm_bound,
             metrics=dict(reply.metrics),
