@@ -57,9 +57,11 @@ def aggregate(
     replies: list[Reply],
     x: ParameterSet = X,
     state: object = None,
+    planned: int | None = None,
 ) -> AggregateResult:
     state = strategy.init_state(x) if state is None else state
-    agg = strategy.begin_train_aggregation(1, x, state, len(replies))  # type: ignore[arg-type]
+    nodes = len(replies) if planned is None else planned
+    agg = strategy.begin_train_aggregation(1, x, state, nodes)  # type: ignore[arg-type]
     for r in replies:
         agg.add(r)
     assert agg.count == len(replies)
@@ -141,8 +143,14 @@ def test_multi_krum_averages_the_m_best() -> None:
 
 def test_krum_refuses_too_few_updates_for_f() -> None:
     replies = krum_replies()[:4]  # n = 4 ≤ 2f + 2 = 4
-    with pytest.raises(RoundFailed, match=r"needs more than 4 updates \(n > 2f \+ 2\), 4 arrived"):
+    # refused before any site trains when the plan is too small …
+    with pytest.raises(
+        RoundFailed, match=r"needs more than 4 updates \(n > 2f \+ 2\); the round plans 4"
+    ):
         aggregate(Robust(FedAvg(), "krum", f=1), replies)
+    # … and at the end when too few of the planned sites replied
+    with pytest.raises(RoundFailed, match=r"needs more than 4 updates \(n > 2f \+ 2\), 4 arrived"):
+        aggregate(Robust(FedAvg(), "krum", f=1), replies, planned=5)
     with pytest.raises(RoundFailed, match="multi_krum_m = 5 exceeds"):
         aggregate(Robust(FedAvg(), "multi_krum", f=1, multi_krum_m=5), krum_replies())
 
@@ -328,8 +336,10 @@ def test_refuses_what_it_cannot_wrap_and_bad_settings() -> None:
 
 def test_trimmed_mean_refuses_too_few_updates() -> None:
     replies = [reply("a", upd(1, 1)), reply("b", upd(2, 2))]
-    with pytest.raises(RoundFailed, match="needs more than 2 updates, 2 arrived"):
+    with pytest.raises(RoundFailed, match="needs more than 2 updates; the round plans 2"):
         aggregate(Robust(FedAvg(), "trimmed_mean", f=1), replies)
+    with pytest.raises(RoundFailed, match="needs more than 2 updates, 2 arrived"):
+        aggregate(Robust(FedAvg(), "trimmed_mean", f=1), replies, planned=3)
 
 
 def test_buffer_memory_is_bounded_before_any_site_trains() -> None:

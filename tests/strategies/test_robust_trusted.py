@@ -335,3 +335,24 @@ def test_check_strategy_passes_with_trusted_data(aggregator: str) -> None:
     strategy = Robust(FedAvg(), aggregator, **kwargs)  # type: ignore[arg-type]
     check_strategy(strategy)
     check_strategy(strategy, num_nodes=6)
+
+
+def test_candidates_are_the_clipped_models_in_arrival_order(wdbc) -> None:  # type: ignore[no-untyped-def]
+    sites, trusted, task = wdbc
+    x = task.init_parameters(np.random.default_rng(0))
+    replies = [r for r, _ in site_replies(sites, task, x).values()]
+    seen: list[list[tuple[str, ParameterSet]]] = []
+
+    class Recording(ScoreJudge):
+        def judge(self, x, candidates):  # type: ignore[no-untyped-def]
+            seen.append([candidates[-1], *candidates[:2]])
+            return super().judge(x, candidates)
+
+    bound = 0.01
+    strategy = Robust(FedAvg(), "median", norm_bound=bound, validation=Recording(trusted, 1.0))
+    aggregate(strategy, x, replies)
+    last, first, second = seen[0]
+    assert [first[0], second[0], last[0]] == [replies[0].node_id, replies[1].node_id, "site-5"]
+    for _, candidate in (first, second, last):
+        assert candidate.spec == x.spec
+        assert np.linalg.norm(flat(candidate, x)) <= bound * (1 + 1e-5)

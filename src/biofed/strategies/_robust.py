@@ -34,6 +34,7 @@ from biofed.core import (
 )
 from biofed.core.checks import check_choice, check_float, check_int
 from biofed.core.sections import MAX_UPDATE_NORM
+from biofed.strategies import _robust_kernels as rk
 from biofed.strategies._base import (
     AggregateResult,
     NodePlan,
@@ -98,13 +99,6 @@ class UpdateJudge(Protocol):
     ) -> tuple[bool, UpdateDecision]:
         """Whether to keep ``aggregate`` (the next model) instead of ``x``, and why."""
         ...
-
-
-def _median_or_trimmed(values: list[float], k: int | None) -> float:
-    if k is not None and len(values) > 2 * k:
-        ordered = sorted(values)
-        return float(np.mean(ordered[k : len(values) - k]))
-    return float(np.median(values))
 
 
 class Robust(Strategy):
@@ -369,6 +363,22 @@ class Robust(Strategy):
                 "centered_clipping with cc_iters=1) without validation"
             )
 
+    def _check_enough(self, planned: int) -> None:
+        """Refuse, before any site trains, a round whose plan is too small for ``f``."""
+        f = self.f
+        if f is None:
+            return
+        if self.aggregator in ("krum", "multi_krum") and not planned > 2 * f + 2:
+            raise RoundFailed(
+                f"{self.aggregator} with f = {f} malicious sites needs more than "
+                f"{2 * f + 2} updates (n > 2f + 2); the round plans {planned}"
+            )
+        if self.aggregator == "trimmed_mean" and not planned > 2 * f:
+            raise RoundFailed(
+                f"trimmed mean drops {f} updates per side and needs more than {2 * f} "
+                f"updates; the round plans {planned}"
+            )
+
     def begin_train_aggregation(
         self,
         server_round: int,
@@ -377,7 +387,9 @@ class Robust(Strategy):
         num_nodes: int,
     ) -> TrainAggregator:
         inner_state, reference = self._split_state(state)
-        capacity = planned_count(self.inner, num_nodes) if self.buffers else 0
+        planned = planned_count(self.inner, num_nodes)
+        self._check_enough(planned)
+        capacity = planned if self.buffers else 0
         if self.buffers:
             self.check_buffer(capacity, Layout(parameters).size)
         g0 = None
@@ -479,27 +491,14 @@ class Robust(Strategy):
         self, entries: Sequence[tuple[float, Mapping[str, float]]]
     ) -> dict[str, float]:
         """Each metric combined over the sites that report it: a median (order-statistic
-        and distance rules), a trimmed mean (``trimmed_mean``), or the weighted mean
-        (``mean``, ``norm_bound``; weights already capped)."""
-        by_name: dict[str, list[tuple[float, float]]] = {}
-        for weight, metrics in entries:
-            for name, value in metrics.items():
-                if isinstance(value, int | float) and math.isfinite(value):
-                    by_name.setdefault(name, []).append((float(weight), float(value)))
-        out: dict[str, float] = {}
-        for name, pairs in sorted(by_name.items()):
-            values = [v for _, v in pairs]
-            if self.aggregator in _MEDIAN_METRICS:
-                out[name] = _median_or_trimmed(values, None)
-            elif self.aggregator == "trimmed_mean":
-                k = self.f if self.f is not None else math.floor(self.trim * len(values))
-                out[name] = _median_or_trimmed(values, k)
-            else:
-                total = sum(w for w, _ in pairs)
-                if total <= 0:
-                    continue
-                out[name] = float(sum(w * v for w, v in pairs) / total)
-        return out
+        and distance rules), a trimmed mean (``trimmed_mean``; the median when too few
+        sites report for its trim), or the weighted mean (``mean``, ``norm_bound``; the
+        weights already capped)."""
+        if self.aggregator in _MEDIAN_METRICS:
+            return rk.combine_metrics(entries, "median")
+        if self.aggregator == "trimmed_mean":
+            return rk.combine_metrics(entries, "trimmed", f=self.f, trim=self.trim)
+        return rk.combine_metrics(entries, "mean")
 
     # -- evaluation and description ------------------------------------------------------
     def configure_evaluate(

@@ -13,7 +13,7 @@ import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 from scipy.linalg.blas import daxpy
@@ -122,7 +122,15 @@ class _Candidates(Sequence[tuple[str, ParameterSet]]):
     def __len__(self) -> int:
         return len(self._fold.entries)
 
-    def __getitem__(self, i: int) -> tuple[str, ParameterSet]:  # type: ignore[override]
+    @overload
+    def __getitem__(self, i: int) -> tuple[str, ParameterSet]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[tuple[str, ParameterSet]]: ...
+    def __getitem__(
+        self, i: int | slice
+    ) -> tuple[str, ParameterSet] | list[tuple[str, ParameterSet]]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
         fold = self._fold
         if not -len(self) <= i < len(self):
             raise IndexError(i)

@@ -15,6 +15,8 @@ however large the model, on top of the ``n × d`` matrix the caller already boun
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -202,3 +204,37 @@ def fltrust(rows: Array, g0: Array, factors: Array | None = None) -> tuple[Array
         return None, trust
     out: Array = (coeff @ rows) / total
     return out, trust
+
+
+def combine_metrics(
+    entries: Sequence[tuple[float, Mapping[str, float]]],
+    how: Literal["median", "trimmed", "mean"],
+    *,
+    f: int | None = None,
+    trim: float = 0.0,
+) -> dict[str, float]:
+    """Each finite metric combined over the ``(weight, metrics)`` entries that report it.
+
+    ``median``: the median of the values; ``trimmed``: their mean after dropping ``f``
+    (else ``⌊trim·m⌋``) of the m values per side, the median when ``m ≤ 2f``; ``mean``:
+    the weighted mean.
+    """
+    by_name: dict[str, list[tuple[float, float]]] = {}
+    for weight, metrics in entries:
+        for name, value in metrics.items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                by_name.setdefault(name, []).append((float(weight), float(value)))
+    out: dict[str, float] = {}
+    for name, pairs in sorted(by_name.items()):
+        values = sorted(v for _, v in pairs)
+        m = len(values)
+        k = f if f is not None else math.floor(trim * m)
+        if how == "trimmed" and m > 2 * k:
+            out[name] = float(np.mean(values[k : m - k]))
+        elif how in ("median", "trimmed"):
+            out[name] = float(np.median(values))
+        else:
+            total = sum(w for w, _ in pairs)
+            if total > 0:
+                out[name] = float(sum(w * v for w, v in pairs) / total)
+    return out
