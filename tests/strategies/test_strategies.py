@@ -89,6 +89,7 @@ def test_public_api() -> None:
         "TrainAggregator",
         "TrustedValidation",
         "UpdateDecision",
+        "UpdateValidation",
         "WeightedSum",
         "capped_examples",
         "make_strategy",

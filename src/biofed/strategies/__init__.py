@@ -18,6 +18,7 @@ from biofed.strategies._fedopt import FedAdagrad, FedAdam, FedAvgM, FedOpt, FedY
 from biofed.strategies._registry import STRATEGIES, make_strategy
 from biofed.strategies._scaffold import Scaffold
 from biofed.strategies._trusted import TrustedValidation
+from biofed.strategies._validation import UpdateValidation
 from biofed.strategies._weighted import WeightedSum, capped_examples
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "TrainAggregator",
     "TrustedValidation",
     "UpdateDecision",
+    "UpdateValidation",
     "WeightedSum",
     "capped_examples",
     "make_strategy",
