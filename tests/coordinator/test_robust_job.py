@@ -323,7 +323,7 @@ def test_trusted_data_that_does_not_fit_the_task_is_refused(tmp_path: Path) -> N
     no_events = _refusal(tmp_path, spec, drop=("event",), event=np.zeros(len(rows)))
     assert "gives no finite c_index for the job's initial model" in no_events
     empty = write_table(tmp_path / "empty.csv", rows.subset(np.arange(0)))
-    with pytest.raises(ConfigurationError, match="'ref': .*empty.csv' has no rows"):
+    with pytest.raises(ConfigurationError, match=r"'ref': .*empty.csv' has no rows"):
         TrustedData(spec, empty, name="ref")
     with pytest.raises(ConfigurationError, match="'ref' is empty: it needs at least one row"):
         TrustedData(spec, rows.subset(np.arange(0)), name="ref")
