@@ -20,6 +20,7 @@ from biofed.strategies import (
     Strategy,
     TrustedValidation,
     UpdateDecision,
+    UpdateValidation,
 )
 from biofed.strategies._robust_kernels import fltrust
 from biofed.tasks import LogisticRegressionTask, Task, TrainContext
@@ -67,8 +68,13 @@ class ScoreJudge:
         )
 
     def judge(
-        self, x: ParameterSet, candidates: Sequence[tuple[str, ParameterSet]]
+        self,
+        x: ParameterSet,
+        candidates: Sequence[tuple[str, ParameterSet]],
+        weights: Sequence[float] | None = None,
     ) -> list[tuple[float, UpdateDecision]]:
+        assert weights is not None
+        assert len(weights) == len(candidates)
         base = self.trusted.score(x)
         return [self._decide(node, base, self.trusted.score(m)) for node, m in candidates]
 
@@ -278,12 +284,12 @@ def test_a_misbehaving_validation_fails_the_round(wdbc) -> None:  # type: ignore
     replies = [r for r, _ in site_replies(sites, task, x).values()]
 
     class TooGenerous(ScoreJudge):
-        def judge(self, x, candidates):  # type: ignore[no-untyped-def]
-            return [(2.0, d) for _, d in super().judge(x, candidates)]
+        def judge(self, x, candidates, weights=None):  # type: ignore[no-untyped-def]
+            return [(2.0, d) for _, d in super().judge(x, candidates, weights)]
 
     class Forgetful(ScoreJudge):
-        def judge(self, x, candidates):  # type: ignore[no-untyped-def]
-            return super().judge(x, candidates)[1:]
+        def judge(self, x, candidates, weights=None):  # type: ignore[no-untyped-def]
+            return super().judge(x, candidates, weights)[1:]
 
     for judge, message in (
         (TooGenerous(trusted, 0.05), "not in"),
@@ -344,9 +350,9 @@ def test_candidates_are_the_clipped_models_in_arrival_order(wdbc) -> None:  # ty
     seen: list[list[tuple[str, ParameterSet]]] = []
 
     class Recording(ScoreJudge):
-        def judge(self, x, candidates):  # type: ignore[no-untyped-def]
+        def judge(self, x, candidates, weights=None):  # type: ignore[no-untyped-def]
             seen.append([candidates[-1], *candidates[:2]])
-            return super().judge(x, candidates)
+            return super().judge(x, candidates, weights)
 
     bound = 0.01
     strategy = Robust(FedAvg(), "median", norm_bound=bound, validation=Recording(trusted, 1.0))
@@ -356,3 +362,22 @@ def test_candidates_are_the_clipped_models_in_arrival_order(wdbc) -> None:  # ty
     for _, candidate in (first, second, last):
         assert candidate.spec == x.spec
         assert np.linalg.norm(flat(candidate, x)) <= bound * (1 + 1e-5)
+
+
+@pytest.mark.parametrize("aggregator", ["mean", "median", "krum"])
+def test_robust_with_update_validation_rejects_the_poisoned_site(  # type: ignore[no-untyped-def]
+    wdbc, aggregator: str
+) -> None:
+    sites, trusted, task = wdbc
+    x = task.init_parameters(np.random.default_rng(0))
+    honest = site_replies(sites, task, x)
+    liar_reply, liar_update = honest["site-0"]
+    poisoned = reply("site-0", model(x, -10 * liar_update), liar_reply.num_examples)
+    replies = [poisoned] + [r for s, (r, _) in honest.items() if s != "site-0"]
+    strategy = Robust(FedAvg(), aggregator, validation=UpdateValidation(trusted))
+    result = aggregate(strategy, x, replies)
+    actions = {d.node_id: d.action for d in result.decisions}
+    assert actions["site-0"] == "rejected"
+    if aggregator != "krum":  # Krum keeps one update and rejects the rest by design
+        assert {actions[s] for s in honest if s != "site-0"} == {"accepted"}
+    assert trusted.score(result.parameters) > 0.95

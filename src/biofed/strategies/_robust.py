@@ -89,9 +89,13 @@ class UpdateJudge(Protocol):
     """What :class:`Robust` asks of update validation (``UpdateValidation`` fits)."""
 
     def judge(
-        self, x: ParameterSet, candidates: Sequence[tuple[str, ParameterSet]]
+        self,
+        x: ParameterSet,
+        candidates: Sequence[tuple[str, ParameterSet]],
+        weights: Sequence[float] | None = None,
     ) -> Sequence[tuple[float, UpdateDecision]]:
-        """A weight factor in [0, 1] and a decision for each candidate model ``x + Δᵢ``."""
+        """A weight factor in [0, 1] and a decision for each candidate model ``x + Δᵢ``
+        (``weights``: each candidate's weight in the rule, see Robust's Security notes)."""
         ...
 
     def judge_aggregate(

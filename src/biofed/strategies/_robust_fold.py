@@ -333,7 +333,8 @@ class RobustFold(TrainAggregator):
     def _validate(self, outcomes: list[_Outcome]) -> Array:
         validation = self.strategy.validation
         assert validation is not None
-        judged = list(validation.judge(self.x, _Candidates(self)))
+        weights = [e.weight for e in self.entries]
+        judged = list(validation.judge(self.x, _Candidates(self), weights=weights))
         if len(judged) != self.count:
             raise RoundFailed(
                 f"update validation judged {len(judged)} updates, {self.count} were offered"
