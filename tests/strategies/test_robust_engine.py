@@ -79,6 +79,7 @@ RULES = {
     "krum": {"f": 1},
     "multi_krum": {"f": 1},
     "geometric_median": {},
+    "centered_clipping": {"cc_tau": 0.2},
     "norm_bound": {"norm_bound": 0.2},  # with capped weights (below)
 }
 
@@ -106,5 +107,6 @@ def test_robust_aggregation_withstands_it(rule: str) -> None:
     assert kinds <= {"update_accepted", "update_rejected", "update_downweighted", "update_clipped"}
     expected = {"krum": "update_rejected", "multi_krum": "update_rejected"}
     expected |= {"geometric_median": "update_downweighted", "norm_bound": "update_clipped"}
+    expected |= {"centered_clipping": "update_clipped"}
     if rule in expected:
         assert expected[rule] in kinds
