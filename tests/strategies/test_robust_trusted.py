@@ -381,3 +381,12 @@ def test_robust_with_update_validation_rejects_the_poisoned_site(  # type: ignor
     if aggregator != "krum":  # Krum keeps one update and rejects the rest by design
         assert {actions[s] for s in honest if s != "site-0"} == {"accepted"}
     assert trusted.score(result.parameters) > 0.95
+
+
+def test_fltrust_fails_the_round_cleanly_when_the_trusted_data_cannot_train(wdbc) -> None:  # type: ignore[no-untyped-def]
+    _, trusted, task = wdbc
+    x = task.init_parameters(np.random.default_rng(0))
+    wrong = TaskTrusted(LogisticRegressionTask(num_features=4), trusted.data)  # 30 columns
+    strategy = Robust(FedAvg(), "fltrust", trusted=wrong)
+    with pytest.raises(RoundFailed, match="FLTrust's server update on the trusted data failed"):
+        strategy.begin_train_aggregation(1, x, {}, 6)

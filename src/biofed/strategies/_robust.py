@@ -414,7 +414,7 @@ class Robust(Strategy):
         try:
             trained = self.trusted.train(x, server_round)
             x.spec.validate(trained, what="the trusted data's model")
-        except BiofedError as exc:
+        except (BiofedError, ValueError, ArithmeticError, TypeError) as exc:
             raise RoundFailed(
                 f"FLTrust's server update on the trusted data failed: {exc}"
             ) from None

@@ -461,10 +461,11 @@ class RobustFold(TrainAggregator):
             counts[out.action] += 1.0
         metrics = {f"robust.{a}": c for a, c in counts.items()}
         kept = [
-            (1.0 if o.action != "rejected" else 0.0, e.metrics)
+            (e.weight, e.metrics)
             for e, o in zip(self.entries, outcomes, strict=True)
+            if o.action != "rejected"
         ]
-        metrics.update(strategy.combine_metrics([(w, m) for w, m in kept if w > 0]))
+        metrics.update(strategy.combine_metrics(kept))
         if aggregate is None:
             metrics["robust.kept_model"] = 1.0
             state = dict(self.inner_state)
