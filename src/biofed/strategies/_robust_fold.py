@@ -402,8 +402,9 @@ class RobustFold(TrainAggregator):
                 out.reasons.append(f"selected: {what}")
             else:
                 out.worsen("rejected", f"not selected: {what}")
-        result: Array = live_rows[sorted(chosen)].mean(axis=0)
-        return result
+        selection = np.zeros(n, dtype=np.float64)
+        selection[sorted(chosen)] = 1.0
+        return rk.weighted_mean(live_rows, selection)  # no copy of the chosen rows
 
     def _geometric_median(self, live_rows: Array, weights: Array, live: list[_Outcome]) -> Array:
         strategy = self.strategy
