@@ -5,6 +5,7 @@ measure, and the harness on a real federation (a scaling attacker wrecks FedAvg'
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
@@ -369,6 +370,9 @@ def test_scaling_attacker_wrecks_fedavg_and_lying_evaluation_fools_the_summary(
     assert 0.6 < forward.clean_metric < baseline.clean_metric
     assert reversed_.malicious == {mal: "scaling"}
     assert reversed_.decisions == {}
+    summary = json.loads(json.dumps(reversed_.to_dict()))
+    assert summary["clean_metric"] == pytest.approx(reversed_.clean_metric)
+    assert len(summary["rounds"]) == 3
     liar = {mal: make_attack("lying_evaluation", tcga)}
     lied = run_attack(tcga, job, attacks=liar)
     assert lied.reported_metric == pytest.approx(0.99996, abs=1e-4)
@@ -377,3 +381,57 @@ def test_scaling_attacker_wrecks_fedavg_and_lying_evaluation_fools_the_summary(
         f"reported C-index: honest {baseline.reported_metric:.4f}, liar {lied.reported_metric:.4f}"
     )
     assert not math.isnan(baseline.reported_metric)
+
+
+def _secure(job: JobSpec) -> JobSpec:
+    tables = job.to_mapping()
+    tables["secure_aggregation"] = {"clip_range": 8.0, "quantisation_step": 1e-6}
+    return JobSpec.from_mapping(tables)
+
+
+def test_weight_inflation_needs_its_declared_count_and_then_dominates(
+    tcga: FederatedDataset,
+) -> None:
+    """The exchange refuses a claim above what the site declared at registration (here its
+    honest 129 rows); declared 10¹⁵ (as the harness does; a site that declared nothing is
+    not capped either), the 10¹⁵-example update is the whole FedAvg aggregate."""
+    job = _cox_job(rounds=1)
+    inflated = make_attack("weight_inflation", tcga)
+    assert inflated.declared == INFLATED_EXAMPLES
+    honest_count = dataclasses.replace(inflated, declared=len(tcga.sites["center-3"].train))
+    refused = run_attack(tcga, job, attacks={"center-3": honest_count})
+    assert refused.history[0].num_rejected == 1
+    assert refused.history[0].num_replies == 5
+    assert any(
+        e.kind != "round_failed" and e.node_id == "center-3" and "declared" in e.message
+        for e in refused.events
+    )
+    taken = run_attack(tcga, job, attacks={"center-3": inflated})
+    assert taken.history[0].num_rejected == 0
+    assert taken.parameters is not None
+    # every weight moved by ~50: the honest sites' 866 − n examples weigh nothing beside 10¹⁵
+    np.testing.assert_allclose(taken.parameters["weight"], 50.0, atol=0.1)
+
+
+@pytest.mark.slow
+def test_tampers_cannot_reach_a_secure_aggregation_update(tcga: FederatedDataset) -> None:
+    """Under SecAgg+ the update leaves only masked inside SECAGG replies, which every
+    training tamper passes through: the model is bit-identical to the honest run's. The
+    evaluation replies are in the clear, so a lying evaluation still sets the figure."""
+    job = _secure(_cox_job(rounds=1))
+    honest = run_attack(tcga, job, attacks={})
+    liar = make_attack("lying_evaluation", tcga)
+    attacked = run_attack(
+        tcga,
+        job,
+        attacks={
+            "center-2": dataclasses.replace(liar, tamper=Chain((SignFlip(100.0), liar.tamper)))
+        },  # type: ignore[arg-type]
+    )
+    assert attacked.history[0].train_metrics["secagg.survivors"] == 6.0
+    assert honest.parameters is not None
+    assert attacked.parameters is not None
+    for name in honest.parameters:
+        np.testing.assert_array_equal(attacked.parameters[name], honest.parameters[name])
+    assert attacked.reported_metric == pytest.approx(0.99996, abs=1e-4)
+    assert honest.reported_metric < 0.9
