@@ -435,3 +435,53 @@ def test_tampers_cannot_reach_a_secure_aggregation_update(tcga: FederatedDataset
         np.testing.assert_array_equal(attacked.parameters[name], honest.parameters[name])
     assert attacked.reported_metric == pytest.approx(0.99996, abs=1e-4)
     assert honest.reported_metric < 0.9
+
+
+@pytest.mark.slow
+def test_robust_median_keeps_the_c_index_against_the_boosted_attacker(
+    tcga: FederatedDataset,
+) -> None:
+    """The attacker of the test above, against ``[robust] aggregator = "median"``: the
+    coordinate-wise median ignores one boosted update, so the C-index stays near the
+    no-attack run's; every update of the run is a decision event."""
+    tables = _cox_job(rounds=3, steps=20).to_mapping()
+    tables["robust"] = {"aggregator": "median"}
+    job = JobSpec.from_mapping(tables)
+    mal = choose_malicious(SITES, 1, seed=0)[0]
+    clean = run_attack(tcga, job, attacks={})
+    attacked = run_attack(tcga, job, attacks={mal: make_attack("scaling", tcga, boost=-100.0)})
+    print(
+        f"median: clean C-index no attack {clean.clean_metric:.4f}, "
+        f"{mal} scaling x-100 {attacked.clean_metric:.4f}"
+    )
+    assert attacked.clean_metric >= clean.clean_metric - 0.05
+    assert attacked.clean_metric > 0.7
+    assert set(attacked.decisions) == set(SITES)
+    assert sum(attacked.decisions[mal].values()) == 3
+
+
+@pytest.mark.slow
+def test_weight_caps_and_median_against_the_issues_liar(tcga: FederatedDataset) -> None:
+    """The issue's site (declares and claims 10¹⁵ examples, parameters + 50; reports
+    C-index 0.99996). ``max_weight`` bounds its evaluation claim's weight, so the reported
+    figure is no longer the liar's, but not its parameter shift (+50 at a capped weight
+    still dominates the mean); the median ignores the shift."""
+    mal = choose_malicious(SITES, 1, seed=0)[0]
+    capped = _cox_job(rounds=3, steps=20, max_weight=250)
+    liar = run_attack(tcga, capped, attacks={mal: make_attack("lying_evaluation", tcga)})
+    honest = run_attack(tcga, capped, attacks={})
+    inflated = {mal: make_attack("weight_inflation", tcga)}
+    still = run_attack(tcga, capped, attacks=inflated)
+    tables = capped.to_mapping()
+    tables["robust"] = {"aggregator": "median"}
+    median = run_attack(tcga, JobSpec.from_mapping(tables), attacks=inflated)
+    print(
+        f"max_weight 250: reported C-index honest {honest.reported_metric:.4f}, "
+        f"liar {liar.reported_metric:.4f}; weight inflation clean C-index "
+        f"{still.clean_metric:.4f} (median: {median.clean_metric:.4f})"
+    )
+    assert liar.reported_metric < 0.95
+    assert liar.reported_metric > honest.reported_metric  # bounded, not removed
+    assert still.clean_metric < honest.clean_metric - 0.08
+    assert median.clean_metric > 0.72
+    assert sum(median.decisions[mal].values()) == 3  # one decision per round
