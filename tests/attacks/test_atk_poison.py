@@ -16,6 +16,7 @@ from biofed.attacks import (
     ATTACKS,
     DECISION_EVENTS,
     INFLATED_EXAMPLES,
+    Attack,
     Chain,
     FreeRiding,
     GaussianNoise,
@@ -226,6 +227,8 @@ def test_bad_parameters_are_refused() -> None:
         WeightInflation(claim=0)
     with pytest.raises(ConfigurationError, match="unknown attack"):
         make_attack("nope", load_tcga_brca())
+    with pytest.raises(ConfigurationError, match="no such site to attack from: center-9"):
+        run_attack(load_tcga_brca(), _cox_job(), attacks={"center-9": Attack(name="x")})
 
 
 def test_label_flip_on_wdbc_flips_exactly_the_chosen_fraction(wdbc: FederatedDataset) -> None:
