@@ -349,7 +349,6 @@ def test_every_attack_is_built_and_decision_events_match_the_actions(
     assert tuple(f"update_{a}" for a in DECISION_ACTIONS) == DECISION_EVENTS
 
 
-@pytest.mark.slow
 def test_scaling_attacker_wrecks_fedavg_and_lying_evaluation_fools_the_summary(
     tcga: FederatedDataset,
 ) -> None:
@@ -416,7 +415,6 @@ def test_weight_inflation_needs_its_declared_count_and_then_dominates(
     np.testing.assert_allclose(taken.parameters["weight"], 50.0, atol=0.1)
 
 
-@pytest.mark.slow
 def test_tampers_cannot_reach_a_secure_aggregation_update(tcga: FederatedDataset) -> None:
     """Under SecAgg+ the update leaves only masked inside SECAGG replies, which every
     training tamper passes through: the model is bit-identical to the honest run's. The
@@ -440,7 +438,6 @@ def test_tampers_cannot_reach_a_secure_aggregation_update(tcga: FederatedDataset
     assert honest.reported_metric < 0.9
 
 
-@pytest.mark.slow
 def test_robust_median_keeps_the_c_index_against_the_boosted_attacker(
     tcga: FederatedDataset,
 ) -> None:
@@ -463,7 +460,6 @@ def test_robust_median_keeps_the_c_index_against_the_boosted_attacker(
     assert sum(attacked.decisions[mal].values()) == 3
 
 
-@pytest.mark.slow
 def test_weight_caps_and_median_against_the_issues_liar(tcga: FederatedDataset) -> None:
     """The issue's site (declares and claims 10¹⁵ examples, parameters + 50; reports
     C-index 0.99996). ``max_weight`` bounds its evaluation claim's weight, so the reported
