@@ -7,4 +7,60 @@ or command imports this package (the layer contract in ``pyproject.toml`` keeps 
 beside the CLI and independent of it).
 """
 
-__all__: list[str] = []
+from biofed.attacks._backdoor import (
+    Trigger,
+    apply_trigger,
+    attack_success_rate,
+    backdoor,
+    linear_scores,
+    make_trigger,
+)
+from biofed.attacks._harness import (
+    ATTACKS,
+    DECISION_EVENTS,
+    Attack,
+    AttackOutcome,
+    Poison,
+    choose_malicious,
+    make_attack,
+    run_attack,
+    with_seed,
+)
+from biofed.attacks._poison import (
+    INFLATED_EXAMPLES,
+    Chain,
+    FreeRiding,
+    GaussianNoise,
+    LyingEvaluation,
+    Scaling,
+    SignFlip,
+    WeightInflation,
+    label_flip,
+)
+
+__all__ = [
+    "ATTACKS",
+    "DECISION_EVENTS",
+    "INFLATED_EXAMPLES",
+    "Attack",
+    "AttackOutcome",
+    "Chain",
+    "FreeRiding",
+    "GaussianNoise",
+    "LyingEvaluation",
+    "Poison",
+    "Scaling",
+    "SignFlip",
+    "Trigger",
+    "WeightInflation",
+    "apply_trigger",
+    "attack_success_rate",
+    "backdoor",
+    "choose_malicious",
+    "label_flip",
+    "linear_scores",
+    "make_attack",
+    "make_trigger",
+    "run_attack",
+    "with_seed",
+]
