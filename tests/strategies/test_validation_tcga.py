@@ -20,6 +20,7 @@ from test_validation_decisions import TRAIN, held_out
 
 from biofed.coordinator import JobSpec, RunEvent, TrustedData
 from biofed.core import Instruction, MessageKind, ParameterSet, Reply
+from biofed.data import Dataset
 from biofed.simulation import SimulationReport, TamperingBackend, simulate
 
 ROBUST = {"validation": True, "trusted_dataset": "tcga-reference"}
@@ -106,3 +107,41 @@ def test_a_sign_flipping_site_is_rejected_and_no_honest_site_is(seed: int) -> No
     boosted, events = run(seed, validation=True, liar=10.0)
     assert events.decisions("update_rejected") == [(r, "center-0") for r in range(1, 6)]
     assert boosted.federated.pooled_metric > 0.79
+
+
+def test_under_secure_aggregation_the_aggregate_is_validated_and_a_bad_one_discarded() -> None:
+    fed, rows = held_out()
+    job = JobSpec.from_mapping(
+        {
+            "run": {"dataset": "tcga-brca", "rounds": 2, "min_nodes": 6, "min_replies": 6},
+            "task": {"name": "cox_ph", "num_features": 39},
+            "train": dict(TRAIN),
+            "robust": {"aggregator": "norm_bound", "norm_bound": 5.0, **ROBUST},
+            "secure_aggregation": {"clip_range": 10.0},
+        }
+    )
+    events = Events()
+    report = simulate(
+        fed, job=job, trusted=TrustedData(job, rows), baselines=False, listener=events
+    )
+    checks = [e.message for e in events.events if e.kind == "update_accepted"]
+    assert (
+        events.decisions("update_accepted")
+        == [(1, "secure-aggregate")] * 2 + [(2, "secure-aggregate")] * 2
+    )  # the norm check and the validation of the aggregate, each round
+    assert "for the aggregate" in checks[1]
+    assert report.federated.pooled_metric > 0.8
+    # Trusted data whose features are negated: every model scores 1 − its C-index on it, so
+    # each honest aggregate lowers it, validation discards it and the model stays the initial.
+    backwards = Dataset(
+        name="backwards",
+        features=-rows.features,
+        feature_names=rows.feature_names,
+        targets=rows.targets,
+    )
+    events = Events()
+    report = simulate(
+        fed, job=job, trusted=TrustedData(job, backwards), baselines=False, listener=events
+    )
+    assert events.decisions("update_rejected") == [(1, "secure-aggregate"), (2, "secure-aggregate")]
+    assert report.federated.pooled_metric == pytest.approx(0.5)  # the zero model, kept

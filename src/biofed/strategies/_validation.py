@@ -160,8 +160,11 @@ class UpdateValidation:
     ) -> UpdateDecision:
         metric = self.metric
         shown = "not finite" if math.isnan(with_) else f"{with_:.4f}"
+        with_what, without_what = "with this update", "without"
+        if node_id == SECURE_AGGREGATE:
+            with_what, without_what = "for the aggregate", "for the current model"
         figures = (
-            f"{metric} on the trusted data {shown} with this update, {without:.4f} without "
+            f"{metric} on the trusted data {shown} {with_what}, {without:.4f} {without_what} "
             f"(max_drop {self.max_drop:g})"
         )
         action: Literal["accepted", "rejected", "downweighted"]
