@@ -21,6 +21,8 @@ the update costs ``d_i = s(m₋ᵢ) − s(m)`` on the trusted data; the worst on
 ``max_drop`` (greedy, so that one liar cannot hide another, and so that an honest site is
 not blamed for the liar's damage). The mean of no update is ``x`` itself, so a lone update
 is judged against the current model.
+Cost: ``(r + 1)(n + 1)`` trusted scores for ``n`` updates of which ``r`` are refused, each
+a pass of the task's metric over the trusted set — meant for consortia of tens of sites.
 
 Why not score each candidate model on its own (``s(xᵢ)`` against ``max(s(x), median)``)?
 Measured on Fed-TCGA-BRCA (6 sites, Cox, Adam 100 steps, a trusted set of half the pooled
