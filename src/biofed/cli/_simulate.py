@@ -319,6 +319,14 @@ def simulate_command(
             "its study source (an OMOP CDM's DuckDB file or URL, or a data file)."
         ),
     ] = None,
+    trusted: Annotated[
+        Path | None,
+        typer.Option(
+            help="The coordinator's trusted dataset (CSV or Parquet: the task's targets and "
+            "feature columns) for a job whose [robust] section validates updates or runs "
+            "FLTrust."
+        ),
+    ] = None,
     format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
 ) -> None:
     """Federate a task over virtual sites and compare with local-only and pooled training."""
@@ -377,7 +385,11 @@ def simulate_command(
             if unused:
                 raise ConfigurationError(f"{unused[0]} is for a table given with --data")
         spec = None if job is None else _with_flags(JobSpec.from_file(job), flags)
+        if trusted is not None and spec is None:
+            raise ConfigurationError("--trusted is for a --job with a [robust] section")
         if spec is not None and spec.study is not None:
+            if trusted is not None:
+                raise ConfigurationError("--trusted cannot be used with a job with [study]")
             _simulate_study(spec, site or [], baselines, configs, ledger_dir, backend, format)
             return
         if site:
@@ -391,6 +403,11 @@ def simulate_command(
         if spec is None:
             spec = _flags_job(fed, flags, run_seed)
         shown = "" if spec.bundle else make_task(spec.task, **spec.task_options).primary_metric
+        trusted_data = None
+        if trusted is not None:
+            from biofed.coordinator import TrustedData
+
+            trusted_data = TrustedData(spec, trusted, name=trusted.name)
         with RoundProgress(err, spec.rounds, shown) as progress:
             report = simulate(
                 fed,
@@ -402,6 +419,7 @@ def simulate_command(
                 backend=backend,
                 agreement=agreement,
                 bundle=bundle,
+                trusted=trusted_data,
             )
     except BiofedError as exc:
         from rich.markup import escape
