@@ -1,0 +1,69 @@
+"""biofed.contribution: how much each site's update contributed to a round (pure; numpy only).
+
+The input is one round as the coordinator sees it in plain mode: the global model ``x``,
+the round's updates ``{site: (Δᵢ = xᵢ − x, weight)}`` and a value function
+``value(parameters) -> float`` (higher is better, finite; e.g. a
+:class:`~biofed.strategies.TrustedValidation`'s ``score``, the C-index on the trusted data).
+A :class:`RoundGame` rebuilds the model of any coalition ``S`` of sites without training
+anyone again, ``model_S = x + Σ_{i∈S} wᵢΔᵢ / Σ_{i∈S} wᵢ`` (the empty coalition is ``x``),
+and its value ``v(S) = value(model_S) − value(x)``, memoised and bounded by
+``max_evaluations`` calls of ``value``.
+
+Measures (each returns :class:`Contributions`: per-site values, ``v(N)``, the evaluations
+spent and the wall time):
+
+=================  ===========================================  ===========================
+method             what                                         evaluations
+=================  ===========================================  ===========================
+``leave_one_out``  ``v(N) − v(N∖{i})``                          n + 2
+``shapley``        exact Shapley values, n ≤ 10                 2^n
+``tmc_shapley``    truncated Monte-Carlo (Ghorbani & Zou 2019)  bounded; stops on convergence
+``gtg_shapley``    guided truncation (Liu et al. 2022)          bounded; 2 for a skipped round
+=================  ===========================================  ===========================
+
+The samplers take an injected ``numpy.random.Generator`` (the same seed gives the same
+values). :class:`ContributionLedger` accumulates the rounds of a run (per round and run
+totals, :meth:`~ContributionLedger.to_json` / :meth:`~ContributionLedger.from_json`).
+
+Errors: an update whose names or shapes differ from ``x``'s raises
+:class:`~biofed.core.ParameterMismatch` (NaN or ±Inf in it:
+:class:`~biofed.core.PayloadError`); a bad weight or option, or a bound that cannot be met,
+:class:`~biofed.core.ConfigurationError`; a value function that fails or returns anything
+but a finite number, :class:`~biofed.core.RoundFailed`.
+
+Security notes
+--------------
+A coalition model built from one site's update *is* that update: whoever runs these measures
+sees every single update, which the coordinator already does in plain mode. Under secure
+aggregation two coalition sums that differ by one site reveal that site's update by
+subtraction, so these functions are for plain rounds (or for coalitions the study agreement
+explicitly allows). A value function computed on a site's own test data would make that
+site the judge of its own contribution: use data the coordinator trusts.
+"""
+
+from biofed.contribution._exact import MAX_EXACT_SITES, leave_one_out, shapley
+from biofed.contribution._game import (
+    DEFAULT_MAX_EVALUATIONS,
+    RoundGame,
+    Updates,
+    ValueFunction,
+)
+from biofed.contribution._measure import measure
+from biofed.contribution._result import METHODS, ContributionLedger, Contributions
+from biofed.contribution._sampling import gtg_shapley, tmc_shapley
+
+__all__ = [
+    "DEFAULT_MAX_EVALUATIONS",
+    "MAX_EXACT_SITES",
+    "METHODS",
+    "ContributionLedger",
+    "Contributions",
+    "RoundGame",
+    "Updates",
+    "ValueFunction",
+    "gtg_shapley",
+    "leave_one_out",
+    "measure",
+    "shapley",
+    "tmc_shapley",
+]

@@ -1,0 +1,225 @@
+"""What a measurement returns, and the run's ledger of them (JSON round trip)."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
+from typing import Any
+
+from biofed.core import ConfigurationError
+
+#: The measures, by name (``biofed.contribution.measure``'s ``method``).
+METHODS: tuple[str, ...] = ("leave_one_out", "shapley", "tmc_shapley", "gtg_shapley")
+
+
+def _finite(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"contribution: {what} must be a number, got {value!r}")
+    f = float(value)
+    if not math.isfinite(f):
+        raise ConfigurationError(f"contribution: {what} must be finite, got {value!r}")
+    return f
+
+
+def _count(value: object, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigurationError(f"contribution: {what} must be an integer ≥ 0, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Contributions:
+    """One round's contribution of each site, by one method.
+
+    Attributes
+    ----------
+    method:
+        One of :data:`METHODS`.
+    values:
+        Each site's value, in the units of the value function (e.g. C-index points). For the
+        Shapley methods they sum to ``total`` (exactly for ``shapley``, in expectation for
+        the samplers); leave-one-out values need not.
+    total:
+        ``v(N)``: the round's gain, value of the round's aggregate minus value of ``x``.
+    baseline:
+        ``value(x)``, the score of the model the round started from.
+    evaluations:
+        Calls of the value function spent (``value(x)`` included).
+    seconds:
+        Wall time of the measurement (the calls of the value function included).
+    permutations:
+        Permutations sampled (Monte-Carlo methods; 0 otherwise).
+    converged:
+        False when a sampler stopped at its evaluation or permutation bound before its
+        convergence test held.
+    skipped:
+        True when GTG-Shapley skipped the round because ``|v(N)|`` was below its round
+        tolerance (every value is then 0).
+    server_round:
+        The round measured (0 when not given).
+    """
+
+    method: str
+    values: Mapping[str, float]
+    total: float
+    baseline: float
+    evaluations: int
+    seconds: float
+    permutations: int = 0
+    converged: bool = True
+    skipped: bool = False
+    server_round: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigurationError(
+                f"contribution: unknown method {self.method!r}; choose one of {list(METHODS)}"
+            )
+        values = {str(k): _finite(v, f"the value of {k!r}") for k, v in self.values.items()}
+        object.__setattr__(self, "values", MappingProxyType(values))
+        object.__setattr__(self, "total", _finite(self.total, "total"))
+        object.__setattr__(self, "baseline", _finite(self.baseline, "baseline"))
+        object.__setattr__(self, "seconds", _finite(self.seconds, "seconds"))
+        _count(self.evaluations, "evaluations")
+        _count(self.permutations, "permutations")
+        _count(self.server_round, "server_round")
+
+    def ranking(self) -> tuple[str, ...]:
+        """Sites from the largest value to the smallest (ties by name)."""
+        return tuple(sorted(self.values, key=lambda s: (-self.values[s], s)))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready values."""
+        return {
+            "method": self.method,
+            "server_round": self.server_round,
+            "values": dict(self.values),
+            "total": self.total,
+            "baseline": self.baseline,
+            "evaluations": self.evaluations,
+            "seconds": self.seconds,
+            "permutations": self.permutations,
+            "converged": self.converged,
+            "skipped": self.skipped,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Contributions:
+        """Read :meth:`to_dict`'s output back (checked like any input)."""
+        if not isinstance(data, Mapping):
+            raise ConfigurationError("contribution: a round's record must be an object")
+        expected = {
+            "method",
+            "server_round",
+            "values",
+            "total",
+            "baseline",
+            "evaluations",
+            "seconds",
+            "permutations",
+            "converged",
+            "skipped",
+        }
+        if set(data) != expected:
+            raise ConfigurationError(
+                f"contribution: a round's record has keys {sorted(data)}, "
+                f"expected {sorted(expected)}"
+            )
+        values = data["values"]
+        if not isinstance(values, Mapping):
+            raise ConfigurationError("contribution: 'values' must be an object of site → number")
+        for flag in ("converged", "skipped"):
+            if not isinstance(data[flag], bool):
+                raise ConfigurationError(f"contribution: {flag!r} must be true or false")
+        return cls(
+            method=data["method"],
+            values=values,
+            total=data["total"],
+            baseline=data["baseline"],
+            evaluations=data["evaluations"],
+            seconds=data["seconds"],
+            permutations=data["permutations"],
+            converged=data["converged"],
+            skipped=data["skipped"],
+            server_round=data["server_round"],
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContributionLedger:
+    """A run's contributions, round by round, and their totals.
+
+    Immutable: :meth:`add` returns a new ledger. A site absent from a round (not selected,
+    dropped out, rejected) contributes 0 to that round.
+    """
+
+    rounds: tuple[Contributions, ...] = field(default_factory=tuple)
+
+    def add(self, result: Contributions, *, server_round: int | None = None) -> ContributionLedger:
+        """The ledger with one more round (``server_round`` overrides the result's own)."""
+        if server_round is not None:
+            result = replace(result, server_round=server_round)
+        if any(r.server_round == result.server_round for r in self.rounds):
+            raise ConfigurationError(
+                f"contribution: round {result.server_round} is already in the ledger"
+            )
+        return ContributionLedger(rounds=(*self.rounds, result))
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        """Every site that was measured in some round, sorted."""
+        return tuple(sorted({s for r in self.rounds for s in r.values}))
+
+    def totals(self) -> dict[str, float]:
+        """Each site's value summed over the rounds."""
+        out = dict.fromkeys(self.sites, 0.0)
+        for r in self.rounds:
+            for site, v in r.values.items():
+                out[site] += v
+        return out
+
+    def shares(self) -> dict[str, float]:
+        """Each site's share of the summed positive values (negative totals get 0; all 0
+        when no site has a positive total): the input of a proportional reward."""
+        totals = {s: max(v, 0.0) for s, v in self.totals().items()}
+        whole = sum(totals.values())
+        return {s: (v / whole if whole > 0 else 0.0) for s, v in totals.items()}
+
+    @property
+    def evaluations(self) -> int:
+        """Value-function calls over the run."""
+        return sum(r.evaluations for r in self.rounds)
+
+    @property
+    def seconds(self) -> float:
+        """Measurement wall time over the run."""
+        return sum(r.seconds for r in self.rounds)
+
+    def to_json(self) -> str:
+        """The ledger as JSON (rounds in order, and the totals for a reader's convenience)."""
+        return json.dumps(
+            {
+                "rounds": [r.to_dict() for r in self.rounds],
+                "totals": self.totals(),
+                "evaluations": self.evaluations,
+                "seconds": self.seconds,
+            },
+            sort_keys=True,
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> ContributionLedger:
+        """Read :meth:`to_json`'s output back; the totals are recomputed, not trusted."""
+        try:
+            data = json.loads(text)
+        except (TypeError, ValueError) as exc:
+            raise ConfigurationError(f"contribution: the ledger is not JSON: {exc}") from exc
+        if not isinstance(data, Mapping) or not isinstance(data.get("rounds"), list):
+            raise ConfigurationError("contribution: the ledger must be an object with 'rounds'")
+        ledger = cls()
+        for entry in data["rounds"]:
+            ledger = ledger.add(Contributions.from_dict(entry))
+        return ledger

@@ -1,0 +1,225 @@
+"""Monte-Carlo Shapley values: TMC-Shapley and GTG-Shapley.
+
+Both average the marginal gains ``v(π[:j]) − v(π[:j−1])`` of each site over random
+permutations ``π`` of the round's sites, and both truncate a permutation once the coalition
+so far is within ``truncation · |v(N)|`` of the grand coalition's value (the remaining sites
+are credited 0 for it). They differ in how they spend the budget:
+
+- **TMC-Shapley** (Ghorbani and Zou, "Data Shapley", ICML 2019, Algorithm 1): uniformly
+  random permutations.
+- **GTG-Shapley** (Liu et al., "GTG-Shapley: efficient and accurate participant
+  contribution evaluation in federated learning", ACM TIST 2022): skips a round whose
+  total gain ``|v(N)|`` is below ``round_tolerance`` (every site 0, two evaluations), and
+  guides the sampling: permutation ``k`` puts site ``k mod n`` (in an order drawn once) in
+  front, so every site's first-position marginal — its value alone, the largest term for
+  most — is measured early and equally often, and the rest is shuffled.
+
+Convergence (both): after at least ``min_permutations``, stop when no site's estimate moved
+by more than ``tolerance · |v(N)|`` over the last ``window`` permutations (default: one
+per site). The work is bounded by ``max_permutations`` and by the game's
+``max_evaluations``; a sampler stopped by a bound says ``converged=False``. Coalition values
+are memoised, so a permutation whose prefixes were seen before costs no evaluation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from biofed.contribution._game import RoundGame, _Exhausted
+from biofed.contribution._result import Contributions
+from biofed.core import ConfigurationError
+
+DEFAULT_TRUNCATION = 0.01
+DEFAULT_TOLERANCE = 0.01
+DEFAULT_MAX_PERMUTATIONS = 500
+#: GTG's default round tolerance, in the value function's units (C-index points, AUC …).
+DEFAULT_ROUND_TOLERANCE = 1e-4
+
+
+def _check_fraction(value: object, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigurationError(f"contribution: {what} must be a number, got {value!r}")
+    f = float(value)
+    if not 0.0 <= f < 1.0:
+        raise ConfigurationError(f"contribution: {what} must be in [0, 1), got {value!r}")
+    return f
+
+
+def _check_count(value: object, what: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ConfigurationError(
+            f"contribution: {what} must be an integer ≥ {minimum}, got {value!r}"
+        )
+    return value
+
+
+def _sample(
+    game: RoundGame,
+    *,
+    method: str,
+    rng: np.random.Generator,
+    guided: bool,
+    truncation: float,
+    tolerance: float,
+    window: int | None,
+    min_permutations: int | None,
+    max_permutations: int,
+    server_round: int,
+    round_tolerance: float | None = None,
+) -> Contributions:
+    if not isinstance(rng, np.random.Generator):
+        raise ConfigurationError("contribution: rng must be a numpy Generator")
+    truncation = _check_fraction(truncation, "truncation")
+    tolerance = _check_fraction(tolerance, "tolerance")
+    max_permutations = _check_count(max_permutations, "max_permutations", 1)
+    n = game.n
+    window = _check_count(n if window is None else window, "window", 1)
+    min_permutations = _check_count(
+        max(2 * n, window + 1) if min_permutations is None else min_permutations,
+        "min_permutations",
+        1,
+    )
+    start, spent = game.now(), game.evaluations
+    try:
+        total = game.v(game.full)
+    except _Exhausted:
+        raise ConfigurationError(
+            f"contribution: {method} needs value(x) and v(N), "
+            f"max_evaluations leaves {game.remaining()}"
+        ) from None
+    phi = np.zeros(n)
+    done, converged, skipped = 0, False, False
+    if round_tolerance is not None and abs(total) < round_tolerance:
+        converged = skipped = True
+    else:
+        order = rng.permutation(n)
+        history: list[np.ndarray] = []
+        cut = truncation * abs(total)
+        scale = tolerance * max(abs(total), np.finfo(float).tiny)
+        try:
+            while done < max_permutations:
+                if guided:
+                    lead = int(order[done % n])
+                    rest = rng.permutation([i for i in range(n) if i != lead])
+                    perm = [lead, *(int(i) for i in rest)]
+                else:
+                    perm = [int(i) for i in rng.permutation(n)]
+                gains = np.zeros(n)
+                mask, previous = 0, 0.0
+                for i in perm:
+                    mask |= 1 << i
+                    # truncated once the prefix is within the cut: the rest adds nothing
+                    current = previous if abs(total - previous) <= cut else game.v(mask)
+                    gains[i] = current - previous
+                    previous = current
+                done += 1
+                phi += (gains - phi) / done
+                history.append(phi.copy())
+                if done >= min_permutations and len(history) > window:
+                    drift = np.abs(history[-1] - history[-1 - window]).max()
+                    if drift <= scale:
+                        converged = True
+                        break
+                    history = history[-window - 1 :]
+        except _Exhausted:
+            pass  # the evaluation bound: keep the complete permutations' estimate
+    return Contributions(
+        method=method,
+        values={s: float(v) for s, v in zip(game.sites, phi, strict=True)},
+        total=total,
+        baseline=game.baseline,
+        evaluations=game.evaluations - spent,
+        seconds=game.now() - start,
+        permutations=done,
+        converged=converged,
+        skipped=skipped,
+        server_round=server_round,
+    )
+
+
+def tmc_shapley(
+    game: RoundGame,
+    *,
+    rng: np.random.Generator,
+    truncation: float = DEFAULT_TRUNCATION,
+    tolerance: float = DEFAULT_TOLERANCE,
+    window: int | None = None,
+    min_permutations: int | None = None,
+    max_permutations: int = DEFAULT_MAX_PERMUTATIONS,
+    server_round: int = 0,
+) -> Contributions:
+    """Truncated Monte-Carlo Shapley values (Ghorbani and Zou 2019).
+
+    Parameters
+    ----------
+    game:
+        The round (its ``max_evaluations`` bounds the work).
+    rng:
+        The permutations' generator (seed it for a reproducible estimate).
+    truncation:
+        A permutation stops evaluating once ``|v(N) − v(prefix)| ≤ truncation · |v(N)|``.
+    tolerance:
+        Convergence: no estimate moved more than ``tolerance · |v(N)|`` over ``window``
+        permutations.
+    window:
+        Permutations the convergence test looks back (default ``n``).
+    min_permutations:
+        Permutations sampled before the test applies (default ``max(2n, window + 1)``).
+    max_permutations:
+        The most permutations sampled.
+    server_round:
+        The round, recorded in the result.
+    """
+    return _sample(
+        game,
+        method="tmc_shapley",
+        rng=rng,
+        guided=False,
+        truncation=truncation,
+        tolerance=tolerance,
+        window=window,
+        min_permutations=min_permutations,
+        max_permutations=max_permutations,
+        server_round=server_round,
+    )
+
+
+def gtg_shapley(
+    game: RoundGame,
+    *,
+    rng: np.random.Generator,
+    round_tolerance: float = DEFAULT_ROUND_TOLERANCE,
+    truncation: float = DEFAULT_TRUNCATION,
+    tolerance: float = DEFAULT_TOLERANCE,
+    window: int | None = None,
+    min_permutations: int | None = None,
+    max_permutations: int = DEFAULT_MAX_PERMUTATIONS,
+    server_round: int = 0,
+) -> Contributions:
+    """GTG-Shapley values (Liu et al. 2022): guided truncation within the round.
+
+    As :func:`tmc_shapley`, plus ``round_tolerance`` (in the value function's units): a
+    round whose ``|v(N)|`` is below it is skipped (``skipped=True``, every value 0), and
+    the permutations rotate which site leads.
+    """
+    if isinstance(round_tolerance, bool) or not isinstance(round_tolerance, (int, float)):
+        raise ConfigurationError(
+            f"contribution: round_tolerance must be a number, got {round_tolerance!r}"
+        )
+    if not 0.0 <= float(round_tolerance) < float("inf"):
+        raise ConfigurationError(
+            f"contribution: round_tolerance must be finite and ≥ 0, got {round_tolerance!r}"
+        )
+    return _sample(
+        game,
+        method="gtg_shapley",
+        rng=rng,
+        guided=True,
+        truncation=truncation,
+        tolerance=tolerance,
+        window=window,
+        min_permutations=min_permutations,
+        max_permutations=max_permutations,
+        server_round=server_round,
+        round_tolerance=float(round_tolerance),
+    )
