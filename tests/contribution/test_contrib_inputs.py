@@ -208,3 +208,46 @@ def test_a_tampered_ledger_is_refused_with_one_line(tamper: object) -> None:
     with pytest.raises(ConfigurationError) as err:
         ContributionLedger.from_json(json.dumps(data))
     assert "\n" not in str(err.value)
+
+
+def test_near_duplicate_updates_are_one_player_and_zero_updates_are_null_players() -> None:
+    base = np.array([1.0, 0.0, 0.0])
+    turned = np.array([1.0, 0.3, 0.0])  # cos 0.958 with base
+    further = np.array([1.0, 0.6, 0.2])  # cos 0.96 with turned, 0.85 with base
+    other = np.array([0.0, 0.0, 1.0])
+    x = ParameterSet({"w": np.zeros(3)})
+    updates = {
+        name: (ParameterSet({"w": v}), w)
+        for name, v, w in [
+            ("a", base, 1.0),
+            ("b", turned, 3.0),
+            ("c", further, 1.0),
+            ("d", other, 1.0),
+            ("idle", np.zeros(3), 50.0),
+            ("idle-too", np.zeros(3), 50.0),
+        ]
+    }
+
+    def value(p: ParameterSet) -> float:
+        return float(p["w"].sum())
+
+    game = RoundGame(x, updates, value)
+    assert game.groups == (("a", "b", "c"), ("d",))  # linked a-b-c, transitively
+    assert game.free_riders == ("idle", "idle-too")
+    result = shapley(game)
+    assert result.values["idle"] == result.values["idle-too"] == 0.0
+    abc = result.values["a"] + result.values["b"] + result.values["c"]
+    assert result.values["b"] == pytest.approx(3 * result.values["a"])  # shared by weight
+    assert abc + result.values["d"] == pytest.approx(result.total)
+    alone = RoundGame(x, updates, value, duplicate_cosine=None, free_rider_norm=None)
+    assert alone.groups == tuple((s,) for s in updates)
+    assert alone.free_riders == ()
+    nothing = {"idle": (ParameterSet({"w": np.zeros(3)}), 1.0)}
+    for method in METHODS:
+        empty = measure(method, x, nothing, value, rng=np.random.default_rng(0))
+        assert dict(empty.values) == {"idle": 0.0}
+        assert empty.free_riders == ("idle",)
+    with pytest.raises(ConfigurationError, match="duplicate_cosine must be in"):
+        RoundGame(x, updates, value, duplicate_cosine=0.0)
+    with pytest.raises(ConfigurationError, match="free_rider_norm must be in"):
+        RoundGame(x, updates, value, free_rider_norm=1.0)

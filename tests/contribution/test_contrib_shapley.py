@@ -150,7 +150,7 @@ def test_exact_shapley_is_refused_above_ten_sites_and_beyond_the_evaluation_boun
     with pytest.raises(ConfigurationError, match="needs 16 more evaluations"):
         shapley(small)
     assert calls == []  # refused before any work
-    with pytest.raises(ConfigurationError, match="leave-one-out over 4 sites needs 6"):
+    with pytest.raises(ConfigurationError, match="leave-one-out over 4 players needs 6"):
         leave_one_out(table_game([0.0] * 16, max_evaluations=5)[0])
 
 

@@ -7,7 +7,11 @@ the round's updates ``{site: (Δᵢ = xᵢ − x, weight)}`` and a value functio
 A :class:`RoundGame` rebuilds the model of any coalition ``S`` of sites without training
 anyone again, ``model_S = x + Σ_{i∈S} wᵢΔᵢ / Σ_{i∈S} wᵢ`` (the empty coalition is ``x``),
 and its value ``v(S) = value(model_S) − value(x)``, memoised and bounded by
-``max_evaluations`` calls of ``value``.
+``max_evaluations`` calls of ``value``. Sites whose updates are near-duplicates (cosine ≥
+``duplicate_cosine``, default 0.9) are played as one player and share its value by weight,
+so enrolling a copy of one's data does not buy more credit (Shapley values alone are not
+robust to replication), and a site whose update is (nearly) zero, a free-rider, is a null
+player with value 0 rather than a damper of the others' step (see :class:`RoundGame`).
 
 Measures (each returns :class:`Contributions`: per-site values, ``v(N)``, the evaluations
 spent and the wall time):
@@ -43,6 +47,8 @@ site the judge of its own contribution: use data the coordinator trusts.
 
 from biofed.contribution._exact import MAX_EXACT_SITES, leave_one_out, shapley
 from biofed.contribution._game import (
+    DEFAULT_DUPLICATE_COSINE,
+    DEFAULT_FREE_RIDER_NORM,
     DEFAULT_MAX_EVALUATIONS,
     RoundGame,
     Updates,
@@ -53,6 +59,8 @@ from biofed.contribution._result import METHODS, ContributionLedger, Contributio
 from biofed.contribution._sampling import gtg_shapley, tmc_shapley
 
 __all__ = [
+    "DEFAULT_DUPLICATE_COSINE",
+    "DEFAULT_FREE_RIDER_NORM",
     "DEFAULT_MAX_EVALUATIONS",
     "MAX_EXACT_SITES",
     "METHODS",

@@ -25,14 +25,16 @@ def leave_one_out(game: RoundGame, *, server_round: int = 0) -> Contributions:
     needed = game.cost([game.full, *(game.full & ~(1 << i) for i in range(game.n))])
     if needed > game.remaining():
         raise ConfigurationError(
-            f"contribution: leave-one-out over {game.n} sites needs {needed} evaluations, "
+            f"contribution: leave-one-out over {game.n} players needs {needed} evaluations, "
             f"max_evaluations leaves {game.remaining()}"
         )
     total = game.v(game.full)
-    values = {s: total - game.v(game.full & ~(1 << i)) for i, s in enumerate(game.sites)}
+    values = game.site_values(total - game.v(game.full & ~(1 << k)) for k in range(game.n))
     return Contributions(
         method="leave_one_out",
         values=values,
+        duplicates=game.duplicates,
+        free_riders=game.free_riders,
         total=total,
         baseline=game.baseline,
         evaluations=game.evaluations - spent,
@@ -62,7 +64,8 @@ def shapley(game: RoundGame, *, server_round: int = 0) -> Contributions:
     if n > MAX_EXACT_SITES:
         raise ConfigurationError(
             f"contribution: exact Shapley is for at most {MAX_EXACT_SITES} sites "
-            f"(2^n coalition evaluations), this round has {n}; use gtg_shapley or tmc_shapley"
+            f"(2^n coalition evaluations), this round has {n} players; "
+            "use gtg_shapley or tmc_shapley"
         )
     needed = game.cost(range(1 << n))
     if needed > game.remaining():
@@ -79,14 +82,16 @@ def shapley(game: RoundGame, *, server_round: int = 0) -> Contributions:
     weight = np.array([math.factorial(j) * math.factorial(n - j - 1) for j in range(n)]) / (
         math.factorial(n)
     )
-    values = {}
-    for i, site in enumerate(game.sites):
+    players = []
+    for i in range(n):
         bit = 1 << i
         without = masks[(masks & bit) == 0]
-        values[site] = float(np.sum(weight[k[without]] * (v[without | bit] - v[without])))
+        players.append(float(np.sum(weight[k[without]] * (v[without | bit] - v[without]))))
     return Contributions(
         method="shapley",
-        values=values,
+        values=game.site_values(players),
+        duplicates=game.duplicates,
+        free_riders=game.free_riders,
         total=float(v[size - 1]),
         baseline=game.baseline,
         evaluations=game.evaluations - spent,

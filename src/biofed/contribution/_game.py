@@ -6,6 +6,31 @@ No site trains again: this is the reconstruction of Song, Tong and Wei (2019, "P
 allocation for federated learning") that GTG-Shapley builds on. Values are memoised by
 coalition (a bit mask), so every method's evaluation count is the number of distinct calls
 of the value function it needed.
+
+Security notes
+--------------
+Shapley values are not robust to replication (Ohrimenko, Tople and Tschiatschek 2019,
+"Collaborative machine learning markets with data-replication-robust payments"; Han et al.
+2022, "Replication robust payoff allocation in submodular cooperative games"): a site that
+enrols a copy of its data as a second site is credited about 1.5-1.8 times what it gets
+alone on Fed-TCGA-BRCA (the earlier of two copies in a permutation takes the larger,
+early-position marginal). The game therefore plays near-duplicate updates as **one player**:
+sites whose updates have cosine similarity ≥ ``duplicate_cosine`` (default 0.9; two
+sites training on one dataset reach 0.93-0.97 there, six different hospitals at most 0.44)
+join one group, the group's value is split between its members by weight, and the result
+names the group. Defeating it takes noise that turns the update by about 25° or more, which
+costs the copy most of the value it was after. Set ``duplicate_cosine=None`` to play every
+site alone.
+
+A free-rider (Lin et al. 2019, "Free-riders in federated learning: attacks and defenses")
+sends the global model back, ``Δ = 0``, with a plausible weight. In a coalition mean its
+weight only shrinks the others' step, and in a round whose aggregate overshoots (every
+later round of the Fed-TCGA-BRCA Cox job) the shrinking raises the score: played as a
+player, it ranked 3rd of 7 in rounds 2-5 there. The game therefore plays a site whose
+update norm is at most ``free_rider_norm`` times the round's median as a **null player**:
+left out of every coalition model, value exactly 0, named in the result. A free-rider that
+disguises itself with noise of honest size is not caught by this (its noise also dilutes);
+that is the policy's work (issue 17, item 3), not this measure's.
 """
 
 from __future__ import annotations
@@ -31,6 +56,12 @@ ValueFunction = Callable[[ParameterSet], float]
 
 #: A round's updates: ``{site: (Δᵢ = xᵢ − x, weight)}``.
 Updates = Mapping[str, tuple[ParameterSet, float]]
+
+#: Updates at least this similar (cosine) are played as one player (see the module notes).
+DEFAULT_DUPLICATE_COSINE = 0.9
+
+#: Updates with a norm at most this fraction of the round's median are null players.
+DEFAULT_FREE_RIDER_NORM = 0.01
 
 #: Evaluations any one method may spend unless told otherwise (each is one call of the
 #: value function, e.g. one C-index on the trusted data).
@@ -103,6 +134,15 @@ class RoundGame:
         and its weight in the mean (finite, > 0; e.g. its capped example count).
     value:
         ``value(parameters) -> float``, higher is better. It must return a finite number.
+    duplicate_cosine:
+        Sites whose updates have at least this cosine similarity (in (0, 1]) form one
+        player, whose value their members share by weight; ``None`` plays every site alone.
+        Linked transitively (a chain of similar updates is one group); zero updates are
+        never grouped.
+    free_rider_norm:
+        Sites whose update's L2 norm is at most this fraction (in [0, 1)) of the round's
+        median norm are null players: out of every coalition model, value 0 (``None``:
+        none). Zero updates are caught at any setting but ``None``.
     max_evaluations:
         The most calls of ``value`` this game makes (``value(x)`` included). A method that
         would need more stops (Monte-Carlo methods) or is refused before it starts (exact
@@ -125,10 +165,13 @@ class RoundGame:
         "_clock",
         "_deltas",
         "_memo",
+        "_players",
         "_value",
         "_weights",
         "_x",
         "evaluations",
+        "free_riders",
+        "groups",
         "max_evaluations",
         "sites",
     )
@@ -139,6 +182,8 @@ class RoundGame:
         updates: Updates,
         value: ValueFunction,
         *,
+        duplicate_cosine: float | None = DEFAULT_DUPLICATE_COSINE,
+        free_rider_norm: float | None = DEFAULT_FREE_RIDER_NORM,
         max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -159,6 +204,23 @@ class RoundGame:
                 f"contribution: max_evaluations must be ≥ 2 (value(x) and v(N)), "
                 f"got {max_evaluations}"
             )
+        if duplicate_cosine is not None and (
+            isinstance(duplicate_cosine, bool)
+            or not isinstance(duplicate_cosine, (int, float))
+            or not 0.0 < float(duplicate_cosine) <= 1.0
+        ):
+            raise ConfigurationError(
+                "contribution: duplicate_cosine must be in (0, 1] or None, "
+                f"got {duplicate_cosine!r}"
+            )
+        if free_rider_norm is not None and (
+            isinstance(free_rider_norm, bool)
+            or not isinstance(free_rider_norm, (int, float))
+            or not 0.0 <= float(free_rider_norm) < 1.0
+        ):
+            raise ConfigurationError(
+                f"contribution: free_rider_norm must be in [0, 1) or None, got {free_rider_norm!r}"
+            )
         sites, deltas, weights = [], [], []
         for site, entry in updates.items():
             _check_site(site)
@@ -173,6 +235,23 @@ class RoundGame:
         self._x = x
         self._deltas = np.stack(deltas)
         self._weights = np.asarray(weights)
+        norms = np.linalg.norm(self._deltas, axis=1)
+        null = (
+            norms <= float(free_rider_norm) * float(np.median(norms))
+            if free_rider_norm is not None
+            else np.zeros(len(sites), dtype=bool)
+        )
+        #: Sites played as null players (no update to speak of): value 0.
+        self.free_riders: tuple[str, ...] = tuple(s for s, z in zip(sites, null, strict=True) if z)
+        live = np.flatnonzero(~null)
+        self._players = tuple(
+            tuple(int(live[i]) for i in group)
+            for group in _group(self._deltas[live], duplicate_cosine)
+        )
+        #: The players: each a tuple of site names (one site, or a group of near-duplicates).
+        self.groups: tuple[tuple[str, ...], ...] = tuple(
+            tuple(self.sites[i] for i in members) for members in self._players
+        )
         self._value = value
         self._clock = clock
         self._memo: dict[int, float] = {0: 0.0}
@@ -182,31 +261,37 @@ class RoundGame:
 
     @property
     def n(self) -> int:
-        """The number of sites."""
-        return len(self.sites)
+        """The number of players (sites, with near-duplicates grouped)."""
+        return len(self._players)
 
     @property
     def full(self) -> int:
-        """The grand coalition's mask."""
+        """The grand coalition's mask (bit ``k`` is player ``k``)."""
         return (1 << self.n) - 1
+
+    @property
+    def duplicates(self) -> tuple[tuple[str, ...], ...]:
+        """The groups of more than one site."""
+        return tuple(g for g in self.groups if len(g) > 1)
 
     def now(self) -> float:
         """The injected clock's reading."""
         return self._clock()
 
-    def mask(self, coalition: Iterable[str]) -> int:
-        """The bit mask of a coalition given by site names."""
-        index = {s: i for i, s in enumerate(self.sites)}
-        m = 0
-        for site in coalition:
-            if site not in index:
-                raise ConfigurationError(f"contribution: {site!r} sent no update this round")
-            m |= 1 << index[site]
-        return m
+    def site_values(self, player_values: Iterable[float]) -> dict[str, float]:
+        """Each site's value: its player's value, split between a group's members by weight
+        (0 for a free-rider)."""
+        out = dict.fromkeys(self.free_riders, 0.0)
+        for members, value in zip(self._players, player_values, strict=True):
+            w = self._weights[list(members)]
+            for i, share in zip(members, w / w.sum(), strict=True):
+                out[self.sites[i]] = float(value) * float(share)
+        return {s: out[s] for s in self.sites}
 
     def model(self, mask: int) -> ParameterSet:
-        """The coalition model ``x + Σ wᵢΔᵢ / Σ wᵢ`` over the sites in ``mask`` (``x`` if empty)."""
-        members = [i for i in range(self.n) if mask >> i & 1]
+        """The coalition model ``x + Σ wᵢΔᵢ / Σ wᵢ`` over the sites of the players in ``mask``
+        (``x`` if empty)."""
+        members = [i for k, p in enumerate(self._players) if mask >> k & 1 for i in p]
         if not members:
             return self._x
         w = self._weights[members]
@@ -265,7 +350,7 @@ class RoundGame:
         if known is not None:
             return known
         base = self.baseline
-        names = [s for i, s in enumerate(self.sites) if mask >> i & 1]
+        names = [s for k, g in enumerate(self.groups) if mask >> k & 1 for s in g]
         result = self._call(self.model(mask), f"the coalition {names}") - base
         self._memo[mask] = result
         return result
@@ -278,6 +363,30 @@ class RoundGame:
     def remaining(self) -> int:
         """Evaluations still allowed."""
         return self.max_evaluations - self.evaluations
+
+
+def _group(deltas: Array, cosine: float | None) -> tuple[tuple[int, ...], ...]:
+    """Sites linked by cosine similarity ≥ ``cosine`` (transitively), in first-seen order."""
+    n = len(deltas)
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    if cosine is not None and n > 1:
+        norms = np.linalg.norm(deltas, axis=1)
+        live = np.flatnonzero(norms > 0)
+        unit = deltas[live] / norms[live, None]
+        similar = unit @ unit.T >= float(cosine) - 1e-12
+        for a, b in zip(*np.nonzero(np.triu(similar, k=1)), strict=True):
+            parent[root(int(live[b]))] = root(int(live[a]))
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(root(i), []).append(i)
+    return tuple(tuple(g) for g in groups.values())
 
 
 class _Exhausted(Exception):

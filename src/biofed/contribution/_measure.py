@@ -9,7 +9,14 @@ from typing import Any
 import numpy as np
 
 from biofed.contribution._exact import leave_one_out, shapley
-from biofed.contribution._game import DEFAULT_MAX_EVALUATIONS, RoundGame, Updates, ValueFunction
+from biofed.contribution._game import (
+    DEFAULT_DUPLICATE_COSINE,
+    DEFAULT_FREE_RIDER_NORM,
+    DEFAULT_MAX_EVALUATIONS,
+    RoundGame,
+    Updates,
+    ValueFunction,
+)
 from biofed.contribution._result import METHODS, Contributions
 from biofed.contribution._sampling import gtg_shapley, tmc_shapley
 from biofed.core import ConfigurationError, ParameterSet
@@ -22,6 +29,8 @@ def measure(
     value: ValueFunction,
     *,
     rng: np.random.Generator | None = None,
+    duplicate_cosine: float | None = DEFAULT_DUPLICATE_COSINE,
+    free_rider_norm: float | None = DEFAULT_FREE_RIDER_NORM,
     max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
     server_round: int = 0,
     clock: Callable[[], float] = time.perf_counter,
@@ -37,7 +46,15 @@ def measure(
         raise ConfigurationError(
             f"contribution: unknown method {method!r}; choose one of {list(METHODS)}"
         )
-    game = RoundGame(x, updates, value, max_evaluations=max_evaluations, clock=clock)
+    game = RoundGame(
+        x,
+        updates,
+        value,
+        duplicate_cosine=duplicate_cosine,
+        free_rider_norm=free_rider_norm,
+        max_evaluations=max_evaluations,
+        clock=clock,
+    )
     if method in ("leave_one_out", "shapley"):
         if options:
             raise ConfigurationError(

@@ -60,6 +60,11 @@ class Contributions:
         tolerance (every value is then 0).
     server_round:
         The round measured (0 when not given).
+    duplicates:
+        Groups of sites whose updates were near-duplicates, played as one player and
+        sharing its value by weight (see :class:`RoundGame`).
+    free_riders:
+        Sites whose update was (nearly) zero, played as null players (value 0).
     """
 
     method: str
@@ -72,6 +77,8 @@ class Contributions:
     converged: bool = True
     skipped: bool = False
     server_round: int = 0
+    duplicates: tuple[tuple[str, ...], ...] = ()
+    free_riders: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -86,6 +93,16 @@ class Contributions:
         _count(self.evaluations, "evaluations")
         _count(self.permutations, "permutations")
         _count(self.server_round, "server_round")
+        groups = self.duplicates
+        if not isinstance(groups, (tuple, list)) or not all(
+            isinstance(g, (tuple, list)) and all(s in values for s in g) for g in groups
+        ):
+            raise ConfigurationError("contribution: duplicates must be lists of the measured sites")
+        object.__setattr__(self, "duplicates", tuple(tuple(g) for g in groups))
+        riders = self.free_riders
+        if not isinstance(riders, (tuple, list)) or not all(s in values for s in riders):
+            raise ConfigurationError("contribution: free_riders must list measured sites")
+        object.__setattr__(self, "free_riders", tuple(riders))
 
     def ranking(self) -> tuple[str, ...]:
         """Sites from the largest value to the smallest (ties by name)."""
@@ -104,6 +121,8 @@ class Contributions:
             "permutations": self.permutations,
             "converged": self.converged,
             "skipped": self.skipped,
+            "duplicates": [list(g) for g in self.duplicates],
+            "free_riders": list(self.free_riders),
         }
 
     @classmethod
@@ -122,6 +141,8 @@ class Contributions:
             "permutations",
             "converged",
             "skipped",
+            "duplicates",
+            "free_riders",
         }
         if set(data) != expected:
             raise ConfigurationError(
@@ -145,6 +166,8 @@ class Contributions:
             converged=data["converged"],
             skipped=data["skipped"],
             server_round=data["server_round"],
+            duplicates=data["duplicates"],
+            free_riders=data["free_riders"],
         )
 
 

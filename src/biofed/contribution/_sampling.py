@@ -14,9 +14,10 @@ are credited 0 for it). They differ in how they spend the budget:
   front, so every site's first-position marginal — its value alone, the largest term for
   most — is measured early and equally often, and the rest is shuffled.
 
-Convergence (both): after at least ``min_permutations``, stop when no site's estimate moved
-by more than ``tolerance · |v(N)|`` over the last ``window`` permutations (default: one
-per site). The work is bounded by ``max_permutations`` and by the game's
+Convergence (both): after at least ``min_permutations``, stop when every site's estimate
+has a standard error (sample deviation of its marginal gains / √k) of at most
+``tolerance · |v(N)|`` — a statistical form of the papers' "the estimates stopped moving"
+tests. The work is bounded by ``max_permutations`` and by the game's
 ``max_evaluations``; a sampler stopped by a bound says ``converged=False``. Coalition values
 are memoised, so a permutation whose prefixes were seen before costs no evaluation.
 """
@@ -30,7 +31,7 @@ from biofed.contribution._result import Contributions
 from biofed.core import ConfigurationError
 
 DEFAULT_TRUNCATION = 0.01
-DEFAULT_TOLERANCE = 0.01
+DEFAULT_TOLERANCE = 0.02
 DEFAULT_MAX_PERMUTATIONS = 500
 #: GTG's default round tolerance, in the value function's units (C-index points, AUC …).
 DEFAULT_ROUND_TOLERANCE = 1e-4
@@ -61,7 +62,6 @@ def _sample(
     guided: bool,
     truncation: float,
     tolerance: float,
-    window: int | None,
     min_permutations: int | None,
     max_permutations: int,
     server_round: int,
@@ -73,11 +73,8 @@ def _sample(
     tolerance = _check_fraction(tolerance, "tolerance")
     max_permutations = _check_count(max_permutations, "max_permutations", 1)
     n = game.n
-    window = _check_count(n if window is None else window, "window", 1)
     min_permutations = _check_count(
-        max(2 * n, window + 1) if min_permutations is None else min_permutations,
-        "min_permutations",
-        1,
+        max(2 * n, 10) if min_permutations is None else min_permutations, "min_permutations", 2
     )
     start, spent = game.now(), game.evaluations
     try:
@@ -89,13 +86,15 @@ def _sample(
         ) from None
     phi = np.zeros(n)
     done, converged, skipped = 0, False, False
-    if round_tolerance is not None and abs(total) < round_tolerance:
+    if n == 0:
+        pass  # only free-riders: nothing to sample
+    elif round_tolerance is not None and abs(total) < round_tolerance:
         converged = skipped = True
     else:
         order = rng.permutation(n)
-        history: list[np.ndarray] = []
+        squares = np.zeros(n)  # Welford: the sum of squared deviations of each site's gains
         cut = truncation * abs(total)
-        scale = tolerance * max(abs(total), np.finfo(float).tiny)
+        target = (tolerance * abs(total)) ** 2
         try:
             while done < max_permutations:
                 if guided:
@@ -113,19 +112,20 @@ def _sample(
                     gains[i] = current - previous
                     previous = current
                 done += 1
-                phi += (gains - phi) / done
-                history.append(phi.copy())
-                if done >= min_permutations and len(history) > window:
-                    drift = np.abs(history[-1] - history[-1 - window]).max()
-                    if drift <= scale:
-                        converged = True
-                        break
-                    history = history[-window - 1 :]
+                step = gains - phi
+                phi += step / done
+                squares += step * (gains - phi)
+                # the squared standard error of each estimate: s² / k
+                if done >= min_permutations and squares.max() / (done - 1) / done <= target:
+                    converged = True
+                    break
         except _Exhausted:
             pass  # the evaluation bound: keep the complete permutations' estimate
     return Contributions(
         method=method,
-        values={s: float(v) for s, v in zip(game.sites, phi, strict=True)},
+        values=game.site_values(phi),
+        duplicates=game.duplicates,
+        free_riders=game.free_riders,
         total=total,
         baseline=game.baseline,
         evaluations=game.evaluations - spent,
@@ -143,7 +143,6 @@ def tmc_shapley(
     rng: np.random.Generator,
     truncation: float = DEFAULT_TRUNCATION,
     tolerance: float = DEFAULT_TOLERANCE,
-    window: int | None = None,
     min_permutations: int | None = None,
     max_permutations: int = DEFAULT_MAX_PERMUTATIONS,
     server_round: int = 0,
@@ -159,12 +158,10 @@ def tmc_shapley(
     truncation:
         A permutation stops evaluating once ``|v(N) − v(prefix)| ≤ truncation · |v(N)|``.
     tolerance:
-        Convergence: no estimate moved more than ``tolerance · |v(N)|`` over ``window``
-        permutations.
-    window:
-        Permutations the convergence test looks back (default ``n``).
+        Convergence: every site's estimate has a standard error (the sample deviation of
+        its marginal gains over √k) of at most ``tolerance · |v(N)|``.
     min_permutations:
-        Permutations sampled before the test applies (default ``max(2n, window + 1)``).
+        Permutations sampled before the test applies (default ``max(2n, 10)``).
     max_permutations:
         The most permutations sampled.
     server_round:
@@ -177,7 +174,6 @@ def tmc_shapley(
         guided=False,
         truncation=truncation,
         tolerance=tolerance,
-        window=window,
         min_permutations=min_permutations,
         max_permutations=max_permutations,
         server_round=server_round,
@@ -191,7 +187,6 @@ def gtg_shapley(
     round_tolerance: float = DEFAULT_ROUND_TOLERANCE,
     truncation: float = DEFAULT_TRUNCATION,
     tolerance: float = DEFAULT_TOLERANCE,
-    window: int | None = None,
     min_permutations: int | None = None,
     max_permutations: int = DEFAULT_MAX_PERMUTATIONS,
     server_round: int = 0,
@@ -217,7 +212,6 @@ def gtg_shapley(
         guided=True,
         truncation=truncation,
         tolerance=tolerance,
-        window=window,
         min_permutations=min_permutations,
         max_permutations=max_permutations,
         server_round=server_round,
