@@ -99,6 +99,8 @@ def test_bad_arguments_are_refused_before_any_evaluation() -> None:
         RoundGame(X, {}, score)
     with pytest.raises(ConfigurationError, match="max_evaluations must be ≥ 2"):
         RoundGame(X, UPDATES, score, max_evaluations=1)
+    with pytest.raises(RoundFailed, match="3 updates of 7 values take 168 bytes"):
+        RoundGame(X, UPDATES, score, max_updates_bytes=100)
     with pytest.raises(ConfigurationError, match="unknown method 'banzhaf'"):
         measure("banzhaf", X, UPDATES, score)
     with pytest.raises(ConfigurationError, match="no option 'tolerence'"):

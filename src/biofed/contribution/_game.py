@@ -63,6 +63,10 @@ DEFAULT_DUPLICATE_COSINE = 0.9
 #: Updates with a norm at most this fraction of the round's median are null players.
 DEFAULT_FREE_RIDER_NORM = 0.01
 
+#: The most memory the round's updates may take as float64 (n · d · 8 bytes), like
+#: ``strategies.Robust``'s buffered aggregators.
+DEFAULT_MAX_UPDATES_BYTES = 256 * 2**20
+
 #: Evaluations any one method may spend unless told otherwise (each is one call of the
 #: value function, e.g. one C-index on the trusted data).
 DEFAULT_MAX_EVALUATIONS = 5000
@@ -147,6 +151,8 @@ class RoundGame:
         The most calls of ``value`` this game makes (``value(x)`` included). A method that
         would need more stops (Monte-Carlo methods) or is refused before it starts (exact
         Shapley).
+    max_updates_bytes:
+        The most memory the updates may take as float64 (the game keeps them all).
     clock:
         The timer for the methods' wall time (injected for tests).
 
@@ -154,6 +160,8 @@ class RoundGame:
     ------
     ConfigurationError
         No update, a bad site name or weight, a ``max_evaluations`` below 2.
+    RoundFailed
+        The updates would take more than ``max_updates_bytes``.
     ParameterMismatch
         An update whose names or shapes are not those of ``x``.
     PayloadError
@@ -185,6 +193,7 @@ class RoundGame:
         duplicate_cosine: float | None = DEFAULT_DUPLICATE_COSINE,
         free_rider_norm: float | None = DEFAULT_FREE_RIDER_NORM,
         max_evaluations: int = DEFAULT_MAX_EVALUATIONS,
+        max_updates_bytes: int = DEFAULT_MAX_UPDATES_BYTES,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if not isinstance(x, ParameterSet):
@@ -220,6 +229,12 @@ class RoundGame:
         ):
             raise ConfigurationError(
                 f"contribution: free_rider_norm must be in [0, 1) or None, got {free_rider_norm!r}"
+            )
+        needed = len(updates) * x.size * 8
+        if needed > max_updates_bytes:
+            raise RoundFailed(
+                f"contribution: {len(updates)} updates of {x.size} values take {needed} bytes, "
+                f"more than max_updates_bytes = {max_updates_bytes}"
             )
         sites, deltas, weights = [], [], []
         for site, entry in updates.items():

@@ -43,7 +43,8 @@ class Contributions:
         Shapley methods they sum to ``total`` (exactly for ``shapley``, in expectation for
         the samplers); leave-one-out values need not.
     total:
-        ``v(N)``: the round's gain, value of the round's aggregate minus value of ``x``.
+        ``v(N)``: the round's gain, value of the round's aggregate minus value of ``x``
+        (the aggregate without the free-riders' weight, see :class:`RoundGame`).
     baseline:
         ``value(x)``, the score of the model the round started from.
     evaluations:
