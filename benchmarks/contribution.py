@@ -9,12 +9,12 @@ time, as a simulation spends it (one site after another) and as a deployment wou
 C-index on the pooled test split (222 patients): leave-one-out, exact Shapley (n ≤ 10),
 TMC-Shapley and GTG-Shapley at the library's defaults (TMC: truncation 1 % of v(N),
 standard error ≤ 2 % of max(|v(N)|, Σ|φ|); GTG: 3 % and 5 %; both at most 500 permutations
-and 5,000 evaluations). Ratios are measure time / round time. Accuracy beside the cost:
-Spearman's rank correlation and mean absolute error (in % of the reference values' Σ|φ|,
-which is v(N) when every site helps) against exact Shapley (n ≤ 10, every round) or, for
-n = 20 and 50, against a long TMC run (standard error ≤ 0.5 % resp. 1 %, up to 400,000
-evaluations; round 1 only). Target (issue 17): GTG-Shapley costs ≤ 1 extra
-round-time per round at n = 20.
+and 5,000 evaluations). Ratios are measure time / round time, each the fastest of 3
+identical runs. Accuracy beside the cost: Spearman's rank correlation and mean absolute
+error (in % of the reference values' Σ|φ|, which is v(N) when every site helps) against
+exact Shapley (n ≤ 10, every round) or, for n = 20 and 50, against a long TMC run (standard
+error ≤ 0.5 % resp. 1 %, up to 400,000 evaluations; round 1 only). Target (issue 17):
+GTG-Shapley costs ≤ 1 extra round-time per round at n = 20.
 
     python benchmarks/contribution.py [--json] [--quick]
 """
@@ -44,6 +44,9 @@ from biofed.tasks import CoxPHTask, TrainContext
 TRAIN = {"batch_size": 8, "learning_rate": 0.01, "optimizer": "adam", "local_steps": 100}
 SIZES = (6, 10, 20, 50)
 TARGET_N = 20
+#: Each site's training and each measure run this often; the fastest run counts (the
+#: machine is shared: the least disturbed time is the one to compare).
+REPEATS = 3
 
 
 def federation(n: int, seed: int) -> dict[str, Dataset]:
@@ -66,10 +69,13 @@ def run_size(n: int, rounds: int, seed: int) -> dict[str, Any]:
     for server_round in range(1, rounds + 1):
         updates, seconds = {}, []
         for k, (site, data) in enumerate(sites.items()):
-            ctx = TrainContext(config=TRAIN, rng=np.random.default_rng([seed, server_round, k]))
-            t0 = time.perf_counter()
-            result = task.train(x, data, ctx)
-            seconds.append(time.perf_counter() - t0)
+            best = float("inf")
+            for _ in range(REPEATS):  # the same seed: the same update, the least disturbed time
+                ctx = TrainContext(config=TRAIN, rng=np.random.default_rng([seed, server_round, k]))
+                t0 = time.perf_counter()
+                result = task.train(x, data, ctx)
+                best = min(best, time.perf_counter() - t0)
+            seconds.append(best)
             delta = ParameterSet({p: result.parameters[p] - x[p] for p in x})
             updates[site] = (delta, float(result.num_examples))
         row: dict[str, Any] = {
@@ -103,9 +109,13 @@ def run_size(n: int, rounds: int, seed: int) -> dict[str, Any]:
                 "seconds": long_run.seconds,
             }
         for name, method in methods:
-            game = RoundGame(x, updates, c_index)
-            result = method(game)
+            runs = []
+            for _ in range(REPEATS):  # deterministic for the seed: keep the fastest run
+                game = RoundGame(x, updates, c_index)
+                runs.append(method(game))
+            result = min(runs, key=lambda r: r.seconds)
             row["players"] = game.n
+            row["v_N"] = result.total
             accuracy: dict[str, float | None] = {"spearman": None, "mae": None}
             if reference is not None:
                 ref = np.array([reference[s] for s in result.values])
@@ -179,14 +189,21 @@ def main() -> None:
                 f"{lead}   {name:<14}{m['seconds']:>9.4f}{m['evaluations']:>8.0f}"
                 f"{m['ratio']:>9.2f}{m['ratio_slowest']:>10.1f}{rho:>9}{mae:>7}"
             )
-    at = next(r for r in results if r["n"] == TARGET_N)["methods"]["gtg_shapley"]
+    target = next(r for r in results if r["n"] == TARGET_N)
+    at = target["methods"]["gtg_shapley"]
     ok = at["ratio"] <= 1.0
+    by_round = ", ".join(
+        f"round {r['round']}: {r['methods']['gtg_shapley']['ratio']:.2f} "
+        f"(v(N) {r['v_N']:+.4f}, {r['methods']['gtg_shapley']['evaluations']} evaluations)"
+        for r in target["rounds"]
+    )
     print()
     print(
         f"  [{'PASS' if ok else 'MISS'}] GTG-Shapley at n = {TARGET_N}: {at['ratio']:.2f} "
         f"round-times per round (target ≤ 1; {at['ratio_slowest']:.1f}x the slowest site's "
         "training, the round time if sites trained in parallel and nothing else took time)"
     )
+    print(f"         {by_round}")
     print(f"({time.perf_counter() - started:.1f} s)")
     emit(
         {
