@@ -28,6 +28,8 @@ permutation whose prefixes were seen before costs no evaluation.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from biofed.contribution._game import RoundGame, _Exhausted
@@ -65,6 +67,58 @@ def _check_count(value: object, what: str, minimum: int) -> int:
     return value
 
 
+class _Plain:
+    """Welford's running mean and variance of each site's marginal gains."""
+
+    def __init__(self, n: int) -> None:
+        self.k = 0
+        self.mean = np.zeros(n)
+        self.m2 = np.zeros(n)
+
+    def add(self, lead: int, gains: np.ndarray) -> None:
+        self.k += 1
+        step = gains - self.mean
+        self.mean += step / self.k
+        self.m2 += step * (gains - self.mean)
+
+    def estimate(self) -> np.ndarray:
+        return self.mean.copy()
+
+    def squared_error(self) -> float:
+        """The largest ``s² / k`` over the sites."""
+        return float(self.m2.max() / (self.k - 1) / self.k) if self.k > 1 else math.inf
+
+
+class _Stratified:
+    """The same per leading site: guided sampling is sampling stratified on the leader,
+    each stratum weighing 1/n as in the Shapley average. A site's marginal when it leads is
+    its value alone, a constant, so that stratum adds no error, and the between-strata
+    spread that the plain variance counts is not error either."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.count = np.zeros(n)
+        self.mean = np.zeros((n, n))
+        self.m2 = np.zeros((n, n))
+
+    def add(self, lead: int, gains: np.ndarray) -> None:
+        self.count[lead] += 1
+        step = gains - self.mean[lead]
+        self.mean[lead] += step / self.count[lead]
+        self.m2[lead] += step * (gains - self.mean[lead])
+
+    def estimate(self) -> np.ndarray:
+        seen = self.count > 0
+        return np.asarray(self.mean[seen].mean(axis=0))
+
+    def squared_error(self) -> float:
+        """The largest ``Σ_ℓ s²_ℓ / k_ℓ / n²`` over the sites (every stratum needs two)."""
+        if self.count.min() < 2:
+            return math.inf
+        c = self.count[:, None]
+        return float(((self.m2 / (c - 1) / c).sum(axis=0) / self.n**2).max())
+
+
 def _sample(
     game: RoundGame,
     *,
@@ -85,7 +139,7 @@ def _sample(
     max_permutations = _check_count(max_permutations, "max_permutations", 1)
     n = game.n
     min_permutations = _check_count(
-        max(2 * n, 10) if min_permutations is None else min_permutations, "min_permutations", 2
+        max(2 * n, 30) if min_permutations is None else min_permutations, "min_permutations", 2
     )
     start, spent = game.now(), game.evaluations
     try:
@@ -103,7 +157,7 @@ def _sample(
         converged = skipped = True
     else:
         order = rng.permutation(n)
-        squares = np.zeros(n)  # Welford: the sum of squared deviations of each site's gains
+        stats = _Stratified(n) if guided else _Plain(n)
         cut = truncation * abs(total)
         try:
             while done < max_permutations:
@@ -122,14 +176,14 @@ def _sample(
                     gains[i] = current - previous
                     previous = current
                 done += 1
-                step = gains - phi
-                phi += step / done
-                squares += step * (gains - phi)
-                # the squared standard error of each estimate, s² / k, against the scale
+                stats.add(perm[0], gains)
+                phi = stats.estimate()
+                # each estimate's squared standard error against the values' own scale
                 scale = max(abs(total), float(np.abs(phi).sum()))
                 if (
                     done >= min_permutations
-                    and squares.max() / (done - 1) / done <= (tolerance * scale) ** 2
+                    and (not guided or done % n == 0)
+                    and stats.squared_error() <= (tolerance * scale) ** 2
                 ):
                     converged = True
                     break
@@ -175,7 +229,8 @@ def tmc_shapley(
         Convergence: every site's estimate has a standard error (the sample deviation of
         its marginal gains over √k) of at most ``tolerance · max(|v(N)|, Σ|φᵢ|)``.
     min_permutations:
-        Permutations sampled before the test applies (default ``max(2n, 10)``).
+        Permutations sampled before the test applies (default ``max(2n, 30)``; the floor of
+        30 is the GTG authors' own).
     max_permutations:
         The most permutations sampled.
     server_round:
