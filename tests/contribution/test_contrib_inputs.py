@@ -253,3 +253,19 @@ def test_near_duplicate_updates_are_one_player_and_zero_updates_are_null_players
         RoundGame(x, updates, value, duplicate_cosine=0.0)
     with pytest.raises(ConfigurationError, match="free_rider_norm must be in"):
         RoundGame(x, updates, value, free_rider_norm=1.0)
+
+
+@pytest.mark.parametrize("sampler", [tmc_shapley, gtg_shapley])
+def test_an_additive_game_is_estimated_exactly_at_the_minimum_of_permutations(
+    sampler: object,
+) -> None:
+    own = [0.3, -0.1, 0.05, 0.2]
+    table = [sum(own[i] for i in range(4) if m >> i & 1) for m in range(16)]
+    result = sampler(  # type: ignore[operator]
+        table_game(table)[0], rng=np.random.default_rng(0), truncation=0.0
+    )
+    assert result.converged
+    # every marginal is constant: no error to wait for past the minimum of 30 (GTG checks
+    # after whole rotations of the 4 leading sites: 32)
+    assert result.permutations == (30 if sampler is tmc_shapley else 32)
+    assert list(result.values.values()) == pytest.approx(own)

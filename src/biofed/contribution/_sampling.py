@@ -38,12 +38,12 @@ from biofed.core import ConfigurationError
 
 #: TMC-Shapley's defaults: truncation at 1 % of v(N), standard error ≤ 2 % of the scale.
 TMC_TRUNCATION, TMC_TOLERANCE = 0.01, 0.02
-#: GTG-Shapley's defaults: truncation at 3 %, standard error ≤ 5 %. Guided sampling
-#: stratifies on the leading site, so the plain standard error overstates its error and it
-#: can stop sooner: on the Cox job's round 1 with 10 sites it stayed within Spearman ≥ 0.96
-#: and 1.1 % of v(N) mean error of exact Shapley at 112 evaluations (exact: 1024), and
-#: with 20 sites within Spearman ≥ 0.90 and 1.4 % of a 4,000-permutation reference at 323
-#: evaluations (seeds 0-2); TMC at these settings fell to Spearman 0.68 with 10 sites.
+#: GTG-Shapley's defaults: truncation at 3 %, standard error ≤ 5 %, the error estimated
+#: per stratum of the guided sampling. On the Cox job's round 1 (benchmarks/contribution.py,
+#: seeds 0-2) it stayed within Spearman ≥ 0.96 and 1.3 % mean error of exact Shapley with
+#: 10 sites at 101-159 evaluations (exact: 256 after grouping), and within Spearman ≥ 0.88
+#: and 1.2 % of a long TMC reference with 20 sites at 324-365 evaluations; plain TMC at
+#: 5 % fell to Spearman 0.68 with 10 sites, hence its tighter 2 %.
 GTG_TRUNCATION, GTG_TOLERANCE = 0.03, 0.05
 DEFAULT_MAX_PERMUTATIONS = 500
 #: GTG's default round tolerance, in the value function's units (C-index points, AUC …).
