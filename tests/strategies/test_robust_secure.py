@@ -15,7 +15,7 @@ from biofed.datasets import load_tcga_brca
 from biofed.identity import Consortium, load_kit
 from biofed.node import NodeApp, NodeConfig
 from biofed.secagg import SecureAggregationSettings
-from biofed.strategies import Robust, Strategy
+from biofed.strategies import FedAvg, Robust, Strategy
 from biofed.tasks import CoxPHTask
 from biofed.transport import InMemoryTransport
 
@@ -84,3 +84,24 @@ def test_a_rule_that_needs_single_updates_fails_the_secure_round_naming_it(
     failed = result.history[0].failed
     assert failed is not None
     assert "robust-krum cannot run under secure aggregation" in failed
+
+
+def test_without_max_weight_secure_sites_weigh_equally(apps: dict[str, NodeApp]) -> None:
+    """Robust counts every site once when no max_weight bounds the example counts, and
+    tells SecAgg+ so (``weighted`` False → "equal" weighting): the secure model is the plain
+    run's equal-weight mean, not the example-weighted one of a capped strategy."""
+    inner = JobSpec.from_mapping(JOB).build_strategy()
+    capped = JobSpec.from_mapping(
+        {**JOB, "strategy": {"name": "fedavg", "max_weight": 1000}}
+    ).build_strategy()
+    secure = run(apps, Robust(inner, "norm_bound", norm_bound=100.0), secure=True)
+    unweighted = FedAvg(weighted=False, train_config=inner.train_config, min_train_nodes=2)
+    equal = run(apps, Robust(unweighted, "norm_bound", norm_bound=100.0), secure=False)
+    examples = run(apps, Robust(capped, "norm_bound", norm_bound=100.0), secure=True)
+    for name in secure.parameters:
+        np.testing.assert_allclose(secure.parameters[name], equal.parameters[name], atol=2e-6)
+    gap = max(
+        float(np.max(np.abs(secure.parameters[n] - examples.parameters[n])))
+        for n in secure.parameters
+    )
+    assert gap > 1e-4  # the sites' sizes differ (TCGA-BRCA): weighting shows
