@@ -4,6 +4,7 @@ single updates fail the round with a message naming the rule."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 
 from biofed.coordinator import EngineConfig, JobSpec, RoundEngine, RunResult
 from biofed.data import write_site_files
+from biofed.core import Instruction, Reply
 from biofed.datasets import load_tcga_brca
 from biofed.identity import Consortium, load_kit
 from biofed.node import NodeApp, NodeConfig
@@ -105,3 +107,39 @@ def test_without_max_weight_secure_sites_weigh_equally(apps: dict[str, NodeApp])
         for n in secure.parameters
     )
     assert gap > 1e-4  # the sites' sizes differ (TCGA-BRCA): weighting shows
+
+
+def test_a_site_that_skips_the_clip_gets_the_round_rejected_not_failed(
+    apps: dict[str, NodeApp],
+) -> None:
+    """center-0 drops the ``robust.max_update_norm`` directive before its real node runs
+    (a malicious site skipping the clip); the others clip to M = 10⁻³ before masking. The
+    released mean exceeds M, so the round keeps x0 with an ``update_rejected`` event on
+    ``secure-aggregate`` naming the norms — a decision, not a failed round."""
+    inner = JobSpec.from_mapping(JOB).build_strategy()
+
+    def skips_the_clip(instruction: Instruction) -> Reply:
+        bare = dataclasses.replace(instruction.directives, max_update_norm=None)
+        return apps["center-0"].handle(dataclasses.replace(instruction, directives=bare))
+
+    handlers = {n: a.handle for n, a in apps.items()}
+    handlers["center-0"] = skips_the_clip
+    engine = RoundEngine(
+        Robust(inner, "norm_bound", norm_bound=1e-3),
+        InMemoryTransport(handlers),
+        EngineConfig(rounds=1, min_nodes=4, min_replies=2, seed=3, round_timeout=60.0),
+        run_id="run-rs",
+        instruction_config={**JobSpec.from_mapping(JOB).instruction_config(), **SECURE.to_config()},
+        secure_aggregation=SECURE,
+    )
+    x0 = CoxPHTask(num_features=39).init_parameters(np.random.default_rng(0))
+    result = engine.run(x0)
+    assert result.history[0].failed is None
+    for name in x0:
+        np.testing.assert_array_equal(result.parameters[name], x0[name])
+    checks = [e for e in result.events if e.node_id == "secure-aggregate"]
+    assert [e.kind for e in checks] == ["update_rejected"]
+    decision = json.loads(checks[0].message)
+    assert decision["action"] == "rejected"
+    assert decision["weight"] == 0.0
+    assert "> the bound 0.001" in decision["reason"]
