@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from biofed.coordinator import EngineConfig, JobSpec, RoundEngine, RunResult
-from biofed.data import write_site_files
 from biofed.core import Instruction, Reply
+from biofed.data import write_site_files
 from biofed.datasets import load_tcga_brca
 from biofed.identity import Consortium, load_kit
 from biofed.node import NodeApp, NodeConfig
