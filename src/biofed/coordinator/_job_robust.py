@@ -114,9 +114,15 @@ CHECKING: TrustedValidation = _NotHere()
 
 
 def wrap_robust(
-    strategy: Strategy, robust: Mapping[str, Scalar], trusted: TrustedValidation | None
+    strategy: Strategy,
+    robust: Mapping[str, Scalar],
+    trusted: TrustedValidation | None,
+    *,
+    secure_value_error: float = 0.0,
 ) -> Strategy:
-    """``strategy`` inside :class:`~biofed.strategies.Robust` as ``[robust]`` says.
+    """``strategy`` inside :class:`~biofed.strategies.Robust` as ``[robust]`` says;
+    ``secure_value_error``: the job's secure aggregation's error per released value
+    (``Robust(secure_value_error=…)``, its norm check's room for quantisation).
 
     Raises
     ------
@@ -144,6 +150,12 @@ def wrap_robust(
     if aggregator == "fltrust":
         options["trusted"] = trusted
     try:
-        return Robust(strategy, aggregator=aggregator, validation=validation, **options)
+        return Robust(
+            strategy,
+            aggregator=aggregator,
+            validation=validation,
+            secure_value_error=secure_value_error,
+            **options,
+        )
     except ConfigurationError as exc:
         raise ConfigurationError(f"[robust] {exc}") from None

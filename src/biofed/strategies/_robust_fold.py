@@ -358,7 +358,7 @@ class RobustFold(TrainAggregator):
     def _trimmed(self, live_rows: Array, live: list[_Outcome]) -> Array:
         strategy = self.strategy
         n = live_rows.shape[0]
-        k = strategy.f if strategy.f is not None else math.floor(strategy.trim * n)
+        k = strategy.f if strategy.f is not None else rk.trim_count(strategy.trim, n)
         if not n > 2 * k:
             raise RoundFailed(
                 f"trimmed mean drops {k} updates per side and needs more than {2 * k} "
