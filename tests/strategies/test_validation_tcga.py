@@ -125,6 +125,7 @@ def test_under_secure_aggregation_the_aggregate_is_validated_and_a_bad_one_disca
         {
             "run": {"dataset": "tcga-brca", "rounds": 2, "min_nodes": 6, "min_replies": 6},
             "task": {"name": "cox_ph", "num_features": 39},
+            "strategy": {"max_weight": 10**6},  # example-weighted, as the plain runs above
             "train": dict(TRAIN),
             "robust": {"aggregator": "norm_bound", "norm_bound": 5.0, **ROBUST},
             "secure_aggregation": {"clip_range": 10.0},
