@@ -7,4 +7,56 @@ or command imports this package (the layer contract in ``pyproject.toml`` keeps 
 beside the CLI and independent of it).
 """
 
-__all__: list[str] = []
+from biofed.attacks._empirical_eps import (
+    MembershipResult,
+    clopper_pearson_upper,
+    empirical_epsilon,
+    epsilon_from_rates,
+    score_attack,
+    tpr_at_fpr,
+)
+from biofed.attacks._inversion import (
+    VICTIM_MODELS,
+    Inversion,
+    Recovery,
+    VictimMLPTask,
+    dp_noise_for,
+    invert_update,
+    recovery,
+    victim_task,
+    victim_update,
+)
+from biofed.attacks._membership import (
+    MEMBERSHIP_ATTACKS,
+    TrainingSettings,
+    lira_scores,
+    loss_scores,
+    membership_experiment,
+    membership_inference,
+    train_federated,
+)
+
+__all__: list[str] = [
+    "MEMBERSHIP_ATTACKS",
+    "VICTIM_MODELS",
+    "Inversion",
+    "MembershipResult",
+    "Recovery",
+    "TrainingSettings",
+    "VictimMLPTask",
+    "clopper_pearson_upper",
+    "dp_noise_for",
+    "empirical_epsilon",
+    "epsilon_from_rates",
+    "invert_update",
+    "lira_scores",
+    "loss_scores",
+    "membership_experiment",
+    "membership_inference",
+    "recovery",
+    "score_attack",
+    "tpr_at_fpr",
+    "train_federated",
+    "victim_task",
+    "victim_update",
+]
