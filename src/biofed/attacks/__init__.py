@@ -16,11 +16,14 @@ from biofed.attacks._empirical_eps import (
     tpr_at_fpr,
 )
 from biofed.attacks._inversion import (
+    INVERSION_SETTINGS,
     VICTIM_MODELS,
     Inversion,
+    InversionResult,
     Recovery,
     VictimMLPTask,
     dp_noise_for,
+    inversion_experiment,
     invert_update,
     recovery,
     victim_task,
@@ -37,9 +40,11 @@ from biofed.attacks._membership import (
 )
 
 __all__: list[str] = [
+    "INVERSION_SETTINGS",
     "MEMBERSHIP_ATTACKS",
     "VICTIM_MODELS",
     "Inversion",
+    "InversionResult",
     "MembershipResult",
     "Recovery",
     "TrainingSettings",
@@ -48,6 +53,7 @@ __all__: list[str] = [
     "dp_noise_for",
     "empirical_epsilon",
     "epsilon_from_rates",
+    "inversion_experiment",
     "invert_update",
     "lira_scores",
     "loss_scores",
