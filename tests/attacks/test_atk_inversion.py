@@ -11,6 +11,7 @@ from sklearn.datasets import load_breast_cancer
 
 from biofed.attacks import (
     dp_noise_for,
+    inversion_experiment,
     invert_update,
     recovery,
     victim_task,
@@ -34,6 +35,7 @@ def _records(wdbc: tuple[np.ndarray, np.ndarray], n: int, seed: int) -> tuple[np
     return x[rows], y[rows]
 
 
+@pytest.mark.slow
 def test_batch1_logistic_closed_form_recovers_real_records(
     wdbc: tuple[np.ndarray, np.ndarray],
 ) -> None:
@@ -123,3 +125,16 @@ def test_inversion_refuses_a_foreign_layout() -> None:
         invert_update("logistic", params, params, learning_rate=0.1, batch_size=1)
     with pytest.raises(ConfigurationError, match="model must be one of"):
         invert_update("cnn", params, params, learning_rate=0.1, batch_size=1)
+
+
+def test_inversion_experiment_reports_recovery_beside_chance(
+    wdbc: tuple[np.ndarray, np.ndarray],
+) -> None:
+    x, y = wdbc
+    plain = inversion_experiment(x, y, model="logistic", setting="none", trials=3)
+    assert plain.mean_recovery >= 0.9 > plain.chance
+    summed = inversion_experiment(x, y, model="logistic", setting="secure_sum", trials=3)
+    assert summed.mean_recovery < 0.1
+    assert summed.to_dict()["setting"] == "secure_sum"
+    with pytest.raises(ConfigurationError, match="setting must be one of"):
+        inversion_experiment(x, y, model="logistic", setting="gossip")
