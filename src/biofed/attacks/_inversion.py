@@ -17,7 +17,10 @@ Attacks
   label follows from the sign of the output bias's gradient: with binary cross-entropy on a
   logit, ``∂L/∂b_out = σ(z) − y``, negative iff ``y = 1``. For a ReLU layer with a batch, a
   hidden unit that only one record of the batch activates still gives that record exactly:
-  the ratios of all units are the candidates that seed the optimisation.
+  the ratios of all units (merged where equal) are the candidates: every choice of a batch
+  of them is scored by the cosine similarity of its gradient to the observed one (a unit's
+  label follows from the sign of its bias gradient over its output weight), and the best
+  choices seed the optimisation.
 - **Optimisation (DLG; Zhu, Liu and Han 2019, "Deep Leakage from Gradients", with the
   cosine loss of Geiping et al. 2020, "Inverting Gradients — How easy is it to break
   privacy in federated learning?").** Dummy records and soft labels are optimised with Adam
