@@ -16,7 +16,8 @@ import pyarrow.csv as pacsv
 import pytest
 
 from biofed.coordinator import JobSpec, TrustedData, trusted_data_from_kit
-from biofed.core import ConfigurationError
+from biofed.core import ConfigurationError, DataError
+from biofed.data import Dataset
 from biofed.datasets import load_tcga_brca
 from biofed.strategies import Robust
 
@@ -148,6 +149,22 @@ def test_trusted_file_with_missing_feature_values_is_refused(tmp_path: Path) -> 
     with pytest.raises(ConfigurationError, match=r"\[robust\] trusted_dataset 'ref'.*missing") as c:
         TrustedData(job({**VALIDATED, "aggregator": "median"}), path, name="ref")
     assert "\n" not in str(c.value)
+
+
+def test_a_trusted_dataset_with_infinite_features_cannot_even_be_built() -> None:
+    """A Dataset handed over directly (simulate(trusted=…), the CLI) skips the file loader,
+    but Dataset itself refuses NaN and ±inf features (held on int15)."""
+    data = load_tcga_brca().sites["center-0"].test
+    assert data is not None
+    features = np.array(data.features, dtype=np.float64, copy=True)
+    features[0, 0] = np.inf
+    with pytest.raises(DataError, match="missing or infinite"):
+        Dataset(
+            features=features,
+            targets=dict(data.targets),
+            feature_names=list(data.feature_names),
+            name="bad",
+        )
 
 
 def test_kit_names_are_identifiers_and_cannot_smuggle_a_path(tmp_path: Path) -> None:

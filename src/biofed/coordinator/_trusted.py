@@ -20,10 +20,11 @@ A job with a ``[run] bundle`` is refused: a bundle's code runs only in a site's 
 never at the coordinator (the coordinator would otherwise execute researcher-supplied code
 next to its keys and state store). The file is read by biofed's table loaders only
 (pyarrow; nothing evaluated) and checked before a run uses it: the task's target columns
-present, finite and (for events and labels) binary, every feature finite, the feature
-count the job's ``[task] num_features``, at least one row, and a finite score for the job's
-initial model. Not checked: the feature columns' order (the job names no columns), which
-the operator must keep as the sites' (a shuffled file scores honest updates as bad).
+present, finite and (for events and labels) binary, every feature finite (``Dataset``
+refuses NaN and ±inf), the feature count the job's ``[task] num_features``, at least one
+row, and a finite score for the job's initial model. Not checked: the feature columns'
+order (the job names no columns), which the operator must keep as the sites' (a shuffled
+file scores honest updates as bad).
 """
 
 from __future__ import annotations
@@ -170,12 +171,6 @@ class TrustedData:
         if len(self._data) == 0:
             raise ConfigurationError(f"{_KEY} {name!r} is empty: it needs at least one row")
         _check_targets(self._data, keys, name)
-        if not np.isfinite(np.asarray(self._data.features, dtype=np.float64)).all():
-            # NaN features make every trusted score and FLTrust's server update NaN: each
-            # round would fail (FLTrust) or validation would score nothing.
-            raise ConfigurationError(
-                f"{_KEY} {name!r}: feature columns have missing or infinite values"
-            )
         self._task: Task = make_task(job.task, **job.task_options)
         if self._task.primary_metric not in _HIGHER_IS_BETTER:
             raise ConfigurationError(
