@@ -107,6 +107,65 @@ def test_two_huge_liars_of_opposite_sign_do_not_stall_the_geometric_median() -> 
     np.testing.assert_allclose(result.parameters["w"], np.median(HONEST, axis=0), atol=0.3)
 
 
+class _Quadratic:
+    """A real trusted task for the 3-vector model: the score is −‖w − w*‖ (w* the honest
+    centre), training is one gradient step of ½‖w − w*‖² with step 1/2."""
+
+    metric = "neg_distance"
+    target = np.mean(HONEST, axis=0)
+
+    def score(self, parameters: ParameterSet) -> float:
+        return -float(np.linalg.norm(parameters["w"] - self.target))
+
+    def train(self, parameters: ParameterSet, server_round: int) -> ParameterSet:
+        w = parameters["w"]
+        return ParameterSet({"w": w + 0.5 * (self.target - w)})
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_one_huge_liar_against_fltrust_and_validated_mean(sign: float) -> None:
+    """FLTrust's cosine of an overflowing update (inf/inf) and validation's scores of a
+    model at 1e300 must not turn into NaN weights or a NaN model."""
+    liar = reply("liar", upd(sign * HUGE, sign * HUGE, sign * HUGE))
+    for strategy in (
+        Robust(FedAvg(), "fltrust", trusted=_Quadratic()),
+        Robust(FedAvg(), "mean", validation=UpdateValidation(_Quadratic(), max_drop=0.01)),
+    ):
+        result = aggregate(strategy, [*honest_replies(), liar])
+        assert np.isfinite(result.parameters["w"]).all(), strategy.aggregator
+        decisions = {d.node_id: d for d in result.decisions}
+        assert decisions["liar"].action == "rejected", decisions["liar"]
+        assert all(math.isfinite(d.weight) for d in result.decisions)
+        json.loads(json.dumps([d.to_dict() for d in result.decisions], allow_nan=False))
+
+
+def test_secure_mean_at_the_float_limit_is_rejected_not_crashed() -> None:
+    """Under SecAgg+ one site skipping the clip can make the released mean's norm overflow:
+    the check must reject the round (model kept), not raise."""
+    strategy = Robust(FedAvg(), "norm_bound", norm_bound=1.0)
+    result = strategy.aggregate_secure(
+        1,
+        X,
+        strategy.init_state(X),
+        {"w": np.full(3, HUGE)},
+        total_weight=6,
+        num_replies=6,
+        num_nodes=6,
+    )
+    assert [d.action for d in result.decisions] == ["rejected"]
+    np.testing.assert_array_equal(result.parameters["w"], X["w"])
+
+
+def test_a_node_id_cannot_carry_an_injection_into_the_decision_audit() -> None:
+    """The decision's node_id is the reply's, which is an identifier: quotes, newlines and
+    braces are refused when the reply is built, before any event or audit entry."""
+    from biofed.core import ConfigurationError
+
+    for bad in ('a"}{"run_id": "x', "a\nupdate.accepted", "../x", ""):
+        with pytest.raises(ConfigurationError, match="node_id"):
+            reply(bad, upd(0, 0, 0))
+
+
 # -- 2. zero and empty updates, claimed counts ------------------------------------------------
 
 

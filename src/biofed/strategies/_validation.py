@@ -43,7 +43,12 @@ a plain sign flip (×1) by the largest of six sites is caught in only 9 of 25 ro
 run ends at C-index 0.708, against 0.619 undefended and 0.814 honest): pair validation with
 a robust aggregator; a boosted update in the honest direction (model replacement) can even
 raise a ranking metric such as the C-index — bound norms for that (``norm_bound``); a
-backdoor that leaves the clean metric alone is invisible here. The trusted data must be
+backdoor that leaves the clean metric alone is invisible here. The collusion check has its
+own limit: it blames the update that scores worst *on its own*, so a liar that keeps its
+own influence just within ``max_drop`` while pushing the round's mean past it can get the
+worst-scoring site (possibly a small honest one, whose local model alone may score far
+below the reference) refused for that round instead; without the check that round's model
+would have lost more than ``max_drop``. The trusted data must be
 small, clean and representative; it is the operator's to curate. In secure mode only the
 aggregate exists: :meth:`UpdateValidation.judge_aggregate` keeps or discards it whole.
 """
