@@ -306,3 +306,34 @@ def test_a_liar_cannot_make_the_trusted_score_non_finite_to_hide() -> None:
     assert factors["liar"] == 0.0
     assert all(factors[f"h{i}"] == 1.0 for i in range(5))
     assert all(math.isfinite(d.weight) for _, d in judged)
+
+
+# -- 5. forged bookkeeping and defences that switch themselves off ---------------------------
+
+
+def test_a_site_metric_cannot_overwrite_the_rounds_decision_counts() -> None:
+    """A site reporting training metrics named ``robust.rejected`` / ``robust.accepted``
+    overwrote the round's own counts (the sites' combined metrics were merged last): the
+    run's metrics then said nobody was rejected, or nobody accepted."""
+    replies = honest_replies()
+    replies.append(reply("liar", upd(1, 2, -1), **{"robust.accepted": 0.0, "robust.rejected": 5.0}))
+    result = aggregate(Robust(FedAvg(), "median"), replies)
+    assert result.metrics["robust.accepted"] == 6.0
+    assert result.metrics["robust.rejected"] == 0.0
+
+
+@pytest.mark.parametrize("n", [3, 4])
+def test_multi_krum_does_not_silently_become_the_mean_of_few_sites(n: int) -> None:
+    """With f = None and n ≤ 4 sites, f = (n − 3)//2 = 0 and m = n − f = n: Multi-Krum
+    averaged every update — the plain mean, one liar at 1e6 moved the model by 1e6/n. The
+    round is refused (RoundFailed) instead, before any site trains."""
+    from biofed.core import RoundFailed
+
+    strategy = Robust(FedAvg(), "multi_krum")
+    with pytest.raises(RoundFailed, match="multi_krum with f = 0 would average all"):
+        strategy.begin_train_aggregation(1, X, strategy.init_state(X), n)
+    six = strategy.begin_train_aggregation(1, X, strategy.init_state(X), 6)
+    for r in [*honest_replies()[: n - 1], reply("liar", upd(1e6, 1e6, 1e6))]:
+        six.add(r)  # four of six arrived: f = 0 again
+    with pytest.raises(RoundFailed, match="multi_krum with f = 0 would average all"):
+        six.finish()

@@ -390,6 +390,12 @@ class RobustFold(TrainAggregator):
                 raise RoundFailed(
                     f"multi_krum_m = {m} exceeds n − f = {n - f} for {n} updates and f = {f}"
                 )
+            if m >= n and strategy.f is None:  # f = 0 by default: it would be the plain mean
+                raise RoundFailed(
+                    f"multi_krum with f = 0 would average all {n} updates (the plain mean, no "
+                    "defence): the model is unchanged; it needs n > 4 updates for f >= 1, an "
+                    "explicit f, or multi_krum_m < n"
+                )
         scores = rk.krum_scores(live_rows, f)
         rank = {node: r for r, node in enumerate(sorted(ids))}  # ties go to the lower id
         order = np.lexsort((np.array([rank[i] for i in ids]), scores))
@@ -460,13 +466,15 @@ class RobustFold(TrainAggregator):
         counts = {a: 0.0 for a in ("accepted", "rejected", "downweighted", "clipped")}
         for out in outcomes:
             counts[out.action] += 1.0
-        metrics = {f"robust.{a}": c for a, c in counts.items()}
         kept = [
             (e.weight, e.metrics)
             for e, o in zip(self.entries, outcomes, strict=True)
             if o.action != "rejected"
         ]
-        metrics.update(strategy.combine_metrics(kept))
+        metrics = strategy.combine_metrics(kept)
+        # The strategy's own counts are set after the sites' metrics: a site reporting a
+        # metric named "robust.rejected" must not overwrite the round's decision counts.
+        metrics.update({f"robust.{a}": c for a, c in counts.items()})
         if aggregate is None:
             metrics["robust.kept_model"] = 1.0
             state = dict(self.inner_state)
