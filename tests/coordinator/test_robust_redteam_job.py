@@ -171,3 +171,57 @@ def test_kit_names_are_identifiers_and_cannot_smuggle_a_path(tmp_path: Path) -> 
     (tmp_path / "kit.toml").write_text('[trusted_data]\n"../up" = "t.csv"\n')
     with pytest.raises(ConfigurationError, match="trusted_data"):
         trusted_data_from_kit(tmp_path)
+
+
+# -- the audit of decisions ------------------------------------------------------------------
+
+
+def test_a_huge_liars_krum_decision_can_be_written_to_the_signed_audit_log(
+    tmp_path: Path,
+) -> None:
+    """One site sending finite 1e300 values against Krum: its Krum score overflows to inf.
+    The coordinator's audit log refuses non-finite numbers (``allow_nan=False``), so the
+    decision event ``update_rejected`` → entry ``update.rejected`` raised in the run's
+    listener and one liar failed the whole run. The decision is written as the executor
+    writes it (the engine's JSON message, parsed, under ``run_id`` and ``round``)."""
+    import json
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from biofed.core import MessageKind, ParameterSet, Reply
+    from biofed.governance import AuditLog
+    from biofed.governance._audit._signer import AuditSigner
+    from biofed.strategies import FedAvg
+
+    x = ParameterSet({"w": np.zeros(3)})
+    values = [(1.0, 2.0, -1.0), (1.2, 1.8, -0.9), (0.9, 2.1, -1.1), (1.1, 2.2, -1.0)]
+    values += [(1.0, 1.9, -1.2), (1e300, 1e300, 1e300)]
+    strategy = Robust(FedAvg(), "krum")
+    agg = strategy.begin_train_aggregation(1, x, strategy.init_state(x), len(values))
+    for i, v in enumerate(values):
+        agg.add(
+            Reply(
+                run_id="r",
+                round=1,
+                node_id=f"s{i}",
+                kind=MessageKind.TRAIN,
+                parameters=ParameterSet({"w": np.asarray(v)}),
+                num_examples=10,
+            )
+        )
+    result = agg.finish()
+    key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    audit = AuditLog(tmp_path / "audit.jsonl", AuditSigner("coordinator", key))
+    for decision in result.decisions:
+        message = json.dumps(decision.to_dict(), sort_keys=True)  # the engine's event
+        audit.append(
+            f"update.{decision.action}", {"run_id": "r", "round": 1, **json.loads(message)}
+        )
+    entries, _ = audit.follower().read()
+    assert len(entries) == len(values)
+    assert {d.node_id: d.action for d in result.decisions}["s5"] == "rejected"

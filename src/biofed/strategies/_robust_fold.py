@@ -254,7 +254,9 @@ class RobustFold(TrainAggregator):
                 action=o.action,
                 weight=o.share if o.action != "rejected" else 0.0,
                 reason="; ".join(o.reasons),
-                score=o.score,
+                # A liar's Krum score can overflow to inf: the audit log (and strict JSON)
+                # refuses non-finite numbers, so the figure stays only in the reason.
+                score=o.score if o.score is None or math.isfinite(o.score) else None,
             )
             for e, o in zip(self.entries, outcomes, strict=True)
         )
