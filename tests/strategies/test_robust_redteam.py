@@ -337,3 +337,44 @@ def test_multi_krum_does_not_silently_become_the_mean_of_few_sites(n: int) -> No
         six.add(r)  # four of six arrived: f = 0 again
     with pytest.raises(RoundFailed, match="multi_krum with f = 0 would average all"):
         six.finish()
+
+
+@pytest.mark.parametrize(
+    ("rule", "options", "honest_count"),
+    [
+        ("median", {}, 3),
+        ("trimmed_mean", {"f": 2}, 3),
+        ("krum", {"f": 2}, 5),
+        ("multi_krum", {"f": 2}, 5),
+        ("geometric_median", {}, 3),
+    ],
+)
+def test_colluders_at_the_tolerated_count_sending_float_extremes(
+    rule: str, options: dict[str, int], honest_count: int
+) -> None:
+    """As many colluders as the rule tolerates (2), both at +1e300 or split ±1e300: the
+    aggregate stays finite and within the honest updates' range per coordinate."""
+    honest = [reply(f"h{i}", upd(*v)) for i, v in enumerate(HONEST[:honest_count])]
+    for signs in ((1.0, 1.0), (1.0, -1.0)):
+        liars = [reply(f"l{j}", upd(*(3 * [s * HUGE]))) for j, s in enumerate(signs)]
+        result = aggregate(Robust(FedAvg(), rule, **options), [*honest, *liars])  # type: ignore[arg-type]
+        w = result.parameters["w"]
+        lo = np.min(HONEST[:honest_count], axis=0)
+        hi = np.max(HONEST[:honest_count], axis=0)
+        assert (lo - 1e-9 <= w).all(), (rule, signs, w)
+        assert (w <= hi + 1e-9).all(), (rule, signs, w)
+
+
+def test_a_reply_in_another_dtype_or_with_nan_is_refused_by_the_fold_itself() -> None:
+    """The exchange checks layout, dtype and finiteness before the strategy; the fold checks
+    again (a strategy driven directly, e.g. by the simulation's backends)."""
+    from biofed.core import PayloadError
+
+    agg = Robust(FedAvg(), "median").begin_train_aggregation(1, X, {}, 6)
+    with pytest.raises(ParameterMismatch, match="dtype"):
+        agg.add(reply("a", ParameterSet({"w": np.zeros(3, dtype=np.float32)})))
+    with pytest.raises(ParameterMismatch, match="shape"):
+        agg.add(reply("b", ParameterSet({"w": np.zeros(4)})))
+    with pytest.raises(PayloadError, match="NaN"):
+        agg.add(reply("c", upd(0.0, math.nan, 0.0)))
+    assert agg.count == 0
