@@ -378,3 +378,17 @@ def test_a_reply_in_another_dtype_or_with_nan_is_refused_by_the_fold_itself() ->
     with pytest.raises(PayloadError, match="NaN"):
         agg.add(reply("c", upd(0.0, math.nan, 0.0)))
     assert agg.count == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="gm_eps (Weiszfeld's smoothing ν) is an absolute scale the job may set up to 1.0: "
+    "with honest updates of norm ~0.02, one liar moves the geometric median by ~ν/(n−1) "
+    "≈ 0.2, ten honest updates' worth (documented in the schema and Robust's docstring; "
+    "a scale-free smoothing would change the parameter's meaning)",
+)
+def test_a_large_gm_eps_does_not_let_one_liar_move_the_geometric_median() -> None:
+    small = [reply(f"h{i}", upd(*(0.01 * np.asarray(v)))) for i, v in enumerate(HONEST)]
+    liar = reply("liar", upd(1e3, 1e3, 1e3))
+    result = aggregate(Robust(FedAvg(), "geometric_median", gm_eps=1.0), [*small, liar])
+    assert float(np.max(np.abs(result.parameters["w"]))) <= 0.03

@@ -194,6 +194,8 @@ class Robust(Strategy):
         How many updates Multi-Krum averages (default ``n − f``).
     gm_iters, gm_eps:
         Weiszfeld steps at most, and the smoothing ν > 0 (distances below ν count as ν).
+        ν sets an absolute scale: a site can move the aggregate by about ν/(n − 1) however
+        far it is, so ν must stay far below an honest update's norm (the default 1e-8).
     cc_tau, cc_iters:
         Centred clipping's radius τ > 0 (in update-norm units; required for that rule) and
         its number of iterations.
