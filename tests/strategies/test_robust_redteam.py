@@ -392,3 +392,28 @@ def test_a_large_gm_eps_does_not_let_one_liar_move_the_geometric_median() -> Non
     liar = reply("liar", upd(1e3, 1e3, 1e3))
     result = aggregate(Robust(FedAvg(), "geometric_median", gm_eps=1.0), [*small, liar])
     assert float(np.max(np.abs(result.parameters["w"]))) <= 0.03
+
+
+def test_replies_that_make_every_fltrust_trust_zero_keep_the_model_and_say_so() -> None:
+    """Every site sends an update pointing away from the trusted data's server update (or
+    a zero update): every trust score is 0, there is nothing to average, and the round
+    keeps x with each rejection recorded — no division by the zero total."""
+    away = [reply(f"s{i}", upd(*(-np.asarray(v)))) for i, v in enumerate(HONEST)]
+    away.append(reply("zero", upd(0.0, -0.0, 0.0)))
+    result = aggregate(Robust(FedAvg(), "fltrust", trusted=_Quadratic()), away)
+    np.testing.assert_array_equal(result.parameters["w"], X["w"])
+    assert result.metrics["robust.kept_model"] == 1.0
+    assert {d.action for d in result.decisions} == {"rejected"}
+    assert all("keeps the current model" in d.reason for d in result.decisions)
+
+
+def test_a_site_named_like_the_secure_aggregate_cannot_spoof_its_decisions() -> None:
+    """``secure-aggregate`` is a valid identifier, so a site enrolled under that name had its
+    plain-round decisions read (events, audit, validation's wording) as decisions about a
+    secure round's whole aggregate. A robust round refuses its replies."""
+    from biofed.core import ProtocolError
+
+    agg = Robust(FedAvg(), "median").begin_train_aggregation(1, X, {}, 6)
+    with pytest.raises(ProtocolError, match="reserved"):
+        agg.add(reply("secure-aggregate", upd(1.0, 2.0, -1.0)))
+    assert agg.count == 0

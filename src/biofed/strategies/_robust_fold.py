@@ -22,6 +22,7 @@ from biofed.core import (
     Array,
     ParameterMismatch,
     ParameterSet,
+    ProtocolError,
     Reply,
     RoundFailed,
 )
@@ -34,6 +35,7 @@ from biofed.strategies._base import (
     UpdateDecision,
 )
 from biofed.strategies._server_step import apply_server_step
+from biofed.strategies._validation import SECURE_AGGREGATE
 from biofed.strategies._weighted import capped_examples
 
 if TYPE_CHECKING:
@@ -181,6 +183,11 @@ class RobustFold(TrainAggregator):
         strategy = self.strategy
         if reply.parameters is None:
             raise ParameterMismatch(f"reply from {reply.node_id} carries no parameters")
+        if reply.node_id == SECURE_AGGREGATE:  # its decisions would read as the aggregate's
+            raise ProtocolError(
+                f"node id {SECURE_AGGREGATE!r} is reserved for the decision about a secure "
+                "round's aggregate: a site of that name cannot take part in a robust round"
+            )
         self.x.spec.validate(reply.parameters, what=f"reply from {reply.node_id}")
         examples = capped_examples(reply.num_examples, strategy.max_weight)
         if strategy.inner.weighted and examples <= 0:
