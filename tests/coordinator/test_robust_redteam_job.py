@@ -21,6 +21,9 @@ from biofed.data import Dataset
 from biofed.datasets import load_tcga_brca
 from biofed.strategies import Robust
 
+#: The attacks overflow float64 on purpose (that is what they test); numpy says so.
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
 RUN = {"dataset": "tcga-brca", "min_nodes": 6, "min_replies": 4}
 TASK = {"name": "cox_ph", "num_features": 39}
 VALIDATED = {"validation": True, "trusted_dataset": "tcga-reference"}

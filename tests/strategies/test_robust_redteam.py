@@ -29,6 +29,9 @@ from biofed.strategies import (
 )
 from biofed.tasks import TrainContext, make_task
 
+#: The attacks overflow float64 on purpose (that is what they test); numpy says so.
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")
+
 X = ParameterSet({"w": np.zeros(3, dtype=np.float64)})
 HONEST = [(1.0, 2.0, -1.0), (1.2, 1.8, -0.9), (0.9, 2.1, -1.1), (1.1, 2.2, -1.0), (1.0, 1.9, -1.2)]
 #: A finite value whose square (and twice itself) overflows float64.
