@@ -568,7 +568,9 @@ ROBUST = VariantTable(
                 _opt(
                     "gm_eps",
                     Number(0.0, 1.0, lo_open=True),
-                    "Weiszfeld's smoothing ε (and its stopping tolerance).",
+                    "Weiszfeld's smoothing ν: distances below it count as ν, so one site "
+                    "can move the aggregate by about ν/(n−1); keep it far below the norm of "
+                    "an honest update.",
                     1e-8,
                 ),
             ),

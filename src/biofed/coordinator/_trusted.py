@@ -20,8 +20,11 @@ A job with a ``[run] bundle`` is refused: a bundle's code runs only in a site's 
 never at the coordinator (the coordinator would otherwise execute researcher-supplied code
 next to its keys and state store). The file is read by biofed's table loaders only
 (pyarrow; nothing evaluated) and checked before a run uses it: the task's target columns
-present, finite and (for events and labels) binary, the feature count the job's
-``[task] num_features``, at least one row, and a finite score for the job's initial model.
+present, finite and (for events and labels) binary, every feature finite (``Dataset``
+refuses NaN and ±inf), the feature count the job's ``[task] num_features``, at least one
+row, and a finite score for the job's initial model. Not checked: the feature columns'
+order (the job names no columns), which the operator must keep as the sites' (a shuffled
+file scores honest updates as bad).
 """
 
 from __future__ import annotations

@@ -149,7 +149,10 @@ class Robust(Strategy):
         ``n − f − 2`` nearest others; Krum keeps the lowest-scoring update, Multi-Krum the
         ``multi_krum_m`` lowest (default ``n − f``) and averages them. Tolerates ``f``
         malicious with ``n > 2f + 2`` (the round is refused otherwise; ``f=None`` takes the
-        largest ``f`` the round's n allows). Buffers; O(n²·d) time.
+        largest ``f`` the round's n allows). Multi-Krum with that default ``f = 0`` (n ≤ 4)
+        and ``m = n`` would average every update, the plain mean: such a round is refused
+        (RoundFailed); an explicit ``f=0`` is the caller's choice (the job file refuses it
+        without ``multi_krum_m``). Buffers; O(n²·d) time.
     ``"geometric_median"``
         Robust federated aggregation, RFA (Pillutla, Kakade, Harchaoui 2022, "Robust
         Aggregation for Federated Learning"): the geometric median by smoothed Weiszfeld
@@ -191,6 +194,8 @@ class Robust(Strategy):
         How many updates Multi-Krum averages (default ``n − f``).
     gm_iters, gm_eps:
         Weiszfeld steps at most, and the smoothing ν > 0 (distances below ν count as ν).
+        ν sets an absolute scale: a site can move the aggregate by about ν/(n − 1) however
+        far it is, so ν must stay far below an honest update's norm (the default 1e-8).
     cc_tau, cc_iters:
         Centred clipping's radius τ > 0 (in update-norm units; required for that rule) and
         its number of iterations.
@@ -402,6 +407,14 @@ class Robust(Strategy):
                     "sites or lower trim (0 drops none)"
                 )
             return
+        if self.aggregator == "multi_krum" and f is None:
+            m = self.multi_krum_m if self.multi_krum_m is not None else planned
+            if (planned - 3) // 2 <= 0 and m >= planned:
+                raise RoundFailed(
+                    f"multi_krum with f = 0 would average all {planned} planned updates (the "
+                    "plain mean, no defence): select more than 4 sites, set f, or "
+                    "multi_krum_m < n"
+                )
         if f is None:
             return
         if self.aggregator in ("krum", "multi_krum") and not planned > 2 * f + 2:

@@ -142,22 +142,35 @@ def geometric_median(
     step moves ``v`` by at most ``xtol·(1 + ‖v‖)`` (a test on the objective, as in the
     paper, stops too early when a far outlier dominates it). Returns the median, the final
     effective weights ``β / Σ β`` and the number of steps taken.
+
+    Security: a site sending finite values near the float64 limit (1e300) drags the
+    weighted mean so far that every distance overflows to inf, every ``β`` becomes 0 and
+    the next step 0/0 = NaN, so one liar would fail every round. When any distance from
+    the mean is not finite the iterations start at the coordinate-wise median instead
+    (within the honest range while most sites are honest), from which only the liar's
+    distance overflows and its ``β`` is 0.
     """
     alpha = w / float(w.sum())
     v = alpha @ rows
     dist = row_distances(rows, v)
+    if not np.isfinite(dist).all():
+        v = coordinate_median(rows)
+        dist = row_distances(rows, v)
     beta = alpha
     steps = 0
     while steps < iterations:
         steps += 1
         beta = alpha / np.maximum(dist, nu)
+        if not float(beta.sum()) > 0.0:  # every distance overflowed: keep v
+            break
         new_v = (beta @ rows) / float(beta.sum())
         moved = math.sqrt(float((new_v - v) @ (new_v - v)))
         v = new_v
         dist = row_distances(rows, v)
         if moved <= xtol * (1.0 + math.sqrt(float(v @ v))):
             break
-    return v, beta / float(beta.sum()), steps
+    total = float(beta.sum())
+    return v, (beta / total if total > 0.0 else alpha), steps
 
 
 def clip_scale(dist: Array, tau: float) -> Array:
@@ -219,6 +232,12 @@ def fltrust(rows: Array, g0: Array, factors: Array | None = None) -> tuple[Array
     return out, trust
 
 
+#: Metrics that are fractions in [0, 1] (the tasks' primary metrics): a site's value outside
+#: that range is an impossible claim and is not counted. Without this a site claiming
+#: C-index 1e99 (the exchange bounds metrics only at ±1e100) owned a mean-combined metric.
+FRACTION_METRICS = frozenset({"c_index", "roc_auc", "accuracy"})
+
+
 def combine_metrics(
     entries: Sequence[tuple[float, Mapping[str, float]]],
     how: Literal["median", "trimmed", "mean"],
@@ -228,6 +247,7 @@ def combine_metrics(
 ) -> dict[str, float]:
     """Each finite metric combined over the ``(weight, metrics)`` entries that report it.
 
+    Values of :data:`FRACTION_METRICS` outside [0, 1] are left out like non-finite ones.
     ``median``: the median of the values; ``trimmed``: their mean after dropping ``k = f``
     (else :func:`trim_count` ``(trim, m)``) of the m values per side, the median when
     ``m ≤ 2k``; ``mean``: the weighted mean.
@@ -235,6 +255,8 @@ def combine_metrics(
     by_name: dict[str, list[tuple[float, float]]] = {}
     for weight, metrics in entries:
         for name, value in metrics.items():
+            if name in FRACTION_METRICS and not 0.0 <= value <= 1.0:
+                continue  # an impossible claim (C-index 1e99) is not counted
             if isinstance(value, int | float) and math.isfinite(value):
                 by_name.setdefault(name, []).append((float(weight), float(value)))
     out: dict[str, float] = {}
