@@ -121,6 +121,7 @@ def recorded_chain(app: NodeApp, log: list[str], run: Next | None = None) -> Nex
             ("policy", steps.policy),
             ("control", steps.control),
             ("privacy", privacy),
+            ("bound", steps.bound),
         )
     }
     return site_chain(SiteSteps(**recorded, run=last))  # type: ignore[arg-type]
@@ -167,6 +168,7 @@ def test_site_chain_puts_the_steps_in_the_auditors_order() -> None:
             policy=step("check", None),
             control=step(None, "control"),
             privacy=step("reserve", "privatise"),
+            bound=step(None, None),
             run=_fake_task(log),
         )
     )
@@ -180,6 +182,7 @@ def test_site_chain_puts_the_steps_in_the_auditors_order() -> None:
             policy=None,
             control=None,
             privacy=step("reserve", "privatise"),
+            bound=step(None, None),
             run=_fake_task(log),
         )
     )
@@ -236,7 +239,7 @@ def test_plain_instruction_on_a_development_node_just_runs(brca: Any) -> None:
     inst = _instruction()
     reply = recorded_chain(_development(brca), log)(Work(instruction=inst))
     assert reply.ok, reply.error
-    assert log == ["secure>", "privacy>", "run", "<privacy", "<secure"]
+    assert log == ["secure>", "privacy>", "bound>", "run", "<bound", "<privacy", "<secure"]
     assert auditor_view(log) == ["run"]
     assert _update_norm(reply, inst) > 10 * CLIP  # nothing clipped it
     assert "dp.epsilon" not in reply.metrics
@@ -247,7 +250,16 @@ def test_dp_instruction_is_reserved_before_it_runs_and_privatised_after(brca: An
     inst = _instruction(**_client_dp())
     reply = recorded_chain(_development(brca), log)(Work(instruction=inst))
     assert reply.ok, reply.error
-    assert log == ["secure>", "privacy>", "reserve", "run", "<privacy", "<secure"]
+    assert log == [
+        "secure>",
+        "privacy>",
+        "reserve",
+        "bound>",
+        "run",
+        "<bound",
+        "<privacy",
+        "<secure",
+    ]
     assert auditor_view(log) == ["reserve", "run", "privatise"]
     assert _update_norm(reply, inst) == pytest.approx(CLIP)  # clipped to C on the way out
     assert reply.metrics["dp.epsilon"] > 0  # the spend the site reserved
@@ -356,7 +368,9 @@ def test_governed_instruction_is_checked_run_controlled_and_audited(
         "policy>",
         "control>",
         "privacy>",
+        "bound>",
         "run",
+        "<bound",
         "<privacy",
         "<control",
         "<policy",
@@ -452,7 +466,15 @@ def test_secure_rounds_train_only_in_the_masked_input_stage(brca: Any, fed: Path
         for stage in ("advertise_keys", "share_keys", "unmask"):
             assert stages[stage] == ["secure>", "<secure"], (site, stage)
         for stage in ("masked_input", "evaluate"):
-            assert stages[stage] == ["secure>", "privacy>", "run", "<privacy", "<secure"]
+            assert stages[stage] == [
+                "secure>",
+                "privacy>",
+                "bound>",
+                "run",
+                "<bound",
+                "<privacy",
+                "<secure",
+            ]
 
 
 def test_an_instruction_cannot_claim_to_be_a_masked_round(tmp_path: Path, fed: Path) -> None:

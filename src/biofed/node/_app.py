@@ -27,8 +27,8 @@ agreement's) and keeps the cohorts it answered in its query log (``queries.db`` 
 privacy ledger; in memory without a ledger file), which refuses a differencing attack.
 
 Each instruction goes through the site's chain of steps (:func:`~biofed.node._chain.site_chain`:
-audit, secure aggregation, policy, output control, privacy, run the task); a development
-node's chain is the same without the policy, output-control and audit steps.
+audit, secure aggregation, policy, output control, privacy, norm bound, run the task); a
+development node's chain is the same without the policy, output-control and audit steps.
 """
 
 from __future__ import annotations
@@ -70,6 +70,7 @@ from biofed.node._sandbox import audit_sandbox_opt_out
 from biofed.node._secure import SecureSessions
 from biofed.node._sites import SiteTasks, SourceOrOpener, StudySource
 from biofed.node._step_audit import AuditStep, record
+from biofed.node._step_bound import NormBoundStep
 from biofed.node._step_control import OutputControlStep
 from biofed.node._step_policy import PolicyStep
 from biofed.node._step_privacy import PrivacyStep
@@ -213,10 +214,17 @@ class NodeApp:
             audit=self.audit,
         )
         secure = SecureAggregationStep(self.secure)
+        bound = NormBoundStep(self.node_id, self.audit)
         run = RunTask(self.node_id, self.sites, self.audit, self.queries)
         if self.policy is None or self.audit is None:
             return SiteSteps(
-                audit=None, secure=secure, policy=None, control=None, privacy=privacy, run=run
+                audit=None,
+                secure=secure,
+                policy=None,
+                control=None,
+                privacy=privacy,
+                bound=bound,
+                run=run,
             )
         policy = PolicyStep(
             self.node_id,
@@ -234,6 +242,7 @@ class NodeApp:
             policy=policy,
             control=OutputControlStep(self.node_id, self.audit),
             privacy=privacy,
+            bound=bound,
             run=run,
         )
 

@@ -91,6 +91,7 @@ class SiteSteps:
     policy: Step | None
     control: Step | None
     privacy: Step
+    bound: Step
     run: Next
 
 
@@ -102,15 +103,17 @@ def site_chain(steps: SiteSteps) -> Next:
     the ledger before anything runs), **run** (the task, in the approved bundle's sandbox).
     On the way out: **privatise** (privacy: the site's own clip and noise, DP-SGD checked),
     **control** (only the model's declared tensors and the agreement's metrics leave),
-    **audit** (what leaves is logged, hash and size, before it leaves)::
+    **audit** (what leaves is logged, hash and size, before it leaves). Between the task and
+    privatisation, the norm bound: a training update is scaled down to the round's
+    ``max_update_norm`` (robust aggregation's norm bounding) before DP and before masking::
 
-        audit → secure aggregation → policy → output control → privacy → run the task
-          ↑ audit ← mask ←──────────────────── control ←─ privatise ←──┘
+        audit → secure aggregation → policy → output control → privacy → bound → run the task
+          ↑ audit ← mask ←──────────────────── control ←─ privatise ←─ bound ←──┘
 
     Secure aggregation sits between audit and policy: its key stages answer without
     training; its masked-input stage hands the round's training on (checked, privatised
     and controlled like any other) and masks what comes back, so only the masked vector is
     audited and leaves.
     """
-    order = [steps.audit, steps.secure, steps.policy, steps.control, steps.privacy]
+    order = [steps.audit, steps.secure, steps.policy, steps.control, steps.privacy, steps.bound]
     return chain([step for step in order if step is not None], steps.run)

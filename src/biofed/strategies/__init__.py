@@ -16,6 +16,7 @@ from biofed.strategies._dp import DP_CLIP_NORM, DP_NOISE_STD_SHARE, DPFedAvg
 from biofed.strategies._fedavg import FedAvg, FedProx
 from biofed.strategies._fedopt import FedAdagrad, FedAdam, FedAvgM, FedOpt, FedYogi
 from biofed.strategies._registry import STRATEGIES, make_strategy
+from biofed.strategies._robust import ROBUST_AGGREGATORS, Robust, UpdateJudge
 from biofed.strategies._scaffold import Scaffold
 from biofed.strategies._trusted import TrustedValidation
 from biofed.strategies._weighted import WeightedSum, capped_examples
@@ -25,6 +26,7 @@ __all__ = [
     "DP_CLIP_NORM",
     "DP_NOISE_STD_SHARE",
     "EMPTY_STATE",
+    "ROBUST_AGGREGATORS",
     "STRATEGIES",
     "AggregateResult",
     "DPFedAvg",
@@ -37,12 +39,14 @@ __all__ = [
     "FedProx",
     "FedYogi",
     "NodePlan",
+    "Robust",
     "Scaffold",
     "Strategy",
     "StrategyState",
     "TrainAggregator",
     "TrustedValidation",
     "UpdateDecision",
+    "UpdateJudge",
     "WeightedSum",
     "capped_examples",
     "make_strategy",

@@ -37,8 +37,7 @@ from biofed.strategies._base import (
     StrategyState,
     TrainAggregator,
 )
-from biofed.strategies._fedavg import FedAvg
-from biofed.strategies._fedopt import _ServerOptStrategy
+from biofed.strategies._server_step import apply_server_step, check_mean_family
 from biofed.strategies._weighted import WeightedSum
 
 # DP_CLIP_NORM and DP_NOISE_STD_SHARE (re-exported above; biofed.core.sections owns them)
@@ -147,14 +146,7 @@ class DPFedAvg(Strategy):
         adaptive: AdaptiveClipping | None = None,
         rng_factory: RngFactory | None = None,
     ) -> None:
-        if not isinstance(inner, Strategy):
-            raise ConfigurationError(f"inner must be a Strategy, got {type(inner).__name__}")
-        plain_mean = type(inner).begin_train_aggregation is FedAvg.begin_train_aggregation
-        if not (plain_mean or isinstance(inner, _ServerOptStrategy)):
-            raise ConfigurationError(
-                f"DPFedAvg wraps FedAvg, FedProx, FedAvgM or FedOpt strategies; "
-                f"{type(inner).__name__} aggregates in its own way and cannot be privatised here"
-            )
+        inner = check_mean_family(inner, "DPFedAvg", verb="privatised")
         if isinstance(clip_norm, bool) or not (
             isinstance(clip_norm, int | float) and math.isfinite(clip_norm) and clip_norm > 0
         ):
@@ -282,10 +274,7 @@ class DPFedAvg(Strategy):
         self, x: ParameterSet, delta: dict[str, Array], state: StrategyState
     ) -> tuple[ParameterSet, StrategyState]:
         """Apply the noised mean update through the inner strategy's server step."""
-        if isinstance(self.inner, _ServerOptStrategy):
-            return self.inner.server_step(x, delta, state)
-        new = {k: (x[k] + delta[k]).astype(x[k].dtype, copy=False) for k in x}
-        return ParameterSet(new), state
+        return apply_server_step(self.inner, x, delta, state)
 
     weighted = False  # every clipped update counts once (see Privacy notes)
 

@@ -1,0 +1,543 @@
+"""Byzantine-robust aggregation as a wrapper around a FedAvg-family strategy.
+
+``Robust(FedAvg(...), aggregator="median")`` replaces the mean of the sites' updates
+``Δᵢ = xᵢ − x`` by a robust aggregate and hands it to the inner strategy's server step
+(``x + Δ`` for FedAvg/FedProx, the optimiser step for FedAvgM and FedOpt), exactly as
+DPFedAvg does with its noised mean (the step is shared: ``_server_step.py``). The maths is
+in ``_robust_kernels.py``, the per-round fold and its decisions in ``_robust_fold.py``.
+
+Threat: a malicious minority of sites sending crafted updates (scaling / model
+replacement, sign flips, noise, backdoors) or inflated example counts to steer the global
+model. Each rule's docstring entry below names its paper, the number of malicious sites it
+tolerates, and whether it streams (O(d) memory) or buffers the n updates (n·d·8 bytes,
+refused above ``max_updates_bytes``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Literal, Protocol, runtime_checkable
+
+import numpy as np
+
+from biofed.core import (
+    Array,
+    BiofedError,
+    ConfigurationError,
+    NodeInfo,
+    ParameterSet,
+    Reply,
+    RoundFailed,
+    Scalar,
+)
+from biofed.core.checks import check_choice, check_float, check_int
+from biofed.core.sections import MAX_UPDATE_NORM
+from biofed.strategies._base import (
+    AggregateResult,
+    NodePlan,
+    Strategy,
+    StrategyState,
+    TrainAggregator,
+    UpdateDecision,
+)
+from biofed.strategies._dp import planned_count
+from biofed.strategies._robust_fold import CC_REFERENCE_STATE, Layout, RobustFold
+from biofed.strategies._server_step import apply_server_step, check_mean_family
+from biofed.strategies._trusted import TrustedValidation
+
+RobustAggregator = Literal[
+    "mean",
+    "median",
+    "trimmed_mean",
+    "krum",
+    "multi_krum",
+    "geometric_median",
+    "centered_clipping",
+    "fltrust",
+    "norm_bound",
+]
+#: The aggregation rules :class:`Robust` offers.
+ROBUST_AGGREGATORS: tuple[RobustAggregator, ...] = (
+    "mean",
+    "median",
+    "trimmed_mean",
+    "krum",
+    "multi_krum",
+    "geometric_median",
+    "centered_clipping",
+    "fltrust",
+    "norm_bound",
+)
+#: Rules that fold each update as it arrives (O(d) memory); the others buffer n × d.
+STREAMING_AGGREGATORS: frozenset[str] = frozenset(
+    {"mean", "norm_bound", "fltrust", "centered_clipping"}
+)
+#: Rules that work on secure aggregation's released mean (the others need single updates).
+SECURE_AGGREGATORS: frozenset[str] = frozenset({"mean", "norm_bound"})
+#: Rules whose evaluation metrics are combined by a median of the sites' values.
+_MEDIAN_METRICS = frozenset(
+    {"median", "krum", "multi_krum", "geometric_median", "centered_clipping", "fltrust"}
+)
+SECURE_NODE = "secure-aggregate"
+
+
+@runtime_checkable
+class UpdateJudge(Protocol):
+    """What :class:`Robust` asks of update validation (``UpdateValidation`` fits)."""
+
+    def judge(
+        self, x: ParameterSet, candidates: Sequence[tuple[str, ParameterSet]]
+    ) -> Sequence[tuple[float, UpdateDecision]]:
+        """A weight factor in [0, 1] and a decision for each candidate model ``x + Δᵢ``."""
+        ...
+
+    def judge_aggregate(
+        self, x: ParameterSet, aggregate: ParameterSet
+    ) -> tuple[bool, UpdateDecision]:
+        """Whether to keep ``aggregate`` (the next model) instead of ``x``, and why."""
+        ...
+
+
+def _median_or_trimmed(values: list[float], k: int | None) -> float:
+    if k is not None and len(values) > 2 * k:
+        ordered = sorted(values)
+        return float(np.mean(ordered[k : len(values) - k]))
+    return float(np.median(values))
+
+
+class Robust(Strategy):
+    """Byzantine-robust aggregation of the sites' updates, wrapping a FedAvg-family strategy.
+
+    Every rule works on the updates ``Δᵢ = xᵢ − x`` (as float64), optionally clipped to L2
+    norm ``norm_bound`` first; its aggregate goes through the inner strategy's server step.
+    Each update's fate is an :class:`~biofed.strategies.UpdateDecision` in the result
+    (accepted, rejected, downweighted or clipped, with the rule's figures), which the
+    round engine turns into a run event and the coordinator into an audit entry.
+
+    Aggregators (``n`` updates in the round, ``f`` of them malicious):
+
+    ``"mean"``
+        The example-weighted mean, each weight capped at ``max_weight``. Not robust by
+        itself (breakdown point 0); meant with ``norm_bound`` or ``validation``. Streams;
+        works under secure aggregation.
+    ``"norm_bound"``
+        Norm bounding (Sun, Kairouz, Suresh, McMahan 2019, "Can You Really Backdoor
+        Federated Learning?"): every update clipped to L2 norm M = ``norm_bound`` at the
+        coordinator, and M sent as ``robust.max_update_norm`` so honest sites clip before
+        the reply leaves. Any one site moves the mean by at most ``M·wᵢ/Σw``; it does not
+        reject anyone (breakdown point 0, bounded influence). Streams; works under secure
+        aggregation with the check that the released mean has norm ≤ M.
+    ``"median"``
+        Coordinate-wise median (Yin, Chen, Ramchandran, Bartlett 2018, "Byzantine-Robust
+        Distributed Learning"). Each coordinate stays within the honest values' range while
+        ``f < n/2``. Unweighted (a weight would be a lever for the liar). Buffers.
+    ``"trimmed_mean"``
+        Coordinate-wise trimmed mean (Yin et al. 2018): per coordinate, the ``k`` largest
+        and ``k`` smallest values are dropped (``k = f`` if given, else ``⌊trim·n⌋``) and the
+        rest averaged. Within the honest range while ``f ≤ k``; needs ``n > 2k``.
+        Unweighted. Buffers.
+    ``"krum"``, ``"multi_krum"``
+        Krum (Blanchard, El Mhamdi, Guerraoui, Stainer 2017, "Machine Learning with
+        Adversaries"): each update's score is the sum of squared distances to its
+        ``n − f − 2`` nearest others; Krum keeps the lowest-scoring update, Multi-Krum the
+        ``multi_krum_m`` lowest (default ``n − f``) and averages them. Tolerates ``f``
+        malicious with ``n > 2f + 2`` (the round is refused otherwise; ``f=None`` takes the
+        largest ``f`` the round's n allows). Buffers; O(n²·d) time.
+    ``"geometric_median"``
+        Robust federated aggregation, RFA (Pillutla, Kakade, Harchaoui 2022, "Robust
+        Aggregation for Federated Learning"): the weighted geometric median by smoothed
+        Weiszfeld steps (``gm_iters`` at most, smoothing ν = ``gm_eps``). Breakdown point
+        1/2 (of the weight: cap weights with ``max_weight``). Buffers.
+    ``"centered_clipping"``
+        Centred clipping (Karimireddy, He, Jaggi 2021, "Learning from History for
+        Byzantine Robust Optimization"): ``v ← v + Σ αᵢ clip_τ(Δᵢ − v)``, ``cc_iters``
+        times, starting from the previous round's robust aggregate (kept in the strategy
+        state, so checkpoints resume it). One site moves the aggregate by at most
+        ``τ·αᵢ`` per iteration; the paper's guarantee covers a malicious fraction
+        δ < 0.1 (its analysis constant), and it degrades gracefully beyond. Streams with
+        ``cc_iters=1``; buffers otherwise.
+    ``"fltrust"``
+        FLTrust (Cao, Fang, Liu, Gong, NDSS 2021): the coordinator trains on its trusted
+        root data (``trusted.train(x, round) − x`` = g₀, at the start of the round); each
+        update's trust is ``ReLU(cos(Δᵢ, g₀))``, it is rescaled to ``‖g₀‖`` and the
+        aggregate is the trust-weighted mean. No update can exceed ``‖g₀‖`` or point away
+        from g₀, so the paper reports robustness even with a majority of malicious sites,
+        provided the root data are clean and representative. All-zero trust: the round
+        keeps ``x`` and says so. Streams.
+
+    Parameters
+    ----------
+    inner:
+        FedAvg, FedProx, FedAvgM or a FedOpt variant: its node selection, configs, weighting
+        (``weighted``), ``max_weight`` and server step are used. SCAFFOLD, DPFedAvg and
+        Robust itself are refused.
+    aggregator:
+        One of :data:`ROBUST_AGGREGATORS` (above).
+    f:
+        The number of malicious sites to tolerate (Krum, Multi-Krum; the per-side trim of
+        the trimmed mean). ``None``: see each rule.
+    trim:
+        The trimmed mean's fraction dropped per side, in [0, 0.5) (used when ``f`` is None).
+    multi_krum_m:
+        How many updates Multi-Krum averages (default ``n − f``).
+    gm_iters, gm_eps:
+        Weiszfeld steps at most, and the smoothing ν > 0 (distances below ν count as ν).
+    cc_tau, cc_iters:
+        Centred clipping's radius τ > 0 (in update-norm units; required for that rule) and
+        its number of iterations.
+    norm_bound:
+        M > 0: clip every update to L2 norm M before the rule (any rule) and ask honest
+        sites to do the same. Required by ``"norm_bound"``.
+    trusted:
+        The coordinator's trusted data (:class:`~biofed.strategies.TrustedValidation`);
+        required by ``"fltrust"``.
+    validation:
+        Update validation on trusted data (``UpdateValidation``, or any object with its
+        ``judge`` / ``judge_aggregate`` methods, :class:`UpdateJudge`): at the end of the
+        round every candidate ``x + Δᵢ`` is judged; rejected updates leave, the others
+        enter the rule with their weight multiplied by the returned factor. Validation
+        scores every update, so it makes every rule buffer.
+    max_updates_bytes:
+        The most memory a buffering rule may hold (n·d·8 bytes); a round that would need
+        more is refused before any site trains.
+    secure_tolerance:
+        Relative slack on the secure-mode check ``‖mean‖ ≤ M`` (secure aggregation's
+        quantisation moves the mean by up to ``s/2`` per coordinate).
+
+    Raises
+    ------
+    ConfigurationError
+        On an invalid setting or an inner strategy Robust cannot wrap.
+
+    Security notes
+    --------------
+    *Weights.* Every weight is capped at ``max_weight`` (weight inflation: a site claiming
+    10¹⁵ examples weighs ``max_weight``); order-statistic and distance rules ignore weights.
+    *Secure aggregation.* Only ``mean`` and ``norm_bound`` can run on the released mean;
+    the others need single updates and refuse it. With ``norm_bound`` every honest site
+    clips before masking and the coordinator checks that the unmasked mean has norm ≤ M:
+    a larger mean proves some site did not clip, and the round fails with the model
+    unchanged. A malicious site can still send any vector of norm ≤ M, and a mean of
+    bounded vectors is all secure aggregation lets anyone check. ``validation`` then judges
+    the aggregate (``judge_aggregate``).
+    *Evaluation.* :meth:`aggregate_evaluate` combines each metric over the sites robustly,
+    so one site cannot report a C-index of 0.99996 for the whole run.
+    """
+
+    name = "robust"
+
+    def __init__(
+        self,
+        inner: Strategy,
+        aggregator: str = "median",
+        *,
+        f: int | None = None,
+        trim: float = 0.1,
+        multi_krum_m: int | None = None,
+        gm_iters: int = 100,
+        gm_eps: float = 1e-8,
+        cc_tau: float | None = None,
+        cc_iters: int = 1,
+        norm_bound: float | None = None,
+        trusted: TrustedValidation | None = None,
+        validation: UpdateJudge | None = None,
+        max_updates_bytes: int = 256 * 2**20,
+        secure_tolerance: float = 1e-3,
+    ) -> None:
+        inner = check_mean_family(inner, "Robust", verb="made robust")
+        rule: RobustAggregator = check_choice(aggregator, "aggregator", ROBUST_AGGREGATORS)  # type: ignore[arg-type]
+        self.aggregator: RobustAggregator = rule
+        self.f = None if f is None else check_int(f, "f", minimum=0)
+        self.trim = check_float(trim, "trim", minimum=0, below=0.5)
+        self.multi_krum_m = (
+            None if multi_krum_m is None else check_int(multi_krum_m, "multi_krum_m", minimum=1)
+        )
+        self.gm_iters = check_int(gm_iters, "gm_iters", minimum=1)
+        self.gm_eps = check_float(gm_eps, "gm_eps", above=0)
+        self.cc_iters = check_int(cc_iters, "cc_iters", minimum=1)
+        self.cc_tau = math.inf if cc_tau is None else check_float(cc_tau, "cc_tau", above=0)
+        if rule == "centered_clipping" and cc_tau is None:
+            raise ConfigurationError(
+                "centered_clipping needs cc_tau, its clipping radius in update-norm units "
+                "(e.g. about the norm of an honest site's update)"
+            )
+        self.norm_bound = (
+            None if norm_bound is None else check_float(norm_bound, "norm_bound", above=0)
+        )
+        if rule == "norm_bound" and self.norm_bound is None:
+            raise ConfigurationError("aggregator 'norm_bound' needs norm_bound = M > 0")
+        if trusted is not None and not isinstance(trusted, TrustedValidation):
+            raise ConfigurationError(
+                f"trusted must provide metric, score() and train(), got {type(trusted).__name__}"
+            )
+        if rule == "fltrust" and trusted is None:
+            raise ConfigurationError(
+                "aggregator 'fltrust' needs trusted data (trusted=…): its server update is "
+                "trained on the coordinator's trusted root dataset"
+            )
+        if validation is not None and not isinstance(validation, UpdateJudge):
+            raise ConfigurationError(
+                f"validation must provide judge() and judge_aggregate(), "
+                f"got {type(validation).__name__}"
+            )
+        self.trusted = trusted
+        self.validation = validation
+        self.max_updates_bytes = check_int(max_updates_bytes, "max_updates_bytes", minimum=1)
+        self.secure_tolerance = check_float(secure_tolerance, "secure_tolerance", minimum=0)
+        super().__init__(
+            fraction_train=inner.fraction_train,
+            fraction_evaluate=inner.fraction_evaluate,
+            min_train_nodes=inner.min_train_nodes,
+            min_evaluate_nodes=inner.min_evaluate_nodes,
+            train_config=inner.train_config,
+            evaluate_config=inner.evaluate_config,
+            max_weight=inner.max_weight,
+        )
+        self.inner = inner
+        self.name = f"robust-{rule.replace('_', '-')}"
+        self.weighted = inner.weighted
+        #: Whether the rule can run on secure aggregation's mean (see Security notes).
+        self.supports_secure_aggregation = rule in SECURE_AGGREGATORS
+        #: Whether the round keeps every update (n × d float64) rather than a running sum.
+        self.buffers = (
+            rule not in STREAMING_AGGREGATORS
+            or validation is not None
+            or (rule == "centered_clipping" and self.cc_iters > 1)
+        )
+
+    # -- state ---------------------------------------------------------------------------
+    def init_state(self, parameters: ParameterSet) -> StrategyState:
+        state = dict(self.inner.init_state(parameters))
+        if CC_REFERENCE_STATE in state:
+            raise ConfigurationError(f"inner strategy state already uses {CC_REFERENCE_STATE!r}")
+        if self.aggregator == "centered_clipping":
+            zero = np.zeros(Layout(parameters).size, dtype=np.float64)
+            state[CC_REFERENCE_STATE] = ParameterSet({"reference": zero})
+        return state
+
+    def _split_state(self, state: StrategyState) -> tuple[StrategyState, Array | None]:
+        inner_state = {k: v for k, v in state.items() if k != CC_REFERENCE_STATE}
+        if self.aggregator != "centered_clipping":
+            return inner_state, None
+        if CC_REFERENCE_STATE not in state:
+            raise ConfigurationError(
+                f"strategy state lacks {CC_REFERENCE_STATE!r}: start from Robust.init_state"
+            )
+        return inner_state, np.asarray(state[CC_REFERENCE_STATE]["reference"], dtype=np.float64)
+
+    # -- training ------------------------------------------------------------------------
+    def configure_train(
+        self,
+        server_round: int,
+        parameters: ParameterSet,
+        state: StrategyState,
+        nodes: Sequence[NodeInfo],
+        rng: np.random.Generator,
+    ) -> list[NodePlan]:
+        """The inner strategy's plans; with ``norm_bound``, each config also carries
+        ``robust.max_update_norm`` so honest sites clip their own updates."""
+        inner_state, _ = self._split_state(state)
+        plans = self.inner.configure_train(server_round, parameters, inner_state, nodes, rng)
+        if self.norm_bound is None:
+            return plans
+        extra = {MAX_UPDATE_NORM: self.norm_bound}
+        return [dataclasses.replace(p, config={**p.config, **extra}) for p in plans]
+
+    def check_buffer(self, rows: int, dimension: int) -> None:
+        """Refuse (RoundFailed) a buffer of ``rows`` updates of ``dimension`` values above
+        ``max_updates_bytes``."""
+        need = rows * dimension * 8
+        if need > self.max_updates_bytes:
+            raise RoundFailed(
+                f"robust aggregator {self.aggregator!r} keeps every update in memory: "
+                f"{rows} updates × {dimension} parameters × 8 bytes = {need / 2**20:.1f} MiB "
+                f"exceeds max_updates_bytes ({self.max_updates_bytes / 2**20:.1f} MiB); raise "
+                "it, select fewer sites, or use a streaming rule (mean, norm_bound, fltrust, "
+                "centered_clipping with cc_iters=1) without validation"
+            )
+
+    def begin_train_aggregation(
+        self,
+        server_round: int,
+        parameters: ParameterSet,
+        state: StrategyState,
+        num_nodes: int,
+    ) -> TrainAggregator:
+        inner_state, reference = self._split_state(state)
+        capacity = planned_count(self.inner, num_nodes) if self.buffers else 0
+        if self.buffers:
+            self.check_buffer(capacity, Layout(parameters).size)
+        g0 = None
+        if self.aggregator == "fltrust":
+            g0 = self._server_update(parameters, server_round)
+        return RobustFold(
+            self,
+            parameters,
+            inner_state,
+            capacity=capacity,
+            reference=reference,
+            server_update=g0,
+        )
+
+    def _server_update(self, x: ParameterSet, server_round: int) -> Array:
+        """FLTrust's g₀: the trusted data's training from ``x``, minus ``x``."""
+        assert self.trusted is not None
+        try:
+            trained = self.trusted.train(x, server_round)
+            x.spec.validate(trained, what="the trusted data's model")
+        except BiofedError as exc:
+            raise RoundFailed(
+                f"FLTrust's server update on the trusted data failed: {exc}"
+            ) from None
+        layout = Layout(x)
+        return layout.flatten(trained) - layout.flatten(x)
+
+    def aggregate_secure(
+        self,
+        server_round: int,
+        parameters: ParameterSet,
+        state: StrategyState,
+        mean_update: Mapping[str, Array],
+        *,
+        total_weight: int,
+        num_replies: int,
+        num_nodes: int,
+    ) -> AggregateResult:
+        """The round's result from secure aggregation's released mean update.
+
+        Refused (ConfigurationError) for rules that need single updates. With
+        ``norm_bound``, a mean of norm above M (plus ``secure_tolerance``) fails the round
+        (RoundFailed, model unchanged): every honest site clipped to M, and a mean of
+        vectors of norm ≤ M has norm ≤ M. With ``validation``, the next model is judged and
+        kept only if it passes.
+        """
+        if not self.supports_secure_aggregation:
+            raise ConfigurationError(
+                f"robust aggregator {self.aggregator!r} needs each site's update on its own "
+                "and cannot run under secure aggregation, which releases only their sum; "
+                "use 'norm_bound' (or 'mean' with validation)"
+            )
+        inner_state, _ = self._split_state(state)
+        layout = Layout(parameters)
+        mean = layout.flatten(mean_update)
+        norm = math.sqrt(float(mean @ mean))
+        decisions: list[UpdateDecision] = []
+        if self.norm_bound is not None:
+            limit = self.norm_bound * (1.0 + self.secure_tolerance)
+            if not norm <= limit:
+                raise RoundFailed(
+                    f"the securely aggregated mean update has norm {norm:.4g} > the bound "
+                    f"{self.norm_bound:.4g}: some site did not clip its update; the model is "
+                    "unchanged"
+                )
+            decisions.append(
+                UpdateDecision(
+                    node_id=SECURE_NODE,
+                    action="accepted",
+                    weight=1.0,
+                    reason=f"mean update norm {norm:.4g} within the bound {self.norm_bound:.4g}",
+                )
+            )
+        delta = layout.unflatten(mean, model_dtypes=False)
+        new_x, new_inner = apply_server_step(self.inner, parameters, delta, inner_state)
+        metrics: dict[str, float] = {"robust.update_norm": norm}
+        if self.validation is not None:
+            keep, decision = self.validation.judge_aggregate(parameters, new_x)
+            decisions.append(decision)
+            if not keep:
+                metrics["robust.kept_model"] = 1.0
+                return AggregateResult(
+                    parameters=parameters,
+                    state=state,
+                    metrics=metrics,
+                    num_replies=num_replies,
+                    decisions=tuple(decisions),
+                )
+        return AggregateResult(
+            parameters=new_x,
+            state=dict(new_inner),
+            metrics=metrics,
+            num_replies=num_replies,
+            decisions=tuple(decisions),
+        )
+
+    # -- metrics -------------------------------------------------------------------------
+    def combine_metrics(
+        self, entries: Sequence[tuple[float, Mapping[str, float]]]
+    ) -> dict[str, float]:
+        """Each metric combined over the sites that report it: a median (order-statistic
+        and distance rules), a trimmed mean (``trimmed_mean``), or the weighted mean
+        (``mean``, ``norm_bound``; weights already capped)."""
+        by_name: dict[str, list[tuple[float, float]]] = {}
+        for weight, metrics in entries:
+            for name, value in metrics.items():
+                if isinstance(value, int | float) and math.isfinite(value):
+                    by_name.setdefault(name, []).append((float(weight), float(value)))
+        out: dict[str, float] = {}
+        for name, pairs in sorted(by_name.items()):
+            values = [v for _, v in pairs]
+            if self.aggregator in _MEDIAN_METRICS:
+                out[name] = _median_or_trimmed(values, None)
+            elif self.aggregator == "trimmed_mean":
+                k = self.f if self.f is not None else math.floor(self.trim * len(values))
+                out[name] = _median_or_trimmed(values, k)
+            else:
+                total = sum(w for w, _ in pairs)
+                if total <= 0:
+                    continue
+                out[name] = float(sum(w * v for w, v in pairs) / total)
+        return out
+
+    # -- evaluation and description ------------------------------------------------------
+    def configure_evaluate(
+        self,
+        server_round: int,
+        parameters: ParameterSet,
+        nodes: Sequence[NodeInfo],
+        rng: np.random.Generator,
+    ) -> list[NodePlan]:
+        return self.inner.configure_evaluate(server_round, parameters, nodes, rng)
+
+    def aggregate_evaluate(self, server_round: int, replies: Sequence[Reply]) -> dict[str, float]:
+        """Each evaluation metric combined robustly over the sites (see
+        :meth:`combine_metrics`): the median of the sites' values for the order-statistic
+        and distance rules, a trimmed mean for ``trimmed_mean``, and the example-weighted
+        mean with each weight capped at ``max_weight`` for ``mean`` and ``norm_bound``.
+        One site's claim then moves a median-combined metric only within the honest sites'
+        range, and a mean-combined one by at most its capped weight's share."""
+        cap = self.max_weight
+        entries = [
+            (float(r.num_examples if cap is None else min(r.num_examples, cap)), r.metrics)
+            for r in replies
+            if r.ok
+        ]
+        return self.combine_metrics(entries)
+
+    def describe(self) -> dict[str, Scalar]:
+        out = self.inner.describe()
+        settings: dict[str, Scalar] = {
+            "strategy": f"{self.name}({out.get('strategy', self.inner.name)})",
+            "robust.aggregator": self.aggregator,
+            "robust.buffers": self.buffers,
+            "robust.validation": self.validation is not None,
+        }
+        if self.norm_bound is not None:
+            settings["robust.norm_bound"] = self.norm_bound
+        if self.aggregator in ("krum", "multi_krum", "trimmed_mean"):
+            settings["robust.f"] = "auto" if self.f is None else self.f
+        if self.aggregator == "trimmed_mean" and self.f is None:
+            settings["robust.trim"] = self.trim
+        if self.aggregator == "multi_krum":
+            settings["robust.multi_krum_m"] = (
+                "n-f" if self.multi_krum_m is None else self.multi_krum_m
+            )
+        if self.aggregator == "geometric_median":
+            settings.update({"robust.gm_iters": self.gm_iters, "robust.gm_eps": self.gm_eps})
+        if self.aggregator == "centered_clipping":
+            settings.update({"robust.cc_tau": self.cc_tau, "robust.cc_iters": self.cc_iters})
+        if self.aggregator == "fltrust" and self.trusted is not None:
+            settings["robust.trusted_metric"] = self.trusted.metric
+        out.update(settings)
+        return out

@@ -1,0 +1,199 @@
+"""Robust aggregation kernels: pure numpy over the sites' updates as an ``(n, d)`` matrix.
+
+Each kernel takes the updates ``Δᵢ = xᵢ − x`` as the rows of a float64 matrix (and,
+where the rule uses them, positive weights ``w``) and returns the aggregate update with the
+figures :class:`~biofed.strategies.Robust` reports per update. The strategy, its streaming
+folds, decisions and refusals live in ``_robust.py``; this module is only the maths.
+
+Why our own code: the rules are a few lines each from their papers, and the libraries that
+ship them (Flower's strategies, FedML's defences) tie them to their own message types and
+copy the update matrix per step. Here every order statistic and distance works through the
+columns in blocks of :data:`BLOCK_COLUMNS`, so the temporaries stay ``n × BLOCK_COLUMNS``
+however large the model, on top of the ``n × d`` matrix the caller already bounds.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from biofed.core import Array
+
+#: Columns per block for sorts and distances (a temporary of n × 16 Ki float64).
+BLOCK_COLUMNS = 1 << 14
+
+
+def _blocks(d: int) -> range:
+    return range(0, d, BLOCK_COLUMNS)
+
+
+def weighted_mean(rows: Array, w: Array) -> Array:
+    """``Σ wᵢ uᵢ / Σ wᵢ``."""
+    out: Array = (w @ rows) / float(w.sum())
+    return out
+
+
+def clip_vector(u: Array, bound: float) -> tuple[Array, float]:
+    """``u`` scaled to L2 norm at most ``bound`` (in place) and its norm before."""
+    norm = math.sqrt(float(u @ u))
+    if norm > bound:
+        u *= bound / norm
+    return u, norm
+
+
+def coordinate_median(rows: Array) -> Array:
+    """The coordinate-wise median of the rows (mean of the two middle values for even n)."""
+    d = rows.shape[1]
+    out = np.empty(d, dtype=np.float64)
+    for start in _blocks(d):
+        stop = min(start + BLOCK_COLUMNS, d)
+        out[start:stop] = np.median(rows[:, start:stop], axis=0)
+    return out
+
+
+def trimmed_mean(rows: Array, k: int) -> tuple[Array, Array]:
+    """The coordinate-wise mean of the rows after dropping the ``k`` largest and ``k``
+    smallest values of each coordinate (needs ``n > 2k``).
+
+    Returns the aggregate and, per row, the fraction of its coordinates that were dropped.
+    """
+    n, d = rows.shape
+    if not n > 2 * k:
+        raise ValueError(f"trimming {k} per side needs more than {2 * k} rows, got {n}")
+    out = np.empty(d, dtype=np.float64)
+    dropped = np.zeros(n, dtype=np.int64)
+    for start in _blocks(d):
+        stop = min(start + BLOCK_COLUMNS, d)
+        block = rows[:, start:stop]
+        order = np.argsort(block, axis=0, kind="stable")
+        kept = np.take_along_axis(block, order[k : n - k], axis=0)
+        out[start:stop] = kept.mean(axis=0)
+        if k:
+            dropped += np.bincount(order[:k].ravel(), minlength=n)
+            dropped += np.bincount(order[n - k :].ravel(), minlength=n)
+    return out, dropped / max(d, 1)
+
+
+def pairwise_squared_distances(rows: Array) -> Array:
+    """``sq[i, j] = ‖uᵢ − uⱼ‖²``, computed from the differences (exact symmetry, no
+    cancellation of large norms as a Gram-matrix formula would suffer)."""
+    n, d = rows.shape
+    sq = np.zeros((n, n), dtype=np.float64)
+    for start in _blocks(d):
+        stop = min(start + BLOCK_COLUMNS, d)
+        block = rows[:, start:stop]
+        for i in range(n):
+            diff = block - block[i]
+            sq[i] += np.einsum("ij,ij->i", diff, diff)
+    return sq
+
+
+def krum_scores(rows: Array, f: int) -> Array:
+    """Krum's score of each row: the sum of its squared distances to its ``n − f − 2``
+    nearest other rows (Blanchard et al. 2017). Needs ``n > 2f + 2``."""
+    n = rows.shape[0]
+    if not n > 2 * f + 2:
+        raise ValueError(f"Krum with f = {f} needs more than {2 * f + 2} rows, got {n}")
+    sq = pairwise_squared_distances(rows)
+    nearest = n - f - 2
+    scores = np.empty(n, dtype=np.float64)
+    for i in range(n):
+        others = np.sort(np.delete(sq[i], i))
+        scores[i] = float(others[:nearest].sum())
+    return scores
+
+
+def row_distances(rows: Array, v: Array) -> Array:
+    """``‖uᵢ − v‖`` for every row."""
+    n, d = rows.shape
+    sq = np.zeros(n, dtype=np.float64)
+    for start in _blocks(d):
+        stop = min(start + BLOCK_COLUMNS, d)
+        diff = rows[:, start:stop] - v[start:stop]
+        sq += np.einsum("ij,ij->i", diff, diff)
+    out: Array = np.sqrt(sq)
+    return out
+
+
+def geometric_median(
+    rows: Array, w: Array, *, iterations: int, nu: float, ftol: float = 1e-10
+) -> tuple[Array, Array, int]:
+    """The weighted geometric median ``argmin_v Σ αᵢ ‖v − uᵢ‖`` by smoothed Weiszfeld
+    iterations (Pillutla, Kakade, Harchaoui 2022, Algorithm 2).
+
+    ``α = w / Σ w``; start at the weighted mean; each step reweighs ``βᵢ = αᵢ / max(ν,
+    ‖v − uᵢ‖)`` and sets ``v = Σ βᵢ uᵢ / Σ βᵢ``; stops after ``iterations`` steps or when
+    the objective improves by less than ``ftol`` of itself. Returns the median, the final
+    effective weights ``β / Σ β`` and the number of steps taken.
+    """
+    alpha = w / float(w.sum())
+    v = alpha @ rows
+    dist = row_distances(rows, v)
+    objective = float(alpha @ dist)
+    beta = alpha
+    steps = 0
+    while steps < iterations:
+        steps += 1
+        beta = alpha / np.maximum(dist, nu)
+        v = (beta @ rows) / float(beta.sum())
+        dist = row_distances(rows, v)
+        new_objective = float(alpha @ dist)
+        done = objective - new_objective <= ftol * max(objective, np.finfo(np.float64).tiny)
+        objective = new_objective
+        if done:
+            break
+    return v, beta / float(beta.sum()), steps
+
+
+def centered_clipping(
+    rows: Array, w: Array, reference: Array, *, tau: float, iterations: int
+) -> tuple[Array, Array]:
+    """Centred clipping (Karimireddy, He, Jaggi 2021): starting from ``v = reference``,
+    ``iterations`` times ``v ← v + Σ αᵢ (uᵢ − v)·min(1, τ / ‖uᵢ − v‖)`` with ``α = w / Σ w``.
+
+    Returns the aggregate and each row's distance to the centre of the last iteration.
+    """
+    alpha = w / float(w.sum())
+    v = np.array(reference, dtype=np.float64, copy=True)
+    dist = np.zeros(rows.shape[0], dtype=np.float64)
+    for _ in range(iterations):
+        dist = row_distances(rows, v)
+        scale = np.minimum(1.0, tau / np.maximum(dist, np.finfo(np.float64).tiny))
+        c = alpha * scale
+        v = v + c @ rows - float(c.sum()) * v
+    return v, dist
+
+
+def fltrust_coefficient(u: Array, g0: Array, g0_norm: float) -> tuple[float, float]:
+    """FLTrust's trust score of one update and the factor it enters the sum with.
+
+    Trust ``ReLU(cos(u, g₀))``; the update is rescaled to ``‖g₀‖``, so it enters as
+    ``trust · ‖g₀‖/‖u‖ · u``. A zero update (or a zero ``g₀``) has trust 0.
+    """
+    norm = math.sqrt(float(u @ u))
+    if norm == 0.0 or g0_norm == 0.0:
+        return 0.0, 0.0
+    trust = max(0.0, float(u @ g0) / (norm * g0_norm))
+    return trust, trust * g0_norm / norm
+
+
+def fltrust(rows: Array, g0: Array, factors: Array | None = None) -> tuple[Array | None, Array]:
+    """FLTrust (Cao, Fang, Liu, Gong, NDSS 2021): ``Σ TSᵢ ĝᵢ / Σ TSᵢ`` with ``TSᵢ =
+    ReLU(cos(gᵢ, g₀))`` and ``ĝᵢ = gᵢ · ‖g₀‖/‖gᵢ‖``; each trust optionally multiplied by
+    ``factors``. Returns ``None`` as the aggregate when every trust is 0, and the trusts.
+    """
+    g0_norm = math.sqrt(float(g0 @ g0))
+    n = rows.shape[0]
+    trust = np.zeros(n, dtype=np.float64)
+    coeff = np.zeros(n, dtype=np.float64)
+    for i in range(n):
+        trust[i], coeff[i] = fltrust_coefficient(rows[i], g0, g0_norm)
+    if factors is not None:
+        trust *= factors
+        coeff *= factors
+    total = float(trust.sum())
+    if total <= 0.0:
+        return None, trust
+    out: Array = (coeff @ rows) / total
+    return out, trust
