@@ -113,6 +113,7 @@ def test_the_public_names_of_the_coordinator() -> None:
         "StateStore",
         "StoreListener",
         "TrainingRound",
+        "TrustedData",
         "analyze_over",
         "build_instruction",
         "canonical_json",
@@ -132,6 +133,7 @@ def test_the_public_names_of_the_coordinator() -> None:
         "spend_event",
         "summaries_json",
         "tls_of",
+        "trusted_data_from_kit",
     ]
     for name in coordinator.__all__:
         assert getattr(coordinator, name) is not None

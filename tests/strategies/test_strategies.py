@@ -92,6 +92,7 @@ def test_public_api() -> None:
         "TrustedValidation",
         "UpdateDecision",
         "UpdateJudge",
+        "UpdateValidation",
         "WeightedSum",
         "capped_examples",
         "make_strategy",

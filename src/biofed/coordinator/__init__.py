@@ -78,6 +78,7 @@ from biofed.coordinator._store import (
 from biofed.coordinator._store_memory import InMemoryStateStore
 from biofed.coordinator._store_sql import SqlStateStore
 from biofed.coordinator._summaries import StoreListener, run_summary
+from biofed.coordinator._trusted import TrustedData, trusted_data_from_kit
 
 __all__ = [
     "ANALYSIS_EVENT",
@@ -127,6 +128,7 @@ __all__ = [
     "StateStore",
     "StoreListener",
     "TrainingRound",
+    "TrustedData",
     "analyze_over",
     "build_instruction",
     "canonical_json",
@@ -146,4 +148,5 @@ __all__ = [
     "spend_event",
     "summaries_json",
     "tls_of",
+    "trusted_data_from_kit",
 ]

@@ -13,6 +13,12 @@ A run ends
 Each round's checkpoint, record and ``round_completed`` event are committed together
 (:meth:`~biofed.coordinator.StateStore.complete_round`).
 
+A job whose ``[robust]`` table validates updates or runs FLTrust gets the coordinator's
+trusted data it names (:class:`~biofed.coordinator.TrustedData`, from the operator's
+``kit.toml`` ``[trusted_data]``); each decision the robust strategy takes about a site's
+update is a run event ``update_<action>`` and an entry ``update.<action>`` in the
+coordinator's audit log.
+
 An analysis job (:class:`~biofed.coordinator.AnalysisJob`) runs its query instead of rounds
 (:func:`~biofed.coordinator._analysis.analyze_over`, the loop a simulation runs too): it
 waits for ``min_nodes`` sites as a round does, and ends ``finished`` with the run event
@@ -23,21 +29,24 @@ so): passes of two coordinator lives are never mixed.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from biofed.coordinator._analysis import ANALYSIS_EVENT, PASS_EVENT, analyze_over
 from biofed.coordinator._analysis_job import AnalysisJob, run_spec_from_json
 from biofed.coordinator._anchored import AnchoredTransport
-from biofed.coordinator._engine import EngineListener, RoundEngine
+from biofed.coordinator._engine import DECISION_EVENT_PREFIX, EngineListener, RoundEngine
 from biofed.coordinator._job import JobSpec
 from biofed.coordinator._job_limits import JobLimits
 from biofed.coordinator._preprocess import reused
 from biofed.coordinator._records import RoundRecord, RunCancelled, RunEvent
 from biofed.coordinator._store import Checkpoint, RunRow, RunStatus, StateStore
-from biofed.core import BiofedError, ParameterSet
+from biofed.coordinator._trusted import TrustedData
+from biofed.core import BiofedError, ConfigurationError, ParameterSet, Reply
 from biofed.governance import AuditLog
 from biofed.strategies import StrategyState
 from biofed.tasks import make_task
@@ -62,6 +71,43 @@ class RunListener(EngineListener, Protocol):
     """Engine hooks that also word a round's ``round_completed`` event (committed with it)."""
 
     def completed_event(self, record: RoundRecord) -> RunEvent: ...
+
+
+class _AuditedDecisions:
+    """A run's listener that also appends each robust-aggregation decision (run event
+    ``update_<action>``) to the coordinator's audit log as ``update.<action>``."""
+
+    def __init__(
+        self, inner: RunListener, run_id: str, audit: Callable[[str, dict[str, Any]], None]
+    ) -> None:
+        self.inner = inner
+        self.run_id = run_id
+        self.audit = audit
+
+    def on_round_start(self, server_round: int, num_selected: int) -> None:
+        self.inner.on_round_start(server_round, num_selected)
+
+    def on_reply(self, server_round: int, reply: Reply, accepted: bool) -> None:
+        self.inner.on_reply(server_round, reply, accepted)
+
+    def on_round_end(self, record: RoundRecord) -> None:
+        self.inner.on_round_end(record)
+
+    def completed_event(self, record: RoundRecord) -> RunEvent:
+        return self.inner.completed_event(record)
+
+    def on_event(self, event: RunEvent) -> None:
+        self.inner.on_event(event)
+        if event.kind.startswith(DECISION_EVENT_PREFIX):
+            action = event.kind[len(DECISION_EVENT_PREFIX) :]
+            try:
+                decision = json.loads(event.message)
+            except ValueError:  # pragma: no cover - the engine writes JSON
+                decision = {"message": event.message}
+            self.audit(
+                f"update.{action}",
+                {"run_id": self.run_id, "round": event.round, **decision},
+            )
 
 
 def _spec_or_none(text: str) -> JobSpec | AnalysisJob | None:
@@ -114,6 +160,9 @@ class RunExecutor:
     agreement_rules:
         The ``[analytics]`` disclosure thresholds a kept study agreement sets (by id), or
         None: an analysis job's requests are at least as strict on every key it sets.
+    trusted_data:
+        The coordinator's trusted datasets (name → file, its kit's ``[trusted_data]``) a
+        job's ``[robust] trusted_dataset`` may name.
     """
 
     def __init__(
@@ -128,8 +177,10 @@ class RunExecutor:
         anchor: AuditLog | None = None,
         limits: JobLimits | None = None,
         agreement_rules: Callable[[str], Mapping[str, float] | None] = lambda agreement: None,
+        trusted_data: Mapping[str, Path] | None = None,
     ) -> None:
         self.agreement_rules = agreement_rules
+        self.trusted_data = dict(trusted_data or {})
         self.store = store
         self.limits = JobLimits() if limits is None else limits
         self.hub = hub
@@ -152,7 +203,7 @@ class RunExecutor:
             self._analyze(run_id, stored, current.status, cancel)
             return
         spec = stored
-        strategy = spec.build_strategy()
+        strategy = spec.build_strategy(trusted=self.trusted_for(spec))
         checkpoint = self.store.latest_checkpoint(run_id)
         if checkpoint is not None:
             self.store.append_event(
@@ -163,7 +214,7 @@ class RunExecutor:
             )
         if current.status is RunStatus.PENDING:
             self.store.set_run_status(run_id, RunStatus.RUNNING)
-        listener = self.listener(run_id)
+        listener = _AuditedDecisions(self.listener(run_id), run_id, self.audit)
         transport: Transport = self.hub.transport_for(run_id, spec.dataset)
         if self.anchor is not None:  # each instruction carries the coordinator's audit head
             transport = AnchoredTransport(transport, self.anchor)
@@ -227,6 +278,28 @@ class RunExecutor:
             transport.close()
         if cancel.is_set():
             self.cancelled(run_id)
+
+    def trusted_for(self, spec: JobSpec) -> TrustedData | None:
+        """The trusted data ``spec`` names (None when it names none), loaded and checked
+        against its task.
+
+        Raises
+        ------
+        ConfigurationError
+            The name is not registered at this coordinator, or its file does not fit the
+            job (one line naming ``[robust] trusted_dataset``).
+        """
+        name = spec.trusted_dataset
+        if name is None:
+            return None
+        path = self.trusted_data.get(name)
+        if path is None:
+            known = ", ".join(sorted(self.trusted_data)) or "none"
+            raise ConfigurationError(
+                f"[robust] trusted_dataset {name!r} is not registered at this coordinator "
+                f"(kit.toml [trusted_data] lists: {known})"
+            )
+        return TrustedData(spec, path, name=name)
 
     # -- an analysis -----------------------------------------------------------------------------
     def _analyze(

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from biofed.coordinator._engine import EngineConfig
+from biofed.coordinator._job_robust import CHECKING, needs_trusted, robust_errors, wrap_robust
 from biofed.coordinator._job_rules import error_text
 from biofed.coordinator._job_schema import check_job
 from biofed.coordinator._preprocess import fitted_task_options
@@ -203,6 +204,10 @@ class JobSpec:
         with it the run starts with the federated preprocessing phase and every site trains
         on its own compilation of the spec; ``task_options`` may then lack
         ``num_features`` until :meth:`with_preprocessing` sets it.
+    robust:
+        The ``[robust]`` table (normalised), or None: with it
+        :meth:`build_strategy` wraps the strategy in :class:`~biofed.strategies.Robust`
+        (robust aggregation, norm bounding, validation on the coordinator's trusted data).
 
     Notes
     -----
@@ -232,6 +237,7 @@ class JobSpec:
     privacy: DPSettings | None = None
     secure_aggregation: SecureAggregationSettings | None = None
     study: StudySpec | None = None
+    robust: Mapping[str, Scalar] | None = None
 
     def __post_init__(self) -> None:
         if self.study is not None and not isinstance(self.study, StudySpec):
@@ -247,6 +253,9 @@ class JobSpec:
             options = getattr(self, attr)
             if not isinstance(options, Mapping) or "name" in options:
                 errors.append(f"[{section}] options must be a table without a 'name' key")
+        robust: object = self.robust
+        if robust is not None and not isinstance(robust, Mapping):
+            errors.append("[robust] must be a table of key = value pairs")
         if not errors:
             tables = check_job(self.to_mapping(), errors)
         if not errors:
@@ -256,15 +265,22 @@ class JobSpec:
             raise ConfigurationError(error_text(errors))
         for attr in ("task_options", "strategy_options", "train", "evaluate"):
             object.__setattr__(self, attr, freeze_config(getattr(self, attr)))
+        if self.robust is not None:
+            object.__setattr__(self, "robust", freeze_config(self.robust))
         try:
             LocalTrainingConfig.from_config(self.train)  # what every site will parse
         except ConfigurationError as exc:
             raise ConfigurationError(f"[train] {exc}") from None
-        strategy = self.build_strategy()  # validates the strategy's options and train config
+        # validates the strategy's options and train config (trusted data is the
+        # coordinator's, added when the run starts)
+        strategy = self.build_strategy(trusted=CHECKING if self.needs_trusted else None)
         if self.secure_aggregation is not None and not strategy.supports_secure_aggregation:
+            what = f"[strategy] {self.strategy}"
+            if self.robust is not None:
+                what = f'[robust] aggregator "{self.robust.get("aggregator", "mean")}"'
             raise ConfigurationError(
-                f"[strategy] {self.strategy} needs each site's update on its own and "
-                "cannot run with [secure_aggregation]"
+                f"{what} needs each site's update on its own and cannot run with "
+                "[secure_aggregation]"
             )
 
     def _normalise(self, tables: dict[str, dict[str, Scalar]]) -> None:
@@ -279,9 +295,12 @@ class JobSpec:
         object.__setattr__(self, "strategy_options", strategy)
         object.__setattr__(self, "train", tables["train"])
         object.__setattr__(self, "evaluate", tables["evaluate"])
+        if self.robust is not None:
+            object.__setattr__(self, "robust", tables["robust"])
 
     def _check_across(self, errors: list[str]) -> None:
         """Rules between fields, each problem one line."""
+        robust_errors(self, errors)
         if self.min_replies > self.min_nodes:
             errors.append(
                 f"[run] min_replies cannot exceed [run] min_nodes ({self.min_nodes}), "
@@ -315,6 +334,18 @@ class JobSpec:
                 errors.append(f"[secure_aggregation] {_first_line(exc)}")
 
     # -- parsing ---------------------------------------------------------------------------
+    @property
+    def needs_trusted(self) -> bool:
+        """Whether the job's ``[robust]`` table uses the coordinator's trusted data
+        (validation or FLTrust)."""
+        return needs_trusted(self.robust)
+
+    @property
+    def trusted_dataset(self) -> str | None:
+        """The trusted dataset the job names (``[robust] trusted_dataset``), or None."""
+        name = None if self.robust is None else self.robust.get("trusted_dataset")
+        return None if name is None else str(name)
+
     @property
     def features_known(self) -> bool:
         """Whether the model's size is known (False only for a study job whose fitted
@@ -387,6 +418,7 @@ class JobSpec:
             privacy=privacy,
             secure_aggregation=secure,
             study=study,
+            robust=tables.get("robust"),
         )
         return spec if limits is None else limits.check(spec)
 
@@ -452,6 +484,8 @@ class JobSpec:
             mapping["secure_aggregation"] = self.secure_aggregation.to_table()
         if self.study is not None:
             mapping["study"] = {"spec_json": self.study.to_json(), "digest": self.study.digest}
+        if self.robust is not None:
+            mapping["robust"] = dict(self.robust)
         return mapping
 
     def to_json(self) -> str:
@@ -461,10 +495,18 @@ class JobSpec:
     # -- what the engine needs ---------------------------------------------------------------
     def build_strategy(self, *, trusted: TrustedValidation | None = None) -> Strategy:
         """The strategy with its options and the training / evaluation configs; wrapped in
-        :class:`~biofed.strategies.DPFedAvg` when ``[privacy] mode = "client"``.
+        :class:`~biofed.strategies.DPFedAvg` when ``[privacy] mode = "client"``, or in
+        :class:`~biofed.strategies.Robust` as the ``[robust]`` table says.
 
-        ``trusted`` is the coordinator's trusted data, for a ``[robust]`` section that
-        validates updates or runs FLTrust (refused when such a section has none)."""
+        ``trusted`` is the coordinator's trusted data (a
+        :class:`~biofed.coordinator.TrustedData`), for a ``[robust]`` table that validates
+        updates or runs FLTrust.
+
+        Raises
+        ------
+        ConfigurationError
+            When the ``[robust]`` table uses trusted data and ``trusted`` is None.
+        """
         strategy = make_strategy(
             self.strategy,
             train_config=self.train,
@@ -479,6 +521,8 @@ class JobSpec:
                 noise_multiplier=self.privacy.client_noise_multiplier(),
                 noise="distributed" if self.privacy.noise == "distributed" else "central",
             )
+        if self.robust is not None:  # never with client-level DP (refused at parse)
+            strategy = wrap_robust(strategy, self.robust, trusted)
         return strategy
 
     def engine_config(self, *, deadline: bool = True) -> EngineConfig:

@@ -37,7 +37,7 @@ from biofed.coordinator._job_rules import (
 )
 from biofed.core import Scalar
 from biofed.privacy import ACCOUNTANTS, NOISE_PLACEMENTS, PRIVACY_MODES
-from biofed.strategies import STRATEGIES
+from biofed.strategies import ROBUST_AGGREGATORS, STRATEGIES
 from biofed.tasks import BUILTIN_TASKS
 
 _ID = r"[A-Za-z0-9][A-Za-z0-9._-]*"
@@ -235,6 +235,13 @@ STRATEGY = VariantTable(
             Flag(),
             "Weight each site by its number of training examples (else equally).",
             True,
+        ),
+        _opt(
+            "max_weight",
+            Integer(1, INT32_MAX),
+            "The largest example count one site's reply weighs with, in training and "
+            "evaluation (default: what each site declared when it registered). Bounds "
+            "weight inflation: a site claiming 10^15 examples weighs `max_weight`.",
         ),
     ),
     variants=MappingProxyType(
@@ -458,6 +465,129 @@ SECURE_AGGREGATION = Table(
     ),
 )
 
+#: Robust aggregators that need every site's update on its own (no secure aggregation);
+#: ``mean`` and ``norm_bound`` work on secure aggregation's released mean.
+SINGLE_UPDATE_AGGREGATORS = tuple(
+    sorted(a for a in ROBUST_AGGREGATORS if a not in ("mean", "norm_bound"))
+)
+_KRUM_F = _opt(
+    "f",
+    Integer(0, INT32_MAX),
+    "Malicious sites tolerated; Krum needs n > 2f + 2 replies (default: the largest f "
+    "the round's n allows).",
+)
+ROBUST = VariantTable(
+    name="robust",
+    doc="Robust aggregation (optional): the strategy's mean is replaced by an aggregate a "
+    "malicious minority of sites cannot steer, each update can be norm-bounded and "
+    "validated on the coordinator's trusted data, and every decision is a run event and an "
+    "audit entry (see docs/robustness.md). Aggregators that need each site's update on its "
+    "own cannot run with `[secure_aggregation]`; `mean` and `norm_bound` (with validation "
+    "of the aggregate) can.",
+    selector=_opt(
+        "aggregator",
+        Choice(tuple(sorted(ROBUST_AGGREGATORS))),
+        "How the sites' updates are combined: the coordinate-wise `median`, a "
+        "`trimmed_mean`, `krum` / `multi_krum`, the `geometric_median` (RFA), "
+        "`centered_clipping`, `fltrust` (trust scores from the trusted data), `norm_bound` "
+        "(the mean of norm-bounded updates) or the strategy's weighted `mean` (with "
+        "`norm_bound` or `validation`).",
+        "mean",
+    ),
+    common=(
+        _opt(
+            "norm_bound",
+            Number(0.0, 1e9, lo_open=True),
+            "Clip every update Δᵢ = xᵢ − x to this L2 norm at the coordinator, and ask every "
+            "site to clip its own before it leaves (under secure aggregation: before "
+            "masking, and a mean above the bound fails the round).",
+        ),
+        _opt(
+            "validation",
+            Flag(),
+            "Measure each update's influence on the trusted score of the mean (in secure mode: "
+            "the aggregate against the current model) on the coordinator's trusted data, and "
+            "reject those that lower it by more than `max_drop`; needs `trusted_dataset`.",
+            False,
+        ),
+        _opt(
+            "max_drop",
+            Number(0.0, 1.0),
+            "The largest drop of the trusted score one update may cause, in the task's primary "
+            "metric (C-index, AUC, accuracy); 0.05 passed every honest site of Fed-TCGA-BRCA.",
+            0.05,
+        ),
+        _opt(
+            "action",
+            Choice(("reject", "downweight")),
+            "What validation does with an update costing more than `max_drop`: weight 0, or a "
+            "weight falling linearly from 1 to 0 at twice `max_drop`.",
+            "reject",
+        ),
+        _opt(
+            "trusted_dataset",
+            _identifier(),
+            "The coordinator's trusted dataset, by the name its operator registered "
+            "(`kit.toml` `[trusted_data]`); needed by `validation` and `fltrust`, refused "
+            "with `[run] bundle`.",
+        ),
+    ),
+    variants=MappingProxyType(
+        {
+            "mean": (),
+            "norm_bound": (),
+            "median": (),
+            "fltrust": (),
+            "trimmed_mean": (
+                _opt(
+                    "f",
+                    Integer(0, INT32_MAX),
+                    "Updates dropped per side in every coordinate (instead of `trim`).",
+                ),
+                _opt(
+                    "trim",
+                    Number(0.0, 0.5, hi_open=True),
+                    "Share of the largest and of the smallest values dropped in every coordinate.",
+                    0.1,
+                ),
+            ),
+            "krum": (_KRUM_F,),
+            "multi_krum": (
+                _KRUM_F,
+                _opt(
+                    "multi_krum_m",
+                    Integer(1, INT32_MAX),
+                    "Updates averaged after Krum's selection (default: those replying less f).",
+                ),
+            ),
+            "geometric_median": (
+                _opt("gm_iters", Integer(1, 10_000), "Most Weiszfeld iterations.", 100),
+                _opt(
+                    "gm_eps",
+                    Number(0.0, 1.0, lo_open=True),
+                    "Weiszfeld's smoothing ε (and its stopping tolerance).",
+                    1e-8,
+                ),
+            ),
+            "centered_clipping": (
+                _opt(
+                    "cc_tau",
+                    Number(0.0, 1e9, lo_open=True),
+                    "The clipping radius τ around the previous aggregate, in update-norm "
+                    "units (about the norm of an honest site's update).",
+                    required=True,
+                ),
+                _opt(
+                    "cc_iters",
+                    Integer(1, 1000),
+                    "Clipping iterations (1 streams).",
+                    1,
+                ),
+            ),
+        }
+    ),
+)
+
 STUDY = Table(
     name="study",
     doc="The study dataset (optional): a spec every site compiles against its own data "
@@ -499,11 +629,12 @@ SECTIONS: tuple[Table | VariantTable, ...] = (
     EVALUATE,
     PRIVACY,
     SECURE_AGGREGATION,
+    ROBUST,
 )
 _BY_NAME = {s.name: s for s in SECTIONS}
 #: Tables that may be left out entirely.
 OPTIONAL_SECTIONS = frozenset(
-    {"strategy", "train", "evaluate", "privacy", "secure_aggregation", "study"}
+    {"strategy", "train", "evaluate", "privacy", "secure_aggregation", "study", "robust"}
 )
 #: With a ``[study]`` the fitted preprocessing sets this task option.
 STUDY_SETS = "num_features"

@@ -115,6 +115,10 @@ class Coordinator:
     agreements:
         Verifies and keeps the study agreements jobs name; their researchers may see the
         runs (:mod:`._access`). Without it, a job that names an agreement is refused.
+    trusted_data:
+        The trusted datasets the operator registered (name → file, ``kit.toml``
+        ``[trusted_data]``): a job's ``[robust] trusted_dataset`` must name one, whose file
+        fits the job's task, or it is refused at submit.
     hub:
         Makes the node hub the runs' transports come from (default: a gRPC
         :class:`~biofed.transport.grpc.NodeHub` with ``heartbeat_interval`` and
@@ -136,6 +140,7 @@ class Coordinator:
         limits: JobLimits | None = None,
         agreements: AgreementKeeper | None = None,
         hub: HubFactory | None = None,
+        trusted_data: Mapping[str, Path] | None = None,
     ) -> None:
         self.store = store
         self.limits = JobLimits() if limits is None else limits
@@ -165,6 +170,7 @@ class Coordinator:
             anchor=audit,
             limits=self.limits,
             agreement_rules=self.access.analytics_rules,
+            trusted_data=trusted_data,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -232,6 +238,7 @@ class Coordinator:
             if bundle:
                 raise ProtocolError("an analysis job runs no task bundle: send none")
         else:
+            self.executor.trusted_for(spec)  # an unknown or unfitting trusted dataset
             self.bundles.keep(spec.bundle, bundle)
         run_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         self.store.create_run(run_id, spec.to_json(), peer.name)

@@ -19,6 +19,7 @@ from biofed.strategies._registry import STRATEGIES, make_strategy
 from biofed.strategies._robust import ROBUST_AGGREGATORS, Robust, UpdateJudge
 from biofed.strategies._scaffold import Scaffold
 from biofed.strategies._trusted import TrustedValidation
+from biofed.strategies._validation import UpdateValidation
 from biofed.strategies._weighted import WeightedSum, capped_examples
 
 __all__ = [
@@ -47,6 +48,7 @@ __all__ = [
     "TrustedValidation",
     "UpdateDecision",
     "UpdateJudge",
+    "UpdateValidation",
     "WeightedSum",
     "capped_examples",
     "make_strategy",
