@@ -89,9 +89,7 @@ def wdbc_federation() -> FederatedDataset:
 
     def scaled(ds: Dataset) -> Dataset:
         feats = ((ds.features - mean) / sd).astype(np.float32)
-        return Dataset(
-            name=ds.name, features=feats, feature_names=names, targets=dict(ds.targets)
-        )
+        return Dataset(name=ds.name, features=feats, feature_names=names, targets=dict(ds.targets))
 
     train = partition_iid(scaled(split.train), NUM_SITES, rng)
     test = partition_iid(scaled(split.test), NUM_SITES, rng)

@@ -100,7 +100,7 @@ def trusted_rows(setting: Setting) -> Any:
     """The coordinator's trusted dataset: a fixed sample of the pooled training rows."""
     pooled = setting.fed.pooled("train")
     rng = np.random.default_rng(0x7257ED)
-    k = max(20, int(round(TRUSTED_FRACTION * len(pooled))))
+    k = max(20, round(TRUSTED_FRACTION * len(pooled)))
     return pooled.subset(np.sort(rng.choice(len(pooled), k, replace=False)), name="trusted")
 
 

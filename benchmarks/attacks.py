@@ -43,7 +43,15 @@ SECTIONS = ("poisoning", "inversion", "membership")
 ROUNDS, STEPS_TCGA, STEPS_WDBC = 10, 50, 20
 QUICK_ROUNDS = 4
 QUICK_ATTACKS = ("none", "scaling", "weight_inflation", "label_flip", "backdoor")
-QUICK_DEFENCES = ("none", "max_weight", "median", "multi_krum", "fltrust", "norm_bound", "validation")
+QUICK_DEFENCES = (
+    "none",
+    "max_weight",
+    "median",
+    "multi_krum",
+    "fltrust",
+    "norm_bound",
+    "validation",
+)
 
 
 def progress(line: str) -> None:
