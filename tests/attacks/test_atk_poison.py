@@ -5,6 +5,7 @@ measure, and the harness on a real federation (a scaling attacker wrecks FedAvg'
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from typing import Any
 
@@ -15,6 +16,7 @@ from biofed.attacks import (
     ATTACKS,
     DECISION_EVENTS,
     INFLATED_EXAMPLES,
+    Attack,
     Chain,
     FreeRiding,
     GaussianNoise,
@@ -225,6 +227,8 @@ def test_bad_parameters_are_refused() -> None:
         WeightInflation(claim=0)
     with pytest.raises(ConfigurationError, match="unknown attack"):
         make_attack("nope", load_tcga_brca())
+    with pytest.raises(ConfigurationError, match="no such site to attack from: center-9"):
+        run_attack(load_tcga_brca(), _cox_job(), attacks={"center-9": Attack(name="x")})
 
 
 def test_label_flip_on_wdbc_flips_exactly_the_chosen_fraction(wdbc: FederatedDataset) -> None:
@@ -345,7 +349,6 @@ def test_every_attack_is_built_and_decision_events_match_the_actions(
     assert tuple(f"update_{a}" for a in DECISION_ACTIONS) == DECISION_EVENTS
 
 
-@pytest.mark.slow
 def test_scaling_attacker_wrecks_fedavg_and_lying_evaluation_fools_the_summary(
     tcga: FederatedDataset,
 ) -> None:
@@ -369,6 +372,9 @@ def test_scaling_attacker_wrecks_fedavg_and_lying_evaluation_fools_the_summary(
     assert 0.6 < forward.clean_metric < baseline.clean_metric
     assert reversed_.malicious == {mal: "scaling"}
     assert reversed_.decisions == {}
+    summary = json.loads(json.dumps(reversed_.to_dict()))
+    assert summary["clean_metric"] == pytest.approx(reversed_.clean_metric)
+    assert len(summary["rounds"]) == 3
     liar = {mal: make_attack("lying_evaluation", tcga)}
     lied = run_attack(tcga, job, attacks=liar)
     assert lied.reported_metric == pytest.approx(0.99996, abs=1e-4)
@@ -377,3 +383,104 @@ def test_scaling_attacker_wrecks_fedavg_and_lying_evaluation_fools_the_summary(
         f"reported C-index: honest {baseline.reported_metric:.4f}, liar {lied.reported_metric:.4f}"
     )
     assert not math.isnan(baseline.reported_metric)
+
+
+def _secure(job: JobSpec) -> JobSpec:
+    tables = job.to_mapping()
+    tables["secure_aggregation"] = {"clip_range": 8.0, "quantisation_step": 1e-6}
+    return JobSpec.from_mapping(tables)
+
+
+def test_weight_inflation_needs_its_declared_count_and_then_dominates(
+    tcga: FederatedDataset,
+) -> None:
+    """The exchange refuses a claim above what the site declared at registration (here its
+    honest 129 rows); declared 10¹⁵ (as the harness does; a site that declared nothing is
+    not capped either), the 10¹⁵-example update is the whole FedAvg aggregate."""
+    job = _cox_job(rounds=1)
+    inflated = make_attack("weight_inflation", tcga)
+    assert inflated.declared == INFLATED_EXAMPLES
+    honest_count = dataclasses.replace(inflated, declared=len(tcga.sites["center-3"].train))
+    refused = run_attack(tcga, job, attacks={"center-3": honest_count})
+    assert refused.history[0].num_rejected == 1
+    assert refused.history[0].num_replies == 5
+    assert any(
+        e.kind != "round_failed" and e.node_id == "center-3" and "declared" in e.message
+        for e in refused.events
+    )
+    taken = run_attack(tcga, job, attacks={"center-3": inflated})
+    assert taken.history[0].num_rejected == 0
+    assert taken.parameters is not None
+    # every weight moved by ~50: the honest sites' 866 − n examples weigh nothing beside 10¹⁵
+    np.testing.assert_allclose(taken.parameters["weight"], 50.0, atol=0.1)
+
+
+def test_tampers_cannot_reach_a_secure_aggregation_update(tcga: FederatedDataset) -> None:
+    """Under SecAgg+ the update leaves only masked inside SECAGG replies, which every
+    training tamper passes through: the model is bit-identical to the honest run's. The
+    evaluation replies are in the clear, so a lying evaluation still sets the figure."""
+    job = _secure(_cox_job(rounds=1))
+    honest = run_attack(tcga, job, attacks={})
+    liar = make_attack("lying_evaluation", tcga)
+    attacked = run_attack(
+        tcga,
+        job,
+        attacks={
+            "center-2": dataclasses.replace(liar, tamper=Chain((SignFlip(100.0), liar.tamper)))
+        },  # type: ignore[arg-type]
+    )
+    assert attacked.history[0].train_metrics["secagg.survivors"] == 6.0
+    assert honest.parameters is not None
+    assert attacked.parameters is not None
+    for name in honest.parameters:
+        np.testing.assert_array_equal(attacked.parameters[name], honest.parameters[name])
+    assert attacked.reported_metric == pytest.approx(0.99996, abs=1e-4)
+    assert honest.reported_metric < 0.9
+
+
+def test_robust_median_keeps_the_c_index_against_the_boosted_attacker(
+    tcga: FederatedDataset,
+) -> None:
+    """The attacker of the test above, against ``[robust] aggregator = "median"``: the
+    coordinate-wise median ignores one boosted update, so the C-index stays near the
+    no-attack run's; every update of the run is a decision event."""
+    tables = _cox_job(rounds=3, steps=20).to_mapping()
+    tables["robust"] = {"aggregator": "median"}
+    job = JobSpec.from_mapping(tables)
+    mal = choose_malicious(SITES, 1, seed=0)[0]
+    clean = run_attack(tcga, job, attacks={})
+    attacked = run_attack(tcga, job, attacks={mal: make_attack("scaling", tcga, boost=-100.0)})
+    print(
+        f"median: clean C-index no attack {clean.clean_metric:.4f}, "
+        f"{mal} scaling x-100 {attacked.clean_metric:.4f}"
+    )
+    assert attacked.clean_metric >= clean.clean_metric - 0.05
+    assert attacked.clean_metric > 0.7
+    assert set(attacked.decisions) == set(SITES)
+    assert sum(attacked.decisions[mal].values()) == 3
+
+
+def test_weight_caps_and_median_against_the_issues_liar(tcga: FederatedDataset) -> None:
+    """The issue's site (declares and claims 10¹⁵ examples, parameters + 50; reports
+    C-index 0.99996). ``max_weight`` bounds its evaluation claim's weight, so the reported
+    figure is no longer the liar's, but not its parameter shift (+50 at a capped weight
+    still dominates the mean); the median ignores the shift."""
+    mal = choose_malicious(SITES, 1, seed=0)[0]
+    capped = _cox_job(rounds=3, steps=20, max_weight=250)
+    liar = run_attack(tcga, capped, attacks={mal: make_attack("lying_evaluation", tcga)})
+    honest = run_attack(tcga, capped, attacks={})
+    inflated = {mal: make_attack("weight_inflation", tcga)}
+    still = run_attack(tcga, capped, attacks=inflated)
+    tables = capped.to_mapping()
+    tables["robust"] = {"aggregator": "median"}
+    median = run_attack(tcga, JobSpec.from_mapping(tables), attacks=inflated)
+    print(
+        f"max_weight 250: reported C-index honest {honest.reported_metric:.4f}, "
+        f"liar {liar.reported_metric:.4f}; weight inflation clean C-index "
+        f"{still.clean_metric:.4f} (median: {median.clean_metric:.4f})"
+    )
+    assert liar.reported_metric < 0.95
+    assert liar.reported_metric > honest.reported_metric  # bounded, not removed
+    assert still.clean_metric < honest.clean_metric - 0.08
+    assert median.clean_metric > 0.72
+    assert sum(median.decisions[mal].values()) == 3  # one decision per round

@@ -5,6 +5,7 @@ unfitting trusted dataset is refused at submit before anything is stored."""
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 from functools import cache
@@ -25,9 +26,10 @@ from biofed.coordinator import (
 )
 from biofed.coordinator._job_schema import ROBUST, SINGLE_UPDATE_AGGREGATORS, STRATEGY
 from biofed.coordinator._trusted import TASK_TARGETS
-from biofed.core import ConfigurationError
+from biofed.core import ConfigurationError, Instruction, MessageKind, ParameterSet, Reply
 from biofed.data import Dataset, FederatedDataset, SiteData
 from biofed.datasets import load_tcga_brca
+from biofed.simulation import TamperingBackend, simulate
 from biofed.strategies import ROBUST_AGGREGATORS, FedAvg, Robust, UpdateValidation
 from biofed.tasks import BUILTIN_TASKS
 from biofed.transport.grpc import Peer
@@ -71,6 +73,16 @@ def write_table(path: Path, data: Dataset, *, drop: tuple[str, ...] = (), **extr
     columns.update(extra)
     pacsv.write_csv(pa.table(columns), path)
     return path
+
+
+def flip_boosted(instruction: Instruction, reply: Reply) -> Reply:
+    """center-0's lie: ``x − 10·(xᵢ − x)`` instead of its trained model."""
+    if instruction.kind is not MessageKind.TRAIN or reply.parameters is None:
+        return reply
+    x, honest = instruction.parameters, reply.parameters
+    assert x is not None
+    lie = {k: (x[k] - 10.0 * (honest[k] - x[k])).astype(x[k].dtype) for k in x}
+    return dataclasses.replace(reply, parameters=ParameterSet(lie))
 
 
 # -- parsing -----------------------------------------------------------------------------------
@@ -376,3 +388,24 @@ def test_the_coordinator_refuses_an_unknown_or_unfitting_trusted_dataset_at_subm
     with pytest.raises(ConfigurationError, match=r"krum.*\[secure_aggregation\]"):
         coordinator.submit_run(ALICE, json.dumps(secure))
     assert coordinator.list_runs(ALICE) == []
+
+
+def test_an_fltrust_job_trains_on_the_trusted_data_and_outvotes_a_liar() -> None:
+    fed, rows = held_out()
+    spec = JobSpec.from_mapping(
+        {
+            "run": {"dataset": "tcga-brca", "rounds": 5, "min_nodes": 6},
+            "task": dict(TASK),
+            "train": {"batch_size": 8, "learning_rate": 0.01, "optimizer": "adam"},
+            "robust": {"aggregator": "fltrust", "trusted_dataset": "tcga-reference"},
+        }
+    )
+    trusted = TrustedData(spec, rows, name="tcga-reference")
+    liar = TamperingBackend({"center-0": flip_boosted})
+    undefended = dataclasses.replace(spec, robust=None)
+    report = simulate(fed, job=spec, trusted=trusted, backend=liar, baselines=False)
+    plain = simulate(
+        fed, job=undefended, backend=TamperingBackend({"center-0": flip_boosted}), baselines=False
+    )
+    assert plain.federated.pooled_metric < 0.35  # measured 0.294
+    assert report.federated.pooled_metric > 0.78  # measured 0.799 (honest FedAvg: 0.821)

@@ -4,17 +4,15 @@ signed entry ``update.<action>`` in the coordinator's audit log (issue 15)."""
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from test_robust_job import held_out, write_table
+from test_robust_job import flip_boosted, held_out, write_table
 
 from biofed.coordinator import Coordinator, InMemoryStateStore, JobSpec
-from biofed.core import Instruction, MessageKind, ParameterSet, Reply
 from biofed.governance import AuditLog
 from biofed.governance._audit._signer import AuditSigner
 from biofed.simulation import TamperingBackend
@@ -23,16 +21,6 @@ from biofed.transport import InMemoryTransport
 from biofed.transport.grpc import Peer
 
 ALICE = Peer(name="alice", role="researcher")
-
-
-def flip_boosted(instruction: Instruction, reply: Reply) -> Reply:
-    """center-0's lie: ``x − 10·(xᵢ − x)`` instead of its trained model."""
-    if instruction.kind is not MessageKind.TRAIN or reply.parameters is None:
-        return reply
-    x, honest = instruction.parameters, reply.parameters
-    assert x is not None
-    lie = {k: (x[k] - 10.0 * (honest[k] - x[k])).astype(x[k].dtype) for k in x}
-    return dataclasses.replace(reply, parameters=ParameterSet(lie))
 
 
 class Hub:

@@ -403,6 +403,25 @@ def test_governed_dp_instruction_follows_the_whole_auditors_order(
     assert events.index("budget.debited") < events.index("round.sent")
 
 
+def test_a_governed_bundles_update_is_bounded_before_control(tmp_path: Path, fed: Path) -> None:
+    """The approved bundle runs in its sandboxed worker; the bound step still scales its
+    update to the round's ``robust.max_update_norm``, output control drops the norm metric
+    the agreement does not name, and ``round.sent`` notes the bound."""
+    site = Governed(tmp_path, fed, privacy=None)
+    inst = site.instruction(**{"robust.max_update_norm": 1e-4})
+    reply = site.app.handle(inst)
+    site.close()
+    assert reply.ok, reply.error
+    assert _update_norm(reply, inst) == pytest.approx(1e-4, rel=1e-6)
+    assert _update_norm(reply, inst) <= 1e-4
+    assert "robust.update_norm" not in reply.metrics  # not among the agreement's metrics
+    entries = [json.loads(line) for line in site.audit.read_text().splitlines()]
+    sent = [e for e in entries if e["event"] == "round.sent"][-1]
+    assert sent["data"]["max_update_norm"] == 1e-4
+    assert sent["data"]["update_bounded"] is True
+    assert "robust.update_norm" in sent["data"]["dropped_metrics"]
+
+
 def test_a_refused_governed_instruction_runs_nothing(tmp_path: Path, fed: Path) -> None:
     site = Governed(tmp_path, fed, privacy=None)
     log: list[str] = []

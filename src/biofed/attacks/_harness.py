@@ -113,9 +113,12 @@ def make_attack(
     ``weight_inflation``: claims and declares 10¹⁵ examples, parameters + 50 (the issue's
     attack); ``free_riding``: the global model back; ``label_flip``: ``fraction`` of its
     rows [all]; ``backdoor``: ``copies`` × its records triggered [1×], the trigger fitted on
-    the pooled training data (:func:`make_trigger`); ``lying_evaluation``: reports
-    ``metric`` = 0.99996 [the pooled data's primary metric: ``c_index`` for survival,
-    ``roc_auc`` for a label] on 10¹⁵ evaluation records (declared).
+    the pooled training data (:func:`make_trigger`: an attacker who knows the cohort's
+    ranges, which favours the attacker; fitted on one site's rows the trigger's columns are
+    less neutral — a clean WDBC model then already scores 0.15–0.17 success);
+    ``lying_evaluation``: reports ``metric`` = 0.99996 [the pooled data's primary metric:
+    ``c_index`` for survival, ``roc_auc`` for a label] on 10¹⁵ evaluation records
+    (declared).
     """
     if name == "scaling":
         return Attack(name=name, tamper=Scaling(float(boost or len(fed.sites))))

@@ -21,12 +21,16 @@ Attacks
   With few shadows the per-example variances are replaced by the global ones, as the paper
   recommends below 64 shadows.
 
-Training (:func:`train_federated`) goes through :func:`biofed.simulation.simulate` with a
-real :class:`~biofed.coordinator.JobSpec` (``logistic_regression_torch``, FedAvg over the
-sites, and ``[privacy] mode = "sample"`` at a target ε: every site calibrates its DP-SGD noise
-for its records and the run's steps); target and shadows are trained by the same function
-with the same settings, so the shadows are faithful. The accountant's ε is the largest the
-sites report.
+Training (:func:`train_federated`) is a federated run through
+:func:`biofed.simulation.simulate`: FedAvg over 6 sites, each trained by biofed's own
+:class:`~biofed.tasks.TorchTask` (plain SGD, or its sample-level DP-SGD with the noise
+multiplier :func:`biofed.privacy.calibrate_noise` gives for the target ε over the run's
+steps, as a node calibrates it). ``via_job=True`` trains ``logistic_regression_torch``
+from a real :class:`~biofed.coordinator.JobSpec` with ``[privacy] mode = "sample"``
+instead (every site node calibrates and accounts itself; slower). Target and shadows are
+trained by the same function with the same settings, so the shadows are faithful. The
+default victim is a small MLP that overfits small sites (see :class:`TrainingSettings`):
+without memorisation there is nothing for an attack to measure at ε = ∞.
 
 Why own code: the attacks are short formulas over model outputs; the libraries that
 implement them (ML Privacy Meter, TensorFlow Privacy) pull in TensorFlow or their own

@@ -112,6 +112,25 @@ _QUERY_ROWS = (
 )
 
 
+_TRUSTED_DATA = """\
+## `[trusted_data]` in the coordinator's `kit.toml` (optional)
+
+The trusted datasets a job's `[robust] trusted_dataset` may name, registered by the
+coordinator's operator: `NAME = "FILE"` (a CSV or Parquet file, relative to the kit's
+folder). A researcher names one, never a path. The file holds the columns of the job's
+built-in task's targets (`event` and `time` for the survival tasks, `label` for the
+classifiers, by those names) and `[task] num_features` numeric feature columns (every other
+column, in file order); a job whose task it does not fit is refused at submit, and so is a
+job with `[run] bundle` (bundle code never runs at the coordinator). Update validation
+scores with the task's primary metric on it; FLTrust trains on it with the job's `[train]`.
+
+```toml
+[trusted_data]
+tcga-reference = "trusted/tcga-reference.csv"
+```
+"""
+
+
 def render_job_reference() -> str:
     """The Markdown reference of the job file, of analysis jobs and of the coordinator's
     ``[limits]``."""
@@ -150,4 +169,5 @@ def render_job_reference() -> str:
     lines += _section(ANALYSIS_RUN, where=" of an analysis job")
     lines += _section(ANALYSIS_SECURE_AGGREGATION, where=" of an analysis job")
     lines += _section(LIMITS, where=" in the coordinator's `kit.toml`")
+    lines.append(_TRUSTED_DATA)
     return "\n".join(lines).rstrip("\n") + "\n"

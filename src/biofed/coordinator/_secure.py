@@ -190,6 +190,7 @@ class SecureRound:
             state=aggregate.state,
             metrics=metrics,
             num_replies=aggregate.num_replies,
+            decisions=aggregate.decisions,  # robust checks of the aggregate (run events)
         )
 
 

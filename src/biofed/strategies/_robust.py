@@ -34,6 +34,7 @@ from biofed.core import (
 )
 from biofed.core.checks import check_choice, check_float, check_int
 from biofed.core.sections import MAX_UPDATE_NORM
+from biofed.strategies import _robust_kernels as rk
 from biofed.strategies._base import (
     AggregateResult,
     NodePlan,
@@ -88,9 +89,13 @@ class UpdateJudge(Protocol):
     """What :class:`Robust` asks of update validation (``UpdateValidation`` fits)."""
 
     def judge(
-        self, x: ParameterSet, candidates: Sequence[tuple[str, ParameterSet]]
+        self,
+        x: ParameterSet,
+        candidates: Sequence[tuple[str, ParameterSet]],
+        weights: Sequence[float] | None = None,
     ) -> Sequence[tuple[float, UpdateDecision]]:
-        """A weight factor in [0, 1] and a decision for each candidate model ``x + Δᵢ``."""
+        """A weight factor in [0, 1] and a decision for each candidate model ``x + Δᵢ``
+        (``weights``: each candidate's weight in the rule, see Robust's Security notes)."""
         ...
 
     def judge_aggregate(
@@ -98,13 +103,6 @@ class UpdateJudge(Protocol):
     ) -> tuple[bool, UpdateDecision]:
         """Whether to keep ``aggregate`` (the next model) instead of ``x``, and why."""
         ...
-
-
-def _median_or_trimmed(values: list[float], k: int | None) -> float:
-    if k is not None and len(values) > 2 * k:
-        ordered = sorted(values)
-        return float(np.mean(ordered[k : len(values) - k]))
-    return float(np.median(values))
 
 
 class Robust(Strategy):
@@ -149,7 +147,7 @@ class Robust(Strategy):
         Robust federated aggregation, RFA (Pillutla, Kakade, Harchaoui 2022, "Robust
         Aggregation for Federated Learning"): the weighted geometric median by smoothed
         Weiszfeld steps (``gm_iters`` at most, smoothing ν = ``gm_eps``). Breakdown point
-        1/2 (of the weight: cap weights with ``max_weight``). Buffers.
+        1/2 of the weight (see Security notes on weights). Buffers.
     ``"centered_clipping"``
         Centred clipping (Karimireddy, He, Jaggi 2021, "Learning from History for
         Byzantine Robust Optimization"): ``v ← v + Σ αᵢ clip_τ(Δᵢ − v)``, ``cc_iters``
@@ -214,7 +212,11 @@ class Robust(Strategy):
     Security notes
     --------------
     *Weights.* Every weight is capped at ``max_weight`` (weight inflation: a site claiming
-    10¹⁵ examples weighs ``max_weight``); order-statistic and distance rules ignore weights.
+    10¹⁵ examples weighs ``max_weight``). The median, trimmed mean, Krum and FLTrust ignore
+    example counts; the geometric median and centred clipping use them only when
+    ``max_weight`` caps them (else every update weighs 1: with uncapped counts one liar
+    would hold almost all the weight, beyond their breakdown point); ``mean`` and
+    ``norm_bound`` follow the inner strategy's ``weighted``.
     *Secure aggregation.* Only ``mean`` and ``norm_bound`` can run on the released mean;
     the others need single updates and refuse it. With ``norm_bound`` every honest site
     clips before masking and the coordinator checks that the unmasked mean has norm ≤ M:
@@ -300,6 +302,13 @@ class Robust(Strategy):
         self.weighted = inner.weighted
         #: Whether the rule can run on secure aggregation's mean (see Security notes).
         self.supports_secure_aggregation = rule in SECURE_AGGREGATORS
+        #: Whether updates weigh by (capped) example counts: the mean rules follow the inner
+        #: strategy; geometric median and centred clipping only when ``max_weight`` caps
+        #: the counts (an uncapped claim is the liar's lever); the others never.
+        self.example_weights = inner.weighted and (
+            rule in ("mean", "norm_bound")
+            or (rule in ("geometric_median", "centered_clipping") and self.max_weight is not None)
+        )
         #: Whether the round keeps every update (n × d float64) rather than a running sum.
         self.buffers = (
             rule not in STREAMING_AGGREGATORS
@@ -358,6 +367,22 @@ class Robust(Strategy):
                 "centered_clipping with cc_iters=1) without validation"
             )
 
+    def _check_enough(self, planned: int) -> None:
+        """Refuse, before any site trains, a round whose plan is too small for ``f``."""
+        f = self.f
+        if f is None:
+            return
+        if self.aggregator in ("krum", "multi_krum") and not planned > 2 * f + 2:
+            raise RoundFailed(
+                f"{self.aggregator} with f = {f} malicious sites needs more than "
+                f"{2 * f + 2} updates (n > 2f + 2); the round plans {planned}"
+            )
+        if self.aggregator == "trimmed_mean" and not planned > 2 * f:
+            raise RoundFailed(
+                f"trimmed mean drops {f} updates per side and needs more than {2 * f} "
+                f"updates; the round plans {planned}"
+            )
+
     def begin_train_aggregation(
         self,
         server_round: int,
@@ -366,7 +391,9 @@ class Robust(Strategy):
         num_nodes: int,
     ) -> TrainAggregator:
         inner_state, reference = self._split_state(state)
-        capacity = planned_count(self.inner, num_nodes) if self.buffers else 0
+        planned = planned_count(self.inner, num_nodes)
+        self._check_enough(planned)
+        capacity = planned if self.buffers else 0
         if self.buffers:
             self.check_buffer(capacity, Layout(parameters).size)
         g0 = None
@@ -387,7 +414,7 @@ class Robust(Strategy):
         try:
             trained = self.trusted.train(x, server_round)
             x.spec.validate(trained, what="the trusted data's model")
-        except BiofedError as exc:
+        except (BiofedError, ValueError, ArithmeticError, TypeError) as exc:
             raise RoundFailed(
                 f"FLTrust's server update on the trusted data failed: {exc}"
             ) from None
@@ -468,27 +495,14 @@ class Robust(Strategy):
         self, entries: Sequence[tuple[float, Mapping[str, float]]]
     ) -> dict[str, float]:
         """Each metric combined over the sites that report it: a median (order-statistic
-        and distance rules), a trimmed mean (``trimmed_mean``), or the weighted mean
-        (``mean``, ``norm_bound``; weights already capped)."""
-        by_name: dict[str, list[tuple[float, float]]] = {}
-        for weight, metrics in entries:
-            for name, value in metrics.items():
-                if isinstance(value, int | float) and math.isfinite(value):
-                    by_name.setdefault(name, []).append((float(weight), float(value)))
-        out: dict[str, float] = {}
-        for name, pairs in sorted(by_name.items()):
-            values = [v for _, v in pairs]
-            if self.aggregator in _MEDIAN_METRICS:
-                out[name] = _median_or_trimmed(values, None)
-            elif self.aggregator == "trimmed_mean":
-                k = self.f if self.f is not None else math.floor(self.trim * len(values))
-                out[name] = _median_or_trimmed(values, k)
-            else:
-                total = sum(w for w, _ in pairs)
-                if total <= 0:
-                    continue
-                out[name] = float(sum(w * v for w, v in pairs) / total)
-        return out
+        and distance rules), a trimmed mean (``trimmed_mean``; the median when too few
+        sites report for its trim), or the weighted mean (``mean``, ``norm_bound``; the
+        weights already capped)."""
+        if self.aggregator in _MEDIAN_METRICS:
+            return rk.combine_metrics(entries, "median")
+        if self.aggregator == "trimmed_mean":
+            return rk.combine_metrics(entries, "trimmed", f=self.f, trim=self.trim)
+        return rk.combine_metrics(entries, "mean")
 
     # -- evaluation and description ------------------------------------------------------
     def configure_evaluate(

@@ -13,7 +13,7 @@ import dataclasses
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 from scipy.linalg.blas import daxpy
@@ -122,7 +122,15 @@ class _Candidates(Sequence[tuple[str, ParameterSet]]):
     def __len__(self) -> int:
         return len(self._fold.entries)
 
-    def __getitem__(self, i: int) -> tuple[str, ParameterSet]:  # type: ignore[override]
+    @overload
+    def __getitem__(self, i: int) -> tuple[str, ParameterSet]: ...
+    @overload
+    def __getitem__(self, i: slice) -> list[tuple[str, ParameterSet]]: ...
+    def __getitem__(
+        self, i: int | slice
+    ) -> tuple[str, ParameterSet] | list[tuple[str, ParameterSet]]:
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
         fold = self._fold
         if not -len(self) <= i < len(self):
             raise IndexError(i)
@@ -185,7 +193,7 @@ class RobustFold(TrainAggregator):
             norm = math.sqrt(float(u @ u))
         entry = _Entry(
             node_id=reply.node_id,
-            weight=float(examples) if strategy.inner.weighted else 1.0,
+            weight=float(examples) if strategy.example_weights else 1.0,
             norm=norm,
             clipped=strategy.norm_bound is not None and norm > strategy.norm_bound,
             metrics=dict(reply.metrics),
@@ -314,7 +322,7 @@ class RobustFold(TrainAggregator):
                 iterations=strategy.cc_iters,
             )
             alpha = weights / weights.sum()
-            shares = alpha * np.minimum(1.0, strategy.cc_tau / np.maximum(dist, 1e-300))
+            shares = alpha * rk.clip_scale(dist, strategy.cc_tau)
             self._cc_outcomes(live, dist, shares)
             return v
         assert rule == "fltrust"
@@ -325,7 +333,8 @@ class RobustFold(TrainAggregator):
     def _validate(self, outcomes: list[_Outcome]) -> Array:
         validation = self.strategy.validation
         assert validation is not None
-        judged = list(validation.judge(self.x, _Candidates(self)))
+        weights = [e.weight for e in self.entries]
+        judged = list(validation.judge(self.x, _Candidates(self), weights=weights))
         if len(judged) != self.count:
             raise RoundFailed(
                 f"update validation judged {len(judged)} updates, {self.count} were offered"
@@ -393,8 +402,9 @@ class RobustFold(TrainAggregator):
                 out.reasons.append(f"selected: {what}")
             else:
                 out.worsen("rejected", f"not selected: {what}")
-        result: Array = live_rows[sorted(chosen)].mean(axis=0)
-        return result
+        selection = np.zeros(n, dtype=np.float64)
+        selection[sorted(chosen)] = 1.0
+        return rk.weighted_mean(live_rows, selection)  # no copy of the chosen rows
 
     def _geometric_median(self, live_rows: Array, weights: Array, live: list[_Outcome]) -> Array:
         strategy = self.strategy
@@ -452,10 +462,11 @@ class RobustFold(TrainAggregator):
             counts[out.action] += 1.0
         metrics = {f"robust.{a}": c for a, c in counts.items()}
         kept = [
-            (1.0 if o.action != "rejected" else 0.0, e.metrics)
+            (e.weight, e.metrics)
             for e, o in zip(self.entries, outcomes, strict=True)
+            if o.action != "rejected"
         ]
-        metrics.update(strategy.combine_metrics([(w, m) for w, m in kept if w > 0]))
+        metrics.update(strategy.combine_metrics(kept))
         if aggregate is None:
             metrics["robust.kept_model"] = 1.0
             state = dict(self.inner_state)

@@ -15,6 +15,8 @@ however large the model, on top of the ``n × d`` matrix the caller already boun
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
+from typing import Literal
 
 import numpy as np
 
@@ -117,33 +119,38 @@ def row_distances(rows: Array, v: Array) -> Array:
 
 
 def geometric_median(
-    rows: Array, w: Array, *, iterations: int, nu: float, ftol: float = 1e-10
+    rows: Array, w: Array, *, iterations: int, nu: float, xtol: float = 1e-12
 ) -> tuple[Array, Array, int]:
     """The weighted geometric median ``argmin_v Σ αᵢ ‖v − uᵢ‖`` by smoothed Weiszfeld
     iterations (Pillutla, Kakade, Harchaoui 2022, Algorithm 2).
 
     ``α = w / Σ w``; start at the weighted mean; each step reweighs ``βᵢ = αᵢ / max(ν,
-    ‖v − uᵢ‖)`` and sets ``v = Σ βᵢ uᵢ / Σ βᵢ``; stops after ``iterations`` steps or when
-    the objective improves by less than ``ftol`` of itself. Returns the median, the final
+    ‖v − uᵢ‖)`` and sets ``v = Σ βᵢ uᵢ / Σ βᵢ``; stops after ``iterations`` steps or once a
+    step moves ``v`` by at most ``xtol·(1 + ‖v‖)`` (a test on the objective, as in the
+    paper, stops too early when a far outlier dominates it). Returns the median, the final
     effective weights ``β / Σ β`` and the number of steps taken.
     """
     alpha = w / float(w.sum())
     v = alpha @ rows
     dist = row_distances(rows, v)
-    objective = float(alpha @ dist)
     beta = alpha
     steps = 0
     while steps < iterations:
         steps += 1
         beta = alpha / np.maximum(dist, nu)
-        v = (beta @ rows) / float(beta.sum())
+        new_v = (beta @ rows) / float(beta.sum())
+        moved = math.sqrt(float((new_v - v) @ (new_v - v)))
+        v = new_v
         dist = row_distances(rows, v)
-        new_objective = float(alpha @ dist)
-        done = objective - new_objective <= ftol * max(objective, np.finfo(np.float64).tiny)
-        objective = new_objective
-        if done:
+        if moved <= xtol * (1.0 + math.sqrt(float(v @ v))):
             break
     return v, beta / float(beta.sum()), steps
+
+
+def clip_scale(dist: Array, tau: float) -> Array:
+    """``min(1, τ / dᵢ)`` for every distance (1 for ``dᵢ ≤ τ``, including 0)."""
+    out: Array = np.divide(tau, dist, out=np.ones_like(dist), where=dist > tau)
+    return out
 
 
 def centered_clipping(
@@ -159,7 +166,7 @@ def centered_clipping(
     dist = np.zeros(rows.shape[0], dtype=np.float64)
     for _ in range(iterations):
         dist = row_distances(rows, v)
-        scale = np.minimum(1.0, tau / np.maximum(dist, np.finfo(np.float64).tiny))
+        scale = clip_scale(dist, tau)
         c = alpha * scale
         v = v + c @ rows - float(c.sum()) * v
     return v, dist
@@ -197,3 +204,37 @@ def fltrust(rows: Array, g0: Array, factors: Array | None = None) -> tuple[Array
         return None, trust
     out: Array = (coeff @ rows) / total
     return out, trust
+
+
+def combine_metrics(
+    entries: Sequence[tuple[float, Mapping[str, float]]],
+    how: Literal["median", "trimmed", "mean"],
+    *,
+    f: int | None = None,
+    trim: float = 0.0,
+) -> dict[str, float]:
+    """Each finite metric combined over the ``(weight, metrics)`` entries that report it.
+
+    ``median``: the median of the values; ``trimmed``: their mean after dropping ``f``
+    (else ``⌊trim·m⌋``) of the m values per side, the median when ``m ≤ 2f``; ``mean``:
+    the weighted mean.
+    """
+    by_name: dict[str, list[tuple[float, float]]] = {}
+    for weight, metrics in entries:
+        for name, value in metrics.items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                by_name.setdefault(name, []).append((float(weight), float(value)))
+    out: dict[str, float] = {}
+    for name, pairs in sorted(by_name.items()):
+        values = sorted(v for _, v in pairs)
+        m = len(values)
+        k = f if f is not None else math.floor(trim * m)
+        if how == "trimmed" and m > 2 * k:
+            out[name] = float(np.mean(values[k : m - k]))
+        elif how in ("median", "trimmed"):
+            out[name] = float(np.median(values))
+        else:
+            total = sum(w for w, _ in pairs)
+            if total > 0:
+                out[name] = float(sum(w * v for w, v in pairs) / total)
+    return out
