@@ -6,24 +6,23 @@ indicator as the label (a Cox model's update is not what these attacks invert; t
 are the same patients). Features are standardised with the pooled training rows' mean and
 sd, so the tolerance of a recovered feature, 0.1, is a tenth of a standard deviation.
 
-Gradient inversion (:func:`biofed.attacks.invert_update`: iDLG's closed form and DLG /
-inverting-gradients optimisation): an honest-but-curious coordinator sees one site's update
-after one local SGD step (learning rate 0.1) on a batch of ``b`` of its records, from the
-initial model. Defences:
+Gradient inversion (:func:`biofed.attacks.inversion_experiment`: iDLG's closed form and
+DLG / inverting-gradients optimisation, :func:`biofed.attacks.invert_update`): an
+honest-but-curious coordinator sees one site's update after one local SGD step (learning
+rate 0.1) on a batch of ``b`` records, from the initial model. Defences:
 
 * ``none``: the plain update;
-* ``dp_eps8``: the site's step is sample-level DP-SGD (clip C = 1, Gaussian noise) with the
-  noise multiplier biofed calibrates for ε = 8 (δ = 1e-5) over one epoch of the site's
-  records at that batch size (:func:`noise_multiplier`) — less noise than any longer
-  ε = 8 training uses, so a case favourable to the attacker;
+* ``dp_sgd``: the site's step is sample-level DP-SGD (clip C = 1, Gaussian noise) with the
+  noise multiplier biofed calibrates for ε = 8 (δ = 1e-5) over 20 epochs of a site of the
+  dataset's mean size at that batch size (:func:`biofed.attacks.dp_noise_for`);
 * ``secure_sum``: the coordinator sees only the sum of the 6 sites' updates (SecAgg+), each
-  site's on its own batch of ``b``; the attacker inverts it as one batch of ``6b`` records
-  and is scored against all of them.
+  site's on its own batch of ``b``; the attacker inverts it as one site's update and is
+  scored against every site's records.
 
-Recovery is :func:`biofed.attacks.recovery`: the fraction of a true record's features
-within tolerance of the reconstruction matched to it (Hungarian matching), averaged over
-the batch's records ("mean") and for the best-recovered record ("best"). "chance" is the
-recovery of guessing the mean (0) for every feature: what any reconstruction gets for free.
+Recovery (:func:`biofed.attacks.recovery`) is the fraction of a true record's features
+within 0.1 sd of the reconstruction matched to it, averaged over the records ("mean") and
+for the best-recovered record ("best"); "chance" is the recovery of guessing the mean (0)
+for every feature — what any reconstruction gets for free.
 
 Membership inference (:func:`biofed.attacks.membership_experiment`): a pool of records, a
 random half of which train the target federation (6 sites, FedAvg, the victim model of
@@ -35,7 +34,6 @@ the loss-threshold attack and LiRA; AUC, TPR at 1 % FPR, and the empirical ε lo
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 from collections.abc import Callable
@@ -49,29 +47,16 @@ BATCHES = (1, 2, 4, 8)
 QUICK_BATCHES = (1,)
 #: Random restarts of the optimisation besides the closed-form start.
 RESTARTS = 1
-DEFENCES = ("none", "dp_eps8", "secure_sum")
+DEFENCES = ("none", "dp_sgd", "secure_sum")
 MODELS = ("logistic", "mlp")
 LEARNING_RATE = 0.1
-DP_EPSILON, DELTA, CLIP = 8.0, 1e-5, 1.0
+DP_EPSILON, DELTA, CLIP, DP_EPOCHS = 8.0, 1e-5, 1.0, 20.0
 TOL = 0.1
 RECOVER_GOAL, DEFENDED_GOAL = 0.90, 0.10
 EPSILONS = (1.0, 8.0, math.inf)
 MIA_GOAL = 0.55
 NUM_SHADOWS = 4
 RECORDS_PER_SITE = 16
-
-
-@functools.cache
-def noise_multiplier(site_records: int, batch_size: int) -> float:
-    """z for ε = 8 (δ = 1e-5) over one epoch of a site's records at ``batch_size``:
-    ``biofed.privacy.calibrate_noise`` at q = b / N for ⌈N / b⌉ steps, with the RDP
-    accountant (as ``privacy_utility.py``): a valid bound whose z is within ~8 % of the
-    tighter PLD accountant's (0.519 vs 0.481 at q = 1/71), calibrated in under a second
-    where PLD takes 10–20 s per (N, b)."""
-    from biofed.privacy import calibrate_noise
-
-    q = min(1.0, batch_size / site_records)
-    return float(calibrate_noise(DP_EPSILON, DELTA, q, math.ceil(1 / q), "rdp"))
 
 
 def _records(setting: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -96,7 +81,7 @@ def _pm(values: list[float]) -> str:
 
 
 def inversion_table(args: Any, progress: Callable[[str], None]) -> dict[str, Any]:
-    from biofed.attacks import invert_update, recovery, victim_task, victim_update
+    from biofed.attacks import inversion_experiment
 
     batches = QUICK_BATCHES if args.quick else BATCHES
     iterations = 100 if args.quick else 300
@@ -108,15 +93,18 @@ def inversion_table(args: Any, progress: Callable[[str], None]) -> dict[str, Any
     for key in keys:
         setting = args.settings[key]
         records = _records(setting)
-        sites = list(records)
-        d = next(iter(records.values()))[0].shape[1]
+        X = np.concatenate([x for x, _ in records.values()])
+        y = np.concatenate([t for _, t in records.values()])
+        site_records = round(len(X) / len(records))
+        d = X.shape[1]
         label = "diagnosis" if key == "wdbc" else "event"
         lines.append("")
         lines.append(
             f"{setting.fed.name} records ({d} standardised features, label: {label}); one local "
-            f"SGD step (lr {LEARNING_RATE}) from the initial model; features recovered within "
-            f"{TOL} sd, mean±sd over seeds {list(args.seeds)}: mean of the batch's records / "
-            "best record"
+            f"SGD step (lr {LEARNING_RATE}) from the initial model; DP-SGD: z for ε = "
+            f"{DP_EPSILON:g} over {DP_EPOCHS:g} epochs of a {site_records}-record site, C = "
+            f"{CLIP:g}; features recovered within {TOL} sd, mean±sd over seeds "
+            f"{list(args.seeds)}: mean of the batch's records / best record"
         )
         head = f"{'model':<10}{'defence':<12}" + "".join(
             f"{'b=' + str(b) + ' mean':>16}{'best':>8}" for b in batches
@@ -124,60 +112,37 @@ def inversion_table(args: Any, progress: Callable[[str], None]) -> dict[str, Any
         lines.append(head + f"{'chance':>9}")
         lines.append("-" * (len(head) + 9))
         for model in MODELS:
-            task = victim_task(model, d)
             for defence in DEFENCES:
                 cells: list[str] = []
                 chance: list[float] = []
                 for b in batches:
                     means: list[float] = []
                     bests: list[float] = []
+                    z = 0.0
                     t0 = time.perf_counter()
                     for seed in args.seeds:
-                        rng = np.random.default_rng([seed, b, 0x1D6])
-                        x0 = task.init_parameters(np.random.default_rng(seed))
-                        victim = sites[int(rng.integers(len(sites)))]
-                        contributors = sites if defence == "secure_sum" else [victim]
-                        true_rows: list[np.ndarray] = []
-                        total: Any = None
-                        for k, site in enumerate(contributors):
-                            X, y = records[site]
-                            pick = rng.choice(len(X), b, replace=False)
-                            z = 0.0
-                            if defence == "dp_eps8":
-                                z = noise_multiplier(len(X), b)
-                            update = victim_update(
-                                task,
-                                x0,
-                                X[pick],
-                                y[pick],
-                                learning_rate=LEARNING_RATE,
-                                noise_multiplier=z,
-                                max_grad_norm=CLIP,
-                                seed=seed * 1000 + k,
-                            )
-                            true_rows.append(X[pick])
-                            total = (
-                                dict(update)
-                                if total is None
-                                else {n: total[n] + update[n] for n in total}
-                            )
-                        truth = np.concatenate(true_rows)
-                        from biofed.core import ParameterSet
-
-                        inv = invert_update(
-                            model,
-                            x0,
-                            ParameterSet(total),
+                        r = inversion_experiment(
+                            X,
+                            y,
+                            model=model,
+                            setting=defence,
+                            batch_size=b,
+                            trials=1,
                             learning_rate=LEARNING_RATE,
-                            batch_size=len(truth),
-                            iterations=iterations,
-                            restarts=RESTARTS,
+                            sites=NUM_SITES,
+                            epsilon=DP_EPSILON,
+                            delta=DELTA,
+                            site_records=site_records,
+                            epochs=DP_EPOCHS,
+                            max_grad_norm=CLIP,
+                            tol=TOL,
                             seed=seed,
+                            iterations=iterations,
                         )
-                        rec = recovery(truth, inv.features, tol=TOL)
-                        means.append(rec.mean)
-                        bests.append(rec.best)
-                        chance.append(recovery(truth, np.zeros_like(truth), tol=TOL).mean)
+                        means.append(float(r.mean_recovery))
+                        bests.append(float(r.best_record))
+                        chance.append(float(r.chance))
+                        z = float(r.noise_multiplier)
                     rows.append(
                         {
                             "dataset": key,
@@ -188,6 +153,7 @@ def inversion_table(args: Any, progress: Callable[[str], None]) -> dict[str, Any
                             "recovery_mean": float(np.mean(means)),
                             "best": bests,
                             "best_mean": float(np.mean(bests)),
+                            "noise_multiplier": z,
                             "seconds": time.perf_counter() - t0,
                         }
                     )
@@ -213,7 +179,7 @@ def inversion_table(args: Any, progress: Callable[[str], None]) -> dict[str, Any
                 f"{key} {model} inversion of a single record (batch 1), no defence: "
                 f"{100 * v:.1f}% >= {100 * RECOVER_GOAL:.0f}%"
             ] = v >= RECOVER_GOAL
-            for defence in ("dp_eps8", "secure_sum"):
+            for defence in ("dp_sgd", "secure_sum"):
                 v = cell(key, model, defence, 1)
                 checks[
                     f"{key} {model} inversion of a single record (batch 1), {defence}: "
