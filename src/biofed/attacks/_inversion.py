@@ -17,7 +17,10 @@ Attacks
   label follows from the sign of the output bias's gradient: with binary cross-entropy on a
   logit, ``∂L/∂b_out = σ(z) − y``, negative iff ``y = 1``. For a ReLU layer with a batch, a
   hidden unit that only one record of the batch activates still gives that record exactly:
-  the ratios of all units are the candidates that seed the optimisation.
+  the ratios of all units (merged where equal) are the candidates: every choice of a batch
+  of them is scored by the cosine similarity of its gradient to the observed one (a unit's
+  label follows from the sign of its bias gradient over its output weight), and the best
+  choices seed the optimisation.
 - **Optimisation (DLG; Zhu, Liu and Han 2019, "Deep Leakage from Gradients", with the
   cosine loss of Geiping et al. 2020, "Inverting Gradients — How easy is it to break
   privacy in federated learning?").** Dummy records and soft labels are optimised with Adam
@@ -41,6 +44,7 @@ attack is a few dozen lines of torch.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -57,6 +61,15 @@ from biofed.tasks import LogisticRegressionTorchTask, TorchTask, TrainContext
 #: The victim models :func:`invert_update` knows.
 VictimModel = Literal["logistic", "mlp"]
 VICTIM_MODELS: tuple[str, ...] = ("logistic", "mlp")
+
+#: A closed-form reconstruction whose gradient's cosine similarity is within this of 1
+#: explains the update: no optimisation is run.
+_EXACT = 1e-6
+#: Candidates closer than this (relative) are one record: updates travel as float32, so
+#: the same record's ratios from different units differ by float32 rounding.
+_MERGE = 2e-2
+#: At most this many candidate sets are scored in closed form.
+_MAX_CHOICES = 256
 
 #: The default hidden width of the victim MLP.
 MLP_HIDDEN = 16
@@ -277,7 +290,8 @@ def invert_update(
     d = g_w1.shape[1]
     # iDLG: the output bias's gradient is mean(σ(z) − y); negative means label 1.
     label_sign = float(grads[names[3]].sum())
-    candidates = _first_layer_candidates(g_w1, g_b1)
+    w_out = params[names[2]].reshape(-1) if model == "mlp" else torch.ones(1, dtype=dtype)
+    candidates, cand_labels = _first_layer_candidates(g_w1, g_b1, w_out)
     if model == "logistic" and batch_size == 1:
         x_hat = candidates[:1] if len(candidates) else torch.zeros((1, d), dtype=dtype)
         labels = np.array([1.0 if label_sign < 0 else 0.0])
@@ -285,19 +299,34 @@ def invert_update(
         return Inversion(x_hat.numpy(), labels, "closed_form", sim)
 
     gen = torch.Generator().manual_seed(seed)
-    starts: list[torch.Tensor] = []
-    if len(candidates):
-        init = torch.randn((batch_size, d), generator=gen, dtype=dtype)
-        chosen = _distinct(candidates, batch_size)
-        init[: len(chosen)] = chosen
-        starts.append(init)
-    starts += [
-        torch.randn((batch_size, d), generator=gen, dtype=dtype) for _ in range(max(0, restarts))
-    ]
     best: Inversion | None = None
-    for start in starts:
+    starts: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+    if len(candidates):
+        # every choice of batch_size distinct candidates (or the most repeated ones, when
+        # there are too many choices), ranked by how well they explain the gradient
+        ranked: list[tuple[float, torch.Tensor, torch.Tensor]] = []
+        for chosen, chosen_labels in _choices(candidates, cand_labels, batch_size):
+            sim = _similarity(model, params, grads, chosen, chosen_labels)
+            ranked.append((sim, chosen, chosen_labels))
+        ranked.sort(key=lambda r: -r[0])
+        sim, chosen, chosen_labels = ranked[0]
+        if len(chosen) == batch_size:  # the closed form alone may explain the gradient
+            best = Inversion(chosen.numpy(), chosen_labels.numpy(), "closed_form", sim)
+            if sim >= 1.0 - _EXACT:
+                return best
+        for _, chosen, chosen_labels in ranked[:2]:
+            init = torch.randn((batch_size, d), generator=gen, dtype=dtype)
+            init[: len(chosen)] = chosen
+            y_init = torch.full((batch_size,), 0.5, dtype=dtype)
+            y_init[: len(chosen)] = chosen_labels
+            starts.append((init, y_init))
+    starts += [
+        (torch.randn((batch_size, d), generator=gen, dtype=dtype), None)
+        for _ in range(max(0, restarts))
+    ]
+    for start, y_start in starts:
         x_opt, y_opt, sim = _optimise(
-            model, params, grads, start, batch_size, label_sign, iterations, step_size
+            model, params, grads, start, y_start, label_sign, iterations, step_size
         )
         if best is None or sim > best.gradient_similarity:
             best = Inversion(x_opt, y_opt, "optimisation", sim)
@@ -305,28 +334,45 @@ def invert_update(
     return best
 
 
-def _first_layer_candidates(g_w: torch.Tensor, g_b: torch.Tensor) -> torch.Tensor:
-    """``(∂L/∂W)ⱼ / (∂L/∂b)ⱼ`` for every first-layer unit with a usable bias gradient."""
+def _first_layer_candidates(
+    g_w: torch.Tensor, g_b: torch.Tensor, w_out: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(∂L/∂W)ⱼ / (∂L/∂b)ⱼ`` for every first-layer unit with a usable bias gradient, and
+    the label each implies: a unit that one record alone activates has
+    ``∂L/∂bⱼ ∝ (σ(z) − y)·w_outⱼ``, so ``y = 1`` when ``∂L/∂bⱼ / w_outⱼ < 0``."""
     scale = float(g_b.abs().max()) if g_b.numel() else 0.0
     if scale == 0.0:
-        return g_w[:0]
-    keep = g_b.abs() > 1e-9 * scale
-    return g_w[keep] / g_b[keep].unsqueeze(1)
+        return g_w[:0], g_b[:0]
+    keep = (g_b.abs() > 1e-9 * scale) & (w_out != 0)
+    labels = ((g_b[keep] / w_out[keep]) < 0).to(g_b.dtype)
+    return g_w[keep] / g_b[keep].unsqueeze(1), labels
 
 
-def _distinct(candidates: torch.Tensor, k: int) -> torch.Tensor:
-    """Up to ``k`` candidates, most-repeated first (a unit that one record alone activates
-    gives that record; several such units give it again), near-duplicates merged."""
-    groups: list[tuple[int, torch.Tensor]] = []
-    for row in candidates:
-        for i, (count, rep) in enumerate(groups):
-            if float((row - rep).norm()) <= 1e-3 * (1.0 + float(rep.norm())):
-                groups[i] = (count + 1, rep)
+def _choices(
+    candidates: torch.Tensor, labels: torch.Tensor, k: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Sets of up to ``k`` distinct candidates (near-duplicates merged: a unit that one
+    record alone activates gives that record, and several such units give it again; a unit
+    several records activate gives a mixture of them). Every ``k``-subset when there are at
+    most ``_MAX_CHOICES``, else the ``k`` most repeated."""
+    groups: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+    for row, label in zip(candidates, labels, strict=True):
+        for i, (count, rep, lab) in enumerate(groups):
+            if float((row - rep).norm()) <= _MERGE * (1.0 + float(rep.norm())):
+                groups[i] = (count + 1, rep, lab)
                 break
         else:
-            groups.append((1, row))
+            groups.append((1, row, label))
     groups.sort(key=lambda g: -g[0])
-    return torch.stack([rep for _, rep in groups[:k]])
+    size = min(k, len(groups))
+    if math.comb(len(groups), size) <= _MAX_CHOICES:
+        subsets = list(itertools.combinations(groups, size))
+    else:
+        subsets = [tuple(groups[:size])]
+    return [
+        (torch.stack([g[1] for g in subset]), torch.stack([g[2] for g in subset]))
+        for subset in subsets
+    ]
 
 
 def _model_gradient(
@@ -366,7 +412,7 @@ def _optimise(
     params: Mapping[str, torch.Tensor],
     grads: Mapping[str, torch.Tensor],
     start: torch.Tensor,
-    batch_size: int,
+    y_start: torch.Tensor | None,
     label_sign: float,
     iterations: int,
     step_size: float,
@@ -374,9 +420,13 @@ def _optimise(
     """Inverting Gradients: Adam on dummy records and soft labels, cosine gradient loss."""
     target = [grads[n] for n in params]
     x = start.clone().requires_grad_(True)
+    batch_size = start.shape[0]
     fixed_label = batch_size == 1
     y0 = 1.0 if label_sign < 0 else 0.0
-    y_logit = torch.zeros(batch_size, dtype=start.dtype, requires_grad=True)
+    init = torch.zeros(batch_size, dtype=start.dtype)
+    if y_start is not None:  # labels the closed form implied: a confident start
+        init = 3.0 * (2.0 * y_start - 1.0) * (y_start != 0.5).to(start.dtype)
+    y_logit = init.clone().requires_grad_(True)
     variables = [x] if fixed_label else [x, y_logit]
     opt = torch.optim.Adam(variables, lr=step_size)
     sched = torch.optim.lr_scheduler.MultiStepLR(
