@@ -106,8 +106,10 @@ def test_trimmed_mean_hand_computed_with_f_and_with_trim() -> None:
     reasons = {d.node_id: d.reason for d in result.decisions}
     assert "(100% of this update's coordinates" in reasons["s0"]  # 1 and -50: both extremes
     assert "(0% of this update's coordinates" in reasons["s1"]
-    # trim 0.1 of 5 updates drops nothing: the plain mean
-    plain = aggregate(Robust(FedAvg(), "trimmed_mean", trim=0.1), replies)
+    # trim 0.1 of 5 updates drops ⌈0.5⌉ = 1 per side, as f = 1 does; trim 0 drops nothing
+    default = aggregate(Robust(FedAvg(), "trimmed_mean", trim=0.1), replies)
+    np.testing.assert_allclose(default.parameters["w"], [3.0, 1.0])
+    plain = aggregate(Robust(FedAvg(), "trimmed_mean", trim=0.0), replies)
     np.testing.assert_allclose(plain.parameters["w"], [22.0, -44 / 5])
 
 
@@ -247,8 +249,9 @@ def test_weight_inflation_is_capped_at_max_weight() -> None:
     capped = aggregate(Robust(FedAvg(max_weight=100), "mean"), replies)
     np.testing.assert_allclose(capped.parameters["w"], [1000 / 3, 0.0])
     assert by_node(capped)["liar"][1] == pytest.approx(1 / 3)
+    # Without max_weight the claims do not weigh at all: every site counts once.
     uncapped = aggregate(Robust(FedAvg(), "mean"), replies)
-    assert uncapped.parameters["w"][0] == pytest.approx(1000, rel=1e-9)
+    np.testing.assert_allclose(uncapped.parameters["w"], [1000 / 3, 0.0])
     # Order statistics ignore weights altogether.
     median = aggregate(Robust(FedAvg(), "median"), replies)
     np.testing.assert_array_equal(median.parameters["w"], [0.0, 0.0])
@@ -301,9 +304,13 @@ def test_secure_mode_is_truthful(aggregator: str) -> None:
     np.testing.assert_allclose(result.parameters["w"], [0.6, 0.8])
     assert result.decisions[0].node_id == "secure-aggregate"
     assert result.decisions[0].action == "accepted"
-    # A released mean above the bound proves a site did not clip: the round fails.
-    with pytest.raises(RoundFailed, match=r"norm 1\.5 > the bound 1: some site did not clip"):
-        strategy.aggregate_secure(1, X, {}, {"w": np.array([0.9, 1.2])}, **call)  # type: ignore[arg-type]
+    # A released mean above the bound proves a site did not clip: the round keeps x,
+    # with a rejected decision on the secure aggregate (tests/strategies/test_robust_fixes.py).
+    kept = strategy.aggregate_secure(1, X, {}, {"w": np.array([0.9, 1.2])}, **call)  # type: ignore[arg-type]
+    assert kept.parameters is X
+    assert kept.decisions[0].action == "rejected"
+    assert "norm 1.5 > the bound 1" in kept.decisions[0].reason
+    assert "some site did not clip" in kept.decisions[0].reason
 
 
 def test_refuses_what_it_cannot_wrap_and_bad_settings() -> None:

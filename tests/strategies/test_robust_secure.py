@@ -4,18 +4,20 @@ single updates fail the round with a message naming the rule."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 
 from biofed.coordinator import EngineConfig, JobSpec, RoundEngine, RunResult
+from biofed.core import Instruction, Reply
 from biofed.data import write_site_files
 from biofed.datasets import load_tcga_brca
 from biofed.identity import Consortium, load_kit
 from biofed.node import NodeApp, NodeConfig
 from biofed.secagg import SecureAggregationSettings
-from biofed.strategies import Robust, Strategy
+from biofed.strategies import FedAvg, Robust, Strategy
 from biofed.tasks import CoxPHTask
 from biofed.transport import InMemoryTransport
 
@@ -84,3 +86,60 @@ def test_a_rule_that_needs_single_updates_fails_the_secure_round_naming_it(
     failed = result.history[0].failed
     assert failed is not None
     assert "robust-krum cannot run under secure aggregation" in failed
+
+
+def test_without_max_weight_secure_sites_weigh_equally(apps: dict[str, NodeApp]) -> None:
+    """Robust counts every site once when no max_weight bounds the example counts, and
+    tells SecAgg+ so (``weighted`` False → "equal" weighting): the secure model is the plain
+    run's equal-weight mean, not the example-weighted one of a capped strategy."""
+    inner = JobSpec.from_mapping(JOB).build_strategy()
+    capped = JobSpec.from_mapping(
+        {**JOB, "strategy": {"name": "fedavg", "max_weight": 1000}}
+    ).build_strategy()
+    secure = run(apps, Robust(inner, "norm_bound", norm_bound=100.0), secure=True)
+    unweighted = FedAvg(weighted=False, train_config=inner.train_config, min_train_nodes=2)
+    equal = run(apps, Robust(unweighted, "norm_bound", norm_bound=100.0), secure=False)
+    examples = run(apps, Robust(capped, "norm_bound", norm_bound=100.0), secure=True)
+    for name in secure.parameters:
+        np.testing.assert_allclose(secure.parameters[name], equal.parameters[name], atol=2e-6)
+    gap = max(
+        float(np.max(np.abs(secure.parameters[n] - examples.parameters[n])))
+        for n in secure.parameters
+    )
+    assert gap > 1e-4  # the sites' sizes differ (TCGA-BRCA): weighting shows
+
+
+def test_a_site_that_skips_the_clip_gets_the_round_rejected_not_failed(
+    apps: dict[str, NodeApp],
+) -> None:
+    """center-0 drops the ``robust.max_update_norm`` directive before its real node runs
+    (a malicious site skipping the clip); the others clip to M = 10⁻³ before masking. The
+    released mean exceeds M, so the round keeps x0 with an ``update_rejected`` event on
+    ``secure-aggregate`` naming the norms — a decision, not a failed round."""
+    inner = JobSpec.from_mapping(JOB).build_strategy()
+
+    def skips_the_clip(instruction: Instruction) -> Reply:
+        bare = dataclasses.replace(instruction.directives, max_update_norm=None)
+        return apps["center-0"].handle(dataclasses.replace(instruction, directives=bare))
+
+    handlers = {n: a.handle for n, a in apps.items()}
+    handlers["center-0"] = skips_the_clip
+    engine = RoundEngine(
+        Robust(inner, "norm_bound", norm_bound=1e-3),
+        InMemoryTransport(handlers),
+        EngineConfig(rounds=1, min_nodes=4, min_replies=2, seed=3, round_timeout=60.0),
+        run_id="run-rs",
+        instruction_config={**JobSpec.from_mapping(JOB).instruction_config(), **SECURE.to_config()},
+        secure_aggregation=SECURE,
+    )
+    x0 = CoxPHTask(num_features=39).init_parameters(np.random.default_rng(0))
+    result = engine.run(x0)
+    assert result.history[0].failed is None
+    for name in x0:
+        np.testing.assert_array_equal(result.parameters[name], x0[name])
+    checks = [e for e in result.events if e.node_id == "secure-aggregate"]
+    assert [e.kind for e in checks] == ["update_rejected"]
+    decision = json.loads(checks[0].message)
+    assert decision["action"] == "rejected"
+    assert decision["weight"] == 0.0
+    assert "> the bound 0.001" in decision["reason"]

@@ -214,7 +214,9 @@ def test_validation_rejects_a_poisoned_update_and_the_rest_is_their_mean(wdbc) -
     poisoned = reply(liar, model(x, -10 * liar_update), liar_reply.num_examples)
     replies = [poisoned] + [r for s, (r, _) in honest.items() if s != liar]
     judge = ScoreJudge(trusted, max_drop=0.05)
-    result = aggregate(Robust(FedAvg(), "mean", validation=judge), x, replies)
+    # max_weight above every site's size: the counts weigh (without it every site counts once)
+    capped = FedAvg(max_weight=10**6)
+    result = aggregate(Robust(capped, "mean", validation=judge), x, replies)
     decisions = {d.node_id: d for d in result.decisions}
     assert decisions[liar].action == "rejected"
     assert decisions[liar].score is not None
@@ -242,7 +244,7 @@ def test_validation_downweights_by_the_returned_factor(wdbc) -> None:  # type: i
     poisoned = reply("site-0", model(x, -10 * liar_update), liar_reply.num_examples)
     replies = [poisoned] + [r for s, (r, _) in honest.items() if s != "site-0"]
     judge = ScoreJudge(trusted, max_drop=0.05, factor=0.25)
-    result = aggregate(Robust(FedAvg(), "mean", validation=judge), x, replies)
+    result = aggregate(Robust(FedAvg(max_weight=10**6), "mean", validation=judge), x, replies)
     assert {d.node_id: d.action for d in result.decisions}["site-0"] == "downweighted"
     w = np.array([r.num_examples for r in replies], dtype=np.float64)
     w[0] *= 0.25

@@ -77,6 +77,9 @@ def run(seed: int, *, validation: bool, liar: float | None) -> tuple[SimulationR
         {
             "run": {"dataset": "tcga-brca", "rounds": 5, "seed": seed, "min_nodes": 6},
             "task": {"name": "cox_ph", "num_features": 39},
+            # max_weight above every site's size: Robust weighs by example counts only when
+            # max_weight bounds them, so with it the validated run can equal plain FedAvg's
+            "strategy": {"name": "fedavg", "max_weight": 10**6},
             "train": dict(TRAIN),
             **({"robust": dict(ROBUST)} if validation else {}),
         }
@@ -122,6 +125,7 @@ def test_under_secure_aggregation_the_aggregate_is_validated_and_a_bad_one_disca
         {
             "run": {"dataset": "tcga-brca", "rounds": 2, "min_nodes": 6, "min_replies": 6},
             "task": {"name": "cox_ph", "num_features": 39},
+            "strategy": {"max_weight": 10**6},  # example-weighted, as the plain runs above
             "train": dict(TRAIN),
             "robust": {"aggregator": "norm_bound", "norm_bound": 5.0, **ROBUST},
             "secure_aggregation": {"clip_range": 10.0},

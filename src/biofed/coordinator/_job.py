@@ -522,7 +522,12 @@ class JobSpec:
                 noise="distributed" if self.privacy.noise == "distributed" else "central",
             )
         if self.robust is not None:  # never with client-level DP (refused at parse)
-            strategy = wrap_robust(strategy, self.robust, trusted)
+            error = 0.0
+            if (secure := self.secure_aggregation) is not None:
+                # SecAggPlan.error_bound: s/2 + 2^-23·(r + s) per released value
+                step = secure.quantisation_step
+                error = step / 2 + (secure.clip_range + step) * 2.0**-23
+            strategy = wrap_robust(strategy, self.robust, trusted, secure_value_error=error)
         return strategy
 
     def engine_config(self, *, deadline: bool = True) -> EngineConfig:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, fields
+from os import PathLike
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,6 +93,24 @@ LIMITS = Table(
         ),
     ),
 )
+
+
+def read_kit_toml(directory: str | PathLike[str]) -> tuple[Path, dict[str, Any]]:
+    """``directory/kit.toml``'s path and its tables (the coordinator's ``[limits]`` and
+    ``[trusted_data]`` are read from it).
+
+    Raises
+    ------
+    ConfigurationError
+        One line naming the file when it cannot be read or is not TOML.
+    """
+    path = Path(directory) / "kit.toml"
+    try:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigurationError(f"{path} is not readable TOML: {reason}") from None
+    return path, data
 
 
 def model_bytes(spec: ParameterSpec) -> int:
@@ -175,12 +194,7 @@ class JobLimits:
             If the file cannot be read or the table is not valid (each error on one line,
             prefixed with the file's path).
         """
-        path = Path(directory) / "kit.toml"
-        try:
-            data = tomllib.loads(path.read_bytes().decode("utf-8"))
-        except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ConfigurationError(f"{path} is not readable TOML: {reason}") from None
+        path, data = read_kit_toml(directory)
         if "limits" not in data:
             return cls()
         try:

@@ -9,7 +9,9 @@ so every combination that would silently leave the defence off is refused at sub
 line naming the keys: an aggregator that needs each site's update under
 ``[secure_aggregation]`` (the coordinator never sees one), validation or FLTrust without
 trusted data, trusted data with a bundle task (bundle code never runs at the coordinator),
-a wrapped strategy the wrapper cannot wrap.
+a wrapped strategy the wrapper cannot wrap, and the settings that turn a rule into the plain
+mean or validation into a pass-through (a trimmed mean dropping nothing, Multi-Krum with
+f = 0 averaging every update, ``max_drop`` ≥ 0.5).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ if TYPE_CHECKING:
 
 #: ``[robust]`` keys that configure validation, not the aggregator.
 _VALIDATION_KEYS = ("validation", "max_drop", "action", "trusted_dataset")
+#: The smallest ``max_drop`` refused: a drop of one half in a [0, 1] score is perfect → chance.
+_MAX_DROP_LIMIT = 0.5
 #: Strategies Robust cannot wrap (their aggregation is not a mean of updates).
 _UNWRAPPABLE = ("scaffold",)
 
@@ -54,6 +58,29 @@ def robust_errors(spec: JobSpec, errors: list[str]) -> None:
         errors.append(
             '[robust] aggregator "mean" needs norm_bound or validation = true (else leave '
             "[robust] out: it is the strategy's own mean)"
+        )
+    if aggregator == "trimmed_mean":
+        if robust.get("f") == 0:
+            errors.append(
+                "[robust] trimmed_mean with f = 0 drops nothing: it is the plain mean (give f "
+                ">= 1, or leave f out and use trim)"
+            )
+        elif "f" not in robust and robust.get("trim", 0.1) == 0:
+            errors.append(
+                "[robust] trimmed_mean with trim = 0 drops nothing: it is the plain mean (give "
+                "trim > 0 or f >= 1)"
+            )
+    if aggregator == "multi_krum" and robust.get("f") == 0 and "multi_krum_m" not in robust:
+        errors.append(
+            "[robust] multi_krum with f = 0 and no multi_krum_m averages every update: it is "
+            "the plain mean (give f >= 1, multi_krum_m, or leave f out)"
+        )
+    max_drop = robust.get("max_drop")
+    if validation and isinstance(max_drop, int | float) and max_drop >= _MAX_DROP_LIMIT:
+        errors.append(
+            f"[robust] max_drop {max_drop:g} lets one update take the trusted C-index, AUC or "
+            f"accuracy from perfect to chance: validation would pass every update (give "
+            f"max_drop < {_MAX_DROP_LIMIT:g}; 0.05 passed every honest site of Fed-TCGA-BRCA)"
         )
     if aggregator == "norm_bound" and "norm_bound" not in robust:
         errors.append('[robust] aggregator "norm_bound" needs [robust] norm_bound (the bound M)')
@@ -114,9 +141,15 @@ CHECKING: TrustedValidation = _NotHere()
 
 
 def wrap_robust(
-    strategy: Strategy, robust: Mapping[str, Scalar], trusted: TrustedValidation | None
+    strategy: Strategy,
+    robust: Mapping[str, Scalar],
+    trusted: TrustedValidation | None,
+    *,
+    secure_value_error: float = 0.0,
 ) -> Strategy:
-    """``strategy`` inside :class:`~biofed.strategies.Robust` as ``[robust]`` says.
+    """``strategy`` inside :class:`~biofed.strategies.Robust` as ``[robust]`` says;
+    ``secure_value_error``: the job's secure aggregation's error per released value
+    (``Robust(secure_value_error=…)``, its norm check's room for quantisation).
 
     Raises
     ------
@@ -134,16 +167,22 @@ def wrap_robust(
     options: dict[str, Any] = {k: v for k, v in robust.items() if k not in _VALIDATION_KEYS}
     aggregator = options.pop("aggregator", "mean")
     validation = None
-    if robust.get("validation", False):
-        assert trusted is not None
-        validation = UpdateValidation(
-            trusted,
-            max_drop=float(robust.get("max_drop", 0.05)),
-            action="downweight" if robust.get("action") == "downweight" else "reject",
-        )
     if aggregator == "fltrust":
         options["trusted"] = trusted
     try:
-        return Robust(strategy, aggregator=aggregator, validation=validation, **options)
+        if robust.get("validation", False):
+            assert trusted is not None
+            validation = UpdateValidation(
+                trusted,
+                max_drop=float(robust.get("max_drop", 0.05)),
+                action="downweight" if robust.get("action") == "downweight" else "reject",
+            )
+        return Robust(
+            strategy,
+            aggregator=aggregator,
+            validation=validation,
+            secure_value_error=secure_value_error,
+            **options,
+        )
     except ConfigurationError as exc:
         raise ConfigurationError(f"[robust] {exc}") from None

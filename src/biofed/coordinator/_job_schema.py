@@ -490,8 +490,9 @@ ROBUST = VariantTable(
         "How the sites' updates are combined: the coordinate-wise `median`, a "
         "`trimmed_mean`, `krum` / `multi_krum`, the `geometric_median` (RFA), "
         "`centered_clipping`, `fltrust` (trust scores from the trusted data), `norm_bound` "
-        "(the mean of norm-bounded updates) or the strategy's weighted `mean` (with "
-        "`norm_bound` or `validation`).",
+        "(the mean of norm-bounded updates) or the `mean` (with `norm_bound` or "
+        "`validation`); the means weigh sites by example counts only when "
+        "`[strategy] max_weight` caps them, else every site counts once.",
         "mean",
     ),
     common=(
@@ -547,7 +548,9 @@ ROBUST = VariantTable(
                 _opt(
                     "trim",
                     Number(0.0, 0.5, hi_open=True),
-                    "Share of the largest and of the smallest values dropped in every coordinate.",
+                    "Share of the largest and of the smallest values dropped in every "
+                    "coordinate: ⌈trim·n⌉ of n updates per side, at least one when trim > 0 "
+                    "(a round of n ≤ 2⌈trim·n⌉ sites is refused).",
                     0.1,
                 ),
             ),
@@ -565,7 +568,9 @@ ROBUST = VariantTable(
                 _opt(
                     "gm_eps",
                     Number(0.0, 1.0, lo_open=True),
-                    "Weiszfeld's smoothing ε (and its stopping tolerance).",
+                    "Weiszfeld's smoothing ν: distances below it count as ν, so one site "
+                    "can move the aggregate by about ν/(n−1); keep it far below the norm of "
+                    "an honest update.",
                     1e-8,
                 ),
             ),

@@ -20,14 +20,16 @@ A job with a ``[run] bundle`` is refused: a bundle's code runs only in a site's 
 never at the coordinator (the coordinator would otherwise execute researcher-supplied code
 next to its keys and state store). The file is read by biofed's table loaders only
 (pyarrow; nothing evaluated) and checked before a run uses it: the task's target columns
-present, finite and (for events and labels) binary, the feature count the job's
-``[task] num_features``, at least one row, and a finite score for the job's initial model.
+present, finite and (for events and labels) binary, every feature finite (``Dataset``
+refuses NaN and ±inf), the feature count the job's ``[task] num_features``, at least one
+row, and a finite score for the job's initial model. Not checked: the feature columns'
+order (the job names no columns), which the operator must keep as the sites' (a shuffled
+file scores honest updates as bad).
 """
 
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Mapping
 from os import PathLike
 from pathlib import Path
@@ -36,14 +38,10 @@ from types import MappingProxyType
 import numpy as np
 
 from biofed.coordinator._job import JobSpec
+from biofed.coordinator._job_limits import read_kit_toml
 from biofed.core import BiofedError, ConfigurationError, ParameterSet, Scalar, check_id
 from biofed.data import Dataset, load_table
 from biofed.tasks import Task, TrainContext, make_task
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover
-    import tomli as tomllib
 
 #: The dataset targets each built-in task reads (the trusted file's columns of those names).
 TASK_TARGETS: Mapping[str, tuple[str, ...]] = MappingProxyType(
@@ -74,12 +72,7 @@ def trusted_data_from_kit(directory: str | PathLike[str]) -> dict[str, Path]:
         The file cannot be read, or an entry is not ``name = "file"`` with a biofed
         identifier and an existing file (one line each, prefixed with the kit file's path).
     """
-    path = Path(directory) / "kit.toml"
-    try:
-        data = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ConfigurationError(f"{path} is not readable TOML: {reason}") from None
+    path, data = read_kit_toml(directory)
     table = data.get("trusted_data", {})
     if not isinstance(table, Mapping):
         raise ConfigurationError(f'{path}: [trusted_data] must be a table of name = "file"')

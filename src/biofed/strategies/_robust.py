@@ -81,6 +81,8 @@ SECURE_AGGREGATORS: frozenset[str] = frozenset({"mean", "norm_bound"})
 _MEDIAN_METRICS = frozenset(
     {"median", "krum", "multi_krum", "geometric_median", "centered_clipping", "fltrust"}
 )
+#: Rules that can weigh the updates by (capped) example counts.
+_WEIGHTED_RULES = frozenset({"mean", "norm_bound", "geometric_median", "centered_clipping"})
 SECURE_NODE = "secure-aggregate"
 
 
@@ -117,37 +119,46 @@ class Robust(Strategy):
     Aggregators (``n`` updates in the round, ``f`` of them malicious):
 
     ``"mean"``
-        The example-weighted mean, each weight capped at ``max_weight``. Not robust by
-        itself (breakdown point 0); meant with ``norm_bound`` or ``validation``. Streams;
-        works under secure aggregation.
+        The mean of the updates: example-weighted with each weight capped at
+        ``max_weight`` when the inner strategy is weighted and sets ``max_weight``, else
+        every site counts once (see Security notes, *Weights*). Not robust by itself
+        (breakdown point 0); meant with ``norm_bound`` or ``validation``. Streams; works
+        under secure aggregation.
     ``"norm_bound"``
         Norm bounding (Sun, Kairouz, Suresh, McMahan 2019, "Can You Really Backdoor
         Federated Learning?"): every update clipped to L2 norm M = ``norm_bound`` at the
         coordinator, and M sent as ``robust.max_update_norm`` so honest sites clip before
-        the reply leaves. Any one site moves the mean by at most ``M·wᵢ/Σw``; it does not
-        reject anyone (breakdown point 0, bounded influence). Streams; works under secure
-        aggregation with the check that the released mean has norm ≤ M.
+        the reply leaves; then the mean (weighted as ``"mean"``). Any one site moves the
+        mean by at most ``M·wᵢ/Σw`` (``M/n`` with equal weights); it does not reject anyone
+        (breakdown point 0, bounded influence). Streams; works under secure aggregation
+        with the check that the released mean has norm ≤ M.
     ``"median"``
         Coordinate-wise median (Yin, Chen, Ramchandran, Bartlett 2018, "Byzantine-Robust
         Distributed Learning"). Each coordinate stays within the honest values' range while
         ``f < n/2``. Unweighted (a weight would be a lever for the liar). Buffers.
     ``"trimmed_mean"``
         Coordinate-wise trimmed mean (Yin et al. 2018): per coordinate, the ``k`` largest
-        and ``k`` smallest values are dropped (``k = f`` if given, else ``⌊trim·n⌋``) and the
-        rest averaged. Within the honest range while ``f ≤ k``; needs ``n > 2k``.
-        Unweighted. Buffers.
+        and ``k`` smallest values are dropped and the rest averaged: ``k = f`` if given,
+        else ``k = ⌈trim·n⌉`` — rounded up, so any ``trim > 0`` drops at least one per side
+        (``⌊0.1·6⌋`` would be 0: no protection at all in a 6-site federation). Within the
+        honest range while ``f ≤ k``; needs ``n > 2k``, and a round planned with fewer
+        sites is refused before any site trains (RoundFailed). Unweighted. Buffers.
     ``"krum"``, ``"multi_krum"``
         Krum (Blanchard, El Mhamdi, Guerraoui, Stainer 2017, "Machine Learning with
         Adversaries"): each update's score is the sum of squared distances to its
         ``n − f − 2`` nearest others; Krum keeps the lowest-scoring update, Multi-Krum the
         ``multi_krum_m`` lowest (default ``n − f``) and averages them. Tolerates ``f``
         malicious with ``n > 2f + 2`` (the round is refused otherwise; ``f=None`` takes the
-        largest ``f`` the round's n allows). Buffers; O(n²·d) time.
+        largest ``f`` the round's n allows). Multi-Krum with that default ``f = 0`` (n ≤ 4)
+        and ``m = n`` would average every update, the plain mean: such a round is refused
+        (RoundFailed); an explicit ``f=0`` is the caller's choice (the job file refuses it
+        without ``multi_krum_m``). Buffers; O(n²·d) time.
     ``"geometric_median"``
         Robust federated aggregation, RFA (Pillutla, Kakade, Harchaoui 2022, "Robust
-        Aggregation for Federated Learning"): the weighted geometric median by smoothed
-        Weiszfeld steps (``gm_iters`` at most, smoothing ν = ``gm_eps``). Breakdown point
-        1/2 of the weight (see Security notes on weights). Buffers.
+        Aggregation for Federated Learning"): the geometric median by smoothed Weiszfeld
+        steps (``gm_iters`` at most, smoothing ν = ``gm_eps``), weighted by capped example
+        counts only when ``max_weight`` is set, else unweighted (see Security notes on
+        weights). Breakdown point 1/2 of the weight. Buffers.
     ``"centered_clipping"``
         Centred clipping (Karimireddy, He, Jaggi 2021, "Learning from History for
         Byzantine Robust Optimization"): ``v ← v + Σ αᵢ clip_τ(Δᵢ − v)``, ``cc_iters``
@@ -177,11 +188,14 @@ class Robust(Strategy):
         The number of malicious sites to tolerate (Krum, Multi-Krum; the per-side trim of
         the trimmed mean). ``None``: see each rule.
     trim:
-        The trimmed mean's fraction dropped per side, in [0, 0.5) (used when ``f`` is None).
+        The trimmed mean's fraction dropped per side, in [0, 0.5) (used when ``f`` is None):
+        ``⌈trim·n⌉`` updates per side, at least one whenever ``trim > 0``.
     multi_krum_m:
         How many updates Multi-Krum averages (default ``n − f``).
     gm_iters, gm_eps:
         Weiszfeld steps at most, and the smoothing ν > 0 (distances below ν count as ν).
+        ν sets an absolute scale: a site can move the aggregate by about ν/(n − 1) however
+        far it is, so ν must stay far below an honest update's norm (the default 1e-8).
     cc_tau, cc_iters:
         Centred clipping's radius τ > 0 (in update-norm units; required for that rule) and
         its number of iterations.
@@ -201,8 +215,16 @@ class Robust(Strategy):
         The most memory a buffering rule may hold (n·d·8 bytes); a round that would need
         more is refused before any site trains.
     secure_tolerance:
-        Relative slack on the secure-mode check ``‖mean‖ ≤ M`` (secure aggregation's
-        quantisation moves the mean by up to ``s/2`` per coordinate).
+        Relative slack on the secure-mode check ``‖mean‖ ≤ M`` (float rounding; it does
+        not cover the quantisation of a high-dimensional model: see ``secure_value_error``).
+    secure_value_error:
+        The largest error per value of secure aggregation's released mean
+        (``SecAggPlan.error_bound``: half the quantisation step plus float32 rounding;
+        ``JobSpec.build_strategy`` passes it for a job with ``[secure_aggregation]``). The
+        check allows ``√d·secure_value_error`` on top of ``M·(1 + secure_tolerance)``:
+        the released mean differs from the true mean by at most that much in L2 norm. 0
+        (the default) leaves only the relative slack, which a model of many parameters
+        with a coarse step can exceed (an honest round would then be rejected).
 
     Raises
     ------
@@ -211,19 +233,24 @@ class Robust(Strategy):
 
     Security notes
     --------------
-    *Weights.* Every weight is capped at ``max_weight`` (weight inflation: a site claiming
-    10¹⁵ examples weighs ``max_weight``). The median, trimmed mean, Krum and FLTrust ignore
-    example counts; the geometric median and centred clipping use them only when
-    ``max_weight`` caps them (else every update weighs 1: with uncapped counts one liar
-    would hold almost all the weight, beyond their breakdown point); ``mean`` and
-    ``norm_bound`` follow the inner strategy's ``weighted``.
+    *Weights.* A site's example count is its own claim, so weight inflation (claiming 10¹⁵
+    examples) is the cheapest attack. The rule for the whole wrapper: Robust weighs by
+    example counts only when ``max_weight`` bounds them (and the inner strategy is
+    weighted); otherwise every site counts once — in training (``mean``, ``norm_bound``,
+    ``geometric_median``, ``centered_clipping``), in the training metrics, in
+    :meth:`aggregate_evaluate`, and under secure aggregation (:attr:`weighted` is then
+    False, so SecAgg+ sites send equal weights). The median, trimmed mean, Krum and
+    FLTrust ignore example counts altogether. Under SecAgg+ the cap the sites apply to
+    their own weight is the ``[secure_aggregation] max_weight`` of the protocol's plan.
     *Secure aggregation.* Only ``mean`` and ``norm_bound`` can run on the released mean;
     the others need single updates and refuse it. With ``norm_bound`` every honest site
-    clips before masking and the coordinator checks that the unmasked mean has norm ≤ M:
-    a larger mean proves some site did not clip, and the round fails with the model
-    unchanged. A malicious site can still send any vector of norm ≤ M, and a mean of
-    bounded vectors is all secure aggregation lets anyone check. ``validation`` then judges
-    the aggregate (``judge_aggregate``).
+    clips before masking and the coordinator checks that the unmasked mean has norm ≤ M
+    (plus the quantisation error, ``secure_value_error``): a larger mean proves some site
+    did not clip, and the round keeps its model, with a ``rejected`` decision on
+    ``"secure-aggregate"`` naming the norms (a run event and an audit entry, like a
+    rejection by validation). A malicious site can still send any vector of norm ≤ M, and
+    a mean of bounded vectors is all secure aggregation lets anyone check. ``validation``
+    then judges the aggregate (``judge_aggregate``).
     *Evaluation.* :meth:`aggregate_evaluate` combines each metric over the sites robustly,
     so one site cannot report a C-index of 0.99996 for the whole run.
     """
@@ -247,6 +274,7 @@ class Robust(Strategy):
         validation: UpdateJudge | None = None,
         max_updates_bytes: int = 256 * 2**20,
         secure_tolerance: float = 1e-3,
+        secure_value_error: float = 0.0,
     ) -> None:
         inner = check_mean_family(inner, "Robust", verb="made robust")
         rule: RobustAggregator = check_choice(aggregator, "aggregator", ROBUST_AGGREGATORS)  # type: ignore[arg-type]
@@ -288,6 +316,7 @@ class Robust(Strategy):
         self.validation = validation
         self.max_updates_bytes = check_int(max_updates_bytes, "max_updates_bytes", minimum=1)
         self.secure_tolerance = check_float(secure_tolerance, "secure_tolerance", minimum=0)
+        self.secure_value_error = check_float(secure_value_error, "secure_value_error", minimum=0)
         super().__init__(
             fraction_train=inner.fraction_train,
             fraction_evaluate=inner.fraction_evaluate,
@@ -299,16 +328,15 @@ class Robust(Strategy):
         )
         self.inner = inner
         self.name = f"robust-{rule.replace('_', '-')}"
-        self.weighted = inner.weighted
+        #: Whether sites weigh by their (capped) example counts — only when ``max_weight``
+        #: bounds them (an uncapped claim is the liar's lever): secure aggregation reads it
+        #: to choose "examples" or "equal" weighting, evaluation and metrics follow it.
+        self.weighted = inner.weighted and self.max_weight is not None
         #: Whether the rule can run on secure aggregation's mean (see Security notes).
         self.supports_secure_aggregation = rule in SECURE_AGGREGATORS
-        #: Whether updates weigh by (capped) example counts: the mean rules follow the inner
-        #: strategy; geometric median and centred clipping only when ``max_weight`` caps
-        #: the counts (an uncapped claim is the liar's lever); the others never.
-        self.example_weights = inner.weighted and (
-            rule in ("mean", "norm_bound")
-            or (rule in ("geometric_median", "centered_clipping") and self.max_weight is not None)
-        )
+        #: Whether this rule's updates weigh by example counts (``weighted`` and a rule that
+        #: uses weights; the order-statistic rules, Krum and FLTrust never do).
+        self.example_weights = self.weighted and rule in _WEIGHTED_RULES
         #: Whether the round keeps every update (n × d float64) rather than a running sum.
         self.buffers = (
             rule not in STREAMING_AGGREGATORS
@@ -370,6 +398,23 @@ class Robust(Strategy):
     def _check_enough(self, planned: int) -> None:
         """Refuse, before any site trains, a round whose plan is too small for ``f``."""
         f = self.f
+        if self.aggregator == "trimmed_mean" and f is None:
+            k = rk.trim_count(self.trim, planned)
+            if not planned > 2 * k:
+                raise RoundFailed(
+                    f"trimmed mean with trim = {self.trim:g} drops ⌈trim·n⌉ = {k} updates per "
+                    f"side and needs more than {2 * k}; the round plans {planned}: select more "
+                    "sites or lower trim (0 drops none)"
+                )
+            return
+        if self.aggregator == "multi_krum" and f is None:
+            m = self.multi_krum_m if self.multi_krum_m is not None else planned
+            if (planned - 3) // 2 <= 0 and m >= planned:
+                raise RoundFailed(
+                    f"multi_krum with f = 0 would average all {planned} planned updates (the "
+                    "plain mean, no defence): select more than 4 sites, set f, or "
+                    "multi_krum_m < n"
+                )
         if f is None:
             return
         if self.aggregator in ("krum", "multi_krum") and not planned > 2 * f + 2:
@@ -435,10 +480,12 @@ class Robust(Strategy):
         """The round's result from secure aggregation's released mean update.
 
         Refused (ConfigurationError) for rules that need single updates. With
-        ``norm_bound``, a mean of norm above M (plus ``secure_tolerance``) fails the round
-        (RoundFailed, model unchanged): every honest site clipped to M, and a mean of
-        vectors of norm ≤ M has norm ≤ M. With ``validation``, the next model is judged and
-        kept only if it passes.
+        ``norm_bound``, the bounded-range check: every honest site clipped to M, and a mean
+        of vectors of norm ≤ M has norm ≤ M, so a released mean of norm above
+        ``M·(1 + secure_tolerance) + √d·secure_value_error`` proves some site did not clip.
+        Such a round keeps the model (and the strategy state) and records a ``rejected``
+        decision on ``"secure-aggregate"`` with the norms; validation is then not asked.
+        With ``validation``, the next model is judged and kept only if it passes.
         """
         if not self.supports_secure_aggregation:
             raise ConfigurationError(
@@ -451,13 +498,26 @@ class Robust(Strategy):
         mean = layout.flatten(mean_update)
         norm = math.sqrt(float(mean @ mean))
         decisions: list[UpdateDecision] = []
+        metrics: dict[str, float] = {"robust.update_norm": norm}
         if self.norm_bound is not None:
-            limit = self.norm_bound * (1.0 + self.secure_tolerance)
+            slack = math.sqrt(layout.size) * self.secure_value_error
+            limit = self.norm_bound * (1.0 + self.secure_tolerance) + slack
             if not norm <= limit:
-                raise RoundFailed(
-                    f"the securely aggregated mean update has norm {norm:.4g} > the bound "
-                    f"{self.norm_bound:.4g}: some site did not clip its update; the model is "
-                    "unchanged"
+                metrics["robust.kept_model"] = 1.0
+                reason = (
+                    f"mean update norm {norm:.4g} > the bound {self.norm_bound:.4g} "
+                    f"(allowed {limit:.4g} with the tolerance and quantisation error): some "
+                    "site did not clip its update; the round keeps the current model"
+                )
+                decision = UpdateDecision(
+                    node_id=SECURE_NODE, action="rejected", weight=0.0, reason=reason
+                )
+                return AggregateResult(
+                    parameters=parameters,
+                    state=state,
+                    metrics=metrics,
+                    num_replies=num_replies,
+                    decisions=(decision,),
                 )
             decisions.append(
                 UpdateDecision(
@@ -469,7 +529,6 @@ class Robust(Strategy):
             )
         delta = layout.unflatten(mean, model_dtypes=False)
         new_x, new_inner = apply_server_step(self.inner, parameters, delta, inner_state)
-        metrics: dict[str, float] = {"robust.update_norm": norm}
         if self.validation is not None:
             keep, decision = self.validation.judge_aggregate(parameters, new_x)
             decisions.append(decision)
@@ -496,8 +555,8 @@ class Robust(Strategy):
     ) -> dict[str, float]:
         """Each metric combined over the sites that report it: a median (order-statistic
         and distance rules), a trimmed mean (``trimmed_mean``; the median when too few
-        sites report for its trim), or the weighted mean (``mean``, ``norm_bound``; the
-        weights already capped)."""
+        sites report for its trim), or the mean (``mean``, ``norm_bound``) with the entries'
+        weights: capped example counts when :attr:`weighted`, else 1 each."""
         if self.aggregator in _MEDIAN_METRICS:
             return rk.combine_metrics(entries, "median")
         if self.aggregator == "trimmed_mean":
@@ -517,13 +576,18 @@ class Robust(Strategy):
     def aggregate_evaluate(self, server_round: int, replies: Sequence[Reply]) -> dict[str, float]:
         """Each evaluation metric combined robustly over the sites (see
         :meth:`combine_metrics`): the median of the sites' values for the order-statistic
-        and distance rules, a trimmed mean for ``trimmed_mean``, and the example-weighted
-        mean with each weight capped at ``max_weight`` for ``mean`` and ``norm_bound``.
-        One site's claim then moves a median-combined metric only within the honest sites'
-        range, and a mean-combined one by at most its capped weight's share."""
+        and distance rules, a trimmed mean for ``trimmed_mean``, and for ``mean`` and
+        ``norm_bound`` the mean weighted by example counts capped at ``max_weight`` when
+        :attr:`weighted`, else the plain mean (every site once: without a cap a claim of
+        10¹⁵ examples would own the reported metric). One site's claim then moves a
+        median-combined metric only within the honest sites' range, and a mean-combined one
+        by at most its capped weight's share (1/n with equal weights)."""
         cap = self.max_weight
         entries = [
-            (float(r.num_examples if cap is None else min(r.num_examples, cap)), r.metrics)
+            (
+                float(min(r.num_examples, cap)) if self.weighted and cap is not None else 1.0,
+                r.metrics,
+            )
             for r in replies
             if r.ok
         ]
@@ -536,6 +600,7 @@ class Robust(Strategy):
             "robust.aggregator": self.aggregator,
             "robust.buffers": self.buffers,
             "robust.validation": self.validation is not None,
+            "robust.weights": "examples" if self.example_weights else "equal",
         }
         if self.norm_bound is not None:
             settings["robust.norm_bound"] = self.norm_bound

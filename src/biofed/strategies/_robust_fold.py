@@ -22,6 +22,7 @@ from biofed.core import (
     Array,
     ParameterMismatch,
     ParameterSet,
+    ProtocolError,
     Reply,
     RoundFailed,
 )
@@ -34,6 +35,7 @@ from biofed.strategies._base import (
     UpdateDecision,
 )
 from biofed.strategies._server_step import apply_server_step
+from biofed.strategies._validation import SECURE_AGGREGATE
 from biofed.strategies._weighted import capped_examples
 
 if TYPE_CHECKING:
@@ -181,6 +183,11 @@ class RobustFold(TrainAggregator):
         strategy = self.strategy
         if reply.parameters is None:
             raise ParameterMismatch(f"reply from {reply.node_id} carries no parameters")
+        if reply.node_id == SECURE_AGGREGATE:  # its decisions would read as the aggregate's
+            raise ProtocolError(
+                f"node id {SECURE_AGGREGATE!r} is reserved for the decision about a secure "
+                "round's aggregate: a site of that name cannot take part in a robust round"
+            )
         self.x.spec.validate(reply.parameters, what=f"reply from {reply.node_id}")
         examples = capped_examples(reply.num_examples, strategy.max_weight)
         if strategy.inner.weighted and examples <= 0:
@@ -254,7 +261,9 @@ class RobustFold(TrainAggregator):
                 action=o.action,
                 weight=o.share if o.action != "rejected" else 0.0,
                 reason="; ".join(o.reasons),
-                score=o.score,
+                # A liar's Krum score can overflow to inf: the audit log (and strict JSON)
+                # refuses non-finite numbers, so the figure stays only in the reason.
+                score=o.score if o.score is None or math.isfinite(o.score) else None,
             )
             for e, o in zip(self.entries, outcomes, strict=True)
         )
@@ -358,7 +367,7 @@ class RobustFold(TrainAggregator):
     def _trimmed(self, live_rows: Array, live: list[_Outcome]) -> Array:
         strategy = self.strategy
         n = live_rows.shape[0]
-        k = strategy.f if strategy.f is not None else math.floor(strategy.trim * n)
+        k = strategy.f if strategy.f is not None else rk.trim_count(strategy.trim, n)
         if not n > 2 * k:
             raise RoundFailed(
                 f"trimmed mean drops {k} updates per side and needs more than {2 * k} "
@@ -389,6 +398,12 @@ class RobustFold(TrainAggregator):
             if m > n - f:
                 raise RoundFailed(
                     f"multi_krum_m = {m} exceeds n − f = {n - f} for {n} updates and f = {f}"
+                )
+            if m >= n and strategy.f is None:  # f = 0 by default: it would be the plain mean
+                raise RoundFailed(
+                    f"multi_krum with f = 0 would average all {n} updates (the plain mean, no "
+                    "defence): the model is unchanged; it needs n > 4 updates for f >= 1, an "
+                    "explicit f, or multi_krum_m < n"
                 )
         scores = rk.krum_scores(live_rows, f)
         rank = {node: r for r, node in enumerate(sorted(ids))}  # ties go to the lower id
@@ -460,13 +475,15 @@ class RobustFold(TrainAggregator):
         counts = {a: 0.0 for a in ("accepted", "rejected", "downweighted", "clipped")}
         for out in outcomes:
             counts[out.action] += 1.0
-        metrics = {f"robust.{a}": c for a, c in counts.items()}
         kept = [
             (e.weight, e.metrics)
             for e, o in zip(self.entries, outcomes, strict=True)
             if o.action != "rejected"
         ]
-        metrics.update(strategy.combine_metrics(kept))
+        metrics = strategy.combine_metrics(kept)
+        # The strategy's own counts are set after the sites' metrics: a site reporting a
+        # metric named "robust.rejected" must not overwrite the round's decision counts.
+        metrics.update({f"robust.{a}": c for a, c in counts.items()})
         if aggregate is None:
             metrics["robust.kept_model"] = 1.0
             state = dict(self.inner_state)

@@ -44,6 +44,19 @@ def clip_vector(u: Array, bound: float) -> tuple[Array, float]:
     return u, norm
 
 
+def trim_count(trim: float, n: int) -> int:
+    """How many of ``n`` values the trimmed mean drops per side for fraction ``trim``:
+    ``⌈trim·n⌉`` (so at least 1 whenever ``trim > 0``), 0 for ``trim = 0``.
+
+    Rounding up, not down: with ``⌊trim·n⌋`` the default ``trim = 0.1`` drops nothing from
+    fewer than 10 updates (a 6-site federation got the plain mean, breakdown point 0). The
+    product is taken less 1e-9 so that a fraction like 0.1·30 = 3.0000000000000004 counts 3.
+    """
+    if trim <= 0.0:
+        return 0
+    return max(1, math.ceil(trim * n - 1e-9))
+
+
 def coordinate_median(rows: Array) -> Array:
     """The coordinate-wise median of the rows (mean of the two middle values for even n)."""
     d = rows.shape[1]
@@ -129,22 +142,35 @@ def geometric_median(
     step moves ``v`` by at most ``xtol·(1 + ‖v‖)`` (a test on the objective, as in the
     paper, stops too early when a far outlier dominates it). Returns the median, the final
     effective weights ``β / Σ β`` and the number of steps taken.
+
+    Security: a site sending finite values near the float64 limit (1e300) drags the
+    weighted mean so far that every distance overflows to inf, every ``β`` becomes 0 and
+    the next step 0/0 = NaN, so one liar would fail every round. When any distance from
+    the mean is not finite the iterations start at the coordinate-wise median instead
+    (within the honest range while most sites are honest), from which only the liar's
+    distance overflows and its ``β`` is 0.
     """
     alpha = w / float(w.sum())
     v = alpha @ rows
     dist = row_distances(rows, v)
+    if not np.isfinite(dist).all():
+        v = coordinate_median(rows)
+        dist = row_distances(rows, v)
     beta = alpha
     steps = 0
     while steps < iterations:
         steps += 1
         beta = alpha / np.maximum(dist, nu)
+        if not float(beta.sum()) > 0.0:  # every distance overflowed: keep v
+            break
         new_v = (beta @ rows) / float(beta.sum())
         moved = math.sqrt(float((new_v - v) @ (new_v - v)))
         v = new_v
         dist = row_distances(rows, v)
         if moved <= xtol * (1.0 + math.sqrt(float(v @ v))):
             break
-    return v, beta / float(beta.sum()), steps
+    total = float(beta.sum())
+    return v, (beta / total if total > 0.0 else alpha), steps
 
 
 def clip_scale(dist: Array, tau: float) -> Array:
@@ -206,6 +232,12 @@ def fltrust(rows: Array, g0: Array, factors: Array | None = None) -> tuple[Array
     return out, trust
 
 
+#: Metrics that are fractions in [0, 1] (the tasks' primary metrics): a site's value outside
+#: that range is an impossible claim and is not counted. Without this a site claiming
+#: C-index 1e99 (the exchange bounds metrics only at ±1e100) owned a mean-combined metric.
+FRACTION_METRICS = frozenset({"c_index", "roc_auc", "accuracy"})
+
+
 def combine_metrics(
     entries: Sequence[tuple[float, Mapping[str, float]]],
     how: Literal["median", "trimmed", "mean"],
@@ -215,20 +247,23 @@ def combine_metrics(
 ) -> dict[str, float]:
     """Each finite metric combined over the ``(weight, metrics)`` entries that report it.
 
-    ``median``: the median of the values; ``trimmed``: their mean after dropping ``f``
-    (else ``⌊trim·m⌋``) of the m values per side, the median when ``m ≤ 2f``; ``mean``:
-    the weighted mean.
+    Values of :data:`FRACTION_METRICS` outside [0, 1] are left out like non-finite ones.
+    ``median``: the median of the values; ``trimmed``: their mean after dropping ``k = f``
+    (else :func:`trim_count` ``(trim, m)``) of the m values per side, the median when
+    ``m ≤ 2k``; ``mean``: the weighted mean.
     """
     by_name: dict[str, list[tuple[float, float]]] = {}
     for weight, metrics in entries:
         for name, value in metrics.items():
+            if name in FRACTION_METRICS and not 0.0 <= value <= 1.0:
+                continue  # an impossible claim (C-index 1e99) is not counted
             if isinstance(value, int | float) and math.isfinite(value):
                 by_name.setdefault(name, []).append((float(weight), float(value)))
     out: dict[str, float] = {}
     for name, pairs in sorted(by_name.items()):
         values = sorted(v for _, v in pairs)
         m = len(values)
-        k = f if f is not None else math.floor(trim * m)
+        k = f if f is not None else trim_count(trim, m)
         if how == "trimmed" and m > 2 * k:
             out[name] = float(np.mean(values[k : m - k]))
         elif how in ("median", "trimmed"):

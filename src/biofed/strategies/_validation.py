@@ -20,7 +20,11 @@ the update costs ``d_i = s(m₋ᵢ) − s(m)`` on the trusted data; the worst on
 ``d_i > max_drop``, and the influences are measured again without it, until none exceeds
 ``max_drop`` (greedy, so that one liar cannot hide another, and so that an honest site is
 not blamed for the liar's damage). The mean of no update is ``x`` itself, so a lone update
-is judged against the current model.
+is judged against the current model. Colluders can hide each other from leave-one-out (two
+identical boosted updates each steer the mean without the other): when no single influence
+exceeds ``max_drop`` yet the mean of the survivors lowers the score of ``x`` by more than
+``max_drop``, the survivor whose own model scores worst is refused and the pass starts
+again (``UpdateValidation._collusion``).
 Cost: ``(r + 1)(n + 1)`` trusted scores for ``n`` updates of which ``r`` are refused, each
 a pass of the task's metric over the trusted set — meant for consortia of tens of sites.
 
@@ -39,13 +43,19 @@ a plain sign flip (×1) by the largest of six sites is caught in only 9 of 25 ro
 run ends at C-index 0.708, against 0.619 undefended and 0.814 honest): pair validation with
 a robust aggregator; a boosted update in the honest direction (model replacement) can even
 raise a ranking metric such as the C-index — bound norms for that (``norm_bound``); a
-backdoor that leaves the clean metric alone is invisible here. The trusted data must be
+backdoor that leaves the clean metric alone is invisible here. The collusion check has its
+own limit: it blames the update that scores worst *on its own*, so a liar that keeps its
+own influence just within ``max_drop`` while pushing the round's mean past it can get the
+worst-scoring site (possibly a small honest one, whose local model alone may score far
+below the reference) refused for that round instead; without the check that round's model
+would have lost more than ``max_drop``. The trusted data must be
 small, clean and representative; it is the operator's to curate. In secure mode only the
 aggregate exists: :meth:`UpdateValidation.judge_aggregate` keeps or discards it whole.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Literal
@@ -218,10 +228,12 @@ class UpdateValidation:
         models = [params for _, params in candidates]
         factors: list[float | None] = [None] * n
         last: list[tuple[float, float, float]] = [(0.0, math.nan, math.nan)] * n
+        colluding: dict[int, str] = {}
         for i, params in enumerate(models):
             if not params.all_finite():
                 factors[i] = 0.0
                 last[i] = (math.inf, math.nan, math.nan)
+        base: float | None = None
         while True:
             active = [i for i in range(n) if factors[i] is None]
             if not active:
@@ -238,11 +250,26 @@ class UpdateValidation:
                 costs[i] = (_cost(without, with_all), without)
                 last[i] = (costs[i][0], without, with_all)
             worst = max(active, key=lambda i: costs[i][0])
-            if costs[worst][0] <= self.max_drop:
-                for i in active:
-                    factors[i] = 1.0
-                break
-            factors[worst] = self._factor(costs[worst][0])
+            if costs[worst][0] > self.max_drop:
+                factors[worst] = self._factor(costs[worst][0])
+                continue
+            if len(active) > 1:
+                base = _score(self.trusted, x) if base is None else base
+                blamed = self._collusion(models, active, base, with_all)
+                if blamed is not None:
+                    i, cost, solo = blamed
+                    factors[i] = self._factor(cost)
+                    last[i] = (cost, base, solo)
+                    colluding[i] = (
+                        f"no single update lowered it by more than max_drop, but together "
+                        f"the {len(active)} updates took it from {base:.4f} to "
+                        f"{'not finite' if math.isnan(with_all) else f'{with_all:.4f}'}; "
+                        "this one scores worst on its own: "
+                    )
+                    continue
+            for i in active:
+                factors[i] = 1.0
+            break
         out: list[tuple[float, UpdateDecision]] = []
         for i, (node, params) in enumerate(candidates):
             found = factors[i]
@@ -254,8 +281,33 @@ class UpdateValidation:
                 )
             else:
                 decision = self._decision(node, factor, cost, without, with_)
+                if i in colluding:
+                    decision = dataclasses.replace(decision, reason=colluding[i] + decision.reason)
             out.append((factor, decision))
         return out
+
+    def _collusion(
+        self, models: Sequence[ParameterSet], active: Sequence[int], base: float, with_all: float
+    ) -> tuple[int, float, float] | None:
+        """Colluders hiding each other: when no update's leave-one-out influence exceeds
+        ``max_drop`` but the mean of them all lowers the trusted score of ``x`` by more
+        than that, the update whose own model ``x + Δᵢ`` scores worst (by more than
+        ``max_drop`` below ``x``) is blamed. Returns it, its cost and its own score, or
+        None when the mean is within ``max_drop`` of ``x`` or no model is that bad alone.
+
+        Why: a ranking score (C-index, AUC) sees only the direction of the mean. Two sites
+        sending the same boosted, sign-flipped update each steer the mean without the
+        other, so each one's leave-one-out influence is ≈ 0 and the greedy pass alone
+        accepted both (tests/strategies/test_robust_redteam.py). An honest round whose
+        mean is within ``max_drop`` of ``x`` is never touched here (one more score)."""
+        if _cost(base, with_all) <= self.max_drop:
+            return None
+        solo = {i: _score(self.trusted, models[i]) for i in active}
+        worst = min(active, key=lambda i: -math.inf if math.isnan(solo[i]) else solo[i])
+        cost = _cost(base, solo[worst])
+        if cost <= self.max_drop:
+            return None
+        return worst, cost, solo[worst]
 
     def judge_aggregate(
         self, x: ParameterSet, aggregate: ParameterSet
