@@ -27,7 +27,7 @@ Defences (each alone; the job's ``[strategy]`` / ``[robust]`` tables):
 
 * ``none``: FedAvg; ``max_weight``: FedAvg with ``[strategy] max_weight`` = the largest
   honest site's training rows (what the operator sees in the registered datasets);
-* ``median``, ``trimmed_mean`` (``trim`` = (m + 0.1)/6: m values dropped per side),
+* ``median``, ``trimmed_mean`` (``f`` = m: m values dropped per side),
   ``multi_krum`` (``f`` = min(m, 1): Krum needs n > 2f + 2, so 6 sites tolerate f = 1),
   ``geometric_median``, ``centered_clipping`` (τ = M), ``fltrust``, ``norm_bound`` (M),
   and ``validation`` (the weighted mean of the updates that pass
@@ -52,7 +52,7 @@ from typing import Any
 
 import numpy as np
 
-from _attacks_data import NUM_SITES, Setting
+from _attacks_data import Setting
 
 ATTACK_ROWS: tuple[str, ...] = (
     "none",
@@ -134,7 +134,7 @@ def defence_tables(
     elif defence == "median":
         robust = {"aggregator": "median"}
     elif defence == "trimmed_mean":
-        robust = {"aggregator": "trimmed_mean", "trim": (m + 0.1) / NUM_SITES}
+        robust = {"aggregator": "trimmed_mean", "f": m}
     elif defence == "multi_krum":
         robust = {"aggregator": "multi_krum", "f": min(m, 1)}
     elif defence == "geometric_median":
