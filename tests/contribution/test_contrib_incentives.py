@@ -21,6 +21,7 @@ from biofed.contribution import (
     RoundGame,
     coalition_table,
     incentive_outcome,
+    leave_one_out,
     shapley,
     shapley_from_table,
     verify_outcome,
@@ -371,3 +372,59 @@ def _table_with(**changes: Any) -> dict[str, Any]:
 def test_hostile_tables_are_refused(table: Any, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         shapley_from_table(table)
+
+
+# -- a run's round record (``Measured``'s ``contribution`` event, c-run's shape) ------------------
+
+
+def _record(game: RoundGame, measured: Contributions) -> dict[str, Any]:
+    """The round record as the run writes it: every evaluated non-empty coalition by its
+    sorted sites (see biofed.contribution.Measured)."""
+    coalitions = [
+        {
+            "sites": sorted(s for k, g in enumerate(game.groups) if mask >> k & 1 for s in g),
+            "value": game.v(mask),
+        }
+        for mask in range(1, 1 << game.n)
+        if game.has(mask)
+    ]
+    return {"contributions": measured.to_dict(), "coalitions": coalitions, "excluded": []}
+
+
+def test_shapley_from_a_run_round_record() -> None:
+    game, _ = _game()
+    measured = shapley(game, server_round=2)
+    record = _record(game, measured)
+    again = shapley_from_table(json.dumps(record))
+    assert again == pytest.approx(dict(measured.values), abs=1e-12)
+    assert again["z"] == 0.0
+    # the group's total is recomputed: a forged value for the pair shows
+    forged = json.loads(json.dumps(record))
+    forged["contributions"]["values"]["a"] += 0.3
+    assert shapley_from_table(forged)["a"] + shapley_from_table(forged)["a-copy"] == (
+        pytest.approx(measured.values["a"] + measured.values["a-copy"])
+    )
+    forged["coalitions"][0]["value"] += 0.1
+    assert shapley_from_table(forged) != pytest.approx(dict(measured.values))
+
+
+def test_a_round_record_without_every_coalition_is_refused() -> None:
+    x, ups, value = _fresh_args()
+    ups = {**ups, "c": (ParameterSet({"w": np.array([0.5, -2.0])}), 1.0)}
+    game = RoundGame(x, ups, value)
+    measured = leave_one_out(game)
+    with pytest.raises(ConfigurationError, match="lacks 3 of the 7 coalitions"):
+        shapley_from_table(_record(game, measured))
+    game, _ = _game()
+    record = _record(game, shapley(game))
+    for entry, message in [
+        ({"sites": ["a"], "value": 0.1}, "not a new set of whole players"),
+        ({"sites": ["b"], "value": 0.1}, "not a new set of whole players"),
+        ({"sites": ["z"], "value": 0.1}, "names a site that is no player"),
+        ({"sites": [["b"]], "value": 0.1}, "names a site that is no player"),
+        ({"sites": ["b"]}, "must be {sites, value}"),
+    ]:
+        with pytest.raises(ConfigurationError, match=message):
+            shapley_from_table({**record, "coalitions": [*record["coalitions"], entry]})
+    with pytest.raises(ConfigurationError, match="round record has keys"):
+        shapley_from_table({**record, "extra": 1})

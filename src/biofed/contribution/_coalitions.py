@@ -21,6 +21,13 @@ coalition whose players are the set bits of ``mask`` (bit ``k`` is ``players[k]`
 ``values[0] = 0``); ``split`` is each member's fraction of its player's value (its weight
 over the group's); ``free_riders`` are null players (value 0, in no coalition).
 
+A run's ``contribution`` event (``biofed.contribution.Measured``'s round record:
+``{"contributions": <Contributions.to_dict()>, "coalitions": [{"sites": [...], "value":
+v(S)}, ...], "excluded": [...]}``, every evaluated non-empty coalition by its sorted sites) is
+read too: its players are the recorded near-duplicate groups and the other measured sites
+but the free-riders. That record carries no weights, so a group's total is recomputed and
+its split between the members is the record's own.
+
 What the table does not prove: that ``v(S)`` is the true score of the coalition model (that
 needs the updates and the validation data). It lets a site check the arithmetic from
 coalition values to credits, and compare the values with what it knows (e.g. ``v`` of its
@@ -38,6 +45,7 @@ import numpy as np
 
 from biofed.contribution._exact import MAX_EXACT_SITES, shapley_of_table
 from biofed.contribution._game import RoundGame
+from biofed.contribution._result import Contributions
 from biofed.core import ConfigurationError, check_id
 
 #: The format marker of a coalition table.
@@ -109,10 +117,79 @@ def _sites(value: object, what: str, seen: set[str]) -> list[str]:
     return list(value)
 
 
+_RECORD_KEYS = ("contributions", "coalitions", "excluded")
+
+
+def _table_from_record(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A round record (``Measured``'s ``contribution`` event) as a coalition table."""
+    if set(record) - set(_RECORD_KEYS):
+        raise ConfigurationError(
+            f"coalitions: a round record has keys {sorted(map(str, record))[:10]}, "
+            f"expected {sorted(_RECORD_KEYS)}"
+        )
+    measured = Contributions.from_dict(record["contributions"])
+    riders = set(measured.free_riders)
+    grouped = {s for g in measured.duplicates for s in g}
+    groups = sorted(
+        [list(g) for g in measured.duplicates]
+        + [[s] for s in measured.values if s not in riders and s not in grouped]
+    )
+    if len(groups) > MAX_EXACT_SITES:
+        raise ConfigurationError(
+            f"coalitions: the record has {len(groups)} players; exact Shapley is for at most "
+            f"{MAX_EXACT_SITES}"
+        )
+    player = {s: k for k, g in enumerate(groups) for s in g}
+    coalitions = record["coalitions"]
+    if not isinstance(coalitions, list):
+        raise ConfigurationError("coalitions: the record's coalitions must be a list")
+    values: list[object] = [None] * (1 << len(groups))
+    values[0] = 0.0
+    for entry in coalitions:
+        if not isinstance(entry, Mapping) or set(entry) != {"sites", "value"}:
+            raise ConfigurationError("coalitions: a coalition must be {sites, value}")
+        sites = entry["sites"]
+        if not isinstance(sites, list) or not all(
+            isinstance(s, str) and s in player for s in sites
+        ):
+            raise ConfigurationError(
+                f"coalitions: the coalition {str(sites)[:80]} names a site that is no player"
+            )
+        mask = 0
+        for site in sites:
+            mask |= 1 << player[site]
+        whole = sorted(s for k, g in enumerate(groups) if mask >> k & 1 for s in g)
+        if sorted(sites) != whole or not mask or values[mask] is not None:
+            raise ConfigurationError(
+                f"coalitions: the coalition {str(sites)[:80]} is not a new set of whole players"
+            )
+        values[mask] = entry["value"]
+    missing = sum(v is None for v in values)
+    if missing:
+        raise ConfigurationError(
+            f"coalitions: the record lacks {missing} of the {len(values) - 1} coalitions exact "
+            f"Shapley needs (the round was measured by {measured.method})"
+        )
+    split: dict[str, float] = {}
+    for group in groups:
+        total = sum(measured.values[s] for s in group)
+        for s in group:
+            split[s] = measured.values[s] / total if total else 1.0 / len(group)
+    return {
+        "format": COALITIONS_FORMAT,
+        "server_round": measured.server_round,
+        "players": groups,
+        "split": split,
+        "free_riders": sorted(riders),
+        "values": values,
+    }
+
+
 def shapley_from_table(table: Mapping[str, Any] | str) -> dict[str, float]:
     """Each site's exact Shapley value recomputed from a published coalition table.
 
-    ``table`` is :func:`coalition_table`'s output (a mapping, or its JSON text). The result
+    ``table`` is :func:`coalition_table`'s output, or a run's round record (see the module
+    notes), as a mapping or its JSON text. The result
     is what :func:`~biofed.contribution.shapley` credited each site for the round (free
     riders 0, a near-duplicate group's value split by ``split``), by the same arithmetic.
 
@@ -133,6 +210,8 @@ def shapley_from_table(table: Mapping[str, Any] | str) -> dict[str, float]:
             raise ConfigurationError(f"coalitions: the table is not JSON: {exc}") from None
     if not isinstance(table, Mapping):
         raise ConfigurationError("coalitions: the table must be a JSON object")
+    if "coalitions" in table and "contributions" in table:
+        table = _table_from_record(table)
     if set(table) != set(_KEYS):
         raise ConfigurationError(
             f"coalitions: the table has keys {sorted(map(str, table))[:10]}, "
