@@ -151,6 +151,27 @@ def test_min_share_zero_still_applies_below_min_to_free_riders() -> None:
     assert delayed.sites["e"].until is None  # the release day is not known
 
 
+def test_a_site_the_ledger_never_measured_is_flagged_not_forgotten() -> None:
+    agreed = policy(below_min="none")
+    out = incentive_outcome(agreed, ledger(), rounds=2, sites=["a", "g"])
+    assert list(out.sites) == ["a", "b", "c", "d", "e", "f", "g"]
+    g = out.sites["g"]
+    assert (g.value, g.share, g.reward_share, g.free_rider, g.access) == (0, 0, 0, True, "none")
+    assert g.reasons[0] == "never measured: no update of the site's entered a measured round"
+    assert out.sites["a"] == incentive_outcome(agreed, ledger(), rounds=2).sites["a"]
+    book = ledger().to_json()
+    assert verify_outcome(agreed, book, out.to_json(), "g") == []
+    data = json.loads(out.to_json())
+    del data["sites"]["b"]
+    assert verify_outcome(agreed, book, json.dumps(data), "a") == [
+        "the outcome leaves out sites of the ledger: b"
+    ]
+    with pytest.raises(ConfigurationError, match="site name"):
+        incentive_outcome(agreed, ledger(), rounds=2, sites=["../x"])
+    with pytest.raises(ConfigurationError, match="sites must be a collection"):
+        incentive_outcome(agreed, ledger(), rounds=2, sites="abc")
+
+
 def test_no_positive_value_pays_no_one() -> None:
     bad = ContributionLedger().add(_round(1, {"a": -0.01, "b": 0.0}))
     out = incentive_outcome(policy(), bad, rounds=1)
