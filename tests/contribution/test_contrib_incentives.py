@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from biofed.contribution import (
     METHODS,
@@ -449,3 +451,18 @@ def test_a_round_record_without_every_coalition_is_refused() -> None:
             shapley_from_table({**record, "coalitions": [*record["coalitions"], entry]})
     with pytest.raises(ConfigurationError, match="round record has keys"):
         shapley_from_table({**record, "extra": 1})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    site=st.sampled_from(["a", "b", "c", "d", "e", "f"]),
+    key=st.sampled_from(["value", "share", "reward_share"]),
+    change=st.floats(min_value=1e-6, max_value=0.5) | st.floats(min_value=-0.5, max_value=-1e-6),
+)
+def test_any_changed_figure_of_a_site_is_caught(site: str, key: str, change: float) -> None:
+    agreed = policy(min_share=0.1, below_min="delayed", delay_days=30)
+    data = json.loads(_outcome().to_json())
+    data["sites"][site][key] += change
+    problems = verify_outcome(agreed, ledger().to_json(), json.dumps(data), site)
+    assert problems
+    assert problems[0].startswith((f"{key}: published", "the published outcome is unreadable"))
