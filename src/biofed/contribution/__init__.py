@@ -63,10 +63,24 @@ from biofed.contribution._game import (
     ValueFunction,
 )
 from biofed.contribution._measure import measure
+from biofed.contribution._measured import (
+    AUTO,
+    CONTRIBUTION_EVENT,
+    CONTRIBUTION_FAILED_EVENT,
+    CONTRIBUTIONS_EVENT,
+    Measured,
+    ledger_from_events,
+    ledger_from_run_record,
+    run_record,
+)
 from biofed.contribution._result import METHODS, ContributionLedger, Contributions
 from biofed.contribution._sampling import gtg_shapley, tmc_shapley
 
 __all__ = [
+    "AUTO",
+    "CONTRIBUTIONS_EVENT",
+    "CONTRIBUTION_EVENT",
+    "CONTRIBUTION_FAILED_EVENT",
     "DEFAULT_DUPLICATE_COSINE",
     "DEFAULT_FREE_RIDER_NORM",
     "DEFAULT_MAX_EVALUATIONS",
@@ -74,12 +88,16 @@ __all__ = [
     "METHODS",
     "ContributionLedger",
     "Contributions",
+    "Measured",
     "RoundGame",
     "Updates",
     "ValueFunction",
     "gtg_shapley",
     "leave_one_out",
+    "ledger_from_events",
+    "ledger_from_run_record",
     "measure",
+    "run_record",
     "shapley",
     "tmc_shapley",
 ]

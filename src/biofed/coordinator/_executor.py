@@ -19,6 +19,13 @@ trusted data it names (:class:`~biofed.coordinator.TrustedData`, from the operat
 update is a run event ``update_<action>`` and an entry ``update.<action>`` in the
 coordinator's audit log.
 
+A job with ``[contribution]`` measures every round (:class:`~biofed.contribution.Measured`,
+run events ``contribution``); at the run's end the executor builds the run's
+:class:`~biofed.contribution.ContributionLedger` from them, writes it as the run event
+``contributions`` (the ledger, the shares, every round's coalition values, so a site can
+recompute its figure) and appends one signed audit entry ``contribution.measured`` per
+site (run, site, total value, share).
+
 An analysis job (:class:`~biofed.coordinator.AnalysisJob`) runs its query instead of rounds
 (:func:`~biofed.coordinator._analysis.analyze_over`, the loop a simulation runs too): it
 waits for ``min_nodes`` sites as a round does, and ends ``finished`` with the run event
@@ -36,6 +43,12 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from biofed.contribution import (
+    CONTRIBUTIONS_EVENT,
+    ContributionLedger,
+    ledger_from_events,
+    run_record,
+)
 from biofed.coordinator._analysis import ANALYSIS_EVENT, PASS_EVENT, analyze_over
 from biofed.coordinator._analysis_job import AnalysisJob, run_spec_from_json
 from biofed.coordinator._anchored import AnchoredTransport
@@ -296,7 +309,7 @@ class RunExecutor:
         if path is None:
             known = ", ".join(sorted(self.trusted_data)) or "none"
             raise ConfigurationError(
-                f"[robust] trusted_dataset {name!r} is not registered at this coordinator "
+                f"{spec.trusted_key} {name!r} is not registered at this coordinator "
                 f"(kit.toml [trusted_data] lists: {known})"
             )
         return TrustedData(spec, path, name=name)
@@ -408,6 +421,8 @@ class RunExecutor:
 
     # -- endings -------------------------------------------------------------------------------
     def _end(self, run_id: str, spec: JobSpec) -> None:
+        if spec.contribution is not None:
+            self.contributions(run_id, spec)
         records = [r.record for r in self.store.rounds(run_id)]
         status, error = ending_status(records)
         failed = sum(r.failed is not None for r in records)
@@ -419,6 +434,57 @@ class RunExecutor:
         )
         kind = "failed" if status is RunStatus.FAILED else "finished"
         self.store.append_event(run_id, round=spec.rounds, kind=kind, message=error or message)
+
+    def contributions(self, run_id: str, spec: JobSpec) -> ContributionLedger | None:
+        """Build the run's contribution ledger from its ``contribution`` events, write the
+        ``contributions`` event and audit each site's figure (``contribution.measured``).
+
+        A ledger that cannot be read back (a malformed round record) is a
+        ``contributions_failed`` event, not a failed run: the model is still the run's.
+        """
+        events = [(e.round, e.kind, e.message) for e in self.store.events(run_id)]
+        try:
+            ledger, records, failed = ledger_from_events(events)
+        except BiofedError as exc:
+            self.store.append_event(
+                run_id, round=spec.rounds, kind="contributions_failed", message=str(exc)
+            )
+            return None
+        outcome = self.incentive_outcome(run_id, spec, ledger)
+        self.store.append_event(
+            run_id,
+            round=spec.rounds,
+            kind=CONTRIBUTIONS_EVENT,
+            message=run_record(ledger, records, failed, outcome=outcome),
+        )
+        totals, shares = ledger.totals(), ledger.shares()
+        for site in ledger.sites:
+            riding = sum(site in r.free_riders for r in ledger.rounds)
+            self.audit(
+                "contribution.measured",
+                {
+                    "run_id": run_id,
+                    "site": site,
+                    "value": totals[site],
+                    "share": shares[site],
+                    "rounds": len(ledger.rounds),
+                    "free_rider_rounds": riding,
+                },
+            )
+        return ledger
+
+    def incentive_outcome(
+        self, run_id: str, spec: JobSpec, ledger: ContributionLedger
+    ) -> dict[str, Any] | None:
+        """The study agreement's incentive policy applied to the run's ledger, or None.
+
+        Hook for the agreement's ``[incentives]`` (issue 17, item 3; branch c-policy):
+        when the agreement a job runs under states a policy,
+        ``biofed.contribution.incentive_outcome(policy, ledger)`` decides each site's
+        reward share and access, which goes into the ``contributions`` event's
+        ``outcome`` and one audit entry per site. Until it lands no policy is applied.
+        """
+        return None
 
     def cancelled(self, run_id: str) -> None:
         """Mark the run cancelled (nothing if it already ended)."""
