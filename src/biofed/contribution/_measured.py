@@ -367,7 +367,8 @@ class _MeasuredFold(TrainAggregator):
             )
         try:
             measured, coalitions = self._owner.play(self._round, self._x, played)
-        except BiofedError as exc:
+        except (BiofedError, ArithmeticError, LookupError, TypeError, ValueError) as exc:
+            # a measurement never fails the round: the inner strategy's model stands
             message = f"round {self._round}: {exc}"
             return dataclasses.replace(
                 result, events={**result.events, CONTRIBUTION_FAILED_EVENT: message}
