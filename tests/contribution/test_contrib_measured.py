@@ -32,7 +32,7 @@ from biofed.strategies import DPFedAvg, FedAvg, Robust
 from biofed.testing import check_strategy
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "coordinator"))
-from test_robust_job import flip_boosted, held_out  # noqa: E402
+from test_robust_job import flip_boosted, held_out
 
 X = ParameterSet({"w": np.zeros(2)})
 
@@ -147,7 +147,8 @@ def test_a_free_rider_on_fed_tcga_brca_gets_nothing_and_the_model_is_unchanged()
     ledger = ledger_from_run_record(report.contributions)
     assert [r.server_round for r in ledger.rounds] == [1, 2, 3]
     totals, shares = ledger.totals(), ledger.shares()
-    assert totals["center-3"] == 0.0 and shares["center-3"] == 0.0
+    assert totals["center-3"] == 0.0
+    assert shares["center-3"] == 0.0
     assert all("center-3" in r.free_riders for r in ledger.rounds)  # flagged every round
     honest = {s: v for s, v in totals.items() if s != "center-3"}
     assert sum(v > 0 for v in honest.values()) >= 4
@@ -188,7 +189,7 @@ def test_the_ledger_keeps_the_last_record_of_a_round_and_the_unmeasured_ones() -
         (1, CONTRIBUTION_EVENT, message),  # round 1 re-run after a restart
         (2, CONTRIBUTION_FAILED_EVENT, "round 2: value failed"),
     ]
-    ledger, records, failed = ledger_from_events(events)
+    ledger, _, failed = ledger_from_events(events)
     assert [r.server_round for r in ledger.rounds] == [1]
     assert failed == {2: "round 2: value failed"}
     with pytest.raises(ConfigurationError, match="not JSON"):
