@@ -18,7 +18,7 @@ from rich.table import Table
 from biofed.cli._common import kit_audit
 
 if TYPE_CHECKING:
-    from biofed.governance import AnalyticsPolicy, Party, SignedAgreement
+    from biofed.governance import AnalyticsPolicy, IncentivePolicy, Party, SignedAgreement
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -189,6 +189,15 @@ def draft_command(
             "min_at_risk, min_difference, min_sites, records_per_parameter (repeatable).",
         ),
     ] = None,
+    incentive: Annotated[
+        Multi,
+        typer.Option(
+            metavar="KEY=VALUE",
+            help="The study's incentive policy ([incentives]): measure=shapley (required), "
+            "reward=proportional|equal, min_share=0.05, below_min=full|delayed|earlier_round|"
+            "none, delay_days, earlier_rounds, free_rider_share (repeatable).",
+        ),
+    ] = None,
     agreement_id: Annotated[str | None, typer.Option("--id", help="Agreement id.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --out file.")] = False,
 ) -> None:
@@ -238,6 +247,7 @@ def draft_command(
             ),
             min_cohort=min_cohort,
             analytics=_analytics(allow_query, query_rule),
+            incentives=_incentives(incentive),
             expires=expires,  # type: ignore[arg-type]  # parsed and checked by StudyAgreement
         )
         write_agreement(out, SignedAgreement(agreement=agreement), overwrite=force)
@@ -278,6 +288,33 @@ def _analytics(kinds: Multi, rules: Multi) -> "AnalyticsPolicy":
     if values and not allowed:
         raise ConfigurationError("--query-rule needs --allow-query (the kinds it governs)")
     return AnalyticsPolicy(allowed=tuple(dict.fromkeys(allowed)), rules=values)
+
+
+def _incentives(items: Multi) -> "IncentivePolicy | None":
+    """The ``[incentives]`` table of ``--incentive KEY=VALUE`` flags (None without any);
+    whole numbers are integers, other numbers floats, the rest text; the policy checks them."""
+    from biofed.core import ConfigurationError
+    from biofed.governance import IncentivePolicy
+
+    if not items:
+        return None
+    values: dict[str, object] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key, text = key.strip(), text.strip()
+        if not sep or not key or not text:
+            raise ConfigurationError(f"--incentive must look like KEY=VALUE, got {item!r}")
+        if key in values:
+            raise ConfigurationError(f"--incentive {key} is given twice")
+        value: object = text
+        for kind in (int, float):
+            try:
+                value = kind(text)
+                break
+            except ValueError:
+                continue
+        values[key] = value
+    return IncentivePolicy.from_mapping(values)
 
 
 @app.command("sign")

@@ -32,6 +32,14 @@ samplers take an injected ``numpy.random.Generator`` (the same seed gives the sa
 values). :class:`ContributionLedger` accumulates the rounds of a run (per round and run
 totals, :meth:`~ContributionLedger.to_json` / :meth:`~ContributionLedger.from_json`).
 
+The study agreement's incentive policy (:class:`~biofed.governance.IncentivePolicy`, its
+signed ``[incentives]`` table) turns the ledger into each site's reward share, access to the
+final model and free-rider flag: :func:`incentive_outcome` (an :class:`IncentiveOutcome`,
+JSON round trip); each site recomputes its own figures from the published ledger and outcome
+with :func:`verify_outcome`, and, where the run published a round's coalition values
+(:func:`coalition_table`), the exact Shapley values themselves with
+:func:`shapley_from_table`.
+
 Errors: an update whose names or shapes differ from ``x``'s raises
 :class:`~biofed.core.ParameterMismatch` (NaN or ±Inf in it:
 :class:`~biofed.core.PayloadError`); a bad weight or option, or a bound that cannot be met,
@@ -53,6 +61,11 @@ explicitly allows). A value function computed on a site's own test data would ma
 site the judge of its own contribution: use data the coordinator trusts.
 """
 
+from biofed.contribution._coalitions import (
+    COALITIONS_FORMAT,
+    coalition_table,
+    shapley_from_table,
+)
 from biofed.contribution._exact import MAX_EXACT_SITES, leave_one_out, shapley
 from biofed.contribution._game import (
     DEFAULT_DUPLICATE_COSINE,
@@ -61,6 +74,14 @@ from biofed.contribution._game import (
     RoundGame,
     Updates,
     ValueFunction,
+)
+from biofed.contribution._incentives import (
+    OUTCOME_FORMAT,
+    IncentiveOutcome,
+    SiteOutcome,
+    incentive_outcome,
+    ledger_digest,
+    verify_outcome,
 )
 from biofed.contribution._measure import measure
 from biofed.contribution._measured import (
@@ -78,6 +99,7 @@ from biofed.contribution._sampling import gtg_shapley, tmc_shapley
 
 __all__ = [
     "AUTO",
+    "COALITIONS_FORMAT",
     "CONTRIBUTIONS_EVENT",
     "CONTRIBUTION_EVENT",
     "CONTRIBUTION_FAILED_EVENT",
@@ -86,18 +108,26 @@ __all__ = [
     "DEFAULT_MAX_EVALUATIONS",
     "MAX_EXACT_SITES",
     "METHODS",
+    "OUTCOME_FORMAT",
     "ContributionLedger",
     "Contributions",
+    "IncentiveOutcome",
     "Measured",
     "RoundGame",
+    "SiteOutcome",
     "Updates",
     "ValueFunction",
+    "coalition_table",
     "gtg_shapley",
+    "incentive_outcome",
     "leave_one_out",
+    "ledger_digest",
     "ledger_from_events",
     "ledger_from_run_record",
     "measure",
     "run_record",
     "shapley",
+    "shapley_from_table",
     "tmc_shapley",
+    "verify_outcome",
 ]

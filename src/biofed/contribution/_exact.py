@@ -52,6 +52,23 @@ def _popcount(masks: np.ndarray) -> np.ndarray:
     return counts
 
 
+def shapley_of_table(v: np.ndarray, n: int) -> list[float]:
+    """Each player's exact Shapley value from ``v[mask]`` for every coalition mask (bit ``k``
+    is player ``k``; ``len(v) == 2^n``)."""
+    masks = np.arange(1 << n, dtype=np.int64)
+    k = _popcount(masks)
+    # weight of a coalition S of size k not containing i: k! (n − k − 1)! / n!
+    weight = np.array([math.factorial(j) * math.factorial(n - j - 1) for j in range(n)]) / (
+        math.factorial(n)
+    )
+    players = []
+    for i in range(n):
+        bit = 1 << i
+        without = masks[(masks & bit) == 0]
+        players.append(float(np.sum(weight[k[without]] * (v[without | bit] - v[without]))))
+    return players
+
+
 def shapley(game: RoundGame, *, server_round: int = 0) -> Contributions:
     """Exact Shapley values (Shapley 1953) over every coalition of the round's sites.
 
@@ -76,17 +93,7 @@ def shapley(game: RoundGame, *, server_round: int = 0) -> Contributions:
     start, spent = game.now(), game.evaluations
     size = 1 << n
     v = np.array([game.v(m) for m in range(size)])
-    masks = np.arange(size, dtype=np.int64)
-    k = _popcount(masks)
-    # weight of a coalition S of size k not containing i: k! (n − k − 1)! / n!
-    weight = np.array([math.factorial(j) * math.factorial(n - j - 1) for j in range(n)]) / (
-        math.factorial(n)
-    )
-    players = []
-    for i in range(n):
-        bit = 1 << i
-        without = masks[(masks & bit) == 0]
-        players.append(float(np.sum(weight[k[without]] * (v[without | bit] - v[without]))))
+    players = shapley_of_table(v, n)
     return Contributions(
         method="shapley",
         values=game.site_values(players),

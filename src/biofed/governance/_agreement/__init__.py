@@ -16,6 +16,14 @@ from biofed.governance._agreement._files import (
     read_agreement,
     write_agreement,
 )
+from biofed.governance._agreement._incentives import (
+    INCENTIVE_ACCESS,
+    INCENTIVE_KEYS,
+    INCENTIVE_MEASURES,
+    INCENTIVE_REWARDS,
+    SECURE_MECHANISMS,
+    IncentivePolicy,
+)
 from biofed.governance._agreement._model import (
     ANALYTICS_RULE_KEYS,
     FORMAT,
@@ -32,10 +40,16 @@ from biofed.governance._agreement._verify import AgreementStatus, require_in_for
 __all__ = [
     "ANALYTICS_RULE_KEYS",
     "FORMAT",
+    "INCENTIVE_ACCESS",
+    "INCENTIVE_KEYS",
+    "INCENTIVE_MEASURES",
+    "INCENTIVE_REWARDS",
     "MAX_AGREEMENT_BYTES",
     "PARTY_ROLES",
+    "SECURE_MECHANISMS",
     "AgreementStatus",
     "AnalyticsPolicy",
+    "IncentivePolicy",
     "OutputPolicy",
     "Party",
     "PrivacyRequirements",

@@ -16,6 +16,7 @@ from biofed.governance._agreement._checks import (
     check_hex64,
     check_names,
 )
+from biofed.governance._agreement._incentives import IncentivePolicy
 from biofed.governance._agreement._toml import HEADER, dumps, loads
 
 #: Longest single-line field (title, consortium) and longest free text, in characters.
@@ -223,6 +224,9 @@ class StudyAgreement:
     analytics:
         The federated queries the sites answer and the study's disclosure rules
         (:class:`AnalyticsPolicy`; none by default).
+    incentives:
+        How the sites' contributions turn into rewards and access to the final model
+        (:class:`IncentivePolicy`); None (the default): no ``[incentives]`` table.
     expires:
         The last day (UTC) on which the agreement is in force.
 
@@ -247,6 +251,7 @@ class StudyAgreement:
     expires: dt.date
     approved_studies: tuple[str, ...] = ()
     analytics: AnalyticsPolicy = field(default_factory=AnalyticsPolicy)
+    incentives: IncentivePolicy | None = None
 
     def __post_init__(self) -> None:
         check_id(self.agreement_id, what="agreement_id")
@@ -289,6 +294,13 @@ class StudyAgreement:
             raise ConfigurationError("privacy must be a PrivacyRequirements")
         if not isinstance(self.analytics, AnalyticsPolicy):
             raise ConfigurationError("analytics must be an AnalyticsPolicy")
+        if self.incentives is not None:
+            if not isinstance(self.incentives, IncentivePolicy):
+                raise ConfigurationError("incentives must be an IncentivePolicy or None")
+            if self.privacy.secure_aggregation_required:
+                # contributions are measured on single updates, which secure aggregation
+                # hides: an agreement asking for both could never apply its policy
+                self.incentives.check_secure_aggregation(True)
         if self.privacy.dp_required:
             for what in ("max_epsilon", "max_delta"):
                 keys = set(getattr(self.privacy, what))
@@ -358,6 +370,8 @@ class StudyAgreement:
             },
             # Written only when set: agreements without analytics keep their digest.
             **({} if self.analytics.empty else {"analytics": self.analytics.to_data()}),
+            # Written only when set: agreements without incentives keep their digest.
+            **({} if self.incentives is None else {"incentives": self.incentives.to_mapping()}),
         }
 
     def canonical_bytes(self) -> bytes:

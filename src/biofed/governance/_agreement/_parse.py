@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from biofed.core import ConfigurationError
 from biofed.core.checks import check_int
 from biofed.governance._agreement._checks import check_date, no_extra, require, table
+from biofed.governance._agreement._incentives import IncentivePolicy
 from biofed.governance._agreement._model import (
     ANALYTICS_RULE_KEYS,
     FORMAT,
@@ -34,6 +35,7 @@ TOP_KEYS = (
     "outputs",
     "privacy",
     "analytics",
+    "incentives",
 )
 _PARTY_KEYS = ("name", "role", "fingerprint")
 _OUTPUT_KEYS = ("final_model", "metrics", "per_site_metrics")
@@ -105,6 +107,16 @@ def _analytics(data: Mapping[str, object], where: str) -> AnalyticsPolicy:
         raise ConfigurationError(f"{where} [analytics]: {exc}") from None
 
 
+def _incentives(data: Mapping[str, object], where: str) -> IncentivePolicy | None:
+    if "incentives" not in data:
+        return None
+    section = table(data, "incentives", where)
+    try:
+        return IncentivePolicy.from_mapping(section)
+    except ConfigurationError as exc:
+        raise ConfigurationError(f"{where} [incentives]: {exc}") from None
+
+
 def agreement_from_data(data: Mapping[str, object], where: str = "agreement") -> StudyAgreement:
     """Validate ``data`` (a parsed agreement file) and build the :class:`StudyAgreement`.
 
@@ -162,5 +174,6 @@ def agreement_from_data(data: Mapping[str, object], where: str = "agreement") ->
         ),
         min_cohort=min_cohort,
         analytics=_analytics(data, where),
+        incentives=_incentives(data, where),
         expires=check_date(require(data, "expires", where), f"{where}: expires"),
     )
