@@ -54,7 +54,6 @@ def _round_event(server_round: int) -> str:
     )
 
 
-@pytest.mark.slow
 def test_contributions_of_a_run_in_a_table_json_and_a_chart(tmp_path: Path) -> None:
     address = f"127.0.0.1:{_free_port()}"
     consortium = Consortium.create(

@@ -439,9 +439,9 @@ def simulate_command(
     if report.contributions is not None:  # a job with [contribution] (and --trusted)
         from biofed.cli._contributions import contributions_table, parse_record, summary_lines
 
-        ledger, data = parse_record(report.contributions)
+        ledger, record = parse_record(report.contributions)
         out.print(contributions_table(ledger, title="contributions (simulated run)"))
-        for line in summary_lines(ledger, data, partial=False):
+        for line in summary_lines(ledger, record, partial=False):
             out.print(line, highlight=False)
     for event in report.events:
         err.print(f"[yellow]event:[/] {event}")

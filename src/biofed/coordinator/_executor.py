@@ -24,7 +24,12 @@ run events ``contribution``); at the run's end the executor builds the run's
 :class:`~biofed.contribution.ContributionLedger` from them, writes it as the run event
 ``contributions`` (the ledger, the shares, every round's coalition values, so a site can
 recompute its figure) and appends one signed audit entry ``contribution.measured`` per
-site (run, site, total value, share).
+site (run, site, total value, share). When the study agreement the job runs under states
+an incentive policy (its signed ``[incentives]``), the policy is applied to the ledger
+(:func:`~biofed.contribution.incentive_outcome`): the outcome goes into the
+``contributions`` event and one audit entry ``incentive.outcome`` per site (reward share,
+access, free-rider flag and the reasons), and a job under such an agreement measures with
+the policy's ``measure``.
 
 An analysis job (:class:`~biofed.coordinator.AnalysisJob`) runs its query instead of rounds
 (:func:`~biofed.coordinator._analysis.analyze_over`, the loop a simulation runs too): it
@@ -44,8 +49,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from biofed.contribution import (
+    AUTO,
     CONTRIBUTIONS_EVENT,
     ContributionLedger,
+    Measured,
+    incentive_outcome,
     ledger_from_events,
     run_record,
 )
@@ -60,7 +68,7 @@ from biofed.coordinator._records import RoundRecord, RunCancelled, RunEvent
 from biofed.coordinator._store import Checkpoint, RunRow, RunStatus, StateStore
 from biofed.coordinator._trusted import TrustedData
 from biofed.core import BiofedError, ConfigurationError, ParameterSet, Reply
-from biofed.governance import AuditLog
+from biofed.governance import AuditLog, IncentivePolicy
 from biofed.strategies import StrategyState
 from biofed.tasks import make_task
 from biofed.transport import Transport
@@ -175,7 +183,9 @@ class RunExecutor:
         None: an analysis job's requests are at least as strict on every key it sets.
     trusted_data:
         The coordinator's trusted datasets (name → file, its kit's ``[trusted_data]``) a
-        job's ``[robust] trusted_dataset`` may name.
+        job's ``[robust]`` or ``[contribution]`` ``trusted_dataset`` may name.
+    agreement_incentives:
+        The incentive policy a kept study agreement states (by id), or None.
     """
 
     def __init__(
@@ -191,8 +201,10 @@ class RunExecutor:
         limits: JobLimits | None = None,
         agreement_rules: Callable[[str], Mapping[str, float] | None] = lambda agreement: None,
         trusted_data: Mapping[str, Path] | None = None,
+        agreement_incentives: Callable[[str], IncentivePolicy | None] = lambda agreement: None,
     ) -> None:
         self.agreement_rules = agreement_rules
+        self.agreement_incentives = agreement_incentives
         self.trusted_data = dict(trusted_data or {})
         self.store = store
         self.limits = JobLimits() if limits is None else limits
@@ -217,6 +229,9 @@ class RunExecutor:
             return
         spec = stored
         strategy = spec.build_strategy(trusted=self.trusted_for(spec))
+        policy = self.policy_for(spec)
+        if policy is not None and isinstance(strategy, Measured) and strategy.method == AUTO:
+            strategy.method = policy.measure  # every round by the agreed measure
         checkpoint = self.store.latest_checkpoint(run_id)
         if checkpoint is not None:
             self.store.append_event(
@@ -473,18 +488,41 @@ class RunExecutor:
             )
         return ledger
 
+    def policy_for(self, spec: JobSpec) -> IncentivePolicy | None:
+        """The incentive policy of the study agreement ``spec`` runs under, or None."""
+        return None if spec.agreement is None else self.agreement_incentives(spec.agreement)
+
     def incentive_outcome(
         self, run_id: str, spec: JobSpec, ledger: ContributionLedger
     ) -> dict[str, Any] | None:
-        """The study agreement's incentive policy applied to the run's ledger, or None.
-
-        Hook for the agreement's ``[incentives]`` (issue 17, item 3; branch c-policy):
-        when the agreement a job runs under states a policy,
-        ``biofed.contribution.incentive_outcome(policy, ledger)`` decides each site's
-        reward share and access, which goes into the ``contributions`` event's
-        ``outcome`` and one audit entry per site. Until it lands no policy is applied.
-        """
-        return None
+        """The study agreement's incentive policy applied to the run's ledger (its outcome
+        as JSON, each site's figures audited as ``incentive.outcome``), or None when the
+        agreement states none. A policy that cannot be applied (a round measured by
+        another method) is the event ``incentives_failed`` and the audit entry
+        ``incentive.failed``: no site gets figures the policy did not decide."""
+        policy = self.policy_for(spec)
+        if policy is None:
+            return None
+        try:
+            outcome = incentive_outcome(policy, ledger, rounds=spec.rounds)
+        except BiofedError as exc:
+            self.store.append_event(
+                run_id, round=spec.rounds, kind="incentives_failed", message=str(exc)
+            )
+            self.audit("incentive.failed", {"run_id": run_id, "reason": str(exc)})
+            return None
+        data: dict[str, Any] = json.loads(outcome.to_json())
+        for site, figures in sorted(data["sites"].items()):
+            self.audit(
+                "incentive.outcome",
+                {
+                    "run_id": run_id,
+                    "site": site,
+                    "ledger_digest": data["ledger_digest"],
+                    **figures,
+                },
+            )
+        return data
 
     def cancelled(self, run_id: str) -> None:
         """Mark the run cancelled (nothing if it already ended)."""

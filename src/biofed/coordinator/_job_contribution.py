@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from biofed.contribution import AUTO, DEFAULT_MAX_EVALUATIONS, Measured
 from biofed.core import ConfigurationError, Scalar
+from biofed.governance import IncentivePolicy
 from biofed.strategies import Strategy, TrustedValidation
 
 if TYPE_CHECKING:
@@ -82,3 +83,29 @@ def wrap_measured(
         )
     except ConfigurationError as exc:
         raise ConfigurationError(f"[contribution] {exc}") from None
+
+
+def check_incentives(spec: JobSpec, policy: IncentivePolicy | None) -> None:
+    """Refuse, at submit, a job that would escape the incentive policy of the study
+    agreement it runs under: one without ``[contribution]``, or one measuring by another
+    method than the policy's ``measure`` (``auto`` takes the policy's).
+
+    Raises
+    ------
+    ConfigurationError
+        One line naming the agreement's ``[incentives]`` and the job's table.
+    """
+    if policy is None:
+        return
+    if spec.contribution is None:
+        raise ConfigurationError(
+            f"the study agreement {spec.agreement!r} states [incentives]: the job needs a "
+            f'[contribution] table (measured by "{policy.measure}") so its policy can apply'
+        )
+    method = spec.contribution.get("method", AUTO)
+    if method not in (AUTO, policy.measure):
+        raise ConfigurationError(
+            f'[contribution] method "{method}" differs from the [incentives] measure '
+            f'"{policy.measure}" of the study agreement {spec.agreement!r} (use "auto" or '
+            f'"{policy.measure}")'
+        )
