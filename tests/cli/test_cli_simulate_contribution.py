@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.csv as pacsv
-import pytest
 from typer.testing import CliRunner
 
 from biofed.cli import app
@@ -31,7 +30,6 @@ def _trusted_csv(path: Path) -> Path:
     return path
 
 
-@pytest.mark.slow
 def test_the_example_job_prints_its_contributions(tmp_path: Path) -> None:
     trusted = _trusted_csv(tmp_path / "reference.csv")
     args = ["simulate", "--job", str(EXAMPLE), "--trusted", str(trusted), *SMALL]

@@ -187,3 +187,15 @@ def test_the_run_ends_with_its_ledger_and_a_signed_entry_per_site(tmp_path: Path
     assert rider.data["share"] == 0.0
     assert rider.data["free_rider_rounds"] == 2
     assert sum(e.data["share"] for e in measured) == pytest.approx(1.0)
+
+
+def test_trusted_data_that_does_not_fit_names_the_contribution_table(tmp_path: Path) -> None:
+    from biofed.coordinator import TrustedData
+
+    spec = job(MEASURED)
+    narrow = write_table(tmp_path / "narrow.csv", held_out()[1], drop=("age_at_index",))
+    with pytest.raises(ConfigurationError, match=r"^\[contribution\] trusted_dataset 'ref' has"):
+        TrustedData(spec, narrow, name="ref")
+    both = job(MEASURED, robust={"validation": True, **MEASURED})
+    with pytest.raises(ConfigurationError, match=r"^\[robust\] trusted_dataset 'ref' has"):
+        TrustedData(both, narrow, name="ref")

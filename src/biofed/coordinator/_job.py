@@ -366,10 +366,12 @@ class JobSpec:
 
     @property
     def trusted_key(self) -> str:
-        """The job-file key that names the trusted dataset (for error messages)."""
-        if self.robust is not None and "trusted_dataset" in self.robust:
-            return "[robust] trusted_dataset"
-        return "[contribution] trusted_dataset"
+        """The job-file key that names the trusted dataset (for error messages):
+        ``[contribution] trusted_dataset`` when only that table names one."""
+        named = self.robust is not None and "trusted_dataset" in self.robust
+        if self.contribution is not None and not named:
+            return "[contribution] trusted_dataset"
+        return "[robust] trusted_dataset"
 
     @property
     def features_known(self) -> bool:
