@@ -126,6 +126,8 @@ def test_contributions_of_a_run_in_a_table_json_and_a_chart(tmp_path: Path) -> N
         assert data["partial"] is False
         assert data["ledger"]["totals"]["center-4"] == pytest.approx(0.3)
         assert data["shares"]["center-5"] == 0.0
+        assert sorted(data["rounds"]) == ["1", "2"]  # the per-round records, coalitions too
+        assert data["rounds"]["2"]["contributions"]["server_round"] == 2
         assert sum(data["shares"].values()) == pytest.approx(1.0)
         # bob is a researcher of the consortium, not of this run
         bob = ["run", "contributions", run_id, "--kit", str(consortium.kit_directory("bob"))]

@@ -52,6 +52,15 @@ def record_from_events(run_id: str, events: Sequence[tuple[int, str, str]]) -> t
     )
 
 
+def round_records(events: Sequence[tuple[int, str, str]]) -> dict[str, Any]:
+    """Each measured round's ``contribution`` record (its contributions, every evaluated
+    coalition's value and the excluded sites), by round; the last of a round wins."""
+    from biofed.contribution import ledger_from_events
+
+    _, records, _ = ledger_from_events(events)
+    return {str(r): records[r] for r in sorted(records)}
+
+
 def parse_record(text: str) -> tuple[ContributionLedger, dict[str, Any]]:
     """The ledger (checked) and the whole record (for its other fields)."""
     from biofed.contribution import ledger_from_run_record

@@ -306,11 +306,13 @@ def contributions(
     ] = None,
 ) -> None:
     """Each site's measured contribution to a run (a job with [contribution]): its value
-    in every round, its total and its share; JSON holds every coalition's value too."""
+    in every round, its total and its share; JSON holds each round's record too (every
+    coalition's value, so a site can recompute its figure)."""
     from biofed.cli._contributions import (
         contributions_table,
         parse_record,
         record_from_events,
+        round_records,
         summary_lines,
         write_chart,
     )
@@ -327,7 +329,9 @@ def contributions(
         call(lambda: write_chart(ledger, chart, title=f"contributions to {run_id}"))
         print(f"wrote {chart}", file=sys.stderr)
     if format == "json":
-        print(json.dumps({**data, "run_id": run_id, "partial": partial}, sort_keys=True))
+        rounds = round_records([(e.round, e.kind, e.message) for e in events])
+        whole = {**data, "run_id": run_id, "partial": partial, "rounds": rounds}
+        print(json.dumps(whole, sort_keys=True))
         return
     out.print(contributions_table(ledger, title=f"contributions to {run_id}"))
     for line in summary_lines(ledger, data, partial=partial):

@@ -450,15 +450,16 @@ def run_record(
 ) -> str:
     """The ``contributions`` event's JSON: ``ledger`` (its
     :meth:`~biofed.contribution.ContributionLedger.to_json` object), ``shares``, each
-    round's ``coalitions`` and ``excluded`` sites, the ``unmeasured`` rounds with why, and
-    the incentive policy's ``outcome`` when one was applied."""
+    round's ``excluded`` sites, the ``unmeasured`` rounds with why, and the incentive
+    policy's ``outcome`` when one was applied.
+
+    The coalition values stay in each round's ``contribution`` event (``records`` is read
+    only for its exclusions): 2^10 coalitions a round over a long run would outgrow one
+    event (the control API streams each event as one message of at most 16 MiB)."""
     return json.dumps(
         {
             "ledger": json.loads(ledger.to_json()),
             "shares": ledger.shares(),
-            "coalitions": {
-                str(r): list(rec.get("coalitions", [])) for r, rec in sorted(records.items())
-            },
             "excluded": {
                 str(r): list(rec.get("excluded", [])) for r, rec in sorted(records.items())
             },
