@@ -16,7 +16,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from test_robust_job import held_out, write_table
 
 from biofed.attacks import FreeRiding
-from biofed.contribution import CONTRIBUTIONS_EVENT, Measured, ledger_from_run_record
+from biofed.contribution import (
+    CONTRIBUTIONS_EVENT,
+    Measured,
+    ledger_from_run_record,
+    shapley_from_table,
+)
 from biofed.coordinator import Coordinator, InMemoryStateStore, JobSpec
 from biofed.coordinator._job_schema import CONTRIBUTION
 from biofed.core import ConfigurationError
@@ -172,6 +177,9 @@ def test_the_run_ends_with_its_ledger_and_a_signed_entry_per_site(tmp_path: Path
     first = json.loads(next(e.message for e in events if e.kind == "contribution"))
     assert len(first["coalitions"]) == 2**5 - 1  # center-3 is a null player: 5 players
     assert "coalitions" not in record  # they stay in each round's event
+    # a site recomputes its exact Shapley value from the published round record
+    recomputed = shapley_from_table(first)
+    assert recomputed == pytest.approx(dict(ledger.rounds[0].values), abs=1e-12)
     assert record["outcome"] is None  # no incentive policy applied (yet)
     totals, shares = ledger.totals(), ledger.shares()
     entries, reset = audit.follower().read()  # checks every entry's chain and signature
