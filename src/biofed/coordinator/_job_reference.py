@@ -117,8 +117,8 @@ _TRUSTED_DATA = """\
 
 The trusted datasets a job's `[robust]` or `[contribution]` `trusted_dataset` may name,
 registered by the coordinator's operator: `NAME = "FILE"` (a CSV or Parquet file, relative
-to the kit's folder). A researcher names one, never a path. The file holds the columns of the job's
-built-in task's targets (`event` and `time` for the survival tasks, `label` for the
+to the kit's folder). A researcher names one, never a path. The file holds the columns of
+the job's built-in task's targets (`event` and `time` for the survival tasks, `label` for the
 classifiers, by those names) and `[task] num_features` numeric feature columns (every other
 column, in file order); a job whose task it does not fit is refused at submit, and so is a
 job with `[run] bundle` (bundle code never runs at the coordinator). Update validation

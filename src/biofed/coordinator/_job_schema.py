@@ -607,9 +607,11 @@ CONTRIBUTION = Table(
         _opt(
             "method",
             Choice((AUTO, *METHODS)),
-            "`auto` (exact `shapley` for at most 10 sites, else `gtg_shapley`), `shapley` "
-            "(2^n coalition evaluations), `gtg_shapley` or `tmc_shapley` (sampled, bounded "
-            "by `max_evaluations`), or `leave_one_out` (n + 2 evaluations).",
+            "`auto` (exact `shapley` for at most 10 sites, else `gtg_shapley`; under a study "
+            "agreement with `[incentives]`, its `measure`), `shapley` (2^n coalition "
+            "evaluations), `gtg_shapley` or `tmc_shapley` (sampled, bounded by "
+            "`max_evaluations`), or `leave_one_out` (n + 2 evaluations); under an agreement "
+            "with `[incentives]` only `auto` or its `measure`.",
             AUTO,
         ),
         _opt(
