@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from biofed.contribution import (
     METHODS,
@@ -149,6 +151,27 @@ def test_min_share_zero_still_applies_below_min_to_free_riders() -> None:
     delayed = incentive_outcome(policy(below_min="delayed", delay_days=7), ledger(), rounds=2)
     assert delayed.sites["e"].delay_days == 7
     assert delayed.sites["e"].until is None  # the release day is not known
+
+
+def test_a_site_the_ledger_never_measured_is_flagged_not_forgotten() -> None:
+    agreed = policy(below_min="none")
+    out = incentive_outcome(agreed, ledger(), rounds=2, sites=["a", "g"])
+    assert list(out.sites) == ["a", "b", "c", "d", "e", "f", "g"]
+    g = out.sites["g"]
+    assert (g.value, g.share, g.reward_share, g.free_rider, g.access) == (0, 0, 0, True, "none")
+    assert g.reasons[0] == "never measured: no update of the site's entered a measured round"
+    assert out.sites["a"] == incentive_outcome(agreed, ledger(), rounds=2).sites["a"]
+    book = ledger().to_json()
+    assert verify_outcome(agreed, book, out.to_json(), "g") == []
+    data = json.loads(out.to_json())
+    del data["sites"]["b"]
+    assert verify_outcome(agreed, book, json.dumps(data), "a") == [
+        "the outcome leaves out sites of the ledger: b"
+    ]
+    with pytest.raises(ConfigurationError, match="site name"):
+        incentive_outcome(agreed, ledger(), rounds=2, sites=["../x"])
+    with pytest.raises(ConfigurationError, match="sites must be a collection"):
+        incentive_outcome(agreed, ledger(), rounds=2, sites="abc")
 
 
 def test_no_positive_value_pays_no_one() -> None:
@@ -428,3 +451,18 @@ def test_a_round_record_without_every_coalition_is_refused() -> None:
             shapley_from_table({**record, "coalitions": [*record["coalitions"], entry]})
     with pytest.raises(ConfigurationError, match="round record has keys"):
         shapley_from_table({**record, "extra": 1})
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    site=st.sampled_from(["a", "b", "c", "d", "e", "f"]),
+    key=st.sampled_from(["value", "share", "reward_share"]),
+    change=st.floats(min_value=1e-6, max_value=0.5) | st.floats(min_value=-0.5, max_value=-1e-6),
+)
+def test_any_changed_figure_of_a_site_is_caught(site: str, key: str, change: float) -> None:
+    agreed = policy(min_share=0.1, below_min="delayed", delay_days=30)
+    data = json.loads(_outcome().to_json())
+    data["sites"][site][key] += change
+    problems = verify_outcome(agreed, ledger().to_json(), json.dumps(data), site)
+    assert problems
+    assert problems[0].startswith((f"{key}: published", "the published outcome is unreadable"))

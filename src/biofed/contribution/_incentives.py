@@ -12,7 +12,8 @@ figures with :func:`verify_outcome` and learns whether they follow.
 The rules, in order:
 
 1. Every round of the ledger must have been measured by the policy's ``measure``.
-2. ``value``: the site's values summed over the rounds; ``share``: its positive value over
+2. ``value``: the site's values summed over the rounds (0 for a site of the run the ledger
+   never measured, e.g. every update rejected); ``share``: its positive value over
    the sum of the positive values (0 for a site whose value is ≤ 0, all 0 when none is
    positive).
 3. ``free_rider``: the share is at most ``free_rider_share``, or the measure marked the
@@ -41,7 +42,7 @@ import datetime as dt
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -326,6 +327,7 @@ def incentive_outcome(
     *,
     rounds: int,
     released: dt.date | None = None,
+    sites: Iterable[str] = (),
 ) -> IncentiveOutcome:
     """Apply ``policy`` to the run's ``ledger`` (deterministic; see the module's rules).
 
@@ -340,6 +342,9 @@ def incentive_outcome(
         access counts back from it.
     released:
         The day the final model is released (``delayed`` access then has ``until``).
+    sites:
+        The run's sites: those the ledger never measured (every update rejected or
+        missing) get value 0, are flagged, and get the access ``below_min`` names.
 
     Raises
     ------
@@ -360,13 +365,16 @@ def incentive_outcome(
                 f"round {r.server_round} was measured by {r.method}; the agreement names "
                 f"{policy.measure}"
             )
-    totals = ledger.totals()
-    shares = ledger.shares()
-    sites = sorted(totals)
-    marked = {s: sorted(r.server_round for r in ledger.rounds if s in r.free_riders) for s in sites}
-    flagged = {s: shares[s] <= policy.free_rider_share or bool(marked[s]) for s in sites}
-    eligible = [s for s in sites if not flagged[s]]
-    rewards = dict.fromkeys(sites, 0.0)
+    if isinstance(sites, str) or not isinstance(sites, Iterable):
+        raise _fail("sites must be a collection of site names")
+    unmeasured = {check_id(s, what="incentives: a site name") for s in sites} - set(ledger.sites)
+    totals = {**ledger.totals(), **dict.fromkeys(unmeasured, 0.0)}
+    shares = {**ledger.shares(), **dict.fromkeys(unmeasured, 0.0)}
+    names = sorted(totals)
+    marked = {s: sorted(r.server_round for r in ledger.rounds if s in r.free_riders) for s in names}
+    flagged = {s: shares[s] <= policy.free_rider_share or bool(marked[s]) for s in names}
+    eligible = [s for s in names if not flagged[s]]
+    rewards = dict.fromkeys(names, 0.0)
     if policy.reward == "equal":
         rewards.update({s: 1.0 / len(eligible) for s in eligible})
     else:
@@ -374,8 +382,10 @@ def incentive_outcome(
         if whole > 0:
             rewards.update({s: max(totals[s], 0.0) / whole for s in eligible})
     out: dict[str, SiteOutcome] = {}
-    for s in sites:
+    for s in names:
         reasons: list[str] = []
+        if s in unmeasured:
+            reasons.append("never measured: no update of the site's entered a measured round")
         if totals[s] < 0:
             reasons.append(f"value {_fmt(totals[s])} < 0: the site's updates cost the model")
         if marked[s]:
@@ -470,12 +480,17 @@ def verify_outcome(
         problems.append("the outcome was not computed from the published ledger (digest differs)")
     try:
         expected = incentive_outcome(
-            policy, ledger, rounds=published.rounds, released=published.released
+            policy,
+            ledger,
+            rounds=published.rounds,
+            released=published.released,
+            sites=published.sites,
         )
     except ConfigurationError as exc:
         return [*problems, f"the ledger cannot give an outcome under the policy: {exc}"]
-    if set(published.sites) != set(expected.sites):
-        problems.append("the outcome's sites are not the ledger's")
+    left_out = sorted(set(ledger.sites) - set(published.sites))
+    if left_out:
+        problems.append(f"the outcome leaves out sites of the ledger: {', '.join(left_out)}")
     mine, theirs = expected.sites.get(site), published.sites.get(site)
     if mine is None and theirs is None:
         return [*problems, f"{site!r} is neither in the ledger nor in the outcome"]
