@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from test_contrib_job import Hub
-from test_robust_job import held_out, write_table
+from test_robust_job import flip_boosted, held_out, write_table
 
 from biofed.contribution import CONTRIBUTIONS_EVENT, verify_outcome
 from biofed.coordinator import Coordinator, InMemoryStateStore, JobSpec
@@ -83,6 +83,7 @@ def _job(**contribution: Any) -> JobSpec:
         },
         "task": {"name": "cox_ph", "num_features": 39},
         "train": {"batch_size": 8, "learning_rate": 0.01, "optimizer": "adam"},
+        "robust": {"validation": True, "trusted_dataset": "ref"},
     }
     if contribution:
         tables["contribution"] = contribution
@@ -123,7 +124,7 @@ def test_the_agreed_policy_is_applied_audited_and_travels_with_the_model(
     store = InMemoryStateStore()
     service = Coordinator(
         store,
-        hub=lambda **_: Hub(tmp_path),  # type: ignore[arg-type,return-value]
+        hub=lambda **_: Hub(tmp_path, {"center-0": flip_boosted}),  # type: ignore[arg-type,return-value]
         node_wait=5.0,
         audit=audit,
         agreements=keeper,
@@ -154,6 +155,14 @@ def test_the_agreed_policy_is_applied_audited_and_travels_with_the_model(
     assert rider["reward_share"] == 0.0
     assert rider["access"] == "delayed"
     assert rider["delay_days"] == 30
+    # center-0's every update was rejected: never measured, still given the policy's figures
+    assert "center-0" not in record["ledger"]["totals"]
+    rejected = outcome["sites"]["center-0"]
+    assert (rejected["value"], rejected["free_rider"], rejected["access"]) == (
+        0.0,
+        True,
+        "delayed",
+    )
     paid = sum(s["reward_share"] for s in outcome["sites"].values())
     assert paid == pytest.approx(1.0)
     # each site recomputes its own figures from what was published

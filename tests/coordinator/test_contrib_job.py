@@ -104,12 +104,13 @@ def test_every_refusal_is_one_line_naming_the_keys(tmp_path: Path) -> None:
 
 
 class Hub:
-    """The six TCGA-BRCA sites as real in-process nodes, center-3 free-riding."""
+    """The six TCGA-BRCA sites as real in-process nodes, center-3 free-riding (and the
+    sites of ``tamper`` lying as it says)."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, tamper: dict[str, Any] | None = None) -> None:
         fed, _ = held_out()
         self.recipes = site_recipes(fed, "tcga-brca", workdir=workdir, needs_kits=False)
-        self.backend = TamperingBackend({"center-3": FreeRiding()})
+        self.backend = TamperingBackend({"center-3": FreeRiding(), **(tamper or {})})
 
     def transport_for(self, run_id: str, dataset: str) -> InMemoryTransport:
         return self.backend.transport(self.recipes)

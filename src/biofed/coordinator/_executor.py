@@ -465,7 +465,13 @@ class RunExecutor:
                 run_id, round=spec.rounds, kind="contributions_failed", message=str(exc)
             )
             return None
-        outcome = self.incentive_outcome(run_id, spec, ledger)
+        # the run's sites: those measured, and those whose every update was rejected
+        excluded = {
+            s for rec in records.values() for s in rec.get("excluded", []) if isinstance(s, str)
+        }
+        outcome = self.incentive_outcome(
+            run_id, spec, ledger, sites=sorted(excluded | set(ledger.sites))
+        )
         self.store.append_event(
             run_id,
             round=spec.rounds,
@@ -493,18 +499,25 @@ class RunExecutor:
         return None if spec.agreement is None else self.agreement_incentives(spec.agreement)
 
     def incentive_outcome(
-        self, run_id: str, spec: JobSpec, ledger: ContributionLedger
+        self,
+        run_id: str,
+        spec: JobSpec,
+        ledger: ContributionLedger,
+        *,
+        sites: Sequence[str] = (),
     ) -> dict[str, Any] | None:
         """The study agreement's incentive policy applied to the run's ledger (its outcome
         as JSON, each site's figures audited as ``incentive.outcome``), or None when the
         agreement states none. A policy that cannot be applied (a round measured by
         another method) is the event ``incentives_failed`` and the audit entry
-        ``incentive.failed``: no site gets figures the policy did not decide."""
+        ``incentive.failed``: no site gets figures the policy did not decide. ``sites``:
+        the run's sites, so one the ledger never measured (every update rejected) gets the
+        policy's figures for a site that contributed nothing."""
         policy = self.policy_for(spec)
         if policy is None:
             return None
         try:
-            outcome = incentive_outcome(policy, ledger, rounds=spec.rounds)
+            outcome = incentive_outcome(policy, ledger, rounds=spec.rounds, sites=sites)
         except BiofedError as exc:
             self.store.append_event(
                 run_id, round=spec.rounds, kind="incentives_failed", message=str(exc)
