@@ -210,3 +210,19 @@ def test_trusted_data_that_does_not_fit_names_the_contribution_table(tmp_path: P
     both = job(MEASURED, robust={"validation": True, **MEASURED})
     with pytest.raises(ConfigurationError, match=r"^\[robust\] trusted_dataset 'ref' has"):
         TrustedData(both, narrow, name="ref")
+
+
+def test_a_round_that_could_not_be_measured_is_a_problem_of_the_run() -> None:
+    from biofed.coordinator._summaries import run_summary
+
+    store = InMemoryStateStore()
+    store.create_run("r-1", job(MEASURED).to_json(), "alice")
+    store.append_event(
+        "r-1", round=1, kind="contribution_failed", message="round 1: no finite c_index"
+    )
+    row = store.get_run("r-1")
+    assert row is not None
+    problems = json.loads(run_summary(store, row).summary_json)["problems"]
+    assert [(p["kind"], p["message"]) for p in problems] == [
+        ("contribution_failed", "round 1: no finite c_index")
+    ]
