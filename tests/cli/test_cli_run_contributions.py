@@ -17,12 +17,15 @@ from biofed.contribution import (
     CONTRIBUTIONS_EVENT,
     ContributionLedger,
     Contributions,
+    incentive_outcome,
     run_record,
 )
 from biofed.coordinator import JobSpec, serve_coordinator
+from biofed.governance import IncentivePolicy
 from biofed.identity import Consortium
 
 runner = CliRunner(env={"COLUMNS": "80"})
+POLICY = IncentivePolicy(measure="shapley", min_share=0.05, below_min="delayed", delay_days=30)
 SITES = [f"center-{i}" for i in range(6)]
 
 
@@ -101,13 +104,19 @@ def test_contributions_of_a_run_in_a_table_json_and_a_chart(tmp_path: Path) -> N
             run_id,
             round=3,
             kind=CONTRIBUTIONS_EVENT,
-            message=run_record(ledger, {}, {}),
+            message=run_record(
+                ledger,
+                {},
+                {},
+                outcome=json.loads(incentive_outcome(POLICY, ledger, rounds=3).to_json()),
+            ),
         )
         table = runner.invoke(app, [*args, "--chart", str(tmp_path / "c.png")])
         assert table.exit_code == 0, table.output
         lines = table.stdout.splitlines()
         assert max(len(line) for line in lines) <= 80
-        rows = [line for line in lines if "center-" in line]
+        contributed = lines[: next(i for i, t in enumerate(lines) if "incentive outcome" in t)]
+        rows = [line for line in contributed if "center-" in line]
         assert [r.split()[1] for r in rows] == [  # by total, largest first
             "center-4",
             "center-2",
@@ -120,6 +129,11 @@ def test_contributions_of_a_run_in_a_table_json_and_a_chart(tmp_path: Path) -> N
         assert "+0.3000" in next(r for r in rows if "center-4" in r)  # 0.05·(1+2+3)
         assert "has not ended" not in table.stdout
         assert "96 coalition evaluations" in table.stdout
+        policy = table.stdout[table.stdout.index("incentive outcome") :]
+        rider = next(line for line in policy.splitlines() if "center-3" in line)
+        assert "0.0%" in rider
+        assert "delayed 30 d" in rider
+        assert "free-rider" in rider
         assert (tmp_path / "c.png").read_bytes().startswith(b"\x89PNG")
         data = json.loads(runner.invoke(app, [*args, "--format", "json"]).stdout)
         assert data["run_id"] == run_id

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from rich.table import Table
 
-    from biofed.contribution import ContributionLedger
+    from biofed.contribution import ContributionLedger, IncentiveOutcome
 
 #: Up to this many rounds the table has a column per round; above, a min…max column.
 MAX_ROUND_COLUMNS = 5
@@ -134,6 +134,47 @@ def summary_lines(ledger: ContributionLedger, data: dict[str, Any], *, partial: 
     if partial:
         lines.append("the run has not ended: these are the rounds measured so far")
     return lines
+
+
+def parse_outcome(data: dict[str, Any]) -> IncentiveOutcome | None:
+    """The incentive policy's outcome in a record (checked), or None when none was
+    applied."""
+    from biofed.contribution import IncentiveOutcome
+
+    outcome = data.get("outcome")
+    if outcome is None:
+        return None
+    return IncentiveOutcome.from_json(json.dumps(outcome))
+
+
+def outcome_table(outcome: IncentiveOutcome) -> Table:
+    """Each site's figures under the study agreement's incentive policy: reward share,
+    access to the final model, and whether it is flagged, with the first reason."""
+    from rich.table import Table
+
+    table = Table(
+        title=f"incentive outcome ({outcome.measure}, {outcome.reward} reward)",
+        title_justify="left",
+    )
+    table.add_column("site", overflow="fold")
+    table.add_column("reward", justify="right")
+    table.add_column("access")
+    table.add_column("flagged")
+    table.add_column("why", overflow="fold")
+    for site, figures in sorted(outcome.sites.items(), key=lambda kv: (-kv[1].reward_share, kv[0])):
+        access = figures.access
+        if access == "delayed" and figures.delay_days:
+            access = f"delayed {figures.delay_days} d"
+        elif access == "earlier_round" and figures.round is not None:
+            access = f"round {figures.round} model"
+        table.add_row(
+            site,
+            f"{figures.reward_share:.1%}",
+            access,
+            "free-rider" if figures.free_rider else "",
+            figures.reasons[0] if figures.reasons else "",
+        )
+    return table
 
 
 def write_chart(ledger: ContributionLedger, path: Path, *, title: str = "") -> None:

@@ -310,6 +310,8 @@ def contributions(
     coalition's value, so a site can recompute its figure)."""
     from biofed.cli._contributions import (
         contributions_table,
+        outcome_table,
+        parse_outcome,
         parse_record,
         record_from_events,
         round_records,
@@ -325,6 +327,7 @@ def contributions(
         lambda: record_from_events(run_id, [(e.round, e.kind, e.message) for e in events])
     )
     ledger, data = call(lambda: parse_record(text))
+    outcome = call(lambda: parse_outcome(data))
     if chart is not None:
         call(lambda: write_chart(ledger, chart, title=f"contributions to {run_id}"))
         print(f"wrote {chart}", file=sys.stderr)
@@ -336,3 +339,5 @@ def contributions(
     out.print(contributions_table(ledger, title=f"contributions to {run_id}"))
     for line in summary_lines(ledger, data, partial=partial):
         out.print(line, highlight=False)
+    if outcome is not None:  # the study agreement's [incentives] applied to the ledger
+        out.print(outcome_table(outcome))
