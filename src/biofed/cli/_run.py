@@ -293,3 +293,51 @@ def result(
     tmp.write_bytes(data)
     tmp.replace(out_path)
     print(f"wrote {out_path} ({len(data)} bytes)", file=sys.stderr)
+
+
+@app.command("contributions")
+def contributions(
+    run_id: Annotated[str, typer.Argument(help="The run.")],
+    kit: KitOpt = None,
+    coordinator: CoordinatorOpt = None,
+    format: FormatOpt = "table",
+    chart: Annotated[
+        Path | None, typer.Option("--chart", help="Also draw the totals as a PNG bar chart.")
+    ] = None,
+) -> None:
+    """Each site's measured contribution to a run (a job with [contribution]): its value
+    in every round, its total and its share; JSON holds each round's record too (every
+    coalition's value, so a site can recompute its figure)."""
+    from biofed.cli._contributions import (
+        contributions_table,
+        outcome_table,
+        parse_outcome,
+        parse_record,
+        record_from_events,
+        round_records,
+        summary_lines,
+        write_chart,
+    )
+
+    if format not in ("table", "json"):
+        raise typer.BadParameter("--format must be table or json")
+    with control_client(kit, coordinator) as client:
+        events = call(lambda: list(client.watch_run(run_id)))
+    text, partial = call(
+        lambda: record_from_events(run_id, [(e.round, e.kind, e.message) for e in events])
+    )
+    ledger, data = call(lambda: parse_record(text))
+    outcome = call(lambda: parse_outcome(data))
+    if chart is not None:
+        call(lambda: write_chart(ledger, chart, title=f"contributions to {run_id}"))
+        print(f"wrote {chart}", file=sys.stderr)
+    if format == "json":
+        rounds = round_records([(e.round, e.kind, e.message) for e in events])
+        whole = {**data, "run_id": run_id, "partial": partial, "rounds": rounds}
+        print(json.dumps(whole, sort_keys=True))
+        return
+    out.print(contributions_table(ledger, title=f"contributions to {run_id}"))
+    for line in summary_lines(ledger, data, partial=partial):
+        out.print(line, highlight=False)
+    if outcome is not None:  # the study agreement's [incentives] applied to the ledger
+        out.print(outcome_table(outcome))

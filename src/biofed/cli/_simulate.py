@@ -324,7 +324,7 @@ def simulate_command(
         typer.Option(
             help="The coordinator's trusted dataset (CSV or Parquet: the task's targets and "
             "feature columns) for a job whose [robust] section validates updates or runs "
-            "FLTrust."
+            "FLTrust, or that measures contributions ([contribution])."
         ),
     ] = None,
     format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
@@ -386,7 +386,9 @@ def simulate_command(
                 raise ConfigurationError(f"{unused[0]} is for a table given with --data")
         spec = None if job is None else _with_flags(JobSpec.from_file(job), flags)
         if trusted is not None and spec is None:
-            raise ConfigurationError("--trusted is for a --job with a [robust] section")
+            raise ConfigurationError(
+                "--trusted is for a --job with a [robust] or [contribution] section"
+            )
         if spec is not None and spec.study is not None:
             if trusted is not None:
                 raise ConfigurationError("--trusted cannot be used with a job with [study]")
@@ -434,6 +436,13 @@ def simulate_command(
         out.print(f"features ({len(report.features)}): {', '.join(report.features)}")
     if report.privacy is not None:
         print_privacy(out, report.privacy)
+    if report.contributions is not None:  # a job with [contribution] (and --trusted)
+        from biofed.cli._contributions import contributions_table, parse_record, summary_lines
+
+        ledger, record = parse_record(report.contributions)
+        out.print(contributions_table(ledger, title="contributions (simulated run)"))
+        for line in summary_lines(ledger, record, partial=False):
+            out.print(line, highlight=False)
     for event in report.events:
         err.print(f"[yellow]event:[/] {event}")
 

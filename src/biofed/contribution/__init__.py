@@ -84,11 +84,25 @@ from biofed.contribution._incentives import (
     verify_outcome,
 )
 from biofed.contribution._measure import measure
+from biofed.contribution._measured import (
+    AUTO,
+    CONTRIBUTION_EVENT,
+    CONTRIBUTION_FAILED_EVENT,
+    CONTRIBUTIONS_EVENT,
+    Measured,
+    ledger_from_events,
+    ledger_from_run_record,
+    run_record,
+)
 from biofed.contribution._result import METHODS, ContributionLedger, Contributions
 from biofed.contribution._sampling import gtg_shapley, tmc_shapley
 
 __all__ = [
+    "AUTO",
     "COALITIONS_FORMAT",
+    "CONTRIBUTIONS_EVENT",
+    "CONTRIBUTION_EVENT",
+    "CONTRIBUTION_FAILED_EVENT",
     "DEFAULT_DUPLICATE_COSINE",
     "DEFAULT_FREE_RIDER_NORM",
     "DEFAULT_MAX_EVALUATIONS",
@@ -98,6 +112,7 @@ __all__ = [
     "ContributionLedger",
     "Contributions",
     "IncentiveOutcome",
+    "Measured",
     "RoundGame",
     "SiteOutcome",
     "Updates",
@@ -107,7 +122,10 @@ __all__ = [
     "incentive_outcome",
     "leave_one_out",
     "ledger_digest",
+    "ledger_from_events",
+    "ledger_from_run_record",
     "measure",
+    "run_record",
     "shapley",
     "shapley_from_table",
     "tmc_shapley",

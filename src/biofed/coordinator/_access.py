@@ -28,6 +28,7 @@ from biofed.coordinator._agreements import AgreementKeeper
 from biofed.coordinator._analysis_job import run_spec_from_json
 from biofed.coordinator._store import RunRow
 from biofed.core import BiofedError, ConfigurationError, PolicyViolation
+from biofed.governance import IncentivePolicy
 from biofed.transport.grpc import Peer
 
 Action = Literal["read", "cancel"]
@@ -112,6 +113,10 @@ class RunAccess:
     def analytics_rules(self, agreement_id: str) -> Mapping[str, float] | None:
         """The ``[analytics]`` disclosure thresholds a kept agreement sets, or None."""
         return None if self.agreements is None else self.agreements.analytics_rules(agreement_id)
+
+    def incentives(self, agreement_id: str) -> IncentivePolicy | None:
+        """The incentive policy a kept agreement states, or None."""
+        return None if self.agreements is None else self.agreements.incentives(agreement_id)
 
     def visible(self, peer: Peer, rows: Iterable[RunRow]) -> list[RunRow]:
         """The rows ``peer`` may read, in their order."""

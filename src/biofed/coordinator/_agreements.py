@@ -32,7 +32,7 @@ from types import MappingProxyType
 
 from biofed.analytics import RULE_KEYS, DisclosureRules
 from biofed.core import BiofedError, ConfigurationError, PolicyViolation, check_id
-from biofed.governance import SignedAgreement, require_in_force
+from biofed.governance import IncentivePolicy, SignedAgreement, require_in_force
 
 #: What one submission may carry: the agreement file and the signers' certificates.
 MAX_AGREEMENT_BYTES = 1 << 20
@@ -223,6 +223,16 @@ class AgreementKeeper:
         key → value; None without any, or for an id not kept): an analysis under it states
         at least these."""
         return self._terms(agreement_id)[2]
+
+    def incentives(self, agreement_id: str) -> IncentivePolicy | None:
+        """The incentive policy a kept agreement states (its signed ``[incentives]``), or
+        None (none stated, or no agreement kept under that id)."""
+        with self._lock:
+            try:
+                kept = self._kept(agreement_id)
+            except ConfigurationError:
+                return None
+        return None if kept is None else kept[0].agreement.incentives
 
 
 def _analytics(agreement: object) -> Mapping[str, float] | None:

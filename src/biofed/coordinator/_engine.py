@@ -380,6 +380,8 @@ class RoundEngine:
                     json.dumps(decision.to_dict(), sort_keys=True),
                     decision.node_id,
                 )
+            for kind, message in result.events.items():  # e.g. measured contributions
+                self._event(server_round, kind, message)
         except RoundFailed as exc:
             self._event(server_round, "round_failed", str(exc))
             record_kwargs.setdefault("num_selected", 0)

@@ -19,6 +19,18 @@ trusted data it names (:class:`~biofed.coordinator.TrustedData`, from the operat
 update is a run event ``update_<action>`` and an entry ``update.<action>`` in the
 coordinator's audit log.
 
+A job with ``[contribution]`` measures every round (:class:`~biofed.contribution.Measured`,
+run events ``contribution``); at the run's end the executor builds the run's
+:class:`~biofed.contribution.ContributionLedger` from them, writes it as the run event
+``contributions`` (the ledger, the shares, every round's coalition values, so a site can
+recompute its figure) and appends one signed audit entry ``contribution.measured`` per
+site (run, site, total value, share). When the study agreement the job runs under states
+an incentive policy (its signed ``[incentives]``), the policy is applied to the ledger
+(:func:`~biofed.contribution.incentive_outcome`): the outcome goes into the
+``contributions`` event and one audit entry ``incentive.outcome`` per site (reward share,
+access, free-rider flag and the reasons), and a job under such an agreement measures with
+the policy's ``measure``.
+
 An analysis job (:class:`~biofed.coordinator.AnalysisJob`) runs its query instead of rounds
 (:func:`~biofed.coordinator._analysis.analyze_over`, the loop a simulation runs too): it
 waits for ``min_nodes`` sites as a round does, and ends ``finished`` with the run event
@@ -36,6 +48,15 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
+from biofed.contribution import (
+    AUTO,
+    CONTRIBUTIONS_EVENT,
+    ContributionLedger,
+    Measured,
+    incentive_outcome,
+    ledger_from_events,
+    run_record,
+)
 from biofed.coordinator._analysis import ANALYSIS_EVENT, PASS_EVENT, analyze_over
 from biofed.coordinator._analysis_job import AnalysisJob, run_spec_from_json
 from biofed.coordinator._anchored import AnchoredTransport
@@ -47,7 +68,7 @@ from biofed.coordinator._records import RoundRecord, RunCancelled, RunEvent
 from biofed.coordinator._store import Checkpoint, RunRow, RunStatus, StateStore
 from biofed.coordinator._trusted import TrustedData
 from biofed.core import BiofedError, ConfigurationError, ParameterSet, Reply
-from biofed.governance import AuditLog
+from biofed.governance import AuditLog, IncentivePolicy
 from biofed.strategies import StrategyState
 from biofed.tasks import make_task
 from biofed.transport import Transport
@@ -162,7 +183,9 @@ class RunExecutor:
         None: an analysis job's requests are at least as strict on every key it sets.
     trusted_data:
         The coordinator's trusted datasets (name → file, its kit's ``[trusted_data]``) a
-        job's ``[robust] trusted_dataset`` may name.
+        job's ``[robust]`` or ``[contribution]`` ``trusted_dataset`` may name.
+    agreement_incentives:
+        The incentive policy a kept study agreement states (by id), or None.
     """
 
     def __init__(
@@ -178,8 +201,10 @@ class RunExecutor:
         limits: JobLimits | None = None,
         agreement_rules: Callable[[str], Mapping[str, float] | None] = lambda agreement: None,
         trusted_data: Mapping[str, Path] | None = None,
+        agreement_incentives: Callable[[str], IncentivePolicy | None] = lambda agreement: None,
     ) -> None:
         self.agreement_rules = agreement_rules
+        self.agreement_incentives = agreement_incentives
         self.trusted_data = dict(trusted_data or {})
         self.store = store
         self.limits = JobLimits() if limits is None else limits
@@ -204,6 +229,9 @@ class RunExecutor:
             return
         spec = stored
         strategy = spec.build_strategy(trusted=self.trusted_for(spec))
+        policy = self.policy_for(spec)
+        if policy is not None and isinstance(strategy, Measured) and strategy.method == AUTO:
+            strategy.method = policy.measure  # every round by the agreed measure
         checkpoint = self.store.latest_checkpoint(run_id)
         if checkpoint is not None:
             self.store.append_event(
@@ -296,7 +324,7 @@ class RunExecutor:
         if path is None:
             known = ", ".join(sorted(self.trusted_data)) or "none"
             raise ConfigurationError(
-                f"[robust] trusted_dataset {name!r} is not registered at this coordinator "
+                f"{spec.trusted_key} {name!r} is not registered at this coordinator "
                 f"(kit.toml [trusted_data] lists: {known})"
             )
         return TrustedData(spec, path, name=name)
@@ -408,6 +436,8 @@ class RunExecutor:
 
     # -- endings -------------------------------------------------------------------------------
     def _end(self, run_id: str, spec: JobSpec) -> None:
+        if spec.contribution is not None:
+            self.contributions(run_id, spec)
         records = [r.record for r in self.store.rounds(run_id)]
         status, error = ending_status(records)
         failed = sum(r.failed is not None for r in records)
@@ -419,6 +449,93 @@ class RunExecutor:
         )
         kind = "failed" if status is RunStatus.FAILED else "finished"
         self.store.append_event(run_id, round=spec.rounds, kind=kind, message=error or message)
+
+    def contributions(self, run_id: str, spec: JobSpec) -> ContributionLedger | None:
+        """Build the run's contribution ledger from its ``contribution`` events, write the
+        ``contributions`` event and audit each site's figure (``contribution.measured``).
+
+        A ledger that cannot be read back (a malformed round record) is a
+        ``contributions_failed`` event, not a failed run: the model is still the run's.
+        """
+        events = [(e.round, e.kind, e.message) for e in self.store.events(run_id)]
+        try:
+            ledger, records, failed = ledger_from_events(events)
+        except BiofedError as exc:
+            self.store.append_event(
+                run_id, round=spec.rounds, kind="contributions_failed", message=str(exc)
+            )
+            return None
+        # the run's sites: those measured, and those whose every update was rejected
+        excluded = {
+            s for rec in records.values() for s in rec.get("excluded", []) if isinstance(s, str)
+        }
+        outcome = self.incentive_outcome(
+            run_id, spec, ledger, sites=sorted(excluded | set(ledger.sites))
+        )
+        self.store.append_event(
+            run_id,
+            round=spec.rounds,
+            kind=CONTRIBUTIONS_EVENT,
+            message=run_record(ledger, records, failed, outcome=outcome),
+        )
+        totals, shares = ledger.totals(), ledger.shares()
+        for site in ledger.sites:
+            riding = sum(site in r.free_riders for r in ledger.rounds)
+            self.audit(
+                "contribution.measured",
+                {
+                    "run_id": run_id,
+                    "site": site,
+                    "value": totals[site],
+                    "share": shares[site],
+                    "rounds": len(ledger.rounds),
+                    "free_rider_rounds": riding,
+                },
+            )
+        return ledger
+
+    def policy_for(self, spec: JobSpec) -> IncentivePolicy | None:
+        """The incentive policy of the study agreement ``spec`` runs under, or None."""
+        return None if spec.agreement is None else self.agreement_incentives(spec.agreement)
+
+    def incentive_outcome(
+        self,
+        run_id: str,
+        spec: JobSpec,
+        ledger: ContributionLedger,
+        *,
+        sites: Sequence[str] = (),
+    ) -> dict[str, Any] | None:
+        """The study agreement's incentive policy applied to the run's ledger (its outcome
+        as JSON, each site's figures audited as ``incentive.outcome``), or None when the
+        agreement states none. A policy that cannot be applied (a round measured by
+        another method) is the event ``incentives_failed`` and the audit entry
+        ``incentive.failed``: no site gets figures the policy did not decide. ``sites``:
+        the run's sites, so one the ledger never measured (every update rejected) gets the
+        policy's figures for a site that contributed nothing."""
+        policy = self.policy_for(spec)
+        if policy is None:
+            return None
+        try:
+            outcome = incentive_outcome(policy, ledger, rounds=spec.rounds, sites=sites)
+        except BiofedError as exc:
+            self.store.append_event(
+                run_id, round=spec.rounds, kind="incentives_failed", message=str(exc)
+            )
+            self.audit("incentive.failed", {"run_id": run_id, "reason": str(exc)})
+            return None
+        data: dict[str, Any] = json.loads(outcome.to_json())
+        for site, figures in sorted(data["sites"].items()):
+            self.audit(
+                "incentive.outcome",
+                {
+                    "run_id": run_id,
+                    "site": site,
+                    "ledger_digest": data["ledger_digest"],
+                    **figures,
+                },
+            )
+        return data
 
     def cancelled(self, run_id: str) -> None:
         """Mark the run cancelled (nothing if it already ended)."""

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from biofed.coordinator._engine import EngineConfig
+from biofed.coordinator._job_contribution import contribution_errors, wrap_measured
 from biofed.coordinator._job_robust import CHECKING, needs_trusted, robust_errors, wrap_robust
 from biofed.coordinator._job_rules import error_text
 from biofed.coordinator._job_schema import check_job
@@ -208,6 +209,11 @@ class JobSpec:
         The ``[robust]`` table (normalised), or None: with it
         :meth:`build_strategy` wraps the strategy in :class:`~biofed.strategies.Robust`
         (robust aggregation, norm bounding, validation on the coordinator's trusted data).
+    contribution:
+        The ``[contribution]`` table (normalised), or None: with it :meth:`build_strategy`
+        wraps the strategy (after Robust or DP-FedAvg) in
+        :class:`~biofed.contribution.Measured`, which measures each round's contributions
+        on the coordinator's trusted data.
 
     Notes
     -----
@@ -238,6 +244,7 @@ class JobSpec:
     secure_aggregation: SecureAggregationSettings | None = None
     study: StudySpec | None = None
     robust: Mapping[str, Scalar] | None = None
+    contribution: Mapping[str, Scalar] | None = None
 
     def __post_init__(self) -> None:
         if self.study is not None and not isinstance(self.study, StudySpec):
@@ -256,6 +263,9 @@ class JobSpec:
         robust: object = self.robust
         if robust is not None and not isinstance(robust, Mapping):
             errors.append("[robust] must be a table of key = value pairs")
+        contribution: object = self.contribution
+        if contribution is not None and not isinstance(contribution, Mapping):
+            errors.append("[contribution] must be a table of key = value pairs")
         if not errors:
             tables = check_job(self.to_mapping(), errors)
         if not errors:
@@ -267,6 +277,8 @@ class JobSpec:
             object.__setattr__(self, attr, freeze_config(getattr(self, attr)))
         if self.robust is not None:
             object.__setattr__(self, "robust", freeze_config(self.robust))
+        if self.contribution is not None:
+            object.__setattr__(self, "contribution", freeze_config(self.contribution))
         try:
             LocalTrainingConfig.from_config(self.train)  # what every site will parse
         except ConfigurationError as exc:
@@ -297,10 +309,13 @@ class JobSpec:
         object.__setattr__(self, "evaluate", tables["evaluate"])
         if self.robust is not None:
             object.__setattr__(self, "robust", tables["robust"])
+        if self.contribution is not None:
+            object.__setattr__(self, "contribution", tables["contribution"])
 
     def _check_across(self, errors: list[str]) -> None:
         """Rules between fields, each problem one line."""
         robust_errors(self, errors)
+        contribution_errors(self, errors)
         if self.min_replies > self.min_nodes:
             errors.append(
                 f"[run] min_replies cannot exceed [run] min_nodes ({self.min_nodes}), "
@@ -336,15 +351,27 @@ class JobSpec:
     # -- parsing ---------------------------------------------------------------------------
     @property
     def needs_trusted(self) -> bool:
-        """Whether the job's ``[robust]`` table uses the coordinator's trusted data
-        (validation or FLTrust)."""
-        return needs_trusted(self.robust)
+        """Whether the job uses the coordinator's trusted data: its ``[robust]`` table
+        (validation or FLTrust) or its ``[contribution]`` table."""
+        return needs_trusted(self.robust) or self.contribution is not None
 
     @property
     def trusted_dataset(self) -> str | None:
-        """The trusted dataset the job names (``[robust] trusted_dataset``), or None."""
+        """The trusted dataset the job names (``[robust]`` or ``[contribution]``
+        ``trusted_dataset``; the same one when both do), or None."""
         name = None if self.robust is None else self.robust.get("trusted_dataset")
+        if name is None and self.contribution is not None:
+            name = self.contribution.get("trusted_dataset")
         return None if name is None else str(name)
+
+    @property
+    def trusted_key(self) -> str:
+        """The job-file key that names the trusted dataset (for error messages):
+        ``[contribution] trusted_dataset`` when only that table names one."""
+        named = self.robust is not None and "trusted_dataset" in self.robust
+        if self.contribution is not None and not named:
+            return "[contribution] trusted_dataset"
+        return "[robust] trusted_dataset"
 
     @property
     def features_known(self) -> bool:
@@ -419,6 +446,7 @@ class JobSpec:
             secure_aggregation=secure,
             study=study,
             robust=tables.get("robust"),
+            contribution=tables.get("contribution"),
         )
         return spec if limits is None else limits.check(spec)
 
@@ -486,6 +514,8 @@ class JobSpec:
             mapping["study"] = {"spec_json": self.study.to_json(), "digest": self.study.digest}
         if self.robust is not None:
             mapping["robust"] = dict(self.robust)
+        if self.contribution is not None:
+            mapping["contribution"] = dict(self.contribution)
         return mapping
 
     def to_json(self) -> str:
@@ -496,16 +526,18 @@ class JobSpec:
     def build_strategy(self, *, trusted: TrustedValidation | None = None) -> Strategy:
         """The strategy with its options and the training / evaluation configs; wrapped in
         :class:`~biofed.strategies.DPFedAvg` when ``[privacy] mode = "client"``, or in
-        :class:`~biofed.strategies.Robust` as the ``[robust]`` table says.
+        :class:`~biofed.strategies.Robust` as the ``[robust]`` table says, and then in
+        :class:`~biofed.contribution.Measured` when the job has ``[contribution]``.
 
         ``trusted`` is the coordinator's trusted data (a
         :class:`~biofed.coordinator.TrustedData`), for a ``[robust]`` table that validates
-        updates or runs FLTrust.
+        updates or runs FLTrust, and for ``[contribution]``.
 
         Raises
         ------
         ConfigurationError
-            When the ``[robust]`` table uses trusted data and ``trusted`` is None.
+            When the ``[robust]`` or ``[contribution]`` table uses trusted data and
+            ``trusted`` is None.
         """
         strategy = make_strategy(
             self.strategy,
@@ -528,6 +560,8 @@ class JobSpec:
                 step = secure.quantisation_step
                 error = step / 2 + (secure.clip_range + step) * 2.0**-23
             strategy = wrap_robust(strategy, self.robust, trusted, secure_value_error=error)
+        if self.contribution is not None:  # never with secure aggregation (refused at parse)
+            strategy = wrap_measured(strategy, self.contribution, trusted)
         return strategy
 
     def engine_config(self, *, deadline: bool = True) -> EngineConfig:

@@ -115,14 +115,15 @@ _QUERY_ROWS = (
 _TRUSTED_DATA = """\
 ## `[trusted_data]` in the coordinator's `kit.toml` (optional)
 
-The trusted datasets a job's `[robust] trusted_dataset` may name, registered by the
-coordinator's operator: `NAME = "FILE"` (a CSV or Parquet file, relative to the kit's
-folder). A researcher names one, never a path. The file holds the columns of the job's
-built-in task's targets (`event` and `time` for the survival tasks, `label` for the
+The trusted datasets a job's `[robust]` or `[contribution]` `trusted_dataset` may name,
+registered by the coordinator's operator: `NAME = "FILE"` (a CSV or Parquet file, relative
+to the kit's folder). A researcher names one, never a path. The file holds the columns of
+the job's built-in task's targets (`event` and `time` for the survival tasks, `label` for the
 classifiers, by those names) and `[task] num_features` numeric feature columns (every other
 column, in file order); a job whose task it does not fit is refused at submit, and so is a
 job with `[run] bundle` (bundle code never runs at the coordinator). Update validation
-scores with the task's primary metric on it; FLTrust trains on it with the job's `[train]`.
+scores with the task's primary metric on it; FLTrust trains on it with the job's `[train]`;
+contribution measurement values coalition models by the same score.
 
 ```toml
 [trusted_data]

@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
+from biofed.contribution import AUTO, DEFAULT_MAX_EVALUATIONS, METHODS
 from biofed.coordinator._job_rules import (
     INT32_MAX,
     INT64_MAX,
@@ -593,6 +594,52 @@ ROBUST = VariantTable(
     ),
 )
 
+CONTRIBUTION = Table(
+    name="contribution",
+    doc="Contribution measurement (optional): every round, the coordinator values each "
+    "site's update by the Shapley value of the round's coalition game (coalition models "
+    "rebuilt from the round's updates, no site trains again; the value of a coalition is "
+    "the gain of the trusted data's score, the task's primary metric). Each round's figures "
+    "are a run event, the run's ledger is the `contributions` event and one signed audit "
+    "entry per site (see docs/contribution.md; `biofed run contributions RUN`). It needs "
+    "each site's update on its own, so it cannot run with `[secure_aggregation]`.",
+    fields=(
+        _opt(
+            "method",
+            Choice((AUTO, *METHODS)),
+            "`auto` (exact `shapley` for at most 10 sites, else `gtg_shapley`; under a study "
+            "agreement with `[incentives]`, its `measure`), `shapley` (2^n coalition "
+            "evaluations), `gtg_shapley` or `tmc_shapley` (sampled, bounded by "
+            "`max_evaluations`), or `leave_one_out` (n + 2 evaluations); under an agreement "
+            "with `[incentives]` only `auto` or its `measure`.",
+            AUTO,
+        ),
+        _opt(
+            "trusted_dataset",
+            _identifier(),
+            "The coordinator's trusted dataset that values the coalition models, by the name "
+            "its operator registered (`kit.toml` `[trusted_data]`); the same as `[robust] "
+            "trusted_dataset` when both name one; refused with `[run] bundle`.",
+            required=True,
+        ),
+        _opt(
+            "seed",
+            Integer(0, INT64_MAX),
+            "Seeds the sampled methods (each round's generator is seeded with it and the "
+            "round), so the figures can be recomputed.",
+            0,
+        ),
+        _opt(
+            "max_evaluations",
+            Integer(2, 1_000_000),
+            "The most coalition evaluations (scores on the trusted data) one round's "
+            "measurement may spend; a method that needs more stops (sampled) or the round's "
+            "measurement fails with a `contribution_failed` event (exact).",
+            DEFAULT_MAX_EVALUATIONS,
+        ),
+    ),
+)
+
 STUDY = Table(
     name="study",
     doc="The study dataset (optional): a spec every site compiles against its own data "
@@ -635,11 +682,21 @@ SECTIONS: tuple[Table | VariantTable, ...] = (
     PRIVACY,
     SECURE_AGGREGATION,
     ROBUST,
+    CONTRIBUTION,
 )
 _BY_NAME = {s.name: s for s in SECTIONS}
 #: Tables that may be left out entirely.
 OPTIONAL_SECTIONS = frozenset(
-    {"strategy", "train", "evaluate", "privacy", "secure_aggregation", "study", "robust"}
+    {
+        "strategy",
+        "train",
+        "evaluate",
+        "privacy",
+        "secure_aggregation",
+        "study",
+        "robust",
+        "contribution",
+    }
 )
 #: With a ``[study]`` the fitted preprocessing sets this task option.
 STUDY_SETS = "num_features"

@@ -28,6 +28,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from biofed.contribution import CONTRIBUTIONS_EVENT
 from biofed.coordinator._access import RunAccess
 from biofed.coordinator._agreements import AgreementKeeper
 from biofed.coordinator._analysis import ANALYSIS_EVENT, result_event
@@ -35,6 +36,7 @@ from biofed.coordinator._analysis_job import AnalysisJob, run_spec_from_json
 from biofed.coordinator._bundles import BundleStore
 from biofed.coordinator._executor import RunExecutor
 from biofed.coordinator._job import JobSpec
+from biofed.coordinator._job_contribution import check_incentives
 from biofed.coordinator._job_limits import JobLimits
 from biofed.coordinator._preprocess import PREPROCESSING_EVENT, RESULT_PREPROCESSING
 from biofed.coordinator._privacy_report import privacy_report
@@ -171,6 +173,7 @@ class Coordinator:
             limits=self.limits,
             agreement_rules=self.access.analytics_rules,
             trusted_data=trusted_data,
+            agreement_incentives=self.access.incentives,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -239,6 +242,7 @@ class Coordinator:
                 raise ProtocolError("an analysis job runs no task bundle: send none")
         else:
             self.executor.trusted_for(spec)  # an unknown or unfitting trusted dataset
+            check_incentives(spec, self.executor.policy_for(spec))
             self.bundles.keep(spec.bundle, bundle)
         run_id = f"{spec.name}-{uuid.uuid4().hex[:8]}"
         self.store.create_run(run_id, spec.to_json(), peer.name)
@@ -334,6 +338,17 @@ class Coordinator:
         )
         if privacy is not None:  # the guarantee travels with the model
             metadata["privacy"] = json.dumps(privacy, sort_keys=True)
+        measured = [e.message for e in self.store.events(run_id) if e.kind == CONTRIBUTIONS_EVENT]
+        if measured:  # so do the sites' contributions and the incentive policy's outcome
+            record = json.loads(measured[-1])
+            metadata["contributions"] = json.dumps(
+                {
+                    "totals": record["ledger"]["totals"],
+                    "shares": record["shares"],
+                    "outcome": record["outcome"],
+                },
+                sort_keys=True,
+            )
         if spec.study is not None:  # so does the preprocessing the model was trained behind
             fitted = [e.message for e in self.store.events(run_id) if e.kind == PREPROCESSING_EVENT]
             if fitted:

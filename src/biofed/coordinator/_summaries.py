@@ -26,7 +26,18 @@ from biofed.governance import (
 from biofed.transport.grpc import NodeSummary, RunSummary
 
 _PROBLEM_EVENTS = frozenset(
-    {"reply_rejected", "reply_late", "no_reply", "send_failed", "round_failed", "failed"}
+    {
+        "reply_rejected",
+        "reply_late",
+        "no_reply",
+        "send_failed",
+        "round_failed",
+        "failed",
+        # contribution measurement and the incentive policy (issue 17)
+        "contribution_failed",
+        "contributions_failed",
+        "incentives_failed",
+    }
 )
 
 

@@ -59,7 +59,6 @@ _HIGHER_IS_BETTER = frozenset({"c_index", "roc_auc", "accuracy"})
 _BINARY = ("event", "label")
 #: Mixed into the training seed so the trusted data's batches differ from every site's.
 _TRUSTED_STREAM = 0x7257
-_KEY = "[robust] trusted_dataset"
 
 
 def trusted_data_from_kit(directory: str | PathLike[str]) -> dict[str, Path]:
@@ -98,15 +97,15 @@ def trusted_data_from_kit(directory: str | PathLike[str]) -> dict[str, Path]:
     return out
 
 
-def _check_targets(data: Dataset, keys: tuple[str, ...], name: str) -> None:
-    for key in keys:
-        values = np.asarray(data.target(key), dtype=np.float64)
+def _check_targets(data: Dataset, keys: tuple[str, ...], name: str, key: str) -> None:
+    for column in keys:
+        values = np.asarray(data.target(column), dtype=np.float64)
         if not np.isfinite(values).all():
-            raise ConfigurationError(f"{_KEY} {name!r}: column {key!r} has missing values")
-        if key in _BINARY and not np.isin(values, (0.0, 1.0)).all():
-            raise ConfigurationError(f"{_KEY} {name!r}: column {key!r} must hold only 0 and 1")
-        if key == "time" and (values < 0).any():
-            raise ConfigurationError(f"{_KEY} {name!r}: column 'time' has negative values")
+            raise ConfigurationError(f"{key} {name!r}: column {column!r} has missing values")
+        if column in _BINARY and not np.isin(values, (0.0, 1.0)).all():
+            raise ConfigurationError(f"{key} {name!r}: column {column!r} must hold only 0 and 1")
+        if column == "time" and (values < 0).any():
+            raise ConfigurationError(f"{key} {name!r}: column 'time' has negative values")
 
 
 class TrustedData:
@@ -137,34 +136,35 @@ class TrustedData:
     def __init__(
         self, job: JobSpec, data: Dataset | str | PathLike[str], *, name: str = "trusted"
     ) -> None:
+        key = job.trusted_key  # the table that names it, for every message below
         if job.bundle is not None:
             raise ConfigurationError(
-                f"{_KEY} cannot be used with [run] bundle: the coordinator scores and trains "
+                f"{key} cannot be used with [run] bundle: the coordinator scores and trains "
                 "with the built-in task only, and bundle code never runs at the coordinator"
             )
         if not job.features_known:
             raise ConfigurationError(
-                f"{_KEY} cannot be used with [study]: the trusted file is not prepared by "
+                f"{key} cannot be used with [study]: the trusted file is not prepared by "
                 "the study's preprocessing"
             )
         keys = TASK_TARGETS.get(job.task)
         if keys is None:  # pragma: no cover - every built-in task is listed (tested)
-            raise ConfigurationError(f"{_KEY}: task {job.task!r} has no trusted-data support")
+            raise ConfigurationError(f"{key}: task {job.task!r} has no trusted-data support")
         self.name = name
-        self._data = self._load(data, keys, name)
+        self._data = self._load(data, keys, name, key)
         expected = int(job.task_options["num_features"])
         if self._data.num_features != expected:
             raise ConfigurationError(
-                f"{_KEY} {name!r} has {self._data.num_features} feature columns; the job's "
+                f"{key} {name!r} has {self._data.num_features} feature columns; the job's "
                 f"[task] num_features is {expected}"
             )
         if len(self._data) == 0:
-            raise ConfigurationError(f"{_KEY} {name!r} is empty: it needs at least one row")
-        _check_targets(self._data, keys, name)
+            raise ConfigurationError(f"{key} {name!r} is empty: it needs at least one row")
+        _check_targets(self._data, keys, name, key)
         self._task: Task = make_task(job.task, **job.task_options)
         if self._task.primary_metric not in _HIGHER_IS_BETTER:
             raise ConfigurationError(
-                f"{_KEY}: the task's primary metric {self._task.primary_metric!r} is not a "
+                f"{key}: the task's primary metric {self._task.primary_metric!r} is not a "
                 "score where higher is better"
             )
         config: dict[str, Scalar] = dict(job.train)
@@ -175,23 +175,25 @@ class TrustedData:
         initial = self.score(job.initial_parameters())
         if not math.isfinite(initial):
             raise ConfigurationError(
-                f"{_KEY} {name!r} gives no finite {self.metric} for the job's initial model "
+                f"{key} {name!r} gives no finite {self.metric} for the job's initial model "
                 "(too few events or a single class?)"
             )
 
     @staticmethod
-    def _load(data: Dataset | str | PathLike[str], keys: tuple[str, ...], name: str) -> Dataset:
+    def _load(
+        data: Dataset | str | PathLike[str], keys: tuple[str, ...], name: str, key: str
+    ) -> Dataset:
         if isinstance(data, Dataset):
             missing = [k for k in keys if k not in data.targets]
             if missing:
-                raise ConfigurationError(f"{_KEY} {name!r} has no target {missing[0]!r}")
+                raise ConfigurationError(f"{key} {name!r} has no target {missing[0]!r}")
             return data
         try:
             return load_table(data, target_columns={k: k for k in keys}, name="trusted")
         except BiofedError as exc:
             text = str(exc).strip().splitlines()
             raise ConfigurationError(
-                f"{_KEY} {name!r}: {text[0] if text else type(exc).__name__}"
+                f"{key} {name!r}: {text[0] if text else type(exc).__name__}"
             ) from None
 
     def __repr__(self) -> str:

@@ -14,12 +14,14 @@ this process, so there is no round deadline; and every site of the dataset takes
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, cast
 
+from biofed.contribution import CONTRIBUTIONS_EVENT, ledger_from_events, run_record
 from biofed.coordinator import (
     EngineListener,
     JobSpec,
@@ -30,7 +32,7 @@ from biofed.coordinator import (
     privacy_report,
     spend_event,
 )
-from biofed.core import ConfigurationError, Reply, Scalar
+from biofed.core import BiofedError, ConfigurationError, Reply, Scalar
 from biofed.data import FederatedDataset
 from biofed.node import NodeConfig
 from biofed.simulation._backends import Backend, BackendName, make_backend
@@ -157,7 +159,23 @@ def run_job(
             if fitted is not None:
                 job = job.with_preprocessing(fitted)
             result = engine.run(job.initial_parameters())
+    if job.contribution is not None:  # the run's ledger, as the coordinator writes it
+        result = dataclasses.replace(
+            result, events=(*result.events, contributions_event(result.events, job.rounds))
+        )
     return result, privacy_report(job, spends.events, result.history)
+
+
+def contributions_event(events: Sequence[RunEvent], rounds: int) -> RunEvent:
+    """The run event ``contributions`` (the ledger of a job with ``[contribution]``) built
+    from its rounds' ``contribution`` events, as the coordinator's executor writes it."""
+    try:
+        ledger, records, failed = ledger_from_events((e.round, e.kind, e.message) for e in events)
+    except BiofedError as exc:
+        return RunEvent(round=rounds, kind="contributions_failed", message=str(exc))
+    return RunEvent(
+        round=rounds, kind=CONTRIBUTIONS_EVENT, message=run_record(ledger, records, failed)
+    )
 
 
 def job_task(job: JobSpec) -> Task:

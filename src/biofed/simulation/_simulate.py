@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from biofed.contribution import CONTRIBUTION_EVENT, CONTRIBUTIONS_EVENT
 from biofed.coordinator import (
     PREPROCESSING_EVENT,
     SUMMARIES_EVENT,
@@ -90,6 +91,9 @@ class SimulationReport:
     parameters: ParameterSet | None = None
     features: tuple[str, ...] = ()
     preprocessing: str | None = None
+    #: A job with ``[contribution]``: the run's ``contributions`` event (JSON: the ledger,
+    #: shares and each round's coalition values), as the coordinator writes it.
+    contributions: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form of the whole report."""
@@ -118,6 +122,7 @@ class SimulationReport:
             "events": list(self.events),
             "privacy": None if self.privacy is None else dict(self.privacy),
             "secure_aggregation": self.secure_aggregation,
+            "contributions": None if self.contributions is None else json.loads(self.contributions),
         }
 
 
@@ -408,6 +413,7 @@ def _bundle_report(
         federated=federated,
         history=result.history,
         events=tuple(events),
+        contributions=_contributions(result),
         privacy=None if privacy is None else MappingProxyType(dict(privacy)),
         secure_aggregation=job.secure_aggregation is not None,
         parameters=result.parameters,
@@ -426,8 +432,22 @@ def _event_lines(result: RunResult) -> list[str]:
             message = f"{len(names)} features: {', '.join(names)}"
         elif e.kind == SUMMARIES_EVENT:
             message = f"the summaries of {len(json.loads(message))} sites (heterogeneity input)"
+        elif e.kind == CONTRIBUTION_EVENT:
+            measured = json.loads(message)["contributions"]
+            message = (
+                f"{len(measured['values'])} sites measured by {measured['method']}, "
+                f"v(N) = {measured['total']:.4g} in {measured['evaluations']} evaluations"
+            )
+        elif e.kind == CONTRIBUTIONS_EVENT:
+            message = "the run's contribution ledger (see the contributions table)"
         lines.append(f"round {e.round} {e.node_id or '-'} {e.kind}: {message}")
     return lines
+
+
+def _contributions(result: RunResult) -> str | None:
+    """The run's ``contributions`` event's message (its last), or None."""
+    found = [e.message for e in result.events if e.kind == CONTRIBUTIONS_EVENT]
+    return found[-1] if found else None
 
 
 def _features(fed: FederatedDataset) -> tuple[str, ...]:
@@ -508,6 +528,7 @@ def _report(
         baselines=tuple(extra),
         history=result.history,
         events=tuple(events),
+        contributions=_contributions(result),
         privacy=None if privacy is None else MappingProxyType(dict(privacy)),
         secure_aggregation=secure_aggregation,
         parameters=result.parameters,

@@ -109,7 +109,9 @@ class AggregateResult:
     """The outcome of a training round's aggregation.
 
     ``decisions`` lists what a robust or validating aggregator decided about each update
-    (empty for plain strategies).
+    (empty for plain strategies). ``events`` are run events a wrapper wants recorded with
+    the round, kind → message (e.g. ``contribution``: the round's measured contributions
+    as JSON); the round engine records each as it records the decisions.
     """
 
     parameters: ParameterSet
@@ -117,11 +119,13 @@ class AggregateResult:
     metrics: Metrics = field(default_factory=lambda: MappingProxyType({}))
     num_replies: int = 0
     decisions: tuple[UpdateDecision, ...] = ()
+    events: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "state", MappingProxyType(dict(self.state)))
         object.__setattr__(self, "metrics", freeze_metrics(self.metrics))
         object.__setattr__(self, "decisions", tuple(self.decisions))
+        object.__setattr__(self, "events", MappingProxyType(dict(self.events)))
 
 
 class TrainAggregator(abc.ABC):
