@@ -15,7 +15,9 @@ and 5,000 evaluations). Ratios are measure time / round time, each the fastest o
 identical runs. Accuracy beside the cost: Spearman's rank correlation and mean absolute
 error (in % of the reference values' Σ|φ|, which is v(N) when every site helps) against
 exact Shapley (n ≤ 10, every round) or, for n = 20 and 50, against a long TMC run (standard
-error ≤ 0.5 % resp. 1 %, up to 400,000 evaluations; round 1 only). Target (issue 17):
+error ≤ 0.5 % resp. 1 %, up to 400,000 evaluations; round 1 only). Beside them, one coalition evaluation's cost at n = 20 through the task's ``evaluate``
+(the game's generic path) and through ``LinearScore``, on the same coalitions with the same
+values. Target (issue 17):
 GTG-Shapley costs ≤ 1 extra round-time per round at n = 20.
 
     python benchmarks/contribution.py [--json] [--quick]
@@ -57,6 +59,38 @@ def federation(n: int, seed: int) -> dict[str, Dataset]:
     if n == len(fed.sites):
         return {site: data.train for site, data in fed.sites.items()}
     return partition_quantity_skew(fed.pooled("train"), n, 2.0, np.random.default_rng(seed))
+
+
+def value_cost(
+    task: CoxPHTask,
+    test: Dataset,
+    fast: LinearScore,
+    x: ParameterSet,
+    updates: dict[str, tuple[ParameterSet, float]],
+    seed: int,
+) -> dict[str, float]:
+    """Microseconds per coalition evaluation (fastest of REPEATS over the same 300 random
+    coalitions): through the task's ``evaluate`` (what the game called before
+    ``LinearScore``) and through ``LinearScore`` (what it calls now); both give the same
+    values (asserted)."""
+
+    def generic(params: ParameterSet) -> float:
+        return float(task.evaluate(params, test, TrainContext()).metrics["c_index"])
+
+    masks = [int(m) for m in np.random.default_rng(seed).integers(1, 1 << len(updates), 300)]
+    out: dict[str, float] = {}
+    seen: dict[str, list[float]] = {}
+    for name, value in (("task_evaluate", generic), ("linear_score", fast)):
+        best = float("inf")
+        for _ in range(REPEATS):
+            game = RoundGame(x, updates, value, duplicate_cosine=None, max_evaluations=10**6)
+            game.baseline  # noqa: B018 - value(x) outside the timing
+            t0 = time.perf_counter()
+            seen[name] = [game.v(m) for m in masks]
+            best = min(best, time.perf_counter() - t0)
+        out[name] = 1e6 * best / len(masks)
+    assert np.abs(np.subtract(seen["task_evaluate"], seen["linear_score"])).max() <= 1e-12
+    return out
 
 
 def run_size(n: int, rounds: int, seed: int) -> dict[str, Any]:
@@ -114,6 +148,8 @@ def run_size(n: int, rounds: int, seed: int) -> dict[str, Any]:
                 "converged": long_run.converged,
                 "seconds": long_run.seconds,
             }
+        if n == TARGET_N and server_round == 1:
+            row["value_us"] = value_cost(task, test, c_index, x, updates, seed)
         for name, method in methods:
             runs = []
             for _ in range(REPEATS):  # deterministic for the seed: keep the fastest run
@@ -210,6 +246,12 @@ def main() -> None:
         "training, the round time if sites trained in parallel and nothing else took time)"
     )
     print(f"         {by_round}")
+    cost = target["rounds"][0]["value_us"]
+    print(
+        f"         one coalition evaluation (n = {TARGET_N}, round 1): "
+        f"{cost['task_evaluate']:.0f} µs through the task's evaluate, "
+        f"{cost['linear_score']:.0f} µs through LinearScore (same values)"
+    )
     print(f"({time.perf_counter() - started:.1f} s)")
     emit(
         {

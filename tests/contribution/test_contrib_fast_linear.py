@@ -170,10 +170,13 @@ def test_trusted_data_of_the_cox_task_offers_it_and_measured_uses_it() -> None:
     )
     trusted = TrustedData(job, test, name="reference")
     fast = trusted.linear_score
-    assert isinstance(fast, LinearScore) and fast.metric == "c_index"
+    assert isinstance(fast, LinearScore)
+    assert fast.metric == "c_index"
     x = job.initial_parameters()
     rng = np.random.default_rng(5)
     for _ in range(3):
-        params = ParameterSet({p: (x[p] + rng.normal(size=x[p].shape)).astype(x[p].dtype) for p in x})
+        params = ParameterSet(
+            {p: (x[p] + rng.normal(size=x[p].shape)).astype(x[p].dtype) for p in x}
+        )
         assert fast(params) == trusted.score(params)
     assert Measured(FedAvg(), trusted).value is fast

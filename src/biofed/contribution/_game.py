@@ -174,12 +174,12 @@ class RoundGame:
         "_clock",
         "_deltas",
         "_linear",
-        "_x_flat",
         "_memo",
         "_players",
         "_value",
         "_weights",
         "_x",
+        "_x_flat",
         "evaluations",
         "free_riders",
         "groups",
@@ -343,26 +343,34 @@ class RoundGame:
         bias = (flat[p:] + step[p:]).astype(bias_dtype).astype(np.float64)[0]
         return self._linear.of_prediction(self._linear.predict(weight, bias))
 
-    def _call(self, params: ParameterSet | int, what: str) -> float:
+    def _what(self, mask: int | None) -> str:
+        if mask is None:
+            return "the global model"
+        names = [s for k, g in enumerate(self.groups) if mask >> k & 1 for s in g]
+        return f"the coalition {names}"
+
+    def _call(self, params: ParameterSet | int, mask: int | None) -> float:
+        """``value`` of ``params`` (or, for a LinearScore, of the coalition ``params``);
+        ``mask`` names the coalition in messages (None: the global model)."""
         if self.evaluations >= self.max_evaluations:
             raise _Exhausted
         self.evaluations += 1
         try:
-            if isinstance(params, int):
-                raw = self._linear_value(params)
-            else:
-                raw = self._value(params)
+            raw = self._linear_value(params) if isinstance(params, int) else self._value(params)
         except (ArithmeticError, ValueError) as exc:
-            raise RoundFailed(f"contribution: the value function failed on {what}: {exc}") from exc
+            raise RoundFailed(
+                f"contribution: the value function failed on {self._what(mask)}: {exc}"
+            ) from exc
         if isinstance(raw, bool) or not isinstance(raw, (int, float, np.integer, np.floating)):
             raise RoundFailed(
-                f"contribution: the value function returned {type(raw).__name__} on {what}, "
+                f"contribution: the value function returned {type(raw).__name__} on "
+                f"{self._what(mask)}, "
                 "not a number"
             )
         result = float(raw)
         if not math.isfinite(result):
             raise RoundFailed(
-                f"contribution: the value function returned {result} on {what}; "
+                f"contribution: the value function returned {result} on {self._what(mask)}; "
                 "values must be finite"
             )
         return result
@@ -371,7 +379,7 @@ class RoundGame:
     def baseline(self) -> float:
         """``value(x)``, the empty coalition's score (one evaluation, the first time)."""
         if self._baseline is None:
-            self._baseline = self._call(self._x, "the global model")
+            self._baseline = self._call(self._x, None)
         return self._baseline
 
     def has(self, mask: int) -> bool:
@@ -390,11 +398,10 @@ class RoundGame:
         if known is not None:
             return known
         base = self.baseline
-        names = [s for k, g in enumerate(self.groups) if mask >> k & 1 for s in g]
         coalition: ParameterSet | int = (
             mask if self._linear is not None and mask else self.model(mask)
         )
-        result = self._call(coalition, f"the coalition {names}") - base
+        result = self._call(coalition, mask) - base
         self._memo[mask] = result
         return result
 
