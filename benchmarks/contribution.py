@@ -6,14 +6,18 @@ run FedAvg rounds of the built-in Cox task (FLamby's local training: Adam, lr 0.
 100 steps). For each round the script times the sites' local training — the round's own
 time, as a simulation spends it (one site after another) and as a deployment would at best
 (the slowest site) — and each contribution measure on the round's updates, with value =
-C-index on the pooled test split (222 patients): leave-one-out, exact Shapley (n ≤ 10),
+C-index on the pooled test split (222 patients; scored by ``LinearScore``, as a run's
+trusted data of the Cox task scores: the task's C-index exactly, its comparable pairs found
+once): leave-one-out, exact Shapley (n ≤ 10),
 TMC-Shapley and GTG-Shapley at the library's defaults (TMC: truncation 1 % of v(N),
 standard error ≤ 2 % of max(|v(N)|, Σ|φ|); GTG: 3 % and 5 %; both at most 500 permutations
 and 5,000 evaluations). Ratios are measure time / round time, each the fastest of 3
 identical runs. Accuracy beside the cost: Spearman's rank correlation and mean absolute
 error (in % of the reference values' Σ|φ|, which is v(N) when every site helps) against
 exact Shapley (n ≤ 10, every round) or, for n = 20 and 50, against a long TMC run (standard
-error ≤ 0.5 % resp. 1 %, up to 400,000 evaluations; round 1 only). Target (issue 17):
+error ≤ 0.5 % resp. 1 %, up to 400,000 evaluations; round 1 only). Beside them, one coalition evaluation's cost at n = 20 through the task's ``evaluate``
+(the game's generic path) and through ``LinearScore``, on the same coalitions with the same
+values. Target (issue 17):
 GTG-Shapley costs ≤ 1 extra round-time per round at n = 20.
 
     python benchmarks/contribution.py [--json] [--quick]
@@ -30,6 +34,7 @@ from scipy.stats import spearmanr
 from _common import emit, machine, parser
 from biofed.contribution import (
     MAX_EXACT_SITES,
+    LinearScore,
     RoundGame,
     gtg_shapley,
     leave_one_out,
@@ -56,12 +61,47 @@ def federation(n: int, seed: int) -> dict[str, Dataset]:
     return partition_quantity_skew(fed.pooled("train"), n, 2.0, np.random.default_rng(seed))
 
 
+def value_cost(
+    task: CoxPHTask,
+    test: Dataset,
+    fast: LinearScore,
+    x: ParameterSet,
+    updates: dict[str, tuple[ParameterSet, float]],
+    seed: int,
+) -> dict[str, float]:
+    """Microseconds per coalition evaluation (fastest of REPEATS over the same 300 random
+    coalitions): through the task's ``evaluate`` (what the game called before
+    ``LinearScore``) and through ``LinearScore`` (what it calls now); both give the same
+    values (asserted)."""
+
+    def generic(params: ParameterSet) -> float:
+        return float(task.evaluate(params, test, TrainContext()).metrics["c_index"])
+
+    masks = [int(m) for m in np.random.default_rng(seed).integers(1, 1 << len(updates), 300)]
+    out: dict[str, float] = {}
+    seen: dict[str, list[float]] = {}
+    for name, value in (("task_evaluate", generic), ("linear_score", fast)):
+        best = float("inf")
+        for _ in range(REPEATS):
+            game = RoundGame(x, updates, value, duplicate_cosine=None, max_evaluations=10**6)
+            game.baseline  # noqa: B018 - value(x) outside the timing
+            t0 = time.perf_counter()
+            seen[name] = [game.v(m) for m in masks]
+            best = min(best, time.perf_counter() - t0)
+        out[name] = 1e6 * best / len(masks)
+    assert np.abs(np.subtract(seen["task_evaluate"], seen["linear_score"])).max() <= 1e-12
+    return out
+
+
 def run_size(n: int, rounds: int, seed: int) -> dict[str, Any]:
     task = CoxPHTask(num_features=39)
     test = load_tcga_brca().pooled("test")
 
-    def c_index(params: ParameterSet) -> float:
-        return float(task.evaluate(params, test, TrainContext()).metrics["c_index"])
+    # What a run's Measured scores with: the coordinator's TrustedData offers this for the
+    # built-in linear tasks (TrustedData.linear_score), the task's own C-index to the bit.
+    c_index = LinearScore(
+        test.features, "c_index", time=test.target("time"), event=test.target("event")
+    )
 
     sites = federation(n, seed)
     x = task.init_parameters(np.random.default_rng(seed))
@@ -108,6 +148,8 @@ def run_size(n: int, rounds: int, seed: int) -> dict[str, Any]:
                 "converged": long_run.converged,
                 "seconds": long_run.seconds,
             }
+        if n == TARGET_N and server_round == 1:
+            row["value_us"] = value_cost(task, test, c_index, x, updates, seed)
         for name, method in methods:
             runs = []
             for _ in range(REPEATS):  # deterministic for the seed: keep the fastest run
@@ -204,6 +246,12 @@ def main() -> None:
         "training, the round time if sites trained in parallel and nothing else took time)"
     )
     print(f"         {by_round}")
+    cost = target["rounds"][0]["value_us"]
+    print(
+        f"         one coalition evaluation (n = {TARGET_N}, round 1): "
+        f"{cost['task_evaluate']:.0f} µs through the task's evaluate, "
+        f"{cost['linear_score']:.0f} µs through LinearScore (same values)"
+    )
     print(f"({time.perf_counter() - started:.1f} s)")
     emit(
         {

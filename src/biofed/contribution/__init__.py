@@ -4,8 +4,11 @@ The input is one round as the coordinator sees it in plain mode: the global mode
 the round's updates ``{site: (Δᵢ = xᵢ − x, weight)}`` and a value function
 ``value(parameters) -> float`` (higher is better, finite; e.g. a
 :class:`~biofed.strategies.TrustedValidation`'s ``score``, the C-index on the trusted data).
-A :class:`RoundGame` rebuilds the model of any coalition ``S`` of sites without training
-anyone again, ``model_S = x + Σ_{i∈S} wᵢΔᵢ / Σ_{i∈S} wᵢ`` (the empty coalition is ``x``),
+For the built-in linear tasks a
+:class:`LinearScore` is that value function, fast and exact (the coordinator's trusted data
+offers one as ``TrustedData.linear_score``; ``Measured`` uses it). A :class:`RoundGame`
+rebuilds the model of any coalition ``S`` of sites without training anyone again,
+``model_S = x + Σ_{i∈S} wᵢΔᵢ / Σ_{i∈S} wᵢ`` (the empty coalition is ``x``),
 and its value ``v(S) = value(model_S) − value(x)``, memoised and bounded by
 ``max_evaluations`` calls of ``value``. Sites whose updates are near-duplicates (cosine ≥
 ``duplicate_cosine``, default 0.9) are played as one player and share its value by weight,
@@ -83,6 +86,7 @@ from biofed.contribution._incentives import (
     ledger_digest,
     verify_outcome,
 )
+from biofed.contribution._linear import LINEAR_METRICS, LinearScore
 from biofed.contribution._measure import measure
 from biofed.contribution._measured import (
     AUTO,
@@ -106,12 +110,14 @@ __all__ = [
     "DEFAULT_DUPLICATE_COSINE",
     "DEFAULT_FREE_RIDER_NORM",
     "DEFAULT_MAX_EVALUATIONS",
+    "LINEAR_METRICS",
     "MAX_EXACT_SITES",
     "METHODS",
     "OUTCOME_FORMAT",
     "ContributionLedger",
     "Contributions",
     "IncentiveOutcome",
+    "LinearScore",
     "Measured",
     "RoundGame",
     "SiteOutcome",

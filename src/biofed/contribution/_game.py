@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from biofed.contribution._linear import LinearScore
 from biofed.core import (
     Array,
     ConfigurationError,
@@ -172,11 +173,13 @@ class RoundGame:
         "_baseline",
         "_clock",
         "_deltas",
+        "_linear",
         "_memo",
         "_players",
         "_value",
         "_weights",
         "_x",
+        "_x_flat",
         "evaluations",
         "free_riders",
         "groups",
@@ -268,6 +271,9 @@ class RoundGame:
             tuple(self.sites[i] for i in members) for members in self._players
         )
         self._value = value
+        #: A LinearScore that fits x: coalitions are scored from their (weight, bias) alone.
+        self._linear = value if isinstance(value, LinearScore) and value.fits(x) else None
+        self._x_flat = np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in x.values()])
         self._clock = clock
         self._memo: dict[int, float] = {0: 0.0}
         self._baseline: float | None = None
@@ -321,23 +327,50 @@ class RoundGame:
             offset += size
         return ParameterSet(arrays)
 
-    def _call(self, params: ParameterSet, what: str) -> float:
+    def _linear_value(self, mask: int) -> float:
+        """``value(model(mask))`` for a :class:`LinearScore`: the same parameters (float64
+        step, cast to ``x``'s dtype), without building a ParameterSet or a loss."""
+        assert self._linear is not None
+        members = [i for k, p in enumerate(self._players) if mask >> k & 1 for i in p]
+        w = self._weights[members]
+        step = (w @ self._deltas[members]) / w.sum()
+        flat = self._x_flat
+        # model()'s arithmetic, parameter by parameter: (x + step) in float64, cast to x's
+        # dtype, read back as float64 by the task's evaluate.
+        weight_dtype, bias_dtype = self._x["weight"].dtype, self._x["bias"].dtype
+        p = flat.size - 1
+        weight = (flat[:p] + step[:p]).astype(weight_dtype).astype(np.float64)
+        bias = (flat[p:] + step[p:]).astype(bias_dtype).astype(np.float64)[0]
+        return self._linear.of_prediction(self._linear.predict(weight, bias))
+
+    def _what(self, mask: int | None) -> str:
+        if mask is None:
+            return "the global model"
+        names = [s for k, g in enumerate(self.groups) if mask >> k & 1 for s in g]
+        return f"the coalition {names}"
+
+    def _call(self, params: ParameterSet | int, mask: int | None) -> float:
+        """``value`` of ``params`` (or, for a LinearScore, of the coalition ``params``);
+        ``mask`` names the coalition in messages (None: the global model)."""
         if self.evaluations >= self.max_evaluations:
             raise _Exhausted
         self.evaluations += 1
         try:
-            raw = self._value(params)
+            raw = self._linear_value(params) if isinstance(params, int) else self._value(params)
         except (ArithmeticError, ValueError) as exc:
-            raise RoundFailed(f"contribution: the value function failed on {what}: {exc}") from exc
+            raise RoundFailed(
+                f"contribution: the value function failed on {self._what(mask)}: {exc}"
+            ) from exc
         if isinstance(raw, bool) or not isinstance(raw, (int, float, np.integer, np.floating)):
             raise RoundFailed(
-                f"contribution: the value function returned {type(raw).__name__} on {what}, "
+                f"contribution: the value function returned {type(raw).__name__} on "
+                f"{self._what(mask)}, "
                 "not a number"
             )
         result = float(raw)
         if not math.isfinite(result):
             raise RoundFailed(
-                f"contribution: the value function returned {result} on {what}; "
+                f"contribution: the value function returned {result} on {self._what(mask)}; "
                 "values must be finite"
             )
         return result
@@ -346,7 +379,7 @@ class RoundGame:
     def baseline(self) -> float:
         """``value(x)``, the empty coalition's score (one evaluation, the first time)."""
         if self._baseline is None:
-            self._baseline = self._call(self._x, "the global model")
+            self._baseline = self._call(self._x, None)
         return self._baseline
 
     def has(self, mask: int) -> bool:
@@ -365,8 +398,10 @@ class RoundGame:
         if known is not None:
             return known
         base = self.baseline
-        names = [s for k, g in enumerate(self.groups) if mask >> k & 1 for s in g]
-        result = self._call(self.model(mask), f"the coalition {names}") - base
+        coalition: ParameterSet | int = (
+            mask if self._linear is not None and mask else self.model(mask)
+        )
+        result = self._call(coalition, mask) - base
         self._memo[mask] = result
         return result
 

@@ -57,6 +57,7 @@ from biofed.contribution._game import (
     RoundGame,
     ValueFunction,
 )
+from biofed.contribution._linear import LinearScore
 from biofed.contribution._result import METHODS, ContributionLedger, Contributions
 from biofed.contribution._sampling import gtg_shapley, tmc_shapley
 from biofed.core import (
@@ -157,7 +158,10 @@ class Measured(Strategy):
             raise ConfigurationError("Measured cannot wrap Measured: measure a round once")
         if isinstance(value, TrustedValidation):
             self.metric: str = str(value.metric)
-            score: ValueFunction = value.score
+            # Trusted data of a built-in linear task offers the same score, fast (its
+            # ``linear_score``, a LinearScore: see biofed.contribution._linear).
+            fast = getattr(value, "linear_score", None)
+            score: ValueFunction = fast if isinstance(fast, LinearScore) else value.score
         elif callable(value):
             self.metric = getattr(value, "__name__", "value")
             score = value
