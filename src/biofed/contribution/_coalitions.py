@@ -206,7 +206,7 @@ def shapley_from_table(table: Mapping[str, Any] | str) -> dict[str, float]:
             raise ConfigurationError(f"coalitions: the table is over {_MAX_TABLE_CHARS} characters")
         try:
             table = json.loads(table, parse_constant=_reject_constant)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise ConfigurationError(f"coalitions: the table is not JSON: {exc}") from None
     if not isinstance(table, Mapping):
         raise ConfigurationError("coalitions: the table must be a JSON object")

@@ -294,7 +294,7 @@ class IncentiveOutcome:
             raise _fail(f"the outcome is over {_MAX_OUTCOME_CHARS} characters")
         try:
             data = json.loads(text, parse_constant=_no_constant)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise _fail(f"the outcome is not JSON: {exc}") from None
         if not isinstance(data, Mapping) or set(data) != set(_TOP_KEYS):
             raise _fail(f"the outcome must be an object with keys {list(_TOP_KEYS)}")

@@ -9,7 +9,10 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-from biofed.core import ConfigurationError
+from biofed.core import ConfigurationError, check_id
+
+#: The longest ledger JSON :meth:`ContributionLedger.from_json` reads (hostile input bound).
+_MAX_LEDGER_CHARS = 32 << 20
 
 #: The measures, by name (``biofed.contribution.measure``'s ``method``).
 METHODS: tuple[str, ...] = ("leave_one_out", "shapley", "tmc_shapley", "gtg_shapley")
@@ -18,7 +21,10 @@ METHODS: tuple[str, ...] = ("leave_one_out", "shapley", "tmc_shapley", "gtg_shap
 def _finite(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"contribution: {what} must be a number, got {value!r}")
-    f = float(value)
+    try:
+        f = float(value)
+    except OverflowError:
+        f = math.inf
     if not math.isfinite(f):
         raise ConfigurationError(f"contribution: {what} must be finite, got {value!r}")
     return f
@@ -153,6 +159,8 @@ class Contributions:
         values = data["values"]
         if not isinstance(values, Mapping):
             raise ConfigurationError("contribution: 'values' must be an object of site → number")
+        for site in values:
+            check_id(site, what="contribution: a site name")
         for flag in ("converged", "skipped"):
             if not isinstance(data[flag], bool):
                 raise ConfigurationError(f"contribution: {flag!r} must be true or false")
@@ -236,14 +244,41 @@ class ContributionLedger:
 
     @classmethod
     def from_json(cls, text: str) -> ContributionLedger:
-        """Read :meth:`to_json`'s output back; the totals are recomputed, not trusted."""
+        """Read :meth:`to_json`'s output back, as hostile input: bounded size and nesting,
+        site names that are biofed ids, finite numbers; the totals are recomputed, and a
+        ledger whose own ``totals`` (or ``evaluations``) disagree with its rounds is refused,
+        so the figures a reader sees are the ones an outcome is verified against."""
+        if isinstance(text, str) and len(text) > _MAX_LEDGER_CHARS:
+            raise ConfigurationError(
+                f"contribution: the ledger is over {_MAX_LEDGER_CHARS} characters"
+            )
         try:
             data = json.loads(text)
-        except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"contribution: the ledger is not JSON: {exc}") from exc
+        except (TypeError, ValueError, RecursionError) as exc:
+            raise ConfigurationError(f"contribution: the ledger is not JSON: {exc}") from None
         if not isinstance(data, Mapping) or not isinstance(data.get("rounds"), list):
             raise ConfigurationError("contribution: the ledger must be an object with 'rounds'")
+        extra = set(data) - {"rounds", "totals", "evaluations", "seconds"}
+        if extra:
+            raise ConfigurationError(f"contribution: the ledger has unknown keys {sorted(extra)}")
         ledger = cls()
         for entry in data["rounds"]:
             ledger = ledger.add(Contributions.from_dict(entry))
+        if "totals" in data:
+            stated, totals = data["totals"], ledger.totals()
+            if (
+                not isinstance(stated, Mapping)
+                or set(stated) != set(totals)
+                or not all(
+                    math.isclose(_finite(stated[s], "a total"), v, rel_tol=1e-9, abs_tol=1e-12)
+                    for s, v in totals.items()
+                )
+            ):
+                raise ConfigurationError(
+                    "contribution: the ledger's totals are not the sums of its rounds"
+                )
+        if "evaluations" in data and data["evaluations"] != ledger.evaluations:
+            raise ConfigurationError(
+                "contribution: the ledger's evaluations are not the sum of its rounds'"
+            )
         return ledger
