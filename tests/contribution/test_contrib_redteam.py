@@ -189,3 +189,75 @@ def test_ledger_whose_totals_lie_is_refused() -> None:
     with pytest.raises(ConfigurationError):
         ContributionLedger.from_json(json.dumps(data))
     assert ContributionLedger.from_json(honest.to_json()) == honest
+
+
+# --- a researcher's [contribution] table ---------------------------------------------------
+
+
+def _job(contribution: dict[str, object]) -> object:
+    from biofed.coordinator import JobSpec
+
+    return JobSpec.from_mapping(
+        {
+            "run": {"dataset": "tcga-brca", "min_nodes": 6, "min_replies": 4},
+            "task": {"name": "cox_ph", "num_features": 39},
+            "contribution": contribution,
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("table", "field"),
+    [
+        ({"trusted_dataset": "ref", "max_evaluations": 10**12}, "max_evaluations"),
+        ({"trusted_dataset": "ref", "max_evaluations": 1}, "max_evaluations"),
+        ({"trusted_dataset": "ref", "max_evaluations": 1e9}, "max_evaluations"),
+        ({"trusted_dataset": "../../etc/passwd"}, "trusted_dataset"),
+        ({"trusted_dataset": "/srv/trusted.csv"}, "trusted_dataset"),
+        ({"trusted_dataset": "ref", "method": "banzhaf"}, "method"),
+        ({"trusted_dataset": "ref", "seed": -1}, "seed"),
+        ({"trusted_dataset": "ref", "free_rider_norm": 0.0}, "free_rider_norm"),
+    ],
+)
+def test_researchers_contribution_table_is_checked(table: dict[str, object], field: str) -> None:
+    with pytest.raises(ConfigurationError, match=field):
+        _job(table)
+
+
+def test_a_method_the_agreement_does_not_allow_is_refused_at_submit() -> None:
+    from biofed.coordinator._job_contribution import check_incentives
+    from biofed.governance import IncentivePolicy
+
+    policy = IncentivePolicy(measure="shapley")
+    spec = _job({"trusted_dataset": "ref", "method": "leave_one_out"})
+    with pytest.raises(ConfigurationError, match="leave_one_out"):
+        check_incentives(spec, policy)  # type: ignore[arg-type]
+    check_incentives(_job({"trusted_dataset": "ref"}), policy)  # type: ignore[arg-type]
+
+
+# --- a tampered ledger against the outcome -----------------------------------------------
+
+
+def test_exact_shapley_round_whose_values_do_not_sum_to_its_total_is_refused() -> None:
+    """Exact Shapley values are efficient (they sum to v(N)): a ledger that raises one site's
+    value without touching the round's total is tampered, and an outcome computed from it
+    must not verify."""
+    from biofed.contribution import incentive_outcome, verify_outcome
+    from biofed.governance import IncentivePolicy
+
+    tampered = json.dumps({"rounds": [_record(values={"a": 0.5, "b": 0.75})]})  # total 0.75
+    with pytest.raises(ConfigurationError, match="sum"):
+        ContributionLedger.from_json(tampered)
+    policy = IncentivePolicy(measure="shapley")
+    honest = ContributionLedger.from_json(json.dumps({"rounds": [_record()]}))
+    out = incentive_outcome(policy, honest, rounds=1)
+    assert verify_outcome(policy, honest.to_json(), out.to_json(), "b") == []
+    problems = verify_outcome(policy, tampered, out.to_json(), "b")
+    assert problems
+    assert "unreadable" in problems[0]
+
+
+def test_a_contributing_site_marked_a_free_rider_in_the_ledger_is_refused() -> None:
+    forged = json.dumps({"rounds": [_record(free_riders=["b"])]})  # b's value is 0.25
+    with pytest.raises(ConfigurationError, match="free-rider"):
+        ContributionLedger.from_json(forged)

@@ -263,7 +263,7 @@ class ContributionLedger:
             raise ConfigurationError(f"contribution: the ledger has unknown keys {sorted(extra)}")
         ledger = cls()
         for entry in data["rounds"]:
-            ledger = ledger.add(Contributions.from_dict(entry))
+            ledger = ledger.add(_consistent(Contributions.from_dict(entry)))
         if "totals" in data:
             stated, totals = data["totals"], ledger.totals()
             if (
@@ -282,3 +282,22 @@ class ContributionLedger:
                 "contribution: the ledger's evaluations are not the sum of its rounds'"
             )
         return ledger
+
+
+def _consistent(result: Contributions) -> Contributions:
+    """``result`` if its figures agree with each other, else ConfigurationError.
+
+    A tampered ledger record (one site's value raised or lowered, a contributing site
+    marked a null player) must not read back: exact Shapley values sum to ``v(N)``
+    (efficiency) and a null player's value is 0 in every method.
+    """
+    if any(result.values[s] != 0.0 for s in result.free_riders):
+        raise ConfigurationError("contribution: a free-rider's value must be 0")
+    if result.method == "shapley" and not math.isclose(
+        math.fsum(result.values.values()), result.total, rel_tol=1e-9, abs_tol=1e-9
+    ):
+        raise ConfigurationError(
+            f"contribution: round {result.server_round}'s exact Shapley values do not sum "
+            "to its total"
+        )
+    return result
