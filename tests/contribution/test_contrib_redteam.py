@@ -261,3 +261,33 @@ def test_a_contributing_site_marked_a_free_rider_in_the_ledger_is_refused() -> N
     forged = json.dumps({"rounds": [_record(free_riders=["b"])]})  # b's value is 0.25
     with pytest.raises(ConfigurationError, match="free-rider"):
         ContributionLedger.from_json(forged)
+
+
+def test_duplicate_keys_are_refused_by_every_reader() -> None:
+    """Two readers could resolve a doubled key differently (a viewer shows the first figure,
+    the verifier uses the last): published text must have one figure per key."""
+    from biofed.contribution import incentive_outcome, ledger_from_run_record
+    from biofed.governance import IncentivePolicy
+
+    text = json.dumps({"rounds": [_record()]})
+    doubled = text.replace('"a": 0.5', '"a": 0.0, "a": 0.5')
+    assert doubled != text
+    with pytest.raises(ConfigurationError, match="twice"):
+        ContributionLedger.from_json(doubled)
+    with pytest.raises(ConfigurationError, match="twice"):
+        ledger_from_run_record('{"ledger": ' + doubled + "}")
+    ledger = ContributionLedger.from_json(text)
+    out = incentive_outcome(IncentivePolicy(measure="shapley"), ledger, rounds=1).to_json()
+    with pytest.raises(ConfigurationError, match="twice"):
+        IncentiveOutcome.from_json(out.replace('"rounds": 1', '"rounds": 7, "rounds": 1'))
+    with pytest.raises(ConfigurationError, match="twice"):
+        shapley_from_table('{"values": [0.0], "values": [0.0]}')
+
+
+def test_run_record_and_events_readers_refuse_deep_nesting() -> None:
+    from biofed.contribution import CONTRIBUTION_EVENT, ledger_from_events, ledger_from_run_record
+
+    with pytest.raises(ConfigurationError):
+        ledger_from_run_record('{"ledger": ' + _DEEP + "}")
+    with pytest.raises(ConfigurationError):
+        ledger_from_events([(1, CONTRIBUTION_EVENT, _DEEP)])

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from biofed.contribution._result import ContributionLedger
+from biofed.contribution._result import ContributionLedger, strict_json
 from biofed.core import ConfigurationError, check_id
 from biofed.governance import INCENTIVE_ACCESS, INCENTIVE_MEASURES, IncentivePolicy
 
@@ -293,8 +293,8 @@ class IncentiveOutcome:
         if len(text) > _MAX_OUTCOME_CHARS:
             raise _fail(f"the outcome is over {_MAX_OUTCOME_CHARS} characters")
         try:
-            data = json.loads(text, parse_constant=_no_constant)
-        except (ValueError, RecursionError) as exc:
+            data = strict_json(text)
+        except ValueError as exc:
             raise _fail(f"the outcome is not JSON: {exc}") from None
         if not isinstance(data, Mapping) or set(data) != set(_TOP_KEYS):
             raise _fail(f"the outcome must be an object with keys {list(_TOP_KEYS)}")
@@ -311,10 +311,6 @@ class IncentiveOutcome:
             ledger_digest=data["ledger_digest"],
             sites={str(s): SiteOutcome.from_dict(f, str(s)[:40]) for s, f in sites.items()},
         )
-
-
-def _no_constant(name: str) -> float:
-    raise _fail(f"{name} is not a number")
 
 
 def _fmt(x: float) -> str:

@@ -18,6 +18,29 @@ _MAX_LEDGER_CHARS = 32 << 20
 METHODS: tuple[str, ...] = ("leave_one_out", "shapley", "tmc_shapley", "gtg_shapley")
 
 
+def strict_json(text: str | bytes) -> Any:
+    """``json.loads`` for hostile published text: a key twice in one object (which two
+    readers could resolve differently: one shows the first figure, the verifier uses the
+    last), NaN/Infinity and nesting too deep for the parser all raise ValueError, which
+    every reader of this package reports as one line."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out:
+                raise ValueError(f"the key {key!r:.60} appears twice in one object")
+            out[key] = value
+        return out
+
+    def constant(name: str) -> float:
+        raise ValueError(f"{name} is not a number")
+
+    try:
+        return json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def _finite(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"contribution: {what} must be a number, got {value!r}")
@@ -253,8 +276,8 @@ class ContributionLedger:
                 f"contribution: the ledger is over {_MAX_LEDGER_CHARS} characters"
             )
         try:
-            data = json.loads(text)
-        except (TypeError, ValueError, RecursionError) as exc:
+            data = strict_json(text)
+        except (TypeError, ValueError) as exc:
             raise ConfigurationError(f"contribution: the ledger is not JSON: {exc}") from None
         if not isinstance(data, Mapping) or not isinstance(data.get("rounds"), list):
             raise ConfigurationError("contribution: the ledger must be an object with 'rounds'")
