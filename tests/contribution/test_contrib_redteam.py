@@ -291,3 +291,31 @@ def test_run_record_and_events_readers_refuse_deep_nesting() -> None:
         ledger_from_run_record('{"ledger": ' + _DEEP + "}")
     with pytest.raises(ConfigurationError):
         ledger_from_events([(1, CONTRIBUTION_EVENT, _DEEP)])
+
+
+# --- reading another run's contributions ---------------------------------------------------
+
+
+def test_a_site_cannot_read_another_runs_contributions() -> None:
+    """``biofed run contributions RUN`` reads the run's events (``watch_run``): a site, or
+    another researcher, is refused exactly as for the run's status."""
+    from biofed.coordinator import Coordinator, InMemoryStateStore, JobSpec
+    from biofed.core import PolicyViolation
+    from biofed.transport.grpc import Peer
+
+    coordinator = Coordinator(InMemoryStateStore())
+    spec = JobSpec.from_mapping(
+        {
+            "run": {"name": "j", "dataset": "brca", "rounds": 1},
+            "task": {"name": "cox_ph", "num_features": 3},
+        }
+    )  # access is the run's, whatever its tables
+    alice = Peer(name="alice", role="researcher")
+    run_id = coordinator.submit_run(alice, spec.to_json()).run_id
+    for peer in (Peer(name="a", role="site"), Peer(name="carol", role="researcher")):
+        with pytest.raises(PolicyViolation) as status:
+            coordinator.get_run(peer, run_id)
+        with pytest.raises(PolicyViolation) as events:
+            next(iter(coordinator.watch_run(peer, run_id, 0, False, lambda: True)))
+        assert str(events.value) == str(status.value)
+    assert coordinator.get_run(alice, run_id).run_id == run_id
