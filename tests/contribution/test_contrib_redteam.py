@@ -319,3 +319,43 @@ def test_a_site_cannot_read_another_runs_contributions() -> None:
             next(iter(coordinator.watch_run(peer, run_id, 0, False, lambda: True)))
         assert str(events.value) == str(status.value)
     assert coordinator.get_run(alice, run_id).run_id == run_id
+
+
+def test_integers_beyond_float_range_are_refused_by_the_outcome_and_table_readers() -> None:
+    from biofed.contribution import incentive_outcome, verify_outcome
+    from biofed.governance import IncentivePolicy
+
+    policy = IncentivePolicy(measure="shapley")
+    ledger = ContributionLedger.from_json(json.dumps({"rounds": [_record()]}))
+    data = json.loads(incentive_outcome(policy, ledger, rounds=1).to_json())
+    data["sites"]["a"]["value"] = 10**400
+    with pytest.raises(ConfigurationError, match="finite"):
+        IncentiveOutcome.from_json(json.dumps(data))
+    problems = verify_outcome(policy, ledger.to_json(), json.dumps(data), "a")
+    assert problems
+    assert "unreadable" in problems[0]
+    table = {
+        "format": "biofed-coalitions/1",
+        "server_round": 1,
+        "players": [["a"], ["b"]],
+        "split": {"a": 1.0, "b": 1.0},
+        "free_riders": [],
+        "values": [0.0, 10**400, 1.0, 1.0],
+    }
+    with pytest.raises(ConfigurationError, match="finite"):
+        shapley_from_table(json.dumps(table))
+
+
+def test_site_names_with_newlines_are_refused_in_an_outcome() -> None:
+    from biofed.contribution import incentive_outcome
+    from biofed.governance import IncentivePolicy
+
+    ledger = ContributionLedger.from_json(json.dumps({"rounds": [_record()]}))
+    data = json.loads(
+        incentive_outcome(IncentivePolicy(measure="shapley"), ledger, rounds=1).to_json()
+    )
+    data["sites"]["a\nforged"] = data["sites"]["a"]
+    with pytest.raises(ConfigurationError, match="site name"):
+        IncentiveOutcome.from_json(json.dumps(data))
+    with pytest.raises(ConfigurationError, match="characters"):
+        IncentiveOutcome.from_json('{"format": "' + "x" * (100 << 20) + '"}')

@@ -95,7 +95,10 @@ def coalition_table(game: RoundGame, *, server_round: int = 0) -> dict[str, Any]
 def _number(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"coalitions: {what} must be a number, got {value!r:.40}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer beyond float range (10**400)
+        number = math.inf
     if not math.isfinite(number):
         raise ConfigurationError(f"coalitions: {what} must be finite, got {number}")
     return number

@@ -78,7 +78,10 @@ def _fail(message: str) -> ConfigurationError:
 def _number(value: object, what: str, *, low: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(f"{what} must be a number, got {value!r:.40}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer beyond float range (10**400)
+        number = math.inf
     if not math.isfinite(number):
         raise _fail(f"{what} must be finite, got {number}")
     if low is not None and not low <= number <= 1.0:
