@@ -36,7 +36,6 @@ own coalition, when the run tells it).
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -45,7 +44,7 @@ import numpy as np
 
 from biofed.contribution._exact import MAX_EXACT_SITES, shapley_of_table
 from biofed.contribution._game import RoundGame
-from biofed.contribution._result import Contributions
+from biofed.contribution._result import Contributions, strict_json
 from biofed.core import ConfigurationError, check_id
 
 #: The format marker of a coalition table.
@@ -96,14 +95,13 @@ def coalition_table(game: RoundGame, *, server_round: int = 0) -> dict[str, Any]
 def _number(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"coalitions: {what} must be a number, got {value!r:.40}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer beyond float range (10**400)
+        number = math.inf
     if not math.isfinite(number):
         raise ConfigurationError(f"coalitions: {what} must be finite, got {number}")
     return number
-
-
-def _reject_constant(name: str) -> float:
-    raise ConfigurationError(f"coalitions: {name} is not a number JSON allows")
 
 
 def _sites(value: object, what: str, seen: set[str]) -> list[str]:
@@ -205,7 +203,7 @@ def shapley_from_table(table: Mapping[str, Any] | str) -> dict[str, float]:
         if len(table) > _MAX_TABLE_CHARS:
             raise ConfigurationError(f"coalitions: the table is over {_MAX_TABLE_CHARS} characters")
         try:
-            table = json.loads(table, parse_constant=_reject_constant)
+            table = strict_json(table)
         except ValueError as exc:
             raise ConfigurationError(f"coalitions: the table is not JSON: {exc}") from None
     if not isinstance(table, Mapping):

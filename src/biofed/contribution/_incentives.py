@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from biofed.contribution._result import ContributionLedger
+from biofed.contribution._result import ContributionLedger, strict_json
 from biofed.core import ConfigurationError, check_id
 from biofed.governance import INCENTIVE_ACCESS, INCENTIVE_MEASURES, IncentivePolicy
 
@@ -78,7 +78,10 @@ def _fail(message: str) -> ConfigurationError:
 def _number(value: object, what: str, *, low: float | None = None) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _fail(f"{what} must be a number, got {value!r:.40}")
-    number = float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # a JSON integer beyond float range (10**400)
+        number = math.inf
     if not math.isfinite(number):
         raise _fail(f"{what} must be finite, got {number}")
     if low is not None and not low <= number <= 1.0:
@@ -293,7 +296,7 @@ class IncentiveOutcome:
         if len(text) > _MAX_OUTCOME_CHARS:
             raise _fail(f"the outcome is over {_MAX_OUTCOME_CHARS} characters")
         try:
-            data = json.loads(text, parse_constant=_no_constant)
+            data = strict_json(text)
         except ValueError as exc:
             raise _fail(f"the outcome is not JSON: {exc}") from None
         if not isinstance(data, Mapping) or set(data) != set(_TOP_KEYS):
@@ -311,10 +314,6 @@ class IncentiveOutcome:
             ledger_digest=data["ledger_digest"],
             sites={str(s): SiteOutcome.from_dict(f, str(s)[:40]) for s, f in sites.items()},
         )
-
-
-def _no_constant(name: str) -> float:
-    raise _fail(f"{name} is not a number")
 
 
 def _fmt(x: float) -> str:

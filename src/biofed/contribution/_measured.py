@@ -58,7 +58,7 @@ from biofed.contribution._game import (
     ValueFunction,
 )
 from biofed.contribution._linear import LinearScore
-from biofed.contribution._result import METHODS, ContributionLedger, Contributions
+from biofed.contribution._result import METHODS, ContributionLedger, Contributions, strict_json
 from biofed.contribution._sampling import gtg_shapley, tmc_shapley
 from biofed.core import (
     Array,
@@ -425,7 +425,7 @@ def ledger_from_events(
     for server_round, kind, message in events:
         if kind == CONTRIBUTION_EVENT:
             try:
-                data = json.loads(message)
+                data = strict_json(message)
             except ValueError as exc:
                 raise ConfigurationError(
                     f"contribution: round {server_round}'s record is not JSON: {exc}"
@@ -483,7 +483,7 @@ def ledger_from_run_record(text: str) -> ContributionLedger:
         The text is not such a record.
     """
     try:
-        data = json.loads(text)
+        data = strict_json(text)
     except ValueError as exc:
         raise ConfigurationError(f"contribution: the run's record is not JSON: {exc}") from None
     if not isinstance(data, dict) or not isinstance(data.get("ledger"), dict):

@@ -9,16 +9,45 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-from biofed.core import ConfigurationError
+from biofed.core import ConfigurationError, check_id
+
+#: The longest ledger JSON :meth:`ContributionLedger.from_json` reads (hostile input bound).
+_MAX_LEDGER_CHARS = 32 << 20
 
 #: The measures, by name (``biofed.contribution.measure``'s ``method``).
 METHODS: tuple[str, ...] = ("leave_one_out", "shapley", "tmc_shapley", "gtg_shapley")
 
 
+def strict_json(text: str | bytes) -> Any:
+    """``json.loads`` for hostile published text: a key twice in one object (which two
+    readers could resolve differently: one shows the first figure, the verifier uses the
+    last), NaN/Infinity and nesting too deep for the parser all raise ValueError, which
+    every reader of this package reports as one line."""
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in items:
+            if key in out:
+                raise ValueError(f"the key {key!r:.60} appears twice in one object")
+            out[key] = value
+        return out
+
+    def constant(name: str) -> float:
+        raise ValueError(f"{name} is not a number")
+
+    try:
+        return json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+
+
 def _finite(value: object, what: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigurationError(f"contribution: {what} must be a number, got {value!r}")
-    f = float(value)
+    try:
+        f = float(value)
+    except OverflowError:
+        f = math.inf
     if not math.isfinite(f):
         raise ConfigurationError(f"contribution: {what} must be finite, got {value!r}")
     return f
@@ -153,6 +182,8 @@ class Contributions:
         values = data["values"]
         if not isinstance(values, Mapping):
             raise ConfigurationError("contribution: 'values' must be an object of site → number")
+        for site in values:
+            check_id(site, what="contribution: a site name")
         for flag in ("converged", "skipped"):
             if not isinstance(data[flag], bool):
                 raise ConfigurationError(f"contribution: {flag!r} must be true or false")
@@ -236,14 +267,60 @@ class ContributionLedger:
 
     @classmethod
     def from_json(cls, text: str) -> ContributionLedger:
-        """Read :meth:`to_json`'s output back; the totals are recomputed, not trusted."""
+        """Read :meth:`to_json`'s output back, as hostile input: bounded size and nesting,
+        site names that are biofed ids, finite numbers; the totals are recomputed, and a
+        ledger whose own ``totals`` (or ``evaluations``) disagree with its rounds is refused,
+        so the figures a reader sees are the ones an outcome is verified against."""
+        if isinstance(text, str) and len(text) > _MAX_LEDGER_CHARS:
+            raise ConfigurationError(
+                f"contribution: the ledger is over {_MAX_LEDGER_CHARS} characters"
+            )
         try:
-            data = json.loads(text)
+            data = strict_json(text)
         except (TypeError, ValueError) as exc:
-            raise ConfigurationError(f"contribution: the ledger is not JSON: {exc}") from exc
+            raise ConfigurationError(f"contribution: the ledger is not JSON: {exc}") from None
         if not isinstance(data, Mapping) or not isinstance(data.get("rounds"), list):
             raise ConfigurationError("contribution: the ledger must be an object with 'rounds'")
+        extra = set(data) - {"rounds", "totals", "evaluations", "seconds"}
+        if extra:
+            raise ConfigurationError(f"contribution: the ledger has unknown keys {sorted(extra)}")
         ledger = cls()
         for entry in data["rounds"]:
-            ledger = ledger.add(Contributions.from_dict(entry))
+            ledger = ledger.add(_consistent(Contributions.from_dict(entry)))
+        if "totals" in data:
+            stated, totals = data["totals"], ledger.totals()
+            if (
+                not isinstance(stated, Mapping)
+                or set(stated) != set(totals)
+                or not all(
+                    math.isclose(_finite(stated[s], "a total"), v, rel_tol=1e-9, abs_tol=1e-12)
+                    for s, v in totals.items()
+                )
+            ):
+                raise ConfigurationError(
+                    "contribution: the ledger's totals are not the sums of its rounds"
+                )
+        if "evaluations" in data and data["evaluations"] != ledger.evaluations:
+            raise ConfigurationError(
+                "contribution: the ledger's evaluations are not the sum of its rounds'"
+            )
         return ledger
+
+
+def _consistent(result: Contributions) -> Contributions:
+    """``result`` if its figures agree with each other, else ConfigurationError.
+
+    A tampered ledger record (one site's value raised or lowered, a contributing site
+    marked a null player) must not read back: exact Shapley values sum to ``v(N)``
+    (efficiency) and a null player's value is 0 in every method.
+    """
+    if any(result.values[s] != 0.0 for s in result.free_riders):
+        raise ConfigurationError("contribution: a free-rider's value must be 0")
+    if result.method == "shapley" and not math.isclose(
+        math.fsum(result.values.values()), result.total, rel_tol=1e-9, abs_tol=1e-9
+    ):
+        raise ConfigurationError(
+            f"contribution: round {result.server_round}'s exact Shapley values do not sum "
+            "to its total"
+        )
+    return result
