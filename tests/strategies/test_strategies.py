@@ -88,6 +88,7 @@ def test_public_api() -> None:
         "Scaffold",
         "Strategy",
         "StrategyState",
+        "StrategyWrapper",
         "TrainAggregator",
         "TrustedValidation",
         "UpdateDecision",
@@ -96,6 +97,7 @@ def test_public_api() -> None:
         "WeightedSum",
         "capped_examples",
         "make_strategy",
+        "planned_count",
         "select_nodes",
     }
 

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -76,8 +75,10 @@ from biofed.strategies import (
     NodePlan,
     Strategy,
     StrategyState,
+    StrategyWrapper,
     TrainAggregator,
     TrustedValidation,
+    planned_count,
 )
 
 #: The run event with one round's contributions (message: :func:`round_record` JSON).
@@ -99,12 +100,7 @@ _SECURE_REFUSAL = (
 )
 
 
-def _planned(strategy: Strategy, num_nodes: int) -> int:
-    wanted = max(strategy.min_train_nodes, math.ceil(strategy.fraction_train * num_nodes))
-    return max(1, min(num_nodes, wanted))
-
-
-class Measured(Strategy):
+class Measured(StrategyWrapper):
     """Measure every round's contributions while ``inner`` aggregates it.
 
     Parameters
@@ -183,16 +179,7 @@ class Measured(Strategy):
                 raise ConfigurationError(
                     f"contribution: {what} must be an integer ≥ {minimum}, got {number!r}"
                 )
-        super().__init__(
-            fraction_train=inner.fraction_train,
-            fraction_evaluate=inner.fraction_evaluate,
-            min_train_nodes=inner.min_train_nodes,
-            min_evaluate_nodes=inner.min_evaluate_nodes,
-            train_config=inner.train_config,
-            evaluate_config=inner.evaluate_config,
-            max_weight=inner.max_weight,
-        )
-        self.inner = inner
+        super().__init__(inner)
         self.value = score
         self.method = method
         self.seed = seed
@@ -219,18 +206,6 @@ class Measured(Strategy):
         rng: np.random.Generator,
     ) -> list[NodePlan]:
         return self.inner.configure_train(server_round, parameters, state, nodes, rng)
-
-    def configure_evaluate(
-        self,
-        server_round: int,
-        parameters: ParameterSet,
-        nodes: Sequence[NodeInfo],
-        rng: np.random.Generator,
-    ) -> list[NodePlan]:
-        return self.inner.configure_evaluate(server_round, parameters, nodes, rng)
-
-    def aggregate_evaluate(self, server_round: int, replies: Sequence[Reply]) -> dict[str, float]:
-        return self.inner.aggregate_evaluate(server_round, replies)
 
     def aggregate_secure(
         self,
@@ -267,7 +242,7 @@ class Measured(Strategy):
     ) -> TrainAggregator:
         """The inner fold, wrapped; refuses (RoundFailed), before any site trains, a round
         whose planned updates would exceed ``max_updates_bytes``."""
-        planned = _planned(self.inner, num_nodes)
+        planned = planned_count(self.inner, num_nodes)
         need = planned * parameters.size * 8
         if need > self.max_updates_bytes:
             raise RoundFailed(

@@ -28,8 +28,10 @@ from biofed.strategies._base import (
     NodePlan,
     Strategy,
     StrategyState,
+    StrategyWrapper,
     TrainAggregator,
     UpdateDecision,
+    planned_count,
     select_nodes,
 )
 from biofed.strategies._dp import DP_CLIP_NORM, DP_NOISE_STD_SHARE, DPFedAvg
@@ -64,6 +66,7 @@ __all__ = [
     "Scaffold",
     "Strategy",
     "StrategyState",
+    "StrategyWrapper",
     "TrainAggregator",
     "TrustedValidation",
     "UpdateDecision",
@@ -72,5 +75,6 @@ __all__ = [
     "WeightedSum",
     "capped_examples",
     "make_strategy",
+    "planned_count",
     "select_nodes",
 ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -324,3 +325,43 @@ class Strategy(abc.ABC):
             out["max_weight"] = self.max_weight
         out.update({f"train.{k}": v for k, v in self.train_config.items()})
         return out
+
+
+def planned_count(strategy: Strategy, num_nodes: int) -> int:
+    """How many nodes :func:`select_nodes` asks for ``strategy`` when ``num_nodes`` are up."""
+    wanted = max(strategy.min_train_nodes, math.ceil(strategy.fraction_train * num_nodes))
+    return max(1, min(num_nodes, wanted))
+
+
+class StrategyWrapper(Strategy):
+    """Base of the strategies that wrap another (DPFedAvg, Robust, Measured).
+
+    The wrapper takes the inner strategy's selection settings, configs and weight cap, keeps
+    it as :attr:`inner`, and leaves evaluation to it unless it overrides
+    :meth:`configure_evaluate` or :meth:`aggregate_evaluate`. Training is the wrapper's own
+    business (each wraps the fold differently), so nothing of it is forwarded here.
+    """
+
+    def __init__(self, inner: Strategy) -> None:
+        super().__init__(
+            fraction_train=inner.fraction_train,
+            fraction_evaluate=inner.fraction_evaluate,
+            min_train_nodes=inner.min_train_nodes,
+            min_evaluate_nodes=inner.min_evaluate_nodes,
+            train_config=inner.train_config,
+            evaluate_config=inner.evaluate_config,
+            max_weight=inner.max_weight,
+        )
+        self.inner = inner
+
+    def configure_evaluate(
+        self,
+        server_round: int,
+        parameters: ParameterSet,
+        nodes: Sequence[NodeInfo],
+        rng: np.random.Generator,
+    ) -> list[NodePlan]:
+        return self.inner.configure_evaluate(server_round, parameters, nodes, rng)
+
+    def aggregate_evaluate(self, server_round: int, replies: Sequence[Reply]) -> dict[str, float]:
+        return self.inner.aggregate_evaluate(server_round, replies)

@@ -35,7 +35,9 @@ from biofed.strategies._base import (
     NodePlan,
     Strategy,
     StrategyState,
+    StrategyWrapper,
     TrainAggregator,
+    planned_count,
 )
 from biofed.strategies._server_step import apply_server_step, check_mean_family
 from biofed.strategies._weighted import WeightedSum
@@ -51,12 +53,6 @@ NoisePlacement = Literal["central", "distributed"]
 RngFactory = Callable[[int], np.random.Generator]
 
 
-def planned_count(strategy: Strategy, num_nodes: int) -> int:
-    """How many nodes :func:`~biofed.strategies.select_nodes` asks when ``num_nodes`` are up."""
-    wanted = max(strategy.min_train_nodes, math.ceil(strategy.fraction_train * num_nodes))
-    return max(1, min(num_nodes, wanted))
-
-
 def _adaptive_to_state(adaptive: AdaptiveClipping) -> ParameterSet:
     return ParameterSet(
         {
@@ -66,7 +62,7 @@ def _adaptive_to_state(adaptive: AdaptiveClipping) -> ParameterSet:
     )
 
 
-class DPFedAvg(Strategy):
+class DPFedAvg(StrategyWrapper):
     """Client-level differentially private FedAvg, wrapping a FedAvg-family strategy.
 
     Each round, every reply's update ``Δᵢ = xᵢ − x`` is clipped to L2 norm C, the clipped
@@ -182,16 +178,7 @@ class DPFedAvg(Strategy):
                 update_multiplier = adaptive.update_noise_multiplier(noise_multiplier)
         if rng_factory is not None and not callable(rng_factory):
             raise ConfigurationError("rng_factory must be callable (server_round -> Generator)")
-        super().__init__(
-            fraction_train=inner.fraction_train,
-            fraction_evaluate=inner.fraction_evaluate,
-            min_train_nodes=inner.min_train_nodes,
-            min_evaluate_nodes=inner.min_evaluate_nodes,
-            train_config=inner.train_config,
-            evaluate_config=inner.evaluate_config,
-            max_weight=inner.max_weight,
-        )
-        self.inner = inner
+        super().__init__(inner)
         self.clip_norm = float(clip_norm)
         self.noise_multiplier = float(noise_multiplier)
         #: The multiplier applied to the updates (< σ with adaptive clipping, see above).
@@ -309,18 +296,6 @@ class DPFedAvg(Strategy):
         return aggregator.release(mean, num_replies, {})
 
     # -- evaluation and description ------------------------------------------------------
-    def configure_evaluate(
-        self,
-        server_round: int,
-        parameters: ParameterSet,
-        nodes: Sequence[NodeInfo],
-        rng: np.random.Generator,
-    ) -> list[NodePlan]:
-        return self.inner.configure_evaluate(server_round, parameters, nodes, rng)
-
-    def aggregate_evaluate(self, server_round: int, replies: Sequence[Reply]) -> dict[str, float]:
-        return self.inner.aggregate_evaluate(server_round, replies)
-
     def describe(self) -> dict[str, Scalar]:
         out = self.inner.describe()
         out.update(

@@ -40,10 +40,11 @@ from biofed.strategies._base import (
     NodePlan,
     Strategy,
     StrategyState,
+    StrategyWrapper,
     TrainAggregator,
     UpdateDecision,
+    planned_count,
 )
-from biofed.strategies._dp import planned_count
 from biofed.strategies._robust_fold import CC_REFERENCE_STATE, Layout, RobustFold
 from biofed.strategies._server_step import apply_server_step, check_mean_family
 from biofed.strategies._trusted import TrustedValidation
@@ -107,7 +108,7 @@ class UpdateJudge(Protocol):
         ...
 
 
-class Robust(Strategy):
+class Robust(StrategyWrapper):
     """Byzantine-robust aggregation of the sites' updates, wrapping a FedAvg-family strategy.
 
     Every rule works on the updates ``Δᵢ = xᵢ − x`` (as float64), optionally clipped to L2
@@ -317,16 +318,7 @@ class Robust(Strategy):
         self.max_updates_bytes = check_int(max_updates_bytes, "max_updates_bytes", minimum=1)
         self.secure_tolerance = check_float(secure_tolerance, "secure_tolerance", minimum=0)
         self.secure_value_error = check_float(secure_value_error, "secure_value_error", minimum=0)
-        super().__init__(
-            fraction_train=inner.fraction_train,
-            fraction_evaluate=inner.fraction_evaluate,
-            min_train_nodes=inner.min_train_nodes,
-            min_evaluate_nodes=inner.min_evaluate_nodes,
-            train_config=inner.train_config,
-            evaluate_config=inner.evaluate_config,
-            max_weight=inner.max_weight,
-        )
-        self.inner = inner
+        super().__init__(inner)
         self.name = f"robust-{rule.replace('_', '-')}"
         #: Whether sites weigh by their (capped) example counts — only when ``max_weight``
         #: bounds them (an uncapped claim is the liar's lever): secure aggregation reads it
@@ -564,15 +556,6 @@ class Robust(Strategy):
         return rk.combine_metrics(entries, "mean")
 
     # -- evaluation and description ------------------------------------------------------
-    def configure_evaluate(
-        self,
-        server_round: int,
-        parameters: ParameterSet,
-        nodes: Sequence[NodeInfo],
-        rng: np.random.Generator,
-    ) -> list[NodePlan]:
-        return self.inner.configure_evaluate(server_round, parameters, nodes, rng)
-
     def aggregate_evaluate(self, server_round: int, replies: Sequence[Reply]) -> dict[str, float]:
         """Each evaluation metric combined robustly over the sites (see
         :meth:`combine_metrics`): the median of the sites' values for the order-statistic
