@@ -9,7 +9,7 @@ STAMP := $(VENV)/.biofed-installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev,torch,ray]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,torch,ray,tracking,docs]'
 	touch $(STAMP)
 
 demo: $(STAMP)
