@@ -299,3 +299,26 @@ def test_a_stolen_cookie_value_from_another_session_is_just_unknown(
 ) -> None:
     client.cookies.set(COOKIE, "not-a-session")
     assert client.get("/").status_code == 303
+
+
+def test_the_cli_prints_a_link_the_dashboard_accepts(fed: Consortium) -> None:
+    from urllib.parse import parse_qs, urlparse
+
+    from typer.testing import CliRunner
+
+    from biofed.cli import app
+
+    result = CliRunner().invoke(
+        app,
+        ["dashboard", "link", "--kit", str(fed.kit_directory("alice")), "--format", "json"],
+    )
+    assert result.exit_code == 0, result.output
+    link = json.loads(result.stdout)
+    url = urlparse(link["url"])
+    assert (url.scheme, url.netloc, url.path) == ("http", "127.0.0.1:8765", "/login")
+    token = parse_qs(url.query)["token"][0]
+    peer, _ = coordinator_gate(fed).verify(token)
+    assert peer.name == "alice"
+    site = CliRunner().invoke(app, ["dashboard", "link", "--kit", str(fed.kit_directory("hosp-a"))])
+    assert site.exit_code == 0, site.output
+    assert site.stdout.startswith("http://127.0.0.1:8766/login?token=")
