@@ -6,6 +6,7 @@ agreement keeps is not logged."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import threading
@@ -267,7 +268,15 @@ def test_hostile_names_stay_inside_the_store(tmp_path: Path, allow_file_store: N
     tracker.on_round(
         TrackedRound(run_id=evil, record=record, privacy={"../x": {"epsilon": 1.0, "delta": 1e-5}})
     )
-    tracker.on_end(TrackedEnd(run_id=evil, status="finished", rounds=1, model=b"model"))
+    tracker.on_end(
+        TrackedEnd(
+            run_id=evil,
+            status="finished",
+            rounds=1,
+            model=b"model",
+            contributions={"totals": {"../a": 0.25}, "shares": {"../a": 1.0}, "outcome": None},
+        )
+    )
     outside = [p for p in tmp_path.rglob("*") if not p.is_relative_to(root)]
     assert [p for p in outside if p != root.parent] == []
     client = mlflow_tracking.MlflowClient(root.as_uri())
@@ -279,6 +288,8 @@ def test_hostile_names_stay_inside_the_store(tmp_path: Path, allow_file_store: N
         "train._abs",
         "site.____site.eval.c_index",
         "privacy.epsilon.__x",
+        "contribution.value.__a",
+        "contribution.share.__a",
     }
     assert "train.bad" not in run.data.metrics  # not a finite number: not logged
     assert all(".." not in k and "/" not in k for k in (*run.data.metrics, *run.data.params))
@@ -342,3 +353,19 @@ def test_the_table_is_checked_like_every_kit_table(tmp_path: Path) -> None:
     remote = TrackingConfig.from_table({"mlflow_uri": "http://mlflow.example:5000"})
     assert remote.mlflow_uri == "http://mlflow.example:5000"
     assert os.sep not in TrackingConfig.from_table({}, tmp_path).experiment
+
+
+def test_a_resumed_run_goes_on_in_its_mlflow_run(tmp_path: Path, allow_file_store: None) -> None:
+    uri = (tmp_path / "mlruns").as_uri()
+    start = TrackedStart(run_id="job-0123abcd", params={"run.rounds": "2"}, job_json="{}")
+    first = MlflowTracker(uri, "biofed")
+    first.on_start(start)
+    record = RoundRecord(round=1, num_selected=2, num_replies=2, num_rejected=0)
+    first.on_round(TrackedRound(run_id=start.run_id, record=record))
+    again = MlflowTracker(uri, "biofed")  # the coordinator restarted
+    again.on_start(start)
+    again.on_round(TrackedRound(run_id=start.run_id, record=dataclasses.replace(record, round=2)))
+    again.on_end(TrackedEnd(run_id=start.run_id, status="cancelled", rounds=2))
+    client, run = _mlflow_run(uri, start.run_id, "biofed")
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "round.replies")] == [1, 2]
+    assert run.info.status == "KILLED"

@@ -314,6 +314,7 @@ class Tracking:
         self._wants_model = wants_model
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
         self._failed: set[str] = set()
+        self._closed = False
         self._idle = threading.Condition()
         self._pending = 0
         self._thread = threading.Thread(target=self._work, name="biofed-tracking", daemon=True)
@@ -340,6 +341,7 @@ class Tracking:
     def close(self, timeout: float = 5.0) -> None:
         """Handle what is queued (for at most ``timeout`` seconds) and stop the worker."""
         self.flush(timeout)
+        self._closed = True
         try:
             self._queue.put_nowait(_STOP)
         except queue.Full:  # pragma: no cover - flush timed out with a full queue
@@ -348,7 +350,7 @@ class Tracking:
 
     # -- the worker --------------------------------------------------------------------------
     def _put(self, run_id: str, method: str, report: object) -> None:
-        if run_id in self._failed:
+        if run_id in self._failed or self._closed:
             return
         with self._idle:
             self._pending += 1
