@@ -20,7 +20,7 @@ anything more.
 Security notes
 --------------
 Run names, metric names and site ids come from job files and site replies, so every name
-and value is made safe by the backend (:func:`._tracking_mlflow.safe_key`: MLflow's key
+and value is made safe by the backend (:func:`._tracking_values.safe_key`: MLflow's key
 alphabet, no ``/`` nor ``..``, length limits) and artifacts have fixed names: a hostile job
 cannot break tracking or write outside the store (CWE-22, OWASP ASVS 5.0 V5.3 file
 handling). The final model is logged only where the study agreement releases it

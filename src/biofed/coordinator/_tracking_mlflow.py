@@ -24,16 +24,15 @@ this process has not set it.
 
 Security notes
 --------------
-Every key and name is passed through :func:`safe_key` / :func:`safe_text` (MLflow's key
-alphabet, no path separators, no ``..``, MLflow's length limits) and every artifact has a
-fixed name, so names from job files and site replies cannot write outside the store
-(CWE-22) or make MLflow refuse a batch.
+Every key and name is passed through :func:`._tracking_values.safe_key` and ``safe_text``
+(MLflow's key alphabet, no path separators, no ``..``, MLflow's length limits) and every
+artifact has a fixed name, so names from job files and site replies cannot write outside the
+store (CWE-22) or make MLflow refuse a batch.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import tempfile
@@ -46,31 +45,19 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from biofed.coordinator._tracking import TrackedEnd, TrackedRound, TrackedStart
+from biofed.coordinator._tracking_values import (
+    MAX_KEY,
+    end_values,
+    round_values,
+    safe_key,
+    safe_text,
+)
 
-#: MLflow's limits (``mlflow.utils.validation``): key length, param / tag value length, and
-#: entries per ``log_batch``.
-MAX_KEY, MAX_PARAM, MAX_TAG, MAX_METRICS, MAX_PARAMS = 250, 6000, 8000, 1000, 100
-_KEY_BAD = re.compile(r"[^A-Za-z0-9_\-. :]")
-_TEXT_BAD = re.compile(r"[\x00-\x1f\x7f]")
-_TRUNCATED = "…[truncated]"
+#: MLflow's limits (``mlflow.utils.validation``): param / tag value length and entries per
+#: ``log_batch``.
+MAX_PARAM, MAX_TAG, MAX_METRICS, MAX_PARAMS = 6000, 8000, 1000, 100
 _RUN_TAG = "biofed.run_id"
 _STATUS = {"finished": "FINISHED", "finished_with_failures": "FINISHED", "cancelled": "KILLED"}
-
-
-def safe_key(*parts: str) -> str:
-    """An MLflow key from parts joined by ``.``: in each part, characters outside MLflow's
-    key alphabet (and ``/``) become ``_``, runs of dots one ``_``, and leading or trailing
-    dots and spaces go; at most 250 characters."""
-    cleaned = (re.sub(r"\.{2,}", "_", _KEY_BAD.sub("_", p)).strip(" .") or "_" for p in parts)
-    return ".".join(cleaned)[:MAX_KEY]
-
-
-def safe_text(value: str, limit: int) -> str:
-    """``value`` without control characters, cut to ``limit`` characters (marked so)."""
-    text = _TEXT_BAD.sub(" ", value)
-    if len(text) > limit:
-        text = text[: limit - len(_TRUNCATED)] + _TRUNCATED
-    return text
 
 
 def _chunks(items: list[Any], size: int) -> Iterable[list[Any]]:
@@ -127,31 +114,12 @@ class MlflowTracker:
         mlflow_run = self._find(update.run_id)
         if mlflow_run is None:
             raise LookupError(f"no MLflow run for {update.run_id!r}")
-        record = update.record
-        values: dict[str, float] = {
-            "round.selected": record.num_selected,
-            "round.replies": record.num_replies,
-            "round.rejected": record.num_rejected,
-            "round.failed": float(record.failed is not None),
-            "round.duration_s": record.duration_s,
-        }
-        for key, value in record.train_metrics.items():
-            values[safe_key("train", key)] = value
-        for key, value in record.eval_metrics.items():
-            values[safe_key("eval", key)] = value
-        for site, metrics in record.node_eval_metrics.items():
-            for key, value in metrics.items():
-                values[safe_key("site", site, "eval", key)] = value
-        for site, spend in update.privacy.items():
-            values[safe_key("privacy.epsilon", site)] = spend["epsilon"]
-            values[safe_key("privacy.delta", site)] = spend["delta"]
-        self._log(mlflow_run, values, record.round)
+        self._log(mlflow_run, round_values(update), update.record.round)
 
     def on_end(self, end: TrackedEnd) -> None:
         mlflow_run = self._find(end.run_id)
         if mlflow_run is None:
             return  # ended before it started (cancelled while pending): nothing to close
-        values: dict[str, float] = {}
         tags = {"biofed.status": end.status}
         if end.error:
             tags["biofed.error"] = end.error
@@ -161,21 +129,11 @@ class MlflowTracker:
             tags["privacy.trust"] = str(end.privacy.get("trust", ""))
             if "label" in end.privacy:
                 tags["privacy.label"] = str(end.privacy["label"])
-            client_level = end.privacy.get("client_level_epsilon")
-            if isinstance(client_level, int | float):
-                values["privacy.client_level_epsilon"] = float(client_level)
         if end.contributions is not None:
             self.client.log_dict(
                 mlflow_run, dict(end.contributions), "contributions/contributions.json"
             )
-            for name, figures in (
-                ("value", end.contributions.get("totals", {})),
-                ("share", end.contributions.get("shares", {})),
-            ):
-                for site, value in figures.items():
-                    if isinstance(value, int | float):
-                        values[safe_key("contribution", name, site)] = float(value)
-        self._log(mlflow_run, values, end.rounds)
+        self._log(mlflow_run, end_values(end), end.rounds)
         for key, value in tags.items():
             self.client.set_tag(mlflow_run, safe_key(key), safe_text(value, MAX_TAG))
         if end.model is not None:
@@ -188,10 +146,6 @@ class MlflowTracker:
 
     def _log(self, mlflow_run: str, values: Mapping[str, float], step: int) -> None:
         now = int(time.time() * 1000)
-        metrics = [
-            Metric(key, float(value), now, step)
-            for key, value in values.items()
-            if math.isfinite(float(value))
-        ]
+        metrics = [Metric(key, value, now, step) for key, value in values.items()]
         for chunk in _chunks(metrics, MAX_METRICS):
             self.client.log_batch(mlflow_run, metrics=chunk, synchronous=True)
