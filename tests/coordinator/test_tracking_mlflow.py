@@ -7,6 +7,7 @@ agreement keeps is not logged."""
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import threading
@@ -117,7 +118,8 @@ def allow_file_store() -> Iterator[None]:
 def tracked(tmp_path_factory: pytest.TempPathFactory, allow_file_store: None) -> dict[str, Any]:
     """One DP run at a coordinator whose kit says ``[tracking]`` (the default store)."""
     kit = tmp_path_factory.mktemp("kit")
-    (kit / "kit.toml").write_text('[tracking]\nexperiment = "brca"\n', encoding="utf-8")
+    board = 'tensorboard = "tb"\n' if importlib.util.find_spec("tensorboard") else ""
+    (kit / "kit.toml").write_text(f'[tracking]\nexperiment = "brca"\n{board}', encoding="utf-8")
     config = TrackingConfig.from_kit(kit)
     assert config is not None
     assert config.mlflow_uri == (kit / "mlruns").resolve().as_uri()
@@ -369,3 +371,33 @@ def test_a_resumed_run_goes_on_in_its_mlflow_run(tmp_path: Path, allow_file_stor
     client, run = _mlflow_run(uri, start.run_id, "biofed")
     assert [m.step for m in client.get_metric_history(run.info.run_id, "round.replies")] == [1, 2]
     assert run.info.status == "KILLED"
+
+
+@pytest.mark.slow
+def test_tensorboard_gets_the_same_metrics(tracked: dict[str, Any]) -> None:
+    accumulator = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    assert tracked["config"].tensorboard == (tracked["kit"] / "tb").resolve()
+    events = accumulator.EventAccumulator(str(tracked["kit"] / "tb" / tracked["run_id"]))
+    events.Reload()
+    records = [r.record for r in tracked["store"].rounds(tracked["run_id"])]
+    loss = {s.step: s.value for s in events.Scalars("eval.c_index")}
+    assert loss == pytest.approx({r.round: r.eval_metrics["c_index"] for r in records}, rel=1e-6)
+    report = tracked["privacy"]
+    for site in SITES:
+        (last,) = [s for s in events.Scalars(f"privacy.epsilon.{site}") if s.step == 2]
+        assert last.value == pytest.approx(report["sites"][site]["epsilon"], rel=1e-6)
+
+
+def test_a_hostile_run_id_gets_a_tensorboard_folder_inside(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from biofed.coordinator._tracking_tensorboard import TensorBoardTracker
+
+    tracker = TensorBoardTracker(tmp_path / "tb")
+    for evil in ("../../escape", "/etc/cron.d/x", "..", "a/../../b"):
+        tracker.on_start(TrackedStart(run_id=evil, params={}, job_json="{}"))
+        tracker.on_end(TrackedEnd(run_id=evil, status="finished", rounds=0))
+        assert tracker.run_folder(evil).parent == (tmp_path / "tb").resolve()
+    assert {p.parent for p in (tmp_path / "tb").rglob("*") if p.is_file()} <= {
+        tracker.run_folder(e) for e in ("../../escape", "/etc/cron.d/x", "..", "a/../../b")
+    }
+    assert [p.name for p in tmp_path.iterdir()] == ["tb"]

@@ -84,9 +84,9 @@ from biofed.coordinator._tracking import (
     TrackedEnd,
     TrackedRound,
     TrackedStart,
-    Tracking,
     TrackingConfig,
 )
+from biofed.coordinator._tracking_worker import Tracking
 from biofed.coordinator._trusted import TrustedData, trusted_data_from_kit
 
 __all__ = [

@@ -50,12 +50,8 @@ from biofed.coordinator._store import (
     StateStore,
 )
 from biofed.coordinator._summaries import StoreListener, node_summary, run_summary
-from biofed.coordinator._tracking import (
-    TRACKING_FAILED_EVENT,
-    Tracking,
-    TrackingConfig,
-    make_tracking,
-)
+from biofed.coordinator._tracking import TRACKING_FAILED_EVENT, TrackingConfig
+from biofed.coordinator._tracking_worker import Tracking, make_tracking
 from biofed.core import (
     BiofedError,
     PolicyViolation,

@@ -9,13 +9,14 @@ The operator turns it on in the coordinator's ``kit.toml``::
     mlflow_uri = "mlruns"           # a folder (relative to the kit) or any MLflow URI
     experiment = "biofed"
     log_model = true                # the agreement's outputs.final_model still applies
+    tensorboard = "tensorboard"     # optional: TensorBoard event files too
 
 The executor talks to a :class:`RunTracker` (``on_start``, ``on_round``, ``on_end``) and
-never imports MLflow; :class:`Tracking` is the one it gets: it hands every report to a
-worker thread, so a slow or unreachable tracking server never slows a run, and a report that
-fails is logged once per run (the coordinator's log, and the run event
-``tracking_failed``) while the run goes on. Only the coordinator tracks: no site sends
-anything more.
+never imports MLflow; :class:`~biofed.coordinator.Tracking` (:mod:`._tracking_worker`) is
+the one it gets: it hands every report to a worker thread, so a slow or unreachable
+tracking server never slows a run, and a report that fails is logged once per run (the
+coordinator's log, and the run event ``tracking_failed``) while the run goes on. Only the
+coordinator tracks: no site sends anything more.
 
 Security notes
 --------------
@@ -30,11 +31,8 @@ handling). The final model is logged only where the study agreement releases it
 from __future__ import annotations
 
 import importlib.util
-import logging
-import queue
 import re
-import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from os import PathLike
 from pathlib import Path
@@ -47,8 +45,6 @@ from biofed.coordinator._job_rules import Field, Flag, Table, Text, error_text
 from biofed.coordinator._privacy_report import site_spend, spend_event
 from biofed.coordinator._records import RoundRecord, RunEvent
 from biofed.core import ConfigurationError, Reply
-
-_LOG = logging.getLogger("biofed.coordinator.tracking")
 
 #: The run event written when a run's tracking fails (once per run; the run goes on).
 TRACKING_FAILED_EVENT = "tracking_failed"
@@ -93,6 +89,13 @@ TRACKING = Table(
             "releases it: `outputs.final_model`).",
             default=True,
         ),
+        Field(
+            name="tensorboard",
+            rule=Text(r"[^\x00-\x1f\x7f]+", 2000, "a folder"),
+            doc="Also write each run's metrics as TensorBoard event files into this folder "
+            "(relative to the kit's folder; one sub-folder per run). Needs the "
+            "`tensorboard` package. Default: no TensorBoard.",
+        ),
     ),
 )
 
@@ -111,12 +114,15 @@ class TrackingConfig:
         Whether the final model is logged (where the agreement releases it).
     enabled:
         Whether runs are tracked at all.
+    tensorboard:
+        The folder TensorBoard event files are written to, or None.
     """
 
     mlflow_uri: str
     experiment: str = "biofed"
     log_model: bool = True
     enabled: bool = True
+    tensorboard: Path | None = None
 
     @classmethod
     def from_table(cls, table: object, directory: str | PathLike[str] = ".") -> TrackingConfig:
@@ -131,11 +137,16 @@ class TrackingConfig:
             folder = Path(uri).expanduser()
             folder = folder if folder.is_absolute() else Path(directory) / folder
             uri = folder.resolve().as_uri()
+        board: Path | None = None
+        if "tensorboard" in checked:
+            board = Path(str(checked["tensorboard"])).expanduser()
+            board = (board if board.is_absolute() else Path(directory) / board).resolve()
         return cls(
             mlflow_uri=uri,
             experiment=str(checked.get("experiment", "biofed")),
             log_model=bool(checked.get("log_model", True)),
             enabled=bool(checked.get("enabled", True)),
+            tensorboard=board,
         )
 
     @classmethod
@@ -163,6 +174,11 @@ class TrackingConfig:
             raise ConfigurationError(
                 f"{path}: [tracking] needs MLflow: pip install 'biofed[tracking]' "
                 "(or set enabled = false)"
+            )
+        if config.tensorboard is not None and importlib.util.find_spec("tensorboard") is None:
+            raise ConfigurationError(
+                f"{path}: [tracking] tensorboard needs the tensorboard package: "
+                "pip install tensorboard (or remove the key)"
             )
         return config
 
@@ -274,144 +290,3 @@ class TrackedListener:
 
 
 _: type[EngineListener] = TrackedListener  # it is an engine listener
-
-
-# -- never failing nor slowing a run --------------------------------------------------------------
-
-_STOP = object()
-
-
-class Tracking:
-    """A :class:`RunTracker` that hands every report to a worker thread and never raises.
-
-    Parameters
-    ----------
-    backend:
-        Makes the real tracker (called once, on the worker thread: MLflow is imported
-        there, not on the run's thread).
-    on_failure:
-        Told ``(run_id, reason)`` once per run whose tracking failed (the coordinator
-        writes the run event ``tracking_failed``); that run is not tracked further.
-    wants_model:
-        Whether the final model is passed on (``[tracking] log_model``).
-    max_pending:
-        Reports queued at most; one more (the tracker is far behind) fails that run's
-        tracking instead of holding the run up or growing without bound.
-    """
-
-    def __init__(
-        self,
-        backend: Callable[[], RunTracker],
-        *,
-        on_failure: Callable[[str, str], None] = lambda run_id, reason: None,
-        wants_model: bool = True,
-        max_pending: int = 10_000,
-    ) -> None:
-        self._make = backend
-        self._backend: RunTracker | None = None
-        self._broken: str | None = None
-        self.on_failure = on_failure
-        self._wants_model = wants_model
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
-        self._failed: set[str] = set()
-        self._closed = False
-        self._idle = threading.Condition()
-        self._pending = 0
-        self._thread = threading.Thread(target=self._work, name="biofed-tracking", daemon=True)
-        self._thread.start()
-
-    @property
-    def wants_model(self) -> bool:
-        return self._wants_model
-
-    def on_start(self, start: TrackedStart) -> None:
-        self._put(start.run_id, "on_start", start)
-
-    def on_round(self, update: TrackedRound) -> None:
-        self._put(update.run_id, "on_round", update)
-
-    def on_end(self, end: TrackedEnd) -> None:
-        self._put(end.run_id, "on_end", end)
-
-    def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every report so far is handled (True) or ``timeout`` passed (False)."""
-        with self._idle:
-            return self._idle.wait_for(lambda: self._pending == 0, timeout)
-
-    def close(self, timeout: float = 5.0) -> None:
-        """Handle what is queued (for at most ``timeout`` seconds) and stop the worker."""
-        self.flush(timeout)
-        self._closed = True
-        try:
-            self._queue.put_nowait(_STOP)
-        except queue.Full:  # pragma: no cover - flush timed out with a full queue
-            return
-        self._thread.join(timeout)
-
-    # -- the worker --------------------------------------------------------------------------
-    def _put(self, run_id: str, method: str, report: object) -> None:
-        if run_id in self._failed or self._closed:
-            return
-        with self._idle:
-            self._pending += 1
-        try:
-            self._queue.put_nowait((run_id, method, report))
-        except queue.Full:
-            with self._idle:
-                self._pending -= 1
-                self._idle.notify_all()
-            self._fail(run_id, f"the tracker fell {self._queue.maxsize} reports behind")
-
-    def _work(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is _STOP:
-                return
-            assert isinstance(item, tuple)
-            run_id: str = item[0]
-            method: str = item[1]
-            report: object = item[2]
-            try:
-                if run_id not in self._failed:
-                    getattr(self._tracker(), method)(report)
-            except Exception as exc:  # tracking must never fail a run
-                text = str(exc).strip().splitlines()
-                reason = f"{type(exc).__name__}: {text[0] if text else ''}".rstrip(": ")
-                self._fail(run_id, reason[:500])
-            finally:
-                with self._idle:
-                    self._pending -= 1
-                    self._idle.notify_all()
-
-    def _tracker(self) -> RunTracker:
-        if self._broken is not None:
-            raise RuntimeError(self._broken)
-        if self._backend is None:
-            try:
-                self._backend = self._make()
-            except Exception as exc:
-                text = str(exc).strip().splitlines()
-                self._broken = f"{type(exc).__name__}: {text[0] if text else ''}"[:500]
-                raise
-        return self._backend
-
-    def _fail(self, run_id: str, reason: str) -> None:
-        if run_id in self._failed:
-            return
-        self._failed.add(run_id)
-        _LOG.warning("tracking of run %s failed, the run goes on untracked: %s", run_id, reason)
-        try:
-            self.on_failure(run_id, reason)
-        except Exception:  # reporting the failure must not fail either
-            _LOG.exception("could not record the tracking failure of run %s", run_id)
-
-
-def make_tracking(config: TrackingConfig, *, on_failure: Callable[[str, str], None]) -> Tracking:
-    """The :class:`Tracking` of ``config``, logging to MLflow."""
-
-    def backend() -> RunTracker:
-        from biofed.coordinator._tracking_mlflow import MlflowTracker
-
-        return MlflowTracker(config.mlflow_uri, config.experiment)
-
-    return Tracking(backend, on_failure=on_failure, wants_model=config.log_model)
