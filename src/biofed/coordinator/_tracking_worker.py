@@ -120,6 +120,11 @@ class Tracking:
                 self._fail(run_id, name, f"the tracker fell {self._queue.maxsize} reports behind")
 
     def _work(self) -> None:
+        for name in self._makers:  # at start-up: MLflow's import and a bad store show now
+            try:
+                self._tracker(name)
+            except Exception as exc:
+                _LOG.warning("%s tracking is unavailable, runs go on untracked: %s", name, exc)
         while True:
             item = self._queue.get()
             if item is _STOP:
@@ -132,6 +137,9 @@ class Tracking:
                 for name in self._makers:
                     if (run_id, name) in self._failed:
                         continue
+                    if name in self._broken:  # the store could not be opened
+                        self._fail(run_id, name, self._broken[name])
+                        continue
                     try:
                         getattr(self._tracker(name), method)(report)
                     except Exception as exc:  # tracking must never fail a run
@@ -142,8 +150,6 @@ class Tracking:
                     self._idle.notify_all()
 
     def _tracker(self, name: str) -> RunTracker:
-        if name in self._broken:
-            raise RuntimeError(self._broken[name])
         if name not in self._backends:
             try:
                 self._backends[name] = self._makers[name]()
