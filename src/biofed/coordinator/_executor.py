@@ -49,6 +49,7 @@ not tracked.
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -73,9 +74,10 @@ from biofed.coordinator._job_limits import JobLimits
 from biofed.coordinator._preprocess import reused
 from biofed.coordinator._privacy_report import privacy_report
 from biofed.coordinator._records import RoundRecord, RunCancelled, RunEvent
-from biofed.coordinator._result import model_result
+from biofed.coordinator._result import model_result, result_contributions
 from biofed.coordinator._store import Checkpoint, RunRow, RunStatus, StateStore
 from biofed.coordinator._tracking import (
+    TRACKING_FAILED_EVENT,
     RunTracker,
     TrackedEnd,
     TrackedListener,
@@ -89,6 +91,8 @@ from biofed.governance import AuditLog, IncentivePolicy
 from biofed.strategies import StrategyState
 from biofed.tasks import make_task
 from biofed.transport import Transport
+
+_LOG = logging.getLogger("biofed.coordinator.tracking")
 
 
 class _Session(Protocol):
@@ -500,33 +504,32 @@ class RunExecutor:
         contributions and, where it has one that may leave, its final model."""
         if self.tracker is None or spec is None:
             return
-        events = self.store.events(run_id)
-        records = [r.record for r in self.store.rounds(run_id)]
-        privacy = privacy_report(spec, events, records)
-        measured = [e.message for e in events if e.kind == CONTRIBUTIONS_EVENT]
-        contributions: dict[str, Any] | None = None
-        if measured:
-            record = json.loads(measured[-1])
-            contributions = {
-                "totals": record["ledger"]["totals"],
-                "shares": record["shares"],
-                "outcome": record["outcome"],
-            }
-        released = spec.agreement is None or self.releases_model(spec.agreement)
-        model = None
-        if status.has_result and released and self.tracker.wants_model:
-            model = model_result(self.store, run_id, spec)
-        self.tracker.on_end(
-            TrackedEnd(
+        try:
+            events = self.store.events(run_id)
+            records = [r.record for r in self.store.rounds(run_id)]
+            released = spec.agreement is None or self.releases_model(spec.agreement)
+            model = None
+            if status.has_result and released and self.tracker.wants_model:
+                model = model_result(self.store, run_id, spec)
+            end = TrackedEnd(
                 run_id=run_id,
                 status=status.value,
                 rounds=max((r.round for r in records), default=0),
                 error=error,
-                privacy=privacy,
-                contributions=contributions,
+                privacy=privacy_report(spec, events, records),
+                contributions=result_contributions(events),
                 model=model,
             )
-        )
+        except Exception as exc:  # what the tracker would be told cannot fail the run
+            _LOG.warning("the end of run %s could not be tracked: %s", run_id, exc)
+            self.store.append_event(
+                run_id,
+                round=spec.rounds,
+                kind=TRACKING_FAILED_EVENT,
+                message=f"the run's end was not tracked: {type(exc).__name__}",
+            )
+            return
+        self.tracker.on_end(end)
 
     def contributions(self, run_id: str, spec: JobSpec) -> ContributionLedger | None:
         """Build the run's contribution ledger from its ``contribution`` events, write the

@@ -4,13 +4,29 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
+from typing import Any
 
 from biofed.contribution import CONTRIBUTIONS_EVENT
 from biofed.coordinator._job import JobSpec
 from biofed.coordinator._preprocess import PREPROCESSING_EVENT, RESULT_PREPROCESSING
 from biofed.coordinator._privacy_report import privacy_report
-from biofed.coordinator._store import StateStore
+from biofed.coordinator._store import EventRow, StateStore
 from biofed.core import encode_parameters
+
+
+def result_contributions(events: Iterable[EventRow]) -> dict[str, Any] | None:
+    """The sites' contributions as a run's result carries them (the last ``contributions``
+    event's totals, shares and incentive outcome), or None when the run measured none."""
+    measured = [e.message for e in events if e.kind == CONTRIBUTIONS_EVENT]
+    if not measured:
+        return None
+    record = json.loads(measured[-1])
+    return {
+        "totals": record["ledger"]["totals"],
+        "shares": record["shares"],
+        "outcome": record["outcome"],
+    }
 
 
 def model_result(store: StateStore, run_id: str, spec: JobSpec) -> bytes | None:
@@ -26,17 +42,9 @@ def model_result(store: StateStore, run_id: str, spec: JobSpec) -> bytes | None:
     privacy = privacy_report(spec, events, [r.record for r in store.rounds(run_id)])
     if privacy is not None:  # the guarantee travels with the model
         metadata["privacy"] = json.dumps(privacy, sort_keys=True)
-    measured = [e.message for e in events if e.kind == CONTRIBUTIONS_EVENT]
-    if measured:  # so do the sites' contributions and the incentive policy's outcome
-        record = json.loads(measured[-1])
-        metadata["contributions"] = json.dumps(
-            {
-                "totals": record["ledger"]["totals"],
-                "shares": record["shares"],
-                "outcome": record["outcome"],
-            },
-            sort_keys=True,
-        )
+    contributions = result_contributions(events)
+    if contributions is not None:  # so do the sites' contributions and the policy's outcome
+        metadata["contributions"] = json.dumps(contributions, sort_keys=True)
     if spec.study is not None:  # so does the preprocessing the model was trained behind
         fitted = [e.message for e in events if e.kind == PREPROCESSING_EVENT]
         if fitted:
