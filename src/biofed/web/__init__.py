@@ -24,6 +24,7 @@ from biofed.web._auth import (
     make_login_token,
     site_audience,
 )
+from biofed.web._site import site_dashboard
 from biofed.web._serve import RunningDashboard, TlsFiles, is_loopback, parse_listen, serve_dashboard
 
 __all__ = [
@@ -46,4 +47,5 @@ __all__ = [
     "parse_listen",
     "serve_dashboard",
     "site_audience",
+    "site_dashboard",
 ]
