@@ -15,13 +15,21 @@ import pytest
 from web_site_setup import SiteFolder, build_site
 
 from biofed.governance import ApprovalStore
-from biofed.web import RunningDashboard, login_url, make_login_token, serve_dashboard, site_dashboard
+from biofed.web import (
+    RunningDashboard,
+    login_url,
+    make_login_token,
+    serve_dashboard,
+    site_dashboard,
+)
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SiteFolder, RunningDashboard]]:
+def served(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[SiteFolder, RunningDashboard]]:
     site = build_site(tmp_path_factory.mktemp("web-site-browser"), hostile=False)
     running = serve_dashboard(site_dashboard(site.kit_dir, site.node_toml), "127.0.0.1:0")
     try:
@@ -57,7 +65,11 @@ def test_an_operator_reviews_approves_and_finds_it_in_the_audit_log(
 
     driver.find_element(By.CSS_SELECTOR, f'tr[data-digest="{site.v2}"] a').click()
     _wait(driver, "pre.diff span.add")
-    assert "alert('xss')" in driver.find_element(By.CSS_SELECTOR, "pre.diff").text  # as text
+    assert "l2=0.01" in driver.find_element(By.CSS_SELECTOR, "pre.diff").text
+    by = driver.find_element(By.NAME, "by")
+    by.clear()
+    by.send_keys("dr-ops")
+    driver.find_element(By.NAME, "note").send_keys("read v2, ticket 57")
     screenshot(driver, "site-review")
 
     driver.find_element(By.ID, "approve").click()
@@ -81,7 +93,9 @@ def test_an_operator_reviews_approves_and_finds_it_in_the_audit_log(
     verdict = _wait(driver, "p.verify")
     assert verdict.get_attribute("data-ok") == "true", verdict.text
     newest = driver.find_elements(By.CSS_SELECTOR, 'tr[data-event="bundle.approved"]')[0]
-    assert site.v2 in newest.text and '"via": "dashboard"' in newest.text
+    assert site.v2 in newest.text
+    assert '"via": "dashboard"' in newest.text
+    assert '"by": "dr-ops"' in newest.text
     screenshot(driver, "site-audit")
 
     driver.get(f"{running.url}/review")

@@ -62,23 +62,30 @@ def test_every_page_shows_the_sites_state(client: tuple[TestClient, str], site: 
     c, _ = client
     assert c.get("/").url.path == "/review"
     review = c.get("/review").text
-    assert site.v2 in review and ABSENT in review and "file not here yet" in review
+    assert site.v2 in review
+    assert ABSENT in review
+    assert "file not here yet" in review
     assert f'data-digest="{site.v1}"' not in review  # approved: not pending
     approvals = c.get("/approvals").text
-    assert site.v1 in approvals and "dr-ops" in approvals and "ticket 41" in approvals
+    assert site.v1 in approvals
+    assert "dr-ops" in approvals
+    assert "ticket 41" in approvals
     agreements = c.get("/agreements").text
     assert re.search(rf'data-agreement="{AGREEMENT}">.*?in force', agreements, re.S)
     assert re.search(r'data-agreement="brca-pilot">.*?expired', agreements, re.S)
     ledger = c.get("/ledger").text
-    assert 'data-dataset="brca"' in ledger and "brca-cox-1" in ledger and "brca-cox-2" in ledger
+    assert 'data-dataset="brca"' in ledger
+    assert "brca-cox-1" in ledger
+    assert "brca-cox-2" in ledger
     spec = json.loads(
         re.search(r'data-chart="([^"]+)"', ledger).group(1).replace("&#34;", '"')  # type: ignore[union-attr]
     )
-    assert spec["labels"] == ["brca-cox-1", "brca-cox-2"]
-    assert spec["series"]["ε spent (cumulative)"] == pytest.approx([1.3, 2.7])
-    assert spec["series"]["ε cap"] == [8.0, 8.0]
+    assert spec["labels"] == ["brca-cox-1", "brca-cox-2", "brca-km-1", "brca-cox-3"]
+    assert spec["series"]["ε spent (cumulative)"] == pytest.approx([1.3, 2.7, 3.2, 5.1])
+    assert spec["series"]["ε cap"] == [8.0] * 4
     audit = c.get("/audit").text
-    assert 'data-ok="true"' in audit and "budget.debited" in audit
+    assert 'data-ok="true"' in audit
+    assert "budget.debited" in audit
 
 
 def test_a_bundle_page_shows_files_digest_and_the_diff_safely(
@@ -86,11 +93,13 @@ def test_a_bundle_page_shows_files_digest_and_the_diff_safely(
 ) -> None:
     c, _ = client
     page = c.get(f"/review/{site.v2}").text
-    assert site.v2 in page and site.v1 in page  # compared with the approved v1
+    assert site.v2 in page
+    assert site.v1 in page
     assert '<span class="add">+def make_task(num_features, l2=0.01):</span>' in page
     assert '<span class="del">-def make_task(num_features):</span>' in page
     # researcher-supplied content is escaped, never markup
-    assert "<script>alert" not in page and "&lt;script&gt;alert(" in page
+    assert "<script>alert" not in page
+    assert "&lt;script&gt;alert(" in page
     assert "binary file, not shown (2048 bytes" in page  # weights.bin
     assert "cut after 65536 of 136000 bytes" in page  # notes.txt
     assert "more diff lines not shown" in page  # and its 8000 added lines in the diff
@@ -108,7 +117,8 @@ def test_approving_on_the_page_is_the_cli_approval_audited_via_the_dashboard(
         data={CSRF_FIELD: csrf, "digest": site.v2, "by": "dr-ops", "note": "v2 read"},
         headers={"origin": "http://127.0.0.1:8766"},
     )
-    assert response.status_code == 200 and f"approved <span" in response.text
+    assert response.status_code == 200
+    assert "approved <span" in response.text
     assert response.url.path == "/approvals"
     # exactly what `biofed node approve` leaves: the file entry, and the log approves it
     listed = {a.digest: a for a in _store(site).list()}
@@ -118,7 +128,10 @@ def test_approving_on_the_page_is_the_cli_approval_audited_via_the_dashboard(
     _store(site).check()  # what the node runs at start: file and log agree
     new = _entries(site)[before:]
     assert [(e["event"], e["data"]) for e in new] == [
-        ("bundle.approved", {"bundle": site.v2, "by": "dr-ops", "note": "v2 read", "via": "dashboard"})
+        (
+            "bundle.approved",
+            {"bundle": site.v2, "by": "dr-ops", "note": "v2 read", "via": "dashboard"},
+        )
     ]
     cli_entry = next(e for e in _entries(site) if e["event"] == "bundle.approved")
     assert set(cli_entry["data"]) == {"bundle", "by", "note"}  # the CLI's, without via
@@ -128,7 +141,8 @@ def test_approving_on_the_page_is_the_cli_approval_audited_via_the_dashboard(
 
     # revoke it again: the CLI's revocation, audited
     response = c.post("/revoke", data={CSRF_FIELD: csrf, "digest": site.v2})
-    assert response.status_code == 200 and "revoked" in response.text
+    assert response.status_code == 200
+    assert "revoked" in response.text
     assert site.v2 not in {a.digest for a in _store(site).list()}
     assert not _store(site).is_approved(site.v2)
     last = _entries(site)[-1]
@@ -141,9 +155,7 @@ def test_approving_on_the_page_is_the_cli_approval_audited_via_the_dashboard(
 
 
 @pytest.mark.parametrize("who", [OTHER, RESEARCHER])
-def test_only_the_sites_own_certificate_logs_in(
-    app: object, site: SiteFolder, who: str
-) -> None:
+def test_only_the_sites_own_certificate_logs_in(app: object, site: SiteFolder, who: str) -> None:
     with TestClient(app, base_url="http://127.0.0.1:8766") as c:  # type: ignore[arg-type]
         own = make_login_token(site.kit(who))  # the link that kit makes for its own audience
         assert c.get("/login", params={"token": own}).status_code == 403
@@ -179,7 +191,8 @@ def test_only_a_pending_bundle_held_here_can_be_approved(
         assert "not pending review" in response.text
     assert (site.kit_dir / "approvals.json").read_bytes() == before
     missing = c.post("/revoke", data={CSRF_FIELD: csrf, "digest": "cd" * 32})
-    assert missing.status_code == 400 and "not approved here" in missing.text
+    assert missing.status_code == 400
+    assert "not approved here" in missing.text
 
 
 @pytest.mark.parametrize(
@@ -206,10 +219,12 @@ def test_form_fields_that_are_paths_read_and_write_nothing(
     c, csrf = client
     for field in ("../../key.pem", "../approvals", "/etc/passwd"):
         response = c.post("/approve", data={CSRF_FIELD: csrf, "digest": field, "by": "x"})
-        assert response.status_code == 400 and "64 lowercase hex" in response.text
+        assert response.status_code == 400
+        assert "64 lowercase hex" in response.text
         assert c.post("/revoke", data={CSRF_FIELD: csrf, "digest": field}).status_code == 400
         against = c.get(f"/review/{site.v2}", params={"against": field})
-        assert against.status_code == 400 and "PRIVATE KEY" not in against.text
+        assert against.status_code == 400
+        assert "PRIVATE KEY" not in against.text
     assert c.get("/audit", params={"page": "x"}).status_code == 400
 
 
@@ -230,3 +245,45 @@ def test_a_site_dashboard_needs_a_governed_site_kit(site: SiteFolder, tmp_path: 
         site_dashboard(site.kit_dir, plain)
     with pytest.raises(ConfigurationError, match="not a site"):
         site_dashboard(site.fed / RESEARCHER, site.node_toml)
+
+
+def test_biofed_node_dashboard_stays_on_loopback_without_remote(site: SiteFolder) -> None:
+    from typer.testing import CliRunner
+
+    from biofed.cli import app as cli
+
+    args = ["--kit", str(site.kit_dir), "--config", str(site.node_toml)]
+    refused = CliRunner().invoke(cli, ["node", "dashboard", *args, "--listen", "0.0.0.0:0"])
+    assert refused.exit_code == 2
+    assert "unless --remote allows 0.0.0.0" in refused.output.replace("\n", " ")
+
+
+@pytest.mark.slow
+def test_biofed_node_dashboard_serves_until_sigterm(site: SiteFolder) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import urllib.request
+
+    command = [sys.executable, "-c", "from biofed.cli import main; main()", "node", "dashboard"]
+    args = ["--kit", str(site.kit_dir), "--config", str(site.node_toml)]
+    env = {**os.environ, "COLUMNS": "200"}
+    proc = subprocess.Popen(
+        [*command, *args, "--listen", "127.0.0.1:0"], stderr=subprocess.PIPE, text=True, env=env
+    )
+    try:
+        assert proc.stderr is not None
+        first = proc.stderr.readline()
+        url = re.search(r"(http://127\.0\.0\.1:\d+)", first)
+        assert url, first
+        hint = proc.stderr.readline()
+        assert f"biofed dashboard link --kit {site.kit_dir} --url {url.group(1)}" in hint
+        with urllib.request.urlopen(f"{url.group(1)}/healthz", timeout=10) as reply:
+            assert reply.read() == b"ok"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

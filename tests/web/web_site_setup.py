@@ -103,7 +103,8 @@ def build_site(root: Path, *, hostile: bool = True) -> SiteFolder:
     bundles = root / "researcher"
     bundles.mkdir()
     v1, v1_zip = _pack(bundles, "v1", {"task.py": TASK_V1.encode()})
-    v2_files = {"task.py": TASK_V2.encode(), "README.md": README.encode()}
+    task = TASK_V2 if hostile else TASK_V2.replace("</pre><script>alert('xss')</script>", "v2")
+    v2_files = {"task.py": task.encode(), "README.md": README.encode()}
     if hostile:
         v2_files["weights.bin"] = bytes(range(256)) * 8  # binary: shown by size and hash
         v2_files["notes.txt"] = ("a long note line\n" * 8000).encode()  # 136 kB: cut
@@ -152,7 +153,13 @@ def build_site(root: Path, *, hostile: bool = True) -> SiteFolder:
         kit_dir / LEDGER_FILE, audit=lambda event, data: log.append(event, dict(data))
     )
     ledger.set_cap("brca", 8.0, 1e-5, source="node.toml")
-    for run, steps in (("brca-cox-1", (0.6, 1.0, 1.3)), ("brca-cox-2", (0.8, 1.4))):
+    runs = {
+        "brca-cox-1": (0.6, 1.0, 1.3),
+        "brca-cox-2": (0.8, 1.4),
+        "brca-km-1": (0.5,),
+        "brca-cox-3": (0.7, 1.2, 1.6, 1.9),
+    }
+    for run, steps in runs.items():
         for rnd, eps in enumerate(steps, start=1):
             ledger.reserve("brca", run, rnd, eps, 1e-6 * rnd, guarantee="exact")
     return SiteFolder(fed=fed, kit_dir=kit_dir, node_toml=node_toml, v1=v1, v2=v2)

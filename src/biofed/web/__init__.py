@@ -24,8 +24,8 @@ from biofed.web._auth import (
     make_login_token,
     site_audience,
 )
-from biofed.web._site import site_dashboard
 from biofed.web._serve import RunningDashboard, TlsFiles, is_loopback, parse_listen, serve_dashboard
+from biofed.web._site import site_dashboard
 
 __all__ = [
     "COOKIE",

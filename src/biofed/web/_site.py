@@ -194,4 +194,3 @@ def _field(form: FormData, name: str, default: str | None = None) -> str:
     if len(value) > 2000:
         raise HTTPException(400, f"the form's {name!r} field is too long")
     return value
-

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from biofed.core import ConfigurationError, PolicyViolation
+from biofed.core import BiofedError, ConfigurationError, PolicyViolation
 from biofed.governance import (
     LEDGER_FILE,
     LOG_FILE,
@@ -254,7 +254,7 @@ class SiteState:
             agreements = tuple(listed.get(digest, ()))
             try:
                 bundle = self.bundle(digest)
-            except Exception as exc:  # noqa: BLE001 — a broken file is shown, not raised
+            except (BiofedError, LookupError) as exc:  # a broken file is shown
                 out.append(Pending(digest=digest, here=True, agreements=agreements, error=str(exc)))
                 continue
             out.append(
@@ -266,9 +266,9 @@ class SiteState:
                     size=sum(len(b) for b in bundle.files.values()),
                 )
             )
-        for digest, agreements in sorted(listed.items()):
+        for digest, names in sorted(listed.items()):
             if digest not in approved and digest not in held:
-                out.append(Pending(digest=digest, here=False, agreements=tuple(agreements)))
+                out.append(Pending(digest=digest, here=False, agreements=tuple(names)))
         return out
 
     def is_pending(self, digest: str) -> bool:
@@ -410,4 +410,3 @@ def _row(raw: bytes) -> AuditRow:
     except (ValueError, TypeError, KeyError, OverflowError):
         text = raw[:200].decode("utf-8", "replace")
         return AuditRow(seq=None, time="", event="(unreadable line)", data=text, bad=True)
-
