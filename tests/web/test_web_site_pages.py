@@ -19,6 +19,7 @@ from web_site_setup import ABSENT, AGREEMENT, OTHER, RESEARCHER, SITE, SiteFolde
 
 from biofed.core import ConfigurationError
 from biofed.governance import LOG_FILE, ApprovalStore, AuditLog, AuditSigner, verify_log
+from biofed.identity import load_kit
 from biofed.web import CSRF_FIELD, make_login_token, site_audience, site_dashboard
 
 
@@ -152,6 +153,39 @@ def test_approving_on_the_page_is_the_cli_approval_audited_via_the_dashboard(
     )
     assert verify_log(site.kit_dir / LOG_FILE, site.kit().cert_pem, site.kit().ca_pem).ok
     assert f'data-digest="{site.v2}"' in c.get("/review").text  # pending again
+
+
+def test_the_audit_page_pages_and_shows_a_tampered_log_as_failed(
+    site: SiteFolder, tmp_path: Path
+) -> None:
+    import shutil
+    from html import unescape
+
+    copy = tmp_path / "fed"
+    shutil.copytree(site.fed, copy)
+    kit_dir = copy / SITE
+    log = AuditLog(kit_dir / LOG_FILE, AuditSigner.from_kit(load_kit(kit_dir)))
+    for i in range(60):
+        log.append("test.filler", {"i": i})
+    with TestClient(site_dashboard(kit_dir, kit_dir / "node.toml")) as c:
+        c.get("/login", params={"token": make_login_token(load_kit(kit_dir))})
+        first = unescape(c.get("/audit").text)
+        assert "page 1 of 2" in first
+        assert 'href="/audit?page=2"' in first
+        assert '"i": 59' in first
+        assert '"i": 0}' not in first
+        second = unescape(c.get("/audit", params={"page": "2"}).text)
+        assert '"i": 0}' in second
+        assert "bundle.approved" in second
+        assert "page 2 of 2" in c.get("/audit", params={"page": "99"}).text
+        lines = (kit_dir / LOG_FILE).read_text().splitlines()
+        entry = json.loads(lines[3])
+        entry["data"]["epsilon_job"] = 0.1  # a smaller spend, written in afterwards
+        lines[3] = json.dumps(entry, separators=(",", ":"), sort_keys=True)
+        (kit_dir / LOG_FILE).write_text("\n".join(lines) + "\n")
+        tampered = c.get("/audit").text
+        assert 'data-ok="false"' in tampered
+        assert "FAILED at entry" in tampered
 
 
 @pytest.mark.parametrize("who", [OTHER, RESEARCHER])

@@ -194,7 +194,10 @@ class SiteState:
         self.audit_path = self.gov.audit or kit.directory / LOG_FILE
         ledger = config.privacy.ledger if config.privacy is not None else None
         self.ledger_path = ledger or kit.directory / LEDGER_FILE
-        self.operator = getpass.getuser()
+        try:  # who approves, by default: the OS user, as `biofed node approve` assumes
+            self.operator = getpass.getuser()
+        except (KeyError, OSError):  # a container's user without a name
+            self.operator = ""
 
     # -- approvals -----------------------------------------------------------------------------
     def store(self) -> ApprovalStore:
