@@ -188,6 +188,28 @@ def test_the_audit_page_pages_and_shows_a_tampered_log_as_failed(
         assert "FAILED at entry" in tampered
 
 
+def test_a_bundle_of_many_large_files_makes_a_bounded_page(
+    site: SiteFolder, tmp_path: Path
+) -> None:
+    import shutil
+
+    from biofed.governance import Bundle
+
+    copy = tmp_path / "fed"
+    shutil.copytree(site.fed, copy)
+    kit_dir = copy / SITE
+    files = {"task.py": b"x = 1\n", **{f"f{i:02d}.txt": b"y" * 60_000 for i in range(40)}}
+    big = Bundle.from_files(files)  # 2.4 MB of text
+    (kit_dir / "bundles" / f"{big.digest}.zip").write_bytes(big.to_bytes())
+    with TestClient(site_dashboard(kit_dir, kit_dir / "node.toml")) as c:
+        c.get("/login", params={"token": make_login_token(load_kit(kit_dir))})
+        page = c.get(f"/review/{big.digest}").text
+    assert len(page) < 2_300_000  # 1 MiB of files and 1 MiB of diff, not 4.8 MB
+    assert "the rest of the diff is not shown" in page
+    assert page.count("cut after 0 of 60000 bytes") > 10
+    assert "f39.txt" in page
+
+
 @pytest.mark.parametrize("who", [OTHER, RESEARCHER])
 def test_only_the_sites_own_certificate_logs_in(app: object, site: SiteFolder, who: str) -> None:
     with TestClient(app, base_url="http://127.0.0.1:8766") as c:  # type: ignore[arg-type]

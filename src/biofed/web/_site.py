@@ -13,8 +13,9 @@ Only the site's own certificate logs in (its fingerprint, role ``site``, the con
 V13.2.3). An approval is accepted only for a bundle that is held here, not yet approved,
 and reads and matches its digest — a forged form cannot approve code the operator could
 not have seen. Bundle names and contents are researcher-supplied: Jinja2 escapes them, a
-page shows at most :data:`~biofed.web._site_state.SHOWN_BYTES` of a file, and binaries by
-size and hash only (ASVS V5.3.3).
+page shows at most :data:`~biofed.web._site_state.SHOWN_BYTES` of a file and
+:data:`~biofed.web._site_state.PAGE_BYTES` in all, a bounded diff, and binaries by size and
+hash only (ASVS V5.3.3; a bundle may hold 64 MB).
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from biofed.identity import load_kit
 from biofed.node import NodeConfig
 from biofed.web._app import TEMPLATES, Dashboard, NavItem, chart
 from biofed.web._auth import LoginGate, site_audience
-from biofed.web._site_state import SHOWN_BYTES, SiteState, diff_lines, show_file
+from biofed.web._site_state import SiteState, diff_lines, show_files
 
 NAV = (
     NavItem("Review", "/review"),
@@ -95,11 +96,10 @@ def _routes(dash: Dashboard, state: SiteState) -> list[Route]:
             "bundle.html",
             {
                 "digest": digest,
-                "files": [show_file(p, b) for p, b in loaded.files.items()],
+                "files": show_files(loaded),
                 "base": base,
                 "diff": diff,
                 "approved": approved,
-                "shown_bytes": SHOWN_BYTES,
                 "operator": state.operator,
                 "choices": [
                     a.digest for a in state.approvals() if state.bundle_file(a.digest).is_file()

@@ -20,6 +20,7 @@ checks); their content is shown, never run, truncated past :data:`SHOWN_BYTES`.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import getpass
 import hashlib
@@ -52,8 +53,12 @@ from biofed.node import GovernanceConfig, NodeConfig
 
 #: The most bytes of one bundle file a page shows (the rest is cut, and said to be).
 SHOWN_BYTES = 64 * 1024
-#: The most diff lines a page shows per file (the rest is counted).
+#: About the most characters of a bundle's files one page shows, and of its diff (1000
+#: files of 64 KiB would otherwise make a 64 MB page).
+PAGE_BYTES = 1024 * 1024
+#: The most diff lines a page shows per file, and in all (the rest is counted).
 DIFF_LINES = 400
+DIFF_TOTAL = 4000
 #: Audit entries per page.
 AUDIT_PAGE = 50
 #: What the dashboard's audit entries say they came through.
@@ -69,6 +74,7 @@ class ShownFile:
     sha256: str
     text: str | None
     truncated: bool
+    shown: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,7 +128,28 @@ def show_file(path: str, data: bytes, limit: int = SHOWN_BYTES) -> ShownFile:
         text = cut[: exc.start].decode("utf-8") if len(cut) - exc.start < 4 else None
     if text is not None and "\x00" in text:
         text = None
-    return ShownFile(path=path, size=len(data), sha256=sha, text=text, truncated=len(data) > limit)
+    return ShownFile(
+        path=path,
+        size=len(data),
+        sha256=sha,
+        text=text,
+        truncated=len(data) > limit,
+        shown=0 if text is None else len(text.encode()),
+    )
+
+
+def show_files(bundle: Bundle, budget: int = PAGE_BYTES) -> list[ShownFile]:
+    """Every file of ``bundle`` as :func:`show_file` shows it, until about ``budget``
+    characters of text are shown; past it, text files are cut (``truncated``) to nothing."""
+    out = []
+    for path, data in bundle.files.items():
+        shown = show_file(path, data)
+        if shown.text is not None and len(shown.text) > budget:
+            text = shown.text[: max(0, budget)]
+            shown = dataclasses.replace(shown, text=text, shown=len(text), truncated=True)
+        budget -= 0 if shown.text is None else len(shown.text)
+        out.append(shown)
+    return out
 
 
 def diff_lines(
@@ -130,8 +157,10 @@ def diff_lines(
 ) -> list[tuple[str, str]]:
     """A unified diff of two bundles' text files as (kind, line) pairs, kind ``add``,
     ``del``, ``hunk``, ``file``, ``same`` or ``cut``; binary files are compared by hash.
-    Past ``most`` lines of one file's diff, one ``cut`` line says how many were left out."""
+    Past ``most`` lines of one file's diff, one ``cut`` line says how many were left out;
+    past :data:`DIFF_TOTAL` lines or :data:`PAGE_BYTES` characters in all, the rest is cut."""
     out: list[tuple[str, str]] = []
+    size = 0
     for path in sorted(set(old.files) | set(new.files)):
         a, b = old.files.get(path), new.files.get(path)
         if a == b:
@@ -140,6 +169,9 @@ def diff_lines(
         if len(one) > most:
             one = [*one[:most], ("cut", f"… {len(one) - most} more diff lines not shown")]
         out += one
+        size += sum(len(line) for _, line in one)
+        if len(out) > DIFF_TOTAL or size > PAGE_BYTES:
+            return [*out[:DIFF_TOTAL], ("cut", "… the rest of the diff is not shown")]
     return out
 
 
