@@ -24,6 +24,7 @@ from biofed.web._auth import (
     make_login_token,
     site_audience,
 )
+from biofed.web._coordinator import coordinator_dashboard, coordinator_gate
 from biofed.web._serve import RunningDashboard, TlsFiles, is_loopback, parse_listen, serve_dashboard
 
 __all__ = [
@@ -40,6 +41,8 @@ __all__ = [
     "audience_of",
     "chart",
     "coordinator_audience",
+    "coordinator_dashboard",
+    "coordinator_gate",
     "is_loopback",
     "login_url",
     "make_login_token",
