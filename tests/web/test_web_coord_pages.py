@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from starlette.testclient import TestClient
 
-from biofed.coordinator import Coordinator, InMemoryStateStore, JobSpec
+from biofed.coordinator import AnalysisJob, Coordinator, InMemoryStateStore, JobSpec
 from biofed.data import FederatedDataset
 from biofed.datasets import load_tcga_brca
 from biofed.governance import LOG_FILE, AuditLog, AuditSigner, verify_log
@@ -90,6 +90,7 @@ class World:
     audit: AuditLog
     app: Any
     run_id: str
+    km_id: str
 
 
 def wait_terminal(coordinator: Coordinator, run_id: str, timeout: float = 120.0) -> str:
@@ -125,11 +126,20 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     try:
         run_id = coordinator.submit_run(ALICE, dp_job("dp-survival").to_json()).run_id
         assert wait_terminal(coordinator, run_id) == "finished"
+        km = AnalysisJob.from_mapping(
+            {
+                "run": {"name": "km-survival", "dataset": "tcga-brca", "min_nodes": 3},
+                "analysis": {"kind": "km", "time": "time", "event": "event"},
+            }
+        )
+        km_id = coordinator.submit_run(ALICE, km.to_json()).run_id
+        assert wait_terminal(coordinator, km_id) == "finished"
         # what a hostile site could make the coordinator record: a message with markup
         coordinator.store.append_event(
             run_id, round=2, kind="reply_rejected", message=XSS, node_id="center-2"
         )
-        yield World(fed, coordinator, audit, coordinator_dashboard(coordinator, kit), run_id)
+        app = coordinator_dashboard(coordinator, kit)
+        yield World(fed, coordinator, audit, app, run_id, km_id)
     finally:
         coordinator.stop()
 
@@ -178,11 +188,24 @@ def test_the_run_page_charts_metrics_replies_and_privacy_spend(world: World) -> 
     assert sorted(per_site["series"]) == SITES
     assert all(v is not None for vs in per_site["series"].values() for v in vs)
     for site in SITES:  # the replies table: each site's training reply accepted each round
-        row = re.search(rf"<tr><td>{site}</td>(.*?)</tr>", page.text)
+        row = re.search(rf'<tr data-site="{site}"><td>{site}</td>(.*?)</tr>', page.text)
         assert row is not None
         assert row.group(1).count("train accepted") == 2
     assert "Guarantee asked" in page.text
     assert "Trust" in page.text
+
+
+def test_an_analysis_run_shows_its_kaplan_meier_curve(world: World) -> None:
+    page = client(world, "alice").get(f"/runs/{world.km_id}")
+    assert page.status_code == 200
+    (spec,) = charts(page.text)
+    assert spec["kind"] == "stepped"
+    (curve,) = spec["series"].values()
+    drawn = [v for v in curve if v is not None]
+    assert drawn[0] == 1.0
+    assert 0 < drawn[-1] < 1.0
+    assert drawn == sorted(drawn, reverse=True)  # a survival curve never rises
+    assert "<th>median</th>" in page.text.lower() or '<table class="result">' in page.text
 
 
 def test_a_message_with_markup_is_shown_as_text(world: World) -> None:

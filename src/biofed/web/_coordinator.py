@@ -41,9 +41,11 @@ from biofed.web._app import TEMPLATES, Dashboard, NavItem
 from biofed.web._auth import LoginGate, Session, coordinator_audience
 from biofed.web._coordinator_views import (
     audit_counts,
+    examples_of,
     run_row,
     run_view,
     site_rows,
+    when,
 )
 
 NAV = (NavItem("Runs", "/"), NavItem("Sites", "/sites"), NavItem("Audit", "/audit"))
@@ -94,6 +96,7 @@ def coordinator_dashboard(
         nav=NAV,
         templates=[TEMPLATES / "coordinator"],
     )
+    board.env.filters["when"] = when
 
     async def runs(request: Request) -> Response:
         session = board.viewer(request)
@@ -115,6 +118,9 @@ def coordinator_dashboard(
             except BiofedError as exc:
                 analysis_error = str(exc)
         view = run_view(summary, events, records, analysis=analysis, analysis_error=analysis_error)
+        dataset = view.summary.get("dataset")
+        if isinstance(dataset, str):
+            view.examples = examples_of(coordinator.list_nodes(peer), dataset)
         cancellable = summary.status in _LIVE and (
             peer.role == "admin" or summary.owner == peer.name
         )

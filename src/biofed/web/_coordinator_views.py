@@ -40,6 +40,8 @@ FAILURE_EVENTS = frozenset(
 DECISION_PREFIX = "update_"
 #: Points a Kaplan–Meier curve is drawn at (an even time grid, so the axis is to scale).
 KM_POINTS = 120
+#: Training metrics that are DP bookkeeping (ε, δ, noise, clipping), shown under privacy.
+PRIVATE_METRICS = ("dp.", "dp_")
 #: The most events a run page lists (the newest).
 MAX_EVENTS = 300
 
@@ -117,7 +119,7 @@ class RunView:
     site_charts: list[Chart]
     sites: list[str]
     rounds: list[int]
-    replies: dict[str, dict[int, list[str]]]
+    replies: dict[str, dict[int, list[tuple[str, str]]]]
     privacy: dict[str, Any] | None
     privacy_chart: Chart | None
     contributions: dict[str, Any] | None
@@ -125,6 +127,7 @@ class RunView:
     analysis_error: str = ""
     analysis_charts: list[Chart] = field(default_factory=list)
     analysis_table: tuple[list[str], list[list[str]]] | None = None
+    examples: dict[str, str] = field(default_factory=dict)
 
 
 def _finite(value: Any) -> float | None:
@@ -152,6 +155,8 @@ def metric_charts(records: Sequence[RoundRecord]) -> list[Chart]:
     for phase, values_of in phases:
         names = sorted({k for r in records for k in values_of(r)})
         for name in names:
+            if name.startswith(PRIVATE_METRICS):  # DP bookkeeping: the privacy section's
+                continue
             series = [_finite(values_of(r).get(name)) for r in records]
             if all(v is None for v in series):
                 continue
@@ -189,29 +194,46 @@ def site_metric_charts(records: Sequence[RoundRecord]) -> list[Chart]:
 
 def replies_table(
     events: Iterable[EventInfo], sites: Iterable[str] = ()
-) -> tuple[list[str], list[int], dict[str, dict[int, list[str]]]]:
-    """Per site and round, what became of its reply: ``train accepted``, robust
-    aggregation's decision (``update accepted|rejected|clipped|downweighted``), or the
-    problem (``no reply``, ``reply rejected`` …)."""
-    cells: dict[str, dict[int, list[str]]] = {s: {} for s in sites}
+) -> tuple[list[str], list[int], dict[str, dict[int, list[tuple[str, str]]]]]:
+    """Per site and round, what became of its reply, as (label, reason) pairs: ``train
+    accepted``, robust aggregation's decision (``update accepted|rejected|clipped|
+    downweighted``, with its weight and reason), or the problem (``no reply``, ``reply
+    rejected`` …, with the reason given)."""
+    cells: dict[str, dict[int, list[tuple[str, str]]]] = {s: {} for s in sites}
     rounds: set[int] = set()
     for e in events:
         if not e.node_id or e.round <= 0:
             continue
-        label = None
+        label, reason = None, ""
         if e.kind.endswith("_reply") and e.message == "accepted":
             label = f"{e.kind.removesuffix('_reply')} accepted"
         elif e.kind.startswith(DECISION_PREFIX):
-            label = f"update {e.kind.removeprefix(DECISION_PREFIX)}"
+            label, reason = _decision(e)
         elif e.kind in FAILURE_EVENTS:
-            label = e.kind.replace("_", " ")
+            label, reason = e.kind.replace("_", " "), e.message
         if label is None:
             continue
         rounds.add(e.round)
         cell = cells.setdefault(e.node_id, {}).setdefault(e.round, [])
-        if label not in cell:
-            cell.append(label)
+        if all(label != have for have, _ in cell):
+            cell.append((label, reason))
     return sorted(cells), sorted(rounds), cells
+
+
+def _decision(event: EventInfo) -> tuple[str, str]:
+    """The label and reason of an ``update_<action>`` event (its message is the decision's
+    JSON: weight, score, reason)."""
+    label = f"update {event.kind.removeprefix(DECISION_PREFIX)}"
+    try:
+        decision = json.loads(event.message)
+    except ValueError:
+        return label, event.message
+    if not isinstance(decision, dict):
+        return label, event.message
+    weight = _finite(decision.get("weight"))
+    if weight is not None and event.kind != f"{DECISION_PREFIX}accepted":
+        label = f"{label} (weight {weight:.2g})"
+    return label, str(decision.get("reason", ""))
 
 
 def privacy_chart(events: Iterable[EventInfo]) -> Chart | None:
@@ -401,3 +423,17 @@ def audit_counts(lines: Iterable[Mapping[str, Any]]) -> dict[str, dict[str, int]
             by_event = counts.setdefault(run_id, {})
             by_event[event] = by_event.get(event, 0) + 1
     return counts
+
+
+def examples_of(nodes: Iterable[NodeSummary], dataset: str) -> dict[str, str]:
+    """Site → the number of examples of ``dataset`` it reported when it connected."""
+    key = f"dataset.{dataset}.examples"
+    out = {}
+    for node in nodes:
+        try:
+            props = json.loads(node.properties_json or "{}")
+        except ValueError:
+            continue
+        if isinstance(props, dict) and key in props:
+            out[node.node_id] = str(props[key])
+    return out
