@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from biofed.coordinator import JobSpec, RunningCoordinator, serve_coordinator, tls_of
+from biofed.coordinator import AnalysisJob, JobSpec, RunningCoordinator, serve_coordinator, tls_of
 from biofed.data import write_site_files
 from biofed.datasets import load_tcga_brca
 from biofed.identity import Consortium, load_kit
@@ -92,6 +92,7 @@ class Deployment:
     fed: Consortium
     dashboard: RunningDashboard
     run_id: str
+    km_id: str
 
 
 @pytest.fixture(scope="module")
@@ -139,13 +140,21 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
         wait_for(online, 60, "the sites to connect")
         run_id = client.submit_run(job().to_json()).run_id
-        status = wait_for(
-            lambda: (s := client.get_run(run_id).status) in TERMINAL and s, 120, "the run"
+        km = AnalysisJob.from_mapping(
+            {
+                "run": {"name": "tcga-brca-km", "dataset": "tcga-brca", "min_nodes": 3},
+                "analysis": {"kind": "km", "time": "time", "event": "event"},
+            }
         )
-        assert status == "finished", client.get_run(run_id).error
+        km_id = client.submit_run(km.to_json()).run_id
+        for ran in (run_id, km_id):
+            status = wait_for(
+                lambda ran=ran: (s := client.get_run(ran).status) in TERMINAL and s, 120, ran
+            )
+            assert status == "finished", client.get_run(ran).error
         app = coordinator_dashboard(running.coordinator, load_kit(fed.kit_directory("coordinator")))
         dashboard = serve(app, "127.0.0.1:0")
-        yield Deployment(fed, dashboard, run_id)
+        yield Deployment(fed, dashboard, run_id, km_id)
     finally:
         if dashboard is not None:
             dashboard.stop()
@@ -214,6 +223,13 @@ def test_every_page_renders_with_data_in_chromium(
     assert any(c.startswith("privacy spend per site") for c in captions), captions
     assert "train accepted" in driver.find_element("css selector", "table.replies").text
     full_page(driver, screenshot, "coordinator-run")
+
+    driver.get(f"{deployment.dashboard.url}/runs/{deployment.km_id}")
+    assert driver.find_element("id", "run-id").text == deployment.km_id
+    (points,) = rendered(driver)  # the Kaplan–Meier curve
+    assert points > 10
+    assert driver.find_element("css selector", "table.result").text
+    full_page(driver, screenshot, "coordinator-analysis")
 
     driver.get(f"{deployment.dashboard.url}/sites")
     table = driver.find_element("css selector", "table.sites").text
