@@ -142,9 +142,19 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     sites = ",".join(SITES)
     outputs: dict[str, Any] = {"root": root, "fed": fed}
     outputs["provision init"] = invoke(
-        "provision", "init", "--consortium", "fit", "--coordinator", "localhost",
-        "--sites", sites, "--researchers", "alice", "--out", str(fed),
-    )  # fmt: skip
+        "provision",
+        "init",
+        "--consortium",
+        "fit",
+        "--coordinator",
+        "localhost",
+        "--sites",
+        sites,
+        "--researchers",
+        "alice",
+        "--out",
+        str(fed),
+    )
     listed = json.loads(invoke("provision", "list", "--out", str(fed), "--format", "json"))
     outputs["fingerprints"] = [c["fingerprint"] for c in listed]
     cohort = root / "cohort.csv"
@@ -157,8 +167,16 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
             )
     outputs["cohort"] = cohort
     node = fed / SITES[0]
-    invoke("node", "dataset", "add", "cohort-with-a-long-dataset-name", "--node-dir", str(node),
-           "--path", str(cohort))  # fmt: skip
+    invoke(
+        "node",
+        "dataset",
+        "add",
+        "cohort-with-a-long-dataset-name",
+        "--node-dir",
+        str(node),
+        "--path",
+        str(cohort),
+    )
     outputs["node"] = node
     task = root / "task"
     task.mkdir()
@@ -196,11 +214,30 @@ def _provision_add(role: str) -> Callable[[dict[str, Any]], tuple[str, list[str]
 def _agreement_show(w: dict[str, Any]) -> tuple[str, list[str]]:
     path = w["root"] / "agreement.toml"
     invoke(
-        "agreement", "draft", "--out", str(path), "--title", "fit", "--consortium-dir",
-        str(w["fed"]), "--sites", ",".join(SITES), "--expires", "2099-01-01",
-        "--legal-basis", "consent", "--purpose", "testing", "--researchers", "alice",
-        "--bundle", DIGEST, "--dataset", "cohort", "--force",
-    )  # fmt: skip
+        "agreement",
+        "draft",
+        "--out",
+        str(path),
+        "--title",
+        "fit",
+        "--consortium-dir",
+        str(w["fed"]),
+        "--sites",
+        ",".join(SITES),
+        "--expires",
+        "2099-01-01",
+        "--legal-basis",
+        "consent",
+        "--purpose",
+        "testing",
+        "--researchers",
+        "alice",
+        "--bundle",
+        DIGEST,
+        "--dataset",
+        "cohort",
+        "--force",
+    )
     return invoke("agreement", "show", str(path)), [*SITES, DIGEST, *w["fingerprints"][:2]]
 
 
@@ -232,8 +269,17 @@ def _task_show(w: dict[str, Any]) -> tuple[str, list[str]]:
 def _node_approvals(w: dict[str, Any]) -> tuple[str, list[str]]:
     store = w["root"] / "approvals.json"
     for digest in (DIGEST, OTHER_DIGEST):
-        invoke("node", "approve", digest, "--store", str(store), "--by", "operator",
-               "--note", "reviewed the diff against the last approved version")  # fmt: skip
+        invoke(
+            "node",
+            "approve",
+            digest,
+            "--store",
+            str(store),
+            "--by",
+            "operator",
+            "--note",
+            "reviewed the diff against the last approved version",
+        )
     return invoke("node", "approvals", "--store", str(store)), [DIGEST, OTHER_DIGEST]
 
 
@@ -257,7 +303,7 @@ def _analyze(kind: str) -> Callable[[dict[str, Any]], tuple[str, list[str]]]:
             "age",
             "--col-edges",
             "0,50,100",
-        ],  # fmt: skip
+        ],
         "glm": ["--outcome", "y", "--covariate", "age", "--family", "binomial"],
         "km": ["--time", "age", "--event", "y"],
         "nelson-aalen": ["--time", "age", "--event", "y"],
@@ -279,8 +325,18 @@ def _report(w: dict[str, Any]) -> tuple[str, list[str]]:
         '[columns]\nid = "pid"\nfeatures = ["age", "bmi", "smoker"]\n\n'
         '[outcome]\nkind = "binary"\nlabel = "y"\n'
     )
-    text = invoke("report", "heterogeneity", "--spec", str(spec), "--data", str(w["cohort"]),
-                  "--site-column", "hospital", "--min-cell", "5")  # fmt: skip
+    text = invoke(
+        "report",
+        "heterogeneity",
+        "--spec",
+        str(spec),
+        "--data",
+        str(w["cohort"]),
+        "--site-column",
+        "hospital",
+        "--min-cell",
+        "5",
+    )
     return text, SITES
 
 
@@ -315,15 +371,24 @@ def _run_status(w: dict[str, Any]) -> tuple[str, list[str]]:
 
 def _sites(w: dict[str, Any]) -> tuple[str, list[str]]:
     props = json.dumps({"dataset.cohort-with-a-long-dataset-name.examples": 123456})
-    nodes = [NodeSummary(node_id=s, status="online", last_seen=1.7e9, properties_json=props)
-             for s in SITES]  # fmt: skip
+    nodes = [
+        NodeSummary(node_id=s, status="online", last_seen=1.7e9, properties_json=props)
+        for s in SITES
+    ]
     return render([sites_table(nodes, 1.7e9 + 5)]), [*SITES, "123456"]
 
 
 def _audit_reconcile(w: dict[str, Any]) -> tuple[str, list[str]]:
     def transfer(site: str, digest: str, seq: int) -> Transfer:
-        return Transfer(run_id=RUN_ID, round=12, node_id=site, kind="train",
-                        payload_sha256=digest, bytes=123456, seq=seq)  # fmt: skip
+        return Transfer(
+            run_id=RUN_ID,
+            round=12,
+            node_id=site,
+            kind="train",
+            payload_sha256=digest,
+            bytes=123456,
+            seq=seq,
+        )
 
     report = ReconcileReport(
         coordinator="coordinator",
@@ -334,14 +399,14 @@ def _audit_reconcile(w: dict[str, Any]) -> tuple[str, list[str]]:
                 received=transfer(SITES[0], DIGEST, 9),
                 differs=(),
             ),
-        ),  # fmt: skip
+        ),
         mismatched=(
             Pairing(
                 sent=transfer(SITES[1], DIGEST, 4),
                 received=transfer(SITES[1], OTHER_DIGEST, 10),
                 differs=("payload_sha256",),
             ),
-        ),  # fmt: skip
+        ),
         sent_not_received=(transfer(SITES[1], OTHER_DIGEST, 5),),
         received_not_sent=(),
         invalid=(),
@@ -351,13 +416,19 @@ def _audit_reconcile(w: dict[str, Any]) -> tuple[str, list[str]]:
 
 
 def _budget(w: dict[str, Any]) -> tuple[str, list[str]]:
-    job = JobSpend(run_id=RUN_ID, epsilon=0.987654, delta=1e-6, rounds=12, last_round=12,
-                   guarantee="exact")  # fmt: skip
+    job = JobSpend(
+        run_id=RUN_ID, epsilon=0.987654, delta=1e-6, rounds=12, last_round=12, guarantee="exact"
+    )
     status = BudgetStatus(
-        dataset="cohort-with-a-long-dataset-name", cap_epsilon=8.0, cap_delta=1e-5,
-        spent_epsilon=0.987654, spent_delta=1e-6, remaining_epsilon=7.012346,
-        remaining_delta=9e-6, jobs=(job,),
-    )  # fmt: skip
+        dataset="cohort-with-a-long-dataset-name",
+        cap_epsilon=8.0,
+        cap_delta=1e-5,
+        spent_epsilon=0.987654,
+        spent_delta=1e-6,
+        remaining_epsilon=7.012346,
+        remaining_delta=9e-6,
+        jobs=(job,),
+    )
     return render(budget_view([status])), [RUN_ID, "0.987654", "7.01235"]
 
 
@@ -374,7 +445,7 @@ def _ledger() -> ContributionLedger:
                 evaluations=4,
                 seconds=0.01,
                 server_round=r,
-            )  # fmt: skip
+            )
         )
     return ledger
 
@@ -383,24 +454,37 @@ def _contributions(w: dict[str, Any]) -> tuple[str, list[str]]:
     ledger = _ledger()
     policy = IncentivePolicy(measure="shapley", min_share=0.05, below_min="delayed", delay_days=30)
     outcome = incentive_outcome(policy, ledger, rounds=3)
-    return render([contributions_table(ledger, title=f"contributions to {RUN_ID}"),
-                   outcome_table(outcome)]), SITES  # fmt: skip
+    return render(
+        [contributions_table(ledger, title=f"contributions to {RUN_ID}"), outcome_table(outcome)]
+    ), SITES
 
 
 def _simulate(w: dict[str, Any]) -> tuple[str, list[str]]:
     metrics = dict(zip(SITES, (0.61234, 0.65432, 0.7), strict=True))
     report = SimulationReport(
-        dataset="cohort", task="logistic_regression", metric="auc", strategy="fedavg", seed=1,
+        dataset="cohort",
+        task="logistic_regression",
+        metric="auc",
+        strategy="fedavg",
+        seed=1,
         settings={},
-        federated=MethodResult(method="federated fedavg", site_metrics=metrics,
-                               mean_site_metric=0.63333, pooled_metric=0.64444),
-        baselines=tuple(
-            MethodResult(method=f"local:{s}", site_metrics=metrics, mean_site_metric=0.6,
-                         pooled_metric=0.6) for s in SITES
+        federated=MethodResult(
+            method="federated fedavg",
+            site_metrics=metrics,
+            mean_site_metric=0.63333,
+            pooled_metric=0.64444,
         ),
-        privacy={"guarantee": {"mode": "record", "target_epsilon": 1.0, "delta": 1e-5},
-                 "sites": {s: {"epsilon": 0.98765, "delta": 1e-5, "round": 5} for s in SITES}},
-    )  # fmt: skip
+        baselines=tuple(
+            MethodResult(
+                method=f"local:{s}", site_metrics=metrics, mean_site_metric=0.6, pooled_metric=0.6
+            )
+            for s in SITES
+        ),
+        privacy={
+            "guarantee": {"mode": "record", "target_epsilon": 1.0, "delta": 1e-5},
+            "sites": {s: {"epsilon": 0.98765, "delta": 1e-5, "round": 5} for s in SITES},
+        },
+    )
     return render(simulate_view(report)), [*SITES, "0.6333", "0.6444"]
 
 
@@ -421,7 +505,7 @@ CASES: dict[str, Callable[[dict[str, Any]], tuple[str, list[str]]]] = {
             "nelson-aalen",
             "quantile",
         )
-    },  # fmt: skip
+    },
     "audit reconcile": _audit_reconcile,
     "datasets list": _datasets_list,
     "node approvals": _node_approvals,
@@ -518,7 +602,7 @@ def _json_runs(w: dict[str, Any]) -> list[tuple[str, list[str]]]:
                 "cohort",
                 "--force",
             ],
-        ),  # fmt: skip
+        ),
         ("agreement sign", ["agreement", "sign", str(agreement), "--kit", str(fed / SITES[0])]),
         ("agreement show", ["agreement", "show", str(agreement)]),
         ("agreement verify", ["agreement", "verify", str(agreement), "--consortium-dir", str(fed)]),
@@ -541,7 +625,7 @@ def _json_runs(w: dict[str, Any]) -> list[tuple[str, list[str]]]:
                 "--node-dir",
                 str(node),
             ],
-        ),  # fmt: skip
+        ),
         ("node budget", ["node", "budget", "--node-dir", str(node)]),
         (
             "node dataset add",
@@ -557,7 +641,7 @@ def _json_runs(w: dict[str, Any]) -> list[tuple[str, list[str]]]:
                 "--file-format",
                 "csv",
             ],
-        ),  # fmt: skip
+        ),
         ("node dataset list", ["node", "dataset", "list", "--node-dir", str(node)]),
         ("node dataset show", ["node", "dataset", "show", "second", "--node-dir", str(node)]),
         ("node dataset check", ["node", "dataset", "check", "second", "--node-dir", str(node)]),
@@ -567,11 +651,11 @@ def _json_runs(w: dict[str, Any]) -> list[tuple[str, list[str]]]:
         (
             "privacy epsilon",
             ["privacy", "epsilon", "-z", "1", "-q", "0.01", "-t", "100", "-d", "1e-5"],
-        ),  # fmt: skip
+        ),
         (
             "analyze count",
             ["analyze", "count", "--data", str(w["cohort"]), "--site-column", "hospital"],
-        ),  # fmt: skip
+        ),
     ]
 
 
@@ -581,7 +665,8 @@ def test_format_json_prints_one_json_document(world: dict[str, Any]) -> None:
         assert result.exit_code == (1 if path == "agreement verify" else 0), (path, result.output)
         json.loads(result.stdout)  # one document, nothing else on stdout
     table = runner.invoke(app, ["provision", "list", "--out", str(world["fed"])])
-    assert table.exit_code == 0 and table.stdout.lstrip()[0] != "["
+    assert table.exit_code == 0
+    assert not table.stdout.lstrip().startswith("[")
 
 
 def test_a_bad_format_is_one_line_and_a_file_format_has_its_own_flag(
@@ -590,8 +675,21 @@ def test_a_bad_format_is_one_line_and_a_file_format_has_its_own_flag(
     bad = runner.invoke(app, ["task", "show", str(world["bundle"]), "--format", "csv"])
     assert bad.exit_code == 2
     assert bad.stderr.strip() == "error: --format must be table or json, got 'csv'"
-    old = runner.invoke(app, ["node", "dataset", "add", "x", "--node-dir", str(world["node"]),
-                              "--path", str(world["cohort"]), "--format", "csv"])  # fmt: skip
+    old = runner.invoke(
+        app,
+        [
+            "node",
+            "dataset",
+            "add",
+            "x",
+            "--node-dir",
+            str(world["node"]),
+            "--path",
+            str(world["cohort"]),
+            "--format",
+            "csv",
+        ],
+    )
     assert old.exit_code == 2
     assert "--format must be table or json, got 'csv'" in old.stderr
 
