@@ -7,7 +7,8 @@ declaration and ``emit`` / ``print_json`` the one way out.
 
 Tables keep every value whole. Rich shrinks a table that is wider than the terminal and cuts
 cells with ``…``, which makes a run id or a digest impossible to copy. ``fit(table)`` renders
-the table as it is when every cell fits on one line at the console's width; otherwise each
+the table as it is when every cell fits on one line at the console's width (a prose column,
+marked ``overflow="fold"``, may wrap between words: a note, a reason); otherwise each
 row becomes a block of ``column  value`` lines (as ``psql``'s expanded display does), and a
 value wider than its line folds onto the next lines, never cut. Rich has no such layout of
 its own (its ``overflow="fold"`` folds a long id across lines *inside* a narrow column, where
@@ -143,11 +144,25 @@ class _Fitted:
         self.table = table
 
     def _needed(self, console: Console, options: ConsoleOptions) -> int:
+        """The width at which no cell is cut: every value on one line, except in prose
+        columns (``overflow="fold"``), which may wrap down to their longest word."""
         wide = options.update_width(_UNBOUNDED)
-        return Measurement.get(console, wide, self.table).maximum
+        needed = Measurement.get(console, wide, self.table).maximum
+        for column in self.table.columns:
+            if column.overflow != "fold":
+                continue
+            cells = [cell for cell in (column.header, *column.cells) if cell != ""]
+            sizes = [Measurement.get(console, wide, cell) for cell in cells]
+            if sizes:
+                cap = column.max_width or _UNBOUNDED
+                top = min(max(m.maximum for m in sizes), cap)
+                needed -= max(0, top - min(max(m.minimum for m in sizes), cap))
+        return needed
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
         if self._needed(console, options) <= options.max_width:
+            for column in self.table.columns:  # only prose may wrap when Rich fits the table
+                column.no_wrap = column.no_wrap or column.overflow != "fold"
             yield self.table
         else:
             yield _stacked(self.table)

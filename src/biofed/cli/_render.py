@@ -184,7 +184,11 @@ def privacy_renderables(privacy: Mapping[str, Any]) -> list[RenderableType]:
     if sites:
         table = Table(title="privacy spent so far, as each site's ledger recorded it")
         for col in ("site", "ε", "δ", "after round", "guarantee"):
-            table.add_column(col, justify="left" if col in ("site", "guarantee") else "right")
+            table.add_column(
+                col,
+                justify="left" if col in ("site", "guarantee") else "right",
+                overflow="fold" if col == "guarantee" else "ellipsis",
+            )
         for site, spend in sorted(sites.items()):
             mark = str(spend.get("guarantee", "unlabelled"))
             table.add_row(

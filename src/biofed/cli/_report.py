@@ -361,7 +361,7 @@ def report_view(report: "HeterogeneityReport") -> list[RenderableType]:
         ("outcome", "right"),
         ("note", "left"),
     ):
-        sites.add_column(name, justify=justify)  # type: ignore[arg-type]
+        sites.add_column(name, justify=justify, overflow="fold" if name == "note" else "ellipsis")  # type: ignore[arg-type]
     for s in report.sites:
         sites.add_row(
             escape(s.site),

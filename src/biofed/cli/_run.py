@@ -228,7 +228,7 @@ def status_view(runs: "list[RunSummary]", *, one: bool) -> list[RenderableType]:
     shown: list[RenderableType] = []
     table = Table(title="runs")
     for col in ("run", "status", "owner", "rounds", "metrics", "error"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold" if col in ("metrics", "error") else "ellipsis")
     for r in runs:
         summary = json.loads(r.summary_json or "{}")
         metrics = summary.get("evaluation", {}).get("metrics", {})

@@ -83,8 +83,9 @@ def sites_command(
 def sites_table(nodes: "list[NodeSummary]", now: float) -> Table:
     """The sites, their status, when last seen (relative to ``now``) and datasets."""
     table = Table(title="sites")
-    for col in ("site", "status", "last seen", "datasets (examples)"):
+    for col in ("site", "status", "last seen"):
         table.add_column(col)
+    table.add_column("datasets (examples)", overflow="fold")  # a list: wraps between items
     for node in sorted(nodes, key=lambda n: n.node_id):
         seen = dt.datetime.fromtimestamp(node.last_seen, dt.timezone.utc)
         ago = max(0.0, now - node.last_seen)

@@ -163,7 +163,8 @@ def approvals_command(
 
 def approvals_table(approvals: "Sequence[Approval]") -> Table:
     """The approved digests (whole), who approved each, when and why."""
-    table = Table("digest", "by", "approved at", "note", title="approved bundles")
+    table = Table("digest", "by", "approved at", title="approved bundles")
+    table.add_column("note", overflow="fold")  # prose: wraps between words
     for a in approvals:
         table.add_row(a.digest, escape(a.by), a.approved_at, escape(a.note))
     return table
