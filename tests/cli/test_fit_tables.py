@@ -548,6 +548,7 @@ def test_a_table_that_fits_stays_a_table_and_one_that_does_not_is_stacked() -> N
     stacked = render([wide])
     assert re.search(r"^run\s+tcga-brca-cox-", stacked, re.MULTILINE), stacked
     assert_whole(stacked, [RUN_ID])
+    assert all(line == line.rstrip() for line in stacked.splitlines())  # copied ids: no blanks
     prose = Table("digest", "by", title="approved bundles")
     prose.add_column("note", overflow="fold")  # a prose column may wrap between words
     prose.add_row(DIGEST[:40], "operator", "reviewed the diff against the approved version " * 3)

@@ -114,23 +114,45 @@ def _header(column: Any) -> Text:
     return Text.from_markup(header) if isinstance(header, str) else Text(str(header))
 
 
-def _stacked(table: Table) -> RenderableType:
+def _field(
+    console: Console, header: Text, width: int, value: RenderableType, room: int
+) -> list[RenderableType]:
+    """``header  value`` lines: a text value folds onto indented lines (no padding after
+    it, so a copied id has no trailing blanks); any other renderable goes in a grid."""
+    key = header.copy()
+    key.stylize("bold")
+    key.pad_right(width - key.cell_len)
+    if not isinstance(value, Text):
+        block = Table.grid(padding=(0, 2))
+        block.add_column(no_wrap=True)
+        block.add_column(overflow="fold")
+        block.add_row(key, value)
+        return [block]
+    lines = value.wrap(console, max(room, 1), overflow="fold") if value.plain else [Text("")]
+    shown: list[RenderableType] = []
+    for number, line in enumerate(lines):
+        lead = key if number == 0 else Text(" " * width)
+        field = Text.assemble(lead, "  ", line)
+        field.rstrip()
+        shown.append(field)
+    return shown
+
+
+def _stacked(table: Table, console: Console, max_width: int) -> RenderableType:
     columns = list(table.columns)
+    headers = [_header(column) for column in columns]
+    width = max((h.cell_len for h in headers), default=0)
     cells = [list(column.cells) for column in columns]
     rows: list[RenderableType] = []
     if table.title is not None:
         title = table.title
         rows.append(Text.from_markup(title, style="italic") if isinstance(title, str) else title)
     for index in range(table.row_count):
-        block = Table.grid(padding=(0, 2))
-        block.add_column(style="bold", no_wrap=True)
-        block.add_column(overflow="fold")
-        for column, values in zip(columns, cells, strict=True):
-            value = values[index] if index < len(values) else ""
-            block.add_row(_header(column), _plain(value))
         if index or table.title is not None:
             rows.append(Text(""))
-        rows.append(block)
+        for header, values in zip(headers, cells, strict=True):
+            value = _plain(values[index] if index < len(values) else "")
+            rows.extend(_field(console, header, width, value, max_width - width - 2))
     if table.caption is not None:
         caption = table.caption
         rows.append(Text.from_markup(caption) if isinstance(caption, str) else caption)
@@ -165,7 +187,7 @@ class _Fitted:
                 column.no_wrap = column.no_wrap or column.overflow != "fold"
             yield self.table
         else:
-            yield _stacked(self.table)
+            yield _stacked(self.table, console, options.max_width)
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
         return Measurement(1, min(self._needed(console, options), options.max_width))
