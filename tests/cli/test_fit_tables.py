@@ -679,9 +679,9 @@ def test_format_json_prints_one_json_document(world: dict[str, Any]) -> None:
 def test_a_bad_format_is_one_line_and_a_file_format_has_its_own_flag(
     world: dict[str, Any],
 ) -> None:
-    bad = runner.invoke(app, ["task", "show", str(world["bundle"]), "--format", "csv"])
+    bad = runner.invoke(app, ["task", "show", str(world["bundle"]), "--format", "text"])
     assert bad.exit_code == 2
-    assert bad.stderr.strip() == "error: --format must be table or json, got 'csv'"
+    assert bad.stderr.strip() == "error: --format must be table or json, got 'text'"
     old = runner.invoke(
         app,
         [
@@ -698,7 +698,9 @@ def test_a_bad_format_is_one_line_and_a_file_format_has_its_own_flag(
         ],
     )
     assert old.exit_code == 2
-    assert "--format must be table or json, got 'csv'" in old.stderr
+    assert (
+        old.stderr.strip() == "error: --format must be table or json, got 'csv'; see --file-format"
+    )
 
 
 def test_version() -> None:

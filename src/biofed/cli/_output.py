@@ -47,7 +47,9 @@ def parse_format(value: str | Format) -> Format:
     except ValueError:
         from biofed.cli._common import fail
 
-        raise fail(ValueError(f"--format must be table or json, got {value!r}")) from None
+        hint = "; see --file-format" if value in ("csv", "parquet") else ""
+        message = f"--format must be table or json, got {value!r}{hint}"
+        raise fail(ValueError(message)) from None
 
 
 FormatOption = Annotated[
