@@ -710,3 +710,18 @@ def test_version() -> None:
         result = runner.invoke(app, [flag])
         assert result.exit_code == 0
         assert result.stdout == f"biofed {version('biofed')}\n"
+
+
+def test_simulate_progress_keeps_round_count_and_time_whole_at_80_columns() -> None:
+    from biofed.cli._render import RoundProgress
+
+    buffer = io.StringIO()
+    console = Console(file=buffer, width=WIDTH, color_system=None)
+    progress = RoundProgress(console, rounds=10, metric="c_index")
+    why = "round failed: only 2 of 6 sites replied before the deadline (min 3 needed)"
+    for status in ("train loss 0.1234 · c_index 0.6789", why):
+        progress._progress.add_task("round", total=6, round=10, rounds=10, status=status)
+    console.print(progress._progress.make_tasks_table(progress._progress.tasks))
+    text = buffer.getvalue()
+    assert_whole(text, ["round 10/10", "0/6", "0:00:00", "c_index 0.6789"])
+    assert "(min 3 needed)" in " ".join(text.split())

@@ -89,13 +89,21 @@ class RoundProgress:
             TextColumn,
             TimeElapsedColumn,
         )
+        from rich.table import Column
 
+        def whole() -> Column:
+            return Column(no_wrap=True)
+
+        # At 80 columns only the status (a metric line or a failure's reason) wraps; the
+        # round, the bar, the count and the elapsed time are never cut.
         self._progress = Progress(
-            TextColumn("[bold]round {task.fields[round]}/{task.fields[rounds]}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("sites · {task.fields[status]}"),
-            TimeElapsedColumn(),
+            TextColumn(
+                "[bold]round {task.fields[round]}/{task.fields[rounds]}", table_column=whole()
+            ),
+            BarColumn(bar_width=10, table_column=whole()),
+            MofNCompleteColumn(table_column=whole()),
+            TextColumn("sites · {task.fields[status]}", table_column=Column(overflow="fold")),
+            TimeElapsedColumn(table_column=whole()),
             console=console,
             transient=False,
         )
