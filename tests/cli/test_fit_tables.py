@@ -64,10 +64,12 @@ NO_TABLE = {
     "agreement verify",
     "audit verify",
     "coordinator start",
+    "dashboard link",
     "datasets eunomia-sites",
     "datasets export",
     "node approve",
     "node budget-cap",
+    "node dashboard",
     "node dataset add",
     "node dataset remove",
     "node review",
@@ -560,7 +562,7 @@ def test_a_table_that_fits_stays_a_table_and_one_that_does_not_is_stacked() -> N
 # -- --format json everywhere ----------------------------------------------------------------
 
 #: Long-running servers: they print a log, not a result.
-SERVERS = {"coordinator start", "node start"}
+SERVERS = {"coordinator start", "node dashboard", "node start"}
 
 
 def _command(path: str) -> Any:

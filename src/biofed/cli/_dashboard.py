@@ -6,6 +6,7 @@ from typing import Annotated
 import typer
 
 from biofed.cli._common import clean_errors, kit_option
+from biofed.cli._output import Format, FormatOption, print_json
 
 app = typer.Typer(
     help="Log in to the coordinator's or a site's web dashboard.", no_args_is_help=True
@@ -31,7 +32,7 @@ def link_command(
     seconds: Annotated[
         int, typer.Option(help="How long the link stays valid (at most 600 s); it works once.")
     ] = 300,
-    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    format: FormatOption = Format.table,
 ) -> None:
     """Print a login link signed with your kit's key: open it in a browser within its time.
 
@@ -39,24 +40,19 @@ def link_command(
     that site's own. Anyone holding the link can use it once until it expires: keep it to
     yourself.
     """
-    import json
     import time
 
     from biofed.identity import load_kit
     from biofed.web import audience_of, login_url, make_login_token
 
-    if format not in ("table", "json"):
-        raise typer.BadParameter("--format is table or json")
     with clean_errors():
         participant = load_kit(kit_option(kit))
         token = make_login_token(participant, seconds=seconds)
         base = url or (SITE_URL if participant.role == "site" else COORDINATOR_URL)
         link = login_url(base, token)
     expires = time.strftime("%H:%M:%S", time.localtime(time.time() + seconds))
-    if format == "json":
-        typer.echo(
-            json.dumps({"url": link, "audience": audience_of(participant), "expires_in": seconds})
-        )
+    if format is Format.json:
+        print_json({"url": link, "audience": audience_of(participant), "expires_in": seconds})
         return
     typer.echo(link)
     typer.echo(f"(valid once, until {expires}, for {participant.name})", err=True)
