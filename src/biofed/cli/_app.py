@@ -15,6 +15,7 @@ from biofed.cli import (
     _analyze,
     _audit,
     _budget,
+    _dashboard,
     _demo,
     _open_data,
     _privacy,
@@ -48,6 +49,7 @@ app.add_typer(_task.app, name="task")
 app.add_typer(_privacy.app, name="privacy")
 app.add_typer(_report.app, name="report")
 app.add_typer(_analyze.app, name="analyze")
+app.add_typer(_dashboard.app, name="dashboard")
 _servers.node_app.command("review")(_task.review_command)
 _servers.node_app.command("approve")(_task.approve_command)
 _servers.node_app.command("revoke")(_task.revoke_command)
