@@ -5,7 +5,8 @@
 
 docs/job-reference.md (job files, the coordinator's [limits] and [trusted_data]) comes from
 biofed.coordinator's job schema, docs/reference/node-toml.md from biofed.node's node.toml
-schema, docs/reference/agreement.md from biofed.governance's agreement schema. Change a key
+schema, docs/reference/agreement.md from biofed.governance's agreement schema,
+docs/reference/kit-toml.md from biofed.identity's kit.toml schema. Change a key
 there, then run this script; tests/docs/test_docs_reference.py fails until you do.
 """
 
@@ -23,12 +24,14 @@ def pages() -> dict[Path, Callable[[], str]]:
     """Each generated page and the function that renders it."""
     from biofed.coordinator import JobSpec
     from biofed.governance import StudyAgreement
+    from biofed.identity import Kit
     from biofed.node import NodeConfig
 
     return {
         ROOT / "docs" / "job-reference.md": JobSpec.reference,
         ROOT / "docs" / "reference" / "node-toml.md": NodeConfig.reference,
         ROOT / "docs" / "reference" / "agreement.md": StudyAgreement.reference,
+        ROOT / "docs" / "reference" / "kit-toml.md": Kit.reference,
     }
 
 

@@ -9,6 +9,7 @@ feeding each parser every declared key (accepted) and keys no schema declares (r
 from __future__ import annotations
 
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,11 @@ from biofed.analytics import RULE_KEYS
 from biofed.core import ConfigurationError
 from biofed.governance import INCENTIVE_KEYS, StudyAgreement
 from biofed.node import NodeConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -260,3 +266,34 @@ def test_an_agreement_key_its_reference_lacks_is_refused(table: str, key: str) -
     target[key] = 1
     with pytest.raises(ConfigurationError, match="unknown key"):
         StudyAgreement.from_data(data)
+
+
+# ---- kit.toml ----------------------------------------------------------------------------
+
+
+def test_the_kit_schema_covers_every_setting_the_parser_returns() -> None:
+    from dataclasses import fields
+
+    from biofed.identity._kit_schema import KIT_FILES, KIT_TOP
+    from biofed.identity._kitfile import DEFAULT_FILES, KitConfig
+
+    assert {f.name for f in fields(KitConfig)} - {"files"} == KIT_TOP.names
+    assert set(DEFAULT_FILES) == KIT_FILES.names
+
+
+def test_every_key_of_a_provisioned_kit_is_on_the_kit_page(tmp_path: Path) -> None:
+    from biofed.identity import Consortium, Kit
+
+    Consortium.create(
+        tmp_path / "c", consortium="brca", coordinator="127.0.0.1:7443", sites=["hospital-a"]
+    )
+    page = Kit.reference()
+    kits = [p for p in (tmp_path / "c").glob("*/kit.toml")]
+    assert {p.parent.name for p in kits} >= {"coordinator", "hospital-a"}
+    for kit in kits:
+        data = tomllib.loads(kit.read_text(encoding="utf-8"))
+        for key, value in data.items():
+            assert f"| `{key}` |" in page or f"## `[{key}]`" in page, (kit, key)
+            if isinstance(value, dict):
+                for sub in value:
+                    assert f"| `{sub}` |" in page, (kit, key, sub)
