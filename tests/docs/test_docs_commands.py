@@ -91,3 +91,30 @@ def test_a_renamed_flag_or_command_is_caught() -> None:
         "`biofed run submit` has no option --folow"
     ]
     assert _problems("run sumbit job.toml", cli) == ["`biofed run sumbit`: no such command"]
+
+
+def _command_lines(markdown: str) -> list[str]:
+    """The non-comment lines of a text's ``bash`` blocks, continuations joined, spaces and
+    trailing comments dropped."""
+    lines: list[str] = []
+    for block in _FENCE.findall(markdown):
+        for line in re.sub(r"\\\n\s*", " ", block).splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line and not line.startswith("#"):
+                lines.append(re.sub(r"\s+", " ", line))
+    return lines
+
+
+def test_the_one_machine_tutorial_runs_the_tested_walkthrough() -> None:
+    """tests/e2e/test_walkthrough.py runs the README's "A federation, step by step"; the
+    tutorial shows the same commands in the same order, so it runs as written too."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    start = readme.index("## A federation, step by step")
+    section = readme[start : readme.find("\n## ", start + 1)]
+    walkthrough = [line for line in _command_lines(section) if line != ". .venv/bin/activate"]
+    tutorial = _command_lines((DOCS / "tutorial" / "one-machine.md").read_text(encoding="utf-8"))
+    assert len(walkthrough) > 20
+    missing = [line for line in walkthrough if line not in tutorial]
+    assert missing == [], "the tutorial lost these walkthrough commands"
+    positions = [tutorial.index(line) for line in walkthrough]
+    assert positions == sorted(positions), "the tutorial runs the walkthrough out of order"
