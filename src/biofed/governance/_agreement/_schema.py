@@ -79,8 +79,8 @@ TOP = ConfigTable(
         _K(
             name="datasets",
             value="table of site = dataset name",
-            default="{}",
-            doc="The dataset of each site in scope; one entry per site party.",
+            required=True,
+            doc="The dataset of each site in scope: one entry for every site party, and no other.",
         ),
         _K(
             name="outputs",
@@ -272,7 +272,8 @@ _INCENTIVE_DEFAULTS = {
 
 INCENTIVES = ConfigTable(
     name="incentives",
-    doc="How contributions turn into rewards and access to the final model (optional).",
+    doc="How contributions turn into rewards and access to the final model (optional; "
+    "refused together with `[privacy] secure_aggregation_required = true`).",
     keys=tuple(
         _K(
             name=key,
