@@ -259,7 +259,7 @@ def test_security_headers_on_every_page(client: TestClient) -> None:
     assert "script-src 'self'" in csp
     assert "unsafe-inline" not in csp
     assert "frame-ancestors 'none'" in csp
-    assert reply.headers["referrer-policy"] == "no-referrer"
+    assert reply.headers["referrer-policy"] == "same-origin"  # no-referrer: Origin null
     assert reply.headers["cache-control"] == "no-store"
     assert reply.headers["x-content-type-options"] == "nosniff"
 

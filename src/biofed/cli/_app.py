@@ -16,6 +16,7 @@ from biofed.cli import (
     _audit,
     _budget,
     _dashboard,
+    _dashboard_site,
     _demo,
     _open_data,
     _privacy,
@@ -56,6 +57,7 @@ _servers.node_app.command("revoke")(_task.revoke_command)
 _servers.node_app.command("approvals")(_task.approvals_command)
 _servers.node_app.command("budget")(_budget.budget_command)
 _servers.node_app.command("budget-cap")(_budget.budget_cap_command)
+_servers.node_app.command("dashboard")(_dashboard_site.node_dashboard_command)
 
 
 @app.callback()

@@ -25,6 +25,7 @@ from biofed.web._auth import (
     site_audience,
 )
 from biofed.web._serve import RunningDashboard, TlsFiles, is_loopback, parse_listen, serve_dashboard
+from biofed.web._site import site_dashboard
 
 __all__ = [
     "COOKIE",
@@ -46,4 +47,5 @@ __all__ = [
     "parse_listen",
     "serve_dashboard",
     "site_audience",
+    "site_dashboard",
 ]

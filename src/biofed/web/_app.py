@@ -14,7 +14,9 @@ Security notes
 See :mod:`biofed.web._auth` for authentication, sessions and CSRF. Here: every response
 carries a strict Content-Security-Policy (no inline script, no foreign origin, no framing:
 OWASP ASVS 4.0 V14.4), ``X-Content-Type-Options: nosniff``, ``Referrer-Policy:
-no-referrer`` and ``Cache-Control: no-store`` on pages; Jinja2 autoescapes every value
+same-origin`` (no URL leaves for another site; ``no-referrer`` would make browsers send
+``Origin: null`` with the dashboard's own form posts, which the Origin check refuses) and
+``Cache-Control: no-store`` on pages; Jinja2 autoescapes every value
 (run ids, site names and messages come from job files and sites: ASVS V5.3.3).
 """
 
@@ -51,7 +53,7 @@ CSP = (
 _HEADERS = [
     (b"content-security-policy", CSP.encode()),
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    (b"referrer-policy", b"same-origin"),
     (b"x-frame-options", b"DENY"),
     (b"cross-origin-opener-policy", b"same-origin"),
 ]

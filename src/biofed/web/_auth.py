@@ -18,7 +18,8 @@ management, V4 access control, V13 API; OWASP CSRF Prevention Cheat Sheet):
 - *A leaked link* (shell history, a proxy's log, browser history): a token is for one
   dashboard (its audience), lives at most :data:`MAX_TOKEN_SECONDS`, and is single-use (its
   nonce is remembered until it expires). Uvicorn's access log, which would print the query
-  string, is off (:mod:`biofed.web._serve`); pages send ``Referrer-Policy: no-referrer``.
+  string, is off (:mod:`biofed.web._serve`); pages send ``Referrer-Policy: same-origin``
+  (no address is sent to another site).
 - *A signature made for something else* (an audit entry, an agreement) replayed as a token:
   the signed bytes start with :data:`DOMAIN`, which no other biofed signature starts with.
 - *Session fixation or theft*: session ids are 256-bit random values minted at login and
