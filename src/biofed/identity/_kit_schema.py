@@ -96,13 +96,15 @@ operator adds the tables at the end of this page.
 _COORDINATOR = """\
 ## The coordinator's own tables
 
-A coordinator's `kit.toml` also holds the operator's settings for the jobs it accepts,
-documented with the job schema that checks them:
+A coordinator's `kit.toml` also holds its operator's own settings, documented where
+they are used:
 
 - `[limits]`: caps on every job (largest model, most rounds, local steps, batch size,
   longest round timeout…), see [the job reference][limits];
 - `[trusted_data]`: the trusted datasets robust aggregation and contribution measurement may
-  name, see [the job reference][trusted].
+  name, see [the job reference][trusted];
+- `[tracking]`: where the coordinator logs runs (MLflow, optionally TensorBoard), see
+  [experiment tracking](../how-to/tracking.md#turn-it-on).
 
 [limits]: ../job-reference.md#limits-in-the-coordinators-kittoml
 [trusted]: ../job-reference.md#trusted_data-in-the-coordinators-kittoml-optional
