@@ -36,6 +36,7 @@ from biofed.coordinator._executor import RunExecutor
 from biofed.coordinator._job import JobSpec
 from biofed.coordinator._job_contribution import check_incentives
 from biofed.coordinator._job_limits import JobLimits
+from biofed.coordinator._records import RoundRecord
 from biofed.coordinator._result import model_result
 from biofed.coordinator._scheduler import (
     DEFAULT_MAX_ATTEMPTS,
@@ -365,6 +366,19 @@ class Coordinator:
                 + (f" ({row.error})" if row.error else "")
             )
         return text
+
+    def run_rounds(self, peer: Peer, run_id: str) -> list[RoundRecord]:
+        """The round records of a run (each round's replies, aggregated and per-site
+        metrics, failure), under the same access rules as :meth:`get_run` (the coordinator's
+        dashboard draws its charts from them).
+
+        Raises
+        ------
+        PolicyViolation
+            The run is not visible to ``peer`` (the same words for a missing run).
+        """
+        self.access.require(peer, self.store.get_run(run_id))
+        return [r.record for r in self.store.rounds(run_id)]
 
     def list_nodes(self, peer: Peer) -> list[NodeSummary]:
         return [node_summary(n) for n in self.store.list_nodes()]

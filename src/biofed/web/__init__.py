@@ -24,6 +24,7 @@ from biofed.web._auth import (
     make_login_token,
     site_audience,
 )
+from biofed.web._coordinator import coordinator_dashboard, coordinator_gate
 from biofed.web._serve import RunningDashboard, TlsFiles, is_loopback, parse_listen, serve_dashboard
 from biofed.web._site import site_dashboard
 
@@ -41,6 +42,8 @@ __all__ = [
     "audience_of",
     "chart",
     "coordinator_audience",
+    "coordinator_dashboard",
+    "coordinator_gate",
     "is_loopback",
     "login_url",
     "make_login_token",
