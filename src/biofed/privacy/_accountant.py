@@ -1,4 +1,9 @@
-"""Privacy accountants: one small interface over dp-accounting's RDP and PLD accountants."""
+"""Privacy accountants: one small interface over dp-accounting's RDP and PLD accountants.
+
+dp-accounting is imported where an ε is computed, not with this module: it takes a second or
+more to import (SciPy's statistics, mpmath), and every node, coordinator and CLI process
+imports :mod:`biofed.privacy` whether or not it ever accounts for a DP run.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
-
-import dp_accounting  # type: ignore[import-untyped, unused-ignore]
-from dp_accounting.pld import PLDAccountant  # type: ignore[import-untyped, unused-ignore]
-from dp_accounting.rdp import RdpAccountant as _DpaRdpAccountant  # type: ignore[import-untyped, unused-ignore]
 
 from biofed.core import ConfigurationError, PayloadError
 from biofed.core.checks import check_float
@@ -87,6 +88,8 @@ class SampledGaussian:
 
     def to_dp_event(self) -> Any:
         """The matching ``dp_accounting`` event (self-composed Poisson-sampled Gaussian)."""
+        import dp_accounting  # type: ignore[import-untyped, unused-ignore]
+
         gaussian = dp_accounting.GaussianDpEvent(self.noise_multiplier)
         sampled = dp_accounting.PoissonSampledDpEvent(self.sampling_rate, gaussian)
         return dp_accounting.SelfComposedDpEvent(sampled, self.steps)
@@ -229,6 +232,8 @@ class RdpAccountant(Accountant):
     name = "rdp"
 
     def _epsilon(self, events: Sequence[SampledGaussian], delta: float) -> float:
+        from dp_accounting.rdp import RdpAccountant as _DpaRdpAccountant  # type: ignore[import-untyped, unused-ignore]
+
         accountant = _DpaRdpAccountant()
         for event in events:
             accountant.compose(event.to_dp_event())
@@ -264,6 +269,8 @@ class PldAccountant(Accountant):
         super().__init__(events)
 
     def _epsilon(self, events: Sequence[SampledGaussian], delta: float) -> float:
+        from dp_accounting.pld import PLDAccountant  # type: ignore[import-untyped, unused-ignore]
+
         accountant = PLDAccountant(value_discretization_interval=self.value_discretization_interval)
         for event in events:
             accountant.compose(event.to_dp_event())
