@@ -1,17 +1,19 @@
-"""Suite-wide hooks: start the longest test modules first on every xdist worker.
+"""Suite-wide hooks: start the longest tests first on every xdist worker.
 
 ``make test`` runs ``pytest -n 2 --dist worksteal``. Work stealing hands each worker one
 contiguous half of the collected items and lets an idle worker take the back half of the
 other's queue, so the suite's wall time is about half its total *unless* a long test starts
 late: a 150 s demo that begins when the other worker has 30 s of work left leaves that worker
 idle for two minutes. This hook lays the items out so that each worker's half begins with an
-even share of the long modules (longest first, each to the half with the least estimated work
-so far) and fills the rest with the other modules in their usual order; the stealing that
-follows only moves short tests. A module stays in one piece, so its module-scoped fixtures
-are still built once. Without xdist (a local ``pytest tests/x``) nothing moves.
+even share of the long tests (longest first, each to the half with the least estimated work
+so far) and fills the rest with the other tests in their usual order; the stealing that
+follows only moves short tests (under ``--dist load`` the layout is harmless). A module is
+placed in one piece, so its module-scoped fixtures are still built once, unless
+:data:`LONGEST_S` names its tests one by one (tests that share nothing and so may run on
+different workers). Without xdist (a local ``pytest tests/x``) nothing moves.
 
-The estimates are seconds on an idle 2-core machine; only their order matters, and a module
-missing here that has ``slow`` tests counts :data:`SLOW_TEST_S` per slow test.
+The estimates are seconds on a loaded 2-core machine, from ``--durations``; only their order
+matters, and a module not named here counts :data:`SLOW_TEST_S` per ``slow`` test.
 """
 
 from __future__ import annotations
@@ -20,23 +22,42 @@ from collections import defaultdict
 
 import pytest
 
-#: Estimated seconds of the longest modules (path prefixes, relative to the repository root).
+#: Estimated seconds of the longest tests: a module path, or a test's node id prefix (with
+#: ``::``) for a test placed on its own. Paths are relative to the repository root.
 LONGEST_S: dict[str, float] = {
-    "tests/cli/test_cli_demo": 120.0,
-    "tests/e2e/test_walkthrough.py": 100.0,
-    "tests/e2e/test_bench_analytics.py": 30.0,
-    "tests/e2e/test_bench_attacks.py": 20.0,
-    "tests/e2e/test_readme_analytics.py": 15.0,
-    "tests/e2e/test_readme_omop.py": 15.0,
-    "tests/e2e/test_bench_contribution.py": 10.0,
+    "tests/cli/test_cli_demo": 350.0,
+    "tests/e2e/test_walkthrough.py": 330.0,
+    "tests/e2e/test_sim_equals_network.py": 165.0,
+    "tests/e2e/test_readme_omop.py": 75.0,
+    "tests/e2e/test_bench_attacks.py::test_poisoning": 45.0,
+    "tests/e2e/test_bench_attacks.py::test_inversion": 80.0,
+    "tests/e2e/test_bench_attacks.py::test_membership": 15.0,
+    "tests/e2e/test_readme_analytics.py": 60.0,
+    "tests/e2e/test_bench_analytics.py": 50.0,
+    "tests/e2e/test_study_job.py::test_a_study_job": 55.0,
+    "tests/e2e/test_study_job.py::test_a_gi_bleed": 40.0,
+    "tests/e2e/test_resume.py": 35.0,
+    "tests/e2e/test_analysis_network.py": 30.0,
+    "tests/e2e/test_audit_truncation.py": 35.0,
+    "tests/e2e/test_run_isolation.py": 45.0,
+    "tests/e2e/test_node_faults.py": 30.0,
+    "tests/e2e/test_bench_contribution.py": 20.0,
 }
 #: Estimated seconds of a ``slow`` test in a module not named above.
 SLOW_TEST_S = 5.0
 
 
-def _estimate(path: str, items: list[pytest.Item]) -> float:
-    for prefix, seconds in LONGEST_S.items():
-        if path.startswith(prefix):
+def _group(nodeid: str) -> str:
+    """The unit placed on one worker: the test named in LONGEST_S, else its module."""
+    for key in LONGEST_S:
+        if "::" in key and nodeid.startswith(key):
+            return key
+    return nodeid.split("::", 1)[0]
+
+
+def _estimate(group: str, items: list[pytest.Item]) -> float:
+    for key, seconds in LONGEST_S.items():
+        if group.startswith(key):
             return seconds
     return SLOW_TEST_S * sum(1 for item in items if item.get_closest_marker("slow"))
 
@@ -51,24 +72,24 @@ def _chunk_sizes(total: int, workers: int) -> list[int]:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    workerinput = getattr(config, "workerinput", None)
-    if workerinput is None or config.getoption("dist", "no") != "worksteal":
+    workerinput = getattr(config, "workerinput", None)  # set on an xdist worker only
+    if workerinput is None:  # (a worker's own options say dist = "no", whatever was asked)
         return
     workers = int(workerinput["workercount"])
     if workers < 2:
         return
-    modules: dict[str, list[pytest.Item]] = defaultdict(list)
+    groups: dict[str, list[pytest.Item]] = defaultdict(list)
     for item in items:
-        modules[item.nodeid.split("::", 1)[0]].append(item)
-    weights = {path: _estimate(path, its) for path, its in modules.items()}
-    long_paths = sorted((p for p in modules if weights[p] > 0), key=lambda p: -weights[p])
+        groups[_group(item.nodeid)].append(item)
+    weights = {group: _estimate(group, its) for group, its in groups.items()}
+    long_groups = sorted((g for g in groups if weights[g] > 0), key=lambda g: -weights[g])
     lanes: list[list[pytest.Item]] = [[] for _ in range(workers)]
     load = [0.0] * workers
-    for path in long_paths:
+    for group in long_groups:
         lane = min(range(workers), key=lambda i: (load[i], i))
-        lanes[lane].extend(modules[path])
-        load[lane] += weights[path]
-    rest = [item for path, its in modules.items() if weights[path] == 0 for item in its]
+        lanes[lane].extend(groups[group])
+        load[lane] += weights[group]
+    rest = [item for group, its in groups.items() if weights[group] == 0 for item in its]
     for lane, size in zip(lanes, _chunk_sizes(len(items), workers), strict=True):
         take = max(0, size - len(lane))
         lane.extend(rest[:take])
