@@ -13,7 +13,7 @@ placed in one piece, so its module-scoped fixtures are still built once, unless
 different workers). Without xdist (a local ``pytest tests/x``) nothing moves.
 
 The estimates are seconds on a loaded 2-core machine, from ``--durations``; only their order
-matters, and a module not named here counts :data:`SLOW_TEST_S` per ``slow`` test.
+matters, and a module not named here counts :data:`SLOW_MODULE_S` if it has ``slow`` tests.
 """
 
 from __future__ import annotations
@@ -25,26 +25,42 @@ import pytest
 #: Estimated seconds of the longest tests: a module path, or a test's node id prefix (with
 #: ``::``) for a test placed on its own. Paths are relative to the repository root.
 LONGEST_S: dict[str, float] = {
-    "tests/cli/test_cli_demo": 350.0,
+    "tests/cli/test_cli_demo.py": 350.0,
+    "tests/cli/test_cli_demo_omop.py": 60.0,
+    "tests/cli/test_cli_demo": 150.0,  # any other demo module
     "tests/e2e/test_walkthrough.py": 330.0,
+    "tests/simulation/test_simulate_agreement.py::test_governed_sites": 230.0,
+    "tests/simulation/test_simulate_agreement.py::test_a_job_beyond": 60.0,
+    "tests/simulation/test_simulate_agreement.py::test_seeded_dp": 40.0,
+    "tests/simulation/test_backends.py": 260.0,  # one Ray instance for the module
     "tests/e2e/test_sim_equals_network.py": 165.0,
-    "tests/e2e/test_readme_omop.py": 75.0,
+    "tests/simulation/test_simulate_job.py::test_ledger_dir": 50.0,
+    "tests/simulation/test_simulate_job.py": 120.0,  # the rest share one simulated run
     "tests/e2e/test_bench_attacks.py::test_poisoning": 45.0,
     "tests/e2e/test_bench_attacks.py::test_inversion": 80.0,
     "tests/e2e/test_bench_attacks.py::test_membership": 15.0,
+    "tests/e2e/test_readme_omop.py": 75.0,
     "tests/e2e/test_readme_analytics.py": 60.0,
+    "tests/attacks/test_atk_inversion.py": 60.0,
+    "tests/simulation/test_study_governed.py": 70.0,
     "tests/e2e/test_bench_analytics.py": 50.0,
     "tests/e2e/test_study_job.py::test_a_study_job": 55.0,
     "tests/e2e/test_study_job.py::test_a_gi_bleed": 40.0,
-    "tests/e2e/test_resume.py": 35.0,
-    "tests/e2e/test_analysis_network.py": 30.0,
-    "tests/e2e/test_audit_truncation.py": 35.0,
+    "tests/simulation/test_analyze_models.py": 45.0,
     "tests/e2e/test_run_isolation.py": 45.0,
+    "tests/e2e/test_resume.py": 35.0,
+    "tests/e2e/test_audit_truncation.py": 35.0,
+    "tests/e2e/test_analysis_network.py": 30.0,
     "tests/e2e/test_node_faults.py": 30.0,
+    "tests/simulation/test_attack_study_cohort.py": 25.0,
     "tests/e2e/test_bench_contribution.py": 20.0,
+    "tests/attacks/test_atk_membership.py": 20.0,
+    "tests/analytics/test_glm.py": 20.0,
+    "tests/analytics/test_descriptive.py": 20.0,
 }
-#: Estimated seconds of a ``slow`` test in a module not named above.
-SLOW_TEST_S = 5.0
+#: Estimated seconds of a module not named above that has ``slow`` tests (many are short
+#: parametrised cases over one consortium: a count per test would overrate them).
+SLOW_MODULE_S = 10.0
 
 
 def _group(nodeid: str) -> str:
@@ -59,7 +75,7 @@ def _estimate(group: str, items: list[pytest.Item]) -> float:
     for key, seconds in LONGEST_S.items():
         if group.startswith(key):
             return seconds
-    return SLOW_TEST_S * sum(1 for item in items if item.get_closest_marker("slow"))
+    return SLOW_MODULE_S if any(item.get_closest_marker("slow") for item in items) else 0.0
 
 
 def _chunk_sizes(total: int, workers: int) -> list[int]:
