@@ -32,6 +32,15 @@ _EVENT_KEYS = ("noise_multiplier", "sampling_rate", "steps")
 _VERSION = 1
 
 
+def _dp_accounting() -> Any:
+    """dp-accounting with its RDP and PLD accountants, imported on first use (see above)."""
+    import dp_accounting  # type: ignore[import-untyped, unused-ignore]
+    import dp_accounting.pld  # type: ignore[import-untyped, unused-ignore]
+    import dp_accounting.rdp  # type: ignore[import-untyped, unused-ignore]
+
+    return dp_accounting
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class SampledGaussian:
     """``steps`` runs of the Poisson-subsampled Gaussian mechanism.
@@ -88,11 +97,10 @@ class SampledGaussian:
 
     def to_dp_event(self) -> Any:
         """The matching ``dp_accounting`` event (self-composed Poisson-sampled Gaussian)."""
-        import dp_accounting  # type: ignore[import-untyped, unused-ignore]
-
-        gaussian = dp_accounting.GaussianDpEvent(self.noise_multiplier)
-        sampled = dp_accounting.PoissonSampledDpEvent(self.sampling_rate, gaussian)
-        return dp_accounting.SelfComposedDpEvent(sampled, self.steps)
+        dpa = _dp_accounting()
+        gaussian = dpa.GaussianDpEvent(self.noise_multiplier)
+        sampled = dpa.PoissonSampledDpEvent(self.sampling_rate, gaussian)
+        return dpa.SelfComposedDpEvent(sampled, self.steps)
 
 
 class Accountant(ABC):
@@ -232,9 +240,7 @@ class RdpAccountant(Accountant):
     name = "rdp"
 
     def _epsilon(self, events: Sequence[SampledGaussian], delta: float) -> float:
-        from dp_accounting.rdp import RdpAccountant as _DpaRdpAccountant  # type: ignore[import-untyped, unused-ignore]
-
-        accountant = _DpaRdpAccountant()
+        accountant = _dp_accounting().rdp.RdpAccountant()
         for event in events:
             accountant.compose(event.to_dp_event())
         return float(accountant.get_epsilon(delta))
@@ -269,9 +275,8 @@ class PldAccountant(Accountant):
         super().__init__(events)
 
     def _epsilon(self, events: Sequence[SampledGaussian], delta: float) -> float:
-        from dp_accounting.pld import PLDAccountant  # type: ignore[import-untyped, unused-ignore]
-
-        accountant = PLDAccountant(value_discretization_interval=self.value_discretization_interval)
+        interval = self.value_discretization_interval
+        accountant = _dp_accounting().pld.PLDAccountant(value_discretization_interval=interval)
         for event in events:
             accountant.compose(event.to_dp_event())
         return float(accountant.get_epsilon(delta))
