@@ -27,7 +27,10 @@ types: $(STAMP)
 layers: $(STAMP)
 	$(BIN)/lint-imports
 
+# scripts/ci_deps.sh installs the Debian packages the suite needs (Chromium, kubectl…) when
+# missing and run as root; otherwise it names them and goes on.
 unit: $(STAMP)
+	scripts/ci_deps.sh
 	scripts/with_postgres.sh $(BIN)/pytest -n 2 --dist worksteal -q
 
 bench: $(STAMP)

@@ -76,10 +76,11 @@ def test_the_readme_walkthrough_runs_as_written(tmp_path: Path) -> None:
     log_path = tmp_path / "walkthrough.log"
     env = {k: v for k, v in os.environ.items() if k not in ("BIOFED_KIT", "VIRTUAL_ENV")}
     env["PYTHONUNBUFFERED"] = "1"
-    env["PS4"] = "+ [${SECONDS}s] "  # each traced command with the script's elapsed time
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
-            ["bash", "-c", "set -eo pipefail -x\n" + script],
+            # each traced command with the script's elapsed time (PS4 is set in the script:
+            # bash running as root ignores a PS4 from its environment)
+            ["bash", "-c", "PS4='+ [${SECONDS}s] '\nset -eo pipefail -x\n" + script],
             cwd=tmp_path,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -1,4 +1,9 @@
-"""Privacy accountants: one small interface over dp-accounting's RDP and PLD accountants."""
+"""Privacy accountants: one small interface over dp-accounting's RDP and PLD accountants.
+
+dp-accounting is imported where an ε is computed, not with this module: it takes a second or
+more to import (SciPy's statistics, mpmath), and every node, coordinator and CLI process
+imports :mod:`biofed.privacy` whether or not it ever accounts for a DP run.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +13,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
-
-import dp_accounting  # type: ignore[import-untyped, unused-ignore]
-from dp_accounting.pld import PLDAccountant  # type: ignore[import-untyped, unused-ignore]
-from dp_accounting.rdp import RdpAccountant as _DpaRdpAccountant  # type: ignore[import-untyped, unused-ignore]
 
 from biofed.core import ConfigurationError, PayloadError
 from biofed.core.checks import check_float
@@ -29,6 +30,15 @@ PLD_VALUE_DISCRETIZATION_INTERVAL = 1e-4
 _FORMAT = "biofed.privacy.accountant"
 _EVENT_KEYS = ("noise_multiplier", "sampling_rate", "steps")
 _VERSION = 1
+
+
+def _dp_accounting() -> Any:
+    """dp-accounting with its RDP and PLD accountants, imported on first use (see above)."""
+    import dp_accounting  # type: ignore[import-untyped, unused-ignore]
+    import dp_accounting.pld  # type: ignore[import-untyped, unused-ignore]
+    import dp_accounting.rdp  # type: ignore[import-untyped, unused-ignore]
+
+    return dp_accounting
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -87,9 +97,10 @@ class SampledGaussian:
 
     def to_dp_event(self) -> Any:
         """The matching ``dp_accounting`` event (self-composed Poisson-sampled Gaussian)."""
-        gaussian = dp_accounting.GaussianDpEvent(self.noise_multiplier)
-        sampled = dp_accounting.PoissonSampledDpEvent(self.sampling_rate, gaussian)
-        return dp_accounting.SelfComposedDpEvent(sampled, self.steps)
+        dpa = _dp_accounting()
+        gaussian = dpa.GaussianDpEvent(self.noise_multiplier)
+        sampled = dpa.PoissonSampledDpEvent(self.sampling_rate, gaussian)
+        return dpa.SelfComposedDpEvent(sampled, self.steps)
 
 
 class Accountant(ABC):
@@ -229,7 +240,7 @@ class RdpAccountant(Accountant):
     name = "rdp"
 
     def _epsilon(self, events: Sequence[SampledGaussian], delta: float) -> float:
-        accountant = _DpaRdpAccountant()
+        accountant = _dp_accounting().rdp.RdpAccountant()
         for event in events:
             accountant.compose(event.to_dp_event())
         return float(accountant.get_epsilon(delta))
@@ -264,7 +275,8 @@ class PldAccountant(Accountant):
         super().__init__(events)
 
     def _epsilon(self, events: Sequence[SampledGaussian], delta: float) -> float:
-        accountant = PLDAccountant(value_discretization_interval=self.value_discretization_interval)
+        interval = self.value_discretization_interval
+        accountant = _dp_accounting().pld.PLDAccountant(value_discretization_interval=interval)
         for event in events:
             accountant.compose(event.to_dp_event())
         return float(accountant.get_epsilon(delta))
