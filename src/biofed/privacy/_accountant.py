@@ -15,6 +15,7 @@ from dp_accounting.rdp import RdpAccountant as _DpaRdpAccountant  # type: ignore
 
 from biofed.core import ConfigurationError, PayloadError
 from biofed.core.checks import check_float
+from biofed.privacy import _dpa_logs
 from biofed.privacy._checks import (
     check_delta,
     check_non_negative,
@@ -29,6 +30,8 @@ PLD_VALUE_DISCRETIZATION_INTERVAL = 1e-4
 _FORMAT = "biofed.privacy.accountant"
 _EVENT_KEYS = ("noise_multiplier", "sampling_rate", "steps")
 _VERSION = 1
+
+_dpa_logs.install()  # dp-accounting's "failed to converge" warnings: DEBUG, not the site's log
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
