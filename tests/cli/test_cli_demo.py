@@ -31,11 +31,12 @@ class Demo:
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
-    """One demo run for every test here: the table format at 80 columns, kept in a folder
+    """One demo run for every test here, of one round (each round adds a training and an
+    evaluation worker process per site): the table format at 80 columns, kept in a folder
     (its JSON report is ``demo.json`` there, what ``--format json`` prints)."""
     workdir = tmp_path_factory.mktemp("demo")
     result = CliRunner(env={"COLUMNS": "80"}).invoke(
-        app, ["demo", "--workdir", str(workdir), "--rounds", "2"]
+        app, ["demo", "--workdir", str(workdir), "--rounds", "1"]
     )
     assert result.exit_code == 0, result.output
     report = json.loads((workdir / "demo.json").read_text())
@@ -45,7 +46,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Demo:
 def test_the_run_finishes_at_every_site_and_every_process_stops_cleanly(demo: Demo) -> None:
     report = demo.report
     assert report["status"] == "finished"
-    assert report["rounds"] == 2
+    assert report["rounds"] == 1
     assert set(report["processes"].values()) == {0}
     assert len(report["processes"]) == 7
     assert report["workdir"] == str(demo.workdir)
@@ -105,14 +106,14 @@ def test_each_site_approved_enforced_and_kept_a_verifiable_audit_log(demo: Demo)
     assert all(entry["ok"] for entry in audit.values())
     # what every site says it sent is what the coordinator says it received
     # per site and round: the 4 secure-aggregation stages' messages and 1 evaluation
-    assert audit["reconcile"] == {"ok": True, "entries": (4 + 1) * 2 * len(SITES)}
+    assert audit["reconcile"] == {"ok": True, "entries": (4 + 1) * 1 * len(SITES)}
 
 
 def test_each_sites_ledger_stays_within_the_target_epsilon(demo: Demo) -> None:
     privacy = demo.report["summary"]["privacy"]
     assert privacy["guarantee"]["mode"] == "sample"
     assert set(privacy["sites"]) == set(SITES)
-    # each site's own ledger figure stays within the job's target ε over the 2 rounds
+    # each site's own ledger figure stays within the job's target ε over the run
     assert all(0 < s["epsilon"] <= 8.0 for s in privacy["sites"].values())
 
 
@@ -134,7 +135,7 @@ def test_the_last_screen_is_a_summary_that_fits_80_columns(demo: Demo) -> None:
     lines = demo.stdout.splitlines()
     assert max(len(line) for line in lines) <= 80, demo.stdout
     assert "{" not in demo.stdout  # no Python dict, no JSON
-    assert lines[0].startswith("biofed demo: finished · 2 of 2 rounds · 6 sites")
+    assert lines[0].startswith("biofed demo: finished · 1 of 1 round · 6 sites")
     # the ids whole, each on its own line
     assert _line(lines, "run id").split() == ["run", "id", report["run_id"]]
     assert _line(lines, "bundle").split() == ["bundle", report["bundle"]]

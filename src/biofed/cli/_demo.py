@@ -281,7 +281,7 @@ def _run(
         _wait_for_nodes(client, procs, console)
         console.print(
             f"6 sites connected over mutual TLS; submitting the job under agreement "
-            f"{governance.agreement_id} with bundle {governance.bundle[:16]}…"
+            f"{governance.agreement_id} with bundle {governance.bundle}"
         )
         run = client.submit_run(
             spec.to_json(),

@@ -220,7 +220,7 @@ def run_omop(
     write_sites(root, consortium)
     console.print(
         f"{len(SITES)} sites each hold their own OMOP CDM (Eunomia split by age and size); "
-        f"study spec {spec.name} has digest {spec.digest[:16]}…"
+        f"study spec {spec.name} has digest {spec.digest}"
     )
     governance = prepare(root, consortium, SITES, console, study(spec))
     _print_quality(consortium, console)

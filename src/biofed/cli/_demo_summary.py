@@ -95,11 +95,10 @@ def _site_table(result: Mapping[str, Any], sites: Sequence[str], data: str) -> T
     return table
 
 
-def _privacy_line(result: Mapping[str, Any], data: str) -> str:
+def _privacy_line(result: Mapping[str, Any]) -> str:
     privacy = result.get("summary", {}).get("privacy")
     if not privacy:
-        kind = "SecAgg+" if data == "omop" else "secure aggregation"
-        return f"{kind}: the coordinator saw only the sum of the sites' updates; no DP"
+        return "no DP; secure aggregation: the coordinator saw only the sum of the updates"
     g = privacy.get("guarantee", {})
     target = g.get("target_epsilon")
     goal = f"target ε {target:g}" if isinstance(target, int | float) else "a fixed noise"
@@ -159,7 +158,7 @@ def summary(
     head = Text.assemble(
         ("biofed demo: ", "bold"),
         (status.replace("_", " "), f"bold {style}"),
-        f" · {done} of {rounds} rounds",
+        f" · {done} of {rounds} round{'' if rounds == 1 else 's'}",
         (f" ({failed} failed)" if failed else "", "bold red"),
         f" · {len(sites)} sites over mutual TLS",
     )
@@ -190,7 +189,7 @@ def summary(
         ("agreement", f"{escape(str(agreement.get('id')))}: {state}, signed by {signers} parties")
     )
     facts.append(("bundle", escape(str(result.get("bundle")))))
-    after = [("privacy", _privacy_line(result, data)), ("audit", _audit_line(result, sites))]
+    after = [("privacy", _privacy_line(result)), ("audit", _audit_line(result, sites))]
     reconciled = _reconcile_line(result)
     if reconciled:
         after.append(("reconciled", reconciled))
