@@ -31,6 +31,12 @@ if TYPE_CHECKING:
     from biofed.transport.grpc import ControlClient
 
 _SITES = [f"center-{k}" for k in range(6)]
+#: Seconds a round may take: a DP-SGD round is seconds on an idle machine, but each site
+#: starts a sandboxed worker per step and a busy or slow machine (CI, a laptop on battery)
+#: must not fail the demo; a healthy run never waits for it.
+ROUND_TIMEOUT = 180.0
+#: Seconds the processes get to stop after SIGTERM before they are killed.
+STOP_TIMEOUT = 30.0
 #: The demo's report in a kept folder (``--workdir`` or ``--keep``): what --format json prints.
 REPORT_FILE = "demo.json"
 
@@ -87,7 +93,7 @@ def _job(rounds: int, strategy: str, governance: "Governance") -> "JobSpec":
                 "seed": 42,
                 "min_nodes": 6,
                 "min_replies": 5,
-                "round_timeout": 60.0,
+                "round_timeout": ROUND_TIMEOUT,
             },
             # A sum of per-record terms: each site's ε is a guarantee (the Cox model has none)
             "task": {
@@ -143,7 +149,7 @@ class _Processes:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         codes: dict[str, int] = {}
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + STOP_TIMEOUT
         for name, proc in self.procs.items():
             try:
                 codes[name] = proc.wait(timeout=max(0.1, deadline - time.monotonic()))

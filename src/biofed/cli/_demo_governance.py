@@ -291,8 +291,7 @@ def prepare(
     if not status.in_force:
         raise BiofedError(f"the demo's agreement is not in force: {'; '.join(status.reasons)}")
     console.print(
-        f"signed by {', '.join(status.signed_by)}: [green]in force[/] "
-        f"(digest {status.digest})"
+        f"signed by {', '.join(status.signed_by)}: [green]in force[/] (digest {status.digest})"
     )
     for site in sites:
         _set_up_site(kits[site], root / "consortium", signed, info.digest, study)

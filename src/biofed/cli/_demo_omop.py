@@ -110,6 +110,7 @@ def job(
 ) -> "JobSpec":
     """The researcher's job: the study spec (its text travels with the job), the approved
     bundle, secure aggregation."""
+    from biofed.cli._demo import ROUND_TIMEOUT
     from biofed.coordinator import JobSpec
 
     spec_file = root / "study" / "gi-bleed.json"
@@ -126,7 +127,7 @@ def job(
                 "seed": 42,
                 "min_nodes": len(SITES),
                 "min_replies": len(SITES) - 1,
-                "round_timeout": 60.0,
+                "round_timeout": ROUND_TIMEOUT,
             },
             "study": {"spec": str(spec_file)},
             "task": {"name": "logistic_regression"},  # num_features: set by the fitted phase

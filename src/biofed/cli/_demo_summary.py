@@ -103,7 +103,12 @@ def _privacy_line(result: Mapping[str, Any]) -> str:
     target = g.get("target_epsilon")
     goal = f"target ε {target:g}" if isinstance(target, int | float) else "a fixed noise"
     labels = {str(s.get("guarantee", "unlabelled")) for s in privacy.get("sites", {}).values()}
-    kind = "a guarantee" if labels <= {"exact", "bounded"} else "NOT shown to be a guarantee"
+    if not labels:
+        kind = "none recorded"
+    elif labels <= {"exact", "bounded"}:
+        kind = "a guarantee"
+    else:
+        kind = "NOT shown to be a guarantee"
     return (
         f"DP-SGD at every site ({goal}, δ {g.get('delta', 0):g}, {g.get('accountant')}) "
         f"and secure aggregation; ε: what each site's own ledger recorded, {kind}"
