@@ -124,6 +124,10 @@ def test_the_nodes_logs_hold_no_library_warnings(demo: Demo) -> None:
         assert "node: connected" in log, site
         assert "failed to converge" not in log, site
         assert "WARNING:absl" not in log, site
+        # started once the coordinator listens: no refused connection before the first one
+        assert "Connection refused" not in log, site
+    coordinator = (demo.workdir / "logs" / "coordinator.log").read_text(errors="replace")
+    assert "andshake" not in coordinator  # the demo's wait for its port is not a TLS failure
 
 
 def _line(lines: list[str], start: str) -> str:

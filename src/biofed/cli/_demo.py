@@ -35,6 +35,9 @@ _SITES = [f"center-{k}" for k in range(6)]
 #: starts a sandboxed worker per step and a busy or slow machine (CI, a laptop on battery)
 #: must not fail the demo; a healthy run never waits for it.
 ROUND_TIMEOUT = 180.0
+#: Seconds the coordinator may take to listen, and then the nodes to connect (each process
+#: imports biofed, gRPC and its dependencies: seconds, unless the machine is busy).
+START_TIMEOUT = 180.0
 #: Seconds the processes get to stop after SIGTERM before they are killed.
 STOP_TIMEOUT = 30.0
 #: The demo's report in a kept folder (``--workdir`` or ``--keep``): what --format json prints.
@@ -159,6 +162,23 @@ class _Processes:
         return codes
 
 
+def _wait_for_listener(procs: _Processes, address: str, timeout: float = START_TIMEOUT) -> None:
+    """Wait until the coordinator accepts TCP connections on ``address``, so that the nodes
+    connect at once (nodes started earlier log a refused connection per backoff step)."""
+    from biofed.core import TransportError
+
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        procs.check_alive()
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TransportError(f"the coordinator did not listen on {address} within {timeout:.0f} s")
+
+
 def start_processes(
     procs: _Processes, root: Path, consortium: "Consortium", sites: list[str], address: str
 ) -> None:
@@ -174,6 +194,7 @@ def start_processes(
         "--state",
         f"sqlite:///{root / 'state.db'}",
     )
+    _wait_for_listener(procs, address)
     for site in sites:
         kit = consortium.kit_directory(site)
         procs.start(site, "node", "start", "--kit", str(kit), "--config", str(kit / "node.toml"))
@@ -184,7 +205,7 @@ def _wait_for_nodes(
 ) -> None:
     from biofed.core import TransportError
 
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + START_TIMEOUT
     with console.status(f"waiting for the {count} site nodes to connect…"):
         while time.monotonic() < deadline:
             procs.check_alive()
@@ -195,7 +216,9 @@ def _wait_for_nodes(
             if len(online) >= count:
                 return
             time.sleep(0.2)
-    raise TransportError("site nodes did not connect within 90 s (see the logs folder)")
+    raise TransportError(
+        f"site nodes did not connect within {START_TIMEOUT:.0f} s (see the logs folder)"
+    )
 
 
 def _metric(message: str, name: str) -> float | None:
