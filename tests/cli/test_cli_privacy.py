@@ -72,7 +72,7 @@ def test_noise_never_exceeds_the_target() -> None:
         (["epsilon", "-z", "1", "-q", "0.1", "-t", "0", "-d", "1e-5"], "steps must be ≥ 1"),
         (["epsilon", "-z", "1", "-q", "0.1", "-t", "5", "-d", "1"], "0 < δ < 1, got 1.0"),
         (["epsilon", "-z", "1", *_BASE, "--accountant", "prv"], "must be pld or rdp"),
-        (["epsilon", "-z", "1", *_BASE, "--format", "yaml"], "--format must be text or json"),
+        (["epsilon", "-z", "1", *_BASE, "--format", "yaml"], "--format must be table or json"),
         (["noise", "-e", "0", *_BASE], "target_epsilon must be > 0, got 0.0"),
         (["noise", "-e", "1", "-q", "1", "-t", "5", "-d", "0"], "0 < δ < 1, got 0.0"),
     ],

@@ -97,6 +97,8 @@ def lira_scores(
     global_variance:
         Use one variance per side over all records (advised for K < 64).
 
+    Notes
+    -----
     A record that no shadow had on one side gets that side's mean over all records.
     """
     phi = np.asarray(shadow_phi, dtype=np.float64)

@@ -1,21 +1,20 @@
 """``biofed agreement``: draft, sign, verify and show a study agreement file."""
 
-import json
 import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
 from biofed.cli._common import kit_audit
+from biofed.cli._output import Format, FormatOption, emit
 
 if TYPE_CHECKING:
     from biofed.governance import AnalyticsPolicy, IncentivePolicy, Party, SignedAgreement
@@ -33,16 +32,8 @@ app = typer.Typer(
 )
 
 
-class Format(str, Enum):
-    """Output format of ``verify`` and ``show``."""
-
-    text = "text"
-    json = "json"
-
-
 _DIR_HELP = "The consortium folder (kits in DIR/<name>/, the CA in DIR/ca/ca.pem)."
 ConsortiumDir = Annotated[Path, typer.Option("--consortium-dir", help=_DIR_HELP)]
-FormatOption = Annotated[Format, typer.Option("--format", help="text or json.")]
 Multi = list[str] | None
 
 
@@ -200,6 +191,7 @@ def draft_command(
     ] = None,
     agreement_id: Annotated[str | None, typer.Option("--id", help="Agreement id.")] = None,
     force: Annotated[bool, typer.Option(help="Overwrite an existing --out file.")] = False,
+    format: FormatOption = Format.table,
 ) -> None:
     """Draft an unsigned agreement from the kits in the consortium folder."""
     from biofed.core import ConfigurationError
@@ -252,9 +244,16 @@ def draft_command(
         )
         write_agreement(out, SignedAgreement(agreement=agreement), overwrite=force)
     names = ", ".join(p.name for p in agreement.signers)
-    Console(soft_wrap=True).print(
+    emit(
+        format,
+        {
+            "agreement_id": agreement.agreement_id,
+            "path": str(out),
+            "digest": agreement.digest(),
+            "signers": [p.name for p in agreement.signers],
+        },
         f"drafted [bold]{escape(agreement.agreement_id)}[/] in {escape(str(out))}; "
-        f"to be signed by {escape(names)}"
+        f"to be signed by {escape(names)}",
     )
 
 
@@ -321,6 +320,7 @@ def _incentives(items: Multi) -> "IncentivePolicy | None":
 def sign_command(
     file: Annotated[Path, typer.Argument(help="The agreement file; signed in place.")],
     kit: Annotated[Path, typer.Option("--kit", help="Your participant kit folder.")],
+    format: FormatOption = Format.table,
 ) -> None:
     """Sign the agreement with your kit's key (the file is replaced atomically)."""
     from biofed.governance import read_agreement, sign, write_agreement
@@ -335,9 +335,16 @@ def sign_command(
         )
     me = load_kit(kit).name
     todo = [p.name for p in signed.agreement.signers if p.name not in signed.signatures]
-    Console(soft_wrap=True).print(
+    emit(
+        format,
+        {
+            "agreement_id": signed.agreement.agreement_id,
+            "digest": signed.agreement.digest(),
+            "signed_by": me,
+            "still_to_sign": todo,
+        },
         f"[green]signed[/] {escape(signed.agreement.agreement_id)} as {escape(me)}; "
-        + (f"still to sign: {escape(', '.join(todo))}" if todo else "every party has signed")
+        + (f"still to sign: {escape(', '.join(todo))}" if todo else "every party has signed"),
     )
 
 
@@ -345,7 +352,7 @@ def sign_command(
 def verify_command(
     file: Annotated[Path, typer.Argument(help="The agreement file.")],
     consortium_dir: ConsortiumDir,
-    output: FormatOption = Format.text,
+    output: FormatOption = Format.table,
 ) -> None:
     """Check every signature and the expiry; exit 0 if in force, 1 if not."""
     from biofed.governance import read_agreement, verify
@@ -361,31 +368,23 @@ def verify_command(
             if cert.is_file():
                 certificates[name] = cert.read_bytes()
         status = verify(signed, certificates, ca_pem, crl_pem=crl_pem)
-    if output is Format.json:
-        typer.echo(
-            json.dumps(
-                {
-                    "agreement_id": status.agreement_id,
-                    "digest": status.digest,
-                    "in_force": status.in_force,
-                    "reasons": list(status.reasons),
-                    "signed_by": list(status.signed_by),
-                    "missing": list(status.missing),
-                },
-                indent=2,
-            )
-        )
+    data = {
+        "agreement_id": status.agreement_id,
+        "digest": status.digest,
+        "in_force": status.in_force,
+        "reasons": list(status.reasons),
+        "signed_by": list(status.signed_by),
+        "missing": list(status.missing),
+    }
+    if status.in_force:
+        lines = [
+            f"[bold green]in force[/]: {escape(status.agreement_id)} signed by "
+            f"{escape(', '.join(status.signed_by))}; expires {signed.agreement.expires}"
+        ]
     else:
-        console = Console(soft_wrap=True)
-        if status.in_force:
-            console.print(
-                f"[bold green]in force[/]: {escape(status.agreement_id)} signed by "
-                f"{escape(', '.join(status.signed_by))}; expires {signed.agreement.expires}"
-            )
-        else:
-            console.print(f"[bold red]not in force[/]: {escape(status.agreement_id)}")
-            for reason in status.reasons:
-                console.print(f"  - {escape(reason)}")
+        lines = [f"[bold red]not in force[/]: {escape(status.agreement_id)}"]
+        lines += [f"  - {escape(reason)}" for reason in status.reasons]
+    emit(output, data, *lines)
     if not status.in_force:
         raise typer.Exit(code=1)
 
@@ -408,29 +407,31 @@ def _show_data(signed: "SignedAgreement") -> dict[str, object]:
 @app.command("show")
 def show_command(
     file: Annotated[Path, typer.Argument(help="The agreement file.")],
-    output: FormatOption = Format.text,
+    output: FormatOption = Format.table,
 ) -> None:
     """Print a readable summary (signatures are listed, not verified: use verify)."""
     from biofed.governance import read_agreement
 
     with _errors():
         signed = read_agreement(file)
-    if output is Format.json:
-        typer.echo(json.dumps(_show_data(signed), indent=2, ensure_ascii=False))
-        return
+    emit(output, _show_data(signed), *show_view(signed))
+
+
+def show_view(signed: "SignedAgreement") -> list[RenderableType]:
+    """What ``agreement show`` prints: terms, outputs, privacy, then one row per party."""
     a = signed.agreement
-    console = Console(soft_wrap=True)
-    console.print(f"[bold]{escape(a.title)}[/] ({escape(a.agreement_id)}, {escape(a.consortium)})")
-    console.print(f"purpose: {escape(a.purpose)}\nlegal basis: {escape(a.legal_basis)}")
-    console.print(f"expires: {a.expires} · minimum cohort: {a.min_cohort} · digest: {a.digest()}")
+    shown: list[RenderableType] = []
+    shown.append(f"[bold]{escape(a.title)}[/] ({escape(a.agreement_id)}, {escape(a.consortium)})")
+    shown.append(f"purpose: {escape(a.purpose)}\nlegal basis: {escape(a.legal_basis)}")
+    shown.append(f"expires: {a.expires} · minimum cohort: {a.min_cohort} · digest: {a.digest()}")
     out = a.outputs
-    console.print(
+    shown.append(
         f"outputs: final model {'yes' if out.final_model else 'no'} · metrics "
         f"{escape(', '.join(out.metrics) or 'none')} · per-site metrics "
         f"{'yes' if out.per_site_metrics else 'no'}"
     )
     pv = a.privacy
-    console.print(
+    shown.append(
         "privacy: secure aggregation "
         f"{'required' if pv.secure_aggregation_required else 'optional'} · DP "
         f"{'required' if pv.dp_required else 'optional'} · ε figures "
@@ -440,21 +441,22 @@ def show_command(
             else "[yellow]may be heuristic (exact guarantees not required)[/]"
         )
     )
-    console.print(f"approved bundles: {escape(', '.join(a.approved_bundles) or 'none')}")
+    shown.append(f"approved bundles: {escape(', '.join(a.approved_bundles) or 'none')}")
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("party", "role", "dataset", "max ε", "max δ", "fingerprint", "signature"):
-        table.add_column(column, no_wrap=True)
+        table.add_column(column)
     for p in a.signers:
         sig = signed.signatures.get(p.name)
         table.add_row(
-            p.name,
+            escape(p.name),
             p.role,
-            a.datasets.get(p.name, ""),
+            escape(a.datasets.get(p.name, "")),
             f"{pv.max_epsilon[p.name]:g}" if p.name in pv.max_epsilon else "",
             f"{pv.max_delta[p.name]:g}" if p.name in pv.max_delta else "",
-            p.fingerprint[:16] + "…",
+            p.fingerprint,
             f"{sig.signed_at:%Y-%m-%d %H:%M}Z (unverified)" if sig else "[yellow]missing[/]",
         )
     for name in sorted(set(signed.signatures) - {p.name for p in a.signers}):
-        table.add_row(name, "[red]not a party[/]", "", "", "", "", "present")
-    console.print(table)
+        table.add_row(escape(name), "[red]not a party[/]", "", "", "", "", "present")
+    shown.append(table)
+    return shown

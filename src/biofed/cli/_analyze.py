@@ -26,7 +26,6 @@ query that cannot be used (one line saying what).
 
 import functools
 import inspect
-import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +37,7 @@ from rich.markup import escape
 
 from biofed.cli._analyze_net import RunFailed
 from biofed.cli._common import err
+from biofed.cli._output import Format, FormatOption, print_json
 
 if TYPE_CHECKING:
     from biofed.analytics import DisclosureRules, Query, Result
@@ -265,8 +265,8 @@ _COMMON: list[tuple[str, Any, Any]] = [
     ),
     (
         "output",
-        Annotated[str, typer.Option("--format", help="table or json.")],
-        "table",
+        FormatOption,
+        Format.table,
     ),
     (
         "plot",
@@ -530,8 +530,8 @@ def _execute(kind: str, options_of: Callable[[], dict[str, Any]], flags: dict[st
         text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         err.print(f"[bold red]error:[/] {escape(text)}", soft_wrap=True)
         raise typer.Exit(code=2) from None
-    if flags["output"] == "json":
-        print(json.dumps(result.to_dict(), allow_nan=False))
+    if flags["output"] == Format.json:
+        print_json(result.to_dict())
     else:
         from biofed.cli._analyze_render import print_result
 
@@ -547,8 +547,6 @@ def _query(
     from biofed.analytics import SPLITS, DisclosureRules, DPOptions, Query
     from biofed.core import ConfigurationError
 
-    if flags["output"] not in ("table", "json"):
-        raise ConfigurationError(f"--format must be table or json, got {flags['output']!r}")
     if flags["split"] not in SPLITS:
         raise ConfigurationError(f"--split must be one of {', '.join(SPLITS)}")
     dp = None

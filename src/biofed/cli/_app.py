@@ -6,7 +6,13 @@ the top (each command imports what it uses), and they do without ``from __future
 annotations``: Typer would ``eval`` each string annotation twice, the largest part of our own
 start-up; evaluated once at import they cost almost nothing. ``tests/test_fast_start.py``
 guards the imports, ``benchmarks/start_time.py`` measures the time.
+
+Help is click's plain layout (``rich_markup_mode=None``): help texts quote job-file sections
+such as ``[run]``, which Rich markup would swallow, and Rich's option panel cuts long flag
+names at 80 columns where click wraps the description instead.
 """
+
+from typing import Annotated
 
 import typer
 
@@ -15,6 +21,8 @@ from biofed.cli import (
     _analyze,
     _audit,
     _budget,
+    _dashboard,
+    _dashboard_site,
     _demo,
     _open_data,
     _privacy,
@@ -33,6 +41,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,
 )
 app.command("simulate")(_simulate.simulate_command)
 app.command("demo")(_demo.demo_command)
@@ -48,14 +57,36 @@ app.add_typer(_task.app, name="task")
 app.add_typer(_privacy.app, name="privacy")
 app.add_typer(_report.app, name="report")
 app.add_typer(_analyze.app, name="analyze")
+app.add_typer(_dashboard.app, name="dashboard")
 _servers.node_app.command("review")(_task.review_command)
 _servers.node_app.command("approve")(_task.approve_command)
 _servers.node_app.command("revoke")(_task.revoke_command)
 _servers.node_app.command("approvals")(_task.approvals_command)
 _servers.node_app.command("budget")(_budget.budget_command)
 _servers.node_app.command("budget-cap")(_budget.budget_cap_command)
+_servers.node_app.command("dashboard")(_dashboard_site.node_dashboard_command)
+
+
+def _version(value: bool) -> None:
+    """Print ``biofed X.Y.Z`` (the installed distribution's version) and stop."""
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"biofed {version('biofed')}")
+        raise typer.Exit()
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    show_version: Annotated[
+        bool,
+        typer.Option(
+            "--version",
+            "-V",
+            callback=_version,
+            is_eager=True,
+            help="Print biofed's version and exit.",
+        ),
+    ] = False,
+) -> None:
     """biofed: the model travels to the data; only approved results travel back."""

@@ -5,17 +5,17 @@ disagree, 2 a usage or configuration error (a file that cannot be read).
 """
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich import box
-from rich.console import Console
+from rich.console import RenderableType
 from rich.markup import escape
 from rich.table import Table
 
 from biofed.cli._common import clean_errors, err
+from biofed.cli._output import Format, FormatOption, emit, fit, print_json
 
 if TYPE_CHECKING:
     from biofed.governance import AnchorReport, ReconcileReport
@@ -60,6 +60,7 @@ def verify_command(
             "Repeatable.",
         ),
     ] = None,
+    format: FormatOption = Format.table,
 ) -> None:
     """Check the chain, hashes and signatures of LOG; name the first bad entry.
 
@@ -81,6 +82,18 @@ def verify_command(
         except PolicyViolation as exc:
             raise _refused(exc) from exc
     problems = [line for check in checks for line in check.problems]
+    if format is Format.json:
+        print_json(
+            {
+                "ok": report.ok and not problems,
+                "log": dataclasses.asdict(report),
+                "checks": [dataclasses.asdict(check) for check in checks],
+                "problems": problems,
+            }
+        )
+        if not report.ok or problems:
+            raise typer.Exit(code=1)
+        return
     if not report.ok:
         print(f"FAILED at entry {report.first_bad}: {report.reason}")
         print(f"({report.entries} entries before it verified; writer {report.writer})")
@@ -108,36 +121,31 @@ def reconcile_command(
     node_logs: Annotated[list[Path], typer.Argument(help="One or more nodes' audit logs.")],
     ca: Annotated[Path | None, typer.Option("--ca", help="One CA for every log (pinned).")] = None,
     run_id: Annotated[str | None, typer.Option("--run", help="Only this run.")] = None,
-    output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    output: FormatOption = Format.table,
 ) -> None:
     """Match what each node says it sent with what the coordinator says it received."""
     from biofed.core import PolicyViolation
     from biofed.governance import AuditLogError, AuditSource, reconcile
 
-    if output not in ("table", "json"):
-        raise typer.BadParameter(f"--format must be table or json, got {output!r}")
     with clean_errors():
         sources = [AuditSource.beside(path, ca=ca) for path in [coordinator_log, *node_logs]]
         try:
             report = reconcile(sources[0], sources[1:], run_id=run_id)
         except (AuditLogError, PolicyViolation) as exc:
             raise _refused(exc) from exc
-    if output == "json":
-        print(json.dumps({"ok": report.ok, **dataclasses.asdict(report)}, indent=2))
-    else:
-        _render(report)
+    emit(output, {"ok": report.ok, **dataclasses.asdict(report)}, *reconcile_view(report))
     if not report.ok:
         raise typer.Exit(code=1)
 
 
-def _render(report: "ReconcileReport") -> None:
-    out = Console(soft_wrap=True)
+def reconcile_view(report: "ReconcileReport") -> list[RenderableType]:
+    """What ``audit reconcile`` prints: one row per payload (digests whole), then findings."""
     table = Table(title=f"coordinator {report.coordinator}", box=box.SIMPLE_HEAD)
     for column in ("status", "run", "round", "node", "kind", "sent", "received"):
-        table.add_column(column, no_wrap=True)
+        table.add_column(column)
 
     def side(digest: str | None, size: int | None) -> str:
-        return "-" if digest is None else f"{digest[:12]}… {size} B"
+        return "-" if digest is None else f"{digest} ({size} B)"
 
     rows = [("ok", p.sent, p.sent, p.received) for p in report.matched]
     rows += [
@@ -173,16 +181,15 @@ def _render(report: "ReconcileReport") -> None:
             "-",
             side(item.payload_sha256, item.bytes),
         )
-    out.print(table)
-    for line in report.invalid:
-        out.print(f"[red]invalid:[/] {escape(line)}")
-    for line in report.missing:
-        out.print(f"[red]missing:[/] {escape(line)}")
+    shown: list[RenderableType] = [fit(table)]
+    shown += [f"[red]invalid:[/] {escape(line)}" for line in report.invalid]
+    shown += [f"[red]missing:[/] {escape(line)}" for line in report.missing]
     if report.unchecked_nodes:
-        out.print(f"no log given for: {', '.join(report.unchecked_nodes)}")
+        shown.append(f"no log given for: {', '.join(report.unchecked_nodes)}")
     problems = len(report.mismatched) + len(report.sent_not_received)
     problems += len(report.received_not_sent) + len(report.invalid) + len(report.missing)
     verdict = "OK" if report.ok else f"FAILED: {problems} problem(s)"
-    out.print(
+    shown.append(
         f"{verdict}; {len(report.matched)} payload(s) matched across {len(report.nodes)} node(s)"
     )
+    return shown

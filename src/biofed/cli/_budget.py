@@ -2,21 +2,19 @@
 ledger (``NODE/privacy.db``), per dataset and per job. Caps only go down unless raised
 explicitly with ``--raise`` (see :class:`~biofed.governance.PrivacyLedger`)."""
 
-import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
+from rich.console import RenderableType
 from rich.markup import escape
 from rich.table import Table
 
 from biofed.cli._common import clean_errors, fail, kit_audit
+from biofed.cli._output import Format, FormatOption, emit
 
 if TYPE_CHECKING:
     from biofed.governance import BudgetStatus
-
-out = Console()
 
 NodeDir = Annotated[Path, typer.Option("--node-dir", help="The node's folder (its kit).")]
 
@@ -25,10 +23,10 @@ def _num(value: float | None) -> str:
     return "—" if value is None else f"{value:.6g}"
 
 
-def _render(statuses: "list[BudgetStatus]") -> None:
+def budget_view(statuses: "list[BudgetStatus]") -> list[RenderableType]:
+    """What ``node budget`` prints: caps and spend per dataset, then spend per job."""
     if not statuses:
-        out.print("no privacy budgets are set at this node (biofed node budget-cap DATASET …)")
-        return
+        return ["no privacy budgets are set at this node (biofed node budget-cap DATASET ...)"]
     summary = Table(title="privacy budgets (basic composition across jobs)")
     for col in ("dataset", "cap ε", "cap δ", "spent ε", "spent δ", "remaining ε", "jobs"):
         summary.add_column(col, justify="left" if col == "dataset" else "right")
@@ -48,7 +46,7 @@ def _render(statuses: "list[BudgetStatus]") -> None:
             remaining,
             str(len(s.jobs)),
         )
-    out.print(summary)
+    shown: list[RenderableType] = [summary]
     for s in statuses:
         if not s.jobs:
             continue
@@ -64,7 +62,8 @@ def _render(statuses: "list[BudgetStatus]") -> None:
                 str(j.last_round),
                 j.guarantee,
             )
-        out.print(jobs)
+        shown.append(jobs)
+    return shown
 
 
 def budget_command(
@@ -72,13 +71,11 @@ def budget_command(
     dataset: Annotated[
         str | None, typer.Argument(help="One dataset (default: every dataset with a budget).")
     ] = None,
-    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    format: FormatOption = Format.table,
 ) -> None:
     """Privacy budget per dataset: cap, spent (ε, δ) across jobs, remaining, and per job."""
     from biofed.governance import LEDGER_FILE, PrivacyLedger
 
-    if format not in ("table", "json"):
-        raise fail(ValueError(f"--format must be table or json, got {format!r}"))
     ledger = PrivacyLedger(node_dir / LEDGER_FILE)  # reading: nothing to audit
     with clean_errors():
         names = ledger.datasets()
@@ -89,10 +86,7 @@ def budget_command(
                 )
             names = [dataset]
         statuses = [ledger.spent(name) for name in names]
-    if format == "json":
-        typer.echo(json.dumps([s.to_json() for s in statuses], indent=2))
-        return
-    _render(statuses)
+    emit(format, [s.to_json() for s in statuses], *budget_view(statuses))
 
 
 def budget_cap_command(
@@ -112,6 +106,7 @@ def budget_cap_command(
             "can only be set or lowered.",
         ),
     ] = False,
+    format: FormatOption = Format.table,
 ) -> None:
     """Set or lower the site's privacy-budget cap (ε, δ) on a dataset; raise it with --raise.
 
@@ -131,8 +126,19 @@ def budget_cap_command(
         if change.previous is None
         else f" (was ε={_num(change.previous[0])}, δ={_num(change.previous[1])})"
     )
-    out.print(
+    data = {
+        "dataset": dataset,
+        "action": change.action,
+        "epsilon": change.epsilon,
+        "delta": change.delta,
+        "previous": None if change.previous is None else list(change.previous),
+        "spent_epsilon": status.spent_epsilon,
+        "remaining_epsilon": status.remaining_epsilon,
+    }
+    emit(
+        format,
+        data,
         f"cap on [bold]{escape(dataset)}[/] {change.action}: ε={_num(change.epsilon)}, "
         f"δ={_num(change.delta)}{before}; spent ε={_num(status.spent_epsilon)}, "
-        f"remaining ε={_num(status.remaining_epsilon)}"
+        f"remaining ε={_num(status.remaining_epsilon)}",
     )

@@ -90,7 +90,7 @@ def contributions_table(ledger: ContributionLedger, *, title: str = "") -> Table
     from rich.table import Table
 
     table = Table(title=title or "contributions", title_justify="left")
-    table.add_column("site", overflow="fold")
+    table.add_column("site")
     rounds = ledger.rounds
     per_round = len(rounds) <= MAX_ROUND_COLUMNS
     if per_round:
@@ -108,7 +108,7 @@ def contributions_table(ledger: ContributionLedger, *, title: str = "") -> Table
             cells = ["—" if v is None else f"{v:+.4f}" for v in values]
         else:
             known = [v for v in values if v is not None]
-            cells = [f"{min(known):+.3f}…{max(known):+.3f}" if known else "—"]
+            cells = [f"{min(known):+.3f} to {max(known):+.3f}" if known else "—"]
         table.add_row(
             site, *cells, f"{totals[site]:+.4f}", f"{shares[site]:.1%}", _flags(ledger, site)
         )
@@ -156,7 +156,7 @@ def outcome_table(outcome: IncentiveOutcome) -> Table:
         title=f"incentive outcome ({outcome.measure}, {outcome.reward} reward)",
         title_justify="left",
     )
-    table.add_column("site", overflow="fold")
+    table.add_column("site")
     table.add_column("reward", justify="right")
     table.add_column("access")
     table.add_column("flagged")

@@ -2,15 +2,17 @@
 and its data-quality checks."""
 
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
 from biofed.cli._common import clean_errors, fail, kit_audit
+from biofed.cli._output import Format, FormatOption, emit, fit, print_json
 
 if TYPE_CHECKING:
     from biofed.data import QualityReport
@@ -58,21 +60,25 @@ def add(
         typer.Option(help="OMOP: environment variable holding the database password."),
     ] = None,
     schema: Annotated[str | None, typer.Option(help="OMOP: schema of the CDM tables.")] = None,
-    format: Annotated[str | None, typer.Option("--format", help="csv or parquet.")] = None,
+    file_format: Annotated[
+        str | None,
+        typer.Option("--file-format", help="csv or parquet (default: from the file's suffix)."),
+    ] = None,
     description: Annotated[str, typer.Option(help="What the data is.")] = "",
     tags: Annotated[str, typer.Option(help="Comma-separated tags.")] = "",
     min_cohort: Annotated[int, typer.Option(help="Smallest cohort any output may describe.")] = 10,
     target: Annotated[list[str] | None, typer.Option(help="KEY=COLUMN, repeatable.")] = None,
     split_column: Annotated[str | None, typer.Option(help="Column marking train/test.")] = None,
     replace: Annotated[bool, typer.Option(help="Re-register a changed file.")] = False,
+    format: FormatOption = Format.table,
 ) -> None:
     """Register a file (schema, row count, SHA-256) or an OMOP CDM (CDM version,
     cdm_source, row counts, fingerprint)."""
     if (path is None) == (omop is None):
         raise typer.BadParameter("give exactly one of --path FILE or --omop URL")
     if omop is not None:
-        if target or split_column or format:
-            raise typer.BadParameter("--target, --split-column and --format are for files")
+        if target or split_column or file_format:
+            raise typer.BadParameter("--target, --split-column and --file-format are for files")
         with clean_errors():
             cdm = _registry(node_dir).add_omop(
                 name,
@@ -84,10 +90,12 @@ def add(
                 min_cohort=min_cohort,
                 replace_existing=replace,
             )
-        out.print(
+        emit(
+            format,
+            cdm.to_json(),
             f"registered [bold]{escape(cdm.name)}[/]: OMOP CDM {escape(cdm.cdm_version)}, "
-            f"{cdm.num_rows} persons, fingerprint {cdm.sha256[:16]}…\n"
-            f"check its data quality: biofed node dataset check {escape(cdm.name)}"
+            f"{cdm.num_rows} persons, fingerprint {cdm.sha256}\n"
+            f"check its data quality: biofed node dataset check {escape(cdm.name)}",
         )
         return
     if password_env or schema:
@@ -97,7 +105,7 @@ def add(
         entry = _registry(node_dir).add(
             name,
             path,
-            format=format,
+            format=file_format,
             description=description,
             tags=tuple(t for t in tags.split(",") if t),
             min_cohort=min_cohort,
@@ -105,27 +113,32 @@ def add(
             split_column=split_column,
             replace_existing=replace,
         )
-    out.print(
-        f"registered [bold]{entry.name}[/]: {entry.num_rows} rows, "
-        f"{len(entry.columns)} columns, sha256 {entry.sha256[:16]}…"
+    emit(
+        format,
+        entry.to_json(),
+        f"registered [bold]{escape(entry.name)}[/]: {entry.num_rows} rows, "
+        f"{len(entry.columns)} columns, sha256 {entry.sha256}",
     )
 
 
 @app.command("list")
-def list_(node_dir: NodeDir, format: Annotated[str, typer.Option("--format")] = "table") -> None:
+def list_(node_dir: NodeDir, format: FormatOption = Format.table) -> None:
     """Registered datasets and whether their files are unchanged."""
     registry = _registry(node_dir)
     with clean_errors():
         entries = registry.list()
-        checks = {e.name: registry.check(e.name) for e in entries}
-    if format == "json":
-        print(json.dumps([{**e.to_json(), "state": checks[e.name].state} for e in entries]))
-        return
+        states = {e.name: registry.check(e.name).state for e in entries}
+    data = [{**e.to_json(), "state": states[e.name]} for e in entries]
+    emit(format, data, datasets_table(entries, states))
+
+
+def datasets_table(entries: "Sequence[RegisteredDataset]", states: Mapping[str, str]) -> Table:
+    """The registered datasets: kind, size, state, quality, SHA-256 (whole) and location."""
     table = Table(title="datasets")
     for col in ("name", "kind", "rows", "min cohort", "state", "quality", "sha256", "location"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col)
     for e in entries:
-        state = checks[e.name].state
+        state = states[e.name]
         style = "green" if state == "ok" else "bold red"
         table.add_row(
             escape(e.name),
@@ -134,10 +147,10 @@ def list_(node_dir: NodeDir, format: Annotated[str, typer.Option("--format")] = 
             str(e.min_cohort),
             f"[{style}]{state}[/]",
             _quality_state(e),
-            e.sha256[:16] + "…",
+            e.sha256,
             escape(e.path),
         )
-    out.print(table)
+    return table
 
 
 def _quality_state(entry: "RegisteredDataset") -> str:
@@ -151,64 +164,73 @@ def _quality_state(entry: "RegisteredDataset") -> str:
     return "[green]passed[/]"
 
 
-def _show(entry: "RegisteredDataset") -> None:
-    out.print(f"[bold]{escape(entry.name)}[/] — {escape(entry.description or 'no description')}")
+def show_view(entry: "RegisteredDataset") -> list[RenderableType]:
+    """What ``node dataset show`` prints: the registration, then the schema (or the CDM's
+    tables)."""
+    head = f"[bold]{escape(entry.name)}[/] — {escape(entry.description or 'no description')}"
     if entry.kind == "omop":
-        _show_omop(entry)
-        return
-    out.print(f"path: {entry.path} ({entry.format}, {entry.size} bytes)")
-    out.print(
-        f"rows: {entry.num_rows} · min cohort: {entry.min_cohort} · "
-        f"tags: {', '.join(entry.tags) or '—'}"
-    )
-    out.print(f"sha256: {entry.sha256}")
+        return [head, *_show_omop(entry)]
     table = Table(title="schema")
     table.add_column("column")
     table.add_column("type")
     for column, kind in entry.columns:
-        table.add_row(column, kind)
-    out.print(table)
+        table.add_row(escape(column), escape(kind))
+    return [
+        head,
+        f"path: {escape(entry.path)} ({entry.format}, {entry.size} bytes)",
+        f"rows: {entry.num_rows} · min cohort: {entry.min_cohort} · "
+        f"tags: {escape(', '.join(entry.tags) or '—')}",
+        f"sha256: {entry.sha256}",
+        table,
+    ]
 
 
-def _show_omop(entry: "RegisteredDataset") -> None:
+def _show_omop(entry: "RegisteredDataset") -> list[RenderableType]:
     secret = f" · password from ${entry.password_env}" if entry.password_env else ""
-    out.print(f"OMOP CDM {escape(entry.cdm_version)} at {escape(entry.path)}{escape(secret)}")
+    shown: list[RenderableType] = [
+        f"OMOP CDM {escape(entry.cdm_version)} at {escape(entry.path)}{escape(secret)}"
+    ]
     source = entry.cdm_source
     if source:
-        out.print(
+        shown.append(
             f"source: {escape(source.get('cdm_source_name', '?'))} · vocabulary "
             f"{escape(source.get('vocabulary_version', '?'))} · released "
             f"{escape(source.get('cdm_release_date', '?'))}"
         )
-    out.print(f"persons: {entry.num_rows} · min cohort: {entry.min_cohort}")
-    out.print(f"fingerprint: {entry.sha256}")
-    out.print(f"quality: {_quality_state(entry)}")
+    shown.append(f"persons: {entry.num_rows} · min cohort: {entry.min_cohort}")
+    shown.append(f"fingerprint: {entry.sha256}")
+    shown.append(f"quality: {_quality_state(entry)}")
     table = Table(title="tables")
     table.add_column("table")
     table.add_column("rows", justify="right")
     for name, rows in sorted(entry.row_counts.items()):
-        table.add_row(name, str(rows))
-    out.print(table)
+        table.add_row(escape(name), str(rows))
+    shown.append(table)
+    return shown
 
 
 @app.command("show")
-def show(name: Annotated[str, typer.Argument()], node_dir: NodeDir) -> None:
+def show(
+    name: Annotated[str, typer.Argument()], node_dir: NodeDir, format: FormatOption = Format.table
+) -> None:
     """One dataset's registration and schema."""
     try:
         entry = _registry(node_dir).get(name)
     except LookupError as exc:
         raise fail(exc) from exc
-    _show(entry)
+    emit(format, entry.to_json(), *show_view(entry))
 
 
 @app.command("remove")
-def remove(name: Annotated[str, typer.Argument()], node_dir: NodeDir) -> None:
+def remove(
+    name: Annotated[str, typer.Argument()], node_dir: NodeDir, format: FormatOption = Format.table
+) -> None:
     """Unregister a dataset (the file stays)."""
     try:
         _registry(node_dir).remove(name)
     except LookupError as exc:
         raise fail(exc) from exc
-    out.print(f"removed {name}")
+    emit(format, {"name": name, "removed": True}, f"removed {escape(name)}")
 
 
 def quality_table(report: "QualityReport") -> Table:
@@ -251,7 +273,7 @@ def _fatal_from_config(config: Path | None, name: str) -> tuple[str, ...]:
 def check(
     name: Annotated[str, typer.Argument()],
     node_dir: NodeDir,
-    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    format: FormatOption = Format.table,
     config: Annotated[
         Path | None,
         typer.Option(help="node.toml whose [datasets.NAME] fatal_checks apply."),
@@ -266,41 +288,38 @@ def check(
 ) -> None:
     """Re-check the file or CDM against its registration, then run the data-quality checks
     and keep the report; exit 1 if it changed or a fatal check failed."""
-    if format not in ("table", "json"):
-        raise typer.BadParameter("--format must be table or json")
     registry = _registry(node_dir)
     try:
         result = registry.check(name)
     except LookupError as exc:
         raise fail(exc) from exc
     if not result.ok:
-        if format == "json":
-            print(json.dumps({"name": name, "state": result.state, "reason": result.reason}))
-        else:
-            out.print(f"[bold red]{escape(name)}: {result.state}[/] — {escape(result.reason)}")
+        emit(
+            format,
+            {"name": name, "state": result.state, "reason": result.reason},
+            f"[bold red]{escape(name)}: {result.state}[/] — {escape(result.reason)}",
+        )
         raise typer.Exit(code=1)
     with clean_errors():
         selectors = (*_fatal_from_config(config, name), *(fatal or ()))
         report = registry.check_quality(name, fatal=selectors)
         entry = registry.get(name)
-    if format == "json":
+    if format is Format.json:
         body = report.redacted(entry.min_cohort) if redacted else report.to_json()
-        print(
-            json.dumps(
-                {
-                    "name": name,
-                    "state": result.state,
-                    "passed": report.passed,
-                    "fatal_failed": [c.key for c in report.fatal_failures],
-                    "quality": body,
-                }
-            )
+        print_json(
+            {
+                "name": name,
+                "state": result.state,
+                "passed": report.passed,
+                "fatal_failed": [c.key for c in report.fatal_failures],
+                "quality": body,
+            }
         )
     elif redacted:
         out.print_json(json.dumps(report.redacted(entry.min_cohort)))
     else:
         out.print(f"{escape(name)}: unchanged since registration")
-        out.print(quality_table(report))
+        out.print(fit(quality_table(report)))
         failed = report.fatal_failures
         summary = (
             f"[bold red]{len(failed)} fatal check(s) failed: training on {escape(name)} is "

@@ -22,6 +22,7 @@ import typer
 from rich.console import Console
 
 from biofed.cli._common import clean_errors, err
+from biofed.cli._output import Format, FormatOption, print_json
 from biofed.cli._render import SECAGG_STAGES, round_progress
 
 if TYPE_CHECKING:
@@ -332,7 +333,7 @@ def demo_command(
         str | None,
         typer.Option(help="Strategy (default: fedadam for tcga, fedavg for omop)."),
     ] = None,
-    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    format: FormatOption = Format.table,
     data: Annotated[
         str,
         typer.Option(
@@ -351,9 +352,6 @@ def demo_command(
     console = Console(stderr=True)
     if data not in ("tcga", "omop"):
         err.print(f"[red]error:[/] --data must be tcga or omop, got {data!r}")
-        raise typer.Exit(code=2)
-    if format not in ("table", "json"):
-        err.print(f"[red]error:[/] --format must be table or json, got {format!r}")
         raise typer.Exit(code=2)
     sites = _SITES
     strategy = strategy or ("fedavg" if data == "omop" else "fedadam")
@@ -410,8 +408,8 @@ def demo_command(
     if kept:  # the report, for a script or a later look: what --format json prints
         result["workdir"] = str(root)
         (root / REPORT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    if format == "json":
-        print(json.dumps(result))
+    if Format(format) is Format.json:
+        print_json(result)
     else:
         from biofed.cli._demo_summary import print_summary
 

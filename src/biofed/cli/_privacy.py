@@ -3,7 +3,6 @@
 Exit codes: 0 done, 2 an invalid option (with what to change).
 """
 
-import json
 import logging
 import math
 from typing import Annotated
@@ -12,6 +11,7 @@ import typer
 
 from biofed.cli._common import clean_errors
 from biofed.cli._names import ACCOUNTANT_NAMES
+from biofed.cli._output import Format, FormatOption, print_json
 
 app = typer.Typer(
     name="privacy",
@@ -24,21 +24,16 @@ _Q_HELP = "Poisson sampling rate q of a record per step (0 < q ≤ 1), e.g. batc
 _T_HELP = "Number of steps T (≥ 1): DP-SGD steps, or rounds for client-level DP."
 _D_HELP = "δ (0 < δ < 1), e.g. below 1 / number of records."
 _A_HELP = f"Accountant: {' or '.join(ACCOUNTANT_NAMES)} (pld is tighter, rdp faster)."
-_F_HELP = "text or json."
 
 SamplingRate = Annotated[float, typer.Option("--sampling-rate", "-q", help=_Q_HELP)]
 Steps = Annotated[int, typer.Option("--steps", "-t", help=_T_HELP)]
 Delta = Annotated[float, typer.Option("--delta", "-d", help=_D_HELP)]
 AccountantName = Annotated[str, typer.Option("--accountant", help=_A_HELP)]
-Format = Annotated[str, typer.Option("--format", help=_F_HELP)]
 
 
-def _prepare(output: str, accountant: str) -> None:
-    from biofed.core import ConfigurationError
+def _prepare(accountant: str) -> None:
     from biofed.privacy import make_accountant
 
-    if output not in ("text", "json"):
-        raise ConfigurationError(f"--format must be text or json, got {output!r}")
     make_accountant(accountant)  # validates the name
     # dp-accounting logs a warning per RDP order it drops; they are not the user's concern.
     logging.getLogger("absl").setLevel(logging.ERROR)
@@ -74,24 +69,22 @@ def epsilon_command(
     steps: Steps,
     delta: Delta,
     accountant: AccountantName = "pld",
-    output: Format = "text",
+    output: FormatOption = Format.table,
 ) -> None:
     """Print the ε(δ) of T Poisson-subsampled Gaussian steps."""
     with clean_errors():
-        _prepare(output, accountant)
+        _prepare(accountant)
         epsilon = _epsilon(accountant, noise_multiplier, sampling_rate, steps, delta)
-    if output == "json":
-        print(
-            json.dumps(
-                {
-                    "epsilon": epsilon if epsilon != float("inf") else None,
-                    "delta": delta,
-                    "noise_multiplier": noise_multiplier,
-                    "sampling_rate": sampling_rate,
-                    "steps": steps,
-                    "accountant": accountant,
-                }
-            )
+    if output is Format.json:
+        print_json(
+            {
+                "epsilon": epsilon if epsilon != float("inf") else None,
+                "delta": delta,
+                "noise_multiplier": noise_multiplier,
+                "sampling_rate": sampling_rate,
+                "steps": steps,
+                "accountant": accountant,
+            }
         )
     else:
         print(
@@ -109,33 +102,31 @@ def noise_command(
     steps: Steps,
     delta: Delta,
     accountant: AccountantName = "pld",
-    output: Format = "text",
+    output: FormatOption = Format.table,
 ) -> None:
     """Print the smallest noise multiplier whose ε(δ) stays within the target, and that ε."""
     from biofed.privacy import calibrate_noise
 
     with clean_errors():
-        _prepare(output, accountant)
+        _prepare(accountant)
         exact = calibrate_noise(target_epsilon, delta, sampling_rate, steps, accountant)
         # A z someone may copy: in text, rounded up (more noise), with its own ε.
-        z = _up_significant(exact) if output == "text" else exact
+        z = _up_significant(exact) if output is Format.table else exact
         epsilon = _epsilon(accountant, z, sampling_rate, steps, delta)
         if epsilon > target_epsilon:  # only if ε were not monotone at this precision
             z = exact
             epsilon = _epsilon(accountant, z, sampling_rate, steps, delta)
-    if output == "json":
-        print(
-            json.dumps(
-                {
-                    "noise_multiplier": z,
-                    "epsilon": epsilon,
-                    "target_epsilon": target_epsilon,
-                    "delta": delta,
-                    "sampling_rate": sampling_rate,
-                    "steps": steps,
-                    "accountant": accountant,
-                }
-            )
+    if output is Format.json:
+        print_json(
+            {
+                "noise_multiplier": z,
+                "epsilon": epsilon,
+                "target_epsilon": target_epsilon,
+                "delta": delta,
+                "sampling_rate": sampling_rate,
+                "steps": steps,
+                "accountant": accountant,
+            }
         )
     else:
         print(f"noise multiplier z = {z:g}")

@@ -1,6 +1,5 @@
 """``biofed provision``: the consortium CA and one certificate kit per participant."""
 
-import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +10,8 @@ from rich import box
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
+
+from biofed.cli._output import Format, FormatOption, emit, print_json
 
 if TYPE_CHECKING:
     from biofed.identity import IssuedCertificate, Kit
@@ -52,13 +53,23 @@ def _names(text: str | None, option: str) -> list[str]:
     return names
 
 
-def _kits_table(title: str, kits: "list[Kit]") -> Table:
+def kits_table(title: str, kits: "list[Kit]") -> Table:
+    """The kits just issued: folder, role, name and certificate fingerprint (whole)."""
     table = Table(title=title, box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("kit folder", "role", "name", "fingerprint"):
-        table.add_column(column, no_wrap=True)
+        table.add_column(column)
     for kit in kits:
-        table.add_row(str(kit.directory), kit.role, kit.name, kit.fingerprint[:16] + "…")
+        table.add_row(escape(str(kit.directory)), kit.role, escape(kit.name), kit.fingerprint)
     return table
+
+
+def _kit_dict(kit: "Kit") -> dict[str, str]:
+    return {
+        "kit_folder": str(kit.directory),
+        "role": kit.role,
+        "name": kit.name,
+        "fingerprint": kit.fingerprint,
+    }
 
 
 @app.command("init")
@@ -77,6 +88,7 @@ def init_command(
         typer.Option(help="Name of the administrator's kit (sees and may cancel every run)."),
     ] = "admin",
     valid_days: ValidDays = 365,
+    format: FormatOption = Format.table,
 ) -> None:
     """Create the CA and kits for the coordinator, every site, researcher and the admin."""
     from biofed.identity import Consortium, load_kit
@@ -93,7 +105,13 @@ def init_command(
         )
         kits = [load_kit(fed.kit_directory(c.name)) for c in fed.participants()]
         title = f"consortium {fed.name!r} · coordinator {fed.coordinator}"
-        Console(soft_wrap=True).print(_kits_table(title, kits))
+        data = {
+            "consortium": fed.name,
+            "coordinator": fed.coordinator,
+            "ca": str(fed.ca.directory),
+            "kits": [_kit_dict(kit) for kit in kits],
+        }
+        emit(format, data, kits_table(escape(title), kits))
         err.print(
             f"[bold yellow]warning:[/] {escape(str(fed.ca.directory))} holds the CA's private "
             "key: move it offline; it is needed only to add, re-issue or revoke participants."
@@ -104,13 +122,13 @@ def init_command(
         )
 
 
-def _add(out: Path, name: str, role: str, valid_days: int, replace: bool) -> None:
+def _add(out: Path, name: str, role: str, valid_days: int, replace: bool, fmt: Format) -> None:
     from biofed.identity import Consortium
 
     with _errors() as err:
         fed = Consortium.load(out)
         kit = fed.add(name, role, valid_days=valid_days, replace=replace)
-        Console(soft_wrap=True).print(_kits_table(f"consortium {fed.name!r}", [kit]))
+        emit(fmt, _kit_dict(kit), kits_table(escape(f"consortium {fed.name!r}"), [kit]))
         if replace:
             crl = escape(str(fed.ca.directory / "crl.pem"))
             err.print(
@@ -125,9 +143,10 @@ def add_site_command(
     out: OutOption,
     valid_days: ValidDays = 365,
     replace: Replace = False,
+    format: FormatOption = Format.table,
 ) -> None:
     """Issue a certificate kit to a new site."""
-    _add(out, name, "site", valid_days, replace)
+    _add(out, name, "site", valid_days, replace, format)
 
 
 @app.command("add-researcher")
@@ -136,9 +155,10 @@ def add_researcher_command(
     out: OutOption,
     valid_days: ValidDays = 365,
     replace: Replace = False,
+    format: FormatOption = Format.table,
 ) -> None:
     """Issue a certificate kit to a new researcher."""
-    _add(out, name, "researcher", valid_days, replace)
+    _add(out, name, "researcher", valid_days, replace, format)
 
 
 @app.command("add-admin")
@@ -147,17 +167,20 @@ def add_admin_command(
     out: OutOption,
     valid_days: ValidDays = 365,
     replace: Replace = False,
+    format: FormatOption = Format.table,
 ) -> None:
     """Issue a certificate kit to another administrator (sees and may cancel every run)."""
-    _add(out, name, "admin", valid_days, replace)
+    _add(out, name, "admin", valid_days, replace, format)
 
 
 @app.command("revoke")
 def revoke_command(
     name: Annotated[str, typer.Argument(help="The participant to revoke.")],
     out: OutOption,
+    format: FormatOption = Format.table,
 ) -> None:
     """Revoke a participant's certificates and re-sign the CRL."""
+    fmt = format
     from biofed.identity import Consortium
 
     with _errors() as err:
@@ -165,10 +188,14 @@ def revoke_command(
         serials = fed.revoke(name)
         if not serials:
             err.print(f"{escape(repr(name))} has no unrevoked certificate: nothing to do.")
+            if fmt is Format.json:
+                print_json({"name": name, "revoked_serials": []})
             return
         crl = fed.ca.directory / "crl.pem"
-        Console(soft_wrap=True).print(
-            f"revoked {escape(repr(name))}: serial {', '.join(f'{s:x}' for s in serials)}"
+        emit(
+            fmt,
+            {"name": name, "revoked_serials": [f"{s:x}" for s in serials]},
+            f"revoked {escape(repr(name))}: serial {', '.join(f'{s:x}' for s in serials)}",
         )
         local = fed.directory / "coordinator" / "crl.pem"
         done = f" ({escape(str(local))} is updated)" if local.is_file() else ""
@@ -180,9 +207,9 @@ def revoke_command(
 
 def _row(cert: "IssuedCertificate") -> tuple[str, str, str, str, str]:
     return (
-        cert.name,
+        escape(cert.name),
         cert.role,
-        cert.fingerprint[:16] + "…",
+        cert.fingerprint,
         f"{cert.not_after:%Y-%m-%d}",
         "[red]yes[/]" if cert.revoked else "no",
     )
@@ -191,23 +218,17 @@ def _row(cert: "IssuedCertificate") -> tuple[str, str, str, str, str]:
 @app.command("list")
 def list_command(
     out: OutOption,
-    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    format: FormatOption = Format.table,
 ) -> None:
     """List every certificate the consortium CA issued."""
-    from biofed.core import ConfigurationError
     from biofed.identity import Consortium
 
     with _errors():
-        if format not in ("table", "json"):
-            raise ConfigurationError(f"--format must be table or json, got {format!r}")
         fed = Consortium.load(out)
         certificates = fed.participants()
-        if format == "json":
-            print(json.dumps([cert.to_dict() for cert in certificates]))
-            return
         table = Table(title=f"consortium {fed.name!r}", box=box.SIMPLE_HEAD, pad_edge=False)
         for column in ("name", "role", "fingerprint", "expires", "revoked"):
-            table.add_column(column, no_wrap=True)
+            table.add_column(column)
         for cert in certificates:
             table.add_row(*_row(cert))
-        Console(soft_wrap=True).print(table)
+        emit(format, [cert.to_dict() for cert in certificates], table)

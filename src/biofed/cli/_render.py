@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from rich import box
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.table import Table
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ def report_table(report: SimulationReport) -> Table:
         box=box.SIMPLE_HEAD,
         pad_edge=False,
         caption=(
-            f"columns: each site's test set{f' ({prefix}…)' if prefix else ''}, "
+            f"columns: each site's test set{f' (after {prefix!r})' if prefix else ''}, "
             "their mean, the pooled test set"
         ),
     )
@@ -78,9 +78,10 @@ def report_table(report: SimulationReport) -> Table:
 SECAGG_STAGES = 4
 
 
-#: The round progress bar's width: with the round, the sites count and the elapsed time it
-#: takes 42 of 80 columns, the rest is the round's status (which wraps, never the bar).
-PROGRESS_BAR_WIDTH = 16
+#: The round progress bar's width: with the round (up to ``round 10/10``), the sites count and
+#: the elapsed time it takes 41 of 80 columns; the round's status gets the rest (and wraps,
+#: never the bar).
+PROGRESS_BAR_WIDTH = 10
 
 
 def round_progress(console: Console, *, unit: str) -> Progress:
@@ -116,6 +117,7 @@ class RoundProgress:
     """Engine listener that shows a Rich progress bar per round on stderr."""
 
     def __init__(self, console: Console, rounds: int, metric: str) -> None:
+        # the layout biofed demo uses too: only the status wraps at 80 columns
         self._progress = round_progress(console, unit="sites")
         self._rounds = rounds
         self._metric = metric
@@ -164,38 +166,49 @@ _LABEL_TEXT = {
 
 
 def print_privacy(out: Console, privacy: Mapping[str, Any]) -> None:
+    """Print ``privacy_renderables(privacy)`` to ``out``."""
+    for item in privacy_renderables(privacy):
+        out.print(item, highlight=False)
+
+
+def privacy_renderables(privacy: Mapping[str, Any]) -> list[RenderableType]:
     """The guarantee the job asked for and each site's reported spend so far, every figure
     labelled with what it is (exact / bounded / heuristic) and what it rests on."""
+    from biofed.cli._output import fit
+
+    shown: list[RenderableType] = []
     g = privacy.get("guarantee", {})
     goal = (
         f"target ε={g['target_epsilon']:g}"
         if "target_epsilon" in g
         else f"noise multiplier {g.get('noise_multiplier')}"
     )
-    out.print(
+    shown.append(
         f"[bold]differential privacy[/]: {g.get('mode')} level ({g.get('protects')}), {goal}, "
         f"δ={g.get('delta'):g}, clip {g.get('max_grad_norm')}, {g.get('accountant')} accountant, "
-        f"{g.get('rounds')} rounds",
-        highlight=False,
+        f"{g.get('rounds')} rounds"
     )
     trust = privacy.get("trust") or g.get("trust")
     if trust:
-        out.print(f"trust assumption: {trust}", highlight=False)
+        shown.append(f"trust assumption: {trust}")
     label = privacy.get("label")
     if label:
-        out.print(f"ε figures: {_LABEL_TEXT.get(label, label)}", highlight=False)
+        shown.append(f"ε figures: {_LABEL_TEXT.get(label, label)}")
     if "client_level_epsilon" in privacy:
         note = privacy.get("client_level_label", "the coordinator's own figure")
-        out.print(
+        shown.append(
             f"client-level ε so far (noise really in the sums): "
-            f"{privacy['client_level_epsilon']:.4f} — {note}",
-            highlight=False,
+            f"{privacy['client_level_epsilon']:.4f} — {note}"
         )
     sites = privacy.get("sites", {})
     if sites:
         table = Table(title="privacy spent so far, as each site's ledger recorded it")
         for col in ("site", "ε", "δ", "after round", "guarantee"):
-            table.add_column(col, justify="left" if col in ("site", "guarantee") else "right")
+            table.add_column(
+                col,
+                justify="left" if col in ("site", "guarantee") else "right",
+                overflow="fold" if col == "guarantee" else "ellipsis",
+            )
         for site, spend in sorted(sites.items()):
             mark = str(spend.get("guarantee", "unlabelled"))
             table.add_row(
@@ -205,9 +218,10 @@ def print_privacy(out: Console, privacy: Mapping[str, Any]) -> None:
                 f"{spend['round']:.0f}",
                 _LABEL_TEXT.get(mark, mark),
             )
-        out.print(table)
+        shown.append(fit(table))
     if privacy.get("not_covered"):
-        out.print(f"[dim]not covered by ε: {privacy['not_covered']}[/]", highlight=False)
+        shown.append(f"[dim]not covered by ε: {privacy['not_covered']}[/]")
+    return shown
 
 
 #: How ``biofed run status`` colours each run state.

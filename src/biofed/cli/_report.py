@@ -25,11 +25,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich import box
-from rich.console import Console
+from rich.console import Console, RenderableType
 from rich.markup import escape
 from rich.table import Table
 
 from biofed.cli._common import call, clean_errors, err
+from biofed.cli._output import Format, FormatOption, emit, fit
 
 if TYPE_CHECKING:
     from biofed.data import HeterogeneityFinding, HeterogeneityReport, SiteSummary, StudySpec
@@ -102,7 +103,7 @@ def heterogeneity_command(
         float,
         typer.Option("--size-ratio", help="Flag records this many times above/below the median."),
     ] = 2.0,
-    output: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    output: FormatOption = Format.table,
     html: Annotated[
         Path | None, typer.Option("--html", help="Also write a self-contained HTML report.")
     ] = None,
@@ -113,8 +114,6 @@ def heterogeneity_command(
     from biofed.data import heterogeneity_report
 
     with clean_errors():
-        if output not in ("table", "json"):
-            raise ConfigurationError(f"--format must be table or json, got {output!r}")
         binary: list[str] = []
         if run_id is not None:
             if spec is not None or omop or data is not None:
@@ -146,10 +145,7 @@ def heterogeneity_command(
             title = f"run {run_id}" if run_id else (spec.name if spec else "")
             text = render_html(report, title=title)
             html.write_text(text, encoding="utf-8")
-    if output == "json":
-        print(json.dumps(report.to_json(), allow_nan=False))
-    else:
-        _print_report(report)
+    emit(output, report.to_json(), *report_view(report))
     if html is not None:
         Console(stderr=True).print(f"wrote {escape(str(html))}", highlight=False)
 
@@ -354,7 +350,8 @@ def feature_label(finding: "HeterogeneityFinding") -> str:
     return finding.feature or "—"
 
 
-def _print_report(report: "HeterogeneityReport") -> None:
+def report_view(report: "HeterogeneityReport") -> list[RenderableType]:
+    """What ``report heterogeneity`` prints: the sites, then each flagged comparison first."""
     k = report.min_cell
     sites = Table(title="sites", box=box.SIMPLE_HEAD, pad_edge=False, title_justify="left")
     for name, justify in (
@@ -364,7 +361,7 @@ def _print_report(report: "HeterogeneityReport") -> None:
         ("outcome", "right"),
         ("note", "left"),
     ):
-        sites.add_column(name, justify=justify)  # type: ignore[arg-type]
+        sites.add_column(name, justify=justify, overflow="fold" if name == "note" else "ellipsis")  # type: ignore[arg-type]
     for s in report.sites:
         sites.add_row(
             escape(s.site),
@@ -373,7 +370,6 @@ def _print_report(report: "HeterogeneityReport") -> None:
             "" if s.outcome is None else f"{100 * s.outcome:.1f}%",
             escape(s.note),
         )
-    out.print(sites)
     table = Table(
         title=f"each site against the others ({len(report.flags)} flagged)",
         box=box.SIMPLE_HEAD,
@@ -382,7 +378,7 @@ def _print_report(report: "HeterogeneityReport") -> None:
         caption=f"⚑ over threshold · <{k}: withheld (disclosure threshold {k})",
     )
     table.add_column("", width=1, no_wrap=True)
-    table.add_column("site", max_width=14, overflow="fold")
+    table.add_column("site")
     table.add_column("feature", max_width=20, overflow="fold")
     table.add_column("measure", no_wrap=True)
     table.add_column("site", justify="right", no_wrap=True)
@@ -399,4 +395,4 @@ def _print_report(report: "HeterogeneityReport") -> None:
             reference,
             f"[bold red]{score}[/]" if finding.flagged else score,
         )
-    out.print(table)
+    return [fit(sites), fit(table)]

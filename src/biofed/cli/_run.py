@@ -13,21 +13,20 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
+from rich.console import RenderableType
 from rich.table import Table
 
 from biofed.cli._common import call, kit_option
-from biofed.cli._render import print_privacy, rounds_text, run_headline, status_text
+from biofed.cli._output import Format, FormatOption, console, emit, fit, print_json
+from biofed.cli._render import rounds_text, run_headline, status_text
 
 if TYPE_CHECKING:
     from biofed.coordinator import RunSpec
     from biofed.transport.grpc import ControlClient, RunSummary
 
 app = typer.Typer(help="Submit and follow runs on the coordinator.", no_args_is_help=True)
-out = Console()
 
 KitOpt = Annotated[Path | None, typer.Option("--kit", help="Your kit folder (or BIOFED_KIT).")]
-FormatOpt = Annotated[str, typer.Option("--format", help="table or json.")]
 CoordinatorOpt = Annotated[
     str | None,
     typer.Option(
@@ -104,7 +103,7 @@ def submit(
         bool, typer.Option("--quiet", "-q", help="Print only the new run id.")
     ] = False,
     coordinator: CoordinatorOpt = None,
-    format: FormatOpt = "table",
+    format: FormatOption = Format.table,
 ) -> None:
     """Submit a job file (and its task bundle and study agreement); prints the new run id.
     An analysis job (``[analysis]``) runs a federated query: see ``biofed analyze``."""
@@ -128,17 +127,17 @@ def submit(
         )
         if quiet:
             print(run.run_id)
-        elif format == "json":
-            print(json.dumps(_as_dict(run)))
+        elif format is Format.json:
+            print_json(_as_dict(run))
         else:
             what = (
                 f"a {spec.query.kind} query"
                 if isinstance(spec, AnalysisJob)
                 else f"{spec.strategy}, {spec.rounds} rounds"
             )
-            out.print(f"submitted [bold]{run.run_id}[/] ({what})")
+            console().print(f"submitted [bold]{run.run_id}[/] ({what})")
         if follow:
-            _follow(client, run.run_id)
+            _follow(client, run.run_id, format)
 
 
 def _with_agreement(
@@ -179,9 +178,18 @@ def _read_bytes(path: Path) -> bytes:
         raise ConfigurationError(f"cannot read {path}: {exc}") from exc
 
 
-def _follow(client: "ControlClient", run_id: str) -> None:
+def _follow(client: "ControlClient", run_id: str, fmt: Format = Format.table) -> None:
     for event in client.watch_run(run_id, follow=True):
-        _print_event(event.seq, event.round, event.kind, event.node_id, event.message)
+        if fmt is Format.json:  # one JSON document per line (JSON Lines) while it streams
+            print_json(
+                _event_dict(event.seq, event.round, event.kind, event.node_id, event.message)
+            )
+        else:
+            _print_event(event.seq, event.round, event.kind, event.node_id, event.message)
+
+
+def _event_dict(seq: int, rnd: int, kind: str, node: str, message: str) -> dict[str, object]:
+    return {"seq": seq, "round": rnd, "kind": kind, "node": node or None, "message": message}
 
 
 #: Run events whose message is a JSON document, shown by its size only.
@@ -195,7 +203,7 @@ def _print_event(seq: int, rnd: int, kind: str, node: str, message: str) -> None
     who = f" {node}" if node else ""
     if kind in _DOCUMENT_EVENTS:
         message = f"{_DOCUMENT_EVENTS[kind]} ({len(message)} characters of JSON)"
-    out.print(f"[dim]{seq:>5}[/] round {rnd:<3} [bold]{kind}[/]{who}: {message}", highlight=False)
+    console().print(f"[dim]{seq:>5}[/] round {rnd:<3} [bold]{kind}[/]{who}: {message}")
 
 
 @app.command("status")
@@ -203,52 +211,57 @@ def status(
     run_id: Annotated[str | None, typer.Argument(help="A run id; all runs if omitted.")] = None,
     kit: KitOpt = None,
     coordinator: CoordinatorOpt = None,
-    format: FormatOpt = "table",
+    format: FormatOption = Format.table,
 ) -> None:
     """Status of one run or of all the runs you may see."""
     with control_client(kit, coordinator) as client:
         runs = [call(lambda: client.get_run(run_id))] if run_id else call(client.list_runs)
-    if format == "json":
-        print(json.dumps([_as_dict(r) for r in runs] if run_id is None else _as_dict(runs[0])))
-        return
+    data = [_as_dict(r) for r in runs] if run_id is None else _as_dict(runs[0])
+    emit(format, data, *status_view(runs, one=run_id is not None))
+
+
+def status_view(runs: "list[RunSummary]", *, one: bool) -> list[RenderableType]:
+    """What ``run status`` prints: the runs table, and for one run its headline, problems,
+    per-site evaluation and privacy spend."""
+    from biofed.cli._render import privacy_renderables
+
+    shown: list[RenderableType] = []
     table = Table(title="runs")
     for col in ("run", "status", "owner", "rounds", "metrics", "error"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold" if col in ("metrics", "error") else "ellipsis")
     for r in runs:
         summary = json.loads(r.summary_json or "{}")
         metrics = summary.get("evaluation", {}).get("metrics", {})
         text = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if v is not None)
         rounds = rounds_text(summary, r.completed_rounds, r.total_rounds)
         table.add_row(r.run_id, status_text(r.status), r.owner, rounds, text, r.error)
-    if run_id and runs:
-        headline = run_headline(
-            json.loads(runs[0].summary_json or "{}"), runs[0].completed_rounds, runs[0].total_rounds
+    summary = json.loads(runs[0].summary_json or "{}") if one and runs else {}
+    headline = (
+        run_headline(summary, runs[0].completed_rounds, runs[0].total_rounds) if summary else None
+    )
+    if headline:  # failed rounds are said before any metric
+        shown.append(headline)
+    shown.append(fit(table))
+    for problem in summary.get("problems", []):
+        shown.append(
+            f"[yellow]round {problem['round']} {problem['node'] or ''} {problem['kind']}:[/] "
+            f"{problem['message']}"
         )
-        if headline:  # failed rounds are said before any metric
-            out.print(headline, highlight=False)
-    out.print(table)
-    if run_id and runs:
-        for problem in json.loads(runs[0].summary_json or "{}").get("problems", []):
-            out.print(
-                f"[yellow]round {problem['round']} {problem['node'] or ''} {problem['kind']}:[/] "
-                f"{problem['message']}",
-                highlight=False,
+    sites = summary.get("evaluation", {}).get("sites", {})
+    if sites:
+        per_site = Table(title="per-site evaluation")
+        names = sorted({k for m in sites.values() for k in m})
+        per_site.add_column("site")
+        for n in names:
+            per_site.add_column(n, justify="right")
+        for site, m in sorted(sites.items()):
+            per_site.add_row(
+                site, *[f"{m.get(n):.4f}" if m.get(n) is not None else "—" for n in names]
             )
-        sites = json.loads(runs[0].summary_json or "{}").get("evaluation", {}).get("sites", {})
-        if sites:
-            per_site = Table(title="per-site evaluation")
-            names = sorted({k for m in sites.values() for k in m})
-            per_site.add_column("site")
-            for n in names:
-                per_site.add_column(n, justify="right")
-            for site, m in sorted(sites.items()):
-                per_site.add_row(
-                    site, *[f"{m.get(n):.4f}" if m.get(n) is not None else "—" for n in names]
-                )
-            out.print(per_site)
-        privacy = json.loads(runs[0].summary_json or "{}").get("privacy")
-        if privacy:
-            print_privacy(out, privacy)
+        shown.append(fit(per_site))
+    if summary.get("privacy"):
+        shown.extend(privacy_renderables(summary["privacy"]))
+    return shown
 
 
 @app.command("logs")
@@ -259,24 +272,33 @@ def logs(
         bool, typer.Option("--follow", "-f", help="Keep streaming until the run ends.")
     ] = False,
     coordinator: CoordinatorOpt = None,
+    format: FormatOption = Format.table,
 ) -> None:
-    """A run's event log."""
+    """A run's event log (with ``--follow --format json``: one JSON document per event and
+    line, as JSON Lines)."""
     with control_client(kit, coordinator) as client:
         if follow:
-            call(lambda: _follow(client, run_id))
-        else:
-            for e in call(lambda: list(client.watch_run(run_id))):
-                _print_event(e.seq, e.round, e.kind, e.node_id, e.message)
+            call(lambda: _follow(client, run_id, format))
+            return
+        events = call(lambda: list(client.watch_run(run_id)))
+    if format is Format.json:
+        print_json([_event_dict(e.seq, e.round, e.kind, e.node_id, e.message) for e in events])
+        return
+    for e in events:
+        _print_event(e.seq, e.round, e.kind, e.node_id, e.message)
 
 
 @app.command("cancel")
 def cancel(
-    run_id: Annotated[str, typer.Argument()], kit: KitOpt = None, coordinator: CoordinatorOpt = None
+    run_id: Annotated[str, typer.Argument()],
+    kit: KitOpt = None,
+    coordinator: CoordinatorOpt = None,
+    format: FormatOption = Format.table,
 ) -> None:
     """Stop a run at once: its current round is abandoned and the sites drop it."""
     with control_client(kit, coordinator) as client:
         run = call(lambda: client.cancel_run(run_id))
-    out.print(f"{run.run_id}: {run.status} (cancel requested)")
+    emit(format, _as_dict(run), f"{run.run_id}: {run.status} (cancel requested)")
 
 
 @app.command("result")
@@ -285,6 +307,7 @@ def result(
     out_path: Annotated[Path, typer.Option("--out", help="Where to write model.safetensors.")],
     kit: KitOpt = None,
     coordinator: CoordinatorOpt = None,
+    format: FormatOption = Format.table,
 ) -> None:
     """Download a finished run's model (safetensors)."""
     with control_client(kit, coordinator) as client:
@@ -293,6 +316,8 @@ def result(
     tmp.write_bytes(data)
     tmp.replace(out_path)
     print(f"wrote {out_path} ({len(data)} bytes)", file=sys.stderr)
+    if format is Format.json:
+        print_json({"run_id": run_id, "path": str(out_path), "bytes": len(data)})
 
 
 @app.command("contributions")
@@ -300,7 +325,7 @@ def contributions(
     run_id: Annotated[str, typer.Argument(help="The run.")],
     kit: KitOpt = None,
     coordinator: CoordinatorOpt = None,
-    format: FormatOpt = "table",
+    format: FormatOption = Format.table,
     chart: Annotated[
         Path | None, typer.Option("--chart", help="Also draw the totals as a PNG bar chart.")
     ] = None,
@@ -319,8 +344,6 @@ def contributions(
         write_chart,
     )
 
-    if format not in ("table", "json"):
-        raise typer.BadParameter("--format must be table or json")
     with control_client(kit, coordinator) as client:
         events = call(lambda: list(client.watch_run(run_id)))
     text, partial = call(
@@ -331,13 +354,10 @@ def contributions(
     if chart is not None:
         call(lambda: write_chart(ledger, chart, title=f"contributions to {run_id}"))
         print(f"wrote {chart}", file=sys.stderr)
-    if format == "json":
-        rounds = round_records([(e.round, e.kind, e.message) for e in events])
-        whole = {**data, "run_id": run_id, "partial": partial, "rounds": rounds}
-        print(json.dumps(whole, sort_keys=True))
-        return
-    out.print(contributions_table(ledger, title=f"contributions to {run_id}"))
-    for line in summary_lines(ledger, data, partial=partial):
-        out.print(line, highlight=False)
+    rounds = round_records([(e.round, e.kind, e.message) for e in events])
+    whole = {**data, "run_id": run_id, "partial": partial, "rounds": rounds}
+    shown: list[RenderableType] = [contributions_table(ledger, title=f"contributions to {run_id}")]
+    shown.extend(summary_lines(ledger, data, partial=partial))
     if outcome is not None:  # the study agreement's [incentives] applied to the ledger
-        out.print(outcome_table(outcome))
+        shown.append(outcome_table(outcome))
+    emit(format, whole, *shown)

@@ -2,12 +2,16 @@
 
 import threading
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from biofed.cli import _datasets
 from biofed.cli._common import clean_errors, err, stop_on_signals
+
+if TYPE_CHECKING:
+    from biofed.coordinator import Coordinator
+    from biofed.web import RunningDashboard
 
 coordinator_app = typer.Typer(help="Run the consortium's coordinator.", no_args_is_help=True)
 node_app = typer.Typer(help="Run a site's node.", no_args_is_help=True)
@@ -22,6 +26,20 @@ def coordinator_start(
     ] = None,
     state: Annotated[str | None, typer.Option(help="State store URL (default: kit.toml).")] = None,
     heartbeat: Annotated[float, typer.Option(help="Seconds between node heartbeats.")] = 2.0,
+    dashboard: Annotated[
+        str | None,
+        typer.Option(
+            help="Also serve the web dashboard on host:port (loopback unless "
+            "--dashboard-remote; e.g. 127.0.0.1:8765).",
+        ),
+    ] = None,
+    dashboard_remote: Annotated[
+        bool,
+        typer.Option(
+            help="Let the dashboard listen off loopback, over HTTPS with the kit's "
+            "cert.pem and key.pem.",
+        ),
+    ] = False,
 ) -> None:
     """Serve nodes and researchers over mTLS until SIGINT/SIGTERM; resume unfinished runs."""
     from biofed.coordinator import serve_coordinator
@@ -29,12 +47,41 @@ def coordinator_start(
     stop = stop_on_signals()
     with clean_errors():
         running = serve_coordinator(kit, listen=listen, state=state, heartbeat_interval=heartbeat)
+        try:
+            web = _dashboard(running.coordinator, kit, dashboard, dashboard_remote)
+        except BaseException:
+            running.stop()
+            raise
     err.print(f"coordinator listening on {running.address} (state: {state or 'kit.toml'})")
+    if web is not None:
+        from biofed.cli._dashboard import COORDINATOR_URL
+
+        url = "" if web.url == COORDINATOR_URL else f" --url {web.url}"
+        err.print(f"dashboard on {web.url}; log in with: biofed dashboard link --kit YOUR_KIT{url}")
     try:
         stop.wait()
     finally:
         err.print("coordinator stopping")
+        if web is not None:
+            web.stop()
         running.stop()
+
+
+def _dashboard(
+    coordinator: "Coordinator", kit: Path, listen: str | None, remote: bool
+) -> "RunningDashboard | None":
+    """The coordinator's dashboard served on ``listen`` (None: not asked for)."""
+    if listen is None:
+        return None
+    from biofed.identity import load_kit
+    from biofed.web import TlsFiles, coordinator_dashboard
+    from biofed.web import serve_dashboard as serve
+
+    own = load_kit(kit)
+    tls = None
+    if remote:  # off loopback: HTTPS only, with the coordinator's consortium certificate
+        tls = TlsFiles(certificate=own.directory / "cert.pem", key=own.directory / "key.pem")
+    return serve(coordinator_dashboard(coordinator, own), listen, tls=tls, allow_remote=remote)
 
 
 @node_app.command("start")

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, RenderableType
+from rich.markup import escape
 
 from biofed.cli._names import STRATEGY_NAMES
-from biofed.cli._render import RoundProgress, print_privacy, report_table
+from biofed.cli._output import Format, FormatOption, emit
+from biofed.cli._render import RoundProgress, privacy_renderables, report_table
 from biofed.cli._simulate_table import TableOptions
 
 if TYPE_CHECKING:
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from biofed.core import Scalar
     from biofed.data import FederatedDataset
     from biofed.node import NodeConfig
+    from biofed.simulation import SimulationReport
     from biofed.tasks import Task
 
 # The SDK is imported where it is used, so that `biofed --help` stays fast.
@@ -327,7 +329,7 @@ def simulate_command(
             "FLTrust, or that measures contributions ([contribution])."
         ),
     ] = None,
-    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    format: FormatOption = Format.table,
 ) -> None:
     """Federate a task over virtual sites and compare with local-only and pooled training."""
     from biofed.cli._simulate_table import check_task_targets
@@ -336,7 +338,6 @@ def simulate_command(
     from biofed.simulation import simulate
     from biofed.tasks import make_task
 
-    out = Console()
     err = Console(stderr=True)
     flags = {
         "rounds": rounds,
@@ -369,8 +370,6 @@ def simulate_command(
     # dp-accounting logs a warning per RDP order it drops; they are not the user's concern.
     logging.getLogger("absl").setLevel(logging.ERROR)
     try:
-        if format not in ("table", "json"):
-            raise ConfigurationError(f"--format must be table or json, got {format!r}")
         configs = _parse_node_configs(node_config or [])
         if table is None:
             given = {
@@ -424,27 +423,28 @@ def simulate_command(
                 trusted=trusted_data,
             )
     except BiofedError as exc:
-        from rich.markup import escape
-
         err.print(f"[bold red]error:[/] {escape(str(exc))}")  # "[study]" is text, not markup
         raise typer.Exit(code=2) from exc
-    if format == "json":
-        print(json.dumps(report.to_dict()))
-        return
-    out.print(report_table(report))
+    emit(format, report.to_dict(), *simulate_view(report))
+    for event in report.events:
+        err.print(f"[yellow]event:[/] {event}")
+
+
+def simulate_view(report: SimulationReport) -> list[RenderableType]:
+    """What ``simulate`` prints: the methods' table, the features, the privacy spent and, for
+    a job with [contribution], each site's contribution."""
+    shown: list[RenderableType] = [report_table(report)]
     if report.features:
-        out.print(f"features ({len(report.features)}): {', '.join(report.features)}")
+        shown.append(escape(f"features ({len(report.features)}): {', '.join(report.features)}"))
     if report.privacy is not None:
-        print_privacy(out, report.privacy)
+        shown.extend(privacy_renderables(report.privacy))
     if report.contributions is not None:  # a job with [contribution] (and --trusted)
         from biofed.cli._contributions import contributions_table, parse_record, summary_lines
 
         ledger, record = parse_record(report.contributions)
-        out.print(contributions_table(ledger, title="contributions (simulated run)"))
-        for line in summary_lines(ledger, record, partial=False):
-            out.print(line, highlight=False)
-    for event in report.events:
-        err.print(f"[yellow]event:[/] {event}")
+        shown.append(contributions_table(ledger, title="contributions (simulated run)"))
+        shown.extend(summary_lines(ledger, record, partial=False))
+    return shown
 
 
 def _simulate_study(
@@ -454,7 +454,7 @@ def _simulate_study(
     configs: dict[str, Any],
     ledger_dir: Path | None,
     backend: str,
-    format: str,
+    format: Format,
 ) -> None:
     """Simulate a job with a study spec over ``--site NAME=SOURCE`` virtual sites."""
     from biofed.core import ConfigurationError
@@ -485,14 +485,7 @@ def _simulate_study(
             ledger_dir=ledger_dir,
             backend=backend,
         )
-    if format == "json":
-        print(json.dumps(report.to_dict()))
-        return
-    out = Console()
-    out.print(report_table(report))
-    out.print(f"features ({len(report.features)}): {', '.join(report.features)}")
-    if report.privacy is not None:
-        print_privacy(out, report.privacy)
+    emit(format, report.to_dict(), *simulate_view(report))
     for event in report.events:
         err.print(f"[yellow]event:[/] {event}")
 

@@ -6,16 +6,14 @@ import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from biofed.cli._common import call
-from biofed.cli._run import CoordinatorOpt, FormatOpt, KitOpt, control_client
+from biofed.cli._output import Format, FormatOption, emit
+from biofed.cli._run import CoordinatorOpt, KitOpt, control_client
 
 if TYPE_CHECKING:
     from biofed.transport.grpc import ControlClient, NodeSummary
-
-out = Console()
 
 
 def _datasets(node: "NodeSummary") -> dict[str, int]:
@@ -74,18 +72,20 @@ def sites_command(
         typer.Option("--wait", min=0, metavar="N", help="First wait until N sites are online."),
     ] = 0,
     timeout: Annotated[float, typer.Option(min=0.0, help="Seconds --wait waits at most.")] = 60.0,
-    format: FormatOpt = "table",
+    format: FormatOption = Format.table,
 ) -> None:
     """The sites the coordinator knows: status, last seen, datasets offered (examples)."""
     with control_client(kit, coordinator) as client:
         nodes = call(lambda: _wait(client, wait, timeout) if wait else client.list_nodes())
-    if format == "json":
-        print(json.dumps([_as_dict(n) for n in nodes]))
-        return
-    now = time.time()
+    emit(format, [_as_dict(n) for n in nodes], sites_table(nodes, time.time()))
+
+
+def sites_table(nodes: "list[NodeSummary]", now: float) -> Table:
+    """The sites, their status, when last seen (relative to ``now``) and datasets."""
     table = Table(title="sites")
-    for col in ("site", "status", "last seen", "datasets (examples)"):
+    for col in ("site", "status", "last seen"):
         table.add_column(col)
+    table.add_column("datasets (examples)", overflow="fold")  # a list: wraps between items
     for node in sorted(nodes, key=lambda n: n.node_id):
         seen = dt.datetime.fromtimestamp(node.last_seen, dt.timezone.utc)
         ago = max(0.0, now - node.last_seen)
@@ -97,4 +97,4 @@ def sites_command(
             f"{seen:%Y-%m-%d %H:%M:%S} UTC ({ago:.0f} s ago)",
             datasets,
         )
-    out.print(table)
+    return table

@@ -2,25 +2,24 @@
 approval and revocation commands (``biofed node review / approve / revoke / approvals``)."""
 
 import getpass
-import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from biofed.cli._common import call
+from biofed.cli._common import call, err
+from biofed.cli._output import Format, FormatOption, emit
 
 if TYPE_CHECKING:
-    from biofed.governance import ApprovalStore, Bundle
+    from biofed.governance import Approval, ApprovalStore, Bundle
 
 app = typer.Typer(help="Package task code as bundles named by their digest.", no_args_is_help=True)
 node_bundle_app = typer.Typer(
     help="Review, approve and revoke task bundles at this site.", no_args_is_help=True
 )
-out = Console()
 
 StoreOpt = Annotated[
     Path, typer.Option("--store", help="The site's approvals file, e.g. NODE/approvals.json.")
@@ -35,42 +34,57 @@ def pack_command(
     out_file: Annotated[
         Path | None, typer.Option("--out", help="Bundle file (default: DIR.bundle.zip).")
     ] = None,
+    format: FormatOption = Format.table,
 ) -> None:
     """Pack a task directory into a bundle; prints its digest."""
     from biofed.governance import pack_bundle
 
     target = out_file or directory.resolve().with_name(directory.resolve().name + ".bundle.zip")
     info = call(lambda: pack_bundle(directory, target))
-    out.print(f"packed {len(info.files)} file(s) into {escape(str(target))} ({info.size} bytes)")
-    out.print(f"digest {info.digest}", highlight=False)
+    data = {
+        "bundle": str(target),
+        "digest": info.digest,
+        "files": len(info.files),
+        "bytes": info.size,
+    }
+    emit(
+        format,
+        data,
+        f"packed {len(info.files)} file(s) into {escape(str(target))} ({info.size} bytes)",
+        f"digest {info.digest}",
+    )
 
 
 @app.command("show")
 def show_command(
     bundle: BundleArg,
-    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    format: FormatOption = Format.table,
 ) -> None:
     """Show a bundle's digest and files (the archive is fully validated first)."""
     from biofed.governance import read_bundle
 
     loaded: Bundle = call(lambda: read_bundle(bundle))
-    if format == "json":
-        files = {p: len(b) for p, b in loaded.files.items()}
-        typer.echo(json.dumps({"digest": loaded.digest, "files": files}, indent=2))
-        return
-    out.print(f"digest {loaded.digest}", highlight=False)
+    files = {p: len(b) for p, b in loaded.files.items()}
+    emit(format, {"digest": loaded.digest, "files": files}, *bundle_view(loaded.digest, files))
+
+
+def bundle_view(digest: str, files: dict[str, int]) -> list[str | Table]:
+    """What ``task show`` prints: the digest, then each file and its size."""
     table = Table("file", "bytes")
-    for path, data in loaded.files.items():
-        table.add_row(escape(path), str(len(data)))
-    out.print(table)
+    for path, size in files.items():
+        table.add_row(escape(path), str(size))
+    return [f"digest {digest}", table]
 
 
 @node_bundle_app.command("review")
-def review_command(bundle: BundleArg) -> None:
+def review_command(bundle: BundleArg, format: FormatOption = Format.table) -> None:
     """Print a bundle's digest and its full source for a human to read before approving."""
     from biofed.governance import read_bundle
 
     loaded: Bundle = call(lambda: read_bundle(bundle))
+    if format is Format.json:
+        emit(format, {"digest": loaded.digest, "listing": loaded.source_listing()})
+        return
     # Plain output (no Rich markup or highlighting): the reviewer sees the exact bytes.
     typer.echo(loaded.source_listing())
     typer.echo(f"to approve this exact code: biofed node approve {loaded.digest} --store FILE")
@@ -96,7 +110,7 @@ def _store(store: Path, kit: Path | None) -> "ApprovalStore":
     if not ((folder / "kit.toml").is_file() and (folder / "key.pem").is_file()):
         if kit is not None:
             raise ConfigurationError(f"{kit} is not a participant kit (no kit.toml and key.pem)")
-        out.print(
+        err.print(
             "[yellow]warning:[/] not recorded in a signed audit log (no kit next to the "
             "store; pass --kit): a governed node will not accept this approval"
         )
@@ -114,37 +128,43 @@ def approve_command(
         str | None, typer.Option("--by", help="Who approves (default: the OS user).")
     ] = None,
     kit: KitOpt = None,
+    format: FormatOption = Format.table,
 ) -> None:
     """Approve a bundle digest at this site (recorded as bundle.approved in its audit log)."""
     who = by or getpass.getuser()
     approval = call(lambda: _store(store, kit).approve(digest, by=who, note=note))
-    out.print(f"approved {approval.digest} by {escape(approval.by)}", highlight=False)
+    emit(format, _approval_dict(approval), f"approved {approval.digest} by {escape(approval.by)}")
+
+
+def _approval_dict(a: "Approval") -> dict[str, str]:
+    return {"digest": a.digest, "by": a.by, "note": a.note, "approved_at": a.approved_at}
 
 
 @node_bundle_app.command("revoke")
-def revoke_command(digest: DigestArg, store: StoreOpt, kit: KitOpt = None) -> None:
+def revoke_command(
+    digest: DigestArg, store: StoreOpt, kit: KitOpt = None, format: FormatOption = Format.table
+) -> None:
     """Withdraw this site's approval of a bundle digest (recorded as bundle.revoked)."""
     call(lambda: _store(store, kit).revoke(digest))
-    out.print(f"revoked {digest}", highlight=False)
+    emit(format, {"digest": digest, "revoked": True}, f"revoked {digest}")
 
 
 @node_bundle_app.command("approvals")
 def approvals_command(
     store: StoreOpt,
-    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    format: FormatOption = Format.table,
 ) -> None:
     """List the bundle digests approved at this site."""
     from biofed.governance import ApprovalStore
 
     approvals = call(lambda: ApprovalStore(store).list())
-    if format == "json":
-        rows = [
-            {"digest": a.digest, "by": a.by, "note": a.note, "approved_at": a.approved_at}
-            for a in approvals
-        ]
-        typer.echo(json.dumps(rows, indent=2))
-        return
-    table = Table("digest", "by", "approved at", "note")
+    emit(format, [_approval_dict(a) for a in approvals], approvals_table(approvals))
+
+
+def approvals_table(approvals: "Sequence[Approval]") -> Table:
+    """The approved digests (whole), who approved each, when and why."""
+    table = Table("digest", "by", "approved at", title="approved bundles")
+    table.add_column("note", overflow="fold")  # prose: wraps between words
     for a in approvals:
         table.add_row(a.digest, escape(a.by), a.approved_at, escape(a.note))
-    out.print(table)
+    return table

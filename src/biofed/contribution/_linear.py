@@ -54,6 +54,8 @@ class LinearScore:
     time, event, label:
         ``(n,)`` targets.
 
+    Notes
+    -----
     Calling it on parameters other than ``weight (1, p)`` and ``bias (1,)`` raises
     :class:`~biofed.core.ConfigurationError`. The result is NaN where the metric is
     undefined (no comparable pair, one class), like the tasks' ``evaluate``.

@@ -78,6 +78,15 @@ from biofed.coordinator._store import (
 from biofed.coordinator._store_memory import InMemoryStateStore
 from biofed.coordinator._store_sql import SqlStateStore
 from biofed.coordinator._summaries import StoreListener, run_summary
+from biofed.coordinator._tracking import (
+    TRACKING_FAILED_EVENT,
+    RunTracker,
+    TrackedEnd,
+    TrackedRound,
+    TrackedStart,
+    TrackingConfig,
+)
+from biofed.coordinator._tracking_worker import Tracking
 from biofed.coordinator._trusted import TrustedData, trusted_data_from_kit
 
 __all__ = [
@@ -87,6 +96,7 @@ __all__ = [
     "PRIVACY_EVENT",
     "RESULT_PREPROCESSING",
     "SUMMARIES_EVENT",
+    "TRACKING_FAILED_EVENT",
     "AfterRound",
     "AgreementKeeper",
     "AnalysisFailed",
@@ -121,12 +131,18 @@ __all__ = [
     "RunRow",
     "RunSpec",
     "RunStatus",
+    "RunTracker",
     "RunningCoordinator",
     "SecureRound",
     "SecureSum",
     "SqlStateStore",
     "StateStore",
     "StoreListener",
+    "TrackedEnd",
+    "TrackedRound",
+    "TrackedStart",
+    "Tracking",
+    "TrackingConfig",
     "TrainingRound",
     "TrustedData",
     "analyze_over",

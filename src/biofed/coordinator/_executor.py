@@ -37,11 +37,19 @@ waits for ``min_nodes`` sites as a round does, and ends ``finished`` with the ru
 ``analysis_result`` (the result's JSON) or ``failed`` with the sites' reasons. A query
 interrupted by a coordinator restart starts again from pass 1 (a ``resumed`` event says
 so): passes of two coordinator lives are never mixed.
+
+With a tracker (:class:`~biofed.coordinator.RunTracker`, the kit's ``[tracking]``), a
+training run is reported as it goes: its settings when it starts, each round once committed
+(with the privacy spend its sites reported), and at its end its status, privacy report,
+contributions and final model (only where the study agreement releases it). The tracker
+never fails nor holds up the run (:class:`~biofed.coordinator.Tracking`); analysis runs are
+not tracked.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -64,14 +72,27 @@ from biofed.coordinator._engine import DECISION_EVENT_PREFIX, EngineListener, Ro
 from biofed.coordinator._job import JobSpec
 from biofed.coordinator._job_limits import JobLimits
 from biofed.coordinator._preprocess import reused
+from biofed.coordinator._privacy_report import privacy_report
 from biofed.coordinator._records import RoundRecord, RunCancelled, RunEvent
+from biofed.coordinator._result import model_result, result_contributions
 from biofed.coordinator._store import Checkpoint, RunRow, RunStatus, StateStore
+from biofed.coordinator._tracking import (
+    TRACKING_FAILED_EVENT,
+    RunTracker,
+    TrackedEnd,
+    TrackedListener,
+    TrackedRound,
+    TrackedStart,
+    flat_params,
+)
 from biofed.coordinator._trusted import TrustedData
 from biofed.core import BiofedError, ConfigurationError, ParameterSet, Reply
 from biofed.governance import AuditLog, IncentivePolicy
 from biofed.strategies import StrategyState
 from biofed.tasks import make_task
 from biofed.transport import Transport
+
+_LOG = logging.getLogger("biofed.coordinator.tracking")
 
 
 class _Session(Protocol):
@@ -138,6 +159,11 @@ def _spec_or_none(text: str) -> JobSpec | AnalysisJob | None:
         return None
 
 
+def _training_spec(text: str) -> JobSpec | None:
+    spec = _spec_or_none(text)
+    return spec if isinstance(spec, JobSpec) else None
+
+
 def ending_status(records: list[RoundRecord]) -> tuple[RunStatus, str | None]:
     """The status a run that went through all its rounds ends in, and why it failed."""
     failed = [r for r in records if r.failed is not None]
@@ -186,6 +212,11 @@ class RunExecutor:
         job's ``[robust]`` or ``[contribution]`` ``trusted_dataset`` may name.
     agreement_incentives:
         The incentive policy a kept study agreement states (by id), or None.
+    tracker:
+        Where training runs are reported (the kit's ``[tracking]``), or None.
+    releases_model:
+        Whether a kept study agreement releases the final model (by id): the tracker gets
+        the model only then, as ``biofed run result`` would.
     """
 
     def __init__(
@@ -202,7 +233,11 @@ class RunExecutor:
         agreement_rules: Callable[[str], Mapping[str, float] | None] = lambda agreement: None,
         trusted_data: Mapping[str, Path] | None = None,
         agreement_incentives: Callable[[str], IncentivePolicy | None] = lambda agreement: None,
+        tracker: RunTracker | None = None,
+        releases_model: Callable[[str], bool] = lambda agreement: False,
     ) -> None:
+        self.tracker = tracker
+        self.releases_model = releases_model
         self.agreement_rules = agreement_rules
         self.agreement_incentives = agreement_incentives
         self.trusted_data = dict(trusted_data or {})
@@ -242,7 +277,15 @@ class RunExecutor:
             )
         if current.status is RunStatus.PENDING:
             self.store.set_run_status(run_id, RunStatus.RUNNING)
-        listener = _AuditedDecisions(self.listener(run_id), run_id, self.audit)
+        listener: RunListener = _AuditedDecisions(self.listener(run_id), run_id, self.audit)
+        tracked: TrackedListener | None = None
+        if self.tracker is not None:  # each round's privacy spend, for the tracker
+            listener = tracked = TrackedListener(listener)
+            self.tracker.on_start(
+                TrackedStart(
+                    run_id=run_id, params=flat_params(spec.to_mapping()), job_json=spec.to_json()
+                )
+            )
         transport: Transport = self.hub.transport_for(run_id, spec.dataset)
         if self.anchor is not None:  # each instruction carries the coordinator's audit head
             transport = AnchoredTransport(transport, self.anchor)
@@ -259,6 +302,9 @@ class RunExecutor:
                 Checkpoint(run_id=run_id, round=server_round, parameters=params, state=state),
                 listener.completed_event(record),
             )
+            if self.tracker is not None and tracked is not None:
+                spends = tracked.take(server_round)
+                self.tracker.on_round(TrackedRound(run_id=run_id, record=record, privacy=spends))
 
         try:
             engine = RoundEngine(
@@ -449,6 +495,41 @@ class RunExecutor:
         )
         kind = "failed" if status is RunStatus.FAILED else "finished"
         self.store.append_event(run_id, round=spec.rounds, kind=kind, message=error or message)
+        self.track_end(run_id, spec, status, error)
+
+    def track_end(
+        self, run_id: str, spec: JobSpec | None, status: RunStatus, error: str | None = None
+    ) -> None:
+        """Tell the tracker (if any) that a training run ended: its status, privacy report,
+        contributions and, where it has one that may leave, its final model."""
+        if self.tracker is None or spec is None:
+            return
+        try:
+            events = self.store.events(run_id)
+            records = [r.record for r in self.store.rounds(run_id)]
+            released = spec.agreement is None or self.releases_model(spec.agreement)
+            model = None
+            if status.has_result and released and self.tracker.wants_model:
+                model = model_result(self.store, run_id, spec)
+            end = TrackedEnd(
+                run_id=run_id,
+                status=status.value,
+                rounds=max((r.round for r in records), default=0),
+                error=error,
+                privacy=privacy_report(spec, events, records),
+                contributions=result_contributions(events),
+                model=model,
+            )
+        except Exception as exc:  # what the tracker would be told cannot fail the run
+            _LOG.warning("the end of run %s could not be tracked: %s", run_id, exc)
+            self.store.append_event(
+                run_id,
+                round=spec.rounds,
+                kind=TRACKING_FAILED_EVENT,
+                message=f"the run's end was not tracked: {type(exc).__name__}",
+            )
+            return
+        self.tracker.on_end(end)
 
     def contributions(self, run_id: str, spec: JobSpec) -> ContributionLedger | None:
         """Build the run's contribution ledger from its ``contribution`` events, write the
@@ -553,6 +634,7 @@ class RunExecutor:
             message=f"{what} abandoned; nodes told to drop the run",
         )
         self.audit("run.cancelled", {"run_id": run_id, "rounds": row.completed_rounds})
+        self.track_end(run_id, _training_spec(row.spec), RunStatus.CANCELLED)
 
     def fail(self, run_id: str, reason: str) -> None:
         """Mark the run failed with ``reason`` (nothing if it already ended)."""
@@ -562,3 +644,4 @@ class RunExecutor:
             return
         self.store.append_event(run_id, round=row.completed_rounds, kind="failed", message=reason)
         self.audit("run.failed", {"run_id": run_id, "reason": reason})
+        self.track_end(run_id, _training_spec(row.spec), RunStatus.FAILED, reason)

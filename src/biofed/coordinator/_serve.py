@@ -14,6 +14,7 @@ from biofed.coordinator._job_limits import JobLimits
 from biofed.coordinator._scheduler import DEFAULT_MAX_CONCURRENT_RUNS
 from biofed.coordinator._service import Coordinator
 from biofed.coordinator._store import StateStore, open_store
+from biofed.coordinator._tracking import TrackingConfig
 from biofed.coordinator._trusted import trusted_data_from_kit
 from biofed.core import ConfigurationError, PolicyViolation
 from biofed.governance import LOG_FILE, AuditLog, AuditSigner
@@ -120,6 +121,7 @@ def serve_coordinator(
         raise ConfigurationError("the coordinator needs a listen address and a state URL")
     limits = JobLimits.from_kit(kit.directory)  # [limits] in kit.toml, before opening anything
     trusted = trusted_data_from_kit(kit.directory)  # [trusted_data]: name → file
+    tracking = TrackingConfig.from_kit(kit.directory)  # [tracking]: MLflow, or None
     store = open_store(url)
     audit = AuditLog(kit.directory / LOG_FILE, AuditSigner.from_kit(kit))
     concurrent = max_concurrent_runs or kit.max_concurrent_runs or DEFAULT_MAX_CONCURRENT_RUNS
@@ -133,6 +135,7 @@ def serve_coordinator(
         limits=limits,
         agreements=agreement_keeper(kit),
         trusted_data=trusted,
+        tracking=tracking,
     )
     try:
         server = CoordinatorServer(

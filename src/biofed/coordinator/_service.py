@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import threading
 import time
 import uuid
@@ -28,7 +27,6 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from biofed.contribution import CONTRIBUTIONS_EVENT
 from biofed.coordinator._access import RunAccess
 from biofed.coordinator._agreements import AgreementKeeper
 from biofed.coordinator._analysis import ANALYSIS_EVENT, result_event
@@ -38,8 +36,8 @@ from biofed.coordinator._executor import RunExecutor
 from biofed.coordinator._job import JobSpec
 from biofed.coordinator._job_contribution import check_incentives
 from biofed.coordinator._job_limits import JobLimits
-from biofed.coordinator._preprocess import PREPROCESSING_EVENT, RESULT_PREPROCESSING
-from biofed.coordinator._privacy_report import privacy_report
+from biofed.coordinator._records import RoundRecord
+from biofed.coordinator._result import model_result
 from biofed.coordinator._scheduler import (
     DEFAULT_MAX_ATTEMPTS,
     DEFAULT_MAX_CONCURRENT_RUNS,
@@ -53,11 +51,12 @@ from biofed.coordinator._store import (
     StateStore,
 )
 from biofed.coordinator._summaries import StoreListener, node_summary, run_summary
+from biofed.coordinator._tracking import TRACKING_FAILED_EVENT, TrackingConfig
+from biofed.coordinator._tracking_worker import Tracking, make_tracking
 from biofed.core import (
     BiofedError,
     PolicyViolation,
     ProtocolError,
-    encode_parameters,
 )
 from biofed.governance import AuditLog
 from biofed.transport.grpc import (
@@ -125,6 +124,9 @@ class Coordinator:
         Makes the node hub the runs' transports come from (default: a gRPC
         :class:`~biofed.transport.grpc.NodeHub` with ``heartbeat_interval`` and
         ``missed_heartbeats``; a given factory makes those two unused).
+    tracking:
+        Experiment tracking (the kit's ``[tracking]``): every training run is logged to
+        MLflow (:mod:`biofed.coordinator._tracking`); None tracks nothing.
     """
 
     def __init__(
@@ -143,8 +145,12 @@ class Coordinator:
         agreements: AgreementKeeper | None = None,
         hub: HubFactory | None = None,
         trusted_data: Mapping[str, Path] | None = None,
+        tracking: TrackingConfig | None = None,
     ) -> None:
         self.store = store
+        self.tracking: Tracking | None = None
+        if tracking is not None and tracking.enabled:
+            self.tracking = make_tracking(tracking, on_failure=self._tracking_failed)
         self.limits = JobLimits() if limits is None else limits
         self.access = RunAccess(agreements)
         self.audit = audit
@@ -174,6 +180,8 @@ class Coordinator:
             agreement_rules=self.access.analytics_rules,
             trusted_data=trusted_data,
             agreement_incentives=self.access.incentives,
+            tracker=self.tracking,
+            releases_model=self.access.releases_model,
         )
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -186,6 +194,8 @@ class Coordinator:
         """Stop after the current rounds; unfinished runs stay ``running`` and resume at the
         next start."""
         self.scheduler.stop(timeout)
+        if self.tracking is not None:  # what the runs reported so far reaches the tracker
+            self.tracking.close(timeout)
 
     # -- node registry -------------------------------------------------------------------------
     def _node_event(self, node_id: str, event: NodeEvent) -> None:
@@ -323,37 +333,16 @@ class Coordinator:
                 f"run {run_id!r} is an analysis: its result is its {ANALYSIS_EVENT} event "
                 "(biofed analyze result RUN_ID), not a model"
             )
-        checkpoint = self.store.latest_checkpoint(run_id)
-        if checkpoint is None:
-            raise LookupError(f"run {run_id!r} has no model")
         spec = JobSpec.from_json(row.spec)
         if spec.agreement is not None and not self.access.releases_model(spec.agreement):
             raise PolicyViolation(
                 f"the study agreement {spec.agreement!r} does not release the final model "
                 "(outputs.final_model = false)"
             )
-        metadata = {"run_id": run_id, "round": str(checkpoint.round)}
-        privacy = privacy_report(
-            spec, self.store.events(run_id), [r.record for r in self.store.rounds(run_id)]
-        )
-        if privacy is not None:  # the guarantee travels with the model
-            metadata["privacy"] = json.dumps(privacy, sort_keys=True)
-        measured = [e.message for e in self.store.events(run_id) if e.kind == CONTRIBUTIONS_EVENT]
-        if measured:  # so do the sites' contributions and the incentive policy's outcome
-            record = json.loads(measured[-1])
-            metadata["contributions"] = json.dumps(
-                {
-                    "totals": record["ledger"]["totals"],
-                    "shares": record["shares"],
-                    "outcome": record["outcome"],
-                },
-                sort_keys=True,
-            )
-        if spec.study is not None:  # so does the preprocessing the model was trained behind
-            fitted = [e.message for e in self.store.events(run_id) if e.kind == PREPROCESSING_EVENT]
-            if fitted:
-                metadata[RESULT_PREPROCESSING] = fitted[-1]
-        return encode_parameters(checkpoint.parameters, metadata=metadata)
+        result = model_result(self.store, run_id, spec)
+        if result is None:
+            raise LookupError(f"run {run_id!r} has no model")
+        return result
 
     def analysis_result(self, peer: Peer, run_id: str) -> str:
         """The result of an analysis run (its ``analysis_result`` event's JSON; read it with
@@ -378,6 +367,19 @@ class Coordinator:
             )
         return text
 
+    def run_rounds(self, peer: Peer, run_id: str) -> list[RoundRecord]:
+        """The round records of a run (each round's replies, aggregated and per-site
+        metrics, failure), under the same access rules as :meth:`get_run` (the coordinator's
+        dashboard draws its charts from them).
+
+        Raises
+        ------
+        PolicyViolation
+            The run is not visible to ``peer`` (the same words for a missing run).
+        """
+        self.access.require(peer, self.store.get_run(run_id))
+        return [r.record for r in self.store.rounds(run_id)]
+
     def list_nodes(self, peer: Peer) -> list[NodeSummary]:
         return [node_summary(n) for n in self.store.list_nodes()]
 
@@ -392,6 +394,16 @@ class Coordinator:
     def _audit(self, event: str, data: dict[str, Any]) -> None:
         if self.audit is not None:
             self.audit.append(event, data)
+
+    def _tracking_failed(self, run_id: str, reason: str) -> None:
+        """Record that a run's tracking failed (the run goes on, untracked)."""
+        row = self.store.get_run(run_id)
+        self.store.append_event(
+            run_id,
+            round=0 if row is None else row.completed_rounds,
+            kind=TRACKING_FAILED_EVENT,
+            message=f"experiment tracking failed, the run goes on untracked: {reason}",
+        )
 
     def _fail(self, run_id: str, message: str) -> None:
         """Mark the run failed (the scheduler calls this for any exception of the run) and

@@ -37,6 +37,8 @@ _PROBLEM_EVENTS = frozenset(
         "contribution_failed",
         "contributions_failed",
         "incentives_failed",
+        # experiment tracking (issue 16): the run goes on untracked
+        "tracking_failed",
     }
 )
 

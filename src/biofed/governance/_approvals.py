@@ -131,23 +131,25 @@ class ApprovalStore:
                     self._logged[digest] = entry.event == APPROVED_EVENT
         return self._logged
 
-    def approve(self, digest: str, *, by: str, note: str = "") -> Approval:
+    def approve(self, digest: str, *, by: str, note: str = "", via: str | None = None) -> Approval:
         """Approve ``digest`` (replacing an earlier approval of it) and return the record;
-        with an audit log, the approval is recorded there first."""
+        with an audit log, the approval is recorded there first (``via`` names where it was
+        made, e.g. ``"dashboard"``, in the entry; the command line leaves it out)."""
         check_digest(digest)
         if not by.strip():
             raise ConfigurationError("an approval must name who approved it (by=...)")
         approvals = self._load()
         approval = Approval(digest=digest, by=by, note=note, approved_at=self._clock().isoformat())
         if self._audit is not None:
-            self._audit.append(APPROVED_EVENT, {"bundle": digest, "by": by, "note": note})
+            data = {"bundle": digest, "by": by, "note": note}
+            self._audit.append(APPROVED_EVENT, data if via is None else {**data, "via": via})
         approvals[digest] = approval
         self._save(approvals)
         return approval
 
-    def revoke(self, digest: str) -> Approval:
+    def revoke(self, digest: str, *, via: str | None = None) -> Approval:
         """Withdraw the approval of ``digest`` and return it (recorded in the audit log
-        first, when there is one).
+        first, when there is one; ``via`` as for :meth:`approve`).
 
         Raises
         ------
@@ -159,7 +161,9 @@ class ApprovalStore:
         if digest not in approvals:
             raise ConfigurationError(f"bundle {digest} is not approved here")
         if self._audit is not None:
-            self._audit.append(REVOKED_EVENT, {"bundle": digest})
+            self._audit.append(
+                REVOKED_EVENT, {"bundle": digest} if via is None else {"bundle": digest, "via": via}
+            )
         removed = approvals.pop(digest)
         self._save(approvals)
         return removed

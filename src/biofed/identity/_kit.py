@@ -77,6 +77,13 @@ class Kit:
     state: str | None = None
     max_concurrent_runs: int | None = None
 
+    @staticmethod
+    def reference() -> str:
+        """The Markdown reference of every ``kit.toml`` key (``docs/reference/kit-toml.md``)."""
+        from biofed.identity._kit_schema import render_kit_reference
+
+        return render_kit_reference()
+
 
 def load_kit(directory: str | os.PathLike[str], *, now: dt.datetime | None = None) -> Kit:
     """Load a kit folder and check that it is complete, consistent and private.

@@ -10,6 +10,7 @@ from pathlib import Path
 from biofed.core import ConfigurationError
 from biofed.core.toml import toml_string
 from biofed.identity._address import format_address, parse_address
+from biofed.identity._kit_schema import KIT_FILES
 from biofed.identity._pki import check_consortium, check_name, check_role
 
 if sys.version_info >= (3, 11):
@@ -84,7 +85,7 @@ def read_kit_config(directory: Path) -> KitConfig:
     if not isinstance(files_table, dict):
         raise ConfigurationError(f"{path}: [files] must be a table")
     files: dict[str, str] = {}
-    for key in DEFAULT_FILES:
+    for key in KIT_FILES.ordered:  # the declared [files] keys
         value = _string(files_table, key, path, optional=key == "crl")
         if value and (Path(value).name != value or value in (".", "..") or "\\" in value):
             raise ConfigurationError(

@@ -69,6 +69,17 @@ from biofed.analytics import DisclosureRules
 from biofed.core import ConfigurationError, DataError, check_id
 from biofed.data import CHECK_NAMES, SiteData, load_site_file, load_table
 from biofed.governance import check_omop_url
+from biofed.node._config_schema import (
+    DATASET_FILE,
+    DATASET_OMOP,
+    GOVERNANCE,
+    NODE,
+    NODE_SECTIONS,
+    PRIVACY,
+    PRIVACY_CAP,
+    SANDBOX,
+    render_node_reference,
+)
 from biofed.node._sandbox import check_weaker
 
 if sys.version_info >= (3, 11):
@@ -76,19 +87,11 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-_DATASET_KEYS = {
-    "path",
-    "format",
-    "targets",
-    "split_column",
-    "id_column",
-    "exclude",
-    "description",
-    "fatal_checks",
-}
-_OMOP_KEYS = {"omop", "password_env", "schema", "description", "fatal_checks"}
-_GOVERNANCE_PATHS = ("agreements_dir", "certificates_dir", "approvals", "registry", "bundles_dir")
-_GOVERNANCE_KEYS = {*_GOVERNANCE_PATHS, "audit"}
+# every key set below comes from the declared schema, which the reference page renders
+_DATASET_KEYS = DATASET_FILE.names
+_OMOP_KEYS = DATASET_OMOP.names
+_GOVERNANCE_PATHS = tuple(k.name for k in GOVERNANCE.keys if k.required)
+_GOVERNANCE_KEYS = GOVERNANCE.names
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -232,11 +235,11 @@ class PrivacyConfig:
         """Parse the table (relative paths against ``base``)."""
         if not isinstance(table, dict):
             raise ConfigurationError(f"{where}: [privacy] must be a table")
-        bad = set(table) - {"ledger", "caps", "allow_heuristic"}
+        bad = set(table) - PRIVACY.names
         if bad:
             raise ConfigurationError(
                 f"{where}: unknown key(s) {sorted(bad)} in [privacy]; allowed: "
-                "allow_heuristic, caps, ledger"
+                + ", ".join(sorted(PRIVACY.names))
             )
         allow_heuristic = table.get("allow_heuristic", False)
         if not isinstance(allow_heuristic, bool):
@@ -253,7 +256,7 @@ class PrivacyConfig:
             raise ConfigurationError(f"{where}: [privacy.caps] must be a table of datasets")
         for name, cap in raw.items():
             check_id(name, what="dataset name")
-            if not isinstance(cap, dict) or set(cap) != {"epsilon", "delta"}:
+            if not isinstance(cap, dict) or set(cap) != PRIVACY_CAP.names:
                 raise ConfigurationError(
                     f"{where}: [privacy.caps.{name}] needs exactly epsilon = … and delta = …"
                 )
@@ -282,10 +285,10 @@ class SandboxConfig:
         """Parse the table."""
         if not isinstance(table, dict):
             raise ConfigurationError(f"{where}: [sandbox] must be a table")
-        if set(table) - {"allow_weaker"}:
+        if set(table) - SANDBOX.names:
             raise ConfigurationError(
-                f"{where}: unknown key(s) {sorted(set(table) - {'allow_weaker'})} in "
-                "[sandbox]; allowed: allow_weaker"
+                f"{where}: unknown key(s) {sorted(set(table) - SANDBOX.names)} in "
+                "[sandbox]; allowed: " + ", ".join(sorted(SANDBOX.names))
             )
         names = table.get("allow_weaker", [])
         if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
@@ -312,6 +315,12 @@ class NodeConfig:
     sandbox: SandboxConfig = field(default_factory=SandboxConfig)
     analytics: DisclosureRules | None = None
 
+    @staticmethod
+    def reference() -> str:
+        """The Markdown reference of every ``node.toml`` key (``docs/reference/node-toml.md``),
+        rendered from the schema the parser checks against."""
+        return render_node_reference()
+
     @classmethod
     def from_toml(cls, path: str | Path) -> NodeConfig:
         """Parse ``node.toml``; relative dataset paths are relative to its folder."""
@@ -322,13 +331,13 @@ class NodeConfig:
             raise ConfigurationError(f"node config {path} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"{path} is not valid TOML: {exc}") from exc
-        unknown = set(data) - {"node", "datasets", "governance", "privacy", "sandbox", "analytics"}
+        unknown = set(data) - set(NODE_SECTIONS)
         if unknown:
             raise ConfigurationError(f"{path}: unknown section(s) {sorted(unknown)}")
         node = data.get("node") or {}
-        if set(node) - {"task_dirs"}:
+        if set(node) - NODE.names:
             raise ConfigurationError(
-                f"{path}: unknown key(s) {sorted(set(node) - {'task_dirs'})} in [node]"
+                f"{path}: unknown key(s) {sorted(set(node) - NODE.names)} in [node]"
             )
         task_dirs = tuple(
             d if d.is_absolute() else path.parent / d

@@ -129,6 +129,8 @@ class FedOpt(_ServerOptStrategy):
     tau:
         τ > 0, the adaptivity floor.
 
+    Notes
+    -----
     Defaults are Reddi et al.'s (§5 and App. D: β₁ = 0.9, β₂ = 0.99, τ = 10⁻³; η = 0.1, the
     value Flower also ships). β₂ was 0.999, Adam's centralised default: without bias
     correction, ``√v`` then starts at ``√(1 − β₂)·|Δ|`` ≈ 0.03·|Δ|, so the first rounds move

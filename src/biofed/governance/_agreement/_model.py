@@ -396,6 +396,14 @@ class StudyAgreement:
         """The agreement as a deterministic TOML document (no signatures)."""
         return dumps(self.to_data(), comments=HEADER)
 
+    @staticmethod
+    def reference() -> str:
+        """The Markdown reference of every agreement key (``docs/reference/agreement.md``),
+        rendered from the schema the parser checks against."""
+        from biofed.governance._agreement._schema import render_agreement_reference
+
+        return render_agreement_reference()
+
     @classmethod
     def from_toml(cls, text: str) -> StudyAgreement:
         """Parse and validate an agreement written by :meth:`to_toml` (or by hand)."""

@@ -9,7 +9,6 @@ from biofed.core.checks import check_int
 from biofed.governance._agreement._checks import check_date, no_extra, require, table
 from biofed.governance._agreement._incentives import IncentivePolicy
 from biofed.governance._agreement._model import (
-    ANALYTICS_RULE_KEYS,
     FORMAT,
     AnalyticsPolicy,
     OutputPolicy,
@@ -17,35 +16,21 @@ from biofed.governance._agreement._model import (
     PrivacyRequirements,
     StudyAgreement,
 )
+from biofed.governance._agreement._schema import (
+    ANALYTICS,
+    COORDINATOR,
+    OUTPUTS,
+    PARTIES,
+    PRIVACY,
+    TOP,
+)
 
-TOP_KEYS = (
-    "format",
-    "agreement_id",
-    "title",
-    "consortium",
-    "expires",
-    "min_cohort",
-    "purpose",
-    "legal_basis",
-    "approved_bundles",
-    "approved_studies",
-    "coordinator",
-    "parties",
-    "datasets",
-    "outputs",
-    "privacy",
-    "analytics",
-    "incentives",
-)
-_PARTY_KEYS = ("name", "role", "fingerprint")
-_OUTPUT_KEYS = ("final_model", "metrics", "per_site_metrics")
-_PRIVACY_KEYS = (
-    "secure_aggregation_required",
-    "dp_required",
-    "max_epsilon",
-    "max_delta",
-    "exact_guarantees_required",
-)
+# the key lists come from the declared schema, which the reference page renders
+TOP_KEYS = TOP.ordered
+_PARTY_KEYS = PARTIES.ordered
+_COORDINATOR_KEYS = COORDINATOR.ordered
+_OUTPUT_KEYS = OUTPUTS.ordered
+_PRIVACY_KEYS = PRIVACY.ordered
 
 
 def _str(data: Mapping[str, object], key: str, where: str) -> str:
@@ -86,7 +71,7 @@ def _numbers(data: Mapping[str, object], key: str, where: str) -> dict[str, floa
 
 
 def _party(data: Mapping[str, object], role: str | None, where: str) -> Party:
-    no_extra(data, _PARTY_KEYS if role is None else ("name", "fingerprint"), where)
+    no_extra(data, _PARTY_KEYS if role is None else _COORDINATOR_KEYS, where)
     return Party(
         name=_str(data, "name", where),
         role=_str(data, "role", where) if role is None else role,
@@ -98,7 +83,7 @@ def _analytics(data: Mapping[str, object], where: str) -> AnalyticsPolicy:
     if "analytics" not in data:
         return AnalyticsPolicy()
     section = table(data, "analytics", where)
-    no_extra(section, ("allowed", *ANALYTICS_RULE_KEYS), f"{where} [analytics]")
+    no_extra(section, ANALYTICS.ordered, f"{where} [analytics]")
     allowed = _list(section, "allowed", f"{where} [analytics]") if "allowed" in section else ()
     rules = {k: v for k, v in section.items() if k != "allowed"}
     try:

@@ -14,10 +14,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from biofed.core import ConfigurationError, PolicyViolation
 from biofed.governance._agreement._checks import check_hex64, no_extra, table
 from biofed.governance._agreement._model import StudyAgreement, _name
+from biofed.governance._agreement._schema import SIGNATURES
 from biofed.governance._agreement._toml import HEADER, dumps, loads
 from biofed.identity import Kit
 
-_SIGNATURE_KEYS = ("fingerprint", "digest", "signed_at", "signature")
+_SIGNATURE_KEYS = SIGNATURES.ordered  # declared in the schema the reference renders
 
 
 def _utc(now: dt.datetime | None) -> dt.datetime:
