@@ -7,7 +7,6 @@ researcher's task runs as a bundle every site approved, every node enforces the 
 itself, and the sites' audit logs are verified at the end (:mod:`._demo_governance`)."""
 
 import json
-import math
 import re
 import shutil
 import signal
@@ -21,10 +20,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from biofed.cli._common import clean_errors, err
-from biofed.cli._render import print_privacy
+from biofed.cli._output import Format, FormatOption, print_json
+from biofed.cli._render import SECAGG_STAGES, round_progress
 
 if TYPE_CHECKING:
     from biofed.cli._demo_governance import Governance
@@ -33,6 +32,17 @@ if TYPE_CHECKING:
     from biofed.transport.grpc import ControlClient
 
 _SITES = [f"center-{k}" for k in range(6)]
+#: Seconds a round may take: a DP-SGD round is seconds on an idle machine, but each site
+#: starts a sandboxed worker per step and a busy or slow machine (CI, a laptop on battery)
+#: must not fail the demo; a healthy run never waits for it.
+ROUND_TIMEOUT = 180.0
+#: Seconds the coordinator may take to listen, and then the nodes to connect (each process
+#: imports biofed, gRPC and its dependencies: seconds, unless the machine is busy).
+START_TIMEOUT = 180.0
+#: Seconds the processes get to stop after SIGTERM before they are killed.
+STOP_TIMEOUT = 30.0
+#: The demo's report in a kept folder (``--workdir`` or ``--keep``): what --format json prints.
+REPORT_FILE = "demo.json"
 
 
 def _free_port() -> int:
@@ -87,7 +97,7 @@ def _job(rounds: int, strategy: str, governance: "Governance") -> "JobSpec":
                 "seed": 42,
                 "min_nodes": 6,
                 "min_replies": 5,
-                "round_timeout": 60.0,
+                "round_timeout": ROUND_TIMEOUT,
             },
             # A sum of per-record terms: each site's ε is a guarantee (the Cox model has none)
             "task": {
@@ -143,7 +153,7 @@ class _Processes:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
         codes: dict[str, int] = {}
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + STOP_TIMEOUT
         for name, proc in self.procs.items():
             try:
                 codes[name] = proc.wait(timeout=max(0.1, deadline - time.monotonic()))
@@ -151,6 +161,23 @@ class _Processes:
                 proc.kill()
                 codes[name] = proc.wait()
         return codes
+
+
+def _wait_for_listener(procs: _Processes, address: str, timeout: float = START_TIMEOUT) -> None:
+    """Wait until the coordinator accepts TCP connections on ``address``, so that the nodes
+    connect at once (nodes started earlier log a refused connection per backoff step)."""
+    from biofed.core import TransportError
+
+    host, port = address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        procs.check_alive()
+        try:
+            with socket.create_connection((host, int(port)), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise TransportError(f"the coordinator did not listen on {address} within {timeout:.0f} s")
 
 
 def start_processes(
@@ -168,6 +195,7 @@ def start_processes(
         "--state",
         f"sqlite:///{root / 'state.db'}",
     )
+    _wait_for_listener(procs, address)
     for site in sites:
         kit = consortium.kit_directory(site)
         procs.start(site, "node", "start", "--kit", str(kit), "--config", str(kit / "node.toml"))
@@ -178,7 +206,7 @@ def _wait_for_nodes(
 ) -> None:
     from biofed.core import TransportError
 
-    deadline = time.monotonic() + 90
+    deadline = time.monotonic() + START_TIMEOUT
     with console.status(f"waiting for the {count} site nodes to connect…"):
         while time.monotonic() < deadline:
             procs.check_alive()
@@ -189,7 +217,9 @@ def _wait_for_nodes(
             if len(online) >= count:
                 return
             time.sleep(0.2)
-    raise TransportError("site nodes did not connect within 90 s (see the logs folder)")
+    raise TransportError(
+        f"site nodes did not connect within {START_TIMEOUT:.0f} s (see the logs folder)"
+    )
 
 
 def _metric(message: str, name: str) -> float | None:
@@ -208,18 +238,11 @@ def _follow(
 ) -> dict[str, Any]:
     """Show each round's progress (sites replied, the round's ``metric``: its name and label)
     until the run ends; return its final status and summary."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    progress = Progress(
-        TextColumn("[bold]round {task.fields[round]}/{task.fields[rounds]}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("sites replied · {task.fields[status]}"),
-        TimeElapsedColumn(),
-        console=console,
-    )
+    progress = round_progress(console, unit="sites")
     tasks: dict[int, Any] = {}
-    replied: dict[int, set[str]] = {}
+    # per round, how much of its round each site has replied: a training reply is all of it,
+    # each of a secure round's four stages a quarter (as ``biofed simulate`` counts them)
+    replied: dict[int, dict[str, float]] = {}
     with progress:
         for event in client.watch_run(run_id, follow=True):
             r = event.round
@@ -227,20 +250,23 @@ def _follow(
                 tasks[r] = progress.add_task(
                     "round", total=sites, round=r, rounds=rounds, status="training"
                 )
-            elif event.kind in ("train_reply", "secagg_reply", "privacy_spent") and r in tasks:
-                replied.setdefault(r, set()).add(event.node_id)  # a secure round: 4 stages
-                progress.update(tasks[r], completed=len(replied[r]))
+            elif event.kind in ("train_reply", "secagg_reply") and r in tasks:
+                share = 1.0 if event.kind == "train_reply" else 1 / SECAGG_STAGES
+                done = replied.setdefault(r, {})
+                done[event.node_id] = min(1.0, done.get(event.node_id, 0.0) + share)
+                progress.update(tasks[r], completed=sum(done.values()))
             elif event.kind == "round_completed" and r in tasks:
                 # the event's own text names this round's metrics (the run may be further on)
                 value = _metric(event.message, f"eval.{metric[0]}")
                 survivors = _metric(event.message, "train.secagg.survivors")
                 parts = []
                 if survivors is not None:
-                    parts.append(f"{survivors:.0f} sites in the secure sum")
+                    parts.append(f"secure sum of {survivors:.0f}")
                 if value is not None:
                     parts.append(f"{metric[1]} {value:.4f}")
                 text = " · ".join(parts) or event.message
                 progress.update(tasks[r], status=text)
+                progress.stop_task(tasks[r])  # its time: the whole round's
             elif event.kind == "preprocessing_fitted":  # a study job's phase before round 1
                 from biofed.data import Preprocessing
 
@@ -250,6 +276,9 @@ def _follow(
                     f"features ({', '.join(names)})"
                 )
             elif event.kind in ("reply_rejected", "no_reply", "round_failed", "failed"):
+                if event.kind == "round_failed" and r in tasks:
+                    progress.update(tasks[r], status="[red]failed[/]")
+                    progress.stop_task(tasks[r])
                 console.print(f"[yellow]{event.kind}[/] {event.node_id}: {event.message}")
     run = client.get_run(run_id)
     return {
@@ -258,33 +287,6 @@ def _follow(
         "rounds": run.completed_rounds,
         "summary": json.loads(run.summary_json),
     }
-
-
-def _table(result: dict[str, Any]) -> Table:
-    from biofed.datasets import TCGA_BRCA_REGIONS
-
-    sites = result["summary"].get("evaluation", {}).get("sites", {})
-    table = Table(
-        title="test C-index per site",
-        caption=f"run {result['run_id']}: piecewise-exponential survival model, DP-SGD at "
-        "every site (ε a guarantee), secure aggregation",
-    )
-    table.add_column("site")
-    table.add_column("region")
-    table.add_column("C-index", justify="right")
-    values = []
-    for k, site in enumerate(_SITES):
-        value = sites.get(site, {}).get("c_index")
-        values.append(value)
-        table.add_row(site, TCGA_BRCA_REGIONS[k], "—" if value is None else f"{value:.4f}")
-    finite = [v for v in values if v is not None and math.isfinite(v)]
-    table.add_row(
-        "mean of sites",
-        "",
-        f"{sum(finite) / len(finite):.4f}" if finite else "—",
-        style="bold cyan",
-    )
-    return table
 
 
 def _run(
@@ -309,7 +311,7 @@ def _run(
         _wait_for_nodes(client, procs, console)
         console.print(
             f"6 sites connected over mutual TLS; submitting the job under agreement "
-            f"{governance.agreement_id} with bundle {governance.bundle[:16]}…"
+            f"{governance.agreement_id} with bundle {governance.bundle}"
         )
         run = client.submit_run(
             spec.to_json(),
@@ -331,7 +333,7 @@ def demo_command(
         str | None,
         typer.Option(help="Strategy (default: fedadam for tcga, fedavg for omop)."),
     ] = None,
-    format: Annotated[str, typer.Option("--format", help="table or json.")] = "table",
+    format: FormatOption = Format.table,
     data: Annotated[
         str,
         typer.Option(
@@ -350,9 +352,6 @@ def demo_command(
     console = Console(stderr=True)
     if data not in ("tcga", "omop"):
         err.print(f"[red]error:[/] --data must be tcga or omop, got {data!r}")
-        raise typer.Exit(code=2)
-    if format not in ("table", "json"):
-        err.print(f"[red]error:[/] --format must be table or json, got {format!r}")
         raise typer.Exit(code=2)
     sites = _SITES
     strategy = strategy or ("fedavg" if data == "omop" else "fedadam")
@@ -399,26 +398,30 @@ def demo_command(
         raise typer.Exit(code=2) from exc
     finally:
         procs.stop()  # a no-op unless something failed before the inner stop
-        if workdir is None and not keep:
+        kept = workdir is not None or keep
+        if not kept:
             shutil.rmtree(root, ignore_errors=True)
-        elif result is not None:
-            console.print(f"kept {root}")
+        elif result is None:
+            console.print(f"kept {root} (its logs/ folder has each process's log)")
     if result is None:
         raise typer.Exit(code=1)
-    if format == "json":
-        print(json.dumps(result))
+    if kept:  # the report, for a script or a later look: what --format json prints
+        result["workdir"] = str(root)
+        (root / REPORT_FILE).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if Format(format) is Format.json:
+        print_json(result)
     else:
-        if data == "omop":
-            from biofed.cli._demo_omop import table
+        from biofed.cli._demo_summary import print_summary
 
-            if "comparison" in result:
-                Console().print(table(result))
-        else:
-            Console().print(_table(result))
-        privacy = result["summary"].get("privacy")
-        if privacy:
-            print_privacy(Console(), privacy)
-        console.print(f"all processes stopped: {codes}")
+        print_summary(
+            Console(),
+            result,
+            data=data,
+            sites=sites,
+            rounds=rounds,
+            strategy=strategy,
+            kept=root if kept else None,
+        )
     clean = result["status"] == "finished" and all(c == 0 for c in codes.values())
     if not clean or not all(log["ok"] for log in result["audit"].values()):
         err.print("[bold red]the demo did not finish cleanly[/]")

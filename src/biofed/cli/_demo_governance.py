@@ -270,7 +270,7 @@ def prepare(
     (task_dir / "task.py").write_text(study.task_py, encoding="utf-8")
     bundle_file = root / f"{study.agreement_id}-task.zip"
     info = pack_bundle(task_dir, bundle_file)
-    console.print(f"researcher packed the {study.task_label} as bundle {info.digest[:16]}…")
+    console.print(f"researcher packed the {study.task_label} as bundle {info.digest}")
 
     signed = SignedAgreement(agreement=_draft(kits, sites, info.digest, study))
     agreement_file = root / "agreement" / f"{study.agreement_id}.toml"
@@ -291,8 +291,7 @@ def prepare(
     if not status.in_force:
         raise BiofedError(f"the demo's agreement is not in force: {'; '.join(status.reasons)}")
     console.print(
-        f"signed by {', '.join(status.signed_by)}: [green]in force[/] "
-        f"(digest {status.digest[:16]}…)"
+        f"signed by {', '.join(status.signed_by)}: [green]in force[/] (digest {status.digest})"
     )
     for site in sites:
         _set_up_site(kits[site], root / "consortium", signed, info.digest, study)

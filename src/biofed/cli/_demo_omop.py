@@ -15,13 +15,11 @@ and fits local-only and pooled models of the same kind, to show the federated mo
 them on each site's test persons.
 """
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.table import Table
 
 if TYPE_CHECKING:
     from biofed.cli._demo import _Processes
@@ -112,6 +110,7 @@ def job(
 ) -> "JobSpec":
     """The researcher's job: the study spec (its text travels with the job), the approved
     bundle, secure aggregation."""
+    from biofed.cli._demo import ROUND_TIMEOUT
     from biofed.coordinator import JobSpec
 
     spec_file = root / "study" / "gi-bleed.json"
@@ -128,7 +127,7 @@ def job(
                 "seed": 42,
                 "min_nodes": len(SITES),
                 "min_replies": len(SITES) - 1,
-                "round_timeout": 60.0,
+                "round_timeout": ROUND_TIMEOUT,
             },
             "study": {"spec": str(spec_file)},
             "task": {"name": "logistic_regression"},  # num_features: set by the fitted phase
@@ -201,47 +200,6 @@ def baselines(
     }
 
 
-def _cell(value: float | None) -> str:
-    return "—" if value is None or not math.isfinite(value) else f"{value:.4f}"
-
-
-def table(result: dict[str, Any]) -> Table:
-    """Per site: test ROC AUC of the federated, local-only and pooled models."""
-    compare = result["comparison"]
-    out = Table(
-        title="GI bleed within a year of a new NSAID: test ROC AUC per site",
-        caption=f"run {result['run_id']}: logistic model from raw OMOP CDMs through the "
-        "study spec; local-only and pooled on the same extracted tables",
-    )
-    for name, justify in (
-        ("site", "left"),
-        ("train/test", "right"),
-        ("federated", "right"),
-        ("local only", "right"),
-        ("pooled", "right"),
-    ):
-        out.add_column(name, justify=justify)  # type: ignore[arg-type]
-    means: dict[str, list[float]] = {"federated": [], "local": [], "pooled": []}
-    for site, row in compare["sites"].items():
-        for key in means:
-            if row[key] is not None and math.isfinite(row[key]):
-                means[key].append(row[key])
-        out.add_row(
-            site,
-            f"{row['train']}/{row['test']}",
-            _cell(row["federated"]),
-            _cell(row["local"]),
-            _cell(row["pooled"]),
-        )
-    out.add_row(
-        "mean of sites",
-        "",
-        *(_cell(sum(v) / len(v) if v else None) for v in means.values()),
-        style="bold cyan",
-    )
-    return out
-
-
 def run_omop(
     root: Path,
     consortium: "Consortium",
@@ -263,7 +221,7 @@ def run_omop(
     write_sites(root, consortium)
     console.print(
         f"{len(SITES)} sites each hold their own OMOP CDM (Eunomia split by age and size); "
-        f"study spec {spec.name} has digest {spec.digest[:16]}…"
+        f"study spec {spec.name} has digest {spec.digest}"
     )
     governance = prepare(root, consortium, SITES, console, study(spec))
     _print_quality(consortium, console)

@@ -12,7 +12,7 @@ from rich.console import Console, RenderableType
 from rich.table import Table
 
 if TYPE_CHECKING:
-    from rich.progress import TaskID
+    from rich.progress import Progress, TaskID
 
     from biofed.coordinator import RoundRecord, RunEvent
     from biofed.core import Reply
@@ -78,35 +78,47 @@ def report_table(report: SimulationReport) -> Table:
 SECAGG_STAGES = 4
 
 
+#: The round progress bar's width: with the round (up to ``round 10/10``), the sites count and
+#: the elapsed time it takes 41 of 80 columns; the round's status gets the rest (and wraps,
+#: never the bar).
+PROGRESS_BAR_WIDTH = 10
+
+
+def round_progress(console: Console, *, unit: str) -> Progress:
+    """A per-round progress display that fits 80 columns: ``round 2/5 ━━━ 4/6 sites 0:00:12``
+    keep their width and come first; the round's status (``task.fields["status"]``) comes
+    last and wraps under itself when it is long. (Rich's default layout shrinks the bar and
+    the elapsed time instead: 3 characters and ``0:…`` at 80 columns.)"""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+    from rich.table import Column
+
+    def fixed() -> Column:
+        return Column(no_wrap=True)
+
+    return Progress(
+        TextColumn("[bold]round {task.fields[round]}/{task.fields[rounds]}", table_column=fixed()),
+        BarColumn(bar_width=PROGRESS_BAR_WIDTH, table_column=fixed()),
+        MofNCompleteColumn(table_column=fixed()),
+        TextColumn(unit, table_column=fixed()),
+        TimeElapsedColumn(table_column=fixed()),
+        TextColumn("{task.fields[status]}", table_column=Column(overflow="fold")),
+        console=console,
+        transient=False,
+    )
+
+
 class RoundProgress:
     """Engine listener that shows a Rich progress bar per round on stderr."""
 
     def __init__(self, console: Console, rounds: int, metric: str) -> None:
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-        )
-        from rich.table import Column
-
-        def whole() -> Column:
-            return Column(no_wrap=True)
-
-        # At 80 columns only the status (a metric line or a failure's reason) wraps; the
-        # round, the bar, the count and the elapsed time are never cut.
-        self._progress = Progress(
-            TextColumn(
-                "[bold]round {task.fields[round]}/{task.fields[rounds]}", table_column=whole()
-            ),
-            BarColumn(bar_width=10, table_column=whole()),
-            MofNCompleteColumn(table_column=whole()),
-            TextColumn("sites · {task.fields[status]}", table_column=Column(overflow="fold")),
-            TimeElapsedColumn(table_column=whole()),
-            console=console,
-            transient=False,
-        )
+        # the layout biofed demo uses too: only the status wraps at 80 columns
+        self._progress = round_progress(console, unit="sites")
         self._rounds = rounds
         self._metric = metric
         self._task: TaskID | None = None

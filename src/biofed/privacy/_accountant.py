@@ -16,6 +16,7 @@ from typing import Any, ClassVar
 
 from biofed.core import ConfigurationError, PayloadError
 from biofed.core.checks import check_float
+from biofed.privacy import _dpa_logs
 from biofed.privacy._checks import (
     check_delta,
     check_non_negative,
@@ -30,6 +31,8 @@ PLD_VALUE_DISCRETIZATION_INTERVAL = 1e-4
 _FORMAT = "biofed.privacy.accountant"
 _EVENT_KEYS = ("noise_multiplier", "sampling_rate", "steps")
 _VERSION = 1
+
+_dpa_logs.install()  # dp-accounting's "failed to converge" warnings: DEBUG, not the site's log
 
 
 def _dp_accounting() -> Any:
