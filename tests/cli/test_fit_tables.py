@@ -573,7 +573,7 @@ def _command(path: str) -> Any:
 
 
 def test_every_command_that_prints_takes_format_table_or_json() -> None:
-    for path in sorted(set(commands()) - SERVERS - ELSEWHERE):
+    for path in sorted(set(commands()) - SERVERS):
         options = {opt: p for p in _command(path).params for opt in getattr(p, "opts", [])}
         assert "--format" in options, f"{path} has no --format"
         assert options["--format"].metavar == "table|json", path  # the one FormatOption
