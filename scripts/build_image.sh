@@ -124,6 +124,8 @@ for pair in PIP_INDEX_URL:index-url PIP_EXTRA_INDEX_URL:extra-index-url PIP_FIND
     build_args+=(--build-arg "${pair%%:*}=$value")
     for location in $value; do
         path=${location#file://}
+        # a local index (…/simple) links its files by relative paths: mount its parent
+        [[ "${pair%%:*}" == PIP_FIND_LINKS || "$path" != */simple ]] || path=${path%/simple}
         if [[ "$path" == /* && -e "$path" && -z "${mounted[$path]:-}" ]]; then
             mounted[$path]=1
             mounts+=(--volume "$path:$path:ro")
