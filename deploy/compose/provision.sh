@@ -7,7 +7,7 @@
 set -eu
 out=${OUT:-/out}
 deploy=${DEPLOY:-/deploy}
-if [ -s "$out/operator/consortium.toml" ]; then
+if [ -e "$out/operator/.provisioned" ]; then
     echo "provision: the consortium exists already (volume operator); nothing to do"
     exit 0
 fi
@@ -30,8 +30,9 @@ done
 mkdir -p "$out/operator" "$out/coordinator-state"
 cp -a "$work/consortium/." "$out/operator/"
 rm -rf "$work"
-if [ "$(id -u)" = 0 ]; then
+touch "$out/operator/.provisioned"  # last: a run cut short starts again from scratch
+chmod 0700 "$out"/*
+if [ "$(id -u)" = 0 ]; then  # after chmod: root keeps no CAP_FOWNER in compose
     chown -R 10001:10001 "$out"/*
 fi
-chmod 0700 "$out"/*
 echo "provision: consortium brca is ready"
