@@ -10,6 +10,8 @@ coordinator's gRPC port and the cluster DNS and nothing else; no hostPath anywhe
 from __future__ import annotations
 
 import copy
+import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,14 +32,33 @@ DNS = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kub
        "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}  # fmt: skip
 
 
-def render(overlay: str) -> list[dict[str, Any]]:
+INSTALL_KUBECTL = (
+    "install kubectl >= 1.27 (it renders Kustomize; Debian's kubernetes-client 1.20 is too "
+    "old): the `kubectl` package of the Kubernetes apt repository pkgs.k8s.io or of Google "
+    "Cloud SDK's, or the static binary from dl.k8s.io (scripts/ci_deps.sh)"
+)
+
+
+def kubectl_path() -> str:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
-        pytest.fail(
-            "kubectl is missing: install kubectl >= 1.27 (it renders Kustomize; Debian's "
-            "kubernetes-client is too old), e.g. from the Kubernetes apt repository "
-            "pkgs.k8s.io, or a static kubectl binary (scripts/ci_deps.sh)"
-        )
+        pytest.fail(f"kubectl is missing: {INSTALL_KUBECTL}")
+    done = subprocess.run(
+        [kubectl, "version", "--client", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    version = json.loads(done.stdout or "{}").get("clientVersion", {})
+    minor = int(re.sub(r"\D", "", version.get("minor", "")) or 0)
+    if (version.get("major"), minor >= 27) != ("1", True):
+        pytest.fail(f"kubectl {version.get('gitVersion', '?')} is too old: {INSTALL_KUBECTL}")
+    return kubectl
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    kubectl = kubectl_path()
     done = subprocess.run(
         [kubectl, "kustomize", str(KUBERNETES / "overlays" / overlay)],
         capture_output=True,
