@@ -1,0 +1,120 @@
+"""Red team: a site operator's dashboard over a real site folder, attacked.
+
+The governed site of tests/web/web_site_setup.py, plus what a researcher, another party or
+a careless operator could put in front of the operator: an agreement whose title is markup,
+ledger and audit entries carrying markup, an approval whose ``by`` and ``note`` are markup.
+Every page must show them as text; every POST route of the app must refuse a request
+without its CSRF token or from another origin; a link planted by another site asks first.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import html
+import re
+from collections.abc import Iterator
+
+import pytest
+from starlette.testclient import TestClient
+from test_web_redteam_coord import EVIL, Page, post_routes
+from web_site_setup import AGREEMENT, SITE, SiteFolder, build_site
+
+from biofed.governance import (
+    LEDGER_FILE,
+    LOG_FILE,
+    AuditLog,
+    AuditSigner,
+    PrivacyLedger,
+    SignedAgreement,
+    read_agreement,
+    write_agreement,
+)
+from biofed.web import CSRF_FIELD, make_login_token, site_audience, site_dashboard
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> SiteFolder:
+    built = build_site(tmp_path_factory.mktemp("web-site-redteam"), hostile=False)
+    folder = built.kit_dir / "agreements"
+    signed = read_agreement(folder / f"{AGREEMENT}.toml")
+    evil = dataclasses.replace(signed.agreement, agreement_id="evil-study", title=EVIL)
+    write_agreement(folder / "evil-study.toml", SignedAgreement(agreement=evil))  # unsigned
+    kit = built.kit()
+    log = AuditLog(built.kit_dir / LOG_FILE, AuditSigner.from_kit(kit))
+    log.append("test.note", {"text": EVIL, EVIL: 1})
+    ledger = PrivacyLedger(
+        built.kit_dir / LEDGER_FILE, audit=lambda event, data: log.append(event, dict(data))
+    )
+    try:
+        ledger.reserve("brca", "evil-run", 1, 0.1, 1e-6, guarantee=EVIL)
+    except Exception:  # a ledger that refuses a hostile label is fine too
+        pass
+    return built
+
+
+@pytest.fixture
+def browser(site: SiteFolder) -> Iterator[tuple[TestClient, str]]:
+    app = site_dashboard(site.kit_dir, site.node_toml)
+    with TestClient(app, base_url="http://127.0.0.1:8766") as c:
+        page = c.get("/login", params={"token": make_login_token(site.kit())})
+        found = re.search(rf'name="{CSRF_FIELD}" value="([^"]+)"', page.text)
+        assert found is not None
+        yield c, found.group(1)
+
+
+def _safe(text: str) -> None:
+    page = Page(text)
+    assert page.scripts == ["/static/chart.umd.min.js", "/static/charts.js"]
+    assert page.handlers == []
+    assert "img" not in page.tags
+
+
+def test_every_page_shows_hostile_strings_as_text(
+    browser: tuple[TestClient, str], site: SiteFolder
+) -> None:
+    c, csrf = browser
+    approved = c.post(
+        "/approve", data={CSRF_FIELD: csrf, "digest": site.v2, "by": EVIL, "note": EVIL}
+    )
+    assert approved.status_code == 200, approved.text[-500:]
+    for path in ("/review", f"/review/{site.v2}", "/approvals", "/agreements", "/ledger", "/audit"):
+        page = c.get(path)
+        assert page.status_code == 200, path
+        _safe(page.text)
+    assert EVIL in html.unescape(c.get("/agreements").text)  # the title, as text
+    assert EVIL in html.unescape(c.get("/approvals").text)  # by and note, as text
+    audit = html.unescape(c.get("/audit").text)
+    assert "test.note" in audit
+    assert "alert(2)" in audit
+
+
+def test_every_post_route_refuses_without_the_csrf_token_or_from_elsewhere(
+    browser: tuple[TestClient, str], site: SiteFolder
+) -> None:
+    c, csrf = browser
+    routes = post_routes(site_dashboard(site.kit_dir, site.node_toml))
+    assert {"/approve", "/revoke", "/logout"} <= set(routes)
+    before = (site.kit_dir / "approvals.json").read_bytes()
+    form = {"digest": site.v1, "by": "x", "note": ""}
+    for path in routes:
+        if path == "/login":
+            continue
+        assert c.post(path, data=form).status_code == 403, path
+        assert c.post(path, data={**form, CSRF_FIELD: "forged"}).status_code == 403, path
+        elsewhere = c.post(
+            path, data={**form, CSRF_FIELD: csrf}, headers={"origin": "http://127.0.0.1:8765"}
+        )
+        assert elsewhere.status_code == 403, path  # the coordinator's dashboard is elsewhere
+    assert (site.kit_dir / "approvals.json").read_bytes() == before
+    assert c.get("/review").status_code == 200  # still logged in
+
+
+def test_a_planted_login_link_asks_the_operator_first(site: SiteFolder) -> None:
+    app = site_dashboard(site.kit_dir, site.node_toml)
+    with TestClient(app, base_url="http://127.0.0.1:8766", follow_redirects=False) as c:
+        token = make_login_token(site.kit(), audience=site_audience(SITE))
+        planted = c.get("/login", params={"token": token}, headers={"sec-fetch-site": "same-site"})
+        assert planted.status_code == 200
+        assert f"Log in as {SITE}?" in planted.text
+        assert "set-cookie" not in planted.headers
+        assert c.get("/review").status_code == 303
