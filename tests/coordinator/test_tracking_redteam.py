@@ -48,9 +48,13 @@ def test_every_key_made_from_hostile_names_passes_mlflows_validators() -> None:
             validation._validate_metric_name(key)
             validation._validate_param_name(key)
             validation._validate_tag_name(key)
-            assert ".." not in key and "/" not in key and len(key) <= 250
+            assert ".." not in key
+            assert "/" not in key
+            assert len(key) <= 250
         part = safe_component(name)
-        assert part not in ("", ".", "..") and "/" not in part and "\\" not in part
+        assert part not in ("", ".", "..")
+        assert "/" not in part
+        assert "\\" not in part
 
 
 @pytest.fixture
@@ -96,7 +100,8 @@ def test_a_round_of_hostile_metrics_is_logged_inside_the_store(
     (run,) = client.search_runs([client.get_experiment_by_name("biofed").experiment_id])
     assert run.info.status == "FINISHED"
     metrics = run.data.metrics
-    assert "train.nan" not in metrics and "train.inf" not in metrics  # not finite: left out
+    assert "train.nan" not in metrics  # not finite: left out
+    assert "train.inf" not in metrics
     assert metrics["train.huge"] == 1e308
     assert "privacy.epsilon.__x" not in metrics
     assert metrics["privacy.epsilon.s"] == 1.0

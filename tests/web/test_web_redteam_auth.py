@@ -15,6 +15,7 @@ import re
 import time
 
 import pytest
+import test_web_auth
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -25,12 +26,14 @@ from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
-from test_web_auth import coordinator_gate, fed, kit, site_gate  # noqa: F401  (fixtures)
+from test_web_auth import coordinator_gate, kit, site_gate
 
 from biofed.core import PolicyViolation
 from biofed.identity import Consortium
-from biofed.web import CSRF_FIELD, Dashboard, make_login_token, site_audience
+from biofed.web import Dashboard, make_login_token, site_audience
 from biofed.web._auth import DOMAIN, MAX_SESSIONS_EACH, cookie_name
+
+fed = test_web_auth.fed  # the module's consortium (a fixture)
 
 #: The order of the P-256 group: (r, n − s) verifies wherever (r, s) does.
 P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
@@ -109,7 +112,9 @@ def test_a_link_another_site_sends_the_browser_to_asks_first(fed: Consortium) ->
     """Login CSRF: mallory's page sends alice's browser to mallory's own link."""
     board, browser = _board_client(fed)
     token = make_login_token(kit(fed, "mallory"))
-    planted = browser.get("/login", params={"token": token}, headers={"sec-fetch-site": "cross-site"})
+    planted = browser.get(
+        "/login", params={"token": token}, headers={"sec-fetch-site": "cross-site"}
+    )
     assert planted.status_code == 200
     assert board.cookie not in planted.headers.get("set-cookie", "")
     assert "Log in as mallory?" in planted.text  # the victim sees whose link it is
@@ -174,9 +179,16 @@ def test_two_dashboards_on_one_host_keep_their_own_sessions(fed: Consortium) -> 
     other = TestClient(
         site.app([Route("/", home)]), base_url="http://127.0.0.1:8766", follow_redirects=False
     )
-    other.cookies = coordinator.cookies  # one browser, one cookie jar for the host
     coordinator.get("/login", params={"token": make_login_token(kit(fed, "alice"))})
     other.get("/login", params={"token": make_login_token(kit(fed, "hosp-a"))})
+    # one browser keeps one cookie jar for the host, whatever the port: merge them
+    jar = dict(coordinator.cookies.items())
+    jar.update(other.cookies.items())
+    coordinator.cookies.clear()
+    other.cookies.clear()
+    for name, value in jar.items():
+        coordinator.cookies.set(name, value)
+        other.cookies.set(name, value)
     assert coordinator.get("/").text == "hello alice"
     assert other.get("/").text == "site hosp-a"
 

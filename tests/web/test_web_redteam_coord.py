@@ -13,7 +13,6 @@ from __future__ import annotations
 import html
 import json
 import time
-from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from biofed.coordinator import Checkpoint, Coordinator, InMemoryStateStore, Node
 from biofed.core import ParameterSet
 from biofed.governance import LOG_FILE, AuditLog, AuditSigner
 from biofed.identity import Consortium, load_kit
-from biofed.transport.grpc import Peer
+from biofed.transport.grpc import EventInfo, Peer, RunSummary
 from biofed.web import CSRF_FIELD, coordinator_audience, coordinator_dashboard, make_login_token
 from biofed.web._app import FileMemo
 from biofed.web._coordinator_views import (
@@ -38,7 +37,6 @@ from biofed.web._coordinator_views import (
     MAX_REPLY_ROUNDS,
     run_view,
 )
-from biofed.transport.grpc import EventInfo, RunSummary
 
 ALICE = Peer(name="alice", role="researcher")
 SITES = ["center-0", "center-1", "center-2"]
@@ -60,7 +58,7 @@ class NoNodes:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+def world(tmp_path_factory: pytest.TempPathFactory) -> World:
     root = tmp_path_factory.mktemp("coord-redteam")
     fed = Consortium.create(
         root / "fed",
@@ -100,7 +98,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         NodeRow(node_id="center-0", status="online", last_seen=time.time(), properties={EVIL: EVIL})
     )
     app = coordinator_dashboard(coordinator, kit)
-    yield World(fed, coordinator, audit, app, run_id, "")
+    return World(fed, coordinator, audit, app, run_id, "")
 
 
 class Page(HTMLParser):
