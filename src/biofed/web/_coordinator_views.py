@@ -63,6 +63,10 @@ MAX_CHARTS = 24
 MAX_POINTS = 500
 #: The most rounds the replies table shows (the newest).
 MAX_REPLY_ROUNDS = 20
+#: The most properties the sites page shows of one site, and the most characters of each
+#: name and value (a site chooses them when it connects).
+MAX_PROPERTIES = 60
+MAX_TEXT = 300
 
 
 def when(seconds: float) -> str:
@@ -435,7 +439,12 @@ def site_rows(nodes: Iterable[NodeSummary], now: float) -> list[SiteRow]:
             props = {}
         if not isinstance(props, dict):
             props = {}
-        pairs = sorted((str(k), str(v)) for k, v in props.items())
+        pairs = [
+            (k[:MAX_TEXT], v[:MAX_TEXT])
+            for k, v in sorted((str(k), str(v)) for k, v in props.items())
+        ]
+        if len(pairs) > MAX_PROPERTIES:  # a site says what it likes when it connects
+            pairs = [*pairs[:MAX_PROPERTIES], ("…", f"{len(pairs) - MAX_PROPERTIES} more")]
         seconds = max(0, int(now - node.last_seen)) if node.last_seen else None
         rows.append(
             SiteRow(
