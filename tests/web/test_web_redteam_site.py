@@ -14,6 +14,8 @@ import dataclasses
 import html
 import re
 from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
@@ -117,3 +119,47 @@ def test_a_planted_login_link_asks_the_operator_first(site: SiteFolder) -> None:
         assert f"Log in as {SITE}?" in planted.text
         assert "set-cookie" not in planted.headers
         assert c.get("/review").status_code == 303
+
+
+@pytest.mark.slow
+def test_in_chromium_a_link_from_another_site_logs_in_only_on_the_click(
+    site: SiteFolder, chromium: Any, tmp_path: Path
+) -> None:
+    """Real Chromium sends ``Sec-Fetch-Site: cross-site`` for a link on another site's page
+    (``localhost`` and ``127.0.0.1`` are different sites) and ``same-origin`` for the
+    confirmation's POST."""
+    import http.server
+    import socketserver
+    import threading
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from biofed.web import login_url, serve_dashboard
+
+    running = serve_dashboard(site_dashboard(site.kit_dir, site.node_toml), "127.0.0.1:0")
+    link = login_url(running.url, make_login_token(site.kit()))
+    (tmp_path / "index.html").write_text(f'<a id="go" href="{html.escape(link)}">a prize</a>')
+
+    class Evil(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(tmp_path), **kwargs)
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    with socketserver.TCPServer(("localhost", 0), Evil) as evil:
+        thread = threading.Thread(target=evil.serve_forever, daemon=True)
+        thread.start()
+        try:
+            chromium.get(f"http://localhost:{evil.server_address[1]}/index.html")
+            chromium.find_element(By.ID, "go").click()
+            WebDriverWait(chromium, 20).until(lambda d: d.find_elements(By.ID, "log-in"))
+            assert chromium.find_element(By.TAG_NAME, "h1").text == f"Log in as {SITE}?"
+            chromium.find_element(By.ID, "log-in").click()
+            WebDriverWait(chromium, 20).until(lambda d: d.current_url.endswith("/review"))
+            assert chromium.find_element(By.CSS_SELECTOR, ".who").text.startswith(SITE)
+        finally:
+            evil.shutdown()
+            thread.join(10)
+            running.stop()
