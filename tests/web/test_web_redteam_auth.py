@@ -10,9 +10,12 @@ real dashboards without its CSRF token, huge forms and paths out of the static f
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import json
 import re
 import time
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import test_web_auth
@@ -236,3 +239,39 @@ def test_the_payload_keys_are_still_read_in_a_good_token(fed: Consortium) -> Non
     payload = json.loads(_unb64(token.split(".")[0]))
     assert sorted(payload) == ["aud", "exp", "iat", "nonce", "sub", "v"]
     assert coordinator_gate(fed).verify(token)[0].name == "alice"
+
+
+def _token_of(credentials: Any, audience: str = "coordinator") -> str:
+    """A login token from freshly issued credentials (what a kit would hold)."""
+    holder = SimpleNamespace(
+        name=credentials.name,
+        role=credentials.role,
+        cert_pem=credentials.cert_pem,
+        key_pem=credentials.key_pem,
+    )
+    return make_login_token(holder, audience=audience)  # type: ignore[arg-type]
+
+
+def test_an_expired_certificate_neither_logs_in_nor_keeps_its_session(fed: Consortium) -> None:
+    now = dt.datetime.now(dt.UTC)
+    expired = fed.ca.issue(
+        "carol",
+        "researcher",
+        not_before=now - dt.timedelta(days=2),
+        not_after=now - dt.timedelta(days=1),
+    )
+    gate = coordinator_gate(fed)
+    with pytest.raises(PolicyViolation, match="expired"):
+        gate.verify(_token_of(expired))
+    ending = fed.ca.issue(
+        "dave",
+        "researcher",
+        not_before=now - dt.timedelta(days=1),
+        not_after=now + dt.timedelta(seconds=2),
+    )
+    board = Dashboard(title="t", gate=gate)
+    session = board.sessions.start(*gate.verify(_token_of(ending)))
+    deadline = time.monotonic() + 30
+    while board.sessions.get(session.id) is not None:  # ends once the certificate expires
+        assert time.monotonic() < deadline, "the session outlived its certificate"
+        time.sleep(0.1)
