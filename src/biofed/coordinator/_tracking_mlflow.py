@@ -104,7 +104,9 @@ class MlflowTracker:
                 tags={_RUN_TAG: safe_text(start.run_id, MAX_TAG)},
             )
             mlflow_run = self._runs[start.run_id] = run.info.run_id
-            params = [Param(safe_key(k), safe_text(v, MAX_PARAM)) for k, v in start.params.items()]
+            # two names may make one safe key: MLflow refuses a batch with a key twice
+            safe = {safe_key(k): safe_text(v, MAX_PARAM) for k, v in start.params.items()}
+            params = [Param(k, v) for k, v in safe.items()]
             for chunk in _chunks(params, MAX_PARAMS):
                 self.client.log_batch(mlflow_run, params=chunk, synchronous=True)
             self.client.log_text(mlflow_run, start.job_json, "job/job.json")

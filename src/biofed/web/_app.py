@@ -18,15 +18,26 @@ same-origin`` (no URL leaves for another site; ``no-referrer`` would make browse
 ``Origin: null`` with the dashboard's own form posts, which the Origin check refuses) and
 ``Cache-Control: no-store`` on pages; Jinja2 autoescapes every value
 (run ids, site names and messages come from job files and sites: ASVS V5.3.3).
+
+Login CSRF (OWASP CSRF Prevention Cheat Sheet, "login CSRF"): a login link logs in at once
+when the participant opens it themselves (typed, pasted, or from a terminal: the browser
+sends ``Sec-Fetch-Site: none``, or nothing); one that another site's page sent the browser
+to — another participant's own link, to make the victim work in the attacker's session —
+only shows whose link it is, and logs in on a click: a POST whose ``Origin`` and
+``Sec-Fetch-Site`` must be this dashboard's own. The session cookie's name is the
+dashboard's own (:func:`~biofed.web._auth.cookie_name`): browsers share cookies between
+the ports of one host.
 """
 
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from jinja2 import ChoiceLoader, Environment, FileSystemLoader, select_autoescape
 from starlette.applications import Starlette
@@ -40,11 +51,13 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from biofed.core import BiofedError, PolicyViolation
-from biofed.web._auth import COOKIE, CSRF_FIELD, LoginGate, Session, Sessions, csrf_ok
+from biofed.web._auth import CSRF_FIELD, LoginGate, Session, Sessions, cookie_name, csrf_ok
 
 HERE = Path(__file__).parent
 STATIC = HERE / "static"
 TEMPLATES = HERE / "templates"
+
+T = TypeVar("T")
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
@@ -147,6 +160,7 @@ class Dashboard:
         self.title = title
         self.gate = gate
         self.sessions = Sessions(gate)
+        self.cookie = cookie_name(gate.audience)
         self.nav = tuple(nav)
         self.help_login = help_login
         self.env = Environment(
@@ -157,7 +171,7 @@ class Dashboard:
     # -- who is there ---------------------------------------------------------------------------
     def session(self, request: Request) -> Session | None:
         """The request's live session, if any."""
-        return self.sessions.get(request.cookies.get(COOKIE))
+        return self.sessions.get(request.cookies.get(self.cookie))
 
     def viewer(self, request: Request) -> Session:
         """The logged-in participant; 401 (with how to log in) when nobody is."""
@@ -206,20 +220,35 @@ class Dashboard:
 
     # -- the app --------------------------------------------------------------------------------
     async def _login(self, request: Request) -> Response:
-        token = request.query_params.get("token", "")
+        """A login link opened: log in, or — when the browser says another site sent it
+        here (login CSRF) — show whose link it is with a button that logs in."""
+        if request.method == "POST":
+            if not _same_origin_post(request):
+                return self._refused(request, "the login came from another site")
+            form = await request.form(max_files=0, max_fields=4, max_part_size=16 * 1024)
+            sent = form.get("token")
+            token = sent if isinstance(sent, str) else ""
+        else:
+            token = request.query_params.get("token", "")
+        cross_site = request.method == "GET" and request.headers.get("sec-fetch-site") not in (
+            None,
+            "none",
+            "same-origin",
+        )
         try:
-            peer, certificate = self.gate.verify(token)
+            peer, certificate = self.gate.verify(token, consume=not cross_site)
         except PolicyViolation as exc:
+            return self._refused(request, str(exc))
+        if cross_site:
             return self.page(
                 request,
-                "error.html",
-                {"status": 403, "message": str(exc), "help_login": self.help_login},
-                403,
+                "login.html",
+                {"peer": peer, "token": token, "help_login": self.help_login},
             )
         session = self.sessions.start(peer, certificate)
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(
-            COOKIE,
+            self.cookie,
             session.id,
             httponly=True,
             samesite="strict",
@@ -232,8 +261,16 @@ class Dashboard:
         session, _ = await self.form(request)
         self.sessions.end(session.id)
         response = RedirectResponse("/login-required", status_code=303)
-        response.delete_cookie(COOKIE, path="/")
+        response.delete_cookie(self.cookie, path="/")
         return response
+
+    def _refused(self, request: Request, message: str) -> Response:
+        return self.page(
+            request,
+            "error.html",
+            {"status": 403, "message": message, "help_login": self.help_login},
+            403,
+        )
 
     async def _login_required(self, request: Request) -> Response:
         return self.page(
@@ -278,7 +315,7 @@ class Dashboard:
         }
         return Starlette(
             routes=[
-                Route("/login", self._login, methods=["GET"]),
+                Route("/login", self._login, methods=["GET", "POST"]),
                 Route("/logout", self._logout, methods=["POST"]),
                 Route("/login-required", self._login_required, methods=["GET"]),
                 Route("/healthz", health, methods=["GET"]),
@@ -290,5 +327,53 @@ class Dashboard:
         )
 
 
+class FileMemo(Generic[T]):
+    """The last value computed from a file, computed again only once the file changed
+    (its inode, size, modification or change time) or :attr:`seconds` passed, and by one
+    request at a time — the others wait for it and share it.
+
+    Verifying a signed audit log costs about a millisecond an entry: without this, every
+    view of an audit page of a 100,000-entry log would verify it again, and a few reloads
+    would keep the dashboard's CPU busy (insider denial of service).
+    """
+
+    def __init__(self, seconds: float = 60.0) -> None:
+        self.seconds = seconds
+        self._lock = threading.Lock()
+        self._key: tuple[object, ...] | None = None
+        self._value: T | None = None
+
+    def get(self, path: Path, compute: Callable[[], T]) -> T:
+        """``compute()``'s value for ``path`` as it is now."""
+        with self._lock:
+            try:
+                st = path.stat()
+                key: tuple[object, ...] = (
+                    st.st_dev,
+                    st.st_ino,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                    int(time.monotonic() // self.seconds),
+                )
+            except OSError:
+                key = ("absent", time.monotonic())  # never the same: computed each time
+            if self._key != key or self._value is None:
+                self._value = compute()
+                self._key = key
+            return self._value
+
+
 def _origin_of(request: Request) -> str:
     return f"{request.url.scheme}://{request.url.netloc}"
+
+
+def _same_origin_post(request: Request) -> bool:
+    """Whether a POST says it came from this dashboard's own page (``Origin`` and
+    ``Sec-Fetch-Site`` where the browser sends them)."""
+    origin = request.headers.get("origin")
+    fetch_site = request.headers.get("sec-fetch-site")
+    return (origin is None or origin == _origin_of(request)) and fetch_site in (
+        None,
+        "same-origin",
+    )

@@ -29,12 +29,23 @@ management, V4 access control, V13 API; OWASP CSRF Prevention Cheat Sheet):
 - *Cross-site request forgery*: every state-changing request is a POST that must carry the
   session's synchronizer token (compared in constant time), and an ``Origin`` header, when
   the browser sends one, must be the dashboard's own origin.
+- *Login CSRF* (another participant's page makes the victim's browser open *their* link,
+  so the victim works in the attacker's session): a login link that a browser says came
+  from another site (``Sec-Fetch-Site``) only shows whose link it is and logs in on the
+  participant's click, a same-origin POST (:mod:`biofed.web._app`).
+- *A token that parsers read differently*: a payload with a repeated key, a non-integer
+  version or times, or NaN is malformed; an ECDSA signature has two valid forms (s and
+  n − s), so a link is single-use by its signed nonce, not by its text.
+- *One participant pushing everyone out*: sessions are capped per participant
+  (:data:`MAX_SESSIONS_EACH`) below the global cap, so minting links ends only one's own
+  sessions.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import json
 import secrets
@@ -43,6 +54,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlencode
 
 from cryptography import x509
@@ -71,6 +83,10 @@ COOKIE = "biofed_session"
 CSRF_FIELD = "csrf"
 _MAX_TOKEN_CHARS = 8192
 _MAX_SESSIONS = 1000
+#: The most live sessions of one participant: past it their own oldest ends, so one
+#: participant minting login links cannot push everyone else's sessions out of the
+#: :data:`_MAX_SESSIONS` (insider denial of service).
+MAX_SESSIONS_EACH = 16
 
 
 def _b64(data: bytes) -> str:
@@ -176,8 +192,12 @@ class LoginGate:
             raise PolicyViolation(f"{peer.name} may not use this dashboard")
         return peer
 
-    def verify(self, token: str, *, now: float | None = None) -> tuple[PeerIdentity, bytes]:
-        """The participant a login token proves, and its certificate (DER).
+    def verify(
+        self, token: str, *, now: float | None = None, consume: bool = True
+    ) -> tuple[PeerIdentity, bytes]:
+        """The participant a login token proves, and its certificate (DER). With ``consume``
+        false the token is checked (unused too) but stays usable: the login confirmation
+        page shows whose it is before the participant's click logs in with it.
 
         Raises
         ------
@@ -190,10 +210,10 @@ class LoginGate:
             raise PolicyViolation("the login token is malformed")
         head, cert_b64, sig_b64 = token.split(".")
         try:
-            payload = json.loads(_unb64(head))
-        except (UnicodeDecodeError, ValueError) as exc:
+            payload = json.loads(_unb64(head), object_pairs_hook=_unique_keys)
+        except (UnicodeDecodeError, ValueError, RecursionError) as exc:
             raise PolicyViolation("the login token is malformed") from exc
-        if not isinstance(payload, dict) or payload.get("v") != 1:
+        if not isinstance(payload, dict) or type(payload.get("v")) is not int or payload["v"] != 1:
             raise PolicyViolation("the login token is malformed")
         aud, sub, iat, exp, nonce = (payload.get(k) for k in ("aud", "sub", "iat", "exp", "nonce"))
         if not (
@@ -229,7 +249,8 @@ class LoginGate:
                 del self._seen[old]
             if nonce in self._seen:
                 raise PolicyViolation("the login link was used already: make a new one")
-            self._seen[nonce] = float(exp)
+            if consume:
+                self._seen[nonce] = float(exp)
         return peer, certificate
 
 
@@ -255,7 +276,8 @@ class Sessions:
         self._lock = threading.Lock()
 
     def start(self, peer: PeerIdentity, certificate: bytes, *, now: float | None = None) -> Session:
-        """A new session for ``peer`` (the oldest is dropped past 1000 sessions)."""
+        """A new session for ``peer``: past :data:`MAX_SESSIONS_EACH` sessions of the same
+        participant their oldest ends, and past 1000 in all the oldest of all."""
         at = time.time() if now is None else now
         session = Session(
             id=secrets.token_urlsafe(32),
@@ -267,6 +289,9 @@ class Sessions:
             seen=at,
         )
         with self._lock:
+            mine = [k for k, v in self._by_id.items() if v.name == peer.name]
+            for old in mine[: max(0, len(mine) - MAX_SESSIONS_EACH + 1)]:
+                del self._by_id[old]
             self._by_id[session.id] = session
             while len(self._by_id) > _MAX_SESSIONS:
                 self._by_id.popitem(last=False)
@@ -297,6 +322,23 @@ class Sessions:
         """End a session (logout)."""
         with self._lock:
             self._by_id.pop(session_id, None)
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different (``{"aud": "x", "aud": "coordinator"}``
+    is malformed: parsers disagree on which one counts)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        raise ValueError("a key is repeated")
+    return out
+
+
+def cookie_name(audience: str) -> str:
+    """The session cookie of the dashboard for ``audience``: ``biofed_session_<12 hex>``.
+    Browsers keep cookies per host, not per port, so a coordinator's and a site's
+    dashboards on one machine (``127.0.0.1:8765`` and ``:8766``) need different names or
+    logging in to one logs out of the other."""
+    return f"{COOKIE}_{hashlib.sha256(audience.encode()).hexdigest()[:12]}"
 
 
 def csrf_ok(session: Session, sent: str | None) -> bool:

@@ -18,6 +18,9 @@ words, whether it exists or not (no oracle for run ids). The audit page is for t
 ``admin`` role (it names every run). Cancel is a POST through :meth:`Dashboard.form`
 (CSRF token and Origin check) and is audited by the coordinator as the gRPC cancel is
 (``run.cancelled`` in its signed log; the ``cancel_requested`` run event names who).
+Pages are plain functions that Starlette runs on its thread pool, so a slow one (a long
+run, a large audit log, verified at most once a minute or when it changes) never stalls
+the others.
 """
 
 from __future__ import annotations
@@ -34,10 +37,10 @@ from starlette.routing import Route
 
 from biofed.coordinator import Coordinator
 from biofed.core import BiofedError, ConfigurationError, PolicyViolation
-from biofed.governance import verify_log
+from biofed.governance import VerifyReport, verify_log
 from biofed.identity import Kit, RevocationList
 from biofed.transport.grpc import Peer
-from biofed.web._app import TEMPLATES, Dashboard, NavItem
+from biofed.web._app import TEMPLATES, Dashboard, FileMemo, NavItem
 from biofed.web._auth import LoginGate, Session, coordinator_audience
 from biofed.web._coordinator_views import (
     audit_counts,
@@ -97,14 +100,19 @@ def coordinator_dashboard(
         templates=[TEMPLATES / "coordinator"],
     )
     board.env.filters["when"] = when
+    verified: FileMemo[tuple[VerifyReport, dict[str, dict[str, int]]]] = FileMemo()
 
-    async def runs(request: Request) -> Response:
+    def _verify(path: Path) -> tuple[VerifyReport, dict[str, dict[str, int]]]:
+        report = verify_log(path, kit.cert_pem, kit.ca_pem, writer=kit.name)
+        return report, audit_counts(_entries(path, report.entries)) if report.entries else {}
+
+    def runs(request: Request) -> Response:
         session = board.viewer(request)
         rows = [run_row(r) for r in coordinator.list_runs(_peer(session))]
         rows.sort(key=lambda r: r.created, reverse=True)
         return board.page(request, "runs.html", {"runs": rows})
 
-    async def run(request: Request) -> Response:
+    def run(request: Request) -> Response:
         session = board.viewer(request)
         peer = _peer(session)
         run_id = request.path_params["run_id"]
@@ -132,12 +140,12 @@ def coordinator_dashboard(
         coordinator.cancel_run(_peer(session), run_id)  # decides who may, audits the end
         return RedirectResponse(f"/runs/{run_id}", status_code=303)
 
-    async def sites(request: Request) -> Response:
+    def sites(request: Request) -> Response:
         session = board.viewer(request)
         nodes = coordinator.list_nodes(_peer(session))
         return board.page(request, "sites.html", {"sites": site_rows(nodes, clock())})
 
-    async def audit(request: Request) -> Response:
+    def audit(request: Request) -> Response:
         session = board.viewer(request)
         if session.role != "admin":
             raise PolicyViolation("the audit page is for the consortium's admins")
@@ -145,9 +153,8 @@ def coordinator_dashboard(
         context: dict[str, object] = {"log": None, "report": None, "runs": []}
         if log is not None:
             context["log"] = str(log.path)
-            report = verify_log(log.path, kit.cert_pem, kit.ca_pem, writer=kit.name)
+            report, counts = verified.get(log.path, lambda: _verify(log.path))
             context["report"] = report
-            counts = audit_counts(_entries(log.path, report.entries)) if report.entries else {}
             context["runs"] = [
                 (row, counts.get(row.run_id, {}))
                 for row in sorted(

@@ -4,6 +4,15 @@ Pure functions: they take a :class:`~biofed.transport.grpc.RunSummary`, the run'
 (:class:`~biofed.transport.grpc.EventInfo`, as ``watch_run`` streams them) and its round
 records (:meth:`biofed.coordinator.Coordinator.run_rounds`), never the store, and return
 plain values for the templates — table rows and :func:`~biofed.web.chart` specs.
+
+Security notes
+--------------
+Sites name their metrics and write the reasons of their failures, and a run may last
+10,000 rounds: what a page shows is bounded whatever a run holds (the newest
+:data:`MAX_EVENTS` events and :data:`MAX_FAILURES` failures, :data:`MAX_CHARTS` charts
+of each kind with :data:`MAX_POINTS` points each, the newest :data:`MAX_REPLY_ROUNDS`
+rounds of replies), so a run's page cannot be made a denial of service for its readers or
+the dashboard (OWASP ASVS 4.0 V11.1.4, anti-automation / resource limits).
 """
 
 from __future__ import annotations
@@ -44,6 +53,20 @@ KM_POINTS = 120
 PRIVATE_METRICS = ("dp.", "dp_")
 #: The most events a run page lists (the newest).
 MAX_EVENTS = 300
+#: The most failures a run page lists (the newest; the rest are counted).
+MAX_FAILURES = 100
+#: The most charts of each kind (aggregated, per site) a run page draws; sites choose
+#: their metrics' names, so a run may carry thousands (the rest are named in a note).
+MAX_CHARTS = 24
+#: The most points of one chart's line: a longer run is drawn every k-th round (the last
+#: always), so a 10,000-round run makes a page of kilobytes, not tens of megabytes.
+MAX_POINTS = 500
+#: The most rounds the replies table shows (the newest).
+MAX_REPLY_ROUNDS = 20
+#: The most properties the sites page shows of one site, and the most characters of each
+#: name and value (a site chooses them when it connects).
+MAX_PROPERTIES = 60
+MAX_TEXT = 300
 
 
 def when(seconds: float) -> str:
@@ -125,6 +148,9 @@ class RunView:
     contributions: dict[str, Any] | None
     contribution_chart: Chart | None
     analysis_error: str = ""
+    failures_total: int = 0
+    charts_left: list[str] = field(default_factory=list)
+    rounds_total: int = 0
     analysis_charts: list[Chart] = field(default_factory=list)
     analysis_table: tuple[list[str], list[list[str]]] | None = None
     examples: dict[str, str] = field(default_factory=dict)
@@ -144,8 +170,19 @@ def _eval_metrics(record: RoundRecord) -> Mapping[str, float]:
     return record.eval_metrics
 
 
-def metric_charts(records: Sequence[RoundRecord]) -> list[Chart]:
-    """One line chart per aggregated metric (training, then evaluation) over the rounds."""
+def thin(items: Sequence[Any], most: int = MAX_POINTS) -> list[Any]:
+    """``items`` if there are at most ``most``, else every k-th of them and the last (a
+    chart of a long run keeps its shape and its end)."""
+    if len(items) <= most:
+        return list(items)
+    step = -(-len(items) // (most - 1))
+    return [*items[: len(items) - 1 : step], items[-1]]
+
+
+def metric_charts(records: Sequence[RoundRecord], left: list[str] | None = None) -> list[Chart]:
+    """One line chart per aggregated metric (training, then evaluation) over the rounds;
+    past :data:`MAX_CHARTS` the names of those not drawn go to ``left``."""
+    records = thin(records)
     rounds = [r.round for r in records]
     charts: list[Chart] = []
     phases: tuple[tuple[str, Callable[[RoundRecord], Mapping[str, float]]], ...] = (
@@ -160,6 +197,10 @@ def metric_charts(records: Sequence[RoundRecord]) -> list[Chart]:
             series = [_finite(values_of(r).get(name)) for r in records]
             if all(v is None for v in series):
                 continue
+            if len(charts) >= MAX_CHARTS:
+                if left is not None:
+                    left.append(f"{name} ({phase})")
+                continue
             charts.append(
                 Chart(
                     f"{name} ({phase}, aggregated)",
@@ -169,16 +210,21 @@ def metric_charts(records: Sequence[RoundRecord]) -> list[Chart]:
     return charts
 
 
-def site_metric_charts(records: Sequence[RoundRecord]) -> list[Chart]:
-    """One chart per evaluation metric with a line per site (rounds that were evaluated)."""
-    evaluated = [r for r in records if r.node_eval_metrics]
+def site_metric_charts(
+    records: Sequence[RoundRecord], left: list[str] | None = None
+) -> list[Chart]:
+    """One chart per evaluation metric with a line per site (rounds that were evaluated);
+    past :data:`MAX_CHARTS` the names of those not drawn go to ``left``."""
+    evaluated = thin([r for r in records if r.node_eval_metrics])
     if not evaluated:
         return []
     rounds = [r.round for r in evaluated]
     sites = sorted({s for r in evaluated for s in r.node_eval_metrics})
     names = sorted({k for r in evaluated for m in r.node_eval_metrics.values() for k in m})
     charts = []
-    for name in names:
+    if left is not None:
+        left += [f"{name} (per site)" for name in names[MAX_CHARTS:]]
+    for name in names[:MAX_CHARTS]:
         series = {
             site: [_finite(r.node_eval_metrics.get(site, {}).get(name)) for r in evaluated]
             for site in sites
@@ -248,7 +294,7 @@ def privacy_chart(events: Iterable[EventInfo]) -> Chart | None:
             spent.setdefault(e.node_id, {})[e.round] = float(figures["epsilon"])
     if not spent:
         return None
-    rounds = sorted({r for by_round in spent.values() for r in by_round})
+    rounds = thin(sorted({r for by_round in spent.values() for r in by_round}))
     series = {site: [spent[site].get(r) for r in rounds] for site in sorted(spent)}
     return Chart(
         "privacy spend per site (ε so far in the job, as each site reported it)",
@@ -342,16 +388,21 @@ def run_view(
     sites, rounds, cells = replies_table(events)
     privacy = summary.get("privacy") if isinstance(summary.get("privacy"), dict) else None
     contributions, contribution_chart = contributions_of(events)
+    failures = [e for e in events if e.kind in FAILURE_EVENTS]
+    left: list[str] = []
     view = RunView(
         row=run_row(run),
         error=run.error,
         summary=summary,
-        failures=[e for e in events if e.kind in FAILURE_EVENTS],
+        failures=failures[-MAX_FAILURES:],
+        failures_total=len(failures),
         events=list(events)[-MAX_EVENTS:],
-        metric_charts=metric_charts(records),
-        site_charts=site_metric_charts(records),
+        metric_charts=metric_charts(records, left),
+        site_charts=site_metric_charts(records, left),
+        charts_left=left,
         sites=sites,
-        rounds=rounds,
+        rounds=rounds[-MAX_REPLY_ROUNDS:],
+        rounds_total=len(rounds),
         replies=cells,
         privacy=privacy,
         privacy_chart=privacy_chart(events),
@@ -388,7 +439,12 @@ def site_rows(nodes: Iterable[NodeSummary], now: float) -> list[SiteRow]:
             props = {}
         if not isinstance(props, dict):
             props = {}
-        pairs = sorted((str(k), str(v)) for k, v in props.items())
+        pairs = [
+            (k[:MAX_TEXT], v[:MAX_TEXT])
+            for k, v in sorted((str(k), str(v)) for k, v in props.items())
+        ]
+        if len(pairs) > MAX_PROPERTIES:  # a site says what it likes when it connects
+            pairs = [*pairs[:MAX_PROPERTIES], ("…", f"{len(pairs) - MAX_PROPERTIES} more")]
         seconds = max(0, int(now - node.last_seen)) if node.last_seen else None
         rows.append(
             SiteRow(

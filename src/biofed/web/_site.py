@@ -32,7 +32,7 @@ from starlette.routing import Route
 from biofed.governance import VerifyReport, check_digest
 from biofed.identity import load_kit
 from biofed.node import NodeConfig
-from biofed.web._app import TEMPLATES, Dashboard, NavItem, chart
+from biofed.web._app import TEMPLATES, Dashboard, FileMemo, NavItem, chart
 from biofed.web._auth import LoginGate, site_audience
 from biofed.web._site_state import SiteState, diff_lines, show_files
 
@@ -75,15 +75,17 @@ def site_dashboard(kit_dir: Path, node_config: Path) -> Starlette:
 
 
 def _routes(dash: Dashboard, state: SiteState) -> list[Route]:
-    async def home(request: Request) -> Response:
+    verified: FileMemo[VerifyReport | str] = FileMemo()  # see FileMemo: DoS by reloads
+
+    def home(request: Request) -> Response:
         dash.viewer(request)
         return RedirectResponse("/review", status_code=303)
 
-    async def review(request: Request) -> Response:
+    def review(request: Request) -> Response:
         dash.viewer(request)
         return dash.page(request, "review.html", {"pending": state.pending()})
 
-    async def bundle(request: Request) -> Response:
+    def bundle(request: Request) -> Response:
         dash.viewer(request)
         digest = check_digest(request.path_params["digest"])
         loaded = state.bundle(digest)
@@ -121,17 +123,17 @@ def _routes(dash: Dashboard, state: SiteState) -> list[Route]:
         state.revoke(digest)
         return RedirectResponse(f"/approvals?revoked={check_digest(digest)}", status_code=303)
 
-    async def approvals(request: Request) -> Response:
+    def approvals(request: Request) -> Response:
         dash.viewer(request)
         rows = [(a, state.bundle_file(a.digest).is_file()) for a in state.approvals()]
         done = {k: request.query_params.get(k, "") for k in ("approved", "revoked")}
         return dash.page(request, "approvals.html", {"rows": rows, "done": done})
 
-    async def agreements(request: Request) -> Response:
+    def agreements(request: Request) -> Response:
         dash.viewer(request)
         return dash.page(request, "agreements.html", {"rows": state.agreements()})
 
-    async def ledger(request: Request) -> Response:
+    def ledger(request: Request) -> Response:
         dash.viewer(request)
         budgets = []
         for status in state.budgets():
@@ -153,14 +155,14 @@ def _routes(dash: Dashboard, state: SiteState) -> list[Route]:
             budgets.append((status, spec))
         return dash.page(request, "ledger.html", {"budgets": budgets})
 
-    async def audit(request: Request) -> Response:
+    def audit(request: Request) -> Response:
         dash.viewer(request)
         try:
             page = int(request.query_params.get("page", "1"))
         except ValueError:
             raise HTTPException(400, "page must be a number") from None
         rows, pages = state.audit_page(page)
-        report = state.verify_audit()
+        report = verified.get(state.audit_path, state.verify_audit)
         return dash.page(
             request,
             "audit.html",
