@@ -3,7 +3,6 @@
 Exit codes: 0 done, 2 an invalid option (with what to change).
 """
 
-import logging
 import math
 from typing import Annotated
 
@@ -35,8 +34,6 @@ def _prepare(accountant: str) -> None:
     from biofed.privacy import make_accountant
 
     make_accountant(accountant)  # validates the name
-    # dp-accounting logs a warning per RDP order it drops; they are not the user's concern.
-    logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 def _epsilon(accountant: str, z: float, q: float, steps: int, delta: float) -> float:

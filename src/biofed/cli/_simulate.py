@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -367,8 +366,6 @@ def simulate_command(
             one_hot=one_hot,
             min_category_count=min_category_count,
         )
-    # dp-accounting logs a warning per RDP order it drops; they are not the user's concern.
-    logging.getLogger("absl").setLevel(logging.ERROR)
     try:
         configs = _parse_node_configs(node_config or [])
         if table is None:
