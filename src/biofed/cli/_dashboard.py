@@ -17,6 +17,12 @@ COORDINATOR_URL = "http://127.0.0.1:8765"
 SITE_URL = "http://127.0.0.1:8766"
 
 
+def login_hint(url: str, default_url: str, kit: str) -> str:
+    """The line a server prints to say how to log in to its dashboard at ``url``."""
+    where = "" if url == default_url else f" --url {url}"
+    return f"log in with a link from: biofed dashboard link --kit {kit}{where}"
+
+
 @app.command("link")
 def link_command(
     kit: Annotated[

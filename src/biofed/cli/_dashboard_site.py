@@ -6,7 +6,7 @@ from typing import Annotated
 import typer
 
 from biofed.cli._common import clean_errors, err, stop_on_signals
-from biofed.cli._dashboard import SITE_URL
+from biofed.cli._dashboard import SITE_URL, login_hint
 
 #: Where the site dashboard listens by default (``biofed dashboard link`` assumes it).
 DEFAULT_LISTEN = SITE_URL.removeprefix("http://")
@@ -29,22 +29,14 @@ def node_dashboard_command(
 ) -> None:
     """Serve this site's dashboard: bundles to review, approvals, agreements, the privacy
     ledger and the audit log. Log in with the link `biofed dashboard link --kit KIT` prints."""
-    from biofed.core import ConfigurationError
-    from biofed.web import TlsFiles, is_loopback, parse_listen, serve_dashboard, site_dashboard
+    from biofed.web import serve_kit_dashboard, site_dashboard
 
     stop = stop_on_signals()
     with clean_errors():
         app = site_dashboard(kit, config)
-        host, _ = parse_listen(listen)
-        if not (is_loopback(host) or remote):
-            raise ConfigurationError(
-                f"the site dashboard listens on loopback unless --remote allows {host}"
-            )
-        tls = None if is_loopback(host) else TlsFiles(kit / "cert.pem", kit / "key.pem")
-        running = serve_dashboard(app, listen, tls=tls, allow_remote=remote)
-    url_hint = "" if running.url == SITE_URL else f" --url {running.url}"
+        running = serve_kit_dashboard(app, listen, kit, allow_remote=remote, remote_flag="--remote")
     err.print(f"site dashboard on {running.url}")
-    err.print(f"log in with a link from: biofed dashboard link --kit {kit}{url_hint}")
+    err.print(login_hint(running.url, SITE_URL, str(kit)))
     try:
         stop.wait()
     finally:

@@ -54,10 +54,9 @@ def coordinator_start(
             raise
     err.print(f"coordinator listening on {running.address} (state: {state or 'kit.toml'})")
     if web is not None:
-        from biofed.cli._dashboard import COORDINATOR_URL
+        from biofed.cli._dashboard import COORDINATOR_URL, login_hint
 
-        url = "" if web.url == COORDINATOR_URL else f" --url {web.url}"
-        err.print(f"dashboard on {web.url}; log in with: biofed dashboard link --kit YOUR_KIT{url}")
+        err.print(f"dashboard on {web.url}; {login_hint(web.url, COORDINATOR_URL, 'YOUR_KIT')}")
     try:
         stop.wait()
     finally:
@@ -74,14 +73,13 @@ def _dashboard(
     if listen is None:
         return None
     from biofed.identity import load_kit
-    from biofed.web import TlsFiles, coordinator_dashboard
-    from biofed.web import serve_dashboard as serve
+    from biofed.web import coordinator_dashboard, serve_kit_dashboard
 
     own = load_kit(kit)
-    tls = None
-    if remote:  # off loopback: HTTPS only, with the coordinator's consortium certificate
-        tls = TlsFiles(certificate=own.directory / "cert.pem", key=own.directory / "key.pem")
-    return serve(coordinator_dashboard(coordinator, own), listen, tls=tls, allow_remote=remote)
+    app = coordinator_dashboard(coordinator, own)
+    return serve_kit_dashboard(
+        app, listen, own.directory, allow_remote=remote, remote_flag="--dashboard-remote"
+    )
 
 
 @node_app.command("start")

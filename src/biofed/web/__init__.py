@@ -25,7 +25,14 @@ from biofed.web._auth import (
     site_audience,
 )
 from biofed.web._coordinator import coordinator_dashboard, coordinator_gate
-from biofed.web._serve import RunningDashboard, TlsFiles, is_loopback, parse_listen, serve_dashboard
+from biofed.web._serve import (
+    RunningDashboard,
+    TlsFiles,
+    is_loopback,
+    parse_listen,
+    serve_dashboard,
+    serve_kit_dashboard,
+)
 from biofed.web._site import site_dashboard
 
 __all__ = [
@@ -49,6 +56,7 @@ __all__ = [
     "make_login_token",
     "parse_listen",
     "serve_dashboard",
+    "serve_kit_dashboard",
     "site_audience",
     "site_dashboard",
 ]

@@ -73,6 +73,7 @@ def serve_dashboard(
     *,
     tls: TlsFiles | None = None,
     allow_remote: bool = False,
+    remote_flag: str = "allow_remote",
 ) -> RunningDashboard:
     """Serve ``app`` on ``listen`` (``host:port``) in a daemon thread; returns once it
     accepts connections.
@@ -80,15 +81,15 @@ def serve_dashboard(
     Raises
     ------
     ConfigurationError
-        ``listen`` is not loopback and ``allow_remote`` is not set, or is not loopback and
+        ``listen`` is not loopback and ``allow_remote`` is not set (the message names
+        ``remote_flag``, the option that sets it), or is not loopback and
         no TLS files are given, or the server did not start.
     """
     host, port = parse_listen(listen)
     if not is_loopback(host):
         if not allow_remote:
             raise ConfigurationError(
-                f"the dashboard listens on loopback unless allowed to listen on {host} "
-                "(--dashboard-remote)"
+                f"the dashboard listens on loopback unless {remote_flag} allows {host}"
             )
         if tls is None:
             raise ConfigurationError("a dashboard off loopback serves HTTPS only: give it TLS")
@@ -128,3 +129,19 @@ def serve_dashboard(
     bound = server.servers[0].sockets[0].getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     return RunningDashboard(server, thread, f"{'https' if tls else 'http'}://{shown}:{bound}")
+
+
+def serve_kit_dashboard(
+    app: ASGIApp,
+    listen: str,
+    kit_dir: Path,
+    *,
+    allow_remote: bool = False,
+    remote_flag: str = "allow_remote",
+) -> RunningDashboard:
+    """:func:`serve_dashboard` for a participant's own dashboard: plain HTTP on loopback,
+    HTTPS with the kit's ``cert.pem`` and ``key.pem`` anywhere else (and only where
+    ``allow_remote``)."""
+    host, _ = parse_listen(listen)
+    tls = None if is_loopback(host) else TlsFiles(kit_dir / "cert.pem", kit_dir / "key.pem")
+    return serve_dashboard(app, listen, tls=tls, allow_remote=allow_remote, remote_flag=remote_flag)
