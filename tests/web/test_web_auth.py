@@ -322,3 +322,27 @@ def test_the_cli_prints_a_link_the_dashboard_accepts(fed: Consortium) -> None:
     site = CliRunner().invoke(app, ["dashboard", "link", "--kit", str(fed.kit_directory("hosp-a"))])
     assert site.exit_code == 0, site.output
     assert site.stdout.startswith("http://127.0.0.1:8766/login?token=")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "javascript:alert(1)",
+        "file:///etc/passwd",
+        "127.0.0.1:8765",
+        "http://",
+        "http://h/?a=b",
+        "http://h/#x",
+    ],
+)
+def test_a_link_to_something_that_is_no_dashboard_is_refused(fed: Consortium, url: str) -> None:
+    from typer.testing import CliRunner
+
+    from biofed.cli import app
+
+    result = CliRunner().invoke(
+        app, ["dashboard", "link", "--kit", str(fed.kit_directory("alice")), "--url", url]
+    )
+    assert result.exit_code == 2
+    assert "is not http(s)://HOST[:PORT]" in result.output
+    assert "token=" not in result.output

@@ -55,7 +55,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -145,7 +145,20 @@ def make_login_token(
 
 
 def login_url(base: str, token: str) -> str:
-    """The login link for a dashboard at ``base`` (``http://127.0.0.1:8765``)."""
+    """The login link for a dashboard at ``base`` (``http://127.0.0.1:8765``).
+
+    Raises
+    ------
+    ConfigurationError
+        ``base`` is not an ``http://`` or ``https://`` address of a host (a ``javascript:``
+        or ``file:`` "link" would not reach a dashboard, and a query or fragment in it would
+        be sent along with the token).
+    """
+    parts = urlsplit(base)
+    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"the dashboard address {base!r} is not http(s)://HOST[:PORT] (e.g. {'http://127.0.0.1:8765'})"
+        )
     return f"{base.rstrip('/')}/login?{urlencode({'token': token})}"
 
 
